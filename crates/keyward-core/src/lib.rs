@@ -1,0 +1,20 @@
+//! keyward-core: the parts of keyward that do no I/O at all.
+//!
+//! # Layout
+//! - [`keyformat`]: generating, parsing and hashing API keys and management tokens.
+//! - [`secret`]: the type that holds plaintext secrets (redacting `Debug`, zeroed on drop).
+//! - [`time`]: [`time::Timestamp`] and the [`time::Clock`] that tests control.
+//! - [`id`]: prefixed, time-ordered object ids.
+//! - [`scope`], [`policy`], [`model`]: validated domain types.
+//! - [`verify`]: the verification decision, a pure function of key state, request and `now`.
+//! - [`audit`]: RFC 8785 canonical JSON and the hash chain of audit events.
+
+pub mod audit;
+pub mod id;
+pub mod keyformat;
+pub mod model;
+pub mod policy;
+pub mod scope;
+pub mod secret;
+pub mod time;
+pub mod verify;

@@ -1,0 +1,385 @@
+//! Domain records: keyspaces, keys, management tokens, actors and audit events, with the
+//! validation rules of `API.md` as pure functions.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::keyformat::KeyHash;
+use crate::policy::Policy;
+use crate::time::Timestamp;
+
+pub const MAX_NAME_LEN: usize = 200;
+pub const MAX_REASON_LEN: usize = 500;
+pub const MAX_META_BYTES: usize = 4096;
+pub const MAX_SCOPES: usize = 100;
+pub const MAX_LABELS: usize = 64;
+pub const MAX_CIDRS: usize = 100;
+
+/// Who did something.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    #[serde(rename = "type")]
+    pub kind: ActorKind,
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActorKind {
+    Token,
+    User,
+    Cli,
+    System,
+}
+
+impl ActorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActorKind::Token => "token",
+            ActorKind::User => "user",
+            ActorKind::Cli => "cli",
+            ActorKind::System => "system",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "token" => ActorKind::Token,
+            "user" => ActorKind::User,
+            "cli" => ActorKind::Cli,
+            "system" => ActorKind::System,
+            _ => return None,
+        })
+    }
+}
+
+impl Actor {
+    pub fn system() -> Self {
+        Actor { kind: ActorKind::System, id: "system".into(), name: "keyward".into() }
+    }
+    pub fn cli(name: &str) -> Self {
+        Actor { kind: ActorKind::Cli, id: "cli".into(), name: name.into() }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    pub limit: i64,
+    pub window_secs: i64,
+}
+
+impl RateLimit {
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=1_000_000_000).contains(&self.limit) {
+            return Err("ratelimit.limit must be an integer in 1..1000000000".into());
+        }
+        if !(1..=31_536_000).contains(&self.window_secs) {
+            return Err("ratelimit.window_secs must be an integer in 1..31536000".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Keyspace {
+    pub id: String,
+    pub name: String,
+    pub prefix: String,
+    pub policy: Policy,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyStatus {
+    Active,
+    Rotating,
+    Disabled,
+    Expired,
+    Revoked,
+}
+
+impl KeyStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Active => "active",
+            KeyStatus::Rotating => "rotating",
+            KeyStatus::Disabled => "disabled",
+            KeyStatus::Expired => "expired",
+            KeyStatus::Revoked => "revoked",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "active" => KeyStatus::Active,
+            "rotating" => KeyStatus::Rotating,
+            "disabled" => KeyStatus::Disabled,
+            "expired" => KeyStatus::Expired,
+            "revoked" => KeyStatus::Revoked,
+            _ => return None,
+        })
+    }
+}
+
+/// A stored API key. The plaintext is never part of it; `hash` never leaves the server.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Key {
+    pub id: String,
+    pub keyspace_id: String,
+    pub name: String,
+    pub owner: Option<String>,
+    pub scopes: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub meta: Map<String, Value>,
+    #[serde(skip)]
+    pub hash: KeyHash,
+    pub start: String,
+    pub end: String,
+    pub enabled: bool,
+    pub created_at: Timestamp,
+    pub created_by: Actor,
+    pub updated_at: Timestamp,
+    pub expires_at: Option<Timestamp>,
+    pub revoked_at: Option<Timestamp>,
+    pub revoked_by: Option<Actor>,
+    pub revoked_reason: Option<String>,
+    pub rotated_from: Option<String>,
+    pub rotated_to: Option<String>,
+    pub last_used_at: Option<Timestamp>,
+    pub call_count: i64,
+    pub denied_count: i64,
+    pub ratelimit: Option<RateLimit>,
+    pub remaining: Option<i64>,
+    pub allowed_cidrs: Option<Vec<String>>,
+}
+
+impl Key {
+    /// `revoked` > `expired` > `disabled` > `rotating` > `active`, computed at `now`.
+    pub fn status(&self, now: Timestamp) -> KeyStatus {
+        if self.revoked_at.is_some() {
+            KeyStatus::Revoked
+        } else if self.expires_at.is_some_and(|e| e <= now) {
+            KeyStatus::Expired
+        } else if !self.enabled {
+            KeyStatus::Disabled
+        } else if self.rotated_to.is_some() {
+            KeyStatus::Rotating
+        } else {
+            KeyStatus::Active
+        }
+    }
+}
+
+/// The key object of the API: the stored key plus its status at read time.
+#[derive(Serialize)]
+pub struct KeyObject<'a> {
+    #[serde(flatten)]
+    pub key: &'a Key,
+    pub status: KeyStatus,
+}
+
+impl<'a> KeyObject<'a> {
+    pub fn new(key: &'a Key, now: Timestamp) -> Self {
+        KeyObject { key, status: key.status(now) }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Manager,
+    Viewer,
+    Auditor,
+    Verifier,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Manager => "manager",
+            Role::Viewer => "viewer",
+            Role::Auditor => "auditor",
+            Role::Verifier => "verifier",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "admin" => Role::Admin,
+            "manager" => Role::Manager,
+            "viewer" => Role::Viewer,
+            "auditor" => Role::Auditor,
+            "verifier" => Role::Verifier,
+            _ => return None,
+        })
+    }
+    pub fn may(self, action: Permission) -> bool {
+        use Permission::*;
+        use Role::*;
+        matches!(
+            (self, action),
+            (Admin, _)
+                | (Verifier, Verify)
+                | (Manager | Viewer | Auditor, ReadKeys)
+                | (Manager, WriteKeys)
+                | (Auditor, ReadAudit)
+        )
+    }
+}
+
+/// The rows of the role matrix in `API.md`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Permission {
+    Verify,
+    ReadKeys,
+    WriteKeys,
+    WriteKeyspaces,
+    ReadAudit,
+    ManageTokens,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Token {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub keyspace_ids: Option<Vec<String>>,
+    pub created_at: Timestamp,
+    pub created_by: Actor,
+    pub expires_at: Option<Timestamp>,
+    pub revoked_at: Option<Timestamp>,
+    pub revoked_by: Option<Actor>,
+    pub revoked_reason: Option<String>,
+    pub last_used_at: Option<Timestamp>,
+}
+
+impl Token {
+    pub fn is_usable(&self, now: Timestamp) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|e| e > now)
+    }
+    /// Whether this token may see objects of keyspace `ks`.
+    pub fn sees_keyspace(&self, ks: &str) -> bool {
+        self.keyspace_ids.as_ref().is_none_or(|ids| ids.iter().any(|i| i == ks))
+    }
+}
+
+/// An audit event as stored and served. `hash` covers every other field (see [`crate::audit`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditEvent {
+    pub id: String,
+    pub seq: i64,
+    pub at: Timestamp,
+    pub actor: Actor,
+    pub action: String,
+    pub target_type: String,
+    pub target_id: String,
+    pub reason: Option<String>,
+    pub request_id: Option<String>,
+    pub ip: Option<String>,
+    pub changes: Map<String, Value>,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+// ---- validation of client input (messages are for 400 responses) ----
+
+pub fn check_name(field: &str, s: &str) -> Result<(), String> {
+    let n = s.chars().count();
+    if n == 0 || n > MAX_NAME_LEN || s.trim().is_empty() {
+        return Err(format!("{field} must be 1..{MAX_NAME_LEN} characters, not only spaces"));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(format!("{field} may not contain control characters"));
+    }
+    Ok(())
+}
+
+pub fn check_reason(s: &str) -> Result<(), String> {
+    let n = s.chars().count();
+    if n == 0 || n > MAX_REASON_LEN || s.trim().is_empty() {
+        return Err(format!("reason must be 1..{MAX_REASON_LEN} characters"));
+    }
+    Ok(())
+}
+
+pub fn check_scopes(scopes: &[String]) -> Result<(), String> {
+    if scopes.len() > MAX_SCOPES {
+        return Err(format!("at most {MAX_SCOPES} scopes"));
+    }
+    scopes.iter().try_for_each(|s| crate::scope::check_key_scope(s))
+}
+
+pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
+    if labels.len() > MAX_LABELS {
+        return Err(format!("at most {MAX_LABELS} labels"));
+    }
+    for (k, v) in labels {
+        let key_ok = (1..=64).contains(&k.len())
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'/'));
+        if !key_ok {
+            return Err(format!(
+                "label name '{}' must be 1..64 characters of [A-Za-z0-9_./-]",
+                k.chars().take(40).collect::<String>()
+            ));
+        }
+        if v.chars().count() > 256 || v.chars().any(char::is_control) {
+            return Err(format!("label '{k}': value must be at most 256 characters without control characters"));
+        }
+    }
+    Ok(())
+}
+
+pub fn check_meta(meta: &Map<String, Value>) -> Result<(), String> {
+    let size = serde_json::to_vec(meta).map(|v| v.len()).unwrap_or(usize::MAX);
+    if size > MAX_META_BYTES {
+        return Err(format!("meta is {size} bytes as compact JSON; at most {MAX_META_BYTES}"));
+    }
+    Ok(())
+}
+
+pub fn check_cidrs(cidrs: &[String]) -> Result<(), String> {
+    if cidrs.len() > MAX_CIDRS {
+        return Err(format!("at most {MAX_CIDRS} allowed_cidrs"));
+    }
+    for c in cidrs {
+        parse_cidr(c)?;
+    }
+    Ok(())
+}
+
+/// A CIDR (`203.0.113.0/24`, `2001:db8::/32`) or a single address (a /32 or /128).
+pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
+    if let Ok(n) = s.parse::<ipnet::IpNet>() {
+        return Ok(n.trunc());
+    }
+    if let Ok(a) = s.parse::<std::net::IpAddr>() {
+        return Ok(ipnet::IpNet::from(a));
+    }
+    Err(format!(
+        "'{}' is not a CIDR such as 203.0.113.0/24",
+        s.chars().take(60).collect::<String>()
+    ))
+}
+
+/// Parses a source address; an IPv4-mapped IPv6 address becomes the IPv4 address.
+pub fn parse_ip(s: &str) -> Result<std::net::IpAddr, String> {
+    let ip: std::net::IpAddr = s
+        .parse()
+        .map_err(|_| format!("ip '{}' is not an IPv4 or IPv6 address", s.chars().take(60).collect::<String>()))?;
+    Ok(canonical_ip(ip))
+}
+
+pub fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => ip,
+        },
+        v4 => v4,
+    }
+}

@@ -1,0 +1,212 @@
+//! keyward-store: the [`Store`] interface and its two backends.
+//!
+//! # Layout
+//! - [`Store`] / [`StoreTx`]: what the server needs from storage. Every control-plane change runs
+//!   in one [`StoreTx`], which also appends the audit event ([`StoreTx::append_audit`]) and, for
+//!   keys, the change-feed row. Domain rules live in the server; the store only reads and writes.
+//! - `sql`: one implementation written once over SQL that both SQLite and PostgreSQL accept,
+//!   instantiated for each by a macro (`sqlite::SqliteStore`, `postgres::PgStore`).
+//! - `migrations/{sqlite,postgres}/`: each backend's own schema, run at start by [`open`].
+//!
+//! The URL scheme picks the backend: `sqlite://path` or `postgres://...`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use keyward_core::keyformat::KeyHash;
+use keyward_core::model::{Actor, AuditEvent, Key, KeyStatus, Keyspace, Token};
+use keyward_core::time::Timestamp;
+use serde_json::{Map, Value};
+
+mod sql;
+pub mod testing;
+
+pub use sql::postgres::PgStore;
+pub use sql::sqlite::SqliteStore;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// A unique constraint was violated (the name or column says which).
+    Conflict(String),
+    /// The database cannot be reached.
+    Unavailable(String),
+    /// Anything else: a bug or a corrupt row. The text is for logs, never for clients.
+    Other(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Conflict(c) => write!(f, "conflict: {c}"),
+            StoreError::Unavailable(c) => write!(f, "store unavailable: {c}"),
+            StoreError::Other(c) => write!(f, "store error: {c}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// An audit event before the chain gives it `seq`, `prev_hash` and `hash`.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub id: String,
+    pub at: Timestamp,
+    pub actor: Actor,
+    pub action: String,
+    pub target_type: String,
+    pub target_id: String,
+    pub reason: Option<String>,
+    pub request_id: Option<String>,
+    pub ip: Option<String>,
+    pub changes: Map<String, Value>,
+}
+
+/// Keyset pagination: rows strictly after `after` in the list's order.
+#[derive(Clone, Debug, Default)]
+pub struct Page<C> {
+    pub limit: i64,
+    pub after: Option<C>,
+}
+
+/// The position of a row in a "newest first" list: (`created_at` ms, id).
+pub type TimeCursor = (i64, String);
+
+#[derive(Clone, Debug, Default)]
+pub struct KeyFilter {
+    /// Only these keyspaces (a token's limit, or the `keyspace_id` filter). `None`: all.
+    pub keyspace_ids: Option<Vec<String>>,
+    pub owner: Option<String>,
+    pub status: Option<KeyStatus>,
+    pub label: Option<(String, String)>,
+    pub name_contains: Option<String>,
+    pub unused_for_secs: Option<i64>,
+    /// The instant `status` and `unused_for_secs` are evaluated at.
+    pub now: Timestamp,
+    pub page: Page<TimeCursor>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    pub target_id: Option<String>,
+    pub actor_id: Option<String>,
+    pub action: Option<String>,
+    pub from: Option<Timestamp>,
+    pub to: Option<Timestamp>,
+    /// Newest first; the cursor is the last `seq` seen.
+    pub page: Page<i64>,
+}
+
+/// Counts gathered in memory by the verification path, written in one batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UsageDelta {
+    pub key_id: String,
+    pub calls: i64,
+    pub denied: i64,
+    pub last_used_at: Option<Timestamp>,
+    /// Quota spent (sum of `cost` of valid verifications), taken from `remaining`.
+    pub consumed: i64,
+}
+
+/// A change-feed row: key `key_id` (with hash `key_hash`) changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub seq: i64,
+    pub key_id: String,
+    pub key_hash: KeyHash,
+}
+
+/// One control-plane transaction. Dropping it without [`StoreTx::commit`] rolls it back.
+#[async_trait]
+pub trait StoreTx: Send {
+    async fn keyspace(&mut self, id: &str) -> Result<Option<Keyspace>>;
+    async fn insert_keyspace(&mut self, ks: &Keyspace) -> Result<()>;
+    async fn update_keyspace(&mut self, ks: &Keyspace) -> Result<()>;
+
+    async fn key(&mut self, id: &str) -> Result<Option<Key>>;
+    /// Inserts a key and its change-feed row.
+    async fn insert_key(&mut self, key: &Key) -> Result<()>;
+    /// Writes every mutable field of a key (not its usage counters) and a change-feed row.
+    async fn update_key(&mut self, key: &Key) -> Result<()>;
+    /// Keys of `owner` that are neither revoked nor expired at `now`, in the given keyspaces
+    /// (`None`: all), for bulk revocation and `max_keys_per_owner`.
+    async fn live_keys_of_owner(
+        &mut self,
+        owner: &str,
+        keyspace_ids: Option<&[String]>,
+        now: Timestamp,
+    ) -> Result<Vec<Key>>;
+    /// Applies usage inside this transaction (used to settle counts before a rotation).
+    async fn apply_usage(&mut self, deltas: &[UsageDelta]) -> Result<()>;
+
+    async fn token(&mut self, id: &str) -> Result<Option<Token>>;
+    async fn insert_token(&mut self, token: &Token, hash: &KeyHash) -> Result<()>;
+    async fn update_token(&mut self, token: &Token) -> Result<()>;
+
+    /// Appends the next event of the hash chain.
+    async fn append_audit(&mut self, event: NewEvent) -> Result<AuditEvent>;
+
+    async fn commit(self: Box<Self>) -> Result<()>;
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Which backend, for logs and `/readyz`.
+    fn backend(&self) -> &'static str;
+    async fn ping(&self) -> Result<()>;
+    /// Starts a write transaction. Write transactions are serialized (they share the audit chain).
+    async fn begin(&self) -> Result<Box<dyn StoreTx>>;
+
+    async fn keyspace(&self, id: &str) -> Result<Option<Keyspace>>;
+    async fn list_keyspaces(&self, ids: Option<&[String]>, page: &Page<TimeCursor>) -> Result<Vec<Keyspace>>;
+
+    async fn key(&self, id: &str) -> Result<Option<Key>>;
+    async fn key_by_hash(&self, hash: &KeyHash) -> Result<Option<Key>>;
+    async fn list_keys(&self, filter: &KeyFilter) -> Result<Vec<Key>>;
+
+    async fn token(&self, id: &str) -> Result<Option<Token>>;
+    async fn token_by_hash(&self, hash: &KeyHash) -> Result<Option<Token>>;
+    async fn list_tokens(&self, page: &Page<TimeCursor>) -> Result<Vec<Token>>;
+    async fn touch_token(&self, id: &str, at: Timestamp) -> Result<()>;
+
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>>;
+    /// Events with `seq > after_seq`, oldest first, at most `limit` (for verify and export).
+    async fn audit_after(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditEvent>>;
+
+    /// Writes a batch of usage counts in one transaction.
+    async fn apply_usage(&self, deltas: &[UsageDelta]) -> Result<()>;
+
+    /// Change-feed rows after `seq`, oldest first.
+    async fn changes_after(&self, seq: i64, limit: i64) -> Result<Vec<Change>>;
+    /// The newest change-feed seq (0 when empty).
+    async fn change_head(&self) -> Result<i64>;
+}
+
+/// Opens the store a URL names (`sqlite://path[?mode=..]` or `postgres://...`) and runs its
+/// migrations.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PgStore::open(url).await?))
+    } else {
+        Err(StoreError::Other(
+            "database URL must start with sqlite:// or postgres://".to_string(),
+        ))
+    }
+}
+
+/// A database URL with any password replaced, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:[redacted]{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}

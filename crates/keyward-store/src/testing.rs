@@ -1,0 +1,60 @@
+//! Helpers for tests that need a real database: a fresh SQLite file or a fresh PostgreSQL
+//! schema per test. PostgreSQL tests run when `KEYWARD_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`) answers; when it does not, they are skipped with a
+//! message, except under `CI=true`, where a missing PostgreSQL fails the test.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+pub fn pg_url() -> String {
+    std::env::var("KEYWARD_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_string())
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// A schema name no other test (or test process) uses.
+pub fn unique_schema() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("t_{}_{}_{}", std::process::id(), nanos % 1_000_000_000, N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Whether PostgreSQL tests should run. Prints why when they are skipped; panics in CI.
+pub async fn postgres_available() -> bool {
+    use sqlx::Connection;
+    let url = pg_url();
+    let ok = tokio::time::timeout(std::time::Duration::from_secs(3), sqlx::PgConnection::connect(&url))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    if !ok {
+        if in_ci() {
+            #[allow(clippy::panic)]
+            {
+                panic!("CI=true but PostgreSQL at {} is not reachable", crate::redact_url(&url));
+            }
+        }
+        eprintln!(
+            "SKIPPED: PostgreSQL at {} is not reachable; set KEYWARD_TEST_POSTGRES_URL to run the PostgreSQL tests",
+            crate::redact_url(&url)
+        );
+    }
+    ok
+}
+
+/// A PostgreSQL URL whose connections use a fresh schema (for servers started by tests).
+pub fn pg_url_with_schema(schema: &str) -> String {
+    let url = pg_url();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}options=-c%20search_path%3D{schema}")
+}
+
+/// Creates a schema (for servers that open the URL from [`pg_url_with_schema`]).
+pub async fn create_schema(schema: &str) -> crate::Result<()> {
+    crate::PgStore::open_in_schema(&pg_url(), Some(schema)).await.map(|_| ())
+}
