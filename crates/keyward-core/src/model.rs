@@ -65,6 +65,7 @@ impl Actor {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RateLimit {
     pub limit: i64,
     pub window_secs: i64,

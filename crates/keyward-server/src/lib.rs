@@ -1,1 +1,49 @@
+//! keyward-server: the HTTP server of keyward.
+//!
+//! # Layout
+//! - [`config`]: settings; [`state`]: what handlers and tasks share.
+//! - [`service`]: the control plane's rules (one transaction + audit event per change).
+//! - [`verifier`]: the data plane (cache, live counters, decision).
+//! - [`http`]: routes, extractors, the error envelope ([`error`]).
+//! - [`jobs`]: background tasks (usage flusher).
+//! - [`metrics`]: Prometheus counters.
+//!
+//! [`serve`] takes the listener, the state and a shutdown future, so tests run real servers on
+//! port 0 and stop them when they like.
 
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod jobs;
+pub mod metrics;
+pub mod service;
+pub mod state;
+pub mod verifier;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use config::Config;
+pub use state::AppState;
+
+/// Serves until `shutdown` resolves; then drains in-flight requests and flushes usage.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let flusher = tokio::spawn(jobs::usage::run(
+        state.clone(),
+        Duration::from_millis(state.config.usage_flush_ms.max(1)),
+        stop_rx,
+    ));
+    let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    let _ = stop_tx.send(true);
+    if let Err(e) = flusher.await {
+        tracing::error!(error = %e, "usage flusher task failed");
+    }
+    served
+}

@@ -1,0 +1,345 @@
+//! Parsing requests at the edge: JSON bodies (415, 413, 400 with precise messages), query
+//! parameters (unknown ones are 400), list paging, client addresses and management tokens.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
+use axum::http::request::Parts;
+use axum::http::HeaderMap;
+use keyward_core::keyformat::{self, KeyHash, TOKEN_PREFIX};
+use keyward_core::model::{canonical_ip, Actor, ActorKind, Permission, Token};
+use serde::de::DeserializeOwned;
+
+use crate::error::{current_request_id, Code, Error, Result};
+use crate::service::Ctx;
+use crate::state::AppState;
+
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// A request body that is JSON (or absent), read up to [`MAX_BODY`] bytes.
+pub struct JsonBody(pub Option<Bytes>);
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .is_some_and(|m| m == "application/json" || (m.starts_with("application/") && m.ends_with("+json")))
+}
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self> {
+        let headers = req.headers();
+        let declared: Option<u64> = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        let chunked = headers.contains_key(TRANSFER_ENCODING);
+        let has_body = declared.is_some_and(|n| n > 0) || chunked;
+        let json = is_json(headers);
+        if has_body && !json {
+            return Err(Error::new(Code::UnsupportedMediaType, "the request body must be JSON (Content-Type: application/json)"));
+        }
+        if declared.is_some_and(|n| n > MAX_BODY as u64) {
+            return Err(too_large());
+        }
+        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY).await.map_err(|_| too_large())?;
+        if bytes.is_empty() {
+            return Ok(JsonBody(None));
+        }
+        if !json {
+            return Err(Error::new(Code::UnsupportedMediaType, "the request body must be JSON (Content-Type: application/json)"));
+        }
+        Ok(JsonBody(Some(bytes)))
+    }
+}
+
+fn too_large() -> Error {
+    Error::new(Code::PayloadTooLarge, format!("the request body is larger than {MAX_BODY} bytes"))
+}
+
+/// serde's message without any quoted input value (a client may have put a secret anywhere).
+fn sanitize(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut in_quotes = false;
+    for c in msg.chars() {
+        if c == '"' {
+            if in_quotes {
+                out.push_str("\"…\"");
+            }
+            in_quotes = !in_quotes;
+        } else if !in_quotes {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl JsonBody {
+    /// Parses a body that the endpoint requires.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T> {
+        match &self.0 {
+            None => Err(Error::bad_request("a JSON request body is required")),
+            Some(b) => parse_json(b),
+        }
+    }
+    /// Parses a body whose fields are all optional: no body means defaults.
+    pub fn parse_or_default<T: DeserializeOwned + Default>(&self) -> Result<T> {
+        match &self.0 {
+            None => Ok(T::default()),
+            Some(b) => parse_json(b),
+        }
+    }
+}
+
+fn parse_json<T: DeserializeOwned>(b: &[u8]) -> Result<T> {
+    serde_json::from_slice(b).map_err(|e| Error::bad_request(format!("invalid JSON body: {}", sanitize(&e.to_string()))))
+}
+
+/// Query parameters, taken one by one; whatever is left over is an unknown parameter (400).
+pub struct Params(Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self> {
+        match axum::extract::Query::<Vec<(String, String)>>::from_request_parts(parts, state).await {
+            Ok(q) => Ok(Params(q.0)),
+            Err(_) => Err(Error::bad_request("the query string is not valid")),
+        }
+    }
+}
+
+impl Params {
+    pub fn take(&mut self, name: &str) -> Result<Option<String>> {
+        let mut found = None;
+        let mut i = 0;
+        while i < self.0.len() {
+            if self.0[i].0 == name {
+                if found.is_some() {
+                    return Err(Error::bad_request(format!("query parameter '{name}' given more than once")));
+                }
+                found = Some(self.0.remove(i).1);
+            } else {
+                i += 1;
+            }
+        }
+        Ok(found)
+    }
+    pub fn take_all(&mut self, name: &str) -> Vec<String> {
+        let (hit, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.0).into_iter().partition(|(k, _)| k == name);
+        self.0 = rest;
+        hit.into_iter().map(|(_, v)| v).collect()
+    }
+    pub fn take_int(&mut self, name: &str, min: i64) -> Result<Option<i64>> {
+        match self.take(name)? {
+            None => Ok(None),
+            Some(v) => match v.parse::<i64>() {
+                Ok(n) if n >= min => Ok(Some(n)),
+                _ => Err(Error::bad_request(format!("query parameter '{name}' must be an integer ≥ {min}"))),
+            },
+        }
+    }
+    pub fn take_time(&mut self, name: &str) -> Result<Option<keyward_core::time::Timestamp>> {
+        self.take(name)?
+            .map(|v| {
+                keyward_core::time::Timestamp::parse_rfc3339(&v)
+                    .map_err(|m| Error::bad_request(format!("query parameter '{name}': {m}")))
+            })
+            .transpose()
+    }
+    /// `limit` (1..500, default 50).
+    pub fn take_limit(&mut self) -> Result<i64> {
+        match self.take("limit")? {
+            None => Ok(50),
+            Some(v) => match v.parse::<i64>() {
+                Ok(n) if (1..=500).contains(&n) => Ok(n),
+                _ => Err(Error::bad_request("limit must be an integer in 1..500")),
+            },
+        }
+    }
+    /// Rejects any parameter not taken.
+    pub fn finish(self) -> Result<()> {
+        match self.0.first() {
+            None => Ok(()),
+            Some((k, _)) => Err(Error::bad_request(format!(
+                "unknown query parameter '{}'",
+                k.chars().take(40).collect::<String>()
+            ))),
+        }
+    }
+}
+
+/// Opaque list cursors: the position of the last row plus a fingerprint of the endpoint and
+/// filters, so a cursor is only accepted by the list that produced it.
+pub fn encode_cursor(position: &str, fingerprint: &str) -> String {
+    keyformat::hex(format!("{position}|{}", &KeyHash::of(fingerprint).to_hex()[..12]).as_bytes())
+}
+
+pub fn decode_cursor(cursor: &str, fingerprint: &str) -> Result<String> {
+    let bad = || Error::bad_request("cursor is not valid for this list");
+    if cursor.len() % 2 != 0 || cursor.len() > 512 {
+        return Err(bad());
+    }
+    let bytes: Option<Vec<u8>> = (0..cursor.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(cursor.get(i..i + 2)?, 16).ok())
+        .collect();
+    let text = String::from_utf8(bytes.ok_or_else(bad)?).map_err(|_| bad())?;
+    let (pos, fp) = text.rsplit_once('|').ok_or_else(bad)?;
+    if fp != &KeyHash::of(fingerprint).to_hex()[..12] {
+        return Err(bad());
+    }
+    Ok(pos.to_string())
+}
+
+/// A (created_at, id) position from a cursor.
+pub fn time_cursor(cursor: Option<String>, fingerprint: &str) -> Result<Option<(i64, String)>> {
+    cursor
+        .map(|c| {
+            let pos = decode_cursor(&c, fingerprint)?;
+            let (ms, id) = pos.split_once(':').ok_or_else(|| Error::bad_request("cursor is not valid for this list"))?;
+            let ms = ms.parse().map_err(|_| Error::bad_request("cursor is not valid for this list"))?;
+            Ok((ms, id.to_string()))
+        })
+        .transpose()
+}
+
+/// The address of the client: the connection's peer, or the first `X-Forwarded-For` entry
+/// when the server trusts proxy headers.
+pub fn client_ip(parts: &Parts, trust_proxy: bool) -> Option<IpAddr> {
+    if trust_proxy {
+        let forwarded = parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse::<IpAddr>().ok());
+        if let Some(ip) = forwarded {
+            return Some(canonical_ip(ip));
+        }
+    }
+    parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| canonical_ip(c.0.ip()))
+}
+
+/// An authenticated management token.
+pub struct Auth {
+    pub token: Token,
+    pub ip: Option<IpAddr>,
+}
+
+impl Auth {
+    pub fn require(&self, p: Permission) -> Result<()> {
+        if self.token.role.may(p) {
+            Ok(())
+        } else {
+            Err(Error::forbidden(format!("role '{}' may not do this", self.token.role.as_str())))
+        }
+    }
+    pub fn ctx(&self) -> Ctx {
+        Ctx {
+            actor: Actor { kind: ActorKind::Token, id: self.token.id.clone(), name: self.token.name.clone() },
+            request_id: Some(current_request_id()),
+            ip: self.ip.map(|i| i.to_string()),
+            keyspaces: self.token.keyspace_ids.clone(),
+        }
+    }
+}
+
+/// The bearer token of `Authorization`, if the header has that form.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(rest.trim_start())
+}
+
+/// Checks a management token given in a header; failures count towards the address's limit.
+pub async fn authenticate(st: &AppState, presented: Option<&str>, ip: Option<IpAddr>) -> Result<Auth> {
+    let now = st.clock.now();
+    let found = match presented.and_then(keyformat::parse).filter(|p| p.prefix == TOKEN_PREFIX) {
+        Some(_) => {
+            let token = presented.unwrap_or_default();
+            st.store.token_by_hash(&KeyHash::of(token)).await?.filter(|t| t.is_usable(now))
+        }
+        None => None,
+    };
+    match found {
+        Some(token) => {
+            touch(st, &token.id, now);
+            Ok(Auth { token, ip })
+        }
+        None => {
+            let ip = ip.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+            if let Some(wait) = st.throttle.fail(ip, now) {
+                return Err(Error::new(Code::RateLimited, "too many failed authentications from this address").with_retry_after(wait));
+            }
+            let msg = if presented.is_none() {
+                "a management token is required (Authorization: Bearer kwt_...)"
+            } else {
+                "the management token is not valid (unknown, malformed, revoked or expired)"
+            };
+            Err(Error::unauthenticated(msg))
+        }
+    }
+}
+
+/// Records `last_used_at` of a token at most once a minute, off the request path.
+fn touch(st: &AppState, id: &str, now: keyward_core::time::Timestamp) {
+    let due = {
+        let mut map = st.token_touched.lock().unwrap_or_else(|p| p.into_inner());
+        let due = map.get(id).is_none_or(|t| now.millis() - t.millis() >= 60_000);
+        if due {
+            map.insert(id.to_string(), now);
+        }
+        due
+    };
+    if due {
+        let store = st.store.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = store.touch_token(&id, now).await {
+                tracing::debug!(error = %e, "could not record token use");
+            }
+        });
+    }
+}
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self> {
+        let ip = client_ip(parts, st.config.trust_proxy_headers);
+        authenticate(st, bearer(&parts.headers), ip).await
+    }
+}
+
+/// The client's address as an extractor.
+pub struct ClientIp(pub Option<IpAddr>);
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self> {
+        Ok(ClientIp(client_ip(parts, st.config.trust_proxy_headers)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_messages_lose_their_quoted_values() {
+        assert_eq!(sanitize(r#"invalid type: string "acme_secret", expected i64"#), "invalid type: string \"…\", expected i64");
+        assert_eq!(sanitize("unknown field `expire_at`, expected one of `a`"), "unknown field `expire_at`, expected one of `a`");
+    }
+
+    #[test]
+    fn a_cursor_is_only_valid_for_its_own_list() {
+        let c = encode_cursor("123:key_abc", "keys|owner=a");
+        assert_eq!(decode_cursor(&c, "keys|owner=a").unwrap(), "123:key_abc");
+        assert!(decode_cursor(&c, "keys|owner=b").is_err());
+        assert!(decode_cursor("zz", "keys").is_err());
+    }
+}

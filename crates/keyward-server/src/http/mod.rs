@@ -1,0 +1,127 @@
+//! The HTTP surface: routes, the request-id and logging middleware, and the operational
+//! endpoints (`/healthz`, `/readyz`, `/metrics`, `/v1/openapi.json`).
+
+pub mod extract;
+pub mod v1;
+pub mod verify;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::error::{Code, Error, REQUEST_ID};
+use crate::state::AppState;
+
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/keyspaces", post(v1::create_keyspace).get(v1::list_keyspaces))
+        .route("/v1/keyspaces/{id}", get(v1::get_keyspace).patch(v1::patch_keyspace))
+        .route("/v1/keys", post(v1::create_key).get(v1::list_keys))
+        .route("/v1/keys/revoke", post(v1::revoke_owner))
+        .route("/v1/keys/{id}", get(v1::get_key).patch(v1::patch_key))
+        .route("/v1/keys/{id}/revoke", post(v1::revoke_key))
+        .route("/v1/keys/{id}/rotate", post(v1::rotate_key))
+        .route("/v1/verify", post(verify::verify))
+        .route("/v1/forward-auth", any(verify::forward_auth))
+        .route("/v1/tokens", post(v1::create_token).get(v1::list_tokens))
+        .route("/v1/tokens/{id}/revoke", post(v1::revoke_token))
+        .route("/v1/audit", get(v1::list_audit))
+        .route("/v1/audit/verify", get(v1::verify_audit))
+        .route("/v1/audit/export", get(v1::export_audit))
+        .fallback(not_found)
+        .layer(middleware::from_fn(request_context))
+        .with_state(state)
+}
+
+async fn not_found() -> Error {
+    Error::not_found("no such endpoint")
+}
+
+fn valid_request_id(v: &HeaderValue) -> Option<String> {
+    let s = v.to_str().ok()?;
+    (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())).then(|| s.to_string())
+}
+
+/// Gives every request an id (echoed from `x-request-id` when it sent a usable one), makes it
+/// available to error bodies, turns the router's bare 405s into the error envelope, and logs
+/// one line per request with the route template (never the raw path: it could hold a secret).
+async fn request_context(req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(valid_request_id)
+        .unwrap_or_else(|| format!("req_{}", keyward_core::keyformat::base62_random(20)));
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
+    let method = req.method().clone();
+    let started = std::time::Instant::now();
+    let mut res = REQUEST_ID
+        .scope(id.clone(), async move {
+            let res = next.run(req).await;
+            if res.status() == StatusCode::METHOD_NOT_ALLOWED && !res.headers().contains_key(header::CONTENT_TYPE) {
+                let allow = res.headers().get(header::ALLOW).cloned();
+                let mut r = Error::new(Code::MethodNotAllowed, "method not allowed for this endpoint").into_response();
+                if let Some(a) = allow {
+                    r.headers_mut().insert(header::ALLOW, a);
+                }
+                r
+            } else {
+                res
+            }
+        })
+        .await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert("x-request-id", v);
+    }
+    tracing::info!(
+        request_id = %id,
+        method = %method,
+        route = route.as_deref().unwrap_or("-"),
+        status = res.status().as_u16(),
+        micros = started.elapsed().as_micros() as u64,
+        "request"
+    );
+    res
+}
+
+async fn index() -> Html<&'static str> {
+    Html(concat!(
+        "<!doctype html><html><head><meta charset=utf-8><title>keyward</title></head><body>",
+        "<h1>keyward</h1><p>The API is served under <code>/v1</code>; its description is at ",
+        "<a href=\"/v1/openapi.json\">/v1/openapi.json</a>.</p></body></html>"
+    ))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(st): State<AppState>) -> Response {
+    match st.store.ping().await {
+        Ok(()) => Json(json!({"status": "ready", "store": st.store.backend()})).into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "store": st.store.backend(), "error": "the store cannot be reached"})),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(st): State<AppState>) -> Response {
+    let body = st.metrics.render(st.verifier.pending_keys(), st.verifier.cached_entries());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}

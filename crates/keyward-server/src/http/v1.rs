@@ -1,0 +1,346 @@
+//! The management API under `/v1`: keyspaces, keys, tokens and the audit trail.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use keyward_core::audit::{ChainCheck, ChainVerifier};
+use keyward_core::model::{AuditEvent, Key, KeyObject, KeyStatus, Permission};
+use keyward_store::{AuditFilter, KeyFilter, Page};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::{Error, Result};
+use crate::http::extract::{encode_cursor, time_cursor, decode_cursor, Auth, JsonBody, Params};
+use crate::service;
+use crate::state::AppState;
+
+fn list<T: serde::Serialize>(items: Vec<T>, next: Option<String>) -> Json<Value> {
+    Json(json!({"items": items, "next_cursor": next}))
+}
+
+/// Fetches `limit + 1` rows; returns the page and whether there are more.
+fn split_page<T>(mut rows: Vec<T>, limit: i64) -> (Vec<T>, bool) {
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    (rows, more)
+}
+
+fn key_json(k: &Key, st: &AppState) -> Value {
+    json!(KeyObject::new(k, st.clock.now()))
+}
+
+// ---------------------------------------------------------------- keyspaces
+
+pub async fn create_keyspace(State(st): State<AppState>, auth: Auth, body: JsonBody) -> Result<Response> {
+    auth.require(Permission::WriteKeyspaces)?;
+    let input = body.parse()?;
+    let ks = service::create_keyspace(&st, &auth.ctx(), input).await?;
+    Ok((StatusCode::CREATED, Json(ks)).into_response())
+}
+
+pub async fn list_keyspaces(State(st): State<AppState>, auth: Auth, mut params: Params) -> Result<Json<Value>> {
+    auth.require(Permission::ReadKeys)?;
+    let limit = params.take_limit()?;
+    let fp = "keyspaces";
+    let after = time_cursor(params.take("cursor")?, fp)?;
+    params.finish()?;
+    let rows = st
+        .store
+        .list_keyspaces(auth.token.keyspace_ids.as_deref(), &Page { limit: limit + 1, after })
+        .await?;
+    let (rows, more) = split_page(rows, limit);
+    let next = more.then(|| rows.last().map(|k| encode_cursor(&format!("{}:{}", k.created_at.millis(), k.id), fp))).flatten();
+    Ok(list(rows, next))
+}
+
+pub async fn get_keyspace(State(st): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<Response> {
+    auth.require(Permission::ReadKeys)?;
+    Ok(Json(service::get_keyspace(&st, &auth.ctx(), &id).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchKeyspaceBody {
+    name: Option<String>,
+    policy: Option<keyward_core::policy::PolicyPatch>,
+}
+
+pub async fn patch_keyspace(State(st): State<AppState>, auth: Auth, Path(id): Path<String>, body: JsonBody) -> Result<Response> {
+    auth.require(Permission::WriteKeyspaces)?;
+    if let Some(b) = &body.0 {
+        if serde_json::from_slice::<Value>(b).ok().and_then(|v| v.get("prefix").map(|_| ())).is_some() {
+            return Err(Error::bad_request("a keyspace's prefix cannot be changed"));
+        }
+    }
+    let b: PatchKeyspaceBody = body.parse()?;
+    let ks = service::update_keyspace(&st, &auth.ctx(), &id, service::PatchKeyspace { name: b.name, policy: b.policy }).await?;
+    Ok(Json(ks).into_response())
+}
+
+// ---------------------------------------------------------------- keys
+
+pub async fn create_key(State(st): State<AppState>, auth: Auth, body: JsonBody) -> Result<Response> {
+    auth.require(Permission::WriteKeys)?;
+    let input = body.parse()?;
+    let (key, plaintext) = service::create_key(&st, &auth.ctx(), input).await?;
+    let mut v = key_json(&key, &st);
+    v["key"] = json!(plaintext.expose());
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+pub async fn list_keys(State(st): State<AppState>, auth: Auth, mut params: Params) -> Result<Json<Value>> {
+    auth.require(Permission::ReadKeys)?;
+    let limit = params.take_limit()?;
+    let cursor = params.take("cursor")?;
+    let keyspace_id = params.take("keyspace_id")?;
+    let owner = params.take("owner")?;
+    let status = params
+        .take("status")?
+        .map(|s| KeyStatus::parse(&s).ok_or_else(|| Error::bad_request("status must be one of active, rotating, disabled, expired, revoked")))
+        .transpose()?;
+    let label = params
+        .take("label")?
+        .map(|l| {
+            l.split_once(':')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| Error::bad_request("label must be name:value"))
+        })
+        .transpose()?;
+    let q = params.take("q")?;
+    let unused_for_secs = params.take_int("unused_for_secs", 0)?;
+    params.finish()?;
+    let fp = format!("keys|{keyspace_id:?}|{owner:?}|{status:?}|{label:?}|{q:?}|{unused_for_secs:?}");
+    let after = time_cursor(cursor, &fp)?;
+    let keyspace_ids = match (keyspace_id, &auth.token.keyspace_ids) {
+        (Some(id), limit) => {
+            if limit.as_ref().is_some_and(|l| !l.contains(&id)) {
+                Some(Vec::new())
+            } else {
+                Some(vec![id])
+            }
+        }
+        (None, limit) => limit.clone(),
+    };
+    let filter = KeyFilter {
+        keyspace_ids,
+        owner,
+        status,
+        label,
+        name_contains: q,
+        unused_for_secs,
+        now: st.clock.now(),
+        page: Page { limit: limit + 1, after },
+    };
+    let rows = st.store.list_keys(&filter).await?;
+    let (rows, more) = split_page(rows, limit);
+    let next = more.then(|| rows.last().map(|k| encode_cursor(&format!("{}:{}", k.created_at.millis(), k.id), &fp))).flatten();
+    let items: Vec<Value> = rows.iter().map(|k| key_json(k, &st)).collect();
+    Ok(list(items, next))
+}
+
+pub async fn get_key(State(st): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<Json<Value>> {
+    auth.require(Permission::ReadKeys)?;
+    let k = service::get_key(&st, &auth.ctx(), &id).await?;
+    Ok(Json(key_json(&k, &st)))
+}
+
+pub async fn patch_key(State(st): State<AppState>, auth: Auth, Path(id): Path<String>, body: JsonBody) -> Result<Json<Value>> {
+    auth.require(Permission::WriteKeys)?;
+    let p = body.parse()?;
+    let k = service::update_key(&st, &auth.ctx(), &id, p).await?;
+    Ok(Json(key_json(&k, &st)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReasonBody {
+    reason: String,
+}
+
+pub async fn revoke_key(State(st): State<AppState>, auth: Auth, Path(id): Path<String>, body: JsonBody) -> Result<Json<Value>> {
+    auth.require(Permission::WriteKeys)?;
+    let b: ReasonBody = body.parse()?;
+    let k = service::revoke_key(&st, &auth.ctx(), &id, &b.reason).await?;
+    Ok(Json(key_json(&k, &st)))
+}
+
+pub async fn revoke_owner(State(st): State<AppState>, auth: Auth, body: JsonBody) -> Result<Json<Value>> {
+    auth.require(Permission::WriteKeys)?;
+    let input = body.parse()?;
+    let ids = service::revoke_owner_keys(&st, &auth.ctx(), input).await?;
+    Ok(Json(json!({"revoked": ids.len(), "key_ids": ids})))
+}
+
+pub async fn rotate_key(State(st): State<AppState>, auth: Auth, Path(id): Path<String>, body: JsonBody) -> Result<Response> {
+    auth.require(Permission::WriteKeys)?;
+    let input = body.parse_or_default()?;
+    let (key, plaintext) = service::rotate_key(&st, &auth.ctx(), &id, input).await?;
+    let mut v = key_json(&key, &st);
+    v["key"] = json!(plaintext.expose());
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+// ---------------------------------------------------------------- tokens
+
+pub async fn create_token(State(st): State<AppState>, auth: Auth, body: JsonBody) -> Result<Response> {
+    auth.require(Permission::ManageTokens)?;
+    let ctx = auth.ctx();
+    ctx.require_unlimited("creating tokens")?;
+    let input = body.parse()?;
+    let (token, plaintext) = service::create_token(&st, &ctx, input).await?;
+    let mut v = json!(token);
+    v["token"] = json!(plaintext.expose());
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+pub async fn list_tokens(State(st): State<AppState>, auth: Auth, mut params: Params) -> Result<Json<Value>> {
+    auth.require(Permission::ManageTokens)?;
+    auth.ctx().require_unlimited("reading tokens")?;
+    let limit = params.take_limit()?;
+    let fp = "tokens";
+    let after = time_cursor(params.take("cursor")?, fp)?;
+    params.finish()?;
+    let rows = st.store.list_tokens(&Page { limit: limit + 1, after }).await?;
+    let (rows, more) = split_page(rows, limit);
+    let next = more.then(|| rows.last().map(|t| encode_cursor(&format!("{}:{}", t.created_at.millis(), t.id), fp))).flatten();
+    Ok(list(rows, next))
+}
+
+pub async fn revoke_token(State(st): State<AppState>, auth: Auth, Path(id): Path<String>, body: JsonBody) -> Result<Response> {
+    auth.require(Permission::ManageTokens)?;
+    let ctx = auth.ctx();
+    ctx.require_unlimited("revoking tokens")?;
+    let b: ReasonBody = body.parse()?;
+    Ok(Json(service::revoke_token(&st, &ctx, &id, &b.reason).await?).into_response())
+}
+
+// ---------------------------------------------------------------- audit
+
+pub async fn list_audit(State(st): State<AppState>, auth: Auth, mut params: Params) -> Result<Json<Value>> {
+    auth.require(Permission::ReadAudit)?;
+    auth.ctx().require_unlimited("reading the audit trail")?;
+    let limit = params.take_limit()?;
+    let cursor = params.take("cursor")?;
+    let mut f = AuditFilter {
+        target_id: params.take("target_id")?,
+        actor_id: params.take("actor_id")?,
+        action: params.take("action")?,
+        from: params.take_time("from")?,
+        to: params.take_time("to")?,
+        page: Page { limit: limit + 1, after: None },
+    };
+    params.finish()?;
+    let fp = format!("audit|{:?}|{:?}|{:?}|{:?}|{:?}", f.target_id, f.actor_id, f.action, f.from, f.to);
+    if let Some(c) = cursor {
+        let pos = decode_cursor(&c, &fp)?;
+        f.page.after = Some(pos.parse().map_err(|_| Error::bad_request("cursor is not valid for this list"))?);
+    }
+    let rows = st.store.list_audit(&f).await?;
+    let (rows, more) = split_page(rows, limit);
+    let next = more.then(|| rows.last().map(|e| encode_cursor(&e.seq.to_string(), &fp))).flatten();
+    Ok(list(rows, next))
+}
+
+/// Walks the whole chain from the first event.
+pub async fn check_chain(st: &AppState) -> Result<ChainCheck> {
+    let mut v = ChainVerifier::default();
+    let mut after = 0;
+    loop {
+        let page = st.store.audit_after(after, 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for e in &page {
+            v.push(e);
+        }
+    }
+    Ok(v.finish())
+}
+
+pub async fn verify_audit(State(st): State<AppState>, auth: Auth) -> Result<Json<Value>> {
+    auth.require(Permission::ReadAudit)?;
+    auth.ctx().require_unlimited("reading the audit trail")?;
+    Ok(Json(match check_chain(&st).await? {
+        ChainCheck::Ok { events, head } => json!({"ok": true, "events": events, "head": head}),
+        ChainCheck::Bad { events, first_bad_seq } => json!({"ok": false, "events": events, "first_bad_seq": first_bad_seq}),
+    }))
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+const AUDIT_CSV_HEADER: &str = "id,seq,at,actor_type,actor_id,actor_name,action,target_type,target_id,reason,request_id,ip,changes,prev_hash,hash\n";
+
+fn audit_csv_row(e: &AuditEvent) -> String {
+    let fields = [
+        e.id.clone(),
+        e.seq.to_string(),
+        e.at.to_rfc3339(),
+        e.actor.kind.as_str().to_string(),
+        e.actor.id.clone(),
+        e.actor.name.clone(),
+        e.action.clone(),
+        e.target_type.clone(),
+        e.target_id.clone(),
+        e.reason.clone().unwrap_or_default(),
+        e.request_id.clone().unwrap_or_default(),
+        e.ip.clone().unwrap_or_default(),
+        serde_json::to_string(&e.changes).unwrap_or_default(),
+        e.prev_hash.clone(),
+        e.hash.clone(),
+    ];
+    let mut line = fields.iter().map(|f| csv_field(f)).collect::<Vec<_>>().join(",");
+    line.push('\n');
+    line
+}
+
+/// Streams the whole trail, oldest first, a page at a time.
+pub async fn export_audit(State(st): State<AppState>, auth: Auth, mut params: Params) -> Result<Response> {
+    auth.require(Permission::ReadAudit)?;
+    auth.ctx().require_unlimited("reading the audit trail")?;
+    let format = params.take("format")?.unwrap_or_else(|| "jsonl".into());
+    params.finish()?;
+    let csv = match format.as_str() {
+        "jsonl" => false,
+        "csv" => true,
+        _ => return Err(Error::bad_request("format must be jsonl or csv")),
+    };
+    // Read the first page now so an unreachable store is a clean 503, not a cut stream.
+    let first = st.store.audit_after(0, 1000).await?;
+    let store = st.store.clone();
+    let header = if csv { Some(AUDIT_CSV_HEADER.to_string()) } else { None };
+    let stream = futures_util::stream::unfold((Some(first), 0i64, header), move |(page, after, header)| {
+        let store = store.clone();
+        async move {
+            if let Some(h) = header {
+                return Some((Ok::<_, std::io::Error>(h), (page, after, None)));
+            }
+            let page = match page {
+                Some(p) => p,
+                None => match store.audit_after(after, 1000).await {
+                    Ok(p) => p,
+                    Err(e) => return Some((Err(std::io::Error::other(e.to_string())), (Some(Vec::new()), i64::MAX, None))),
+                },
+            };
+            let last = page.last()?.seq;
+            let mut chunk = String::new();
+            for e in &page {
+                if csv {
+                    chunk.push_str(&audit_csv_row(e));
+                } else {
+                    chunk.push_str(&serde_json::to_string(e).unwrap_or_default());
+                    chunk.push('\n');
+                }
+            }
+            Some((Ok(chunk), (None, last, None)))
+        }
+    });
+    let ctype = if csv { "text/csv; charset=utf-8" } else { "application/x-ndjson" };
+    Ok(([(header::CONTENT_TYPE, ctype)], Body::from_stream(stream)).into_response())
+}

@@ -1,0 +1,3 @@
+//! Background tasks, each named, supervised by the server and drained on shutdown.
+
+pub mod usage;

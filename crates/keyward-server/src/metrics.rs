@@ -1,0 +1,81 @@
+//! Prometheus metrics, kept in atomics (no lock on the verify path) and rendered as text.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use keyward_core::verify::Code;
+
+/// Upper bounds (seconds) of the verification latency histogram.
+const BUCKETS: [f64; 12] = [
+    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.1,
+];
+
+#[derive(Default)]
+pub struct Metrics {
+    pub verifications: [AtomicU64; 9],
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
+    duration_buckets: [AtomicU64; 12],
+    duration_count: AtomicU64,
+    duration_sum_ns: AtomicU64,
+    pub flushes: AtomicU64,
+    pub flush_failures: AtomicU64,
+    pub flushed_keys: AtomicU64,
+    pub last_flush_batch: AtomicU64,
+}
+
+impl Metrics {
+    pub fn observe(&self, code: Code, elapsed: std::time::Duration) {
+        self.verifications[code.index()].fetch_add(1, Ordering::Relaxed);
+        let secs = elapsed.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.duration_buckets[i].fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+        }
+        self.duration_count.fetch_add(1, Ordering::Relaxed);
+        self.duration_sum_ns.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    pub fn render(&self, pending_usage_keys: usize, cached_entries: usize) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "# HELP keyward_verifications_total Verifications by outcome code.");
+        let _ = writeln!(s, "# TYPE keyward_verifications_total counter");
+        for code in Code::ALL {
+            let n = self.verifications[code.index()].load(Ordering::Relaxed);
+            let _ = writeln!(s, "keyward_verifications_total{{code=\"{}\"}} {n}", code.as_str());
+        }
+        let _ = writeln!(s, "# HELP keyward_verify_duration_seconds Time to decide one verification.");
+        let _ = writeln!(s, "# TYPE keyward_verify_duration_seconds histogram");
+        let mut cumulative = 0;
+        for (i, b) in BUCKETS.iter().enumerate() {
+            cumulative += self.duration_buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(s, "keyward_verify_duration_seconds_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.duration_count.load(Ordering::Relaxed);
+        let _ = writeln!(s, "keyward_verify_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.duration_sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(s, "keyward_verify_duration_seconds_sum {sum}");
+        let _ = writeln!(s, "keyward_verify_duration_seconds_count {count}");
+        let counters = [
+            ("keyward_cache_hits_total", "Verifications answered from the cache.", &self.cache_hits),
+            ("keyward_cache_misses_total", "Verifications that read the store.", &self.cache_misses),
+            ("keyward_usage_flushes_total", "Usage batches written.", &self.flushes),
+            ("keyward_usage_flush_failures_total", "Usage batches that failed and were kept for retry.", &self.flush_failures),
+            ("keyward_usage_flushed_keys_total", "Per-key usage rows written.", &self.flushed_keys),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Ordering::Relaxed));
+        }
+        let gauges = [
+            ("keyward_usage_last_batch_keys", "Keys in the last usage batch.", self.last_flush_batch.load(Ordering::Relaxed) as usize),
+            ("keyward_usage_pending_keys", "Keys with usage not yet written.", pending_usage_keys),
+            ("keyward_cache_entries", "Entries in the verification cache.", cached_entries),
+        ];
+        for (name, help, v) in gauges {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+        s
+    }
+}

@@ -1,0 +1,745 @@
+//! The control plane: every rule about keyspaces, keys and tokens, written once and used by the
+//! HTTP API, the dashboard and the command line. Each change is one store transaction that also
+//! appends its audit event; after the commit the verification cache of this node forgets the
+//! key, before the caller answers.
+
+use std::collections::BTreeMap;
+
+use keyward_core::id::new_id;
+use keyward_core::keyformat::{self, KeyHash, TOKEN_PREFIX};
+use keyward_core::model::{
+    check_cidrs, check_labels, check_meta, check_name, check_reason, check_scopes, Actor, Key, KeyStatus,
+    Keyspace, RateLimit, Role, Token,
+};
+use keyward_core::policy::{double_option, Policy, PolicyPatch, Preset, MAX_DURATION_SECS};
+use keyward_core::secret::Secret;
+use keyward_core::time::Timestamp;
+use keyward_store::{NewEvent, StoreError, StoreTx};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::error::{Error, Result};
+use crate::state::AppState;
+
+/// Who is acting, and within which keyspaces.
+#[derive(Clone, Debug)]
+pub struct Ctx {
+    pub actor: Actor,
+    pub request_id: Option<String>,
+    pub ip: Option<String>,
+    /// The keyspaces a limited token may act in; `None`: all.
+    pub keyspaces: Option<Vec<String>>,
+}
+
+impl Ctx {
+    pub fn sees(&self, keyspace_id: &str) -> bool {
+        self.keyspaces.as_ref().is_none_or(|ids| ids.iter().any(|i| i == keyspace_id))
+    }
+    pub fn require_unlimited(&self, what: &str) -> Result<()> {
+        match self.keyspaces {
+            None => Ok(()),
+            Some(_) => Err(Error::forbidden(format!("{what} needs a token that is not limited to keyspaces"))),
+        }
+    }
+    fn event(&self, now: Timestamp, action: &str, target_type: &str, target_id: &str) -> NewEvent {
+        NewEvent {
+            id: new_id("evt", now),
+            at: now,
+            actor: self.actor.clone(),
+            action: action.into(),
+            target_type: target_type.into(),
+            target_id: target_id.into(),
+            reason: None,
+            request_id: self.request_id.clone(),
+            ip: self.ip.clone(),
+            changes: Map::new(),
+        }
+    }
+}
+
+fn change(changes: &mut Map<String, Value>, field: &str, old: impl serde::Serialize, new: impl serde::Serialize) {
+    let (old, new) = (json!(old), json!(new));
+    if old != new {
+        changes.insert(field.into(), json!([old, new]));
+    }
+}
+
+fn not_found(kind: &str, id: &str) -> Error {
+    let shown: String = id.chars().take(64).collect();
+    Error::not_found(format!("{kind} '{shown}' not found"))
+}
+
+// ---------------------------------------------------------------- keyspaces
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeyspace {
+    pub name: String,
+    pub prefix: String,
+    pub preset: Option<Preset>,
+    pub policy: Option<PolicyPatch>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchKeyspace {
+    pub name: Option<String>,
+    pub policy: Option<PolicyPatch>,
+}
+
+pub async fn create_keyspace(st: &AppState, ctx: &Ctx, input: CreateKeyspace) -> Result<Keyspace> {
+    ctx.require_unlimited("creating keyspaces")?;
+    check_name("name", &input.name).map_err(Error::bad_request)?;
+    keyformat::check_prefix(&input.prefix).map_err(Error::bad_request)?;
+    let base = input.preset.unwrap_or(Preset::Standard).policy();
+    let policy = match &input.policy {
+        Some(p) => p.apply(&base).map_err(Error::bad_request)?,
+        None => base,
+    };
+    let now = st.clock.now();
+    let ks = Keyspace {
+        id: new_id("ks", now),
+        name: input.name,
+        prefix: input.prefix,
+        policy,
+        created_at: now,
+        updated_at: now,
+    };
+    let mut tx = st.store.begin().await?;
+    match tx.insert_keyspace(&ks).await {
+        Err(StoreError::Conflict(_)) => {
+            return Err(Error::conflict(format!("prefix '{}' is already used by another keyspace", ks.prefix)))
+        }
+        other => other?,
+    }
+    let mut ev = ctx.event(now, "keyspace.create", "keyspace", &ks.id);
+    change(&mut ev.changes, "name", Value::Null, &ks.name);
+    change(&mut ev.changes, "prefix", Value::Null, &ks.prefix);
+    change(&mut ev.changes, "policy", Value::Null, &ks.policy);
+    tx.append_audit(ev).await?;
+    tx.commit().await?;
+    Ok(ks)
+}
+
+pub async fn get_keyspace(st: &AppState, ctx: &Ctx, id: &str) -> Result<Keyspace> {
+    if !ctx.sees(id) {
+        return Err(not_found("keyspace", id));
+    }
+    st.store.keyspace(id).await?.ok_or_else(|| not_found("keyspace", id))
+}
+
+pub async fn update_keyspace(st: &AppState, ctx: &Ctx, id: &str, input: PatchKeyspace) -> Result<Keyspace> {
+    if let Some(n) = &input.name {
+        check_name("name", n).map_err(Error::bad_request)?;
+    }
+    if !ctx.sees(id) {
+        return Err(not_found("keyspace", id));
+    }
+    let mut tx = st.store.begin().await?;
+    let old = tx.keyspace(id).await?.ok_or_else(|| not_found("keyspace", id))?;
+    let mut ks = old.clone();
+    if let Some(n) = input.name {
+        ks.name = n;
+    }
+    if let Some(p) = &input.policy {
+        ks.policy = p.apply(&ks.policy).map_err(Error::bad_request)?;
+    }
+    let now = st.clock.now();
+    let mut ev = ctx.event(now, "keyspace.update", "keyspace", id);
+    change(&mut ev.changes, "name", &old.name, &ks.name);
+    if old.policy != ks.policy {
+        let (o, n) = (json!(old.policy), json!(ks.policy));
+        if let (Value::Object(o), Value::Object(n)) = (o, n) {
+            for (k, v) in n {
+                change(&mut ev.changes, &format!("policy.{k}"), o.get(&k), v);
+            }
+        }
+    }
+    if ev.changes.is_empty() {
+        return Ok(old);
+    }
+    ks.updated_at = now;
+    tx.update_keyspace(&ks).await?;
+    tx.append_audit(ev).await?;
+    tx.commit().await?;
+    Ok(ks)
+}
+
+// ---------------------------------------------------------------- keys
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    pub keyspace_id: String,
+    pub name: String,
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub meta: Map<String, Value>,
+    pub ttl_secs: Option<i64>,
+    pub expires_at: Option<Timestamp>,
+    pub ratelimit: Option<RateLimit>,
+    pub remaining: Option<i64>,
+    pub allowed_cidrs: Option<Vec<String>>,
+    pub enabled: Option<bool>,
+}
+
+/// A PATCH: `Some(None)` is an explicit `null`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchKey {
+    #[serde(default, deserialize_with = "double_option")]
+    pub name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub owner: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub scopes: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub labels: Option<Option<BTreeMap<String, String>>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub meta: Option<Option<Map<String, Value>>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub expires_at: Option<Option<Timestamp>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub enabled: Option<Option<bool>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub ratelimit: Option<Option<RateLimit>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub remaining: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub allowed_cidrs: Option<Option<Vec<String>>>,
+}
+
+fn check_owner(owner: &Option<String>) -> Result<()> {
+    match owner {
+        Some(o) => check_name("owner", o).map_err(Error::bad_request),
+        None => Ok(()),
+    }
+}
+
+fn check_remaining(r: Option<i64>) -> Result<()> {
+    match r {
+        Some(n) if n < 0 => Err(Error::bad_request("remaining must be 0 or more, or null for unlimited")),
+        _ => Ok(()),
+    }
+}
+
+fn check_ratelimit(r: &Option<RateLimit>) -> Result<()> {
+    r.as_ref().map_or(Ok(()), |r| r.check().map_err(Error::bad_request))
+}
+
+/// Whether `expires_at` keeps a key created at `created_at` within the policy's lifetime.
+fn check_lifetime(policy: &Policy, created_at: Timestamp, expires_at: Option<Timestamp>) -> Result<()> {
+    if let Some(max) = policy.max_lifetime_secs {
+        match expires_at {
+            None => {
+                return Err(Error::policy(format!(
+                    "the keyspace policy requires every key to expire within {max} s of its creation"
+                )))
+            }
+            Some(e) if e > created_at.plus_secs(max) => {
+                return Err(Error::policy(format!(
+                    "expires_at is beyond the keyspace's max_lifetime_secs ({max} s after creation)"
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Live keys of an owner that count towards `max_keys_per_owner` (not rotated away).
+async fn check_owner_limit(tx: &mut Box<dyn StoreTx>, ks: &Keyspace, owner: &Option<String>, now: Timestamp, except: Option<&str>) -> Result<()> {
+    if let (Some(max), Some(owner)) = (ks.policy.max_keys_per_owner, owner) {
+        let live = tx.live_keys_of_owner(owner, Some(std::slice::from_ref(&ks.id)), now).await?;
+        let n = live.iter().filter(|k| k.rotated_to.is_none() && Some(k.id.as_str()) != except).count();
+        if n as i64 >= max {
+            return Err(Error::policy(format!(
+                "owner already has {n} active keys in this keyspace; the policy allows {max}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub async fn create_key(st: &AppState, ctx: &Ctx, input: CreateKey) -> Result<(Key, Secret)> {
+    check_name("name", &input.name).map_err(Error::bad_request)?;
+    check_owner(&input.owner)?;
+    check_scopes(&input.scopes).map_err(Error::bad_request)?;
+    check_labels(&input.labels).map_err(Error::bad_request)?;
+    check_meta(&input.meta).map_err(Error::bad_request)?;
+    check_ratelimit(&input.ratelimit)?;
+    check_remaining(input.remaining)?;
+    if let Some(c) = &input.allowed_cidrs {
+        check_cidrs(c).map_err(Error::bad_request)?;
+    }
+    let now = st.clock.now();
+    let explicit_expiry = match (input.ttl_secs, input.expires_at) {
+        (Some(_), Some(_)) => return Err(Error::bad_request("give ttl_secs or expires_at, not both")),
+        (Some(t), None) if !(1..=MAX_DURATION_SECS).contains(&t) => {
+            return Err(Error::bad_request(format!("ttl_secs must be an integer in 1..{MAX_DURATION_SECS}")))
+        }
+        (Some(t), None) => Some(now.plus_secs(t)),
+        (None, Some(e)) if e <= now => return Err(Error::bad_request("expires_at is in the past")),
+        (None, e) => e,
+    };
+    if !ctx.sees(&input.keyspace_id) {
+        return Err(not_found("keyspace", &input.keyspace_id));
+    }
+    let mut tx = st.store.begin().await?;
+    let ks = tx.keyspace(&input.keyspace_id).await?.ok_or_else(|| not_found("keyspace", &input.keyspace_id))?;
+    if ks.policy.require_owner && input.owner.is_none() {
+        return Err(Error::policy("the keyspace policy requires an owner"));
+    }
+    let expires_at = explicit_expiry.or(ks.policy.max_lifetime_secs.map(|m| now.plus_secs(m)));
+    check_lifetime(&ks.policy, now, expires_at)?;
+    check_owner_limit(&mut tx, &ks, &input.owner, now, None).await?;
+
+    let plaintext = keyformat::generate(&ks.prefix);
+    let key = new_key_record(&ks, &plaintext, ctx, now, |k| {
+        k.name = input.name;
+        k.owner = input.owner;
+        k.scopes = input.scopes;
+        k.labels = input.labels;
+        k.meta = input.meta;
+        k.expires_at = expires_at;
+        k.ratelimit = input.ratelimit;
+        k.remaining = input.remaining;
+        k.allowed_cidrs = input.allowed_cidrs;
+        k.enabled = input.enabled.unwrap_or(true);
+    })?;
+    tx.insert_key(&key).await?;
+    let mut ev = ctx.event(now, "key.create", "key", &key.id);
+    for (field, v) in [
+        ("keyspace_id", json!(key.keyspace_id)),
+        ("name", json!(key.name)),
+        ("owner", json!(key.owner)),
+        ("scopes", json!(key.scopes)),
+        ("labels", json!(key.labels)),
+        ("expires_at", json!(key.expires_at)),
+        ("enabled", json!(key.enabled)),
+        ("ratelimit", json!(key.ratelimit)),
+        ("remaining", json!(key.remaining)),
+        ("allowed_cidrs", json!(key.allowed_cidrs)),
+    ] {
+        change(&mut ev.changes, field, Value::Null, v);
+    }
+    tx.append_audit(ev).await?;
+    tx.commit().await?;
+    st.verifier.invalidate(&key.hash);
+    Ok((key, plaintext))
+}
+
+fn new_key_record(ks: &Keyspace, plaintext: &Secret, ctx: &Ctx, now: Timestamp, fill: impl FnOnce(&mut Key)) -> Result<Key> {
+    let parsed = keyformat::parse(plaintext.expose()).ok_or_else(|| Error::internal("generated key does not parse"))?;
+    let mut key = Key {
+        id: new_id("key", now),
+        keyspace_id: ks.id.clone(),
+        name: String::new(),
+        owner: None,
+        scopes: Vec::new(),
+        labels: BTreeMap::new(),
+        meta: Map::new(),
+        hash: KeyHash::of(plaintext.expose()),
+        start: parsed.start(),
+        end: parsed.end(),
+        enabled: true,
+        created_at: now,
+        created_by: ctx.actor.clone(),
+        updated_at: now,
+        expires_at: None,
+        revoked_at: None,
+        revoked_by: None,
+        revoked_reason: None,
+        rotated_from: None,
+        rotated_to: None,
+        last_used_at: None,
+        call_count: 0,
+        denied_count: 0,
+        ratelimit: None,
+        remaining: None,
+        allowed_cidrs: None,
+    };
+    fill(&mut key);
+    Ok(key)
+}
+
+/// A key the context may see, read outside a transaction.
+pub async fn get_key(st: &AppState, ctx: &Ctx, id: &str) -> Result<Key> {
+    let mut key = st.store.key(id).await?.filter(|k| ctx.sees(&k.keyspace_id)).ok_or_else(|| not_found("key", id))?;
+    // During its grace period a rotated key reports its successor's quota.
+    if let (Some(next), Some(_)) = (&key.rotated_to, key.remaining) {
+        if key.status(st.clock.now()) == KeyStatus::Rotating {
+            if let Some(s) = st.store.key(next).await? {
+                key.remaining = s.remaining;
+            }
+        }
+    }
+    Ok(key)
+}
+
+async fn key_in_tx(tx: &mut Box<dyn StoreTx>, ctx: &Ctx, id: &str) -> Result<Key> {
+    tx.key(id).await?.filter(|k| ctx.sees(&k.keyspace_id)).ok_or_else(|| not_found("key", id))
+}
+
+fn required<T>(field: &str, v: Option<T>) -> Result<T> {
+    v.ok_or_else(|| Error::bad_request(format!("{field} may not be null")))
+}
+
+pub async fn update_key(st: &AppState, ctx: &Ctx, id: &str, p: PatchKey) -> Result<Key> {
+    // Validate everything before touching the store.
+    let name = p.name.map(|v| required("name", v)).transpose()?;
+    let scopes = p.scopes.map(|v| required("scopes", v)).transpose()?;
+    let labels = p.labels.map(|v| required("labels", v)).transpose()?;
+    let meta = p.meta.map(|v| required("meta", v)).transpose()?;
+    let enabled = p.enabled.map(|v| required("enabled", v)).transpose()?;
+    if let Some(n) = &name {
+        check_name("name", n).map_err(Error::bad_request)?;
+    }
+    if let Some(o) = &p.owner {
+        check_owner(o)?;
+    }
+    if let Some(s) = &scopes {
+        check_scopes(s).map_err(Error::bad_request)?;
+    }
+    if let Some(l) = &labels {
+        check_labels(l).map_err(Error::bad_request)?;
+    }
+    if let Some(m) = &meta {
+        check_meta(m).map_err(Error::bad_request)?;
+    }
+    if let Some(r) = &p.ratelimit {
+        check_ratelimit(r)?;
+    }
+    if let Some(r) = p.remaining {
+        check_remaining(r)?;
+    }
+    if let Some(Some(c)) = &p.allowed_cidrs {
+        check_cidrs(c).map_err(Error::bad_request)?;
+    }
+    let now = st.clock.now();
+    if let Some(Some(e)) = p.expires_at {
+        if e <= now {
+            return Err(Error::bad_request("expires_at is in the past"));
+        }
+    }
+
+    // A quota change must not interleave with a usage batch (see jobs::usage::flush).
+    let _gate = st.gate.lock().await;
+    if p.remaining.is_some() {
+        crate::jobs::usage::flush_locked(st).await?;
+    }
+    let mut tx = st.store.begin().await?;
+    let old = key_in_tx(&mut tx, ctx, id).await?;
+    if old.revoked_at.is_some() {
+        return Err(Error::conflict("the key is revoked and cannot be changed"));
+    }
+    let ks = tx.keyspace(&old.keyspace_id).await?.ok_or_else(|| not_found("keyspace", &old.keyspace_id))?;
+    let mut k = old.clone();
+    if let Some(v) = name {
+        k.name = v;
+    }
+    if let Some(v) = p.owner {
+        k.owner = v;
+    }
+    if let Some(v) = scopes {
+        k.scopes = v;
+    }
+    if let Some(v) = labels {
+        k.labels = v;
+    }
+    if let Some(v) = meta {
+        k.meta = v;
+    }
+    if let Some(v) = enabled {
+        k.enabled = v;
+    }
+    if let Some(v) = p.ratelimit {
+        k.ratelimit = v;
+    }
+    if let Some(v) = p.allowed_cidrs {
+        k.allowed_cidrs = v;
+    }
+    if let Some(v) = p.expires_at {
+        check_lifetime(&ks.policy, k.created_at, v)?;
+        k.expires_at = v;
+    }
+    if k.owner != old.owner {
+        if ks.policy.require_owner && k.owner.is_none() {
+            return Err(Error::policy("the keyspace policy requires an owner"));
+        }
+        check_owner_limit(&mut tx, &ks, &k.owner, now, Some(&k.id)).await?;
+    }
+    if let Some(v) = p.remaining {
+        k.remaining = v;
+    }
+
+    let mut ev = ctx.event(now, "key.update", "key", id);
+    change(&mut ev.changes, "name", &old.name, &k.name);
+    change(&mut ev.changes, "owner", &old.owner, &k.owner);
+    change(&mut ev.changes, "scopes", &old.scopes, &k.scopes);
+    change(&mut ev.changes, "labels", &old.labels, &k.labels);
+    change(&mut ev.changes, "meta", &old.meta, &k.meta);
+    change(&mut ev.changes, "enabled", old.enabled, k.enabled);
+    change(&mut ev.changes, "ratelimit", old.ratelimit, k.ratelimit);
+    change(&mut ev.changes, "allowed_cidrs", &old.allowed_cidrs, &k.allowed_cidrs);
+    change(&mut ev.changes, "expires_at", old.expires_at, k.expires_at);
+    if p.remaining.is_some() {
+        change(&mut ev.changes, "remaining", old.remaining, k.remaining);
+    }
+    if ev.changes.is_empty() {
+        return Ok(old);
+    }
+    k.updated_at = now;
+    tx.update_key(&k).await?;
+    if p.remaining.is_some() {
+        tx.set_remaining(&k.id, k.remaining).await?;
+    }
+    tx.append_audit(ev).await?;
+    tx.commit().await?;
+    if p.remaining.is_some() {
+        st.verifier.set_remaining(&k.id, k.remaining);
+    }
+    st.verifier.invalidate(&k.hash);
+    Ok(k)
+}
+
+fn revoke_in_place(k: &mut Key, ctx: &Ctx, now: Timestamp, reason: &str, ev: &mut NewEvent) {
+    change(&mut ev.changes, "revoked_at", Value::Null, now);
+    change(&mut ev.changes, "revoked_by", Value::Null, &ctx.actor);
+    change(&mut ev.changes, "revoked_reason", Value::Null, reason);
+    k.revoked_at = Some(now);
+    k.revoked_by = Some(ctx.actor.clone());
+    k.revoked_reason = Some(reason.to_string());
+    k.updated_at = now;
+}
+
+pub async fn revoke_key(st: &AppState, ctx: &Ctx, id: &str, reason: &str) -> Result<Key> {
+    check_reason(reason).map_err(Error::bad_request)?;
+    let mut tx = st.store.begin().await?;
+    let mut k = key_in_tx(&mut tx, ctx, id).await?;
+    if k.revoked_at.is_some() {
+        // Idempotent: the first revocation stands and no second event is written.
+        return Ok(k);
+    }
+    let now = st.clock.now();
+    let mut ev = ctx.event(now, "key.revoke", "key", id);
+    ev.reason = Some(reason.to_string());
+    revoke_in_place(&mut k, ctx, now, reason, &mut ev);
+    tx.update_key(&k).await?;
+    tx.append_audit(ev).await?;
+    tx.commit().await?;
+    st.verifier.invalidate(&k.hash);
+    Ok(k)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkRevoke {
+    pub owner: String,
+    pub keyspace_id: Option<String>,
+    pub reason: String,
+}
+
+pub async fn revoke_owner_keys(st: &AppState, ctx: &Ctx, input: BulkRevoke) -> Result<Vec<String>> {
+    check_name("owner", &input.owner).map_err(Error::bad_request)?;
+    check_reason(&input.reason).map_err(Error::bad_request)?;
+    let scope: Option<Vec<String>> = match (&input.keyspace_id, &ctx.keyspaces) {
+        (Some(ks), _) => {
+            get_keyspace(st, ctx, ks).await?;
+            Some(vec![ks.clone()])
+        }
+        (None, limit) => limit.clone(),
+    };
+    let now = st.clock.now();
+    let mut tx = st.store.begin().await?;
+    let keys = tx.live_keys_of_owner(&input.owner, scope.as_deref(), now).await?;
+    let mut ids = Vec::with_capacity(keys.len());
+    let mut hashes = Vec::with_capacity(keys.len());
+    for mut k in keys {
+        let mut ev = ctx.event(now, "key.revoke", "key", &k.id);
+        ev.reason = Some(input.reason.clone());
+        revoke_in_place(&mut k, ctx, now, &input.reason, &mut ev);
+        tx.update_key(&k).await?;
+        tx.append_audit(ev).await?;
+        ids.push(k.id);
+        hashes.push(k.hash);
+    }
+    tx.commit().await?;
+    for h in &hashes {
+        st.verifier.invalidate(h);
+    }
+    Ok(ids)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKey {
+    pub grace_secs: Option<i64>,
+    pub reason: Option<String>,
+}
+
+/// Rotates a key: returns the successor and its plaintext.
+pub async fn rotate_key(st: &AppState, ctx: &Ctx, id: &str, input: RotateKey) -> Result<(Key, Secret)> {
+    if let Some(r) = &input.reason {
+        check_reason(r).map_err(Error::bad_request)?;
+    }
+    if let Some(g) = input.grace_secs {
+        if !(0..=MAX_DURATION_SECS).contains(&g) {
+            return Err(Error::bad_request(format!("grace_secs must be an integer in 0..{MAX_DURATION_SECS}")));
+        }
+    }
+    // Settle unwritten usage first so the quota that moves to the successor is current.
+    let _gate = st.gate.lock().await;
+    crate::jobs::usage::flush_locked(st).await?;
+    let now = st.clock.now();
+    let mut tx = st.store.begin().await?;
+    let old = key_in_tx(&mut tx, ctx, id).await?;
+    match old.status(now) {
+        KeyStatus::Revoked => return Err(Error::conflict("the key is revoked and cannot be rotated")),
+        KeyStatus::Expired => return Err(Error::conflict("the key has expired and cannot be rotated")),
+        _ if old.rotated_to.is_some() => {
+            return Err(Error::conflict("the key has already been rotated; rotate its successor"))
+        }
+        _ => {}
+    }
+    let ks = tx.keyspace(&old.keyspace_id).await?.ok_or_else(|| not_found("keyspace", &old.keyspace_id))?;
+    let grace = match input.grace_secs {
+        Some(g) => {
+            if let Some(max) = ks.policy.max_grace_secs {
+                if g > max {
+                    return Err(Error::policy(format!("grace_secs {g} exceeds the keyspace's max_grace_secs ({max})")));
+                }
+            }
+            g
+        }
+        None => ks.policy.default_grace_secs(),
+    };
+    let lifetime = old.expires_at.map(|e| (e.millis() - old.created_at.millis()).max(1000) / 1000);
+    let lifetime = match (lifetime, ks.policy.max_lifetime_secs) {
+        (Some(l), Some(m)) => Some(l.min(m)),
+        (l, m) => l.or(m),
+    };
+    let plaintext = keyformat::generate(&ks.prefix);
+    let new = new_key_record(&ks, &plaintext, ctx, now, |k| {
+        k.name = old.name.clone();
+        k.owner = old.owner.clone();
+        k.scopes = old.scopes.clone();
+        k.labels = old.labels.clone();
+        k.meta = old.meta.clone();
+        k.ratelimit = old.ratelimit;
+        k.allowed_cidrs = old.allowed_cidrs.clone();
+        k.remaining = old.remaining;
+        k.enabled = old.enabled;
+        k.rotated_from = Some(old.id.clone());
+        k.expires_at = lifetime.map(|l| now.plus_secs(l));
+    })?;
+
+    let mut k = old.clone();
+    let mut ev = ctx.event(now, "key.rotate", "key", id);
+    ev.reason = input.reason.clone();
+    change(&mut ev.changes, "rotated_to", Value::Null, &new.id);
+    k.rotated_to = Some(new.id.clone());
+    k.updated_at = now;
+    if grace == 0 {
+        let reason = input.reason.clone().unwrap_or_else(|| "rotated".to_string());
+        revoke_in_place(&mut k, ctx, now, &reason, &mut ev);
+    } else {
+        let end = now.plus_secs(grace);
+        let new_expiry = Some(k.expires_at.map_or(end, |e| e.min(end)));
+        change(&mut ev.changes, "expires_at", k.expires_at, new_expiry);
+        k.expires_at = new_expiry;
+    }
+    tx.insert_key(&new).await?;
+    tx.update_key(&k).await?;
+    tx.append_audit(ev).await?;
+    tx.commit().await?;
+    st.verifier.invalidate(&k.hash);
+    st.verifier.invalidate(&new.hash);
+    Ok((new, plaintext))
+}
+
+// ---------------------------------------------------------------- tokens
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    pub name: String,
+    pub role: Role,
+    pub keyspace_ids: Option<Vec<String>>,
+    pub ttl_secs: Option<i64>,
+}
+
+pub async fn create_token(st: &AppState, ctx: &Ctx, input: CreateToken) -> Result<(Token, Secret)> {
+    check_name("name", &input.name).map_err(Error::bad_request)?;
+    if let Some(t) = input.ttl_secs {
+        if !(1..=MAX_DURATION_SECS).contains(&t) {
+            return Err(Error::bad_request(format!("ttl_secs must be an integer in 1..{MAX_DURATION_SECS}")));
+        }
+    }
+    if let Some(ids) = &input.keyspace_ids {
+        if ids.is_empty() {
+            return Err(Error::bad_request("keyspace_ids may not be empty; omit it (or null) for an unlimited token"));
+        }
+    }
+    let now = st.clock.now();
+    let mut tx = st.store.begin().await?;
+    if let Some(ids) = &input.keyspace_ids {
+        for id in ids {
+            if tx.keyspace(id).await?.is_none() {
+                return Err(not_found("keyspace", id));
+            }
+        }
+    }
+    let plaintext = keyformat::generate(TOKEN_PREFIX);
+    let mut keyspace_ids = input.keyspace_ids;
+    if let Some(ids) = keyspace_ids.as_mut() {
+        ids.sort();
+        ids.dedup();
+    }
+    let token = Token {
+        id: new_id("tok", now),
+        name: input.name,
+        role: input.role,
+        keyspace_ids,
+        created_at: now,
+        created_by: ctx.actor.clone(),
+        expires_at: input.ttl_secs.map(|t| now.plus_secs(t)),
+        revoked_at: None,
+        revoked_by: None,
+        revoked_reason: None,
+        last_used_at: None,
+    };
+    tx.insert_token(&token, &KeyHash::of(plaintext.expose())).await?;
+    let mut ev = ctx.event(now, "token.create", "token", &token.id);
+    change(&mut ev.changes, "name", Value::Null, &token.name);
+    change(&mut ev.changes, "role", Value::Null, token.role);
+    change(&mut ev.changes, "keyspace_ids", Value::Null, &token.keyspace_ids);
+    change(&mut ev.changes, "expires_at", Value::Null, token.expires_at);
+    tx.append_audit(ev).await?;
+    tx.commit().await?;
+    Ok((token, plaintext))
+}
+
+pub async fn revoke_token(st: &AppState, ctx: &Ctx, id: &str, reason: &str) -> Result<Token> {
+    check_reason(reason).map_err(Error::bad_request)?;
+    let mut tx = st.store.begin().await?;
+    let mut t = tx.token(id).await?.ok_or_else(|| not_found("token", id))?;
+    if t.revoked_at.is_some() {
+        return Ok(t);
+    }
+    let now = st.clock.now();
+    let mut ev = ctx.event(now, "token.revoke", "token", id);
+    ev.reason = Some(reason.to_string());
+    change(&mut ev.changes, "revoked_at", Value::Null, now);
+    t.revoked_at = Some(now);
+    t.revoked_by = Some(ctx.actor.clone());
+    t.revoked_reason = Some(reason.to_string());
+    tx.update_token(&t).await?;
+    tx.append_audit(ev).await?;
+    tx.commit().await?;
+    Ok(t)
+}

@@ -1,0 +1,85 @@
+//! What every handler and background task shares.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use keyward_core::time::{Clock, Timestamp};
+use keyward_store::Store;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::verifier::Verifier;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub config: Arc<Config>,
+    pub verifier: Arc<Verifier>,
+    pub metrics: Arc<Metrics>,
+    /// Serializes usage batches with control-plane changes of a key's quota (a tokio mutex:
+    /// it is held across store calls).
+    pub gate: Arc<tokio::sync::Mutex<()>>,
+    pub throttle: Arc<AuthThrottle>,
+    /// When each token's `last_used_at` was last written, so it is written at most once a minute.
+    pub token_touched: Arc<Mutex<HashMap<String, Timestamp>>>,
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: Config) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        let verifier = Arc::new(Verifier::new(store.clone(), clock.clone(), metrics.clone()));
+        AppState {
+            store,
+            clock,
+            throttle: Arc::new(AuthThrottle::new(config.auth_failure_limit, 60)),
+            config: Arc::new(config),
+            verifier,
+            metrics,
+            gate: Arc::new(tokio::sync::Mutex::new(())),
+            token_touched: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+}
+
+/// Counts failed management authentications per address over a sliding window.
+pub struct AuthThrottle {
+    limit: usize,
+    window_ms: i64,
+    failures: Mutex<HashMap<IpAddr, VecDeque<Timestamp>>>,
+}
+
+const MAX_TRACKED_ADDRESSES: usize = 100_000;
+
+impl AuthThrottle {
+    pub fn new(limit: u32, window_secs: i64) -> Self {
+        AuthThrottle { limit: limit as usize, window_ms: window_secs * 1000, failures: Mutex::new(HashMap::new()) }
+    }
+
+    /// Records one failure; `Some(retry_after_secs)` when this address is over the limit.
+    pub fn fail(&self, ip: IpAddr, now: Timestamp) -> Option<i64> {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_TRACKED_ADDRESSES {
+            let cutoff = now.millis() - self.window_ms;
+            map.retain(|_, q| q.back().is_some_and(|t| t.millis() > cutoff));
+        }
+        let q = map.entry(ip).or_default();
+        while q.front().is_some_and(|t| t.millis() <= now.millis() - self.window_ms) {
+            q.pop_front();
+        }
+        let over = q.len() >= self.limit;
+        q.push_back(now);
+        // Keep at most what decides the answer.
+        while q.len() > self.limit + 1 {
+            q.pop_front();
+        }
+        if over {
+            let oldest = q.front().copied().unwrap_or(now);
+            let wait_ms = oldest.millis() + self.window_ms - now.millis();
+            Some((wait_ms + 999) / 1000)
+        } else {
+            None
+        }
+    }
+}

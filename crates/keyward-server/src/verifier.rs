@@ -1,0 +1,337 @@
+//! The data plane: verification against an in-memory cache of key state, with usage counted in
+//! memory and written in batches by the usage flusher (no database write per verification).
+//!
+//! - The cache maps a key's SHA-256 to its [`Entry`] or to "no such key" (a negative entry, so a
+//!   random key costs at most one store read per cache lifetime). It is sharded by hash.
+//! - [`Live`] holds what changes per verification (rate-limit window, quota, usage counts). It
+//!   is keyed by key id and outlives cache entries, so a reload after a change loses no counts.
+//! - Coherence on this node: every control-plane change calls [`Verifier::invalidate`] after its
+//!   commit and before it answers; a load that raced with it does not cache its stale answer
+//!   (the epoch check in [`Verifier::load`]).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use keyward_core::keyformat::{self, KeyHash, TOKEN_PREFIX};
+use keyward_core::model::{parse_cidr, Key};
+use keyward_core::time::{Clock, Timestamp};
+use keyward_core::verify::{check_and_consume, check_rules, Code, RateState, Rules, Window};
+use keyward_store::{Store, StoreError, UsageDelta};
+
+use crate::metrics::Metrics;
+
+const SHARDS: usize = 64;
+/// Negative entries kept per shard before that shard's negatives are dropped.
+const NEGATIVE_PER_SHARD: usize = 4096;
+
+/// Per-key state that changes with each verification.
+pub struct Live {
+    pub key_id: String,
+    state: Mutex<LiveState>,
+    queued: AtomicBool,
+}
+
+#[derive(Default)]
+struct LiveState {
+    window: Window,
+    remaining: Option<i64>,
+    calls: i64,
+    denied: i64,
+    last_used: Option<Timestamp>,
+    consumed: i64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these locks cannot leave the counters inconsistent in a way
+    // worse than losing the cache, so poisoning is ignored.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A cached key: its immutable state at load time plus its live counters.
+pub struct Entry {
+    pub key: Key,
+    rules: Rules,
+    live: Arc<Live>,
+    /// Where quota is drawn from: the key's own [`Live`], or its successor's during a rotation
+    /// grace period (so rotation never doubles a quota).
+    quota: Arc<Live>,
+}
+
+enum Slot {
+    Found(Arc<Entry>),
+    Missing,
+}
+
+pub struct Request<'a> {
+    pub key: &'a str,
+    pub scopes: &'a [String],
+    pub ip: Option<IpAddr>,
+    pub cost: i64,
+}
+
+pub enum Outcome {
+    Valid { entry: Arc<Entry>, remaining: Option<i64>, rate: Option<RateState> },
+    /// Denied; `entry` when the key was identified; `reset_at` for `RATE_LIMITED`.
+    Denied { code: Code, entry: Option<Arc<Entry>>, reset_at: Option<Timestamp> },
+}
+
+impl Outcome {
+    pub fn code(&self) -> Code {
+        match self {
+            Outcome::Valid { .. } => Code::Valid,
+            Outcome::Denied { code, .. } => *code,
+        }
+    }
+}
+
+pub struct Verifier {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    shards: Vec<RwLock<HashMap<KeyHash, Slot>>>,
+    /// Live state by key id.
+    live: Mutex<HashMap<String, Arc<Live>>>,
+    /// Live cells with counts not yet written (each at most once, see `Live::queued`).
+    dirty: Mutex<Vec<Arc<Live>>>,
+    /// Bumped by every invalidation; a load that saw another epoch does not cache its result.
+    epoch: AtomicU64,
+}
+
+impl Verifier {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, metrics: Arc<Metrics>) -> Self {
+        Verifier {
+            store,
+            clock,
+            metrics,
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            live: Mutex::new(HashMap::new()),
+            dirty: Mutex::new(Vec::new()),
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    fn shard(&self, h: &KeyHash) -> &RwLock<HashMap<KeyHash, Slot>> {
+        &self.shards[h.0[0] as usize % SHARDS]
+    }
+
+    /// Verifies one request. `Err` only when the key is not cached and the store cannot be read.
+    pub async fn verify(&self, req: &Request<'_>) -> Result<Outcome, StoreError> {
+        let now = self.clock.now();
+        // Garbage never reaches a lock or the store; tokens never verify as keys.
+        let parsed = match keyformat::parse(req.key) {
+            Some(p) if p.prefix != TOKEN_PREFIX => p,
+            _ => return Ok(Outcome::Denied { code: Code::NotFound, entry: None, reset_at: None }),
+        };
+        let _ = parsed;
+        let hash = KeyHash::of(req.key);
+        let cached = {
+            let shard = self.shard(&hash).read().unwrap_or_else(|p| p.into_inner());
+            match shard.get(&hash) {
+                Some(Slot::Found(e)) => Some(Some(e.clone())),
+                Some(Slot::Missing) => Some(None),
+                None => None,
+            }
+        };
+        let entry = match cached {
+            Some(e) => {
+                self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+                e
+            }
+            None => {
+                self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
+                self.load(hash).await?
+            }
+        };
+        let Some(entry) = entry else {
+            return Ok(Outcome::Denied { code: Code::NotFound, entry: None, reset_at: None });
+        };
+        Ok(self.decide(entry, req, now))
+    }
+
+    fn decide(&self, entry: Arc<Entry>, req: &Request<'_>, now: Timestamp) -> Outcome {
+        if let Err(code) = check_rules(&entry.rules, req.scopes, req.ip, now) {
+            self.count_denied(&entry.live);
+            return Outcome::Denied { code, entry: Some(entry), reset_at: None };
+        }
+        let same = Arc::ptr_eq(&entry.live, &entry.quota);
+        let mut own = lock(&entry.live.state);
+        let result = if same {
+            let LiveState { window, remaining, .. } = &mut *own;
+            let r = check_and_consume(entry.key.ratelimit, window, remaining, req.cost, now);
+            r.map(|rate| (rate, *remaining))
+        } else {
+            // Lock order: a rotated key, then its successor (a successor never locks back).
+            let mut q = lock(&entry.quota.state);
+            let r = check_and_consume(entry.key.ratelimit, &mut own.window, &mut q.remaining, req.cost, now);
+            if r.is_ok() && q.remaining.is_some() {
+                q.consumed += req.cost;
+            }
+            let rem = q.remaining;
+            drop(q);
+            if r.is_ok() {
+                self.mark_dirty(&entry.quota);
+            }
+            r.map(|rate| (rate, rem))
+        };
+        match result {
+            Ok((rate, remaining)) => {
+                own.calls += 1;
+                if same && own.remaining.is_some() {
+                    own.consumed += req.cost;
+                }
+                if own.last_used.is_none_or(|t| t < now) {
+                    own.last_used = Some(now);
+                }
+                drop(own);
+                self.mark_dirty(&entry.live);
+                Outcome::Valid { entry, remaining, rate }
+            }
+            Err((code, reset_at)) => {
+                own.denied += 1;
+                drop(own);
+                self.mark_dirty(&entry.live);
+                Outcome::Denied { code, entry: Some(entry), reset_at }
+            }
+        }
+    }
+
+    fn count_denied(&self, live: &Arc<Live>) {
+        lock(&live.state).denied += 1;
+        self.mark_dirty(live);
+    }
+
+    fn mark_dirty(&self, live: &Arc<Live>) {
+        if !live.queued.swap(true, Ordering::AcqRel) {
+            lock(&self.dirty).push(live.clone());
+        }
+    }
+
+    /// Reads a key from the store and caches the answer (found or not).
+    async fn load(&self, hash: KeyHash) -> Result<Option<Arc<Entry>>, StoreError> {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let key = self.store.key_by_hash(&hash).await?;
+        let entry = match key {
+            None => None,
+            Some(key) => {
+                let successor = match &key.rotated_to {
+                    Some(id) if key.revoked_at.is_none() => self.store.key(id).await?,
+                    _ => None,
+                };
+                Some(Arc::new(self.entry_for(key, successor.as_ref())))
+            }
+        };
+        if self.epoch.load(Ordering::Acquire) == epoch {
+            let mut shard = self.shard(&hash).write().unwrap_or_else(|p| p.into_inner());
+            if entry.is_none() && shard.len() >= NEGATIVE_PER_SHARD {
+                shard.retain(|_, s| matches!(s, Slot::Found(_)));
+            }
+            let slot = match &entry {
+                Some(e) => Slot::Found(e.clone()),
+                None => Slot::Missing,
+            };
+            shard.insert(hash, slot);
+        }
+        Ok(entry)
+    }
+
+    fn entry_for(&self, key: Key, successor: Option<&Key>) -> Entry {
+        let live = self.live_for(&key);
+        let quota = match successor {
+            Some(s) => self.live_for(s),
+            None => live.clone(),
+        };
+        let allowed = key
+            .allowed_cidrs
+            .as_ref()
+            .map(|c| c.iter().filter_map(|s| parse_cidr(s).ok()).collect());
+        let rules = Rules {
+            revoked: key.revoked_at.is_some(),
+            expires_at: key.expires_at,
+            enabled: key.enabled,
+            allowed,
+            scopes: key.scopes.clone(),
+        };
+        Entry { key, rules, live, quota }
+    }
+
+    /// The live cell of a key, created from the stored row when this node has none.
+    fn live_for(&self, key: &Key) -> Arc<Live> {
+        let mut map = lock(&self.live);
+        map.entry(key.id.clone())
+            .or_insert_with(|| {
+                Arc::new(Live {
+                    key_id: key.id.clone(),
+                    state: Mutex::new(LiveState { remaining: key.remaining, ..LiveState::default() }),
+                    queued: AtomicBool::new(false),
+                })
+            })
+            .clone()
+    }
+
+    /// Forgets what this node caches about a key; the next verification reads the store.
+    pub fn invalidate(&self, hash: &KeyHash) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.shard(hash).write().unwrap_or_else(|p| p.into_inner()).remove(hash);
+    }
+
+    /// Sets the quota of a key after the control plane changed it (call with the write gate
+    /// held and after a flush, so no unwritten consumption is lost or double counted).
+    pub fn set_remaining(&self, key_id: &str, remaining: Option<i64>) {
+        if let Some(live) = lock(&self.live).get(key_id) {
+            let mut s = lock(&live.state);
+            s.remaining = remaining;
+            s.consumed = 0;
+        }
+    }
+
+    /// What this node's unwritten usage is, for the flusher. Cells are reset as they are taken.
+    pub fn take_usage(&self) -> Vec<UsageDelta> {
+        let cells = std::mem::take(&mut *lock(&self.dirty));
+        let mut out = Vec::with_capacity(cells.len());
+        for live in cells {
+            live.queued.store(false, Ordering::Release);
+            let mut s = lock(&live.state);
+            let d = UsageDelta {
+                key_id: live.key_id.clone(),
+                calls: std::mem::take(&mut s.calls),
+                denied: std::mem::take(&mut s.denied),
+                last_used_at: s.last_used.take(),
+                consumed: std::mem::take(&mut s.consumed),
+            };
+            drop(s);
+            if d.calls != 0 || d.denied != 0 || d.consumed != 0 || d.last_used_at.is_some() {
+                out.push(d);
+            }
+        }
+        out
+    }
+
+    /// Puts back usage that could not be written, so it is retried with the next flush.
+    pub fn restore_usage(&self, deltas: Vec<UsageDelta>) {
+        for d in deltas {
+            let live = lock(&self.live).get(&d.key_id).cloned();
+            if let Some(live) = live {
+                {
+                    let mut s = lock(&live.state);
+                    s.calls += d.calls;
+                    s.denied += d.denied;
+                    s.consumed += d.consumed;
+                    if d.last_used_at > s.last_used {
+                        s.last_used = d.last_used_at;
+                    }
+                }
+                self.mark_dirty(&live);
+            }
+        }
+    }
+
+    pub fn pending_keys(&self) -> usize {
+        lock(&self.dirty).len()
+    }
+
+    pub fn cached_entries(&self) -> usize {
+        self.shards.iter().map(|s| s.read().map(|m| m.len()).unwrap_or(0)).sum()
+    }
+}

@@ -1,0 +1,384 @@
+//! Command-line arguments and dispatch.
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+
+use crate::client::{Client, ClientError};
+use crate::output::{print_key, print_keys, Format};
+
+/// Exit codes: 0 success; 1 the server refused the request or the command failed; 2 bad usage;
+/// 3 the server could not be reached; 4 the audit chain does not verify.
+pub const EXIT_FAILED: u8 = 1;
+pub const EXIT_UNREACHABLE: u8 = 3;
+pub const EXIT_CHAIN_BROKEN: u8 = 4;
+
+#[derive(Parser)]
+#[command(name = "keyward", version, about = "Self-hosted API key lifecycle manager")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the server (API and dashboard) on the embedded SQLite database or PostgreSQL.
+    Serve(ServeArgs),
+    /// Management tokens (created on the database directly).
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// API keys, through a running server (KEYWARD_URL, KEYWARD_TOKEN).
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// The audit trail, through a running server.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "KEYWARD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Milliseconds between usage writes.
+    #[arg(long, env = "KEYWARD_USAGE_FLUSH_MS", default_value_t = 1000)]
+    pub usage_flush_ms: u64,
+    /// Seconds between expiry, inactivity and warning sweeps.
+    #[arg(long, env = "KEYWARD_SWEEP_INTERVAL_SECS", default_value_t = 60)]
+    pub sweep_interval_secs: u64,
+    /// Require a verifier or admin token for verification.
+    #[arg(long, env = "KEYWARD_VERIFY_REQUIRES_TOKEN", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub verify_requires_token: bool,
+    /// Take the client address from the first X-Forwarded-For entry.
+    #[arg(long, env = "KEYWARD_TRUST_PROXY_HEADERS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub trust_proxy_headers: bool,
+    /// Redis for cluster-wide rate limits.
+    #[arg(long, env = "KEYWARD_REDIS_URL")]
+    pub redis_url: Option<String>,
+}
+
+#[derive(Args)]
+pub struct DbArgs {
+    /// sqlite://PATH (default) or postgres://...
+    #[arg(long, env = "KEYWARD_DATABASE_URL", default_value = "sqlite://keyward.db")]
+    pub database_url: String,
+}
+
+#[derive(Subcommand)]
+pub enum TokenCmd {
+    /// Create a management token on the database directly; prints only the token.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_parser = ["admin", "manager", "viewer", "auditor", "verifier"])]
+        role: String,
+        /// Limit the token to this keyspace (repeatable).
+        #[arg(long = "keyspace")]
+        keyspaces: Vec<String>,
+        /// Lifetime, e.g. 90d, 12h, 3600.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<i64>,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Args)]
+pub struct Remote {
+    /// The server's base URL.
+    #[arg(long, env = "KEYWARD_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    pub url: String,
+    /// A management token.
+    #[arg(long, env = "KEYWARD_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum KeysCmd {
+    /// Create a key; prints the plaintext once.
+    Create {
+        #[arg(long)]
+        keyspace: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// name=value (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Lifetime, e.g. 90d, 12h, 3600.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<i64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List keys.
+    List {
+        #[arg(long)]
+        keyspace: Option<String>,
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        /// name:value
+        #[arg(long)]
+        label: Option<String>,
+        /// Substring of the name.
+        #[arg(long)]
+        q: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show one key.
+    Show {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Rotate a key; prints only the new key.
+    Rotate {
+        id: String,
+        /// Grace period of the old key, e.g. 24h, 0.
+        #[arg(long, value_parser = parse_duration)]
+        grace: Option<i64>,
+        #[arg(long)]
+        reason: Option<String>,
+        /// How to print the new key.
+        #[arg(long, value_enum, default_value_t = RotateFormat::Plain)]
+        format: RotateFormat,
+        /// Variable name for --format env.
+        #[arg(long, default_value = "KEYWARD_API_KEY")]
+        env_name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Revoke one key, or with --owner every key of an owner.
+    Revoke {
+        id: Option<String>,
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        keyspace: Option<String>,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum RotateFormat {
+    Plain,
+    Env,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum AuditCmd {
+    /// Check the hash chain of the whole audit trail.
+    Verify {
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// `90d`, `12h`, `30m`, `45s` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last() {
+        Some('d') => (&s[..s.len() - 1], 86_400),
+        Some('h') => (&s[..s.len() - 1], 3_600),
+        Some('m') => (&s[..s.len() - 1], 60),
+        Some('s') => (&s[..s.len() - 1], 1),
+        _ => (s, 1),
+    };
+    num.parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("'{s}' is not a duration such as 90d, 12h, 30m, 45s or 3600"))
+}
+
+fn fail(e: ClientError) -> ExitCode {
+    eprintln!("error: {e}");
+    match e {
+        ClientError::Unreachable(_) => ExitCode::from(EXIT_UNREACHABLE),
+        _ => ExitCode::from(EXIT_FAILED),
+    }
+}
+
+pub async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve(args) => crate::offline::serve(args).await,
+        Command::Token(TokenCmd::Create { name, role, keyspaces, ttl, db }) => {
+            crate::offline::token_create(&db.database_url, name, &role, keyspaces, ttl).await
+        }
+        Command::Keys(cmd) => match keys(cmd).await {
+            Ok(code) => code,
+            Err(e) => fail(e),
+        },
+        Command::Audit(AuditCmd::Verify { remote }) => {
+            let client = match Client::new(&remote.url, remote.token.as_deref()) {
+                Ok(c) => c,
+                Err(e) => return fail(e),
+            };
+            match client.get("/v1/audit/verify").await {
+                Ok(v) => {
+                    let ok = v["ok"].as_bool() == Some(true);
+                    if remote.json {
+                        println!("{v}");
+                    } else if ok {
+                        println!("audit chain OK: {} events, head {}", v["events"], v["head"].as_str().unwrap_or(""));
+                    } else {
+                        println!("audit chain BROKEN: {} events, first bad seq {}", v["events"], v["first_bad_seq"]);
+                    }
+                    if ok {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(EXIT_CHAIN_BROKEN)
+                    }
+                }
+                Err(e) => fail(e),
+            }
+        }
+    }
+}
+
+async fn keys(cmd: KeysCmd) -> Result<ExitCode, ClientError> {
+    match cmd {
+        KeysCmd::Create { keyspace, name, owner, scopes, labels, ttl, remote } => {
+            let mut label_map = serde_json::Map::new();
+            for l in labels {
+                let (k, v) = l
+                    .split_once('=')
+                    .ok_or_else(|| ClientError::Usage(format!("--label '{l}' must be name=value")))?;
+                label_map.insert(k.to_string(), json!(v));
+            }
+            let mut body = json!({"keyspace_id": keyspace, "name": name, "scopes": scopes, "labels": label_map});
+            if let Some(o) = owner {
+                body["owner"] = json!(o);
+            }
+            if let Some(t) = ttl {
+                body["ttl_secs"] = json!(t);
+            }
+            let client = Client::new(&remote.url, remote.token.as_deref())?;
+            let v = client.post("/v1/keys", &body).await?;
+            if remote.json {
+                println!("{v}");
+            } else {
+                print_key(&v, Format::Table);
+                println!();
+                println!("key: {}", v["key"].as_str().unwrap_or(""));
+                eprintln!("This is the only time the key is shown. Store it in a secret manager now.");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCmd::List { keyspace, owner, status, label, q, limit, remote } => {
+            let client = Client::new(&remote.url, remote.token.as_deref())?;
+            let mut query: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+            for (k, v) in [("keyspace_id", keyspace), ("owner", owner), ("status", status), ("label", label), ("q", q)] {
+                if let Some(v) = v {
+                    query.push((k, v));
+                }
+            }
+            let v = client.get_query("/v1/keys", &query).await?;
+            if remote.json {
+                println!("{v}");
+            } else {
+                print_keys(v["items"].as_array().map(Vec::as_slice).unwrap_or(&[]));
+                if let Some(c) = v["next_cursor"].as_str() {
+                    eprintln!("(more keys: the next page starts at cursor {c})");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCmd::Show { id, remote } => {
+            let client = Client::new(&remote.url, remote.token.as_deref())?;
+            let v = client.get(&format!("/v1/keys/{}", encode_segment(&id))).await?;
+            print_key(&v, if remote.json { Format::Json } else { Format::Table });
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCmd::Rotate { id, grace, reason, format, env_name, remote } => {
+            let client = Client::new(&remote.url, remote.token.as_deref())?;
+            let mut body = json!({});
+            if let Some(g) = grace {
+                body["grace_secs"] = json!(g);
+            }
+            if let Some(r) = reason {
+                body["reason"] = json!(r);
+            }
+            let v = client.post(&format!("/v1/keys/{}/rotate", encode_segment(&id)), &body).await?;
+            let key = v["key"].as_str().unwrap_or("");
+            match (format, remote.json) {
+                (RotateFormat::Json, _) | (_, true) => println!(
+                    "{}",
+                    json!({"key": key, "id": v["id"], "rotated_from": v["rotated_from"], "expires_at": v["expires_at"]})
+                ),
+                (RotateFormat::Env, _) => println!("{env_name}={key}"),
+                (RotateFormat::Plain, _) => println!("{key}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCmd::Revoke { id, owner, keyspace, reason, remote } => {
+            let client = Client::new(&remote.url, remote.token.as_deref())?;
+            match (id, owner) {
+                (Some(id), None) => {
+                    let v = client.post(&format!("/v1/keys/{}/revoke", encode_segment(&id)), &json!({"reason": reason})).await?;
+                    if remote.json {
+                        println!("{v}");
+                    } else {
+                        println!("revoked {} ({})", v["id"].as_str().unwrap_or(""), v["name"].as_str().unwrap_or(""));
+                    }
+                }
+                (None, Some(owner)) => {
+                    let mut body = json!({"owner": owner, "reason": reason});
+                    if let Some(ks) = keyspace {
+                        body["keyspace_id"] = json!(ks);
+                    }
+                    let v: Value = client.post("/v1/keys/revoke", &body).await?;
+                    if remote.json {
+                        println!("{v}");
+                    } else {
+                        println!("revoked {} keys", v["revoked"]);
+                        for id in v["key_ids"].as_array().into_iter().flatten() {
+                            println!("  {}", id.as_str().unwrap_or(""));
+                        }
+                    }
+                }
+                _ => return Err(ClientError::Usage("give a key id, or --owner for every key of an owner (not both)".into())),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Percent-encodes a path segment (ids are plain, but a typo must not change the path).
+fn encode_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("24h"), Ok(86_400));
+        assert_eq!(parse_duration("0"), Ok(0));
+        assert_eq!(parse_duration("7d"), Ok(604_800));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1").is_err());
+    }
+}

@@ -1,0 +1,69 @@
+//! Human-readable tables for the CLI (`--json` prints the API's JSON instead).
+
+use serde_json::Value;
+
+#[derive(Clone, Copy)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Prints rows as aligned columns.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r.clone());
+    }
+}
+
+pub fn print_keys(items: &[Value]) {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|k| {
+            vec![
+                s(&k["id"]),
+                s(&k["name"]),
+                s(&k["owner"]),
+                s(&k["status"]),
+                format!("{}…{}", s(&k["start"]), s(&k["end"])),
+                s(&k["expires_at"]),
+                s(&k["last_used_at"]),
+            ]
+        })
+        .collect();
+    table(&["ID", "NAME", "OWNER", "STATUS", "KEY", "EXPIRES", "LAST USED"], &rows);
+}
+
+pub fn print_key(k: &Value, format: Format) {
+    if let Format::Json = format {
+        println!("{k}");
+        return;
+    }
+    let fields = [
+        "id", "name", "keyspace_id", "owner", "status", "scopes", "labels", "created_at", "expires_at",
+        "last_used_at", "call_count", "denied_count", "remaining", "ratelimit", "rotated_from", "rotated_to",
+        "revoked_at", "revoked_reason",
+    ];
+    for f in fields {
+        let v = if f == "id" { format!("{}  ({}…{})", s(&k["id"]), s(&k["start"]), s(&k["end"])) } else { s(&k[f]) };
+        println!("{:<14} {}", format!("{f}:"), v);
+    }
+}
