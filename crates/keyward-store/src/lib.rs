@@ -127,8 +127,12 @@ pub trait StoreTx: Send {
     async fn key(&mut self, id: &str) -> Result<Option<Key>>;
     /// Inserts a key and its change-feed row.
     async fn insert_key(&mut self, key: &Key) -> Result<()>;
-    /// Writes every mutable field of a key (not its usage counters) and a change-feed row.
+    /// Writes every mutable field of a key (not its usage counters, not `remaining`) and a
+    /// change-feed row.
     async fn update_key(&mut self, key: &Key) -> Result<()>;
+    /// Sets a key's quota (`remaining` is otherwise changed only by usage batches, so a stale
+    /// read can never overwrite another node's consumption).
+    async fn set_remaining(&mut self, id: &str, remaining: Option<i64>) -> Result<()>;
     /// Keys of `owner` that are neither revoked nor expired at `now`, in the given keyspaces
     /// (`None`: all), for bulk revocation and `max_keys_per_owner`.
     async fn live_keys_of_owner(

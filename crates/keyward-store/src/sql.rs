@@ -328,7 +328,7 @@ macro_rules! sql_backend {
                 sqlx::query(
                     "UPDATE keys SET name = $2, owner = $3, scopes = $4, labels = $5, meta = $6, enabled = $7, \
                      updated_at = $8, expires_at = $9, revoked_at = $10, revoked_by = $11, revoked_reason = $12, \
-                     rotated_to = $13, ratelimit = $14, allowed_cidrs = $15, remaining = $16 WHERE id = $1",
+                     rotated_to = $13, ratelimit = $14, allowed_cidrs = $15 WHERE id = $1",
                 )
                 .bind(&k.id)
                 .bind(&k.name)
@@ -345,11 +345,20 @@ macro_rules! sql_backend {
                 .bind(&k.rotated_to)
                 .bind(k.ratelimit.as_ref().map(to_json))
                 .bind(k.allowed_cidrs.as_ref().map(to_json))
-                .bind(k.remaining)
                 .execute(&mut *self.tx)
                 .await
                 .map_err(map_err)?;
                 self.feed(k).await
+            }
+
+            async fn set_remaining(&mut self, id: &str, remaining: Option<i64>) -> Result<()> {
+                sqlx::query("UPDATE keys SET remaining = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(remaining)
+                    .execute(&mut *self.tx)
+                    .await
+                    .map_err(map_err)?;
+                Ok(())
             }
 
             async fn live_keys_of_owner(
