@@ -102,7 +102,12 @@ pub struct ChainVerifier {
 
 impl Default for ChainVerifier {
     fn default() -> Self {
-        Self { expected_seq: 1, prev: GENESIS_HASH.to_string(), bad: None, count: 0 }
+        Self {
+            expected_seq: 1,
+            prev: GENESIS_HASH.to_string(),
+            bad: None,
+            count: 0,
+        }
     }
 }
 
@@ -122,8 +127,14 @@ impl ChainVerifier {
 
     pub fn finish(self) -> ChainCheck {
         match self.bad {
-            Some(seq) => ChainCheck::Bad { events: self.count, first_bad_seq: seq },
-            None => ChainCheck::Ok { events: self.count, head: self.prev },
+            Some(seq) => ChainCheck::Bad {
+                events: self.count,
+                first_bad_seq: seq,
+            },
+            None => ChainCheck::Ok {
+                events: self.count,
+                head: self.prev,
+            },
         }
     }
 }
@@ -135,7 +146,8 @@ mod tests {
 
     #[test]
     fn canonical_json_follows_rfc_8785() {
-        let v = json!({"b": [1.0, 1e21, 0.1, -0.0], "a": "\u{1}\n\"é", "\u{e000}": 1, "\u{1f600}": 2});
+        let v =
+            json!({"b": [1.0, 1e21, 0.1, -0.0], "a": "\u{1}\n\"é", "\u{e000}": 1, "\u{1f600}": 2});
         assert_eq!(
             canonical_json(&v),
             "{\"a\":\"\\u0001\\n\\\"é\",\"b\":[1,1e+21,0.1,0],\"\u{1f600}\":2,\"\u{e000}\":1}"

@@ -18,5 +18,7 @@ pub fn new_id(prefix: &str, now: Timestamp) -> String {
 pub fn is_id(prefix: &str, s: &str) -> bool {
     s.strip_prefix(prefix)
         .and_then(|r| r.strip_prefix('_'))
-        .is_some_and(|r| (1..=64).contains(&r.len()) && r.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .is_some_and(|r| {
+            (1..=64).contains(&r.len()) && r.bytes().all(|b| b.is_ascii_alphanumeric())
+        })
 }

@@ -136,6 +136,24 @@ pub fn generate(prefix: &str) -> Secret {
     Secret::new(s)
 }
 
+/// Whether `text` contains a well-formed key or token (a word that passes the format and the
+/// checksum). Free-text fields refuse such text, so a key pasted into a name or a revocation
+/// reason is never stored.
+pub fn contains_key_material(text: &str) -> bool {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .any(|word| word.len() > BODY_LEN && parse(word).is_some())
+}
+
+/// Client input quoted in an error message: short values as they are, longer ones not at all
+/// (every key and token is at least 40 characters, so none is ever echoed).
+pub fn shown(s: &str) -> String {
+    if s.chars().count() <= 32 {
+        s.to_string()
+    } else {
+        "(value not shown)".to_string()
+    }
+}
+
 /// A string that has the key format, with its parts.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Parsed<'a> {
@@ -145,7 +163,11 @@ pub struct Parsed<'a> {
 
 impl std::fmt::Debug for Parsed<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Parsed {{ prefix: {:?}, body: [redacted] }}", self.prefix)
+        write!(
+            f,
+            "Parsed {{ prefix: {:?}, body: [redacted] }}",
+            self.prefix
+        )
     }
 }
 
@@ -214,7 +236,18 @@ mod tests {
         for ok in ["a", "acme", "acme_live", "a1_b2_c3"] {
             assert!(check_prefix(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "1a", "Acme", "acme_", "_acme", "ac__me", "ac-me", "kwt", "kwt_x", &"a".repeat(33)] {
+        for bad in [
+            "",
+            "1a",
+            "Acme",
+            "acme_",
+            "_acme",
+            "ac__me",
+            "ac-me",
+            "kwt",
+            "kwt_x",
+            &"a".repeat(33),
+        ] {
             assert!(check_prefix(bad).is_err(), "{bad}");
         }
     }
@@ -230,6 +263,18 @@ mod tests {
         assert!(parse(&s[..s.len() - 1]).is_none());
         assert!(parse(&format!("{s}0")).is_none());
         assert!(parse(&s.replace("acme_", "ACME_")).is_none());
+    }
+
+    #[test]
+    fn key_material_is_found_inside_text() {
+        let k = generate("acme");
+        assert!(contains_key_material(&format!(
+            "leaked: {} in a log",
+            k.expose()
+        )));
+        assert!(contains_key_material(&format!("({})", k.expose())));
+        assert!(!contains_key_material("billing prod"));
+        assert!(!contains_key_material(&k.expose()[..20]));
     }
 
     proptest! {

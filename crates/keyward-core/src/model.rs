@@ -57,10 +57,18 @@ impl ActorKind {
 
 impl Actor {
     pub fn system() -> Self {
-        Actor { kind: ActorKind::System, id: "system".into(), name: "keyward".into() }
+        Actor {
+            kind: ActorKind::System,
+            id: "system".into(),
+            name: "keyward".into(),
+        }
     }
     pub fn cli(name: &str) -> Self {
-        Actor { kind: ActorKind::Cli, id: "cli".into(), name: name.into() }
+        Actor {
+            kind: ActorKind::Cli,
+            id: "cli".into(),
+            name: name.into(),
+        }
     }
 }
 
@@ -184,7 +192,10 @@ pub struct KeyObject<'a> {
 
 impl<'a> KeyObject<'a> {
     pub fn new(key: &'a Key, now: Timestamp) -> Self {
-        KeyObject { key, status: key.status(now) }
+        KeyObject {
+            key,
+            status: key.status(now),
+        }
     }
 }
 
@@ -264,7 +275,9 @@ impl Token {
     }
     /// Whether this token may see objects of keyspace `ks`.
     pub fn sees_keyspace(&self, ks: &str) -> bool {
-        self.keyspace_ids.as_ref().is_none_or(|ids| ids.iter().any(|i| i == ks))
+        self.keyspace_ids
+            .as_ref()
+            .is_none_or(|ids| ids.iter().any(|i| i == ks))
     }
 }
 
@@ -289,10 +302,23 @@ pub struct AuditEvent {
 
 // ---- validation of client input (messages are for 400 responses) ----
 
+const SECRET_IN_TEXT: &str =
+    "contains what looks like an API key or token; keyward never stores plaintext keys";
+
+fn check_no_secret(field: &str, s: &str) -> Result<(), String> {
+    if crate::keyformat::contains_key_material(s) {
+        return Err(format!("{field} {SECRET_IN_TEXT}"));
+    }
+    Ok(())
+}
+
 pub fn check_name(field: &str, s: &str) -> Result<(), String> {
+    check_no_secret(field, s)?;
     let n = s.chars().count();
     if n == 0 || n > MAX_NAME_LEN || s.trim().is_empty() {
-        return Err(format!("{field} must be 1..{MAX_NAME_LEN} characters, not only spaces"));
+        return Err(format!(
+            "{field} must be 1..{MAX_NAME_LEN} characters, not only spaces"
+        ));
     }
     if s.chars().any(char::is_control) {
         return Err(format!("{field} may not contain control characters"));
@@ -301,6 +327,7 @@ pub fn check_name(field: &str, s: &str) -> Result<(), String> {
 }
 
 pub fn check_reason(s: &str) -> Result<(), String> {
+    check_no_secret("reason", s)?;
     let n = s.chars().count();
     if n == 0 || n > MAX_REASON_LEN || s.trim().is_empty() {
         return Err(format!("reason must be 1..{MAX_REASON_LEN} characters"));
@@ -312,7 +339,10 @@ pub fn check_scopes(scopes: &[String]) -> Result<(), String> {
     if scopes.len() > MAX_SCOPES {
         return Err(format!("at most {MAX_SCOPES} scopes"));
     }
-    scopes.iter().try_for_each(|s| crate::scope::check_key_scope(s))
+    scopes.iter().try_for_each(|s| {
+        check_no_secret("a scope", s)?;
+        crate::scope::check_key_scope(s)
+    })
 }
 
 pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
@@ -321,24 +351,48 @@ pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
     }
     for (k, v) in labels {
         let key_ok = (1..=64).contains(&k.len())
-            && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'/'));
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'/'));
         if !key_ok {
             return Err(format!(
                 "label name '{}' must be 1..64 characters of [A-Za-z0-9_./-]",
-                k.chars().take(40).collect::<String>()
+                crate::keyformat::shown(k)
             ));
         }
+        check_no_secret("a label value", v)?;
         if v.chars().count() > 256 || v.chars().any(char::is_control) {
-            return Err(format!("label '{k}': value must be at most 256 characters without control characters"));
+            return Err(format!(
+                "label '{k}': value must be at most 256 characters without control characters"
+            ));
         }
     }
     Ok(())
 }
 
 pub fn check_meta(meta: &Map<String, Value>) -> Result<(), String> {
-    let size = serde_json::to_vec(meta).map(|v| v.len()).unwrap_or(usize::MAX);
+    let size = serde_json::to_vec(meta)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
     if size > MAX_META_BYTES {
-        return Err(format!("meta is {size} bytes as compact JSON; at most {MAX_META_BYTES}"));
+        return Err(format!(
+            "meta is {size} bytes as compact JSON; at most {MAX_META_BYTES}"
+        ));
+    }
+    fn walk(v: &Value) -> bool {
+        match v {
+            Value::String(s) => crate::keyformat::contains_key_material(s),
+            Value::Array(a) => a.iter().any(walk),
+            Value::Object(o) => o
+                .iter()
+                .any(|(k, v)| crate::keyformat::contains_key_material(k) || walk(v)),
+            _ => false,
+        }
+    }
+    if meta
+        .iter()
+        .any(|(k, v)| crate::keyformat::contains_key_material(k) || walk(v))
+    {
+        return Err(format!("meta {SECRET_IN_TEXT}"));
     }
     Ok(())
 }
@@ -363,15 +417,18 @@ pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
     }
     Err(format!(
         "'{}' is not a CIDR such as 203.0.113.0/24",
-        s.chars().take(60).collect::<String>()
+        crate::keyformat::shown(s)
     ))
 }
 
 /// Parses a source address; an IPv4-mapped IPv6 address becomes the IPv4 address.
 pub fn parse_ip(s: &str) -> Result<std::net::IpAddr, String> {
-    let ip: std::net::IpAddr = s
-        .parse()
-        .map_err(|_| format!("ip '{}' is not an IPv4 or IPv6 address", s.chars().take(60).collect::<String>()))?;
+    let ip: std::net::IpAddr = s.parse().map_err(|_| {
+        format!(
+            "ip '{}' is not an IPv4 or IPv6 address",
+            crate::keyformat::shown(s)
+        )
+    })?;
     Ok(canonical_ip(ip))
 }
 

@@ -154,7 +154,8 @@ mod tests {
     #[test]
     fn presets_fill_then_policy_overrides_field_by_field() {
         let patch: PolicyPatch =
-            serde_json::from_str(r#"{"max_lifetime_secs": null, "rotation_grace_secs": 0}"#).unwrap();
+            serde_json::from_str(r#"{"max_lifetime_secs": null, "rotation_grace_secs": 0}"#)
+                .unwrap();
         let p = patch.apply(&Preset::Strict.policy()).unwrap();
         assert_eq!(p.max_lifetime_secs, None);
         assert_eq!(p.rotation_grace_secs, 0);

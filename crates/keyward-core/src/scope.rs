@@ -21,9 +21,11 @@ pub fn check_requested_scope(s: &str) -> Result<(), String> {
 }
 
 fn check(s: &str, wildcard: bool) -> Result<(), String> {
-    let shown: String = s.chars().take(40).collect();
+    let shown = crate::keyformat::shown(s);
     if s.is_empty() || s.len() > MAX_SCOPE_LEN {
-        return Err(format!("scope '{shown}' must be 1..{MAX_SCOPE_LEN} characters"));
+        return Err(format!(
+            "scope '{shown}' must be 1..{MAX_SCOPE_LEN} characters"
+        ));
     }
     let segs: Vec<&str> = s.split(':').collect();
     let last = segs.len() - 1;
@@ -83,7 +85,17 @@ mod tests {
         for ok in ["a", "orders:read", "a.b-c_d:e", "*", "orders:*"] {
             assert!(check_key_scope(ok).is_ok(), "{ok}");
         }
-        for bad in ["", ":", "a:", ":a", "a::b", "a b", "*:a", "or*ders", &"a".repeat(129)] {
+        for bad in [
+            "",
+            ":",
+            "a:",
+            ":a",
+            "a::b",
+            "a b",
+            "*:a",
+            "or*ders",
+            &"a".repeat(129),
+        ] {
             assert!(check_key_scope(bad).is_err(), "{bad}");
         }
         assert!(check_requested_scope("orders:*").is_err());
@@ -94,6 +106,9 @@ mod tests {
     fn all_requested_scopes_are_required() {
         let key = vec!["orders:read".to_string()];
         assert!(all_granted(&key, &[]));
-        assert!(!all_granted(&key, &["orders:read".into(), "orders:write".into()]));
+        assert!(!all_granted(
+            &key,
+            &["orders:read".into(), "orders:write".into()]
+        ));
     }
 }

@@ -39,7 +39,7 @@ impl Timestamp {
     /// milliseconds is truncated.
     pub fn parse_rfc3339(s: &str) -> Result<Self, String> {
         let t = OffsetDateTime::parse(s, &Rfc3339)
-            .map_err(|_| format!("'{}' is not an RFC 3339 time", truncate_for_message(s)))?;
+            .map_err(|_| format!("'{}' is not an RFC 3339 time", crate::keyformat::shown(s)))?;
         let ms = i64::try_from(t.unix_timestamp_nanos() / 1_000_000)
             .map_err(|_| "time out of range".to_string())?;
         if !(0..=MAX_MS).contains(&ms) {
@@ -61,10 +61,6 @@ impl Timestamp {
             format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
         }
     }
-}
-
-fn truncate_for_message(s: &str) -> String {
-    s.chars().take(40).collect()
 }
 
 impl std::fmt::Display for Timestamp {

@@ -125,7 +125,10 @@ pub fn check_and_consume(
         let len = rl.window_secs * 1000;
         let start = now.millis().div_euclid(len) * len;
         if window.start_ms != start {
-            *window = Window { start_ms: start, count: 0 };
+            *window = Window {
+                start_ms: start,
+                count: 0,
+            };
         }
         let reset = Timestamp::from_millis(start + len);
         if window.count >= rl.limit {
@@ -144,7 +147,11 @@ pub fn check_and_consume(
     Ok(match (ratelimit, reset_at) {
         (Some(rl), Some(reset_at)) => {
             window.count += 1;
-            Some(RateState { limit: rl.limit, remaining: rl.limit - window.count, reset_at })
+            Some(RateState {
+                limit: rl.limit,
+                remaining: rl.limit - window.count,
+                reset_at,
+            })
         }
         _ => None,
     })
@@ -155,7 +162,13 @@ mod tests {
     use super::*;
 
     fn rules() -> Rules {
-        Rules { revoked: false, expires_at: None, enabled: true, allowed: None, scopes: vec!["orders:*".into()] }
+        Rules {
+            revoked: false,
+            expires_at: None,
+            enabled: true,
+            allowed: None,
+            scopes: vec!["orders:*".into()],
+        }
     }
 
     #[test]
@@ -172,26 +185,53 @@ mod tests {
         assert_eq!(check_rules(&r, &[], None, now), Err(Code::Disabled));
         r.enabled = true;
         r.allowed = Some(vec!["10.0.0.0/8".parse().unwrap()]);
-        assert_eq!(check_rules(&r, &["x".into()], None, now), Err(Code::IpNotAllowed));
+        assert_eq!(
+            check_rules(&r, &["x".into()], None, now),
+            Err(Code::IpNotAllowed)
+        );
         let ip = Some("10.1.2.3".parse().unwrap());
-        assert_eq!(check_rules(&r, &["x".into()], ip, now), Err(Code::InsufficientScope));
+        assert_eq!(
+            check_rules(&r, &["x".into()], ip, now),
+            Err(Code::InsufficientScope)
+        );
         assert_eq!(check_rules(&r, &["orders:read".into()], ip, now), Ok(()));
     }
 
     #[test]
     fn rate_limit_is_checked_before_quota_and_denials_consume_nothing() {
         let now = Timestamp::from_millis(60_500);
-        let rl = Some(RateLimit { limit: 2, window_secs: 60 });
+        let rl = Some(RateLimit {
+            limit: 2,
+            window_secs: 60,
+        });
         let mut w = Window::default();
         let mut rem = Some(1);
-        let s = check_and_consume(rl, &mut w, &mut rem, 1, now).unwrap().unwrap();
+        let s = check_and_consume(rl, &mut w, &mut rem, 1, now)
+            .unwrap()
+            .unwrap();
         assert_eq!((s.remaining, s.reset_at.millis()), (1, 120_000));
         assert_eq!(rem, Some(0));
-        assert_eq!(check_and_consume(rl, &mut w, &mut rem, 1, now).unwrap_err().0, Code::UsageExceeded);
+        assert_eq!(
+            check_and_consume(rl, &mut w, &mut rem, 1, now)
+                .unwrap_err()
+                .0,
+            Code::UsageExceeded
+        );
         assert_eq!(w.count, 1, "a denial takes no rate-limit slot");
-        assert!(check_and_consume(rl, &mut w, &mut rem, 0, now).is_ok(), "cost 0 with remaining 0 is valid");
-        assert_eq!(check_and_consume(rl, &mut w, &mut rem, 0, now).unwrap_err().0, Code::RateLimited);
+        assert!(
+            check_and_consume(rl, &mut w, &mut rem, 0, now).is_ok(),
+            "cost 0 with remaining 0 is valid"
+        );
+        assert_eq!(
+            check_and_consume(rl, &mut w, &mut rem, 0, now)
+                .unwrap_err()
+                .0,
+            Code::RateLimited
+        );
         let next = Timestamp::from_millis(120_000);
-        assert!(check_and_consume(rl, &mut w, &mut rem, 0, next).is_ok(), "a new window starts fresh");
+        assert!(
+            check_and_consume(rl, &mut w, &mut rem, 0, next).is_ok(),
+            "a new window starts fresh"
+        );
     }
 }

@@ -78,7 +78,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        Error { code, message: message.into(), retry_after: None, headers: Vec::new() }
+        Error {
+            code,
+            message: message.into(),
+            retry_after: None,
+            headers: Vec::new(),
+        }
     }
     pub fn bad_request(m: impl Into<String>) -> Self {
         Self::new(Code::BadRequest, m)
@@ -100,7 +105,10 @@ impl Error {
     }
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(%cause, "internal error");
-        Self::new(Code::Internal, "internal error; see the server log for the request id")
+        Self::new(
+            Code::Internal,
+            "internal error; see the server log for the request id",
+        )
     }
     pub fn with_retry_after(mut self, secs: i64) -> Self {
         self.retry_after = Some(secs.max(1));
@@ -115,7 +123,9 @@ impl From<StoreError> for Error {
                 tracing::warn!(%cause, "store unavailable");
                 Error::new(Code::Unavailable, "the store cannot be reached")
             }
-            StoreError::Conflict(c) => Error::conflict(format!("conflicts with an existing object ({c})")),
+            StoreError::Conflict(c) => {
+                Error::conflict(format!("conflicts with an existing object ({c})"))
+            }
             StoreError::Other(cause) => Error::internal(cause),
         }
     }
@@ -132,9 +142,14 @@ pub fn error_body(code: &str, message: &str) -> serde_json::Value {
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let mut res = (self.code.status(), axum::Json(error_body(self.code.as_str(), &self.message))).into_response();
+        let mut res = (
+            self.code.status(),
+            axum::Json(error_body(self.code.as_str(), &self.message)),
+        )
+            .into_response();
         if let Some(secs) = self.retry_after {
-            res.headers_mut().insert("retry-after", HeaderValue::from(secs));
+            res.headers_mut()
+                .insert("retry-after", HeaderValue::from(secs));
         }
         for (name, value) in self.headers {
             if let Ok(v) = HeaderValue::from_str(&value) {

@@ -40,7 +40,9 @@ pub async fn serve(
         stop_rx,
     ));
     let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
     let _ = stop_tx.send(true);
     if let Err(e) = flusher.await {
         tracing::error!(error = %e, "usage flusher task failed");

@@ -7,7 +7,8 @@ use keyward_core::verify::Code;
 
 /// Upper bounds (seconds) of the verification latency histogram.
 const BUCKETS: [f64; 12] = [
-    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.1,
+    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
+    0.01, 0.1,
 ];
 
 #[derive(Default)]
@@ -35,43 +36,96 @@ impl Metrics {
             }
         }
         self.duration_count.fetch_add(1, Ordering::Relaxed);
-        self.duration_sum_ns.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+        self.duration_sum_ns
+            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
     }
 
     pub fn render(&self, pending_usage_keys: usize, cached_entries: usize) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "# HELP keyward_verifications_total Verifications by outcome code.");
+        let _ = writeln!(
+            s,
+            "# HELP keyward_verifications_total Verifications by outcome code."
+        );
         let _ = writeln!(s, "# TYPE keyward_verifications_total counter");
         for code in Code::ALL {
             let n = self.verifications[code.index()].load(Ordering::Relaxed);
-            let _ = writeln!(s, "keyward_verifications_total{{code=\"{}\"}} {n}", code.as_str());
+            let _ = writeln!(
+                s,
+                "keyward_verifications_total{{code=\"{}\"}} {n}",
+                code.as_str()
+            );
         }
-        let _ = writeln!(s, "# HELP keyward_verify_duration_seconds Time to decide one verification.");
+        let _ = writeln!(
+            s,
+            "# HELP keyward_verify_duration_seconds Time to decide one verification."
+        );
         let _ = writeln!(s, "# TYPE keyward_verify_duration_seconds histogram");
         let mut cumulative = 0;
         for (i, b) in BUCKETS.iter().enumerate() {
             cumulative += self.duration_buckets[i].load(Ordering::Relaxed);
-            let _ = writeln!(s, "keyward_verify_duration_seconds_bucket{{le=\"{b}\"}} {cumulative}");
+            let _ = writeln!(
+                s,
+                "keyward_verify_duration_seconds_bucket{{le=\"{b}\"}} {cumulative}"
+            );
         }
         let count = self.duration_count.load(Ordering::Relaxed);
-        let _ = writeln!(s, "keyward_verify_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            s,
+            "keyward_verify_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
         let sum = self.duration_sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
         let _ = writeln!(s, "keyward_verify_duration_seconds_sum {sum}");
         let _ = writeln!(s, "keyward_verify_duration_seconds_count {count}");
         let counters = [
-            ("keyward_cache_hits_total", "Verifications answered from the cache.", &self.cache_hits),
-            ("keyward_cache_misses_total", "Verifications that read the store.", &self.cache_misses),
-            ("keyward_usage_flushes_total", "Usage batches written.", &self.flushes),
-            ("keyward_usage_flush_failures_total", "Usage batches that failed and were kept for retry.", &self.flush_failures),
-            ("keyward_usage_flushed_keys_total", "Per-key usage rows written.", &self.flushed_keys),
+            (
+                "keyward_cache_hits_total",
+                "Verifications answered from the cache.",
+                &self.cache_hits,
+            ),
+            (
+                "keyward_cache_misses_total",
+                "Verifications that read the store.",
+                &self.cache_misses,
+            ),
+            (
+                "keyward_usage_flushes_total",
+                "Usage batches written.",
+                &self.flushes,
+            ),
+            (
+                "keyward_usage_flush_failures_total",
+                "Usage batches that failed and were kept for retry.",
+                &self.flush_failures,
+            ),
+            (
+                "keyward_usage_flushed_keys_total",
+                "Per-key usage rows written.",
+                &self.flushed_keys,
+            ),
         ];
         for (name, help, v) in counters {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Ordering::Relaxed));
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
         }
         let gauges = [
-            ("keyward_usage_last_batch_keys", "Keys in the last usage batch.", self.last_flush_batch.load(Ordering::Relaxed) as usize),
-            ("keyward_usage_pending_keys", "Keys with usage not yet written.", pending_usage_keys),
-            ("keyward_cache_entries", "Entries in the verification cache.", cached_entries),
+            (
+                "keyward_usage_last_batch_keys",
+                "Keys in the last usage batch.",
+                self.last_flush_batch.load(Ordering::Relaxed) as usize,
+            ),
+            (
+                "keyward_usage_pending_keys",
+                "Keys with usage not yet written.",
+                pending_usage_keys,
+            ),
+            (
+                "keyward_cache_entries",
+                "Entries in the verification cache.",
+                cached_entries,
+            ),
         ];
         for (name, help, v) in gauges {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use keyward_core::id::new_id;
 use keyward_core::keyformat::{self, KeyHash, TOKEN_PREFIX};
 use keyward_core::model::{
-    check_cidrs, check_labels, check_meta, check_name, check_reason, check_scopes, Actor, Key, KeyStatus,
-    Keyspace, RateLimit, Role, Token,
+    check_cidrs, check_labels, check_meta, check_name, check_reason, check_scopes, Actor, Key,
+    KeyStatus, Keyspace, RateLimit, Role, Token,
 };
 use keyward_core::policy::{double_option, Policy, PolicyPatch, Preset, MAX_DURATION_SECS};
 use keyward_core::secret::Secret;
@@ -33,12 +33,16 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn sees(&self, keyspace_id: &str) -> bool {
-        self.keyspaces.as_ref().is_none_or(|ids| ids.iter().any(|i| i == keyspace_id))
+        self.keyspaces
+            .as_ref()
+            .is_none_or(|ids| ids.iter().any(|i| i == keyspace_id))
     }
     pub fn require_unlimited(&self, what: &str) -> Result<()> {
         match self.keyspaces {
             None => Ok(()),
-            Some(_) => Err(Error::forbidden(format!("{what} needs a token that is not limited to keyspaces"))),
+            Some(_) => Err(Error::forbidden(format!(
+                "{what} needs a token that is not limited to keyspaces"
+            ))),
         }
     }
     fn event(&self, now: Timestamp, action: &str, target_type: &str, target_id: &str) -> NewEvent {
@@ -57,16 +61,32 @@ impl Ctx {
     }
 }
 
-fn change(changes: &mut Map<String, Value>, field: &str, old: impl serde::Serialize, new: impl serde::Serialize) {
+fn change(
+    changes: &mut Map<String, Value>,
+    field: &str,
+    old: impl serde::Serialize,
+    new: impl serde::Serialize,
+) {
     let (old, new) = (json!(old), json!(new));
     if old != new {
         changes.insert(field.into(), json!([old, new]));
     }
 }
 
+/// A 404 that names the id only when it has the shape of an id of that kind (whatever a
+/// client put in a path is never echoed: it could be a key pasted in the wrong place).
 fn not_found(kind: &str, id: &str) -> Error {
-    let shown: String = id.chars().take(64).collect();
-    Error::not_found(format!("{kind} '{shown}' not found"))
+    let prefix = match kind {
+        "keyspace" => "ks",
+        "key" => "key",
+        "token" => "tok",
+        _ => "",
+    };
+    if keyward_core::id::is_id(prefix, id) {
+        Error::not_found(format!("{kind} '{id}' not found"))
+    } else {
+        Error::not_found(format!("{kind} not found"))
+    }
 }
 
 // ---------------------------------------------------------------- keyspaces
@@ -108,7 +128,10 @@ pub async fn create_keyspace(st: &AppState, ctx: &Ctx, input: CreateKeyspace) ->
     let mut tx = st.store.begin().await?;
     match tx.insert_keyspace(&ks).await {
         Err(StoreError::Conflict(_)) => {
-            return Err(Error::conflict(format!("prefix '{}' is already used by another keyspace", ks.prefix)))
+            return Err(Error::conflict(format!(
+                "prefix '{}' is already used by another keyspace",
+                ks.prefix
+            )))
         }
         other => other?,
     }
@@ -125,10 +148,18 @@ pub async fn get_keyspace(st: &AppState, ctx: &Ctx, id: &str) -> Result<Keyspace
     if !ctx.sees(id) {
         return Err(not_found("keyspace", id));
     }
-    st.store.keyspace(id).await?.ok_or_else(|| not_found("keyspace", id))
+    st.store
+        .keyspace(id)
+        .await?
+        .ok_or_else(|| not_found("keyspace", id))
 }
 
-pub async fn update_keyspace(st: &AppState, ctx: &Ctx, id: &str, input: PatchKeyspace) -> Result<Keyspace> {
+pub async fn update_keyspace(
+    st: &AppState,
+    ctx: &Ctx,
+    id: &str,
+    input: PatchKeyspace,
+) -> Result<Keyspace> {
     if let Some(n) = &input.name {
         check_name("name", n).map_err(Error::bad_request)?;
     }
@@ -136,7 +167,10 @@ pub async fn update_keyspace(st: &AppState, ctx: &Ctx, id: &str, input: PatchKey
         return Err(not_found("keyspace", id));
     }
     let mut tx = st.store.begin().await?;
-    let old = tx.keyspace(id).await?.ok_or_else(|| not_found("keyspace", id))?;
+    let old = tx
+        .keyspace(id)
+        .await?
+        .ok_or_else(|| not_found("keyspace", id))?;
     let mut ks = old.clone();
     if let Some(n) = input.name {
         ks.name = n;
@@ -222,24 +256,29 @@ fn check_owner(owner: &Option<String>) -> Result<()> {
 
 fn check_remaining(r: Option<i64>) -> Result<()> {
     match r {
-        Some(n) if n < 0 => Err(Error::bad_request("remaining must be 0 or more, or null for unlimited")),
+        Some(n) if n < 0 => Err(Error::bad_request(
+            "remaining must be 0 or more, or null for unlimited",
+        )),
         _ => Ok(()),
     }
 }
 
 fn check_ratelimit(r: &Option<RateLimit>) -> Result<()> {
-    r.as_ref().map_or(Ok(()), |r| r.check().map_err(Error::bad_request))
+    r.as_ref()
+        .map_or(Ok(()), |r| r.check().map_err(Error::bad_request))
 }
 
 /// Whether `expires_at` keeps a key created at `created_at` within the policy's lifetime.
-fn check_lifetime(policy: &Policy, created_at: Timestamp, expires_at: Option<Timestamp>) -> Result<()> {
+fn check_lifetime(
+    policy: &Policy,
+    created_at: Timestamp,
+    expires_at: Option<Timestamp>,
+) -> Result<()> {
     if let Some(max) = policy.max_lifetime_secs {
         match expires_at {
-            None => {
-                return Err(Error::policy(format!(
-                    "the keyspace policy requires every key to expire within {max} s of its creation"
-                )))
-            }
+            None => return Err(Error::policy(format!(
+                "the keyspace policy requires every key to expire within {max} s of its creation"
+            ))),
             Some(e) if e > created_at.plus_secs(max) => {
                 return Err(Error::policy(format!(
                     "expires_at is beyond the keyspace's max_lifetime_secs ({max} s after creation)"
@@ -252,10 +291,21 @@ fn check_lifetime(policy: &Policy, created_at: Timestamp, expires_at: Option<Tim
 }
 
 /// Live keys of an owner that count towards `max_keys_per_owner` (not rotated away).
-async fn check_owner_limit(tx: &mut Box<dyn StoreTx>, ks: &Keyspace, owner: &Option<String>, now: Timestamp, except: Option<&str>) -> Result<()> {
+async fn check_owner_limit(
+    tx: &mut Box<dyn StoreTx>,
+    ks: &Keyspace,
+    owner: &Option<String>,
+    now: Timestamp,
+    except: Option<&str>,
+) -> Result<()> {
     if let (Some(max), Some(owner)) = (ks.policy.max_keys_per_owner, owner) {
-        let live = tx.live_keys_of_owner(owner, Some(std::slice::from_ref(&ks.id)), now).await?;
-        let n = live.iter().filter(|k| k.rotated_to.is_none() && Some(k.id.as_str()) != except).count();
+        let live = tx
+            .live_keys_of_owner(owner, Some(std::slice::from_ref(&ks.id)), now)
+            .await?;
+        let n = live
+            .iter()
+            .filter(|k| k.rotated_to.is_none() && Some(k.id.as_str()) != except)
+            .count();
         if n as i64 >= max {
             return Err(Error::policy(format!(
                 "owner already has {n} active keys in this keyspace; the policy allows {max}"
@@ -278,9 +328,13 @@ pub async fn create_key(st: &AppState, ctx: &Ctx, input: CreateKey) -> Result<(K
     }
     let now = st.clock.now();
     let explicit_expiry = match (input.ttl_secs, input.expires_at) {
-        (Some(_), Some(_)) => return Err(Error::bad_request("give ttl_secs or expires_at, not both")),
+        (Some(_), Some(_)) => {
+            return Err(Error::bad_request("give ttl_secs or expires_at, not both"))
+        }
         (Some(t), None) if !(1..=MAX_DURATION_SECS).contains(&t) => {
-            return Err(Error::bad_request(format!("ttl_secs must be an integer in 1..{MAX_DURATION_SECS}")))
+            return Err(Error::bad_request(format!(
+                "ttl_secs must be an integer in 1..{MAX_DURATION_SECS}"
+            )))
         }
         (Some(t), None) => Some(now.plus_secs(t)),
         (None, Some(e)) if e <= now => return Err(Error::bad_request("expires_at is in the past")),
@@ -290,7 +344,10 @@ pub async fn create_key(st: &AppState, ctx: &Ctx, input: CreateKey) -> Result<(K
         return Err(not_found("keyspace", &input.keyspace_id));
     }
     let mut tx = st.store.begin().await?;
-    let ks = tx.keyspace(&input.keyspace_id).await?.ok_or_else(|| not_found("keyspace", &input.keyspace_id))?;
+    let ks = tx
+        .keyspace(&input.keyspace_id)
+        .await?
+        .ok_or_else(|| not_found("keyspace", &input.keyspace_id))?;
     if ks.policy.require_owner && input.owner.is_none() {
         return Err(Error::policy("the keyspace policy requires an owner"));
     }
@@ -333,8 +390,15 @@ pub async fn create_key(st: &AppState, ctx: &Ctx, input: CreateKey) -> Result<(K
     Ok((key, plaintext))
 }
 
-fn new_key_record(ks: &Keyspace, plaintext: &Secret, ctx: &Ctx, now: Timestamp, fill: impl FnOnce(&mut Key)) -> Result<Key> {
-    let parsed = keyformat::parse(plaintext.expose()).ok_or_else(|| Error::internal("generated key does not parse"))?;
+fn new_key_record(
+    ks: &Keyspace,
+    plaintext: &Secret,
+    ctx: &Ctx,
+    now: Timestamp,
+    fill: impl FnOnce(&mut Key),
+) -> Result<Key> {
+    let parsed = keyformat::parse(plaintext.expose())
+        .ok_or_else(|| Error::internal("generated key does not parse"))?;
     let mut key = Key {
         id: new_id("key", now),
         keyspace_id: ks.id.clone(),
@@ -369,7 +433,12 @@ fn new_key_record(ks: &Keyspace, plaintext: &Secret, ctx: &Ctx, now: Timestamp, 
 
 /// A key the context may see, read outside a transaction.
 pub async fn get_key(st: &AppState, ctx: &Ctx, id: &str) -> Result<Key> {
-    let mut key = st.store.key(id).await?.filter(|k| ctx.sees(&k.keyspace_id)).ok_or_else(|| not_found("key", id))?;
+    let mut key = st
+        .store
+        .key(id)
+        .await?
+        .filter(|k| ctx.sees(&k.keyspace_id))
+        .ok_or_else(|| not_found("key", id))?;
     // During its grace period a rotated key reports its successor's quota.
     if let (Some(next), Some(_)) = (&key.rotated_to, key.remaining) {
         if key.status(st.clock.now()) == KeyStatus::Rotating {
@@ -382,7 +451,10 @@ pub async fn get_key(st: &AppState, ctx: &Ctx, id: &str) -> Result<Key> {
 }
 
 async fn key_in_tx(tx: &mut Box<dyn StoreTx>, ctx: &Ctx, id: &str) -> Result<Key> {
-    tx.key(id).await?.filter(|k| ctx.sees(&k.keyspace_id)).ok_or_else(|| not_found("key", id))
+    tx.key(id)
+        .await?
+        .filter(|k| ctx.sees(&k.keyspace_id))
+        .ok_or_else(|| not_found("key", id))
 }
 
 fn required<T>(field: &str, v: Option<T>) -> Result<T> {
@@ -437,7 +509,10 @@ pub async fn update_key(st: &AppState, ctx: &Ctx, id: &str, p: PatchKey) -> Resu
     if old.revoked_at.is_some() {
         return Err(Error::conflict("the key is revoked and cannot be changed"));
     }
-    let ks = tx.keyspace(&old.keyspace_id).await?.ok_or_else(|| not_found("keyspace", &old.keyspace_id))?;
+    let ks = tx
+        .keyspace(&old.keyspace_id)
+        .await?
+        .ok_or_else(|| not_found("keyspace", &old.keyspace_id))?;
     let mut k = old.clone();
     if let Some(v) = name {
         k.name = v;
@@ -485,7 +560,12 @@ pub async fn update_key(st: &AppState, ctx: &Ctx, id: &str, p: PatchKey) -> Resu
     change(&mut ev.changes, "meta", &old.meta, &k.meta);
     change(&mut ev.changes, "enabled", old.enabled, k.enabled);
     change(&mut ev.changes, "ratelimit", old.ratelimit, k.ratelimit);
-    change(&mut ev.changes, "allowed_cidrs", &old.allowed_cidrs, &k.allowed_cidrs);
+    change(
+        &mut ev.changes,
+        "allowed_cidrs",
+        &old.allowed_cidrs,
+        &k.allowed_cidrs,
+    );
     change(&mut ev.changes, "expires_at", old.expires_at, k.expires_at);
     if p.remaining.is_some() {
         change(&mut ev.changes, "remaining", old.remaining, k.remaining);
@@ -556,7 +636,9 @@ pub async fn revoke_owner_keys(st: &AppState, ctx: &Ctx, input: BulkRevoke) -> R
     };
     let now = st.clock.now();
     let mut tx = st.store.begin().await?;
-    let keys = tx.live_keys_of_owner(&input.owner, scope.as_deref(), now).await?;
+    let keys = tx
+        .live_keys_of_owner(&input.owner, scope.as_deref(), now)
+        .await?;
     let mut ids = Vec::with_capacity(keys.len());
     let mut hashes = Vec::with_capacity(keys.len());
     for mut k in keys {
@@ -583,13 +665,20 @@ pub struct RotateKey {
 }
 
 /// Rotates a key: returns the successor and its plaintext.
-pub async fn rotate_key(st: &AppState, ctx: &Ctx, id: &str, input: RotateKey) -> Result<(Key, Secret)> {
+pub async fn rotate_key(
+    st: &AppState,
+    ctx: &Ctx,
+    id: &str,
+    input: RotateKey,
+) -> Result<(Key, Secret)> {
     if let Some(r) = &input.reason {
         check_reason(r).map_err(Error::bad_request)?;
     }
     if let Some(g) = input.grace_secs {
         if !(0..=MAX_DURATION_SECS).contains(&g) {
-            return Err(Error::bad_request(format!("grace_secs must be an integer in 0..{MAX_DURATION_SECS}")));
+            return Err(Error::bad_request(format!(
+                "grace_secs must be an integer in 0..{MAX_DURATION_SECS}"
+            )));
         }
     }
     // Settle unwritten usage first so the quota that moves to the successor is current.
@@ -599,26 +688,39 @@ pub async fn rotate_key(st: &AppState, ctx: &Ctx, id: &str, input: RotateKey) ->
     let mut tx = st.store.begin().await?;
     let old = key_in_tx(&mut tx, ctx, id).await?;
     match old.status(now) {
-        KeyStatus::Revoked => return Err(Error::conflict("the key is revoked and cannot be rotated")),
-        KeyStatus::Expired => return Err(Error::conflict("the key has expired and cannot be rotated")),
+        KeyStatus::Revoked => {
+            return Err(Error::conflict("the key is revoked and cannot be rotated"))
+        }
+        KeyStatus::Expired => {
+            return Err(Error::conflict("the key has expired and cannot be rotated"))
+        }
         _ if old.rotated_to.is_some() => {
-            return Err(Error::conflict("the key has already been rotated; rotate its successor"))
+            return Err(Error::conflict(
+                "the key has already been rotated; rotate its successor",
+            ))
         }
         _ => {}
     }
-    let ks = tx.keyspace(&old.keyspace_id).await?.ok_or_else(|| not_found("keyspace", &old.keyspace_id))?;
+    let ks = tx
+        .keyspace(&old.keyspace_id)
+        .await?
+        .ok_or_else(|| not_found("keyspace", &old.keyspace_id))?;
     let grace = match input.grace_secs {
         Some(g) => {
             if let Some(max) = ks.policy.max_grace_secs {
                 if g > max {
-                    return Err(Error::policy(format!("grace_secs {g} exceeds the keyspace's max_grace_secs ({max})")));
+                    return Err(Error::policy(format!(
+                        "grace_secs {g} exceeds the keyspace's max_grace_secs ({max})"
+                    )));
                 }
             }
             g
         }
         None => ks.policy.default_grace_secs(),
     };
-    let lifetime = old.expires_at.map(|e| (e.millis() - old.created_at.millis()).max(1000) / 1000);
+    let lifetime = old
+        .expires_at
+        .map(|e| (e.millis() - old.created_at.millis()).max(1000) / 1000);
     let lifetime = match (lifetime, ks.policy.max_lifetime_secs) {
         (Some(l), Some(m)) => Some(l.min(m)),
         (l, m) => l.or(m),
@@ -645,7 +747,10 @@ pub async fn rotate_key(st: &AppState, ctx: &Ctx, id: &str, input: RotateKey) ->
     k.rotated_to = Some(new.id.clone());
     k.updated_at = now;
     if grace == 0 {
-        let reason = input.reason.clone().unwrap_or_else(|| "rotated".to_string());
+        let reason = input
+            .reason
+            .clone()
+            .unwrap_or_else(|| "rotated".to_string());
         revoke_in_place(&mut k, ctx, now, &reason, &mut ev);
     } else {
         let end = now.plus_secs(grace);
@@ -677,12 +782,16 @@ pub async fn create_token(st: &AppState, ctx: &Ctx, input: CreateToken) -> Resul
     check_name("name", &input.name).map_err(Error::bad_request)?;
     if let Some(t) = input.ttl_secs {
         if !(1..=MAX_DURATION_SECS).contains(&t) {
-            return Err(Error::bad_request(format!("ttl_secs must be an integer in 1..{MAX_DURATION_SECS}")));
+            return Err(Error::bad_request(format!(
+                "ttl_secs must be an integer in 1..{MAX_DURATION_SECS}"
+            )));
         }
     }
     if let Some(ids) = &input.keyspace_ids {
         if ids.is_empty() {
-            return Err(Error::bad_request("keyspace_ids may not be empty; omit it (or null) for an unlimited token"));
+            return Err(Error::bad_request(
+                "keyspace_ids may not be empty; omit it (or null) for an unlimited token",
+            ));
         }
     }
     let now = st.clock.now();
@@ -713,11 +822,17 @@ pub async fn create_token(st: &AppState, ctx: &Ctx, input: CreateToken) -> Resul
         revoked_reason: None,
         last_used_at: None,
     };
-    tx.insert_token(&token, &KeyHash::of(plaintext.expose())).await?;
+    tx.insert_token(&token, &KeyHash::of(plaintext.expose()))
+        .await?;
     let mut ev = ctx.event(now, "token.create", "token", &token.id);
     change(&mut ev.changes, "name", Value::Null, &token.name);
     change(&mut ev.changes, "role", Value::Null, token.role);
-    change(&mut ev.changes, "keyspace_ids", Value::Null, &token.keyspace_ids);
+    change(
+        &mut ev.changes,
+        "keyspace_ids",
+        Value::Null,
+        &token.keyspace_ids,
+    );
     change(&mut ev.changes, "expires_at", Value::Null, token.expires_at);
     tx.append_audit(ev).await?;
     tx.commit().await?;

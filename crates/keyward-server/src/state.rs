@@ -54,7 +54,11 @@ const MAX_TRACKED_ADDRESSES: usize = 100_000;
 
 impl AuthThrottle {
     pub fn new(limit: u32, window_secs: i64) -> Self {
-        AuthThrottle { limit: limit as usize, window_ms: window_secs * 1000, failures: Mutex::new(HashMap::new()) }
+        AuthThrottle {
+            limit: limit as usize,
+            window_ms: window_secs * 1000,
+            failures: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Records one failure; `Some(retry_after_secs)` when this address is over the limit.
@@ -65,7 +69,10 @@ impl AuthThrottle {
             map.retain(|_, q| q.back().is_some_and(|t| t.millis() > cutoff));
         }
         let q = map.entry(ip).or_default();
-        while q.front().is_some_and(|t| t.millis() <= now.millis() - self.window_ms) {
+        while q
+            .front()
+            .is_some_and(|t| t.millis() <= now.millis() - self.window_ms)
+        {
             q.pop_front();
         }
         let over = q.len() >= self.limit;

@@ -72,9 +72,17 @@ pub struct Request<'a> {
 }
 
 pub enum Outcome {
-    Valid { entry: Arc<Entry>, remaining: Option<i64>, rate: Option<RateState> },
+    Valid {
+        entry: Arc<Entry>,
+        remaining: Option<i64>,
+        rate: Option<RateState>,
+    },
     /// Denied; `entry` when the key was identified; `reset_at` for `RATE_LIMITED`.
-    Denied { code: Code, entry: Option<Arc<Entry>>, reset_at: Option<Timestamp> },
+    Denied {
+        code: Code,
+        entry: Option<Arc<Entry>>,
+        reset_at: Option<Timestamp>,
+    },
 }
 
 impl Outcome {
@@ -122,7 +130,13 @@ impl Verifier {
         // Garbage never reaches a lock or the store; tokens never verify as keys.
         let parsed = match keyformat::parse(req.key) {
             Some(p) if p.prefix != TOKEN_PREFIX => p,
-            _ => return Ok(Outcome::Denied { code: Code::NotFound, entry: None, reset_at: None }),
+            _ => {
+                return Ok(Outcome::Denied {
+                    code: Code::NotFound,
+                    entry: None,
+                    reset_at: None,
+                })
+            }
         };
         let _ = parsed;
         let hash = KeyHash::of(req.key);
@@ -145,7 +159,11 @@ impl Verifier {
             }
         };
         let Some(entry) = entry else {
-            return Ok(Outcome::Denied { code: Code::NotFound, entry: None, reset_at: None });
+            return Ok(Outcome::Denied {
+                code: Code::NotFound,
+                entry: None,
+                reset_at: None,
+            });
         };
         Ok(self.decide(entry, req, now))
     }
@@ -153,18 +171,30 @@ impl Verifier {
     fn decide(&self, entry: Arc<Entry>, req: &Request<'_>, now: Timestamp) -> Outcome {
         if let Err(code) = check_rules(&entry.rules, req.scopes, req.ip, now) {
             self.count_denied(&entry.live);
-            return Outcome::Denied { code, entry: Some(entry), reset_at: None };
+            return Outcome::Denied {
+                code,
+                entry: Some(entry),
+                reset_at: None,
+            };
         }
         let same = Arc::ptr_eq(&entry.live, &entry.quota);
         let mut own = lock(&entry.live.state);
         let result = if same {
-            let LiveState { window, remaining, .. } = &mut *own;
+            let LiveState {
+                window, remaining, ..
+            } = &mut *own;
             let r = check_and_consume(entry.key.ratelimit, window, remaining, req.cost, now);
             r.map(|rate| (rate, *remaining))
         } else {
             // Lock order: a rotated key, then its successor (a successor never locks back).
             let mut q = lock(&entry.quota.state);
-            let r = check_and_consume(entry.key.ratelimit, &mut own.window, &mut q.remaining, req.cost, now);
+            let r = check_and_consume(
+                entry.key.ratelimit,
+                &mut own.window,
+                &mut q.remaining,
+                req.cost,
+                now,
+            );
             if r.is_ok() && q.remaining.is_some() {
                 q.consumed += req.cost;
             }
@@ -186,13 +216,21 @@ impl Verifier {
                 }
                 drop(own);
                 self.mark_dirty(&entry.live);
-                Outcome::Valid { entry, remaining, rate }
+                Outcome::Valid {
+                    entry,
+                    remaining,
+                    rate,
+                }
             }
             Err((code, reset_at)) => {
                 own.denied += 1;
                 drop(own);
                 self.mark_dirty(&entry.live);
-                Outcome::Denied { code, entry: Some(entry), reset_at }
+                Outcome::Denied {
+                    code,
+                    entry: Some(entry),
+                    reset_at,
+                }
             }
         }
     }
@@ -253,7 +291,12 @@ impl Verifier {
             allowed,
             scopes: key.scopes.clone(),
         };
-        Entry { key, rules, live, quota }
+        Entry {
+            key,
+            rules,
+            live,
+            quota,
+        }
     }
 
     /// The live cell of a key, created from the stored row when this node has none.
@@ -263,7 +306,10 @@ impl Verifier {
             .or_insert_with(|| {
                 Arc::new(Live {
                     key_id: key.id.clone(),
-                    state: Mutex::new(LiveState { remaining: key.remaining, ..LiveState::default() }),
+                    state: Mutex::new(LiveState {
+                        remaining: key.remaining,
+                        ..LiveState::default()
+                    }),
                     queued: AtomicBool::new(false),
                 })
             })
@@ -273,7 +319,10 @@ impl Verifier {
     /// Forgets what this node caches about a key; the next verification reads the store.
     pub fn invalidate(&self, hash: &KeyHash) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.shard(hash).write().unwrap_or_else(|p| p.into_inner()).remove(hash);
+        self.shard(hash)
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(hash);
     }
 
     /// Sets the quota of a key after the control plane changed it (call with the write gate
@@ -332,6 +381,9 @@ impl Verifier {
     }
 
     pub fn cached_entries(&self) -> usize {
-        self.shards.iter().map(|s| s.read().map(|m| m.len()).unwrap_or(0)).sum()
+        self.shards
+            .iter()
+            .map(|s| s.read().map(|m| m.len()).unwrap_or(0))
+            .sum()
     }
 }

@@ -163,7 +163,11 @@ pub trait Store: Send + Sync + 'static {
     async fn begin(&self) -> Result<Box<dyn StoreTx>>;
 
     async fn keyspace(&self, id: &str) -> Result<Option<Keyspace>>;
-    async fn list_keyspaces(&self, ids: Option<&[String]>, page: &Page<TimeCursor>) -> Result<Vec<Keyspace>>;
+    async fn list_keyspaces(
+        &self,
+        ids: Option<&[String]>,
+        page: &Page<TimeCursor>,
+    ) -> Result<Vec<Keyspace>>;
 
     async fn key(&self, id: &str) -> Result<Option<Key>>;
     async fn key_by_hash(&self, hash: &KeyHash) -> Result<Option<Key>>;

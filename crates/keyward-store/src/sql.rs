@@ -32,18 +32,22 @@ const AUDIT_COLS: &str = "seq, id, at, actor_type, actor_id, actor_name, action,
 
 fn map_err(e: sqlx::Error) -> StoreError {
     match e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => {
-            StoreError::Conflict(db.constraint().map(str::to_string).unwrap_or_else(|| db.message().to_string()))
-        }
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
-            StoreError::Unavailable(e.to_string())
-        }
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(
+            db.constraint()
+                .map(str::to_string)
+                .unwrap_or_else(|| db.message().to_string()),
+        ),
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
         other => StoreError::Other(other.to_string()),
     }
 }
 
 fn json<T: DeserializeOwned>(col: &str, s: &str) -> Result<T> {
-    serde_json::from_str(s).map_err(|e| StoreError::Other(format!("corrupt JSON in column {col}: {e}")))
+    serde_json::from_str(s)
+        .map_err(|e| StoreError::Other(format!("corrupt JSON in column {col}: {e}")))
 }
 
 fn json_opt<T: DeserializeOwned>(col: &str, s: Option<String>) -> Result<Option<T>> {
@@ -703,7 +707,10 @@ pub mod sqlite {
     use std::str::FromStr;
     use std::time::Duration;
 
-    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+    use sqlx::sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+        SqliteSynchronous,
+    };
     use sqlx::Sqlite;
 
     use super::*;
@@ -732,7 +739,15 @@ pub mod sqlite {
                 .await
                 .map_err(map_err)?;
             let mut conn = pool.acquire().await.map_err(map_err)?;
-            Self::migrate(&mut conn).await?;
+            // Migrate under SQLite's write lock, taken up front: when several processes (nodes,
+            // the CLI) open one new file at once, the first migrates and the others then find
+            // the work done instead of failing on "table already exists". (PostgreSQL uses an
+            // advisory lock for the same.)
+            let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE")
+                .await
+                .map_err(map_err)?;
+            Self::migrate(&mut tx).await?;
+            tx.commit().await.map_err(map_err)?;
             drop(conn);
             Ok(Self { pool })
         }
@@ -752,7 +767,7 @@ pub mod postgres {
 
     const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001_init.sql"))];
     /// Advisory lock id held while migrating, so nodes starting together migrate once.
-    const MIGRATION_LOCK: i64 = 0x6b65_7977_6172_64;
+    const MIGRATION_LOCK: i64 = 0x6b_6579_7761_7264; // "keyward" in ASCII
 
     /// The cluster backend: any number of nodes share one PostgreSQL database.
     #[derive(Clone)]
@@ -767,16 +782,28 @@ pub mod postgres {
 
         /// Opens the store inside `schema` (created when missing): each test gets its own.
         pub async fn open_in_schema(url: &str, schema: Option<&str>) -> Result<Self> {
-            let mut opts = PgConnectOptions::from_str(url).map_err(|e| StoreError::Other(format!("bad PostgreSQL URL: {e}")))?;
+            let mut opts = PgConnectOptions::from_str(url)
+                .map_err(|e| StoreError::Other(format!("bad PostgreSQL URL: {e}")))?;
             if let Some(schema) = schema {
-                if !schema.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+                if !schema
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                {
                     return Err(StoreError::Other("schema names are [a-z0-9_]".into()));
                 }
-                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect_with(&opts).await.map_err(map_err)?;
-                sqlx::raw_sql(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
-                    .execute(&mut conn)
+                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect_with(&opts)
                     .await
                     .map_err(map_err)?;
+                let created = sqlx::raw_sql(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                    .execute(&mut conn)
+                    .await
+                    .map_err(map_err);
+                match created {
+                    // `IF NOT EXISTS` does not cover a concurrent CREATE: the loser gets a unique
+                    // violation on pg_namespace, and the schema exists all the same.
+                    Ok(_) | Err(StoreError::Conflict(_)) => {}
+                    Err(e) => return Err(e),
+                }
                 opts = opts.options([("search_path", schema)]);
             }
             let pool = PgPoolOptions::new()
@@ -786,9 +813,17 @@ pub mod postgres {
                 .await
                 .map_err(map_err)?;
             let mut conn = pool.acquire().await.map_err(map_err)?;
-            sqlx::query("SELECT pg_advisory_lock($1)").bind(MIGRATION_LOCK).execute(&mut *conn).await.map_err(map_err)?;
+            sqlx::query("SELECT pg_advisory_lock($1)")
+                .bind(MIGRATION_LOCK)
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
             let migrated = Self::migrate(&mut conn).await;
-            sqlx::query("SELECT pg_advisory_unlock($1)").bind(MIGRATION_LOCK).execute(&mut *conn).await.map_err(map_err)?;
+            sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(MIGRATION_LOCK)
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
             migrated?;
             drop(conn);
             Ok(Self { pool })

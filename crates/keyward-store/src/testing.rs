@@ -22,21 +22,32 @@ pub fn unique_schema() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    format!("t_{}_{}_{}", std::process::id(), nanos % 1_000_000_000, N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "t_{}_{}_{}",
+        std::process::id(),
+        nanos % 1_000_000_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Whether PostgreSQL tests should run. Prints why when they are skipped; panics in CI.
 pub async fn postgres_available() -> bool {
     use sqlx::Connection;
     let url = pg_url();
-    let ok = tokio::time::timeout(std::time::Duration::from_secs(3), sqlx::PgConnection::connect(&url))
-        .await
-        .is_ok_and(|r| r.is_ok());
+    let ok = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        sqlx::PgConnection::connect(&url),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
     if !ok {
         if in_ci() {
             #[allow(clippy::panic)]
             {
-                panic!("CI=true but PostgreSQL at {} is not reachable", crate::redact_url(&url));
+                panic!(
+                    "CI=true but PostgreSQL at {} is not reachable",
+                    crate::redact_url(&url)
+                );
             }
         }
         eprintln!(
@@ -56,5 +67,7 @@ pub fn pg_url_with_schema(schema: &str) -> String {
 
 /// Creates a schema (for servers that open the URL from [`pg_url_with_schema`]).
 pub async fn create_schema(schema: &str) -> crate::Result<()> {
-    crate::PgStore::open_in_schema(&pg_url(), Some(schema)).await.map(|_| ())
+    crate::PgStore::open_in_schema(&pg_url(), Some(schema))
+        .await
+        .map(|_| ())
 }

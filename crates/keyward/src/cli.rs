@@ -15,7 +15,11 @@ pub const EXIT_UNREACHABLE: u8 = 3;
 pub const EXIT_CHAIN_BROKEN: u8 = 4;
 
 #[derive(Parser)]
-#[command(name = "keyward", version, about = "Self-hosted API key lifecycle manager")]
+#[command(
+    name = "keyward",
+    version,
+    about = "Self-hosted API key lifecycle manager"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -63,7 +67,11 @@ pub struct ServeArgs {
 #[derive(Args)]
 pub struct DbArgs {
     /// sqlite://PATH (default) or postgres://...
-    #[arg(long, env = "KEYWARD_DATABASE_URL", default_value = "sqlite://keyward.db")]
+    #[arg(
+        long,
+        env = "KEYWARD_DATABASE_URL",
+        default_value = "sqlite://keyward.db"
+    )]
     pub database_url: String,
 }
 
@@ -89,7 +97,12 @@ pub enum TokenCmd {
 #[derive(Args)]
 pub struct Remote {
     /// The server's base URL.
-    #[arg(long, env = "KEYWARD_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "KEYWARD_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     pub url: String,
     /// A management token.
     #[arg(long, env = "KEYWARD_TOKEN", hide_env_values = true, global = true)]
@@ -220,9 +233,13 @@ fn fail(e: ClientError) -> ExitCode {
 pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve(args) => crate::offline::serve(args).await,
-        Command::Token(TokenCmd::Create { name, role, keyspaces, ttl, db }) => {
-            crate::offline::token_create(&db.database_url, name, &role, keyspaces, ttl).await
-        }
+        Command::Token(TokenCmd::Create {
+            name,
+            role,
+            keyspaces,
+            ttl,
+            db,
+        }) => crate::offline::token_create(&db.database_url, name, &role, keyspaces, ttl).await,
         Command::Keys(cmd) => match keys(cmd).await {
             Ok(code) => code,
             Err(e) => fail(e),
@@ -238,9 +255,16 @@ pub async fn run(cli: Cli) -> ExitCode {
                     if remote.json {
                         println!("{v}");
                     } else if ok {
-                        println!("audit chain OK: {} events, head {}", v["events"], v["head"].as_str().unwrap_or(""));
+                        println!(
+                            "audit chain OK: {} events, head {}",
+                            v["events"],
+                            v["head"].as_str().unwrap_or("")
+                        );
                     } else {
-                        println!("audit chain BROKEN: {} events, first bad seq {}", v["events"], v["first_bad_seq"]);
+                        println!(
+                            "audit chain BROKEN: {} events, first bad seq {}",
+                            v["events"], v["first_bad_seq"]
+                        );
                     }
                     if ok {
                         ExitCode::SUCCESS
@@ -256,12 +280,20 @@ pub async fn run(cli: Cli) -> ExitCode {
 
 async fn keys(cmd: KeysCmd) -> Result<ExitCode, ClientError> {
     match cmd {
-        KeysCmd::Create { keyspace, name, owner, scopes, labels, ttl, remote } => {
+        KeysCmd::Create {
+            keyspace,
+            name,
+            owner,
+            scopes,
+            labels,
+            ttl,
+            remote,
+        } => {
             let mut label_map = serde_json::Map::new();
             for l in labels {
-                let (k, v) = l
-                    .split_once('=')
-                    .ok_or_else(|| ClientError::Usage(format!("--label '{l}' must be name=value")))?;
+                let (k, v) = l.split_once('=').ok_or_else(|| {
+                    ClientError::Usage(format!("--label '{l}' must be name=value"))
+                })?;
                 label_map.insert(k.to_string(), json!(v));
             }
             let mut body = json!({"keyspace_id": keyspace, "name": name, "scopes": scopes, "labels": label_map});
@@ -279,14 +311,30 @@ async fn keys(cmd: KeysCmd) -> Result<ExitCode, ClientError> {
                 print_key(&v, Format::Table);
                 println!();
                 println!("key: {}", v["key"].as_str().unwrap_or(""));
-                eprintln!("This is the only time the key is shown. Store it in a secret manager now.");
+                eprintln!(
+                    "This is the only time the key is shown. Store it in a secret manager now."
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
-        KeysCmd::List { keyspace, owner, status, label, q, limit, remote } => {
+        KeysCmd::List {
+            keyspace,
+            owner,
+            status,
+            label,
+            q,
+            limit,
+            remote,
+        } => {
             let client = Client::new(&remote.url, remote.token.as_deref())?;
             let mut query: Vec<(&str, String)> = vec![("limit", limit.to_string())];
-            for (k, v) in [("keyspace_id", keyspace), ("owner", owner), ("status", status), ("label", label), ("q", q)] {
+            for (k, v) in [
+                ("keyspace_id", keyspace),
+                ("owner", owner),
+                ("status", status),
+                ("label", label),
+                ("q", q),
+            ] {
                 if let Some(v) = v {
                     query.push((k, v));
                 }
@@ -304,11 +352,27 @@ async fn keys(cmd: KeysCmd) -> Result<ExitCode, ClientError> {
         }
         KeysCmd::Show { id, remote } => {
             let client = Client::new(&remote.url, remote.token.as_deref())?;
-            let v = client.get(&format!("/v1/keys/{}", encode_segment(&id))).await?;
-            print_key(&v, if remote.json { Format::Json } else { Format::Table });
+            let v = client
+                .get(&format!("/v1/keys/{}", encode_segment(&id)))
+                .await?;
+            print_key(
+                &v,
+                if remote.json {
+                    Format::Json
+                } else {
+                    Format::Table
+                },
+            );
             Ok(ExitCode::SUCCESS)
         }
-        KeysCmd::Rotate { id, grace, reason, format, env_name, remote } => {
+        KeysCmd::Rotate {
+            id,
+            grace,
+            reason,
+            format,
+            env_name,
+            remote,
+        } => {
             let client = Client::new(&remote.url, remote.token.as_deref())?;
             let mut body = json!({});
             if let Some(g) = grace {
@@ -317,7 +381,9 @@ async fn keys(cmd: KeysCmd) -> Result<ExitCode, ClientError> {
             if let Some(r) = reason {
                 body["reason"] = json!(r);
             }
-            let v = client.post(&format!("/v1/keys/{}/rotate", encode_segment(&id)), &body).await?;
+            let v = client
+                .post(&format!("/v1/keys/{}/rotate", encode_segment(&id)), &body)
+                .await?;
             let key = v["key"].as_str().unwrap_or("");
             match (format, remote.json) {
                 (RotateFormat::Json, _) | (_, true) => println!(
@@ -329,15 +395,30 @@ async fn keys(cmd: KeysCmd) -> Result<ExitCode, ClientError> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        KeysCmd::Revoke { id, owner, keyspace, reason, remote } => {
+        KeysCmd::Revoke {
+            id,
+            owner,
+            keyspace,
+            reason,
+            remote,
+        } => {
             let client = Client::new(&remote.url, remote.token.as_deref())?;
             match (id, owner) {
                 (Some(id), None) => {
-                    let v = client.post(&format!("/v1/keys/{}/revoke", encode_segment(&id)), &json!({"reason": reason})).await?;
+                    let v = client
+                        .post(
+                            &format!("/v1/keys/{}/revoke", encode_segment(&id)),
+                            &json!({"reason": reason}),
+                        )
+                        .await?;
                     if remote.json {
                         println!("{v}");
                     } else {
-                        println!("revoked {} ({})", v["id"].as_str().unwrap_or(""), v["name"].as_str().unwrap_or(""));
+                        println!(
+                            "revoked {} ({})",
+                            v["id"].as_str().unwrap_or(""),
+                            v["name"].as_str().unwrap_or("")
+                        );
                     }
                 }
                 (None, Some(owner)) => {
@@ -355,7 +436,11 @@ async fn keys(cmd: KeysCmd) -> Result<ExitCode, ClientError> {
                         }
                     }
                 }
-                _ => return Err(ClientError::Usage("give a key id, or --owner for every key of an owner (not both)".into())),
+                _ => {
+                    return Err(ClientError::Usage(
+                        "give a key id, or --owner for every key of an owner (not both)".into(),
+                    ))
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -365,7 +450,13 @@ async fn keys(cmd: KeysCmd) -> Result<ExitCode, ClientError> {
 /// Percent-encodes a path segment (ids are plain, but a typo must not change the path).
 fn encode_segment(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 

@@ -7,7 +7,11 @@ pub enum ClientError {
     /// The server could not be reached.
     Unreachable(String),
     /// The server answered with an error envelope.
-    Api { status: u16, code: String, message: String },
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
     /// The command was used wrongly.
     Usage(String),
     /// Anything else (an unreadable answer).
@@ -18,7 +22,11 @@ impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ClientError::Unreachable(m) => write!(f, "cannot reach the keyward server: {m}"),
-            ClientError::Api { status, code, message } => {
+            ClientError::Api {
+                status,
+                code,
+                message,
+            } => {
                 let hint = match *status {
                     401 => " (check KEYWARD_TOKEN)",
                     _ => "",
@@ -42,7 +50,11 @@ impl Client {
             .timeout(std::time::Duration::from_secs(30))
             .build()
             .map_err(|e| ClientError::Other(e.to_string()))?;
-        Ok(Client { base: base.trim_end_matches('/').to_string(), token: token.map(str::to_string), http })
+        Ok(Client {
+            base: base.trim_end_matches('/').to_string(),
+            token: token.map(str::to_string),
+            http,
+        })
     }
 
     fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -59,26 +71,45 @@ impl Client {
             ClientError::Unreachable(format!("{} ({})", self.base, short(&e)))
         })?;
         let status = res.status().as_u16();
-        let text = res.text().await.map_err(|e| ClientError::Other(e.to_string()))?;
+        let text = res
+            .text()
+            .await
+            .map_err(|e| ClientError::Other(e.to_string()))?;
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if (200..300).contains(&status) {
             return Ok(v);
         }
-        let code = v["error"]["code"].as_str().unwrap_or("HTTP_ERROR").to_string();
-        let message = v["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| format!("HTTP status {status}"));
-        Err(ClientError::Api { status, code, message })
+        let code = v["error"]["code"]
+            .as_str()
+            .unwrap_or("HTTP_ERROR")
+            .to_string();
+        let message = v["error"]["message"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("HTTP status {status}"));
+        Err(ClientError::Api {
+            status,
+            code,
+            message,
+        })
     }
 
     pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
         self.send(self.req(reqwest::Method::GET, path)).await
     }
 
-    pub async fn get_query(&self, path: &str, query: &[(&str, String)]) -> Result<Value, ClientError> {
-        self.send(self.req(reqwest::Method::GET, path).query(query)).await
+    pub async fn get_query(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<Value, ClientError> {
+        self.send(self.req(reqwest::Method::GET, path).query(query))
+            .await
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
-        self.send(self.req(reqwest::Method::POST, path).json(body)).await
+        self.send(self.req(reqwest::Method::POST, path).json(body))
+            .await
     }
 }
 

@@ -13,10 +13,19 @@ use crate::cli::ServeArgs;
 fn init_logging() {
     use tracing_subscriber::filter::Targets;
     use tracing_subscriber::prelude::*;
-    let spec = std::env::var("KEYWARD_LOG").or_else(|_| std::env::var("RUST_LOG")).unwrap_or_else(|_| "info,sqlx=warn".into());
-    let filter: Targets = spec.parse().unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
+    let spec = std::env::var("KEYWARD_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info,sqlx=warn".into());
+    let filter: Targets = spec
+        .parse()
+        .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
     let _ = tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_filter(filter),
+        )
         .try_init();
 }
 
@@ -24,7 +33,10 @@ async fn open(url: &str) -> Option<Arc<dyn keyward_store::Store>> {
     match keyward_store::open(url).await {
         Ok(s) => Some(s),
         Err(e) => {
-            eprintln!("error: cannot open the database {}: {e}", keyward_store::redact_url(url));
+            eprintln!(
+                "error: cannot open the database {}: {e}",
+                keyward_store::redact_url(url)
+            );
             None
         }
     }
@@ -51,7 +63,9 @@ async fn shutdown_signal() {
 
 pub async fn serve(args: ServeArgs) -> ExitCode {
     init_logging();
-    let Some(store) = open(&args.db.database_url).await else { return ExitCode::from(1) };
+    let Some(store) = open(&args.db.database_url).await else {
+        return ExitCode::from(1);
+    };
     let listener = match tokio::net::TcpListener::bind(&args.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -59,7 +73,10 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or(args.listen.clone());
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or(args.listen.clone());
     let config = Config {
         usage_flush_ms: args.usage_flush_ms,
         sweep_interval_secs: args.sweep_interval_secs,
@@ -84,22 +101,41 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
 }
 
 fn cli_actor() -> Actor {
-    let user = std::env::var("USER").or_else(|_| std::env::var("USERNAME")).unwrap_or_else(|_| "cli".into());
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .unwrap_or_else(|_| "cli".into());
     Actor::cli(&user)
 }
 
-pub async fn token_create(url: &str, name: String, role: &str, keyspaces: Vec<String>, ttl: Option<i64>) -> ExitCode {
-    let Some(store) = open(url).await else { return ExitCode::from(1) };
+pub async fn token_create(
+    url: &str,
+    name: String,
+    role: &str,
+    keyspaces: Vec<String>,
+    ttl: Option<i64>,
+) -> ExitCode {
+    let Some(store) = open(url).await else {
+        return ExitCode::from(1);
+    };
     let Some(role) = Role::parse(role) else {
         eprintln!("error: unknown role '{role}'");
         return ExitCode::from(2);
     };
     let state = AppState::new(store, Arc::new(SystemClock), Config::default());
-    let ctx = Ctx { actor: cli_actor(), request_id: None, ip: None, keyspaces: None };
+    let ctx = Ctx {
+        actor: cli_actor(),
+        request_id: None,
+        ip: None,
+        keyspaces: None,
+    };
     let input = service::CreateToken {
         name,
         role,
-        keyspace_ids: if keyspaces.is_empty() { None } else { Some(keyspaces) },
+        keyspace_ids: if keyspaces.is_empty() {
+            None
+        } else {
+            Some(keyspaces)
+        },
         ttl_secs: ttl,
     };
     match service::create_token(&state, &ctx, input).await {

@@ -25,7 +25,11 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
         }
     }
     let line = |cells: Vec<String>| {
-        let parts: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
         println!("{}", parts.join("  ").trim_end());
     };
     line(headers.iter().map(|h| h.to_string()).collect());
@@ -49,7 +53,18 @@ pub fn print_keys(items: &[Value]) {
             ]
         })
         .collect();
-    table(&["ID", "NAME", "OWNER", "STATUS", "KEY", "EXPIRES", "LAST USED"], &rows);
+    table(
+        &[
+            "ID",
+            "NAME",
+            "OWNER",
+            "STATUS",
+            "KEY",
+            "EXPIRES",
+            "LAST USED",
+        ],
+        &rows,
+    );
 }
 
 pub fn print_key(k: &Value, format: Format) {
@@ -58,12 +73,31 @@ pub fn print_key(k: &Value, format: Format) {
         return;
     }
     let fields = [
-        "id", "name", "keyspace_id", "owner", "status", "scopes", "labels", "created_at", "expires_at",
-        "last_used_at", "call_count", "denied_count", "remaining", "ratelimit", "rotated_from", "rotated_to",
-        "revoked_at", "revoked_reason",
+        "id",
+        "name",
+        "keyspace_id",
+        "owner",
+        "status",
+        "scopes",
+        "labels",
+        "created_at",
+        "expires_at",
+        "last_used_at",
+        "call_count",
+        "denied_count",
+        "remaining",
+        "ratelimit",
+        "rotated_from",
+        "rotated_to",
+        "revoked_at",
+        "revoked_reason",
     ];
     for f in fields {
-        let v = if f == "id" { format!("{}  ({}…{})", s(&k["id"]), s(&k["start"]), s(&k["end"])) } else { s(&k[f]) };
+        let v = if f == "id" {
+            format!("{}  ({}…{})", s(&k["id"]), s(&k["start"]), s(&k["end"]))
+        } else {
+            s(&k[f])
+        };
         println!("{:<14} {}", format!("{f}:"), v);
     }
 }

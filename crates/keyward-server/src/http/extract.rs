@@ -25,8 +25,16 @@ fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
-        .is_some_and(|m| m == "application/json" || (m.starts_with("application/") && m.ends_with("+json")))
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .is_some_and(|m| {
+            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+        })
 }
 
 impl<S: Send + Sync> FromRequest<S> for JsonBody {
@@ -34,29 +42,43 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
 
     async fn from_request(req: Request, _state: &S) -> Result<Self> {
         let headers = req.headers();
-        let declared: Option<u64> = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        let declared: Option<u64> = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
         let chunked = headers.contains_key(TRANSFER_ENCODING);
         let has_body = declared.is_some_and(|n| n > 0) || chunked;
         let json = is_json(headers);
         if has_body && !json {
-            return Err(Error::new(Code::UnsupportedMediaType, "the request body must be JSON (Content-Type: application/json)"));
+            return Err(Error::new(
+                Code::UnsupportedMediaType,
+                "the request body must be JSON (Content-Type: application/json)",
+            ));
         }
         if declared.is_some_and(|n| n > MAX_BODY as u64) {
             return Err(too_large());
         }
-        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY).await.map_err(|_| too_large())?;
+        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY)
+            .await
+            .map_err(|_| too_large())?;
         if bytes.is_empty() {
             return Ok(JsonBody(None));
         }
         if !json {
-            return Err(Error::new(Code::UnsupportedMediaType, "the request body must be JSON (Content-Type: application/json)"));
+            return Err(Error::new(
+                Code::UnsupportedMediaType,
+                "the request body must be JSON (Content-Type: application/json)",
+            ));
         }
         Ok(JsonBody(Some(bytes)))
     }
 }
 
 fn too_large() -> Error {
-    Error::new(Code::PayloadTooLarge, format!("the request body is larger than {MAX_BODY} bytes"))
+    Error::new(
+        Code::PayloadTooLarge,
+        format!("the request body is larger than {MAX_BODY} bytes"),
+    )
 }
 
 /// serde's message without any quoted input value (a client may have put a secret anywhere).
@@ -94,7 +116,8 @@ impl JsonBody {
 }
 
 fn parse_json<T: DeserializeOwned>(b: &[u8]) -> Result<T> {
-    serde_json::from_slice(b).map_err(|e| Error::bad_request(format!("invalid JSON body: {}", sanitize(&e.to_string()))))
+    serde_json::from_slice(b)
+        .map_err(|e| Error::bad_request(format!("invalid JSON body: {}", sanitize(&e.to_string()))))
 }
 
 /// Query parameters, taken one by one; whatever is left over is an unknown parameter (400).
@@ -104,7 +127,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self> {
-        match axum::extract::Query::<Vec<(String, String)>>::from_request_parts(parts, state).await {
+        match axum::extract::Query::<Vec<(String, String)>>::from_request_parts(parts, state).await
+        {
             Ok(q) => Ok(Params(q.0)),
             Err(_) => Err(Error::bad_request("the query string is not valid")),
         }
@@ -118,7 +142,9 @@ impl Params {
         while i < self.0.len() {
             if self.0[i].0 == name {
                 if found.is_some() {
-                    return Err(Error::bad_request(format!("query parameter '{name}' given more than once")));
+                    return Err(Error::bad_request(format!(
+                        "query parameter '{name}' given more than once"
+                    )));
                 }
                 found = Some(self.0.remove(i).1);
             } else {
@@ -128,7 +154,9 @@ impl Params {
         Ok(found)
     }
     pub fn take_all(&mut self, name: &str) -> Vec<String> {
-        let (hit, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.0).into_iter().partition(|(k, _)| k == name);
+        let (hit, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.0)
+            .into_iter()
+            .partition(|(k, _)| k == name);
         self.0 = rest;
         hit.into_iter().map(|(_, v)| v).collect()
     }
@@ -137,7 +165,9 @@ impl Params {
             None => Ok(None),
             Some(v) => match v.parse::<i64>() {
                 Ok(n) if n >= min => Ok(Some(n)),
-                _ => Err(Error::bad_request(format!("query parameter '{name}' must be an integer ≥ {min}"))),
+                _ => Err(Error::bad_request(format!(
+                    "query parameter '{name}' must be an integer ≥ {min}"
+                ))),
             },
         }
     }
@@ -165,7 +195,7 @@ impl Params {
             None => Ok(()),
             Some((k, _)) => Err(Error::bad_request(format!(
                 "unknown query parameter '{}'",
-                k.chars().take(40).collect::<String>()
+                keyformat::shown(k)
             ))),
         }
     }
@@ -199,8 +229,12 @@ pub fn time_cursor(cursor: Option<String>, fingerprint: &str) -> Result<Option<(
     cursor
         .map(|c| {
             let pos = decode_cursor(&c, fingerprint)?;
-            let (ms, id) = pos.split_once(':').ok_or_else(|| Error::bad_request("cursor is not valid for this list"))?;
-            let ms = ms.parse().map_err(|_| Error::bad_request("cursor is not valid for this list"))?;
+            let (ms, id) = pos
+                .split_once(':')
+                .ok_or_else(|| Error::bad_request("cursor is not valid for this list"))?;
+            let ms = ms
+                .parse()
+                .map_err(|_| Error::bad_request("cursor is not valid for this list"))?;
             Ok((ms, id.to_string()))
         })
         .transpose()
@@ -220,7 +254,10 @@ pub fn client_ip(parts: &Parts, trust_proxy: bool) -> Option<IpAddr> {
             return Some(canonical_ip(ip));
         }
     }
-    parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| canonical_ip(c.0.ip()))
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| canonical_ip(c.0.ip()))
 }
 
 /// An authenticated management token.
@@ -234,12 +271,19 @@ impl Auth {
         if self.token.role.may(p) {
             Ok(())
         } else {
-            Err(Error::forbidden(format!("role '{}' may not do this", self.token.role.as_str())))
+            Err(Error::forbidden(format!(
+                "role '{}' may not do this",
+                self.token.role.as_str()
+            )))
         }
     }
     pub fn ctx(&self) -> Ctx {
         Ctx {
-            actor: Actor { kind: ActorKind::Token, id: self.token.id.clone(), name: self.token.name.clone() },
+            actor: Actor {
+                kind: ActorKind::Token,
+                id: self.token.id.clone(),
+                name: self.token.name.clone(),
+            },
             request_id: Some(current_request_id()),
             ip: self.ip.map(|i| i.to_string()),
             keyspaces: self.token.keyspace_ids.clone(),
@@ -251,16 +295,28 @@ impl Auth {
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, rest) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then_some(rest.trim_start())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(rest.trim_start())
 }
 
 /// Checks a management token given in a header; failures count towards the address's limit.
-pub async fn authenticate(st: &AppState, presented: Option<&str>, ip: Option<IpAddr>) -> Result<Auth> {
+pub async fn authenticate(
+    st: &AppState,
+    presented: Option<&str>,
+    ip: Option<IpAddr>,
+) -> Result<Auth> {
     let now = st.clock.now();
-    let found = match presented.and_then(keyformat::parse).filter(|p| p.prefix == TOKEN_PREFIX) {
+    let found = match presented
+        .and_then(keyformat::parse)
+        .filter(|p| p.prefix == TOKEN_PREFIX)
+    {
         Some(_) => {
             let token = presented.unwrap_or_default();
-            st.store.token_by_hash(&KeyHash::of(token)).await?.filter(|t| t.is_usable(now))
+            st.store
+                .token_by_hash(&KeyHash::of(token))
+                .await?
+                .filter(|t| t.is_usable(now))
         }
         None => None,
     };
@@ -272,7 +328,11 @@ pub async fn authenticate(st: &AppState, presented: Option<&str>, ip: Option<IpA
         None => {
             let ip = ip.unwrap_or(IpAddr::from([0, 0, 0, 0]));
             if let Some(wait) = st.throttle.fail(ip, now) {
-                return Err(Error::new(Code::RateLimited, "too many failed authentications from this address").with_retry_after(wait));
+                return Err(Error::new(
+                    Code::RateLimited,
+                    "too many failed authentications from this address",
+                )
+                .with_retry_after(wait));
             }
             let msg = if presented.is_none() {
                 "a management token is required (Authorization: Bearer kwt_...)"
@@ -288,7 +348,9 @@ pub async fn authenticate(st: &AppState, presented: Option<&str>, ip: Option<IpA
 fn touch(st: &AppState, id: &str, now: keyward_core::time::Timestamp) {
     let due = {
         let mut map = st.token_touched.lock().unwrap_or_else(|p| p.into_inner());
-        let due = map.get(id).is_none_or(|t| now.millis() - t.millis() >= 60_000);
+        let due = map
+            .get(id)
+            .is_none_or(|t| now.millis() - t.millis() >= 60_000);
         if due {
             map.insert(id.to_string(), now);
         }
@@ -331,8 +393,14 @@ mod tests {
 
     #[test]
     fn serde_messages_lose_their_quoted_values() {
-        assert_eq!(sanitize(r#"invalid type: string "acme_secret", expected i64"#), "invalid type: string \"…\", expected i64");
-        assert_eq!(sanitize("unknown field `expire_at`, expected one of `a`"), "unknown field `expire_at`, expected one of `a`");
+        assert_eq!(
+            sanitize(r#"invalid type: string "acme_secret", expected i64"#),
+            "invalid type: string \"…\", expected i64"
+        );
+        assert_eq!(
+            sanitize("unknown field `expire_at`, expected one of `a`"),
+            "unknown field `expire_at`, expected one of `a`"
+        );
     }
 
     #[test]

@@ -25,8 +25,14 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi))
-        .route("/v1/keyspaces", post(v1::create_keyspace).get(v1::list_keyspaces))
-        .route("/v1/keyspaces/{id}", get(v1::get_keyspace).patch(v1::patch_keyspace))
+        .route(
+            "/v1/keyspaces",
+            post(v1::create_keyspace).get(v1::list_keyspaces),
+        )
+        .route(
+            "/v1/keyspaces/{id}",
+            get(v1::get_keyspace).patch(v1::patch_keyspace),
+        )
         .route("/v1/keys", post(v1::create_key).get(v1::list_keys))
         .route("/v1/keys/revoke", post(v1::revoke_owner))
         .route("/v1/keys/{id}", get(v1::get_key).patch(v1::patch_key))
@@ -50,7 +56,8 @@ async fn not_found() -> Error {
 
 fn valid_request_id(v: &HeaderValue) -> Option<String> {
     let s = v.to_str().ok()?;
-    (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())).then(|| s.to_string())
+    (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
+        .then(|| s.to_string())
 }
 
 /// Gives every request an id (echoed from `x-request-id` when it sent a usable one), makes it
@@ -62,15 +69,24 @@ async fn request_context(req: Request, next: Next) -> Response {
         .get("x-request-id")
         .and_then(valid_request_id)
         .unwrap_or_else(|| format!("req_{}", keyward_core::keyformat::base62_random(20)));
-    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string());
     let method = req.method().clone();
     let started = std::time::Instant::now();
     let mut res = REQUEST_ID
         .scope(id.clone(), async move {
             let res = next.run(req).await;
-            if res.status() == StatusCode::METHOD_NOT_ALLOWED && !res.headers().contains_key(header::CONTENT_TYPE) {
+            if res.status() == StatusCode::METHOD_NOT_ALLOWED
+                && !res.headers().contains_key(header::CONTENT_TYPE)
+            {
                 let allow = res.headers().get(header::ALLOW).cloned();
-                let mut r = Error::new(Code::MethodNotAllowed, "method not allowed for this endpoint").into_response();
+                let mut r = Error::new(
+                    Code::MethodNotAllowed,
+                    "method not allowed for this endpoint",
+                )
+                .into_response();
                 if let Some(a) = allow {
                     r.headers_mut().insert(header::ALLOW, a);
                 }
@@ -118,8 +134,17 @@ async fn readyz(State(st): State<AppState>) -> Response {
 }
 
 async fn metrics(State(st): State<AppState>) -> Response {
-    let body = st.metrics.render(st.verifier.pending_keys(), st.verifier.cached_entries());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+    let body = st
+        .metrics
+        .render(st.verifier.pending_keys(), st.verifier.cached_entries());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn openapi() -> Response {

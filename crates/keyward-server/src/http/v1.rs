@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
-use crate::http::extract::{encode_cursor, time_cursor, decode_cursor, Auth, JsonBody, Params};
+use crate::http::extract::{decode_cursor, encode_cursor, time_cursor, Auth, JsonBody, Params};
 use crate::service;
 use crate::state::AppState;
 
@@ -33,14 +33,22 @@ fn key_json(k: &Key, st: &AppState) -> Value {
 
 // ---------------------------------------------------------------- keyspaces
 
-pub async fn create_keyspace(State(st): State<AppState>, auth: Auth, body: JsonBody) -> Result<Response> {
+pub async fn create_keyspace(
+    State(st): State<AppState>,
+    auth: Auth,
+    body: JsonBody,
+) -> Result<Response> {
     auth.require(Permission::WriteKeyspaces)?;
     let input = body.parse()?;
     let ks = service::create_keyspace(&st, &auth.ctx(), input).await?;
     Ok((StatusCode::CREATED, Json(ks)).into_response())
 }
 
-pub async fn list_keyspaces(State(st): State<AppState>, auth: Auth, mut params: Params) -> Result<Json<Value>> {
+pub async fn list_keyspaces(
+    State(st): State<AppState>,
+    auth: Auth,
+    mut params: Params,
+) -> Result<Json<Value>> {
     auth.require(Permission::ReadKeys)?;
     let limit = params.take_limit()?;
     let fp = "keyspaces";
@@ -48,14 +56,29 @@ pub async fn list_keyspaces(State(st): State<AppState>, auth: Auth, mut params: 
     params.finish()?;
     let rows = st
         .store
-        .list_keyspaces(auth.token.keyspace_ids.as_deref(), &Page { limit: limit + 1, after })
+        .list_keyspaces(
+            auth.token.keyspace_ids.as_deref(),
+            &Page {
+                limit: limit + 1,
+                after,
+            },
+        )
         .await?;
     let (rows, more) = split_page(rows, limit);
-    let next = more.then(|| rows.last().map(|k| encode_cursor(&format!("{}:{}", k.created_at.millis(), k.id), fp))).flatten();
+    let next = more
+        .then(|| {
+            rows.last()
+                .map(|k| encode_cursor(&format!("{}:{}", k.created_at.millis(), k.id), fp))
+        })
+        .flatten();
     Ok(list(rows, next))
 }
 
-pub async fn get_keyspace(State(st): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<Response> {
+pub async fn get_keyspace(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Response> {
     auth.require(Permission::ReadKeys)?;
     Ok(Json(service::get_keyspace(&st, &auth.ctx(), &id).await?).into_response())
 }
@@ -67,21 +90,43 @@ struct PatchKeyspaceBody {
     policy: Option<keyward_core::policy::PolicyPatch>,
 }
 
-pub async fn patch_keyspace(State(st): State<AppState>, auth: Auth, Path(id): Path<String>, body: JsonBody) -> Result<Response> {
+pub async fn patch_keyspace(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: JsonBody,
+) -> Result<Response> {
     auth.require(Permission::WriteKeyspaces)?;
     if let Some(b) = &body.0 {
-        if serde_json::from_slice::<Value>(b).ok().and_then(|v| v.get("prefix").map(|_| ())).is_some() {
+        if serde_json::from_slice::<Value>(b)
+            .ok()
+            .and_then(|v| v.get("prefix").map(|_| ()))
+            .is_some()
+        {
             return Err(Error::bad_request("a keyspace's prefix cannot be changed"));
         }
     }
     let b: PatchKeyspaceBody = body.parse()?;
-    let ks = service::update_keyspace(&st, &auth.ctx(), &id, service::PatchKeyspace { name: b.name, policy: b.policy }).await?;
+    let ks = service::update_keyspace(
+        &st,
+        &auth.ctx(),
+        &id,
+        service::PatchKeyspace {
+            name: b.name,
+            policy: b.policy,
+        },
+    )
+    .await?;
     Ok(Json(ks).into_response())
 }
 
 // ---------------------------------------------------------------- keys
 
-pub async fn create_key(State(st): State<AppState>, auth: Auth, body: JsonBody) -> Result<Response> {
+pub async fn create_key(
+    State(st): State<AppState>,
+    auth: Auth,
+    body: JsonBody,
+) -> Result<Response> {
     auth.require(Permission::WriteKeys)?;
     let input = body.parse()?;
     let (key, plaintext) = service::create_key(&st, &auth.ctx(), input).await?;
@@ -90,7 +135,11 @@ pub async fn create_key(State(st): State<AppState>, auth: Auth, body: JsonBody) 
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
-pub async fn list_keys(State(st): State<AppState>, auth: Auth, mut params: Params) -> Result<Json<Value>> {
+pub async fn list_keys(
+    State(st): State<AppState>,
+    auth: Auth,
+    mut params: Params,
+) -> Result<Json<Value>> {
     auth.require(Permission::ReadKeys)?;
     let limit = params.take_limit()?;
     let cursor = params.take("cursor")?;
@@ -98,7 +147,13 @@ pub async fn list_keys(State(st): State<AppState>, auth: Auth, mut params: Param
     let owner = params.take("owner")?;
     let status = params
         .take("status")?
-        .map(|s| KeyStatus::parse(&s).ok_or_else(|| Error::bad_request("status must be one of active, rotating, disabled, expired, revoked")))
+        .map(|s| {
+            KeyStatus::parse(&s).ok_or_else(|| {
+                Error::bad_request(
+                    "status must be one of active, rotating, disabled, expired, revoked",
+                )
+            })
+        })
         .transpose()?;
     let label = params
         .take("label")?
@@ -111,7 +166,8 @@ pub async fn list_keys(State(st): State<AppState>, auth: Auth, mut params: Param
     let q = params.take("q")?;
     let unused_for_secs = params.take_int("unused_for_secs", 0)?;
     params.finish()?;
-    let fp = format!("keys|{keyspace_id:?}|{owner:?}|{status:?}|{label:?}|{q:?}|{unused_for_secs:?}");
+    let fp =
+        format!("keys|{keyspace_id:?}|{owner:?}|{status:?}|{label:?}|{q:?}|{unused_for_secs:?}");
     let after = time_cursor(cursor, &fp)?;
     let keyspace_ids = match (keyspace_id, &auth.token.keyspace_ids) {
         (Some(id), limit) => {
@@ -131,22 +187,39 @@ pub async fn list_keys(State(st): State<AppState>, auth: Auth, mut params: Param
         name_contains: q,
         unused_for_secs,
         now: st.clock.now(),
-        page: Page { limit: limit + 1, after },
+        page: Page {
+            limit: limit + 1,
+            after,
+        },
     };
     let rows = st.store.list_keys(&filter).await?;
     let (rows, more) = split_page(rows, limit);
-    let next = more.then(|| rows.last().map(|k| encode_cursor(&format!("{}:{}", k.created_at.millis(), k.id), &fp))).flatten();
+    let next = more
+        .then(|| {
+            rows.last()
+                .map(|k| encode_cursor(&format!("{}:{}", k.created_at.millis(), k.id), &fp))
+        })
+        .flatten();
     let items: Vec<Value> = rows.iter().map(|k| key_json(k, &st)).collect();
     Ok(list(items, next))
 }
 
-pub async fn get_key(State(st): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<Json<Value>> {
+pub async fn get_key(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Value>> {
     auth.require(Permission::ReadKeys)?;
     let k = service::get_key(&st, &auth.ctx(), &id).await?;
     Ok(Json(key_json(&k, &st)))
 }
 
-pub async fn patch_key(State(st): State<AppState>, auth: Auth, Path(id): Path<String>, body: JsonBody) -> Result<Json<Value>> {
+pub async fn patch_key(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: JsonBody,
+) -> Result<Json<Value>> {
     auth.require(Permission::WriteKeys)?;
     let p = body.parse()?;
     let k = service::update_key(&st, &auth.ctx(), &id, p).await?;
@@ -159,21 +232,35 @@ struct ReasonBody {
     reason: String,
 }
 
-pub async fn revoke_key(State(st): State<AppState>, auth: Auth, Path(id): Path<String>, body: JsonBody) -> Result<Json<Value>> {
+pub async fn revoke_key(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: JsonBody,
+) -> Result<Json<Value>> {
     auth.require(Permission::WriteKeys)?;
     let b: ReasonBody = body.parse()?;
     let k = service::revoke_key(&st, &auth.ctx(), &id, &b.reason).await?;
     Ok(Json(key_json(&k, &st)))
 }
 
-pub async fn revoke_owner(State(st): State<AppState>, auth: Auth, body: JsonBody) -> Result<Json<Value>> {
+pub async fn revoke_owner(
+    State(st): State<AppState>,
+    auth: Auth,
+    body: JsonBody,
+) -> Result<Json<Value>> {
     auth.require(Permission::WriteKeys)?;
     let input = body.parse()?;
     let ids = service::revoke_owner_keys(&st, &auth.ctx(), input).await?;
     Ok(Json(json!({"revoked": ids.len(), "key_ids": ids})))
 }
 
-pub async fn rotate_key(State(st): State<AppState>, auth: Auth, Path(id): Path<String>, body: JsonBody) -> Result<Response> {
+pub async fn rotate_key(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: JsonBody,
+) -> Result<Response> {
     auth.require(Permission::WriteKeys)?;
     let input = body.parse_or_default()?;
     let (key, plaintext) = service::rotate_key(&st, &auth.ctx(), &id, input).await?;
@@ -184,7 +271,11 @@ pub async fn rotate_key(State(st): State<AppState>, auth: Auth, Path(id): Path<S
 
 // ---------------------------------------------------------------- tokens
 
-pub async fn create_token(State(st): State<AppState>, auth: Auth, body: JsonBody) -> Result<Response> {
+pub async fn create_token(
+    State(st): State<AppState>,
+    auth: Auth,
+    body: JsonBody,
+) -> Result<Response> {
     auth.require(Permission::ManageTokens)?;
     let ctx = auth.ctx();
     ctx.require_unlimited("creating tokens")?;
@@ -195,20 +286,40 @@ pub async fn create_token(State(st): State<AppState>, auth: Auth, body: JsonBody
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
-pub async fn list_tokens(State(st): State<AppState>, auth: Auth, mut params: Params) -> Result<Json<Value>> {
+pub async fn list_tokens(
+    State(st): State<AppState>,
+    auth: Auth,
+    mut params: Params,
+) -> Result<Json<Value>> {
     auth.require(Permission::ManageTokens)?;
     auth.ctx().require_unlimited("reading tokens")?;
     let limit = params.take_limit()?;
     let fp = "tokens";
     let after = time_cursor(params.take("cursor")?, fp)?;
     params.finish()?;
-    let rows = st.store.list_tokens(&Page { limit: limit + 1, after }).await?;
+    let rows = st
+        .store
+        .list_tokens(&Page {
+            limit: limit + 1,
+            after,
+        })
+        .await?;
     let (rows, more) = split_page(rows, limit);
-    let next = more.then(|| rows.last().map(|t| encode_cursor(&format!("{}:{}", t.created_at.millis(), t.id), fp))).flatten();
+    let next = more
+        .then(|| {
+            rows.last()
+                .map(|t| encode_cursor(&format!("{}:{}", t.created_at.millis(), t.id), fp))
+        })
+        .flatten();
     Ok(list(rows, next))
 }
 
-pub async fn revoke_token(State(st): State<AppState>, auth: Auth, Path(id): Path<String>, body: JsonBody) -> Result<Response> {
+pub async fn revoke_token(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: JsonBody,
+) -> Result<Response> {
     auth.require(Permission::ManageTokens)?;
     let ctx = auth.ctx();
     ctx.require_unlimited("revoking tokens")?;
@@ -218,7 +329,11 @@ pub async fn revoke_token(State(st): State<AppState>, auth: Auth, Path(id): Path
 
 // ---------------------------------------------------------------- audit
 
-pub async fn list_audit(State(st): State<AppState>, auth: Auth, mut params: Params) -> Result<Json<Value>> {
+pub async fn list_audit(
+    State(st): State<AppState>,
+    auth: Auth,
+    mut params: Params,
+) -> Result<Json<Value>> {
     auth.require(Permission::ReadAudit)?;
     auth.ctx().require_unlimited("reading the audit trail")?;
     let limit = params.take_limit()?;
@@ -229,17 +344,28 @@ pub async fn list_audit(State(st): State<AppState>, auth: Auth, mut params: Para
         action: params.take("action")?,
         from: params.take_time("from")?,
         to: params.take_time("to")?,
-        page: Page { limit: limit + 1, after: None },
+        page: Page {
+            limit: limit + 1,
+            after: None,
+        },
     };
     params.finish()?;
-    let fp = format!("audit|{:?}|{:?}|{:?}|{:?}|{:?}", f.target_id, f.actor_id, f.action, f.from, f.to);
+    let fp = format!(
+        "audit|{:?}|{:?}|{:?}|{:?}|{:?}",
+        f.target_id, f.actor_id, f.action, f.from, f.to
+    );
     if let Some(c) = cursor {
         let pos = decode_cursor(&c, &fp)?;
-        f.page.after = Some(pos.parse().map_err(|_| Error::bad_request("cursor is not valid for this list"))?);
+        f.page.after = Some(
+            pos.parse()
+                .map_err(|_| Error::bad_request("cursor is not valid for this list"))?,
+        );
     }
     let rows = st.store.list_audit(&f).await?;
     let (rows, more) = split_page(rows, limit);
-    let next = more.then(|| rows.last().map(|e| encode_cursor(&e.seq.to_string(), &fp))).flatten();
+    let next = more
+        .then(|| rows.last().map(|e| encode_cursor(&e.seq.to_string(), &fp)))
+        .flatten();
     Ok(list(rows, next))
 }
 
@@ -263,7 +389,10 @@ pub async fn verify_audit(State(st): State<AppState>, auth: Auth) -> Result<Json
     auth.ctx().require_unlimited("reading the audit trail")?;
     Ok(Json(match check_chain(&st).await? {
         ChainCheck::Ok { events, head } => json!({"ok": true, "events": events, "head": head}),
-        ChainCheck::Bad { events, first_bad_seq } => json!({"ok": false, "events": events, "first_bad_seq": first_bad_seq}),
+        ChainCheck::Bad {
+            events,
+            first_bad_seq,
+        } => json!({"ok": false, "events": events, "first_bad_seq": first_bad_seq}),
     }))
 }
 
@@ -295,13 +424,21 @@ fn audit_csv_row(e: &AuditEvent) -> String {
         e.prev_hash.clone(),
         e.hash.clone(),
     ];
-    let mut line = fields.iter().map(|f| csv_field(f)).collect::<Vec<_>>().join(",");
+    let mut line = fields
+        .iter()
+        .map(|f| csv_field(f))
+        .collect::<Vec<_>>()
+        .join(",");
     line.push('\n');
     line
 }
 
 /// Streams the whole trail, oldest first, a page at a time.
-pub async fn export_audit(State(st): State<AppState>, auth: Auth, mut params: Params) -> Result<Response> {
+pub async fn export_audit(
+    State(st): State<AppState>,
+    auth: Auth,
+    mut params: Params,
+) -> Result<Response> {
     auth.require(Permission::ReadAudit)?;
     auth.ctx().require_unlimited("reading the audit trail")?;
     let format = params.take("format")?.unwrap_or_else(|| "jsonl".into());
@@ -314,33 +451,47 @@ pub async fn export_audit(State(st): State<AppState>, auth: Auth, mut params: Pa
     // Read the first page now so an unreachable store is a clean 503, not a cut stream.
     let first = st.store.audit_after(0, 1000).await?;
     let store = st.store.clone();
-    let header = if csv { Some(AUDIT_CSV_HEADER.to_string()) } else { None };
-    let stream = futures_util::stream::unfold((Some(first), 0i64, header), move |(page, after, header)| {
-        let store = store.clone();
-        async move {
-            if let Some(h) = header {
-                return Some((Ok::<_, std::io::Error>(h), (page, after, None)));
-            }
-            let page = match page {
-                Some(p) => p,
-                None => match store.audit_after(after, 1000).await {
-                    Ok(p) => p,
-                    Err(e) => return Some((Err(std::io::Error::other(e.to_string())), (Some(Vec::new()), i64::MAX, None))),
-                },
-            };
-            let last = page.last()?.seq;
-            let mut chunk = String::new();
-            for e in &page {
-                if csv {
-                    chunk.push_str(&audit_csv_row(e));
-                } else {
-                    chunk.push_str(&serde_json::to_string(e).unwrap_or_default());
-                    chunk.push('\n');
+    let header = if csv {
+        Some(AUDIT_CSV_HEADER.to_string())
+    } else {
+        None
+    };
+    let stream =
+        futures_util::stream::unfold((Some(first), 0i64, header), move |(page, after, header)| {
+            let store = store.clone();
+            async move {
+                if let Some(h) = header {
+                    return Some((Ok::<_, std::io::Error>(h), (page, after, None)));
                 }
+                let page = match page {
+                    Some(p) => p,
+                    None => match store.audit_after(after, 1000).await {
+                        Ok(p) => p,
+                        Err(e) => {
+                            return Some((
+                                Err(std::io::Error::other(e.to_string())),
+                                (Some(Vec::new()), i64::MAX, None),
+                            ))
+                        }
+                    },
+                };
+                let last = page.last()?.seq;
+                let mut chunk = String::new();
+                for e in &page {
+                    if csv {
+                        chunk.push_str(&audit_csv_row(e));
+                    } else {
+                        chunk.push_str(&serde_json::to_string(e).unwrap_or_default());
+                        chunk.push('\n');
+                    }
+                }
+                Some((Ok(chunk), (None, last, None)))
             }
-            Some((Ok(chunk), (None, last, None)))
-        }
-    });
-    let ctype = if csv { "text/csv; charset=utf-8" } else { "application/x-ndjson" };
+        });
+    let ctype = if csv {
+        "text/csv; charset=utf-8"
+    } else {
+        "application/x-ndjson"
+    };
     Ok(([(header::CONTENT_TYPE, ctype)], Body::from_stream(stream)).into_response())
 }

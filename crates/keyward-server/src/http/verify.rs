@@ -33,42 +33,74 @@ fn check_scopes(scopes: &[String]) -> Result<()> {
     if scopes.len() > 100 {
         return Err(Error::bad_request("at most 100 scopes may be requested"));
     }
-    scopes.iter().try_for_each(|s| check_requested_scope(s).map_err(Error::bad_request))
+    scopes
+        .iter()
+        .try_for_each(|s| check_requested_scope(s).map_err(Error::bad_request))
 }
 
 pub async fn verify(State(st): State<AppState>, req: axum::extract::Request) -> Result<Response> {
     let (mut parts, body) = req.into_parts();
     if st.config.verify_requires_token {
         let ip = client_ip(&parts, st.config.trust_proxy_headers);
-        authenticate(&st, bearer(&parts.headers), ip).await?.require(Permission::Verify)?;
+        authenticate(&st, bearer(&parts.headers), ip)
+            .await?
+            .require(Permission::Verify)?;
     }
     let _ = &mut parts;
-    let body = <JsonBody as axum::extract::FromRequest<()>>::from_request(axum::extract::Request::from_parts(parts, body), &()).await?;
+    let body = <JsonBody as axum::extract::FromRequest<()>>::from_request(
+        axum::extract::Request::from_parts(parts, body),
+        &(),
+    )
+    .await?;
     let b: VerifyBody = body.parse()?;
     if b.key.is_empty() {
         return Err(Error::bad_request("key must not be empty"));
     }
     let scopes = b.scopes.unwrap_or_default();
     check_scopes(&scopes)?;
-    let ip = b.ip.as_deref().map(parse_ip).transpose().map_err(Error::bad_request)?;
+    let ip =
+        b.ip.as_deref()
+            .map(parse_ip)
+            .transpose()
+            .map_err(Error::bad_request)?;
     let cost = b.cost.unwrap_or(1);
     if !(0..=MAX_COST).contains(&cost) {
-        return Err(Error::bad_request(format!("cost must be an integer in 0..{MAX_COST}")));
+        return Err(Error::bad_request(format!(
+            "cost must be an integer in 0..{MAX_COST}"
+        )));
     }
     let outcome = run(&st, &b.key, &scopes, ip, cost).await?;
     Ok(Json(outcome_json(&outcome)).into_response())
 }
 
-async fn run(st: &AppState, key: &str, scopes: &[String], ip: Option<IpAddr>, cost: i64) -> Result<Outcome> {
+async fn run(
+    st: &AppState,
+    key: &str,
+    scopes: &[String],
+    ip: Option<IpAddr>,
+    cost: i64,
+) -> Result<Outcome> {
     let started = Instant::now();
-    let outcome = st.verifier.verify(&Request { key, scopes, ip, cost }).await?;
+    let outcome = st
+        .verifier
+        .verify(&Request {
+            key,
+            scopes,
+            ip,
+            cost,
+        })
+        .await?;
     st.metrics.observe(outcome.code(), started.elapsed());
     Ok(outcome)
 }
 
 fn outcome_json(o: &Outcome) -> Value {
     match o {
-        Outcome::Valid { entry, remaining, rate } => {
+        Outcome::Valid {
+            entry,
+            remaining,
+            rate,
+        } => {
             let k = &entry.key;
             json!({
                 "valid": true,
@@ -85,26 +117,43 @@ fn outcome_json(o: &Outcome) -> Value {
                 "ratelimit": rate.map(|r| json!({"limit": r.limit, "remaining": r.remaining, "reset_at": r.reset_at})),
             })
         }
-        Outcome::Denied { code, entry: Some(e), .. } => {
+        Outcome::Denied {
+            code,
+            entry: Some(e),
+            ..
+        } => {
             json!({"valid": false, "code": code, "key_id": e.key.id, "keyspace_id": e.key.keyspace_id})
         }
-        Outcome::Denied { code, entry: None, .. } => json!({"valid": false, "code": code}),
+        Outcome::Denied {
+            code, entry: None, ..
+        } => json!({"valid": false, "code": code}),
     }
 }
 
 /// For reverse proxies: the key from `Authorization: Bearer` or `X-API-Key` (never from the
 /// URL), required scopes from repeated `?scope=`. Bodies are ignored.
-pub async fn forward_auth(State(st): State<AppState>, mut params: Params, req: axum::extract::Request) -> Result<Response> {
+pub async fn forward_auth(
+    State(st): State<AppState>,
+    mut params: Params,
+    req: axum::extract::Request,
+) -> Result<Response> {
     let (parts, _body) = req.into_parts();
     let ip = client_ip(&parts, st.config.trust_proxy_headers);
     if st.config.verify_requires_token {
-        let tok = parts.headers.get("x-keyward-token").and_then(|v| v.to_str().ok());
-        authenticate(&st, tok, ip).await?.require(Permission::Verify)?;
+        let tok = parts
+            .headers
+            .get("x-keyward-token")
+            .and_then(|v| v.to_str().ok());
+        authenticate(&st, tok, ip)
+            .await?
+            .require(Permission::Verify)?;
     }
     let scopes = params.take_all("scope");
     check_scopes(&scopes)?;
     let Some(key) = presented_key(&parts.headers) else {
-        return Err(Error::unauthenticated("an API key is required (Authorization: Bearer <key> or X-API-Key)"));
+        return Err(Error::unauthenticated(
+            "an API key is required (Authorization: Bearer <key> or X-API-Key)",
+        ));
     };
     let outcome = run(&st, &key, &scopes, ip, 1).await?;
     let (status, message) = match outcome.code() {
@@ -114,9 +163,18 @@ pub async fn forward_auth(State(st): State<AppState>, mut params: Params, req: a
         VCode::Expired => (StatusCode::UNAUTHORIZED, "the API key has expired"),
         VCode::Disabled => (StatusCode::UNAUTHORIZED, "the API key is disabled"),
         VCode::InsufficientScope => (StatusCode::FORBIDDEN, "the API key lacks a required scope"),
-        VCode::IpNotAllowed => (StatusCode::FORBIDDEN, "the API key may not be used from this address"),
-        VCode::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "the API key's rate limit is exhausted"),
-        VCode::UsageExceeded => (StatusCode::TOO_MANY_REQUESTS, "the API key's usage quota is exhausted"),
+        VCode::IpNotAllowed => (
+            StatusCode::FORBIDDEN,
+            "the API key may not be used from this address",
+        ),
+        VCode::RateLimited => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "the API key's rate limit is exhausted",
+        ),
+        VCode::UsageExceeded => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "the API key's usage quota is exhausted",
+        ),
     };
     let mut res = match &outcome {
         Outcome::Valid { entry, .. } => {
@@ -134,7 +192,8 @@ pub async fn forward_auth(State(st): State<AppState>, mut params: Params, req: a
             if let (VCode::RateLimited, Some(reset)) = (code, reset_at) {
                 let now = st.clock.now().millis();
                 let secs = ((reset.millis() - now) + 999).div_euclid(1000).max(1);
-                res.headers_mut().insert("retry-after", HeaderValue::from(secs));
+                res.headers_mut()
+                    .insert("retry-after", HeaderValue::from(secs));
             }
             res
         }
@@ -156,5 +215,7 @@ fn presented_key(h: &HeaderMap) -> Option<String> {
     if let Some(b) = bearer(h) {
         return Some(b.to_string());
     }
-    h.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::to_string)
+    h.get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }

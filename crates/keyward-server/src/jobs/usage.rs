@@ -24,8 +24,14 @@ pub async fn flush_locked(state: &AppState) -> Result<usize, keyward_store::Stor
     match state.store.apply_usage(&deltas).await {
         Ok(()) => {
             state.metrics.flushes.fetch_add(1, Ordering::Relaxed);
-            state.metrics.flushed_keys.fetch_add(n as u64, Ordering::Relaxed);
-            state.metrics.last_flush_batch.store(n as u64, Ordering::Relaxed);
+            state
+                .metrics
+                .flushed_keys
+                .fetch_add(n as u64, Ordering::Relaxed);
+            state
+                .metrics
+                .last_flush_batch
+                .store(n as u64, Ordering::Relaxed);
             Ok(n)
         }
         Err(e) => {

@@ -1,0 +1,666 @@
+//! `list_keys` filters and keyset pagination, and `live_keys_of_owner`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use keyward_core::id::new_id;
+use keyward_core::model::{Actor, Key, KeyStatus};
+use keyward_core::time::Timestamp;
+use keyward_store::{KeyFilter, Page, Store, UsageDelta};
+
+use crate::support::*;
+
+fn set(keys: &[&Key]) -> BTreeSet<String> {
+    ids(keys.iter().copied())
+}
+
+async fn list_keys_filters_by_keyspace_ids_and_an_empty_list_matches_nothing(
+    store: Arc<dyn Store>,
+) {
+    let ks1 = new_keyspace(&store, "one").await;
+    let ks2 = new_keyspace(&store, "two").await;
+    let ks3 = new_keyspace(&store, "three").await;
+    let a = key(&ks1, at(1)).key;
+    let b = key(&ks1, at(2)).key;
+    let c = key(&ks2, at(3)).key;
+    let d = key(&ks3, at(4)).key;
+    insert_keys(&store, &[&a, &b, &c, &d]).await;
+
+    let now = at(10);
+    let only = |ids: Vec<&str>| KeyFilter {
+        keyspace_ids: Some(ids.into_iter().map(String::from).collect()),
+        ..all_keys(now)
+    };
+    assert_eq!(listed(&store, &all_keys(now)).await, set(&[&a, &b, &c, &d]));
+    assert_eq!(listed(&store, &only(vec![&ks1.id])).await, set(&[&a, &b]));
+    assert_eq!(
+        listed(&store, &only(vec![&ks1.id, &ks3.id])).await,
+        set(&[&a, &b, &d])
+    );
+    assert_eq!(
+        listed(&store, &only(vec!["ks_unknown"])).await,
+        BTreeSet::new()
+    );
+    // A token limited to no keyspace at all sees nothing (not everything).
+    assert_eq!(listed(&store, &only(vec![])).await, BTreeSet::new());
+}
+conformance!(list_keys_filters_by_keyspace_ids_and_an_empty_list_matches_nothing
+    => sqlite_list_keys_filters_by_keyspace_ids_and_an_empty_list_matches_nothing,
+       postgres_list_keys_filters_by_keyspace_ids_and_an_empty_list_matches_nothing);
+
+async fn list_keys_filters_by_owner(store: Arc<dyn Store>) {
+    let ks = new_keyspace(&store, "acme").await;
+    let mut alice1 = key(&ks, at(1)).key;
+    alice1.owner = Some("alice".into());
+    let mut alice2 = key(&ks, at(2)).key;
+    alice2.owner = Some("alice".into());
+    let mut upper = key(&ks, at(3)).key;
+    upper.owner = Some("Alice".into());
+    let mut longer = key(&ks, at(4)).key;
+    longer.owner = Some("alice2".into());
+    let nobody = key(&ks, at(5)).key;
+    insert_keys(&store, &[&alice1, &alice2, &upper, &longer, &nobody]).await;
+
+    let by = |owner: &str| KeyFilter {
+        owner: Some(owner.into()),
+        ..all_keys(at(10))
+    };
+    assert_eq!(
+        listed(&store, &by("alice")).await,
+        set(&[&alice1, &alice2]),
+        "owner is an exact match"
+    );
+    assert_eq!(listed(&store, &by("Alice")).await, set(&[&upper]));
+    assert_eq!(listed(&store, &by("bob")).await, BTreeSet::new());
+}
+conformance!(list_keys_filters_by_owner
+    => sqlite_list_keys_filters_by_owner, postgres_list_keys_filters_by_owner);
+
+async fn list_keys_filters_by_each_status_as_of_now(store: Arc<dyn Store>) {
+    let ks = new_keyspace(&store, "acme").await;
+    let now = at(1000);
+    let mut named: BTreeMap<&str, Key> = BTreeMap::new();
+    let mut make = |name: &'static str, edit: &dyn Fn(&mut Key)| {
+        let mut k = key(&ks, at(named.len() as i64)).key;
+        k.name = name.into();
+        edit(&mut k);
+        named.insert(name, k);
+    };
+    let revoke = |k: &mut Key| {
+        k.revoked_at = Some(at(500));
+        k.revoked_by = Some(Actor::system());
+        k.revoked_reason = Some("test".into());
+    };
+    make("active", &|_| {});
+    make("active, expires later", &|k| {
+        k.expires_at = Some(now.plus_millis(1))
+    });
+    make("rotating", &|k| {
+        k.rotated_to = Some("key_successor".into());
+        k.expires_at = Some(now.plus_secs(60));
+    });
+    make("disabled", &|k| k.enabled = false);
+    make("disabled and rotating", &|k| {
+        k.enabled = false;
+        k.rotated_to = Some("key_successor".into());
+    });
+    make("expired", &|k| k.expires_at = Some(at(999)));
+    make("expires exactly now", &|k| k.expires_at = Some(now));
+    make("expired and disabled", &|k| {
+        k.expires_at = Some(at(900));
+        k.enabled = false;
+    });
+    make("expired while rotating", &|k| {
+        k.expires_at = Some(at(900));
+        k.rotated_to = Some("key_successor".into());
+    });
+    make("revoked", &|k| revoke(k));
+    make("revoked and expired", &|k| {
+        revoke(k);
+        k.expires_at = Some(at(600));
+    });
+    make("revoked and disabled", &|k| {
+        revoke(k);
+        k.enabled = false;
+    });
+    let all: Vec<&Key> = named.values().collect();
+    insert_keys(&store, &all).await;
+
+    let expect = |names: &[&str]| -> BTreeSet<String> {
+        names.iter().map(|n| named[n].id.clone()).collect()
+    };
+    let by = |status: KeyStatus, now: Timestamp| KeyFilter {
+        status: Some(status),
+        ..all_keys(now)
+    };
+
+    let cases = [
+        (
+            KeyStatus::Active,
+            expect(&["active", "active, expires later"]),
+        ),
+        (KeyStatus::Rotating, expect(&["rotating"])),
+        (
+            KeyStatus::Disabled,
+            expect(&["disabled", "disabled and rotating"]),
+        ),
+        (
+            KeyStatus::Expired,
+            expect(&[
+                "expired",
+                "expires exactly now",
+                "expired and disabled",
+                "expired while rotating",
+            ]),
+        ),
+        (
+            KeyStatus::Revoked,
+            expect(&["revoked", "revoked and expired", "revoked and disabled"]),
+        ),
+    ];
+    let mut union = BTreeSet::new();
+    for (status, want) in cases {
+        // The database's idea of the status is the model's.
+        let model: BTreeSet<String> = all
+            .iter()
+            .filter(|k| k.status(now) == status)
+            .map(|k| k.id.clone())
+            .collect();
+        assert_eq!(
+            model, want,
+            "Key::status disagrees with the test about {status:?}"
+        );
+        assert_eq!(
+            listed(&store, &by(status, now)).await,
+            want,
+            "status {status:?}"
+        );
+        union.extend(want);
+    }
+    assert_eq!(union.len(), all.len(), "every key has exactly one status");
+
+    // Status is computed at the filter's `now`: earlier, nothing had expired yet.
+    let early = at(100);
+    let model: BTreeSet<String> = all
+        .iter()
+        .filter(|k| k.status(early) == KeyStatus::Active)
+        .map(|k| k.id.clone())
+        .collect();
+    assert_eq!(
+        model,
+        expect(&[
+            "active",
+            "active, expires later",
+            "expired",
+            "expires exactly now"
+        ])
+    );
+    assert_eq!(listed(&store, &by(KeyStatus::Active, early)).await, model);
+    assert_eq!(
+        listed(&store, &by(KeyStatus::Expired, early)).await,
+        BTreeSet::new()
+    );
+}
+conformance!(list_keys_filters_by_each_status_as_of_now
+    => sqlite_list_keys_filters_by_each_status_as_of_now,
+       postgres_list_keys_filters_by_each_status_as_of_now);
+
+async fn list_keys_filters_by_an_exact_label(store: Arc<dyn Store>) {
+    let ks = new_keyspace(&store, "acme").await;
+    let mut n = 0;
+    let mut with = |labels: &[(&str, &str)]| {
+        n += 1;
+        let mut k = key(&ks, at(n)).key;
+        k.labels = labels
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        k
+    };
+    let prod = with(&[("env", "prod"), ("team", "billing")]);
+    let prod_only = with(&[("env", "prod")]);
+    let production = with(&[("env", "production")]);
+    let pre = with(&[("env", "pre-prod")]);
+    let other_name = with(&[("xenv", "prod")]);
+    let capital = with(&[("Env", "prod")]);
+    let spaced = with(&[("env", "prod ")]);
+    let quoted_value = with(&[("note", "\"env\":\"prod\"")]);
+    let swapped = with(&[("prod", "env")]);
+    let tricky = with(&[("env", "a \"q\" \\ ü,:}")]);
+    let path_like = with(&[("k8s.io/app-name_1", "web")]);
+    let empty_value = with(&[("env", "")]);
+    let none = with(&[]);
+    let all = [
+        &prod,
+        &prod_only,
+        &production,
+        &pre,
+        &other_name,
+        &capital,
+        &spaced,
+        &quoted_value,
+        &swapped,
+        &tricky,
+        &path_like,
+        &empty_value,
+        &none,
+    ];
+    insert_keys(&store, &all).await;
+
+    let by = |k: &str, v: &str| KeyFilter {
+        label: Some((k.into(), v.into())),
+        ..all_keys(at(100))
+    };
+    assert_eq!(
+        listed(&store, &by("env", "prod")).await,
+        set(&[&prod, &prod_only])
+    );
+    assert_eq!(listed(&store, &by("team", "billing")).await, set(&[&prod]));
+    assert_eq!(
+        listed(&store, &by("env", "production")).await,
+        set(&[&production])
+    );
+    assert_eq!(
+        listed(&store, &by("env", "pro")).await,
+        BTreeSet::new(),
+        "no prefix match on values"
+    );
+    assert_eq!(
+        listed(&store, &by("nv", "prod")).await,
+        BTreeSet::new(),
+        "no suffix match on names"
+    );
+    assert_eq!(
+        listed(&store, &by("Env", "prod")).await,
+        set(&[&capital]),
+        "names are case-sensitive"
+    );
+    assert_eq!(
+        listed(&store, &by("env", "PROD")).await,
+        BTreeSet::new(),
+        "values are case-sensitive"
+    );
+    assert_eq!(
+        listed(&store, &by("env", "a \"q\" \\ ü,:}")).await,
+        set(&[&tricky])
+    );
+    assert_eq!(
+        listed(&store, &by("k8s.io/app-name_1", "web")).await,
+        set(&[&path_like])
+    );
+    assert_eq!(listed(&store, &by("env", "")).await, set(&[&empty_value]));
+    assert_eq!(
+        listed(&store, &by("note", "\"env\":\"prod\"")).await,
+        set(&[&quoted_value])
+    );
+    assert_eq!(listed(&store, &by("missing", "x")).await, BTreeSet::new());
+}
+conformance!(list_keys_filters_by_an_exact_label
+    => sqlite_list_keys_filters_by_an_exact_label, postgres_list_keys_filters_by_an_exact_label);
+
+async fn list_keys_matches_a_name_substring_case_insensitively(store: Arc<dyn Store>) {
+    let ks = new_keyspace(&store, "acme").await;
+    let mut n = 0;
+    let mut named = |name: &str| {
+        n += 1;
+        let mut k = key(&ks, at(n)).key;
+        k.name = name.into();
+        k
+    };
+    let billing_prod = named("Billing PROD key");
+    let billing_staging = named("billing-staging");
+    let orders = named("orders");
+    let percent = named("100% off_sale");
+    let underscore_free = named("100x offXsale");
+    insert_keys(
+        &store,
+        &[
+            &billing_prod,
+            &billing_staging,
+            &orders,
+            &percent,
+            &underscore_free,
+        ],
+    )
+    .await;
+
+    let q = |s: &str| KeyFilter {
+        name_contains: Some(s.into()),
+        ..all_keys(at(100))
+    };
+    assert_eq!(
+        listed(&store, &q("BILLING")).await,
+        set(&[&billing_prod, &billing_staging])
+    );
+    assert_eq!(
+        listed(&store, &q("billing")).await,
+        set(&[&billing_prod, &billing_staging])
+    );
+    assert_eq!(listed(&store, &q("prod k")).await, set(&[&billing_prod]));
+    assert_eq!(listed(&store, &q("OrDeRs")).await, set(&[&orders]));
+    assert_eq!(listed(&store, &q("zzz")).await, BTreeSet::new());
+    // `%` and `_` are plain characters, not LIKE wildcards.
+    assert_eq!(listed(&store, &q("%")).await, set(&[&percent]));
+    assert_eq!(listed(&store, &q("off_")).await, set(&[&percent]));
+    assert_eq!(listed(&store, &q("100_")).await, BTreeSet::new());
+}
+conformance!(list_keys_matches_a_name_substring_case_insensitively
+    => sqlite_list_keys_matches_a_name_substring_case_insensitively,
+       postgres_list_keys_matches_a_name_substring_case_insensitively);
+
+async fn list_keys_unused_for_counts_from_creation_when_never_used(store: Arc<dyn Store>) {
+    let ks = new_keyspace(&store, "acme").await;
+    let now = at(10_000);
+    let cutoff = at(10_000 - 3_600);
+
+    let old_never_used = key(&ks, at(0)).key;
+    let new_never_used = key(&ks, at(9_000)).key;
+    let created_at_cutoff = key(&ks, cutoff).key;
+    let created_just_after_cutoff = key(&ks, cutoff.plus_millis(1)).key;
+    let mut used_long_ago = key(&ks, at(1)).key;
+    used_long_ago.last_used_at = Some(at(100));
+    let mut used_at_cutoff = key(&ks, at(2)).key;
+    used_at_cutoff.last_used_at = Some(cutoff);
+    let used_recently = key(&ks, at(3)).key; // use recorded by the flusher below
+    insert_keys(
+        &store,
+        &[
+            &old_never_used,
+            &new_never_used,
+            &created_at_cutoff,
+            &created_just_after_cutoff,
+            &used_long_ago,
+            &used_at_cutoff,
+            &used_recently,
+        ],
+    )
+    .await;
+    let delta = UsageDelta {
+        key_id: used_recently.id.clone(),
+        calls: 1,
+        last_used_at: Some(at(9_999)),
+        ..UsageDelta::default()
+    };
+    store.apply_usage(&[delta]).await.unwrap();
+
+    let unused = |secs: i64, now: Timestamp| KeyFilter {
+        unused_for_secs: Some(secs),
+        ..all_keys(now)
+    };
+    assert_eq!(
+        listed(&store, &unused(3_600, now)).await,
+        set(&[
+            &old_never_used,
+            &created_at_cutoff,
+            &used_long_ago,
+            &used_at_cutoff
+        ])
+    );
+    assert_eq!(
+        listed(&store, &unused(0, now)).await.len(),
+        7,
+        "unused for 0 s: every key"
+    );
+    assert_eq!(listed(&store, &unused(100_000, now)).await, BTreeSet::new());
+}
+conformance!(list_keys_unused_for_counts_from_creation_when_never_used
+    => sqlite_list_keys_unused_for_counts_from_creation_when_never_used,
+       postgres_list_keys_unused_for_counts_from_creation_when_never_used);
+
+async fn list_keys_combines_filters(store: Arc<dyn Store>) {
+    let ks1 = new_keyspace(&store, "one").await;
+    let ks2 = new_keyspace(&store, "two").await;
+    let mut target = key(&ks1, at(1)).key;
+    target.owner = Some("alice".into());
+    target.name = "Billing".into();
+    target.labels = BTreeMap::from([("env".into(), "prod".into())]);
+    let mut other_keyspace = target.clone();
+    other_keyspace.id = new_id("key", at(1));
+    other_keyspace.keyspace_id = ks2.id.clone();
+    other_keyspace.hash = key(&ks2, at(1)).key.hash;
+    let mut other_owner = key(&ks1, at(2)).key;
+    other_owner.name = "Billing".into();
+    other_owner.labels = target.labels.clone();
+    let mut revoked = target.clone();
+    revoked.id = new_id("key", at(3));
+    revoked.hash = key(&ks1, at(3)).key.hash;
+    revoked.revoked_at = Some(at(5));
+    insert_keys(&store, &[&target, &other_keyspace, &other_owner, &revoked]).await;
+
+    let f = KeyFilter {
+        keyspace_ids: Some(vec![ks1.id.clone()]),
+        owner: Some("alice".into()),
+        status: Some(KeyStatus::Active),
+        label: Some(("env".into(), "prod".into())),
+        name_contains: Some("bill".into()),
+        unused_for_secs: Some(60),
+        ..all_keys(at(100))
+    };
+    assert_eq!(listed(&store, &f).await, set(&[&target]));
+}
+conformance!(list_keys_combines_filters
+    => sqlite_list_keys_combines_filters, postgres_list_keys_combines_filters);
+
+/// Reads every page of `filter` with pages of `limit`, checking each page's size.
+async fn read_all_pages(store: &Arc<dyn Store>, filter: &KeyFilter, limit: i64) -> Vec<Key> {
+    let mut f = filter.clone();
+    f.page = Page { limit, after: None };
+    let mut out = Vec::new();
+    for _ in 0..1000 {
+        let page = store.list_keys(&f).await.unwrap();
+        assert!(
+            page.len() as i64 <= limit,
+            "a page of {} with limit {limit}",
+            page.len()
+        );
+        let Some(last) = page.last() else { return out };
+        f.page.after = Some((last.created_at.millis(), last.id.clone()));
+        out.extend(page);
+    }
+    panic!("pagination did not end");
+}
+
+async fn list_keys_pages_newest_first_without_duplicates_or_omissions(store: Arc<dyn Store>) {
+    let ks = new_keyspace(&store, "acme").await;
+    let other = new_keyspace(&store, "other").await;
+    // 23 keys over 5 distinct creation times (so most positions are ties broken by id), and
+    // inserted in an order unrelated to either.
+    let mut keys: Vec<Key> = (0..23)
+        .map(|i| {
+            let mut k = key(&ks, at(i % 5)).key;
+            k.owner = Some(if i % 3 == 0 { "alice" } else { "bob" }.into());
+            k
+        })
+        .collect();
+    let order: Vec<usize> = (0..23).map(|i| (i * 7) % 23).collect();
+    let shuffled: Vec<&Key> = order.iter().map(|&i| &keys[i]).collect();
+    insert_keys(&store, &shuffled).await;
+    // A key of another keyspace in the middle of the range, filtered out below.
+    let outsider = key(&other, at(2)).key;
+    insert_keys(&store, &[&outsider]).await;
+
+    keys.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+    let expected: Vec<String> = keys.iter().map(|k| k.id.clone()).collect();
+    let in_ks = KeyFilter {
+        keyspace_ids: Some(vec![ks.id.clone()]),
+        ..all_keys(at(100))
+    };
+
+    for limit in [1, 2, 4, 5, 22, 23, 24, 500] {
+        let got: Vec<String> = read_all_pages(&store, &in_ks, limit)
+            .await
+            .into_iter()
+            .map(|k| k.id)
+            .collect();
+        assert_eq!(got, expected, "pages of {limit}");
+    }
+
+    // A single page starts at the newest key.
+    let first = store
+        .list_keys(&KeyFilter {
+            page: Page {
+                limit: 3,
+                after: None,
+            },
+            ..in_ks.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        first.iter().map(|k| k.id.clone()).collect::<Vec<_>>(),
+        expected[..3].to_vec()
+    );
+
+    // A cursor need not name an existing row: everything strictly after it comes back.
+    for cursor in [
+        (at(2).millis(), "key_".to_string()),
+        (at(2).millis(), "key_zzzzzzzz".to_string()),
+        (at(3).millis() - 1, "z".to_string()),
+    ] {
+        let want: Vec<String> = keys
+            .iter()
+            .filter(|k| (k.created_at.millis(), k.id.as_str()) < (cursor.0, cursor.1.as_str()))
+            .map(|k| k.id.clone())
+            .collect();
+        let f = KeyFilter {
+            page: Page {
+                limit: 500,
+                after: Some(cursor.clone()),
+            },
+            ..in_ks.clone()
+        };
+        let got: Vec<String> = store
+            .list_keys(&f)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| k.id)
+            .collect();
+        assert_eq!(got, want, "after {cursor:?}");
+    }
+
+    // Paging with a filter pages through the filtered rows only.
+    let alice = KeyFilter {
+        owner: Some("alice".into()),
+        ..in_ks.clone()
+    };
+    let want: Vec<String> = keys
+        .iter()
+        .filter(|k| k.owner.as_deref() == Some("alice"))
+        .map(|k| k.id.clone())
+        .collect();
+    assert_eq!(want.len(), 8);
+    let got: Vec<String> = read_all_pages(&store, &alice, 3)
+        .await
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
+    assert_eq!(got, want);
+
+    // Without the keyspace filter the outsider takes its place in the order.
+    let everything: Vec<String> = read_all_pages(&store, &all_keys(at(100)), 4)
+        .await
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
+    assert_eq!(everything.len(), 24);
+    assert_eq!(
+        everything.iter().collect::<BTreeSet<_>>().len(),
+        24,
+        "no duplicates"
+    );
+    assert!(everything.contains(&outsider.id));
+}
+conformance!(list_keys_pages_newest_first_without_duplicates_or_omissions
+    => sqlite_list_keys_pages_newest_first_without_duplicates_or_omissions,
+       postgres_list_keys_pages_newest_first_without_duplicates_or_omissions);
+
+async fn live_keys_of_owner_excludes_revoked_and_expired_keys(store: Arc<dyn Store>) {
+    let ks1 = new_keyspace(&store, "one").await;
+    let ks2 = new_keyspace(&store, "two").await;
+    let now = at(100);
+    let owned = |ks: &keyward_core::model::Keyspace, secs: i64, owner: &str| {
+        let mut k = key(ks, at(secs)).key;
+        k.owner = Some(owner.into());
+        k
+    };
+    let active = owned(&ks1, 1, "alice");
+    let mut disabled = owned(&ks1, 2, "alice");
+    disabled.enabled = false;
+    let mut rotating = owned(&ks1, 3, "alice");
+    rotating.rotated_to = Some("key_next".into());
+    rotating.expires_at = Some(now.plus_secs(10));
+    let mut revoked = owned(&ks1, 4, "alice");
+    revoked.revoked_at = Some(at(50));
+    let mut expired = owned(&ks1, 5, "alice");
+    expired.expires_at = Some(at(99));
+    let mut expires_now = owned(&ks1, 6, "alice");
+    expires_now.expires_at = Some(now);
+    let elsewhere = owned(&ks2, 7, "alice");
+    let bobs = owned(&ks1, 8, "bob");
+    let mut unowned = key(&ks1, at(9)).key;
+    unowned.name = "alice".into();
+    insert_keys(
+        &store,
+        &[
+            &active,
+            &disabled,
+            &rotating,
+            &revoked,
+            &expired,
+            &expires_now,
+            &elsewhere,
+            &bobs,
+            &unowned,
+        ],
+    )
+    .await;
+
+    let mut tx = store.begin().await.unwrap();
+    let got = ids(&tx.live_keys_of_owner("alice", None, now).await.unwrap());
+    assert_eq!(got, set(&[&active, &disabled, &rotating, &elsewhere]));
+    let got = ids(&tx
+        .live_keys_of_owner("alice", Some(std::slice::from_ref(&ks1.id)), now)
+        .await
+        .unwrap());
+    assert_eq!(got, set(&[&active, &disabled, &rotating]));
+    let got = ids(&tx
+        .live_keys_of_owner("alice", Some(&[ks2.id.clone(), ks1.id.clone()][..]), now)
+        .await
+        .unwrap());
+    assert_eq!(got, set(&[&active, &disabled, &rotating, &elsewhere]));
+    assert!(tx
+        .live_keys_of_owner("alice", Some(&[][..]), now)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(tx
+        .live_keys_of_owner("carol", None, now)
+        .await
+        .unwrap()
+        .is_empty());
+    // Evaluated at `now`: earlier, the expired keys were still live.
+    let got = ids(&tx
+        .live_keys_of_owner("alice", Some(std::slice::from_ref(&ks1.id)), at(10))
+        .await
+        .unwrap());
+    assert_eq!(
+        got,
+        set(&[&active, &disabled, &rotating, &expired, &expires_now])
+    );
+    // Whole keys come back, not just ids.
+    let full = tx.live_keys_of_owner("bob", None, now).await.unwrap();
+    assert_eq!(full, vec![bobs.clone()]);
+    // A key inserted in this transaction counts at once (max_keys_per_owner checks rely on it).
+    let fresh = owned(&ks1, 10, "alice");
+    tx.insert_key(&fresh).await.unwrap();
+    let got = ids(&tx
+        .live_keys_of_owner("alice", Some(std::slice::from_ref(&ks1.id)), now)
+        .await
+        .unwrap());
+    assert_eq!(got, set(&[&active, &disabled, &rotating, &fresh]));
+    drop(tx);
+}
+conformance!(live_keys_of_owner_excludes_revoked_and_expired_keys
+    => sqlite_live_keys_of_owner_excludes_revoked_and_expired_keys,
+       postgres_live_keys_of_owner_excludes_revoked_and_expired_keys);

@@ -1,0 +1,387 @@
+//! The two backends under test, and builders for the domain values the tests store.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use keyward_core::id::new_id;
+use keyward_core::keyformat::{self, KeyHash};
+use keyward_core::model::{Actor, ActorKind, AuditEvent, Key, Keyspace, RateLimit, Role, Token};
+use keyward_core::policy::Preset;
+use keyward_core::secret::Secret;
+use keyward_core::time::Timestamp;
+use keyward_store::{testing, AuditFilter, KeyFilter, NewEvent, Page, PgStore, Store};
+use serde_json::{json, Map, Value};
+
+// ---- backends ----
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite { url: String, path: PathBuf },
+    Postgres { schema: String },
+}
+
+/// One fresh database for one test: a new SQLite file or a new PostgreSQL schema.
+pub struct TestDb {
+    store: Option<Arc<dyn Store>>,
+    backend: Backend,
+}
+
+impl TestDb {
+    pub async fn sqlite() -> TestDb {
+        let mut db = TestDb::sqlite_unopened();
+        db.store = Some(db.reopen().await);
+        db
+    }
+
+    /// `None` (after printing why) when PostgreSQL is not reachable outside CI.
+    pub async fn postgres() -> Option<TestDb> {
+        let mut db = TestDb::postgres_unopened().await?;
+        db.store = Some(db.reopen().await);
+        Some(db)
+    }
+
+    /// A SQLite file name nothing has opened yet.
+    pub fn sqlite_unopened() -> TestDb {
+        let path =
+            std::env::temp_dir().join(format!("keyward-store-{}.db", testing::unique_schema()));
+        let url = format!("sqlite://{}", path.display());
+        TestDb {
+            store: None,
+            backend: Backend::Sqlite { url, path },
+        }
+    }
+
+    /// A PostgreSQL schema name nothing has opened yet.
+    pub async fn postgres_unopened() -> Option<TestDb> {
+        if !testing::postgres_available().await {
+            return None;
+        }
+        Some(TestDb {
+            store: None,
+            backend: Backend::Postgres {
+                schema: testing::unique_schema(),
+            },
+        })
+    }
+
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone().expect("the store is open until finish")
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite { .. } => "sqlite",
+            Backend::Postgres { .. } => "postgres",
+        }
+    }
+
+    /// Opens the database (again: that runs the migrations again).
+    pub async fn reopen(&self) -> Arc<dyn Store> {
+        self.opener().open().await.expect("open the test database")
+    }
+
+    /// A handle that opens this database, so that several opens can run side by side.
+    pub fn opener(&self) -> Opener {
+        Opener(self.backend.clone())
+    }
+
+    /// Removes the database after a test that passed (a failed test leaves it for a look).
+    pub async fn finish(mut self) {
+        self.store = None;
+        match &self.backend {
+            Backend::Sqlite { path, .. } => {
+                let p = path.display().to_string();
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{p}{suffix}"));
+                }
+            }
+            Backend::Postgres { schema } => {
+                use sqlx::Connection;
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&testing::pg_url()).await {
+                    let sql =
+                        format!("SET lock_timeout = '5s'; DROP SCHEMA IF EXISTS {schema} CASCADE");
+                    let _ = sqlx::raw_sql(&sql).execute(&mut conn).await;
+                    let _ = conn.close().await;
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Opener(Backend);
+
+impl Opener {
+    pub async fn open(&self) -> keyward_store::Result<Arc<dyn Store>> {
+        match &self.0 {
+            Backend::Sqlite { url, .. } => keyward_store::open(url).await,
+            Backend::Postgres { schema } => {
+                let store = PgStore::open_in_schema(&testing::pg_url(), Some(schema)).await?;
+                Ok(Arc::new(store))
+            }
+        }
+    }
+}
+
+// ---- time ----
+
+/// A fixed origin (2027-01-15) so tests never depend on the wall clock.
+pub const T0: i64 = 1_800_000_000_000;
+
+/// `T0` plus `secs` seconds.
+pub fn at(secs: i64) -> Timestamp {
+    Timestamp::from_millis(T0).plus_secs(secs)
+}
+
+// ---- actors ----
+
+pub fn token_actor(id: &str) -> Actor {
+    Actor {
+        kind: ActorKind::Token,
+        id: id.into(),
+        name: "deploy \"bot\" ✓".into(),
+    }
+}
+
+pub fn user_actor() -> Actor {
+    Actor {
+        kind: ActorKind::User,
+        id: "usr_alice".into(),
+        name: "alice@example.com".into(),
+    }
+}
+
+// ---- keyspaces ----
+
+pub fn keyspace(prefix: &str) -> Keyspace {
+    let created = at(0);
+    Keyspace {
+        id: new_id("ks", created),
+        name: format!("{prefix} keyspace"),
+        prefix: prefix.into(),
+        policy: Preset::Standard.policy(),
+        created_at: created,
+        updated_at: created,
+    }
+}
+
+pub async fn insert_keyspace(store: &Arc<dyn Store>, ks: &Keyspace) {
+    let mut tx = store.begin().await.unwrap();
+    tx.insert_keyspace(ks).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// A committed keyspace with this prefix.
+pub async fn new_keyspace(store: &Arc<dyn Store>, prefix: &str) -> Keyspace {
+    let ks = keyspace(prefix);
+    insert_keyspace(store, &ks).await;
+    ks
+}
+
+// ---- keys ----
+
+/// A key as the server would build it, with its plaintext (which the store never sees).
+pub struct NewKey {
+    pub key: Key,
+    pub plaintext: Secret,
+}
+
+/// A key with every optional field empty.
+pub fn key(ks: &Keyspace, created_at: Timestamp) -> NewKey {
+    let plaintext = keyformat::generate(&ks.prefix);
+    let parsed = keyformat::parse(plaintext.expose()).expect("a generated key parses");
+    let (start, end) = (parsed.start(), parsed.end());
+    let key = Key {
+        id: new_id("key", created_at),
+        keyspace_id: ks.id.clone(),
+        name: "test key".into(),
+        owner: None,
+        scopes: vec![],
+        labels: BTreeMap::new(),
+        meta: Map::new(),
+        hash: KeyHash::of(plaintext.expose()),
+        start,
+        end,
+        enabled: true,
+        created_at,
+        created_by: token_actor("tok_creator"),
+        updated_at: created_at,
+        expires_at: None,
+        revoked_at: None,
+        revoked_by: None,
+        revoked_reason: None,
+        rotated_from: None,
+        rotated_to: None,
+        last_used_at: None,
+        call_count: 0,
+        denied_count: 0,
+        ratelimit: None,
+        remaining: None,
+        allowed_cidrs: None,
+    };
+    NewKey { key, plaintext }
+}
+
+/// A key with every field set, to values chosen to trip up JSON and text handling.
+pub fn full_key(ks: &Keyspace, created_at: Timestamp) -> NewKey {
+    let mut k = key(ks, created_at);
+    let key = &mut k.key;
+    key.name = "Billing prod — ünïcødé \"quoted\"".into();
+    key.owner = Some("team-billing".into());
+    key.scopes = vec!["orders:read".into(), "orders:*".into(), "*".into()];
+    key.labels = BTreeMap::from([
+        ("env".to_string(), "prod".to_string()),
+        (
+            "team/unit.sub-part_1".to_string(),
+            "a \"quoted\" \\ välue".to_string(),
+        ),
+        ("empty".to_string(), String::new()),
+    ]);
+    key.meta = json_map(json!({
+        "plan": "gold",
+        "nested": {"list": [1, 2.5, -3, 1e21, null, true], "empty": {}},
+        "unicode": "é😀\n\t",
+        "big": 9_007_199_254_740_993_i64,
+        "float": 0.1,
+    }));
+    key.created_by = user_actor();
+    key.updated_at = created_at.plus_secs(5);
+    key.expires_at = Some(created_at.plus_secs(86_400));
+    key.revoked_at = Some(created_at.plus_secs(60));
+    key.revoked_by = Some(Actor::system());
+    key.revoked_reason = Some("leaked in a \"public\" repo".into());
+    key.rotated_from = Some("key_predecessor".into());
+    key.rotated_to = Some("key_successor".into());
+    key.last_used_at = Some(created_at.plus_millis(1_234));
+    key.call_count = 42;
+    key.denied_count = 7;
+    key.ratelimit = Some(RateLimit {
+        limit: 100,
+        window_secs: 60,
+    });
+    key.remaining = Some(10_000);
+    key.allowed_cidrs = Some(vec![
+        "203.0.113.0/24".into(),
+        "2001:db8::/32".into(),
+        "198.51.100.7".into(),
+    ]);
+    k
+}
+
+pub fn json_map(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        other => panic!("not a JSON object: {other}"),
+    }
+}
+
+pub async fn insert_keys(store: &Arc<dyn Store>, keys: &[&Key]) {
+    let mut tx = store.begin().await.unwrap();
+    for k in keys {
+        tx.insert_key(k).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+}
+
+pub async fn update_key(store: &Arc<dyn Store>, key: &Key) {
+    let mut tx = store.begin().await.unwrap();
+    tx.update_key(key).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// A filter that matches everything, evaluated at `now`, with room for every row.
+pub fn all_keys(now: Timestamp) -> KeyFilter {
+    KeyFilter {
+        now,
+        page: Page {
+            limit: 500,
+            after: None,
+        },
+        ..KeyFilter::default()
+    }
+}
+
+/// The ids `list_keys` returns for a filter, as a set.
+pub async fn listed(store: &Arc<dyn Store>, filter: &KeyFilter) -> BTreeSet<String> {
+    let keys = store.list_keys(filter).await.unwrap();
+    let ids: BTreeSet<String> = keys.iter().map(|k| k.id.clone()).collect();
+    assert_eq!(ids.len(), keys.len(), "list_keys returned a key twice");
+    ids
+}
+
+pub fn ids<'a>(keys: impl IntoIterator<Item = &'a Key>) -> BTreeSet<String> {
+    keys.into_iter().map(|k| k.id.clone()).collect()
+}
+
+// ---- tokens ----
+
+pub fn token(created_at: Timestamp) -> (Token, KeyHash) {
+    let plaintext = keyformat::generate(keyformat::TOKEN_PREFIX);
+    let token = Token {
+        id: new_id("tok", created_at),
+        name: "ci deploys".into(),
+        role: Role::Manager,
+        keyspace_ids: None,
+        created_at,
+        created_by: Actor::cli("root"),
+        expires_at: None,
+        revoked_at: None,
+        revoked_by: None,
+        revoked_reason: None,
+        last_used_at: None,
+    };
+    (token, KeyHash::of(plaintext.expose()))
+}
+
+// ---- audit ----
+
+pub fn event(action: &str, target_id: &str, at: Timestamp, actor: Actor) -> NewEvent {
+    let target_type = action.split('.').next().unwrap_or("key").to_string();
+    NewEvent {
+        id: new_id("evt", at),
+        at,
+        actor,
+        action: action.into(),
+        target_type,
+        target_id: target_id.into(),
+        reason: None,
+        request_id: Some(format!("req-{}", at.millis())),
+        ip: Some("203.0.113.9".into()),
+        changes: Map::new(),
+    }
+}
+
+/// Appends one event in its own committed transaction.
+pub async fn append(store: &Arc<dyn Store>, e: NewEvent) -> AuditEvent {
+    let mut tx = store.begin().await.unwrap();
+    let stored = tx.append_audit(e).await.unwrap();
+    tx.commit().await.unwrap();
+    stored
+}
+
+/// The whole chain, oldest first.
+pub async fn all_events(store: &Arc<dyn Store>) -> Vec<AuditEvent> {
+    store.audit_after(0, 100_000).await.unwrap()
+}
+
+/// Every event matching `filter`, as seqs, newest first.
+pub async fn audit_seqs(store: &Arc<dyn Store>, filter: AuditFilter) -> Vec<i64> {
+    store
+        .list_audit(&filter)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect()
+}
+
+pub fn audit_filter() -> AuditFilter {
+    AuditFilter {
+        page: Page {
+            limit: 500,
+            after: None,
+        },
+        ..AuditFilter::default()
+    }
+}

@@ -1,0 +1,254 @@
+//! The command line against a real server: readable output, `--json`, and non-zero exits with
+//! clear messages on every failure.
+
+use std::process::Output;
+
+use serde_json::{json, Value};
+
+use crate::both;
+use crate::helpers::TestApp;
+
+const BIN: &str = env!("CARGO_BIN_EXE_keyward");
+
+async fn run(url: &str, token: &str, args: &[&str]) -> Output {
+    let (url, token) = (url.to_string(), token.to_string());
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(BIN)
+            .args(&args)
+            .env("KEYWARD_URL", url)
+            .env("KEYWARD_TOKEN", token)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+async fn the_cli_creates_lists_shows_rotates_and_revokes_keys(app: TestApp) {
+    let ks = app.keyspace(json!({})).await;
+    let (url, t) = (app.url.clone(), app.admin.clone());
+
+    let o = run(
+        &url,
+        &t,
+        &[
+            "keys",
+            "create",
+            "--keyspace",
+            &ks,
+            "--name",
+            "ci deploy",
+            "--owner",
+            "team-ci",
+            "--scope",
+            "deploy:*",
+            "--label",
+            "env=prod",
+            "--json",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let created: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    let key = created["key"].as_str().unwrap().to_string();
+    assert_eq!(created["labels"], json!({"env": "prod"}));
+    assert_eq!(app.verify_code(&key).await, "VALID");
+
+    let o = run(
+        &url,
+        &t,
+        &[
+            "keys",
+            "create",
+            "--keyspace",
+            &ks,
+            "--name",
+            "table out",
+            "--owner",
+            "o",
+        ],
+    )
+    .await;
+    assert!(o.status.success());
+    let out = stdout(&o);
+    assert!(
+        out.contains("status:") && out.lines().any(|l| l.starts_with("key: ")),
+        "{out}"
+    );
+    assert!(
+        stderr(&o).contains("only time"),
+        "the warning goes to stderr"
+    );
+
+    let o = run(&url, &t, &["keys", "list", "--owner", "team-ci"]).await;
+    assert!(o.status.success());
+    let out = stdout(&o);
+    assert!(
+        out.starts_with("ID") && out.contains(&id) && out.contains("ci deploy"),
+        "{out}"
+    );
+    assert!(!out.contains(&key), "a list never shows the plaintext");
+
+    let o = run(&url, &t, &["keys", "show", &id, "--json"]).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout(&o)).unwrap()["id"],
+        id
+    );
+
+    // Rotation for pipelines: only the new key, in the chosen form.
+    let o = run(
+        &url,
+        &t,
+        &["keys", "rotate", &id, "--grace", "1h", "--format", "env"],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line = stdout(&o);
+    let new_key = line
+        .trim()
+        .strip_prefix("KEYWARD_API_KEY=")
+        .unwrap()
+        .to_string();
+    assert_eq!(line.lines().count(), 1);
+    assert_eq!(app.verify_code(&new_key).await, "VALID");
+    let successor = app.verify(json!({"key": new_key})).await["key_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let o = run(
+        &url,
+        &t,
+        &[
+            "keys", "rotate", &successor, "--grace", "0", "--format", "plain",
+        ],
+    )
+    .await;
+    let plain = stdout(&o).trim().to_string();
+    assert!(keyward_core::keyformat::parse(&plain).is_some());
+    assert_eq!(app.verify_code(&new_key).await, "REVOKED");
+    let o = run(
+        &url,
+        &t,
+        &["keys", "rotate", &successor, "--format", "json"],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(1), "rotating a revoked key fails");
+    assert!(stderr(&o).contains("CONFLICT"), "{}", stderr(&o));
+
+    let latest = app.verify(json!({"key": plain})).await["key_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let o = run(
+        &url,
+        &t,
+        &["keys", "revoke", &latest, "--reason", "test over"],
+    )
+    .await;
+    assert!(o.status.success());
+    assert_eq!(app.verify_code(&plain).await, "REVOKED");
+
+    let (_, k2) = app.key(&ks, json!({"owner": "leaver"})).await;
+    let o = run(
+        &url,
+        &t,
+        &[
+            "keys", "revoke", "--owner", "leaver", "--reason", "left", "--json",
+        ],
+    )
+    .await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout(&o)).unwrap()["revoked"],
+        1
+    );
+    assert_eq!(app.verify_code(&k2).await, "REVOKED");
+
+    let o = run(&url, &t, &["audit", "verify"]).await;
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("audit chain OK"));
+}
+both!(the_cli_creates_lists_shows_rotates_and_revokes_keys);
+
+async fn the_cli_fails_clearly_with_a_non_zero_exit(app: TestApp) {
+    let (url, t) = (app.url.clone(), app.admin.clone());
+    let o = run(&url, &t, &["keys", "show", "key_doesnotexist"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("NOT_FOUND"), "{}", stderr(&o));
+
+    let o = run(&url, "kwt_wrong", &["keys", "list"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("UNAUTHENTICATED") && stderr(&o).contains("KEYWARD_TOKEN"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Nothing listens on this port.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let o = run(&dead, &t, &["keys", "list"]).await;
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stderr(&o).contains("cannot reach"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains(&t), "the token is never printed");
+
+    let o = run(&url, &t, &["keys", "revoke", "--reason", "x"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    let o = run(&url, &t, &["keys", "rotate", "key_x", "--grace", "soon"]).await;
+    assert_eq!(o.status.code(), Some(2), "bad usage is exit 2");
+}
+both!(the_cli_fails_clearly_with_a_non_zero_exit);
+
+#[test]
+fn token_create_prints_only_the_token_and_audits_it_as_cli() {
+    let dir = crate::helpers::TempDir::new();
+    let url = format!("sqlite://{}", dir.0.join("k.db").display());
+    let o = std::process::Command::new(BIN)
+        .args([
+            "token",
+            "create",
+            "--name",
+            "bootstrap",
+            "--role",
+            "admin",
+            "--database-url",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(out.lines().count(), 1);
+    assert!(keyward_core::keyformat::parse(out.trim()).is_some_and(|p| p.prefix == "kwt"));
+    let o = std::process::Command::new(BIN)
+        .args([
+            "token",
+            "create",
+            "--name",
+            "x",
+            "--role",
+            "root",
+            "--database-url",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "an unknown role is a usage error");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = keyward_store::open(&url).await.unwrap();
+        let events = store.audit_after(0, 10).await.unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].action, "token.create");
+        assert_eq!(events[0].actor.kind, keyward_core::model::ActorKind::Cli);
+    });
+}

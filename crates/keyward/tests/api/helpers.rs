@@ -1,0 +1,317 @@
+//! `spawn_app()` and one helper per endpoint.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use keyward_core::model::{Actor, Role};
+use keyward_core::time::{Clock, ManualClock, SystemClock, Timestamp};
+use keyward_server::service::{self, Ctx};
+use keyward_server::{AppState, Config};
+use keyward_store::testing;
+use serde_json::{json, Value};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct TestApp {
+    pub url: String,
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+    pub admin: String,
+    pub backend: Backend,
+    pub db_url: String,
+    /// Present when the app runs on a manual clock.
+    pub clock: Option<ManualClock>,
+    pub state: AppState,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    join: Option<tokio::task::JoinHandle<()>>,
+    _dir: Option<TempDir>,
+}
+
+/// A directory removed when dropped.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let p = std::env::temp_dir().join(format!("keyward-test-{}", testing::unique_schema()));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub struct Options {
+    pub manual_clock: bool,
+    pub config: Config,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            manual_clock: false,
+            config: Config {
+                usage_flush_ms: 50,
+                ..Config::default()
+            },
+        }
+    }
+}
+
+/// A database URL for a fresh database of this backend (None: PostgreSQL is not available).
+pub async fn fresh_db(backend: Backend) -> Option<(String, Option<TempDir>)> {
+    match backend {
+        Backend::Sqlite => {
+            let dir = TempDir::new();
+            let url = format!("sqlite://{}", dir.0.join("keyward.db").display());
+            Some((url, Some(dir)))
+        }
+        Backend::Postgres => {
+            if !testing::postgres_available().await {
+                return None;
+            }
+            let schema = testing::unique_schema();
+            testing::create_schema(&schema).await.unwrap();
+            Some((testing::pg_url_with_schema(&schema), None))
+        }
+    }
+}
+
+pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    spawn_with(backend, Options::default()).await
+}
+
+pub async fn spawn_with(backend: Backend, opts: Options) -> Option<TestApp> {
+    let (db_url, dir) = fresh_db(backend).await?;
+    let store = keyward_store::open(&db_url).await.unwrap();
+    let manual = opts
+        .manual_clock
+        .then(|| ManualClock::new(Timestamp::from_millis(1_800_000_000_000)));
+    let clock: Arc<dyn Clock> = match &manual {
+        Some(c) => Arc::new(c.clone()),
+        None => Arc::new(SystemClock),
+    };
+    let state = AppState::new(store, clock, opts.config);
+    let ctx = Ctx {
+        actor: Actor::cli("test"),
+        request_id: None,
+        ip: None,
+        keyspaces: None,
+    };
+    let (_, admin) = service::create_token(
+        &state,
+        &ctx,
+        service::CreateToken {
+            name: "admin".into(),
+            role: Role::Admin,
+            keyspace_ids: None,
+            ttl_secs: None,
+        },
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let st = state.clone();
+    let join = tokio::spawn(async move {
+        keyward_server::serve(listener, st, async move {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    Some(TestApp {
+        url: format!("http://{addr}"),
+        addr,
+        http: reqwest::Client::new(),
+        admin: admin.expose().to_string(),
+        backend,
+        db_url,
+        clock: manual,
+        state,
+        shutdown: Some(tx),
+        join: Some(join),
+        _dir: dir,
+    })
+}
+
+/// Runs one async test body against both backends.
+#[macro_export]
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                if let Some(app) =
+                    $crate::helpers::spawn_app($crate::helpers::Backend::Sqlite).await
+                {
+                    super::$name(app).await;
+                }
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(app) =
+                    $crate::helpers::spawn_app($crate::helpers::Backend::Postgres).await
+                {
+                    super::$name(app).await;
+                }
+            }
+        }
+    };
+}
+
+/// A response reduced to what tests look at.
+#[derive(Debug)]
+pub struct Res {
+    pub status: u16,
+    pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Res {
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+    pub fn id(&self) -> String {
+        self.body["id"].as_str().unwrap().to_string()
+    }
+    #[track_caller]
+    pub fn expect(self, status: u16) -> Self {
+        assert_eq!(
+            self.status, status,
+            "unexpected status; body: {}",
+            self.body
+        );
+        self
+    }
+}
+
+impl TestApp {
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Res {
+        let mut r = self.http.request(method, format!("{}{}", self.url, path));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let res = r.send().await.unwrap();
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let text = res.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Res {
+            status,
+            body,
+            headers,
+        }
+    }
+    pub async fn get_as(&self, token: &str, path: &str) -> Res {
+        self.send(reqwest::Method::GET, path, Some(token), None)
+            .await
+    }
+    pub async fn post_as(&self, token: &str, path: &str, body: Value) -> Res {
+        self.send(reqwest::Method::POST, path, Some(token), Some(body))
+            .await
+    }
+    pub async fn patch_as(&self, token: &str, path: &str, body: Value) -> Res {
+        self.send(reqwest::Method::PATCH, path, Some(token), Some(body))
+            .await
+    }
+    pub async fn get(&self, path: &str) -> Res {
+        self.get_as(&self.admin.clone(), path).await
+    }
+    pub async fn post(&self, path: &str, body: Value) -> Res {
+        self.post_as(&self.admin.clone(), path, body).await
+    }
+    pub async fn patch(&self, path: &str, body: Value) -> Res {
+        self.patch_as(&self.admin.clone(), path, body).await
+    }
+
+    /// A keyspace with a fresh prefix and the given policy overrides.
+    pub async fn keyspace(&self, policy: Value) -> String {
+        let prefix = format!(
+            "t{}",
+            keyward_core::keyformat::base62_random(8).to_lowercase()
+        );
+        self.post(
+            "/v1/keyspaces",
+            json!({"name": "test", "prefix": prefix, "policy": policy}),
+        )
+        .await
+        .expect(201)
+        .id()
+    }
+    /// Creates a key; returns (id, plaintext).
+    pub async fn key(&self, keyspace_id: &str, extra: Value) -> (String, String) {
+        let mut body = json!({"keyspace_id": keyspace_id, "name": "test key", "owner": "team-a"});
+        if let Value::Object(m) = extra {
+            for (k, v) in m {
+                body[k] = v;
+            }
+        }
+        let r = self.post("/v1/keys", body).await.expect(201);
+        (r.id(), r.body["key"].as_str().unwrap().to_string())
+    }
+    pub async fn token(&self, role: &str, keyspaces: Option<Vec<&str>>) -> String {
+        let mut body = json!({"name": format!("{role} token"), "role": role});
+        if let Some(k) = keyspaces {
+            body["keyspace_ids"] = json!(k);
+        }
+        self.post("/v1/tokens", body).await.expect(201).body["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+    /// POST /v1/verify without a token; returns the body.
+    pub async fn verify(&self, body: Value) -> Value {
+        let r = self
+            .send(reqwest::Method::POST, "/v1/verify", None, Some(body))
+            .await;
+        assert_eq!(r.status, 200, "verify answered {}: {}", r.status, r.body);
+        r.body
+    }
+    pub async fn verify_code(&self, key: &str) -> String {
+        self.verify(json!({"key": key})).await["code"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+    pub fn advance(&self, secs: i64) {
+        self.clock
+            .as_ref()
+            .expect("manual clock")
+            .advance_secs(secs);
+    }
+    /// Writes pending usage now.
+    pub async fn flush(&self) {
+        keyward_server::jobs::usage::flush(&self.state)
+            .await
+            .unwrap();
+    }
+    /// Stops the server gracefully (drain + final flush); the returned guard keeps a SQLite
+    /// database on disk until it is dropped.
+    pub async fn stop(mut self) -> Option<TempDir> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(j) = self.join.take() {
+            j.await.unwrap();
+        }
+        self._dir.take()
+    }
+}

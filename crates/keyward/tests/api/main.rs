@@ -1,0 +1,14 @@
+//! End-to-end tests: real servers on port 0 against a fresh SQLite file or a fresh PostgreSQL
+//! schema, driven over HTTP (and the `keyward` binary for the CLI). Every test body runs against
+//! both backends through the `both!` macro.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod helpers;
+
+mod cli;
+mod conventions;
+mod keys;
+mod lifecycle;
+mod roles;
+mod secrets;
+mod verify;
