@@ -14,6 +14,8 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// Failed management authentications per address per minute before 429.
     pub auth_failure_limit: u32,
+    /// How often the change feed is polled for changes made by other nodes.
+    pub feed_poll_ms: u64,
 }
 
 impl Default for Config {
@@ -25,6 +27,7 @@ impl Default for Config {
             trust_proxy_headers: false,
             redis_url: None,
             auth_failure_limit: 20,
+            feed_poll_ms: 250,
         }
     }
 }

@@ -5,7 +5,7 @@
 //! - [`service`]: the control plane's rules (one transaction + audit event per change).
 //! - [`verifier`]: the data plane (cache, live counters, decision).
 //! - [`http`]: routes, extractors, the error envelope ([`error`]).
-//! - [`jobs`]: background tasks (usage flusher).
+//! - [`jobs`]: background tasks (usage flusher, change-feed follower).
 //! - [`metrics`]: Prometheus counters.
 //!
 //! [`serve`] takes the listener, the state and a shutdown future, so tests run real servers on
@@ -39,13 +39,23 @@ pub async fn serve(
         Duration::from_millis(state.config.usage_flush_ms.max(1)),
         stop_rx,
     ));
+    let follower = tokio::spawn(jobs::feed::run(
+        state.clone(),
+        Duration::from_millis(state.config.feed_poll_ms.max(1)),
+        stop_tx.subscribe(),
+    ));
     let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
     let _ = stop_tx.send(true);
-    if let Err(e) = flusher.await {
-        tracing::error!(error = %e, "usage flusher task failed");
+    for (name, task) in [
+        ("usage flusher", flusher),
+        ("change-feed follower", follower),
+    ] {
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, task = name, "background task failed");
+        }
     }
     served
 }

@@ -276,9 +276,11 @@ fn check_lifetime(
 ) -> Result<()> {
     if let Some(max) = policy.max_lifetime_secs {
         match expires_at {
-            None => return Err(Error::policy(format!(
+            None => {
+                return Err(Error::policy(format!(
                 "the keyspace policy requires every key to expire within {max} s of its creation"
-            ))),
+            )))
+            }
             Some(e) if e > created_at.plus_secs(max) => {
                 return Err(Error::policy(format!(
                     "expires_at is beyond the keyspace's max_lifetime_secs ({max} s after creation)"

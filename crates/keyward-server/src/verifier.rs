@@ -31,6 +31,8 @@ pub struct Live {
     pub key_id: String,
     state: Mutex<LiveState>,
     queued: AtomicBool,
+    /// Set when another node changed the key: the next load takes `remaining` from the store.
+    stale_quota: AtomicBool,
 }
 
 #[derive(Default)]
@@ -301,8 +303,8 @@ impl Verifier {
 
     /// The live cell of a key, created from the stored row when this node has none.
     fn live_for(&self, key: &Key) -> Arc<Live> {
-        let mut map = lock(&self.live);
-        map.entry(key.id.clone())
+        let live = lock(&self.live)
+            .entry(key.id.clone())
             .or_insert_with(|| {
                 Arc::new(Live {
                     key_id: key.id.clone(),
@@ -311,9 +313,24 @@ impl Verifier {
                         ..LiveState::default()
                     }),
                     queued: AtomicBool::new(false),
+                    stale_quota: AtomicBool::new(false),
                 })
             })
-            .clone()
+            .clone();
+        if live.stale_quota.swap(false, Ordering::AcqRel) {
+            // The stored value does not yet include what this node spent and has not written.
+            let mut s = lock(&live.state);
+            s.remaining = key.remaining.map(|r| r - s.consumed);
+        }
+        live
+    }
+
+    /// A change made elsewhere: forget the cached key and re-read its quota on the next load.
+    pub fn invalidate_remote(&self, hash: &KeyHash, key_id: &str) {
+        if let Some(live) = lock(&self.live).get(key_id) {
+            live.stale_quota.store(true, Ordering::Release);
+        }
+        self.invalidate(hash);
     }
 
     /// Forgets what this node caches about a key; the next verification reads the store.

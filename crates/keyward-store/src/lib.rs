@@ -115,6 +115,8 @@ pub struct Change {
     pub seq: i64,
     pub key_id: String,
     pub key_hash: KeyHash,
+    /// [`Store::node_id`] of the store that wrote it.
+    pub origin: String,
 }
 
 /// One control-plane transaction. Dropping it without [`StoreTx::commit`] rolls it back.
@@ -158,6 +160,9 @@ pub trait StoreTx: Send {
 pub trait Store: Send + Sync + 'static {
     /// Which backend, for logs and `/readyz`.
     fn backend(&self) -> &'static str;
+    /// A random id of this opened store (one per process), written with each change-feed row so
+    /// a node can skip its own changes when following the feed.
+    fn node_id(&self) -> &str;
     async fn ping(&self) -> Result<()>;
     /// Starts a write transaction. Write transactions are serialized (they share the audit chain).
     async fn begin(&self) -> Result<Box<dyn StoreTx>>;

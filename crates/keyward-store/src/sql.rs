@@ -251,6 +251,7 @@ macro_rules! sql_backend {
 
         pub struct $Tx {
             tx: sqlx::Transaction<'static, $DB>,
+            node: String,
         }
 
         #[async_trait]
@@ -487,10 +488,11 @@ macro_rules! sql_backend {
 
         impl $Tx {
             async fn feed(&mut self, k: &Key) -> Result<()> {
-                sqlx::query("INSERT INTO change_feed (key_id, key_hash, at) VALUES ($1, $2, $3)")
+                sqlx::query("INSERT INTO change_feed (key_id, key_hash, at, origin) VALUES ($1, $2, $3, $4)")
                     .bind(&k.id)
                     .bind(k.hash.0.to_vec())
                     .bind(k.updated_at.millis())
+                    .bind(&self.node)
                     .execute(&mut *self.tx)
                     .await
                     .map_err(map_err)?;
@@ -504,6 +506,10 @@ macro_rules! sql_backend {
                 $name
             }
 
+            fn node_id(&self) -> &str {
+                &self.node
+            }
+
             async fn ping(&self) -> Result<()> {
                 sqlx::query("SELECT 1").execute(&self.pool).await.map_err(map_err)?;
                 Ok(())
@@ -515,7 +521,7 @@ macro_rules! sql_backend {
                     .execute(&mut *tx)
                     .await
                     .map_err(map_err)?;
-                Ok(Box::new($Tx { tx }))
+                Ok(Box::new($Tx { tx, node: self.node.clone() }))
             }
 
             async fn keyspace(&self, id: &str) -> Result<Option<Keyspace>> {
@@ -639,7 +645,7 @@ macro_rules! sql_backend {
             }
 
             async fn changes_after(&self, seq: i64, limit: i64) -> Result<Vec<Change>> {
-                let rows = sqlx::query("SELECT seq, key_id, key_hash FROM change_feed WHERE seq > $1 ORDER BY seq LIMIT $2")
+                let rows = sqlx::query("SELECT seq, key_id, key_hash, origin FROM change_feed WHERE seq > $1 ORDER BY seq LIMIT $2")
                     .bind(seq)
                     .bind(limit)
                     .fetch_all(&self.pool)
@@ -651,6 +657,7 @@ macro_rules! sql_backend {
                             seq: get(r, "seq")?,
                             key_id: get(r, "key_id")?,
                             key_hash: hash_from(get(r, "key_hash")?)?,
+                            origin: get(r, "origin")?,
                         })
                     })
                     .collect()
@@ -721,6 +728,7 @@ pub mod sqlite {
     #[derive(Clone)]
     pub struct SqliteStore {
         pool: SqlitePool,
+        node: String,
     }
 
     impl SqliteStore {
@@ -749,7 +757,10 @@ pub mod sqlite {
             Self::migrate(&mut tx).await?;
             tx.commit().await.map_err(map_err)?;
             drop(conn);
-            Ok(Self { pool })
+            Ok(Self {
+                pool,
+                node: keyward_core::keyformat::base62_random(16),
+            })
         }
     }
 
@@ -773,6 +784,7 @@ pub mod postgres {
     #[derive(Clone)]
     pub struct PgStore {
         pool: PgPool,
+        node: String,
     }
 
     impl PgStore {
@@ -826,7 +838,10 @@ pub mod postgres {
                 .map_err(map_err)?;
             migrated?;
             drop(conn);
-            Ok(Self { pool })
+            Ok(Self {
+                pool,
+                node: keyward_core::keyformat::base62_random(16),
+            })
         }
     }
 

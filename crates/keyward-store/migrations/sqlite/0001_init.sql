@@ -87,5 +87,7 @@ CREATE TABLE change_feed (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     key_id TEXT NOT NULL,
     key_hash BLOB NOT NULL,
-    at BIGINT NOT NULL
+    at BIGINT NOT NULL,
+    -- The node (process) that made the change; it applied the change to its own cache already.
+    origin TEXT NOT NULL DEFAULT ''
 );

@@ -156,7 +156,8 @@ async fn update_key_persists_every_mutable_field_and_feeds_the_change_feed(store
         vec![Change {
             seq: 1,
             key_id: original.id.clone(),
-            key_hash: original.hash
+            key_hash: original.hash,
+            origin: store.node_id().to_string(),
         }]
     );
 
@@ -211,7 +212,8 @@ async fn update_key_persists_every_mutable_field_and_feeds_the_change_feed(store
         vec![Change {
             seq: 2,
             key_id: original.id.clone(),
-            key_hash: original.hash
+            key_hash: original.hash,
+            origin: store.node_id().to_string(),
         }]
     );
 
@@ -245,7 +247,8 @@ async fn update_key_persists_every_mutable_field_and_feeds_the_change_feed(store
         Change {
             seq: 4,
             key_id: other.id.clone(),
-            key_hash: other.hash
+            key_hash: other.hash,
+            origin: store.node_id().to_string(),
         }
     );
     assert_eq!(store.changes_after(0, 2).await.unwrap(), feed[..2].to_vec());

@@ -315,3 +315,34 @@ impl TestApp {
         self._dir.take()
     }
 }
+
+/// Another node on the same database as `first` (PostgreSQL clusters, or a second process on
+/// one SQLite file), sharing its admin token.
+pub async fn spawn_node(first: &TestApp) -> TestApp {
+    let store = keyward_store::open(&first.db_url).await.unwrap();
+    let state = AppState::new(store, Arc::new(SystemClock), Options::default().config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let st = state.clone();
+    let join = tokio::spawn(async move {
+        keyward_server::serve(listener, st, async move {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    TestApp {
+        url: format!("http://{addr}"),
+        addr,
+        http: reqwest::Client::new(),
+        admin: first.admin.clone(),
+        backend: first.backend,
+        db_url: first.db_url.clone(),
+        clock: None,
+        state,
+        shutdown: Some(tx),
+        join: Some(join),
+        _dir: None,
+    }
+}

@@ -6,6 +6,7 @@
 mod helpers;
 
 mod cli;
+mod cluster;
 mod conventions;
 mod keys;
 mod lifecycle;

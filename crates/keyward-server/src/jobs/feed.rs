@@ -1,0 +1,59 @@
+//! The change-feed follower: applies changes made by other nodes (or other processes on the same
+//! database) to this node's verification cache. Changes made through this node are applied at
+//! once by the control plane; this loop is what bounds staleness across a cluster.
+//!
+//! PostgreSQL sequence values can become visible out of order (a transaction that took seq 10
+//! may commit after the one that took 11), so each poll re-reads a trailing window and skips the
+//! rows it has already applied.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::state::AppState;
+
+/// How far behind the newest applied seq each poll looks again.
+const WINDOW: i64 = 1024;
+
+pub async fn run(state: AppState, every: Duration, shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut shutdown = shutdown;
+    let mut head = loop {
+        match state.store.change_head().await {
+            Ok(h) => break h,
+            Err(e) => {
+                tracing::warn!(error = %e, "change feed: cannot read the head; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }
+    };
+    let node = state.store.node_id().to_string();
+    let mut applied: BTreeSet<i64> = BTreeSet::new();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let from = (head - WINDOW).max(0);
+        match state.store.changes_after(from, 10_000).await {
+            Ok(rows) => {
+                for c in rows {
+                    if c.seq <= from || applied.contains(&c.seq) {
+                        continue;
+                    }
+                    if c.origin != node {
+                        state.verifier.invalidate_remote(&c.key_hash, &c.key_id);
+                    }
+                    applied.insert(c.seq);
+                    head = head.max(c.seq);
+                }
+                let floor = head - WINDOW;
+                applied = applied.split_off(&floor);
+            }
+            Err(e) => tracing::debug!(error = %e, "change feed: poll failed"),
+        }
+    }
+}
