@@ -209,7 +209,7 @@ pub fn encode_cursor(position: &str, fingerprint: &str) -> String {
 
 pub fn decode_cursor(cursor: &str, fingerprint: &str) -> Result<String> {
     let bad = || Error::bad_request("cursor is not valid for this list");
-    if cursor.len() % 2 != 0 || cursor.len() > 512 {
+    if !cursor.len().is_multiple_of(2) || cursor.len() > 512 {
         return Err(bad());
     }
     let bytes: Option<Vec<u8>> = (0..cursor.len())

@@ -201,7 +201,8 @@ pub async fn forward_auth(
     if let Outcome::Denied { entry: Some(e), .. } = &outcome {
         set(res.headers_mut(), "x-keyward-key-id", &e.key.id);
     }
-    params.finish().or_else(|_| Ok::<(), Error>(()))?;
+    // Other query parameters belong to the proxied request; forward-auth ignores them.
+    drop(params);
     Ok(res)
 }
 
