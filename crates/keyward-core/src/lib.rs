@@ -7,6 +7,7 @@
 //! - [`id`]: prefixed, time-ordered object ids.
 //! - [`scope`], [`policy`], [`model`]: validated domain types.
 //! - [`verify`]: the verification decision, a pure function of key state, request and `now`.
+//! - [`user`]: dashboard users and the rules for their email and password.
 //! - [`audit`]: RFC 8785 canonical JSON and the hash chain of audit events.
 
 pub mod audit;
@@ -17,4 +18,5 @@ pub mod policy;
 pub mod scope;
 pub mod secret;
 pub mod time;
+pub mod user;
 pub mod verify;

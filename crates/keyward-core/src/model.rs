@@ -441,3 +441,46 @@ pub fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
         v4 => v4,
     }
 }
+
+/// Webhook event types.
+pub const WEBHOOK_EVENTS: [&str; 8] = [
+    "key.created",
+    "key.revoked",
+    "key.rotated",
+    "key.expiring",
+    "key.expired",
+    "key.inactive_revoked",
+    "key.anomaly",
+    "key.leaked",
+];
+
+/// A webhook subscription. Its signing secret is returned once, at creation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Webhook {
+    pub id: String,
+    pub url: String,
+    pub events: Vec<String>,
+    pub keyspace_id: Option<String>,
+    pub created_at: Timestamp,
+    pub created_by: Actor,
+}
+
+/// A change in a key's usage pattern.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Anomaly {
+    pub id: String,
+    pub key_id: String,
+    pub keyspace_id: String,
+    pub kind: String,
+    pub detected_at: Timestamp,
+    pub detail: Value,
+}
+
+/// A recent source address of a key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Source {
+    pub ip: String,
+    pub first_seen: Timestamp,
+    pub last_seen: Timestamp,
+    pub count: i64,
+}

@@ -16,6 +16,16 @@ pub struct Config {
     pub auth_failure_limit: u32,
     /// How often the change feed is polled for changes made by other nodes.
     pub feed_poll_ms: u64,
+    /// `KEYWARD_DORMANT_SECS`: a valid use after this long without one is `dormant_reactivated`.
+    pub dormant_after_secs: i64,
+    /// `KEYWARD_USAGE_RETENTION_MINUTES_SECS` / `_HOURS_SECS` / `_DAYS_SECS`: how long minute,
+    /// hour and day buckets are kept.
+    pub retention_secs: [i64; 3],
+    /// `KEYWARD_WEBHOOK_RETRY_BASE_MS`: the first retry delay; each next one doubles (capped at
+    /// one hour) until 24 h after the event.
+    pub webhook_retry_base_ms: i64,
+    /// How often the delivery worker looks for due deliveries (it is also woken by new events).
+    pub webhook_poll_ms: u64,
 }
 
 impl Default for Config {
@@ -28,6 +38,10 @@ impl Default for Config {
             redis_url: None,
             auth_failure_limit: 20,
             feed_poll_ms: 250,
+            dormant_after_secs: 30 * 86_400,
+            retention_secs: [7 * 86_400, 90 * 86_400, 730 * 86_400],
+            webhook_retry_base_ms: 1000,
+            webhook_poll_ms: 1000,
         }
     }
 }

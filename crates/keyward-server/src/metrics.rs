@@ -23,9 +23,20 @@ pub struct Metrics {
     pub flush_failures: AtomicU64,
     pub flushed_keys: AtomicU64,
     pub last_flush_batch: AtomicU64,
+    pub webhook_ok: AtomicU64,
+    pub webhook_failed: AtomicU64,
 }
 
 impl Metrics {
+    pub fn record_webhook(&self, ok: bool) {
+        let c = if ok {
+            &self.webhook_ok
+        } else {
+            &self.webhook_failed
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn observe(&self, code: Code, elapsed: std::time::Duration) {
         self.verifications[code.index()].fetch_add(1, Ordering::Relaxed);
         let secs = elapsed.as_secs_f64();
@@ -110,6 +121,21 @@ impl Metrics {
                 v.load(Ordering::Relaxed)
             );
         }
+        let _ = writeln!(
+            s,
+            "# HELP keyward_webhook_deliveries_total Webhook delivery attempts by result."
+        );
+        let _ = writeln!(s, "# TYPE keyward_webhook_deliveries_total counter");
+        let _ = writeln!(
+            s,
+            "keyward_webhook_deliveries_total{{result=\"success\"}} {}",
+            self.webhook_ok.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            s,
+            "keyward_webhook_deliveries_total{{result=\"failure\"}} {}",
+            self.webhook_failed.load(Ordering::Relaxed)
+        );
         let gauges = [
             (
                 "keyward_usage_last_batch_keys",

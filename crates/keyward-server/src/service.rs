@@ -19,6 +19,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
+use crate::events::key_event;
 use crate::state::AppState;
 
 /// Who is acting, and within which keyspaces.
@@ -80,6 +81,7 @@ fn not_found(kind: &str, id: &str) -> Error {
         "keyspace" => "ks",
         "key" => "key",
         "token" => "tok",
+        "webhook" => "wh",
         _ => "",
     };
     if keyward_core::id::is_id(prefix, id) {
@@ -387,6 +389,8 @@ pub async fn create_key(st: &AppState, ctx: &Ctx, input: CreateKey) -> Result<(K
         change(&mut ev.changes, field, Value::Null, v);
     }
     tx.append_audit(ev).await?;
+    tx.enqueue(&key_event("key.created", &key, now, Map::new()))
+        .await?;
     tx.commit().await?;
     st.verifier.invalidate(&key.hash);
     Ok((key, plaintext))
@@ -441,15 +445,22 @@ pub async fn get_key(st: &AppState, ctx: &Ctx, id: &str) -> Result<Key> {
         .await?
         .filter(|k| ctx.sees(&k.keyspace_id))
         .ok_or_else(|| not_found("key", id))?;
-    // During its grace period a rotated key reports its successor's quota.
+    report_successor_quota(st, &mut key).await?;
+    Ok(key)
+}
+
+/// During its grace period (rotated, neither revoked nor expired, disabled or not) a rotated
+/// key draws from its successor's quota, so it reports the successor's `remaining`.
+pub async fn report_successor_quota(st: &AppState, key: &mut Key) -> Result<()> {
     if let (Some(next), Some(_)) = (&key.rotated_to, key.remaining) {
-        if key.status(st.clock.now()) == KeyStatus::Rotating {
+        let status = key.status(st.clock.now());
+        if status != KeyStatus::Revoked && status != KeyStatus::Expired {
             if let Some(s) = st.store.key(next).await? {
                 key.remaining = s.remaining;
             }
         }
     }
-    Ok(key)
+    Ok(())
 }
 
 async fn key_in_tx(tx: &mut Box<dyn StoreTx>, ctx: &Ctx, id: &str) -> Result<Key> {
@@ -613,6 +624,8 @@ pub async fn revoke_key(st: &AppState, ctx: &Ctx, id: &str, reason: &str) -> Res
     revoke_in_place(&mut k, ctx, now, reason, &mut ev);
     tx.update_key(&k).await?;
     tx.append_audit(ev).await?;
+    tx.enqueue(&key_event("key.revoked", &k, now, Map::new()))
+        .await?;
     tx.commit().await?;
     st.verifier.invalidate(&k.hash);
     Ok(k)
@@ -649,6 +662,8 @@ pub async fn revoke_owner_keys(st: &AppState, ctx: &Ctx, input: BulkRevoke) -> R
         revoke_in_place(&mut k, ctx, now, &input.reason, &mut ev);
         tx.update_key(&k).await?;
         tx.append_audit(ev).await?;
+        tx.enqueue(&key_event("key.revoked", &k, now, Map::new()))
+            .await?;
         ids.push(k.id);
         hashes.push(k.hash);
     }
@@ -762,7 +777,15 @@ pub async fn rotate_key(
     }
     tx.insert_key(&new).await?;
     tx.update_key(&k).await?;
+    tx.copy_sources(&k.id, &new.id).await?;
     tx.append_audit(ev).await?;
+    let mut extra = Map::new();
+    extra.insert(
+        "successor".into(),
+        json!(keyward_core::model::KeyObject::new(&new, now)),
+    );
+    tx.enqueue(&key_event("key.rotated", &k, now, extra))
+        .await?;
     tx.commit().await?;
     st.verifier.invalidate(&k.hash);
     st.verifier.invalidate(&new.hash);
@@ -859,4 +882,100 @@ pub async fn revoke_token(st: &AppState, ctx: &Ctx, id: &str, reason: &str) -> R
     tx.append_audit(ev).await?;
     tx.commit().await?;
     Ok(t)
+}
+
+// ---------------------------------------------------------------- webhooks
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhook {
+    pub url: String,
+    pub events: Vec<String>,
+    pub keyspace_id: Option<String>,
+}
+
+fn check_webhook_url(url: &str) -> Result<()> {
+    let ok = (url.starts_with("http://") || url.starts_with("https://"))
+        && url.len() <= 2048
+        && reqwest::Url::parse(url).is_ok_and(|u| u.host_str().is_some_and(|h| !h.is_empty()));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::bad_request(
+            "url must be an absolute http:// or https:// URL (at most 2048 characters)",
+        ))
+    }
+}
+
+/// Creates a webhook; returns it with its signing secret (shown once).
+pub async fn create_webhook(
+    st: &AppState,
+    ctx: &Ctx,
+    input: CreateWebhook,
+) -> Result<(keyward_core::model::Webhook, Secret)> {
+    ctx.require_unlimited("managing webhooks")?;
+    check_webhook_url(&input.url)?;
+    if input.events.is_empty() {
+        return Err(Error::bad_request(
+            "events must name at least one event type",
+        ));
+    }
+    for e in &input.events {
+        if !keyward_core::model::WEBHOOK_EVENTS.contains(&e.as_str()) {
+            return Err(Error::bad_request(format!(
+                "unknown event type '{}'; known: {}",
+                keyformat::shown(e),
+                keyward_core::model::WEBHOOK_EVENTS.join(", ")
+            )));
+        }
+    }
+    let mut events = input.events;
+    events.sort();
+    events.dedup();
+    let now = st.clock.now();
+    let mut tx = st.store.begin().await?;
+    if let Some(ks) = &input.keyspace_id {
+        if tx.keyspace(ks).await?.is_none() {
+            return Err(not_found("keyspace", ks));
+        }
+    }
+    let hook = keyward_core::model::Webhook {
+        id: new_id("wh", now),
+        url: input.url,
+        events,
+        keyspace_id: input.keyspace_id,
+        created_at: now,
+        created_by: ctx.actor.clone(),
+    };
+    let secret = Secret::new(format!("whsec_{}", keyformat::base62_random(32)));
+    tx.insert_webhook(&hook, secret.expose()).await?;
+    let mut ev = ctx.event(now, "webhook.create", "webhook", &hook.id);
+    change(&mut ev.changes, "url", Value::Null, &hook.url);
+    change(&mut ev.changes, "events", Value::Null, &hook.events);
+    change(
+        &mut ev.changes,
+        "keyspace_id",
+        Value::Null,
+        &hook.keyspace_id,
+    );
+    tx.append_audit(ev).await?;
+    tx.commit().await?;
+    st.webhook_wake.notify_one();
+    Ok((hook, secret))
+}
+
+pub async fn delete_webhook(st: &AppState, ctx: &Ctx, id: &str) -> Result<()> {
+    ctx.require_unlimited("managing webhooks")?;
+    let mut tx = st.store.begin().await?;
+    let hook = tx
+        .webhook(id)
+        .await?
+        .ok_or_else(|| not_found("webhook", id))?;
+    tx.delete_webhook(id).await?;
+    let now = st.clock.now();
+    let mut ev = ctx.event(now, "webhook.delete", "webhook", id);
+    change(&mut ev.changes, "url", &hook.url, Value::Null);
+    tx.append_audit(ev).await?;
+    tx.commit().await?;
+    Ok(())
 }

@@ -24,12 +24,21 @@ pub struct AppState {
     pub throttle: Arc<AuthThrottle>,
     /// When each token's `last_used_at` was last written, so it is written at most once a minute.
     pub token_touched: Arc<Mutex<HashMap<String, Timestamp>>>,
+    /// Dashboard sign-in throttles and the dummy password hash.
+    pub accounts: Arc<crate::accounts::Accounts>,
+    /// Wakes the webhook delivery worker when a change enqueued events.
+    pub webhook_wake: Arc<tokio::sync::Notify>,
 }
 
 impl AppState {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: Config) -> Self {
         let metrics = Arc::new(Metrics::default());
-        let verifier = Arc::new(Verifier::new(store.clone(), clock.clone(), metrics.clone()));
+        let verifier = Arc::new(Verifier::new(
+            store.clone(),
+            clock.clone(),
+            metrics.clone(),
+            config.dormant_after_secs,
+        ));
         AppState {
             store,
             clock,
@@ -39,6 +48,8 @@ impl AppState {
             metrics,
             gate: Arc::new(tokio::sync::Mutex::new(())),
             token_touched: Arc::new(Mutex::new(HashMap::new())),
+            accounts: Arc::new(crate::accounts::Accounts::default()),
+            webhook_wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
 }

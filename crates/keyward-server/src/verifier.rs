@@ -29,11 +29,15 @@ const NEGATIVE_PER_SHARD: usize = 4096;
 /// Per-key state that changes with each verification.
 pub struct Live {
     pub key_id: String,
+    pub keyspace_id: String,
     state: Mutex<LiveState>,
     queued: AtomicBool,
     /// Set when another node changed the key: the next load takes `remaining` from the store.
     stale_quota: AtomicBool,
 }
+
+/// Distinct source addresses remembered per key between two flushes (the rest still count).
+const SOURCES_PER_FLUSH: usize = 64;
 
 #[derive(Default)]
 struct LiveState {
@@ -43,6 +47,51 @@ struct LiveState {
     denied: i64,
     last_used: Option<Timestamp>,
     consumed: i64,
+    /// Verifications by (minute start ms, code) since the last flush.
+    buckets: Vec<(i64, Code, i64)>,
+    /// Source addresses since the last flush: (address, first, last, count).
+    sources: Vec<(IpAddr, Timestamp, Timestamp, i64)>,
+    /// The last valid use this node knows of (for `dormant_reactivated`).
+    previous_use: Option<Timestamp>,
+    /// Valid uses after a long silence since the last flush: (previous use, this use).
+    reactivations: Vec<(Timestamp, Timestamp)>,
+    /// Addresses this node knows the key has been seen from (for `new_source`), bounded.
+    known_sources: std::collections::HashSet<String>,
+}
+
+impl LiveState {
+    fn record(&mut self, code: Code, ip: Option<IpAddr>, now: Timestamp) {
+        let minute = now.millis().div_euclid(60_000) * 60_000;
+        match self
+            .buckets
+            .iter_mut()
+            .rev()
+            .find(|(m, c, _)| *m == minute && *c == code)
+        {
+            Some(b) => b.2 += 1,
+            None => self.buckets.push((minute, code, 1)),
+        }
+        if let Some(ip) = ip {
+            let full = self.sources.len() >= SOURCES_PER_FLUSH;
+            match self.sources.iter_mut().find(|s| s.0 == ip) {
+                Some(s) => {
+                    s.2 = s.2.max(now);
+                    s.3 += 1;
+                }
+                None if !full => self.sources.push((ip, now, now, 1)),
+                None => {}
+            }
+        }
+    }
+}
+
+/// A valid use of a key after a long silence, found on the verification path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reactivation {
+    pub key_id: String,
+    pub keyspace_id: String,
+    pub previous_use: Timestamp,
+    pub at: Timestamp,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -107,10 +156,17 @@ pub struct Verifier {
     dirty: Mutex<Vec<Arc<Live>>>,
     /// Bumped by every invalidation; a load that saw another epoch does not cache its result.
     epoch: AtomicU64,
+    /// A valid use this long after the previous one is a `dormant_reactivated` anomaly.
+    dormant_after_ms: i64,
 }
 
 impl Verifier {
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        dormant_after_secs: i64,
+    ) -> Self {
         Verifier {
             store,
             clock,
@@ -119,6 +175,7 @@ impl Verifier {
             live: Mutex::new(HashMap::new()),
             dirty: Mutex::new(Vec::new()),
             epoch: AtomicU64::new(0),
+            dormant_after_ms: dormant_after_secs.saturating_mul(1000),
         }
     }
 
@@ -172,7 +229,12 @@ impl Verifier {
 
     fn decide(&self, entry: Arc<Entry>, req: &Request<'_>, now: Timestamp) -> Outcome {
         if let Err(code) = check_rules(&entry.rules, req.scopes, req.ip, now) {
-            self.count_denied(&entry.live);
+            {
+                let mut own = lock(&entry.live.state);
+                own.denied += 1;
+                own.record(code, req.ip, now);
+            }
+            self.mark_dirty(&entry.live);
             return Outcome::Denied {
                 code,
                 entry: Some(entry),
@@ -216,6 +278,15 @@ impl Verifier {
                 if own.last_used.is_none_or(|t| t < now) {
                     own.last_used = Some(now);
                 }
+                if let Some(prev) = own.previous_use {
+                    if now.millis() - prev.millis() >= self.dormant_after_ms {
+                        own.reactivations.push((prev, now));
+                    }
+                }
+                if own.previous_use.is_none_or(|t| t < now) {
+                    own.previous_use = Some(now);
+                }
+                own.record(Code::Valid, req.ip, now);
                 drop(own);
                 self.mark_dirty(&entry.live);
                 Outcome::Valid {
@@ -226,6 +297,7 @@ impl Verifier {
             }
             Err((code, reset_at)) => {
                 own.denied += 1;
+                own.record(code, req.ip, now);
                 drop(own);
                 self.mark_dirty(&entry.live);
                 Outcome::Denied {
@@ -235,11 +307,6 @@ impl Verifier {
                 }
             }
         }
-    }
-
-    fn count_denied(&self, live: &Arc<Live>) {
-        lock(&live.state).denied += 1;
-        self.mark_dirty(live);
     }
 
     fn mark_dirty(&self, live: &Arc<Live>) {
@@ -308,8 +375,10 @@ impl Verifier {
             .or_insert_with(|| {
                 Arc::new(Live {
                     key_id: key.id.clone(),
+                    keyspace_id: key.keyspace_id.clone(),
                     state: Mutex::new(LiveState {
                         remaining: key.remaining,
+                        previous_use: key.last_used_at,
                         ..LiveState::default()
                     }),
                     queued: AtomicBool::new(false),
@@ -353,9 +422,10 @@ impl Verifier {
     }
 
     /// What this node's unwritten usage is, for the flusher. Cells are reset as they are taken.
-    pub fn take_usage(&self) -> Vec<UsageDelta> {
+    pub fn take_usage(&self) -> (Vec<UsageDelta>, Vec<Reactivation>) {
         let cells = std::mem::take(&mut *lock(&self.dirty));
         let mut out = Vec::with_capacity(cells.len());
+        let mut reactivations = Vec::new();
         for live in cells {
             live.queued.store(false, Ordering::Release);
             let mut s = lock(&live.state);
@@ -365,13 +435,34 @@ impl Verifier {
                 denied: std::mem::take(&mut s.denied),
                 last_used_at: s.last_used.take(),
                 consumed: std::mem::take(&mut s.consumed),
+                buckets: std::mem::take(&mut s.buckets)
+                    .into_iter()
+                    .map(|(m, c, n)| (m, c.as_str().to_string(), n))
+                    .collect(),
+                sources: std::mem::take(&mut s.sources)
+                    .into_iter()
+                    .map(|(ip, f, l, n)| (ip.to_string(), f, l, n))
+                    .collect(),
             };
+            for (previous_use, at) in std::mem::take(&mut s.reactivations) {
+                reactivations.push(Reactivation {
+                    key_id: live.key_id.clone(),
+                    keyspace_id: live.keyspace_id.clone(),
+                    previous_use,
+                    at,
+                });
+            }
             drop(s);
-            if d.calls != 0 || d.denied != 0 || d.consumed != 0 || d.last_used_at.is_some() {
+            if d.calls != 0
+                || d.denied != 0
+                || d.consumed != 0
+                || d.last_used_at.is_some()
+                || !d.buckets.is_empty()
+            {
                 out.push(d);
             }
         }
-        out
+        (out, reactivations)
     }
 
     /// Puts back usage that could not be written, so it is retried with the next flush.
@@ -387,8 +478,58 @@ impl Verifier {
                     if d.last_used_at > s.last_used {
                         s.last_used = d.last_used_at;
                     }
+                    for (m, code, n) in d.buckets {
+                        let Some(code) = Code::parse(&code) else {
+                            continue;
+                        };
+                        match s.buckets.iter_mut().find(|b| b.0 == m && b.1 == code) {
+                            Some(b) => b.2 += n,
+                            None => s.buckets.push((m, code, n)),
+                        }
+                    }
+                    for (ip, first, last, n) in d.sources {
+                        let Ok(ip) = ip.parse::<IpAddr>() else {
+                            continue;
+                        };
+                        match s.sources.iter_mut().find(|x| x.0 == ip) {
+                            Some(x) => {
+                                x.1 = x.1.min(first);
+                                x.2 = x.2.max(last);
+                                x.3 += n;
+                            }
+                            None => s.sources.push((ip, first, last, n)),
+                        }
+                    }
                 }
                 self.mark_dirty(&live);
+            }
+        }
+    }
+
+    /// The addresses among `ips` this node does not yet know for the key.
+    pub fn unknown_sources(&self, key_id: &str, ips: &[String]) -> Vec<String> {
+        let live = lock(&self.live).get(key_id).cloned();
+        match live {
+            Some(live) => {
+                let s = lock(&live.state);
+                ips.iter()
+                    .filter(|ip| !s.known_sources.contains(*ip))
+                    .cloned()
+                    .collect()
+            }
+            None => ips.to_vec(),
+        }
+    }
+
+    /// Remembers addresses as known for the key (at most 256 per key on this node).
+    pub fn remember_sources(&self, key_id: &str, ips: impl IntoIterator<Item = String>) {
+        if let Some(live) = lock(&self.live).get(key_id).cloned() {
+            let mut s = lock(&live.state);
+            for ip in ips {
+                if s.known_sources.len() >= 256 {
+                    break;
+                }
+                s.known_sources.insert(ip);
             }
         }
     }

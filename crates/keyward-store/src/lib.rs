@@ -14,12 +14,15 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use keyward_core::keyformat::KeyHash;
-use keyward_core::model::{Actor, AuditEvent, Key, KeyStatus, Keyspace, Token};
+use keyward_core::model::{
+    Actor, Anomaly, AuditEvent, Key, KeyStatus, Keyspace, Source, Token, Webhook,
+};
 use keyward_core::time::Timestamp;
 use serde_json::{Map, Value};
 
 mod sql;
 pub mod testing;
+pub mod users;
 
 pub use sql::postgres::PgStore;
 pub use sql::sqlite::SqliteStore;
@@ -107,6 +110,90 @@ pub struct UsageDelta {
     pub last_used_at: Option<Timestamp>,
     /// Quota spent (sum of `cost` of valid verifications), taken from `remaining`.
     pub consumed: i64,
+    /// Verifications by minute (start, ms) and outcome code.
+    pub buckets: Vec<(i64, String, i64)>,
+    /// Source addresses seen: (address, first seen, last seen, count).
+    pub sources: Vec<(String, Timestamp, Timestamp, i64)>,
+}
+
+/// Source addresses kept per key (the most recently seen).
+pub const MAX_SOURCES_PER_KEY: i64 = 50;
+
+/// Bucket sizes: minute, hour and day, as stored in `usage_buckets.granularity`.
+pub const GRANULARITIES: [(&str, i64); 3] = [("m", 60_000), ("h", 3_600_000), ("d", 86_400_000)];
+
+/// A stored usage bucket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bucket {
+    pub key_id: String,
+    pub start: Timestamp,
+    pub code: String,
+    pub n: i64,
+}
+
+/// An event in the webhook outbox: `body` is the exact JSON every delivery sends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxEvent {
+    pub id: String,
+    pub kind: String,
+    pub at: Timestamp,
+    pub keyspace_id: Option<String>,
+    pub key_id: Option<String>,
+    pub body: String,
+}
+
+/// A delivery that is due, with what it needs to be sent.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DueDelivery {
+    pub id: String,
+    pub webhook_id: String,
+    pub url: String,
+    pub secret: String,
+    pub event_id: String,
+    pub kind: String,
+    pub body: String,
+    pub attempts: i64,
+    pub created_at: Timestamp,
+}
+
+impl std::fmt::Debug for DueDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DueDelivery")
+            .field("id", &self.id)
+            .field("event_id", &self.event_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One delivery attempt, as listed by `GET /v1/webhooks/{id}/deliveries`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Attempt {
+    #[serde(skip)]
+    pub id: String,
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub attempt: i64,
+    pub status_code: Option<i64>,
+    pub error: Option<String>,
+    pub at: Timestamp,
+}
+
+/// What happens to a delivery after an attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterAttempt {
+    Delivered,
+    RetryAt(Timestamp),
+    GiveUp,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AnomalyFilter {
+    pub keyspace_ids: Option<Vec<String>>,
+    pub key_id: Option<String>,
+    pub since: Option<Timestamp>,
+    /// Newest first by (detected_at, id).
+    pub page: Page<TimeCursor>,
 }
 
 /// A change-feed row: key `key_id` (with hash `key_hash`) changed.
@@ -122,6 +209,9 @@ pub struct Change {
 /// One control-plane transaction. Dropping it without [`StoreTx::commit`] rolls it back.
 #[async_trait]
 pub trait StoreTx: Send {
+    /// Dashboard users, changed in this transaction (see [`users`]).
+    fn users(&mut self) -> &mut dyn users::UserTx;
+
     async fn keyspace(&mut self, id: &str) -> Result<Option<Keyspace>>;
     async fn insert_keyspace(&mut self, ks: &Keyspace) -> Result<()>;
     async fn update_keyspace(&mut self, ks: &Keyspace) -> Result<()>;
@@ -153,11 +243,30 @@ pub trait StoreTx: Send {
     /// Appends the next event of the hash chain.
     async fn append_audit(&mut self, event: NewEvent) -> Result<AuditEvent>;
 
+    /// Puts an event in the webhook outbox with one delivery per matching webhook.
+    async fn enqueue(&mut self, event: &OutboxEvent) -> Result<()>;
+    async fn insert_webhook(&mut self, hook: &Webhook, secret: &str) -> Result<()>;
+    async fn webhook(&mut self, id: &str) -> Result<Option<Webhook>>;
+    /// Deletes a webhook and its pending deliveries.
+    async fn delete_webhook(&mut self, id: &str) -> Result<()>;
+    /// Sets `expired_at` if the key has expired and was neither marked expired nor revoked.
+    async fn mark_expired(&mut self, id: &str, now: Timestamp) -> Result<bool>;
+    /// Sets `warned_at` once.
+    async fn mark_warned(&mut self, id: &str, now: Timestamp) -> Result<bool>;
+    /// Records an anomaly unless one with the same `dedup` exists; true when recorded.
+    async fn insert_anomaly(&mut self, a: &Anomaly, dedup: &str) -> Result<bool>;
+    /// Copies the source-address record of one key to another (a successor starts with its
+    /// predecessor's addresses).
+    async fn copy_sources(&mut self, from_key: &str, to_key: &str) -> Result<()>;
+
     async fn commit(self: Box<Self>) -> Result<()>;
 }
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Dashboard users, sessions and the setup link (see [`users`]).
+    fn users(&self) -> &dyn users::UserStore;
+
     /// Which backend, for logs and `/readyz`.
     fn backend(&self) -> &'static str;
     /// A random id of this opened store (one per process), written with each change-feed row so
@@ -189,6 +298,68 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes a batch of usage counts in one transaction.
     async fn apply_usage(&self, deltas: &[UsageDelta]) -> Result<()>;
+
+    async fn webhook(&self, id: &str) -> Result<Option<Webhook>>;
+    async fn list_webhooks(&self, page: &Page<TimeCursor>) -> Result<Vec<Webhook>>;
+    /// Pending deliveries with `next_at <= now` and no live lease, oldest first.
+    async fn due_deliveries(&self, now: Timestamp, limit: i64) -> Result<Vec<DueDelivery>>;
+    /// Takes a lease on a delivery; false when another worker holds it or it is done.
+    async fn claim_delivery(
+        &self,
+        id: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+    ) -> Result<bool>;
+    /// Records an attempt and what follows it, in one transaction.
+    async fn finish_attempt(
+        &self,
+        delivery_id: &str,
+        webhook_id: &str,
+        attempt: &Attempt,
+        after: AfterAttempt,
+    ) -> Result<()>;
+    /// Attempts of a webhook, newest first by (`at`, id).
+    async fn list_attempts(
+        &self,
+        webhook_id: &str,
+        page: &Page<TimeCursor>,
+    ) -> Result<Vec<Attempt>>;
+
+    /// Buckets of one granularity (`m`, `h`, `d`) with `from <= start < to`, oldest first;
+    /// `key_ids` None means every key.
+    async fn usage(
+        &self,
+        key_ids: Option<&[String]>,
+        granularity: &str,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<Bucket>>;
+    /// Deletes buckets of a granularity that start before `before`; returns how many.
+    async fn prune_usage(&self, granularity: &str, before: Timestamp) -> Result<u64>;
+    async fn sources(&self, key_id: &str) -> Result<Vec<Source>>;
+    /// Every address on record for the key.
+    async fn known_sources(&self, key_id: &str) -> Result<Vec<String>>;
+    async fn list_anomalies(&self, f: &AnomalyFilter) -> Result<Vec<Anomaly>>;
+
+    /// Keys not revoked, not marked expired, whose `expires_at <= now`.
+    async fn expired_unmarked(&self, now: Timestamp, limit: i64) -> Result<Vec<Key>>;
+    /// Live keys of a keyspace expiring in `(now, until]` that were not warned about yet (a key
+    /// already rotated away is not warned about: its successor replaces it).
+    async fn expiring_unwarned(
+        &self,
+        keyspace_id: &str,
+        now: Timestamp,
+        until: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<Key>>;
+    /// Live keys of a keyspace with no valid use (or creation) since `cutoff`.
+    async fn inactive_since(
+        &self,
+        keyspace_id: &str,
+        now: Timestamp,
+        cutoff: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<Key>>;
 
     /// Change-feed rows after `seq`, oldest first.
     async fn changes_after(&self, seq: i64, limit: i64) -> Result<Vec<Change>>;

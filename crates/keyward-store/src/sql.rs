@@ -15,9 +15,12 @@ use keyward_core::time::Timestamp;
 use serde::de::DeserializeOwned;
 use sqlx::Row;
 
+use keyward_core::model::{Anomaly, Source, Webhook};
+
 use crate::{
-    AuditFilter, Change, KeyFilter, NewEvent, Page, Result, Store, StoreError, StoreTx, TimeCursor,
-    UsageDelta,
+    AfterAttempt, AnomalyFilter, Attempt, AuditFilter, Bucket, Change, DueDelivery, KeyFilter,
+    NewEvent, OutboxEvent, Page, Result, Store, StoreError, StoreTx, TimeCursor, UsageDelta,
+    GRANULARITIES, MAX_SOURCES_PER_KEY,
 };
 
 const KEY_COLS: &str = "id, keyspace_id, name, owner, scopes, labels, meta, hash, start_chars, \
@@ -27,10 +30,12 @@ const KEY_COLS: &str = "id, keyspace_id, name, owner, scopes, labels, meta, hash
 const KEYSPACE_COLS: &str = "id, name, prefix, policy, created_at, updated_at";
 const TOKEN_COLS: &str = "id, name, role, keyspace_ids, created_at, created_by, expires_at, \
     revoked_at, revoked_by, revoked_reason, last_used_at";
+const WEBHOOK_COLS: &str = "id, url, events, keyspace_id, created_at, created_by";
+const ANOMALY_COLS: &str = "id, key_id, keyspace_id, kind, detected_at, detail";
 const AUDIT_COLS: &str = "seq, id, at, actor_type, actor_id, actor_name, action, target_type, \
     target_id, reason, request_id, ip, changes, prev_hash, hash";
 
-fn map_err(e: sqlx::Error) -> StoreError {
+pub(crate) fn map_err(e: sqlx::Error) -> StoreError {
     match e {
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(
             db.constraint()
@@ -137,6 +142,47 @@ macro_rules! sql_backend {
             })
         }
 
+        fn webhook_from_row(r: &$Row) -> Result<Webhook> {
+            Ok(Webhook {
+                id: get(r, "id")?,
+                url: get(r, "url")?,
+                events: json("events", &get::<String>(r, "events")?)?,
+                keyspace_id: get(r, "keyspace_id")?,
+                created_at: Timestamp::from_millis(get(r, "created_at")?),
+                created_by: json("created_by", &get::<String>(r, "created_by")?)?,
+            })
+        }
+
+        fn anomaly_from_row(r: &$Row) -> Result<Anomaly> {
+            Ok(Anomaly {
+                id: get(r, "id")?,
+                key_id: get(r, "key_id")?,
+                keyspace_id: get(r, "keyspace_id")?,
+                kind: get(r, "kind")?,
+                detected_at: Timestamp::from_millis(get(r, "detected_at")?),
+                detail: json("detail", &get::<String>(r, "detail")?)?,
+            })
+        }
+
+        async fn fetch_webhook<'e, E: sqlx::Executor<'e, Database = $DB>>(e: E, id: &str) -> Result<Option<Webhook>> {
+            let sql = format!("SELECT {WEBHOOK_COLS} FROM webhooks WHERE id = $1");
+            let row = sqlx::query(&sql).bind(id).fetch_optional(e).await.map_err(map_err)?;
+            row.as_ref().map(webhook_from_row).transpose()
+        }
+
+        async fn keys_where(pool: &sqlx::Pool<$DB>, cond: &str, binds: &[i64], text: Option<&str>, limit: i64) -> Result<Vec<Key>> {
+            let sql = format!("SELECT {KEY_COLS} FROM keys WHERE {cond} ORDER BY created_at, id LIMIT {limit}");
+            let mut q = sqlx::query(&sql);
+            if let Some(t) = text {
+                q = q.bind(t.to_string());
+            }
+            for b in binds {
+                q = q.bind(*b);
+            }
+            let rows = q.fetch_all(pool).await.map_err(map_err)?;
+            rows.iter().map(key_from_row).collect()
+        }
+
         fn audit_from_row(r: &$Row) -> Result<AuditEvent> {
             let kind: String = get(r, "actor_type")?;
             Ok(AuditEvent {
@@ -195,6 +241,48 @@ macro_rules! sql_backend {
                 .execute(&mut *conn)
                 .await
                 .map_err(map_err)?;
+                for (minute, code, n) in &d.buckets {
+                    for (g, len) in GRANULARITIES {
+                        sqlx::query(
+                            "INSERT INTO usage_buckets (key_id, granularity, start_at, code, n) VALUES ($1, $2, $3, $4, $5) \
+                             ON CONFLICT (key_id, granularity, start_at, code) DO UPDATE SET n = usage_buckets.n + excluded.n",
+                        )
+                        .bind(&d.key_id)
+                        .bind(g)
+                        .bind(minute.div_euclid(len) * len)
+                        .bind(code)
+                        .bind(*n)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(map_err)?;
+                    }
+                }
+                for (ip, first, last, n) in &d.sources {
+                    sqlx::query(
+                        "INSERT INTO key_sources (key_id, ip, first_seen, last_seen, n) VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (key_id, ip) DO UPDATE SET n = key_sources.n + excluded.n, \
+                         last_seen = CASE WHEN excluded.last_seen > key_sources.last_seen THEN excluded.last_seen ELSE key_sources.last_seen END",
+                    )
+                    .bind(&d.key_id)
+                    .bind(ip)
+                    .bind(first.millis())
+                    .bind(last.millis())
+                    .bind(*n)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(map_err)?;
+                }
+                if !d.sources.is_empty() {
+                    sqlx::query(
+                        "DELETE FROM key_sources WHERE key_id = $1 AND ip NOT IN \
+                         (SELECT ip FROM key_sources WHERE key_id = $1 ORDER BY last_seen DESC, ip LIMIT $2)",
+                    )
+                    .bind(&d.key_id)
+                    .bind(MAX_SOURCES_PER_KEY)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(map_err)?;
+                }
             }
             Ok(())
         }
@@ -250,12 +338,16 @@ macro_rules! sql_backend {
         }
 
         pub struct $Tx {
-            tx: sqlx::Transaction<'static, $DB>,
+            pub(crate) tx: sqlx::Transaction<'static, $DB>,
             node: String,
         }
 
         #[async_trait]
         impl StoreTx for $Tx {
+            fn users(&mut self) -> &mut dyn crate::users::UserTx {
+                self
+            }
+
             async fn keyspace(&mut self, id: &str) -> Result<Option<Keyspace>> {
                 fetch_keyspace(&mut *self.tx, id).await
             }
@@ -481,6 +573,125 @@ macro_rules! sql_backend {
                 Ok(event)
             }
 
+            async fn enqueue(&mut self, e: &OutboxEvent) -> Result<()> {
+                sqlx::query("INSERT INTO webhook_events (id, type, at, keyspace_id, key_id, body) VALUES ($1, $2, $3, $4, $5, $6)")
+                    .bind(&e.id)
+                    .bind(&e.kind)
+                    .bind(e.at.millis())
+                    .bind(&e.keyspace_id)
+                    .bind(&e.key_id)
+                    .bind(&e.body)
+                    .execute(&mut *self.tx)
+                    .await
+                    .map_err(map_err)?;
+                let sql = format!("SELECT {WEBHOOK_COLS} FROM webhooks");
+                let rows = sqlx::query(&sql).fetch_all(&mut *self.tx).await.map_err(map_err)?;
+                for r in &rows {
+                    let hook = webhook_from_row(r)?;
+                    let kind_ok = hook.events.iter().any(|t| t == &e.kind);
+                    let ks_ok = hook.keyspace_id.is_none() || hook.keyspace_id == e.keyspace_id;
+                    if !(kind_ok && ks_ok) {
+                        continue;
+                    }
+                    sqlx::query(
+                        "INSERT INTO webhook_deliveries (id, webhook_id, event_id, attempts, next_at, lease_until, state, created_at) \
+                         VALUES ($1, $2, $3, 0, $4, NULL, 'pending', $4)",
+                    )
+                    .bind(keyward_core::id::new_id("dlv", e.at))
+                    .bind(&hook.id)
+                    .bind(&e.id)
+                    .bind(e.at.millis())
+                    .execute(&mut *self.tx)
+                    .await
+                    .map_err(map_err)?;
+                }
+                Ok(())
+            }
+
+            async fn insert_webhook(&mut self, h: &Webhook, secret: &str) -> Result<()> {
+                let sql = format!("INSERT INTO webhooks ({WEBHOOK_COLS}, secret) VALUES ($1, $2, $3, $4, $5, $6, $7)");
+                sqlx::query(&sql)
+                    .bind(&h.id)
+                    .bind(&h.url)
+                    .bind(to_json(&h.events))
+                    .bind(&h.keyspace_id)
+                    .bind(h.created_at.millis())
+                    .bind(to_json(&h.created_by))
+                    .bind(secret)
+                    .execute(&mut *self.tx)
+                    .await
+                    .map_err(map_err)?;
+                Ok(())
+            }
+
+            async fn webhook(&mut self, id: &str) -> Result<Option<Webhook>> {
+                fetch_webhook(&mut *self.tx, id).await
+            }
+
+            async fn delete_webhook(&mut self, id: &str) -> Result<()> {
+                for sql in [
+                    "DELETE FROM webhook_deliveries WHERE webhook_id = $1",
+                    "DELETE FROM webhooks WHERE id = $1",
+                ] {
+                    sqlx::query(sql).bind(id).execute(&mut *self.tx).await.map_err(map_err)?;
+                }
+                Ok(())
+            }
+
+            async fn mark_expired(&mut self, id: &str, now: Timestamp) -> Result<bool> {
+                let r = sqlx::query(
+                    "UPDATE keys SET expired_at = $2 WHERE id = $1 AND expired_at IS NULL AND revoked_at IS NULL \
+                     AND expires_at IS NOT NULL AND expires_at <= $2",
+                )
+                .bind(id)
+                .bind(now.millis())
+                .execute(&mut *self.tx)
+                .await
+                .map_err(map_err)?;
+                Ok(r.rows_affected() == 1)
+            }
+
+            async fn mark_warned(&mut self, id: &str, now: Timestamp) -> Result<bool> {
+                let r = sqlx::query("UPDATE keys SET warned_at = $2 WHERE id = $1 AND warned_at IS NULL")
+                    .bind(id)
+                    .bind(now.millis())
+                    .execute(&mut *self.tx)
+                    .await
+                    .map_err(map_err)?;
+                Ok(r.rows_affected() == 1)
+            }
+
+            async fn insert_anomaly(&mut self, a: &Anomaly, dedup: &str) -> Result<bool> {
+                let r = sqlx::query(
+                    "INSERT INTO anomalies (id, key_id, keyspace_id, kind, dedup, detected_at, detail) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (dedup) DO NOTHING",
+                )
+                .bind(&a.id)
+                .bind(&a.key_id)
+                .bind(&a.keyspace_id)
+                .bind(&a.kind)
+                .bind(dedup)
+                .bind(a.detected_at.millis())
+                .bind(to_json(&a.detail))
+                .execute(&mut *self.tx)
+                .await
+                .map_err(map_err)?;
+                Ok(r.rows_affected() == 1)
+            }
+
+            async fn copy_sources(&mut self, from_key: &str, to_key: &str) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO key_sources (key_id, ip, first_seen, last_seen, n) \
+                     SELECT $2, ip, first_seen, last_seen, n FROM key_sources WHERE key_id = $1 ON CONFLICT DO NOTHING",
+                )
+                .bind(from_key)
+                .bind(to_key)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(map_err)?;
+                Ok(())
+            }
+
             async fn commit(self: Box<Self>) -> Result<()> {
                 self.tx.commit().await.map_err(map_err)
             }
@@ -502,6 +713,10 @@ macro_rules! sql_backend {
 
         #[async_trait]
         impl Store for $Store {
+            fn users(&self) -> &dyn crate::users::UserStore {
+                self
+            }
+
             fn backend(&self) -> &'static str {
                 $name
             }
@@ -644,6 +859,228 @@ macro_rules! sql_backend {
                 tx.commit().await.map_err(map_err)
             }
 
+            async fn webhook(&self, id: &str) -> Result<Option<Webhook>> {
+                fetch_webhook(&self.pool, id).await
+            }
+
+            async fn list_webhooks(&self, page: &Page<TimeCursor>) -> Result<Vec<Webhook>> {
+                let mut q = sqlx::QueryBuilder::<$DB>::new(format!("SELECT {WEBHOOK_COLS} FROM webhooks WHERE 1 = 1"));
+                push_after_time(&mut q, &page.after);
+                q.push(" ORDER BY created_at DESC, id DESC LIMIT ").push_bind(page.limit);
+                let rows = q.build().fetch_all(&self.pool).await.map_err(map_err)?;
+                rows.iter().map(webhook_from_row).collect()
+            }
+
+            async fn due_deliveries(&self, now: Timestamp, limit: i64) -> Result<Vec<DueDelivery>> {
+                let rows = sqlx::query(
+                    "SELECT d.id, d.webhook_id, w.url, w.secret, d.event_id, e.type, e.body, d.attempts, d.created_at \
+                     FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id JOIN webhook_events e ON e.id = d.event_id \
+                     WHERE d.state = 'pending' AND d.next_at <= $1 AND (d.lease_until IS NULL OR d.lease_until < $1) \
+                     ORDER BY d.next_at, d.id LIMIT $2",
+                )
+                .bind(now.millis())
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map_err)?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(DueDelivery {
+                            id: get(r, "id")?,
+                            webhook_id: get(r, "webhook_id")?,
+                            url: get(r, "url")?,
+                            secret: get(r, "secret")?,
+                            event_id: get(r, "event_id")?,
+                            kind: get(r, "type")?,
+                            body: get(r, "body")?,
+                            attempts: get(r, "attempts")?,
+                            created_at: Timestamp::from_millis(get(r, "created_at")?),
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn claim_delivery(&self, id: &str, now: Timestamp, lease_until: Timestamp) -> Result<bool> {
+                let r = sqlx::query(
+                    "UPDATE webhook_deliveries SET lease_until = $3 WHERE id = $1 AND state = 'pending' \
+                     AND (lease_until IS NULL OR lease_until < $2)",
+                )
+                .bind(id)
+                .bind(now.millis())
+                .bind(lease_until.millis())
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?;
+                Ok(r.rows_affected() == 1)
+            }
+
+            async fn finish_attempt(&self, delivery_id: &str, webhook_id: &str, a: &Attempt, after: AfterAttempt) -> Result<()> {
+                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                sqlx::query(
+                    "INSERT INTO webhook_attempts (id, webhook_id, delivery_id, event_id, type, attempt, status_code, error, at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(&a.id)
+                .bind(webhook_id)
+                .bind(delivery_id)
+                .bind(&a.event_id)
+                .bind(&a.kind)
+                .bind(a.attempt)
+                .bind(a.status_code)
+                .bind(&a.error)
+                .bind(a.at.millis())
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                let (state, next) = match after {
+                    AfterAttempt::Delivered => ("done", a.at.millis()),
+                    AfterAttempt::GiveUp => ("failed", a.at.millis()),
+                    AfterAttempt::RetryAt(t) => ("pending", t.millis()),
+                };
+                sqlx::query("UPDATE webhook_deliveries SET attempts = $2, state = $3, next_at = $4, lease_until = NULL WHERE id = $1")
+                    .bind(delivery_id)
+                    .bind(a.attempt)
+                    .bind(state)
+                    .bind(next)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                tx.commit().await.map_err(map_err)
+            }
+
+            async fn list_attempts(&self, webhook_id: &str, page: &Page<TimeCursor>) -> Result<Vec<Attempt>> {
+                let mut q = sqlx::QueryBuilder::<$DB>::new(
+                    "SELECT id, event_id, type, attempt, status_code, error, at FROM webhook_attempts WHERE webhook_id = ",
+                );
+                q.push_bind(webhook_id.to_string());
+                if let Some((at, id)) = &page.after {
+                    q.push(" AND (at < ").push_bind(*at);
+                    q.push(" OR (at = ").push_bind(*at);
+                    q.push(" AND id < ").push_bind(id.clone()).push("))");
+                }
+                q.push(" ORDER BY at DESC, id DESC LIMIT ").push_bind(page.limit);
+                let rows = q.build().fetch_all(&self.pool).await.map_err(map_err)?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(Attempt {
+                            id: get(r, "id")?,
+                            event_id: get(r, "event_id")?,
+                            kind: get(r, "type")?,
+                            attempt: get(r, "attempt")?,
+                            status_code: get(r, "status_code")?,
+                            error: get(r, "error")?,
+                            at: Timestamp::from_millis(get(r, "at")?),
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn usage(&self, key_ids: Option<&[String]>, granularity: &str, from: Timestamp, to: Timestamp) -> Result<Vec<Bucket>> {
+                let mut q = sqlx::QueryBuilder::<$DB>::new("SELECT key_id, start_at, code, n FROM usage_buckets WHERE granularity = ");
+                q.push_bind(granularity.to_string());
+                q.push(" AND start_at >= ").push_bind(from.millis());
+                q.push(" AND start_at < ").push_bind(to.millis());
+                push_in(&mut q, "key_id", &key_ids.map(<[String]>::to_vec));
+                q.push(" ORDER BY start_at, key_id, code");
+                let rows = q.build().fetch_all(&self.pool).await.map_err(map_err)?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(Bucket {
+                            key_id: get(r, "key_id")?,
+                            start: Timestamp::from_millis(get(r, "start_at")?),
+                            code: get(r, "code")?,
+                            n: get(r, "n")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn prune_usage(&self, granularity: &str, before: Timestamp) -> Result<u64> {
+                let r = sqlx::query("DELETE FROM usage_buckets WHERE granularity = $1 AND start_at < $2")
+                    .bind(granularity)
+                    .bind(before.millis())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(map_err)?;
+                Ok(r.rows_affected())
+            }
+
+            async fn sources(&self, key_id: &str) -> Result<Vec<Source>> {
+                let rows = sqlx::query(
+                    "SELECT ip, first_seen, last_seen, n FROM key_sources WHERE key_id = $1 ORDER BY last_seen DESC, ip",
+                )
+                .bind(key_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map_err)?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(Source {
+                            ip: get(r, "ip")?,
+                            first_seen: Timestamp::from_millis(get(r, "first_seen")?),
+                            last_seen: Timestamp::from_millis(get(r, "last_seen")?),
+                            count: get(r, "n")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn known_sources(&self, key_id: &str) -> Result<Vec<String>> {
+                let rows = sqlx::query("SELECT ip FROM key_sources WHERE key_id = $1")
+                    .bind(key_id)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(map_err)?;
+                rows.iter().map(|r| get(r, "ip")).collect()
+            }
+
+            async fn list_anomalies(&self, f: &AnomalyFilter) -> Result<Vec<Anomaly>> {
+                let mut q = sqlx::QueryBuilder::<$DB>::new(format!("SELECT {ANOMALY_COLS} FROM anomalies WHERE 1 = 1"));
+                push_in(&mut q, "keyspace_id", &f.keyspace_ids);
+                if let Some(k) = &f.key_id {
+                    q.push(" AND key_id = ").push_bind(k.clone());
+                }
+                if let Some(since) = f.since {
+                    q.push(" AND detected_at >= ").push_bind(since.millis());
+                }
+                if let Some((at, id)) = &f.page.after {
+                    q.push(" AND (detected_at < ").push_bind(*at);
+                    q.push(" OR (detected_at = ").push_bind(*at);
+                    q.push(" AND id < ").push_bind(id.clone()).push("))");
+                }
+                q.push(" ORDER BY detected_at DESC, id DESC LIMIT ").push_bind(f.page.limit);
+                let rows = q.build().fetch_all(&self.pool).await.map_err(map_err)?;
+                rows.iter().map(anomaly_from_row).collect()
+            }
+
+            async fn expired_unmarked(&self, now: Timestamp, limit: i64) -> Result<Vec<Key>> {
+                keys_where(&self.pool, "revoked_at IS NULL AND expired_at IS NULL AND expires_at IS NOT NULL AND expires_at <= $1", &[now.millis()], None, limit).await
+            }
+
+            async fn expiring_unwarned(&self, keyspace_id: &str, now: Timestamp, until: Timestamp, limit: i64) -> Result<Vec<Key>> {
+                keys_where(
+                    &self.pool,
+                    "keyspace_id = $1 AND revoked_at IS NULL AND rotated_to IS NULL AND warned_at IS NULL AND expires_at IS NOT NULL \
+                     AND expires_at > $2 AND expires_at <= $3",
+                    &[now.millis(), until.millis()],
+                    Some(keyspace_id),
+                    limit,
+                )
+                .await
+            }
+
+            async fn inactive_since(&self, keyspace_id: &str, now: Timestamp, cutoff: Timestamp, limit: i64) -> Result<Vec<Key>> {
+                keys_where(
+                    &self.pool,
+                    "keyspace_id = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2) \
+                     AND COALESCE(last_used_at, created_at) <= $3",
+                    &[now.millis(), cutoff.millis()],
+                    Some(keyspace_id),
+                    limit,
+                )
+                .await
+            }
+
             async fn changes_after(&self, seq: i64, limit: i64) -> Result<Vec<Change>> {
                 let rows = sqlx::query("SELECT seq, key_id, key_hash, origin FROM change_feed WHERE seq > $1 ORDER BY seq LIMIT $2")
                     .bind(seq)
@@ -722,12 +1159,19 @@ pub mod sqlite {
 
     use super::*;
 
-    const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
+    const MIGRATIONS: &[(i64, &str)] = &[
+        (1, include_str!("../migrations/sqlite/0001_init.sql")),
+        (
+            2,
+            include_str!("../migrations/sqlite/0002_lifecycle_usage.sql"),
+        ),
+        (3, include_str!("../migrations/sqlite/0003_users.sql")),
+    ];
 
     /// The embedded single-node backend: one SQLite file in WAL mode.
     #[derive(Clone)]
     pub struct SqliteStore {
-        pool: SqlitePool,
+        pub(crate) pool: SqlitePool,
         node: String,
     }
 
@@ -776,14 +1220,21 @@ pub mod postgres {
 
     use super::*;
 
-    const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001_init.sql"))];
+    const MIGRATIONS: &[(i64, &str)] = &[
+        (1, include_str!("../migrations/postgres/0001_init.sql")),
+        (
+            2,
+            include_str!("../migrations/postgres/0002_lifecycle_usage.sql"),
+        ),
+        (3, include_str!("../migrations/postgres/0003_users.sql")),
+    ];
     /// Advisory lock id held while migrating, so nodes starting together migrate once.
     const MIGRATION_LOCK: i64 = 0x6b_6579_7761_7264; // "keyward" in ASCII
 
     /// The cluster backend: any number of nodes share one PostgreSQL database.
     #[derive(Clone)]
     pub struct PgStore {
-        pool: PgPool,
+        pub(crate) pool: PgPool,
         node: String,
     }
 

@@ -32,6 +32,9 @@ pub enum Command {
     /// Management tokens (created on the database directly).
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Dashboard users (created and disabled on the database directly).
+    #[command(subcommand)]
+    User(UserCmd),
     /// API keys, through a running server (KEYWARD_URL, KEYWARD_TOKEN).
     #[command(subcommand)]
     Keys(KeysCmd),
@@ -89,6 +92,29 @@ pub enum TokenCmd {
         /// Lifetime, e.g. 90d, 12h, 3600.
         #[arg(long, value_parser = parse_duration)]
         ttl: Option<i64>,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum UserCmd {
+    /// Create a dashboard user; asks for the password (or reads one line with --password-stdin).
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long, value_parser = ["admin", "manager", "viewer", "auditor", "verifier"])]
+        role: String,
+        /// Read the password from the first line of standard input (for scripts).
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Disable a dashboard user and end its sessions.
+    Disable {
+        #[arg(long)]
+        email: String,
         #[command(flatten)]
         db: DbArgs,
     },
@@ -240,6 +266,15 @@ pub async fn run(cli: Cli) -> ExitCode {
             ttl,
             db,
         }) => crate::offline::token_create(&db.database_url, name, &role, keyspaces, ttl).await,
+        Command::User(UserCmd::Create {
+            email,
+            role,
+            password_stdin,
+            db,
+        }) => crate::offline::user_create(&db.database_url, &email, &role, password_stdin).await,
+        Command::User(UserCmd::Disable { email, db }) => {
+            crate::offline::user_disable(&db.database_url, &email).await
+        }
         Command::Keys(cmd) => match keys(cmd).await {
             Ok(code) => code,
             Err(e) => fail(e),

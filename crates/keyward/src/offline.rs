@@ -1,9 +1,10 @@
-//! Commands that work on the database directly: `serve` and `token create`.
+//! Commands that work on the database directly: `serve`, `token create` and `user create|disable`.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use keyward_core::model::{Actor, Role};
+use keyward_core::secret::Secret;
 use keyward_core::time::SystemClock;
 use keyward_server::service::{self, Ctx};
 use keyward_server::{AppState, Config};
@@ -86,6 +87,7 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
         ..Config::default()
     };
     let state = AppState::new(store, Arc::new(SystemClock), config);
+    announce_setup_link(&state, &addr).await;
     tracing::info!(
         listen = %addr,
         database = %keyward_store::redact_url(&args.db.database_url),
@@ -147,5 +149,114 @@ pub async fn token_create(
             eprintln!("error: {}: {}", e.code.as_str(), e.message);
             ExitCode::from(1)
         }
+    }
+}
+
+/// On a database without users, prints the one-time link that creates the first admin in the
+/// browser (stdout for the person at the terminal, and the log).
+async fn announce_setup_link(state: &AppState, addr: &str) {
+    match keyward_server::accounts::issue_setup_token(state).await {
+        Ok(Some(token)) => {
+            // A wildcard listen address is not something a browser can open.
+            let host = match addr.parse::<std::net::SocketAddr>() {
+                Ok(a) if a.ip().is_unspecified() => format!("localhost:{}", a.port()),
+                _ => addr.to_string(),
+            };
+            let link = format!("http://{host}/setup?token={}", token.expose());
+            let minutes = keyward_server::accounts::SETUP_TTL_SECS / 60;
+            println!(
+                "No dashboard users yet. Create the first admin within {minutes} minutes (the link works once):\n\n    {link}\n"
+            );
+            tracing::info!(%link, "first run: open the one-time setup link to create the first admin");
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e.message, "could not create the first-run setup link"),
+    }
+}
+
+fn role_arg(role: &str) -> Option<Role> {
+    let r = Role::parse(role);
+    if r.is_none() {
+        eprintln!("error: unknown role '{role}'");
+    }
+    r
+}
+
+/// The password: one line of standard input with `--password-stdin`, otherwise asked twice on
+/// the terminal (without echo).
+fn read_password(from_stdin: bool) -> Result<Secret, String> {
+    if from_stdin || !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read the password from standard input: {e}"))?;
+        let pw = line.trim_end_matches(['\n', '\r']).to_string();
+        return Ok(Secret::new(pw));
+    }
+    let first = rpassword::prompt_password("Password (at least 12 characters): ")
+        .map_err(|e| format!("cannot read the password: {e}"))?;
+    let second = rpassword::prompt_password("Repeat the password: ")
+        .map_err(|e| format!("cannot read the password: {e}"))?;
+    if first != second {
+        return Err("the two passwords differ".into());
+    }
+    Ok(Secret::new(first))
+}
+
+pub async fn user_create(url: &str, email: &str, role: &str, password_stdin: bool) -> ExitCode {
+    let Some(role) = role_arg(role) else {
+        return ExitCode::from(2);
+    };
+    let password = match read_password(password_stdin) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let Some(store) = open(url).await else {
+        return ExitCode::from(1);
+    };
+    let state = AppState::new(store, Arc::new(SystemClock), Config::default());
+    match keyward_server::accounts::create_user(&state, &cli_ctx(), email, role, password).await {
+        Ok(user) => {
+            println!(
+                "created {} ({}, {})",
+                user.id,
+                user.email,
+                user.role.as_str()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}: {}", e.code.as_str(), e.message);
+            ExitCode::from(1)
+        }
+    }
+}
+
+pub async fn user_disable(url: &str, email: &str) -> ExitCode {
+    let Some(store) = open(url).await else {
+        return ExitCode::from(1);
+    };
+    let state = AppState::new(store, Arc::new(SystemClock), Config::default());
+    match keyward_server::accounts::disable_user(&state, &cli_ctx(), email).await {
+        Ok(user) => {
+            println!("disabled {} ({})", user.id, user.email);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}: {}", e.code.as_str(), e.message);
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn cli_ctx() -> Ctx {
+    Ctx {
+        actor: cli_actor(),
+        request_id: None,
+        ip: None,
+        keyspaces: None,
     }
 }

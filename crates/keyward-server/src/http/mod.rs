@@ -8,7 +8,7 @@ pub mod verify;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use serde_json::json;
@@ -20,7 +20,6 @@ pub const OPENAPI: &str = include_str!("../openapi.json");
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/", get(index))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -45,6 +44,22 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit", get(v1::list_audit))
         .route("/v1/audit/verify", get(v1::verify_audit))
         .route("/v1/audit/export", get(v1::export_audit))
+        .route("/v1/keys/{id}/usage", get(v1::key_usage))
+        .route("/v1/keys/{id}/sources", get(v1::key_sources))
+        .route("/v1/keyspaces/{id}/usage", get(v1::keyspace_usage))
+        .route("/v1/anomalies", get(v1::list_anomalies))
+        .route(
+            "/v1/webhooks",
+            post(v1::create_webhook).get(v1::list_webhooks),
+        )
+        .route(
+            "/v1/webhooks/{id}",
+            axum::routing::delete(v1::delete_webhook),
+        )
+        .route("/v1/webhooks/{id}/deliveries", get(v1::list_deliveries))
+        .route("/v1/reports/inventory", get(v1::inventory))
+        // The web dashboard: `/`, `/login`, `/keys`, ... and `/static/...`.
+        .merge(crate::dashboard::router())
         .fallback(not_found)
         .layer(middleware::from_fn(request_context))
         .with_state(state)
@@ -108,14 +123,6 @@ async fn request_context(req: Request, next: Next) -> Response {
         "request"
     );
     res
-}
-
-async fn index() -> Html<&'static str> {
-    Html(concat!(
-        "<!doctype html><html><head><meta charset=utf-8><title>keyward</title></head><body>",
-        "<h1>keyward</h1><p>The API is served under <code>/v1</code>; its description is at ",
-        "<a href=\"/v1/openapi.json\">/v1/openapi.json</a>.</p></body></html>"
-    ))
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -193,7 +193,10 @@ pub async fn list_keys(
         },
     };
     let rows = st.store.list_keys(&filter).await?;
-    let (rows, more) = split_page(rows, limit);
+    let (mut rows, more) = split_page(rows, limit);
+    for k in rows.iter_mut() {
+        service::report_successor_quota(&st, k).await?;
+    }
     let next = more
         .then(|| {
             rows.last()
@@ -494,4 +497,315 @@ pub async fn export_audit(
         "application/x-ndjson"
     };
     Ok(([(header::CONTENT_TYPE, ctype)], Body::from_stream(stream)).into_response())
+}
+
+// ---------------------------------------------------------------- webhooks
+
+pub async fn create_webhook(
+    State(st): State<AppState>,
+    auth: Auth,
+    body: JsonBody,
+) -> Result<Response> {
+    auth.require(Permission::ManageTokens)?;
+    let input = body.parse()?;
+    let (hook, secret) = service::create_webhook(&st, &auth.ctx(), input).await?;
+    let mut v = json!(hook);
+    v["secret"] = json!(secret.expose());
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+pub async fn list_webhooks(
+    State(st): State<AppState>,
+    auth: Auth,
+    mut params: Params,
+) -> Result<Json<Value>> {
+    auth.require(Permission::ManageTokens)?;
+    auth.ctx().require_unlimited("reading webhooks")?;
+    let limit = params.take_limit()?;
+    let fp = "webhooks";
+    let after = time_cursor(params.take("cursor")?, fp)?;
+    params.finish()?;
+    let rows = st
+        .store
+        .list_webhooks(&Page {
+            limit: limit + 1,
+            after,
+        })
+        .await?;
+    let (rows, more) = split_page(rows, limit);
+    let next = more
+        .then(|| {
+            rows.last()
+                .map(|w| encode_cursor(&format!("{}:{}", w.created_at.millis(), w.id), fp))
+        })
+        .flatten();
+    Ok(list(rows, next))
+}
+
+pub async fn delete_webhook(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    auth.require(Permission::ManageTokens)?;
+    service::delete_webhook(&st, &auth.ctx(), &id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn list_deliveries(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    mut params: Params,
+) -> Result<Json<Value>> {
+    auth.require(Permission::ManageTokens)?;
+    auth.ctx().require_unlimited("reading webhooks")?;
+    let limit = params.take_limit()?;
+    let fp = format!("deliveries|{id}");
+    let after = time_cursor(params.take("cursor")?, &fp)?;
+    params.finish()?;
+    if st.store.webhook(&id).await?.is_none() {
+        return Err(Error::not_found("webhook not found"));
+    }
+    let rows = st
+        .store
+        .list_attempts(
+            &id,
+            &Page {
+                limit: limit + 1,
+                after,
+            },
+        )
+        .await?;
+    let (rows, more) = split_page(rows, limit);
+    let next = more
+        .then(|| {
+            rows.last()
+                .map(|a| encode_cursor(&format!("{}:{}", a.at.millis(), a.id), &fp))
+        })
+        .flatten();
+    Ok(list(rows, next))
+}
+
+// ---------------------------------------------------------------- usage and anomalies
+
+fn granularity(p: &mut Params) -> Result<(&'static str, &'static str)> {
+    match p.take("granularity")?.as_deref() {
+        None | Some("hour") => Ok(("hour", "h")),
+        Some("minute") => Ok(("minute", "m")),
+        Some("day") => Ok(("day", "d")),
+        Some(_) => Err(Error::bad_request(
+            "granularity must be minute, hour or day",
+        )),
+    }
+}
+
+fn range(
+    p: &mut Params,
+    now: keyward_core::time::Timestamp,
+) -> Result<(keyward_core::time::Timestamp, keyward_core::time::Timestamp)> {
+    let to = p.take_time("to")?.unwrap_or(now);
+    let from = p.take_time("from")?.unwrap_or(to.plus_secs(-86_400));
+    if from > to {
+        return Err(Error::bad_request("from is after to"));
+    }
+    Ok((from, to))
+}
+
+/// Buckets grouped by start (oldest first, empty ones omitted) and their totals.
+fn usage_series(buckets: &[keyward_store::Bucket]) -> (Vec<Value>, Value) {
+    use std::collections::BTreeMap;
+    let mut by_start: BTreeMap<i64, (i64, serde_json::Map<String, Value>)> = BTreeMap::new();
+    let mut total_valid = 0;
+    let mut total_denied: BTreeMap<String, i64> = BTreeMap::new();
+    for b in buckets {
+        let e = by_start.entry(b.start.millis()).or_default();
+        if b.code == "VALID" {
+            e.0 += b.n;
+            total_valid += b.n;
+        } else {
+            let n = e.1.get(&b.code).and_then(Value::as_i64).unwrap_or(0) + b.n;
+            e.1.insert(b.code.clone(), json!(n));
+            *total_denied.entry(b.code.clone()).or_default() += b.n;
+        }
+    }
+    let series = by_start
+        .into_iter()
+        .map(|(start, (valid, denied))| {
+            json!({"start": keyward_core::time::Timestamp::from_millis(start), "valid": valid, "denied": denied})
+        })
+        .collect();
+    (
+        series,
+        json!({"valid": total_valid, "denied": total_denied}),
+    )
+}
+
+pub async fn key_usage(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    mut params: Params,
+) -> Result<Json<Value>> {
+    auth.require(Permission::ReadKeys)?;
+    let (name, g) = granularity(&mut params)?;
+    let (from, to) = range(&mut params, st.clock.now())?;
+    params.finish()?;
+    let key = service::get_key(&st, &auth.ctx(), &id).await?;
+    let buckets = st
+        .store
+        .usage(Some(std::slice::from_ref(&key.id)), g, from, to)
+        .await?;
+    let (series, totals) = usage_series(&buckets);
+    Ok(Json(
+        json!({"key_id": key.id, "granularity": name, "from": from, "to": to, "buckets": series, "totals": totals}),
+    ))
+}
+
+/// Keyspace-wide usage: totals over time and the top keys by calls and by denials.
+pub async fn keyspace_usage(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    mut params: Params,
+) -> Result<Json<Value>> {
+    auth.require(Permission::ReadKeys)?;
+    let (name, g) = granularity(&mut params)?;
+    let (from, to) = range(&mut params, st.clock.now())?;
+    let top = params.take_int("top", 1)?.unwrap_or(10).min(100) as usize;
+    params.finish()?;
+    let ks = service::get_keyspace(&st, &auth.ctx(), &id).await?;
+    let mut ids = Vec::new();
+    let mut names = std::collections::HashMap::new();
+    let mut after = None;
+    loop {
+        let filter = KeyFilter {
+            keyspace_ids: Some(vec![ks.id.clone()]),
+            now: st.clock.now(),
+            page: Page {
+                limit: 500,
+                after: after.clone(),
+            },
+            ..KeyFilter::default()
+        };
+        let keys = st.store.list_keys(&filter).await?;
+        let Some(last) = keys.last() else { break };
+        after = Some((last.created_at.millis(), last.id.clone()));
+        for k in keys {
+            names.insert(k.id.clone(), k.name.clone());
+            ids.push(k.id);
+        }
+    }
+    let buckets = if ids.is_empty() {
+        Vec::new()
+    } else {
+        st.store.usage(Some(&ids), g, from, to).await?
+    };
+    let (series, totals) = usage_series(&buckets);
+    let mut valid: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+    let mut denied: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+    for b in &buckets {
+        let m = if b.code == "VALID" {
+            &mut valid
+        } else {
+            &mut denied
+        };
+        *m.entry(b.key_id.as_str()).or_default() += b.n;
+    }
+    let rank = |m: std::collections::HashMap<&str, i64>, field: &str| -> Vec<Value> {
+        let mut v: Vec<(&str, i64)> = m.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        v.into_iter()
+            .take(top)
+            .map(|(k, n)| json!({"key_id": k, "name": names.get(k), field: n}))
+            .collect()
+    };
+    Ok(Json(json!({
+        "keyspace_id": ks.id, "granularity": name, "from": from, "to": to, "buckets": series, "totals": totals,
+        "top_by_calls": rank(valid, "valid"), "top_by_denials": rank(denied, "denied"),
+    })))
+}
+
+pub async fn key_sources(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Value>> {
+    auth.require(Permission::ReadKeys)?;
+    let key = service::get_key(&st, &auth.ctx(), &id).await?;
+    Ok(Json(
+        json!({"key_id": key.id, "items": st.store.sources(&key.id).await?}),
+    ))
+}
+
+pub async fn list_anomalies(
+    State(st): State<AppState>,
+    auth: Auth,
+    mut params: Params,
+) -> Result<Json<Value>> {
+    auth.require(Permission::ReadKeys)?;
+    let limit = params.take_limit()?;
+    let cursor = params.take("cursor")?;
+    let keyspace_id = params.take("keyspace_id")?;
+    let key_id = params.take("key_id")?;
+    let since = params.take_time("since")?;
+    params.finish()?;
+    let fp = format!("anomalies|{keyspace_id:?}|{key_id:?}|{since:?}");
+    let after = time_cursor(cursor, &fp)?;
+    let keyspace_ids = match (keyspace_id, &auth.token.keyspace_ids) {
+        (Some(id), Some(l)) if !l.contains(&id) => Some(Vec::new()),
+        (Some(id), _) => Some(vec![id]),
+        (None, l) => l.clone(),
+    };
+    let f = keyward_store::AnomalyFilter {
+        keyspace_ids,
+        key_id,
+        since,
+        page: Page {
+            limit: limit + 1,
+            after,
+        },
+    };
+    let rows = st.store.list_anomalies(&f).await?;
+    let (rows, more) = split_page(rows, limit);
+    let next = more
+        .then(|| {
+            rows.last()
+                .map(|a| encode_cursor(&format!("{}:{}", a.detected_at.millis(), a.id), &fp))
+        })
+        .flatten();
+    Ok(list(rows, next))
+}
+
+// ---------------------------------------------------------------- reports
+
+pub async fn inventory(
+    State(st): State<AppState>,
+    auth: Auth,
+    mut params: Params,
+) -> Result<Response> {
+    auth.require(Permission::ReadAudit)?;
+    let ctx = auth.ctx();
+    ctx.require_unlimited("reading reports")?;
+    let keyspace_id = params.take("keyspace_id")?;
+    let format = params.take("format")?.unwrap_or_else(|| "json".into());
+    params.finish()?;
+    if !matches!(format.as_str(), "json" | "csv") {
+        return Err(Error::bad_request("format must be json or csv"));
+    }
+    let rows = crate::reports::inventory(&st, &ctx, keyspace_id.as_deref()).await?;
+    if format == "csv" {
+        let headers = [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"keyward-inventory.csv\"".to_string(),
+            ),
+        ];
+        return Ok((headers, crate::reports::to_csv(&rows)).into_response());
+    }
+    Ok(
+        Json(json!({"keyspace_id": keyspace_id, "generated_at": st.clock.now(), "items": rows}))
+            .into_response(),
+    )
 }

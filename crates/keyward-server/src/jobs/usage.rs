@@ -1,10 +1,17 @@
 //! The usage flusher: writes the counts gathered by the verification path in one batch every
 //! `KEYWARD_USAGE_FLUSH_MS`, and once more at shutdown. A failed batch is put back and retried,
-//! so counts are lost only if the process dies (at most one flush interval's worth).
+//! so counts are lost only if the process dies (at most one flush interval's worth). It also
+//! turns what the verification path noticed into anomalies (`new_source`,
+//! `dormant_reactivated`).
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use keyward_store::UsageDelta;
+use serde_json::json;
+
+use crate::anomalies::{self, Found};
 use crate::state::AppState;
 
 /// Writes everything pending now. Holds the write gate so a control-plane change that sets a
@@ -14,12 +21,77 @@ pub async fn flush(state: &AppState) -> Result<usize, keyward_store::StoreError>
     flush_locked(state).await
 }
 
+/// Addresses never seen before for their key. The first address a key is ever seen from is not
+/// an anomaly.
+async fn new_sources(
+    state: &AppState,
+    deltas: &[UsageDelta],
+) -> Result<Vec<Found>, keyward_store::StoreError> {
+    let mut found = Vec::new();
+    for d in deltas.iter().filter(|d| !d.sources.is_empty()) {
+        let ips: Vec<String> = d.sources.iter().map(|s| s.0.clone()).collect();
+        let unknown = state.verifier.unknown_sources(&d.key_id, &ips);
+        if unknown.is_empty() {
+            continue;
+        }
+        let stored: HashSet<String> = state
+            .store
+            .known_sources(&d.key_id)
+            .await?
+            .into_iter()
+            .collect();
+        let mut fresh: Vec<&(
+            String,
+            keyward_core::time::Timestamp,
+            keyward_core::time::Timestamp,
+            i64,
+        )> = d
+            .sources
+            .iter()
+            .filter(|s| unknown.contains(&s.0) && !stored.contains(&s.0))
+            .collect();
+        fresh.sort_by_key(|s| s.1);
+        let mut skip_first = stored.is_empty();
+        let keyspace_id = state
+            .store
+            .key(&d.key_id)
+            .await?
+            .map(|k| k.keyspace_id)
+            .unwrap_or_default();
+        for s in fresh {
+            if std::mem::take(&mut skip_first) {
+                continue;
+            }
+            found.push(anomalies::found(
+                &d.key_id,
+                &keyspace_id,
+                "new_source",
+                format!("new_source:{}:{}", d.key_id, s.0),
+                s.1,
+                json!({"ip": s.0, "known_sources": stored.len(), "first_seen": s.1}),
+            ));
+        }
+        state
+            .verifier
+            .remember_sources(&d.key_id, stored.into_iter().chain(ips));
+    }
+    Ok(found)
+}
+
 /// [`flush`] for callers that already hold the write gate.
 pub async fn flush_locked(state: &AppState) -> Result<usize, keyward_store::StoreError> {
-    let deltas = state.verifier.take_usage();
-    if deltas.is_empty() {
+    let (deltas, reactivations) = state.verifier.take_usage();
+    if deltas.is_empty() && reactivations.is_empty() {
         return Ok(0);
     }
+    let mut found = match new_sources(state, &deltas).await {
+        Ok(f) => f,
+        Err(e) => {
+            state.metrics.flush_failures.fetch_add(1, Ordering::Relaxed);
+            state.verifier.restore_usage(deltas);
+            return Err(e);
+        }
+    };
     let n = deltas.len();
     match state.store.apply_usage(&deltas).await {
         Ok(()) => {
@@ -32,14 +104,28 @@ pub async fn flush_locked(state: &AppState) -> Result<usize, keyward_store::Stor
                 .metrics
                 .last_flush_batch
                 .store(n as u64, Ordering::Relaxed);
-            Ok(n)
         }
         Err(e) => {
             state.metrics.flush_failures.fetch_add(1, Ordering::Relaxed);
             state.verifier.restore_usage(deltas);
-            Err(e)
+            return Err(e);
         }
     }
+    for r in reactivations {
+        let silent = (r.at.millis() - r.previous_use.millis()) / 1000;
+        found.push(anomalies::found(
+            &r.key_id,
+            &r.keyspace_id,
+            "dormant_reactivated",
+            format!("dormant_reactivated:{}:{}", r.key_id, r.at.millis()),
+            r.at,
+            json!({"previous_use": r.previous_use, "silent_secs": silent}),
+        ));
+    }
+    if let Err(e) = anomalies::record(state, found).await {
+        tracing::warn!(error = %e, "could not record anomalies found while flushing usage");
+    }
+    Ok(n)
 }
 
 /// Runs until `shutdown` resolves, then flushes one last time.

@@ -1,1 +1,943 @@
-//! (tests to come)
+//! The conventions every endpoint shares: the error envelope and request ids, JSON bodies
+//! (400, 413, 415), list paging and cursors, unknown routes, and the operational endpoints.
+
+use std::collections::HashSet;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::both;
+use crate::helpers::{Res, TestApp};
+
+/// Like `both!`, on a manual clock that moves only with `app.advance(secs)`.
+macro_rules! both_manual {
+    ($name:ident) => {
+        mod $name {
+            use crate::helpers::{spawn_with, Backend, Options};
+            fn opts() -> Options {
+                Options {
+                    manual_clock: true,
+                    ..Options::default()
+                }
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                if let Some(app) = spawn_with(Backend::Sqlite, opts()).await {
+                    super::$name(app).await;
+                }
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(app) = spawn_with(Backend::Postgres, opts()).await {
+                    super::$name(app).await;
+                }
+            }
+        }
+    };
+}
+
+/// A request with exactly these headers and body bytes (no JSON encoding by the client).
+/// Oversized bodies go on a connection of their own: the server answers 413 without reading
+/// them and closes that connection, which a pooled client could otherwise try to reuse.
+async fn raw(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> Res {
+    let oversized = body.as_ref().is_some_and(|b| b.len() > 64 * 1024);
+    let client = if oversized {
+        reqwest::Client::new()
+    } else {
+        app.http.clone()
+    };
+    let mut r = client.request(method, format!("{}{}", app.url, path));
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    if let Some(b) = body {
+        r = r.body(b);
+    }
+    let res = r.send().await.unwrap();
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let text = res.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Res {
+        status,
+        body,
+        headers,
+    }
+}
+
+fn auth(app: &TestApp) -> String {
+    format!("Bearer {}", app.admin)
+}
+
+/// Asserts the error envelope: the status, `{"error": {"code", "message", "request_id"}}` with
+/// nothing else, and a `request_id` equal to the `x-request-id` header.
+#[track_caller]
+fn assert_error(res: &Res, status: u16, code: &str) {
+    assert_eq!(res.status, status, "unexpected status; body: {}", res.body);
+    let obj = res
+        .body
+        .as_object()
+        .unwrap_or_else(|| panic!("error body is not an object: {}", res.body));
+    assert_eq!(obj.len(), 1, "the envelope has only `error`: {}", res.body);
+    let err = res.body["error"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no error object: {}", res.body));
+    let mut fields: Vec<&str> = err.keys().map(String::as_str).collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        ["code", "message", "request_id"],
+        "error fields: {}",
+        res.body
+    );
+    assert_eq!(res.code(), code, "error code; body: {}", res.body);
+    assert!(
+        !err["message"].as_str().unwrap().is_empty(),
+        "a human-readable message"
+    );
+    let header = res
+        .headers
+        .get("x-request-id")
+        .expect("x-request-id header")
+        .to_str()
+        .unwrap();
+    assert!(!header.is_empty());
+    assert_eq!(
+        err["request_id"].as_str().unwrap(),
+        header,
+        "body request_id equals the header"
+    );
+}
+
+fn ids(res: &Res) -> Vec<String> {
+    res.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+// ---------------------------------------------------------------- envelope and request ids
+
+async fn an_error_has_the_envelope_and_echoes_the_request_id(app: TestApp) {
+    let res = raw(
+        &app,
+        Method::GET,
+        "/v1/keys/key_doesnotexist0000000000",
+        &[
+            ("authorization", &auth(&app)),
+            ("x-request-id", "client-chosen-id-42"),
+        ],
+        None,
+    )
+    .await;
+    assert_error(&res, 404, "NOT_FOUND");
+    assert_eq!(res.headers["x-request-id"], "client-chosen-id-42");
+    assert_eq!(res.body["error"]["request_id"], "client-chosen-id-42");
+}
+both!(an_error_has_the_envelope_and_echoes_the_request_id);
+
+async fn a_request_id_is_generated_when_the_client_sends_none(app: TestApp) {
+    let a = app.get("/v1/keys/key_doesnotexist0000000000").await;
+    let b = app.get("/v1/keys/key_doesnotexist0000000000").await;
+    assert_error(&a, 404, "NOT_FOUND");
+    assert_error(&b, 404, "NOT_FOUND");
+    assert_ne!(
+        a.headers["x-request-id"], b.headers["x-request-id"],
+        "each request gets its own id"
+    );
+}
+both!(a_request_id_is_generated_when_the_client_sends_none);
+
+async fn successful_responses_carry_a_request_id_too(app: TestApp) {
+    let res = app.get("/v1/keyspaces").await.expect(200);
+    assert!(!res.headers["x-request-id"].to_str().unwrap().is_empty());
+    let res = raw(
+        &app,
+        Method::GET,
+        "/healthz",
+        &[("x-request-id", "probe-1")],
+        None,
+    )
+    .await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.headers["x-request-id"], "probe-1");
+    // The data plane too, on a denied verification and on a 400.
+    let res = raw(
+        &app,
+        Method::POST,
+        "/v1/verify",
+        &[
+            ("content-type", "application/json"),
+            ("x-request-id", "verify-1"),
+        ],
+        Some(br#"{"key": "nope"}"#.to_vec()),
+    )
+    .await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.headers["x-request-id"], "verify-1");
+    let res = raw(
+        &app,
+        Method::POST,
+        "/v1/verify",
+        &[
+            ("content-type", "application/json"),
+            ("x-request-id", "verify-2"),
+        ],
+        Some(br#"{"key": ""}"#.to_vec()),
+    )
+    .await;
+    assert_error(&res, 400, "BAD_REQUEST");
+    assert_eq!(res.body["error"]["request_id"], "verify-2");
+}
+both!(successful_responses_carry_a_request_id_too);
+
+async fn an_unknown_route_is_a_404_envelope(app: TestApp) {
+    for path in ["/v1/nothing-here", "/v2/keys", "/v1/keys/abc/def/ghi"] {
+        let res = app.get(path).await;
+        assert_error(&res, 404, "NOT_FOUND");
+    }
+    let res = raw(&app, Method::GET, "/no/such/page", &[], None).await;
+    assert_error(&res, 404, "NOT_FOUND");
+}
+both!(an_unknown_route_is_a_404_envelope);
+
+// ---------------------------------------------------------------- JSON bodies: 400
+
+async fn an_unknown_field_is_rejected_not_ignored(app: TestApp) {
+    let ks = app.keyspace(json!({})).await;
+    let res = app
+        .post(
+            "/v1/keys",
+            json!({"keyspace_id": ks, "name": "typo", "owner": "o", "expire_at": "2099-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_error(&res, 400, "BAD_REQUEST");
+    assert!(
+        res.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expire_at"),
+        "the message names the field: {}",
+        res.body
+    );
+    // Nothing was created.
+    let list = app
+        .get(&format!("/v1/keys?keyspace_id={ks}"))
+        .await
+        .expect(200);
+    assert!(ids(&list).is_empty());
+
+    let res = app
+        .post(
+            "/v1/keyspaces",
+            json!({"name": "x", "prefix": "unknownf", "polcy": {}}),
+        )
+        .await;
+    assert_error(&res, 400, "BAD_REQUEST");
+    let res = app
+        .post(
+            "/v1/keyspaces",
+            json!({"name": "x", "prefix": "unknownf", "policy": {"max_lifetime": 5}}),
+        )
+        .await;
+    assert_error(&res, 400, "BAD_REQUEST");
+    let (id, key) = app.key(&ks, json!({})).await;
+    let res = app
+        .patch(&format!("/v1/keys/{id}"), json!({"enabeld": false}))
+        .await;
+    assert_error(&res, 400, "BAD_REQUEST");
+    let res = app
+        .post(
+            &format!("/v1/keys/{id}/revoke"),
+            json!({"reason": "x", "force": true}),
+        )
+        .await;
+    assert_error(&res, 400, "BAD_REQUEST");
+    let res = app
+        .post(&format!("/v1/keys/{id}/rotate"), json!({"grace": 5}))
+        .await;
+    assert_error(&res, 400, "BAD_REQUEST");
+    let res = app
+        .send(
+            Method::POST,
+            "/v1/verify",
+            None,
+            Some(json!({"key": key, "scope": ["a"]})),
+        )
+        .await;
+    assert_error(&res, 400, "BAD_REQUEST");
+    // The key is untouched by all of that.
+    let k = app.get(&format!("/v1/keys/{id}")).await.expect(200);
+    assert_eq!(k.body["status"], "active");
+    assert!(k.body["rotated_to"].is_null());
+}
+both!(an_unknown_field_is_rejected_not_ignored);
+
+async fn malformed_json_and_missing_fields_are_400(app: TestApp) {
+    let ks = app.keyspace(json!({})).await;
+    let json_ct = [
+        ("content-type", "application/json"),
+        ("authorization", &auth(&app) as &str),
+    ];
+    for body in [
+        &b"{"[..],
+        b"{\"name\": ",
+        b"not json",
+        b"[1, 2",
+        b"{\"keyspace_id\": \"x\",}",
+        b"\xff\xfe",
+    ] {
+        let res = raw(
+            &app,
+            Method::POST,
+            "/v1/keys",
+            &json_ct,
+            Some(body.to_vec()),
+        )
+        .await;
+        assert_error(&res, 400, "BAD_REQUEST");
+    }
+    // Valid JSON of the wrong shape.
+    for body in [
+        json!([]),
+        json!("key"),
+        json!(null),
+        json!({"keyspace_id": ks, "name": 5, "owner": "o"}),
+    ] {
+        let res = app.post("/v1/keys", body).await;
+        assert_error(&res, 400, "BAD_REQUEST");
+    }
+    // Missing required fields.
+    assert_error(
+        &app.post("/v1/keys", json!({"keyspace_id": ks, "owner": "o"}))
+            .await,
+        400,
+        "BAD_REQUEST",
+    );
+    assert_error(
+        &app.post("/v1/keys", json!({"name": "n", "owner": "o"}))
+            .await,
+        400,
+        "BAD_REQUEST",
+    );
+    assert_error(
+        &app.post("/v1/keyspaces", json!({"name": "n"})).await,
+        400,
+        "BAD_REQUEST",
+    );
+    assert_error(
+        &app.post("/v1/keyspaces", json!({"prefix": "abc"})).await,
+        400,
+        "BAD_REQUEST",
+    );
+    // A POST that needs a body, sent without one.
+    let res = raw(
+        &app,
+        Method::POST,
+        "/v1/keys",
+        &[("authorization", &auth(&app))],
+        None,
+    )
+    .await;
+    assert_error(&res, 400, "BAD_REQUEST");
+    // The data plane: malformed JSON and a missing key.
+    for body in [
+        &b"{\"key\": "[..],
+        b"{}",
+        b"{\"scopes\": []}",
+        b"{\"key\": null}",
+        b"{\"key\": 12}",
+    ] {
+        let res = raw(
+            &app,
+            Method::POST,
+            "/v1/verify",
+            &[("content-type", "application/json")],
+            Some(body.to_vec()),
+        )
+        .await;
+        assert_error(&res, 400, "BAD_REQUEST");
+    }
+    assert!(ids(&app
+        .get(&format!("/v1/keys?keyspace_id={ks}"))
+        .await
+        .expect(200))
+    .is_empty());
+}
+both!(malformed_json_and_missing_fields_are_400);
+
+// ---------------------------------------------------------------- 415
+
+async fn a_body_without_json_content_type_is_415_everywhere(app: TestApp) {
+    let ks = app.keyspace(json!({})).await;
+    let (id, key) = app.key(&ks, json!({})).await;
+    let tok = auth(&app);
+    let create =
+        serde_json::to_vec(&json!({"keyspace_id": ks, "name": "n", "owner": "o"})).unwrap();
+    let cases: Vec<(Method, String, Vec<u8>)> = vec![
+        (Method::POST, "/v1/keys".into(), create.clone()),
+        (
+            Method::POST,
+            "/v1/keyspaces".into(),
+            br#"{"name": "n", "prefix": "ctype"}"#.to_vec(),
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/keys/{id}"),
+            br#"{"name": "renamed"}"#.to_vec(),
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/keyspaces/{ks}"),
+            br#"{"name": "renamed"}"#.to_vec(),
+        ),
+        (
+            Method::POST,
+            format!("/v1/keys/{id}/revoke"),
+            br#"{"reason": "x"}"#.to_vec(),
+        ),
+        (
+            Method::POST,
+            format!("/v1/keys/{id}/rotate"),
+            br#"{"grace_secs": 10}"#.to_vec(),
+        ),
+        (
+            Method::POST,
+            "/v1/keys/revoke".into(),
+            br#"{"owner": "team-a", "reason": "x"}"#.to_vec(),
+        ),
+    ];
+    for ctype in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+    ] {
+        for (m, path, body) in &cases {
+            let mut headers = vec![("authorization", tok.as_str())];
+            if let Some(c) = ctype {
+                headers.push(("content-type", c));
+            }
+            let res = raw(&app, m.clone(), path, &headers, Some(body.clone())).await;
+            assert_error(&res, 415, "UNSUPPORTED_MEDIA_TYPE");
+        }
+        // The data plane as well, even with a perfectly good key in the body.
+        let body = serde_json::to_vec(&json!({"key": key})).unwrap();
+        let headers: Vec<(&str, &str)> =
+            ctype.map(|c| vec![("content-type", c)]).unwrap_or_default();
+        let res = raw(&app, Method::POST, "/v1/verify", &headers, Some(body)).await;
+        assert_error(&res, 415, "UNSUPPORTED_MEDIA_TYPE");
+    }
+    // None of those changed anything.
+    let k = app.get(&format!("/v1/keys/{id}")).await.expect(200);
+    assert_eq!(k.body["name"], "test key");
+    assert_eq!(k.body["status"], "active");
+    assert_eq!(
+        ids(&app
+            .get(&format!("/v1/keys?keyspace_id={ks}"))
+            .await
+            .expect(200))
+        .len(),
+        1
+    );
+    // JSON with parameters is JSON.
+    let res = raw(
+        &app,
+        Method::POST,
+        "/v1/verify",
+        &[("content-type", "application/json; charset=utf-8")],
+        Some(serde_json::to_vec(&json!({"key": key})).unwrap()),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    assert_eq!(res.body["code"], "VALID");
+}
+both!(a_body_without_json_content_type_is_415_everywhere);
+
+async fn rotate_accepts_a_post_with_no_body_at_all(app: TestApp) {
+    let ks = app.keyspace(json!({})).await;
+    let (id, _) = app.key(&ks, json!({})).await;
+    let res = raw(
+        &app,
+        Method::POST,
+        &format!("/v1/keys/{id}/rotate"),
+        &[("authorization", &auth(&app))],
+        None,
+    )
+    .await;
+    assert_eq!(res.status, 201, "{}", res.body);
+    assert_eq!(res.body["rotated_from"], id.as_str());
+    assert!(res.body["key"].as_str().is_some());
+    // An empty body with a JSON content type is also "no body".
+    let (id2, _) = app.key(&ks, json!({})).await;
+    let res = raw(
+        &app,
+        Method::POST,
+        &format!("/v1/keys/{id2}/rotate"),
+        &[
+            ("authorization", &auth(&app)),
+            ("content-type", "application/json"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(res.status, 201, "{}", res.body);
+}
+both!(rotate_accepts_a_post_with_no_body_at_all);
+
+// ---------------------------------------------------------------- 413
+
+async fn a_body_of_exactly_64_kib_is_accepted_and_one_byte_more_is_413(app: TestApp) {
+    const LIMIT: usize = 64 * 1024;
+    // `{"key":"<pad>"}` is the pad plus 10 bytes; a key that long is simply not found.
+    let body = |total: usize| format!(r#"{{"key":"{}"}}"#, "a".repeat(total - 10)).into_bytes();
+    assert_eq!(body(LIMIT).len(), LIMIT);
+    let ct = [("content-type", "application/json")];
+    let res = raw(&app, Method::POST, "/v1/verify", &ct, Some(body(LIMIT))).await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    assert_eq!(res.body["code"], "NOT_FOUND");
+    assert_eq!(res.body["valid"], false);
+    let res = raw(&app, Method::POST, "/v1/verify", &ct, Some(body(LIMIT + 1))).await;
+    assert_error(&res, 413, "PAYLOAD_TOO_LARGE");
+    let res = raw(&app, Method::POST, "/v1/verify", &ct, Some(body(LIMIT * 4))).await;
+    assert_error(&res, 413, "PAYLOAD_TOO_LARGE");
+
+    // On the management API, 64 KiB is read and judged on its content (meta too big: 400),
+    // and one byte more is 413 whatever the content.
+    let ks = app.keyspace(json!({})).await;
+    let tok = auth(&app);
+    let key_body = |total: usize| {
+        let head = format!(r#"{{"keyspace_id":"{ks}","name":"big","owner":"o","meta":{{"pad":""#);
+        let tail = r#""}}"#;
+        let pad = total - head.len() - tail.len();
+        format!("{head}{}{tail}", "x".repeat(pad)).into_bytes()
+    };
+    assert_eq!(key_body(LIMIT).len(), LIMIT);
+    let headers = [
+        ("content-type", "application/json"),
+        ("authorization", tok.as_str()),
+    ];
+    let res = raw(
+        &app,
+        Method::POST,
+        "/v1/keys",
+        &headers,
+        Some(key_body(LIMIT)),
+    )
+    .await;
+    assert_error(&res, 400, "BAD_REQUEST");
+    let res = raw(
+        &app,
+        Method::POST,
+        "/v1/keys",
+        &headers,
+        Some(key_body(LIMIT + 1)),
+    )
+    .await;
+    assert_error(&res, 413, "PAYLOAD_TOO_LARGE");
+    assert!(ids(&app
+        .get(&format!("/v1/keys?keyspace_id={ks}"))
+        .await
+        .expect(200))
+    .is_empty());
+}
+both!(a_body_of_exactly_64_kib_is_accepted_and_one_byte_more_is_413);
+
+/// Sends a chunked request (no Content-Length) over a plain socket; returns the status line.
+fn chunked_post(addr: std::net::SocketAddr, path: &str, body: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    for chunk in body.chunks(8192) {
+        // The server may answer and close before the whole body is sent.
+        if s.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+            .is_err()
+            || s.write_all(chunk).is_err()
+            || s.write_all(b"\r\n").is_err()
+        {
+            break;
+        }
+    }
+    let _ = s.write_all(b"0\r\n\r\n");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+async fn a_chunked_body_over_64_kib_is_413_too(app: TestApp) {
+    let addr = app.addr;
+    let small = format!(r#"{{"key":"{}"}}"#, "a".repeat(64 * 1024 - 10)).into_bytes();
+    let big = format!(r#"{{"key":"{}"}}"#, "a".repeat(64 * 1024)).into_bytes();
+    let (ok, too_big) = tokio::task::spawn_blocking(move || {
+        (
+            chunked_post(addr, "/v1/verify", &small),
+            chunked_post(addr, "/v1/verify", &big),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        ok.starts_with("HTTP/1.1 200"),
+        "exactly 64 KiB, chunked: {ok}"
+    );
+    assert!(
+        too_big.starts_with("HTTP/1.1 413"),
+        "over 64 KiB, chunked: {too_big}"
+    );
+}
+both!(a_chunked_body_over_64_kib_is_413_too);
+
+// ---------------------------------------------------------------- lists
+
+async fn limit_outside_1_to_500_or_not_a_number_is_400(app: TestApp) {
+    for path in ["/v1/keys", "/v1/keyspaces", "/v1/audit", "/v1/tokens"] {
+        for bad in ["0", "501", "x", "-1", "1.5", ""] {
+            let res = app.get(&format!("{path}?limit={bad}")).await;
+            assert_error(&res, 400, "BAD_REQUEST");
+        }
+        for good in ["1", "500"] {
+            app.get(&format!("{path}?limit={good}")).await.expect(200);
+        }
+    }
+}
+both!(limit_outside_1_to_500_or_not_a_number_is_400);
+
+async fn lists_answer_items_and_next_cursor(app: TestApp) {
+    let ks = app.keyspace(json!({})).await;
+    app.key(&ks, json!({})).await;
+    for path in ["/v1/keys", "/v1/keyspaces", "/v1/audit", "/v1/tokens"] {
+        let res = app.get(path).await.expect(200);
+        let obj = res.body.as_object().unwrap();
+        assert!(obj["items"].is_array(), "{path}: {}", res.body);
+        assert!(!obj["items"].as_array().unwrap().is_empty(), "{path}");
+        assert!(
+            obj.contains_key("next_cursor"),
+            "{path}: next_cursor is present"
+        );
+        assert!(
+            obj["next_cursor"].is_null(),
+            "{path}: a short list has no next page"
+        );
+    }
+}
+both!(lists_answer_items_and_next_cursor);
+
+async fn a_cursor_the_server_cannot_decode_is_400(app: TestApp) {
+    for path in ["/v1/keys", "/v1/keyspaces", "/v1/audit", "/v1/tokens"] {
+        for bad in ["garbage", "zz", "abc", "00", "6b65795f31", "%FF%FE"] {
+            let res = app.get(&format!("{path}?cursor={bad}")).await;
+            assert_error(&res, 400, "BAD_REQUEST");
+        }
+    }
+}
+both!(a_cursor_the_server_cannot_decode_is_400);
+
+async fn a_cursor_is_only_valid_for_the_endpoint_and_filters_that_produced_it(app: TestApp) {
+    let ks = app.keyspace(json!({})).await;
+    for _ in 0..3 {
+        app.key(&ks, json!({"owner": "alice"})).await;
+        app.key(&ks, json!({"owner": "bob"})).await;
+    }
+    let first = app.get("/v1/keys?owner=alice&limit=1").await.expect(200);
+    let cursor = first.body["next_cursor"]
+        .as_str()
+        .expect("a next page")
+        .to_string();
+    // The same filters take it (with any limit).
+    let next = app
+        .get(&format!("/v1/keys?owner=alice&limit=1&cursor={cursor}"))
+        .await
+        .expect(200);
+    assert_eq!(ids(&next).len(), 1);
+    app.get(&format!("/v1/keys?owner=alice&limit=5&cursor={cursor}"))
+        .await
+        .expect(200);
+    // Other filters, no filters, or another list do not.
+    for path in [
+        format!("/v1/keys?owner=bob&limit=1&cursor={cursor}"),
+        format!("/v1/keys?limit=1&cursor={cursor}"),
+        format!("/v1/keys?owner=alice&keyspace_id={ks}&limit=1&cursor={cursor}"),
+        format!("/v1/keys?owner=alice&status=active&limit=1&cursor={cursor}"),
+        format!("/v1/keyspaces?cursor={cursor}"),
+        format!("/v1/tokens?cursor={cursor}"),
+        format!("/v1/audit?cursor={cursor}"),
+    ] {
+        let res = app.get(&path).await;
+        assert_error(&res, 400, "BAD_REQUEST");
+    }
+    // An audit cursor is not a key cursor either.
+    let audit = app.get("/v1/audit?limit=1").await.expect(200);
+    let ac = audit.body["next_cursor"]
+        .as_str()
+        .expect("a next audit page")
+        .to_string();
+    app.get(&format!("/v1/audit?limit=1&cursor={ac}"))
+        .await
+        .expect(200);
+    assert_error(
+        &app.get(&format!("/v1/keys?cursor={ac}")).await,
+        400,
+        "BAD_REQUEST",
+    );
+    assert_error(
+        &app.get(&format!("/v1/audit?action=key.create&cursor={ac}"))
+            .await,
+        400,
+        "BAD_REQUEST",
+    );
+}
+both!(a_cursor_is_only_valid_for_the_endpoint_and_filters_that_produced_it);
+
+async fn cursor_pagination_returns_every_key_once_newest_first(app: TestApp) {
+    let ks = app.keyspace(json!({})).await;
+    let mut created = Vec::new();
+    for i in 0..7 {
+        let (id, _) = app.key(&ks, json!({"name": format!("key {i}")})).await;
+        created.push(id);
+        app.advance(1);
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            None => format!("/v1/keys?keyspace_id={ks}&limit=3"),
+            Some(c) => format!("/v1/keys?keyspace_id={ks}&limit=3&cursor={c}"),
+        };
+        let res = app.get(&path).await.expect(200);
+        let page = ids(&res);
+        assert!(page.len() <= 3);
+        seen.extend(page);
+        pages += 1;
+        assert!(pages <= 5, "pagination does not end");
+        match res.body["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3, "7 keys at 3 a page");
+    let unique: HashSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "no duplicates: {seen:?}");
+    created.reverse();
+    assert_eq!(seen, created, "all keys, newest first");
+}
+
+// Keys created at distinct (manual) times, so "newest first" has one right answer.
+both_manual!(cursor_pagination_returns_every_key_once_newest_first);
+
+async fn keys_created_in_the_same_millisecond_page_by_id_without_loss(app: TestApp) {
+    // On the manual clock every key has the same created_at: the id breaks the tie.
+    let ks = app.keyspace(json!({})).await;
+    let mut created = HashSet::new();
+    for _ in 0..5 {
+        created.insert(app.key(&ks, json!({})).await.0);
+    }
+    let mut seen = Vec::new();
+    let mut path = format!("/v1/keys?keyspace_id={ks}&limit=2");
+    loop {
+        let res = app.get(&path).await.expect(200);
+        seen.extend(ids(&res));
+        match res.body["next_cursor"].as_str() {
+            Some(c) => path = format!("/v1/keys?keyspace_id={ks}&limit=2&cursor={c}"),
+            None => break,
+        }
+        assert!(seen.len() <= 5);
+    }
+    assert_eq!(seen.len(), 5);
+    assert_eq!(seen.iter().cloned().collect::<HashSet<_>>(), created);
+    let mut sorted = seen.clone();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(seen, sorted, "ties ordered by id, descending");
+}
+
+both_manual!(keys_created_in_the_same_millisecond_page_by_id_without_loss);
+
+/// Follows `next_cursor` from `first` (a path with a query) to the end; returns the item ids.
+async fn all_pages(app: &TestApp, first: &str, field: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut path = first.to_string();
+    for _ in 0..50 {
+        let res = app.get(&path).await.expect(200);
+        out.extend(
+            res.body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i[field].clone()),
+        );
+        match res.body["next_cursor"].as_str() {
+            Some(c) => path = format!("{first}&cursor={c}"),
+            None => return out,
+        }
+    }
+    panic!("pagination of {first} does not end");
+}
+
+async fn keyspaces_tokens_and_audit_events_page_newest_first(app: TestApp) {
+    let mut keyspaces = Vec::new();
+    let mut tokens = vec![app.get("/v1/tokens").await.expect(200).body["items"][0]["id"].clone()];
+    for i in 0..5 {
+        app.advance(1);
+        let ks = app
+            .post(
+                "/v1/keyspaces",
+                json!({"name": format!("ks {i}"), "prefix": format!("page{i}")}),
+            )
+            .await
+            .expect(201);
+        keyspaces.push(json!(ks.id()));
+        let tok = app
+            .post(
+                "/v1/tokens",
+                json!({"name": format!("t {i}"), "role": "viewer"}),
+            )
+            .await
+            .expect(201);
+        tokens.push(json!(tok.id()));
+    }
+    keyspaces.reverse();
+    tokens.reverse();
+    assert_eq!(
+        all_pages(&app, "/v1/keyspaces?limit=2", "id").await,
+        keyspaces
+    );
+    assert_eq!(all_pages(&app, "/v1/tokens?limit=2", "id").await, tokens);
+    // Audit events by seq, descending, from the last to 1 without gaps.
+    let seqs = all_pages(&app, "/v1/audit?limit=3", "seq").await;
+    let want: Vec<Value> = (1..=11).rev().map(|n| json!(n)).collect();
+    assert_eq!(seqs, want);
+    let creates = all_pages(
+        &app,
+        "/v1/audit?action=keyspace.create&limit=2",
+        "target_id",
+    )
+    .await;
+    assert_eq!(creates, keyspaces);
+}
+both_manual!(keyspaces_tokens_and_audit_events_page_newest_first);
+
+async fn an_unknown_query_parameter_is_400(app: TestApp) {
+    let res = app.get("/v1/keys?ownr=alice").await;
+    assert_error(&res, 400, "BAD_REQUEST");
+    let res = app.get("/v1/keys?owner=a&owner=b").await;
+    assert_error(&res, 400, "BAD_REQUEST");
+}
+both!(an_unknown_query_parameter_is_400);
+
+// ---------------------------------------------------------------- operational endpoints
+
+async fn operational_endpoints_need_no_token(app: TestApp) {
+    let res = raw(&app, Method::GET, "/healthz", &[], None).await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    let res = raw(&app, Method::GET, "/readyz", &[], None).await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    let res = raw(&app, Method::GET, "/v1/openapi.json", &[], None).await;
+    assert_eq!(res.status, 200);
+    assert!(
+        res.body["openapi"].as_str().unwrap().starts_with("3.1"),
+        "OpenAPI 3.1: {}",
+        res.body["openapi"]
+    );
+    let paths = res.body["paths"].as_object().expect("paths");
+    for p in [
+        "/v1/keyspaces",
+        "/v1/keyspaces/{id}",
+        "/v1/keys",
+        "/v1/keys/{id}",
+        "/v1/keys/{id}/revoke",
+        "/v1/keys/revoke",
+        "/v1/keys/{id}/rotate",
+        "/v1/verify",
+        "/v1/forward-auth",
+        "/v1/audit",
+        "/v1/tokens",
+    ] {
+        assert!(paths.contains_key(p), "the OpenAPI document lists {p}");
+    }
+    // A management endpoint does need one.
+    let res = raw(&app, Method::GET, "/v1/keys", &[], None).await;
+    assert_error(&res, 401, "UNAUTHENTICATED");
+}
+both!(operational_endpoints_need_no_token);
+
+async fn metrics_count_verifications_by_code(app: TestApp) {
+    let ks = app.keyspace(json!({})).await;
+    let (_, key) = app.key(&ks, json!({})).await;
+    assert_eq!(app.verify_code(&key).await, "VALID");
+    assert_eq!(app.verify_code(&key).await, "VALID");
+    assert_eq!(app.verify_code("not-a-key").await, "NOT_FOUND");
+    let res = raw(&app, Method::GET, "/metrics", &[], None).await;
+    assert_eq!(res.status, 200);
+    let ctype = res.headers["content-type"].to_str().unwrap();
+    assert!(ctype.starts_with("text/plain"), "{ctype}");
+    let text = res.body.as_str().expect("plain text");
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .map(|v| v.trim().parse::<f64>().unwrap())
+            })
+            .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+    };
+    assert_eq!(value("keyward_verifications_total{code=\"VALID\"} "), 2.0);
+    assert_eq!(
+        value("keyward_verifications_total{code=\"NOT_FOUND\"} "),
+        1.0
+    );
+    assert_eq!(value("keyward_verify_duration_seconds_count "), 3.0);
+    assert_eq!(
+        value("keyward_verify_duration_seconds_bucket{le=\"+Inf\"} "),
+        3.0
+    );
+    assert!(text.contains("# TYPE keyward_verify_duration_seconds histogram"));
+    assert!(text.contains("# TYPE keyward_verifications_total counter"));
+    assert!(!text.contains(&key), "no plaintext key in metrics");
+}
+both!(metrics_count_verifications_by_code);
+
+async fn times_are_rfc3339_utc_with_z_and_ids_have_type_prefixes(app: TestApp) {
+    let ks = app
+        .post("/v1/keyspaces", json!({"name": "shape", "prefix": "shape"}))
+        .await
+        .expect(201);
+    assert!(ks.id().starts_with("ks_"));
+    let (id, _) = app.key(&ks.id(), json!({})).await;
+    assert!(id.starts_with("key_"));
+    let k = app.get(&format!("/v1/keys/{id}")).await.expect(200);
+    for f in ["created_at", "updated_at", "expires_at"] {
+        let t = k.body[f].as_str().unwrap();
+        assert!(t.ends_with('Z'), "{f}: {t}");
+        keyward_core::time::Timestamp::parse_rfc3339(t).unwrap();
+    }
+    let ev = app
+        .get(&format!("/v1/audit?target_id={id}"))
+        .await
+        .expect(200);
+    assert!(ev.body["items"][0]["id"]
+        .as_str()
+        .unwrap()
+        .starts_with("evt_"));
+    let tokens = app.get("/v1/tokens").await.expect(200);
+    assert!(tokens.body["items"][0]["id"]
+        .as_str()
+        .unwrap()
+        .starts_with("tok_"));
+}
+both!(times_are_rfc3339_utc_with_z_and_ids_have_type_prefixes);

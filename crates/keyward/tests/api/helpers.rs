@@ -320,7 +320,12 @@ impl TestApp {
 /// one SQLite file), sharing its admin token.
 pub async fn spawn_node(first: &TestApp) -> TestApp {
     let store = keyward_store::open(&first.db_url).await.unwrap();
-    let state = AppState::new(store, Arc::new(SystemClock), Options::default().config);
+    let clock: Arc<dyn Clock> = match &first.clock {
+        Some(c) => Arc::new(c.clone()),
+        None => Arc::new(SystemClock),
+    };
+    let config = (*first.state.config).clone();
+    let state = AppState::new(store, clock, config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -339,10 +344,157 @@ pub async fn spawn_node(first: &TestApp) -> TestApp {
         admin: first.admin.clone(),
         backend: first.backend,
         db_url: first.db_url.clone(),
-        clock: None,
+        clock: first.clock.clone(),
         state,
         shutdown: Some(tx),
         join: Some(join),
         _dir: None,
+    }
+}
+
+/// A real local webhook receiver: answers 503 to the first `fail_first` requests, then 200;
+/// checks every signature independently (HMAC-SHA256 over `"<t>.<body>"`).
+pub struct Receiver {
+    pub url: String,
+    pub secret: Arc<std::sync::Mutex<String>>,
+    /// Every request received: (attempt number, body, signature valid).
+    pub requests: Arc<std::sync::Mutex<Vec<(usize, Value, bool)>>>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Receiver {
+    pub async fn start(fail_first: usize) -> Receiver {
+        Self::start_on("127.0.0.1:0", fail_first).await
+    }
+
+    pub async fn start_on(addr: &str, fail_first: usize) -> Receiver {
+        use axum::http::{HeaderMap, StatusCode};
+        use hmac::{Hmac, Mac};
+        let secret = Arc::new(std::sync::Mutex::new(String::new()));
+        let requests: Arc<std::sync::Mutex<Vec<(usize, Value, bool)>>> = Arc::default();
+        let (s2, r2) = (secret.clone(), requests.clone());
+        let handler = move |headers: HeaderMap, body: String| {
+            let (secret, requests) = (s2.clone(), r2.clone());
+            async move {
+                let sig = headers
+                    .get("keyward-signature")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                let (t, v1) = sig.split_once(',').unwrap_or(("", ""));
+                let t = t.strip_prefix("t=").unwrap_or("");
+                let v1 = v1.strip_prefix("v1=").unwrap_or("");
+                let mut mac =
+                    <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.lock().unwrap().as_bytes())
+                        .unwrap();
+                mac.update(format!("{t}.{body}").as_bytes());
+                let want: String = mac
+                    .finalize()
+                    .into_bytes()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                let mut reqs = requests.lock().unwrap();
+                let n = reqs.len() + 1;
+                reqs.push((
+                    n,
+                    serde_json::from_str(&body).unwrap_or(Value::Null),
+                    want == v1,
+                ));
+                if n <= fail_first {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::OK
+                }
+            }
+        };
+        let app = axum::Router::new().route("/hook", axum::routing::post(handler));
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        Receiver {
+            url,
+            secret,
+            requests,
+            shutdown: Some(tx),
+        }
+    }
+
+    /// Bodies of the requests received for one event type (retries included).
+    pub fn received(&self, kind: &str) -> Vec<Value> {
+        let reqs = self.requests.lock().unwrap();
+        reqs.iter()
+            .filter(|(_, b, _)| b["type"] == kind)
+            .map(|(_, b, _)| b.clone())
+            .collect()
+    }
+
+    /// Waits (up to 10 s) until `n` requests of this type arrived; returns what arrived.
+    pub async fn wait_for(&self, kind: &str, n: usize) -> Vec<Value> {
+        let started = std::time::Instant::now();
+        while self.received(kind).len() < n
+            && started.elapsed() < std::time::Duration::from_secs(10)
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        self.received(kind)
+    }
+
+    pub fn all_signatures_valid(&self) -> bool {
+        self.requests.lock().unwrap().iter().all(|(_, _, ok)| *ok)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl TestApp {
+    /// Creates a webhook for `events` pointing at the receiver and gives it the secret.
+    pub async fn webhook(&self, rx: &Receiver, events: &[&str]) -> String {
+        let r = self
+            .post("/v1/webhooks", json!({"url": rx.url, "events": events}))
+            .await
+            .expect(201);
+        *rx.secret.lock().unwrap() = r.body["secret"].as_str().unwrap().to_string();
+        r.id()
+    }
+
+    /// Runs every sweep once now.
+    pub async fn sweep(&self) -> keyward_server::jobs::sweep::Report {
+        let mut last = None;
+        keyward_server::jobs::sweep::sweep_once(&self.state, &mut last)
+            .await
+            .unwrap()
+    }
+
+    /// Sends every due webhook delivery now.
+    pub async fn deliver(&self) -> usize {
+        keyward_server::jobs::webhooks::deliver_due(
+            &self.state,
+            &keyward_server::jobs::webhooks::client(),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Audit events of one action, oldest first.
+    pub async fn audit_actions(&self, action: &str) -> Vec<Value> {
+        let r = self
+            .get(&format!("/v1/audit?action={action}&limit=500"))
+            .await
+            .expect(200);
+        let mut items = r.body["items"].as_array().unwrap().clone();
+        items.reverse();
+        items
     }
 }

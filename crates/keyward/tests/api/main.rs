@@ -5,6 +5,7 @@
 
 mod helpers;
 
+mod automation;
 mod cli;
 mod cluster;
 mod conventions;
@@ -12,4 +13,5 @@ mod keys;
 mod lifecycle;
 mod roles;
 mod secrets;
+mod usage;
 mod verify;

@@ -1,0 +1,192 @@
+//! Pattern changes in a key's usage, each judged against the key's own history:
+//!
+//! - `new_source`: a verification that identified the key came from an address never seen for
+//!   it before (the first address a key is ever seen from is not one; a successor starts with
+//!   its predecessor's addresses). Found by the usage flusher. Once per key and address.
+//! - `dormant_reactivated`: a valid use after at least `KEYWARD_DORMANT_SECS` (default 30 days)
+//!   without one. Found on the verification path, recorded by the usage flusher.
+//! - `spike`: in one complete minute, valid calls ≥ [`SPIKE_MIN`] and ≥ [`SPIKE_FACTOR`] × (the
+//!   key's mean valid calls per minute over the previous [`BASELINE_MINUTES`] minutes + 1).
+//!   Found by the sweeper. At most once per key and hour.
+//! - `denied_burst`: in one complete minute, denied verifications ≥ [`BURST_MIN`] and ≥
+//!   [`SPIKE_FACTOR`] × (the mean denied per minute over the baseline + 1). At most once per key
+//!   and hour.
+//!
+//! Each anomaly is stored once cluster-wide (a unique `dedup` key) and announced by a
+//! `key.anomaly` webhook written in the same transaction.
+
+use std::collections::HashMap;
+
+use keyward_core::id::new_id;
+use keyward_core::model::Anomaly;
+use keyward_core::time::Timestamp;
+use keyward_store::Bucket;
+use serde_json::{json, Map, Value};
+
+use crate::events::key_event;
+use crate::state::AppState;
+
+pub const BASELINE_MINUTES: i64 = 60;
+pub const SPIKE_FACTOR: f64 = 5.0;
+pub const SPIKE_MIN: i64 = 30;
+pub const BURST_MIN: i64 = 20;
+
+const MINUTE: i64 = 60_000;
+const HOUR: i64 = 3_600_000;
+
+/// An anomaly to record, with its de-duplication key.
+pub struct Found {
+    pub anomaly: Anomaly,
+    pub dedup: String,
+}
+
+pub fn found(
+    key_id: &str,
+    keyspace_id: &str,
+    kind: &str,
+    dedup: String,
+    at: Timestamp,
+    detail: Value,
+) -> Found {
+    Found {
+        anomaly: Anomaly {
+            id: new_id("anm", at),
+            key_id: key_id.to_string(),
+            keyspace_id: keyspace_id.to_string(),
+            kind: kind.to_string(),
+            detected_at: at,
+            detail,
+        },
+        dedup,
+    }
+}
+
+/// Spikes and denied bursts in `minute` (a minute start), from minute buckets covering at least
+/// the baseline window before it. The keyspace of each finding is left empty for the caller.
+pub fn judge_minute(buckets: &[Bucket], minute: i64, now: Timestamp) -> Vec<Found> {
+    #[derive(Default)]
+    struct Counts {
+        valid_now: i64,
+        denied_now: i64,
+        valid_before: i64,
+        denied_before: i64,
+        by_code: Map<String, Value>,
+    }
+    let from = minute - BASELINE_MINUTES * MINUTE;
+    let mut per_key: HashMap<&str, Counts> = HashMap::new();
+    for b in buckets {
+        let start = b.start.millis();
+        if start < from || start > minute {
+            continue;
+        }
+        let c = per_key.entry(b.key_id.as_str()).or_default();
+        let valid = b.code == "VALID";
+        match (start == minute, valid) {
+            (true, true) => c.valid_now += b.n,
+            (true, false) => {
+                c.denied_now += b.n;
+                c.by_code.insert(b.code.clone(), json!(b.n));
+            }
+            (false, true) => c.valid_before += b.n,
+            (false, false) => c.denied_before += b.n,
+        }
+    }
+    let mut out = Vec::new();
+    let hour = minute.div_euclid(HOUR) * HOUR;
+    for (key_id, c) in per_key {
+        let ks = "";
+        let base_valid = c.valid_before as f64 / BASELINE_MINUTES as f64;
+        let base_denied = c.denied_before as f64 / BASELINE_MINUTES as f64;
+        let at = Timestamp::from_millis(minute);
+        if c.valid_now >= SPIKE_MIN && c.valid_now as f64 >= SPIKE_FACTOR * (base_valid + 1.0) {
+            out.push(found(
+                key_id,
+                ks,
+                "spike",
+                format!("spike:{key_id}:{hour}"),
+                now,
+                json!({"minute": at, "valid": c.valid_now, "baseline_per_minute": round2(base_valid)}),
+            ));
+        }
+        if c.denied_now >= BURST_MIN && c.denied_now as f64 >= SPIKE_FACTOR * (base_denied + 1.0) {
+            out.push(found(
+                key_id,
+                ks,
+                "denied_burst",
+                format!("denied_burst:{key_id}:{hour}"),
+                now,
+                json!({"minute": at, "denied": c.denied_now, "by_code": c.by_code, "baseline_per_minute": round2(base_denied)}),
+            ));
+        }
+    }
+    out
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// Stores anomalies (once each) and enqueues their `key.anomaly` webhooks, in one transaction.
+pub async fn record(st: &AppState, found: Vec<Found>) -> Result<usize, keyward_store::StoreError> {
+    if found.is_empty() {
+        return Ok(0);
+    }
+    let mut tx = st.store.begin().await?;
+    let mut n = 0;
+    for f in found {
+        if !tx.insert_anomaly(&f.anomaly, &f.dedup).await? {
+            continue;
+        }
+        n += 1;
+        if let Some(key) = tx.key(&f.anomaly.key_id).await? {
+            let mut extra = Map::new();
+            extra.insert("anomaly".into(), json!(f.anomaly));
+            tx.enqueue(&key_event(
+                "key.anomaly",
+                &key,
+                f.anomaly.detected_at,
+                extra,
+            ))
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    if n > 0 {
+        st.webhook_wake.notify_one();
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(key: &str, minute: i64, code: &str, n: i64) -> Bucket {
+        Bucket {
+            key_id: key.into(),
+            start: Timestamp::from_millis(minute * MINUTE),
+            code: code.into(),
+            n,
+        }
+    }
+
+    #[test]
+    fn steady_traffic_is_no_spike_and_a_jump_is() {
+        let mut steady: Vec<Bucket> = (0..=60).map(|m| b("k", 1000 + m, "VALID", 40)).collect();
+        assert!(judge_minute(&steady, 1060 * MINUTE, Timestamp::EPOCH).is_empty());
+        steady.pop();
+        steady.push(b("k", 1060, "VALID", 400));
+        let found = judge_minute(&steady, 1060 * MINUTE, Timestamp::EPOCH);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].anomaly.kind, "spike");
+    }
+
+    #[test]
+    fn a_revoked_key_still_being_tried_is_a_denied_burst() {
+        let buckets = vec![b("k", 1000, "VALID", 3), b("k", 1060, "REVOKED", 25)];
+        let found = judge_minute(&buckets, 1060 * MINUTE, Timestamp::EPOCH);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].anomaly.kind, "denied_burst");
+        assert_eq!(found[0].anomaly.detail["by_code"]["REVOKED"], 25);
+    }
+}

@@ -1,0 +1,435 @@
+//! The web dashboard, served at `/` by the same binary: server-rendered HTML (maud), one CSS and
+//! one JS file embedded in the binary, no build step.
+//!
+//! # Layout
+//! - this file: the router, security headers, sessions and CSRF ([`SignedIn`], [`Form`]), the
+//!   error pages ([`PageError`]) and the static assets.
+//! - [`ui`]: the page shell and small components (badges, times, durations).
+//! - [`auth`]: sign-in, sign-out and the first-run setup page.
+//! - [`keys`]: overview, key list, key detail, create, rotate, revoke, revoke all of an owner.
+//! - [`admin`]: keyspaces and their policies, the audit trail, management tokens, webhooks.
+//!
+//! # Rules every handler follows
+//! - Every change goes through [`crate::service`] (or [`crate::accounts`]) with the user's
+//!   [`Ctx`], after [`SignedIn::require`] checks the role with [`Role::may`], the same matrix as
+//!   the API. Pages hide what a role may not use; the server refuses it anyway (403 page).
+//! - Every POST carries the session's synchronizer token, compared in constant time; a request
+//!   a browser marks `Sec-Fetch-Site: cross-site` is refused before anything else.
+//! - No page shows a secret, except the one-time plaintext of a new key or token, on a
+//!   response that is `Cache-Control: no-store` like every dashboard page.
+
+pub mod admin;
+pub mod auth;
+pub mod keys;
+pub mod ui;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::OnceLock;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use keyward_core::keyformat::KeyHash;
+use keyward_core::model::{Permission, Role};
+use keyward_core::user::User;
+use maud::{html, Markup};
+
+use crate::accounts;
+use crate::error::{current_request_id, Code, Error};
+use crate::http::extract::client_ip;
+use crate::service::Ctx;
+use crate::state::AppState;
+
+pub const SESSION_COOKIE: &str = "kw_session";
+/// Pre-session cookie for the sign-in and setup forms (login CSRF).
+pub const FORM_COOKIE: &str = "kw_form";
+const MAX_FORM: usize = 64 * 1024;
+
+pub const CSP: &str =
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+     frame-ancestors 'none'; form-action 'self'; base-uri 'none'";
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(keys::overview))
+        .route("/login", get(auth::login_page).post(auth::login))
+        .route("/logout", post(auth::logout))
+        .route("/setup", get(auth::setup_page).post(auth::setup))
+        .route("/keys", get(keys::list).post(keys::create))
+        .route("/keys/new", get(keys::new_form))
+        .route(
+            "/keys/revoke-owner",
+            get(keys::revoke_owner_page).post(keys::revoke_owner),
+        )
+        .route("/keys/{id}", get(keys::detail))
+        .route("/keys/{id}/revoke", post(keys::revoke))
+        .route("/keys/{id}/rotate", post(keys::rotate))
+        .route("/keys/{id}/enabled", post(keys::set_enabled))
+        .route(
+            "/keyspaces",
+            get(admin::keyspaces).post(admin::create_keyspace),
+        )
+        .route("/keyspaces/new", get(admin::new_keyspace))
+        .route(
+            "/keyspaces/{id}",
+            get(admin::keyspace).post(admin::update_keyspace),
+        )
+        .route("/audit", get(admin::audit))
+        .route("/tokens", get(admin::tokens).post(admin::create_token))
+        .route("/tokens/{id}/revoke", post(admin::revoke_token))
+        .route("/webhooks", get(admin::webhooks))
+        .route("/static/{file}", get(static_file))
+        .layer(middleware::from_fn(guard))
+}
+
+/// Security headers on every dashboard response, `no-store` unless the handler chose a cache
+/// policy, and the refusal of cross-site form posts before any handler runs.
+async fn guard(req: Request, next: Next) -> Response {
+    let cross_site = req.method() == Method::POST
+        && req
+            .headers()
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes() == b"cross-site" || v.as_bytes() == b"same-site");
+    let mut res = if cross_site {
+        PageError::Csrf.into_response()
+    } else {
+        next.run(req).await
+    };
+    let h = res.headers_mut();
+    h.insert("content-security-policy", HeaderValue::from_static(CSP));
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        "cross-origin-opener-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+    if !h.contains_key(CACHE_CONTROL) {
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    res
+}
+
+// ---------------------------------------------------------------- static assets
+
+const STYLE: &str = include_str!("assets/style.css");
+const SCRIPT: &str = include_str!("assets/app.js");
+
+/// A short hash of the assets, added to their URLs so they can be cached for a year.
+pub fn asset_version() -> &'static str {
+    static V: OnceLock<String> = OnceLock::new();
+    V.get_or_init(|| KeyHash::of(&format!("{STYLE}\n{SCRIPT}")).to_hex()[..12].to_string())
+}
+
+async fn static_file(axum::extract::Path(file): axum::extract::Path<String>) -> Response {
+    let (body, ctype) = match file.as_str() {
+        "style.css" => (STYLE, "text/css; charset=utf-8"),
+        "app.js" => (SCRIPT, "text/javascript; charset=utf-8"),
+        _ => return PageError::NotFound.into_response(),
+    };
+    (
+        [
+            (CONTENT_TYPE, ctype),
+            (CACHE_CONTROL, "public, max-age=31536000, immutable"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+// ---------------------------------------------------------------- errors
+
+/// What a dashboard handler can fail with; each renders a page (or a redirect to sign-in).
+#[derive(Debug)]
+pub enum PageError {
+    /// Not signed in (or the session ended): go to the sign-in page, then back to `next`.
+    SignIn(String),
+    /// The form's CSRF token is missing or wrong, or the post came from another site.
+    Csrf,
+    Forbidden(String),
+    NotFound,
+    /// A request the page cannot act on (status and message from the service).
+    Failed(StatusCode, String),
+    Internal,
+}
+
+pub type PageResult<T = Response> = std::result::Result<T, PageError>;
+
+impl From<Error> for PageError {
+    fn from(e: Error) -> Self {
+        match e.code {
+            Code::NotFound => PageError::NotFound,
+            Code::Forbidden => PageError::Forbidden(e.message),
+            Code::Internal => PageError::Internal,
+            Code::Unavailable => PageError::Failed(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The database cannot be reached. Try again in a moment.".into(),
+            ),
+            c => PageError::Failed(c.status(), e.message),
+        }
+    }
+}
+
+impl From<keyward_store::StoreError> for PageError {
+    fn from(e: keyward_store::StoreError) -> Self {
+        Error::from(e).into()
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let (status, title, text) = match self {
+            PageError::SignIn(next) => {
+                let loc = format!("/login?next={}", ui::urlencode(&next));
+                return redirect(&loc);
+            }
+            PageError::Csrf => (
+                StatusCode::FORBIDDEN,
+                "Request refused",
+                "The form could not be verified (missing or invalid CSRF token, or it was sent \
+                 from another site). Reload the page and try again."
+                    .to_string(),
+            ),
+            PageError::Forbidden(m) => (StatusCode::FORBIDDEN, "Not allowed", m),
+            PageError::NotFound => (
+                StatusCode::NOT_FOUND,
+                "Not found",
+                "There is nothing here, or you may not see it.".to_string(),
+            ),
+            PageError::Failed(s, m) => (s, "Request failed", m),
+            PageError::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something went wrong",
+                format!(
+                    "An internal error occurred; the server log has the details under request id {}.",
+                    current_request_id()
+                ),
+            ),
+        };
+        let body = ui::bare_page(
+            title,
+            html! {
+                div.card.narrow {
+                    h1 { (title) }
+                    p { (text) }
+                    p { a.button.secondary href="/" { "Back to the overview" } }
+                }
+            },
+        );
+        (status, body).into_response()
+    }
+}
+
+/// 303 See Other: after a POST, the browser GETs the target.
+pub fn redirect(to: &str) -> Response {
+    let mut res = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(to) {
+        res.headers_mut().insert(LOCATION, v);
+    }
+    res
+}
+
+// ---------------------------------------------------------------- sessions
+
+/// All cookies of a request.
+pub fn cookies(headers: &HeaderMap) -> HashMap<String, String> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| {
+            let (k, v) = c.trim().split_once('=')?;
+            Some((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// Whether the browser reached us over HTTPS (as told by a trusted proxy): cookies get `Secure`.
+pub fn is_https(parts_headers: &HeaderMap, st: &AppState) -> bool {
+    st.config.trust_proxy_headers
+        && parts_headers
+            .get("x-forwarded-proto")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
+}
+
+/// A `Set-Cookie` value: HttpOnly, SameSite=Strict, path `/`.
+pub fn cookie(name: &str, value: &str, max_age: i64, secure: bool) -> String {
+    format!(
+        "{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{}",
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+/// A signed-in user, from the session cookie.
+pub struct SignedIn {
+    pub user: User,
+    /// The session's synchronizer token, put in every form.
+    pub csrf: String,
+    pub ip: Option<IpAddr>,
+    /// The raw session id (for sign-out).
+    session_id: keyward_core::secret::Secret,
+}
+
+impl SignedIn {
+    pub fn role(&self) -> Role {
+        self.user.role
+    }
+    pub fn may(&self, p: Permission) -> bool {
+        self.user.role.may(p)
+    }
+    /// The same check as the API's, as a 403 page.
+    pub fn require(&self, p: Permission) -> PageResult<()> {
+        if self.may(p) {
+            Ok(())
+        } else {
+            Err(PageError::Forbidden(format!(
+                "Your role ({}) does not allow this.",
+                self.user.role.as_str()
+            )))
+        }
+    }
+    /// The service context: actor `{type: user, id: usr_..., name: email}`, no keyspace limit.
+    pub fn ctx(&self) -> Ctx {
+        Ctx {
+            actor: self.user.actor(),
+            request_id: Some(current_request_id()),
+            ip: self.ip.map(|i| i.to_string()),
+            keyspaces: None,
+        }
+    }
+    /// Refuses a form whose `csrf` field is not this session's token.
+    pub fn check_csrf(&self, form: &Form) -> PageResult<()> {
+        if accounts::csrf_matches(&self.csrf, form.get("csrf")) {
+            Ok(())
+        } else {
+            Err(PageError::Csrf)
+        }
+    }
+    pub fn session_id(&self) -> &str {
+        self.session_id.expose()
+    }
+}
+
+impl FromRequestParts<AppState> for SignedIn {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> PageResult<Self> {
+        let next = if parts.method == Method::GET {
+            parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into())
+        } else {
+            "/".into()
+        };
+        let Some(id) = cookies(&parts.headers).remove(SESSION_COOKIE) else {
+            return Err(PageError::SignIn(next));
+        };
+        match accounts::resume_session(st, &id).await? {
+            Some(s) => Ok(SignedIn {
+                user: s.user,
+                csrf: accounts::csrf_token(&id),
+                ip: client_ip(parts, st.config.trust_proxy_headers),
+                session_id: keyward_core::secret::Secret::new(id),
+            }),
+            None => Err(PageError::SignIn(next)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- forms
+
+/// An `application/x-www-form-urlencoded` body (at most 64 KiB), as ordered pairs.
+pub struct Form(pub Vec<(String, String)>);
+
+impl Form {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+    /// The trimmed value, `None` when absent or blank.
+    pub fn text(&self, name: &str) -> Option<String> {
+        self.get(name)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    }
+    pub fn checked(&self, name: &str) -> bool {
+        self.get(name)
+            .is_some_and(|v| v == "on" || v == "true" || v == "yes")
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for Form {
+    type Rejection = PageError;
+
+    async fn from_request(req: Request, _: &S) -> PageResult<Self> {
+        let is_form = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|m| {
+                m.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            });
+        if !is_form {
+            return Err(PageError::Failed(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Forms must be sent as application/x-www-form-urlencoded.".into(),
+            ));
+        }
+        let bytes: Bytes = axum::body::to_bytes(req.into_body(), MAX_FORM)
+            .await
+            .map_err(|_| {
+                PageError::Failed(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "The form is too large.".into(),
+                )
+            })?;
+        serde_urlencoded::from_bytes::<Vec<(String, String)>>(&bytes)
+            .map(Form)
+            .map_err(|_| {
+                PageError::Failed(StatusCode::BAD_REQUEST, "The form is malformed.".into())
+            })
+    }
+}
+
+/// Query parameters as a map (the dashboard ignores parameters it does not know).
+pub struct QueryMap(pub HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryMap {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> PageResult<Self> {
+        let q = parts.uri.query().unwrap_or("");
+        serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+            .map(|v| QueryMap(v.into_iter().collect()))
+            .map_err(|_| PageError::Failed(StatusCode::BAD_REQUEST, "Malformed query.".into()))
+    }
+}
+
+impl QueryMap {
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.0.get(k).map(|s| s.trim()).filter(|s| !s.is_empty())
+    }
+}
+
+/// Hidden CSRF field for a form.
+pub fn csrf_field(s: &SignedIn) -> Markup {
+    html! { input type="hidden" name="csrf" value=(s.csrf); }
+}

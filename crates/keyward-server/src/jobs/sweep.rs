@@ -1,0 +1,290 @@
+//! The sweeper: one per node, every `KEYWARD_SWEEP_INTERVAL_SECS`, reading `now` from the clock.
+//!
+//! - expiry: a key past `expires_at` (including an old key at the end of its rotation grace)
+//!   that is not revoked is marked expired once: `key.expire` audit event by the system actor and
+//!   a `key.expired` webhook;
+//! - warning: `key.expiring` once per key, `expiry_warning_secs` before `expires_at`;
+//! - inactivity: a key without valid use for its keyspace's `inactivity_revoke_secs` (counted
+//!   from creation if never used) is revoked with reason `inactive` (`key.revoke` event,
+//!   `key.inactive_revoked` webhook only);
+//! - usage retention and spike / denied-burst detection.
+//!
+//! Every step for one key is one transaction whose update is conditional (`mark_expired`,
+//! `mark_warned`, a re-read of the key under the write lock), so nodes sweeping at the same time
+//! write each audit event and enqueue each webhook exactly once, and a crash between keys loses
+//! or repeats nothing.
+
+use std::time::Duration;
+
+use keyward_core::id::new_id;
+use keyward_core::model::{Actor, Key, KeyStatus};
+use keyward_core::time::Timestamp;
+use keyward_store::{NewEvent, Page, StoreError, GRANULARITIES};
+use serde_json::{json, Map};
+
+use crate::anomalies;
+use crate::events::key_event;
+use crate::state::AppState;
+
+const BATCH: i64 = 200;
+
+/// What one sweep did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub expired: usize,
+    pub warned: usize,
+    pub inactive_revoked: usize,
+    pub anomalies: usize,
+    pub pruned_buckets: u64,
+}
+
+fn system_event(now: Timestamp, action: &str, key: &Key) -> NewEvent {
+    NewEvent {
+        id: new_id("evt", now),
+        at: now,
+        actor: Actor::system(),
+        action: action.into(),
+        target_type: "key".into(),
+        target_id: key.id.clone(),
+        reason: None,
+        request_id: None,
+        ip: None,
+        changes: Map::new(),
+    }
+}
+
+async fn expire(st: &AppState, now: Timestamp) -> Result<usize, StoreError> {
+    let mut n = 0;
+    loop {
+        let keys = st.store.expired_unmarked(now, BATCH).await?;
+        if keys.is_empty() {
+            return Ok(n);
+        }
+        let mut progressed = false;
+        for k in keys {
+            let mut tx = st.store.begin().await?;
+            if !tx.mark_expired(&k.id, now).await? {
+                continue;
+            }
+            let Some(k) = tx.key(&k.id).await? else {
+                continue;
+            };
+            let mut ev = system_event(now, "key.expire", &k);
+            ev.changes.insert("status".into(), json!([null, "expired"]));
+            ev.changes
+                .insert("expires_at".into(), json!([k.expires_at, k.expires_at]));
+            tx.append_audit(ev).await?;
+            tx.enqueue(&key_event("key.expired", &k, now, Map::new()))
+                .await?;
+            tx.commit().await?;
+            n += 1;
+            progressed = true;
+        }
+        if !progressed {
+            return Ok(n);
+        }
+    }
+}
+
+async fn keyspaces(st: &AppState) -> Result<Vec<keyward_core::model::Keyspace>, StoreError> {
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let page = st
+            .store
+            .list_keyspaces(
+                None,
+                &Page {
+                    limit: 500,
+                    after: after.clone(),
+                },
+            )
+            .await?;
+        let Some(last) = page.last() else {
+            return Ok(all);
+        };
+        after = Some((last.created_at.millis(), last.id.clone()));
+        all.extend(page);
+    }
+}
+
+async fn warn(
+    st: &AppState,
+    now: Timestamp,
+    spaces: &[keyward_core::model::Keyspace],
+) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for ks in spaces {
+        let Some(w) = ks.policy.expiry_warning_secs else {
+            continue;
+        };
+        loop {
+            let keys = st
+                .store
+                .expiring_unwarned(&ks.id, now, now.plus_secs(w), BATCH)
+                .await?;
+            let mut progressed = false;
+            for k in &keys {
+                let mut tx = st.store.begin().await?;
+                if !tx.mark_warned(&k.id, now).await? {
+                    continue;
+                }
+                tx.enqueue(&key_event("key.expiring", k, now, Map::new()))
+                    .await?;
+                tx.commit().await?;
+                n += 1;
+                progressed = true;
+            }
+            if keys.len() < BATCH as usize || !progressed {
+                break;
+            }
+        }
+    }
+    Ok(n)
+}
+
+async fn revoke_inactive(
+    st: &AppState,
+    now: Timestamp,
+    spaces: &[keyward_core::model::Keyspace],
+) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for ks in spaces {
+        let Some(secs) = ks.policy.inactivity_revoke_secs else {
+            continue;
+        };
+        let cutoff = now.plus_secs(-secs);
+        loop {
+            let keys = st.store.inactive_since(&ks.id, now, cutoff, BATCH).await?;
+            let mut progressed = false;
+            for k in &keys {
+                let mut tx = st.store.begin().await?;
+                // Re-read under the write lock: another node may have acted, or the key been used.
+                let Some(mut k) = tx.key(&k.id).await? else {
+                    continue;
+                };
+                let last = k.last_used_at.unwrap_or(k.created_at);
+                let live = matches!(
+                    k.status(now),
+                    KeyStatus::Active | KeyStatus::Disabled | KeyStatus::Rotating
+                );
+                if !live || last > cutoff {
+                    continue;
+                }
+                let actor = Actor::system();
+                let mut ev = system_event(now, "key.revoke", &k);
+                ev.reason = Some("inactive".into());
+                ev.changes.insert("revoked_at".into(), json!([null, now]));
+                ev.changes.insert("revoked_by".into(), json!([null, actor]));
+                ev.changes
+                    .insert("revoked_reason".into(), json!([null, "inactive"]));
+                k.revoked_at = Some(now);
+                k.revoked_by = Some(actor);
+                k.revoked_reason = Some("inactive".into());
+                k.updated_at = now;
+                tx.update_key(&k).await?;
+                tx.append_audit(ev).await?;
+                tx.enqueue(&key_event("key.inactive_revoked", &k, now, Map::new()))
+                    .await?;
+                tx.commit().await?;
+                st.verifier.invalidate(&k.hash);
+                n += 1;
+                progressed = true;
+            }
+            if keys.len() < BATCH as usize || !progressed {
+                break;
+            }
+        }
+    }
+    Ok(n)
+}
+
+async fn prune(st: &AppState, now: Timestamp) -> Result<u64, StoreError> {
+    let mut n = 0;
+    for (i, (g, _)) in GRANULARITIES.iter().enumerate() {
+        n += st
+            .store
+            .prune_usage(g, now.plus_secs(-st.config.retention_secs[i]))
+            .await?;
+    }
+    Ok(n)
+}
+
+/// Judges every complete minute after `*last` up to the one before `now`.
+async fn patterns(
+    st: &AppState,
+    now: Timestamp,
+    last: &mut Option<i64>,
+) -> Result<usize, StoreError> {
+    const MINUTE: i64 = 60_000;
+    let current = now.millis().div_euclid(MINUTE) * MINUTE;
+    let newest = current - MINUTE;
+    let first = match *last {
+        Some(l) => (l + MINUTE).max(newest - 59 * MINUTE),
+        None => newest,
+    };
+    if first > newest {
+        return Ok(0);
+    }
+    let from = Timestamp::from_millis(first - anomalies::BASELINE_MINUTES * MINUTE);
+    let buckets = st
+        .store
+        .usage(None, "m", from, Timestamp::from_millis(current))
+        .await?;
+    let mut found = Vec::new();
+    let mut m = first;
+    while m <= newest {
+        found.extend(anomalies::judge_minute(&buckets, m, now));
+        m += MINUTE;
+    }
+    for f in &mut found {
+        if let Some(k) = st.store.key(&f.anomaly.key_id).await? {
+            f.anomaly.keyspace_id = k.keyspace_id;
+        }
+    }
+    let n = anomalies::record(st, found).await?;
+    *last = Some(newest);
+    Ok(n)
+}
+
+/// Runs every sweep once at `now` (the clock's). `last_minute` carries pattern detection's
+/// progress between sweeps of this node.
+pub async fn sweep_once(
+    st: &AppState,
+    last_minute: &mut Option<i64>,
+) -> Result<Report, StoreError> {
+    // Inactivity must see this node's latest uses.
+    crate::jobs::usage::flush(st).await?;
+    let now = st.clock.now();
+    let spaces = keyspaces(st).await?;
+    let mut r = Report {
+        expired: expire(st, now).await?,
+        ..Report::default()
+    };
+    r.warned = warn(st, now, &spaces).await?;
+    r.inactive_revoked = revoke_inactive(st, now, &spaces).await?;
+    r.pruned_buckets = prune(st, now).await?;
+    r.anomalies = patterns(st, now, last_minute).await?;
+    if r.expired + r.warned + r.inactive_revoked + r.anomalies > 0 {
+        st.webhook_wake.notify_one();
+    }
+    Ok(r)
+}
+
+pub async fn run(st: AppState, every: Duration, shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut shutdown = shutdown;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_minute = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        match sweep_once(&st, &mut last_minute).await {
+            Ok(r) if r != Report::default() => tracing::info!(?r, "sweep"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "sweep failed; the next one retries"),
+        }
+    }
+}

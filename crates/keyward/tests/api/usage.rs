@@ -1,0 +1,314 @@
+//! Usage analytics: buckets that agree with the counters, source addresses, pattern changes
+//! (each kind triggered by real verifications, steady traffic triggering none) and metrics.
+
+use serde_json::{json, Value};
+
+use crate::both;
+use crate::helpers::{spawn_with, Backend, Options, Receiver, TestApp};
+
+async fn on_manual_clock<F, Fut>(backend: Backend, f: F)
+where
+    F: FnOnce(TestApp) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut o = Options {
+        manual_clock: true,
+        ..Options::default()
+    };
+    o.config.webhook_poll_ms = 3_600_000;
+    if let Some(app) = spawn_with(backend, o).await {
+        f(app).await;
+    }
+}
+
+macro_rules! manual_both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::on_manual_clock(crate::helpers::Backend::Sqlite, super::$name).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::on_manual_clock(crate::helpers::Backend::Postgres, super::$name).await;
+            }
+        }
+    };
+}
+
+fn sum_valid(r: &Value) -> i64 {
+    r["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["valid"].as_i64().unwrap())
+        .sum()
+}
+
+async fn usage_buckets_agree_with_the_counters_at_every_granularity(app: TestApp) {
+    let ks = app.keyspace(json!({})).await;
+    let (id, key) = app.key(&ks, json!({"scopes": ["a:read"]})).await;
+    for i in 0..7 {
+        app.verify(json!({"key": key, "ip": format!("203.0.113.{}", i % 2)}))
+            .await;
+    }
+    app.advance(125);
+    for _ in 0..3 {
+        app.verify(json!({"key": key, "scopes": ["b:write"]})).await;
+    }
+    app.verify(json!({"key": key})).await;
+    app.flush().await;
+    let k = app.get(&format!("/v1/keys/{id}")).await.expect(200);
+    assert_eq!(
+        (
+            k.body["call_count"].as_i64(),
+            k.body["denied_count"].as_i64()
+        ),
+        (Some(8), Some(3))
+    );
+    for g in ["minute", "hour", "day"] {
+        let u = app
+            .get(&format!("/v1/keys/{id}/usage?granularity={g}"))
+            .await
+            .expect(200);
+        assert_eq!(u.body["granularity"], g);
+        assert_eq!(sum_valid(&u.body), 8, "{g}");
+        assert_eq!(
+            u.body["totals"],
+            json!({"valid": 8, "denied": {"INSUFFICIENT_SCOPE": 3}}),
+            "{g}"
+        );
+    }
+    let minutes = app
+        .get(&format!("/v1/keys/{id}/usage?granularity=minute"))
+        .await
+        .body;
+    let b = minutes["buckets"].as_array().unwrap();
+    assert_eq!(
+        b.len(),
+        2,
+        "two minutes with traffic, empty ones omitted: {minutes}"
+    );
+    assert_eq!(b[0]["valid"], 7, "oldest first");
+    assert_eq!(b[1]["denied"], json!({"INSUFFICIENT_SCOPE": 3}));
+    // `from` inclusive, `to` exclusive.
+    let second = b[1]["start"].as_str().unwrap();
+    let only_second = app
+        .get(&format!(
+            "/v1/keys/{id}/usage?granularity=minute&from={second}"
+        ))
+        .await
+        .body;
+    assert_eq!(sum_valid(&only_second), 1);
+    let before_second = app
+        .get(&format!(
+            "/v1/keys/{id}/usage?granularity=minute&to={second}"
+        ))
+        .await
+        .body;
+    assert_eq!(sum_valid(&before_second), 7);
+    assert_eq!(
+        app.get(&format!("/v1/keys/{id}/usage?granularity=week"))
+            .await
+            .status,
+        400
+    );
+    let r = app
+        .get(&format!(
+            "/v1/keys/{id}/usage?from=2030-01-02T00:00:00Z&to=2030-01-01T00:00:00Z"
+        ))
+        .await;
+    assert_eq!(r.status, 400);
+
+    let src = app.get(&format!("/v1/keys/{id}/sources")).await.expect(200);
+    let items = src.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    let counts: i64 = items.iter().map(|s| s["count"].as_i64().unwrap()).sum();
+    assert_eq!(counts, 7);
+    assert!(items
+        .iter()
+        .all(|s| s["first_seen"].is_string() && s["last_seen"].is_string()));
+
+    let ksu = app
+        .get(&format!("/v1/keyspaces/{ks}/usage?granularity=hour"))
+        .await
+        .expect(200);
+    assert_eq!(ksu.body["totals"]["valid"], 8);
+    assert_eq!(ksu.body["top_by_calls"][0]["key_id"], id);
+    assert_eq!(ksu.body["top_by_denials"][0]["denied"], 3);
+}
+manual_both!(usage_buckets_agree_with_the_counters_at_every_granularity);
+
+async fn anomalies(app: &TestApp, ks: &str) -> Vec<Value> {
+    app.get(&format!("/v1/anomalies?keyspace_id={ks}"))
+        .await
+        .expect(200)
+        .body["items"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+async fn a_new_source_address_is_an_anomaly_but_the_first_is_not(app: TestApp) {
+    let rx = Receiver::start(0).await;
+    app.webhook(&rx, &["key.anomaly"]).await;
+    let ks = app.keyspace(json!({})).await;
+    let (id, key) = app.key(&ks, json!({})).await;
+    app.verify(json!({"key": key, "ip": "203.0.113.7"})).await;
+    app.flush().await;
+    assert!(
+        anomalies(&app, &ks).await.is_empty(),
+        "the first address is not an anomaly"
+    );
+    app.verify(json!({"key": key, "ip": "203.0.113.7"})).await;
+    app.verify(json!({"key": key, "ip": "::ffff:198.51.100.9"}))
+        .await;
+    app.flush().await;
+    let found = anomalies(&app, &ks).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["kind"], "new_source");
+    assert_eq!(found[0]["key_id"], id);
+    assert_eq!(found[0]["detail"]["ip"], "198.51.100.9");
+    app.verify(json!({"key": key, "ip": "198.51.100.9"})).await;
+    app.flush().await;
+    assert_eq!(anomalies(&app, &ks).await.len(), 1, "once per address");
+    // A successor starts with its predecessor's addresses.
+    let r = app
+        .post(&format!("/v1/keys/{id}/rotate"), json!({"grace_secs": 0}))
+        .await
+        .expect(201);
+    let new_key = r.body["key"].as_str().unwrap().to_string();
+    app.verify(json!({"key": new_key, "ip": "203.0.113.7"}))
+        .await;
+    app.flush().await;
+    assert_eq!(anomalies(&app, &ks).await.len(), 1);
+    app.deliver().await;
+    let got = rx.wait_for("key.anomaly", 1).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["data"]["anomaly"]["kind"], "new_source");
+    assert_eq!(got[0]["data"]["key"]["id"], id);
+}
+manual_both!(a_new_source_address_is_an_anomaly_but_the_first_is_not);
+
+async fn a_key_used_again_after_a_long_silence_is_reported(app: TestApp) {
+    let ks = app.keyspace(json!({"inactivity_revoke_secs": null})).await;
+    let (id, key) = app.key(&ks, json!({})).await;
+    app.verify(json!({"key": key})).await;
+    app.advance(10 * 86_400);
+    app.verify(json!({"key": key})).await;
+    app.flush().await;
+    assert!(
+        anomalies(&app, &ks).await.is_empty(),
+        "ten days is not a long silence"
+    );
+    app.advance(31 * 86_400);
+    app.verify(json!({"key": key})).await;
+    app.flush().await;
+    let found = anomalies(&app, &ks).await;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["kind"], "dormant_reactivated");
+    assert_eq!(found[0]["key_id"], id);
+    assert_eq!(found[0]["detail"]["silent_secs"], 31 * 86_400);
+}
+manual_both!(a_key_used_again_after_a_long_silence_is_reported);
+
+async fn a_spike_and_a_denied_burst_are_reported_and_steady_traffic_is_not(app: TestApp) {
+    let ks = app.keyspace(json!({})).await;
+    let (spiky, spiky_key) = app.key(&ks, json!({})).await;
+    let (_, steady_key) = app.key(&ks, json!({})).await;
+    let (burst, burst_key) = app.key(&ks, json!({})).await;
+    // An hour of steady traffic for every key: two valid calls a minute.
+    for _ in 0..60 {
+        for k in [&spiky_key, &steady_key, &burst_key] {
+            app.verify(json!({"key": k})).await;
+            app.verify(json!({"key": k})).await;
+        }
+        app.advance(60);
+    }
+    app.flush().await;
+    app.sweep().await;
+    assert!(
+        anomalies(&app, &ks).await.is_empty(),
+        "steady traffic triggers nothing"
+    );
+    // One minute: the spiky key jumps to 40 calls, the steady key keeps its pace, the burst key
+    // is revoked and still tried.
+    app.post(
+        &format!("/v1/keys/{burst}/revoke"),
+        json!({"reason": "leaked"}),
+    )
+    .await
+    .expect(200);
+    for _ in 0..40 {
+        app.verify(json!({"key": spiky_key})).await;
+    }
+    for _ in 0..25 {
+        assert_eq!(app.verify_code(&burst_key).await, "REVOKED");
+    }
+    app.verify(json!({"key": steady_key})).await;
+    app.verify(json!({"key": steady_key})).await;
+    app.advance(60);
+    app.sweep().await;
+    let found = anomalies(&app, &ks).await;
+    let kinds: Vec<(String, String)> = found
+        .iter()
+        .map(|a| {
+            (
+                a["kind"].as_str().unwrap().into(),
+                a["key_id"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(kinds.len(), 2, "{found:?}");
+    assert!(kinds.contains(&("spike".into(), spiky.clone())));
+    assert!(kinds.contains(&("denied_burst".into(), burst.clone())));
+    let burst_detail = found.iter().find(|a| a["kind"] == "denied_burst").unwrap();
+    assert_eq!(burst_detail["detail"]["by_code"]["REVOKED"], 25);
+    app.sweep().await;
+    assert_eq!(anomalies(&app, &ks).await.len(), 2, "reported once");
+    let since = app
+        .get(&format!(
+            "/v1/anomalies?keyspace_id={ks}&since=2100-01-01T00:00:00Z"
+        ))
+        .await
+        .expect(200);
+    assert_eq!(since.body["items"], json!([]));
+}
+manual_both!(a_spike_and_a_denied_burst_are_reported_and_steady_traffic_is_not);
+
+async fn metrics_count_verifications_cache_use_flushes_and_webhooks(app: TestApp) {
+    let ks = app.keyspace(json!({})).await;
+    let (_, key) = app.key(&ks, json!({})).await;
+    app.verify(json!({"key": key})).await;
+    app.verify(json!({"key": key})).await;
+    app.verify(json!({"key": "nope"})).await;
+    app.flush().await;
+    let m = app
+        .http
+        .get(format!("{}/metrics", app.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |line: &str| -> f64 {
+        m.lines()
+            .find(|l| l.starts_with(line))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    assert_eq!(value("keyward_verifications_total{code=\"VALID\"}"), 2.0);
+    assert_eq!(
+        value("keyward_verifications_total{code=\"NOT_FOUND\"}"),
+        1.0
+    );
+    assert_eq!(value("keyward_verify_duration_seconds_count"), 3.0);
+    assert!(value("keyward_cache_hits_total") >= 1.0);
+    assert!(value("keyward_cache_misses_total") >= 1.0);
+    assert!(value("keyward_usage_flushes_total") >= 1.0);
+    assert!(m.contains("keyward_webhook_deliveries_total{result=\"success\"}"));
+    assert!(!m.contains(&key));
+}
+both!(metrics_count_verifications_cache_use_flushes_and_webhooks);
