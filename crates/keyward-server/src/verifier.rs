@@ -23,6 +23,26 @@ use keyward_store::{Store, StoreError, UsageDelta};
 use crate::metrics::Metrics;
 
 const SHARDS: usize = 64;
+
+/// Keys of the cache are SHA-256 digests: already uniformly random, so their first eight bytes
+/// are the hash (no second hash function on the hot path).
+#[derive(Clone, Copy, Default)]
+pub struct DigestHasher(u64);
+
+impl std::hash::Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // `KeyHash` hashes as its 32-byte array (a length prefix, then the bytes).
+        let mut b = [0u8; 8];
+        let n = bytes.len().min(8);
+        b[..n].copy_from_slice(&bytes[..n]);
+        self.0 ^= u64::from_le_bytes(b).rotate_left(5);
+    }
+}
+
+type DigestMap<V> = HashMap<KeyHash, V, std::hash::BuildHasherDefault<DigestHasher>>;
 /// Negative entries kept per shard before that shard's negatives are dropped.
 const NEGATIVE_PER_SHARD: usize = 4096;
 
@@ -149,7 +169,7 @@ pub struct Verifier {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
-    shards: Vec<RwLock<HashMap<KeyHash, Slot>>>,
+    shards: Vec<RwLock<DigestMap<Slot>>>,
     /// Live state by key id.
     live: Mutex<HashMap<String, Arc<Live>>>,
     /// Live cells with counts not yet written (each at most once, see `Live::queued`).
@@ -171,7 +191,7 @@ impl Verifier {
             store,
             clock,
             metrics,
-            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| RwLock::new(DigestMap::default())).collect(),
             live: Mutex::new(HashMap::new()),
             dirty: Mutex::new(Vec::new()),
             epoch: AtomicU64::new(0),
@@ -179,8 +199,9 @@ impl Verifier {
         }
     }
 
-    fn shard(&self, h: &KeyHash) -> &RwLock<HashMap<KeyHash, Slot>> {
-        &self.shards[h.0[0] as usize % SHARDS]
+    fn shard(&self, h: &KeyHash) -> &RwLock<DigestMap<Slot>> {
+        // The last byte picks the shard; the first eight feed the map (independent bits).
+        &self.shards[h.0[31] as usize % SHARDS]
     }
 
     /// Verifies one request. `Err` only when the key is not cached and the store cannot be read.
@@ -400,6 +421,13 @@ impl Verifier {
             live.stale_quota.store(true, Ordering::Release);
         }
         self.invalidate(hash);
+    }
+
+    /// Puts a key straight into the cache, as a store read would (benchmarks and warm-up).
+    pub fn prime(&self, key: Key) {
+        let hash = key.hash;
+        let entry = Arc::new(self.entry_for(key, None));
+        self.shard(&hash).write().unwrap_or_else(|p| p.into_inner()).insert(hash, Slot::Found(entry));
     }
 
     /// Forgets what this node caches about a key; the next verification reads the store.

@@ -114,14 +114,16 @@ async fn request_context(req: Request, next: Next) -> Response {
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut().insert("x-request-id", v);
     }
-    tracing::info!(
-        request_id = %id,
-        method = %method,
-        route = route.as_deref().unwrap_or("-"),
-        status = res.status().as_u16(),
-        micros = started.elapsed().as_micros() as u64,
-        "request"
-    );
+    let route = route.as_deref().unwrap_or("-");
+    let status = res.status().as_u16();
+    let micros = started.elapsed().as_micros() as u64;
+    // The data plane answers tens of thousands of requests a second: its lines are debug-level
+    // (its outcomes are in /metrics); the control plane is logged at info.
+    if matches!(route, "/v1/verify" | "/v1/forward-auth") {
+        tracing::debug!(request_id = %id, method = %method, route, status, micros, "request");
+    } else {
+        tracing::info!(request_id = %id, method = %method, route, status, micros, "request");
+    }
     res
 }
 

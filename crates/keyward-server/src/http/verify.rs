@@ -11,7 +11,8 @@ use keyward_core::model::{parse_ip, Permission};
 use keyward_core::scope::check_requested_scope;
 use keyward_core::verify::Code as VCode;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::error::{error_body, Error, Result};
 use crate::http::extract::{authenticate, bearer, client_ip, JsonBody, Params};
@@ -70,7 +71,7 @@ pub async fn verify(State(st): State<AppState>, req: axum::extract::Request) -> 
         )));
     }
     let outcome = run(&st, &b.key, &scopes, ip, cost).await?;
-    Ok(Json(outcome_json(&outcome)).into_response())
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], outcome_body(&outcome)).into_response())
 }
 
 async fn run(
@@ -94,40 +95,68 @@ async fn run(
     Ok(outcome)
 }
 
-fn outcome_json(o: &Outcome) -> Value {
-    match o {
-        Outcome::Valid {
-            entry,
-            remaining,
-            rate,
-        } => {
+#[derive(Serialize)]
+struct RateBody {
+    limit: i64,
+    remaining: i64,
+    reset_at: keyward_core::time::Timestamp,
+}
+
+/// The answer, serialized straight from the cached key (no intermediate JSON tree).
+#[derive(Serialize)]
+struct Answer<'a> {
+    valid: bool,
+    code: VCode,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keyspace_id: Option<&'a str>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    details: Option<Details<'a>>,
+}
+
+#[derive(Serialize)]
+struct Details<'a> {
+    name: &'a str,
+    owner: &'a Option<String>,
+    scopes: &'a [String],
+    labels: &'a std::collections::BTreeMap<String, String>,
+    meta: &'a serde_json::Map<String, Value>,
+    expires_at: Option<keyward_core::time::Timestamp>,
+    remaining: Option<i64>,
+    ratelimit: Option<RateBody>,
+}
+
+fn outcome_body(o: &Outcome) -> Vec<u8> {
+    let answer = match o {
+        Outcome::Valid { entry, remaining, rate } => {
             let k = &entry.key;
-            json!({
-                "valid": true,
-                "code": "VALID",
-                "key_id": k.id,
-                "keyspace_id": k.keyspace_id,
-                "name": k.name,
-                "owner": k.owner,
-                "scopes": k.scopes,
-                "labels": k.labels,
-                "meta": k.meta,
-                "expires_at": k.expires_at,
-                "remaining": remaining,
-                "ratelimit": rate.map(|r| json!({"limit": r.limit, "remaining": r.remaining, "reset_at": r.reset_at})),
-            })
+            Answer {
+                valid: true,
+                code: VCode::Valid,
+                key_id: Some(&k.id),
+                keyspace_id: Some(&k.keyspace_id),
+                details: Some(Details {
+                    name: &k.name,
+                    owner: &k.owner,
+                    scopes: &k.scopes,
+                    labels: &k.labels,
+                    meta: &k.meta,
+                    expires_at: k.expires_at,
+                    remaining: *remaining,
+                    ratelimit: rate.map(|r| RateBody { limit: r.limit, remaining: r.remaining, reset_at: r.reset_at }),
+                }),
+            }
         }
-        Outcome::Denied {
-            code,
-            entry: Some(e),
-            ..
-        } => {
-            json!({"valid": false, "code": code, "key_id": e.key.id, "keyspace_id": e.key.keyspace_id})
-        }
-        Outcome::Denied {
-            code, entry: None, ..
-        } => json!({"valid": false, "code": code}),
-    }
+        Outcome::Denied { code, entry, .. } => Answer {
+            valid: false,
+            code: *code,
+            key_id: entry.as_ref().map(|e| e.key.id.as_str()),
+            keyspace_id: entry.as_ref().map(|e| e.key.keyspace_id.as_str()),
+            details: None,
+        },
+    };
+    serde_json::to_vec(&answer).unwrap_or_default()
 }
 
 /// For reverse proxies: the key from `Authorization: Bearer` or `X-API-Key` (never from the
