@@ -308,7 +308,7 @@ async fn check_owner_limit(
             .await?;
         let n = live
             .iter()
-            .filter(|k| k.rotated_to.is_none() && Some(k.id.as_str()) != except)
+            .filter(|k| k.status(now) == KeyStatus::Active && Some(k.id.as_str()) != except)
             .count();
         if n as i64 >= max {
             return Err(Error::policy(format!(
@@ -559,6 +559,9 @@ pub async fn update_key(st: &AppState, ctx: &Ctx, id: &str, p: PatchKey) -> Resu
         if ks.policy.require_owner && k.owner.is_none() {
             return Err(Error::policy("the keyspace policy requires an owner"));
         }
+        check_owner_limit(&mut tx, &ks, &k.owner, now, Some(&k.id)).await?;
+    } else if k.enabled && !old.enabled {
+        // Re-enabling makes the key active again: it counts towards the owner's limit.
         check_owner_limit(&mut tx, &ks, &k.owner, now, Some(&k.id)).await?;
     }
     if let Some(v) = p.remaining {

@@ -65,6 +65,21 @@ pub struct ServeArgs {
     /// Redis for cluster-wide rate limits.
     #[arg(long, env = "KEYWARD_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// A valid use after this many seconds without one is a `dormant_reactivated` anomaly.
+    #[arg(long, env = "KEYWARD_DORMANT_SECS", default_value_t = 30 * 86_400)]
+    pub dormant_secs: i64,
+    /// First webhook retry delay; each next one doubles (at most 1 h apart, for 24 h).
+    #[arg(long, env = "KEYWARD_WEBHOOK_RETRY_BASE_MS", default_value_t = 1000)]
+    pub webhook_retry_base_ms: i64,
+    /// How long minute usage buckets are kept, in seconds.
+    #[arg(long, env = "KEYWARD_USAGE_RETENTION_MINUTE_SECS", default_value_t = 7 * 86_400)]
+    pub usage_retention_minute_secs: i64,
+    /// How long hour usage buckets are kept, in seconds.
+    #[arg(long, env = "KEYWARD_USAGE_RETENTION_HOUR_SECS", default_value_t = 90 * 86_400)]
+    pub usage_retention_hour_secs: i64,
+    /// How long day usage buckets are kept, in seconds.
+    #[arg(long, env = "KEYWARD_USAGE_RETENTION_DAY_SECS", default_value_t = 730 * 86_400)]
+    pub usage_retention_day_secs: i64,
 }
 
 #[derive(Args)]

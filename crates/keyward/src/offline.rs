@@ -84,6 +84,13 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
         verify_requires_token: args.verify_requires_token,
         trust_proxy_headers: args.trust_proxy_headers,
         redis_url: args.redis_url,
+        dormant_after_secs: args.dormant_secs,
+        webhook_retry_base_ms: args.webhook_retry_base_ms,
+        retention_secs: [
+            args.usage_retention_minute_secs,
+            args.usage_retention_hour_secs,
+            args.usage_retention_day_secs,
+        ],
         ..Config::default()
     };
     let state = AppState::new(store, Arc::new(SystemClock), config);

@@ -49,14 +49,19 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         let chunked = headers.contains_key(TRANSFER_ENCODING);
         let has_body = declared.is_some_and(|n| n > 0) || chunked;
         let json = is_json(headers);
+        // Answered before the body is read: tell the client this connection is not reused.
+        let close = |mut e: Error| {
+            e.headers.push(("connection", "close".into()));
+            e
+        };
         if has_body && !json {
-            return Err(Error::new(
+            return Err(close(Error::new(
                 Code::UnsupportedMediaType,
                 "the request body must be JSON (Content-Type: application/json)",
-            ));
+            )));
         }
         if declared.is_some_and(|n| n > MAX_BODY as u64) {
-            return Err(too_large());
+            return Err(close(too_large()));
         }
         let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY)
             .await

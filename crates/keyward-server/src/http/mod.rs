@@ -71,8 +71,9 @@ async fn not_found() -> Error {
 
 fn valid_request_id(v: &HeaderValue) -> Option<String> {
     let s = v.to_str().ok()?;
-    (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
-        .then(|| s.to_string())
+    // Any printable ASCII (spaces included) up to 256 bytes is echoed as sent.
+    let printable = s.bytes().all(|b| b == b' ' || b.is_ascii_graphic());
+    (!s.is_empty() && s.len() <= 256 && printable).then(|| s.to_string())
 }
 
 /// Gives every request an id (echoed from `x-request-id` when it sent a usable one), makes it
