@@ -131,8 +131,9 @@ fn argon2() -> Argon2<'static> {
 }
 
 fn hash_blocking(password: &str) -> Result<String> {
-    // 22 base62 characters (~131 bits) are valid B64 salt characters.
-    let salt = SaltString::from_b64(&base62_random(22)).map_err(Error::internal)?;
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| Error::internal(format!("OS random: {e}")))?;
+    let salt = SaltString::encode_b64(&bytes).map_err(Error::internal)?;
     argon2()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
