@@ -9,6 +9,7 @@ mod automation;
 mod cli;
 mod cluster;
 mod conventions;
+mod dashboard;
 mod keys;
 mod lifecycle;
 mod roles;

@@ -1,0 +1,649 @@
+//! The web dashboard over HTTP, as a browser would drive it (cookies and forms by hand):
+//! sign-in and sessions, CSRF refusals, role refusals, the first-run setup link, the identical
+//! work for unknown users and wrong passwords, throttling, and the security headers.
+
+use keyward_core::model::{Actor, Role};
+use keyward_core::secret::Secret;
+use keyward_server::accounts;
+use keyward_server::service::Ctx;
+use serde_json::json;
+use std::sync::atomic::Ordering;
+
+use crate::both;
+use crate::helpers::{spawn_with, Backend, Options, TestApp};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// A client that keeps no cookies and follows no redirects: tests look at both.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn cli_ctx() -> Ctx {
+    Ctx {
+        actor: Actor::cli("test"),
+        request_id: None,
+        ip: None,
+        keyspaces: None,
+    }
+}
+
+async fn add_user(app: &TestApp, email: &str, role: Role) -> String {
+    accounts::create_user(
+        &app.state,
+        &cli_ctx(),
+        email,
+        role,
+        Secret::new(PASSWORD.into()),
+    )
+    .await
+    .unwrap()
+    .id
+}
+
+/// The value of `name="csrf"` in a page.
+fn csrf_in(html: &str) -> String {
+    let i = html.find(r#"name="csrf" value=""#).expect("a csrf field");
+    let rest = &html[i + r#"name="csrf" value=""#.len()..];
+    rest[..rest.find('"').unwrap()].to_string()
+}
+
+/// `name=value` of a Set-Cookie header with this name.
+fn set_cookie(res: &reqwest::Response, name: &str) -> Option<(String, String)> {
+    res.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(|v| {
+            let value = v.split(';').next().unwrap().to_string();
+            (value, v.to_string())
+        })
+}
+
+/// A signed-in browser: the session cookie and the session's CSRF token.
+struct Browser {
+    url: String,
+    http: reqwest::Client,
+    cookie: String,
+    csrf: String,
+}
+
+impl Browser {
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .header("cookie", &self.cookie)
+            .send()
+            .await
+            .unwrap()
+    }
+    async fn post(&self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.url))
+            .header("cookie", &self.cookie)
+            .form(form)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// Fetches the sign-in form (its pre-session cookie and token) and posts the credentials.
+async fn attempt(app: &TestApp, email: &str, password: &str) -> reqwest::Response {
+    let http = client();
+    let page = http.get(format!("{}/login", app.url)).send().await.unwrap();
+    let (form_cookie, _) = set_cookie(&page, "kw_form").expect("a pre-session cookie");
+    let token = csrf_in(&page.text().await.unwrap());
+    http.post(format!("{}/login", app.url))
+        .header("cookie", form_cookie)
+        .form(&[
+            ("csrf", token.as_str()),
+            ("email", email),
+            ("password", password),
+        ])
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn sign_in(app: &TestApp, email: &str) -> Browser {
+    let res = attempt(app, email, PASSWORD).await;
+    assert_eq!(res.status(), 303, "sign-in did not redirect");
+    let (cookie, _) = set_cookie(&res, "kw_session").expect("a session cookie");
+    let http = client();
+    let home = http
+        .get(format!("{}/", app.url))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(home.status(), 200);
+    let csrf = csrf_in(&home.text().await.unwrap());
+    Browser {
+        url: app.url.clone(),
+        http,
+        cookie,
+        csrf,
+    }
+}
+
+async fn signing_in_gives_a_strict_httponly_session_that_signing_out_ends(app: TestApp) {
+    add_user(&app, "Alice@Example.com", Role::Admin).await;
+    let res = attempt(&app, "alice@example.com", PASSWORD).await;
+    assert_eq!(res.status(), 303);
+    let (_, header) = set_cookie(&res, "kw_session").unwrap();
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age="] {
+        assert!(header.contains(attr), "{header} lacks {attr}");
+    }
+    let b = sign_in(&app, "alice@example.com").await;
+    let page = b.get("/keys").await;
+    assert_eq!(page.status(), 200);
+    // Only the session id's hash is stored.
+    let session_id = b.cookie.trim_start_matches("kw_session=").to_string();
+    assert!(app
+        .state
+        .store
+        .users()
+        .session(&session_id, app.state.clock.now())
+        .await
+        .unwrap()
+        .is_none());
+
+    let out = b.post("/logout", &[("csrf", b.csrf.as_str())]).await;
+    assert_eq!(out.status(), 303);
+    let after = b.get("/keys").await;
+    assert_eq!(after.status(), 303);
+    assert!(after.headers()["location"]
+        .to_str()
+        .unwrap()
+        .starts_with("/login"));
+}
+both!(signing_in_gives_a_strict_httponly_session_that_signing_out_ends);
+
+async fn pages_without_a_session_redirect_to_sign_in_and_carry_security_headers(app: TestApp) {
+    add_user(&app, "a@example.com", Role::Admin).await;
+    let res = client()
+        .get(format!("{}/keys", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    assert_eq!(res.headers()["location"], "/login?next=/keys");
+    let b = sign_in(&app, "a@example.com").await;
+    for path in [
+        "/",
+        "/keys",
+        "/keys/new",
+        "/keyspaces",
+        "/audit",
+        "/tokens",
+        "/login",
+    ] {
+        let res = b.get(path).await;
+        let h = res.headers();
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+            "{path}: {csp}"
+        );
+        assert!(csp.contains("frame-ancestors 'none'"));
+        assert_eq!(h["x-frame-options"], "DENY", "{path}");
+        assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(h["cache-control"], "no-store", "{path}");
+        let body = res.text().await.unwrap();
+        assert!(!body.contains("<script>"), "{path} has an inline script");
+        assert!(!body.contains("style=\""), "{path} has an inline style");
+    }
+    let css = b.get("/static/style.css").await;
+    assert!(css.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("immutable"));
+    // The API keeps its JSON answers.
+    let api = client()
+        .get(format!("{}/v1/keys", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 401);
+}
+both!(pages_without_a_session_redirect_to_sign_in_and_carry_security_headers);
+
+async fn a_form_post_without_the_sessions_csrf_token_changes_nothing(app: TestApp) {
+    add_user(&app, "m@example.com", Role::Manager).await;
+    let ks = app.keyspace(json!({})).await;
+    let (id, key) = app.key(&ks, json!({})).await;
+    let b = sign_in(&app, "m@example.com").await;
+    let path = format!("/keys/{id}/revoke");
+    // No token, a wrong token, another session's token.
+    let other = sign_in(&app, "m@example.com").await;
+    for csrf in [None, Some("0".repeat(64)), Some(other.csrf.clone())] {
+        let mut form = vec![("reason", "csrf test"), ("confirm", "yes")];
+        if let Some(c) = &csrf {
+            form.push(("csrf", c.as_str()));
+        }
+        let res = b.post(&path, &form).await;
+        assert_eq!(res.status(), 403, "csrf {csrf:?}");
+        assert!(res.text().await.unwrap().contains("CSRF"));
+    }
+    // A browser's cross-site post is refused even with the right token.
+    let res = b
+        .http
+        .post(format!("{}{path}", app.url))
+        .header("cookie", &b.cookie)
+        .header("sec-fetch-site", "cross-site")
+        .form(&[
+            ("csrf", b.csrf.as_str()),
+            ("reason", "x"),
+            ("confirm", "yes"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    // The sign-in form needs its pre-session token too.
+    let res = client()
+        .post(format!("{}/login", app.url))
+        .form(&[("email", "m@example.com"), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    assert_eq!(app.verify_code(&key).await, "VALID");
+
+    // With the token the same form works, and the audit event names the user.
+    let res = b
+        .post(
+            &path,
+            &[
+                ("csrf", b.csrf.as_str()),
+                ("reason", "rotated out"),
+                ("confirm", "yes"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(app.verify_code(&key).await, "REVOKED");
+    let ev = app
+        .get(&format!("/v1/audit?target_id={id}&action=key.revoke"))
+        .await
+        .expect(200);
+    let actor = &ev.body["items"][0]["actor"];
+    assert_eq!(actor["type"], "user");
+    assert_eq!(actor["name"], "m@example.com");
+    assert!(actor["id"].as_str().unwrap().starts_with("usr_"));
+}
+both!(a_form_post_without_the_sessions_csrf_token_changes_nothing);
+
+async fn roles_see_only_their_buttons_and_are_refused_the_rest(app: TestApp) {
+    add_user(&app, "v@example.com", Role::Viewer).await;
+    add_user(&app, "au@example.com", Role::Auditor).await;
+    add_user(&app, "m@example.com", Role::Manager).await;
+    let ks = app.keyspace(json!({})).await;
+    let (id, key) = app.key(&ks, json!({})).await;
+
+    let v = sign_in(&app, "v@example.com").await;
+    let page = v.get(&format!("/keys/{id}")).await.text().await.unwrap();
+    for action in ["revoke", "rotate", "disable", "new-key"] {
+        assert!(
+            !page.contains(&format!("data-action=\"{action}\"")),
+            "viewer sees {action}"
+        );
+    }
+    assert!(
+        !page.contains("href=\"/audit\""),
+        "viewer sees the audit link"
+    );
+    for (path, form) in [
+        (
+            format!("/keys/{id}/revoke"),
+            vec![("reason", "x"), ("confirm", "yes")],
+        ),
+        (format!("/keys/{id}/rotate"), vec![]),
+        (format!("/keys/{id}/enabled"), vec![("enabled", "false")]),
+        (
+            "/keys".to_string(),
+            vec![("keyspace_id", ks.as_str()), ("name", "n"), ("owner", "o")],
+        ),
+        (format!("/keyspaces/{ks}"), vec![("action", "save")]),
+        (
+            "/tokens".to_string(),
+            vec![("name", "t"), ("role", "admin")],
+        ),
+    ] {
+        let mut form = form;
+        form.push(("csrf", v.csrf.as_str()));
+        let res = v.post(&path, &form).await;
+        assert_eq!(res.status(), 403, "viewer POST {path}");
+    }
+    for path in [
+        "/audit",
+        "/tokens",
+        "/webhooks",
+        "/keys/new",
+        "/keyspaces/new",
+    ] {
+        assert_eq!(v.get(path).await.status(), 403, "viewer GET {path}");
+    }
+    assert_eq!(app.verify_code(&key).await, "VALID");
+
+    let au = sign_in(&app, "au@example.com").await;
+    assert_eq!(au.get("/audit").await.status(), 200);
+    assert_eq!(au.get("/tokens").await.status(), 403);
+    let res = au
+        .post(
+            &format!("/keys/{id}/revoke"),
+            &[
+                ("csrf", au.csrf.as_str()),
+                ("reason", "x"),
+                ("confirm", "yes"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 403);
+
+    let m = sign_in(&app, "m@example.com").await;
+    let page = m.get(&format!("/keys/{id}")).await.text().await.unwrap();
+    assert!(page.contains("data-action=\"revoke\""));
+    assert_eq!(m.get("/keyspaces/new").await.status(), 403);
+    assert_eq!(app.verify_code(&key).await, "VALID");
+}
+both!(roles_see_only_their_buttons_and_are_refused_the_rest);
+
+async fn creating_a_key_shows_its_plaintext_once_with_no_store(app: TestApp) {
+    add_user(&app, "m@example.com", Role::Manager).await;
+    let ks = app.keyspace(json!({})).await;
+    let b = sign_in(&app, "m@example.com").await;
+    let res = b
+        .post(
+            "/keys",
+            &[
+                ("csrf", b.csrf.as_str()),
+                ("keyspace_id", ks.as_str()),
+                ("name", "ui key"),
+                ("owner", "team-ui"),
+                ("scopes", "a:read, b:*"),
+                ("labels", "env=prod"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("no-store"));
+    let html = res.text().await.unwrap();
+    let i = html.find("id=\"plaintext\"").unwrap();
+    let rest = &html[i..];
+    let key = rest[rest.find('>').unwrap() + 1..rest.find("</code>").unwrap()].to_string();
+    let v = app.verify(json!({"key": key, "scopes": ["b:write"]})).await;
+    assert_eq!(v["code"], "VALID");
+    assert_eq!(v["labels"], json!({"env": "prod"}));
+    let id = v["key_id"].as_str().unwrap();
+    let detail = b.get(&format!("/keys/{id}")).await.text().await.unwrap();
+    assert!(!detail.contains(&key), "the key page shows the plaintext");
+    let list = b.get("/keys?q=ui").await.text().await.unwrap();
+    assert!(list.contains("ui key") && !list.contains(&key));
+    // A policy violation comes back as the form with the reason.
+    let res = b
+        .post(
+            "/keys",
+            &[
+                ("csrf", b.csrf.as_str()),
+                ("keyspace_id", ks.as_str()),
+                ("name", "no owner"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 422);
+    assert!(res.text().await.unwrap().contains("requires an owner"));
+}
+both!(creating_a_key_shows_its_plaintext_once_with_no_store);
+
+async fn unknown_users_and_wrong_passwords_cost_one_password_check_each(app: TestApp) {
+    add_user(&app, "known@example.com", Role::Viewer).await;
+    let checks = || app.state.accounts.password_checks.load(Ordering::SeqCst);
+    for (email, password) in [
+        ("known@example.com", "wrong password here"),
+        ("nobody@example.com", "wrong password here"),
+        ("not an email", "x"),
+        ("known@example.com", &"x".repeat(5000)[..]),
+    ] {
+        let before = checks();
+        let res = attempt(&app, email, password).await;
+        assert_eq!(res.status(), 401, "{email}");
+        assert!(res
+            .text()
+            .await
+            .unwrap()
+            .contains("Email or password is incorrect."));
+        assert_eq!(checks(), before + 1, "{email}: one Argon2 verification");
+    }
+    // A disabled user is an unknown user, with the right password too.
+    accounts::disable_user(&app.state, &cli_ctx(), "known@example.com")
+        .await
+        .unwrap();
+    let before = checks();
+    let res = attempt(&app, "known@example.com", PASSWORD).await;
+    assert_eq!(res.status(), 401);
+    assert_eq!(checks(), before + 1);
+}
+both!(unknown_users_and_wrong_passwords_cost_one_password_check_each);
+
+async fn failed_sign_ins_are_throttled_per_account(app: TestApp) {
+    add_user(&app, "t@example.com", Role::Viewer).await;
+    for _ in 0..accounts::LOGIN_FAILURES_PER_ACCOUNT {
+        assert_eq!(
+            attempt(&app, "t@example.com", "not the password")
+                .await
+                .status(),
+            401
+        );
+    }
+    let before = app.state.accounts.password_checks.load(Ordering::SeqCst);
+    // Even the right password waits now, and costs no hashing.
+    let res = attempt(&app, "T@example.com", PASSWORD).await;
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().contains_key("retry-after"));
+    assert_eq!(
+        app.state.accounts.password_checks.load(Ordering::SeqCst),
+        before
+    );
+}
+both!(failed_sign_ins_are_throttled_per_account);
+
+async fn disabling_a_user_ends_its_sessions_and_is_audited(app: TestApp) {
+    let id = add_user(&app, "d@example.com", Role::Manager).await;
+    let b = sign_in(&app, "d@example.com").await;
+    assert_eq!(b.get("/keys").await.status(), 200);
+    accounts::disable_user(&app.state, &cli_ctx(), "d@example.com")
+        .await
+        .unwrap();
+    assert_eq!(b.get("/keys").await.status(), 303);
+    // A second disable writes nothing.
+    accounts::disable_user(&app.state, &cli_ctx(), "d@example.com")
+        .await
+        .unwrap();
+    let ev = app
+        .get(&format!("/v1/audit?target_id={id}"))
+        .await
+        .expect(200);
+    let items = ev.body["items"].as_array().unwrap();
+    let actions: Vec<&str> = items
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["user.disable", "user.create"]);
+    for e in items {
+        assert_eq!(e["target_type"], "user");
+        assert_eq!(e["actor"]["type"], "cli");
+        assert!(
+            !e.to_string().contains("argon2"),
+            "a password hash in the audit trail"
+        );
+    }
+    // Emails are unique whatever their case.
+    let again = accounts::create_user(
+        &app.state,
+        &cli_ctx(),
+        "D@EXAMPLE.com",
+        Role::Viewer,
+        Secret::new(PASSWORD.into()),
+    )
+    .await;
+    assert_eq!(again.unwrap_err().code.as_str(), "CONFLICT");
+    let verify = app.get("/v1/audit/verify").await.expect(200);
+    assert_eq!(verify.body["ok"], true);
+}
+both!(disabling_a_user_ends_its_sessions_and_is_audited);
+
+/// Runs the setup-link body on both backends with a manual clock.
+macro_rules! both_manual {
+    ($name:ident) => {
+        mod $name {
+            use crate::helpers::{spawn_with, Backend, Options};
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let opts = Options {
+                    manual_clock: true,
+                    ..Options::default()
+                };
+                if let Some(app) = spawn_with(Backend::Sqlite, opts).await {
+                    super::$name(app).await;
+                }
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let opts = Options {
+                    manual_clock: true,
+                    ..Options::default()
+                };
+                if let Some(app) = spawn_with(Backend::Postgres, opts).await {
+                    super::$name(app).await;
+                }
+            }
+        }
+    };
+}
+
+async fn post_setup(app: &TestApp, token: &str, email: &str) -> reqwest::Response {
+    let http = client();
+    let page = http
+        .get(format!("{}/setup?token={token}", app.url))
+        .send()
+        .await
+        .unwrap();
+    let (form_cookie, csrf) = match set_cookie(&page, "kw_form") {
+        Some((c, _)) => {
+            let html = page.text().await.unwrap();
+            (c, csrf_in(&html))
+        }
+        // The link is no longer valid: post anyway, with a form cookie of our own.
+        None => {
+            let c = "kw_form=abcdefghijklmnopqrstuvwxyz".to_string();
+            let t = accounts::csrf_token("abcdefghijklmnopqrstuvwxyz");
+            (c, t)
+        }
+    };
+    http.post(format!("{}/setup", app.url))
+        .header("cookie", form_cookie)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("token", token),
+            ("email", email),
+            ("password", PASSWORD),
+            ("confirm", PASSWORD),
+        ])
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn the_setup_link_works_once_and_expires_within_an_hour(app: TestApp) {
+    let token = accounts::issue_setup_token(&app.state)
+        .await
+        .unwrap()
+        .unwrap();
+    let res = post_setup(&app, token.expose(), "first@example.com").await;
+    assert_eq!(res.status(), 303);
+    assert!(
+        set_cookie(&res, "kw_session").is_some(),
+        "the admin is signed in"
+    );
+    let users = app.state.store.users().list_users().await.unwrap();
+    assert_eq!(users.len(), 1);
+    assert_eq!(users[0].role, Role::Admin);
+    // Single use: neither the page nor the form work again, and no new link is issued.
+    let again = client()
+        .get(format!("{}/setup?token={}", app.url, token.expose()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 403);
+    assert_eq!(
+        post_setup(&app, token.expose(), "second@example.com")
+            .await
+            .status(),
+        403
+    );
+    assert!(accounts::issue_setup_token(&app.state)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(app.state.store.users().count_users().await.unwrap(), 1);
+    let ev = app.get("/v1/audit?action=user.create").await.expect(200);
+    assert_eq!(ev.body["items"][0]["actor"]["type"], "user");
+    assert_eq!(ev.body["items"][0]["target_type"], "user");
+}
+both_manual!(the_setup_link_works_once_and_expires_within_an_hour);
+
+async fn an_unused_setup_link_stops_working_after_an_hour(app: TestApp) {
+    let token = accounts::issue_setup_token(&app.state)
+        .await
+        .unwrap()
+        .unwrap();
+    let page = client()
+        .get(format!("{}/setup?token={}", app.url, token.expose()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        client()
+            .get(format!("{}/setup?token=guessed", app.url))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 403
+    );
+    app.advance(accounts::SETUP_TTL_SECS + 1);
+    assert_eq!(
+        post_setup(&app, token.expose(), "late@example.com")
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(app.state.store.users().count_users().await.unwrap(), 0);
+}
+both_manual!(an_unused_setup_link_stops_working_after_an_hour);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_end_after_their_idle_timeout() {
+    let opts = Options {
+        manual_clock: true,
+        ..Options::default()
+    };
+    let app = spawn_with(Backend::Sqlite, opts).await.unwrap();
+    add_user(&app, "idle@example.com", Role::Viewer).await;
+    let b = sign_in(&app, "idle@example.com").await;
+    app.advance(accounts::SESSION_IDLE_SECS - 60);
+    assert_eq!(b.get("/keys").await.status(), 200);
+    app.advance(accounts::SESSION_IDLE_SECS + 1);
+    assert_eq!(b.get("/keys").await.status(), 303);
+}
