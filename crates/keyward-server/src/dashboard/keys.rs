@@ -378,10 +378,8 @@ pub async fn list(State(st): State<AppState>, s: SignedIn, q: QueryMap) -> PageR
         Option<String>,
         Option<String>,
     ) = if sort == Sort::Newest {
-        let after = match time_cursor(q.get("cursor").map(str::to_string), &fp) {
-            Ok(a) => a,
-            Err(_) => None,
-        };
+        // A cursor from another filter (or a hand-edited one) starts at the first page.
+        let after = time_cursor(q.get("cursor").map(str::to_string), &fp).unwrap_or_default();
         let mut f = filter.clone();
         f.page = Page {
             limit: PAGE_SIZE + 1,
