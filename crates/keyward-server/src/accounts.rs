@@ -464,6 +464,10 @@ pub async fn start_session(st: &AppState, user: &User, ip: Option<IpAddr>) -> Re
             ip: ip.map(|i| i.to_string()),
         })
         .await?;
+    // Housekeeping at a quiet moment: expired sessions and setup tokens go.
+    if let Err(e) = st.store.users().delete_expired(now).await {
+        tracing::warn!(error = %e, "could not delete expired sessions");
+    }
     let csrf = csrf_token(id.expose());
     Ok(NewSessionId { id, csrf })
 }

@@ -67,7 +67,16 @@ fn form_cookie_ok(c: &Client, form: &Form) -> bool {
 /// Only local paths, so `next` cannot send a user to another site after sign-in.
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.into(),
+        // Browsers drop tabs and newlines inside URLs, so "/\t/evil.example" would become
+        // "//evil.example": refuse control characters as well as "//" and backslashes.
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n.contains('\\')
+                && !n.chars().any(char::is_control) =>
+        {
+            n.into()
+        }
         _ => "/".into(),
     }
 }

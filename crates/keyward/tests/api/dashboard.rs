@@ -647,3 +647,85 @@ async fn sessions_end_after_their_idle_timeout() {
     app.advance(accounts::SESSION_IDLE_SECS + 1);
     assert_eq!(b.get("/keys").await.status(), 303);
 }
+
+async fn the_cli_creates_and_disables_users_on_the_database(app: TestApp) {
+    let run = |args: Vec<String>, stdin: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+                .args(&args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(stdin.as_bytes())
+                .unwrap();
+            child.wait_with_output().unwrap()
+        })
+    };
+    let db = app.db_url.clone();
+    let create = |email: &str, pw: &'static str| {
+        run(
+            vec![
+                "user",
+                "create",
+                "--email",
+                email,
+                "--role",
+                "auditor",
+                "--password-stdin",
+                "--database-url",
+                &db,
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+            pw,
+        )
+    };
+    let out = create("cli@example.com", "correct horse battery staple\n")
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("usr_"));
+    let short = create("short@example.com", "short\n").await.unwrap();
+    assert!(!short.status.success());
+    assert!(String::from_utf8_lossy(&short.stderr).contains("at least 12"));
+    let b = sign_in(&app, "cli@example.com").await;
+    assert_eq!(b.get("/audit").await.status(), 200);
+    let out = run(
+        vec![
+            "user",
+            "disable",
+            "--email",
+            "cli@example.com",
+            "--database-url",
+            &db,
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect(),
+        "",
+    )
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(b.get("/audit").await.status(), 303);
+    let ev = app.get("/v1/audit?action=user.disable").await.expect(200);
+    assert_eq!(ev.body["items"][0]["actor"]["type"], "cli");
+    assert_eq!(ev.body["items"][0]["target_type"], "user");
+}
+both!(the_cli_creates_and_disables_users_on_the_database);
