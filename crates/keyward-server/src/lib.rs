@@ -23,6 +23,7 @@ pub mod events;
 pub mod http;
 pub mod jobs;
 pub mod metrics;
+pub mod redis;
 pub mod reports;
 pub mod service;
 pub mod state;

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub last_flush_batch: AtomicU64,
     pub webhook_ok: AtomicU64,
     pub webhook_failed: AtomicU64,
+    pub redis_errors: AtomicU64,
 }
 
 impl Metrics {
@@ -112,6 +113,11 @@ impl Metrics {
                 "keyward_usage_flushed_keys_total",
                 "Per-key usage rows written.",
                 &self.flushed_keys,
+            ),
+            (
+                "keyward_redis_errors_total",
+                "Rate-limit checks that fell back to this node because Redis failed.",
+                &self.redis_errors,
             ),
         ];
         for (name, help, v) in counters {

@@ -781,6 +781,10 @@ pub async fn rotate_key(
     tx.insert_key(&new).await?;
     tx.update_key(&k).await?;
     tx.copy_sources(&k.id, &new.id).await?;
+    if k.remaining.is_some() {
+        // The quota (leases included) moved to the successor: void the old key's leases.
+        tx.set_remaining(&k.id, Some(0)).await?;
+    }
     tx.append_audit(ev).await?;
     let mut extra = Map::new();
     extra.insert(
@@ -790,6 +794,9 @@ pub async fn rotate_key(
     tx.enqueue(&key_event("key.rotated", &k, now, extra))
         .await?;
     tx.commit().await?;
+    if k.remaining.is_some() {
+        st.verifier.set_remaining(&k.id, Some(0));
+    }
     st.verifier.invalidate(&k.hash);
     st.verifier.invalidate(&new.hash);
     Ok((new, plaintext))

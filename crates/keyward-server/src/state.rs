@@ -33,11 +33,19 @@ pub struct AppState {
 impl AppState {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: Config) -> Self {
         let metrics = Arc::new(Metrics::default());
+        let redis = config.redis_url.as_deref().and_then(|url| match crate::redis::RedisLimiter::from_url(url) {
+            Ok(r) => Some(Arc::new(r)),
+            Err(e) => {
+                tracing::error!(error = %e, "KEYWARD_REDIS_URL is not usable; rate limits are per node");
+                None
+            }
+        });
         let verifier = Arc::new(Verifier::new(
             store.clone(),
             clock.clone(),
             metrics.clone(),
             config.dormant_after_secs,
+            redis,
         ));
         AppState {
             store,

@@ -62,7 +62,13 @@ const SOURCES_PER_FLUSH: usize = 64;
 #[derive(Default)]
 struct LiveState {
     window: Window,
+    /// The part of the quota this node holds (its lease) and may grant without asking the
+    /// store; `None` for a key without quota.
     remaining: Option<i64>,
+    /// The unleased quota as of this node's last lease (for reporting `remaining`).
+    pool: i64,
+    /// When this node last asked the store for quota.
+    last_lease: Option<Timestamp>,
     calls: i64,
     denied: i64,
     last_used: Option<Timestamp>,
@@ -142,6 +148,27 @@ pub struct Request<'a> {
     pub cost: i64,
 }
 
+/// How soon a node that found the store's quota empty asks again (other nodes may have given
+/// back what they did not spend).
+const LEASE_RETRY_MS: i64 = 500;
+/// A lease held this long without being spent from is given back at the next flush.
+const LEASE_IDLE_MS: i64 = 2000;
+
+enum Decision {
+    Done(Outcome),
+    /// The local lease cannot cover the cost; lease more from the store and decide again.
+    NeedQuota,
+}
+
+/// A rate-limit window counted in Redis: `count` includes this verification.
+#[derive(Clone, Copy, Debug)]
+struct SharedWindow {
+    limit: i64,
+    count: i64,
+    start: i64,
+    reset_at: Timestamp,
+}
+
 pub enum Outcome {
     Valid {
         entry: Arc<Entry>,
@@ -178,6 +205,10 @@ pub struct Verifier {
     epoch: AtomicU64,
     /// A valid use this long after the previous one is a `dormant_reactivated` anomaly.
     dormant_after_ms: i64,
+    /// Cluster-wide rate limits, when `KEYWARD_REDIS_URL` is set.
+    redis: Option<Arc<crate::redis::RedisLimiter>>,
+    /// Keys for which this node holds a quota lease.
+    leased: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Verifier {
@@ -186,16 +217,21 @@ impl Verifier {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
         dormant_after_secs: i64,
+        redis: Option<Arc<crate::redis::RedisLimiter>>,
     ) -> Self {
         Verifier {
             store,
             clock,
             metrics,
-            shards: (0..SHARDS).map(|_| RwLock::new(DigestMap::default())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| RwLock::new(DigestMap::default()))
+                .collect(),
             live: Mutex::new(HashMap::new()),
             dirty: Mutex::new(Vec::new()),
             epoch: AtomicU64::new(0),
             dormant_after_ms: dormant_after_secs.saturating_mul(1000),
+            redis,
+            leased: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -245,53 +281,145 @@ impl Verifier {
                 reset_at: None,
             });
         };
-        Ok(self.decide(entry, req, now))
+        let shared = self.shared_window(&entry, req, now).await;
+        let mut tries = 0;
+        let outcome = loop {
+            match self.decide(entry.clone(), req, now, shared, tries >= 3) {
+                Decision::Done(o) => break o,
+                Decision::NeedQuota => {
+                    self.lease(&entry.quota, req.cost, now).await?;
+                    tries += 1;
+                }
+            }
+        };
+        if let (
+            Some(w),
+            Outcome::Denied {
+                code: Code::UsageExceeded,
+                entry: Some(e),
+                ..
+            },
+        ) = (shared, &outcome)
+        {
+            // Only a valid answer takes a rate-limit slot: give back the one taken in Redis.
+            if let Some(redis) = &self.redis {
+                let _ = redis.undo(&e.key.id, w.start).await;
+            }
+        }
+        Ok(outcome)
     }
 
-    fn decide(&self, entry: Arc<Entry>, req: &Request<'_>, now: Timestamp) -> Outcome {
-        if let Err(code) = check_rules(&entry.rules, req.scopes, req.ip, now) {
-            {
-                let mut own = lock(&entry.live.state);
-                own.denied += 1;
-                own.record(code, req.ip, now);
+    /// Checks the rate limit in Redis (cluster-wide) when configured; `None` means decide with
+    /// this node's own window (no Redis, no rate limit, or Redis unreachable).
+    async fn shared_window(
+        &self,
+        entry: &Entry,
+        req: &Request<'_>,
+        now: Timestamp,
+    ) -> Option<SharedWindow> {
+        let (redis, rl) = (self.redis.as_ref()?, entry.key.ratelimit?);
+        if check_rules(&entry.rules, req.scopes, req.ip, now).is_err() {
+            return None;
+        }
+        let len = rl.window_secs * 1000;
+        let start = now.millis().div_euclid(len) * len;
+        match redis.hit(&entry.key.id, start, len).await {
+            Ok(count) => Some(SharedWindow {
+                limit: rl.limit,
+                count,
+                start,
+                reset_at: Timestamp::from_millis(start + len),
+            }),
+            Err(e) => {
+                self.metrics.redis_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "redis unreachable: rate limit enforced per node");
+                None
             }
-            self.mark_dirty(&entry.live);
-            return Outcome::Denied {
+        }
+    }
+
+    fn decide(
+        &self,
+        entry: Arc<Entry>,
+        req: &Request<'_>,
+        now: Timestamp,
+        shared: Option<SharedWindow>,
+        last_try: bool,
+    ) -> Decision {
+        if let Err(code) = check_rules(&entry.rules, req.scopes, req.ip, now) {
+            self.deny(&entry.live, code, req, now);
+            return Decision::Done(Outcome::Denied {
                 code,
                 entry: Some(entry),
                 reset_at: None,
-            };
+            });
         }
+        if let Some(w) = shared {
+            if w.count > w.limit {
+                self.deny(&entry.live, Code::RateLimited, req, now);
+                return Decision::Done(Outcome::Denied {
+                    code: Code::RateLimited,
+                    entry: Some(entry),
+                    reset_at: Some(w.reset_at),
+                });
+            }
+        }
+        // With a shared window the rate limit was decided in Redis; only the quota is local.
+        let ratelimit = if shared.is_some() {
+            None
+        } else {
+            entry.key.ratelimit
+        };
         let same = Arc::ptr_eq(&entry.live, &entry.quota);
         let mut own = lock(&entry.live.state);
-        let result = if same {
+        // A quota that runs short may be topped up from the store (a lease) before answering
+        // USAGE_EXCEEDED: when the store had some left at the last lease, or a while has passed.
+        let may_lease = |q: &LiveState| {
+            !last_try
+                && (q.pool > 0
+                    || q.last_lease
+                        .is_none_or(|t| now.millis() - t.millis() >= LEASE_RETRY_MS))
+        };
+        let (result, need_quota) = if same {
+            let may = may_lease(&own);
             let LiveState {
-                window, remaining, ..
+                window,
+                remaining,
+                pool,
+                ..
             } = &mut *own;
-            let r = check_and_consume(entry.key.ratelimit, window, remaining, req.cost, now);
-            r.map(|rate| (rate, *remaining))
+            let r = check_and_consume(ratelimit, window, remaining, req.cost, now);
+            let need = matches!(r, Err((Code::UsageExceeded, _))) && may;
+            (r.map(|rate| (rate, remaining.map(|l| l + *pool))), need)
         } else {
             // Lock order: a rotated key, then its successor (a successor never locks back).
             let mut q = lock(&entry.quota.state);
-            let r = check_and_consume(
-                entry.key.ratelimit,
-                &mut own.window,
-                &mut q.remaining,
-                req.cost,
-                now,
-            );
+            let may = may_lease(&q);
+            let r = check_and_consume(ratelimit, &mut own.window, &mut q.remaining, req.cost, now);
             if r.is_ok() && q.remaining.is_some() {
                 q.consumed += req.cost;
             }
-            let rem = q.remaining;
+            let rem = q.remaining.map(|l| l + q.pool);
             drop(q);
             if r.is_ok() {
                 self.mark_dirty(&entry.quota);
             }
-            r.map(|rate| (rate, rem))
+            let need = matches!(r, Err((Code::UsageExceeded, _))) && may;
+            (r.map(|rate| (rate, rem)), need)
         };
+        if need_quota {
+            return Decision::NeedQuota;
+        }
         match result {
             Ok((rate, remaining)) => {
+                let rate = match shared {
+                    Some(w) => Some(RateState {
+                        limit: w.limit,
+                        remaining: w.limit - w.count,
+                        reset_at: w.reset_at,
+                    }),
+                    None => rate,
+                };
                 own.calls += 1;
                 if same && own.remaining.is_some() {
                     own.consumed += req.cost;
@@ -310,24 +438,31 @@ impl Verifier {
                 own.record(Code::Valid, req.ip, now);
                 drop(own);
                 self.mark_dirty(&entry.live);
-                Outcome::Valid {
+                Decision::Done(Outcome::Valid {
                     entry,
                     remaining,
                     rate,
-                }
+                })
             }
             Err((code, reset_at)) => {
-                own.denied += 1;
-                own.record(code, req.ip, now);
                 drop(own);
-                self.mark_dirty(&entry.live);
-                Outcome::Denied {
+                self.deny(&entry.live, code, req, now);
+                Decision::Done(Outcome::Denied {
                     code,
                     entry: Some(entry),
                     reset_at,
-                }
+                })
             }
         }
+    }
+
+    fn deny(&self, live: &Arc<Live>, code: Code, req: &Request<'_>, now: Timestamp) {
+        {
+            let mut s = lock(&live.state);
+            s.denied += 1;
+            s.record(code, req.ip, now);
+        }
+        self.mark_dirty(live);
     }
 
     fn mark_dirty(&self, live: &Arc<Live>) {
@@ -398,7 +533,9 @@ impl Verifier {
                     key_id: key.id.clone(),
                     keyspace_id: key.keyspace_id.clone(),
                     state: Mutex::new(LiveState {
-                        remaining: key.remaining,
+                        // No lease yet: the first valid verification leases from the store.
+                        remaining: key.remaining.map(|_| 0),
+                        pool: key.remaining.unwrap_or(0),
                         previous_use: key.last_used_at,
                         ..LiveState::default()
                     }),
@@ -408,26 +545,96 @@ impl Verifier {
             })
             .clone();
         if live.stale_quota.swap(false, Ordering::AcqRel) {
-            // The stored value does not yet include what this node spent and has not written.
+            // Another node changed the key; a new quota voids this node's lease. Dropping the
+            // lease can only under-grant until the sweep reclaims it, never over-grant.
             let mut s = lock(&live.state);
-            s.remaining = key.remaining.map(|r| r - s.consumed);
+            s.remaining = key.remaining.map(|_| 0);
+            s.pool = key.remaining.unwrap_or(0);
         }
         live
     }
 
-    /// A change made elsewhere: forget the cached key and re-read its quota on the next load.
-    pub fn invalidate_remote(&self, hash: &KeyHash, key_id: &str) {
-        if let Some(live) = lock(&self.live).get(key_id) {
-            live.stale_quota.store(true, Ordering::Release);
+    /// A change made elsewhere: forget the cached key; when its quota was set anew, drop this
+    /// node's (voided) lease on the next load.
+    pub fn invalidate_remote(&self, hash: &KeyHash, key_id: &str, quota_changed: bool) {
+        if quota_changed {
+            if let Some(live) = lock(&self.live).get(key_id) {
+                live.stale_quota.store(true, Ordering::Release);
+            }
         }
         self.invalidate(hash);
+    }
+
+    /// Leases more quota for a key from the store: about a sixteenth of what is left (at least
+    /// the cost), so that nodes share a quota finely near its end.
+    async fn lease(&self, live: &Arc<Live>, cost: i64, now: Timestamp) -> Result<(), StoreError> {
+        let pool = lock(&live.state).pool;
+        let want = cost.max((pool + 15) / 16).clamp(1, 100_000).max(cost);
+        let got = self.store.lease_quota(&live.key_id, want, now).await?;
+        let mut s = lock(&live.state);
+        s.last_lease = Some(now);
+        match got {
+            Some((granted, left)) => {
+                s.remaining = Some(s.remaining.unwrap_or(0) + granted);
+                s.pool = left;
+            }
+            None => {
+                s.remaining = None;
+                s.pool = 0;
+            }
+        }
+        drop(s);
+        lock(&self.leased).insert(live.key_id.clone());
+        Ok(())
+    }
+
+    /// Gives back leases that sat unspent for a while (or all, at shutdown), so that other nodes
+    /// can grant that quota.
+    pub async fn return_leases(&self, now: Timestamp, all: bool) -> Result<(), StoreError> {
+        let ids: Vec<String> = lock(&self.leased).iter().cloned().collect();
+        for id in ids {
+            let Some(live) = lock(&self.live).get(&id).cloned() else {
+                lock(&self.leased).remove(&id);
+                continue;
+            };
+            let amount = {
+                let mut s = lock(&live.state);
+                let idle = s
+                    .last_lease
+                    .is_none_or(|t| now.millis() - t.millis() >= LEASE_IDLE_MS)
+                    && s.consumed == 0;
+                match s.remaining {
+                    Some(l) if l > 0 && (all || idle) => {
+                        s.remaining = Some(0);
+                        s.pool += l;
+                        l
+                    }
+                    _ => 0,
+                }
+            };
+            if amount > 0 {
+                if let Err(e) = self.store.return_lease(&id, amount).await {
+                    let mut s = lock(&live.state);
+                    s.remaining = Some(s.remaining.unwrap_or(0) + amount);
+                    s.pool -= amount;
+                    return Err(e);
+                }
+                lock(&self.leased).remove(&id);
+            } else if lock(&live.state).remaining.is_none_or(|l| l == 0) {
+                lock(&self.leased).remove(&id);
+            }
+        }
+        Ok(())
     }
 
     /// Puts a key straight into the cache, as a store read would (benchmarks and warm-up).
     pub fn prime(&self, key: Key) {
         let hash = key.hash;
         let entry = Arc::new(self.entry_for(key, None));
-        self.shard(&hash).write().unwrap_or_else(|p| p.into_inner()).insert(hash, Slot::Found(entry));
+        self.shard(&hash)
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(hash, Slot::Found(entry));
     }
 
     /// Forgets what this node caches about a key; the next verification reads the store.
@@ -443,8 +650,10 @@ impl Verifier {
     /// held and after a flush, so no unwritten consumption is lost or double counted).
     pub fn set_remaining(&self, key_id: &str, remaining: Option<i64>) {
         if let Some(live) = lock(&self.live).get(key_id) {
+            // The store voided every lease of the old quota.
             let mut s = lock(&live.state);
-            s.remaining = remaining;
+            s.remaining = remaining.map(|_| 0);
+            s.pool = remaining.unwrap_or(0);
             s.consumed = 0;
         }
     }

@@ -204,6 +204,8 @@ pub struct Change {
     pub key_hash: KeyHash,
     /// [`Store::node_id`] of the store that wrote it.
     pub origin: String,
+    /// The key's quota was set anew: every node's lease of it is void.
+    pub quota: bool,
 }
 
 /// One control-plane transaction. Dropping it without [`StoreTx::commit`] rolls it back.
@@ -272,6 +274,9 @@ pub trait Store: Send + Sync + 'static {
     /// A random id of this opened store (one per process), written with each change-feed row so
     /// a node can skip its own changes when following the feed.
     fn node_id(&self) -> &str;
+    /// Signalled when a node may have written to the change feed (PostgreSQL LISTEN/NOTIFY);
+    /// `None` where the backend has no notifications.
+    fn change_signal(&self) -> Option<Arc<tokio::sync::Notify>>;
     async fn ping(&self) -> Result<()>;
     /// Starts a write transaction. Write transactions are serialized (they share the audit chain).
     async fn begin(&self) -> Result<Box<dyn StoreTx>>;
@@ -360,6 +365,19 @@ pub trait Store: Send + Sync + 'static {
         cutoff: Timestamp,
         limit: i64,
     ) -> Result<Vec<Key>>;
+
+    /// Leases up to `want` of a key's unleased quota to this node, atomically across nodes;
+    /// returns (granted, unleased quota left), or `None` when the key has no quota.
+    async fn lease_quota(
+        &self,
+        key_id: &str,
+        want: i64,
+        now: Timestamp,
+    ) -> Result<Option<(i64, i64)>>;
+    /// Gives back an unspent part of this node's lease.
+    async fn return_lease(&self, key_id: &str, amount: i64) -> Result<()>;
+    /// Returns to the pool the leases not touched since `older_than` (nodes that died).
+    async fn reclaim_stale_leases(&self, older_than: Timestamp) -> Result<u64>;
 
     /// Change-feed rows after `seq`, oldest first.
     async fn changes_after(&self, seq: i64, limit: i64) -> Result<Vec<Change>>;

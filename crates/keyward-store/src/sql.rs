@@ -27,6 +27,12 @@ const KEY_COLS: &str = "id, keyspace_id, name, owner, scopes, labels, meta, hash
     end_chars, enabled, created_at, created_by, updated_at, expires_at, revoked_at, revoked_by, \
     revoked_reason, rotated_from, rotated_to, last_used_at, call_count, denied_count, ratelimit, \
     remaining, allowed_cidrs";
+/// The columns read for a key: `remaining` is the unleased quota plus every node's lease.
+const KEY_SELECT: &str = "id, keyspace_id, name, owner, scopes, labels, meta, hash, start_chars, \
+    end_chars, enabled, created_at, created_by, updated_at, expires_at, revoked_at, revoked_by, \
+    revoked_reason, rotated_from, rotated_to, last_used_at, call_count, denied_count, ratelimit, \
+    remaining + CAST((SELECT COALESCE(SUM(q.amount), 0) FROM quota_leases q WHERE q.key_id = keys.id) AS BIGINT) AS remaining, \
+    allowed_cidrs";
 const KEYSPACE_COLS: &str = "id, name, prefix, policy, created_at, updated_at";
 const TOKEN_COLS: &str = "id, name, role, keyspace_ids, created_at, created_by, expires_at, \
     revoked_at, revoked_by, revoked_reason, last_used_at";
@@ -75,7 +81,7 @@ fn hash_from(bytes: Vec<u8>) -> Result<KeyHash> {
 }
 
 macro_rules! sql_backend {
-    ($Store:ident, $Tx:ident, $DB:ty, $Row:ty, $name:literal, $instr:literal) => {
+    ($Store:ident, $Tx:ident, $DB:ty, $Row:ty, $name:literal, $instr:literal, $notify:literal) => {
         fn get<'r, T>(r: &'r $Row, col: &str) -> Result<T>
         where
             T: sqlx::Decode<'r, $DB> + sqlx::Type<$DB>,
@@ -171,7 +177,7 @@ macro_rules! sql_backend {
         }
 
         async fn keys_where(pool: &sqlx::Pool<$DB>, cond: &str, binds: &[i64], text: Option<&str>, limit: i64) -> Result<Vec<Key>> {
-            let sql = format!("SELECT {KEY_COLS} FROM keys WHERE {cond} ORDER BY created_at, id LIMIT {limit}");
+            let sql = format!("SELECT {KEY_SELECT} FROM keys WHERE {cond} ORDER BY created_at, id LIMIT {limit}");
             let mut q = sqlx::query(&sql);
             if let Some(t) = text {
                 q = q.bind(t.to_string());
@@ -209,7 +215,7 @@ macro_rules! sql_backend {
         }
 
         async fn fetch_key<'e, E: sqlx::Executor<'e, Database = $DB>>(e: E, id: &str) -> Result<Option<Key>> {
-            let sql = format!("SELECT {KEY_COLS} FROM keys WHERE id = $1");
+            let sql = format!("SELECT {KEY_SELECT} FROM keys WHERE id = $1");
             let row = sqlx::query(&sql).bind(id).fetch_optional(e).await.map_err(map_err)?;
             row.as_ref().map(key_from_row).transpose()
         }
@@ -226,21 +232,31 @@ macro_rules! sql_backend {
             row.as_ref().map(token_from_row).transpose()
         }
 
-        async fn usage_in(conn: &mut <$DB as sqlx::Database>::Connection, deltas: &[UsageDelta]) -> Result<()> {
+        async fn usage_in(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, deltas: &[UsageDelta]) -> Result<()> {
             for d in deltas {
                 sqlx::query(
                     "UPDATE keys SET call_count = call_count + $2, denied_count = denied_count + $3, \
-                     last_used_at = CASE WHEN $4 > COALESCE(last_used_at, -1) THEN $4 ELSE last_used_at END, \
-                     remaining = remaining - $5 WHERE id = $1",
+                     last_used_at = CASE WHEN $4 > COALESCE(last_used_at, -1) THEN $4 ELSE last_used_at END \
+                     WHERE id = $1",
                 )
                 .bind(&d.key_id)
                 .bind(d.calls)
                 .bind(d.denied)
                 .bind(d.last_used_at.map(|t| t.millis()).unwrap_or(-1))
-                .bind(d.consumed)
                 .execute(&mut *conn)
                 .await
                 .map_err(map_err)?;
+                if d.consumed != 0 {
+                    // Quota is spent from this node's lease (see `lease_quota`).
+                    sqlx::query("UPDATE quota_leases SET amount = amount - $3, updated_at = $4 WHERE key_id = $1 AND node = $2")
+                        .bind(&d.key_id)
+                        .bind(node)
+                        .bind(d.consumed)
+                        .bind(d.last_used_at.map(|t| t.millis()).unwrap_or(0))
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(map_err)?;
+                }
                 for (minute, code, n) in &d.buckets {
                     for (g, len) in GRANULARITIES {
                         sqlx::query(
@@ -455,6 +471,25 @@ macro_rules! sql_backend {
                     .execute(&mut *self.tx)
                     .await
                     .map_err(map_err)?;
+                // A quota set anew voids every node's lease of the old one.
+                sqlx::query("DELETE FROM quota_leases WHERE key_id = $1")
+                    .bind(id)
+                    .execute(&mut *self.tx)
+                    .await
+                    .map_err(map_err)?;
+                sqlx::query(
+                    "INSERT INTO change_feed (key_id, key_hash, at, origin, quota) \
+                     SELECT id, hash, updated_at, $2, $3 FROM keys WHERE id = $1",
+                )
+                .bind(id)
+                .bind(&self.node)
+                .bind(true)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(map_err)?;
+                if !$notify.is_empty() {
+                    sqlx::query($notify).execute(&mut *self.tx).await.map_err(map_err)?;
+                }
                 Ok(())
             }
 
@@ -464,7 +499,7 @@ macro_rules! sql_backend {
                 keyspace_ids: Option<&[String]>,
                 now: Timestamp,
             ) -> Result<Vec<Key>> {
-                let mut q = sqlx::QueryBuilder::<$DB>::new(format!("SELECT {KEY_COLS} FROM keys WHERE owner = "));
+                let mut q = sqlx::QueryBuilder::<$DB>::new(format!("SELECT {KEY_SELECT} FROM keys WHERE owner = "));
                 q.push_bind(owner.to_string());
                 q.push(" AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ")
                     .push_bind(now.millis())
@@ -476,7 +511,7 @@ macro_rules! sql_backend {
             }
 
             async fn apply_usage(&mut self, deltas: &[UsageDelta]) -> Result<()> {
-                usage_in(&mut *self.tx, deltas).await
+                usage_in(&mut *self.tx, &self.node, deltas).await
             }
 
             async fn token(&mut self, id: &str) -> Result<Option<Token>> {
@@ -707,6 +742,10 @@ macro_rules! sql_backend {
                     .execute(&mut *self.tx)
                     .await
                     .map_err(map_err)?;
+                if !$notify.is_empty() {
+                    // Delivered at commit; PostgreSQL folds repeats within one transaction.
+                    sqlx::query($notify).execute(&mut *self.tx).await.map_err(map_err)?;
+                }
                 Ok(())
             }
         }
@@ -723,6 +762,10 @@ macro_rules! sql_backend {
 
             fn node_id(&self) -> &str {
                 &self.node
+            }
+
+            fn change_signal(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+                self.signal()
             }
 
             async fn ping(&self) -> Result<()> {
@@ -757,14 +800,14 @@ macro_rules! sql_backend {
             }
 
             async fn key_by_hash(&self, hash: &KeyHash) -> Result<Option<Key>> {
-                let sql = format!("SELECT {KEY_COLS} FROM keys WHERE hash = $1");
+                let sql = format!("SELECT {KEY_SELECT} FROM keys WHERE hash = $1");
                 let row = sqlx::query(&sql).bind(hash.0.to_vec()).fetch_optional(&self.pool).await.map_err(map_err)?;
                 row.as_ref().map(key_from_row).transpose()
             }
 
             async fn list_keys(&self, f: &KeyFilter) -> Result<Vec<Key>> {
                 let now = f.now.millis();
-                let mut q = sqlx::QueryBuilder::<$DB>::new(format!("SELECT {KEY_COLS} FROM keys WHERE 1 = 1"));
+                let mut q = sqlx::QueryBuilder::<$DB>::new(format!("SELECT {KEY_SELECT} FROM keys WHERE 1 = 1"));
                 push_in(&mut q, "keyspace_id", &f.keyspace_ids);
                 if let Some(owner) = &f.owner {
                     q.push(" AND owner = ").push_bind(owner.clone());
@@ -855,7 +898,7 @@ macro_rules! sql_backend {
                     return Ok(());
                 }
                 let mut tx = self.pool.begin().await.map_err(map_err)?;
-                usage_in(&mut *tx, deltas).await?;
+                usage_in(&mut *tx, &self.node, deltas).await?;
                 tx.commit().await.map_err(map_err)
             }
 
@@ -1081,8 +1124,88 @@ macro_rules! sql_backend {
                 .await
             }
 
+            async fn lease_quota(&self, key_id: &str, want: i64, now: Timestamp) -> Result<Option<(i64, i64)>> {
+                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                // Take the write lock first: leases across nodes are serialized.
+                sqlx::query("UPDATE write_lock SET n = n + 1 WHERE id = 1").execute(&mut *tx).await.map_err(map_err)?;
+                let row = sqlx::query("SELECT remaining FROM keys WHERE id = $1").bind(key_id).fetch_optional(&mut *tx).await.map_err(map_err)?;
+                let Some(pool) = row.map(|r| get::<Option<i64>>(&r, "remaining")).transpose()?.flatten() else {
+                    return Ok(None);
+                };
+                let take = want.clamp(0, pool.max(0));
+                if take > 0 {
+                    sqlx::query("UPDATE keys SET remaining = remaining - $2 WHERE id = $1")
+                        .bind(key_id)
+                        .bind(take)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                    sqlx::query(
+                        "INSERT INTO quota_leases (key_id, node, amount, updated_at) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (key_id, node) DO UPDATE SET amount = quota_leases.amount + excluded.amount, updated_at = excluded.updated_at",
+                    )
+                    .bind(key_id)
+                    .bind(&self.node)
+                    .bind(take)
+                    .bind(now.millis())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                }
+                tx.commit().await.map_err(map_err)?;
+                Ok(Some((take, pool - take)))
+            }
+
+            async fn return_lease(&self, key_id: &str, amount: i64) -> Result<()> {
+                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                sqlx::query("UPDATE write_lock SET n = n + 1 WHERE id = 1").execute(&mut *tx).await.map_err(map_err)?;
+                let r = sqlx::query("UPDATE quota_leases SET amount = amount - $3 WHERE key_id = $1 AND node = $2 AND amount >= $3")
+                    .bind(key_id)
+                    .bind(&self.node)
+                    .bind(amount)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                if r.rows_affected() == 1 {
+                    sqlx::query("UPDATE keys SET remaining = remaining + $2 WHERE id = $1 AND remaining IS NOT NULL")
+                        .bind(key_id)
+                        .bind(amount)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                }
+                sqlx::query("DELETE FROM quota_leases WHERE key_id = $1 AND node = $2 AND amount <= 0")
+                    .bind(key_id)
+                    .bind(&self.node)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                tx.commit().await.map_err(map_err)
+            }
+
+            async fn reclaim_stale_leases(&self, older_than: Timestamp) -> Result<u64> {
+                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                sqlx::query("UPDATE write_lock SET n = n + 1 WHERE id = 1").execute(&mut *tx).await.map_err(map_err)?;
+                sqlx::query(
+                    "UPDATE keys SET remaining = remaining + CAST((SELECT COALESCE(SUM(q.amount), 0) FROM quota_leases q \
+                     WHERE q.key_id = keys.id AND q.updated_at < $1 AND q.amount > 0) AS BIGINT) \
+                     WHERE remaining IS NOT NULL AND id IN (SELECT key_id FROM quota_leases WHERE updated_at < $1)",
+                )
+                .bind(older_than.millis())
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                let r = sqlx::query("DELETE FROM quota_leases WHERE updated_at < $1")
+                    .bind(older_than.millis())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                tx.commit().await.map_err(map_err)?;
+                Ok(r.rows_affected())
+            }
+
             async fn changes_after(&self, seq: i64, limit: i64) -> Result<Vec<Change>> {
-                let rows = sqlx::query("SELECT seq, key_id, key_hash, origin FROM change_feed WHERE seq > $1 ORDER BY seq LIMIT $2")
+                let rows = sqlx::query("SELECT seq, key_id, key_hash, origin, quota FROM change_feed WHERE seq > $1 ORDER BY seq LIMIT $2")
                     .bind(seq)
                     .bind(limit)
                     .fetch_all(&self.pool)
@@ -1095,6 +1218,7 @@ macro_rules! sql_backend {
                             key_id: get(r, "key_id")?,
                             key_hash: hash_from(get(r, "key_hash")?)?,
                             origin: get(r, "origin")?,
+                            quota: get(r, "quota")?,
                         })
                     })
                     .collect()
@@ -1166,6 +1290,10 @@ pub mod sqlite {
             include_str!("../migrations/sqlite/0002_lifecycle_usage.sql"),
         ),
         (3, include_str!("../migrations/sqlite/0003_users.sql")),
+        (
+            4,
+            include_str!("../migrations/sqlite/0004_quota_leases.sql"),
+        ),
     ];
 
     /// The embedded single-node backend: one SQLite file in WAL mode.
@@ -1208,7 +1336,22 @@ pub mod sqlite {
         }
     }
 
-    sql_backend!(SqliteStore, SqliteTx, Sqlite, SqliteRow, "sqlite", "instr");
+    sql_backend!(
+        SqliteStore,
+        SqliteTx,
+        Sqlite,
+        SqliteRow,
+        "sqlite",
+        "instr",
+        ""
+    );
+
+    impl SqliteStore {
+        /// SQLite has no notifications; the follower polls.
+        fn signal(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+            None
+        }
+    }
 }
 
 pub mod postgres {
@@ -1227,6 +1370,10 @@ pub mod postgres {
             include_str!("../migrations/postgres/0002_lifecycle_usage.sql"),
         ),
         (3, include_str!("../migrations/postgres/0003_users.sql")),
+        (
+            4,
+            include_str!("../migrations/postgres/0004_quota_leases.sql"),
+        ),
     ];
     /// Advisory lock id held while migrating, so nodes starting together migrate once.
     const MIGRATION_LOCK: i64 = 0x6b_6579_7761_7264; // "keyward" in ASCII
@@ -1236,6 +1383,9 @@ pub mod postgres {
     pub struct PgStore {
         pub(crate) pool: PgPool,
         node: String,
+        /// Signalled when a node commits a change (LISTEN/NOTIFY).
+        changes: std::sync::Arc<tokio::sync::Notify>,
+        listening: std::sync::Arc<std::sync::atomic::AtomicBool>,
     }
 
     impl PgStore {
@@ -1292,9 +1442,55 @@ pub mod postgres {
             Ok(Self {
                 pool,
                 node: keyward_core::keyformat::base62_random(16),
+                changes: std::sync::Arc::default(),
+                listening: std::sync::Arc::default(),
             })
         }
     }
 
-    sql_backend!(PgStore, PgTx, Postgres, PgRow, "postgres", "strpos");
+    sql_backend!(
+        PgStore,
+        PgTx,
+        Postgres,
+        PgRow,
+        "postgres",
+        "strpos",
+        "SELECT pg_notify('keyward_changes', '')"
+    );
+
+    impl PgStore {
+        fn signal(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+            Some(self.start_listener())
+        }
+
+        /// Starts (once) a task that LISTENs for change notifications and signals `changes`.
+        fn start_listener(&self) -> std::sync::Arc<tokio::sync::Notify> {
+            let notify = self.changes.clone();
+            if self
+                .listening
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+            {
+                return notify;
+            }
+            let pool = self.pool.clone();
+            let signal = notify.clone();
+            tokio::spawn(async move {
+                loop {
+                    match sqlx::postgres::PgListener::connect_with(&pool).await {
+                        Ok(mut l) => {
+                            if l.listen("keyward_changes").await.is_ok() {
+                                while l.recv().await.is_ok() {
+                                    signal.notify_one();
+                                }
+                            }
+                        }
+                        Err(e) => tracing::debug!(error = %e, "change listener: cannot connect"),
+                    }
+                    // Reconnect; the follower's polling covers the gap.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
+            notify
+        }
+    }
 }

@@ -71,3 +71,39 @@ pub async fn create_schema(schema: &str) -> crate::Result<()> {
         .await
         .map(|_| ())
 }
+
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+pub fn redis_url() -> String {
+    std::env::var("KEYWARD_TEST_REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS_URL.to_string())
+}
+
+/// Whether Redis tests should run. Prints why when they are skipped; panics in CI.
+pub async fn redis_available() -> bool {
+    let url = redis_url();
+    let addr = url
+        .trim_start_matches("redis://")
+        .rsplit('@')
+        .next()
+        .unwrap_or("")
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let ok = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    if !ok {
+        if in_ci() {
+            #[allow(clippy::panic)]
+            {
+                panic!("CI=true but Redis at {url} is not reachable");
+            }
+        }
+        eprintln!("SKIPPED: Redis at {url} is not reachable; set KEYWARD_TEST_REDIS_URL to run the Redis tests");
+    }
+    ok
+}

@@ -71,7 +71,11 @@ pub async fn verify(State(st): State<AppState>, req: axum::extract::Request) -> 
         )));
     }
     let outcome = run(&st, &b.key, &scopes, ip, cost).await?;
-    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], outcome_body(&outcome)).into_response())
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        outcome_body(&outcome),
+    )
+        .into_response())
 }
 
 async fn run(
@@ -129,7 +133,11 @@ struct Details<'a> {
 
 fn outcome_body(o: &Outcome) -> Vec<u8> {
     let answer = match o {
-        Outcome::Valid { entry, remaining, rate } => {
+        Outcome::Valid {
+            entry,
+            remaining,
+            rate,
+        } => {
             let k = &entry.key;
             Answer {
                 valid: true,
@@ -144,7 +152,11 @@ fn outcome_body(o: &Outcome) -> Vec<u8> {
                     meta: &k.meta,
                     expires_at: k.expires_at,
                     remaining: *remaining,
-                    ratelimit: rate.map(|r| RateBody { limit: r.limit, remaining: r.remaining, reset_at: r.reset_at }),
+                    ratelimit: rate.map(|r| RateBody {
+                        limit: r.limit,
+                        remaining: r.remaining,
+                        reset_at: r.reset_at,
+                    }),
                 }),
             }
         }

@@ -1,6 +1,8 @@
 //! The change-feed follower: applies changes made by other nodes (or other processes on the same
 //! database) to this node's verification cache. Changes made through this node are applied at
-//! once by the control plane; this loop is what bounds staleness across a cluster.
+//! once by the control plane; this loop is what bounds staleness across a cluster. On
+//! PostgreSQL it is woken by LISTEN/NOTIFY as soon as another node commits a change, and polls
+//! every `feed_poll_ms` as the safety net.
 //!
 //! PostgreSQL sequence values can become visible out of order (a transaction that took seq 10
 //! may commit after the one that took 11), so each poll re-reads a trailing window and skips the
@@ -29,12 +31,20 @@ pub async fn run(state: AppState, every: Duration, shutdown: tokio::sync::watch:
         }
     };
     let node = state.store.node_id().to_string();
+    let signal = state.store.change_signal();
     let mut applied: BTreeSet<i64> = BTreeSet::new();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let woken = async {
+            match &signal {
+                Some(s) => s.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tick.tick() => {}
+            _ = woken => {}
             _ = shutdown.changed() => return,
         }
         let from = (head - WINDOW).max(0);
@@ -45,7 +55,9 @@ pub async fn run(state: AppState, every: Duration, shutdown: tokio::sync::watch:
                         continue;
                     }
                     if c.origin != node {
-                        state.verifier.invalidate_remote(&c.key_hash, &c.key_id);
+                        state
+                            .verifier
+                            .invalidate_remote(&c.key_hash, &c.key_id, c.quota);
                     }
                     applied.insert(c.seq);
                     head = head.max(c.seq);

@@ -264,6 +264,8 @@ pub async fn sweep_once(
     r.warned = warn(st, now, &spaces).await?;
     r.inactive_revoked = revoke_inactive(st, now, &spaces).await?;
     r.pruned_buckets = prune(st, now).await?;
+    // Leases untouched for a minute belong to nodes that died: their quota goes back to the pool.
+    st.store.reclaim_stale_leases(now.plus_secs(-60)).await?;
     r.anomalies = patterns(st, now, last_minute).await?;
     if r.expired + r.warned + r.inactive_revoked + r.anomalies > 0 {
         st.webhook_wake.notify_one();

@@ -18,7 +18,11 @@ use crate::state::AppState;
 /// quota never interleaves with a batch that subtracts from it.
 pub async fn flush(state: &AppState) -> Result<usize, keyward_store::StoreError> {
     let _gate = state.gate.lock().await;
-    flush_locked(state).await
+    let written = flush_locked(state).await;
+    if written.is_ok() {
+        return_idle_leases(state).await;
+    }
+    written
 }
 
 /// Addresses never seen before for their key. The first address a key is ever seen from is not
@@ -128,7 +132,13 @@ pub async fn flush_locked(state: &AppState) -> Result<usize, keyward_store::Stor
     Ok(n)
 }
 
-/// Runs until `shutdown` resolves, then flushes one last time.
+async fn return_idle_leases(state: &AppState) {
+    if let Err(e) = state.verifier.return_leases(state.clock.now(), false).await {
+        tracing::warn!(error = %e, "could not give back idle quota leases");
+    }
+}
+
+/// Runs until `shutdown` resolves, then flushes one last time and gives back every lease.
 pub async fn run(state: AppState, every: Duration, shutdown: tokio::sync::watch::Receiver<bool>) {
     let mut shutdown = shutdown;
     let mut tick = tokio::time::interval(every);
@@ -145,7 +155,12 @@ pub async fn run(state: AppState, every: Duration, shutdown: tokio::sync::watch:
     }
     for attempt in 0..5 {
         match flush(&state).await {
-            Ok(_) => return,
+            Ok(_) => {
+                if let Err(e) = state.verifier.return_leases(state.clock.now(), true).await {
+                    tracing::warn!(error = %e, "could not give back quota leases at shutdown; the sweep reclaims them");
+                }
+                return;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, attempt, "final usage flush failed");
                 tokio::time::sleep(Duration::from_millis(200)).await;

@@ -86,3 +86,147 @@ async fn a_change_on_one_node_reaches_the_other_nodes(a: TestApp) {
     b.stop().await;
 }
 both!(a_change_on_one_node_reaches_the_other_nodes);
+
+/// Sends `n` verifications spread round-robin over the nodes, concurrently; counts VALID.
+async fn hammer(nodes: &[&TestApp], key: &str, n: usize) -> usize {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let node = nodes[i % nodes.len()];
+        let (http, url, key) = (node.http.clone(), node.url.clone(), key.to_string());
+        tasks.push(tokio::spawn(async move {
+            let r: serde_json::Value = http
+                .post(format!("{url}/v1/verify"))
+                .json(&json!({"key": key}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            r["code"] == "VALID"
+        }));
+    }
+    let mut valid = 0;
+    for t in tasks {
+        if t.await.unwrap() {
+            valid += 1;
+        }
+    }
+    valid
+}
+
+async fn three_nodes(
+    backend: crate::helpers::Backend,
+    redis: bool,
+) -> Option<(TestApp, TestApp, TestApp)> {
+    let mut o = crate::helpers::Options::default();
+    if redis {
+        if !keyward_store::testing::redis_available().await {
+            return None;
+        }
+        o.config.redis_url = Some(keyward_store::testing::redis_url());
+    }
+    let a = crate::helpers::spawn_with(backend, o).await?;
+    let b = spawn_node(&a).await;
+    let c = spawn_node(&a).await;
+    Some((a, b, c))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_a_rate_limit_holds_across_three_nodes() {
+    let Some((a, b, c)) = three_nodes(crate::helpers::Backend::Postgres, true).await else {
+        return;
+    };
+    let ks = a.keyspace(json!({})).await;
+    let (_, key) = a
+        .key(
+            &ks,
+            json!({"ratelimit": {"limit": 30, "window_secs": 3600}}),
+        )
+        .await;
+    let valid = hammer(&[&a, &b, &c], &key, 120).await;
+    assert_eq!(
+        valid, 30,
+        "no more than `limit` valid per window across all nodes"
+    );
+    let r = b.verify(json!({"key": key})).await;
+    assert_eq!(r["code"], "RATE_LIMITED");
+    b.stop().await;
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_a_rate_limit_holds_per_node() {
+    let Some((a, b, c)) = three_nodes(crate::helpers::Backend::Postgres, false).await else {
+        return;
+    };
+    let ks = a.keyspace(json!({})).await;
+    let (_, key) = a
+        .key(
+            &ks,
+            json!({"ratelimit": {"limit": 10, "window_secs": 3600}}),
+        )
+        .await;
+    let valid = hammer(&[&a, &b, &c], &key, 90).await;
+    assert_eq!(valid, 30, "each node grants its own `limit`");
+    b.stop().await;
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_grant_a_quota_exactly() {
+    let Some((a, b, c)) = three_nodes(crate::helpers::Backend::Postgres, false).await else {
+        return;
+    };
+    let ks = a.keyspace(json!({})).await;
+    let (id, key) = a.key(&ks, json!({"remaining": 1000})).await;
+    let mut valid = 0;
+    // Waves of traffic on every node until none has granted anything for a few seconds (idle
+    // leases go back to the pool and are leased again by the nodes still asking).
+    let mut quiet = 0;
+    let started = std::time::Instant::now();
+    while quiet < 8 && started.elapsed() < Duration::from_secs(60) {
+        let v = hammer(&[&a, &b, &c], &key, 300).await;
+        valid += v;
+        quiet = if v == 0 { quiet + 1 } else { 0 };
+        if v == 0 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    assert_eq!(
+        valid, 1000,
+        "never more, and not less while any node can still grant it"
+    );
+    for n in [&a, &b, &c] {
+        n.flush().await;
+    }
+    let k = a.get(&format!("/v1/keys/{id}")).await.expect(200);
+    assert_eq!(k.body["remaining"], 0);
+    assert_eq!(k.body["call_count"], 1000);
+    b.stop().await;
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_left_idle_on_one_node_is_granted_by_another() {
+    let Some((a, b, _c)) = three_nodes(crate::helpers::Backend::Postgres, false).await else {
+        return;
+    };
+    let ks = a.keyspace(json!({})).await;
+    let (_, key) = a.key(&ks, json!({"remaining": 100})).await;
+    // Node A leases a slice and spends one unit of it.
+    assert_eq!(a.verify_code(&key).await, "VALID");
+    // Node B alone now spends the rest: A gives back its idle lease within a few seconds.
+    let mut valid = 0;
+    let started = std::time::Instant::now();
+    while valid < 99 && started.elapsed() < Duration::from_secs(20) {
+        if b.verify_code(&key).await == "VALID" {
+            valid += 1;
+        } else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(valid, 99);
+    assert_eq!(b.verify_code(&key).await, "USAGE_EXCEEDED");
+    b.stop().await;
+}

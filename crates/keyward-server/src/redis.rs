@@ -1,0 +1,213 @@
+//! Cluster-wide rate limits through Redis (`KEYWARD_REDIS_URL`): one counter per key and fixed
+//! window, `INCR` + `PEXPIRE` pipelined on a pooled connection. A small hand-written RESP client
+//! (these two commands, `AUTH`, `SELECT` and `DECR`) keeps the dependency tree lean.
+//!
+//! When Redis cannot be reached the verifier falls back to this node's own counters (the limit
+//! then holds per node, as without Redis) and logs it.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+
+const TIMEOUT: Duration = Duration::from_millis(500);
+const MAX_IDLE: usize = 16;
+
+type Conn = BufReader<TcpStream>;
+
+pub struct RedisLimiter {
+    addr: String,
+    password: Option<String>,
+    db: Option<u32>,
+    idle: Mutex<Vec<Conn>>,
+}
+
+impl std::fmt::Debug for RedisLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLimiter")
+            .field("addr", &self.addr)
+            .field("db", &self.db)
+            .finish_non_exhaustive()
+    }
+}
+
+fn command(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+fn io_err(msg: impl Into<String>) -> std::io::Error {
+    std::io::Error::other(msg.into())
+}
+
+/// Reads one simple reply (`+`, `-` or `:`); returns the integer of `:` replies, 0 for `+`.
+async fn reply(conn: &mut Conn) -> std::io::Result<i64> {
+    let mut line = String::new();
+    if conn.read_line(&mut line).await? == 0 {
+        return Err(io_err("redis closed the connection"));
+    }
+    let line = line.trim_end();
+    match line.as_bytes().first() {
+        Some(b':') => line[1..].parse().map_err(|_| io_err("bad integer reply")),
+        Some(b'+') => Ok(0),
+        Some(b'-') => Err(io_err(format!("redis error: {}", &line[1..]))),
+        _ => Err(io_err("unexpected redis reply")),
+    }
+}
+
+impl RedisLimiter {
+    /// `redis://[:password@]host[:port][/db]`.
+    pub fn from_url(url: &str) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix("redis://")
+            .ok_or("KEYWARD_REDIS_URL must start with redis://")?;
+        let (auth, hostpart) = match rest.rsplit_once('@') {
+            Some((a, h)) => (Some(a), h),
+            None => (None, rest),
+        };
+        let password = auth
+            .map(|a| a.rsplit_once(':').map_or(a, |(_, p)| p).to_string())
+            .filter(|p| !p.is_empty());
+        let (host, db) = match hostpart.split_once('/') {
+            Some((h, d)) if !d.is_empty() => (
+                h,
+                Some(d.parse::<u32>().map_err(|_| "bad redis database number")?),
+            ),
+            Some((h, _)) => (h, None),
+            None => (hostpart, None),
+        };
+        let addr = if host.contains(':') {
+            host.to_string()
+        } else {
+            format!("{host}:6379")
+        };
+        Ok(RedisLimiter {
+            addr,
+            password,
+            db,
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    async fn connect(&self) -> std::io::Result<Conn> {
+        let stream = tokio::time::timeout(TIMEOUT, TcpStream::connect(&self.addr))
+            .await
+            .map_err(|_| io_err("connect timed out"))??;
+        stream.set_nodelay(true)?;
+        let mut conn = BufReader::new(stream);
+        if let Some(p) = &self.password {
+            conn.get_mut()
+                .write_all(&command(&[b"AUTH", p.as_bytes()]))
+                .await?;
+            reply(&mut conn).await?;
+        }
+        if let Some(db) = self.db {
+            conn.get_mut()
+                .write_all(&command(&[b"SELECT", db.to_string().as_bytes()]))
+                .await?;
+            reply(&mut conn).await?;
+        }
+        Ok(conn)
+    }
+
+    async fn with_conn<F, Fut>(&self, f: F) -> std::io::Result<i64>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: std::future::Future<Output = (Conn, std::io::Result<i64>)>,
+    {
+        let conn = match self.idle.lock().await.pop() {
+            Some(c) => c,
+            None => self.connect().await?,
+        };
+        let (conn, result) = tokio::time::timeout(TIMEOUT, f(conn))
+            .await
+            .map_err(|_| io_err("redis timed out"))?;
+        if result.is_ok() {
+            let mut idle = self.idle.lock().await;
+            if idle.len() < MAX_IDLE {
+                idle.push(conn);
+            }
+        }
+        result
+    }
+
+    fn counter(key_id: &str, window_start_ms: i64) -> String {
+        format!("keyward:rl:{key_id}:{window_start_ms}")
+    }
+
+    /// Counts one verification in the key's window; returns the count including it.
+    pub async fn hit(
+        &self,
+        key_id: &str,
+        window_start_ms: i64,
+        window_ms: i64,
+    ) -> std::io::Result<i64> {
+        let k = Self::counter(key_id, window_start_ms);
+        let mut req = command(&[b"INCR", k.as_bytes()]);
+        req.extend(command(&[
+            b"PEXPIRE",
+            k.as_bytes(),
+            (window_ms * 2).to_string().as_bytes(),
+        ]));
+        self.with_conn(|mut c| async move {
+            let r = async {
+                c.get_mut().write_all(&req).await?;
+                let n = reply(&mut c).await?;
+                reply(&mut c).await?;
+                Ok(n)
+            }
+            .await;
+            (c, r)
+        })
+        .await
+    }
+
+    /// Gives back a slot taken by [`RedisLimiter::hit`] for a verification that was then denied.
+    pub async fn undo(&self, key_id: &str, window_start_ms: i64) -> std::io::Result<i64> {
+        let req = command(&[b"DECR", Self::counter(key_id, window_start_ms).as_bytes()]);
+        self.with_conn(|mut c| async move {
+            let r = async {
+                c.get_mut().write_all(&req).await?;
+                reply(&mut c).await
+            }
+            .await;
+            (c, r)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse() {
+        let r = RedisLimiter::from_url("redis://127.0.0.1:6379").unwrap();
+        assert_eq!(
+            (r.addr.as_str(), r.password.as_deref(), r.db),
+            ("127.0.0.1:6379", None, None)
+        );
+        let r = RedisLimiter::from_url("redis://:s3cret@cache/2").unwrap();
+        assert_eq!(
+            (r.addr.as_str(), r.password.as_deref(), r.db),
+            ("cache:6379", Some("s3cret"), Some(2))
+        );
+        assert!(!format!("{r:?}").contains("s3cret"));
+        assert!(RedisLimiter::from_url("http://x").is_err());
+    }
+
+    #[test]
+    fn commands_are_resp_arrays() {
+        assert_eq!(
+            command(&[b"INCR", b"k"]),
+            b"*2\r\n$4\r\nINCR\r\n$1\r\nk\r\n".to_vec()
+        );
+    }
+}
