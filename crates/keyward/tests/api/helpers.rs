@@ -90,6 +90,15 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
 
 pub async fn spawn_with(backend: Backend, opts: Options) -> Option<TestApp> {
     let (db_url, dir) = fresh_db(backend).await?;
+    Some(start(backend, db_url, dir, opts).await)
+}
+
+/// A server on an existing database URL (already created).
+pub async fn spawn_on(backend: Backend, db_url: &str, opts: Options) -> TestApp {
+    start(backend, db_url.to_string(), None, opts).await
+}
+
+async fn start(backend: Backend, db_url: String, dir: Option<TempDir>, opts: Options) -> TestApp {
     let store = keyward_store::open(&db_url).await.unwrap();
     let manual = opts
         .manual_clock
@@ -128,7 +137,7 @@ pub async fn spawn_with(backend: Backend, opts: Options) -> Option<TestApp> {
         .await
         .unwrap();
     });
-    Some(TestApp {
+    TestApp {
         url: format!("http://{addr}"),
         addr,
         http: reqwest::Client::new(),
@@ -140,7 +149,7 @@ pub async fn spawn_with(backend: Backend, opts: Options) -> Option<TestApp> {
         shutdown: Some(tx),
         join: Some(join),
         _dir: dir,
-    })
+    }
 }
 
 /// Runs one async test body against both backends.

@@ -10,6 +10,7 @@ mod cli;
 mod cluster;
 mod conventions;
 mod dashboard;
+mod degraded;
 mod keys;
 mod lifecycle;
 mod roles;
