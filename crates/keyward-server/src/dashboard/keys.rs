@@ -10,16 +10,18 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use keyward_core::model::{Key, KeyStatus, Keyspace, Permission};
-use keyward_core::policy::Policy;
 use keyward_core::secret::Secret;
 use keyward_core::time::Timestamp;
 use keyward_store::{AuditFilter, KeyFilter, Page};
 use maud::{html, Markup};
 use serde_json::{json, Map, Value};
 
+use super::chart::{self, View};
 use super::ui::{self, heading, page, row, status_badge, when, Nav};
+use super::usage;
 use super::{csrf_field, redirect, Form, PageError, PageResult, QueryMap, SignedIn};
 use crate::http::extract::{encode_cursor, time_cursor};
+use crate::reports;
 use crate::service;
 use crate::state::AppState;
 
@@ -61,7 +63,7 @@ async fn scan_keys(
     }
 }
 
-async fn all_keyspaces(st: &AppState) -> PageResult<Vec<Keyspace>> {
+pub(super) async fn all_keyspaces(st: &AppState) -> PageResult<Vec<Keyspace>> {
     Ok(st
         .store
         .list_keyspaces(
@@ -98,37 +100,6 @@ fn done_message(q: &QueryMap) -> Option<Markup> {
 
 // ---------------------------------------------------------------- overview
 
-/// Findings of one key at `now`, as in the inventory report.
-struct Findings {
-    expiring_soon: bool,
-    inactive: bool,
-    no_owner: bool,
-    no_expiry: bool,
-    exceeds_max_lifetime: bool,
-}
-
-fn findings(k: &Key, p: Option<&Policy>, now: Timestamp) -> Findings {
-    let warn = p.and_then(|p| p.expiry_warning_secs).unwrap_or(14 * 86_400);
-    let inactive_after = p
-        .and_then(|p| p.inactivity_revoke_secs)
-        .map(|s| s / 2)
-        .unwrap_or(90 * 86_400);
-    let since = k.last_used_at.unwrap_or(k.created_at);
-    Findings {
-        expiring_soon: k
-            .expires_at
-            .is_some_and(|e| e > now && e.millis() - now.millis() <= warn * 1000),
-        inactive: now.millis() - since.millis() >= inactive_after * 1000,
-        no_owner: k.owner.is_none(),
-        no_expiry: k.expires_at.is_none(),
-        exceeds_max_lifetime: match (p.and_then(|p| p.max_lifetime_secs), k.expires_at) {
-            (Some(_), None) => true,
-            (Some(max), Some(e)) => e > k.created_at.plus_secs(max),
-            _ => false,
-        },
-    }
-}
-
 const STATUSES: [KeyStatus; 5] = [
     KeyStatus::Active,
     KeyStatus::Rotating,
@@ -151,7 +122,7 @@ pub async fn overview(State(st): State<AppState>, s: SignedIn, q: QueryMap) -> P
     s.require(Permission::ReadKeys)?;
     let now = st.clock.now();
     let kss = all_keyspaces(&st).await?;
-    let policies: HashMap<&str, &Policy> = kss.iter().map(|k| (k.id.as_str(), &k.policy)).collect();
+    let spaces: HashMap<&str, &Keyspace> = kss.iter().map(|k| (k.id.as_str(), k)).collect();
     let names = keyspace_names(&kss);
     let (keys, capped) = scan_keys(
         &st,
@@ -179,17 +150,27 @@ pub async fn overview(State(st): State<AppState>, s: SignedIn, q: QueryMap) -> P
         if matches!(status, KeyStatus::Revoked | KeyStatus::Expired) {
             continue;
         }
-        let f = findings(k, policies.get(k.keyspace_id.as_str()).copied(), now);
-        if f.expiring_soon {
+        // The inventory report's rules, so the overview and the report agree.
+        let Some(ks) = spaces.get(k.keyspace_id.as_str()) else {
+            continue;
+        };
+        let f = reports::findings(k, ks, now);
+        if f.contains(&"expiring_soon") {
             expiring.push(k);
         }
-        if f.inactive {
+        if f.contains(&"inactive") {
             inactive.push(k);
         }
-        no_owner += usize::from(f.no_owner);
-        no_expiry += usize::from(f.no_expiry);
-        too_long += usize::from(f.exceeds_max_lifetime);
+        no_owner += usize::from(f.contains(&"no_owner"));
+        no_expiry += usize::from(f.contains(&"no_expiry"));
+        too_long += usize::from(f.contains(&"exceeds_max_lifetime"));
     }
+    let key_names: HashMap<String, String> = keys
+        .iter()
+        .map(|k| (k.id.clone(), k.name.clone()))
+        .collect();
+    let usage_24h = usage::overview_section(&st, &key_names).await?;
+    let anomalies = usage::recent_anomalies(&st, &key_names).await?;
     expiring.sort_by_key(|k| k.expires_at);
     inactive.sort_by_key(|k| k.last_used_at.unwrap_or(k.created_at));
     let n_expiring = expiring.len();
@@ -221,8 +202,9 @@ pub async fn overview(State(st): State<AppState>, s: SignedIn, q: QueryMap) -> P
             (stat("Rotating", totals[1].to_string(), "in a rotation grace period", "tone-info"))
             (stat("Expiring soon", n_expiring.to_string(), "within the warning window", if n_expiring > 0 { "tone-warn" } else { "" }))
             (stat("Inactive", n_inactive.to_string(), "unused for half the inactivity limit", if n_inactive > 0 { "tone-warn" } else { "" }))
-            (stat("Verifications", calls.to_string(), &format!("{denied} denied, all time"), ""))
+            (stat("Verifications", chart::group(calls), &format!("{} denied, all time", chart::group(denied)), ""))
         }
+        (usage_24h)
         section.card {
             div.card-head {
                 h2 { "Keyspaces" }
@@ -282,14 +264,7 @@ pub async fn overview(State(st): State<AppState>, s: SignedIn, q: QueryMap) -> P
                     li { span { "Live keys beyond their keyspace's max lifetime" } strong class=(if too_long > 0 { "warn" } else { "" }) { (too_long) } }
                 }
             }
-            // USAGE (last 24 h): placeholder. The verifications-over-24-hours chart is drawn
-            // here from the usage data functions keyward-server gains with the usage work; the
-            // section keeps its id so that work only has to fill it.
-            section.card #usage-24h data-placeholder="usage-24h" {
-                div.card-head { h2 { "Verifications, last 24 hours" } }
-                div.placeholder { "The usage chart (valid and denied verifications per hour) will appear here. All-time totals: "
-                    strong { (calls) } " valid, " strong { (denied) } " denied." }
-            }
+            (anomalies)
         }
     };
     Ok(page("Overview", &s, Nav::Overview, body))
@@ -843,6 +818,8 @@ pub async fn detail(
         None
     };
 
+    let usage_section = usage::key_section(&st, &key, View::parse(q.get("usage"))).await?;
+
     let can_write = s.may(Permission::WriteKeys);
     let live = !matches!(status, KeyStatus::Revoked);
     let policy = ks.as_ref().map(|k| k.policy.clone()).unwrap_or_default();
@@ -954,15 +931,7 @@ pub async fn detail(
                 }
             }
         }
-        // USAGE CHART AND SOURCE ADDRESSES: placeholder. Another change fills this section with
-        // the per-key usage chart (24 h and 30 d, by outcome) and the recent source addresses,
-        // from the usage data functions keyward-server gains; keep the id and data attribute.
-        section.card #usage data-placeholder="key-usage" {
-            h2 { "Usage" }
-            div.placeholder {
-                "A chart of valid and denied verifications (last 24 hours and 30 days) and the key's recent source addresses will appear here."
-            }
-        }
+        (usage_section)
         section.card {
             h2 { "Audit events" }
             @match &events {

@@ -7,6 +7,8 @@
 //! - [`ui`]: the page shell and small components (badges, times, durations).
 //! - [`auth`]: sign-in, sign-out and the first-run setup page.
 //! - [`keys`]: overview, key list, key detail, create, rotate, revoke, revoke all of an owner.
+//! - [`usage`] and [`chart`]: the key page's usage chart, source addresses and pattern changes,
+//!   and the overview's last 24 hours (SVG drawn on the server).
 //! - [`admin`]: keyspaces and their policies, the audit trail, management tokens, webhooks.
 //!
 //! # Rules every handler follows
@@ -20,8 +22,10 @@
 
 pub mod admin;
 pub mod auth;
+pub mod chart;
 pub mod keys;
 pub mod ui;
+pub mod usage;
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -1,6 +1,7 @@
 //! The web dashboard over HTTP, as a browser would drive it (cookies and forms by hand):
 //! sign-in and sessions, CSRF refusals, role refusals, the first-run setup link, the identical
-//! work for unknown users and wrong passwords, throttling, and the security headers.
+//! work for unknown users and wrong passwords, throttling, the security headers, and the
+//! usage charts.
 
 use keyward_core::model::{Actor, Role};
 use keyward_core::secret::Secret;
@@ -174,10 +175,14 @@ async fn pages_without_a_session_redirect_to_sign_in_and_carry_security_headers(
     assert_eq!(res.status(), 303);
     assert_eq!(res.headers()["location"], "/login?next=/keys");
     let b = sign_in(&app, "a@example.com").await;
+    let ks = app.keyspace(json!({})).await;
+    let (id, _) = app.key(&ks, json!({})).await;
+    let detail = format!("/keys/{id}");
     for path in [
         "/",
         "/keys",
         "/keys/new",
+        detail.as_str(),
         "/keyspaces",
         "/audit",
         "/tokens",
@@ -729,3 +734,127 @@ async fn the_cli_creates_and_disables_users_on_the_database(app: TestApp) {
     assert_eq!(ev.body["items"][0]["target_type"], "user");
 }
 both!(the_cli_creates_and_disables_users_on_the_database);
+
+// ---------------------------------------------------------------- usage
+
+/// The start tag of the chart whose title and desc ids start with `id`.
+fn chart_tag<'a>(html: &'a str, id: &str) -> &'a str {
+    let i = html
+        .find(&format!(r#"aria-labelledby="{id}-title {id}-desc""#))
+        .unwrap_or_else(|| panic!("no chart {id}"));
+    let start = html[..i].rfind("<svg").unwrap();
+    let end = i + html[i..].find('>').unwrap();
+    &html[start..=end]
+}
+
+/// The value of attribute `name` in a start tag.
+fn attr(tag: &str, name: &str) -> String {
+    let key = format!(" {name}=\"");
+    let i = tag
+        .find(&key)
+        .unwrap_or_else(|| panic!("no {name} in {tag}"))
+        + key.len();
+    tag[i..i + tag[i..].find('"').unwrap()].to_string()
+}
+
+/// The markup of the chart `id` (its `<svg>` element).
+fn chart_svg<'a>(html: &'a str, id: &str) -> &'a str {
+    let tag = chart_tag(html, id);
+    let start = html.find(tag).unwrap();
+    &html[start..start + html[start..].find("</svg>").unwrap()]
+}
+
+/// The `data-n` of every bar segment of one outcome in a chart.
+fn segments(svg: &str, code: &str) -> Vec<i64> {
+    let key = format!(r#"data-code="{code}" data-n=""#);
+    svg.match_indices(&key)
+        .map(|(i, _)| {
+            let rest = &svg[i + key.len()..];
+            rest[..rest.find('"').unwrap()].parse().unwrap()
+        })
+        .collect()
+}
+
+async fn the_usage_chart_shows_real_verifications_by_hour_and_outcome(app: TestApp) {
+    add_user(&app, "v@example.com", Role::Viewer).await;
+    let ks = app.keyspace(json!({})).await;
+    let (id, key) = app.key(&ks, json!({"scopes": ["orders:read"]})).await;
+    for _ in 0..3 {
+        app.verify(json!({"key": key, "ip": "203.0.113.7"})).await;
+    }
+    app.flush().await;
+    app.advance(2 * 3600);
+    for _ in 0..2 {
+        app.verify(json!({"key": key, "ip": "203.0.113.7"})).await;
+        app.verify(json!({"key": key, "scopes": ["orders:write"]}))
+            .await;
+    }
+    // A second address is a pattern change (the first one ever is not).
+    app.verify(json!({"key": key, "ip": "198.51.100.9", "scopes": ["orders:write"]}))
+        .await;
+    app.flush().await;
+
+    let b = sign_in(&app, "v@example.com").await;
+    let html = b.get(&format!("/keys/{id}")).await.text().await.unwrap();
+    let tag = chart_tag(&html, "key-usage");
+    assert_eq!(attr(tag, "data-view"), "24h");
+    assert_eq!(attr(tag, "data-valid"), "5");
+    assert_eq!(attr(tag, "data-denied"), "3");
+    assert_eq!(attr(tag, "role"), "img");
+    let svg = chart_svg(&html, "key-usage");
+    assert_eq!(
+        segments(svg, "VALID"),
+        [3, 2],
+        "one bar per hour, oldest first"
+    );
+    assert_eq!(segments(svg, "INSUFFICIENT_SCOPE"), [3]);
+    assert!(svg.contains(r#"<title id="key-usage-title">"#));
+    assert!(svg.contains("5 valid, 3 denied (3 Insufficient scope)"));
+    assert!(html.contains("Insufficient scope"), "the legend");
+    assert!(!html.contains("style=\""), "no inline style");
+    // Recent source addresses and the key's anomalies.
+    let sources = &html[html.find("id=\"sources\"").unwrap()..];
+    assert!(sources.contains("203.0.113.7") && sources.contains("198.51.100.9"));
+    let anomalies = &html[html.find("id=\"anomalies\"").unwrap()..];
+    assert!(anomalies.contains("data-kind=\"new_source\""));
+    assert!(anomalies.contains("First use from 198.51.100.9"));
+
+    // The 30-day view puts both hours in today's bar.
+    let month = b
+        .get(&format!("/keys/{id}?usage=30d"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(attr(chart_tag(&month, "key-usage"), "data-view"), "30d");
+    assert_eq!(segments(chart_svg(&month, "key-usage"), "VALID"), [5]);
+
+    // The overview counts every key over the last 24 hours, and lists the anomaly.
+    let other = app.key(&ks, json!({})).await.1;
+    app.verify(json!({"key": other})).await;
+    app.flush().await;
+    let home = b.get("/").await.text().await.unwrap();
+    let tag = chart_tag(&home, "overview-usage");
+    assert_eq!(attr(tag, "data-valid"), "6");
+    assert_eq!(attr(tag, "data-denied"), "3");
+    assert!(home.contains("data-kind=\"new_source\""));
+    assert!(
+        home.contains(&format!("href=\"/keys/{id}\"")),
+        "busiest keys link to them"
+    );
+
+    // A day later the 24-hour chart is empty and says so; the 30-day one still counts.
+    app.advance(25 * 3600);
+    let b = sign_in(&app, "v@example.com").await;
+    let html = b.get(&format!("/keys/{id}")).await.text().await.unwrap();
+    assert_eq!(attr(chart_tag(&html, "key-usage"), "data-valid"), "0");
+    assert!(html.contains("No verifications in the last 24 hours"));
+    let month = b
+        .get(&format!("/keys/{id}?usage=30d"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(attr(chart_tag(&month, "key-usage"), "data-valid"), "5");
+}
+both_manual!(the_usage_chart_shows_real_verifications_by_hour_and_outcome);
