@@ -1,4 +1,4 @@
-//! Keyspaces and their policies, the audit trail, management tokens, and webhooks.
+//! Keyspaces and their policies, the audit trail, and management tokens.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -688,24 +688,4 @@ pub async fn revoke_token(
     let reason = form.text("reason").unwrap_or_default();
     service::revoke_token(&st, &s.ctx(), &id, &reason).await?;
     Ok(redirect("/tokens?done=token_revoked"))
-}
-
-// ---------------------------------------------------------------- webhooks
-
-// WEBHOOKS: placeholder until the webhook endpoints land in the service; then this page lists
-// `GET /v1/webhooks` and offers create/delete through `service::create_webhook` /
-// `service::delete_webhook`, like the tokens page.
-pub async fn webhooks(s: SignedIn) -> PageResult<Markup> {
-    s.require(Permission::ManageTokens)?;
-    let body = html! {
-        (heading("Webhooks", Some(html! { "Signed notifications of key events to your services." }), html! {}))
-        section.card #webhooks data-placeholder="webhooks" {
-            div.placeholder {
-                p { "Webhook subscriptions will be managed on this page. Until then, use the API: "
-                    code { "POST /v1/webhooks" } " with " code { "{\"url\", \"events\": [...]}" } "." }
-                p { "Deliveries carry " code { "Keyward-Signature: t=…,v1=…" } " (HMAC-SHA256 of " code { "<t>.<body>" } " with the webhook's secret)." }
-            }
-        }
-    };
-    Ok(page("Webhooks", &s, Nav::Webhooks, body))
 }

@@ -9,7 +9,8 @@
 //! - [`keys`]: overview, key list, key detail, create, rotate, revoke, revoke all of an owner.
 //! - [`usage`] and [`chart`]: the key page's usage chart, source addresses and pattern changes,
 //!   and the overview's last 24 hours (SVG drawn on the server).
-//! - [`admin`]: keyspaces and their policies, the audit trail, management tokens, webhooks.
+//! - [`admin`]: keyspaces and their policies, the audit trail, management tokens.
+//! - [`webhooks`]: webhook subscriptions and their deliveries (admins).
 //!
 //! # Rules every handler follows
 //! - Every change goes through [`crate::service`] (or [`crate::accounts`]) with the user's
@@ -17,8 +18,8 @@
 //!   the API. Pages hide what a role may not use; the server refuses it anyway (403 page).
 //! - Every POST carries the session's synchronizer token, compared in constant time; a request
 //!   a browser marks `Sec-Fetch-Site: cross-site` is refused before anything else.
-//! - No page shows a secret, except the one-time plaintext of a new key or token, on a
-//!   response that is `Cache-Control: no-store` like every dashboard page.
+//! - No page shows a secret, except the one-time plaintext of a new key, token or webhook
+//!   secret, on a response that is `Cache-Control: no-store` like every dashboard page.
 
 pub mod admin;
 pub mod auth;
@@ -26,6 +27,7 @@ pub mod chart;
 pub mod keys;
 pub mod ui;
 pub mod usage;
+pub mod webhooks;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -88,7 +90,8 @@ pub fn router() -> Router<AppState> {
         .route("/audit", get(admin::audit))
         .route("/tokens", get(admin::tokens).post(admin::create_token))
         .route("/tokens/{id}/revoke", post(admin::revoke_token))
-        .route("/webhooks", get(admin::webhooks))
+        .route("/webhooks", get(webhooks::list).post(webhooks::create))
+        .route("/webhooks/{id}/delete", post(webhooks::delete))
         .route("/static/{file}", get(static_file))
         .layer(middleware::from_fn(guard))
 }

@@ -109,6 +109,18 @@ pub fn bare_page(title: &str, body: Markup) -> Markup {
     }
 }
 
+/// Marks a response that shows a one-time secret: never stored by the browser or a proxy.
+pub fn no_store(mut res: axum::response::Response) -> axum::response::Response {
+    use axum::http::{header, HeaderValue};
+    res.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store, max-age=0"),
+    );
+    res.headers_mut()
+        .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    res
+}
+
 pub fn status_badge(s: KeyStatus) -> Markup {
     html! { span class={ "badge status-" (s.as_str()) } { (s.as_str()) } }
 }

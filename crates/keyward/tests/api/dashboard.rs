@@ -1,7 +1,7 @@
 //! The web dashboard over HTTP, as a browser would drive it (cookies and forms by hand):
 //! sign-in and sessions, CSRF refusals, role refusals, the first-run setup link, the identical
 //! work for unknown users and wrong passwords, throttling, the security headers, and the
-//! usage charts.
+//! usage charts and webhooks pages.
 
 use keyward_core::model::{Actor, Role};
 use keyward_core::secret::Secret;
@@ -11,7 +11,7 @@ use serde_json::json;
 use std::sync::atomic::Ordering;
 
 use crate::both;
-use crate::helpers::{spawn_with, Backend, Options, TestApp};
+use crate::helpers::{spawn_with, Backend, Options, Receiver, TestApp};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -186,6 +186,7 @@ async fn pages_without_a_session_redirect_to_sign_in_and_carry_security_headers(
         "/keyspaces",
         "/audit",
         "/tokens",
+        "/webhooks",
         "/login",
     ] {
         let res = b.get(path).await;
@@ -340,6 +341,7 @@ async fn roles_see_only_their_buttons_and_are_refused_the_rest(app: TestApp) {
     let au = sign_in(&app, "au@example.com").await;
     assert_eq!(au.get("/audit").await.status(), 200);
     assert_eq!(au.get("/tokens").await.status(), 403);
+    assert_eq!(au.get("/webhooks").await.status(), 403);
     let res = au
         .post(
             &format!("/keys/{id}/revoke"),
@@ -735,7 +737,7 @@ async fn the_cli_creates_and_disables_users_on_the_database(app: TestApp) {
 }
 both!(the_cli_creates_and_disables_users_on_the_database);
 
-// ---------------------------------------------------------------- usage
+// ---------------------------------------------------------------- usage and webhooks
 
 /// The start tag of the chart whose title and desc ids start with `id`.
 fn chart_tag<'a>(html: &'a str, id: &str) -> &'a str {
@@ -858,3 +860,159 @@ async fn the_usage_chart_shows_real_verifications_by_hour_and_outcome(app: TestA
     assert_eq!(attr(chart_tag(&month, "key-usage"), "data-valid"), "5");
 }
 both_manual!(the_usage_chart_shows_real_verifications_by_hour_and_outcome);
+
+async fn a_viewer_or_manager_neither_sees_nor_may_use_the_webhooks_page(app: TestApp) {
+    add_user(&app, "v@example.com", Role::Viewer).await;
+    add_user(&app, "m@example.com", Role::Manager).await;
+    add_user(&app, "a@example.com", Role::Admin).await;
+    let hook = app
+        .post(
+            "/v1/webhooks",
+            json!({"url": "http://127.0.0.1:9/hook", "events": ["key.created"]}),
+        )
+        .await
+        .expect(201)
+        .id();
+    for who in ["v@example.com", "m@example.com"] {
+        let b = sign_in(&app, who).await;
+        let home = b.get("/").await.text().await.unwrap();
+        assert!(!home.contains("href=\"/webhooks\""), "{who} sees the link");
+        assert_eq!(b.get("/webhooks").await.status(), 403, "{who}");
+        let res = b
+            .post(
+                "/webhooks",
+                &[
+                    ("csrf", b.csrf.as_str()),
+                    ("url", "http://127.0.0.1:9/evil"),
+                    ("events", "key.created"),
+                ],
+            )
+            .await;
+        assert_eq!(res.status(), 403, "{who} creates");
+        let res = b
+            .post(
+                &format!("/webhooks/{hook}/delete"),
+                &[("csrf", b.csrf.as_str()), ("confirm", "yes")],
+            )
+            .await;
+        assert_eq!(res.status(), 403, "{who} deletes");
+    }
+    let list = app.get("/v1/webhooks").await.expect(200);
+    let items = list.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "nothing created");
+    assert_eq!(items[0]["id"], hook, "nothing deleted");
+
+    // An admin without the CSRF token is refused too.
+    let a = sign_in(&app, "a@example.com").await;
+    assert!(a
+        .get("/")
+        .await
+        .text()
+        .await
+        .unwrap()
+        .contains("href=\"/webhooks\""));
+    let res = a
+        .post(&format!("/webhooks/{hook}/delete"), &[("confirm", "yes")])
+        .await;
+    assert_eq!(res.status(), 403);
+    assert_eq!(app.get("/v1/webhooks").await.body["items"][0]["id"], hook);
+}
+both!(a_viewer_or_manager_neither_sees_nor_may_use_the_webhooks_page);
+
+async fn creating_a_webhook_shows_its_secret_once_then_its_deliveries(app: TestApp) {
+    add_user(&app, "a@example.com", Role::Admin).await;
+    let rx = Receiver::start(1).await;
+    let b = sign_in(&app, "a@example.com").await;
+    // A URL the service refuses comes back as the form, with the reason and the values.
+    let res = b
+        .post(
+            "/webhooks",
+            &[
+                ("csrf", b.csrf.as_str()),
+                ("url", "ftp://example.com/x"),
+                ("events", "key.revoked"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 400);
+    let html = res.text().await.unwrap();
+    assert!(html.contains("absolute http://"), "the reason");
+    assert!(html.contains(r#"value="ftp://example.com/x""#));
+    assert!(html.contains(r#"value="key.revoked" checked"#));
+
+    let res = b
+        .post(
+            "/webhooks",
+            &[
+                ("csrf", b.csrf.as_str()),
+                ("url", rx.url.as_str()),
+                ("events", "key.created"),
+                ("events", "key.revoked"),
+                ("keyspace_id", ""),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("no-store"));
+    let html = res.text().await.unwrap();
+    let i = html.find("id=\"plaintext\"").unwrap();
+    let rest = &html[i..];
+    let secret = rest[rest.find('>').unwrap() + 1..rest.find("</code>").unwrap()].to_string();
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    assert!(html.contains("data-copy=\"plaintext\""), "a copy button");
+    *rx.secret.lock().unwrap() = secret.clone();
+
+    let list = app.get("/v1/webhooks").await.expect(200);
+    let hook = list.body["items"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        list.body["items"][0]["events"],
+        json!(["key.created", "key.revoked"])
+    );
+    let ev = app.audit_actions("webhook.create").await;
+    assert_eq!(ev[0]["actor"]["type"], "user");
+    assert_eq!(ev[0]["target_id"], hook);
+
+    // A key event is delivered (the receiver answers 503 first) and listed under the webhook.
+    let ks = app.keyspace(json!({})).await;
+    app.key(&ks, json!({})).await;
+    app.deliver().await;
+    rx.wait_for("key.created", 1).await;
+    let mut page = String::new();
+    for _ in 0..100 {
+        page = b.get("/webhooks").await.text().await.unwrap();
+        if page.contains("HTTP 503") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(!page.contains(&secret), "the secret is shown once");
+    assert!(page.contains(&rx.url));
+    assert!(page.contains(&format!("data-webhook=\"{hook}\"")));
+    assert!(
+        page.contains("HTTP 503") && page.contains(">503<"),
+        "the failed attempt"
+    );
+    assert!(rx.all_signatures_valid());
+
+    // Delete needs the confirmation box.
+    let path = format!("/webhooks/{hook}/delete");
+    let res = b.post(&path, &[("csrf", b.csrf.as_str())]).await;
+    assert_eq!(res.status(), 400);
+    let res = b
+        .post(&path, &[("csrf", b.csrf.as_str()), ("confirm", "yes")])
+        .await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(res.headers()["location"], "/webhooks?done=deleted");
+    let list = app.get("/v1/webhooks").await.expect(200);
+    assert!(list.body["items"].as_array().unwrap().is_empty());
+    assert_eq!(
+        app.audit_actions("webhook.delete").await[0]["actor"]["type"],
+        "user"
+    );
+    let page = b.get("/webhooks?done=deleted").await.text().await.unwrap();
+    assert!(page.contains("The webhook was deleted.") && !page.contains(&rx.url));
+}
+both!(creating_a_webhook_shows_its_secret_once_then_its_deliveries);
