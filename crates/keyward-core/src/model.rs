@@ -328,6 +328,9 @@ pub fn check_name(field: &str, s: &str) -> Result<(), String> {
 
 pub fn check_reason(s: &str) -> Result<(), String> {
     check_no_secret("reason", s)?;
+    if s.chars().any(char::is_control) {
+        return Err("reason may not contain control characters".into());
+    }
     let n = s.chars().count();
     if n == 0 || n > MAX_REASON_LEN || s.trim().is_empty() {
         return Err(format!("reason must be 1..{MAX_REASON_LEN} characters"));
@@ -350,6 +353,7 @@ pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
         return Err(format!("at most {MAX_LABELS} labels"));
     }
     for (k, v) in labels {
+        check_no_secret("a label name", k)?;
         let key_ok = (1..=64).contains(&k.len())
             && k.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'/'));

@@ -370,6 +370,9 @@ impl From<StoreError> for LoginError {
     }
 }
 
+/// Password checks allowed at once (see `authenticate`).
+static PASSWORD_CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
 /// Checks an email and password. Every path that reaches the password check runs exactly one
 /// Argon2id verification (against a dummy hash when the user is unknown or disabled), so the
 /// answer's timing does not tell whether an account exists.
@@ -380,7 +383,8 @@ pub async fn authenticate(
     ip: IpAddr,
 ) -> std::result::Result<User, LoginError> {
     let now = st.clock.now();
-    let account = email.trim().to_lowercase();
+    // Bounded: the throttle map is keyed by it.
+    let account: String = email.trim().to_lowercase().chars().take(254).collect();
     if let Some(wait) = st.accounts.by_address.blocked(&ip, now) {
         return Err(LoginError::Throttled(wait));
     }
@@ -395,6 +399,15 @@ pub async fn authenticate(
         Some(u) if u.is_active() => u.password_hash.clone(),
         _ => st.accounts.dummy_hash()?,
     };
+    // Each check holds ~19 MiB for a moment: at most a few run at once, so a flood of sign-ins
+    // cannot exhaust memory (the excess waits, then is turned away).
+    let permit =
+        match tokio::time::timeout(std::time::Duration::from_secs(5), PASSWORD_CHECKS.acquire())
+            .await
+        {
+            Ok(Ok(p)) => p,
+            _ => return Err(LoginError::Throttled(1)),
+        };
     st.accounts.password_checks.fetch_add(1, Ordering::Relaxed);
     let ok = tokio::task::spawn_blocking(move || {
         let pw = password.expose();
@@ -408,6 +421,7 @@ pub async fn authenticate(
     })
     .await
     .map_err(Error::internal)?;
+    drop(permit);
     match user {
         Some(u) if ok && u.is_active() => {
             if let Err(e) = st.store.users().record_login(&u.id, now).await {

@@ -136,9 +136,9 @@ pub async fn inventory(st: &AppState, ctx: &Ctx, keyspace_id: Option<&str>) -> R
     Ok(rows)
 }
 
-fn csv_field(s: &str) -> String {
+pub fn csv_field(s: &str) -> String {
     // Cells that a spreadsheet would run as a formula are prefixed with a quote.
-    let s = if s.starts_with(['=', '+', '-', '@']) {
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         format!("'{s}")
     } else {
         s.to_string()

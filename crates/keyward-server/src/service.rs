@@ -62,6 +62,38 @@ impl Ctx {
     }
 }
 
+/// Makes this node's cache forget keys once their change is committed, before the caller
+/// answers. It acts when dropped, so a request cancelled between the commit and the response
+/// (a client that hung up) still leaves no stale entry: if the commit did not happen after all,
+/// forgetting costs one store read.
+struct Forget<'a> {
+    st: &'a AppState,
+    hashes: Vec<KeyHash>,
+    /// Quotas set anew: this node's leases of them are void.
+    quota: Vec<(String, Option<i64>)>,
+}
+
+impl<'a> Forget<'a> {
+    fn keys(st: &'a AppState, hashes: Vec<KeyHash>) -> Self {
+        Forget {
+            st,
+            hashes,
+            quota: Vec::new(),
+        }
+    }
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        for (id, remaining) in &self.quota {
+            self.st.verifier.set_remaining(id, *remaining);
+        }
+        for h in &self.hashes {
+            self.st.verifier.invalidate(h);
+        }
+    }
+}
+
 fn change(
     changes: &mut Map<String, Value>,
     field: &str,
@@ -143,6 +175,7 @@ pub async fn create_keyspace(st: &AppState, ctx: &Ctx, input: CreateKeyspace) ->
     change(&mut ev.changes, "policy", Value::Null, &ks.policy);
     tx.append_audit(ev).await?;
     tx.commit().await?;
+    st.verifier.add_prefix(&ks.prefix);
     Ok(ks)
 }
 
@@ -256,11 +289,14 @@ fn check_owner(owner: &Option<String>) -> Result<()> {
     }
 }
 
+/// Quotas stay within what JSON numbers hold exactly (2^53 - 1).
+const MAX_REMAINING: i64 = 9_007_199_254_740_991;
+
 fn check_remaining(r: Option<i64>) -> Result<()> {
     match r {
-        Some(n) if n < 0 => Err(Error::bad_request(
-            "remaining must be 0 or more, or null for unlimited",
-        )),
+        Some(n) if !(0..=MAX_REMAINING).contains(&n) => Err(Error::bad_request(format!(
+            "remaining must be an integer in 0..{MAX_REMAINING}, or null for unlimited"
+        ))),
         _ => Ok(()),
     }
 }
@@ -391,8 +427,8 @@ pub async fn create_key(st: &AppState, ctx: &Ctx, input: CreateKey) -> Result<(K
     tx.append_audit(ev).await?;
     tx.enqueue(&key_event("key.created", &key, now, Map::new()))
         .await?;
+    let _forget = Forget::keys(st, vec![key.hash]);
     tx.commit().await?;
-    st.verifier.invalidate(&key.hash);
     Ok((key, plaintext))
 }
 
@@ -595,11 +631,12 @@ pub async fn update_key(st: &AppState, ctx: &Ctx, id: &str, p: PatchKey) -> Resu
         tx.set_remaining(&k.id, k.remaining).await?;
     }
     tx.append_audit(ev).await?;
-    tx.commit().await?;
+    let mut forget = Forget::keys(st, vec![k.hash]);
     if p.remaining.is_some() {
-        st.verifier.set_remaining(&k.id, k.remaining);
+        forget.quota.push((k.id.clone(), k.remaining));
     }
-    st.verifier.invalidate(&k.hash);
+    tx.commit().await?;
+    drop(forget);
     Ok(k)
 }
 
@@ -629,8 +666,8 @@ pub async fn revoke_key(st: &AppState, ctx: &Ctx, id: &str, reason: &str) -> Res
     tx.append_audit(ev).await?;
     tx.enqueue(&key_event("key.revoked", &k, now, Map::new()))
         .await?;
+    let _forget = Forget::keys(st, vec![k.hash]);
     tx.commit().await?;
-    st.verifier.invalidate(&k.hash);
     Ok(k)
 }
 
@@ -670,10 +707,8 @@ pub async fn revoke_owner_keys(st: &AppState, ctx: &Ctx, input: BulkRevoke) -> R
         ids.push(k.id);
         hashes.push(k.hash);
     }
+    let _forget = Forget::keys(st, hashes);
     tx.commit().await?;
-    for h in &hashes {
-        st.verifier.invalidate(h);
-    }
     Ok(ids)
 }
 
@@ -793,12 +828,12 @@ pub async fn rotate_key(
     );
     tx.enqueue(&key_event("key.rotated", &k, now, extra))
         .await?;
-    tx.commit().await?;
+    let mut forget = Forget::keys(st, vec![k.hash, new.hash]);
     if k.remaining.is_some() {
-        st.verifier.set_remaining(&k.id, Some(0));
+        forget.quota.push((k.id.clone(), Some(0)));
     }
-    st.verifier.invalidate(&k.hash);
-    st.verifier.invalidate(&new.hash);
+    tx.commit().await?;
+    drop(forget);
     Ok((new, plaintext))
 }
 
@@ -905,6 +940,11 @@ pub struct CreateWebhook {
 }
 
 fn check_webhook_url(url: &str) -> Result<()> {
+    if keyformat::contains_key_material(url) {
+        return Err(Error::bad_request(
+            "url contains what looks like an API key or token; keyward never stores plaintext keys",
+        ));
+    }
     let ok = (url.starts_with("http://") || url.starts_with("https://"))
         && url.len() <= 2048
         && reqwest::Url::parse(url).is_ok_and(|u| u.host_str().is_some_and(|h| !h.is_empty()));

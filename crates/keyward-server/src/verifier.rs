@@ -141,11 +141,51 @@ enum Slot {
     Missing,
 }
 
+/// One shard of the cache. Negative entries are counted so that a flood of random keys evicts
+/// only negatives, and only when there are many of them.
+#[derive(Default)]
+struct Shard {
+    map: DigestMap<Slot>,
+    negatives: usize,
+}
+
+impl Shard {
+    fn get(&self, h: &KeyHash) -> Option<&Slot> {
+        self.map.get(h)
+    }
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+    fn remove(&mut self, h: &KeyHash) {
+        if let Some(Slot::Missing) = self.map.remove(h) {
+            self.negatives -= 1;
+        }
+    }
+    fn insert_found(&mut self, h: KeyHash, e: Arc<Entry>) {
+        if let Some(Slot::Missing) = self.map.insert(h, Slot::Found(e)) {
+            self.negatives -= 1;
+        }
+    }
+    fn insert_missing(&mut self, h: KeyHash) {
+        if self.negatives >= NEGATIVE_PER_SHARD {
+            self.map.retain(|_, s| matches!(s, Slot::Found(_)));
+            self.negatives = 0;
+        }
+        match self.map.insert(h, Slot::Missing) {
+            Some(Slot::Missing) => {}
+            Some(Slot::Found(_)) | None => self.negatives += 1,
+        }
+    }
+}
+
 pub struct Request<'a> {
     pub key: &'a str,
     pub scopes: &'a [String],
     pub ip: Option<IpAddr>,
     pub cost: i64,
+    /// The keyspaces of the verifying token when it is limited: keys of other keyspaces are
+    /// `NOT_FOUND` to it (nothing is counted or consumed).
+    pub keyspaces: Option<&'a [String]>,
 }
 
 /// How soon a node that found the store's quota empty asks again (other nodes may have given
@@ -196,7 +236,7 @@ pub struct Verifier {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
-    shards: Vec<RwLock<DigestMap<Slot>>>,
+    shards: Vec<RwLock<Shard>>,
     /// Live state by key id.
     live: Mutex<HashMap<String, Arc<Live>>>,
     /// Live cells with counts not yet written (each at most once, see `Live::queued`).
@@ -209,6 +249,11 @@ pub struct Verifier {
     redis: Option<Arc<crate::redis::RedisLimiter>>,
     /// Keys for which this node holds a quota lease.
     leased: Mutex<std::collections::HashSet<String>>,
+    /// Prefixes of the keyspaces, and when they were last read from the store.
+    prefixes: RwLock<(
+        std::collections::HashSet<String>,
+        Option<std::time::Instant>,
+    )>,
 }
 
 impl Verifier {
@@ -223,19 +268,18 @@ impl Verifier {
             store,
             clock,
             metrics,
-            shards: (0..SHARDS)
-                .map(|_| RwLock::new(DigestMap::default()))
-                .collect(),
+            shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
             live: Mutex::new(HashMap::new()),
             dirty: Mutex::new(Vec::new()),
             epoch: AtomicU64::new(0),
             dormant_after_ms: dormant_after_secs.saturating_mul(1000),
             redis,
             leased: Mutex::new(std::collections::HashSet::new()),
+            prefixes: RwLock::new((std::collections::HashSet::new(), None)),
         }
     }
 
-    fn shard(&self, h: &KeyHash) -> &RwLock<DigestMap<Slot>> {
+    fn shard(&self, h: &KeyHash) -> &RwLock<Shard> {
         // The last byte picks the shard; the first eight feed the map (independent bits).
         &self.shards[h.0[31] as usize % SHARDS]
     }
@@ -244,17 +288,17 @@ impl Verifier {
     pub async fn verify(&self, req: &Request<'_>) -> Result<Outcome, StoreError> {
         let now = self.clock.now();
         // Garbage never reaches a lock or the store; tokens never verify as keys.
-        let parsed = match keyformat::parse(req.key) {
-            Some(p) if p.prefix != TOKEN_PREFIX => p,
-            _ => {
-                return Ok(Outcome::Denied {
-                    code: Code::NotFound,
-                    entry: None,
-                    reset_at: None,
-                })
-            }
+        let not_found = || {
+            Ok(Outcome::Denied {
+                code: Code::NotFound,
+                entry: None,
+                reset_at: None,
+            })
         };
-        let _ = parsed;
+        let prefix = match keyformat::parse(req.key) {
+            Some(p) if p.prefix != TOKEN_PREFIX => p.prefix,
+            _ => return not_found(),
+        };
         let hash = KeyHash::of(req.key);
         let cached = {
             let shard = self.shard(&hash).read().unwrap_or_else(|p| p.into_inner());
@@ -271,6 +315,11 @@ impl Verifier {
             }
             None => {
                 self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
+                // A key of no keyspace's prefix costs no store read (the set of prefixes is
+                // re-read at most once a second, for keyspaces created on other nodes).
+                if !self.known_prefix(prefix).await? {
+                    return not_found();
+                }
                 self.load(hash).await?
             }
         };
@@ -281,6 +330,12 @@ impl Verifier {
                 reset_at: None,
             });
         };
+        if req
+            .keyspaces
+            .is_some_and(|ks| !ks.contains(&entry.key.keyspace_id))
+        {
+            return not_found();
+        }
         let shared = self.shared_window(&entry, req, now).await;
         let mut tries = 0;
         let outcome = loop {
@@ -485,17 +540,16 @@ impl Verifier {
                 Some(Arc::new(self.entry_for(key, successor.as_ref())))
             }
         };
+        // The epoch is compared under the shard's write lock, which `invalidate` also holds while
+        // it bumps the epoch: a load that raced with an invalidation never caches its answer.
+        let mut shard = self.shard(&hash).write().unwrap_or_else(|p| p.into_inner());
         if self.epoch.load(Ordering::Acquire) == epoch {
-            let mut shard = self.shard(&hash).write().unwrap_or_else(|p| p.into_inner());
-            if entry.is_none() && shard.len() >= NEGATIVE_PER_SHARD {
-                shard.retain(|_, s| matches!(s, Slot::Found(_)));
+            match &entry {
+                Some(e) => shard.insert_found(hash, e.clone()),
+                None => shard.insert_missing(hash),
             }
-            let slot = match &entry {
-                Some(e) => Slot::Found(e.clone()),
-                None => Slot::Missing,
-            };
-            shard.insert(hash, slot);
         }
+        drop(shard);
         Ok(entry)
     }
 
@@ -569,7 +623,10 @@ impl Verifier {
     /// the cost), so that nodes share a quota finely near its end.
     async fn lease(&self, live: &Arc<Live>, cost: i64, now: Timestamp) -> Result<(), StoreError> {
         let pool = lock(&live.state).pool;
-        let want = cost.max((pool + 15) / 16).clamp(1, 100_000).max(cost);
+        let want = cost
+            .max(pool.saturating_add(15) / 16)
+            .clamp(1, 100_000)
+            .max(cost);
         let got = self.store.lease_quota(&live.key_id, want, now).await?;
         let mut s = lock(&live.state);
         s.last_lease = Some(now);
@@ -627,6 +684,51 @@ impl Verifier {
         Ok(())
     }
 
+    /// Whether some keyspace has this prefix.
+    async fn known_prefix(&self, prefix: &str) -> Result<bool, StoreError> {
+        {
+            let p = self.prefixes.read().unwrap_or_else(|p| p.into_inner());
+            if p.0.contains(prefix) {
+                return Ok(true);
+            }
+            if p.1
+                .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1))
+            {
+                return Ok(false);
+            }
+        }
+        let mut all = std::collections::HashSet::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .list_keyspaces(
+                    None,
+                    &keyward_store::Page {
+                        limit: 500,
+                        after: after.clone(),
+                    },
+                )
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some((last.created_at.millis(), last.id.clone()));
+            all.extend(page.into_iter().map(|k| k.prefix));
+        }
+        let known = all.contains(prefix);
+        *self.prefixes.write().unwrap_or_else(|p| p.into_inner()) =
+            (all, Some(std::time::Instant::now()));
+        Ok(known)
+    }
+
+    /// Records a keyspace created through this node.
+    pub fn add_prefix(&self, prefix: &str) {
+        self.prefixes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .insert(prefix.to_string());
+    }
+
     /// Puts a key straight into the cache, as a store read would (benchmarks and warm-up).
     pub fn prime(&self, key: Key) {
         let hash = key.hash;
@@ -634,16 +736,14 @@ impl Verifier {
         self.shard(&hash)
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(hash, Slot::Found(entry));
+            .insert_found(hash, entry);
     }
 
     /// Forgets what this node caches about a key; the next verification reads the store.
     pub fn invalidate(&self, hash: &KeyHash) {
+        let mut shard = self.shard(hash).write().unwrap_or_else(|p| p.into_inner());
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.shard(hash)
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(hash);
+        shard.remove(hash);
     }
 
     /// Sets the quota of a key after the control plane changed it (call with the write gate

@@ -379,6 +379,11 @@ pub trait Store: Send + Sync + 'static {
     /// Returns to the pool the leases not touched since `older_than` (nodes that died).
     async fn reclaim_stale_leases(&self, older_than: Timestamp) -> Result<u64>;
 
+    /// Deletes finished webhook deliveries, their attempts and events, and anomalies from before
+    /// `history_before`, and change-feed rows from before `feed_before`; returns rows deleted.
+    async fn prune_history(&self, history_before: Timestamp, feed_before: Timestamp)
+        -> Result<u64>;
+
     /// Change-feed rows after `seq`, oldest first.
     async fn changes_after(&self, seq: i64, limit: i64) -> Result<Vec<Change>>;
     /// The newest change-feed seq (0 when empty).

@@ -609,6 +609,21 @@ macro_rules! sql_backend {
             }
 
             async fn enqueue(&mut self, e: &OutboxEvent) -> Result<()> {
+                let sql = format!("SELECT {WEBHOOK_COLS} FROM webhooks");
+                let rows = sqlx::query(&sql).fetch_all(&mut *self.tx).await.map_err(map_err)?;
+                let mut hooks = Vec::new();
+                for r in &rows {
+                    let hook = webhook_from_row(r)?;
+                    let kind_ok = hook.events.iter().any(|t| t == &e.kind);
+                    let ks_ok = hook.keyspace_id.is_none() || hook.keyspace_id == e.keyspace_id;
+                    if kind_ok && ks_ok {
+                        hooks.push(hook);
+                    }
+                }
+                // Only events that some webhook wants are kept.
+                if hooks.is_empty() {
+                    return Ok(());
+                }
                 sqlx::query("INSERT INTO webhook_events (id, type, at, keyspace_id, key_id, body) VALUES ($1, $2, $3, $4, $5, $6)")
                     .bind(&e.id)
                     .bind(&e.kind)
@@ -619,15 +634,7 @@ macro_rules! sql_backend {
                     .execute(&mut *self.tx)
                     .await
                     .map_err(map_err)?;
-                let sql = format!("SELECT {WEBHOOK_COLS} FROM webhooks");
-                let rows = sqlx::query(&sql).fetch_all(&mut *self.tx).await.map_err(map_err)?;
-                for r in &rows {
-                    let hook = webhook_from_row(r)?;
-                    let kind_ok = hook.events.iter().any(|t| t == &e.kind);
-                    let ks_ok = hook.keyspace_id.is_none() || hook.keyspace_id == e.keyspace_id;
-                    if !(kind_ok && ks_ok) {
-                        continue;
-                    }
+                for hook in &hooks {
                     sqlx::query(
                         "INSERT INTO webhook_deliveries (id, webhook_id, event_id, attempts, next_at, lease_until, state, created_at) \
                          VALUES ($1, $2, $3, 0, $4, NULL, 'pending', $4)",
@@ -1204,6 +1211,25 @@ macro_rules! sql_backend {
                 Ok(r.rows_affected())
             }
 
+            async fn prune_history(&self, history_before: Timestamp, feed_before: Timestamp) -> Result<u64> {
+                let mut n = 0;
+                let statements = [
+                    ("DELETE FROM webhook_attempts WHERE at < $1", history_before),
+                    ("DELETE FROM webhook_deliveries WHERE state <> 'pending' AND created_at < $1", history_before),
+                    (
+                        "DELETE FROM webhook_events WHERE at < $1 AND id NOT IN (SELECT event_id FROM webhook_deliveries)",
+                        history_before,
+                    ),
+                    ("DELETE FROM anomalies WHERE detected_at < $1", history_before),
+                    ("DELETE FROM change_feed WHERE at < $1", feed_before),
+                ];
+                for (sql, before) in statements {
+                    let r = sqlx::query(sql).bind(before.millis()).execute(&self.pool).await.map_err(map_err)?;
+                    n += r.rows_affected();
+                }
+                Ok(n)
+            }
+
             async fn changes_after(&self, seq: i64, limit: i64) -> Result<Vec<Change>> {
                 let rows = sqlx::query("SELECT seq, key_id, key_hash, origin, quota FROM change_feed WHERE seq > $1 ORDER BY seq LIMIT $2")
                     .bind(seq)
@@ -1312,12 +1338,31 @@ pub mod sqlite {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true);
-            let pool = SqlitePoolOptions::new()
-                .max_connections(8)
-                .acquire_timeout(Duration::from_secs(10))
-                .connect_with(opts)
-                .await
-                .map_err(map_err)?;
+            // Connecting turns a new file into WAL, which takes a lock SQLite cannot wait for
+            // (`busy_timeout` does not apply): when several processes open one new file at once,
+            // a loser gets "database is locked" here at once, and tries again.
+            let mut tries = 0;
+            let pool = loop {
+                let connected = SqlitePoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(opts.clone())
+                    .await;
+                match connected {
+                    Ok(pool) => break pool,
+                    Err(sqlx::Error::Database(db))
+                        if tries < 100
+                            && db
+                                .code()
+                                .and_then(|c| c.parse::<i64>().ok())
+                                .is_some_and(|c| c & 0xff == 5) =>
+                    {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(e) => return Err(map_err(e)),
+                }
+            };
             let mut conn = pool.acquire().await.map_err(map_err)?;
             // Migrate under SQLite's write lock, taken up front: when several processes (nodes,
             // the CLI) open one new file at once, the first migrates and the others then find

@@ -160,7 +160,7 @@ pub async fn token_create(
 }
 
 /// On a database without users, prints the one-time link that creates the first admin in the
-/// browser (stdout for the person at the terminal, and the log).
+/// browser, on standard output only (never in the log).
 async fn announce_setup_link(state: &AppState, addr: &str) {
     match keyward_server::accounts::issue_setup_token(state).await {
         Ok(Some(token)) => {
@@ -174,7 +174,8 @@ async fn announce_setup_link(state: &AppState, addr: &str) {
             println!(
                 "No dashboard users yet. Create the first admin within {minutes} minutes (the link works once):\n\n    {link}\n"
             );
-            tracing::info!(%link, "first run: open the one-time setup link to create the first admin");
+            // The log gets no token: logs are shipped and kept; the terminal line is the only copy.
+            tracing::info!("first run: a one-time setup link was printed on standard output");
         }
         Ok(None) => {}
         Err(e) => tracing::warn!(error = %e.message, "could not create the first-run setup link"),

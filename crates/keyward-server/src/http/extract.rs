@@ -86,18 +86,31 @@ fn too_large() -> Error {
     )
 }
 
-/// serde's message without any quoted input value (a client may have put a secret anywhere).
+/// serde's message without any input value: `"..."` strings (escapes included) become `"…"`,
+/// and `` `...` `` names (unknown fields, variants) longer than 32 characters are not shown.
 fn sanitize(msg: &str) -> String {
     let mut out = String::with_capacity(msg.len());
-    let mut in_quotes = false;
-    for c in msg.chars() {
-        if c == '"' {
-            if in_quotes {
+    let mut chars = msg.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                let mut escaped = false;
+                for d in chars.by_ref() {
+                    match d {
+                        '\\' if !escaped => escaped = true,
+                        '"' if !escaped => break,
+                        _ => escaped = false,
+                    }
+                }
                 out.push_str("\"…\"");
             }
-            in_quotes = !in_quotes;
-        } else if !in_quotes {
-            out.push(c);
+            '`' => {
+                let name: String = chars.by_ref().take_while(|&d| d != '`').collect();
+                out.push('`');
+                out.push_str(&keyformat::shown(&name));
+                out.push('`');
+            }
+            c => out.push(c),
         }
     }
     out

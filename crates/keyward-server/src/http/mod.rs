@@ -73,7 +73,9 @@ fn valid_request_id(v: &HeaderValue) -> Option<String> {
     let s = v.to_str().ok()?;
     // Any printable ASCII (spaces included) up to 256 bytes is echoed as sent.
     let printable = s.bytes().all(|b| b == b' ' || b.is_ascii_graphic());
-    (!s.is_empty() && s.len() <= 256 && printable).then(|| s.to_string())
+    // An id is stored in audit events and logs: one that holds a key is replaced.
+    let secret = keyward_core::keyformat::contains_key_material(s);
+    (!s.is_empty() && s.len() <= 256 && printable && !secret).then(|| s.to_string())
 }
 
 /// Gives every request an id (echoed from `x-request-id` when it sent a usable one), makes it

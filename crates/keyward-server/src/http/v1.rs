@@ -399,12 +399,9 @@ pub async fn verify_audit(State(st): State<AppState>, auth: Auth) -> Result<Json
     }))
 }
 
+/// Audit CSV cells: quoted, and safe to open in a spreadsheet (see `reports::csv_field`).
 fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
+    crate::reports::csv_field(s)
 }
 
 const AUDIT_CSV_HEADER: &str = "id,seq,at,actor_type,actor_id,actor_name,action,target_type,target_id,reason,request_id,ip,changes,prev_hash,hash\n";

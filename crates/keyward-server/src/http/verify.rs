@@ -40,14 +40,14 @@ fn check_scopes(scopes: &[String]) -> Result<()> {
 }
 
 pub async fn verify(State(st): State<AppState>, req: axum::extract::Request) -> Result<Response> {
-    let (mut parts, body) = req.into_parts();
+    let (parts, body) = req.into_parts();
+    let mut limit = None;
     if st.config.verify_requires_token {
         let ip = client_ip(&parts, st.config.trust_proxy_headers);
-        authenticate(&st, bearer(&parts.headers), ip)
-            .await?
-            .require(Permission::Verify)?;
+        let auth = authenticate(&st, bearer(&parts.headers), ip).await?;
+        auth.require(Permission::Verify)?;
+        limit = auth.token.keyspace_ids;
     }
-    let _ = &mut parts;
     let body = <JsonBody as axum::extract::FromRequest<()>>::from_request(
         axum::extract::Request::from_parts(parts, body),
         &(),
@@ -70,7 +70,7 @@ pub async fn verify(State(st): State<AppState>, req: axum::extract::Request) -> 
             "cost must be an integer in 0..{MAX_COST}"
         )));
     }
-    let outcome = run(&st, &b.key, &scopes, ip, cost).await?;
+    let outcome = run(&st, &b.key, &scopes, ip, cost, limit.as_deref()).await?;
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         outcome_body(&outcome),
@@ -84,6 +84,7 @@ async fn run(
     scopes: &[String],
     ip: Option<IpAddr>,
     cost: i64,
+    keyspaces: Option<&[String]>,
 ) -> Result<Outcome> {
     let started = Instant::now();
     let outcome = st
@@ -93,6 +94,7 @@ async fn run(
             scopes,
             ip,
             cost,
+            keyspaces,
         })
         .await?;
     st.metrics.observe(outcome.code(), started.elapsed());
@@ -180,14 +182,15 @@ pub async fn forward_auth(
 ) -> Result<Response> {
     let (parts, _body) = req.into_parts();
     let ip = client_ip(&parts, st.config.trust_proxy_headers);
+    let mut limit = None;
     if st.config.verify_requires_token {
         let tok = parts
             .headers
             .get("x-keyward-token")
             .and_then(|v| v.to_str().ok());
-        authenticate(&st, tok, ip)
-            .await?
-            .require(Permission::Verify)?;
+        let auth = authenticate(&st, tok, ip).await?;
+        auth.require(Permission::Verify)?;
+        limit = auth.token.keyspace_ids;
     }
     let scopes = params.take_all("scope");
     check_scopes(&scopes)?;
@@ -196,7 +199,7 @@ pub async fn forward_auth(
             "an API key is required (Authorization: Bearer <key> or X-API-Key)",
         ));
     };
-    let outcome = run(&st, &key, &scopes, ip, 1).await?;
+    let outcome = run(&st, &key, &scopes, ip, 1, limit.as_deref()).await?;
     let (status, message) = match outcome.code() {
         VCode::Valid => (StatusCode::OK, ""),
         VCode::NotFound => (StatusCode::UNAUTHORIZED, "the API key is not valid"),

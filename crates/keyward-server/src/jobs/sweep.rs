@@ -266,6 +266,12 @@ pub async fn sweep_once(
     r.pruned_buckets = prune(st, now).await?;
     // Leases untouched for a minute belong to nodes that died: their quota goes back to the pool.
     st.store.reclaim_stale_leases(now.plus_secs(-60)).await?;
+    // Bounded history: webhook deliveries and anomalies for 90 days, the change feed for a day
+    // (a node that was away longer starts with an empty cache).
+    r.pruned_buckets += st
+        .store
+        .prune_history(now.plus_secs(-90 * 86_400), now.plus_secs(-86_400))
+        .await?;
     r.anomalies = patterns(st, now, last_minute).await?;
     if r.expired + r.warned + r.inactive_revoked + r.anomalies > 0 {
         st.webhook_wake.notify_one();

@@ -14,6 +14,9 @@ use serde_json::json;
 use crate::anomalies::{self, Found};
 use crate::state::AppState;
 
+/// `new_source` anomalies reported per key and flush at most.
+const NEW_SOURCES_PER_FLUSH: usize = 5;
+
 /// Writes everything pending now. Holds the write gate so a control-plane change that sets a
 /// quota never interleaves with a batch that subtracts from it.
 pub async fn flush(state: &AppState) -> Result<usize, keyward_store::StoreError> {
@@ -62,7 +65,8 @@ async fn new_sources(
             .await?
             .map(|k| k.keyspace_id)
             .unwrap_or_default();
-        for s in fresh {
+        // A flood of made-up addresses on one key reports a handful per flush, not thousands.
+        for s in fresh.into_iter().take(NEW_SOURCES_PER_FLUSH + 1) {
             if std::mem::take(&mut skip_first) {
                 continue;
             }

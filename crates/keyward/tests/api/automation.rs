@@ -105,7 +105,7 @@ async fn an_unused_key_is_revoked_for_inactivity_and_a_recent_use_saves_it(app: 
         .await;
     let ks = app.keyspace(json!({"inactivity_revoke_secs": 100})).await;
     let (never, never_key) = app.key(&ks, json!({})).await;
-    let (used, used_key) = app.key(&ks, json!({})).await;
+    let (_, used_key) = app.key(&ks, json!({})).await;
     app.advance(50);
     assert_eq!(app.verify_code(&used_key).await, "VALID");
     app.advance(49);
@@ -147,7 +147,6 @@ async fn an_unused_key_is_revoked_for_inactivity_and_a_recent_use_saves_it(app: 
         rx.received("key.revoked").is_empty(),
         "an inactivity revocation emits only key.inactive_revoked"
     );
-    let _ = used;
 }
 manual_both!(an_unused_key_is_revoked_for_inactivity_and_a_recent_use_saves_it);
 
@@ -468,13 +467,15 @@ both!(the_inventory_report_comes_as_json_and_csv);
 
 /// Real time, as a user would run it: policies of a few seconds and a sweep every second.
 async fn with_a_one_second_sweep_policies_act_by_themselves(backend: Backend) {
-    let mut o = Options::default();
-    o.config = Config {
-        sweep_interval_secs: 1,
-        usage_flush_ms: 100,
-        webhook_poll_ms: 100,
-        webhook_retry_base_ms: 100,
-        ..Config::default()
+    let o = Options {
+        config: Config {
+            sweep_interval_secs: 1,
+            usage_flush_ms: 100,
+            webhook_poll_ms: 100,
+            webhook_retry_base_ms: 100,
+            ..Config::default()
+        },
+        ..Options::default()
     };
     let Some(app) = spawn_with(backend, o).await else {
         return;

@@ -423,3 +423,65 @@ async fn bad_tokens_are_401_and_repeated_failures_429_on_sqlite() {
 async fn bad_tokens_are_401_and_repeated_failures_429_on_postgres() {
     bad_tokens_are_401_and_repeated_failures_429_while_good_tokens_work(Backend::Postgres).await;
 }
+
+async fn a_verifier_limited_to_keyspaces_finds_no_key_outside_them(backend: Backend) {
+    let opts = Options {
+        config: Config {
+            verify_requires_token: true,
+            usage_flush_ms: 50,
+            ..Config::default()
+        },
+        ..Options::default()
+    };
+    let Some(app) = spawn_with(backend, opts).await else {
+        return;
+    };
+    let a = app.keyspace(json!({})).await;
+    let b = app.keyspace(json!({})).await;
+    let (_, ka) = app.key(&a, json!({})).await;
+    let (kb_id, kb) = app.key(&b, json!({"remaining": 5})).await;
+    let t = app.token("verifier", Some(vec![&a])).await;
+    assert_eq!(
+        app.post_as(&t, "/v1/verify", json!({"key": ka})).await.body["code"],
+        "VALID"
+    );
+    let r = app
+        .post_as(&t, "/v1/verify", json!({"key": kb}))
+        .await
+        .expect(200);
+    assert_eq!(
+        r.body,
+        json!({"valid": false, "code": "NOT_FOUND"}),
+        "nothing about the key is disclosed"
+    );
+    let fa = app
+        .http
+        .get(format!("{}/v1/forward-auth", app.url))
+        .header("x-api-key", &kb)
+        .header("x-keyward-token", &t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fa.status().as_u16(), 401);
+    app.flush().await;
+    let k = app.get(&format!("/v1/keys/{kb_id}")).await.expect(200);
+    assert_eq!(
+        (
+            k.body["call_count"].as_i64(),
+            k.body["denied_count"].as_i64(),
+            k.body["remaining"].as_i64()
+        ),
+        (Some(0), Some(0), Some(5)),
+        "nothing counted or consumed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verifier_limited_to_keyspaces_finds_no_key_outside_them_on_sqlite() {
+    a_verifier_limited_to_keyspaces_finds_no_key_outside_them(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verifier_limited_to_keyspaces_finds_no_key_outside_them_on_postgres() {
+    a_verifier_limited_to_keyspaces_finds_no_key_outside_them(Backend::Postgres).await;
+}
