@@ -257,7 +257,12 @@ pub async fn overview(State(st): State<AppState>, s: SignedIn, q: QueryMap) -> P
         }
         div.grid2 {
             section.card {
-                div.card-head { h2 { "Policy findings" } }
+                div.card-head {
+                    h2 { "Policy findings" }
+                    @if s.may(Permission::ReadAudit) {
+                        a.button.secondary.small href="/reports" data-action="reports" { "Inventory report" }
+                    }
+                }
                 ul.findings {
                     li { span { "Live keys without an owner" } strong class=(if no_owner > 0 { "warn" } else { "" }) { (no_owner) } }
                     li { span { "Live keys that never expire" } strong class=(if no_expiry > 0 { "warn" } else { "" }) { (no_expiry) } }

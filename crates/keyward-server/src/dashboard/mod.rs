@@ -11,6 +11,7 @@
 //!   and the overview's last 24 hours (SVG drawn on the server).
 //! - [`admin`]: keyspaces and their policies, the audit trail, management tokens.
 //! - [`webhooks`]: webhook subscriptions and their deliveries (admins).
+//! - [`reports`]: the inventory report and its CSV download (admins and auditors).
 //!
 //! # Rules every handler follows
 //! - Every change goes through [`crate::service`] (or [`crate::accounts`]) with the user's
@@ -25,6 +26,7 @@ pub mod admin;
 pub mod auth;
 pub mod chart;
 pub mod keys;
+pub mod reports;
 pub mod ui;
 pub mod usage;
 pub mod webhooks;
@@ -90,6 +92,8 @@ pub fn router() -> Router<AppState> {
         .route("/audit", get(admin::audit))
         .route("/tokens", get(admin::tokens).post(admin::create_token))
         .route("/tokens/{id}/revoke", post(admin::revoke_token))
+        .route("/reports", get(reports::report))
+        .route("/reports/inventory.csv", get(reports::inventory_csv))
         .route("/webhooks", get(webhooks::list).post(webhooks::create))
         .route("/webhooks/{id}/delete", post(webhooks::delete))
         .route("/static/{file}", get(static_file))

@@ -14,6 +14,7 @@ pub enum Nav {
     Keys,
     Keyspaces,
     Audit,
+    Reports,
     Tokens,
     Webhooks,
     None,
@@ -70,6 +71,7 @@ pub fn page(title: &str, s: &SignedIn, active: Nav, body: Markup) -> Markup {
                             (item(Nav::Keyspaces, "/keyspaces", "Keyspaces"))
                             @if s.may(Permission::ReadAudit) {
                                 (item(Nav::Audit, "/audit", "Audit"))
+                                (item(Nav::Reports, "/reports", "Reports"))
                             }
                             @if s.may(Permission::ManageTokens) {
                                 (item(Nav::Tokens, "/tokens", "Tokens"))

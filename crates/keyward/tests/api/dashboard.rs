@@ -1,7 +1,7 @@
 //! The web dashboard over HTTP, as a browser would drive it (cookies and forms by hand):
 //! sign-in and sessions, CSRF refusals, role refusals, the first-run setup link, the identical
 //! work for unknown users and wrong passwords, throttling, the security headers, and the
-//! usage charts and webhooks pages.
+//! usage charts, webhooks and inventory report pages.
 
 use keyward_core::model::{Actor, Role};
 use keyward_core::secret::Secret;
@@ -187,6 +187,7 @@ async fn pages_without_a_session_redirect_to_sign_in_and_carry_security_headers(
         "/audit",
         "/tokens",
         "/webhooks",
+        "/reports",
         "/login",
     ] {
         let res = b.get(path).await;
@@ -329,6 +330,8 @@ async fn roles_see_only_their_buttons_and_are_refused_the_rest(app: TestApp) {
     }
     for path in [
         "/audit",
+        "/reports",
+        "/reports/inventory.csv",
         "/tokens",
         "/webhooks",
         "/keys/new",
@@ -340,6 +343,7 @@ async fn roles_see_only_their_buttons_and_are_refused_the_rest(app: TestApp) {
 
     let au = sign_in(&app, "au@example.com").await;
     assert_eq!(au.get("/audit").await.status(), 200);
+    assert_eq!(au.get("/reports").await.status(), 200);
     assert_eq!(au.get("/tokens").await.status(), 403);
     assert_eq!(au.get("/webhooks").await.status(), 403);
     let res = au
@@ -737,7 +741,7 @@ async fn the_cli_creates_and_disables_users_on_the_database(app: TestApp) {
 }
 both!(the_cli_creates_and_disables_users_on_the_database);
 
-// ---------------------------------------------------------------- usage and webhooks
+// ---------------------------------------------------------------- usage, webhooks, reports
 
 /// The start tag of the chart whose title and desc ids start with `id`.
 fn chart_tag<'a>(html: &'a str, id: &str) -> &'a str {
@@ -1016,3 +1020,92 @@ async fn creating_a_webhook_shows_its_secret_once_then_its_deliveries(app: TestA
     assert!(page.contains("The webhook was deleted.") && !page.contains(&rx.url));
 }
 both!(creating_a_webhook_shows_its_secret_once_then_its_deliveries);
+
+async fn the_inventory_csv_downloads_for_auditors_and_admins_not_viewers(app: TestApp) {
+    add_user(&app, "au@example.com", Role::Auditor).await;
+    add_user(&app, "v@example.com", Role::Viewer).await;
+    add_user(&app, "a@example.com", Role::Admin).await;
+    let ks = app.keyspace(json!({"require_owner": false})).await;
+    let (owned, _) = app.key(&ks, json!({"name": "owned"})).await;
+    let r = app
+        .post(
+            "/v1/keys",
+            json!({"keyspace_id": ks, "name": "=HYPERLINK(\"x\")"}),
+        )
+        .await
+        .expect(201);
+    let orphan = r.id();
+
+    let v = sign_in(&app, "v@example.com").await;
+    assert!(!v
+        .get("/")
+        .await
+        .text()
+        .await
+        .unwrap()
+        .contains("href=\"/reports\""));
+    assert_eq!(v.get("/reports").await.status(), 403);
+    assert_eq!(v.get("/reports/inventory.csv").await.status(), 403);
+
+    for who in ["au@example.com", "a@example.com"] {
+        let b = sign_in(&app, who).await;
+        let home = b.get("/").await.text().await.unwrap();
+        assert!(
+            home.contains("href=\"/reports\""),
+            "{who} sees the report link"
+        );
+        let page = b.get("/reports").await.text().await.unwrap();
+        assert!(page.contains("data-action=\"download-inventory\""));
+        // The tile of a finding: its first data-count.
+        let no_owner = &page[page.find("data-finding=\"no_owner\"").unwrap()..];
+        assert_eq!(
+            attr(no_owner, "data-count"),
+            "1",
+            "one key without an owner"
+        );
+        assert!(
+            page.contains(&format!("href=\"/keys/{orphan}\"")),
+            "the flagged key is listed"
+        );
+
+        let res = b.get("/reports/inventory.csv").await;
+        assert_eq!(res.status(), 200, "{who}");
+        assert!(res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv"));
+        assert!(res.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .starts_with("attachment"));
+        let csv = res.text().await.unwrap();
+        assert!(csv.starts_with("id,name,owner,keyspace_id,"));
+        assert!(csv.contains(&owned) && csv.contains(&orphan));
+        assert!(
+            csv.contains("\"'=HYPERLINK(\"\"x\"\")\""),
+            "formulas are neutralised"
+        );
+        // The same bytes as the API's CSV.
+        let api = app
+            .get("/v1/reports/inventory?format=csv")
+            .await
+            .body
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(csv.lines().count(), api.lines().count());
+        assert_eq!(csv.lines().next(), api.lines().next());
+        // One keyspace, or a keyspace that does not exist.
+        let one = b
+            .get(&format!("/reports/inventory.csv?keyspace={ks}"))
+            .await;
+        assert_eq!(one.text().await.unwrap().lines().count(), 3);
+        assert_eq!(
+            b.get("/reports/inventory.csv?keyspace=ks_nope")
+                .await
+                .status(),
+            404
+        );
+    }
+}
+both!(the_inventory_csv_downloads_for_auditors_and_admins_not_viewers);
