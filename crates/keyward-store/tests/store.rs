@@ -68,12 +68,18 @@ macro_rules! conformance {
 #[path = "store/support.rs"]
 mod support;
 
+#[path = "store/anomalies.rs"]
+mod anomalies;
 #[path = "store/audit.rs"]
 mod audit;
 #[path = "store/keys.rs"]
 mod keys;
 #[path = "store/keyspaces.rs"]
 mod keyspaces;
+#[path = "store/leases.rs"]
+mod leases;
+#[path = "store/lifecycle.rs"]
+mod lifecycle;
 #[path = "store/listing.rs"]
 mod listing;
 #[path = "store/schema.rs"]
@@ -84,3 +90,5 @@ mod tokens;
 mod transactions;
 #[path = "store/usage.rs"]
 mod usage;
+#[path = "store/webhooks.rs"]
+mod webhooks;

@@ -158,6 +158,7 @@ async fn update_key_persists_every_mutable_field_and_feeds_the_change_feed(store
             key_id: original.id.clone(),
             key_hash: original.hash,
             origin: store.node_id().to_string(),
+            quota: false,
         }]
     );
 
@@ -168,6 +169,7 @@ async fn update_key_persists_every_mutable_field_and_feeds_the_change_feed(store
         denied: 2,
         last_used_at: Some(at(3)),
         consumed: 0,
+        ..UsageDelta::default()
     };
     store.apply_usage(&[delta]).await.unwrap();
 
@@ -214,6 +216,7 @@ async fn update_key_persists_every_mutable_field_and_feeds_the_change_feed(store
             key_id: original.id.clone(),
             key_hash: original.hash,
             origin: store.node_id().to_string(),
+            quota: false,
         }]
     );
 
@@ -249,6 +252,7 @@ async fn update_key_persists_every_mutable_field_and_feeds_the_change_feed(store
             key_id: other.id.clone(),
             key_hash: other.hash,
             origin: store.node_id().to_string(),
+            quota: false,
         }
     );
     assert_eq!(store.changes_after(0, 2).await.unwrap(), feed[..2].to_vec());
@@ -284,20 +288,32 @@ async fn set_remaining_sets_or_clears_the_quota_and_update_key_never_overwrites_
         "rolled back with its transaction"
     );
 
+    assert_eq!(
+        store.change_head().await.unwrap(),
+        1,
+        "no change row either"
+    );
+
     let mut tx = store.begin().await.unwrap();
     tx.set_remaining(&k.id, Some(40)).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(store.key(&k.id).await.unwrap().unwrap().remaining, Some(40));
+    // (PostgreSQL's sequence may skip the number the rolled-back row took: only order counts.)
+    let fed = store.changes_after(1, 10).await.unwrap();
+    assert_eq!(fed.len(), 1, "one change row: {fed:?}");
+    assert!(fed[0].quota && fed[0].key_id == k.id);
 
-    // Another node spends from the quota; an update made from a copy read before that (still
-    // saying 40) must not give the spent quota back.
+    // Another node leases and spends from the quota; an update made from a copy read before
+    // that (still saying 40) must not give the spent quota back.
     let stale = store.key(&k.id).await.unwrap().unwrap();
+    assert_eq!(lease(&store, &k.id, 15, 2).await, Some((15, 25)));
     let spent = UsageDelta {
         key_id: k.id.clone(),
         calls: 15,
         denied: 0,
         last_used_at: Some(at(2)),
         consumed: 15,
+        ..UsageDelta::default()
     };
     store.apply_usage(&[spent]).await.unwrap();
     let mut renamed = stale.clone();
@@ -309,8 +325,11 @@ async fn set_remaining_sets_or_clears_the_quota_and_update_key_never_overwrites_
         (read.name.as_str(), read.remaining, read.call_count),
         ("renamed", Some(25), 15)
     );
+    assert_eq!(pool(&store, &k.id).await, Some(25));
 
-    // `None` makes the key unlimited; usage then leaves it unlimited.
+    // `None` makes the key unlimited; usage then leaves it unlimited, and there is nothing
+    // to lease.
+    assert_eq!(lease(&store, &k.id, 5, 3).await, Some((5, 20)));
     let mut tx = store.begin().await.unwrap();
     tx.set_remaining(&k.id, None).await.unwrap();
     tx.commit().await.unwrap();
@@ -320,8 +339,12 @@ async fn set_remaining_sets_or_clears_the_quota_and_update_key_never_overwrites_
         denied: 0,
         last_used_at: Some(at(4)),
         consumed: 1,
+        ..UsageDelta::default()
     };
     store.apply_usage(&[spent]).await.unwrap();
+    assert_eq!(store.key(&k.id).await.unwrap().unwrap().remaining, None);
+    assert_eq!(lease(&store, &k.id, 5, 4).await, None);
+    store.return_lease(&k.id, 4).await.unwrap();
     assert_eq!(store.key(&k.id).await.unwrap().unwrap().remaining, None);
 
     // A quota can be given back to an unlimited key.
@@ -329,6 +352,7 @@ async fn set_remaining_sets_or_clears_the_quota_and_update_key_never_overwrites_
     tx.set_remaining(&k.id, Some(0)).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(store.key(&k.id).await.unwrap().unwrap().remaining, Some(0));
+    assert_eq!(lease(&store, &k.id, 5, 5).await, Some((0, 0)));
 }
 conformance!(set_remaining_sets_or_clears_the_quota_and_update_key_never_overwrites_it
     => sqlite_set_remaining_sets_or_clears_the_quota_and_update_key_never_overwrites_it,

@@ -10,7 +10,7 @@ use keyward_core::model::{Actor, ActorKind, AuditEvent, Key, Keyspace, RateLimit
 use keyward_core::policy::Preset;
 use keyward_core::secret::Secret;
 use keyward_core::time::Timestamp;
-use keyward_store::{testing, AuditFilter, KeyFilter, NewEvent, Page, PgStore, Store};
+use keyward_store::{testing, AuditFilter, KeyFilter, NewEvent, Page, PgStore, Store, UsageDelta};
 use serde_json::{json, Map, Value};
 
 // ---- backends ----
@@ -125,6 +125,14 @@ impl Opener {
 }
 
 // ---- time ----
+
+/// Fails the test instead of hanging it when a writer never gets the lock.
+pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(std::time::Duration::from_secs(60), f).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what} did not finish within 60 s"),
+    }
+}
 
 /// A fixed origin (2027-01-15) so tests never depend on the wall clock.
 pub const T0: i64 = 1_800_000_000_000;
@@ -383,5 +391,42 @@ pub fn audit_filter() -> AuditFilter {
             after: None,
         },
         ..AuditFilter::default()
+    }
+}
+
+// ---- quota ----
+
+/// A key's quota as every read returns it: the unleased quota plus every node's lease.
+pub async fn remaining(store: &Arc<dyn Store>, key_id: &str) -> Option<i64> {
+    store.key(key_id).await.unwrap().unwrap().remaining
+}
+
+/// A key's unleased quota (`keys.remaining`), read by leasing nothing; `None`: no quota.
+pub async fn pool(store: &Arc<dyn Store>, key_id: &str) -> Option<i64> {
+    let got = store.lease_quota(key_id, 0, at(0)).await.unwrap();
+    got.map(|(granted, left)| {
+        assert_eq!(granted, 0, "leasing nothing grants nothing");
+        left
+    })
+}
+
+/// Leases up to `want` of a key's quota to this store's node at `at(secs)`.
+pub async fn lease(
+    store: &Arc<dyn Store>,
+    key_id: &str,
+    want: i64,
+    secs: i64,
+) -> Option<(i64, i64)> {
+    store.lease_quota(key_id, want, at(secs)).await.unwrap()
+}
+
+/// A usage batch entry: one valid verification at `at(secs)` that spent `consumed` quota.
+pub fn spend(key_id: &str, consumed: i64, secs: i64) -> UsageDelta {
+    UsageDelta {
+        key_id: key_id.into(),
+        calls: 1,
+        last_used_at: Some(at(secs)),
+        consumed,
+        ..UsageDelta::default()
     }
 }

@@ -2,20 +2,11 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use keyward_core::audit::{ChainCheck, ChainVerifier, GENESIS_HASH};
 use keyward_store::{Store, StoreError};
 
 use crate::support::*;
-
-/// Fails the test instead of hanging it when a writer never gets the lock.
-async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    match tokio::time::timeout(Duration::from_secs(60), f).await {
-        Ok(v) => v,
-        Err(_) => panic!("{what} did not finish within 60 s"),
-    }
-}
 
 async fn a_transaction_dropped_without_commit_leaves_nothing_behind(store: Arc<dyn Store>) {
     let ks = keyspace("acme");

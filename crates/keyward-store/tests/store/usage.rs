@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use keyward_store::{Store, UsageDelta};
+use keyward_core::model::Source;
+use keyward_core::time::Timestamp;
+use keyward_store::{Bucket, Store, UsageDelta, MAX_SOURCES_PER_KEY};
 
 use crate::support::*;
 
@@ -19,6 +21,7 @@ fn delta(
         denied,
         last_used_at: last_used_secs.map(at),
         consumed,
+        ..UsageDelta::default()
     }
 }
 
@@ -35,6 +38,12 @@ async fn apply_usage_adds_counts_keeps_the_latest_use_and_spends_remaining(store
     insert_keys(&store, &[&quota, &unlimited, &denied_only, &untouched]).await;
     let head = store.change_head().await.unwrap();
 
+    // Quota is spent from this node's lease: lease first, as the verification path does. The
+    // key still reads its whole quota (unleased + leased).
+    assert_eq!(lease(&store, &quota.id, 20, 1).await, Some((20, 80)));
+    assert_eq!(remaining(&store, &quota.id).await, Some(100));
+    assert_eq!(lease(&store, &unlimited.id, 20, 1).await, None);
+
     store
         .apply_usage(&[
             delta(&quota.id, 3, 1, Some(10), 5),
@@ -47,6 +56,11 @@ async fn apply_usage_adds_counts_keeps_the_latest_use_and_spends_remaining(store
     assert_eq!(
         (q.call_count, q.denied_count, q.last_used_at, q.remaining),
         (3, 1, Some(at(10)), Some(95))
+    );
+    assert_eq!(
+        pool(&store, &quota.id).await,
+        Some(80),
+        "spent from the lease, not from the unleased quota"
     );
     let u = store.key(&unlimited.id).await.unwrap().unwrap();
     assert_eq!(
@@ -74,6 +88,13 @@ async fn apply_usage_adds_counts_keeps_the_latest_use_and_spends_remaining(store
         (q.call_count, q.denied_count, q.last_used_at, q.remaining),
         (8, 3, Some(at(12)), Some(90))
     );
+    assert_eq!(pool(&store, &quota.id).await, Some(80));
+    // What is left of the lease (20 - 10) is exactly what this node can give back.
+    store.return_lease(&quota.id, 11).await.unwrap();
+    assert_eq!(pool(&store, &quota.id).await, Some(80));
+    store.return_lease(&quota.id, 10).await.unwrap();
+    assert_eq!(pool(&store, &quota.id).await, Some(90));
+    assert_eq!(remaining(&store, &quota.id).await, Some(90));
 
     // Nothing to write is fine; a delta for a key that no longer exists does not fail the batch.
     store.apply_usage(&[]).await.unwrap();
@@ -103,6 +124,7 @@ async fn usage_applied_in_a_transaction_commits_or_rolls_back_with_it(store: Arc
     let mut k = key(&ks, at(0)).key;
     k.remaining = Some(10);
     insert_keys(&store, &[&k]).await;
+    assert_eq!(lease(&store, &k.id, 10, 1).await, Some((10, 0)));
 
     let mut tx = store.begin().await.unwrap();
     tx.apply_usage(&[delta(&k.id, 2, 1, Some(5), 2)])
@@ -140,7 +162,349 @@ async fn usage_applied_in_a_transaction_commits_or_rolls_back_with_it(store: Arc
         ),
         (2, 1, Some(at(5)), Some(8))
     );
+    assert_eq!(pool(&store, &k.id).await, Some(0));
 }
 conformance!(usage_applied_in_a_transaction_commits_or_rolls_back_with_it
     => sqlite_usage_applied_in_a_transaction_commits_or_rolls_back_with_it,
        postgres_usage_applied_in_a_transaction_commits_or_rolls_back_with_it);
+
+const MINUTE: i64 = 60_000;
+const HOUR: i64 = 3_600_000;
+const DAY: i64 = 86_400_000;
+
+fn bucket(key_id: &str, start_ms: i64, code: &str, n: i64) -> Bucket {
+    Bucket {
+        key_id: key_id.into(),
+        start: Timestamp::from_millis(start_ms),
+        code: code.into(),
+        n,
+    }
+}
+
+fn counts(key_id: &str, buckets: &[(i64, &str, i64)]) -> UsageDelta {
+    UsageDelta {
+        key_id: key_id.into(),
+        buckets: buckets
+            .iter()
+            .map(|(minute, code, n)| (*minute, code.to_string(), *n))
+            .collect(),
+        ..UsageDelta::default()
+    }
+}
+
+async fn apply_usage_writes_minute_hour_and_day_buckets(store: Arc<dyn Store>) {
+    let ks = new_keyspace(&store, "acme").await;
+    let a = key(&ks, at(0)).key;
+    let b = key(&ks, at(0)).key;
+    insert_keys(&store, &[&a, &b]).await;
+    // T0 is 08:00 UTC: on a minute and an hour, not on a day.
+    assert_eq!((T0 % MINUTE, T0 % HOUR), (0, 0));
+    let day = T0.div_euclid(DAY) * DAY;
+    assert!(day < T0 && T0 + 2 * HOUR < day + DAY);
+
+    store
+        .apply_usage(&[
+            counts(
+                &a.id,
+                &[
+                    (T0, "VALID", 3),
+                    (T0, "RATE_LIMITED", 1),
+                    (T0 + MINUTE, "VALID", 2),
+                    (T0 + HOUR, "VALID", 5),
+                ],
+            ),
+            counts(&b.id, &[(T0, "VALID", 7)]),
+        ])
+        .await
+        .unwrap();
+    // A later batch adds to the same buckets; a time inside a minute counts in that minute.
+    store
+        .apply_usage(&[counts(
+            &a.id,
+            &[(T0, "VALID", 4), (T0 + 30_000, "RATE_LIMITED", 2)],
+        )])
+        .await
+        .unwrap();
+
+    let only_a = [a.id.clone()];
+    let usage = |ids: Option<&[String]>, g: &'static str, from: i64, to: i64| {
+        let store = store.clone();
+        let ids = ids.map(<[String]>::to_vec);
+        async move {
+            store
+                .usage(
+                    ids.as_deref(),
+                    g,
+                    Timestamp::from_millis(from),
+                    Timestamp::from_millis(to),
+                )
+                .await
+                .unwrap()
+        }
+    };
+
+    // Minutes, oldest first (then by key and code).
+    assert_eq!(
+        usage(Some(&only_a), "m", T0, T0 + 2 * HOUR).await,
+        vec![
+            bucket(&a.id, T0, "RATE_LIMITED", 3),
+            bucket(&a.id, T0, "VALID", 7),
+            bucket(&a.id, T0 + MINUTE, "VALID", 2),
+            bucket(&a.id, T0 + HOUR, "VALID", 5),
+        ]
+    );
+    // `from` is inclusive, `to` exclusive.
+    assert_eq!(
+        usage(Some(&only_a), "m", T0 + MINUTE, T0 + HOUR).await,
+        vec![bucket(&a.id, T0 + MINUTE, "VALID", 2)]
+    );
+    assert_eq!(
+        usage(Some(&only_a), "m", T0, T0 + MINUTE).await,
+        vec![
+            bucket(&a.id, T0, "RATE_LIMITED", 3),
+            bucket(&a.id, T0, "VALID", 7),
+        ]
+    );
+    assert!(usage(Some(&only_a), "m", T0 + 1, T0 + MINUTE)
+        .await
+        .is_empty());
+
+    // Hours and days hold the same counts, summed into their own starts.
+    assert_eq!(
+        usage(Some(&only_a), "h", T0, T0 + 2 * HOUR).await,
+        vec![
+            bucket(&a.id, T0, "RATE_LIMITED", 3),
+            bucket(&a.id, T0, "VALID", 9),
+            bucket(&a.id, T0 + HOUR, "VALID", 5),
+        ]
+    );
+    assert_eq!(
+        usage(Some(&only_a), "d", day, day + DAY).await,
+        vec![
+            bucket(&a.id, day, "RATE_LIMITED", 3),
+            bucket(&a.id, day, "VALID", 14),
+        ]
+    );
+    assert!(
+        usage(Some(&only_a), "d", T0, T0 + DAY).await.is_empty(),
+        "the day bucket starts at midnight, before T0"
+    );
+
+    // Every key, or none.
+    assert_eq!(usage(None, "m", T0, T0 + MINUTE).await, {
+        let mut all = vec![
+            bucket(&a.id, T0, "RATE_LIMITED", 3),
+            bucket(&a.id, T0, "VALID", 7),
+            bucket(&b.id, T0, "VALID", 7),
+        ];
+        all.sort_by(|x, y| (&x.key_id, &x.code).cmp(&(&y.key_id, &y.code)));
+        all
+    });
+    assert_eq!(
+        usage(Some(std::slice::from_ref(&b.id)), "d", day, day + DAY).await,
+        vec![bucket(&b.id, day, "VALID", 7)]
+    );
+    assert!(usage(Some(&[]), "m", T0, T0 + DAY).await.is_empty());
+
+    // Pruning one granularity leaves the others.
+    assert_eq!(
+        store
+            .prune_usage("m", Timestamp::from_millis(T0 + MINUTE))
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        usage(None, "m", 0, T0 + DAY).await,
+        vec![
+            bucket(&a.id, T0 + MINUTE, "VALID", 2),
+            bucket(&a.id, T0 + HOUR, "VALID", 5),
+        ]
+    );
+    assert_eq!(usage(None, "h", 0, T0 + DAY).await.len(), 4);
+    assert_eq!(usage(None, "d", 0, T0 + DAY).await.len(), 3);
+}
+conformance!(apply_usage_writes_minute_hour_and_day_buckets
+    => sqlite_apply_usage_writes_minute_hour_and_day_buckets,
+       postgres_apply_usage_writes_minute_hour_and_day_buckets);
+
+fn seen(key_id: &str, sources: &[(&str, i64, i64, i64)]) -> UsageDelta {
+    UsageDelta {
+        key_id: key_id.into(),
+        sources: sources
+            .iter()
+            .map(|(ip, first, last, n)| (ip.to_string(), at(*first), at(*last), *n))
+            .collect(),
+        ..UsageDelta::default()
+    }
+}
+
+fn source(ip: &str, first: i64, last: i64, count: i64) -> Source {
+    Source {
+        ip: ip.into(),
+        first_seen: at(first),
+        last_seen: at(last),
+        count,
+    }
+}
+
+async fn source_addresses_are_upserted_and_bounded_per_key(store: Arc<dyn Store>) {
+    let ks = new_keyspace(&store, "acme").await;
+    let a = key(&ks, at(0)).key;
+    let b = key(&ks, at(0)).key;
+    insert_keys(&store, &[&a, &b]).await;
+
+    store
+        .apply_usage(&[
+            seen(&a.id, &[("203.0.113.1", 1, 5, 2), ("2001:db8::1", 2, 3, 1)]),
+            seen(&b.id, &[("203.0.113.1", 4, 4, 9)]),
+        ])
+        .await
+        .unwrap();
+    // Seen again: counts add, `last_seen` only moves forward, `first_seen` stays.
+    store
+        .apply_usage(&[seen(&a.id, &[("203.0.113.1", 10, 12, 3)])])
+        .await
+        .unwrap();
+    store
+        .apply_usage(&[seen(&a.id, &[("203.0.113.1", 2, 3, 1)])])
+        .await
+        .unwrap();
+    // Most recently seen first.
+    assert_eq!(
+        store.sources(&a.id).await.unwrap(),
+        vec![
+            source("203.0.113.1", 1, 12, 6),
+            source("2001:db8::1", 2, 3, 1),
+        ]
+    );
+    assert_eq!(
+        store.sources(&b.id).await.unwrap(),
+        vec![source("203.0.113.1", 4, 4, 9)]
+    );
+    let mut known = store.known_sources(&a.id).await.unwrap();
+    known.sort();
+    assert_eq!(known, vec!["2001:db8::1", "203.0.113.1"]);
+    assert!(store.sources("key_nope").await.unwrap().is_empty());
+    assert!(store.known_sources("key_nope").await.unwrap().is_empty());
+
+    // A key keeps its MAX_SOURCES_PER_KEY most recently seen addresses.
+    let max = MAX_SOURCES_PER_KEY;
+    let ip = |i: i64| format!("198.51.100.{i}");
+    let c = key(&ks, at(0)).key;
+    insert_keys(&store, &[&c]).await;
+    let first: Vec<(String, i64, i64, i64)> =
+        (0..max).map(|i| (ip(i), 100 + i, 100 + i, 1)).collect();
+    store
+        .apply_usage(&[UsageDelta {
+            key_id: c.id.clone(),
+            sources: first
+                .iter()
+                .map(|(ip, f, l, n)| (ip.clone(), at(*f), at(*l), *n))
+                .collect(),
+            ..UsageDelta::default()
+        }])
+        .await
+        .unwrap();
+    assert_eq!(store.sources(&c.id).await.unwrap().len(), max as usize);
+    // Four new addresses, and the oldest one seen again: the four next-oldest go.
+    store
+        .apply_usage(&[seen(
+            &c.id,
+            &[
+                ("192.0.2.1", 300, 300, 1),
+                ("192.0.2.2", 301, 301, 1),
+                ("192.0.2.3", 302, 302, 1),
+                ("192.0.2.4", 303, 303, 1),
+                (&ip(0), 304, 304, 1),
+            ],
+        )])
+        .await
+        .unwrap();
+    let kept = store.sources(&c.id).await.unwrap();
+    assert_eq!(kept.len(), max as usize);
+    let mut expected = vec![
+        source(&ip(0), 100, 304, 2),
+        source("192.0.2.4", 303, 303, 1),
+        source("192.0.2.3", 302, 302, 1),
+        source("192.0.2.2", 301, 301, 1),
+        source("192.0.2.1", 300, 300, 1),
+    ];
+    expected.extend((5..max).rev().map(|i| source(&ip(i), 100 + i, 100 + i, 1)));
+    assert_eq!(kept, expected);
+    // One batch with more than the bound keeps the most recent too.
+    let d = key(&ks, at(0)).key;
+    insert_keys(&store, &[&d]).await;
+    store
+        .apply_usage(&[UsageDelta {
+            key_id: d.id.clone(),
+            sources: (0..max + 3).map(|i| (ip(i), at(i), at(i), 1)).collect(),
+            ..UsageDelta::default()
+        }])
+        .await
+        .unwrap();
+    let kept = store.sources(&d.id).await.unwrap();
+    assert_eq!(kept.len(), max as usize);
+    assert_eq!(kept[0], source(&ip(max + 2), max + 2, max + 2, 1));
+    assert_eq!(kept[kept.len() - 1], source(&ip(3), 3, 3, 1));
+
+    // The bound is per key: the others kept theirs.
+    assert_eq!(store.sources(&a.id).await.unwrap().len(), 2);
+    assert_eq!(store.sources(&b.id).await.unwrap().len(), 1);
+}
+conformance!(source_addresses_are_upserted_and_bounded_per_key
+    => sqlite_source_addresses_are_upserted_and_bounded_per_key,
+       postgres_source_addresses_are_upserted_and_bounded_per_key);
+
+async fn copy_sources_gives_a_successor_its_predecessors_addresses(store: Arc<dyn Store>) {
+    let ks = new_keyspace(&store, "acme").await;
+    let old = key(&ks, at(0)).key;
+    let new = key(&ks, at(1)).key;
+    insert_keys(&store, &[&old, &new]).await;
+    store
+        .apply_usage(&[
+            seen(
+                &old.id,
+                &[("203.0.113.1", 1, 5, 2), ("203.0.113.2", 2, 6, 4)],
+            ),
+            seen(&new.id, &[("203.0.113.2", 7, 8, 1)]),
+        ])
+        .await
+        .unwrap();
+    let before = store.sources(&old.id).await.unwrap();
+
+    // Rolled back with its transaction.
+    let mut tx = store.begin().await.unwrap();
+    tx.copy_sources(&old.id, &new.id).await.unwrap();
+    drop(tx);
+    assert_eq!(
+        store.sources(&new.id).await.unwrap(),
+        vec![source("203.0.113.2", 7, 8, 1)]
+    );
+
+    let mut tx = store.begin().await.unwrap();
+    tx.copy_sources(&old.id, &new.id).await.unwrap();
+    tx.commit().await.unwrap();
+    // The successor's own record of an address wins; the rest is copied as it was.
+    assert_eq!(
+        store.sources(&new.id).await.unwrap(),
+        vec![
+            source("203.0.113.2", 7, 8, 1),
+            source("203.0.113.1", 1, 5, 2),
+        ]
+    );
+    assert_eq!(
+        store.sources(&old.id).await.unwrap(),
+        before,
+        "a copy, not a move"
+    );
+
+    // Copying from a key with no record changes nothing.
+    let mut tx = store.begin().await.unwrap();
+    tx.copy_sources("key_nope", &new.id).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(store.sources(&new.id).await.unwrap().len(), 2);
+}
+conformance!(copy_sources_gives_a_successor_its_predecessors_addresses
+    => sqlite_copy_sources_gives_a_successor_its_predecessors_addresses,
+       postgres_copy_sources_gives_a_successor_its_predecessors_addresses);
