@@ -5,7 +5,9 @@
 //
 // Started by crates/keyward/tests/browser.rs against a fresh `keyward serve` (SQLite) whose
 // database has no users yet: the admin is created through the one-time setup link, then a
-// viewer with `keyward user create`. Exits non-zero when a check fails.
+// viewer with `keyward user create`. Besides keys it checks the key page's usage chart, the
+// webhooks page (with a local receiver), the inventory CSV download, and that a viewer has no
+// webhooks page. Exits non-zero when a check fails.
 import { chromium } from "playwright-core";
 import http from "node:http";
 import { execFileSync } from "node:child_process";
@@ -60,14 +62,38 @@ async function browserContext() {
   return { ctx, cleanup };
 }
 
-async function verify(key) {
+async function verify(key, extra = {}) {
   const r = await fetch(`${BASE}/v1/verify`, {
     method: "POST",
     headers: { "content-type": "application/json" },
-    body: JSON.stringify({ key }),
+    body: JSON.stringify({ key, ...extra }),
   });
   assert(r.status === 200, `verify answered ${r.status}`);
   return (await r.json()).code;
+}
+
+async function until(what, fn, ms = 10000) {
+  const end = Date.now() + ms;
+  for (;;) {
+    if (await fn()) return;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((ok) => setTimeout(ok, 150));
+  }
+}
+
+/// A local webhook receiver that answers 200 to every delivery.
+async function startReceiver() {
+  const received = [];
+  const server = http.createServer((req, res) => {
+    let body = "";
+    req.on("data", (c) => (body += c));
+    req.on("end", () => {
+      received.push({ signature: req.headers["keyward-signature"], body });
+      res.end("ok");
+    });
+  });
+  await new Promise((ok) => server.listen(0, "127.0.0.1", ok));
+  return { url: `http://127.0.0.1:${server.address().port}/hook`, received, close: () => server.close() };
 }
 
 async function signIn(page, who) {
@@ -205,6 +231,67 @@ await check("a cross-site form post is rejected", async () => {
   assert((await verify(second.plaintext)) === "VALID", "the key is untouched");
 });
 
+await check("the key page charts its verifications by outcome, with source addresses", async () => {
+  for (let i = 0; i < 4; i++) assert((await verify(second.plaintext, { ip: "203.0.113.10" })) === "VALID", "valid");
+  for (let i = 0; i < 2; i++) {
+    const code = await verify(second.plaintext, { scopes: ["orders:write"] });
+    assert(code === "INSUFFICIENT_SCOPE", `denied with ${code}`);
+  }
+  const chart = "#usage svg[role=img]";
+  await until("the usage flush", async () => {
+    await page.goto(`${BASE}/keys/${second.id}`);
+    return Number(await page.getAttribute(chart, "data-denied")) >= 2;
+  });
+  assert(Number(await page.getAttribute(chart, "data-valid")) >= 4, "valid verifications charted");
+  assert(await page.isVisible(chart), "the chart is visible");
+  assert((await page.textContent(`${chart} title`)).includes("per hour"), "the chart has a title");
+  assert((await page.locator(`${chart} rect[data-code=INSUFFICIENT_SCOPE]`).count()) === 1, "a denial segment");
+  assert((await page.textContent("#usage .legend")).includes("Insufficient scope"), "the legend names the denial");
+  assert((await page.textContent("#sources")).includes("203.0.113.10"), "the source address is listed");
+  const box = await page.locator(chart).boundingBox();
+  assert(box.width > 600 && box.height > 200, `the chart is drawn at ${box.width}x${box.height}`);
+  await Promise.all([page.waitForNavigation(), page.click("#usage [data-view='30d']")]);
+  assert(page.url().includes("usage=30d"), `went to ${page.url()}`);
+  assert((await page.getAttribute(chart, "data-view")) === "30d", "the 30-day view");
+  assert(Number(await page.getAttribute(chart, "data-valid")) >= 4, "the 30-day view counts them too");
+});
+
+const receiver = await startReceiver();
+let webhookSecret;
+
+await check("an admin creates a webhook, its secret is shown once, and deliveries are listed", async () => {
+  await page.goto(`${BASE}/webhooks`);
+  await page.fill("#wurl", receiver.url);
+  await page.check("input[name=events][value='key.created']");
+  await page.check("input[name=events][value='key.revoked']");
+  const [res] = await Promise.all([page.waitForNavigation(), page.click("[data-action=create-webhook]")]);
+  assert(res.headers()["cache-control"].includes("no-store"), "the secret page is not stored");
+  webhookSecret = (await page.textContent("#plaintext")).trim();
+  assert(/^whsec_[0-9A-Za-z]+$/.test(webhookSecret), "a signing secret is shown");
+  assert(await page.isVisible("[data-copy=plaintext]"), "copy button shown");
+  assert((await page.textContent(".warning")).includes("shown only once"), "warning shown");
+  await Promise.all([page.waitForNavigation(), page.click("[data-action=done]")]);
+  assert(!(await page.content()).includes(webhookSecret), "the webhooks page does not show the secret");
+  assert((await page.locator("[data-webhook]").count()) === 1, "the webhook is listed");
+  await createKey(page, "Orders API", "webhook probe", "team-search");
+  await until("a delivery", async () => {
+    await page.goto(`${BASE}/webhooks`);
+    return (await page.locator("table.deliveries td .badge").count()) > 0;
+  });
+  assert((await page.textContent("table.deliveries")).includes("key.created"), "the event is listed");
+  assert((await page.textContent("table.deliveries .badge")).trim() === "200", "delivered");
+  assert(receiver.received[0].signature.startsWith("t="), "signed");
+});
+
+await check("an admin or auditor downloads the inventory CSV", async () => {
+  await page.goto(`${BASE}/reports`);
+  const [download] = await Promise.all([page.waitForEvent("download"), page.click("[data-action=download-inventory]")]);
+  const file = await download.path();
+  const csv = fs.readFileSync(file, "utf8");
+  assert(csv.startsWith("id,name,owner,"), "a CSV with its header");
+  assert(csv.includes(second.id), "the key is in the inventory");
+});
+
 const viewer = await browserContext();
 const vpage = await viewer.ctx.newPage();
 
@@ -231,6 +318,21 @@ await check("a viewer posting the revoke form directly is refused (403)", async 
   assert((await verify(second.plaintext)) === "VALID", "the key is untouched");
 });
 
+await check("a viewer finds no webhooks page and is refused when posting its form", async () => {
+  await vpage.goto(`${BASE}/`);
+  assert((await vpage.locator("a[href='/webhooks']").count()) === 0, "no Webhooks link");
+  const r = await vpage.goto(`${BASE}/webhooks`);
+  assert(r.status() === 403, `the page answered ${r.status()}`);
+  await vpage.goto(`${BASE}/keys`);
+  const status = await vpage.evaluate(async (url) => {
+    const csrf = document.querySelector("input[name=csrf]").value;
+    const body = new URLSearchParams({ csrf, url, events: "key.created" });
+    const r = await fetch("/webhooks", { method: "POST", body, credentials: "same-origin" });
+    return r.status;
+  }, receiver.url + "?viewer");
+  assert(status === 403, `creating answered ${status}`);
+});
+
 await check("signing out ends the session", async () => {
   await Promise.all([vpage.waitForNavigation(), vpage.click("[data-action=logout]")]);
   await vpage.goto(`${BASE}/keys`);
@@ -255,6 +357,10 @@ if (SHOTS) {
     }
     for (let i = 0; i < 25; i++) await verify(made[i % made.length].plaintext);
     await verify("acme_" + "0".repeat(38));
+    // The mobile app is used from a few addresses, sometimes with a scope it does not have.
+    const addrs = ["203.0.113.24", "203.0.113.25", "198.51.100.7", "192.0.2.140"];
+    for (let i = 0; i < 18; i++) await verify(made[3].plaintext, { ip: addrs[i % addrs.length] });
+    for (let i = 0; i < 3; i++) await verify(made[3].plaintext, { ip: addrs[0], scopes: ["orders:write"] });
     // A rotation, so the detail page shows a lineage.
     await page.goto(`${BASE}/keys/${made[3].id}`);
     await page.click("details.action-card:not(.danger) summary");
@@ -266,21 +372,26 @@ if (SHOTS) {
     await shot(page, "overview");
     await page.goto(`${BASE}/keys`);
     await shot(page, "keys");
-    const fresh = await createKey(page, "Orders API", "reporting export", "team-data", { scopes: "orders:read reports:*" });
+    await createKey(page, "Orders API", "reporting export", "team-data", { scopes: "orders:read reports:*" });
     await shot(page, "create-result", false);
     await page.goto(`${BASE}/keys/${made[3].id}`);
     await shot(page, "key-detail");
+    await page.goto(`${BASE}/webhooks`);
+    await shot(page, "webhooks");
+    await page.goto(`${BASE}/reports`);
+    await shot(page, "reports");
     await page.goto(`${BASE}/audit`);
     await shot(page, "audit");
     await page.setViewportSize({ width: 390, height: 844 });
     await page.goto(`${BASE}/`);
     await shot(page, "overview-phone");
-    await page.goto(`${BASE}/keys/${fresh.id}`);
+    await page.goto(`${BASE}/keys/${made[3].id}`);
     await shot(page, "key-detail-phone");
     await page.setViewportSize({ width: 1280, height: 800 });
   });
 }
 
+receiver.close();
 await admin.cleanup();
 console.log(`${passed} passed, ${failed} failed`);
 process.exit(failed === 0 ? 0 : 1);
