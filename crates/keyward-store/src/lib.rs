@@ -339,6 +339,14 @@ pub trait Store: Send + Sync + 'static {
         from: Timestamp,
         to: Timestamp,
     ) -> Result<Vec<Bucket>>;
+    /// Buckets of every key of a keyspace (as [`Store::usage`]), without listing the keys.
+    async fn usage_of_keyspace(
+        &self,
+        keyspace_id: &str,
+        granularity: &str,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<Bucket>>;
     /// Deletes buckets of a granularity that start before `before`; returns how many.
     async fn prune_usage(&self, granularity: &str, before: Timestamp) -> Result<u64>;
     async fn sources(&self, key_id: &str) -> Result<Vec<Source>>;

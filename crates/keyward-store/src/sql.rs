@@ -1045,6 +1045,30 @@ macro_rules! sql_backend {
                     .collect()
             }
 
+            async fn usage_of_keyspace(&self, keyspace_id: &str, granularity: &str, from: Timestamp, to: Timestamp) -> Result<Vec<Bucket>> {
+                let rows = sqlx::query(
+                    "SELECT key_id, start_at, code, n FROM usage_buckets WHERE granularity = $1 AND start_at >= $2 AND start_at < $3 \
+                     AND key_id IN (SELECT id FROM keys WHERE keyspace_id = $4) ORDER BY start_at, key_id, code",
+                )
+                .bind(granularity)
+                .bind(from.millis())
+                .bind(to.millis())
+                .bind(keyspace_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map_err)?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(Bucket {
+                            key_id: get(r, "key_id")?,
+                            start: Timestamp::from_millis(get(r, "start_at")?),
+                            code: get(r, "code")?,
+                            n: get(r, "n")?,
+                        })
+                    })
+                    .collect()
+            }
+
             async fn prune_usage(&self, granularity: &str, before: Timestamp) -> Result<u64> {
                 let r = sqlx::query("DELETE FROM usage_buckets WHERE granularity = $1 AND start_at < $2")
                     .bind(granularity)

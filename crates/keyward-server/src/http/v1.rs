@@ -609,6 +609,25 @@ fn range(
     Ok((from, to))
 }
 
+/// Bounds a range by its granularity, so one request cannot ask for millions of buckets.
+fn check_span(
+    g: &str,
+    from: keyward_core::time::Timestamp,
+    to: keyward_core::time::Timestamp,
+) -> Result<()> {
+    let (max_days, what) = match g {
+        "m" => (7, "minute"),
+        "h" => (400, "hour"),
+        _ => (36_600, "day"),
+    };
+    if to.millis() - from.millis() > max_days * 86_400_000 {
+        return Err(Error::bad_request(format!(
+            "a {what} range may span at most {max_days} days"
+        )));
+    }
+    Ok(())
+}
+
 /// Buckets grouped by start (oldest first, empty ones omitted) and their totals.
 fn usage_series(buckets: &[keyward_store::Bucket]) -> (Vec<Value>, Value) {
     use std::collections::BTreeMap;
@@ -647,6 +666,7 @@ pub async fn key_usage(
     auth.require(Permission::ReadKeys)?;
     let (name, g) = granularity(&mut params)?;
     let (from, to) = range(&mut params, st.clock.now())?;
+    check_span(g, from, to)?;
     params.finish()?;
     let key = service::get_key(&st, &auth.ctx(), &id).await?;
     let buckets = st
@@ -669,35 +689,11 @@ pub async fn keyspace_usage(
     auth.require(Permission::ReadKeys)?;
     let (name, g) = granularity(&mut params)?;
     let (from, to) = range(&mut params, st.clock.now())?;
+    check_span(g, from, to)?;
     let top = params.take_int("top", 1)?.unwrap_or(10).min(100) as usize;
     params.finish()?;
     let ks = service::get_keyspace(&st, &auth.ctx(), &id).await?;
-    let mut ids = Vec::new();
-    let mut names = std::collections::HashMap::new();
-    let mut after = None;
-    loop {
-        let filter = KeyFilter {
-            keyspace_ids: Some(vec![ks.id.clone()]),
-            now: st.clock.now(),
-            page: Page {
-                limit: 500,
-                after: after.clone(),
-            },
-            ..KeyFilter::default()
-        };
-        let keys = st.store.list_keys(&filter).await?;
-        let Some(last) = keys.last() else { break };
-        after = Some((last.created_at.millis(), last.id.clone()));
-        for k in keys {
-            names.insert(k.id.clone(), k.name.clone());
-            ids.push(k.id);
-        }
-    }
-    let buckets = if ids.is_empty() {
-        Vec::new()
-    } else {
-        st.store.usage(Some(&ids), g, from, to).await?
-    };
+    let buckets = st.store.usage_of_keyspace(&ks.id, g, from, to).await?;
     let (series, totals) = usage_series(&buckets);
     let mut valid: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
     let mut denied: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
@@ -709,17 +705,30 @@ pub async fn keyspace_usage(
         };
         *m.entry(b.key_id.as_str()).or_default() += b.n;
     }
-    let rank = |m: std::collections::HashMap<&str, i64>, field: &str| -> Vec<Value> {
+    let rank = |m: std::collections::HashMap<&str, i64>| -> Vec<(String, i64)> {
         let mut v: Vec<(&str, i64)> = m.into_iter().collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
         v.into_iter()
             .take(top)
-            .map(|(k, n)| json!({"key_id": k, "name": names.get(k), field: n}))
+            .map(|(k, n)| (k.to_string(), n))
             .collect()
     };
+    let named = |rows: Vec<(String, i64)>, field: &'static str| {
+        let st = st.clone();
+        async move {
+            let mut out = Vec::with_capacity(rows.len());
+            for (id, n) in rows {
+                let name = st.store.key(&id).await?.map(|k| k.name);
+                out.push(json!({"key_id": id, "name": name, field: n}));
+            }
+            Ok::<Vec<Value>, Error>(out)
+        }
+    };
+    let top_by_calls = named(rank(valid), "valid").await?;
+    let top_by_denials = named(rank(denied), "denied").await?;
     Ok(Json(json!({
         "keyspace_id": ks.id, "granularity": name, "from": from, "to": to, "buckets": series, "totals": totals,
-        "top_by_calls": rank(valid, "valid"), "top_by_denials": rank(denied, "denied"),
+        "top_by_calls": top_by_calls, "top_by_denials": top_by_denials,
     })))
 }
 

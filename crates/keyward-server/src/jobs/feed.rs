@@ -54,14 +54,12 @@ pub async fn run(state: AppState, every: Duration, shutdown: tokio::sync::watch:
                     if c.seq <= from || applied.contains(&c.seq) {
                         continue;
                     }
+                    // A node's own changes were applied when they were made (see
+                    // `service::Forget`, which holds even for cancelled requests).
                     if c.origin != node {
                         state
                             .verifier
                             .invalidate_remote(&c.key_hash, &c.key_id, c.quota);
-                    } else {
-                        // Applied at once when it was made; forgetting again bounds any miss
-                        // (e.g. a request cancelled mid-change) to one poll interval.
-                        state.verifier.invalidate(&c.key_hash);
                     }
                     applied.insert(c.seq);
                     head = head.max(c.seq);
