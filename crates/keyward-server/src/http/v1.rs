@@ -20,6 +20,24 @@ fn list<T: serde::Serialize>(items: Vec<T>, next: Option<String>) -> Json<Value>
     Json(json!({"items": items, "next_cursor": next}))
 }
 
+/// Answers one page of a list fetched with `limit + 1` rows: the items and, when there are
+/// more, the cursor of the last one (`position` gives its place in the list's order).
+fn page<T: serde::Serialize>(
+    rows: Vec<T>,
+    limit: i64,
+    fingerprint: &str,
+    position: impl Fn(&T) -> String,
+) -> Json<Value> {
+    let (rows, more) = split_page(rows, limit);
+    let next = more
+        .then(|| {
+            rows.last()
+                .map(|r| encode_cursor(&position(r), fingerprint))
+        })
+        .flatten();
+    list(rows, next)
+}
+
 /// Fetches `limit + 1` rows; returns the page and whether there are more.
 fn split_page<T>(mut rows: Vec<T>, limit: i64) -> (Vec<T>, bool) {
     let more = rows.len() as i64 > limit;
@@ -64,14 +82,9 @@ pub async fn list_keyspaces(
             },
         )
         .await?;
-    let (rows, more) = split_page(rows, limit);
-    let next = more
-        .then(|| {
-            rows.last()
-                .map(|k| encode_cursor(&format!("{}:{}", k.created_at.millis(), k.id), fp))
-        })
-        .flatten();
-    Ok(list(rows, next))
+    Ok(page(rows, limit, fp, |k| {
+        format!("{}:{}", k.created_at.millis(), k.id)
+    }))
 }
 
 pub async fn get_keyspace(
@@ -307,14 +320,9 @@ pub async fn list_tokens(
             after,
         })
         .await?;
-    let (rows, more) = split_page(rows, limit);
-    let next = more
-        .then(|| {
-            rows.last()
-                .map(|t| encode_cursor(&format!("{}:{}", t.created_at.millis(), t.id), fp))
-        })
-        .flatten();
-    Ok(list(rows, next))
+    Ok(page(rows, limit, fp, |t| {
+        format!("{}:{}", t.created_at.millis(), t.id)
+    }))
 }
 
 pub async fn revoke_token(
@@ -365,11 +373,7 @@ pub async fn list_audit(
         );
     }
     let rows = st.store.list_audit(&f).await?;
-    let (rows, more) = split_page(rows, limit);
-    let next = more
-        .then(|| rows.last().map(|e| encode_cursor(&e.seq.to_string(), &fp)))
-        .flatten();
-    Ok(list(rows, next))
+    Ok(page(rows, limit, &fp, |e| e.seq.to_string()))
 }
 
 /// Walks the whole chain from the first event.
@@ -529,14 +533,9 @@ pub async fn list_webhooks(
             after,
         })
         .await?;
-    let (rows, more) = split_page(rows, limit);
-    let next = more
-        .then(|| {
-            rows.last()
-                .map(|w| encode_cursor(&format!("{}:{}", w.created_at.millis(), w.id), fp))
-        })
-        .flatten();
-    Ok(list(rows, next))
+    Ok(page(rows, limit, fp, |w| {
+        format!("{}:{}", w.created_at.millis(), w.id)
+    }))
 }
 
 pub async fn delete_webhook(
@@ -574,14 +573,9 @@ pub async fn list_deliveries(
             },
         )
         .await?;
-    let (rows, more) = split_page(rows, limit);
-    let next = more
-        .then(|| {
-            rows.last()
-                .map(|a| encode_cursor(&format!("{}:{}", a.at.millis(), a.id), &fp))
-        })
-        .flatten();
-    Ok(list(rows, next))
+    Ok(page(rows, limit, &fp, |a| {
+        format!("{}:{}", a.at.millis(), a.id)
+    }))
 }
 
 // ---------------------------------------------------------------- usage and anomalies
@@ -773,14 +767,9 @@ pub async fn list_anomalies(
         },
     };
     let rows = st.store.list_anomalies(&f).await?;
-    let (rows, more) = split_page(rows, limit);
-    let next = more
-        .then(|| {
-            rows.last()
-                .map(|a| encode_cursor(&format!("{}:{}", a.detected_at.millis(), a.id), &fp))
-        })
-        .flatten();
-    Ok(list(rows, next))
+    Ok(page(rows, limit, &fp, |a| {
+        format!("{}:{}", a.detected_at.millis(), a.id)
+    }))
 }
 
 // ---------------------------------------------------------------- reports
