@@ -248,7 +248,8 @@ macro_rules! sql_backend {
                 .map_err(map_err)?;
                 if d.consumed != 0 {
                     // Quota is spent from this node's lease (see `lease_quota`).
-                    sqlx::query("UPDATE quota_leases SET amount = amount - $3, updated_at = $4 WHERE key_id = $1 AND node = $2")
+                    sqlx::query("UPDATE quota_leases SET amount = amount - $3, \
+                         updated_at = CASE WHEN $4 > updated_at THEN $4 ELSE updated_at END WHERE key_id = $1 AND node = $2")
                         .bind(&d.key_id)
                         .bind(node)
                         .bind(d.consumed)
@@ -1489,7 +1490,7 @@ pub mod postgres {
                 opts = opts.options([("search_path", schema)]);
             }
             let pool = PgPoolOptions::new()
-                .max_connections(16)
+                .max_connections(10)
                 .acquire_timeout(Duration::from_secs(5))
                 .connect_with(opts)
                 .await

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use keyward_core::model::{Actor, Role};
 use keyward_core::secret::Secret;
-use keyward_core::time::SystemClock;
+use keyward_core::time::{CoarseClock, SystemClock};
 use keyward_server::service::{self, Ctx};
 use keyward_server::{AppState, Config};
 
@@ -93,7 +93,9 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
         ],
         ..Config::default()
     };
-    let state = AppState::new(store, Arc::new(SystemClock), config);
+    // The server reads the clock on every verification: a millisecond-ticking clock makes that
+    // one atomic load.
+    let state = AppState::new(store, Arc::new(CoarseClock::start()), config);
     announce_setup_link(&state, &addr).await;
     tracing::info!(
         listen = %addr,

@@ -69,6 +69,21 @@ async fn not_found() -> Error {
     Error::not_found("no such endpoint")
 }
 
+/// `req_` + a random per-process prefix + a counter: unique without a system call per request
+/// (request ids need not be secret).
+fn new_request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| keyward_core::keyformat::base62_random(10));
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "req_{prefix}{}",
+        keyward_core::keyformat::encode_base62_fixed(n, 10)
+    )
+}
+
 fn valid_request_id(v: &HeaderValue) -> Option<String> {
     let s = v.to_str().ok()?;
     // Any printable ASCII (spaces included) up to 256 bytes is echoed as sent.
@@ -86,7 +101,7 @@ async fn request_context(req: Request, next: Next) -> Response {
         .headers()
         .get("x-request-id")
         .and_then(valid_request_id)
-        .unwrap_or_else(|| format!("req_{}", keyward_core::keyformat::base62_random(20)));
+        .unwrap_or_else(new_request_id);
     let route = req
         .extensions()
         .get::<MatchedPath>()
