@@ -26,6 +26,8 @@ pub struct Config {
     pub webhook_retry_base_ms: i64,
     /// How often the delivery worker looks for due deliveries (it is also woken by new events).
     pub webhook_poll_ms: u64,
+    /// `KEYWARD_USAGE_COUNTING`: count verifications (default). Off only to measure its cost.
+    pub usage_counting: bool,
 }
 
 impl Default for Config {
@@ -42,6 +44,7 @@ impl Default for Config {
             retention_secs: [7 * 86_400, 90 * 86_400, 730 * 86_400],
             webhook_retry_base_ms: 1000,
             webhook_poll_ms: 1000,
+            usage_counting: true,
         }
     }
 }

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub flush_failures: AtomicU64,
     pub flushed_keys: AtomicU64,
     pub last_flush_batch: AtomicU64,
+    /// When usage was last written (ms since the epoch), for the flush lag gauge.
+    pub last_flush_ms: std::sync::atomic::AtomicI64,
     pub webhook_ok: AtomicU64,
     pub webhook_failed: AtomicU64,
     pub redis_errors: AtomicU64,
@@ -52,8 +54,18 @@ impl Metrics {
             .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
     }
 
-    pub fn render(&self, pending_usage_keys: usize, cached_entries: usize) -> String {
+    pub fn render(&self, pending_usage_keys: usize, cached_entries: usize, now_ms: i64) -> String {
         let mut s = String::new();
+        let last = self.last_flush_ms.load(Ordering::Relaxed);
+        let lag = if last == 0 {
+            0.0
+        } else {
+            (now_ms - last).max(0) as f64 / 1000.0
+        };
+        let _ = writeln!(
+            s,
+            "# HELP keyward_usage_flush_lag_seconds Time since usage was last written.\n# TYPE keyward_usage_flush_lag_seconds gauge\nkeyward_usage_flush_lag_seconds {lag}"
+        );
         let _ = writeln!(
             s,
             "# HELP keyward_verifications_total Verifications by outcome code."

@@ -47,6 +47,7 @@ impl AppState {
             config.dormant_after_secs,
             redis,
         ));
+        verifier.set_usage_counting(config.usage_counting);
         AppState {
             store,
             clock,

@@ -249,6 +249,9 @@ pub struct Verifier {
     redis: Option<Arc<crate::redis::RedisLimiter>>,
     /// Keys for which this node holds a quota lease.
     leased: Mutex<std::collections::HashSet<String>>,
+    /// Whether verifications are counted (usage, buckets, sources, anomalies); off only for
+    /// measuring what counting costs (`KEYWARD_USAGE_COUNTING=false`). Quota is always counted.
+    usage_counting: AtomicBool,
     /// Prefixes of the keyspaces, and when they were last read from the store.
     prefixes: RwLock<(
         std::collections::HashSet<String>,
@@ -276,6 +279,7 @@ impl Verifier {
             redis,
             leased: Mutex::new(std::collections::HashSet::new()),
             prefixes: RwLock::new((std::collections::HashSet::new(), None)),
+            usage_counting: AtomicBool::new(true),
         }
     }
 
@@ -475,24 +479,30 @@ impl Verifier {
                     }),
                     None => rate,
                 };
-                own.calls += 1;
-                if same && own.remaining.is_some() {
+                let counting = self.usage_counting.load(Ordering::Relaxed);
+                let spent = same && own.remaining.is_some();
+                if spent {
                     own.consumed += req.cost;
                 }
-                if own.last_used.is_none_or(|t| t < now) {
-                    own.last_used = Some(now);
-                }
-                if let Some(prev) = own.previous_use {
-                    if now.millis() - prev.millis() >= self.dormant_after_ms {
-                        own.reactivations.push((prev, now));
+                if counting {
+                    own.calls += 1;
+                    if own.last_used.is_none_or(|t| t < now) {
+                        own.last_used = Some(now);
                     }
+                    if let Some(prev) = own.previous_use {
+                        if now.millis() - prev.millis() >= self.dormant_after_ms {
+                            own.reactivations.push((prev, now));
+                        }
+                    }
+                    if own.previous_use.is_none_or(|t| t < now) {
+                        own.previous_use = Some(now);
+                    }
+                    own.record(Code::Valid, req.ip, now);
                 }
-                if own.previous_use.is_none_or(|t| t < now) {
-                    own.previous_use = Some(now);
-                }
-                own.record(Code::Valid, req.ip, now);
                 drop(own);
-                self.mark_dirty(&entry.live);
+                if counting || spent {
+                    self.mark_dirty(&entry.live);
+                }
                 Decision::Done(Outcome::Valid {
                     entry,
                     remaining,
@@ -512,6 +522,9 @@ impl Verifier {
     }
 
     fn deny(&self, live: &Arc<Live>, code: Code, req: &Request<'_>, now: Timestamp) {
+        if !self.usage_counting.load(Ordering::Relaxed) {
+            return;
+        }
         {
             let mut s = lock(&live.state);
             s.denied += 1;
@@ -718,6 +731,11 @@ impl Verifier {
         *self.prefixes.write().unwrap_or_else(|p| p.into_inner()) =
             (all, Some(std::time::Instant::now()));
         Ok(known)
+    }
+
+    /// Turns usage counting on or off (see the field's comment).
+    pub fn set_usage_counting(&self, on: bool) {
+        self.usage_counting.store(on, Ordering::Relaxed);
     }
 
     /// Records a keyspace created through this node.

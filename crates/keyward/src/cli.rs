@@ -77,6 +77,9 @@ pub struct ServeArgs {
     /// How long hour usage buckets are kept, in seconds.
     #[arg(long, env = "KEYWARD_USAGE_RETENTION_HOUR_SECS", default_value_t = 90 * 86_400)]
     pub usage_retention_hour_secs: i64,
+    /// Count verifications (usage, last use, anomalies). Turn off only to measure its cost.
+    #[arg(long, env = "KEYWARD_USAGE_COUNTING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub usage_counting: bool,
     /// How long day usage buckets are kept, in seconds.
     #[arg(long, env = "KEYWARD_USAGE_RETENTION_DAY_SECS", default_value_t = 730 * 86_400)]
     pub usage_retention_day_secs: i64,

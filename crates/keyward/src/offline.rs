@@ -85,6 +85,7 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
         trust_proxy_headers: args.trust_proxy_headers,
         redis_url: args.redis_url,
         dormant_after_secs: args.dormant_secs,
+        usage_counting: args.usage_counting,
         webhook_retry_base_ms: args.webhook_retry_base_ms,
         retention_secs: [
             args.usage_retention_minute_secs,

@@ -161,9 +161,11 @@ async fn readyz(State(st): State<AppState>) -> Response {
 }
 
 async fn metrics(State(st): State<AppState>) -> Response {
-    let body = st
-        .metrics
-        .render(st.verifier.pending_keys(), st.verifier.cached_entries());
+    let body = st.metrics.render(
+        st.verifier.pending_keys(),
+        st.verifier.cached_entries(),
+        st.clock.now().millis(),
+    );
     (
         [(
             header::CONTENT_TYPE,

@@ -23,6 +23,10 @@ pub async fn flush(state: &AppState) -> Result<usize, keyward_store::StoreError>
     let _gate = state.gate.lock().await;
     let written = flush_locked(state).await;
     if written.is_ok() {
+        state
+            .metrics
+            .last_flush_ms
+            .store(state.clock.now().millis(), Ordering::Relaxed);
         return_idle_leases(state).await;
     }
     written

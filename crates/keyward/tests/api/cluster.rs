@@ -230,3 +230,61 @@ async fn a_quota_left_idle_on_one_node_is_granted_by_another() {
     assert_eq!(b.verify_code(&key).await, "USAGE_EXCEEDED");
     b.stop().await;
 }
+
+/// 100 revocations on one node, each watched on two others: every one is honoured within the
+/// bound (1 s in the contract; generous slack here for CI noise). The spread is printed
+/// (`cargo test -p keyward --test api -- revocations --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_reach_every_node_within_the_bound() {
+    let Some((a, b, c)) = three_nodes(crate::helpers::Backend::Postgres, false).await else {
+        return;
+    };
+    let ks = a.keyspace(json!({})).await;
+    let mut keys = Vec::new();
+    for _ in 0..100 {
+        keys.push(a.key(&ks, json!({})).await);
+    }
+    for (_, key) in &keys {
+        assert_eq!(b.verify_code(key).await, "VALID");
+        assert_eq!(c.verify_code(key).await, "VALID");
+    }
+    let mut lags = Vec::new();
+    for (id, key) in &keys {
+        a.post(
+            &format!("/v1/keys/{id}/revoke"),
+            json!({"reason": "propagation test"}),
+        )
+        .await
+        .expect(200);
+        let revoked_at = std::time::Instant::now();
+        assert_eq!(a.verify_code(key).await, "REVOKED", "this node: at once");
+        let mut pending = vec![&b, &c];
+        while !pending.is_empty() {
+            let mut still = Vec::new();
+            for n in pending {
+                if n.verify_code(key).await != "REVOKED" {
+                    still.push(n);
+                }
+            }
+            pending = still;
+            assert!(
+                revoked_at.elapsed() < Duration::from_secs(5),
+                "a revocation took more than 5 s to reach a node"
+            );
+            if !pending.is_empty() {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        lags.push(revoked_at.elapsed());
+    }
+    lags.sort();
+    let p = |q: f64| lags[((lags.len() as f64 * q).ceil() as usize).saturating_sub(1)];
+    eprintln!(
+        "revocation reached both other nodes: p50 {:?}, p99 {:?}, max {:?}",
+        p(0.5),
+        p(0.99),
+        lags[lags.len() - 1]
+    );
+    b.stop().await;
+    c.stop().await;
+}
