@@ -268,13 +268,14 @@ async fn counts_survive_a_graceful_stop_on_postgres() {
 
 async fn many_concurrent_verifications_are_counted_exactly(app: TestApp) {
     let ks = app.keyspace(json!({})).await;
-    let (id, key) = app.key(&ks, json!({"remaining": 1000})).await;
+    let (id, key) = app.key(&ks, json!({"remaining": 3000})).await;
     let mut tasks = Vec::new();
-    for _ in 0..16 {
-        let (http, url, key) = (app.http.clone(), app.url.clone(), key.clone());
+    // 25 clients, 2000 verifications in all, each with its own connection pool.
+    for _ in 0..25 {
+        let (http, url, key) = (reqwest::Client::new(), app.url.clone(), key.clone());
         tasks.push(tokio::spawn(async move {
             let mut valid = 0;
-            for _ in 0..40 {
+            for _ in 0..80 {
                 let r: serde_json::Value = http
                     .post(format!("{url}/v1/verify"))
                     .json(&json!({"key": key, "cost": 2}))
@@ -295,11 +296,20 @@ async fn many_concurrent_verifications_are_counted_exactly(app: TestApp) {
     for t in tasks {
         valid += t.await.unwrap();
     }
-    assert_eq!(valid, 500, "a quota of 1000 at cost 2 grants exactly 500");
+    assert_eq!(valid, 1500, "a quota of 3000 at cost 2 grants exactly 1500");
     app.flush().await;
     let k = app.get(&format!("/v1/keys/{id}")).await.expect(200);
-    assert_eq!(k.body["call_count"], 500);
-    assert_eq!(k.body["denied_count"], 140);
+    assert_eq!(k.body["call_count"], 1500);
+    assert_eq!(k.body["denied_count"], 500);
     assert_eq!(k.body["remaining"], 0);
+    let u = app
+        .get(&format!("/v1/keys/{id}/usage?granularity=minute"))
+        .await
+        .expect(200);
+    assert_eq!(
+        u.body["totals"],
+        json!({"valid": 1500, "denied": {"USAGE_EXCEEDED": 500}}),
+        "buckets agree"
+    );
 }
 both!(many_concurrent_verifications_are_counted_exactly);
