@@ -233,19 +233,52 @@ macro_rules! sql_backend {
         }
 
         async fn usage_in(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, deltas: &[UsageDelta]) -> Result<()> {
+            // A batch is written in a few multi-row statements (not a few per key): a flush of
+            // thousands of keys must cost the server little.
+            const CHUNK: usize = 200;
+            // One row per key (a batch may hold several deltas of one key).
+            let mut counters: std::collections::BTreeMap<&str, (i64, i64, i64)> = std::collections::BTreeMap::new();
             for d in deltas {
-                sqlx::query(
-                    "UPDATE keys SET call_count = call_count + $2, denied_count = denied_count + $3, \
-                     last_used_at = CASE WHEN $4 > COALESCE(last_used_at, -1) THEN $4 ELSE last_used_at END \
-                     WHERE id = $1",
-                )
-                .bind(&d.key_id)
-                .bind(d.calls)
-                .bind(d.denied)
-                .bind(d.last_used_at.map(|t| t.millis()).unwrap_or(-1))
-                .execute(&mut *conn)
-                .await
-                .map_err(map_err)?;
+                let c = counters.entry(d.key_id.as_str()).or_insert((0, 0, -1));
+                c.0 += d.calls;
+                c.1 += d.denied;
+                c.2 = c.2.max(d.last_used_at.map(|t| t.millis()).unwrap_or(-1));
+            }
+            let counters: Vec<_> = counters.into_iter().collect();
+            for chunk in counters.chunks(CHUNK) {
+                let mut q = sqlx::QueryBuilder::<$DB>::new(
+                    "UPDATE keys SET call_count = call_count + v.column2, denied_count = denied_count + v.column3, \
+                     last_used_at = CASE WHEN v.column4 > COALESCE(last_used_at, -1) THEN v.column4 ELSE last_used_at END FROM (",
+                );
+                q.push_values(chunk, |mut b, (key_id, (calls, denied, last))| {
+                    b.push_bind(key_id.to_string()).push_bind(*calls).push_bind(*denied).push_bind(*last);
+                });
+                q.push(") AS v WHERE keys.id = v.column1");
+                q.build().execute(&mut *conn).await.map_err(map_err)?;
+            }
+            // Buckets of all three sizes, summed here so that each row appears once per statement.
+            let mut rows: std::collections::BTreeMap<(&str, &str, i64, &str), i64> = std::collections::BTreeMap::new();
+            for d in deltas {
+                for (minute, code, n) in &d.buckets {
+                    for (g, len) in GRANULARITIES {
+                        *rows.entry((d.key_id.as_str(), g, minute.div_euclid(len) * len, code.as_str())).or_default() += *n;
+                    }
+                }
+            }
+            let rows: Vec<_> = rows.into_iter().collect();
+            for chunk in rows.chunks(CHUNK) {
+                let mut q = sqlx::QueryBuilder::<$DB>::new("INSERT INTO usage_buckets (key_id, granularity, start_at, code, n) ");
+                q.push_values(chunk, |mut b, ((key_id, g, start, code), n)| {
+                    b.push_bind(key_id.to_string())
+                        .push_bind(g.to_string())
+                        .push_bind(*start)
+                        .push_bind(code.to_string())
+                        .push_bind(*n);
+                });
+                q.push(" ON CONFLICT (key_id, granularity, start_at, code) DO UPDATE SET n = usage_buckets.n + excluded.n");
+                q.build().execute(&mut *conn).await.map_err(map_err)?;
+            }
+            for d in deltas {
                 if d.consumed != 0 {
                     // Quota is spent from this node's lease (see `lease_quota`).
                     sqlx::query("UPDATE quota_leases SET amount = amount - $3, \
@@ -257,22 +290,6 @@ macro_rules! sql_backend {
                         .execute(&mut *conn)
                         .await
                         .map_err(map_err)?;
-                }
-                for (minute, code, n) in &d.buckets {
-                    for (g, len) in GRANULARITIES {
-                        sqlx::query(
-                            "INSERT INTO usage_buckets (key_id, granularity, start_at, code, n) VALUES ($1, $2, $3, $4, $5) \
-                             ON CONFLICT (key_id, granularity, start_at, code) DO UPDATE SET n = usage_buckets.n + excluded.n",
-                        )
-                        .bind(&d.key_id)
-                        .bind(g)
-                        .bind(minute.div_euclid(len) * len)
-                        .bind(code)
-                        .bind(*n)
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(map_err)?;
-                    }
                 }
                 for (ip, first, last, n) in &d.sources {
                     sqlx::query(
