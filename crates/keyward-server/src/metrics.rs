@@ -11,14 +11,34 @@ const BUCKETS: [f64; 12] = [
     0.01, 0.1,
 ];
 
+/// Counters of the verification path, one set per shard so that threads on different cores do
+/// not fight over one cache line on every request; `/metrics` adds the shards up.
 #[derive(Default)]
-pub struct Metrics {
-    pub verifications: [AtomicU64; 9],
-    pub cache_hits: AtomicU64,
-    pub cache_misses: AtomicU64,
+#[repr(align(128))]
+struct HotShard {
+    verifications: [AtomicU64; 9],
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
     duration_buckets: [AtomicU64; 12],
     duration_count: AtomicU64,
     duration_sum_ns: AtomicU64,
+}
+
+const HOT_SHARDS: usize = 8;
+
+/// This thread's shard (threads are spread round-robin).
+fn hot_index() -> usize {
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % HOT_SHARDS;
+    }
+    INDEX.with(|i| *i)
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    hot: [HotShard; HOT_SHARDS],
     pub flushes: AtomicU64,
     pub flush_failures: AtomicU64,
     pub flushed_keys: AtomicU64,
@@ -41,17 +61,34 @@ impl Metrics {
     }
 
     pub fn observe(&self, code: Code, elapsed: std::time::Duration) {
-        self.verifications[code.index()].fetch_add(1, Ordering::Relaxed);
+        let h = &self.hot[hot_index()];
+        h.verifications[code.index()].fetch_add(1, Ordering::Relaxed);
         let secs = elapsed.as_secs_f64();
         for (i, b) in BUCKETS.iter().enumerate() {
             if secs <= *b {
-                self.duration_buckets[i].fetch_add(1, Ordering::Relaxed);
+                h.duration_buckets[i].fetch_add(1, Ordering::Relaxed);
                 break;
             }
         }
-        self.duration_count.fetch_add(1, Ordering::Relaxed);
-        self.duration_sum_ns
+        h.duration_count.fetch_add(1, Ordering::Relaxed);
+        h.duration_sum_ns
             .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    pub fn cache_hit(&self) {
+        self.hot[hot_index()]
+            .cache_hits
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn cache_miss(&self) {
+        self.hot[hot_index()]
+            .cache_misses
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn sum(&self, f: impl Fn(&HotShard) -> &AtomicU64) -> u64 {
+        self.hot.iter().map(|h| f(h).load(Ordering::Relaxed)).sum()
     }
 
     pub fn render(&self, pending_usage_keys: usize, cached_entries: usize, now_ms: i64) -> String {
@@ -72,7 +109,7 @@ impl Metrics {
         );
         let _ = writeln!(s, "# TYPE keyward_verifications_total counter");
         for code in Code::ALL {
-            let n = self.verifications[code.index()].load(Ordering::Relaxed);
+            let n = self.sum(|h| &h.verifications[code.index()]);
             let _ = writeln!(
                 s,
                 "keyward_verifications_total{{code=\"{}\"}} {n}",
@@ -86,58 +123,54 @@ impl Metrics {
         let _ = writeln!(s, "# TYPE keyward_verify_duration_seconds histogram");
         let mut cumulative = 0;
         for (i, b) in BUCKETS.iter().enumerate() {
-            cumulative += self.duration_buckets[i].load(Ordering::Relaxed);
+            cumulative += self.sum(|h| &h.duration_buckets[i]);
             let _ = writeln!(
                 s,
                 "keyward_verify_duration_seconds_bucket{{le=\"{b}\"}} {cumulative}"
             );
         }
-        let count = self.duration_count.load(Ordering::Relaxed);
+        let count = self.sum(|h| &h.duration_count);
         let _ = writeln!(
             s,
             "keyward_verify_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
         );
-        let sum = self.duration_sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let sum = self.sum(|h| &h.duration_sum_ns) as f64 / 1e9;
         let _ = writeln!(s, "keyward_verify_duration_seconds_sum {sum}");
         let _ = writeln!(s, "keyward_verify_duration_seconds_count {count}");
         let counters = [
             (
                 "keyward_cache_hits_total",
                 "Verifications answered from the cache.",
-                &self.cache_hits,
+                self.sum(|h| &h.cache_hits),
             ),
             (
                 "keyward_cache_misses_total",
                 "Verifications that read the store.",
-                &self.cache_misses,
+                self.sum(|h| &h.cache_misses),
             ),
             (
                 "keyward_usage_flushes_total",
                 "Usage batches written.",
-                &self.flushes,
+                self.flushes.load(Ordering::Relaxed),
             ),
             (
                 "keyward_usage_flush_failures_total",
                 "Usage batches that failed and were kept for retry.",
-                &self.flush_failures,
+                self.flush_failures.load(Ordering::Relaxed),
             ),
             (
                 "keyward_usage_flushed_keys_total",
                 "Per-key usage rows written.",
-                &self.flushed_keys,
+                self.flushed_keys.load(Ordering::Relaxed),
             ),
             (
                 "keyward_redis_errors_total",
                 "Rate-limit checks that fell back to this node because Redis failed.",
-                &self.redis_errors,
+                self.redis_errors.load(Ordering::Relaxed),
             ),
         ];
         for (name, help, v) in counters {
-            let _ = writeln!(
-                s,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                v.load(Ordering::Relaxed)
-            );
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         }
         let _ = writeln!(
             s,

@@ -314,11 +314,11 @@ impl Verifier {
         };
         let entry = match cached {
             Some(e) => {
-                self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+                self.metrics.cache_hit();
                 e
             }
             None => {
-                self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
+                self.metrics.cache_miss();
                 // A key of no keyspace's prefix costs no store read (the set of prefixes is
                 // re-read at most once a second, for keyspaces created on other nodes).
                 if !self.known_prefix(prefix).await? {
