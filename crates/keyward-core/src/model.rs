@@ -166,6 +166,17 @@ pub struct Key {
 }
 
 impl Key {
+    /// Releases spare capacity of its strings and lists (for long-lived cached copies).
+    pub fn shrink(&mut self) {
+        for s in [&mut self.id, &mut self.keyspace_id, &mut self.name] {
+            s.shrink_to_fit();
+        }
+        if let Some(o) = self.owner.as_mut() {
+            o.shrink_to_fit();
+        }
+        self.scopes.shrink_to_fit();
+    }
+
     /// `revoked` > `expired` > `disabled` > `rotating` > `active`, computed at `now`.
     pub fn status(&self, now: Timestamp) -> KeyStatus {
         if self.revoked_at.is_some() {

@@ -126,6 +126,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+impl Entry {
+    /// The key's scopes (kept once, in its rules).
+    pub fn scopes(&self) -> &[String] {
+        &self.rules.scopes
+    }
+}
+
 /// A cached key: its immutable state at load time plus its live counters.
 pub struct Entry {
     pub key: Key,
@@ -566,7 +573,7 @@ impl Verifier {
         Ok(entry)
     }
 
-    fn entry_for(&self, key: Key, successor: Option<&Key>) -> Entry {
+    fn entry_for(&self, mut key: Key, successor: Option<&Key>) -> Entry {
         let live = self.live_for(&key);
         let quota = match successor {
             Some(s) => self.live_for(s),
@@ -581,8 +588,19 @@ impl Verifier {
             expires_at: key.expires_at,
             enabled: key.enabled,
             allowed,
-            scopes: key.scopes.clone(),
+            // The decision and the answer read the scopes from here (one copy per key).
+            scopes: std::mem::take(&mut key.scopes),
         };
+        // What neither the decision nor the answer reads is not kept: the cache holds millions.
+        key.start = String::new();
+        key.end = String::new();
+        key.created_by.id = String::new();
+        key.created_by.name = String::new();
+        key.revoked_by = None;
+        key.revoked_reason = None;
+        key.rotated_from = None;
+        key.allowed_cidrs = None;
+        key.shrink();
         Entry {
             key,
             rules,

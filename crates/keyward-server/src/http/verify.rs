@@ -149,7 +149,7 @@ fn outcome_body(o: &Outcome) -> Vec<u8> {
                 details: Some(Details {
                     name: &k.name,
                     owner: &k.owner,
-                    scopes: &k.scopes,
+                    scopes: entry.scopes(),
                     labels: &k.labels,
                     meta: &k.meta,
                     expires_at: k.expires_at,
@@ -228,7 +228,7 @@ pub async fn forward_auth(
             set(h, "x-keyward-key-id", &k.id);
             set(h, "x-keyward-keyspace-id", &k.keyspace_id);
             set(h, "x-keyward-owner", k.owner.as_deref().unwrap_or(""));
-            set(h, "x-keyward-scopes", &k.scopes.join(","));
+            set(h, "x-keyward-scopes", &entry.scopes().join(","));
             res
         }
         Outcome::Denied { code, reset_at, .. } => {
