@@ -1,0 +1,284 @@
+//! The in-process verify path, step by step and whole (`docs/benchmarks.md`):
+//!
+//! ```sh
+//! cargo bench -p keyward-server --bench verify            # everything (about 3 minutes)
+//! cargo bench -p keyward-server --bench verify -- cached_1000000/verify   # one benchmark
+//! ```
+//!
+//! - `steps/*`: the steps of `Verifier::verify` that do not depend on the cache size, each
+//!   through the function the verifier calls: the clock `keyward serve` uses, the parse, SHA-256,
+//!   the decision (static rules, then rate limit and quota); and a whole verification of a
+//!   malformed key (it stops after the parse).
+//! - `cached_N/*` with N = 10,000 and 1,000,000 keys primed into the cache of an `AppState` over
+//!   a real SQLite store in a temporary directory (the store is only read on misses):
+//!   - `lookup`: the cache lookup alone. The verifier's shard maps are private, so this is a
+//!     replica of the same shape (64 `RwLock` shards picked by the digest's last byte, the same
+//!     `DigestHasher`) holding the verifier's own `Arc<Entry>`s: read lock, get, clone the `Arc`.
+//!   - `verify_not_found`: `Verifier::verify` of well-formed keys cached as "no such key"
+//!     (parse + hash + lookup).
+//!   - `verify`: `Verifier::verify` of a cached valid key, every step included.
+//!   - `verify_uncounted`: the same with usage counting off (`KEYWARD_USAGE_COUNTING=false`); the
+//!     difference to `verify` is what counting usage costs on the request path.
+//!   - `usage_flush_sqlite` (10,000 only): what the background flusher spends per key to drain
+//!     the counts (`take_usage`) and write them to SQLite (`apply_usage`): not on the request
+//!     path, but on the same cores.
+//!
+//! Each iteration verifies another key, in an order unrelated to the order the keys were
+//! allocated in, so the 1,000,000-key figures pay the CPU cache misses a real server pays.
+
+#![allow(clippy::expect_used)] // a benchmark whose setup fails should stop loudly
+
+mod common;
+
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+use std::hint::black_box;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use common::{KeyMaker, TempDir, KEY_LEN};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use futures_util::FutureExt;
+use keyward_core::keyformat::{self, KeyHash};
+use keyward_core::model::Key;
+use keyward_core::verify::{check_and_consume, check_rules, Code, Rules, Window};
+use keyward_server::verifier::{DigestHasher, Entry, Outcome, Request, Verifier};
+
+fn request(key: &str) -> Request<'_> {
+    Request {
+        key,
+        scopes: &[],
+        ip: None,
+        cost: 1,
+        keyspaces: None,
+    }
+}
+
+/// Verifies a key the cache holds: such a verification never waits, so one poll finishes it.
+fn verify_cached(v: &Verifier, key: &str) -> Outcome {
+    v.verify(&request(key))
+        .now_or_never()
+        .expect("a cached key verifies without waiting")
+        .expect("a cached key needs no store")
+}
+
+/// The decision's static rules, built from a key as the verifier builds them.
+fn rules_of(key: &Key) -> Rules {
+    Rules {
+        revoked: key.revoked_at.is_some(),
+        expires_at: key.expires_at,
+        enabled: key.enabled,
+        allowed: None,
+        scopes: key.scopes.clone(),
+    }
+}
+
+fn steps(c: &mut Criterion) {
+    let (plaintext, key) = KeyMaker::new().next();
+    let k = plaintext.expose();
+    let mut malformed = k.to_string();
+    malformed.replace_range(KEY_LEN - 1.., if k.ends_with('0') { "1" } else { "0" });
+    let rules = rules_of(&key);
+    let requested = vec!["orders:read".to_string()];
+
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let dir = TempDir::new("bench-verify-steps");
+    let state = common::state(&rt, &dir);
+    let now = state.clock.now();
+
+    let mut g = c.benchmark_group("steps");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("clock", |b| b.iter(|| black_box(state.clock.now())));
+    g.bench_function("parse", |b| {
+        b.iter(|| black_box(keyformat::parse(black_box(k)).is_some()))
+    });
+    g.bench_function("sha256", |b| b.iter(|| KeyHash::of(black_box(k))));
+    let mut window = Window::default();
+    let mut remaining = None;
+    g.bench_function("decision", |b| {
+        b.iter(|| {
+            let ok = check_rules(black_box(&rules), &[], None, now).is_ok();
+            let r = check_and_consume(key.ratelimit, &mut window, &mut remaining, 1, now);
+            black_box((ok, r.is_ok()))
+        })
+    });
+    g.bench_function("decision_one_scope", |b| {
+        b.iter(|| {
+            let ok = check_rules(black_box(&rules), &requested, None, now).is_ok();
+            let r = check_and_consume(key.ratelimit, &mut window, &mut remaining, 1, now);
+            black_box((ok, r.is_ok()))
+        })
+    });
+    g.bench_function("verify_malformed", |b| {
+        b.iter(|| verify_cached(&state.verifier, black_box(&malformed)).code())
+    });
+    g.finish();
+}
+
+/// A small deterministic generator for the shuffle (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n as u64) as usize
+    }
+}
+
+const SHARDS: usize = 64;
+type Shard = RwLock<HashMap<KeyHash, Option<Arc<Entry>>, BuildHasherDefault<DigestHasher>>>;
+
+fn cached(c: &mut Criterion, n: usize) {
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let dir = TempDir::new("bench-verify");
+    let state = common::state(&rt, &dir);
+    let verifier = &state.verifier;
+    verifier.add_prefix(common::PREFIX);
+
+    // Keys are built and primed in one order and verified in a shuffled one.
+    let mut maker = KeyMaker::new();
+    let mut plaintexts = Vec::with_capacity(n);
+    let mut stored = Vec::new();
+    for _ in 0..n {
+        let (plaintext, key) = maker.next();
+        plaintexts.push(plaintext);
+        if n <= 10_000 {
+            stored.push(key.clone());
+        }
+        verifier.prime(key);
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    for i in (1..n).rev() {
+        order.swap(i, rng.below(i + 1));
+    }
+    let mut keys = String::with_capacity(n * KEY_LEN);
+    for &i in &order {
+        keys.push_str(plaintexts[i].expose());
+    }
+    drop(plaintexts);
+    let key_at = |slot: usize| &keys[slot * KEY_LEN..(slot + 1) * KEY_LEN];
+    let hashes: Vec<KeyHash> = (0..n).map(|s| KeyHash::of(key_at(s))).collect();
+
+    // The lookup replica holds the verifier's own entries (one verification each fetches them).
+    let shards: Vec<Shard> = (0..SHARDS).map(|_| Shard::default()).collect();
+    for (slot, hash) in hashes.iter().enumerate() {
+        let Outcome::Valid { entry, .. } = verify_cached(verifier, key_at(slot)) else {
+            panic!("a primed key verifies as valid");
+        };
+        shards[hash.0[31] as usize % SHARDS]
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(*hash, Some(entry));
+    }
+    drop(verifier.take_usage());
+
+    // Well-formed keys that do not exist, cached as such by one store read each.
+    let unknown: Vec<String> = (0..1000)
+        .map(|_| keyformat::generate(common::PREFIX).expose().to_string())
+        .collect();
+    for k in &unknown {
+        let code = rt
+            .block_on(verifier.verify(&request(k)))
+            .expect("the store answers")
+            .code();
+        assert_eq!(code, Code::NotFound);
+    }
+    let negatives = verifier.cached_entries() - n;
+    println!("cached_{n}: {negatives} of 1000 unknown keys are cached as \"no such key\"");
+
+    let mut g = c.benchmark_group(format!("cached_{n}"));
+    g.throughput(Throughput::Elements(1));
+    let mut slot = 0;
+    let mut next = move || {
+        slot += 1;
+        if slot == n {
+            slot = 0;
+        }
+        slot
+    };
+    g.bench_function("lookup", |b| {
+        b.iter(|| {
+            let h = &hashes[next()];
+            let shard = shards[h.0[31] as usize % SHARDS]
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            black_box(shard.get(h).cloned())
+        })
+    });
+    if negatives == unknown.len() {
+        let mut u = 0;
+        g.bench_function("verify_not_found", |b| {
+            b.iter(|| {
+                u = (u + 1) % unknown.len();
+                let code = verify_cached(verifier, &unknown[u]).code();
+                debug_assert_eq!(code, Code::NotFound);
+                code
+            })
+        });
+    }
+    g.bench_function("verify", |b| {
+        b.iter(|| {
+            let code = verify_cached(verifier, key_at(next())).code();
+            debug_assert_eq!(code, Code::Valid);
+            code
+        })
+    });
+    verifier.set_usage_counting(false);
+    g.bench_function("verify_uncounted", |b| {
+        b.iter(|| verify_cached(verifier, key_at(next())).code())
+    });
+    verifier.set_usage_counting(true);
+    drop(verifier.take_usage());
+
+    if !stored.is_empty() {
+        // The flusher's cost per key, over keys that exist in the database.
+        rt.block_on(async {
+            let mut tx = state.store.begin().await.expect("begin");
+            tx.insert_keyspace(&maker.keyspace())
+                .await
+                .expect("insert keyspace");
+            for key in &stored {
+                tx.insert_key(key).await.expect("insert key");
+            }
+            tx.commit().await.expect("commit");
+        });
+        const BATCH: usize = 1000;
+        g.throughput(Throughput::Elements(BATCH as u64));
+        g.bench_function("usage_flush_sqlite", |b| {
+            b.iter_batched(
+                || {
+                    for _ in 0..BATCH {
+                        verify_cached(verifier, key_at(next()));
+                    }
+                },
+                |()| {
+                    let (deltas, _) = verifier.take_usage();
+                    rt.block_on(state.store.apply_usage(&deltas))
+                        .expect("usage written");
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    g.finish();
+}
+
+fn cached_10k(c: &mut Criterion) {
+    cached(c, 10_000);
+}
+
+fn cached_1m(c: &mut Criterion) {
+    cached(c, 1_000_000);
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(5));
+    targets = steps, cached_10k, cached_1m
+}
+criterion_main!(benches);
