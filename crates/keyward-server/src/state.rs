@@ -73,6 +73,11 @@ pub struct AuthThrottle {
 const MAX_TRACKED_ADDRESSES: usize = 100_000;
 
 impl AuthThrottle {
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        self.failures.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
     pub fn new(limit: u32, window_secs: i64) -> Self {
         AuthThrottle {
             limit: limit as usize,
@@ -83,6 +88,14 @@ impl AuthThrottle {
 
     /// Records one failure; `Some(retry_after_secs)` when this address is over the limit.
     pub fn fail(&self, ip: IpAddr, now: Timestamp) -> Option<i64> {
+        // One IPv6 host usually holds a whole /64: count it as one address.
+        let ip = match ip {
+            IpAddr::V6(v6) => {
+                let s = v6.segments();
+                IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
+            }
+            v4 => v4,
+        };
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_TRACKED_ADDRESSES {
             let cutoff = now.millis() - self.window_ms;
@@ -108,5 +121,36 @@ impl AuthThrottle {
         } else {
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_21st_failure_within_a_minute_is_throttled_and_an_ipv6_64_counts_as_one_address() {
+        let t = AuthThrottle::new(20, 60);
+        let now = Timestamp::from_millis(1_000_000);
+        for i in 0..20u16 {
+            let ip = IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, i]);
+            assert_eq!(t.fail(ip, now), None, "failure {i}");
+        }
+        assert_eq!(t.tracked(), 1);
+        let wait = t.fail(IpAddr::from([0x2001, 0xdb8, 0, 1, 9, 9, 9, 9]), now);
+        assert_eq!(wait, Some(60));
+        assert_eq!(
+            t.fail(IpAddr::from([10, 0, 0, 1]), now),
+            None,
+            "other addresses are not affected"
+        );
+        assert_eq!(
+            t.fail(
+                IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, 1]),
+                now.plus_secs(61)
+            ),
+            None,
+            "the window passed"
+        );
     }
 }
