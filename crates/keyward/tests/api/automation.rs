@@ -10,40 +10,12 @@ use crate::both;
 use crate::helpers::{spawn_node, spawn_with, Backend, Options, Receiver, TestApp};
 
 fn manual() -> Options {
-    let mut o = Options {
-        manual_clock: true,
-        ..Options::default()
-    };
+    let mut o = crate::helpers::manual();
     o.config.webhook_retry_base_ms = 1000;
     // The background worker then only wakes when a sweep or anomaly notifies it, so tests that
     // count attempts drive delivery themselves.
     o.config.webhook_poll_ms = 3_600_000;
     o
-}
-
-async fn on_manual_clock<F, Fut>(backend: Backend, f: F)
-where
-    F: FnOnce(TestApp) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    if let Some(app) = spawn_with(backend, manual()).await {
-        f(app).await;
-    }
-}
-
-macro_rules! manual_both {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::on_manual_clock(crate::helpers::Backend::Sqlite, super::$name).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::on_manual_clock(crate::helpers::Backend::Postgres, super::$name).await;
-            }
-        }
-    };
 }
 
 async fn an_expired_key_is_marked_once_audited_by_the_system_and_announced(app: TestApp) {
@@ -97,7 +69,10 @@ async fn an_expired_key_is_marked_once_audited_by_the_system_and_announced(app: 
     .await
     .expect(200);
 }
-manual_both!(an_expired_key_is_marked_once_audited_by_the_system_and_announced);
+both!(
+    an_expired_key_is_marked_once_audited_by_the_system_and_announced,
+    manual
+);
 
 async fn an_unused_key_is_revoked_for_inactivity_and_a_recent_use_saves_it(app: TestApp) {
     let rx = Receiver::start(0).await;
@@ -148,7 +123,10 @@ async fn an_unused_key_is_revoked_for_inactivity_and_a_recent_use_saves_it(app: 
         "an inactivity revocation emits only key.inactive_revoked"
     );
 }
-manual_both!(an_unused_key_is_revoked_for_inactivity_and_a_recent_use_saves_it);
+both!(
+    an_unused_key_is_revoked_for_inactivity_and_a_recent_use_saves_it,
+    manual
+);
 
 async fn a_policy_change_applies_to_the_next_sweep_and_flags_instead_of_revoking(app: TestApp) {
     let ks = app.keyspace(json!({"max_lifetime_secs": null, "inactivity_revoke_secs": null, "require_owner": false})).await;
@@ -203,7 +181,10 @@ async fn a_policy_change_applies_to_the_next_sweep_and_flags_instead_of_revoking
         "the new inactivity limit applies at once"
     );
 }
-manual_both!(a_policy_change_applies_to_the_next_sweep_and_flags_instead_of_revoking);
+both!(
+    a_policy_change_applies_to_the_next_sweep_and_flags_instead_of_revoking,
+    manual
+);
 
 async fn webhooks_are_signed_retried_with_backoff_and_listed(app: TestApp) {
     let rx = Receiver::start(2).await;
@@ -300,7 +281,7 @@ async fn webhooks_are_signed_retried_with_backoff_and_listed(app: TestApp) {
         404
     );
 }
-manual_both!(webhooks_are_signed_retried_with_backoff_and_listed);
+both!(webhooks_are_signed_retried_with_backoff_and_listed, manual);
 
 async fn deliveries_survive_a_restart_of_the_server(backend: Backend) {
     let Some(app) = spawn_with(backend, manual()).await else {
@@ -401,7 +382,7 @@ async fn two_nodes_sweeping_together_write_each_event_once(a: TestApp) {
     assert_eq!(a.get("/v1/audit/verify").await.body["ok"], true);
     b.stop().await;
 }
-manual_both!(two_nodes_sweeping_together_write_each_event_once);
+both!(two_nodes_sweeping_together_write_each_event_once, manual);
 
 async fn the_inventory_report_comes_as_json_and_csv(app: TestApp) {
     let ks = app.keyspace(json!({})).await;

@@ -7,34 +7,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::both;
-use crate::helpers::{Res, TestApp};
-
-/// Like `both!`, on a manual clock that moves only with `app.advance(secs)`.
-macro_rules! both_manual {
-    ($name:ident) => {
-        mod $name {
-            use crate::helpers::{spawn_with, Backend, Options};
-            fn opts() -> Options {
-                Options {
-                    manual_clock: true,
-                    ..Options::default()
-                }
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                if let Some(app) = spawn_with(Backend::Sqlite, opts()).await {
-                    super::$name(app).await;
-                }
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                if let Some(app) = spawn_with(Backend::Postgres, opts()).await {
-                    super::$name(app).await;
-                }
-            }
-        }
-    };
-}
+use crate::helpers::{manual, Res, TestApp};
 
 /// A request with exactly these headers and body bytes (no JSON encoding by the client).
 /// Oversized bodies go on a connection of their own: the server answers 413 without reading
@@ -740,7 +713,10 @@ async fn cursor_pagination_returns_every_key_once_newest_first(app: TestApp) {
 }
 
 // Keys created at distinct (manual) times, so "newest first" has one right answer.
-both_manual!(cursor_pagination_returns_every_key_once_newest_first);
+both!(
+    cursor_pagination_returns_every_key_once_newest_first,
+    manual
+);
 
 async fn keys_created_in_the_same_millisecond_page_by_id_without_loss(app: TestApp) {
     // On the manual clock every key has the same created_at: the id breaks the tie.
@@ -767,7 +743,10 @@ async fn keys_created_in_the_same_millisecond_page_by_id_without_loss(app: TestA
     assert_eq!(seen, sorted, "ties ordered by id, descending");
 }
 
-both_manual!(keys_created_in_the_same_millisecond_page_by_id_without_loss);
+both!(
+    keys_created_in_the_same_millisecond_page_by_id_without_loss,
+    manual
+);
 
 /// Follows `next_cursor` from `first` (a path with a query) to the end; returns the item ids.
 async fn all_pages(app: &TestApp, first: &str, field: &str) -> Vec<Value> {
@@ -831,7 +810,7 @@ async fn keyspaces_tokens_and_audit_events_page_newest_first(app: TestApp) {
     .await;
     assert_eq!(creates, keyspaces);
 }
-both_manual!(keyspaces_tokens_and_audit_events_page_newest_first);
+both!(keyspaces_tokens_and_audit_events_page_newest_first, manual);
 
 async fn an_unknown_query_parameter_is_400(app: TestApp) {
     let res = app.get("/v1/keys?ownr=alice").await;

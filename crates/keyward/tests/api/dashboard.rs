@@ -11,7 +11,7 @@ use serde_json::json;
 use std::sync::atomic::Ordering;
 
 use crate::both;
-use crate::helpers::{spawn_with, Backend, Options, Receiver, TestApp};
+use crate::helpers::{manual, spawn_with, Backend, Options, Receiver, TestApp};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -513,35 +513,6 @@ async fn disabling_a_user_ends_its_sessions_and_is_audited(app: TestApp) {
 }
 both!(disabling_a_user_ends_its_sessions_and_is_audited);
 
-/// Runs the setup-link body on both backends with a manual clock.
-macro_rules! both_manual {
-    ($name:ident) => {
-        mod $name {
-            use crate::helpers::{spawn_with, Backend, Options};
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let opts = Options {
-                    manual_clock: true,
-                    ..Options::default()
-                };
-                if let Some(app) = spawn_with(Backend::Sqlite, opts).await {
-                    super::$name(app).await;
-                }
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                let opts = Options {
-                    manual_clock: true,
-                    ..Options::default()
-                };
-                if let Some(app) = spawn_with(Backend::Postgres, opts).await {
-                    super::$name(app).await;
-                }
-            }
-        }
-    };
-}
-
 async fn post_setup(app: &TestApp, token: &str, email: &str) -> reqwest::Response {
     let http = client();
     let page = http
@@ -611,7 +582,7 @@ async fn the_setup_link_works_once_and_expires_within_an_hour(app: TestApp) {
     assert_eq!(ev.body["items"][0]["actor"]["type"], "user");
     assert_eq!(ev.body["items"][0]["target_type"], "user");
 }
-both_manual!(the_setup_link_works_once_and_expires_within_an_hour);
+both!(the_setup_link_works_once_and_expires_within_an_hour, manual);
 
 async fn an_unused_setup_link_stops_working_after_an_hour(app: TestApp) {
     let token = accounts::issue_setup_token(&app.state)
@@ -642,7 +613,7 @@ async fn an_unused_setup_link_stops_working_after_an_hour(app: TestApp) {
     );
     assert_eq!(app.state.store.users().count_users().await.unwrap(), 0);
 }
-both_manual!(an_unused_setup_link_stops_working_after_an_hour);
+both!(an_unused_setup_link_stops_working_after_an_hour, manual);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_end_after_their_idle_timeout() {
@@ -863,7 +834,10 @@ async fn the_usage_chart_shows_real_verifications_by_hour_and_outcome(app: TestA
         .unwrap();
     assert_eq!(attr(chart_tag(&month, "key-usage"), "data-valid"), "5");
 }
-both_manual!(the_usage_chart_shows_real_verifications_by_hour_and_outcome);
+both!(
+    the_usage_chart_shows_real_verifications_by_hour_and_outcome,
+    manual
+);
 
 async fn a_viewer_or_manager_neither_sees_nor_may_use_the_webhooks_page(app: TestApp) {
     add_user(&app, "v@example.com", Role::Viewer).await;

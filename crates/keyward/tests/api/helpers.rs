@@ -48,6 +48,14 @@ impl Drop for TempDir {
     }
 }
 
+/// Options with a manual clock that moves only with `app.advance(secs)`.
+pub fn manual() -> Options {
+    Options {
+        manual_clock: true,
+        ..Options::default()
+    }
+}
+
 pub struct Options {
     pub manual_clock: bool,
     pub config: Config,
@@ -152,9 +160,32 @@ async fn start(backend: Backend, db_url: String, dir: Option<TempDir>, opts: Opt
     }
 }
 
-/// Runs one async test body against both backends.
+/// Runs one async test body against both backends; `both!(name, opts)` starts the servers with
+/// the `Options` that `opts()` (a function in scope of the test) returns.
 #[macro_export]
 macro_rules! both {
+    ($name:ident, $opts:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                if let Some(app) =
+                    $crate::helpers::spawn_with($crate::helpers::Backend::Sqlite, super::$opts())
+                        .await
+                {
+                    super::$name(app).await;
+                }
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(app) =
+                    $crate::helpers::spawn_with($crate::helpers::Backend::Postgres, super::$opts())
+                        .await
+                {
+                    super::$name(app).await;
+                }
+            }
+        }
+    };
     ($name:ident) => {
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,34 +7,7 @@ use keyward_core::time::Timestamp;
 use serde_json::{json, Value};
 
 use crate::both;
-use crate::helpers::{Res, TestApp};
-
-/// Like `both!`, on a manual clock that moves only with `app.advance(secs)`.
-macro_rules! both_manual {
-    ($name:ident) => {
-        mod $name {
-            use crate::helpers::{spawn_with, Backend, Options};
-            fn opts() -> Options {
-                Options {
-                    manual_clock: true,
-                    ..Options::default()
-                }
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                if let Some(app) = spawn_with(Backend::Sqlite, opts()).await {
-                    super::$name(app).await;
-                }
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                if let Some(app) = spawn_with(Backend::Postgres, opts()).await {
-                    super::$name(app).await;
-                }
-            }
-        }
-    };
-}
+use crate::helpers::{manual, Res, TestApp};
 
 const DAY: i64 = 86_400;
 
@@ -366,7 +339,7 @@ async fn patching_a_keyspace_merges_its_policy_field_by_field(app: TestApp) {
         2
     );
 }
-both_manual!(patching_a_keyspace_merges_its_policy_field_by_field);
+both!(patching_a_keyspace_merges_its_policy_field_by_field, manual);
 
 // ---------------------------------------------------------------- key creation
 
@@ -620,7 +593,7 @@ async fn key_creation_enforces_the_keyspace_policy(app: TestApp) {
     }
     assert_eq!(list_ids(&app, &format!("keyspace_id={ks}")).await.len(), 4);
 }
-both_manual!(key_creation_enforces_the_keyspace_policy);
+both!(key_creation_enforces_the_keyspace_policy, manual);
 
 async fn invalid_key_fields_are_400(app: TestApp) {
     let ks = app.keyspace(json!({})).await;
@@ -962,7 +935,7 @@ async fn keys_can_be_listed_by_status(app: TestApp) {
         }
     }
 }
-both_manual!(keys_can_be_listed_by_status);
+both!(keys_can_be_listed_by_status, manual);
 
 async fn unused_for_secs_counts_from_creation_for_keys_never_used(app: TestApp) {
     let ks = app.keyspace(json!({})).await;
@@ -1008,7 +981,10 @@ async fn unused_for_secs_counts_from_creation_for_keys_never_used(app: TestApp) 
         set(&[&old_unused, &old_used, &fresh])
     );
 }
-both_manual!(unused_for_secs_counts_from_creation_for_keys_never_used);
+both!(
+    unused_for_secs_counts_from_creation_for_keys_never_used,
+    manual
+);
 
 // ---------------------------------------------------------------- PATCH
 
@@ -1192,7 +1168,7 @@ async fn patch_checks_expiry_against_the_policy(app: TestApp) {
         "POLICY_VIOLATION",
     );
 }
-both_manual!(patch_checks_expiry_against_the_policy);
+both!(patch_checks_expiry_against_the_policy, manual);
 
 async fn a_revoked_key_cannot_be_patched(app: TestApp) {
     let ks = app.keyspace(json!({})).await;
@@ -1288,7 +1264,7 @@ async fn revoke_needs_a_reason_and_is_idempotent(app: TestApp) {
         "NOT_FOUND",
     );
 }
-both_manual!(revoke_needs_a_reason_and_is_idempotent);
+both!(revoke_needs_a_reason_and_is_idempotent, manual);
 
 async fn an_expired_key_may_be_revoked(app: TestApp) {
     let ks = app.keyspace(json!({})).await;
@@ -1306,7 +1282,7 @@ async fn an_expired_key_may_be_revoked(app: TestApp) {
     assert_eq!(res.body["status"], "revoked");
     assert_eq!(app.verify_code(&key).await, "REVOKED");
 }
-both_manual!(an_expired_key_may_be_revoked);
+both!(an_expired_key_may_be_revoked, manual);
 
 async fn bulk_revoke_covers_every_live_key_of_the_owner(app: TestApp) {
     let ks = app.keyspace(json!({})).await;
@@ -1434,7 +1410,7 @@ async fn bulk_revoke_covers_every_live_key_of_the_owner(app: TestApp) {
         .expect(200);
     assert_eq!(res.body, json!({"revoked": 0, "key_ids": []}));
 }
-both_manual!(bulk_revoke_covers_every_live_key_of_the_owner);
+both!(bulk_revoke_covers_every_live_key_of_the_owner, manual);
 
 // ---------------------------------------------------------------- rotate
 
@@ -1553,7 +1529,10 @@ async fn rotation_copies_the_key_and_ends_the_old_one_after_its_grace(app: TestA
         "no plaintext in the audit trail"
     );
 }
-both_manual!(rotation_copies_the_key_and_ends_the_old_one_after_its_grace);
+both!(
+    rotation_copies_the_key_and_ends_the_old_one_after_its_grace,
+    manual
+);
 
 async fn rotation_grace_defaults_to_the_policy_and_never_extends_a_key(app: TestApp) {
     let ks = app.keyspace(json!({"rotation_grace_secs": 300})).await;
@@ -1593,7 +1572,10 @@ async fn rotation_grace_defaults_to_the_policy_and_never_extends_a_key(app: Test
         .expect(201);
     assert_eq!(ms(&succ2.body["expires_at"]), t0 + 10_000 + 500_000);
 }
-both_manual!(rotation_grace_defaults_to_the_policy_and_never_extends_a_key);
+both!(
+    rotation_grace_defaults_to_the_policy_and_never_extends_a_key,
+    manual
+);
 
 async fn rotation_with_zero_grace_revokes_the_old_key_at_once(app: TestApp) {
     let ks = app.keyspace(json!({})).await;
@@ -1732,7 +1714,7 @@ async fn rotating_a_revoked_rotated_or_expired_key_is_409(app: TestApp) {
     );
     assert_eq!(audit(&app, "action=key.rotate").await.len(), 3);
 }
-both_manual!(rotating_a_revoked_rotated_or_expired_key_is_409);
+both!(rotating_a_revoked_rotated_or_expired_key_is_409, manual);
 
 async fn a_disabled_key_rotates_into_a_disabled_successor(app: TestApp) {
     let ks = app.keyspace(json!({})).await;

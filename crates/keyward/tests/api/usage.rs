@@ -4,36 +4,13 @@
 use serde_json::{json, Value};
 
 use crate::both;
-use crate::helpers::{spawn_with, Backend, Options, Receiver, TestApp};
+use crate::helpers::{Options, Receiver, TestApp};
 
-async fn on_manual_clock<F, Fut>(backend: Backend, f: F)
-where
-    F: FnOnce(TestApp) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let mut o = Options {
-        manual_clock: true,
-        ..Options::default()
-    };
+/// A manual clock; the webhook worker wakes only when notified, so tests drive delivery.
+fn manual() -> Options {
+    let mut o = crate::helpers::manual();
     o.config.webhook_poll_ms = 3_600_000;
-    if let Some(app) = spawn_with(backend, o).await {
-        f(app).await;
-    }
-}
-
-macro_rules! manual_both {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::on_manual_clock(crate::helpers::Backend::Sqlite, super::$name).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::on_manual_clock(crate::helpers::Backend::Postgres, super::$name).await;
-            }
-        }
-    };
+    o
 }
 
 fn sum_valid(r: &Value) -> i64 {
@@ -137,7 +114,10 @@ async fn usage_buckets_agree_with_the_counters_at_every_granularity(app: TestApp
     assert_eq!(ksu.body["top_by_calls"][0]["key_id"], id);
     assert_eq!(ksu.body["top_by_denials"][0]["denied"], 3);
 }
-manual_both!(usage_buckets_agree_with_the_counters_at_every_granularity);
+both!(
+    usage_buckets_agree_with_the_counters_at_every_granularity,
+    manual
+);
 
 async fn anomalies(app: &TestApp, ks: &str) -> Vec<Value> {
     app.get(&format!("/v1/anomalies?keyspace_id={ks}"))
@@ -188,7 +168,10 @@ async fn a_new_source_address_is_an_anomaly_but_the_first_is_not(app: TestApp) {
     assert_eq!(got[0]["data"]["anomaly"]["kind"], "new_source");
     assert_eq!(got[0]["data"]["key"]["id"], id);
 }
-manual_both!(a_new_source_address_is_an_anomaly_but_the_first_is_not);
+both!(
+    a_new_source_address_is_an_anomaly_but_the_first_is_not,
+    manual
+);
 
 async fn a_key_used_again_after_a_long_silence_is_reported(app: TestApp) {
     let ks = app.keyspace(json!({"inactivity_revoke_secs": null})).await;
@@ -210,7 +193,7 @@ async fn a_key_used_again_after_a_long_silence_is_reported(app: TestApp) {
     assert_eq!(found[0]["key_id"], id);
     assert_eq!(found[0]["detail"]["silent_secs"], 31 * 86_400);
 }
-manual_both!(a_key_used_again_after_a_long_silence_is_reported);
+both!(a_key_used_again_after_a_long_silence_is_reported, manual);
 
 async fn a_spike_and_a_denied_burst_are_reported_and_steady_traffic_is_not(app: TestApp) {
     let ks = app.keyspace(json!({})).await;
@@ -274,7 +257,10 @@ async fn a_spike_and_a_denied_burst_are_reported_and_steady_traffic_is_not(app: 
         .expect(200);
     assert_eq!(since.body["items"], json!([]));
 }
-manual_both!(a_spike_and_a_denied_burst_are_reported_and_steady_traffic_is_not);
+both!(
+    a_spike_and_a_denied_burst_are_reported_and_steady_traffic_is_not,
+    manual
+);
 
 async fn metrics_count_verifications_cache_use_flushes_and_webhooks(app: TestApp) {
     let ks = app.keyspace(json!({})).await;

@@ -7,36 +7,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::both;
-use crate::helpers::{Options, Res, TestApp};
-
-/// Like `both!`, with the options of `super::$opts()`.
-macro_rules! both_with {
-    ($name:ident, $opts:ident) => {
-        mod $name {
-            use crate::helpers::{spawn_with, Backend};
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                if let Some(app) = spawn_with(Backend::Sqlite, super::$opts()).await {
-                    super::$name(app).await;
-                }
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                if let Some(app) = spawn_with(Backend::Postgres, super::$opts()).await {
-                    super::$name(app).await;
-                }
-            }
-        }
-    };
-}
-
-/// A manual clock that moves only with `app.advance(secs)`.
-fn manual() -> Options {
-    Options {
-        manual_clock: true,
-        ..Options::default()
-    }
-}
+use crate::helpers::{manual, Options, Res, TestApp};
 
 /// `KEYWARD_VERIFY_REQUIRES_TOKEN=true`.
 fn token_required() -> Options {
@@ -289,7 +260,7 @@ async fn codes_are_checked_in_the_documented_order(app: TestApp) {
     assert_eq!(k["denied_count"], 9);
     assert_eq!(k["remaining"], 0);
 }
-both_with!(codes_are_checked_in_the_documented_order, manual);
+both!(codes_are_checked_in_the_documented_order, manual);
 
 async fn a_disabled_expired_key_is_expired_and_a_disabled_one_is_disabled(app: TestApp) {
     let ks = app.keyspace(json!({})).await;
@@ -312,7 +283,7 @@ async fn a_disabled_expired_key_is_expired_and_a_disabled_one_is_disabled(app: T
         Some((&b, &ks)),
     );
 }
-both_with!(
+both!(
     a_disabled_expired_key_is_expired_and_a_disabled_one_is_disabled,
     manual
 );
@@ -521,7 +492,7 @@ async fn rate_limits_use_fixed_windows_aligned_to_the_epoch(app: TestApp) {
     app.clock.as_ref().unwrap().advance_millis(1);
     assert_eq!(app.verify_code(&odd).await, "VALID");
 }
-both_with!(rate_limits_use_fixed_windows_aligned_to_the_epoch, manual);
+both!(rate_limits_use_fixed_windows_aligned_to_the_epoch, manual);
 
 // ---------------------------------------------------------------- USAGE_EXCEEDED
 
@@ -612,7 +583,7 @@ async fn a_denial_takes_no_rate_limit_slot(app: TestApp) {
     assert_eq!(v["ratelimit"]["remaining"], 0);
     assert_eq!(app.verify_code(&key).await, "RATE_LIMITED");
 }
-both_with!(a_denial_takes_no_rate_limit_slot, manual);
+both!(a_denial_takes_no_rate_limit_slot, manual);
 
 // ---------------------------------------------------------------- answers
 
@@ -778,7 +749,7 @@ async fn control_plane_changes_are_seen_by_the_very_next_verification(app: TestA
     let res = fa(&app, Method::GET, "", &[("authorization", &bearer(&key))]).await;
     fa_error(&res, 401, "REVOKED");
 }
-both_with!(
+both!(
     control_plane_changes_are_seen_by_the_very_next_verification,
     manual
 );
@@ -830,7 +801,7 @@ async fn usage_counts_appear_after_a_flush(app: TestApp) {
         .expect(200);
     assert_eq!(list.body["items"][0]["call_count"], 3);
 }
-both_with!(usage_counts_appear_after_a_flush, manual);
+both!(usage_counts_appear_after_a_flush, manual);
 
 // ---------------------------------------------------------------- forward-auth
 
@@ -997,7 +968,7 @@ async fn forward_auth_maps_denials_to_401_and_403(app: TestApp) {
         fa_error(&fa(&app, Method::GET, bad, &h).await, 400, "BAD_REQUEST");
     }
 }
-both_with!(forward_auth_maps_denials_to_401_and_403, manual);
+both!(forward_auth_maps_denials_to_401_and_403, manual);
 
 async fn forward_auth_answers_429_with_retry_after_only_when_rate_limited(app: TestApp) {
     let ks = app.keyspace(json!({})).await;
@@ -1034,7 +1005,7 @@ async fn forward_auth_answers_429_with_retry_after_only_when_rate_limited(app: T
     // The quota forward-auth spent is the one /v1/verify sees.
     assert_eq!(app.verify_code(&quota).await, "USAGE_EXCEEDED");
 }
-both_with!(
+both!(
     forward_auth_answers_429_with_retry_after_only_when_rate_limited,
     manual
 );
@@ -1067,7 +1038,7 @@ async fn forward_auth_uses_x_forwarded_for_when_told_to_trust_it(app: TestApp) {
     let res = fa(&app, Method::GET, "", &[("x-api-key", &walled)]).await;
     fa_error(&res, 403, "IP_NOT_ALLOWED");
 }
-both_with!(
+both!(
     forward_auth_uses_x_forwarded_for_when_told_to_trust_it,
     trust_proxy
 );
@@ -1118,7 +1089,7 @@ async fn verification_can_require_a_verifier_token(app: TestApp) {
     let res = app.get_as(&verifier, "/v1/keys").await;
     assert_eq!((res.status, res.code()), (403, "FORBIDDEN"));
 }
-both_with!(verification_can_require_a_verifier_token, token_required);
+both!(verification_can_require_a_verifier_token, token_required);
 
 async fn forward_auth_takes_the_token_from_x_keyward_token(app: TestApp) {
     let ks = app.keyspace(json!({})).await;
@@ -1173,7 +1144,7 @@ async fn forward_auth_takes_the_token_from_x_keyward_token(app: TestApp) {
     app.flush().await;
     assert_eq!(get_key(&app, &id).await["call_count"], 2);
 }
-both_with!(
+both!(
     forward_auth_takes_the_token_from_x_keyward_token,
     token_required
 );
