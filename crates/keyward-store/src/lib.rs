@@ -330,8 +330,9 @@ pub trait Store: Send + Sync + 'static {
         page: &Page<TimeCursor>,
     ) -> Result<Vec<Attempt>>;
 
-    /// Buckets of one granularity (`m`, `h`, `d`) with `from <= start < to`, oldest first;
-    /// `key_ids` None means every key.
+    /// Buckets of one granularity (`m`, `h`, `d`) with `from <= start < to`, ordered by
+    /// (start, key id, code); `key_ids` None means every key. Hours and days include the minute
+    /// counts not yet rolled up.
     async fn usage(
         &self,
         key_ids: Option<&[String]>,
@@ -347,8 +348,14 @@ pub trait Store: Send + Sync + 'static {
         from: Timestamp,
         to: Timestamp,
     ) -> Result<Vec<Bucket>>;
-    /// Deletes buckets of a granularity that start before `before`; returns how many.
+    /// Deletes buckets of a granularity that start before `before`; returns how many. Minute
+    /// buckets not yet rolled up are kept.
     async fn prune_usage(&self, granularity: &str, before: Timestamp) -> Result<u64>;
+    /// Adds what minute buckets gained since the last roll-up to their hour and day buckets, in
+    /// one transaction (exactly once, also when several nodes roll up at the same time); returns
+    /// how many minute buckets it took. Reads of hours and days already include what is not
+    /// rolled up yet: the roll-up keeps those reads cheap, it does not make them current.
+    async fn rollup_usage(&self) -> Result<u64>;
     async fn sources(&self, key_id: &str) -> Result<Vec<Source>>;
     /// Every address on record for the key.
     async fn known_sources(&self, key_id: &str) -> Result<Vec<String>>;

@@ -232,6 +232,8 @@ macro_rules! sql_backend {
             row.as_ref().map(token_from_row).transpose()
         }
 
+        const MINUTE: i64 = 60_000;
+
         async fn usage_in(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, deltas: &[UsageDelta]) -> Result<()> {
             // A batch is written in a few multi-row statements (not a few per key): a flush of
             // thousands of keys must cost the server little.
@@ -256,16 +258,89 @@ macro_rules! sql_backend {
                 q.push(") AS v WHERE keys.id = v.column1");
                 q.build().execute(&mut *conn).await.map_err(map_err)?;
             }
-            // Buckets of all three sizes, summed here so that each row appears once per statement.
+            // Minute buckets only (hours and days are rolled up by the sweep, see
+            // `rollup_usage`), summed here so that each row appears once per statement.
             let mut rows: std::collections::BTreeMap<(&str, &str, i64, &str), i64> = std::collections::BTreeMap::new();
             for d in deltas {
                 for (minute, code, n) in &d.buckets {
-                    for (g, len) in GRANULARITIES {
-                        *rows.entry((d.key_id.as_str(), g, minute.div_euclid(len) * len, code.as_str())).or_default() += *n;
-                    }
+                    *rows.entry((d.key_id.as_str(), "m", minute.div_euclid(MINUTE) * MINUTE, code.as_str())).or_default() += *n;
                 }
             }
             let rows: Vec<_> = rows.into_iter().collect();
+            upsert_buckets(&mut *conn, &rows).await?;
+            usage_rest(&mut *conn, node, deltas).await
+        }
+
+        /// Moves what minute buckets gained since the last roll-up into hours and days. The
+        /// claiming update takes each minute's gain exactly once: on PostgreSQL a concurrent
+        /// roll-up waits for the row and then finds nothing left to take; SQLite has one writer.
+        async fn rollup_in(conn: &mut <$DB as sqlx::Database>::Connection) -> Result<u64> {
+            let taken = sqlx::query(
+                "UPDATE usage_buckets SET pending = n - rolled, rolled = n \
+                 WHERE granularity = 'm' AND n <> rolled RETURNING key_id, start_at, code, pending",
+            )
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(map_err)?;
+            let mut minutes = Vec::with_capacity(taken.len());
+            for r in &taken {
+                minutes.push((get::<String>(r, "key_id")?, get::<i64>(r, "start_at")?, get::<String>(r, "code")?, get::<i64>(r, "pending")?));
+            }
+            let mut rows: std::collections::BTreeMap<(&str, &str, i64, &str), i64> = std::collections::BTreeMap::new();
+            for (key_id, minute, code, n) in &minutes {
+                for (g, len) in &GRANULARITIES[1..] {
+                    *rows.entry((key_id.as_str(), g, minute.div_euclid(*len) * len, code.as_str())).or_default() += *n;
+                }
+            }
+            let rows: Vec<_> = rows.into_iter().collect();
+            upsert_buckets(&mut *conn, &rows).await?;
+            Ok(minutes.len() as u64)
+        }
+
+        /// Bucket rows of one granularity, with (for hours and days) what minute buckets hold
+        /// that is not rolled up yet, in one statement (one snapshot: a roll-up in between can
+        /// neither hide nor double a count). `key_filter` appends the key condition.
+        async fn buckets_in<'e, E>(
+            exec: E,
+            granularity: &str,
+            from: Timestamp,
+            to: Timestamp,
+            key_filter: &(dyn Fn(&mut sqlx::QueryBuilder<'_, $DB>) + Sync),
+        ) -> Result<Vec<Bucket>>
+        where
+            E: sqlx::Executor<'e, Database = $DB>,
+        {
+            let len = GRANULARITIES.iter().find(|(g, _)| *g == granularity).map(|(_, l)| *l).unwrap_or(MINUTE);
+            let mut q = sqlx::QueryBuilder::<$DB>::new("SELECT key_id, start_at, code, n FROM usage_buckets WHERE granularity = ");
+            q.push_bind(granularity.to_string());
+            q.push(" AND start_at >= ").push_bind(from.millis());
+            q.push(" AND start_at < ").push_bind(to.millis());
+            key_filter(&mut q);
+            if len != MINUTE {
+                // Minute m belongs to bucket floor(m); floor(m) in [from, to) <=> m in [ceil(from), ceil(to)).
+                let ceil = |t: i64| t.div_euclid(len) * len + if t.rem_euclid(len) == 0 { 0 } else { len };
+                q.push(" UNION ALL SELECT key_id, start_at, code, n - rolled AS n FROM usage_buckets WHERE granularity = 'm' AND n <> rolled");
+                q.push(" AND start_at >= ").push_bind(ceil(from.millis()));
+                q.push(" AND start_at < ").push_bind(ceil(to.millis()));
+                key_filter(&mut q);
+            }
+            let rows = q.build().fetch_all(exec).await.map_err(map_err)?;
+            let mut sums: std::collections::BTreeMap<(i64, String, String), i64> = std::collections::BTreeMap::new();
+            for r in &rows {
+                let start = get::<i64>(r, "start_at")?.div_euclid(len) * len;
+                *sums.entry((start, get(r, "key_id")?, get(r, "code")?)).or_default() += get::<i64>(r, "n")?;
+            }
+            Ok(sums
+                .into_iter()
+                .map(|((start, key_id, code), n)| Bucket { key_id, start: Timestamp::from_millis(start), code, n })
+                .collect())
+        }
+
+        async fn upsert_buckets(
+            conn: &mut <$DB as sqlx::Database>::Connection,
+            rows: &[((&str, &str, i64, &str), i64)],
+        ) -> Result<()> {
+            const CHUNK: usize = 200;
             for chunk in rows.chunks(CHUNK) {
                 let mut q = sqlx::QueryBuilder::<$DB>::new("INSERT INTO usage_buckets (key_id, granularity, start_at, code, n) ");
                 q.push_values(chunk, |mut b, ((key_id, g, start, code), n)| {
@@ -278,6 +353,10 @@ macro_rules! sql_backend {
                 q.push(" ON CONFLICT (key_id, granularity, start_at, code) DO UPDATE SET n = usage_buckets.n + excluded.n");
                 q.build().execute(&mut *conn).await.map_err(map_err)?;
             }
+            Ok(())
+        }
+
+        async fn usage_rest(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, deltas: &[UsageDelta]) -> Result<()> {
             for d in deltas {
                 if d.consumed != 0 {
                     // Quota is spent from this node's lease (see `lease_quota`).
@@ -1044,57 +1123,33 @@ macro_rules! sql_backend {
             }
 
             async fn usage(&self, key_ids: Option<&[String]>, granularity: &str, from: Timestamp, to: Timestamp) -> Result<Vec<Bucket>> {
-                let mut q = sqlx::QueryBuilder::<$DB>::new("SELECT key_id, start_at, code, n FROM usage_buckets WHERE granularity = ");
-                q.push_bind(granularity.to_string());
-                q.push(" AND start_at >= ").push_bind(from.millis());
-                q.push(" AND start_at < ").push_bind(to.millis());
-                push_in(&mut q, "key_id", &key_ids.map(<[String]>::to_vec));
-                q.push(" ORDER BY start_at, key_id, code");
-                let rows = q.build().fetch_all(&self.pool).await.map_err(map_err)?;
-                rows.iter()
-                    .map(|r| {
-                        Ok(Bucket {
-                            key_id: get(r, "key_id")?,
-                            start: Timestamp::from_millis(get(r, "start_at")?),
-                            code: get(r, "code")?,
-                            n: get(r, "n")?,
-                        })
-                    })
-                    .collect()
+                let ids = key_ids.map(<[String]>::to_vec);
+                buckets_in(&self.pool, granularity, from, to, &|q| push_in(q, "key_id", &ids)).await
             }
 
             async fn usage_of_keyspace(&self, keyspace_id: &str, granularity: &str, from: Timestamp, to: Timestamp) -> Result<Vec<Bucket>> {
-                let rows = sqlx::query(
-                    "SELECT key_id, start_at, code, n FROM usage_buckets WHERE granularity = $1 AND start_at >= $2 AND start_at < $3 \
-                     AND key_id IN (SELECT id FROM keys WHERE keyspace_id = $4) ORDER BY start_at, key_id, code",
-                )
-                .bind(granularity)
-                .bind(from.millis())
-                .bind(to.millis())
-                .bind(keyspace_id)
-                .fetch_all(&self.pool)
+                buckets_in(&self.pool, granularity, from, to, &|q| {
+                    q.push(" AND key_id IN (SELECT id FROM keys WHERE keyspace_id = ").push_bind(keyspace_id.to_string()).push(")");
+                })
                 .await
-                .map_err(map_err)?;
-                rows.iter()
-                    .map(|r| {
-                        Ok(Bucket {
-                            key_id: get(r, "key_id")?,
-                            start: Timestamp::from_millis(get(r, "start_at")?),
-                            code: get(r, "code")?,
-                            n: get(r, "n")?,
-                        })
-                    })
-                    .collect()
             }
 
             async fn prune_usage(&self, granularity: &str, before: Timestamp) -> Result<u64> {
-                let r = sqlx::query("DELETE FROM usage_buckets WHERE granularity = $1 AND start_at < $2")
+                // A minute bucket leaves only once its count is in its hour and day.
+                let r = sqlx::query("DELETE FROM usage_buckets WHERE granularity = $1 AND start_at < $2 AND (granularity <> 'm' OR n = rolled)")
                     .bind(granularity)
                     .bind(before.millis())
                     .execute(&self.pool)
                     .await
                     .map_err(map_err)?;
                 Ok(r.rows_affected())
+            }
+
+            async fn rollup_usage(&self) -> Result<u64> {
+                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let n = rollup_in(&mut *tx).await?;
+                tx.commit().await.map_err(map_err)?;
+                Ok(n)
             }
 
             async fn sources(&self, key_id: &str) -> Result<Vec<Source>> {
@@ -1362,6 +1417,10 @@ pub mod sqlite {
             4,
             include_str!("../migrations/sqlite/0004_quota_leases.sql"),
         ),
+        (
+            5,
+            include_str!("../migrations/sqlite/0005_usage_rollup.sql"),
+        ),
     ];
 
     /// The embedded single-node backend: one SQLite file in WAL mode.
@@ -1460,6 +1519,10 @@ pub mod postgres {
         (
             4,
             include_str!("../migrations/postgres/0004_quota_leases.sql"),
+        ),
+        (
+            5,
+            include_str!("../migrations/postgres/0005_usage_rollup.sql"),
         ),
     ];
     /// Advisory lock id held while migrating, so nodes starting together migrate once.

@@ -217,7 +217,11 @@ async fn apply_usage_writes_minute_hour_and_day_buckets(store: Arc<dyn Store>) {
         ])
         .await
         .unwrap();
+    // The sweep's roll-up takes every minute bucket written so far (once).
+    assert_eq!(store.rollup_usage().await.unwrap(), 5);
+    assert_eq!(store.rollup_usage().await.unwrap(), 0);
     // A later batch adds to the same buckets; a time inside a minute counts in that minute.
+    // Hours and days read below see it before any roll-up.
     store
         .apply_usage(&[counts(
             &a.id,
@@ -306,14 +310,12 @@ async fn apply_usage_writes_minute_hour_and_day_buckets(store: Arc<dyn Store>) {
     );
     assert!(usage(Some(&[]), "m", T0, T0 + DAY).await.is_empty());
 
-    // Pruning one granularity leaves the others.
-    assert_eq!(
-        store
-            .prune_usage("m", Timestamp::from_millis(T0 + MINUTE))
-            .await
-            .unwrap(),
-        3
-    );
+    // Pruning one granularity leaves the others; a minute leaves only once it is rolled up
+    // (here only b's: a's first minute gained counts after the roll-up).
+    let prune_minutes = || store.prune_usage("m", Timestamp::from_millis(T0 + MINUTE));
+    assert_eq!(prune_minutes().await.unwrap(), 1);
+    assert_eq!(store.rollup_usage().await.unwrap(), 2);
+    assert_eq!(prune_minutes().await.unwrap(), 2);
     assert_eq!(
         usage(None, "m", 0, T0 + DAY).await,
         vec![
@@ -508,3 +510,67 @@ async fn copy_sources_gives_a_successor_its_predecessors_addresses(store: Arc<dy
 conformance!(copy_sources_gives_a_successor_its_predecessors_addresses
     => sqlite_copy_sources_gives_a_successor_its_predecessors_addresses,
        postgres_copy_sources_gives_a_successor_its_predecessors_addresses);
+
+/// Roll-ups racing each other and the flusher (as several nodes' sweeps and flushes do) move
+/// every count into hours and days exactly once.
+async fn concurrent_rollups_count_every_minute_once(store: Arc<dyn Store>) {
+    let ks = new_keyspace(&store, "acme").await;
+    let keys: Vec<_> = (0..4).map(|_| key(&ks, at(0)).key).collect();
+    insert_keys(&store, &keys.iter().collect::<Vec<_>>()).await;
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let store = store.clone();
+        let ids: Vec<String> = keys.iter().map(|k| k.id.clone()).collect();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25i64 {
+                let minute = T0 + (i % 3) * HOUR + (w * 7 % 60) * MINUTE;
+                let batch: Vec<_> = ids
+                    .iter()
+                    .map(|id| counts(id, &[(minute, "VALID", 1)]))
+                    .collect();
+                store.apply_usage(&batch).await.unwrap();
+                if i % 5 == w {
+                    store.rollup_usage().await.unwrap();
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let total = |g: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .usage(
+                    None,
+                    g,
+                    Timestamp::from_millis(0),
+                    Timestamp::from_millis(T0 + 2 * DAY),
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|b| b.n)
+                .sum::<i64>()
+        }
+    };
+    // 4 writers x 25 batches x 4 keys, seen whole before and after the last roll-up.
+    for _ in 0..2 {
+        assert_eq!(total("m").await, 400);
+        assert_eq!(total("h").await, 400);
+        assert_eq!(total("d").await, 400);
+        store.rollup_usage().await.unwrap();
+    }
+    assert_eq!(store.rollup_usage().await.unwrap(), 0);
+    // Everything is rolled up: pruning every minute leaves hours and days whole.
+    store
+        .prune_usage("m", Timestamp::from_millis(T0 + 2 * DAY))
+        .await
+        .unwrap();
+    assert_eq!(total("m").await, 0);
+    assert_eq!((total("h").await, total("d").await), (400, 400));
+}
+conformance!(concurrent_rollups_count_every_minute_once
+    => sqlite_concurrent_rollups_count_every_minute_once,
+       postgres_concurrent_rollups_count_every_minute_once);
