@@ -60,9 +60,18 @@ pub fn grants(key_scope: &str, requested: &str) -> bool {
 
 /// Whether the key's scopes grant every requested scope.
 pub fn all_granted(key_scopes: &[String], requested: &[String]) -> bool {
+    all_granted_by(key_scopes.iter().map(String::as_str), requested)
+}
+
+/// [`all_granted`] over any listing of the key's scopes (the verification cache keeps them
+/// inside one string).
+pub fn all_granted_by<'a, I>(key_scopes: I, requested: &[String]) -> bool
+where
+    I: Iterator<Item = &'a str> + Clone,
+{
     requested
         .iter()
-        .all(|r| key_scopes.iter().any(|k| grants(k, r)))
+        .all(|r| key_scopes.clone().any(|k| grants(k, r)))
 }
 
 #[cfg(test)]

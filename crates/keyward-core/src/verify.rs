@@ -64,12 +64,12 @@ pub struct Rules {
     pub enabled: bool,
     /// `None`: any address. `Some(empty)`: no address.
     pub allowed: Option<Vec<ipnet::IpNet>>,
-    pub scopes: Vec<String>,
 }
 
 /// Checks that need no mutable state: `REVOKED` .. `INSUFFICIENT_SCOPE`.
-pub fn check_rules(
+pub fn check_rules<'a>(
     rules: &Rules,
+    key_scopes: impl Iterator<Item = &'a str> + Clone,
     requested_scopes: &[String],
     ip: Option<IpAddr>,
     now: Timestamp,
@@ -89,7 +89,7 @@ pub fn check_rules(
             _ => return Err(Code::IpNotAllowed),
         }
     }
-    if !crate::scope::all_granted(&rules.scopes, requested_scopes) {
+    if !crate::scope::all_granted_by(key_scopes, requested_scopes) {
         return Err(Code::InsufficientScope);
     }
     Ok(())
@@ -161,13 +161,14 @@ pub fn check_and_consume(
 mod tests {
     use super::*;
 
+    const SCOPES: [&str; 1] = ["orders:*"];
+
     fn rules() -> Rules {
         Rules {
             revoked: false,
             expires_at: None,
             enabled: true,
             allowed: None,
-            scopes: vec!["orders:*".into()],
         }
     }
 
@@ -178,23 +179,35 @@ mod tests {
         r.revoked = true;
         r.expires_at = Some(now);
         r.enabled = false;
-        assert_eq!(check_rules(&r, &[], None, now), Err(Code::Revoked));
+        assert_eq!(
+            check_rules(&r, SCOPES.iter().copied(), &[], None, now),
+            Err(Code::Revoked)
+        );
         r.revoked = false;
-        assert_eq!(check_rules(&r, &[], None, now), Err(Code::Expired));
+        assert_eq!(
+            check_rules(&r, SCOPES.iter().copied(), &[], None, now),
+            Err(Code::Expired)
+        );
         r.expires_at = None;
-        assert_eq!(check_rules(&r, &[], None, now), Err(Code::Disabled));
+        assert_eq!(
+            check_rules(&r, SCOPES.iter().copied(), &[], None, now),
+            Err(Code::Disabled)
+        );
         r.enabled = true;
         r.allowed = Some(vec!["10.0.0.0/8".parse().unwrap()]);
         assert_eq!(
-            check_rules(&r, &["x".into()], None, now),
+            check_rules(&r, SCOPES.iter().copied(), &["x".into()], None, now),
             Err(Code::IpNotAllowed)
         );
         let ip = Some("10.1.2.3".parse().unwrap());
         assert_eq!(
-            check_rules(&r, &["x".into()], ip, now),
+            check_rules(&r, SCOPES.iter().copied(), &["x".into()], ip, now),
             Err(Code::InsufficientScope)
         );
-        assert_eq!(check_rules(&r, &["orders:read".into()], ip, now), Ok(()));
+        assert_eq!(
+            check_rules(&r, SCOPES.iter().copied(), &["orders:read".into()], ip, now),
+            Ok(())
+        );
     }
 
     #[test]

@@ -15,6 +15,10 @@
 
 mod common;
 
+/// The allocator `keyward serve` runs with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::mem::size_of;
 
 use common::{rss_bytes, KeyMaker, TempDir, KEY_LEN};

@@ -30,6 +30,10 @@
 
 mod common;
 
+/// The allocator `keyward serve` runs with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::hint::black_box;
@@ -69,7 +73,6 @@ fn rules_of(key: &Key) -> Rules {
         expires_at: key.expires_at,
         enabled: key.enabled,
         allowed: None,
-        scopes: key.scopes.clone(),
     }
 }
 
@@ -79,6 +82,7 @@ fn steps(c: &mut Criterion) {
     let mut malformed = k.to_string();
     malformed.replace_range(KEY_LEN - 1.., if k.ends_with('0') { "1" } else { "0" });
     let rules = rules_of(&key);
+    let scopes = || key.scopes.iter().map(String::as_str);
     let requested = vec!["orders:read".to_string()];
 
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
@@ -97,14 +101,14 @@ fn steps(c: &mut Criterion) {
     let mut remaining = None;
     g.bench_function("decision", |b| {
         b.iter(|| {
-            let ok = check_rules(black_box(&rules), &[], None, now).is_ok();
+            let ok = check_rules(black_box(&rules), scopes(), &[], None, now).is_ok();
             let r = check_and_consume(key.ratelimit, &mut window, &mut remaining, 1, now);
             black_box((ok, r.is_ok()))
         })
     });
     g.bench_function("decision_one_scope", |b| {
         b.iter(|| {
-            let ok = check_rules(black_box(&rules), &requested, None, now).is_ok();
+            let ok = check_rules(black_box(&rules), scopes(), &requested, None, now).is_ok();
             let r = check_and_consume(key.ratelimit, &mut window, &mut remaining, 1, now);
             black_box((ok, r.is_ok()))
         })

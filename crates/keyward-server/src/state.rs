@@ -11,8 +11,20 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::verifier::Verifier;
 
+/// What every handler and job shares. One `Arc`: axum clones the state for every request (the
+/// route's service and the `State` extractor), so a clone must cost one reference count, not
+/// one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
     pub config: Arc<Config>,
@@ -48,7 +60,7 @@ impl AppState {
             redis,
         ));
         verifier.set_usage_counting(config.usage_counting);
-        AppState {
+        AppState(Arc::new(Shared {
             store,
             clock,
             throttle: Arc::new(AuthThrottle::new(config.auth_failure_limit, 60)),
@@ -59,7 +71,7 @@ impl AppState {
             token_touched: Arc::new(Mutex::new(HashMap::new())),
             accounts: Arc::new(crate::accounts::Accounts::default()),
             webhook_wake: Arc::new(tokio::sync::Notify::new()),
-        }
+        }))
     }
 }
 

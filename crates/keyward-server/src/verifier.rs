@@ -48,8 +48,9 @@ const NEGATIVE_PER_SHARD: usize = 4096;
 
 /// Per-key state that changes with each verification.
 pub struct Live {
-    pub key_id: String,
-    pub keyspace_id: String,
+    /// The key id, then its keyspace's id (one allocation).
+    ids: Box<str>,
+    keyspace_at: u32,
     state: Mutex<LiveState>,
     queued: AtomicBool,
     /// Set when another node changed the key: the next load takes `remaining` from the store.
@@ -75,15 +76,50 @@ struct LiveState {
     consumed: i64,
     /// Verifications by (minute start ms, code) since the last flush.
     buckets: Vec<(i64, Code, i64)>,
-    /// Source addresses since the last flush: (address, first, last, count).
-    sources: Vec<(IpAddr, Timestamp, Timestamp, i64)>,
+    /// What few keys need (addresses, reactivations): boxed, so that most keys pay a pointer.
+    extra: Option<Box<Extra>>,
     /// The last valid use this node knows of (for `dormant_reactivated`).
     previous_use: Option<Timestamp>,
+}
+
+#[derive(Default)]
+struct Extra {
+    /// Source addresses since the last flush: (address, first, last, count).
+    sources: Vec<(IpAddr, Timestamp, Timestamp, i64)>,
     /// Valid uses after a long silence since the last flush: (previous use, this use).
     reactivations: Vec<(Timestamp, Timestamp)>,
     /// Addresses this node knows the key has been seen from (for `new_source`), bounded.
     known_sources: std::collections::HashSet<String>,
 }
+
+impl Live {
+    pub fn key_id(&self) -> &str {
+        self.ids.get(..self.keyspace_at as usize).unwrap_or("")
+    }
+    pub fn keyspace_id(&self) -> &str {
+        self.ids.get(self.keyspace_at as usize..).unwrap_or("")
+    }
+}
+
+/// The live cells by key id (the set borrows the id from the cell: no second copy).
+struct ById(Arc<Live>);
+
+impl std::borrow::Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        self.0.key_id()
+    }
+}
+impl std::hash::Hash for ById {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.0.key_id().hash(h)
+    }
+}
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key_id() == other.0.key_id()
+    }
+}
+impl Eq for ById {}
 
 impl LiveState {
     fn record(&mut self, code: Code, ip: Option<IpAddr>, now: Timestamp) {
@@ -98,13 +134,14 @@ impl LiveState {
             None => self.buckets.push((minute, code, 1)),
         }
         if let Some(ip) = ip {
-            let full = self.sources.len() >= SOURCES_PER_FLUSH;
-            match self.sources.iter_mut().find(|s| s.0 == ip) {
+            let sources = &mut self.extra.get_or_insert_with(Box::default).sources;
+            let full = sources.len() >= SOURCES_PER_FLUSH;
+            match sources.iter_mut().find(|s| s.0 == ip) {
                 Some(s) => {
                     s.2 = s.2.max(now);
                     s.3 += 1;
                 }
-                None if !full => self.sources.push((ip, now, now, 1)),
+                None if !full => sources.push((ip, now, now, 1)),
                 None => {}
             }
         }
@@ -126,21 +163,127 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl Entry {
-    /// The key's scopes (kept once, in its rules).
-    pub fn scopes(&self) -> &[String] {
-        &self.rules.scopes
-    }
+/// A cached key: what the decision and the answer read, compactly (the cache holds millions),
+/// plus its live counters.
+pub struct Entry {
+    /// The part of a `VALID` answer that depends only on the key, as JSON members without the
+    /// braces (`"key_id":..,"keyspace_id":..,"name":..,"owner":..,"scopes":[..],"labels":..,
+    /// "meta":..,"expires_at":..`), rendered once per load and copied into each answer, followed
+    /// by the owner as it is (for forward-auth's header). Ids and scopes need no JSON escaping
+    /// (their grammars exclude it), so they are read straight out of it.
+    text: Box<str>,
+    /// Where the keyspace id starts, and the two ids' lengths.
+    keyspace_at: u32,
+    id_len: u32,
+    keyspace_len: u32,
+    /// The scope list's members (`"a","b"`), and where the answer ends (the owner follows).
+    scopes_at: u32,
+    scopes_len: u32,
+    answer_len: u32,
+    has_owner: bool,
+    rules: Rules,
+    ratelimit: Option<keyward_core::model::RateLimit>,
+    live: Arc<Live>,
+    /// Where quota is drawn from during a rotation grace period: the successor's cell (so a
+    /// rotation never doubles a quota); `None`: the key's own.
+    quota: Option<Arc<Live>>,
 }
 
-/// A cached key: its immutable state at load time plus its live counters.
-pub struct Entry {
-    pub key: Key,
-    rules: Rules,
-    live: Arc<Live>,
-    /// Where quota is drawn from: the key's own [`Live`], or its successor's during a rotation
-    /// grace period (so rotation never doubles a quota).
-    quota: Arc<Live>,
+/// Where the key id starts in [`Entry::text`]: after `"key_id":"`.
+const ID_AT: usize = 10;
+
+impl Entry {
+    fn new(key: &Key, rules: Rules, live: Arc<Live>, quota: Option<Arc<Live>>) -> Entry {
+        fn json(t: &mut String, v: &impl serde::Serialize) {
+            match serde_json::to_string(v) {
+                Ok(j) => t.push_str(&j),
+                Err(_) => t.push_str("null"),
+            }
+        }
+        let mut t = String::with_capacity(256);
+        t.push_str("\"key_id\":");
+        json(&mut t, &key.id);
+        t.push_str(",\"keyspace_id\":");
+        let keyspace_at = t.len() + 1;
+        json(&mut t, &key.keyspace_id);
+        t.push_str(",\"name\":");
+        json(&mut t, &key.name);
+        t.push_str(",\"owner\":");
+        json(&mut t, &key.owner);
+        t.push_str(",\"scopes\":[");
+        let scopes_at = t.len();
+        for (i, scope) in key.scopes.iter().enumerate() {
+            if i > 0 {
+                t.push(',');
+            }
+            json(&mut t, scope);
+        }
+        let scopes_len = t.len() - scopes_at;
+        t.push_str("],\"labels\":");
+        json(&mut t, &key.labels);
+        t.push_str(",\"meta\":");
+        json(&mut t, &key.meta);
+        t.push_str(",\"expires_at\":");
+        json(&mut t, &key.expires_at);
+        let answer_len = t.len();
+        if let Some(owner) = &key.owner {
+            t.push_str(owner);
+        }
+        let n = |x: usize| u32::try_from(x).unwrap_or(u32::MAX);
+        Entry {
+            text: t.into_boxed_str(),
+            keyspace_at: n(keyspace_at),
+            id_len: n(key.id.len()),
+            keyspace_len: n(key.keyspace_id.len()),
+            scopes_at: n(scopes_at),
+            scopes_len: n(scopes_len),
+            answer_len: n(answer_len),
+            has_owner: key.owner.is_some(),
+            rules,
+            ratelimit: key.ratelimit,
+            live,
+            quota,
+        }
+    }
+
+    fn span(&self, at: u32, len: u32) -> &str {
+        self.text
+            .get(at as usize..at as usize + len as usize)
+            .unwrap_or("")
+    }
+
+    pub fn key_id(&self) -> &str {
+        self.span(ID_AT as u32, self.id_len)
+    }
+
+    pub fn keyspace_id(&self) -> &str {
+        self.span(self.keyspace_at, self.keyspace_len)
+    }
+
+    pub fn owner(&self) -> Option<&str> {
+        self.has_owner
+            .then(|| self.text.get(self.answer_len as usize..).unwrap_or(""))
+    }
+
+    /// See [`Entry::text`].
+    pub fn answer(&self) -> &str {
+        self.span(0, self.answer_len)
+    }
+
+    /// The key's scopes.
+    pub fn scopes(&self) -> impl Iterator<Item = &str> + Clone {
+        let list = self.span(self.scopes_at, self.scopes_len);
+        let inner = list
+            .strip_prefix('"')
+            .and_then(|l| l.strip_suffix('"'))
+            .unwrap_or("");
+        inner.split("\",\"").filter(|s| !s.is_empty())
+    }
+
+    /// The cell quota is drawn from.
+    fn quota_cell(&self) -> &Arc<Live> {
+        self.quota.as_ref().unwrap_or(&self.live)
+    }
 }
 
 enum Slot {
@@ -245,7 +388,7 @@ pub struct Verifier {
     metrics: Arc<Metrics>,
     shards: Vec<RwLock<Shard>>,
     /// Live state by key id.
-    live: Mutex<HashMap<String, Arc<Live>>>,
+    live: Mutex<std::collections::HashSet<ById>>,
     /// Live cells with counts not yet written (each at most once, see `Live::queued`).
     dirty: Mutex<Vec<Arc<Live>>>,
     /// Bumped by every invalidation; a load that saw another epoch does not cache its result.
@@ -279,7 +422,7 @@ impl Verifier {
             clock,
             metrics,
             shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
-            live: Mutex::new(HashMap::new()),
+            live: Mutex::new(std::collections::HashSet::new()),
             dirty: Mutex::new(Vec::new()),
             epoch: AtomicU64::new(0),
             dormant_after_ms: dormant_after_secs.saturating_mul(1000),
@@ -297,6 +440,57 @@ impl Verifier {
 
     /// Verifies one request. `Err` only when the key is not cached and the store cannot be read.
     pub async fn verify(&self, req: &Request<'_>) -> Result<Outcome, StoreError> {
+        match self.verify_cached(req) {
+            Some(outcome) => Ok(outcome),
+            // Boxed: the common case above keeps its future small (no room for store calls).
+            None => Box::pin(self.verify_slow(req)).await,
+        }
+    }
+
+    /// The common case, without waiting: a malformed key, or a cached key whose answer needs
+    /// neither Redis nor a quota lease. `None`: take the slow path (which starts over).
+    fn verify_cached(&self, req: &Request<'_>) -> Option<Outcome> {
+        let not_found = Outcome::Denied {
+            code: Code::NotFound,
+            entry: None,
+            reset_at: None,
+        };
+        match keyformat::parse(req.key) {
+            Some(p) if p.prefix != TOKEN_PREFIX => {}
+            _ => return Some(not_found),
+        }
+        let now = self.clock.now();
+        let hash = KeyHash::of(req.key);
+        let entry = {
+            let shard = self.shard(&hash).read().unwrap_or_else(|p| p.into_inner());
+            match shard.get(&hash)? {
+                Slot::Found(e) => e.clone(),
+                Slot::Missing => {
+                    drop(shard);
+                    self.metrics.cache_hit();
+                    return Some(not_found);
+                }
+            }
+        };
+        if self.redis.is_some() && entry.ratelimit.is_some() {
+            return None;
+        }
+        let foreign = req
+            .keyspaces
+            .is_some_and(|ks| !ks.iter().any(|k| k == entry.keyspace_id()));
+        let outcome = if foreign {
+            not_found
+        } else {
+            match self.decide(entry, req, now, None, false) {
+                Decision::Done(o) => o,
+                Decision::NeedQuota => return None,
+            }
+        };
+        self.metrics.cache_hit();
+        Some(outcome)
+    }
+
+    async fn verify_slow(&self, req: &Request<'_>) -> Result<Outcome, StoreError> {
         let now = self.clock.now();
         // Garbage never reaches a lock or the store; tokens never verify as keys.
         let not_found = || {
@@ -343,7 +537,7 @@ impl Verifier {
         };
         if req
             .keyspaces
-            .is_some_and(|ks| !ks.contains(&entry.key.keyspace_id))
+            .is_some_and(|ks| !ks.iter().any(|k| k == entry.keyspace_id()))
         {
             return not_found();
         }
@@ -353,7 +547,7 @@ impl Verifier {
             match self.decide(entry.clone(), req, now, shared, tries >= 3) {
                 Decision::Done(o) => break o,
                 Decision::NeedQuota => {
-                    self.lease(&entry.quota, req.cost, now).await?;
+                    self.lease(entry.quota_cell(), req.cost, now).await?;
                     tries += 1;
                 }
             }
@@ -369,7 +563,7 @@ impl Verifier {
         {
             // Only a valid answer takes a rate-limit slot: give back the one taken in Redis.
             if let Some(redis) = &self.redis {
-                let _ = redis.undo(&e.key.id, w.start).await;
+                let _ = redis.undo(e.key_id(), w.start).await;
             }
         }
         Ok(outcome)
@@ -383,13 +577,13 @@ impl Verifier {
         req: &Request<'_>,
         now: Timestamp,
     ) -> Option<SharedWindow> {
-        let (redis, rl) = (self.redis.as_ref()?, entry.key.ratelimit?);
-        if check_rules(&entry.rules, req.scopes, req.ip, now).is_err() {
+        let (redis, rl) = (self.redis.as_ref()?, entry.ratelimit?);
+        if check_rules(&entry.rules, entry.scopes(), req.scopes, req.ip, now).is_err() {
             return None;
         }
         let len = rl.window_secs * 1000;
         let start = now.millis().div_euclid(len) * len;
-        match redis.hit(&entry.key.id, start, len).await {
+        match redis.hit(entry.key_id(), start, len).await {
             Ok(count) => Some(SharedWindow {
                 limit: rl.limit,
                 count,
@@ -412,7 +606,7 @@ impl Verifier {
         shared: Option<SharedWindow>,
         last_try: bool,
     ) -> Decision {
-        if let Err(code) = check_rules(&entry.rules, req.scopes, req.ip, now) {
+        if let Err(code) = check_rules(&entry.rules, entry.scopes(), req.scopes, req.ip, now) {
             self.deny(&entry.live, code, req, now);
             return Decision::Done(Outcome::Denied {
                 code,
@@ -434,9 +628,9 @@ impl Verifier {
         let ratelimit = if shared.is_some() {
             None
         } else {
-            entry.key.ratelimit
+            entry.ratelimit
         };
-        let same = Arc::ptr_eq(&entry.live, &entry.quota);
+        let same = entry.quota.is_none();
         let mut own = lock(&entry.live.state);
         // A quota that runs short may be topped up from the store (a lease) before answering
         // USAGE_EXCEEDED: when the store had some left at the last lease, or a while has passed.
@@ -459,7 +653,8 @@ impl Verifier {
             (r.map(|rate| (rate, remaining.map(|l| l + *pool))), need)
         } else {
             // Lock order: a rotated key, then its successor (a successor never locks back).
-            let mut q = lock(&entry.quota.state);
+            let quota = entry.quota_cell();
+            let mut q = lock(&quota.state);
             let may = may_lease(&q);
             let r = check_and_consume(ratelimit, &mut own.window, &mut q.remaining, req.cost, now);
             if r.is_ok() && q.remaining.is_some() {
@@ -468,7 +663,7 @@ impl Verifier {
             let rem = q.remaining.map(|l| l + q.pool);
             drop(q);
             if r.is_ok() {
-                self.mark_dirty(&entry.quota);
+                self.mark_dirty(quota);
             }
             let need = matches!(r, Err((Code::UsageExceeded, _))) && may;
             (r.map(|rate| (rate, rem)), need)
@@ -498,7 +693,10 @@ impl Verifier {
                     }
                     if let Some(prev) = own.previous_use {
                         if now.millis() - prev.millis() >= self.dormant_after_ms {
-                            own.reactivations.push((prev, now));
+                            own.extra
+                                .get_or_insert_with(Box::default)
+                                .reactivations
+                                .push((prev, now));
                         }
                     }
                     if own.previous_use.is_none_or(|t| t < now) {
@@ -573,62 +771,48 @@ impl Verifier {
         Ok(entry)
     }
 
-    fn entry_for(&self, mut key: Key, successor: Option<&Key>) -> Entry {
+    fn entry_for(&self, key: Key, successor: Option<&Key>) -> Entry {
         let live = self.live_for(&key);
-        let quota = match successor {
-            Some(s) => self.live_for(s),
-            None => live.clone(),
-        };
-        let allowed = key
-            .allowed_cidrs
-            .as_ref()
-            .map(|c| c.iter().filter_map(|s| parse_cidr(s).ok()).collect());
+        let quota = successor.map(|s| self.live_for(s));
+        let allowed = key.allowed_cidrs.as_ref().map(|c| {
+            let mut nets: Vec<_> = c.iter().filter_map(|s| parse_cidr(s).ok()).collect();
+            nets.shrink_to_fit();
+            nets
+        });
         let rules = Rules {
             revoked: key.revoked_at.is_some(),
             expires_at: key.expires_at,
             enabled: key.enabled,
             allowed,
-            // The decision and the answer read the scopes from here (one copy per key).
-            scopes: std::mem::take(&mut key.scopes),
         };
-        // What neither the decision nor the answer reads is not kept: the cache holds millions.
-        key.start = String::new();
-        key.end = String::new();
-        key.created_by.id = String::new();
-        key.created_by.name = String::new();
-        key.revoked_by = None;
-        key.revoked_reason = None;
-        key.rotated_from = None;
-        key.allowed_cidrs = None;
-        key.shrink();
-        Entry {
-            key,
-            rules,
-            live,
-            quota,
-        }
+        Entry::new(&key, rules, live, quota)
     }
 
     /// The live cell of a key, created from the stored row when this node has none.
     fn live_for(&self, key: &Key) -> Arc<Live> {
-        let live = lock(&self.live)
-            .entry(key.id.clone())
-            .or_insert_with(|| {
-                Arc::new(Live {
-                    key_id: key.id.clone(),
-                    keyspace_id: key.keyspace_id.clone(),
-                    state: Mutex::new(LiveState {
-                        // No lease yet: the first valid verification leases from the store.
-                        remaining: key.remaining.map(|_| 0),
-                        pool: key.remaining.unwrap_or(0),
-                        previous_use: key.last_used_at,
-                        ..LiveState::default()
-                    }),
-                    queued: AtomicBool::new(false),
-                    stale_quota: AtomicBool::new(false),
-                })
-            })
-            .clone();
+        let live = {
+            let mut cells = lock(&self.live);
+            match cells.get(key.id.as_str()) {
+                Some(c) => c.0.clone(),
+                None => {
+                    let live = Arc::new(Live {
+                        ids: format!("{}{}", key.id, key.keyspace_id).into_boxed_str(),
+                        keyspace_at: u32::try_from(key.id.len()).unwrap_or(u32::MAX),
+                        state: Mutex::new(LiveState {
+                            // No lease yet: the first valid verification leases from the store.
+                            remaining: key.remaining.map(|_| 0),
+                            pool: key.remaining.unwrap_or(0),
+                            previous_use: key.last_used_at,
+                            ..LiveState::default()
+                        }),
+                        queued: AtomicBool::new(false),
+                        stale_quota: AtomicBool::new(false),
+                    });
+                    cells.insert(ById(live.clone()));
+                    live
+                }
+            }
+        };
         if live.stale_quota.swap(false, Ordering::AcqRel) {
             // Another node changed the key; a new quota voids this node's lease. Dropping the
             // lease can only under-grant until the sweep reclaims it, never over-grant.
@@ -644,7 +828,7 @@ impl Verifier {
     pub fn invalidate_remote(&self, hash: &KeyHash, key_id: &str, quota_changed: bool) {
         if quota_changed {
             if let Some(live) = lock(&self.live).get(key_id) {
-                live.stale_quota.store(true, Ordering::Release);
+                live.0.stale_quota.store(true, Ordering::Release);
             }
         }
         self.invalidate(hash);
@@ -658,7 +842,7 @@ impl Verifier {
             .max(pool.saturating_add(15) / 16)
             .clamp(1, 100_000)
             .max(cost);
-        let got = self.store.lease_quota(&live.key_id, want, now).await?;
+        let got = self.store.lease_quota(live.key_id(), want, now).await?;
         let mut s = lock(&live.state);
         s.last_lease = Some(now);
         match got {
@@ -672,7 +856,7 @@ impl Verifier {
             }
         }
         drop(s);
-        lock(&self.leased).insert(live.key_id.clone());
+        lock(&self.leased).insert(live.key_id().to_string());
         Ok(())
     }
 
@@ -681,7 +865,7 @@ impl Verifier {
     pub async fn return_leases(&self, now: Timestamp, all: bool) -> Result<(), StoreError> {
         let ids: Vec<String> = lock(&self.leased).iter().cloned().collect();
         for id in ids {
-            let Some(live) = lock(&self.live).get(&id).cloned() else {
+            let Some(live) = lock(&self.live).get(id.as_str()).map(|c| c.0.clone()) else {
                 lock(&self.leased).remove(&id);
                 continue;
             };
@@ -787,7 +971,7 @@ impl Verifier {
     pub fn set_remaining(&self, key_id: &str, remaining: Option<i64>) {
         if let Some(live) = lock(&self.live).get(key_id) {
             // The store voided every lease of the old quota.
-            let mut s = lock(&live.state);
+            let mut s = lock(&live.0.state);
             s.remaining = remaining.map(|_| 0);
             s.pool = remaining.unwrap_or(0);
             s.consumed = 0;
@@ -802,8 +986,15 @@ impl Verifier {
         for live in cells {
             live.queued.store(false, Ordering::Release);
             let mut s = lock(&live.state);
+            let (sources, reacts) = match s.extra.as_deref_mut() {
+                Some(x) => (
+                    std::mem::take(&mut x.sources),
+                    std::mem::take(&mut x.reactivations),
+                ),
+                None => Default::default(),
+            };
             let d = UsageDelta {
-                key_id: live.key_id.clone(),
+                key_id: live.key_id().to_string(),
                 calls: std::mem::take(&mut s.calls),
                 denied: std::mem::take(&mut s.denied),
                 last_used_at: s.last_used.take(),
@@ -812,15 +1003,15 @@ impl Verifier {
                     .into_iter()
                     .map(|(m, c, n)| (m, c.as_str().to_string(), n))
                     .collect(),
-                sources: std::mem::take(&mut s.sources)
+                sources: sources
                     .into_iter()
                     .map(|(ip, f, l, n)| (ip.to_string(), f, l, n))
                     .collect(),
             };
-            for (previous_use, at) in std::mem::take(&mut s.reactivations) {
+            for (previous_use, at) in reacts {
                 reactivations.push(Reactivation {
-                    key_id: live.key_id.clone(),
-                    keyspace_id: live.keyspace_id.clone(),
+                    key_id: live.key_id().to_string(),
+                    keyspace_id: live.keyspace_id().to_string(),
                     previous_use,
                     at,
                 });
@@ -841,7 +1032,7 @@ impl Verifier {
     /// Puts back usage that could not be written, so it is retried with the next flush.
     pub fn restore_usage(&self, deltas: Vec<UsageDelta>) {
         for d in deltas {
-            let live = lock(&self.live).get(&d.key_id).cloned();
+            let live = lock(&self.live).get(d.key_id.as_str()).map(|c| c.0.clone());
             if let Some(live) = live {
                 {
                     let mut s = lock(&live.state);
@@ -864,13 +1055,14 @@ impl Verifier {
                         let Ok(ip) = ip.parse::<IpAddr>() else {
                             continue;
                         };
-                        match s.sources.iter_mut().find(|x| x.0 == ip) {
+                        let sources = &mut s.extra.get_or_insert_with(Box::default).sources;
+                        match sources.iter_mut().find(|x| x.0 == ip) {
                             Some(x) => {
                                 x.1 = x.1.min(first);
                                 x.2 = x.2.max(last);
                                 x.3 += n;
                             }
-                            None => s.sources.push((ip, first, last, n)),
+                            None => sources.push((ip, first, last, n)),
                         }
                     }
                 }
@@ -881,12 +1073,16 @@ impl Verifier {
 
     /// The addresses among `ips` this node does not yet know for the key.
     pub fn unknown_sources(&self, key_id: &str, ips: &[String]) -> Vec<String> {
-        let live = lock(&self.live).get(key_id).cloned();
+        let live = lock(&self.live).get(key_id).map(|c| c.0.clone());
         match live {
             Some(live) => {
                 let s = lock(&live.state);
                 ips.iter()
-                    .filter(|ip| !s.known_sources.contains(*ip))
+                    .filter(|ip| {
+                        !s.extra
+                            .as_ref()
+                            .is_some_and(|x| x.known_sources.contains(*ip))
+                    })
                     .cloned()
                     .collect()
             }
@@ -896,13 +1092,14 @@ impl Verifier {
 
     /// Remembers addresses as known for the key (at most 256 per key on this node).
     pub fn remember_sources(&self, key_id: &str, ips: impl IntoIterator<Item = String>) {
-        if let Some(live) = lock(&self.live).get(key_id).cloned() {
+        if let Some(live) = lock(&self.live).get(key_id).map(|c| c.0.clone()) {
             let mut s = lock(&live.state);
+            let known = &mut s.extra.get_or_insert_with(Box::default).known_sources;
             for ip in ips {
-                if s.known_sources.len() >= 256 {
+                if known.len() >= 256 {
                     break;
                 }
-                s.known_sources.insert(ip);
+                known.insert(ip);
             }
         }
     }

@@ -25,15 +25,15 @@ fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
+        .map(|v| v.split(';').next().unwrap_or("").trim())
         .is_some_and(|m| {
-            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+            let starts = |p: &str| m.get(..p.len()).is_some_and(|s| s.eq_ignore_ascii_case(p));
+            let ends = |p: &str| {
+                m.len() >= p.len()
+                    && m.get(m.len() - p.len()..)
+                        .is_some_and(|s| s.eq_ignore_ascii_case(p))
+            };
+            m.eq_ignore_ascii_case("application/json") || (starts("application/") && ends("+json"))
         })
 }
 

@@ -102,10 +102,7 @@ async fn request_context(req: Request, next: Next) -> Response {
         .get("x-request-id")
         .and_then(valid_request_id)
         .unwrap_or_else(new_request_id);
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string());
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let method = req.method().clone();
     let started = std::time::Instant::now();
     let mut res = REQUEST_ID
@@ -132,7 +129,7 @@ async fn request_context(req: Request, next: Next) -> Response {
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut().insert("x-request-id", v);
     }
-    let route = route.as_deref().unwrap_or("-");
+    let route = route.as_ref().map_or("-", MatchedPath::as_str);
     let status = res.status().as_u16();
     let micros = started.elapsed().as_micros() as u64;
     // The data plane answers tens of thousands of requests a second: its lines are debug-level

@@ -12,7 +12,6 @@ use keyward_core::scope::check_requested_scope;
 use keyward_core::verify::Code as VCode;
 use serde::Deserialize;
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::error::{error_body, Error, Result};
 use crate::http::extract::{authenticate, bearer, client_ip, JsonBody, Params};
@@ -101,76 +100,63 @@ async fn run(
     Ok(outcome)
 }
 
-#[derive(Serialize)]
-struct RateBody {
-    limit: i64,
-    remaining: i64,
-    reset_at: keyward_core::time::Timestamp,
-}
-
-/// The answer, serialized straight from the cached key (no intermediate JSON tree).
-#[derive(Serialize)]
-struct Answer<'a> {
-    valid: bool,
-    code: VCode,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    key_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    keyspace_id: Option<&'a str>,
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    details: Option<Details<'a>>,
-}
-
-#[derive(Serialize)]
-struct Details<'a> {
-    name: &'a str,
-    owner: &'a Option<String>,
-    scopes: &'a [String],
-    labels: &'a std::collections::BTreeMap<String, String>,
-    meta: &'a serde_json::Map<String, Value>,
-    expires_at: Option<keyward_core::time::Timestamp>,
-    remaining: Option<i64>,
-    ratelimit: Option<RateBody>,
-}
-
+/// The answer, written straight into the response body: the key's part was rendered when it
+/// was cached ([`crate::verifier::Entry::answer`]); only quota and rate limit are added here.
 fn outcome_body(o: &Outcome) -> Vec<u8> {
-    let answer = match o {
+    match o {
         Outcome::Valid {
             entry,
             remaining,
             rate,
         } => {
-            let k = &entry.key;
-            Answer {
-                valid: true,
-                code: VCode::Valid,
-                key_id: Some(&k.id),
-                keyspace_id: Some(&k.keyspace_id),
-                details: Some(Details {
-                    name: &k.name,
-                    owner: &k.owner,
-                    scopes: entry.scopes(),
-                    labels: &k.labels,
-                    meta: &k.meta,
-                    expires_at: k.expires_at,
-                    remaining: *remaining,
-                    ratelimit: rate.map(|r| RateBody {
-                        limit: r.limit,
-                        remaining: r.remaining,
-                        reset_at: r.reset_at,
-                    }),
-                }),
+            let mut out = Vec::with_capacity(entry.answer().len() + 160);
+            out.extend_from_slice(b"{\"valid\":true,\"code\":\"VALID\",");
+            out.extend_from_slice(entry.answer().as_bytes());
+            out.extend_from_slice(b",\"remaining\":");
+            push_int(&mut out, *remaining);
+            out.extend_from_slice(b",\"ratelimit\":");
+            match rate {
+                Some(r) => {
+                    out.extend_from_slice(b"{\"limit\":");
+                    push_int(&mut out, Some(r.limit));
+                    out.extend_from_slice(b",\"remaining\":");
+                    push_int(&mut out, Some(r.remaining));
+                    out.extend_from_slice(b",\"reset_at\":\"");
+                    out.extend_from_slice(r.reset_at.to_rfc3339().as_bytes());
+                    out.extend_from_slice(b"\"}");
+                }
+                None => out.extend_from_slice(b"null"),
             }
+            out.push(b'}');
+            out
         }
-        Outcome::Denied { code, entry, .. } => Answer {
-            valid: false,
-            code: *code,
-            key_id: entry.as_ref().map(|e| e.key.id.as_str()),
-            keyspace_id: entry.as_ref().map(|e| e.key.keyspace_id.as_str()),
-            details: None,
-        },
-    };
-    serde_json::to_vec(&answer).unwrap_or_default()
+        Outcome::Denied { code, entry, .. } => {
+            #[derive(Serialize)]
+            struct Denied<'a> {
+                valid: bool,
+                code: VCode,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                key_id: Option<&'a str>,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                keyspace_id: Option<&'a str>,
+            }
+            serde_json::to_vec(&Denied {
+                valid: false,
+                code: *code,
+                key_id: entry.as_ref().map(|e| e.key_id()),
+                keyspace_id: entry.as_ref().map(|e| e.keyspace_id()),
+            })
+            .unwrap_or_default()
+        }
+    }
+}
+
+/// A JSON integer, or `null`.
+fn push_int(out: &mut Vec<u8>, n: Option<i64>) {
+    match n {
+        Some(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+        None => out.extend_from_slice(b"null"),
+    }
 }
 
 /// For reverse proxies: the key from `Authorization: Bearer` or `X-API-Key` (never from the
@@ -224,11 +210,14 @@ pub async fn forward_auth(
         Outcome::Valid { entry, .. } => {
             let mut res = StatusCode::OK.into_response();
             let h = res.headers_mut();
-            let k = &entry.key;
-            set(h, "x-keyward-key-id", &k.id);
-            set(h, "x-keyward-keyspace-id", &k.keyspace_id);
-            set(h, "x-keyward-owner", k.owner.as_deref().unwrap_or(""));
-            set(h, "x-keyward-scopes", &entry.scopes().join(","));
+            set(h, "x-keyward-key-id", entry.key_id());
+            set(h, "x-keyward-keyspace-id", entry.keyspace_id());
+            set(h, "x-keyward-owner", entry.owner().unwrap_or(""));
+            set(
+                h,
+                "x-keyward-scopes",
+                &entry.scopes().collect::<Vec<_>>().join(","),
+            );
             res
         }
         Outcome::Denied { code, reset_at, .. } => {
@@ -243,7 +232,7 @@ pub async fn forward_auth(
         }
     };
     if let Outcome::Denied { entry: Some(e), .. } = &outcome {
-        set(res.headers_mut(), "x-keyward-key-id", &e.key.id);
+        set(res.headers_mut(), "x-keyward-key-id", e.key_id());
     }
     // Other query parameters belong to the proxied request; forward-auth ignores them.
     drop(params);

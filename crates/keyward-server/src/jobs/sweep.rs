@@ -7,7 +7,7 @@
 //! - inactivity: a key without valid use for its keyspace's `inactivity_revoke_secs` (counted
 //!   from creation if never used) is revoked with reason `inactive` (`key.revoke` event,
 //!   `key.inactive_revoked` webhook only);
-//! - usage retention and spike / denied-burst detection.
+//! - usage roll-up (minutes into hours and days), retention, and spike / denied-burst detection.
 //!
 //! Every step for one key is one transaction whose update is conditional (`mark_expired`,
 //! `mark_warned`, a re-read of the key under the write lock), so nodes sweeping at the same time
@@ -36,6 +36,8 @@ pub struct Report {
     pub inactive_revoked: usize,
     pub anomalies: usize,
     pub pruned_buckets: u64,
+    /// Minute buckets whose new counts went into their hours and days.
+    pub rolled_up: u64,
 }
 
 fn system_event(now: Timestamp, action: &str, key: &Key) -> NewEvent {
@@ -263,6 +265,8 @@ pub async fn sweep_once(
     };
     r.warned = warn(st, now, &spaces).await?;
     r.inactive_revoked = revoke_inactive(st, now, &spaces).await?;
+    // Hours and days from the minutes written since the last roll-up, before minutes are pruned.
+    r.rolled_up = st.store.rollup_usage().await?;
     r.pruned_buckets = prune(st, now).await?;
     // Leases untouched for a minute belong to nodes that died: their quota goes back to the pool.
     st.store.reclaim_stale_leases(now.plus_secs(-60)).await?;
