@@ -79,12 +79,27 @@ fn prefix_grammar_ok(p: &str) -> bool {
     !prev_underscore
 }
 
+/// Each byte's base62 value, or 0xFF (one load per character on the verify path).
+const BASE62: [u8; 256] = {
+    let mut t = [0xFF; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = match c {
+            b'0'..=b'9' => c - b'0',
+            b'A'..=b'Z' => c - b'A' + 10,
+            b'a'..=b'z' => c - b'a' + 36,
+            _ => 0xFF,
+        };
+        i += 1;
+    }
+    t
+};
+
 fn base62_digit(c: u8) -> Option<u64> {
-    match c {
-        b'0'..=b'9' => Some((c - b'0') as u64),
-        b'A'..=b'Z' => Some((c - b'A') as u64 + 10),
-        b'a'..=b'z' => Some((c - b'a') as u64 + 36),
-        _ => None,
+    match BASE62[c as usize] {
+        0xFF => None,
+        d => Some(d as u64),
     }
 }
 
@@ -184,13 +199,19 @@ impl<'a> Parsed<'a> {
 
 /// Checks the format and checksum; no allocation, no store access.
 pub fn parse(s: &str) -> Option<Parsed<'_>> {
-    let cut = s.rfind('_')?;
-    let (prefix, body) = (&s[..cut], &s[cut + 1..]);
-    if prefix.len() > MAX_PREFIX_LEN || !prefix_grammar_ok(prefix) || body.len() != BODY_LEN {
+    // The body is the last BODY_LEN characters, after the last `_` (base62 has no `_`, so the
+    // last `_` is right before the body or the key is malformed).
+    let cut = s.len().checked_sub(BODY_LEN + 1)?;
+    if s.as_bytes()[cut] != b'_' {
         return None;
     }
-    let bytes = body.as_bytes();
-    if !bytes.iter().all(|&c| base62_digit(c).is_some()) {
+    let bytes = &s.as_bytes()[cut + 1..];
+    if !bytes.iter().all(|&c| BASE62[c as usize] != 0xFF) {
+        return None;
+    }
+    // Both cuts are at ASCII bytes (`_` and base62), so they are character boundaries.
+    let (prefix, body) = (&s[..cut], &s[cut + 1..]);
+    if prefix.len() > MAX_PREFIX_LEN || !prefix_grammar_ok(prefix) {
         return None;
     }
     let mut sum: u64 = 0;

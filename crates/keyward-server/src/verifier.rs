@@ -272,12 +272,11 @@ impl Entry {
 
     /// The key's scopes.
     pub fn scopes(&self) -> impl Iterator<Item = &str> + Clone {
-        let list = self.span(self.scopes_at, self.scopes_len);
-        let inner = list
-            .strip_prefix('"')
-            .and_then(|l| l.strip_suffix('"'))
-            .unwrap_or("");
-        inner.split("\",\"").filter(|s| !s.is_empty())
+        // `"a","b"`: scopes hold neither `,` nor `"` (their grammar).
+        self.span(self.scopes_at, self.scopes_len)
+            .split(',')
+            .map(|s| s.trim_matches('"'))
+            .filter(|s| !s.is_empty())
     }
 
     /// The cell quota is drawn from.
@@ -739,7 +738,9 @@ impl Verifier {
     }
 
     fn mark_dirty(&self, live: &Arc<Live>) {
-        if !live.queued.swap(true, Ordering::AcqRel) {
+        // A plain load first: a key used again before the next flush is already queued, and
+        // the read costs less than a read-modify-write.
+        if !live.queued.load(Ordering::Acquire) && !live.queued.swap(true, Ordering::AcqRel) {
             lock(&self.dirty).push(live.clone());
         }
     }
