@@ -28,9 +28,14 @@ const KEY_COLS: &str = "id, keyspace_id, name, owner, scopes, labels, meta, hash
     revoked_reason, rotated_from, rotated_to, last_used_at, call_count, denied_count, ratelimit, \
     remaining, allowed_cidrs";
 /// The columns read for a key: `remaining` is the unleased quota plus every node's lease.
+/// The counters come from `key_counters` (see its migration).
 const KEY_SELECT: &str = "id, keyspace_id, name, owner, scopes, labels, meta, hash, start_chars, \
     end_chars, enabled, created_at, created_by, updated_at, expires_at, revoked_at, revoked_by, \
-    revoked_reason, rotated_from, rotated_to, last_used_at, call_count, denied_count, ratelimit, \
+    revoked_reason, rotated_from, rotated_to, \
+    (SELECT c.last_used_at FROM key_counters c WHERE c.key_id = keys.id) AS last_used_at, \
+    COALESCE((SELECT c.calls FROM key_counters c WHERE c.key_id = keys.id), 0) AS call_count, \
+    COALESCE((SELECT c.denied FROM key_counters c WHERE c.key_id = keys.id), 0) AS denied_count, \
+    ratelimit, \
     remaining + CAST((SELECT COALESCE(SUM(q.amount), 0) FROM quota_leases q WHERE q.key_id = keys.id) AS BIGINT) AS remaining, \
     allowed_cidrs";
 const KEYSPACE_COLS: &str = "id, name, prefix, policy, created_at, updated_at";
@@ -248,14 +253,16 @@ macro_rules! sql_backend {
             }
             let counters: Vec<_> = counters.into_iter().collect();
             for chunk in counters.chunks(CHUNK) {
-                let mut q = sqlx::QueryBuilder::<$DB>::new(
-                    "UPDATE keys SET call_count = call_count + v.column2, denied_count = denied_count + v.column3, \
-                     last_used_at = CASE WHEN v.column4 > COALESCE(last_used_at, -1) THEN v.column4 ELSE last_used_at END FROM (",
-                );
+                let mut q = sqlx::QueryBuilder::<$DB>::new("INSERT INTO key_counters (key_id, calls, denied, last_used_at) ");
                 q.push_values(chunk, |mut b, (key_id, (calls, denied, last))| {
-                    b.push_bind(key_id.to_string()).push_bind(*calls).push_bind(*denied).push_bind(*last);
+                    b.push_bind(key_id.to_string()).push_bind(*calls).push_bind(*denied).push_bind((*last >= 0).then_some(*last));
                 });
-                q.push(") AS v WHERE keys.id = v.column1");
+                q.push(
+                    " ON CONFLICT (key_id) DO UPDATE SET calls = key_counters.calls + excluded.calls, \
+                     denied = key_counters.denied + excluded.denied, \
+                     last_used_at = CASE WHEN excluded.last_used_at > COALESCE(key_counters.last_used_at, -1) \
+                     THEN excluded.last_used_at ELSE key_counters.last_used_at END",
+                );
                 q.build().execute(&mut *conn).await.map_err(map_err)?;
             }
             // Minute buckets only (hours and days are rolled up by the sweep, see
@@ -531,6 +538,16 @@ macro_rules! sql_backend {
                     .execute(&mut *self.tx)
                     .await
                     .map_err(map_err)?;
+                if k.call_count != 0 || k.denied_count != 0 || k.last_used_at.is_some() {
+                    sqlx::query("INSERT INTO key_counters (key_id, calls, denied, last_used_at) VALUES ($1, $2, $3, $4)")
+                        .bind(&k.id)
+                        .bind(k.call_count)
+                        .bind(k.denied_count)
+                        .bind(k.last_used_at.map(Timestamp::millis))
+                        .execute(&mut *self.tx)
+                        .await
+                        .map_err(map_err)?;
+                }
                 self.feed(k).await
             }
 
@@ -930,7 +947,7 @@ macro_rules! sql_backend {
                 }
                 if let Some(secs) = f.unused_for_secs {
                     let cutoff = f.now.plus_secs(-secs).millis();
-                    q.push(" AND COALESCE(last_used_at, created_at) <= ").push_bind(cutoff);
+                    q.push(" AND COALESCE((SELECT c.last_used_at FROM key_counters c WHERE c.key_id = keys.id), created_at) <= ").push_bind(cutoff);
                 }
                 push_after_time(&mut q, &f.page.after);
                 q.push(" ORDER BY created_at DESC, id DESC LIMIT ").push_bind(f.page.limit);
@@ -1220,7 +1237,7 @@ macro_rules! sql_backend {
                 keys_where(
                     &self.pool,
                     "keyspace_id = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2) \
-                     AND COALESCE(last_used_at, created_at) <= $3",
+                     AND COALESCE((SELECT c.last_used_at FROM key_counters c WHERE c.key_id = keys.id), created_at) <= $3",
                     &[now.millis(), cutoff.millis()],
                     Some(keyspace_id),
                     limit,
@@ -1421,6 +1438,10 @@ pub mod sqlite {
             5,
             include_str!("../migrations/sqlite/0005_usage_rollup.sql"),
         ),
+        (
+            6,
+            include_str!("../migrations/sqlite/0006_key_counters.sql"),
+        ),
     ];
 
     /// The embedded single-node backend: one SQLite file in WAL mode.
@@ -1438,7 +1459,14 @@ pub mod sqlite {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
-                .foreign_keys(true);
+                .foreign_keys(true)
+                // The usage flusher rewrites the rows of every key used in the last second. Read
+                // pages through a memory map (no copy per page read), keep more of them cached,
+                // and checkpoint the WAL less often: a page rewritten every second is copied
+                // into the database once per checkpoint, however often it was rewritten.
+                .pragma("mmap_size", "1073741824")
+                .pragma("cache_size", "-16384")
+                .pragma("wal_autocheckpoint", "10000");
             // Connecting turns a new file into WAL, which takes a lock SQLite cannot wait for
             // (`busy_timeout` does not apply): when several processes open one new file at once,
             // a loser gets "database is locked" here at once, and tries again.
@@ -1523,6 +1551,10 @@ pub mod postgres {
         (
             5,
             include_str!("../migrations/postgres/0005_usage_rollup.sql"),
+        ),
+        (
+            6,
+            include_str!("../migrations/postgres/0006_key_counters.sql"),
         ),
     ];
     /// Advisory lock id held while migrating, so nodes starting together migrate once.
