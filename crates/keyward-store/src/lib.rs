@@ -351,11 +351,12 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes buckets of a granularity that start before `before`; returns how many. Minute
     /// buckets not yet rolled up are kept.
     async fn prune_usage(&self, granularity: &str, before: Timestamp) -> Result<u64>;
-    /// Adds what minute buckets gained since the last roll-up to their hour and day buckets, in
-    /// one transaction (exactly once, also when several nodes roll up at the same time); returns
-    /// how many minute buckets it took. Reads of hours and days already include what is not
-    /// rolled up yet: the roll-up keeps those reads cheap, it does not make them current.
-    async fn rollup_usage(&self) -> Result<u64>;
+    /// Adds what minute buckets of minutes starting before `before` gained since the last
+    /// roll-up to their hour and day buckets (exactly once, also when several nodes roll up at
+    /// the same time; in batches, each one transaction); returns how many minute buckets it took.
+    /// Reads of hours and days already include what is not rolled up yet: the roll-up keeps
+    /// those reads cheap, it does not make them current.
+    async fn rollup_usage(&self, before: Timestamp) -> Result<u64>;
     async fn sources(&self, key_id: &str) -> Result<Vec<Source>>;
     /// Every address on record for the key.
     async fn known_sources(&self, key_id: &str) -> Result<Vec<String>>;

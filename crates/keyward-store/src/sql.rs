@@ -86,7 +86,7 @@ fn hash_from(bytes: Vec<u8>) -> Result<KeyHash> {
 }
 
 macro_rules! sql_backend {
-    ($Store:ident, $Tx:ident, $DB:ty, $Row:ty, $name:literal, $instr:literal, $notify:literal) => {
+    ($Store:ident, $Tx:ident, $DB:ty, $Row:ty, $name:literal, $instr:literal, $notify:literal, $for_update:literal) => {
         fn get<'r, T>(r: &'r $Row, col: &str) -> Result<T>
         where
             T: sqlx::Decode<'r, $DB> + sqlx::Type<$DB>,
@@ -278,17 +278,29 @@ macro_rules! sql_backend {
             usage_rest(&mut *conn, node, deltas).await
         }
 
-        /// Moves what minute buckets gained since the last roll-up into hours and days. The
-        /// claiming update takes each minute's gain exactly once: on PostgreSQL a concurrent
-        /// roll-up waits for the row and then finds nothing left to take; SQLite has one writer.
-        async fn rollup_in(conn: &mut <$DB as sqlx::Database>::Connection) -> Result<u64> {
-            let taken = sqlx::query(
-                "UPDATE usage_buckets SET pending = n - rolled, rolled = n \
-                 WHERE granularity = 'm' AND n <> rolled RETURNING key_id, start_at, code, pending",
-            )
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(map_err)?;
+        /// Moves what minute buckets (of minutes before `before`) gained since the last roll-up
+        /// into hours and days, at most `limit` minute buckets. The claiming update takes each
+        /// minute's gain exactly once: on PostgreSQL a concurrent roll-up waits for the row and
+        /// then finds nothing left to take; SQLite has one writer. Rows are locked in primary
+        /// key order, the order the flusher writes them in, so the two cannot deadlock.
+        async fn rollup_in(conn: &mut <$DB as sqlx::Database>::Connection, before: Timestamp, limit: i64) -> Result<u64> {
+            let sql = concat!(
+                "UPDATE usage_buckets SET pending = usage_buckets.n - usage_buckets.rolled, rolled = usage_buckets.n \
+                 FROM (SELECT key_id, granularity, start_at, code FROM usage_buckets \
+                 WHERE granularity = 'm' AND n <> rolled AND start_at < $1 \
+                 ORDER BY key_id, granularity, start_at, code LIMIT $2",
+                $for_update,
+                ") AS c WHERE usage_buckets.key_id = c.key_id AND usage_buckets.granularity = c.granularity \
+                 AND usage_buckets.start_at = c.start_at AND usage_buckets.code = c.code \
+                 AND usage_buckets.n <> usage_buckets.rolled \
+                 RETURNING usage_buckets.key_id, usage_buckets.start_at, usage_buckets.code, usage_buckets.pending"
+            );
+            let taken = sqlx::query(sql)
+                .bind(before.millis())
+                .bind(limit)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(map_err)?;
             let mut minutes = Vec::with_capacity(taken.len());
             for r in &taken {
                 minutes.push((get::<String>(r, "key_id")?, get::<i64>(r, "start_at")?, get::<String>(r, "code")?, get::<i64>(r, "pending")?));
@@ -1162,11 +1174,19 @@ macro_rules! sql_backend {
                 Ok(r.rows_affected())
             }
 
-            async fn rollup_usage(&self) -> Result<u64> {
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
-                let n = rollup_in(&mut *tx).await?;
-                tx.commit().await.map_err(map_err)?;
-                Ok(n)
+            async fn rollup_usage(&self, before: Timestamp) -> Result<u64> {
+                // In batches, each its own transaction: locks on busy minute rows are held briefly.
+                const BATCH: i64 = 5000;
+                let mut total = 0;
+                loop {
+                    let mut tx = self.pool.begin().await.map_err(map_err)?;
+                    let n = rollup_in(&mut *tx, before, BATCH).await?;
+                    tx.commit().await.map_err(map_err)?;
+                    total += n;
+                    if n < BATCH as u64 {
+                        return Ok(total);
+                    }
+                }
             }
 
             async fn sources(&self, key_id: &str) -> Result<Vec<Source>> {
@@ -1517,6 +1537,7 @@ pub mod sqlite {
         SqliteRow,
         "sqlite",
         "instr",
+        "",
         ""
     );
 
@@ -1637,7 +1658,8 @@ pub mod postgres {
         PgRow,
         "postgres",
         "strpos",
-        "SELECT pg_notify('keyward_changes', '')"
+        "SELECT pg_notify('keyward_changes', '')",
+        " FOR UPDATE"
     );
 
     impl PgStore {

@@ -63,9 +63,16 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         if declared.is_some_and(|n| n > MAX_BODY as u64) {
             return Err(close(too_large()));
         }
-        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY)
-            .await
-            .map_err(|_| too_large())?;
+        let bytes = match declared {
+            // The declared length is known (and enforced by hyper): stop once it has arrived,
+            // without another round through the connection to learn that the body ended.
+            Some(n) if !chunked => read_declared(req.into_body(), n as usize)
+                .await
+                .map_err(|_| too_large())?,
+            _ => axum::body::to_bytes(req.into_body(), MAX_BODY)
+                .await
+                .map_err(|_| too_large())?,
+        };
         if bytes.is_empty() {
             return Ok(JsonBody(None));
         }
@@ -77,6 +84,40 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         }
         Ok(JsonBody(Some(bytes)))
     }
+}
+
+/// Reads a body of `n` bytes (at most [`MAX_BODY`]): one chunk is returned as it is.
+async fn read_declared(mut body: axum::body::Body, n: usize) -> std::result::Result<Bytes, ()> {
+    use http_body_util::BodyExt;
+    let mut first: Option<Bytes> = None;
+    let mut rest: Vec<u8> = Vec::new();
+    let mut have = 0;
+    while have < n {
+        let Some(frame) = body.frame().await else {
+            break;
+        };
+        let Ok(data) = frame.map_err(|_| ())?.into_data() else {
+            continue;
+        };
+        have += data.len();
+        if have > MAX_BODY {
+            return Err(());
+        }
+        match &first {
+            None => first = Some(data),
+            Some(f) => {
+                if rest.is_empty() {
+                    rest.extend_from_slice(f);
+                }
+                rest.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(if rest.is_empty() {
+        first.unwrap_or_default()
+    } else {
+        Bytes::from(rest)
+    })
 }
 
 fn too_large() -> Error {

@@ -266,7 +266,9 @@ pub async fn sweep_once(
     r.warned = warn(st, now, &spaces).await?;
     r.inactive_revoked = revoke_inactive(st, now, &spaces).await?;
     // Hours and days from the minutes written since the last roll-up, before minutes are pruned.
-    r.rolled_up = st.store.rollup_usage().await?;
+    // Only closed minutes: the flusher is still adding to the current one.
+    let minute = Timestamp::from_millis(now.millis().div_euclid(60_000) * 60_000);
+    r.rolled_up = st.store.rollup_usage(minute).await?;
     r.pruned_buckets = prune(st, now).await?;
     // Leases untouched for a minute belong to nodes that died: their quota goes back to the pool.
     st.store.reclaim_stale_leases(now.plus_secs(-60)).await?;
@@ -294,7 +296,15 @@ pub async fn run(st: AppState, every: Duration, shutdown: tokio::sync::watch::Re
             _ = shutdown.changed() => return,
         }
         match sweep_once(&st, &mut last_minute).await {
-            Ok(r) if r != Report::default() => tracing::info!(?r, "sweep"),
+            // Roll-ups happen on nearly every sweep of a busy node: not worth a line alone.
+            Ok(r)
+                if r != (Report {
+                    rolled_up: r.rolled_up,
+                    ..Report::default()
+                }) =>
+            {
+                tracing::info!(?r, "sweep")
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "sweep failed; the next one retries"),
         }
