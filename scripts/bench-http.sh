@@ -12,7 +12,8 @@
 # p99 < 2 ms).
 #
 # Settings (environment): BENCH_KEYS (10000), WRK_THREADS (1), WRK_CONNECTIONS (32),
-# WRK_DURATION (10s), BENCH_WARMUP (3s), BENCH_ROUNDS (1: each round runs healthz then verify),
+# WRK_DURATION (10s), BENCH_WARMUP (3s), BENCH_ROUNDS (3: each round runs healthz then verify;
+# the verdict takes the median round's ratio and the worst round's p99),
 # KEYWARD_USAGE_FLUSH_MS (1000), BENCH_LOG (the server's log filter; by default only warnings,
 # so neither endpoint writes a log line per request), BENCH_SKIP_BUILD (set: use the binary as
 # built), BENCH_KEEP (set: keep the temporary directory).
@@ -24,7 +25,7 @@ cd "$(dirname "$0")/.."
 : "${WRK_CONNECTIONS:=32}"
 : "${WRK_DURATION:=10s}"
 : "${BENCH_WARMUP:=3s}"
-: "${BENCH_ROUNDS:=1}"
+: "${BENCH_ROUNDS:=3}"
 : "${KEYWARD_USAGE_FLUSH_MS:=1000}"
 : "${BENCH_LOG:=warn,keyward::offline=info}"
 export KEYWARD_USAGE_FLUSH_MS
@@ -119,7 +120,7 @@ misses=$(counter keyward_cache_misses_total)
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 echo "load: wrk -t$WRK_THREADS -c$WRK_CONNECTIONS -d$WRK_DURATION --latency; $BENCH_KEYS keys; usage flushed every ${KEYWARD_USAGE_FLUSH_MS} ms"
-status=0
+ratios=() p99s=()
 for round in $(seq 1 "$BENCH_ROUNDS"); do
   echo "round $round (load average before: $(cut -d' ' -f1-3 /proc/loadavg))"
   h=$(run "healthz-$round" healthz "$WRK_DURATION")
@@ -138,8 +139,20 @@ for round in $(seq 1 "$BENCH_ROUNDS"); do
   holds "$p99 < 2000" && verdict_p99=met
   printf '  verify / healthz = %.1f%% (target >= 85%%: %s); verify p99 %.2f ms (target < 2 ms: %s)\n' \
     "$(calc "$ratio * 100")" "$verdict_ratio" "$(calc "$p99 / 1000")" "$verdict_p99"
-  [ "$verdict_ratio" = met ] && [ "$verdict_p99" = met ] || status=1
+  ratios+=("$ratio") p99s+=("$p99")
 done
+# The verdict: the median round (the ceiling moves with the host from one run to the next; every
+# round is printed above), and p99 under 2 ms in every round.
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+ratio=$(median "${ratios[@]}")
+worst_p99=$(printf '%s\n' "${p99s[@]}" | sort -g | tail -n1)
+verdict_ratio=MISSED verdict_p99=MISSED
+holds "$ratio >= 0.85" && verdict_ratio=met
+holds "$worst_p99 < 2000" && verdict_p99=met
+printf 'over %d rounds: median verify / healthz = %.1f%% (target >= 85%%: %s); worst verify p99 %.2f ms (target < 2 ms: %s)\n' \
+  "$BENCH_ROUNDS" "$(calc "$ratio * 100")" "$verdict_ratio" "$(calc "$worst_p99 / 1000")" "$verdict_p99"
+status=0
+[ "$verdict_ratio" = met ] && [ "$verdict_p99" = met ] || status=1
 
 valid=$(curl -fsS "$url/metrics" | awk '$1 == "keyward_verifications_total{code=\"VALID\"}" {print $2}')
 other=$(curl -fsS "$url/metrics" | awk '$1 ~ /^keyward_verifications_total/ && $1 !~ /VALID/ {s += $2} END {print s + 0}')
