@@ -166,20 +166,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// A cached key: what the decision and the answer read, compactly (the cache holds millions),
 /// plus its live counters.
 pub struct Entry {
-    /// The part of a `VALID` answer that depends only on the key, as JSON members without the
-    /// braces (`"key_id":..,"keyspace_id":..,"name":..,"owner":..,"scopes":[..],"labels":..,
-    /// "meta":..,"expires_at":..`), rendered once per load and copied into each answer, followed
-    /// by the owner as it is (for forward-auth's header). Ids and scopes need no JSON escaping
-    /// (their grammars exclude it), so they are read straight out of it.
+    /// The values of a `VALID` answer that depend only on the key, rendered once per load as
+    /// JSON and copied into each answer, separated by U+001F (which JSON text never holds raw):
+    /// key id, keyspace id (both bare), name, owner, the scope list's members (`"a","b"`),
+    /// labels, meta, expires_at; then the owner as it is (for forward-auth's header). Ids and
+    /// scopes need no JSON escaping (their grammars exclude it), so they are read straight out.
     text: Box<str>,
-    /// Where the keyspace id starts, and the two ids' lengths.
-    keyspace_at: u32,
-    id_len: u32,
-    keyspace_len: u32,
-    /// The scope list's members (`"a","b"`), and where the answer ends (the owner follows).
-    scopes_at: u32,
-    scopes_len: u32,
-    answer_len: u32,
     has_owner: bool,
     rules: Rules,
     ratelimit: Option<keyward_core::model::RateLimit>,
@@ -189,8 +181,9 @@ pub struct Entry {
     quota: Option<Arc<Live>>,
 }
 
-/// Where the key id starts in [`Entry::text`]: after `"key_id":"`.
-const ID_AT: usize = 10;
+const SEP: char = '\u{1f}';
+/// The pieces of [`Entry::text`] before the raw owner.
+const PIECES: usize = 8;
 
 impl Entry {
     fn new(key: &Key, rules: Rules, live: Arc<Live>, quota: Option<Arc<Live>>) -> Entry {
@@ -200,44 +193,33 @@ impl Entry {
                 Err(_) => t.push_str("null"),
             }
         }
-        let mut t = String::with_capacity(256);
-        t.push_str("\"key_id\":");
-        json(&mut t, &key.id);
-        t.push_str(",\"keyspace_id\":");
-        let keyspace_at = t.len() + 1;
-        json(&mut t, &key.keyspace_id);
-        t.push_str(",\"name\":");
+        let mut t = String::with_capacity(192);
+        t.push_str(&key.id);
+        t.push(SEP);
+        t.push_str(&key.keyspace_id);
+        t.push(SEP);
         json(&mut t, &key.name);
-        t.push_str(",\"owner\":");
+        t.push(SEP);
         json(&mut t, &key.owner);
-        t.push_str(",\"scopes\":[");
-        let scopes_at = t.len();
+        t.push(SEP);
         for (i, scope) in key.scopes.iter().enumerate() {
             if i > 0 {
                 t.push(',');
             }
             json(&mut t, scope);
         }
-        let scopes_len = t.len() - scopes_at;
-        t.push_str("],\"labels\":");
+        t.push(SEP);
         json(&mut t, &key.labels);
-        t.push_str(",\"meta\":");
+        t.push(SEP);
         json(&mut t, &key.meta);
-        t.push_str(",\"expires_at\":");
+        t.push(SEP);
         json(&mut t, &key.expires_at);
-        let answer_len = t.len();
+        t.push(SEP);
         if let Some(owner) = &key.owner {
             t.push_str(owner);
         }
-        let n = |x: usize| u32::try_from(x).unwrap_or(u32::MAX);
         Entry {
             text: t.into_boxed_str(),
-            keyspace_at: n(keyspace_at),
-            id_len: n(key.id.len()),
-            keyspace_len: n(key.keyspace_id.len()),
-            scopes_at: n(scopes_at),
-            scopes_len: n(scopes_len),
-            answer_len: n(answer_len),
             has_owner: key.owner.is_some(),
             rules,
             ratelimit: key.ratelimit,
@@ -246,34 +228,53 @@ impl Entry {
         }
     }
 
-    fn span(&self, at: u32, len: u32) -> &str {
-        self.text
-            .get(at as usize..at as usize + len as usize)
-            .unwrap_or("")
+    /// Piece `i` of [`Entry::text`].
+    fn piece(&self, i: usize) -> &str {
+        self.text.split(SEP).nth(i).unwrap_or("")
     }
 
     pub fn key_id(&self) -> &str {
-        self.span(ID_AT as u32, self.id_len)
+        self.piece(0)
     }
 
     pub fn keyspace_id(&self) -> &str {
-        self.span(self.keyspace_at, self.keyspace_len)
+        self.piece(1)
     }
 
     pub fn owner(&self) -> Option<&str> {
+        // The raw owner may hold anything, U+001F included: it is all that follows the pieces.
         self.has_owner
-            .then(|| self.text.get(self.answer_len as usize..).unwrap_or(""))
+            .then(|| self.text.splitn(PIECES + 1, SEP).nth(PIECES).unwrap_or(""))
     }
 
-    /// See [`Entry::text`].
-    pub fn answer(&self) -> &str {
-        self.span(0, self.answer_len)
+    /// Appends the key's members of a `VALID` answer (`"key_id":..,"keyspace_id":..,"name":..,
+    /// "owner":..,"scopes":[..],"labels":..,"meta":..,"expires_at":..`) to `out`.
+    pub fn write_answer(&self, out: &mut Vec<u8>) {
+        const NAMES: [&str; PIECES] = [
+            "\"key_id\":\"",
+            "\",\"keyspace_id\":\"",
+            "\",\"name\":",
+            ",\"owner\":",
+            ",\"scopes\":[",
+            "],\"labels\":",
+            ",\"meta\":",
+            ",\"expires_at\":",
+        ];
+        for (name, piece) in NAMES.iter().zip(self.text.split(SEP)) {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(piece.as_bytes());
+        }
+    }
+
+    /// About how long [`Entry::write_answer`]'s part is.
+    pub fn answer_len(&self) -> usize {
+        self.text.len() + 96
     }
 
     /// The key's scopes.
     pub fn scopes(&self) -> impl Iterator<Item = &str> + Clone {
         // `"a","b"`: scopes hold neither `,` nor `"` (their grammar).
-        self.span(self.scopes_at, self.scopes_len)
+        self.piece(4)
             .split(',')
             .map(|s| s.trim_matches('"'))
             .filter(|s| !s.is_empty())
@@ -1114,5 +1115,91 @@ impl Verifier {
             .iter()
             .map(|s| s.read().map(|m| m.len()).unwrap_or(0))
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(owner: Option<&str>) -> Key {
+        let mut labels = std::collections::BTreeMap::new();
+        labels.insert("env\u{1f}x".to_string(), "pr\"od\u{e9}".to_string());
+        let mut meta = serde_json::Map::new();
+        meta.insert(
+            "n".into(),
+            serde_json::json!({"a": [1, 2.5, "\u{1f}\\"], "b": null}),
+        );
+        Key {
+            id: "key_2x9ZQ".into(),
+            keyspace_id: "ks_7Yb".into(),
+            name: "svc \"one\"\u{1f}\n".into(),
+            owner: owner.map(str::to_string),
+            scopes: vec!["orders:read".into(), "orders:*".into()],
+            labels,
+            meta,
+            hash: KeyHash::of("x"),
+            start: String::new(),
+            end: String::new(),
+            enabled: true,
+            created_at: Timestamp::from_millis(0),
+            created_by: keyward_core::model::Actor::system(),
+            updated_at: Timestamp::from_millis(0),
+            expires_at: Some(Timestamp::from_millis(1_800_000_000_123)),
+            revoked_at: None,
+            revoked_by: None,
+            revoked_reason: None,
+            rotated_from: None,
+            rotated_to: None,
+            last_used_at: None,
+            call_count: 0,
+            denied_count: 0,
+            ratelimit: None,
+            remaining: None,
+            allowed_cidrs: None,
+        }
+    }
+
+    fn entry(k: &Key) -> Entry {
+        let rules = Rules {
+            revoked: false,
+            expires_at: k.expires_at,
+            enabled: true,
+            allowed: None,
+        };
+        let live = Arc::new(Live {
+            ids: format!("{}{}", k.id, k.keyspace_id).into_boxed_str(),
+            keyspace_at: k.id.len() as u32,
+            state: Mutex::new(LiveState::default()),
+            queued: AtomicBool::new(false),
+            stale_quota: AtomicBool::new(false),
+        });
+        Entry::new(k, rules, live, None)
+    }
+
+    /// The compact entry answers exactly what serializing the key's fields answers, whatever
+    /// the free-text fields hold (quotes, control characters, the separator itself).
+    #[test]
+    fn the_compact_entry_renders_the_fields_as_serde_does() {
+        for owner in [None, Some("ops \u{1f} team \"a\"")] {
+            let k = key(owner);
+            let e = entry(&k);
+            let mut out = b"{".to_vec();
+            e.write_answer(&mut out);
+            out.push(b'}');
+            let got: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+            let want = serde_json::json!({
+                "key_id": k.id, "keyspace_id": k.keyspace_id, "name": k.name, "owner": k.owner,
+                "scopes": k.scopes, "labels": k.labels, "meta": k.meta, "expires_at": k.expires_at,
+            });
+            assert_eq!(got, want);
+            assert_eq!(e.key_id(), "key_2x9ZQ");
+            assert_eq!(e.keyspace_id(), "ks_7Yb");
+            assert_eq!(e.owner(), owner);
+            assert_eq!(e.scopes().collect::<Vec<_>>(), ["orders:read", "orders:*"]);
+        }
+        let mut k = key(None);
+        k.scopes.clear();
+        assert_eq!(entry(&k).scopes().count(), 0);
     }
 }

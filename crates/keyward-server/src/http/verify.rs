@@ -101,7 +101,7 @@ async fn run(
 }
 
 /// The answer, written straight into the response body: the key's part was rendered when it
-/// was cached ([`crate::verifier::Entry::answer`]); only quota and rate limit are added here.
+/// was cached ([`crate::verifier::Entry::write_answer`]); only quota and rate limit are added here.
 fn outcome_body(o: &Outcome) -> Vec<u8> {
     match o {
         Outcome::Valid {
@@ -109,9 +109,9 @@ fn outcome_body(o: &Outcome) -> Vec<u8> {
             remaining,
             rate,
         } => {
-            let mut out = Vec::with_capacity(entry.answer().len() + 160);
+            let mut out = Vec::with_capacity(entry.answer_len() + 160);
             out.extend_from_slice(b"{\"valid\":true,\"code\":\"VALID\",");
-            out.extend_from_slice(entry.answer().as_bytes());
+            entry.write_answer(&mut out);
             out.extend_from_slice(b",\"remaining\":");
             push_int(&mut out, *remaining);
             out.extend_from_slice(b",\"ratelimit\":");
