@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use keyward_core::time::Timestamp;
 use keyward_store::Store;
 
 use crate::support::*;
@@ -67,3 +68,124 @@ async fn nodes_opening_one_new_database_at_once_all_migrate_it(db: &TestDb) {
 conformance!(unopened nodes_opening_one_new_database_at_once_all_migrate_it
     => sqlite_nodes_opening_one_new_database_at_once_all_migrate_it,
        postgres_nodes_opening_one_new_database_at_once_all_migrate_it);
+
+/// A database written by the version before the usage roll-up (migrations 1-4, counters in
+/// `keys`, every bucket size written by the flush) keeps its counts when the new version opens
+/// it: nothing lost, nothing doubled.
+async fn a_version_4_database_keeps_its_counts_and_buckets(db: &TestDb) {
+    macro_rules! both {
+        ($f:literal) => {
+            (
+                include_str!(concat!("../../migrations/sqlite/", $f)),
+                include_str!(concat!("../../migrations/postgres/", $f)),
+            )
+        };
+    }
+    let actor = serde_json::to_string(&keyward_core::model::Actor::system()).unwrap();
+    let (minute, hour, day) = (T0 + 60_000, T0, T0 - T0.rem_euclid(86_400_000));
+    // 32-byte digests, each backend's way of writing bytes.
+    let bytes = |b: u8| {
+        let hex = format!("{b:02x}").repeat(32);
+        match db.backend_name() {
+            "sqlite" => format!("X'{hex}'"),
+            _ => format!("'\\x{hex}'::bytea"),
+        }
+    };
+    let (hash1, hash2) = (bytes(1), bytes(2));
+    db.execute_raw(
+        &[
+            both!("0001_init.sql"),
+            both!("0002_lifecycle_usage.sql"),
+            both!("0003_users.sql"),
+            both!("0004_quota_leases.sql"),
+        ],
+        &format!(
+            "CREATE TABLE keyward_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL);
+             INSERT INTO keyward_migrations VALUES (1, 0), (2, 0), (3, 0), (4, 0);
+             INSERT INTO keyspaces (id, name, prefix, policy, created_at, updated_at)
+                 VALUES ('ks_old', 'old', 'old', '{{}}', 0, 0);
+             INSERT INTO keys (id, keyspace_id, name, scopes, labels, meta, hash, start_chars,
+                 end_chars, enabled, created_at, created_by, updated_at, last_used_at, call_count,
+                 denied_count)
+                 VALUES ('key_old', 'ks_old', 'old', '[]', '{{}}', '{{}}', {hash1}, 'old_', 'x', TRUE,
+                 0, '{actor}', 0, {minute}, 7, 2);
+             INSERT INTO keys (id, keyspace_id, name, scopes, labels, meta, hash, start_chars,
+                 end_chars, enabled, created_at, created_by, updated_at)
+                 VALUES ('key_unused', 'ks_old', 'unused', '[]', '{{}}', '{{}}', {hash2}, 'old_', 'y',
+                 TRUE, 0, '{actor}', 0);
+             INSERT INTO usage_buckets (key_id, granularity, start_at, code, n) VALUES
+                 ('key_old', 'm', {minute}, 'VALID', 7), ('key_old', 'h', {hour}, 'VALID', 7),
+                 ('key_old', 'd', {day}, 'VALID', 7), ('key_old', 'm', {minute}, 'REVOKED', 2),
+                 ('key_old', 'h', {hour}, 'REVOKED', 2), ('key_old', 'd', {day}, 'REVOKED', 2);"
+        ),
+    )
+    .await;
+    let store = db.reopen().await;
+    let k = store.key("key_old").await.unwrap().expect("the old key");
+    assert_eq!(
+        (k.call_count, k.denied_count, k.last_used_at),
+        (7, 2, Some(Timestamp::from_millis(minute)))
+    );
+    let u = store
+        .key("key_unused")
+        .await
+        .unwrap()
+        .expect("the unused key");
+    assert_eq!((u.call_count, u.denied_count, u.last_used_at), (0, 0, None));
+    let sum = |g: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .usage(
+                    None,
+                    g,
+                    Timestamp::from_millis(0),
+                    Timestamp::from_millis(T0 + 86_400_000),
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|b| b.n)
+                .sum::<i64>()
+        }
+    };
+    assert_eq!((sum("m").await, sum("h").await, sum("d").await), (9, 9, 9));
+    // The migrated minutes are already in their hours and days.
+    assert_eq!(
+        store
+            .rollup_usage(Timestamp::from_millis(i64::MAX))
+            .await
+            .unwrap(),
+        0
+    );
+    // New counts add to the old ones, once.
+    store
+        .apply_usage(&[keyward_store::UsageDelta {
+            key_id: "key_old".into(),
+            calls: 1,
+            last_used_at: Some(Timestamp::from_millis(minute + 1)),
+            buckets: vec![(minute, "VALID".into(), 1)],
+            ..keyward_store::UsageDelta::default()
+        }])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .rollup_usage(Timestamp::from_millis(i64::MAX))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        (sum("m").await, sum("h").await, sum("d").await),
+        (10, 10, 10)
+    );
+    let k = store.key("key_old").await.unwrap().unwrap();
+    assert_eq!(
+        (k.call_count, k.last_used_at),
+        (8, Some(Timestamp::from_millis(minute + 1)))
+    );
+}
+conformance!(unopened a_version_4_database_keeps_its_counts_and_buckets
+    => sqlite_a_version_4_database_keeps_its_counts_and_buckets,
+       postgres_a_version_4_database_keeps_its_counts_and_buckets);

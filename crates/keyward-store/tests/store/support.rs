@@ -86,6 +86,45 @@ impl TestDb {
         Opener(self.backend.clone())
     }
 
+    /// Runs SQL straight on the database, as its backend's own client would (for databases made
+    /// by an older version: `files` are that version's migrations, run before `sql`).
+    pub async fn execute_raw(&self, files: &[(&str, &str)], sql: &str) {
+        use sqlx::Connection;
+        let mut all = String::new();
+        for (sqlite, postgres) in files {
+            all.push_str(match self.backend {
+                Backend::Sqlite { .. } => sqlite,
+                Backend::Postgres { .. } => postgres,
+            });
+            all.push('\n');
+        }
+        all.push_str(sql);
+        match &self.backend {
+            Backend::Sqlite { url, .. } => {
+                let opts: sqlx::sqlite::SqliteConnectOptions = url.parse().expect("a SQLite URL");
+                let mut conn = sqlx::SqliteConnection::connect_with(&opts.create_if_missing(true))
+                    .await
+                    .expect("connect to SQLite");
+                sqlx::raw_sql(&all)
+                    .execute(&mut conn)
+                    .await
+                    .expect("raw SQL");
+                conn.close().await.expect("close");
+            }
+            Backend::Postgres { schema } => {
+                let mut conn = sqlx::PgConnection::connect(&testing::pg_url())
+                    .await
+                    .expect("connect to PostgreSQL");
+                let sql = format!("CREATE SCHEMA {schema}; SET search_path TO {schema};\n{all}");
+                sqlx::raw_sql(&sql)
+                    .execute(&mut conn)
+                    .await
+                    .expect("raw SQL");
+                conn.close().await.expect("close");
+            }
+        }
+    }
+
     /// Removes the database after a test that passed (a failed test leaves it for a look).
     pub async fn finish(mut self) {
         self.store = None;
