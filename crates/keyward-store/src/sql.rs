@@ -85,6 +85,13 @@ fn hash_from(bytes: Vec<u8>) -> Result<KeyHash> {
     Ok(KeyHash(arr))
 }
 
+/// A backend's migrations: `(version, SQL)` from `migrations/<dir>/<file>`, in order.
+macro_rules! migrations {
+    ($dir:literal: $($version:literal => $file:literal),* $(,)?) => {
+        &[$(($version, include_str!(concat!("../migrations/", $dir, "/", $file)))),*]
+    };
+}
+
 macro_rules! sql_backend {
     ($Store:ident, $Tx:ident, $DB:ty, $Row:ty, $name:literal, $instr:literal, $notify:literal, $for_update:literal) => {
         fn get<'r, T>(r: &'r $Row, col: &str) -> Result<T>
@@ -1443,26 +1450,14 @@ pub mod sqlite {
 
     use super::*;
 
-    const MIGRATIONS: &[(i64, &str)] = &[
-        (1, include_str!("../migrations/sqlite/0001_init.sql")),
-        (
-            2,
-            include_str!("../migrations/sqlite/0002_lifecycle_usage.sql"),
-        ),
-        (3, include_str!("../migrations/sqlite/0003_users.sql")),
-        (
-            4,
-            include_str!("../migrations/sqlite/0004_quota_leases.sql"),
-        ),
-        (
-            5,
-            include_str!("../migrations/sqlite/0005_usage_rollup.sql"),
-        ),
-        (
-            6,
-            include_str!("../migrations/sqlite/0006_key_counters.sql"),
-        ),
-    ];
+    const MIGRATIONS: &[(i64, &str)] = migrations!("sqlite":
+        1 => "0001_init.sql",
+        2 => "0002_lifecycle_usage.sql",
+        3 => "0003_users.sql",
+        4 => "0004_quota_leases.sql",
+        5 => "0005_usage_rollup.sql",
+        6 => "0006_key_counters.sql",
+    );
 
     /// The embedded single-node backend: one SQLite file in WAL mode.
     #[derive(Clone)]
@@ -1558,26 +1553,14 @@ pub mod postgres {
 
     use super::*;
 
-    const MIGRATIONS: &[(i64, &str)] = &[
-        (1, include_str!("../migrations/postgres/0001_init.sql")),
-        (
-            2,
-            include_str!("../migrations/postgres/0002_lifecycle_usage.sql"),
-        ),
-        (3, include_str!("../migrations/postgres/0003_users.sql")),
-        (
-            4,
-            include_str!("../migrations/postgres/0004_quota_leases.sql"),
-        ),
-        (
-            5,
-            include_str!("../migrations/postgres/0005_usage_rollup.sql"),
-        ),
-        (
-            6,
-            include_str!("../migrations/postgres/0006_key_counters.sql"),
-        ),
-    ];
+    const MIGRATIONS: &[(i64, &str)] = migrations!("postgres":
+        1 => "0001_init.sql",
+        2 => "0002_lifecycle_usage.sql",
+        3 => "0003_users.sql",
+        4 => "0004_quota_leases.sql",
+        5 => "0005_usage_rollup.sql",
+        6 => "0006_key_counters.sql",
+    );
     /// Advisory lock id held while migrating, so nodes starting together migrate once.
     const MIGRATION_LOCK: i64 = 0x6b_6579_7761_7264; // "keyward" in ASCII
 

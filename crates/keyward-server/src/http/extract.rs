@@ -89,34 +89,24 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
 /// Reads a body of `n` bytes (at most [`MAX_BODY`]): one chunk is returned as it is.
 async fn read_declared(mut body: axum::body::Body, n: usize) -> std::result::Result<Bytes, ()> {
     use http_body_util::BodyExt;
-    let mut first: Option<Bytes> = None;
-    let mut rest: Vec<u8> = Vec::new();
+    let mut chunks: Vec<Bytes> = Vec::new();
     let mut have = 0;
     while have < n {
         let Some(frame) = body.frame().await else {
             break;
         };
-        let Ok(data) = frame.map_err(|_| ())?.into_data() else {
-            continue;
-        };
-        have += data.len();
-        if have > MAX_BODY {
-            return Err(());
-        }
-        match &first {
-            None => first = Some(data),
-            Some(f) => {
-                if rest.is_empty() {
-                    rest.extend_from_slice(f);
-                }
-                rest.extend_from_slice(&data);
+        if let Ok(data) = frame.map_err(|_| ())?.into_data() {
+            have += data.len();
+            if have > MAX_BODY {
+                return Err(());
             }
+            chunks.push(data);
         }
     }
-    Ok(if rest.is_empty() {
-        first.unwrap_or_default()
-    } else {
-        Bytes::from(rest)
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.swap_remove(0),
+        _ => chunks.concat().into(),
     })
 }
 
