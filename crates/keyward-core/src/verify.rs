@@ -57,18 +57,18 @@ impl Code {
 }
 
 /// The parts of a key that the static checks read.
-#[derive(Clone, Debug)]
-pub struct Rules {
+#[derive(Clone, Copy, Debug)]
+pub struct Rules<'a> {
     pub revoked: bool,
     pub expires_at: Option<Timestamp>,
     pub enabled: bool,
     /// `None`: any address. `Some(empty)`: no address.
-    pub allowed: Option<Vec<ipnet::IpNet>>,
+    pub allowed: Option<&'a [ipnet::IpNet]>,
 }
 
 /// Checks that need no mutable state: `REVOKED` .. `INSUFFICIENT_SCOPE`.
 pub fn check_rules<'a>(
-    rules: &Rules,
+    rules: &Rules<'_>,
     key_scopes: impl Iterator<Item = &'a str> + Clone,
     requested_scopes: &[String],
     ip: Option<IpAddr>,
@@ -83,7 +83,7 @@ pub fn check_rules<'a>(
     if !rules.enabled {
         return Err(Code::Disabled);
     }
-    if let Some(allowed) = &rules.allowed {
+    if let Some(allowed) = rules.allowed {
         match ip {
             Some(ip) if allowed.iter().any(|n| n.contains(&ip)) => {}
             _ => return Err(Code::IpNotAllowed),
@@ -163,7 +163,7 @@ mod tests {
 
     const SCOPES: [&str; 1] = ["orders:*"];
 
-    fn rules() -> Rules {
+    fn rules<'a>() -> Rules<'a> {
         Rules {
             revoked: false,
             expires_at: None,
@@ -194,7 +194,8 @@ mod tests {
             Err(Code::Disabled)
         );
         r.enabled = true;
-        r.allowed = Some(vec!["10.0.0.0/8".parse().unwrap()]);
+        let nets = ["10.0.0.0/8".parse().unwrap()];
+        r.allowed = Some(&nets);
         assert_eq!(
             check_rules(&r, SCOPES.iter().copied(), &["x".into()], None, now),
             Err(Code::IpNotAllowed)

@@ -25,7 +25,7 @@ use common::{rss_bytes, KeyMaker, TempDir, KEY_LEN};
 use futures_util::FutureExt;
 use keyward_core::model::Key;
 use keyward_core::verify::Code;
-use keyward_server::verifier::{Entry, Live, Request};
+use keyward_server::verifier::{Entry, Request};
 
 fn main() {
     let n: usize = std::env::var("KEYWARD_BENCH_KEYS")
@@ -64,9 +64,9 @@ fn main() {
         assert_eq!(outcome.code(), Code::Valid);
     }
     let used = rss_bytes();
-    let (deltas, _) = state.verifier.take_usage();
-    assert_eq!(deltas.len(), n);
-    drop(deltas);
+    let usage = state.verifier.take_usage();
+    assert_eq!(usage.deltas.len(), n);
+    drop(usage);
     let flushed = rss_bytes();
 
     let per_key = |rss: u64| rss.saturating_sub(before) as f64 / n as f64;
@@ -92,10 +92,9 @@ fn main() {
         per_key(flushed)
     );
     println!(
-        "sizes: Key {} B, Entry {} B, Live {} B (inline, before their heap parts)",
+        "sizes: Key {} B, Entry {} B (inline, before its answer text)",
         size_of::<Key>(),
-        size_of::<Entry>(),
-        size_of::<Live>()
+        size_of::<Entry>()
     );
 }
 

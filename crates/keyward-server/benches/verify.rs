@@ -11,9 +11,8 @@
 //!   malformed key (it stops after the parse).
 //! - `cached_N/*` with N = 10,000 and 1,000,000 keys primed into the cache of an `AppState` over
 //!   a real SQLite store in a temporary directory (the store is only read on misses):
-//!   - `lookup`: the cache lookup alone. The verifier's shard maps are private, so this is a
-//!     replica of the same shape (64 `RwLock` shards picked by the digest's last byte, the same
-//!     `DigestHasher`) holding the verifier's own `Arc<Entry>`s: read lock, get, clone the `Arc`.
+//!   - `lookup`: the cache lookup alone (`Verifier::lookup`: the shard's read lock, the set's
+//!     get, clone the `Arc`).
 //!   - `verify_not_found`: `Verifier::verify` of well-formed keys cached as "no such key"
 //!     (parse + hash + lookup).
 //!   - `verify`: `Verifier::verify` of a cached valid key, every step included.
@@ -34,10 +33,7 @@ mod common;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
 use std::hint::black_box;
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use common::{KeyMaker, TempDir, KEY_LEN};
@@ -46,7 +42,7 @@ use futures_util::FutureExt;
 use keyward_core::keyformat::{self, KeyHash};
 use keyward_core::model::Key;
 use keyward_core::verify::{check_and_consume, check_rules, Code, Rules, Window};
-use keyward_server::verifier::{DigestHasher, Entry, Outcome, Request, Verifier};
+use keyward_server::verifier::{Outcome, Request, Verifier};
 
 fn request(key: &str) -> Request<'_> {
     Request {
@@ -67,7 +63,7 @@ fn verify_cached(v: &Verifier, key: &str) -> Outcome {
 }
 
 /// The decision's static rules, built from a key as the verifier builds them.
-fn rules_of(key: &Key) -> Rules {
+fn rules_of(key: &Key) -> Rules<'static> {
     Rules {
         revoked: key.revoked_at.is_some(),
         expires_at: key.expires_at,
@@ -131,9 +127,6 @@ impl Rng {
     }
 }
 
-const SHARDS: usize = 64;
-type Shard = RwLock<HashMap<KeyHash, Option<Arc<Entry>>, BuildHasherDefault<DigestHasher>>>;
-
 fn cached(c: &mut Criterion, n: usize) {
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let dir = TempDir::new("bench-verify");
@@ -166,16 +159,10 @@ fn cached(c: &mut Criterion, n: usize) {
     let key_at = |slot: usize| &keys[slot * KEY_LEN..(slot + 1) * KEY_LEN];
     let hashes: Vec<KeyHash> = (0..n).map(|s| KeyHash::of(key_at(s))).collect();
 
-    // The lookup replica holds the verifier's own entries (one verification each fetches them).
-    let shards: Vec<Shard> = (0..SHARDS).map(|_| Shard::default()).collect();
-    for (slot, hash) in hashes.iter().enumerate() {
-        let Outcome::Valid { entry, .. } = verify_cached(verifier, key_at(slot)) else {
+    for slot in 0..n {
+        let Outcome::Valid { .. } = verify_cached(verifier, key_at(slot)) else {
             panic!("a primed key verifies as valid");
         };
-        shards[hash.0[31] as usize % SHARDS]
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(*hash, Some(entry));
     }
     drop(verifier.take_usage());
 
@@ -204,13 +191,7 @@ fn cached(c: &mut Criterion, n: usize) {
         slot
     };
     g.bench_function("lookup", |b| {
-        b.iter(|| {
-            let h = &hashes[next()];
-            let shard = shards[h.0[31] as usize % SHARDS]
-                .read()
-                .unwrap_or_else(|p| p.into_inner());
-            black_box(shard.get(h).cloned())
-        })
+        b.iter(|| black_box(verifier.lookup(&hashes[next()])))
     });
     if negatives == unknown.len() {
         let mut u = 0;
@@ -259,8 +240,8 @@ fn cached(c: &mut Criterion, n: usize) {
                     }
                 },
                 |()| {
-                    let (deltas, _) = verifier.take_usage();
-                    rt.block_on(state.store.apply_usage(&deltas))
+                    let usage = verifier.take_usage();
+                    rt.block_on(state.store.apply_usage(&usage.deltas))
                         .expect("usage written");
                 },
                 BatchSize::PerIteration,

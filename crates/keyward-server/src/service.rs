@@ -70,7 +70,7 @@ struct Forget<'a> {
     st: &'a AppState,
     hashes: Vec<KeyHash>,
     /// Quotas set anew: this node's leases of them are void.
-    quota: Vec<(String, Option<i64>)>,
+    quota: Vec<(KeyHash, Option<i64>)>,
 }
 
 impl<'a> Forget<'a> {
@@ -85,8 +85,8 @@ impl<'a> Forget<'a> {
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
-        for (id, remaining) in &self.quota {
-            self.st.verifier.set_remaining(id, *remaining);
+        for (hash, remaining) in &self.quota {
+            self.st.verifier.set_remaining(hash, *remaining);
         }
         for h in &self.hashes {
             self.st.verifier.invalidate(h);
@@ -633,7 +633,7 @@ pub async fn update_key(st: &AppState, ctx: &Ctx, id: &str, p: PatchKey) -> Resu
     tx.append_audit(ev).await?;
     let mut forget = Forget::keys(st, vec![k.hash]);
     if p.remaining.is_some() {
-        forget.quota.push((k.id.clone(), k.remaining));
+        forget.quota.push((k.hash, k.remaining));
     }
     tx.commit().await?;
     drop(forget);
@@ -830,7 +830,7 @@ pub async fn rotate_key(
         .await?;
     let mut forget = Forget::keys(st, vec![k.hash, new.hash]);
     if k.remaining.is_some() {
-        forget.quota.push((k.id.clone(), Some(0)));
+        forget.quota.push((k.hash, Some(0)));
     }
     tx.commit().await?;
     drop(forget);

@@ -1,21 +1,26 @@
 //! The data plane: verification against an in-memory cache of key state, with usage counted in
 //! memory and written in batches by the usage flusher (no database write per verification).
 //!
-//! - The cache maps a key's SHA-256 to its [`Entry`] or to "no such key" (a negative entry, so a
-//!   random key costs at most one store read per cache lifetime). It is sharded by hash.
-//! - [`Live`] holds what changes per verification (rate-limit window, quota, usage counts). It
-//!   is keyed by key id and outlives cache entries, so a reload after a change loses no counts.
+//! - The cache maps a key's digest (the first 16 bytes of its SHA-256) to its [`Entry`] or to
+//!   "no such key" (a negative entry, so a random key costs at most one store read per cache
+//!   lifetime). It is sharded by digest.
+//! - An [`Entry`] is one allocation (plus its answer text) holding what the decision and the
+//!   answer read and what changes per verification (rate-limit window, quota lease, usage
+//!   counts): about 280 bytes per key with typical fields (`docs/benchmarks.md`).
 //! - Coherence on this node: every control-plane change calls [`Verifier::invalidate`] after its
-//!   commit and before it answers; a load that raced with it does not cache its stale answer
-//!   (the epoch check in [`Verifier::load`]).
+//!   commit and before it answers. The entry stays in the cache marked stale; the next
+//!   verification reads the store and the new entry takes over the old one's live state (window,
+//!   lease, counts not yet written), so a reload loses no counts and resets no limit. A load that
+//!   raced with an invalidation does not cache its stale answer (the epoch check in
+//!   [`Verifier::load`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use keyward_core::keyformat::{self, KeyHash, TOKEN_PREFIX};
-use keyward_core::model::{parse_cidr, Key};
+use keyward_core::model::{parse_cidr, Key, RateLimit};
 use keyward_core::time::{Clock, Timestamp};
 use keyward_core::verify::{check_and_consume, check_rules, Code, RateState, Rules, Window};
 use keyward_store::{Store, StoreError, UsageDelta};
@@ -23,6 +28,17 @@ use keyward_store::{Store, StoreError, UsageDelta};
 use crate::metrics::Metrics;
 
 const SHARDS: usize = 64;
+
+/// What the cache is keyed by: the first 16 bytes of a key's SHA-256. Finding another key with
+/// the same 128 bits is a second preimage of 2^128 work, on digests that are never shown; two
+/// real keys sharing them is a birthday event of about n^2 / 2^129 (1e-27 for a million keys).
+pub type Digest = [u8; 16];
+
+fn digest(h: &KeyHash) -> Digest {
+    let mut d = [0u8; 16];
+    d.copy_from_slice(&h.0[..16]);
+    d
+}
 
 /// Keys of the cache are SHA-256 digests: already uniformly random, so their first eight bytes
 /// are the hash (no second hash function on the hot path).
@@ -34,7 +50,7 @@ impl std::hash::Hasher for DigestHasher {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        // `KeyHash` hashes as its 32-byte array (a length prefix, then the bytes).
+        // A digest hashes as its array (a length prefix, then the bytes).
         let mut b = [0u8; 8];
         let n = bytes.len().min(8);
         b[..n].copy_from_slice(&bytes[..n]);
@@ -42,26 +58,44 @@ impl std::hash::Hasher for DigestHasher {
     }
 }
 
-type DigestMap<V> = HashMap<KeyHash, V, std::hash::BuildHasherDefault<DigestHasher>>;
+type DigestBuild = std::hash::BuildHasherDefault<DigestHasher>;
 /// Negative entries kept per shard before that shard's negatives are dropped.
 const NEGATIVE_PER_SHARD: usize = 4096;
 
-/// Per-key state that changes with each verification.
-pub struct Live {
-    /// The key id, then its keyspace's id (one allocation).
-    ids: Box<str>,
-    keyspace_at: u32,
-    state: Mutex<LiveState>,
-    queued: AtomicBool,
-    /// Set when another node changed the key: the next load takes `remaining` from the store.
-    stale_quota: AtomicBool,
-}
-
 /// Distinct source addresses remembered per key between two flushes (the rest still count).
 const SOURCES_PER_FLUSH: usize = 64;
+/// "None" for the millisecond fields of [`LiveState`] (an `Option` would double their size).
+const NEVER: i64 = i64::MIN;
 
-#[derive(Default)]
+/// What changes with each verification of a key: 32 bytes inline for the common key (no rate
+/// limit, no quota, valid uses within one minute between flushes), the rest boxed.
 struct LiveState {
+    /// Valid verifications in minute `minute` (minutes since the epoch) since the last flush.
+    /// A minute holds at most 60 s of one core's verifications, far below `u32::MAX`.
+    minute: u32,
+    valid: u32,
+    /// The last valid use since the last flush (ms), or [`NEVER`].
+    last_used: i64,
+    /// The last valid use this node knows of (ms, for `dormant_reactivated`), or [`NEVER`].
+    previous_use: i64,
+    more: Option<Box<More>>,
+}
+
+impl Default for LiveState {
+    fn default() -> Self {
+        LiveState {
+            minute: 0,
+            valid: 0,
+            last_used: NEVER,
+            previous_use: NEVER,
+            more: None,
+        }
+    }
+}
+
+/// What only some keys need: a rate-limit window, a quota lease, denials, addresses.
+#[derive(Default)]
+struct More {
     window: Window,
     /// The part of the quota this node holds (its lease) and may grant without asking the
     /// store; `None` for a key without quota.
@@ -70,71 +104,29 @@ struct LiveState {
     pool: i64,
     /// When this node last asked the store for quota.
     last_lease: Option<Timestamp>,
-    calls: i64,
-    denied: i64,
-    last_used: Option<Timestamp>,
     consumed: i64,
-    /// Verifications by (minute start ms, code) since the last flush.
+    /// Verifications by (minute start ms, code) since the last flush, other than those counted
+    /// inline.
     buckets: Vec<(i64, Code, i64)>,
-    /// What few keys need (addresses, reactivations): boxed, so that most keys pay a pointer.
-    extra: Option<Box<Extra>>,
-    /// The last valid use this node knows of (for `dormant_reactivated`).
-    previous_use: Option<Timestamp>,
-}
-
-#[derive(Default)]
-struct Extra {
     /// Source addresses since the last flush: (address, first, last, count).
     sources: Vec<(IpAddr, Timestamp, Timestamp, i64)>,
     /// Valid uses after a long silence since the last flush: (previous use, this use).
     reactivations: Vec<(Timestamp, Timestamp)>,
-    /// Addresses this node knows the key has been seen from (for `new_source`), bounded.
-    known_sources: std::collections::HashSet<String>,
 }
-
-impl Live {
-    pub fn key_id(&self) -> &str {
-        self.ids.get(..self.keyspace_at as usize).unwrap_or("")
-    }
-    pub fn keyspace_id(&self) -> &str {
-        self.ids.get(self.keyspace_at as usize..).unwrap_or("")
-    }
-}
-
-/// The live cells by key id (the set borrows the id from the cell: no second copy).
-struct ById(Arc<Live>);
-
-impl std::borrow::Borrow<str> for ById {
-    fn borrow(&self) -> &str {
-        self.0.key_id()
-    }
-}
-impl std::hash::Hash for ById {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        self.0.key_id().hash(h)
-    }
-}
-impl PartialEq for ById {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.key_id() == other.0.key_id()
-    }
-}
-impl Eq for ById {}
 
 impl LiveState {
+    fn more(&mut self) -> &mut More {
+        self.more.get_or_insert_with(Box::default)
+    }
+
+    fn remaining(&self) -> Option<i64> {
+        self.more.as_ref().and_then(|m| m.remaining)
+    }
+
     fn record(&mut self, code: Code, ip: Option<IpAddr>, now: Timestamp) {
-        let minute = now.millis().div_euclid(60_000) * 60_000;
-        match self
-            .buckets
-            .iter_mut()
-            .rev()
-            .find(|(m, c, _)| *m == minute && *c == code)
-        {
-            Some(b) => b.2 += 1,
-            None => self.buckets.push((minute, code, 1)),
-        }
+        self.add(now.millis().div_euclid(60_000) * 60_000, code, 1);
         if let Some(ip) = ip {
-            let sources = &mut self.extra.get_or_insert_with(Box::default).sources;
+            let sources = &mut self.more().sources;
             let full = sources.len() >= SOURCES_PER_FLUSH;
             match sources.iter_mut().find(|s| s.0 == ip) {
                 Some(s) => {
@@ -145,6 +137,44 @@ impl LiveState {
                 None => {}
             }
         }
+    }
+
+    /// Adds `n` verifications with `code` in the minute starting at `minute_ms`.
+    fn add(&mut self, minute_ms: i64, code: Code, n: i64) {
+        if code == Code::Valid {
+            if let Ok(m) = u32::try_from(minute_ms.div_euclid(60_000)) {
+                if self.valid == 0 {
+                    self.minute = m;
+                }
+                if self.minute == m {
+                    if let Ok(v) = u32::try_from(i64::from(self.valid) + n) {
+                        self.valid = v;
+                        return;
+                    }
+                }
+            }
+        }
+        let buckets = &mut self.more().buckets;
+        match buckets
+            .iter_mut()
+            .rev()
+            .find(|(m, c, _)| *m == minute_ms && *c == code)
+        {
+            Some(b) => b.2 += n,
+            None => buckets.push((minute_ms, code, n)),
+        }
+    }
+
+    /// Whether the flusher has something to write.
+    fn pending(&self) -> bool {
+        self.valid != 0
+            || self.last_used != NEVER
+            || self.more.as_ref().is_some_and(|m| {
+                m.consumed != 0
+                    || !m.buckets.is_empty()
+                    || !m.sources.is_empty()
+                    || !m.reactivations.is_empty()
+            })
     }
 }
 
@@ -164,43 +194,70 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// A cached key: what the decision and the answer read, compactly (the cache holds millions),
-/// plus its live counters.
+/// and its live state. 112 bytes inline (128 with the `Arc`'s counts, one allocator size class).
 pub struct Entry {
-    /// The values of a `VALID` answer that depend only on the key, rendered once per load as
-    /// JSON and copied into each answer, separated by U+001F (which JSON text never holds raw):
-    /// key id, keyspace id (both bare), name, owner, the scope list's members (`"a","b"`),
-    /// labels, meta, expires_at; then the owner as it is (for forward-auth's header). Ids and
-    /// scopes need no JSON escaping (their grammars exclude it), so they are read straight out.
+    digest: Digest,
+    /// The values of a `VALID` answer that depend only on the key (the keyspace id aside),
+    /// rendered once per load as JSON and copied into each answer, separated by U+001F (which
+    /// JSON text never holds raw): key id (bare), name, owner, the scope list's members
+    /// (`"a","b"`), labels, meta, expires_at. Ids and scopes need no JSON escaping (their
+    /// grammars exclude it), so they are read straight out.
     text: Box<str>,
+    /// Shared by every key of the keyspace.
+    keyspace: Arc<String>,
+    state: Mutex<LiveState>,
+    /// Milliseconds, or `i64::MAX` for a key that does not expire.
+    expires_ms: i64,
+    rare: Option<Box<Rare>>,
+    revoked: bool,
+    enabled: bool,
     has_owner: bool,
-    rules: Rules,
-    ratelimit: Option<keyward_core::model::RateLimit>,
-    live: Arc<Live>,
-    /// Where quota is drawn from during a rotation grace period: the successor's cell (so a
-    /// rotation never doubles a quota); `None`: the key's own.
-    quota: Option<Arc<Live>>,
+    /// In the dirty list (counts not yet taken by the flusher).
+    queued: AtomicBool,
+    /// Changed since it was loaded: the next verification reads the store.
+    stale: AtomicBool,
+    /// Its live state was handed to a newer entry of the key: verifications start over.
+    moved: AtomicBool,
+    /// Another node set the key's quota anew: the next load drops this node's lease.
+    stale_quota: AtomicBool,
+    /// In the list of leases to give back when idle.
+    leased: AtomicBool,
+}
+
+/// What few keys have: address restrictions, a rate limit, a rotation's quota, an owner that
+/// JSON escapes.
+struct Rare {
+    allowed: Option<Box<[ipnet::IpNet]>>,
+    ratelimit: Option<RateLimit>,
+    /// Where quota is drawn from during a rotation grace period: the successor's entry (so a
+    /// rotation never doubles a quota).
+    quota: Option<Arc<Entry>>,
+    /// The owner as it is, when its JSON form is not simply it in quotes.
+    owner: Option<Box<str>>,
 }
 
 const SEP: char = '\u{1f}';
-/// The pieces of [`Entry::text`] before the raw owner.
-const PIECES: usize = 8;
 
 impl Entry {
-    fn new(key: &Key, rules: Rules, live: Arc<Live>, quota: Option<Arc<Live>>) -> Entry {
+    fn new(key: &Key, keyspace: Arc<String>, quota: Option<Arc<Entry>>) -> Entry {
         fn json(t: &mut String, v: &impl serde::Serialize) {
             match serde_json::to_string(v) {
                 Ok(j) => t.push_str(&j),
                 Err(_) => t.push_str("null"),
             }
         }
-        let mut t = String::with_capacity(192);
+        let mut t = String::with_capacity(160);
         t.push_str(&key.id);
-        t.push(SEP);
-        t.push_str(&key.keyspace_id);
         t.push(SEP);
         json(&mut t, &key.name);
         t.push(SEP);
+        let owner_at = t.len();
         json(&mut t, &key.owner);
+        // Escaping lengthens: same length plus the quotes means the JSON is the owner quoted.
+        let plain_owner = key
+            .owner
+            .as_ref()
+            .is_none_or(|o| t.len() - owner_at == o.len() + 2);
         t.push(SEP);
         for (i, scope) in key.scopes.iter().enumerate() {
             if i > 0 {
@@ -214,17 +271,52 @@ impl Entry {
         json(&mut t, &key.meta);
         t.push(SEP);
         json(&mut t, &key.expires_at);
-        t.push(SEP);
-        if let Some(owner) = &key.owner {
-            t.push_str(owner);
+
+        let allowed = key.allowed_cidrs.as_ref().map(|c| {
+            c.iter()
+                .filter_map(|s| parse_cidr(s).ok())
+                .collect::<Vec<_>>()
+                .into_boxed_slice()
+        });
+        let owner = (!plain_owner)
+            .then(|| key.owner.as_deref().map(Box::from))
+            .flatten();
+        let rare =
+            (allowed.is_some() || key.ratelimit.is_some() || quota.is_some() || owner.is_some())
+                .then(|| {
+                    Box::new(Rare {
+                        allowed,
+                        ratelimit: key.ratelimit,
+                        quota,
+                        owner,
+                    })
+                });
+        let mut state = LiveState {
+            previous_use: key.last_used_at.map_or(NEVER, Timestamp::millis),
+            ..LiveState::default()
+        };
+        if let Some(r) = key.remaining {
+            // No lease yet: the first valid verification leases from the store.
+            let m = state.more();
+            m.remaining = Some(0);
+            m.pool = r;
         }
         Entry {
-            text: t.into_boxed_str(),
+            digest: digest(&key.hash),
+            // A copy, not `into_boxed_str`: shrinking in place can keep the larger block.
+            text: Box::from(t.as_str()),
+            keyspace,
+            state: Mutex::new(state),
+            expires_ms: key.expires_at.map_or(i64::MAX, Timestamp::millis),
+            rare,
+            revoked: key.revoked_at.is_some(),
+            enabled: key.enabled,
             has_owner: key.owner.is_some(),
-            rules,
-            ratelimit: key.ratelimit,
-            live,
-            quota,
+            queued: AtomicBool::new(false),
+            stale: AtomicBool::new(false),
+            moved: AtomicBool::new(false),
+            stale_quota: AtomicBool::new(false),
+            leased: AtomicBool::new(false),
         }
     }
 
@@ -238,21 +330,27 @@ impl Entry {
     }
 
     pub fn keyspace_id(&self) -> &str {
-        self.piece(1)
+        &self.keyspace
     }
 
     pub fn owner(&self) -> Option<&str> {
-        // The raw owner may hold anything, U+001F included: it is all that follows the pieces.
-        self.has_owner
-            .then(|| self.text.splitn(PIECES + 1, SEP).nth(PIECES).unwrap_or(""))
+        if !self.has_owner {
+            return None;
+        }
+        match self.rare.as_ref().and_then(|r| r.owner.as_deref()) {
+            Some(raw) => Some(raw),
+            None => {
+                let j = self.piece(2);
+                Some(j.get(1..j.len().saturating_sub(1)).unwrap_or(""))
+            }
+        }
     }
 
     /// Appends the key's members of a `VALID` answer (`"key_id":..,"keyspace_id":..,"name":..,
     /// "owner":..,"scopes":[..],"labels":..,"meta":..,"expires_at":..`) to `out`.
     pub fn write_answer(&self, out: &mut Vec<u8>) {
-        const NAMES: [&str; PIECES] = [
+        const NAMES: [&str; 7] = [
             "\"key_id\":\"",
-            "\",\"keyspace_id\":\"",
             "\",\"name\":",
             ",\"owner\":",
             ",\"scopes\":[",
@@ -260,7 +358,11 @@ impl Entry {
             ",\"meta\":",
             ",\"expires_at\":",
         ];
-        for (name, piece) in NAMES.iter().zip(self.text.split(SEP)) {
+        for (i, (name, piece)) in NAMES.iter().zip(self.text.split(SEP)).enumerate() {
+            if i == 1 {
+                out.extend_from_slice(b"\",\"keyspace_id\":\"");
+                out.extend_from_slice(self.keyspace.as_bytes());
+            }
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(piece.as_bytes());
         }
@@ -268,63 +370,108 @@ impl Entry {
 
     /// About how long [`Entry::write_answer`]'s part is.
     pub fn answer_len(&self) -> usize {
-        self.text.len() + 96
+        self.text.len() + self.keyspace.len() + 112
     }
 
     /// The key's scopes.
     pub fn scopes(&self) -> impl Iterator<Item = &str> + Clone {
         // `"a","b"`: scopes hold neither `,` nor `"` (their grammar).
-        self.piece(4)
+        self.piece(3)
             .split(',')
             .map(|s| s.trim_matches('"'))
             .filter(|s| !s.is_empty())
     }
 
-    /// The cell quota is drawn from.
-    fn quota_cell(&self) -> &Arc<Live> {
-        self.quota.as_ref().unwrap_or(&self.live)
+    fn rules(&self) -> Rules<'_> {
+        Rules {
+            revoked: self.revoked,
+            expires_at: (self.expires_ms != i64::MAX)
+                .then(|| Timestamp::from_millis(self.expires_ms)),
+            enabled: self.enabled,
+            allowed: self.rare.as_ref().and_then(|r| r.allowed.as_deref()),
+        }
+    }
+
+    fn ratelimit(&self) -> Option<RateLimit> {
+        self.rare.as_ref().and_then(|r| r.ratelimit)
+    }
+
+    /// The successor's entry quota is drawn from (during a rotation's grace period).
+    fn successor(&self) -> Option<&Arc<Entry>> {
+        self.rare.as_ref().and_then(|r| r.quota.as_ref())
+    }
+
+    /// The entry quota is drawn from.
+    fn quota_cell(self: &Arc<Self>) -> &Arc<Entry> {
+        self.successor().unwrap_or(self)
+    }
+
+    fn is_moved(&self) -> bool {
+        self.moved.load(Ordering::Acquire)
+    }
+
+    /// Whether a verification must read the store first: the key changed since this entry was
+    /// loaded, or the entry its quota is drawn from was replaced.
+    fn needs_reload(&self) -> bool {
+        self.stale.load(Ordering::Acquire)
+            || self.is_moved()
+            || self
+                .successor()
+                .is_some_and(|s| s.is_moved() || s.stale.load(Ordering::Acquire))
     }
 }
 
-enum Slot {
-    Found(Arc<Entry>),
-    Missing,
-}
+/// The found entries of a shard, by digest (the set borrows the digest from the entry).
+struct ByDigest(Arc<Entry>);
 
-/// One shard of the cache. Negative entries are counted so that a flood of random keys evicts
-/// only negatives, and only when there are many of them.
+impl std::borrow::Borrow<Digest> for ByDigest {
+    fn borrow(&self) -> &Digest {
+        &self.0.digest
+    }
+}
+impl std::hash::Hash for ByDigest {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.0.digest.hash(h)
+    }
+}
+impl PartialEq for ByDigest {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.digest == other.0.digest
+    }
+}
+impl Eq for ByDigest {}
+
+/// One shard of the cache: a slot of 8 bytes per found key (the digest is in the entry), and
+/// the negatives apart, so that a flood of random keys evicts only negatives, and only when
+/// there are many of them.
 #[derive(Default)]
 struct Shard {
-    map: DigestMap<Slot>,
-    negatives: usize,
+    found: HashSet<ByDigest, DigestBuild>,
+    negatives: HashSet<Digest, DigestBuild>,
+}
+
+enum Cached {
+    Found(Arc<Entry>),
+    Missing,
+    Unknown,
 }
 
 impl Shard {
-    fn get(&self, h: &KeyHash) -> Option<&Slot> {
-        self.map.get(h)
+    fn get(&self, d: &Digest) -> Cached {
+        match self.found.get(d) {
+            Some(e) => Cached::Found(e.0.clone()),
+            None if self.negatives.contains(d) => Cached::Missing,
+            None => Cached::Unknown,
+        }
     }
     fn len(&self) -> usize {
-        self.map.len()
+        self.found.len() + self.negatives.len()
     }
-    fn remove(&mut self, h: &KeyHash) {
-        if let Some(Slot::Missing) = self.map.remove(h) {
-            self.negatives -= 1;
+    fn insert_missing(&mut self, d: Digest) {
+        if self.negatives.len() >= NEGATIVE_PER_SHARD {
+            self.negatives.clear();
         }
-    }
-    fn insert_found(&mut self, h: KeyHash, e: Arc<Entry>) {
-        if let Some(Slot::Missing) = self.map.insert(h, Slot::Found(e)) {
-            self.negatives -= 1;
-        }
-    }
-    fn insert_missing(&mut self, h: KeyHash) {
-        if self.negatives >= NEGATIVE_PER_SHARD {
-            self.map.retain(|_, s| matches!(s, Slot::Found(_)));
-            self.negatives = 0;
-        }
-        match self.map.insert(h, Slot::Missing) {
-            Some(Slot::Missing) => {}
-            Some(Slot::Found(_)) | None => self.negatives += 1,
-        }
+        self.negatives.insert(d);
     }
 }
 
@@ -343,11 +490,16 @@ pub struct Request<'a> {
 const LEASE_RETRY_MS: i64 = 500;
 /// A lease held this long without being spent from is given back at the next flush.
 const LEASE_IDLE_MS: i64 = 2000;
+/// Times a verification starts over because the entry it held was replaced, before it decides
+/// on the entry it holds (whose counts are still written).
+const RELOAD_TRIES: usize = 3;
 
 enum Decision {
     Done(Outcome),
     /// The local lease cannot cover the cost; lease more from the store and decide again.
     NeedQuota,
+    /// The entry's live state went to a newer entry; start over with that one.
+    Moved,
 }
 
 /// A rate-limit window counted in Redis: `count` includes this verification.
@@ -382,31 +534,39 @@ impl Outcome {
     }
 }
 
+/// What [`Verifier::take_usage`] took: the deltas to write, and the entries they came from (to
+/// put them back when the write fails).
+pub struct Usage {
+    pub deltas: Vec<UsageDelta>,
+    pub reactivations: Vec<Reactivation>,
+    cells: Vec<Arc<Entry>>,
+}
+
 pub struct Verifier {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     shards: Vec<RwLock<Shard>>,
-    /// Live state by key id.
-    live: Mutex<std::collections::HashSet<ById>>,
-    /// Live cells with counts not yet written (each at most once, see `Live::queued`).
-    dirty: Mutex<Vec<Arc<Live>>>,
+    /// Keyspace ids, one allocation each, shared by their keys' entries.
+    keyspaces: Mutex<HashMap<String, Arc<String>>>,
+    /// Entries with counts not yet written (each at most once, see `Entry::queued`).
+    dirty: Mutex<Vec<Arc<Entry>>>,
     /// Bumped by every invalidation; a load that saw another epoch does not cache its result.
     epoch: AtomicU64,
     /// A valid use this long after the previous one is a `dormant_reactivated` anomaly.
     dormant_after_ms: i64,
     /// Cluster-wide rate limits, when `KEYWARD_REDIS_URL` is set.
     redis: Option<Arc<crate::redis::RedisLimiter>>,
-    /// Keys for which this node holds a quota lease.
-    leased: Mutex<std::collections::HashSet<String>>,
+    /// Entries for which this node holds a quota lease (each at most once, see `Entry::leased`).
+    leased: Mutex<Vec<Arc<Entry>>>,
+    /// Addresses this node knows each key has been seen from (for `new_source`), bounded per
+    /// key; only keys verified with an address have a set.
+    known_sources: Mutex<HashMap<String, HashSet<String>>>,
     /// Whether verifications are counted (usage, buckets, sources, anomalies); off only for
     /// measuring what counting costs (`KEYWARD_USAGE_COUNTING=false`). Quota is always counted.
     usage_counting: AtomicBool,
     /// Prefixes of the keyspaces, and when they were last read from the store.
-    prefixes: RwLock<(
-        std::collections::HashSet<String>,
-        Option<std::time::Instant>,
-    )>,
+    prefixes: RwLock<(HashSet<String>, Option<std::time::Instant>)>,
 }
 
 impl Verifier {
@@ -422,20 +582,36 @@ impl Verifier {
             clock,
             metrics,
             shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
-            live: Mutex::new(std::collections::HashSet::new()),
+            keyspaces: Mutex::new(HashMap::new()),
             dirty: Mutex::new(Vec::new()),
             epoch: AtomicU64::new(0),
             dormant_after_ms: dormant_after_secs.saturating_mul(1000),
             redis,
-            leased: Mutex::new(std::collections::HashSet::new()),
-            prefixes: RwLock::new((std::collections::HashSet::new(), None)),
+            leased: Mutex::new(Vec::new()),
+            known_sources: Mutex::new(HashMap::new()),
+            prefixes: RwLock::new((HashSet::new(), None)),
             usage_counting: AtomicBool::new(true),
         }
     }
 
-    fn shard(&self, h: &KeyHash) -> &RwLock<Shard> {
+    fn shard(&self, d: &Digest) -> &RwLock<Shard> {
         // The last byte picks the shard; the first eight feed the map (independent bits).
-        &self.shards[h.0[31] as usize % SHARDS]
+        &self.shards[d[15] as usize % SHARDS]
+    }
+
+    fn cached(&self, d: &Digest) -> Cached {
+        self.shard(d)
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(d)
+    }
+
+    /// The entry cached for a key, if any (the lookup of a verification; for benchmarks).
+    pub fn lookup(&self, hash: &KeyHash) -> Option<Arc<Entry>> {
+        match self.cached(&digest(hash)) {
+            Cached::Found(e) => Some(e),
+            Cached::Missing | Cached::Unknown => None,
+        }
     }
 
     /// Verifies one request. `Err` only when the key is not cached and the store cannot be read.
@@ -448,7 +624,8 @@ impl Verifier {
     }
 
     /// The common case, without waiting: a malformed key, or a cached key whose answer needs
-    /// neither Redis nor a quota lease. `None`: take the slow path (which starts over).
+    /// neither the store, Redis nor a quota lease. `None`: take the slow path (which starts
+    /// over).
     fn verify_cached(&self, req: &Request<'_>) -> Option<Outcome> {
         let not_found = Outcome::Denied {
             code: Code::NotFound,
@@ -460,19 +637,15 @@ impl Verifier {
             _ => return Some(not_found),
         }
         let now = self.clock.now();
-        let hash = KeyHash::of(req.key);
-        let entry = {
-            let shard = self.shard(&hash).read().unwrap_or_else(|p| p.into_inner());
-            match shard.get(&hash)? {
-                Slot::Found(e) => e.clone(),
-                Slot::Missing => {
-                    drop(shard);
-                    self.metrics.cache_hit();
-                    return Some(not_found);
-                }
+        let entry = match self.cached(&digest(&KeyHash::of(req.key))) {
+            Cached::Found(e) => e,
+            Cached::Missing => {
+                self.metrics.cache_hit();
+                return Some(not_found);
             }
+            Cached::Unknown => return None,
         };
-        if self.redis.is_some() && entry.ratelimit.is_some() {
+        if entry.needs_reload() || (self.redis.is_some() && entry.ratelimit().is_some()) {
             return None;
         }
         let foreign = req
@@ -481,9 +654,9 @@ impl Verifier {
         let outcome = if foreign {
             not_found
         } else {
-            match self.decide(entry, req, now, None, false) {
+            match self.decide(entry, req, now, None, false, false) {
                 Decision::Done(o) => o,
-                Decision::NeedQuota => return None,
+                Decision::NeedQuota | Decision::Moved => return None,
             }
         };
         self.metrics.cache_hit();
@@ -505,68 +678,79 @@ impl Verifier {
             _ => return not_found(),
         };
         let hash = KeyHash::of(req.key);
-        let cached = {
-            let shard = self.shard(&hash).read().unwrap_or_else(|p| p.into_inner());
-            match shard.get(&hash) {
-                Some(Slot::Found(e)) => Some(Some(e.clone())),
-                Some(Slot::Missing) => Some(None),
-                None => None,
-            }
-        };
-        let entry = match cached {
-            Some(e) => {
-                self.metrics.cache_hit();
-                e
-            }
-            None => {
-                self.metrics.cache_miss();
-                // A key of no keyspace's prefix costs no store read (the set of prefixes is
-                // re-read at most once a second, for keyspaces created on other nodes).
-                if !self.known_prefix(prefix).await? {
-                    return not_found();
+        let d = digest(&hash);
+        // Computed once: a retry after a reload is the same key, and Redis counted it already.
+        let mut shared: Option<Option<SharedWindow>> = None;
+        let mut reloads = 0;
+        loop {
+            let entry = match self.cached(&d) {
+                Cached::Found(e) if !e.needs_reload() => {
+                    self.metrics.cache_hit();
+                    Some(e)
                 }
-                self.load(hash).await?
+                Cached::Missing => {
+                    self.metrics.cache_hit();
+                    None
+                }
+                Cached::Found(_) => {
+                    self.metrics.cache_miss();
+                    self.load(hash).await?
+                }
+                Cached::Unknown => {
+                    self.metrics.cache_miss();
+                    // A key of no keyspace's prefix costs no store read (the set of prefixes is
+                    // re-read at most once a second, for keyspaces created on other nodes).
+                    if !self.known_prefix(prefix).await? {
+                        return not_found();
+                    }
+                    self.load(hash).await?
+                }
+            };
+            let Some(entry) = entry else {
+                return not_found();
+            };
+            if req
+                .keyspaces
+                .is_some_and(|ks| !ks.iter().any(|k| k == entry.keyspace_id()))
+            {
+                return not_found();
             }
-        };
-        let Some(entry) = entry else {
-            return Ok(Outcome::Denied {
-                code: Code::NotFound,
-                entry: None,
-                reset_at: None,
-            });
-        };
-        if req
-            .keyspaces
-            .is_some_and(|ks| !ks.iter().any(|k| k == entry.keyspace_id()))
-        {
-            return not_found();
-        }
-        let shared = self.shared_window(&entry, req, now).await;
-        let mut tries = 0;
-        let outcome = loop {
-            match self.decide(entry.clone(), req, now, shared, tries >= 3) {
-                Decision::Done(o) => break o,
-                Decision::NeedQuota => {
-                    self.lease(entry.quota_cell(), req.cost, now).await?;
-                    tries += 1;
+            let shared = match shared {
+                Some(s) => s,
+                None => *shared.insert(self.shared_window(&entry, req, now).await),
+            };
+            let last_reload = reloads >= RELOAD_TRIES;
+            let mut leases = 0;
+            let outcome = loop {
+                match self.decide(entry.clone(), req, now, shared, leases >= 3, last_reload) {
+                    Decision::Done(o) => break Some(o),
+                    Decision::NeedQuota => {
+                        self.lease(entry.quota_cell(), req.cost, now).await?;
+                        leases += 1;
+                    }
+                    Decision::Moved => break None,
+                }
+            };
+            let Some(outcome) = outcome else {
+                reloads += 1;
+                continue;
+            };
+            if let (
+                Some(w),
+                Outcome::Denied {
+                    code: Code::UsageExceeded,
+                    entry: Some(e),
+                    ..
+                },
+            ) = (shared, &outcome)
+            {
+                // Only a valid answer takes a rate-limit slot: give back the one taken in Redis.
+                if let Some(redis) = &self.redis {
+                    let _ = redis.undo(e.key_id(), w.start).await;
                 }
             }
-        };
-        if let (
-            Some(w),
-            Outcome::Denied {
-                code: Code::UsageExceeded,
-                entry: Some(e),
-                ..
-            },
-        ) = (shared, &outcome)
-        {
-            // Only a valid answer takes a rate-limit slot: give back the one taken in Redis.
-            if let Some(redis) = &self.redis {
-                let _ = redis.undo(e.key_id(), w.start).await;
-            }
+            return Ok(outcome);
         }
-        Ok(outcome)
     }
 
     /// Checks the rate limit in Redis (cluster-wide) when configured; `None` means decide with
@@ -577,8 +761,8 @@ impl Verifier {
         req: &Request<'_>,
         now: Timestamp,
     ) -> Option<SharedWindow> {
-        let (redis, rl) = (self.redis.as_ref()?, entry.ratelimit?);
-        if check_rules(&entry.rules, entry.scopes(), req.scopes, req.ip, now).is_err() {
+        let (redis, rl) = (self.redis.as_ref()?, entry.ratelimit()?);
+        if check_rules(&entry.rules(), entry.scopes(), req.scopes, req.ip, now).is_err() {
             return None;
         }
         let len = rl.window_secs * 1000;
@@ -598,75 +782,88 @@ impl Verifier {
         }
     }
 
+    /// Decides on `entry`. `last_lease`: answer without asking the store for more quota;
+    /// `last_reload`: decide on this entry even if its state moved (its counts are still
+    /// written, as it stays in the dirty list).
     fn decide(
         &self,
         entry: Arc<Entry>,
         req: &Request<'_>,
         now: Timestamp,
         shared: Option<SharedWindow>,
-        last_try: bool,
+        last_lease: bool,
+        last_reload: bool,
     ) -> Decision {
-        if let Err(code) = check_rules(&entry.rules, entry.scopes(), req.scopes, req.ip, now) {
-            self.deny(&entry.live, code, req, now);
-            return Decision::Done(Outcome::Denied {
-                code,
-                entry: Some(entry),
-                reset_at: None,
-            });
+        if let Err(code) = check_rules(&entry.rules(), entry.scopes(), req.scopes, req.ip, now) {
+            return self.deny(entry, code, None, req, now, last_reload);
         }
         if let Some(w) = shared {
             if w.count > w.limit {
-                self.deny(&entry.live, Code::RateLimited, req, now);
-                return Decision::Done(Outcome::Denied {
-                    code: Code::RateLimited,
-                    entry: Some(entry),
-                    reset_at: Some(w.reset_at),
-                });
+                return self.deny(
+                    entry,
+                    Code::RateLimited,
+                    Some(w.reset_at),
+                    req,
+                    now,
+                    last_reload,
+                );
             }
         }
         // With a shared window the rate limit was decided in Redis; only the quota is local.
         let ratelimit = if shared.is_some() {
             None
         } else {
-            entry.ratelimit
+            entry.ratelimit()
         };
-        let same = entry.quota.is_none();
-        let mut own = lock(&entry.live.state);
+        let successor = entry.successor();
+        let mut own = lock(&entry.state);
+        if !last_reload && entry.is_moved() {
+            return Decision::Moved;
+        }
         // A quota that runs short may be topped up from the store (a lease) before answering
         // USAGE_EXCEEDED: when the store had some left at the last lease, or a while has passed.
-        let may_lease = |q: &LiveState| {
-            !last_try
+        let may_lease = |q: &More| {
+            !last_lease
                 && (q.pool > 0
                     || q.last_lease
                         .is_none_or(|t| now.millis() - t.millis() >= LEASE_RETRY_MS))
         };
-        let (result, need_quota) = if same {
-            let may = may_lease(&own);
-            let LiveState {
-                window,
-                remaining,
-                pool,
-                ..
-            } = &mut *own;
-            let r = check_and_consume(ratelimit, window, remaining, req.cost, now);
-            let need = matches!(r, Err((Code::UsageExceeded, _))) && may;
-            (r.map(|rate| (rate, remaining.map(|l| l + *pool))), need)
-        } else {
-            // Lock order: a rotated key, then its successor (a successor never locks back).
-            let quota = entry.quota_cell();
-            let mut q = lock(&quota.state);
-            let may = may_lease(&q);
-            let r = check_and_consume(ratelimit, &mut own.window, &mut q.remaining, req.cost, now);
-            if r.is_ok() && q.remaining.is_some() {
-                q.consumed += req.cost;
+        let (result, need_quota) = match successor {
+            // The common key: no rate limit, no quota.
+            None if ratelimit.is_none() && own.remaining().is_none() => (Ok((None, None)), false),
+            None => {
+                let m = own.more();
+                let may = may_lease(m);
+                let r =
+                    check_and_consume(ratelimit, &mut m.window, &mut m.remaining, req.cost, now);
+                let need = matches!(r, Err((Code::UsageExceeded, _))) && may;
+                (r.map(|rate| (rate, m.remaining.map(|l| l + m.pool))), need)
             }
-            let rem = q.remaining.map(|l| l + q.pool);
-            drop(q);
-            if r.is_ok() {
-                self.mark_dirty(quota);
+            Some(quota) => {
+                // Lock order: a rotated key, then its successor (a successor never locks back).
+                let mut q = lock(&quota.state);
+                if !last_reload && quota.is_moved() {
+                    return Decision::Moved;
+                }
+                let qm = q.more();
+                let may = may_lease(qm);
+                let mut unlimited = Window::default();
+                let window = match ratelimit {
+                    Some(_) => &mut own.more().window,
+                    None => &mut unlimited,
+                };
+                let r = check_and_consume(ratelimit, window, &mut qm.remaining, req.cost, now);
+                if r.is_ok() && qm.remaining.is_some() {
+                    qm.consumed += req.cost;
+                }
+                let rem = qm.remaining.map(|l| l + qm.pool);
+                drop(q);
+                if r.is_ok() {
+                    self.mark_dirty(quota);
+                }
+                let need = matches!(r, Err((Code::UsageExceeded, _))) && may;
+                (r.map(|rate| (rate, rem)), need)
             }
-            let need = matches!(r, Err((Code::UsageExceeded, _))) && may;
-            (r.map(|rate| (rate, rem)), need)
         };
         if need_quota {
             return Decision::NeedQuota;
@@ -682,31 +879,29 @@ impl Verifier {
                     None => rate,
                 };
                 let counting = self.usage_counting.load(Ordering::Relaxed);
-                let spent = same && own.remaining.is_some();
+                let spent = successor.is_none() && own.remaining().is_some();
                 if spent {
-                    own.consumed += req.cost;
+                    own.more().consumed += req.cost;
                 }
                 if counting {
-                    own.calls += 1;
-                    if own.last_used.is_none_or(|t| t < now) {
-                        own.last_used = Some(now);
+                    let at = now.millis();
+                    if own.last_used < at {
+                        own.last_used = at;
                     }
-                    if let Some(prev) = own.previous_use {
-                        if now.millis() - prev.millis() >= self.dormant_after_ms {
-                            own.extra
-                                .get_or_insert_with(Box::default)
-                                .reactivations
-                                .push((prev, now));
-                        }
+                    let prev = own.previous_use;
+                    if prev != NEVER && at - prev >= self.dormant_after_ms {
+                        own.more()
+                            .reactivations
+                            .push((Timestamp::from_millis(prev), now));
                     }
-                    if own.previous_use.is_none_or(|t| t < now) {
-                        own.previous_use = Some(now);
+                    if prev < at {
+                        own.previous_use = at;
                     }
                     own.record(Code::Valid, req.ip, now);
                 }
                 drop(own);
                 if counting || spent {
-                    self.mark_dirty(&entry.live);
+                    self.mark_dirty(&entry);
                 }
                 Decision::Done(Outcome::Valid {
                     entry,
@@ -716,121 +911,178 @@ impl Verifier {
             }
             Err((code, reset_at)) => {
                 drop(own);
-                self.deny(&entry.live, code, req, now);
-                Decision::Done(Outcome::Denied {
-                    code,
-                    entry: Some(entry),
-                    reset_at,
-                })
+                self.deny(entry, code, reset_at, req, now, last_reload)
             }
         }
     }
 
-    fn deny(&self, live: &Arc<Live>, code: Code, req: &Request<'_>, now: Timestamp) {
-        if !self.usage_counting.load(Ordering::Relaxed) {
-            return;
-        }
-        {
-            let mut s = lock(&live.state);
-            s.denied += 1;
+    fn deny(
+        &self,
+        entry: Arc<Entry>,
+        code: Code,
+        reset_at: Option<Timestamp>,
+        req: &Request<'_>,
+        now: Timestamp,
+        last_reload: bool,
+    ) -> Decision {
+        if self.usage_counting.load(Ordering::Relaxed) {
+            let mut s = lock(&entry.state);
+            if !last_reload && entry.is_moved() {
+                return Decision::Moved;
+            }
             s.record(code, req.ip, now);
+            drop(s);
+            self.mark_dirty(&entry);
         }
-        self.mark_dirty(live);
+        Decision::Done(Outcome::Denied {
+            code,
+            entry: Some(entry),
+            reset_at,
+        })
     }
 
-    fn mark_dirty(&self, live: &Arc<Live>) {
+    fn mark_dirty(&self, entry: &Arc<Entry>) {
         // A plain load first: a key used again before the next flush is already queued, and
         // the read costs less than a read-modify-write.
-        if !live.queued.load(Ordering::Acquire) && !live.queued.swap(true, Ordering::AcqRel) {
-            lock(&self.dirty).push(live.clone());
+        if !entry.queued.load(Ordering::Acquire) && !entry.queued.swap(true, Ordering::AcqRel) {
+            lock(&self.dirty).push(entry.clone());
         }
     }
 
-    /// Reads a key from the store and caches the answer (found or not).
+    fn track_lease(&self, entry: &Arc<Entry>) {
+        if !entry.leased.load(Ordering::Acquire) && !entry.leased.swap(true, Ordering::AcqRel) {
+            lock(&self.leased).push(entry.clone());
+        }
+    }
+
+    /// The shared keyspace id.
+    fn keyspace(&self, id: &str) -> Arc<String> {
+        let mut all = lock(&self.keyspaces);
+        match all.get(id) {
+            Some(k) => k.clone(),
+            None => {
+                let k = Arc::new(id.to_string());
+                all.insert(id.to_string(), k.clone());
+                k
+            }
+        }
+    }
+
+    /// Reads a key from the store and caches the answer (found or not). A read that raced with
+    /// an invalidation is read again (its answer may predate the change), a few times; after
+    /// that its answer is used once without being cached, with live state of its own.
     async fn load(&self, hash: KeyHash) -> Result<Option<Arc<Entry>>, StoreError> {
-        let epoch = self.epoch.load(Ordering::Acquire);
-        let key = self.store.key_by_hash(&hash).await?;
-        let entry = match key {
-            None => None,
-            Some(key) => {
-                let successor = match &key.rotated_to {
-                    Some(id) if key.revoked_at.is_none() => self.store.key(id).await?,
-                    _ => None,
-                };
-                Some(Arc::new(self.entry_for(key, successor.as_ref())))
-            }
-        };
-        // The epoch is compared under the shard's write lock, which `invalidate` also holds while
-        // it bumps the epoch: a load that raced with an invalidation never caches its answer.
-        let mut shard = self.shard(&hash).write().unwrap_or_else(|p| p.into_inner());
-        if self.epoch.load(Ordering::Acquire) == epoch {
-            match &entry {
-                Some(e) => shard.insert_found(hash, e.clone()),
-                None => shard.insert_missing(hash),
-            }
-        }
-        drop(shard);
-        Ok(entry)
-    }
-
-    fn entry_for(&self, key: Key, successor: Option<&Key>) -> Entry {
-        let live = self.live_for(&key);
-        let quota = successor.map(|s| self.live_for(s));
-        let allowed = key.allowed_cidrs.as_ref().map(|c| {
-            let mut nets: Vec<_> = c.iter().filter_map(|s| parse_cidr(s).ok()).collect();
-            nets.shrink_to_fit();
-            nets
-        });
-        let rules = Rules {
-            revoked: key.revoked_at.is_some(),
-            expires_at: key.expires_at,
-            enabled: key.enabled,
-            allowed,
-        };
-        Entry::new(&key, rules, live, quota)
-    }
-
-    /// The live cell of a key, created from the stored row when this node has none.
-    fn live_for(&self, key: &Key) -> Arc<Live> {
-        let live = {
-            let mut cells = lock(&self.live);
-            match cells.get(key.id.as_str()) {
-                Some(c) => c.0.clone(),
-                None => {
-                    let live = Arc::new(Live {
-                        ids: format!("{}{}", key.id, key.keyspace_id).into_boxed_str(),
-                        keyspace_at: u32::try_from(key.id.len()).unwrap_or(u32::MAX),
-                        state: Mutex::new(LiveState {
-                            // No lease yet: the first valid verification leases from the store.
-                            remaining: key.remaining.map(|_| 0),
-                            pool: key.remaining.unwrap_or(0),
-                            previous_use: key.last_used_at,
-                            ..LiveState::default()
-                        }),
-                        queued: AtomicBool::new(false),
-                        stale_quota: AtomicBool::new(false),
-                    });
-                    cells.insert(ById(live.clone()));
-                    live
+        let d = digest(&hash);
+        let mut tries = 0;
+        loop {
+            let epoch = self.epoch.load(Ordering::Acquire);
+            let Some(key) = self.store.key_by_hash(&hash).await? else {
+                let mut shard = self.shard(&d).write().unwrap_or_else(|p| p.into_inner());
+                if self.epoch.load(Ordering::Acquire) == epoch {
+                    // A key that is gone leaves its counts in the dirty list and its lease in
+                    // the lease list: both are still written.
+                    shard.found.remove(&d);
+                    shard.insert_missing(d);
                 }
+                return Ok(None);
+            };
+            let successor = match &key.rotated_to {
+                Some(id) if key.revoked_at.is_none() => self
+                    .store
+                    .key(id)
+                    .await?
+                    .map(|s| self.successor_cell(&s, epoch)),
+                _ => None,
+            };
+            let fresh = Arc::new(Entry::new(&key, self.keyspace(&key.keyspace_id), successor));
+            match self.install(&fresh, Some(epoch)) {
+                Some(e) => return Ok(Some(e)),
+                None if tries >= RELOAD_TRIES => return Ok(Some(fresh)),
+                None => tries += 1,
             }
-        };
-        if live.stale_quota.swap(false, Ordering::AcqRel) {
-            // Another node changed the key; a new quota voids this node's lease. Dropping the
-            // lease can only under-grant until the sweep reclaims it, never over-grant.
-            let mut s = lock(&live.state);
-            s.remaining = key.remaining.map(|_| 0);
-            s.pool = key.remaining.unwrap_or(0);
         }
-        live
     }
 
-    /// A change made elsewhere: forget the cached key; when its quota was set anew, drop this
-    /// node's (voided) lease on the next load.
-    pub fn invalidate_remote(&self, hash: &KeyHash, key_id: &str, quota_changed: bool) {
+    /// The entry of a rotated key's successor, which the rotated key draws quota from: the
+    /// cached one when current, else one read from `key` (cached when the successor is not
+    /// itself rotated, so that its own entry would say nothing more).
+    fn successor_cell(&self, key: &Key, epoch: u64) -> Arc<Entry> {
+        if let Cached::Found(e) = self.cached(&digest(&key.hash)) {
+            if !e.needs_reload() && e.successor().is_none() {
+                return e;
+            }
+        }
+        let fresh = Arc::new(Entry::new(key, self.keyspace(&key.keyspace_id), None));
+        if key.rotated_to.is_some() {
+            return fresh;
+        }
+        self.install(&fresh, Some(epoch)).unwrap_or(fresh)
+    }
+
+    /// Caches `fresh` in place of the key's current entry, which hands its live state over, and
+    /// returns the entry to use. With `epoch` (a load that began then): `None` when an
+    /// invalidation happened since (nothing changes); and a current entry cached meanwhile by a
+    /// concurrent load is as fresh as `fresh`, so it stays and is returned (concurrent misses
+    /// of one key share one entry).
+    fn install(&self, fresh: &Arc<Entry>, epoch: Option<u64>) -> Option<Arc<Entry>> {
+        let d = fresh.digest;
+        // The epoch is compared under the shard's write lock, which `invalidate` also holds
+        // while it bumps the epoch: a load that raced with an invalidation never caches.
+        let mut shard = self.shard(&d).write().unwrap_or_else(|p| p.into_inner());
+        if epoch.is_some_and(|e| self.epoch.load(Ordering::Acquire) != e) {
+            return None;
+        }
+        if let Some(old) = shard.found.get(&d).map(|e| e.0.clone()) {
+            if epoch.is_some() && !old.needs_reload() {
+                return Some(old);
+            }
+            self.hand_over(&old, fresh);
+        }
+        shard.negatives.remove(&d);
+        shard.found.replace(ByDigest(fresh.clone()));
+        Some(fresh.clone())
+    }
+
+    /// Moves the live state of `old` into `fresh` (not yet shared): counts not yet written, the
+    /// rate-limit window, the quota lease (unless another node set the quota anew, which voids
+    /// it; dropping a lease can only under-grant until the sweep reclaims it, never over-grant).
+    fn hand_over(&self, old: &Arc<Entry>, fresh: &Arc<Entry>) {
+        let mut o = lock(&old.state);
+        let taken = std::mem::take(&mut *o);
+        old.moved.store(true, Ordering::Release);
+        drop(o);
+        let mut n = lock(&fresh.state);
+        let from_row = std::mem::replace(&mut *n, taken);
+        if old.stale_quota.load(Ordering::Acquire) || n.remaining().is_none() {
+            let (remaining, pool) = from_row
+                .more
+                .as_ref()
+                .map_or((None, 0), |m| (m.remaining, m.pool));
+            if remaining.is_some() || n.more.is_some() {
+                let m = n.more();
+                m.remaining = remaining;
+                m.pool = pool;
+            }
+        }
+        if n.previous_use == NEVER {
+            n.previous_use = from_row.previous_use;
+        }
+        let (pending, leased) = (n.pending(), n.remaining().is_some_and(|r| r > 0));
+        drop(n);
+        if pending {
+            self.mark_dirty(fresh);
+        }
+        if leased {
+            self.track_lease(fresh);
+        }
+    }
+
+    /// A change made elsewhere: the next verification reads the key from the store; when its
+    /// quota was set anew, that load drops this node's (voided) lease.
+    pub fn invalidate_remote(&self, hash: &KeyHash, quota_changed: bool) {
         if quota_changed {
-            if let Some(live) = lock(&self.live).get(key_id) {
-                live.0.stale_quota.store(true, Ordering::Release);
+            if let Cached::Found(e) = self.cached(&digest(hash)) {
+                e.stale_quota.store(true, Ordering::Release);
             }
         }
         self.invalidate(hash);
@@ -838,64 +1090,84 @@ impl Verifier {
 
     /// Leases more quota for a key from the store: about a sixteenth of what is left (at least
     /// the cost), so that nodes share a quota finely near its end.
-    async fn lease(&self, live: &Arc<Live>, cost: i64, now: Timestamp) -> Result<(), StoreError> {
-        let pool = lock(&live.state).pool;
+    async fn lease(&self, cell: &Arc<Entry>, cost: i64, now: Timestamp) -> Result<(), StoreError> {
+        let pool = lock(&cell.state).more.as_ref().map_or(0, |m| m.pool);
         let want = cost
             .max(pool.saturating_add(15) / 16)
             .clamp(1, 100_000)
             .max(cost);
-        let got = self.store.lease_quota(live.key_id(), want, now).await?;
-        let mut s = lock(&live.state);
-        s.last_lease = Some(now);
+        let got = self.store.lease_quota(cell.key_id(), want, now).await?;
+        let mut s = lock(&cell.state);
+        if cell.is_moved() {
+            // The entry was replaced while the store answered: its state went to the new entry,
+            // which leases for itself. What was granted here goes back at once.
+            drop(s);
+            if let Some((granted, _)) = got.filter(|g| g.0 > 0) {
+                self.store.return_lease(cell.key_id(), granted).await?;
+            }
+            return Ok(());
+        }
+        let m = s.more();
+        m.last_lease = Some(now);
         match got {
             Some((granted, left)) => {
-                s.remaining = Some(s.remaining.unwrap_or(0) + granted);
-                s.pool = left;
+                m.remaining = Some(m.remaining.unwrap_or(0) + granted);
+                m.pool = left;
             }
             None => {
-                s.remaining = None;
-                s.pool = 0;
+                m.remaining = None;
+                m.pool = 0;
             }
         }
         drop(s);
-        lock(&self.leased).insert(live.key_id().to_string());
+        self.track_lease(cell);
         Ok(())
     }
 
     /// Gives back leases that sat unspent for a while (or all, at shutdown), so that other nodes
     /// can grant that quota.
     pub async fn return_leases(&self, now: Timestamp, all: bool) -> Result<(), StoreError> {
-        let ids: Vec<String> = lock(&self.leased).iter().cloned().collect();
-        for id in ids {
-            let Some(live) = lock(&self.live).get(id.as_str()).map(|c| c.0.clone()) else {
-                lock(&self.leased).remove(&id);
-                continue;
-            };
+        let cells = lock(&self.leased).clone();
+        for cell in cells {
             let amount = {
-                let mut s = lock(&live.state);
-                let idle = s
-                    .last_lease
-                    .is_none_or(|t| now.millis() - t.millis() >= LEASE_IDLE_MS)
-                    && s.consumed == 0;
-                match s.remaining {
-                    Some(l) if l > 0 && (all || idle) => {
-                        s.remaining = Some(0);
-                        s.pool += l;
-                        l
+                let mut s = lock(&cell.state);
+                // A moved entry handed its lease to the newer one, which is in the list.
+                let m = s.more.as_deref_mut().filter(|_| !cell.is_moved());
+                match m {
+                    Some(m) => {
+                        let idle = m
+                            .last_lease
+                            .is_none_or(|t| now.millis() - t.millis() >= LEASE_IDLE_MS)
+                            && m.consumed == 0;
+                        match m.remaining {
+                            Some(l) if l > 0 && (all || idle) => {
+                                m.remaining = Some(0);
+                                m.pool += l;
+                                l
+                            }
+                            _ => 0,
+                        }
                     }
-                    _ => 0,
+                    None => 0,
                 }
             };
             if amount > 0 {
-                if let Err(e) = self.store.return_lease(&id, amount).await {
-                    let mut s = lock(&live.state);
-                    s.remaining = Some(s.remaining.unwrap_or(0) + amount);
-                    s.pool -= amount;
+                if let Err(e) = self.store.return_lease(cell.key_id(), amount).await {
+                    let mut s = lock(&cell.state);
+                    let m = s.more();
+                    m.remaining = Some(m.remaining.unwrap_or(0) + amount);
+                    m.pool -= amount;
                     return Err(e);
                 }
-                lock(&self.leased).remove(&id);
-            } else if lock(&live.state).remaining.is_none_or(|l| l == 0) {
-                lock(&self.leased).remove(&id);
+            }
+            let holds = !cell.is_moved() && lock(&cell.state).remaining().is_some_and(|l| l > 0);
+            if !holds {
+                lock(&self.leased).retain(|e| !Arc::ptr_eq(e, &cell));
+                cell.leased.store(false, Ordering::Release);
+                // A lease taken meanwhile puts the entry back.
+                if !cell.is_moved() && lock(&cell.state).remaining().is_some_and(|l| l > 0) {
+                    self.track_lease(&cell);
+                }
             }
         }
         Ok(())
@@ -953,156 +1225,162 @@ impl Verifier {
 
     /// Puts a key straight into the cache, as a store read would (benchmarks and warm-up).
     pub fn prime(&self, key: Key) {
-        let hash = key.hash;
-        let entry = Arc::new(self.entry_for(key, None));
-        self.shard(&hash)
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert_found(hash, entry);
+        let fresh = Arc::new(Entry::new(&key, self.keyspace(&key.keyspace_id), None));
+        self.install(&fresh, None);
     }
 
-    /// Forgets what this node caches about a key; the next verification reads the store.
+    /// Forgets what this node caches about a key: the next verification reads the store (the
+    /// entry stays, marked stale, until then: the new one takes over its live state).
     pub fn invalidate(&self, hash: &KeyHash) {
-        let mut shard = self.shard(hash).write().unwrap_or_else(|p| p.into_inner());
+        let d = digest(hash);
+        let mut shard = self.shard(&d).write().unwrap_or_else(|p| p.into_inner());
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        shard.remove(hash);
+        if let Some(e) = shard.found.get(&d) {
+            e.0.stale.store(true, Ordering::Release);
+        }
+        shard.negatives.remove(&d);
     }
 
     /// Sets the quota of a key after the control plane changed it (call with the write gate
     /// held and after a flush, so no unwritten consumption is lost or double counted).
-    pub fn set_remaining(&self, key_id: &str, remaining: Option<i64>) {
-        if let Some(live) = lock(&self.live).get(key_id) {
+    pub fn set_remaining(&self, hash: &KeyHash, remaining: Option<i64>) {
+        if let Cached::Found(e) = self.cached(&digest(hash)) {
             // The store voided every lease of the old quota.
-            let mut s = lock(&live.0.state);
-            s.remaining = remaining.map(|_| 0);
-            s.pool = remaining.unwrap_or(0);
-            s.consumed = 0;
+            let mut s = lock(&e.state);
+            if remaining.is_some() || s.more.is_some() {
+                let m = s.more();
+                m.remaining = remaining.map(|_| 0);
+                m.pool = remaining.unwrap_or(0);
+                m.consumed = 0;
+            }
         }
     }
 
-    /// What this node's unwritten usage is, for the flusher. Cells are reset as they are taken.
-    pub fn take_usage(&self) -> (Vec<UsageDelta>, Vec<Reactivation>) {
+    /// What this node's unwritten usage is, for the flusher. Entries are reset as they are
+    /// taken.
+    pub fn take_usage(&self) -> Usage {
         let cells = std::mem::take(&mut *lock(&self.dirty));
-        let mut out = Vec::with_capacity(cells.len());
-        let mut reactivations = Vec::new();
-        for live in cells {
-            live.queued.store(false, Ordering::Release);
-            let mut s = lock(&live.state);
-            let (sources, reacts) = match s.extra.as_deref_mut() {
-                Some(x) => (
-                    std::mem::take(&mut x.sources),
-                    std::mem::take(&mut x.reactivations),
-                ),
-                None => Default::default(),
+        let mut usage = Usage {
+            deltas: Vec::with_capacity(cells.len()),
+            reactivations: Vec::new(),
+            cells: Vec::with_capacity(cells.len()),
+        };
+        for cell in cells {
+            cell.queued.store(false, Ordering::Release);
+            let mut s = lock(&cell.state);
+            if !s.pending() {
+                continue;
+            }
+            let mut d = UsageDelta {
+                key_id: cell.key_id().to_string(),
+                calls: i64::from(s.valid),
+                denied: 0,
+                last_used_at: (s.last_used != NEVER).then(|| Timestamp::from_millis(s.last_used)),
+                consumed: 0,
+                buckets: Vec::new(),
+                sources: Vec::new(),
             };
-            let d = UsageDelta {
-                key_id: live.key_id().to_string(),
-                calls: std::mem::take(&mut s.calls),
-                denied: std::mem::take(&mut s.denied),
-                last_used_at: s.last_used.take(),
-                consumed: std::mem::take(&mut s.consumed),
-                buckets: std::mem::take(&mut s.buckets)
-                    .into_iter()
-                    .map(|(m, c, n)| (m, c.as_str().to_string(), n))
-                    .collect(),
-                sources: sources
-                    .into_iter()
+            s.last_used = NEVER;
+            if s.valid != 0 {
+                d.buckets.push((
+                    i64::from(s.minute) * 60_000,
+                    Code::Valid.as_str().to_string(),
+                    i64::from(s.valid),
+                ));
+                s.valid = 0;
+            }
+            if let Some(m) = s.more.as_deref_mut() {
+                d.consumed = std::mem::take(&mut m.consumed);
+                for (minute, code, n) in m.buckets.drain(..) {
+                    match code {
+                        Code::Valid => d.calls += n,
+                        _ => d.denied += n,
+                    }
+                    d.buckets.push((minute, code.as_str().to_string(), n));
+                }
+                d.sources = m
+                    .sources
+                    .drain(..)
                     .map(|(ip, f, l, n)| (ip.to_string(), f, l, n))
-                    .collect(),
-            };
-            for (previous_use, at) in reacts {
-                reactivations.push(Reactivation {
-                    key_id: live.key_id().to_string(),
-                    keyspace_id: live.keyspace_id().to_string(),
-                    previous_use,
-                    at,
-                });
+                    .collect();
+                for (previous_use, at) in m.reactivations.drain(..) {
+                    usage.reactivations.push(Reactivation {
+                        key_id: d.key_id.clone(),
+                        keyspace_id: cell.keyspace_id().to_string(),
+                        previous_use,
+                        at,
+                    });
+                }
+                // A key that is rarely denied or seen from an address gives its box back.
+                if m.window == Window::default() && m.remaining.is_none() && m.last_lease.is_none()
+                {
+                    s.more = None;
+                }
             }
             drop(s);
-            if d.calls != 0
-                || d.denied != 0
-                || d.consumed != 0
-                || d.last_used_at.is_some()
-                || !d.buckets.is_empty()
-            {
-                out.push(d);
-            }
+            usage.deltas.push(d);
+            usage.cells.push(cell);
         }
-        (out, reactivations)
+        usage
     }
 
     /// Puts back usage that could not be written, so it is retried with the next flush.
-    pub fn restore_usage(&self, deltas: Vec<UsageDelta>) {
-        for d in deltas {
-            let live = lock(&self.live).get(d.key_id.as_str()).map(|c| c.0.clone());
-            if let Some(live) = live {
-                {
-                    let mut s = lock(&live.state);
-                    s.calls += d.calls;
-                    s.denied += d.denied;
-                    s.consumed += d.consumed;
-                    if d.last_used_at > s.last_used {
-                        s.last_used = d.last_used_at;
-                    }
-                    for (m, code, n) in d.buckets {
-                        let Some(code) = Code::parse(&code) else {
-                            continue;
-                        };
-                        match s.buckets.iter_mut().find(|b| b.0 == m && b.1 == code) {
-                            Some(b) => b.2 += n,
-                            None => s.buckets.push((m, code, n)),
-                        }
-                    }
-                    for (ip, first, last, n) in d.sources {
-                        let Ok(ip) = ip.parse::<IpAddr>() else {
-                            continue;
-                        };
-                        let sources = &mut s.extra.get_or_insert_with(Box::default).sources;
-                        match sources.iter_mut().find(|x| x.0 == ip) {
-                            Some(x) => {
-                                x.1 = x.1.min(first);
-                                x.2 = x.2.max(last);
-                                x.3 += n;
-                            }
-                            None => sources.push((ip, first, last, n)),
-                        }
+    pub fn restore_usage(&self, usage: Usage) {
+        for (d, cell) in usage.deltas.into_iter().zip(usage.cells) {
+            {
+                // Into the entry it came from even if that one was replaced meanwhile: it is
+                // queued again, so its counts are written all the same.
+                let mut s = lock(&cell.state);
+                if d.consumed != 0 {
+                    s.more().consumed += d.consumed;
+                }
+                if let Some(t) = d.last_used_at {
+                    if s.last_used < t.millis() {
+                        s.last_used = t.millis();
                     }
                 }
-                self.mark_dirty(&live);
+                for (m, code, n) in d.buckets {
+                    if let Some(code) = Code::parse(&code) {
+                        s.add(m, code, n);
+                    }
+                }
+                for (ip, first, last, n) in d.sources {
+                    let Ok(ip) = ip.parse::<IpAddr>() else {
+                        continue;
+                    };
+                    let sources = &mut s.more().sources;
+                    match sources.iter_mut().find(|x| x.0 == ip) {
+                        Some(x) => {
+                            x.1 = x.1.min(first);
+                            x.2 = x.2.max(last);
+                            x.3 += n;
+                        }
+                        None => sources.push((ip, first, last, n)),
+                    }
+                }
             }
+            self.mark_dirty(&cell);
         }
     }
 
     /// The addresses among `ips` this node does not yet know for the key.
     pub fn unknown_sources(&self, key_id: &str, ips: &[String]) -> Vec<String> {
-        let live = lock(&self.live).get(key_id).map(|c| c.0.clone());
-        match live {
-            Some(live) => {
-                let s = lock(&live.state);
-                ips.iter()
-                    .filter(|ip| {
-                        !s.extra
-                            .as_ref()
-                            .is_some_and(|x| x.known_sources.contains(*ip))
-                    })
-                    .cloned()
-                    .collect()
-            }
+        let known = lock(&self.known_sources);
+        match known.get(key_id) {
+            Some(k) => ips.iter().filter(|ip| !k.contains(*ip)).cloned().collect(),
             None => ips.to_vec(),
         }
     }
 
     /// Remembers addresses as known for the key (at most 256 per key on this node).
     pub fn remember_sources(&self, key_id: &str, ips: impl IntoIterator<Item = String>) {
-        if let Some(live) = lock(&self.live).get(key_id).map(|c| c.0.clone()) {
-            let mut s = lock(&live.state);
-            let known = &mut s.extra.get_or_insert_with(Box::default).known_sources;
-            for ip in ips {
-                if known.len() >= 256 {
-                    break;
-                }
-                known.insert(ip);
+        let mut known = lock(&self.known_sources);
+        let k = known.entry(key_id.to_string()).or_default();
+        for ip in ips {
+            if k.len() >= 256 {
+                break;
             }
+            k.insert(ip);
         }
     }
 
@@ -1161,27 +1439,14 @@ mod tests {
     }
 
     fn entry(k: &Key) -> Entry {
-        let rules = Rules {
-            revoked: false,
-            expires_at: k.expires_at,
-            enabled: true,
-            allowed: None,
-        };
-        let live = Arc::new(Live {
-            ids: format!("{}{}", k.id, k.keyspace_id).into_boxed_str(),
-            keyspace_at: k.id.len() as u32,
-            state: Mutex::new(LiveState::default()),
-            queued: AtomicBool::new(false),
-            stale_quota: AtomicBool::new(false),
-        });
-        Entry::new(k, rules, live, None)
+        Entry::new(k, Arc::new(k.keyspace_id.clone()), None)
     }
 
     /// The compact entry answers exactly what serializing the key's fields answers, whatever
     /// the free-text fields hold (quotes, control characters, the separator itself).
     #[test]
     fn the_compact_entry_renders_the_fields_as_serde_does() {
-        for owner in [None, Some("ops \u{1f} team \"a\"")] {
+        for owner in [None, Some("ops \u{1f} team \"a\""), Some("team-billing")] {
             let k = key(owner);
             let e = entry(&k);
             let mut out = b"{".to_vec();

@@ -57,9 +57,7 @@ pub async fn run(state: AppState, every: Duration, shutdown: tokio::sync::watch:
                     // A node's own changes were applied when they were made (see
                     // `service::Forget`, which holds even for cancelled requests).
                     if c.origin != node {
-                        state
-                            .verifier
-                            .invalidate_remote(&c.key_hash, &c.key_id, c.quota);
+                        state.verifier.invalidate_remote(&c.key_hash, c.quota);
                     }
                     applied.insert(c.seq);
                     head = head.max(c.seq);

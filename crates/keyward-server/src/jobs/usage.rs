@@ -92,20 +92,21 @@ async fn new_sources(
 
 /// [`flush`] for callers that already hold the write gate.
 pub async fn flush_locked(state: &AppState) -> Result<usize, keyward_store::StoreError> {
-    let (deltas, reactivations) = state.verifier.take_usage();
-    if deltas.is_empty() && reactivations.is_empty() {
+    let mut usage = state.verifier.take_usage();
+    if usage.deltas.is_empty() && usage.reactivations.is_empty() {
         return Ok(0);
     }
-    let mut found = match new_sources(state, &deltas).await {
+    let reactivations = std::mem::take(&mut usage.reactivations);
+    let mut found = match new_sources(state, &usage.deltas).await {
         Ok(f) => f,
         Err(e) => {
             state.metrics.flush_failures.fetch_add(1, Ordering::Relaxed);
-            state.verifier.restore_usage(deltas);
+            state.verifier.restore_usage(usage);
             return Err(e);
         }
     };
-    let n = deltas.len();
-    match state.store.apply_usage(&deltas).await {
+    let n = usage.deltas.len();
+    match state.store.apply_usage(&usage.deltas).await {
         Ok(()) => {
             state.metrics.flushes.fetch_add(1, Ordering::Relaxed);
             state
@@ -119,7 +120,7 @@ pub async fn flush_locked(state: &AppState) -> Result<usize, keyward_store::Stor
         }
         Err(e) => {
             state.metrics.flush_failures.fetch_add(1, Ordering::Relaxed);
-            state.verifier.restore_usage(deltas);
+            state.verifier.restore_usage(usage);
             return Err(e);
         }
     }

@@ -803,6 +803,52 @@ async fn usage_counts_appear_after_a_flush(app: TestApp) {
 }
 both!(usage_counts_appear_after_a_flush, manual);
 
+async fn counts_made_before_a_change_are_written_after_it(app: TestApp) {
+    let ks = app.keyspace(json!({})).await;
+    let (id, key) = app
+        .key(&ks, json!({"scopes": ["a"], "remaining": 100}))
+        .await;
+    let path = format!("/v1/keys/{id}");
+    let t0 = now(&app);
+    for _ in 0..3 {
+        assert_eq!(app.verify_code(&key).await, "VALID");
+    }
+    denied(
+        &app.verify(json!({"key": key, "scopes": ["b"]})).await,
+        "INSUFFICIENT_SCOPE",
+        Some((id.as_str(), ks.as_str())),
+    );
+    // Each change reloads the key's cache entry before anything was written.
+    app.patch(&path, json!({"name": "one"})).await.expect(200);
+    app.advance(61);
+    assert_eq!(app.verify_code(&key).await, "VALID");
+    app.patch(&path, json!({"labels": {"x": "y"}}))
+        .await
+        .expect(200);
+    let v = app.verify(json!({"key": key, "cost": 5})).await;
+    assert_eq!(v["code"], "VALID");
+    // (The answer's `remaining` is an estimate when a flush gives a lease back meanwhile; what
+    // is stored after the flush is exact.)
+    app.flush().await;
+    let k = get_key(&app, &id).await;
+    assert_eq!(
+        (k["call_count"].as_i64(), k["denied_count"].as_i64()),
+        (Some(5), Some(1))
+    );
+    assert_eq!(k["remaining"], 91);
+    assert_eq!(ms(&k["last_used_at"]), t0 + 61_000);
+    let usage = app
+        .get(&format!("{path}/usage?granularity=minute"))
+        .await
+        .expect(200);
+    let valid: Vec<i64> = usage.body["buckets"]
+        .as_array()
+        .map(|b| b.iter().filter_map(|x| x["valid"].as_i64()).collect())
+        .unwrap_or_default();
+    assert_eq!(valid, [3, 2], "{}", usage.body);
+}
+both!(counts_made_before_a_change_are_written_after_it, manual);
+
 // ---------------------------------------------------------------- forward-auth
 
 async fn forward_auth_takes_the_key_from_bearer_or_x_api_key(app: TestApp) {
