@@ -10,9 +10,10 @@
 //! - Coherence on this node: every control-plane change calls [`Verifier::invalidate`] after its
 //!   commit and before it answers. The entry stays in the cache marked stale; the next
 //!   verification reads the store and the new entry takes over the old one's live state (window,
-//!   lease, counts not yet written), so a reload loses no counts and resets no limit. A load that
-//!   raced with an invalidation does not cache its stale answer (the epoch check in
-//!   [`Verifier::load`]).
+//!   lease, counts not yet written), so a reload loses no counts and resets no limit; the old
+//!   entry points to the new one, and a verification, lease or flush still holding the old one
+//!   follows the pointer. A load that raced with an invalidation caches its answer marked stale
+//!   (the epoch check in [`Verifier::install`]).
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -112,6 +113,8 @@ struct More {
     sources: Vec<(IpAddr, Timestamp, Timestamp, i64)>,
     /// Valid uses after a long silence since the last flush: (previous use, this use).
     reactivations: Vec<(Timestamp, Timestamp)>,
+    /// Set once the entry's state was handed over: the entry that holds it now.
+    forward: Option<Arc<Entry>>,
 }
 
 impl LiveState {
@@ -216,7 +219,8 @@ pub struct Entry {
     queued: AtomicBool,
     /// Changed since it was loaded: the next verification reads the store.
     stale: AtomicBool,
-    /// Its live state was handed to a newer entry of the key: verifications start over.
+    /// Its live state was handed to a newer entry of the key (`More::forward`): whoever holds
+    /// this one follows the pointer.
     moved: AtomicBool,
     /// Another node set the key's quota anew: the next load drops this node's lease.
     stale_quota: AtomicBool,
@@ -410,6 +414,48 @@ impl Entry {
         self.moved.load(Ordering::Acquire)
     }
 
+    /// The entry that took over this one's state (read under its lock).
+    fn forward(state: &LiveState) -> Option<Arc<Entry>> {
+        state.more.as_ref().and_then(|m| m.forward.clone())
+    }
+
+    /// Runs `f` on the state `e` held, under its lock: in `e`, or in the entry that took it
+    /// over last. Returns that entry too.
+    fn with_state<R>(e: &Arc<Entry>, f: impl FnOnce(&mut LiveState) -> R) -> (Arc<Entry>, R) {
+        let mut e = e.clone();
+        loop {
+            let mut s = lock(&e.state);
+            if e.is_moved() {
+                if let Some(next) = Entry::forward(&s) {
+                    drop(s);
+                    e = next;
+                    continue;
+                }
+            }
+            let r = f(&mut s);
+            drop(s);
+            return (e, r);
+        }
+    }
+
+    /// The entry that holds the state `e` held: `e`, or the last of its hand-overs.
+    fn current(mut e: Arc<Entry>) -> Arc<Entry> {
+        loop {
+            let next = {
+                let s = lock(&e.state);
+                if e.is_moved() {
+                    Entry::forward(&s)
+                } else {
+                    None
+                }
+            };
+            match next {
+                Some(n) => e = n,
+                None => return e,
+            }
+        }
+    }
+
     /// Whether a verification must read the store first: the key changed since this entry was
     /// loaded, or the entry its quota is drawn from was replaced.
     fn needs_reload(&self) -> bool {
@@ -490,16 +536,16 @@ pub struct Request<'a> {
 const LEASE_RETRY_MS: i64 = 500;
 /// A lease held this long without being spent from is given back at the next flush.
 const LEASE_IDLE_MS: i64 = 2000;
-/// Times a verification starts over because the entry it held was replaced, before it decides
-/// on the entry it holds (whose counts are still written).
-const RELOAD_TRIES: usize = 3;
+/// Successors followed from a rotated key to the one holding its quota.
+const MAX_ROTATIONS: usize = 16;
 
 enum Decision {
     Done(Outcome),
     /// The local lease cannot cover the cost; lease more from the store and decide again.
     NeedQuota,
-    /// The entry's live state went to a newer entry; start over with that one.
-    Moved,
+    /// The entry's live state went to this newer entry; decide again on that one. (Each
+    /// hand-over needs a store read, so following the pointers always catches up.)
+    Moved(Arc<Entry>),
 }
 
 /// A rate-limit window counted in Redis: `count` includes this verification.
@@ -654,9 +700,9 @@ impl Verifier {
         let outcome = if foreign {
             not_found
         } else {
-            match self.decide(entry, req, now, None, false, false) {
+            match self.decide(entry, req, now, None, false) {
                 Decision::Done(o) => o,
-                Decision::NeedQuota | Decision::Moved => return None,
+                Decision::NeedQuota | Decision::Moved(_) => return None,
             }
         };
         self.metrics.cache_hit();
@@ -678,79 +724,66 @@ impl Verifier {
             _ => return not_found(),
         };
         let hash = KeyHash::of(req.key);
-        let d = digest(&hash);
-        // Computed once: a retry after a reload is the same key, and Redis counted it already.
-        let mut shared: Option<Option<SharedWindow>> = None;
-        let mut reloads = 0;
-        loop {
-            let entry = match self.cached(&d) {
-                Cached::Found(e) if !e.needs_reload() => {
-                    self.metrics.cache_hit();
-                    Some(e)
-                }
-                Cached::Missing => {
-                    self.metrics.cache_hit();
-                    None
-                }
-                Cached::Found(_) => {
-                    self.metrics.cache_miss();
-                    self.load(hash).await?
-                }
-                Cached::Unknown => {
-                    self.metrics.cache_miss();
-                    // A key of no keyspace's prefix costs no store read (the set of prefixes is
-                    // re-read at most once a second, for keyspaces created on other nodes).
-                    if !self.known_prefix(prefix).await? {
-                        return not_found();
-                    }
-                    self.load(hash).await?
-                }
-            };
-            let Some(entry) = entry else {
-                return not_found();
-            };
-            if req
-                .keyspaces
-                .is_some_and(|ks| !ks.iter().any(|k| k == entry.keyspace_id()))
-            {
-                return not_found();
+        let entry = match self.cached(&digest(&hash)) {
+            Cached::Found(e) if !e.needs_reload() => {
+                self.metrics.cache_hit();
+                Some(e)
             }
-            let shared = match shared {
-                Some(s) => s,
-                None => *shared.insert(self.shared_window(&entry, req, now).await),
-            };
-            let last_reload = reloads >= RELOAD_TRIES;
-            let mut leases = 0;
-            let outcome = loop {
-                match self.decide(entry.clone(), req, now, shared, leases >= 3, last_reload) {
-                    Decision::Done(o) => break Some(o),
-                    Decision::NeedQuota => {
-                        self.lease(entry.quota_cell(), req.cost, now).await?;
-                        leases += 1;
-                    }
-                    Decision::Moved => break None,
-                }
-            };
-            let Some(outcome) = outcome else {
-                reloads += 1;
-                continue;
-            };
-            if let (
-                Some(w),
-                Outcome::Denied {
-                    code: Code::UsageExceeded,
-                    entry: Some(e),
-                    ..
-                },
-            ) = (shared, &outcome)
-            {
-                // Only a valid answer takes a rate-limit slot: give back the one taken in Redis.
-                if let Some(redis) = &self.redis {
-                    let _ = redis.undo(e.key_id(), w.start).await;
-                }
+            Cached::Missing => {
+                self.metrics.cache_hit();
+                None
             }
-            return Ok(outcome);
+            Cached::Found(_) => {
+                self.metrics.cache_miss();
+                self.load(hash).await?
+            }
+            Cached::Unknown => {
+                self.metrics.cache_miss();
+                // A key of no keyspace's prefix costs no store read (the set of prefixes is
+                // re-read at most once a second, for keyspaces created on other nodes).
+                if !self.known_prefix(prefix).await? {
+                    return not_found();
+                }
+                self.load(hash).await?
+            }
+        };
+        let Some(mut entry) = entry else {
+            return not_found();
+        };
+        if req
+            .keyspaces
+            .is_some_and(|ks| !ks.iter().any(|k| k == entry.keyspace_id()))
+        {
+            return not_found();
         }
+        let shared = self.shared_window(&entry, req, now).await;
+        let mut leases = 0;
+        let outcome = loop {
+            match self.decide(entry.clone(), req, now, shared, leases >= 3) {
+                Decision::Done(o) => break o,
+                Decision::NeedQuota => {
+                    self.lease(entry.quota_cell(), req.cost, now).await?;
+                    leases += 1;
+                }
+                // The same key (its rules as of a later read): the Redis slot stands.
+                Decision::Moved(next) => entry = next,
+            }
+        };
+        if let (
+            Some(w),
+            Outcome::Denied {
+                code: Code::UsageExceeded,
+                entry: Some(e),
+                ..
+            },
+        ) = (shared, &outcome)
+        {
+            // Only a valid answer takes a rate-limit slot: give back the one taken in Redis.
+            if let Some(redis) = &self.redis {
+                let _ = redis.undo(e.key_id(), w.start).await;
+            }
+        }
+        Ok(outcome)
     }
 
     /// Checks the rate limit in Redis (cluster-wide) when configured; `None` means decide with
@@ -782,9 +815,7 @@ impl Verifier {
         }
     }
 
-    /// Decides on `entry`. `last_lease`: answer without asking the store for more quota;
-    /// `last_reload`: decide on this entry even if its state moved (its counts are still
-    /// written, as it stays in the dirty list).
+    /// Decides on `entry`. `last_lease`: answer without asking the store for more quota.
     fn decide(
         &self,
         entry: Arc<Entry>,
@@ -792,21 +823,13 @@ impl Verifier {
         now: Timestamp,
         shared: Option<SharedWindow>,
         last_lease: bool,
-        last_reload: bool,
     ) -> Decision {
         if let Err(code) = check_rules(&entry.rules(), entry.scopes(), req.scopes, req.ip, now) {
-            return self.deny(entry, code, None, req, now, last_reload);
+            return self.deny(entry, code, None, req, now);
         }
         if let Some(w) = shared {
             if w.count > w.limit {
-                return self.deny(
-                    entry,
-                    Code::RateLimited,
-                    Some(w.reset_at),
-                    req,
-                    now,
-                    last_reload,
-                );
+                return self.deny(entry, Code::RateLimited, Some(w.reset_at), req, now);
             }
         }
         // With a shared window the rate limit was decided in Redis; only the quota is local.
@@ -817,8 +840,10 @@ impl Verifier {
         };
         let successor = entry.successor();
         let mut own = lock(&entry.state);
-        if !last_reload && entry.is_moved() {
-            return Decision::Moved;
+        if entry.is_moved() {
+            if let Some(next) = Entry::forward(&own) {
+                return Decision::Moved(next);
+            }
         }
         // A quota that runs short may be topped up from the store (a lease) before answering
         // USAGE_EXCEEDED: when the store had some left at the last lease, or a while has passed.
@@ -839,11 +864,15 @@ impl Verifier {
                 let need = matches!(r, Err((Code::UsageExceeded, _))) && may;
                 (r.map(|rate| (rate, m.remaining.map(|l| l + m.pool))), need)
             }
-            Some(quota) => {
+            Some(successor) => {
                 // Lock order: a rotated key, then its successor (a successor never locks back).
+                let quota = &Entry::current(successor.clone());
                 let mut q = lock(&quota.state);
-                if !last_reload && quota.is_moved() {
-                    return Decision::Moved;
+                if quota.is_moved() {
+                    // Replaced just now: decide again (on the entry that replaced it).
+                    drop(q);
+                    drop(own);
+                    return Decision::Moved(entry);
                 }
                 let qm = q.more();
                 let may = may_lease(qm);
@@ -911,7 +940,7 @@ impl Verifier {
             }
             Err((code, reset_at)) => {
                 drop(own);
-                self.deny(entry, code, reset_at, req, now, last_reload)
+                self.deny(entry, code, reset_at, req, now)
             }
         }
     }
@@ -923,12 +952,13 @@ impl Verifier {
         reset_at: Option<Timestamp>,
         req: &Request<'_>,
         now: Timestamp,
-        last_reload: bool,
     ) -> Decision {
         if self.usage_counting.load(Ordering::Relaxed) {
             let mut s = lock(&entry.state);
-            if !last_reload && entry.is_moved() {
-                return Decision::Moved;
+            if entry.is_moved() {
+                if let Some(next) = Entry::forward(&s) {
+                    return Decision::Moved(next);
+                }
             }
             s.record(code, req.ip, now);
             drop(s);
@@ -968,44 +998,44 @@ impl Verifier {
         }
     }
 
-    /// Reads a key from the store and caches the answer (found or not). A read that raced with
-    /// an invalidation is read again (its answer may predate the change), a few times; after
-    /// that its answer is used once without being cached, with live state of its own.
+    /// Reads a key from the store and caches the answer (found or not).
     async fn load(&self, hash: KeyHash) -> Result<Option<Arc<Entry>>, StoreError> {
         let d = digest(&hash);
-        let mut tries = 0;
-        loop {
-            let epoch = self.epoch.load(Ordering::Acquire);
-            let Some(key) = self.store.key_by_hash(&hash).await? else {
-                let mut shard = self.shard(&d).write().unwrap_or_else(|p| p.into_inner());
-                if self.epoch.load(Ordering::Acquire) == epoch {
-                    // A key that is gone leaves its counts in the dirty list and its lease in
-                    // the lease list: both are still written.
-                    shard.found.remove(&d);
-                    shard.insert_missing(d);
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let Some(key) = self.store.key_by_hash(&hash).await? else {
+            let mut shard = self.shard(&d).write().unwrap_or_else(|p| p.into_inner());
+            if self.epoch.load(Ordering::Acquire) == epoch {
+                // A key that is gone leaves its counts in the dirty list and its lease in the
+                // lease list: both are still written.
+                shard.found.remove(&d);
+                shard.insert_missing(d);
+            }
+            return Ok(None);
+        };
+        let mut successor = None;
+        if let (Some(id), None) = (&key.rotated_to, key.revoked_at) {
+            // The quota went down the rotations: to the last successor (a key rotated again
+            // within the grace period passed it on too).
+            let mut next = id.clone();
+            for _ in 0..MAX_ROTATIONS {
+                let Some(s) = self.store.key(&next).await? else {
+                    break;
+                };
+                match (&s.rotated_to, s.revoked_at) {
+                    (Some(id), None) => next = id.clone(),
+                    _ => {
+                        successor = Some(self.successor_cell(&s, epoch));
+                        break;
+                    }
                 }
-                return Ok(None);
-            };
-            let successor = match &key.rotated_to {
-                Some(id) if key.revoked_at.is_none() => self
-                    .store
-                    .key(id)
-                    .await?
-                    .map(|s| self.successor_cell(&s, epoch)),
-                _ => None,
-            };
-            let fresh = Arc::new(Entry::new(&key, self.keyspace(&key.keyspace_id), successor));
-            match self.install(&fresh, Some(epoch)) {
-                Some(e) => return Ok(Some(e)),
-                None if tries >= RELOAD_TRIES => return Ok(Some(fresh)),
-                None => tries += 1,
             }
         }
+        let fresh = Arc::new(Entry::new(&key, self.keyspace(&key.keyspace_id), successor));
+        Ok(Some(self.install(&fresh, Some(epoch))))
     }
 
-    /// The entry of a rotated key's successor, which the rotated key draws quota from: the
-    /// cached one when current, else one read from `key` (cached when the successor is not
-    /// itself rotated, so that its own entry would say nothing more).
+    /// The entry of the key a rotated key draws quota from (the last of its successors): the
+    /// cached one when current, else one read from `key`.
     fn successor_cell(&self, key: &Key, epoch: u64) -> Arc<Entry> {
         if let Cached::Found(e) = self.cached(&digest(&key.hash)) {
             if !e.needs_reload() && e.successor().is_none() {
@@ -1013,34 +1043,38 @@ impl Verifier {
             }
         }
         let fresh = Arc::new(Entry::new(key, self.keyspace(&key.keyspace_id), None));
-        if key.rotated_to.is_some() {
-            return fresh;
-        }
-        self.install(&fresh, Some(epoch)).unwrap_or(fresh)
+        self.install(&fresh, Some(epoch))
     }
 
     /// Caches `fresh` in place of the key's current entry, which hands its live state over, and
-    /// returns the entry to use. With `epoch` (a load that began then): `None` when an
-    /// invalidation happened since (nothing changes); and a current entry cached meanwhile by a
-    /// concurrent load is as fresh as `fresh`, so it stays and is returned (concurrent misses
-    /// of one key share one entry).
-    fn install(&self, fresh: &Arc<Entry>, epoch: Option<u64>) -> Option<Arc<Entry>> {
+    /// returns the entry to use. `epoch`: that of the invalidations when the load began.
+    /// - A current entry cached meanwhile by a concurrent load is as fresh as `fresh` (an
+    ///   invalidation would have marked it), so it stays and is returned: concurrent misses of
+    ///   one key share one entry.
+    /// - When an invalidation happened since the load began, the read may predate a change: it
+    ///   answers the verification that made it (the two overlapped), and is cached marked stale
+    ///   (the next verification reads again), so the key's state still has one home.
+    fn install(&self, fresh: &Arc<Entry>, epoch: Option<u64>) -> Arc<Entry> {
         let d = fresh.digest;
         // The epoch is compared under the shard's write lock, which `invalidate` also holds
-        // while it bumps the epoch: a load that raced with an invalidation never caches.
+        // while it bumps the epoch.
         let mut shard = self.shard(&d).write().unwrap_or_else(|p| p.into_inner());
-        if epoch.is_some_and(|e| self.epoch.load(Ordering::Acquire) != e) {
-            return None;
+        let old = shard.found.get(&d).map(|e| e.0.clone());
+        if let Some(old) = old
+            .as_ref()
+            .filter(|o| epoch.is_some() && !o.needs_reload())
+        {
+            return old.clone();
         }
-        if let Some(old) = shard.found.get(&d).map(|e| e.0.clone()) {
-            if epoch.is_some() && !old.needs_reload() {
-                return Some(old);
-            }
+        if epoch.is_some_and(|e| self.epoch.load(Ordering::Acquire) != e) {
+            fresh.stale.store(true, Ordering::Release);
+        }
+        if let Some(old) = old {
             self.hand_over(&old, fresh);
         }
         shard.negatives.remove(&d);
         shard.found.replace(ByDigest(fresh.clone()));
-        Some(fresh.clone())
+        fresh.clone()
     }
 
     /// Moves the live state of `old` into `fresh` (not yet shared): counts not yet written, the
@@ -1049,6 +1083,7 @@ impl Verifier {
     fn hand_over(&self, old: &Arc<Entry>, fresh: &Arc<Entry>) {
         let mut o = lock(&old.state);
         let taken = std::mem::take(&mut *o);
+        o.more().forward = Some(fresh.clone());
         old.moved.store(true, Ordering::Release);
         drop(o);
         let mut n = lock(&fresh.state);
@@ -1080,12 +1115,11 @@ impl Verifier {
     /// A change made elsewhere: the next verification reads the key from the store; when its
     /// quota was set anew, that load drops this node's (voided) lease.
     pub fn invalidate_remote(&self, hash: &KeyHash, quota_changed: bool) {
-        if quota_changed {
-            if let Cached::Found(e) = self.cached(&digest(hash)) {
+        self.invalidate_with(hash, |e| {
+            if quota_changed {
                 e.stale_quota.store(true, Ordering::Release);
             }
-        }
-        self.invalidate(hash);
+        });
     }
 
     /// Leases more quota for a key from the store: about a sixteenth of what is left (at least
@@ -1097,30 +1131,22 @@ impl Verifier {
             .clamp(1, 100_000)
             .max(cost);
         let got = self.store.lease_quota(cell.key_id(), want, now).await?;
-        let mut s = lock(&cell.state);
-        if cell.is_moved() {
-            // The entry was replaced while the store answered: its state went to the new entry,
-            // which leases for itself. What was granted here goes back at once.
-            drop(s);
-            if let Some((granted, _)) = got.filter(|g| g.0 > 0) {
-                self.store.return_lease(cell.key_id(), granted).await?;
+        // Into the entry that holds the key's state now (it may have been replaced meanwhile).
+        let (cell, ()) = Entry::with_state(cell, |s| {
+            let m = s.more();
+            m.last_lease = Some(now);
+            match got {
+                Some((granted, left)) => {
+                    m.remaining = Some(m.remaining.unwrap_or(0) + granted);
+                    m.pool = left;
+                }
+                None => {
+                    m.remaining = None;
+                    m.pool = 0;
+                }
             }
-            return Ok(());
-        }
-        let m = s.more();
-        m.last_lease = Some(now);
-        match got {
-            Some((granted, left)) => {
-                m.remaining = Some(m.remaining.unwrap_or(0) + granted);
-                m.pool = left;
-            }
-            None => {
-                m.remaining = None;
-                m.pool = 0;
-            }
-        }
-        drop(s);
-        self.track_lease(cell);
+        });
+        self.track_lease(&cell);
         Ok(())
     }
 
@@ -1153,10 +1179,12 @@ impl Verifier {
             };
             if amount > 0 {
                 if let Err(e) = self.store.return_lease(cell.key_id(), amount).await {
-                    let mut s = lock(&cell.state);
-                    let m = s.more();
-                    m.remaining = Some(m.remaining.unwrap_or(0) + amount);
-                    m.pool -= amount;
+                    let (cell, ()) = Entry::with_state(&cell, |s| {
+                        let m = s.more();
+                        m.remaining = Some(m.remaining.unwrap_or(0) + amount);
+                        m.pool -= amount;
+                    });
+                    self.track_lease(&cell);
                     return Err(e);
                 }
             }
@@ -1232,10 +1260,17 @@ impl Verifier {
     /// Forgets what this node caches about a key: the next verification reads the store (the
     /// entry stays, marked stale, until then: the new one takes over its live state).
     pub fn invalidate(&self, hash: &KeyHash) {
+        self.invalidate_with(hash, |_| {});
+    }
+
+    /// Marks the key's entry stale after `f` ran on it, under the shard's write lock (so the
+    /// entry is the one that holds the key's state: none is replaced meanwhile).
+    fn invalidate_with(&self, hash: &KeyHash, f: impl FnOnce(&Entry)) {
         let d = digest(hash);
         let mut shard = self.shard(&d).write().unwrap_or_else(|p| p.into_inner());
         self.epoch.fetch_add(1, Ordering::AcqRel);
         if let Some(e) = shard.found.get(&d) {
+            f(&e.0);
             e.0.stale.store(true, Ordering::Release);
         }
         shard.negatives.remove(&d);
@@ -1244,7 +1279,7 @@ impl Verifier {
     /// Sets the quota of a key after the control plane changed it (call with the write gate
     /// held and after a flush, so no unwritten consumption is lost or double counted).
     pub fn set_remaining(&self, hash: &KeyHash, remaining: Option<i64>) {
-        if let Cached::Found(e) = self.cached(&digest(hash)) {
+        self.invalidate_with(hash, |e| {
             // The store voided every lease of the old quota.
             let mut s = lock(&e.state);
             if remaining.is_some() || s.more.is_some() {
@@ -1253,7 +1288,7 @@ impl Verifier {
                 m.pool = remaining.unwrap_or(0);
                 m.consumed = 0;
             }
-        }
+        });
     }
 
     /// What this node's unwritten usage is, for the flusher. Entries are reset as they are
@@ -1312,7 +1347,10 @@ impl Verifier {
                     });
                 }
                 // A key that is rarely denied or seen from an address gives its box back.
-                if m.window == Window::default() && m.remaining.is_none() && m.last_lease.is_none()
+                if m.window == Window::default()
+                    && m.remaining.is_none()
+                    && m.last_lease.is_none()
+                    && m.forward.is_none()
                 {
                     s.more = None;
                 }
@@ -1327,10 +1365,8 @@ impl Verifier {
     /// Puts back usage that could not be written, so it is retried with the next flush.
     pub fn restore_usage(&self, usage: Usage) {
         for (d, cell) in usage.deltas.into_iter().zip(usage.cells) {
-            {
-                // Into the entry it came from even if that one was replaced meanwhile: it is
-                // queued again, so its counts are written all the same.
-                let mut s = lock(&cell.state);
+            // Into the entry that holds the key's state now.
+            let (cell, ()) = Entry::with_state(&cell, |s| {
                 if d.consumed != 0 {
                     s.more().consumed += d.consumed;
                 }
@@ -1358,7 +1394,7 @@ impl Verifier {
                         None => sources.push((ip, first, last, n)),
                     }
                 }
-            }
+            });
             self.mark_dirty(&cell);
         }
     }

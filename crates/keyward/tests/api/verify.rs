@@ -849,6 +849,68 @@ async fn counts_made_before_a_change_are_written_after_it(app: TestApp) {
 }
 both!(counts_made_before_a_change_are_written_after_it, manual);
 
+async fn verifications_racing_with_changes_grant_a_quota_exactly(app: TestApp) {
+    let ks = app.keyspace(json!({})).await;
+    let (id, key) = app
+        .key(
+            &ks,
+            json!({"remaining": 300, "ratelimit": {"limit": 1000000, "window_secs": 3600}}),
+        )
+        .await;
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let (http, url, key) = (app.http.clone(), app.url.clone(), key.clone());
+        clients.push(tokio::spawn(async move {
+            let (mut valid, mut exceeded) = (0, 0);
+            for _ in 0..60 {
+                let r: Value = http
+                    .post(format!("{url}/v1/verify"))
+                    .json(&json!({"key": key}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                match r["code"].as_str() {
+                    Some("VALID") => valid += 1,
+                    Some("USAGE_EXCEEDED") => exceeded += 1,
+                    _ => panic!("{r}"),
+                }
+            }
+            (valid, exceeded)
+        }));
+    }
+    // Every change reloads the key's cache entry while the clients verify it.
+    for i in 0..40 {
+        app.patch(&format!("/v1/keys/{id}"), json!({"name": format!("n{i}")}))
+            .await
+            .expect(200);
+    }
+    let (mut valid, mut exceeded) = (0, 0);
+    for c in clients {
+        let (v, e) = c.await.unwrap();
+        valid += v;
+        exceeded += e;
+    }
+    assert_eq!((valid, exceeded), (300, 180), "the quota, exactly");
+    app.flush().await;
+    let k = get_key(&app, &id).await;
+    assert_eq!(k["remaining"], 0);
+    assert_eq!(k["call_count"], 300);
+    assert_eq!(k["denied_count"], 180);
+    let v = app.verify(json!({"key": key, "cost": 0})).await;
+    assert_eq!(
+        v["ratelimit"]["remaining"],
+        1000000 - 301,
+        "one window all along: {v}"
+    );
+}
+both!(
+    verifications_racing_with_changes_grant_a_quota_exactly,
+    manual
+);
+
 // ---------------------------------------------------------------- forward-auth
 
 async fn forward_auth_takes_the_key_from_bearer_or_x_api_key(app: TestApp) {
