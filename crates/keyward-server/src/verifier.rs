@@ -13,7 +13,7 @@
 //!   lease, counts not yet written), so a reload loses no counts and resets no limit; the old
 //!   entry points to the new one, and a verification, lease or flush still holding the old one
 //!   follows the pointer. A load that raced with an invalidation caches its answer marked stale
-//!   (the epoch check in [`Verifier::install`]).
+//!   (the epoch check in `Verifier::install`).
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
