@@ -25,6 +25,7 @@ use common::{rss_bytes, KeyMaker, TempDir, KEY_LEN};
 use futures_util::FutureExt;
 use keyward_core::model::Key;
 use keyward_core::verify::Code;
+use keyward_server::jobs::usage::FLUSH_BATCH;
 use keyward_server::verifier::{Entry, Request};
 
 fn main() {
@@ -64,9 +65,16 @@ fn main() {
         assert_eq!(outcome.code(), Code::Valid);
     }
     let used = rss_bytes();
-    let usage = state.verifier.take_usage();
-    assert_eq!(usage.deltas.len(), n);
-    drop(usage);
+    // As the flusher takes it: in batches, each dropped once written.
+    let mut taken = 0;
+    loop {
+        let usage = state.verifier.take_usage(FLUSH_BATCH);
+        taken += usage.deltas.len();
+        if usage.taken() < FLUSH_BATCH {
+            break;
+        }
+    }
+    assert_eq!(taken, n);
     let flushed = rss_bytes();
 
     let per_key = |rss: u64| rss.saturating_sub(before) as f64 / n as f64;

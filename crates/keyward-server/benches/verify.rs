@@ -164,7 +164,7 @@ fn cached(c: &mut Criterion, n: usize) {
             panic!("a primed key verifies as valid");
         };
     }
-    drop(verifier.take_usage());
+    drop(verifier.take_usage(usize::MAX));
 
     // Well-formed keys that do not exist, cached as such by one store read each.
     let unknown: Vec<String> = (0..1000)
@@ -216,7 +216,7 @@ fn cached(c: &mut Criterion, n: usize) {
         b.iter(|| verify_cached(verifier, key_at(next())).code())
     });
     verifier.set_usage_counting(true);
-    drop(verifier.take_usage());
+    drop(verifier.take_usage(usize::MAX));
 
     if !stored.is_empty() {
         // The flusher's cost per key, over keys that exist in the database.
@@ -240,7 +240,7 @@ fn cached(c: &mut Criterion, n: usize) {
                     }
                 },
                 |()| {
-                    let usage = verifier.take_usage();
+                    let usage = verifier.take_usage(usize::MAX);
                     rt.block_on(state.store.apply_usage(&usage.deltas))
                         .expect("usage written");
                 },

@@ -586,6 +586,14 @@ pub struct Usage {
     pub deltas: Vec<UsageDelta>,
     pub reactivations: Vec<Reactivation>,
     cells: Vec<Arc<Entry>>,
+    taken: usize,
+}
+
+impl Usage {
+    /// Entries taken from the dirty list (some may have had nothing left to write).
+    pub fn taken(&self) -> usize {
+        self.taken
+    }
 }
 
 pub struct Verifier {
@@ -1291,14 +1299,19 @@ impl Verifier {
         });
     }
 
-    /// What this node's unwritten usage is, for the flusher. Entries are reset as they are
-    /// taken.
-    pub fn take_usage(&self) -> Usage {
-        let cells = std::mem::take(&mut *lock(&self.dirty));
+    /// This node's unwritten usage of at most `max` keys, for the flusher. Entries are reset
+    /// as they are taken.
+    pub fn take_usage(&self, max: usize) -> Usage {
+        let cells = {
+            let mut dirty = lock(&self.dirty);
+            let at = dirty.len().saturating_sub(max);
+            dirty.split_off(at)
+        };
         let mut usage = Usage {
             deltas: Vec::with_capacity(cells.len()),
             reactivations: Vec::new(),
             cells: Vec::with_capacity(cells.len()),
+            taken: cells.len(),
         };
         for cell in cells {
             cell.queued.store(false, Ordering::Release);

@@ -1,5 +1,5 @@
-//! The usage flusher: writes the counts gathered by the verification path in one batch every
-//! `KEYWARD_USAGE_FLUSH_MS`, and once more at shutdown. A failed batch is put back and retried,
+//! The usage flusher: writes the counts gathered by the verification path every
+//! `KEYWARD_USAGE_FLUSH_MS` (in batches of [`FLUSH_BATCH`] keys), and once more at shutdown. A failed batch is put back and retried,
 //! so counts are lost only if the process dies (at most one flush interval's worth). It also
 //! turns what the verification path noticed into anomalies (`new_source`,
 //! `dormant_reactivated`).
@@ -90,11 +90,31 @@ async fn new_sources(
     Ok(found)
 }
 
-/// [`flush`] for callers that already hold the write gate.
+/// Keys written per batch (one transaction each): bounds the memory and the transaction of a
+/// flush when many keys were used since the last one.
+pub const FLUSH_BATCH: usize = 5000;
+
+/// [`flush`] for callers that already hold the write gate: every key pending when it starts, in
+/// batches of [`FLUSH_BATCH`] (keys used meanwhile may be written too).
 pub async fn flush_locked(state: &AppState) -> Result<usize, keyward_store::StoreError> {
-    let mut usage = state.verifier.take_usage();
+    let mut left = state.verifier.pending_keys();
+    let mut written = 0;
+    loop {
+        let (n, taken) = flush_batch(state).await?;
+        written += n;
+        left = left.saturating_sub(taken);
+        if taken < FLUSH_BATCH || left == 0 {
+            return Ok(written);
+        }
+    }
+}
+
+/// Writes the usage of at most [`FLUSH_BATCH`] keys: (keys written, keys taken).
+async fn flush_batch(state: &AppState) -> Result<(usize, usize), keyward_store::StoreError> {
+    let mut usage = state.verifier.take_usage(FLUSH_BATCH);
+    let taken = usage.taken();
     if usage.deltas.is_empty() && usage.reactivations.is_empty() {
-        return Ok(0);
+        return Ok((0, taken));
     }
     let reactivations = std::mem::take(&mut usage.reactivations);
     let mut found = match new_sources(state, &usage.deltas).await {
@@ -138,7 +158,7 @@ pub async fn flush_locked(state: &AppState) -> Result<usize, keyward_store::Stor
     if let Err(e) = anomalies::record(state, found).await {
         tracing::warn!(error = %e, "could not record anomalies found while flushing usage");
     }
-    Ok(n)
+    Ok((n, taken))
 }
 
 async fn return_idle_leases(state: &AppState) {

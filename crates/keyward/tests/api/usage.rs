@@ -298,3 +298,103 @@ async fn metrics_count_verifications_cache_use_flushes_and_webhooks(app: TestApp
     assert!(!m.contains(&key));
 }
 both!(metrics_count_verifications_cache_use_flushes_and_webhooks);
+
+async fn a_flush_of_more_keys_than_one_batch_writes_every_key(app: TestApp) {
+    use keyward_core::keyformat::{self, KeyHash};
+    use keyward_server::jobs::usage::FLUSH_BATCH;
+    use keyward_server::verifier::Request;
+
+    let ks = app.keyspace(json!({})).await;
+    let prefix = app
+        .get(&format!("/v1/keyspaces/{ks}"))
+        .await
+        .expect(200)
+        .body["prefix"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // More keys than two batches, written straight to the store (the API would take minutes).
+    let n = 2 * FLUSH_BATCH + 7;
+    let now = app.state.clock.now();
+    let mut plaintexts = Vec::with_capacity(n);
+    let mut ids = Vec::with_capacity(n);
+    let mut tx = app.state.store.begin().await.unwrap();
+    for _ in 0..n {
+        let plaintext = keyformat::generate(&prefix);
+        let parsed = keyformat::parse(plaintext.expose()).unwrap();
+        let key = keyward_core::model::Key {
+            id: keyward_core::id::new_id("key", now),
+            keyspace_id: ks.clone(),
+            name: "bulk".into(),
+            owner: None,
+            scopes: vec![],
+            labels: Default::default(),
+            meta: Default::default(),
+            hash: KeyHash::of(plaintext.expose()),
+            start: parsed.start(),
+            end: parsed.end(),
+            enabled: true,
+            created_at: now,
+            created_by: keyward_core::model::Actor::system(),
+            updated_at: now,
+            expires_at: None,
+            revoked_at: None,
+            revoked_by: None,
+            revoked_reason: None,
+            rotated_from: None,
+            rotated_to: None,
+            last_used_at: None,
+            call_count: 0,
+            denied_count: 0,
+            ratelimit: None,
+            remaining: None,
+            allowed_cidrs: None,
+        };
+        tx.insert_key(&key).await.unwrap();
+        ids.push(key.id);
+        plaintexts.push(plaintext);
+    }
+    tx.commit().await.unwrap();
+    for p in &plaintexts {
+        let outcome = app
+            .state
+            .verifier
+            .verify(&Request {
+                key: p.expose(),
+                scopes: &[],
+                ip: None,
+                cost: 1,
+                keyspaces: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(outcome.code().as_str(), "VALID");
+    }
+    assert_eq!(app.state.verifier.pending_keys(), n);
+    let before = app
+        .state
+        .metrics
+        .flushed_keys
+        .load(std::sync::atomic::Ordering::Relaxed);
+    app.flush().await;
+    assert_eq!(app.state.verifier.pending_keys(), 0);
+    for id in [&ids[0], &ids[FLUSH_BATCH], &ids[n - 1]] {
+        let k = app.get(&format!("/v1/keys/{id}")).await.expect(200);
+        assert_eq!(k.body["call_count"], 1, "{id}");
+    }
+    assert_eq!(
+        app.state
+            .metrics
+            .flushed_keys
+            .load(std::sync::atomic::Ordering::Relaxed),
+        before + n as u64,
+        "every key written once"
+    );
+}
+/// No background flush: the test's own flush writes everything.
+fn flush_by_hand() -> Options {
+    let mut o = manual();
+    o.config.usage_flush_ms = 3_600_000;
+    o
+}
+both!(a_flush_of_more_keys_than_one_batch_writes_every_key, flush_by_hand);
