@@ -386,6 +386,16 @@ impl Entry {
             .filter(|s| !s.is_empty())
     }
 
+    /// The checks that need no mutable state (`REVOKED` .. `INSUFFICIENT_SCOPE`). The answer
+    /// text is read only when scopes are asked for (it is another cache line or two).
+    fn check(&self, req: &Request<'_>, now: Timestamp) -> Result<(), Code> {
+        if req.scopes.is_empty() {
+            check_rules(&self.rules(), std::iter::empty(), &[], req.ip, now)
+        } else {
+            check_rules(&self.rules(), self.scopes(), req.scopes, req.ip, now)
+        }
+    }
+
     fn rules(&self) -> Rules<'_> {
         Rules {
             revoked: self.revoked,
@@ -803,7 +813,7 @@ impl Verifier {
         now: Timestamp,
     ) -> Option<SharedWindow> {
         let (redis, rl) = (self.redis.as_ref()?, entry.ratelimit()?);
-        if check_rules(&entry.rules(), entry.scopes(), req.scopes, req.ip, now).is_err() {
+        if entry.check(req, now).is_err() {
             return None;
         }
         let len = rl.window_secs * 1000;
@@ -832,7 +842,7 @@ impl Verifier {
         shared: Option<SharedWindow>,
         last_lease: bool,
     ) -> Decision {
-        if let Err(code) = check_rules(&entry.rules(), entry.scopes(), req.scopes, req.ip, now) {
+        if let Err(code) = entry.check(req, now) {
             return self.deny(entry, code, None, req, now);
         }
         if let Some(w) = shared {

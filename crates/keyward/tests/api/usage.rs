@@ -397,4 +397,7 @@ fn flush_by_hand() -> Options {
     o.config.usage_flush_ms = 3_600_000;
     o
 }
-both!(a_flush_of_more_keys_than_one_batch_writes_every_key, flush_by_hand);
+both!(
+    a_flush_of_more_keys_than_one_batch_writes_every_key,
+    flush_by_hand
+);
