@@ -16,7 +16,8 @@
 # the verdict takes the median round's ratio and the worst round's p99),
 # KEYWARD_USAGE_FLUSH_MS (1000), BENCH_LOG (the server's log filter; by default only warnings,
 # so neither endpoint writes a log line per request), BENCH_SKIP_BUILD (set: use the binary as
-# built), BENCH_KEEP (set: keep the temporary directory).
+# built), BENCH_KEEP (set: keep the temporary directory), BENCH_PERF (a number N: sample the
+# server with `perf record -e cpu-clock -g` during each round and print its N hottest symbols).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -105,10 +106,20 @@ counter() { curl -fsS "$url/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 run() {
   local name=$1 target=$2 duration=$3 before after line
   before=$(cpu_ticks)
+  if [ -n "${BENCH_PERF:-}" ] && [ "$name" != warmup ]; then
+    # Samples the server for the length of the run (stopped with the run, below).
+    perf record -q -e cpu-clock -g -p "$pid" -o "$work/perf-$name.data" >/dev/null 2>&1 &
+    perf_pid=$!
+  fi
   line=$(wrk -t"$WRK_THREADS" -c"$WRK_CONNECTIONS" -d"$duration" --latency \
     -s scripts/bench-http.lua "$url" -- "$target" | tee "$work/wrk-$name.txt" | grep '^RESULT') \
     || die "wrk failed: $(cat "$work/wrk-$name.txt")"
   after=$(cpu_ticks)
+  if [ -n "${perf_pid:-}" ]; then
+    kill -INT "$perf_pid" 2>/dev/null; wait "$perf_pid" 2>/dev/null || true; perf_pid=
+    perf report -i "$work/perf-$name.data" --no-children --sort symbol --stdio 2>/dev/null \
+      | grep -E '^ +[0-9.]+%' | head -n "$BENCH_PERF" >"$work/perf-$name.txt" || true
+  fi
   echo "$line cpu_s=$(calc "($after - $before) / $tck")"
 }
 field() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p" <<<"$2"; }
@@ -157,5 +168,8 @@ status=0
 valid=$(curl -fsS "$url/metrics" | awk '$1 == "keyward_verifications_total{code=\"VALID\"}" {print $2}')
 other=$(curl -fsS "$url/metrics" | awk '$1 ~ /^keyward_verifications_total/ && $1 !~ /VALID/ {s += $2} END {print s + 0}')
 echo "server counted: $valid VALID verifications, $other other outcomes; usage flush failures: $(counter keyward_usage_flush_failures_total)"
+if [ -n "${BENCH_PERF:-}" ]; then
+  for f in "$work"/perf-*.txt; do echo "== hottest symbols of the server, $(basename "$f" .txt)"; cat "$f"; done
+fi
 [ "${other%.*}" -eq 0 ] || die "some verifications were not VALID"
 exit "$status"
