@@ -1735,6 +1735,52 @@ async fn a_disabled_key_rotates_into_a_disabled_successor(app: TestApp) {
 }
 both!(a_disabled_key_rotates_into_a_disabled_successor);
 
+async fn a_quota_follows_a_chain_of_rotations(app: TestApp) {
+    let ks = app.keyspace(json!({})).await;
+    let (first, first_key) = app.key(&ks, json!({"remaining": 6})).await;
+    let rotate = |id: String| {
+        let app = &app;
+        async move {
+            let res = app
+                .post(
+                    &format!("/v1/keys/{id}/rotate"),
+                    json!({"grace_secs": 3600}),
+                )
+                .await
+                .expect(201);
+            (res.id(), res.body["key"].as_str().unwrap().to_string())
+        }
+    };
+    let (second, second_key) = rotate(first.clone()).await;
+    let (_, third_key) = rotate(second).await;
+    // All three verify during the grace periods, and all spend the one quota, which the
+    // last successor holds.
+    let mut left = 6;
+    for key in [
+        &first_key,
+        &second_key,
+        &third_key,
+        &first_key,
+        &second_key,
+        &third_key,
+    ] {
+        left -= 1;
+        let v = app.verify(json!({"key": key})).await;
+        assert_eq!(
+            (v["code"].as_str(), v["remaining"].as_i64()),
+            (Some("VALID"), Some(left)),
+            "{v}"
+        );
+    }
+    for key in [&first_key, &second_key, &third_key] {
+        assert_eq!(
+            app.verify(json!({"key": key})).await["code"],
+            "USAGE_EXCEEDED"
+        );
+    }
+}
+both!(a_quota_follows_a_chain_of_rotations, manual);
+
 async fn a_quota_moves_to_the_successor_and_is_never_doubled(app: TestApp) {
     let ks = app.keyspace(json!({})).await;
     let (old, old_key) = app.key(&ks, json!({"remaining": 5})).await;
