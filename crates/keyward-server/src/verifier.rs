@@ -17,7 +17,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use keyward_core::keyformat::{self, KeyHash, TOKEN_PREFIX};
@@ -115,6 +115,9 @@ struct More {
     reactivations: Vec<(Timestamp, Timestamp)>,
     /// Set once the entry's state was handed over: the entry that holds it now.
     forward: Option<Arc<Entry>>,
+    /// Bumped whenever the quota is set anew (which voids every lease in the store): a lease
+    /// granted, or given back in vain, under an older generation is dropped, not added.
+    quota_gen: u32,
 }
 
 impl LiveState {
@@ -197,7 +200,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// A cached key: what the decision and the answer read, compactly (the cache holds millions),
-/// and its live state. 112 bytes inline (128 with the `Arc`'s counts, one allocator size class).
+/// and its live state. 104 bytes inline (120 with the `Arc`'s counts: one 128-byte allocator
+/// size class).
 pub struct Entry {
     digest: Digest,
     /// The values of a `VALID` answer that depend only on the key (the keyspace id aside),
@@ -504,6 +508,8 @@ impl Eq for ByDigest {}
 struct Shard {
     found: HashSet<ByDigest, DigestBuild>,
     negatives: HashSet<Digest, DigestBuild>,
+    /// Bumped by every invalidation of a key of this shard (under its write lock).
+    epoch: u64,
 }
 
 enum Cached {
@@ -614,9 +620,7 @@ pub struct Verifier {
     /// Keyspace ids, one allocation each, shared by their keys' entries.
     keyspaces: Mutex<HashMap<String, Arc<String>>>,
     /// Entries with counts not yet written (each at most once, see `Entry::queued`).
-    dirty: Mutex<Vec<Arc<Entry>>>,
-    /// Bumped by every invalidation; a load that saw another epoch does not cache its result.
-    epoch: AtomicU64,
+    dirty: Mutex<std::collections::VecDeque<Arc<Entry>>>,
     /// A valid use this long after the previous one is a `dormant_reactivated` anomaly.
     dormant_after_ms: i64,
     /// Cluster-wide rate limits, when `KEYWARD_REDIS_URL` is set.
@@ -647,8 +651,7 @@ impl Verifier {
             metrics,
             shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
             keyspaces: Mutex::new(HashMap::new()),
-            dirty: Mutex::new(Vec::new()),
-            epoch: AtomicU64::new(0),
+            dirty: Mutex::new(std::collections::VecDeque::new()),
             dormant_after_ms: dormant_after_secs.saturating_mul(1000),
             redis,
             leased: Mutex::new(Vec::new()),
@@ -887,7 +890,7 @@ impl Verifier {
                 let quota = &Entry::current(successor.clone());
                 let mut q = lock(&quota.state);
                 if quota.is_moved() {
-                    // Replaced just now: decide again (on the entry that replaced it).
+                    // Replaced just now: decide again (`current` then finds the replacement).
                     drop(q);
                     drop(own);
                     return Decision::Moved(entry);
@@ -993,7 +996,7 @@ impl Verifier {
         // A plain load first: a key used again before the next flush is already queued, and
         // the read costs less than a read-modify-write.
         if !entry.queued.load(Ordering::Acquire) && !entry.queued.swap(true, Ordering::AcqRel) {
-            lock(&self.dirty).push(entry.clone());
+            lock(&self.dirty).push_back(entry.clone());
         }
     }
 
@@ -1016,13 +1019,21 @@ impl Verifier {
         }
     }
 
+    /// The invalidations of the shard of `d` so far.
+    fn epoch(&self, d: &Digest) -> u64 {
+        self.shard(d)
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .epoch
+    }
+
     /// Reads a key from the store and caches the answer (found or not).
     async fn load(&self, hash: KeyHash) -> Result<Option<Arc<Entry>>, StoreError> {
         let d = digest(&hash);
-        let epoch = self.epoch.load(Ordering::Acquire);
+        let epoch = self.epoch(&d);
         let Some(key) = self.store.key_by_hash(&hash).await? else {
             let mut shard = self.shard(&d).write().unwrap_or_else(|p| p.into_inner());
-            if self.epoch.load(Ordering::Acquire) == epoch {
+            if shard.epoch == epoch {
                 // A key that is gone leaves its counts in the dirty list and its lease in the
                 // lease list: both are still written.
                 shard.found.remove(&d);
@@ -1033,19 +1044,23 @@ impl Verifier {
         let mut successor = None;
         if let (Some(id), None) = (&key.rotated_to, key.revoked_at) {
             // The quota went down the rotations: to the last successor (a key rotated again
-            // within the grace period passed it on too).
+            // within the grace period, or with none, passed it on too).
             let mut next = id.clone();
             for _ in 0..MAX_ROTATIONS {
                 let Some(s) = self.store.key(&next).await? else {
                     break;
                 };
-                match (&s.rotated_to, s.revoked_at) {
-                    (Some(id), None) => next = id.clone(),
-                    _ => {
-                        successor = Some(self.successor_cell(&s, epoch));
-                        break;
-                    }
+                if let Some(id) = &s.rotated_to {
+                    next = id.clone();
+                    continue;
                 }
+                // Read again after noting its shard's epoch, so that a change racing with
+                // this read is not cached as current.
+                let since = self.epoch(&digest(&s.hash));
+                if let Some(s) = self.store.key(&s.id).await? {
+                    successor = Some(self.successor_cell(&s, since));
+                }
+                break;
             }
         }
         let fresh = Arc::new(Entry::new(&key, self.keyspace(&key.keyspace_id), successor));
@@ -1061,17 +1076,24 @@ impl Verifier {
             }
         }
         let fresh = Arc::new(Entry::new(key, self.keyspace(&key.keyspace_id), None));
-        self.install(&fresh, Some(epoch))
+        let cell = self.install(&fresh, Some(epoch));
+        // A cached entry that was rotated meanwhile draws from elsewhere: not a quota cell.
+        if cell.successor().is_some() {
+            fresh
+        } else {
+            cell
+        }
     }
 
     /// Caches `fresh` in place of the key's current entry, which hands its live state over, and
-    /// returns the entry to use. `epoch`: that of the invalidations when the load began.
+    /// returns the entry to use. `epoch`: that of the key's shard when the load began.
     /// - A current entry cached meanwhile by a concurrent load is as fresh as `fresh` (an
     ///   invalidation would have marked it), so it stays and is returned: concurrent misses of
     ///   one key share one entry.
-    /// - When an invalidation happened since the load began, the read may predate a change: it
-    ///   answers the verification that made it (the two overlapped), and is cached marked stale
-    ///   (the next verification reads again), so the key's state still has one home.
+    /// - When a key of the shard was invalidated since the load began, the read may predate a
+    ///   change: it answers the verification that made it (the two overlapped), and is cached
+    ///   marked stale (the next verification reads again), so the key's state still has one
+    ///   home.
     fn install(&self, fresh: &Arc<Entry>, epoch: Option<u64>) -> Arc<Entry> {
         let d = fresh.digest;
         // The epoch is compared under the shard's write lock, which `invalidate` also holds
@@ -1084,7 +1106,7 @@ impl Verifier {
         {
             return old.clone();
         }
-        if epoch.is_some_and(|e| self.epoch.load(Ordering::Acquire) != e) {
+        if epoch.is_some_and(|e| shard.epoch != e) {
             fresh.stale.store(true, Ordering::Release);
         }
         if let Some(old) = old {
@@ -1096,8 +1118,8 @@ impl Verifier {
     }
 
     /// Moves the live state of `old` into `fresh` (not yet shared): counts not yet written, the
-    /// rate-limit window, the quota lease (unless another node set the quota anew, which voids
-    /// it; dropping a lease can only under-grant until the sweep reclaims it, never over-grant).
+    /// rate-limit window, the quota lease (unless another node set the quota anew, which voided
+    /// every lease in the store: the quota is then taken from the row `fresh` was read from).
     fn hand_over(&self, old: &Arc<Entry>, fresh: &Arc<Entry>) {
         let mut o = lock(&old.state);
         let taken = std::mem::take(&mut *o);
@@ -1106,7 +1128,8 @@ impl Verifier {
         drop(o);
         let mut n = lock(&fresh.state);
         let from_row = std::mem::replace(&mut *n, taken);
-        if old.stale_quota.load(Ordering::Acquire) || n.remaining().is_none() {
+        let reset = old.stale_quota.load(Ordering::Acquire);
+        if reset || n.remaining().is_none() {
             let (remaining, pool) = from_row
                 .more
                 .as_ref()
@@ -1115,6 +1138,10 @@ impl Verifier {
                 let m = n.more();
                 m.remaining = remaining;
                 m.pool = pool;
+                if reset {
+                    m.quota_gen = m.quota_gen.wrapping_add(1);
+                    m.consumed = 0;
+                }
             }
         }
         if n.previous_use == NEVER {
@@ -1143,15 +1170,21 @@ impl Verifier {
     /// Leases more quota for a key from the store: about a sixteenth of what is left (at least
     /// the cost), so that nodes share a quota finely near its end.
     async fn lease(&self, cell: &Arc<Entry>, cost: i64, now: Timestamp) -> Result<(), StoreError> {
-        let pool = lock(&cell.state).more.as_ref().map_or(0, |m| m.pool);
+        let (_, (pool, gen)) = Entry::with_state(cell, |s| {
+            s.more.as_ref().map_or((0, 0), |m| (m.pool, m.quota_gen))
+        });
         let want = cost
             .max(pool.saturating_add(15) / 16)
             .clamp(1, 100_000)
             .max(cost);
         let got = self.store.lease_quota(cell.key_id(), want, now).await?;
-        // Into the entry that holds the key's state now (it may have been replaced meanwhile).
+        // Into the entry that holds the key's state now (it may have been replaced meanwhile),
+        // unless the quota was set anew meanwhile (the store voided this grant with the rest).
         let (cell, ()) = Entry::with_state(cell, |s| {
             let m = s.more();
+            if m.quota_gen != gen {
+                return;
+            }
             m.last_lease = Some(now);
             match got {
                 Some((granted, left)) => {
@@ -1173,7 +1206,7 @@ impl Verifier {
     pub async fn return_leases(&self, now: Timestamp, all: bool) -> Result<(), StoreError> {
         let cells = lock(&self.leased).clone();
         for cell in cells {
-            let amount = {
+            let (amount, gen) = {
                 let mut s = lock(&cell.state);
                 // A moved entry handed its lease to the newer one, which is in the list.
                 let m = s.more.as_deref_mut().filter(|_| !cell.is_moved());
@@ -1187,20 +1220,23 @@ impl Verifier {
                             Some(l) if l > 0 && (all || idle) => {
                                 m.remaining = Some(0);
                                 m.pool += l;
-                                l
+                                (l, m.quota_gen)
                             }
-                            _ => 0,
+                            _ => (0, m.quota_gen),
                         }
                     }
-                    None => 0,
+                    None => (0, 0),
                 }
             };
             if amount > 0 {
                 if let Err(e) = self.store.return_lease(cell.key_id(), amount).await {
+                    // Still this node's, unless the quota was set anew meanwhile.
                     let (cell, ()) = Entry::with_state(&cell, |s| {
                         let m = s.more();
-                        m.remaining = Some(m.remaining.unwrap_or(0) + amount);
-                        m.pool -= amount;
+                        if m.quota_gen == gen {
+                            m.remaining = Some(m.remaining.unwrap_or(0) + amount);
+                            m.pool -= amount;
+                        }
                     });
                     self.track_lease(&cell);
                     return Err(e);
@@ -1286,7 +1322,7 @@ impl Verifier {
     fn invalidate_with(&self, hash: &KeyHash, f: impl FnOnce(&Entry)) {
         let d = digest(hash);
         let mut shard = self.shard(&d).write().unwrap_or_else(|p| p.into_inner());
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        shard.epoch += 1;
         if let Some(e) = shard.found.get(&d) {
             f(&e.0);
             e.0.stale.store(true, Ordering::Release);
@@ -1305,17 +1341,18 @@ impl Verifier {
                 m.remaining = remaining.map(|_| 0);
                 m.pool = remaining.unwrap_or(0);
                 m.consumed = 0;
+                m.quota_gen = m.quota_gen.wrapping_add(1);
             }
         });
     }
 
-    /// This node's unwritten usage of at most `max` keys, for the flusher. Entries are reset
-    /// as they are taken.
+    /// This node's unwritten usage of the `max` keys that have waited longest, for the
+    /// flusher. Entries are reset as they are taken.
     pub fn take_usage(&self, max: usize) -> Usage {
-        let cells = {
+        let cells: Vec<Arc<Entry>> = {
             let mut dirty = lock(&self.dirty);
-            let at = dirty.len().saturating_sub(max);
-            dirty.split_off(at)
+            let n = max.min(dirty.len());
+            dirty.drain(..n).collect()
         };
         let mut usage = Usage {
             deltas: Vec::with_capacity(cells.len()),
@@ -1387,7 +1424,15 @@ impl Verifier {
 
     /// Puts back usage that could not be written, so it is retried with the next flush.
     pub fn restore_usage(&self, usage: Usage) {
+        let mut reactivations: HashMap<String, Vec<(Timestamp, Timestamp)>> = HashMap::new();
+        for r in usage.reactivations {
+            reactivations
+                .entry(r.key_id)
+                .or_default()
+                .push((r.previous_use, r.at));
+        }
         for (d, cell) in usage.deltas.into_iter().zip(usage.cells) {
+            let reacts = reactivations.remove(&d.key_id).unwrap_or_default();
             // Into the entry that holds the key's state now.
             let (cell, ()) = Entry::with_state(&cell, |s| {
                 if d.consumed != 0 {
@@ -1416,6 +1461,9 @@ impl Verifier {
                         }
                         None => sources.push((ip, first, last, n)),
                     }
+                }
+                if !reacts.is_empty() {
+                    s.more().reactivations.extend(reacts);
                 }
             });
             self.mark_dirty(&cell);

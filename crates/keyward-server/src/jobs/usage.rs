@@ -1,5 +1,6 @@
 //! The usage flusher: writes the counts gathered by the verification path every
-//! `KEYWARD_USAGE_FLUSH_MS` (in batches of [`FLUSH_BATCH`] keys), and once more at shutdown. A failed batch is put back and retried,
+//! `KEYWARD_USAGE_FLUSH_MS` (in batches of [`FLUSH_BATCH`] keys), and once more at
+//! shutdown. A failed batch is put back and retried,
 //! so counts are lost only if the process dies (at most one flush interval's worth). It also
 //! turns what the verification path noticed into anomalies (`new_source`,
 //! `dormant_reactivated`).
@@ -94,29 +95,32 @@ async fn new_sources(
 /// flush when many keys were used since the last one.
 pub const FLUSH_BATCH: usize = 5000;
 
-/// [`flush`] for callers that already hold the write gate: every key pending when it starts, in
-/// batches of [`FLUSH_BATCH`] (keys used meanwhile may be written too).
+/// [`flush`] for callers that already hold the write gate: every key pending when it starts (the
+/// queue is first in, first out, so those are the first taken), in batches of [`FLUSH_BATCH`].
 pub async fn flush_locked(state: &AppState) -> Result<usize, keyward_store::StoreError> {
     let mut left = state.verifier.pending_keys();
     let mut written = 0;
-    loop {
-        let (n, taken) = flush_batch(state).await?;
+    while left > 0 {
+        let (n, taken) = flush_batch(state, left.min(FLUSH_BATCH)).await?;
         written += n;
-        left = left.saturating_sub(taken);
-        if taken < FLUSH_BATCH || left == 0 {
-            return Ok(written);
+        if taken == 0 {
+            break;
         }
+        left = left.saturating_sub(taken);
     }
+    Ok(written)
 }
 
-/// Writes the usage of at most [`FLUSH_BATCH`] keys: (keys written, keys taken).
-async fn flush_batch(state: &AppState) -> Result<(usize, usize), keyward_store::StoreError> {
-    let mut usage = state.verifier.take_usage(FLUSH_BATCH);
+/// Writes the usage of the `max` keys queued longest: (keys written, keys taken).
+async fn flush_batch(
+    state: &AppState,
+    max: usize,
+) -> Result<(usize, usize), keyward_store::StoreError> {
+    let mut usage = state.verifier.take_usage(max);
     let taken = usage.taken();
     if usage.deltas.is_empty() && usage.reactivations.is_empty() {
         return Ok((0, taken));
     }
-    let reactivations = std::mem::take(&mut usage.reactivations);
     let mut found = match new_sources(state, &usage.deltas).await {
         Ok(f) => f,
         Err(e) => {
@@ -144,7 +148,7 @@ async fn flush_batch(state: &AppState) -> Result<(usize, usize), keyward_store::
             return Err(e);
         }
     }
-    for r in reactivations {
+    for r in std::mem::take(&mut usage.reactivations) {
         let silent = (r.at.millis() - r.previous_use.millis()) / 1000;
         found.push(anomalies::found(
             &r.key_id,

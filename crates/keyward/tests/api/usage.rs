@@ -390,6 +390,53 @@ async fn a_flush_of_more_keys_than_one_batch_writes_every_key(app: TestApp) {
         before + n as u64,
         "every key written once"
     );
+
+    // Again, with verifications going on during the flush: the keys pending when it starts
+    // are written, the oldest first, however busy the others keep the queue.
+    for p in &plaintexts {
+        let outcome = app
+            .state
+            .verifier
+            .verify(&Request {
+                key: p.expose(),
+                scopes: &[],
+                ip: None,
+                cost: 1,
+                keyspaces: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(outcome.code().as_str(), "VALID");
+    }
+    let busy: Vec<String> = plaintexts[n - 300..]
+        .iter()
+        .map(|p| p.expose().to_string())
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let state = app.state.clone();
+    let flag = stop.clone();
+    let traffic = tokio::spawn(async move {
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            for k in &busy {
+                let request = Request {
+                    key: k,
+                    scopes: &[],
+                    ip: None,
+                    cost: 1,
+                    keyspaces: None,
+                };
+                state.verifier.verify(&request).await.unwrap();
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+    app.flush().await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    traffic.await.unwrap();
+    for id in [&ids[0], &ids[1], &ids[FLUSH_BATCH], &ids[n - 301]] {
+        let k = app.get(&format!("/v1/keys/{id}")).await.expect(200);
+        assert_eq!(k.body["call_count"], 2, "{id}");
+    }
 }
 /// No background flush: the test's own flush writes everything.
 fn flush_by_hand() -> Options {
