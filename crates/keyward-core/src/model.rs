@@ -166,15 +166,44 @@ pub struct Key {
 }
 
 impl Key {
-    /// Releases spare capacity of its strings and lists (for long-lived cached copies).
-    pub fn shrink(&mut self) {
-        for s in [&mut self.id, &mut self.keyspace_id, &mut self.name] {
-            s.shrink_to_fit();
-        }
-        if let Some(o) = self.owner.as_mut() {
-            o.shrink_to_fit();
-        }
-        self.scopes.shrink_to_fit();
+    /// A new, active key for `plaintext` (kept only as its hash, first and last characters)
+    /// with a new id and every optional field empty: where creating a key starts. `None` when
+    /// the plaintext is not a well-formed key.
+    pub fn for_plaintext(
+        plaintext: &str,
+        keyspace_id: &str,
+        now: Timestamp,
+        created_by: Actor,
+    ) -> Option<Key> {
+        let parsed = crate::keyformat::parse(plaintext)?;
+        Some(Key {
+            id: crate::id::new_id("key", now),
+            keyspace_id: keyspace_id.to_string(),
+            name: String::new(),
+            owner: None,
+            scopes: Vec::new(),
+            labels: BTreeMap::new(),
+            meta: Map::new(),
+            hash: KeyHash::of(plaintext),
+            start: parsed.start(),
+            end: parsed.end(),
+            enabled: true,
+            created_at: now,
+            created_by,
+            updated_at: now,
+            expires_at: None,
+            revoked_at: None,
+            revoked_by: None,
+            revoked_reason: None,
+            rotated_from: None,
+            rotated_to: None,
+            last_used_at: None,
+            call_count: 0,
+            denied_count: 0,
+            ratelimit: None,
+            remaining: None,
+            allowed_cidrs: None,
+        })
     }
 
     /// `revoked` > `expired` > `disabled` > `rotating` > `active`, computed at `now`.

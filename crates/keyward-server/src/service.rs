@@ -439,36 +439,8 @@ fn new_key_record(
     now: Timestamp,
     fill: impl FnOnce(&mut Key),
 ) -> Result<Key> {
-    let parsed = keyformat::parse(plaintext.expose())
+    let mut key = Key::for_plaintext(plaintext.expose(), &ks.id, now, ctx.actor.clone())
         .ok_or_else(|| Error::internal("generated key does not parse"))?;
-    let mut key = Key {
-        id: new_id("key", now),
-        keyspace_id: ks.id.clone(),
-        name: String::new(),
-        owner: None,
-        scopes: Vec::new(),
-        labels: BTreeMap::new(),
-        meta: Map::new(),
-        hash: KeyHash::of(plaintext.expose()),
-        start: parsed.start(),
-        end: parsed.end(),
-        enabled: true,
-        created_at: now,
-        created_by: ctx.actor.clone(),
-        updated_at: now,
-        expires_at: None,
-        revoked_at: None,
-        revoked_by: None,
-        revoked_reason: None,
-        rotated_from: None,
-        rotated_to: None,
-        last_used_at: None,
-        call_count: 0,
-        denied_count: 0,
-        ratelimit: None,
-        remaining: None,
-        allowed_cidrs: None,
-    };
     fill(&mut key);
     Ok(key)
 }

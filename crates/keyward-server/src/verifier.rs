@@ -1515,34 +1515,22 @@ mod tests {
             "n".into(),
             serde_json::json!({"a": [1, 2.5, "\u{1f}\\"], "b": null}),
         );
-        Key {
-            id: "key_2x9ZQ".into(),
-            keyspace_id: "ks_7Yb".into(),
-            name: "svc \"one\"\u{1f}\n".into(),
-            owner: owner.map(str::to_string),
-            scopes: vec!["orders:read".into(), "orders:*".into()],
-            labels,
-            meta,
-            hash: KeyHash::of("x"),
-            start: String::new(),
-            end: String::new(),
-            enabled: true,
-            created_at: Timestamp::from_millis(0),
-            created_by: keyward_core::model::Actor::system(),
-            updated_at: Timestamp::from_millis(0),
-            expires_at: Some(Timestamp::from_millis(1_800_000_000_123)),
-            revoked_at: None,
-            revoked_by: None,
-            revoked_reason: None,
-            rotated_from: None,
-            rotated_to: None,
-            last_used_at: None,
-            call_count: 0,
-            denied_count: 0,
-            ratelimit: None,
-            remaining: None,
-            allowed_cidrs: None,
-        }
+        let plaintext = keyformat::generate("acme");
+        let mut k = Key::for_plaintext(
+            plaintext.expose(),
+            "ks_7Yb",
+            Timestamp::from_millis(0),
+            keyward_core::model::Actor::system(),
+        )
+        .expect("a generated key parses");
+        k.id = "key_2x9ZQ".into();
+        k.name = "svc \"one\"\u{1f}\n".into();
+        k.owner = owner.map(str::to_string);
+        k.scopes = vec!["orders:read".into(), "orders:*".into()];
+        k.labels = labels;
+        k.meta = meta;
+        k.expires_at = Some(Timestamp::from_millis(1_800_000_000_123));
+        k
     }
 
     fn entry(k: &Key) -> Entry {

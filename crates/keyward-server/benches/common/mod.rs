@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use keyward_core::id::new_id;
-use keyward_core::keyformat::{self, KeyHash};
+use keyward_core::keyformat;
 use keyward_core::model::{Actor, ActorKind, Key, Keyspace};
 use keyward_core::policy::Policy;
 use keyward_core::time::{Clock, CoarseClock, SystemClock, Timestamp};
@@ -90,35 +90,17 @@ impl KeyMaker {
     pub fn next(&mut self) -> (keyward_core::secret::Secret, Key) {
         self.n += 1;
         let plaintext = keyformat::generate(PREFIX);
-        let parsed = keyformat::parse(plaintext.expose()).expect("a generated key parses");
-        let key = Key {
-            id: new_id("key", self.now),
-            keyspace_id: self.keyspace_id.clone(),
-            name: format!("billing service {}", self.n),
-            owner: Some("team-billing".into()),
-            scopes: vec!["orders:read".into(), "orders:write".into()],
-            labels: BTreeMap::from([("env".to_string(), "prod".to_string())]),
-            meta: serde_json::Map::new(),
-            hash: KeyHash::of(plaintext.expose()),
-            start: parsed.start(),
-            end: parsed.end(),
-            enabled: true,
-            created_at: self.now,
-            created_by: self.creator.clone(),
-            updated_at: self.now,
-            expires_at: None,
-            revoked_at: None,
-            revoked_by: None,
-            revoked_reason: None,
-            rotated_from: None,
-            rotated_to: None,
-            last_used_at: None,
-            call_count: 0,
-            denied_count: 0,
-            ratelimit: None,
-            remaining: None,
-            allowed_cidrs: None,
-        };
+        let mut key = Key::for_plaintext(
+            plaintext.expose(),
+            &self.keyspace_id,
+            self.now,
+            self.creator.clone(),
+        )
+        .expect("a generated key parses");
+        key.name = format!("billing service {}", self.n);
+        key.owner = Some("team-billing".into());
+        key.scopes = vec!["orders:read".into(), "orders:write".into()];
+        key.labels = BTreeMap::from([("env".to_string(), "prod".to_string())]);
         (plaintext, key)
     }
 }

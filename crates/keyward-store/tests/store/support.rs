@@ -237,36 +237,14 @@ pub struct NewKey {
 /// A key with every optional field empty.
 pub fn key(ks: &Keyspace, created_at: Timestamp) -> NewKey {
     let plaintext = keyformat::generate(&ks.prefix);
-    let parsed = keyformat::parse(plaintext.expose()).expect("a generated key parses");
-    let (start, end) = (parsed.start(), parsed.end());
-    let key = Key {
-        id: new_id("key", created_at),
-        keyspace_id: ks.id.clone(),
-        name: "test key".into(),
-        owner: None,
-        scopes: vec![],
-        labels: BTreeMap::new(),
-        meta: Map::new(),
-        hash: KeyHash::of(plaintext.expose()),
-        start,
-        end,
-        enabled: true,
+    let mut key = Key::for_plaintext(
+        plaintext.expose(),
+        &ks.id,
         created_at,
-        created_by: token_actor("tok_creator"),
-        updated_at: created_at,
-        expires_at: None,
-        revoked_at: None,
-        revoked_by: None,
-        revoked_reason: None,
-        rotated_from: None,
-        rotated_to: None,
-        last_used_at: None,
-        call_count: 0,
-        denied_count: 0,
-        ratelimit: None,
-        remaining: None,
-        allowed_cidrs: None,
-    };
+        token_actor("tok_creator"),
+    )
+    .expect("a generated key parses");
+    key.name = "test key".into();
     NewKey { key, plaintext }
 }
 

@@ -94,15 +94,7 @@ async fn hammer(nodes: &[&TestApp], key: &str, n: usize) -> usize {
         let node = nodes[i % nodes.len()];
         let (http, url, key) = (node.http.clone(), node.url.clone(), key.to_string());
         tasks.push(tokio::spawn(async move {
-            let r: serde_json::Value = http
-                .post(format!("{url}/v1/verify"))
-                .json(&json!({"key": key}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let r = crate::helpers::post_verify(&http, &url, &json!({"key": key})).await;
             r["code"] == "VALID"
         }));
     }

@@ -538,3 +538,16 @@ impl TestApp {
         items
     }
 }
+
+/// `POST {url}/v1/verify` with `body` from a task that does not hold the app (concurrent
+/// clients): the answer's JSON.
+pub async fn post_verify(http: &reqwest::Client, url: &str, body: &Value) -> Value {
+    http.post(format!("{url}/v1/verify"))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}

@@ -276,15 +276,8 @@ async fn many_concurrent_verifications_are_counted_exactly(app: TestApp) {
         tasks.push(tokio::spawn(async move {
             let mut valid = 0;
             for _ in 0..80 {
-                let r: serde_json::Value = http
-                    .post(format!("{url}/v1/verify"))
-                    .json(&json!({"key": key, "cost": 2}))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let r =
+                    crate::helpers::post_verify(&http, &url, &json!({"key": key, "cost": 2})).await;
                 if r["code"] == "VALID" {
                     valid += 1;
                 }

@@ -299,8 +299,27 @@ async fn metrics_count_verifications_cache_use_flushes_and_webhooks(app: TestApp
 }
 both!(metrics_count_verifications_cache_use_flushes_and_webhooks);
 
+/// Verifies each key once, in process (a cached key's verification makes no HTTP round trip).
+async fn verify_all(app: &TestApp, plaintexts: &[keyward_core::secret::Secret]) {
+    for p in plaintexts {
+        let outcome = app
+            .state
+            .verifier
+            .verify(&keyward_server::verifier::Request {
+                key: p.expose(),
+                scopes: &[],
+                ip: None,
+                cost: 1,
+                keyspaces: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(outcome.code().as_str(), "VALID");
+    }
+}
+
 async fn a_flush_of_more_keys_than_one_batch_writes_every_key(app: TestApp) {
-    use keyward_core::keyformat::{self, KeyHash};
+    use keyward_core::keyformat;
     use keyward_server::jobs::usage::FLUSH_BATCH;
     use keyward_server::verifier::Request;
 
@@ -321,55 +340,20 @@ async fn a_flush_of_more_keys_than_one_batch_writes_every_key(app: TestApp) {
     let mut tx = app.state.store.begin().await.unwrap();
     for _ in 0..n {
         let plaintext = keyformat::generate(&prefix);
-        let parsed = keyformat::parse(plaintext.expose()).unwrap();
-        let key = keyward_core::model::Key {
-            id: keyward_core::id::new_id("key", now),
-            keyspace_id: ks.clone(),
-            name: "bulk".into(),
-            owner: None,
-            scopes: vec![],
-            labels: Default::default(),
-            meta: Default::default(),
-            hash: KeyHash::of(plaintext.expose()),
-            start: parsed.start(),
-            end: parsed.end(),
-            enabled: true,
-            created_at: now,
-            created_by: keyward_core::model::Actor::system(),
-            updated_at: now,
-            expires_at: None,
-            revoked_at: None,
-            revoked_by: None,
-            revoked_reason: None,
-            rotated_from: None,
-            rotated_to: None,
-            last_used_at: None,
-            call_count: 0,
-            denied_count: 0,
-            ratelimit: None,
-            remaining: None,
-            allowed_cidrs: None,
-        };
+        let mut key = keyward_core::model::Key::for_plaintext(
+            plaintext.expose(),
+            &ks,
+            now,
+            keyward_core::model::Actor::system(),
+        )
+        .unwrap();
+        key.name = "bulk".into();
         tx.insert_key(&key).await.unwrap();
         ids.push(key.id);
         plaintexts.push(plaintext);
     }
     tx.commit().await.unwrap();
-    for p in &plaintexts {
-        let outcome = app
-            .state
-            .verifier
-            .verify(&Request {
-                key: p.expose(),
-                scopes: &[],
-                ip: None,
-                cost: 1,
-                keyspaces: None,
-            })
-            .await
-            .unwrap();
-        assert_eq!(outcome.code().as_str(), "VALID");
-    }
+    verify_all(&app, &plaintexts).await;
     assert_eq!(app.state.verifier.pending_keys(), n);
     let before = app
         .state
@@ -393,21 +377,7 @@ async fn a_flush_of_more_keys_than_one_batch_writes_every_key(app: TestApp) {
 
     // Again, with verifications going on during the flush: the keys pending when it starts
     // are written, the oldest first, however busy the others keep the queue.
-    for p in &plaintexts {
-        let outcome = app
-            .state
-            .verifier
-            .verify(&Request {
-                key: p.expose(),
-                scopes: &[],
-                ip: None,
-                cost: 1,
-                keyspaces: None,
-            })
-            .await
-            .unwrap();
-        assert_eq!(outcome.code().as_str(), "VALID");
-    }
+    verify_all(&app, &plaintexts).await;
     let busy: Vec<String> = plaintexts[n - 300..]
         .iter()
         .map(|p| p.expose().to_string())

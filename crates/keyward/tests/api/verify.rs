@@ -863,15 +863,7 @@ async fn verifications_racing_with_changes_grant_a_quota_exactly(app: TestApp) {
         clients.push(tokio::spawn(async move {
             let (mut valid, mut exceeded) = (0, 0);
             for _ in 0..60 {
-                let r: Value = http
-                    .post(format!("{url}/v1/verify"))
-                    .json(&json!({"key": key}))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let r = crate::helpers::post_verify(&http, &url, &json!({"key": key})).await;
                 match r["code"].as_str() {
                     Some("VALID") => valid += 1,
                     Some("USAGE_EXCEEDED") => exceeded += 1,
