@@ -68,16 +68,16 @@ const SOURCES_PER_FLUSH: usize = 64;
 /// "None" for the millisecond fields of [`LiveState`] (an `Option` would double their size).
 const NEVER: i64 = i64::MIN;
 
-/// What changes with each verification of a key: 32 bytes inline for the common key (no rate
+/// What changes with each verification of a key: 24 bytes inline for the common key (no rate
 /// limit, no quota, valid uses within one minute between flushes), the rest boxed.
 struct LiveState {
     /// Valid verifications in minute `minute` (minutes since the epoch) since the last flush.
     /// A minute holds at most 60 s of one core's verifications, far below `u32::MAX`.
     minute: u32,
     valid: u32,
-    /// The last valid use since the last flush (ms), or [`NEVER`].
-    last_used: i64,
-    /// The last valid use this node knows of (ms, for `dormant_reactivated`), or [`NEVER`].
+    /// The last valid use this node knows of (ms, for `last_used_at` and
+    /// `dormant_reactivated`), or [`NEVER`]. What a flush writes as `last_used_at` when valid
+    /// uses were counted since the last one.
     previous_use: i64,
     more: Option<Box<More>>,
 }
@@ -87,7 +87,6 @@ impl Default for LiveState {
         LiveState {
             minute: 0,
             valid: 0,
-            last_used: NEVER,
             previous_use: NEVER,
             more: None,
         }
@@ -174,7 +173,6 @@ impl LiveState {
     /// Whether the flusher has something to write.
     fn pending(&self) -> bool {
         self.valid != 0
-            || self.last_used != NEVER
             || self.more.as_ref().is_some_and(|m| {
                 m.consumed != 0
                     || !m.buckets.is_empty()
@@ -200,8 +198,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// A cached key: what the decision and the answer read, compactly (the cache holds millions),
-/// and its live state. 104 bytes inline (120 with the `Arc`'s counts: one 128-byte allocator
-/// size class).
+/// and its live state: 96 bytes inline (112 with the `Arc`'s counts).
 pub struct Entry {
     digest: Digest,
     /// The values of a `VALID` answer that depend only on the key (the keyspace id aside),
@@ -935,9 +932,6 @@ impl Verifier {
                 }
                 if counting {
                     let at = now.millis();
-                    if own.last_used < at {
-                        own.last_used = at;
-                    }
                     let prev = own.previous_use;
                     if prev != NEVER && at - prev >= self.dormant_after_ms {
                         own.more()
@@ -1370,12 +1364,11 @@ impl Verifier {
                 key_id: cell.key_id().to_string(),
                 calls: i64::from(s.valid),
                 denied: 0,
-                last_used_at: (s.last_used != NEVER).then(|| Timestamp::from_millis(s.last_used)),
+                last_used_at: None,
                 consumed: 0,
                 buckets: Vec::new(),
                 sources: Vec::new(),
             };
-            s.last_used = NEVER;
             if s.valid != 0 {
                 d.buckets.push((
                     i64::from(s.minute) * 60_000,
@@ -1415,6 +1408,9 @@ impl Verifier {
                     s.more = None;
                 }
             }
+            if d.calls > 0 && s.previous_use != NEVER {
+                d.last_used_at = Some(Timestamp::from_millis(s.previous_use));
+            }
             drop(s);
             usage.deltas.push(d);
             usage.cells.push(cell);
@@ -1438,11 +1434,7 @@ impl Verifier {
                 if d.consumed != 0 {
                     s.more().consumed += d.consumed;
                 }
-                if let Some(t) = d.last_used_at {
-                    if s.last_used < t.millis() {
-                        s.last_used = t.millis();
-                    }
-                }
+                // `last_used_at` comes back with the valid counts (the last use is at least it).
                 for (m, code, n) in d.buckets {
                     if let Some(code) = Code::parse(&code) {
                         s.add(m, code, n);
