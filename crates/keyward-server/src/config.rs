@@ -28,6 +28,10 @@ pub struct Config {
     pub webhook_poll_ms: u64,
     /// `KEYWARD_USAGE_COUNTING`: count verifications (default). Off only to measure its cost.
     pub usage_counting: bool,
+    /// `KEYWARD_HEADER_READ_TIMEOUT_MS`: a connection whose request head has not fully arrived
+    /// this long after the server started waiting for it (including an idle keep-alive
+    /// connection) is closed, so slow clients cannot hold connections open forever.
+    pub header_read_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -45,6 +49,7 @@ impl Default for Config {
             webhook_retry_base_ms: 1000,
             webhook_poll_ms: 1000,
             usage_counting: true,
+            header_read_timeout_ms: 30_000,
         }
     }
 }

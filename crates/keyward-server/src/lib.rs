@@ -36,6 +36,78 @@ use std::time::Duration;
 pub use config::Config;
 pub use state::AppState;
 
+/// Accepts HTTP/1.1 connections until `shutdown` resolves, then lets each finish its request in
+/// flight and waits for all of them (what `axum::serve` does, plus a header-read timeout).
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    header_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::Service as _;
+
+    // Connections watch `stop` to begin a graceful shutdown, and each holds a `done` receiver:
+    // when all are dropped, every connection has finished.
+    let (stop, stop_rx) = tokio::sync::watch::channel(());
+    let (done, done_rx) = tokio::sync::watch::channel(());
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) if is_connection_error(&e) => continue,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::error!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let app = app.clone();
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo::<SocketAddr>(remote));
+                app.clone().call(req)
+            });
+        let mut stop_rx = stop_rx.clone();
+        let done_rx = done_rx.clone();
+        tokio::spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let mut conn = std::pin::pin!(builder.serve_connection(TokioIo::new(stream), service));
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop_rx.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.as_mut().await;
+                }
+            }
+            drop(done_rx);
+        });
+    }
+    drop(listener);
+    drop(stop_rx);
+    let _ = stop.send(());
+    drop(done_rx);
+    done.closed().await;
+    Ok(())
+}
+
+/// Errors of one connection that failed while being accepted (the listener is fine).
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    )
+}
+
 /// Serves until `shutdown` resolves; then drains in-flight requests and flushes usage.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -63,10 +135,14 @@ pub async fn serve(
         Duration::from_millis(state.config.webhook_poll_ms.max(1)),
         stop_tx.subscribe(),
     ));
-    let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let header_timeout = Duration::from_millis(state.config.header_read_timeout_ms.max(1));
+    let served = accept_loop(
+        listener,
+        http::router(state.clone()),
+        header_timeout,
+        shutdown,
+    )
+    .await;
     let _ = stop_tx.send(true);
     let tasks = [
         ("usage flusher", flusher),

@@ -83,6 +83,11 @@ pub struct ServeArgs {
     /// How long day usage buckets are kept, in seconds.
     #[arg(long, env = "KEYWARD_USAGE_RETENTION_DAY_SECS", default_value_t = 730 * 86_400)]
     pub usage_retention_day_secs: i64,
+    /// Close a connection whose request head has not arrived this long after the server began
+    /// waiting for it (slow or idle clients), in milliseconds.
+    #[arg(long, env = "KEYWARD_HEADER_READ_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub header_read_timeout_ms: u64,
 }
 
 #[derive(Args)]

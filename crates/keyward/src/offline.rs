@@ -86,6 +86,7 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
         redis_url: args.redis_url,
         dormant_after_secs: args.dormant_secs,
         usage_counting: args.usage_counting,
+        header_read_timeout_ms: args.header_read_timeout_ms,
         webhook_retry_base_ms: args.webhook_retry_base_ms,
         retention_secs: [
             args.usage_retention_minute_secs,

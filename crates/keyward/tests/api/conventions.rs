@@ -920,3 +920,44 @@ async fn times_are_rfc3339_utc_with_z_and_ids_have_type_prefixes(app: TestApp) {
         .starts_with("tok_"));
 }
 both!(times_are_rfc3339_utc_with_z_and_ids_have_type_prefixes);
+
+/// Slow-client protection with a short timeout (the default is 30 s).
+fn quick_header_timeout() -> crate::helpers::Options {
+    let mut o = crate::helpers::Options::default();
+    o.config.header_read_timeout_ms = 300;
+    o
+}
+
+async fn a_client_that_never_finishes_its_request_head_is_disconnected(app: TestApp) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = std::time::Instant::now();
+    let mut slow = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    slow.write_all(b"POST /v1/verify HTTP/1.1\r\nHost: keyward\r\nContent-Type: app")
+        .await
+        .unwrap();
+    // The server closes the connection (EOF or reset) instead of waiting for the rest.
+    let mut buf = [0u8; 256];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), slow.read(&mut buf))
+        .await
+        .expect("the server closed the connection");
+    assert!(
+        matches!(read, Ok(0) | Err(_)) || buf.starts_with(b"HTTP/1.1 408"),
+        "{read:?} {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+    // A request that arrives in time is served, on a new connection and on an idle one.
+    let res = app.get("/healthz").await;
+    assert_eq!(res.status, 200);
+    let mut quick = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    quick
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: keyward\r\n\r\n")
+        .await
+        .unwrap();
+    let n = quick.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+}
+both!(
+    a_client_that_never_finishes_its_request_head_is_disconnected,
+    quick_header_timeout
+);
