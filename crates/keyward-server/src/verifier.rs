@@ -449,24 +449,6 @@ impl Entry {
         }
     }
 
-    /// The entry that holds the state `e` held: `e`, or the last of its hand-overs.
-    fn current(mut e: Arc<Entry>) -> Arc<Entry> {
-        loop {
-            let next = {
-                let s = lock(&e.state);
-                if e.is_moved() {
-                    Entry::forward(&s)
-                } else {
-                    None
-                }
-            };
-            match next {
-                Some(n) => e = n,
-                None => return e,
-            }
-        }
-    }
-
     /// Whether a verification must read the store first: the key changed since this entry was
     /// loaded, or the entry its quota is drawn from was replaced.
     fn needs_reload(&self) -> bool {
@@ -884,10 +866,11 @@ impl Verifier {
             }
             Some(successor) => {
                 // Lock order: a rotated key, then its successor (a successor never locks back).
-                let quota = &Entry::current(successor.clone());
+                // The entry that holds the successor's state now.
+                let (quota, ()) = Entry::with_state(successor, |_| ());
                 let mut q = lock(&quota.state);
                 if quota.is_moved() {
-                    // Replaced just now: decide again (`current` then finds the replacement).
+                    // Replaced just now: decide again (`with_state` then finds the replacement).
                     drop(q);
                     drop(own);
                     return Decision::Moved(entry);
@@ -906,7 +889,7 @@ impl Verifier {
                 let rem = qm.remaining.map(|l| l + qm.pool);
                 drop(q);
                 if r.is_ok() {
-                    self.mark_dirty(quota);
+                    self.mark_dirty(&quota);
                 }
                 let need = matches!(r, Err((Code::UsageExceeded, _))) && may;
                 (r.map(|rate| (rate, rem)), need)

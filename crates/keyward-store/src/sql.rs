@@ -86,7 +86,18 @@ fn hash_from(bytes: Vec<u8>) -> Result<KeyHash> {
 }
 
 /// A backend's migrations: `(version, SQL)` from `migrations/<dir>/<file>`, in order.
+/// Both backends have the same migrations, each in its own dialect: this is their one list.
 macro_rules! migrations {
+    ($dir:literal) => {
+        migrations!($dir:
+            1 => "0001_init.sql",
+            2 => "0002_lifecycle_usage.sql",
+            3 => "0003_users.sql",
+            4 => "0004_quota_leases.sql",
+            5 => "0005_usage_rollup.sql",
+            6 => "0006_key_counters.sql",
+        )
+    };
     ($dir:literal: $($version:literal => $file:literal),* $(,)?) => {
         &[$(($version, include_str!(concat!("../migrations/", $dir, "/", $file)))),*]
     };
@@ -1450,14 +1461,7 @@ pub mod sqlite {
 
     use super::*;
 
-    const MIGRATIONS: &[(i64, &str)] = migrations!("sqlite":
-        1 => "0001_init.sql",
-        2 => "0002_lifecycle_usage.sql",
-        3 => "0003_users.sql",
-        4 => "0004_quota_leases.sql",
-        5 => "0005_usage_rollup.sql",
-        6 => "0006_key_counters.sql",
-    );
+    const MIGRATIONS: &[(i64, &str)] = migrations!("sqlite");
 
     /// The embedded single-node backend: one SQLite file in WAL mode.
     #[derive(Clone)]
@@ -1553,14 +1557,7 @@ pub mod postgres {
 
     use super::*;
 
-    const MIGRATIONS: &[(i64, &str)] = migrations!("postgres":
-        1 => "0001_init.sql",
-        2 => "0002_lifecycle_usage.sql",
-        3 => "0003_users.sql",
-        4 => "0004_quota_leases.sql",
-        5 => "0005_usage_rollup.sql",
-        6 => "0006_key_counters.sql",
-    );
+    const MIGRATIONS: &[(i64, &str)] = migrations!("postgres");
     /// Advisory lock id held while migrating, so nodes starting together migrate once.
     const MIGRATION_LOCK: i64 = 0x6b_6579_7761_7264; // "keyward" in ASCII
 

@@ -132,32 +132,16 @@ async fn a_version_4_database_keeps_its_counts_and_buckets(db: &TestDb) {
         .unwrap()
         .expect("the unused key");
     assert_eq!((u.call_count, u.denied_count, u.last_used_at), (0, 0, None));
-    let sum = |g: &'static str| {
-        let store = store.clone();
-        async move {
-            store
-                .usage(
-                    None,
-                    g,
-                    Timestamp::from_millis(0),
-                    Timestamp::from_millis(T0 + 86_400_000),
-                )
-                .await
-                .unwrap()
-                .iter()
-                .map(|b| b.n)
-                .sum::<i64>()
-        }
-    };
-    assert_eq!((sum("m").await, sum("h").await, sum("d").await), (9, 9, 9));
-    // The migrated minutes are already in their hours and days.
     assert_eq!(
-        store
-            .rollup_usage(Timestamp::from_millis(i64::MAX))
-            .await
-            .unwrap(),
-        0
+        (
+            usage_total(&store, "m", T0 + 86_400_000).await,
+            usage_total(&store, "h", T0 + 86_400_000).await,
+            usage_total(&store, "d", T0 + 86_400_000).await
+        ),
+        (9, 9, 9)
     );
+    // The migrated minutes are already in their hours and days.
+    assert_eq!(rollup_all(&store).await, 0);
     // New counts add to the old ones, once.
     store
         .apply_usage(&[keyward_store::UsageDelta {
@@ -169,15 +153,13 @@ async fn a_version_4_database_keeps_its_counts_and_buckets(db: &TestDb) {
         }])
         .await
         .unwrap();
+    assert_eq!(rollup_all(&store).await, 1);
     assert_eq!(
-        store
-            .rollup_usage(Timestamp::from_millis(i64::MAX))
-            .await
-            .unwrap(),
-        1
-    );
-    assert_eq!(
-        (sum("m").await, sum("h").await, sum("d").await),
+        (
+            usage_total(&store, "m", T0 + 86_400_000).await,
+            usage_total(&store, "h", T0 + 86_400_000).await,
+            usage_total(&store, "d", T0 + 86_400_000).await
+        ),
         (10, 10, 10)
     );
     let k = store.key("key_old").await.unwrap().unwrap();

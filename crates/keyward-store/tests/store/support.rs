@@ -411,6 +411,32 @@ pub fn audit_filter() -> AuditFilter {
     }
 }
 
+// ---- usage ----
+
+/// Rolls up every minute bucket not yet rolled up (as a sweep far in the future would); how many.
+pub async fn rollup_all(store: &Arc<dyn Store>) -> u64 {
+    store
+        .rollup_usage(Timestamp::from_millis(i64::MAX))
+        .await
+        .unwrap()
+}
+
+/// Every count of one granularity in buckets starting before `to_ms`, all keys together.
+pub async fn usage_total(store: &Arc<dyn Store>, granularity: &str, to_ms: i64) -> i64 {
+    store
+        .usage(
+            None,
+            granularity,
+            Timestamp::from_millis(0),
+            Timestamp::from_millis(to_ms),
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| b.n)
+        .sum()
+}
+
 // ---- quota ----
 
 /// A key's quota as every read returns it: the unleased quota plus every node's lease.

@@ -218,20 +218,8 @@ async fn apply_usage_writes_minute_hour_and_day_buckets(store: Arc<dyn Store>) {
         .await
         .unwrap();
     // The sweep's roll-up takes every minute bucket written so far (once).
-    assert_eq!(
-        store
-            .rollup_usage(Timestamp::from_millis(i64::MAX))
-            .await
-            .unwrap(),
-        5
-    );
-    assert_eq!(
-        store
-            .rollup_usage(Timestamp::from_millis(i64::MAX))
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(rollup_all(&store).await, 5);
+    assert_eq!(rollup_all(&store).await, 0);
     // A later batch adds to the same buckets; a time inside a minute counts in that minute.
     // Hours and days read below see it before any roll-up.
     store
@@ -326,13 +314,7 @@ async fn apply_usage_writes_minute_hour_and_day_buckets(store: Arc<dyn Store>) {
     // (here only b's: a's first minute gained counts after the roll-up).
     let prune_minutes = || store.prune_usage("m", Timestamp::from_millis(T0 + MINUTE));
     assert_eq!(prune_minutes().await.unwrap(), 1);
-    assert_eq!(
-        store
-            .rollup_usage(Timestamp::from_millis(i64::MAX))
-            .await
-            .unwrap(),
-        2
-    );
+    assert_eq!(rollup_all(&store).await, 2);
     assert_eq!(prune_minutes().await.unwrap(), 2);
     assert_eq!(
         usage(None, "m", 0, T0 + DAY).await,
@@ -548,10 +530,7 @@ async fn concurrent_rollups_count_every_minute_once(store: Arc<dyn Store>) {
                     .collect();
                 store.apply_usage(&batch).await.unwrap();
                 if i % 5 == w {
-                    store
-                        .rollup_usage(Timestamp::from_millis(i64::MAX))
-                        .await
-                        .unwrap();
+                    rollup_all(&store).await;
                 }
             }
         }));
@@ -559,47 +538,27 @@ async fn concurrent_rollups_count_every_minute_once(store: Arc<dyn Store>) {
     for t in tasks {
         t.await.unwrap();
     }
-    let total = |g: &'static str| {
-        let store = store.clone();
-        async move {
-            store
-                .usage(
-                    None,
-                    g,
-                    Timestamp::from_millis(0),
-                    Timestamp::from_millis(T0 + 2 * DAY),
-                )
-                .await
-                .unwrap()
-                .iter()
-                .map(|b| b.n)
-                .sum::<i64>()
-        }
-    };
     // 4 writers x 25 batches x 4 keys, seen whole before and after the last roll-up.
     for _ in 0..2 {
-        assert_eq!(total("m").await, 400);
-        assert_eq!(total("h").await, 400);
-        assert_eq!(total("d").await, 400);
-        store
-            .rollup_usage(Timestamp::from_millis(i64::MAX))
-            .await
-            .unwrap();
+        assert_eq!(usage_total(&store, "m", T0 + 2 * DAY).await, 400);
+        assert_eq!(usage_total(&store, "h", T0 + 2 * DAY).await, 400);
+        assert_eq!(usage_total(&store, "d", T0 + 2 * DAY).await, 400);
+        rollup_all(&store).await;
     }
-    assert_eq!(
-        store
-            .rollup_usage(Timestamp::from_millis(i64::MAX))
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(rollup_all(&store).await, 0);
     // Everything is rolled up: pruning every minute leaves hours and days whole.
     store
         .prune_usage("m", Timestamp::from_millis(T0 + 2 * DAY))
         .await
         .unwrap();
-    assert_eq!(total("m").await, 0);
-    assert_eq!((total("h").await, total("d").await), (400, 400));
+    assert_eq!(usage_total(&store, "m", T0 + 2 * DAY).await, 0);
+    assert_eq!(
+        (
+            usage_total(&store, "h", T0 + 2 * DAY).await,
+            usage_total(&store, "d", T0 + 2 * DAY).await
+        ),
+        (400, 400)
+    );
 }
 conformance!(concurrent_rollups_count_every_minute_once
     => sqlite_concurrent_rollups_count_every_minute_once,

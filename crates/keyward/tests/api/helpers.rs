@@ -92,10 +92,6 @@ pub async fn fresh_db(backend: Backend) -> Option<(String, Option<TempDir>)> {
     }
 }
 
-pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
-    spawn_with(backend, Options::default()).await
-}
-
 pub async fn spawn_with(backend: Backend, opts: Options) -> Option<TestApp> {
     let (db_url, dir) = fresh_db(backend).await?;
     Some(start(backend, db_url, dir, opts).await)
@@ -165,45 +161,28 @@ async fn start(backend: Backend, db_url: String, dir: Option<TempDir>, opts: Opt
 #[macro_export]
 macro_rules! both {
     ($name:ident, $opts:ident) => {
+        $crate::both!(@backends $name, super::$opts());
+    };
+    ($name:ident) => {
+        $crate::both!(@backends $name, $crate::helpers::Options::default());
+    };
+    (@backends $name:ident, $opts:expr) => {
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                if let Some(app) =
-                    $crate::helpers::spawn_with($crate::helpers::Backend::Sqlite, super::$opts())
-                        .await
-                {
-                    super::$name(app).await;
-                }
+                $crate::both!(@run $name, Sqlite, $opts);
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                if let Some(app) =
-                    $crate::helpers::spawn_with($crate::helpers::Backend::Postgres, super::$opts())
-                        .await
-                {
-                    super::$name(app).await;
-                }
+                $crate::both!(@run $name, Postgres, $opts);
             }
         }
     };
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                if let Some(app) =
-                    $crate::helpers::spawn_app($crate::helpers::Backend::Sqlite).await
-                {
-                    super::$name(app).await;
-                }
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                if let Some(app) =
-                    $crate::helpers::spawn_app($crate::helpers::Backend::Postgres).await
-                {
-                    super::$name(app).await;
-                }
-            }
+    (@run $name:ident, $backend:ident, $opts:expr) => {
+        if let Some(app) =
+            $crate::helpers::spawn_with($crate::helpers::Backend::$backend, $opts).await
+        {
+            super::$name(app).await;
         }
     };
 }
