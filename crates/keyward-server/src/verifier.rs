@@ -28,6 +28,8 @@ use keyward_store::{Store, StoreError, UsageDelta};
 
 use crate::metrics::Metrics;
 
+mod table;
+
 const SHARDS: usize = 64;
 
 /// What the cache is keyed by: the first 16 bytes of a key's SHA-256. Finding another key with
@@ -460,32 +462,18 @@ impl Entry {
     }
 }
 
-/// The found entries of a shard, by digest (the set borrows the digest from the entry).
-struct ByDigest(Arc<Entry>);
+impl table::Keyed for Arc<Entry> {
+    fn digest(&self) -> &Digest {
+        &self.digest
+    }
+}
 
-impl std::borrow::Borrow<Digest> for ByDigest {
-    fn borrow(&self) -> &Digest {
-        &self.0.digest
-    }
-}
-impl std::hash::Hash for ByDigest {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        self.0.digest.hash(h)
-    }
-}
-impl PartialEq for ByDigest {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.digest == other.0.digest
-    }
-}
-impl Eq for ByDigest {}
-
-/// One shard of the cache: a slot of 8 bytes per found key (the digest is in the entry), and
-/// the negatives apart, so that a flood of random keys evicts only negatives, and only when
-/// there are many of them.
+/// One shard of the cache: the found keys in a [`table::Table`] (a slot of 9 bytes per key, the
+/// digest is in the entry), and the negatives apart, so that a flood of random keys evicts only
+/// negatives, and only when there are many of them.
 #[derive(Default)]
 struct Shard {
-    found: HashSet<ByDigest, DigestBuild>,
+    found: table::Table<Arc<Entry>>,
     negatives: HashSet<Digest, DigestBuild>,
     /// Bumped by every invalidation of a key of this shard (under its write lock).
     epoch: u64,
@@ -500,7 +488,7 @@ enum Cached {
 impl Shard {
     fn get(&self, d: &Digest) -> Cached {
         match self.found.get(d) {
-            Some(e) => Cached::Found(e.0.clone()),
+            Some(e) => Cached::Found(e.clone()),
             None if self.negatives.contains(d) => Cached::Missing,
             None => Cached::Unknown,
         }
@@ -591,6 +579,53 @@ impl Usage {
     }
 }
 
+/// The entries with counts not yet written, first in first out, in chunks of a fixed size: a
+/// list of a million keys grows without copying itself or leaving the smaller copies behind
+/// (a `VecDeque` doubling to 2^20 pointers would hold 16 bytes per key, not 8), and the chunks
+/// go back to the allocator as the flusher drains them.
+#[derive(Default)]
+struct DirtyList {
+    chunks: std::collections::VecDeque<std::collections::VecDeque<Arc<Entry>>>,
+    len: usize,
+}
+
+impl DirtyList {
+    const CHUNK: usize = 4096;
+
+    fn push(&mut self, e: Arc<Entry>) {
+        match self.chunks.back_mut() {
+            Some(c) if c.len() < Self::CHUNK => c.push_back(e),
+            _ => {
+                let mut c = std::collections::VecDeque::with_capacity(Self::CHUNK);
+                c.push_back(e);
+                self.chunks.push_back(c);
+            }
+        }
+        self.len += 1;
+    }
+
+    /// The oldest `max` entries (or all).
+    fn take(&mut self, max: usize) -> Vec<Arc<Entry>> {
+        let mut out = Vec::with_capacity(max.min(self.len));
+        while out.len() < max {
+            let Some(front) = self.chunks.front_mut() else {
+                break;
+            };
+            let n = (max - out.len()).min(front.len());
+            out.extend(front.drain(..n));
+            if front.is_empty() {
+                self.chunks.pop_front();
+            }
+        }
+        self.len -= out.len();
+        out
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
 pub struct Verifier {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
@@ -599,7 +634,7 @@ pub struct Verifier {
     /// Keyspace ids, one allocation each, shared by their keys' entries.
     keyspaces: Mutex<HashMap<String, Arc<String>>>,
     /// Entries with counts not yet written (each at most once, see `Entry::queued`).
-    dirty: Mutex<std::collections::VecDeque<Arc<Entry>>>,
+    dirty: Mutex<DirtyList>,
     /// A valid use this long after the previous one is a `dormant_reactivated` anomaly.
     dormant_after_ms: i64,
     /// Cluster-wide rate limits, when `KEYWARD_REDIS_URL` is set.
@@ -630,7 +665,7 @@ impl Verifier {
             metrics,
             shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
             keyspaces: Mutex::new(HashMap::new()),
-            dirty: Mutex::new(std::collections::VecDeque::new()),
+            dirty: Mutex::new(DirtyList::default()),
             dormant_after_ms: dormant_after_secs.saturating_mul(1000),
             redis,
             leased: Mutex::new(Vec::new()),
@@ -973,7 +1008,7 @@ impl Verifier {
         // A plain load first: a key used again before the next flush is already queued, and
         // the read costs less than a read-modify-write.
         if !entry.queued.load(Ordering::Acquire) && !entry.queued.swap(true, Ordering::AcqRel) {
-            lock(&self.dirty).push_back(entry.clone());
+            lock(&self.dirty).push(entry.clone());
         }
     }
 
@@ -1076,7 +1111,7 @@ impl Verifier {
         // The epoch is compared under the shard's write lock, which `invalidate` also holds
         // while it bumps the epoch.
         let mut shard = self.shard(&d).write().unwrap_or_else(|p| p.into_inner());
-        let old = shard.found.get(&d).map(|e| e.0.clone());
+        let old = shard.found.get(&d).cloned();
         if let Some(old) = old
             .as_ref()
             .filter(|o| epoch.is_some() && !o.needs_reload())
@@ -1090,7 +1125,7 @@ impl Verifier {
             self.hand_over(&old, fresh);
         }
         shard.negatives.remove(&d);
-        shard.found.replace(ByDigest(fresh.clone()));
+        shard.found.replace(fresh.clone());
         fresh.clone()
     }
 
@@ -1301,8 +1336,8 @@ impl Verifier {
         let mut shard = self.shard(&d).write().unwrap_or_else(|p| p.into_inner());
         shard.epoch += 1;
         if let Some(e) = shard.found.get(&d) {
-            f(&e.0);
-            e.0.stale.store(true, Ordering::Release);
+            f(e);
+            e.stale.store(true, Ordering::Release);
         }
         shard.negatives.remove(&d);
     }
@@ -1326,11 +1361,7 @@ impl Verifier {
     /// This node's unwritten usage of the `max` keys that have waited longest, for the
     /// flusher. Entries are reset as they are taken.
     pub fn take_usage(&self, max: usize) -> Usage {
-        let cells: Vec<Arc<Entry>> = {
-            let mut dirty = lock(&self.dirty);
-            let n = max.min(dirty.len());
-            dirty.drain(..n).collect()
-        };
+        let cells: Vec<Arc<Entry>> = { lock(&self.dirty).take(max) };
         let mut usage = Usage {
             deltas: Vec::with_capacity(cells.len()),
             reactivations: Vec::new(),
@@ -1510,6 +1541,35 @@ mod tests {
 
     fn entry(k: &Key) -> Entry {
         Entry::new(k, Arc::new(k.keyspace_id.clone()), None)
+    }
+
+    #[test]
+    fn the_dirty_list_gives_entries_back_oldest_first_across_chunks() {
+        let k = key(None);
+        let pushed: Vec<Arc<Entry>> = (0..2 * DirtyList::CHUNK + 5)
+            .map(|_| Arc::new(entry(&k)))
+            .collect();
+        let mut list = DirtyList::default();
+        let mut taken = Vec::new();
+        for (i, e) in pushed.iter().enumerate() {
+            list.push(e.clone());
+            if i == 10 {
+                // Taken while being filled: the first chunk is partly drained.
+                taken.extend(list.take(3));
+            }
+        }
+        assert_eq!(list.len(), pushed.len() - 3);
+        for max in [DirtyList::CHUNK - 1, 2, DirtyList::CHUNK + 1, usize::MAX] {
+            let before = list.len();
+            let got = list.take(max);
+            assert_eq!(got.len(), max.min(before));
+            assert_eq!(list.len(), before - got.len());
+            taken.extend(got);
+        }
+        assert_eq!(taken.len(), pushed.len());
+        assert!(pushed.iter().zip(&taken).all(|(a, b)| Arc::ptr_eq(a, b)));
+        assert!(list.take(10).is_empty());
+        assert!(list.chunks.is_empty());
     }
 
     /// The compact entry answers exactly what serializing the key's fields answers, whatever
