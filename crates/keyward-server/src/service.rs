@@ -848,8 +848,7 @@ pub async fn create_token(st: &AppState, ctx: &Ctx, input: CreateToken) -> Resul
     let plaintext = keyformat::generate(TOKEN_PREFIX);
     let mut keyspace_ids = input.keyspace_ids;
     if let Some(ids) = keyspace_ids.as_mut() {
-        ids.sort();
-        ids.dedup();
+        dedup_in_order(ids);
     }
     let token = Token {
         id: new_id("tok", now),
@@ -952,8 +951,7 @@ pub async fn create_webhook(
         }
     }
     let mut events = input.events;
-    events.sort();
-    events.dedup();
+    dedup_in_order(&mut events);
     let now = st.clock.now();
     let mut tx = st.store.begin().await?;
     if let Some(ks) = &input.keyspace_id {
@@ -1000,4 +998,11 @@ pub async fn delete_webhook(st: &AppState, ctx: &Ctx, id: &str) -> Result<()> {
     tx.append_audit(ev).await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// Drops repeated items, keeping the first of each in the order given (a list comes back as it
+/// was sent, less its repeats).
+fn dedup_in_order(items: &mut Vec<String>) {
+    let mut seen = std::collections::HashSet::new();
+    items.retain(|i| seen.insert(i.clone()));
 }

@@ -961,3 +961,41 @@ both!(
     a_client_that_never_finishes_its_request_head_is_disconnected,
     quick_header_timeout
 );
+
+async fn lists_sent_come_back_in_their_order_less_repeats(app: TestApp) {
+    let a = app.keyspace(json!({})).await;
+    let b = app.keyspace(json!({})).await;
+    // Sent out of sorted order (b was created after a), with a repeat.
+    let token = app
+        .post(
+            "/v1/tokens",
+            json!({"name": "t", "role": "viewer", "keyspace_ids": [b, a, b]}),
+        )
+        .await
+        .expect(201);
+    assert_eq!(token.body["keyspace_ids"], json!([b, a]));
+    let id = token.id();
+    let listed = app.get("/v1/tokens").await.expect(200);
+    let shown = listed.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(shown["keyspace_ids"], json!([b, a]));
+
+    let hook = app
+        .post(
+            "/v1/webhooks",
+            json!({"url": "http://127.0.0.1:9/h", "events": ["key.revoked", "key.created", "key.revoked"]}),
+        )
+        .await
+        .expect(201);
+    assert_eq!(hook.body["events"], json!(["key.revoked", "key.created"]));
+    let listed = app.get("/v1/webhooks").await.expect(200);
+    assert_eq!(
+        listed.body["items"][0]["events"],
+        json!(["key.revoked", "key.created"])
+    );
+}
+both!(lists_sent_come_back_in_their_order_less_repeats);
