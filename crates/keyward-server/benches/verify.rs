@@ -8,7 +8,7 @@
 //! - `steps/*`: the steps of `Verifier::verify` that do not depend on the cache size, each
 //!   through the function the verifier calls: the clock `keyward serve` uses, the parse, SHA-256,
 //!   the decision (static rules, then rate limit and quota); and a whole verification of a
-//!   malformed key (it stops after the parse).
+//!   malformed key (hash, cache lookup, parse: it stops there).
 //! - `cached_N/*` with N = 10,000 and 1,000,000 keys primed into the cache of an `AppState` over
 //!   a real SQLite store in a temporary directory (the store is only read on misses):
 //!   - `lookup`: the cache lookup alone (`Verifier::lookup`: the shard's read lock, the set's

@@ -713,18 +713,26 @@ impl Verifier {
             entry: None,
             reset_at: None,
         };
-        match keyformat::parse(req.key) {
-            Some(p) if p.prefix != TOKEN_PREFIX => {}
-            _ => return Some(not_found),
+        // No key is longer (and hashing a long string would cost more than refusing it).
+        if req.key.len() > keyformat::MAX_PREFIX_LEN + 1 + keyformat::BODY_LEN {
+            return Some(not_found);
         }
         let now = self.clock.now();
         let entry = match self.cached(&digest(&KeyHash::of(req.key))) {
+            // Only the digest of a stored key is found, and stored keys are well formed: the
+            // parse (grammar, alphabet, CRC32) is needed only when the key is not cached.
             Cached::Found(e) => e,
             Cached::Missing => {
                 self.metrics.cache_hit();
                 return Some(not_found);
             }
-            Cached::Unknown => return None,
+            Cached::Unknown => {
+                // Garbage and tokens stop here, not in the slow path.
+                return match keyformat::parse(req.key) {
+                    Some(p) if p.prefix != TOKEN_PREFIX => None,
+                    _ => Some(not_found),
+                };
+            }
         };
         if entry.needs_reload() || (self.redis.is_some() && entry.ratelimit().is_some()) {
             return None;
