@@ -1,7 +1,8 @@
 //! The API key format of `API.md`: `<prefix>_<32 random base62><6 base62 CRC32>`.
 //!
 //! Parsing checks the prefix grammar, the alphabet, the length and the checksum, so a mistyped
-//! or random string is rejected before it reaches a lock or the store. Only the SHA-256 of the
+//! or random string is rejected before it reaches the store (the verifier parses a key it does
+//! not find in its cache; one it finds was parsed when it was issued). Only the SHA-256 of the
 //! whole string is ever stored ([`KeyHash`]).
 
 use sha2::{Digest, Sha256};

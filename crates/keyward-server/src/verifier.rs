@@ -1326,6 +1326,9 @@ impl Verifier {
     }
 
     /// Puts a key straight into the cache, as a store read would (benchmarks and warm-up).
+    /// `key` must be one the store could hold: issued by keyward, so its plaintext is a well
+    /// formed key of a keyspace's prefix (never a token). The fast path of [`Verifier::verify`]
+    /// answers a cached digest without parsing the key again.
     pub fn prime(&self, key: Key) {
         let fresh = Arc::new(Entry::new(&key, self.keyspace(&key.keyspace_id), None));
         self.install(&fresh, None);

@@ -170,6 +170,38 @@ impl<V: Keyed> Table<V> {
         }
     }
 
+    /// Checks every overflow count: exactly the values placed past the bucket from a home at or
+    /// before it, or saturated.
+    #[cfg(test)]
+    fn check_counts(&self) -> Result<(), String> {
+        let n = self.buckets.len();
+        let mut expected = vec![0usize; n];
+        for (at, b) in self.buckets.iter().enumerate() {
+            for v in b.slots.iter().flatten() {
+                let mut i = home(v.digest(), n);
+                while i != at {
+                    expected[i] += 1;
+                    i = if i + 1 == n { 0 } else { i + 1 };
+                }
+            }
+        }
+        for (i, b) in self.buckets.iter().enumerate() {
+            if b.overflow != SATURATED && usize::from(b.overflow) != expected[i] {
+                return Err(format!(
+                    "bucket {i}: count {} for {} values past it",
+                    b.overflow, expected[i]
+                ));
+            }
+            let tags = b.tags.iter().map(|&t| t != EMPTY);
+            if !tags.zip(&b.slots).all(|(t, s)| t == s.is_some()) {
+                return Err(format!(
+                    "bucket {i}: a tag without a value or a value without one"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Bytes the table holds (the buckets; values point elsewhere).
     #[cfg(test)]
     fn bytes(&self) -> usize {
@@ -239,6 +271,14 @@ mod tests {
                     }
                 }
                 proptest::prop_assert_eq!(t.len(), m.len());
+                if n.is_multiple_of(64) {
+                    if let Err(e) = t.check_counts() {
+                        proptest::prop_assert!(false, "{}", e);
+                    }
+                }
+            }
+            if let Err(e) = t.check_counts() {
+                proptest::prop_assert!(false, "{}", e);
             }
             for (d, n) in &m {
                 proptest::prop_assert_eq!(t.get(d).map(|v| v.0 .1), Some(*n));

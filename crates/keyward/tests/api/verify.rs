@@ -1248,3 +1248,32 @@ both!(
     forward_auth_takes_the_token_from_x_keyward_token,
     token_required
 );
+
+async fn the_longest_key_verifies_and_anything_longer_is_not_found(app: TestApp) {
+    // A 32-character prefix makes a key of the longest length: 32 + 1 + 38 = 71.
+    let prefix = format!(
+        "l{}",
+        keyward_core::keyformat::base62_random(31).to_lowercase()
+    );
+    let ks = app
+        .post(
+            "/v1/keyspaces",
+            json!({"name": "long", "prefix": prefix, "policy": {"require_owner": false}}),
+        )
+        .await
+        .expect(201)
+        .id();
+    let (id, key) = app.key(&ks, json!({})).await;
+    assert_eq!(key.len(), 71);
+    for _ in 0..2 {
+        // Loaded from the store, then from the cache.
+        let v = app.verify(json!({"key": key})).await;
+        assert_eq!(v["code"], "VALID", "{v}");
+        assert_eq!(v["key_id"], id.as_str());
+    }
+    for longer in [format!("{key}0"), format!("x{key}"), format!("{key} ")] {
+        let v = app.verify(json!({"key": longer})).await;
+        assert_eq!(v["code"], "NOT_FOUND", "{v}");
+    }
+}
+both!(the_longest_key_verifies_and_anything_longer_is_not_found);
