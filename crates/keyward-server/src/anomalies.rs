@@ -61,6 +61,29 @@ pub fn found(
     }
 }
 
+/// The keys that could be judged a spike or a denied burst in one of the minutes `buckets`
+/// cover: enough valid calls or denials in one minute ([`SPIKE_MIN`], [`BURST_MIN`]). Only their
+/// baseline needs reading (a key below both minimums is never found, whatever its history).
+pub fn candidates(buckets: &[Bucket]) -> Vec<String> {
+    let mut per_minute: HashMap<(&str, i64), (i64, i64)> = HashMap::new();
+    for b in buckets {
+        let c = per_minute
+            .entry((b.key_id.as_str(), b.start.millis()))
+            .or_default();
+        if b.code == "VALID" {
+            c.0 += b.n;
+        } else {
+            c.1 += b.n;
+        }
+    }
+    let keys: std::collections::BTreeSet<&str> = per_minute
+        .into_iter()
+        .filter(|(_, (valid, denied))| *valid >= SPIKE_MIN || *denied >= BURST_MIN)
+        .map(|((key, _), _)| key)
+        .collect();
+    keys.into_iter().map(str::to_string).collect()
+}
+
 /// Spikes and denied bursts in `minute` (a minute start), from minute buckets covering at least
 /// the baseline window before it. The keyspace of each finding is left empty for the caller.
 pub fn judge_minute(buckets: &[Bucket], minute: i64, now: Timestamp) -> Vec<Found> {
@@ -179,6 +202,21 @@ mod tests {
         let found = judge_minute(&steady, 1060 * MINUTE, Timestamp::EPOCH);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].anomaly.kind, "spike");
+    }
+
+    #[test]
+    fn only_keys_at_a_minimum_in_one_minute_are_candidates() {
+        let buckets = vec![
+            b("quiet", 1000, "VALID", SPIKE_MIN - 1),
+            b("quiet", 1000, "REVOKED", BURST_MIN - 1),
+            b("quiet", 1001, "VALID", SPIKE_MIN - 1),
+            b("busy", 1000, "VALID", 1),
+            b("busy", 1001, "VALID", SPIKE_MIN),
+            // Denials of several codes add up.
+            b("denied", 1001, "REVOKED", BURST_MIN - 5),
+            b("denied", 1001, "RATE_LIMITED", 5),
+        ];
+        assert_eq!(candidates(&buckets), vec!["busy", "denied"]);
     }
 
     #[test]

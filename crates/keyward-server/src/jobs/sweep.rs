@@ -228,11 +228,32 @@ async fn patterns(
     if first > newest {
         return Ok(0);
     }
-    let from = Timestamp::from_millis(first - anomalies::BASELINE_MINUTES * MINUTE);
-    let buckets = st
+    // The judged minutes of every key, then the baseline of the keys that could be found only:
+    // a quiet key costs one row a minute, not an hour of rows (with many keys used, the hour of
+    // every key's minutes was most of a sweep).
+    let judged = st
         .store
-        .usage(None, "m", from, Timestamp::from_millis(current))
+        .usage(
+            None,
+            "m",
+            Timestamp::from_millis(first),
+            Timestamp::from_millis(current),
+        )
         .await?;
+    let candidates = anomalies::candidates(&judged);
+    let wanted: std::collections::HashSet<&str> = candidates.iter().map(String::as_str).collect();
+    let mut buckets: Vec<_> = judged
+        .into_iter()
+        .filter(|b| wanted.contains(b.key_id.as_str()))
+        .collect();
+    let from = Timestamp::from_millis(first - anomalies::BASELINE_MINUTES * MINUTE);
+    for chunk in candidates.chunks(500) {
+        buckets.extend(
+            st.store
+                .usage(Some(chunk), "m", from, Timestamp::from_millis(first))
+                .await?,
+        );
+    }
     let mut found = Vec::new();
     let mut m = first;
     while m <= newest {
