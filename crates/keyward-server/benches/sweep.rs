@@ -74,14 +74,7 @@ fn main() {
     let mut maker = KeyMaker::new();
     let keys: Vec<Key> = (0..n).map(|_| maker.next().1).collect();
     rt.block_on(async {
-        let mut tx = st.store.begin().await.expect("begin");
-        tx.insert_keyspace(&maker.keyspace())
-            .await
-            .expect("insert keyspace");
-        for k in &keys {
-            tx.insert_key(k).await.expect("insert key");
-        }
-        tx.commit().await.expect("commit");
+        maker.store(&st, &keys).await;
         let minute = |st: &AppState| st.clock.now().millis().div_euclid(60_000) * 60_000;
         let now = minute(&st);
         let hour: Vec<i64> = (1..=61).map(|m| now - m * 60_000).collect();

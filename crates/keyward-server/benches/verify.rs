@@ -220,16 +220,7 @@ fn cached(c: &mut Criterion, n: usize) {
 
     if !stored.is_empty() {
         // The flusher's cost per key, over keys that exist in the database.
-        rt.block_on(async {
-            let mut tx = state.store.begin().await.expect("begin");
-            tx.insert_keyspace(&maker.keyspace())
-                .await
-                .expect("insert keyspace");
-            for key in &stored {
-                tx.insert_key(key).await.expect("insert key");
-            }
-            tx.commit().await.expect("commit");
-        });
+        rt.block_on(maker.store(&state, &stored));
         const BATCH: usize = 1000;
         g.throughput(Throughput::Elements(BATCH as u64));
         g.bench_function("usage_flush_sqlite", |b| {

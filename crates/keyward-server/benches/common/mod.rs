@@ -86,6 +86,19 @@ impl KeyMaker {
         }
     }
 
+    /// Stores the maker's keyspace and `keys` (made by it) in the state's store, in one
+    /// transaction.
+    pub async fn store(&self, st: &AppState, keys: &[Key]) {
+        let mut tx = st.store.begin().await.expect("begin");
+        tx.insert_keyspace(&self.keyspace())
+            .await
+            .expect("insert keyspace");
+        for k in keys {
+            tx.insert_key(k).await.expect("insert key");
+        }
+        tx.commit().await.expect("commit");
+    }
+
     /// A new key: its plaintext and its stored form.
     pub fn next(&mut self) -> (keyward_core::secret::Secret, Key) {
         self.n += 1;
