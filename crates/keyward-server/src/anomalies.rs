@@ -64,6 +64,7 @@ pub fn found(
 /// The keys that could be judged a spike or a denied burst in one of the minutes `buckets`
 /// cover: enough valid calls or denials in one minute ([`SPIKE_MIN`], [`BURST_MIN`]). Only their
 /// baseline needs reading (a key below both minimums is never found, whatever its history).
+/// Sorted, without repeats.
 pub fn candidates(buckets: &[Bucket]) -> Vec<String> {
     let mut per_minute: HashMap<(&str, i64), (i64, i64)> = HashMap::new();
     for b in buckets {

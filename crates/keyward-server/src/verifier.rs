@@ -468,8 +468,8 @@ impl table::Keyed for Arc<Entry> {
     }
 }
 
-/// One shard of the cache: the found keys in a [`table::Table`] (a slot of 9 bytes per key, the
-/// digest is in the entry), and the negatives apart, so that a flood of random keys evicts only
+/// One shard of the cache: the found keys in a [`table::Table`] (a pointer and a tag byte per
+/// key, in buckets of one cache line; the digest is in the entry), and the negatives apart, so that a flood of random keys evicts only
 /// negatives, and only when there are many of them.
 #[derive(Default)]
 struct Shard {
@@ -1372,7 +1372,7 @@ impl Verifier {
     /// This node's unwritten usage of the `max` keys that have waited longest, for the
     /// flusher. Entries are reset as they are taken.
     pub fn take_usage(&self, max: usize) -> Usage {
-        let cells: Vec<Arc<Entry>> = { lock(&self.dirty).take(max) };
+        let cells = lock(&self.dirty).take(max);
         let mut usage = Usage {
             deltas: Vec::with_capacity(cells.len()),
             reactivations: Vec::new(),

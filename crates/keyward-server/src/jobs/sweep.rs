@@ -241,10 +241,9 @@ async fn patterns(
         )
         .await?;
     let candidates = anomalies::candidates(&judged);
-    let wanted: std::collections::HashSet<&str> = candidates.iter().map(String::as_str).collect();
     let mut buckets: Vec<_> = judged
         .into_iter()
-        .filter(|b| wanted.contains(b.key_id.as_str()))
+        .filter(|b| candidates.binary_search(&b.key_id).is_ok())
         .collect();
     let from = Timestamp::from_millis(first - anomalies::BASELINE_MINUTES * MINUTE);
     for chunk in candidates.chunks(500) {

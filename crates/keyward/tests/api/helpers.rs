@@ -286,6 +286,14 @@ impl TestApp {
         let r = self.post("/v1/keys", body).await.expect(201);
         (r.id(), r.body["key"].as_str().unwrap().to_string())
     }
+    /// Rotates key `id` with `body` (201 expected); returns the successor's id and plaintext.
+    pub async fn rotate(&self, id: &str, body: Value) -> (String, String) {
+        let r = self
+            .post(&format!("/v1/keys/{id}/rotate"), body)
+            .await
+            .expect(201);
+        (r.id(), r.body["key"].as_str().unwrap().to_string())
+    }
     pub async fn token(&self, role: &str, keyspaces: Option<Vec<&str>>) -> String {
         let mut body = json!({"name": format!("{role} token"), "role": role});
         if let Some(k) = keyspaces {

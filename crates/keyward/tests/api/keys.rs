@@ -1292,14 +1292,7 @@ async fn bulk_revoke_covers_every_live_key_of_the_owner(app: TestApp) {
         .key(&ks, json!({"owner": "leaver", "enabled": false}))
         .await;
     let (rotated, k_rotated) = app.key(&ks, json!({"owner": "leaver"})).await;
-    let succ = app
-        .post(
-            &format!("/v1/keys/{rotated}/rotate"),
-            json!({"grace_secs": 3600}),
-        )
-        .await
-        .expect(201);
-    let (successor, k_successor) = (succ.id(), succ.body["key"].as_str().unwrap().to_string());
+    let (successor, k_successor) = app.rotate(&rotated, json!({"grace_secs": 3600})).await;
     let (revoked, _) = app.key(&ks, json!({"owner": "leaver"})).await;
     let first_revoke = app
         .post(
@@ -1738,21 +1731,9 @@ both!(a_disabled_key_rotates_into_a_disabled_successor);
 async fn a_quota_follows_a_chain_of_rotations(app: TestApp) {
     let ks = app.keyspace(json!({})).await;
     let (first, first_key) = app.key(&ks, json!({"remaining": 6})).await;
-    let rotate = |id: String| {
-        let app = &app;
-        async move {
-            let res = app
-                .post(
-                    &format!("/v1/keys/{id}/rotate"),
-                    json!({"grace_secs": 3600}),
-                )
-                .await
-                .expect(201);
-            (res.id(), res.body["key"].as_str().unwrap().to_string())
-        }
-    };
-    let (second, second_key) = rotate(first.clone()).await;
-    let (_, third_key) = rotate(second).await;
+    let grace = json!({"grace_secs": 3600});
+    let (second, second_key) = app.rotate(&first, grace.clone()).await;
+    let (_, third_key) = app.rotate(&second, grace).await;
     // All three verify during the grace periods, and all spend the one quota, which the
     // last successor holds.
     let mut left = 6;

@@ -153,11 +153,7 @@ async fn a_new_source_address_is_an_anomaly_but_the_first_is_not(app: TestApp) {
     app.flush().await;
     assert_eq!(anomalies(&app, &ks).await.len(), 1, "once per address");
     // A successor starts with its predecessor's addresses.
-    let r = app
-        .post(&format!("/v1/keys/{id}/rotate"), json!({"grace_secs": 0}))
-        .await
-        .expect(201);
-    let new_key = r.body["key"].as_str().unwrap().to_string();
+    let (_, new_key) = app.rotate(&id, json!({"grace_secs": 0})).await;
     app.verify(json!({"key": new_key, "ip": "203.0.113.7"}))
         .await;
     app.flush().await;
