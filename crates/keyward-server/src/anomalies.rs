@@ -88,58 +88,75 @@ pub fn candidates(buckets: &[Bucket]) -> Vec<String> {
 /// Spikes and denied bursts in `minute` (a minute start), from minute buckets covering at least
 /// the baseline window before it. The keyspace of each finding is left empty for the caller.
 pub fn judge_minute(buckets: &[Bucket], minute: i64, now: Timestamp) -> Vec<Found> {
-    #[derive(Default)]
-    struct Counts {
-        valid_now: i64,
-        denied_now: i64,
-        valid_before: i64,
-        denied_before: i64,
-        by_code: Map<String, Value>,
-    }
     let from = minute - BASELINE_MINUTES * MINUTE;
-    let mut per_key: HashMap<&str, Counts> = HashMap::new();
+    let mut before: HashMap<&str, (i64, i64)> = HashMap::new();
     for b in buckets {
         let start = b.start.millis();
-        if start < from || start > minute {
-            continue;
-        }
-        let c = per_key.entry(b.key_id.as_str()).or_default();
-        let valid = b.code == "VALID";
-        match (start == minute, valid) {
-            (true, true) => c.valid_now += b.n,
-            (true, false) => {
-                c.denied_now += b.n;
-                c.by_code.insert(b.code.clone(), json!(b.n));
+        if start >= from && start < minute {
+            let c = before.entry(b.key_id.as_str()).or_default();
+            if b.code == "VALID" {
+                c.0 += b.n;
+            } else {
+                c.1 += b.n;
             }
-            (false, true) => c.valid_before += b.n,
-            (false, false) => c.denied_before += b.n,
+        }
+    }
+    judge(buckets, minute, now, |key| {
+        before.get(key).copied().unwrap_or_default()
+    })
+}
+
+/// Spikes and denied bursts in `minute`, from its buckets (those of other minutes are ignored)
+/// and `baseline`: a key's valid and denied verifications in the [`BASELINE_MINUTES`] minutes
+/// before it. The keyspace of each finding is left empty for the caller.
+pub fn judge(
+    buckets: &[Bucket],
+    minute: i64,
+    now: Timestamp,
+    baseline: impl Fn(&str) -> (i64, i64),
+) -> Vec<Found> {
+    #[derive(Default)]
+    struct Counts {
+        valid: i64,
+        denied: i64,
+        by_code: Map<String, Value>,
+    }
+    let mut per_key: HashMap<&str, Counts> = HashMap::new();
+    for b in buckets.iter().filter(|b| b.start.millis() == minute) {
+        let c = per_key.entry(b.key_id.as_str()).or_default();
+        if b.code == "VALID" {
+            c.valid += b.n;
+        } else {
+            c.denied += b.n;
+            c.by_code.insert(b.code.clone(), json!(b.n));
         }
     }
     let mut out = Vec::new();
     let hour = minute.div_euclid(HOUR) * HOUR;
     for (key_id, c) in per_key {
         let ks = "";
-        let base_valid = c.valid_before as f64 / BASELINE_MINUTES as f64;
-        let base_denied = c.denied_before as f64 / BASELINE_MINUTES as f64;
+        let (valid_before, denied_before) = baseline(key_id);
+        let base_valid = valid_before as f64 / BASELINE_MINUTES as f64;
+        let base_denied = denied_before as f64 / BASELINE_MINUTES as f64;
         let at = Timestamp::from_millis(minute);
-        if c.valid_now >= SPIKE_MIN && c.valid_now as f64 >= SPIKE_FACTOR * (base_valid + 1.0) {
+        if c.valid >= SPIKE_MIN && c.valid as f64 >= SPIKE_FACTOR * (base_valid + 1.0) {
             out.push(found(
                 key_id,
                 ks,
                 "spike",
                 format!("spike:{key_id}:{hour}"),
                 now,
-                json!({"minute": at, "valid": c.valid_now, "baseline_per_minute": round2(base_valid)}),
+                json!({"minute": at, "valid": c.valid, "baseline_per_minute": round2(base_valid)}),
             ));
         }
-        if c.denied_now >= BURST_MIN && c.denied_now as f64 >= SPIKE_FACTOR * (base_denied + 1.0) {
+        if c.denied >= BURST_MIN && c.denied as f64 >= SPIKE_FACTOR * (base_denied + 1.0) {
             out.push(found(
                 key_id,
                 ks,
                 "denied_burst",
                 format!("denied_burst:{key_id}:{hour}"),
                 now,
-                json!({"minute": at, "denied": c.denied_now, "by_code": c.by_code, "baseline_per_minute": round2(base_denied)}),
+                json!({"minute": at, "denied": c.denied, "by_code": c.by_code, "baseline_per_minute": round2(base_denied)}),
             ));
         }
     }
@@ -218,6 +235,49 @@ mod tests {
             b("denied", 1001, "RATE_LIMITED", 5),
         ];
         assert_eq!(candidates(&buckets), vec!["busy", "denied"]);
+    }
+
+    /// The sweep's usual way (the baseline summed by the store) finds what the whole hour of
+    /// buckets finds, and the baseline is what decides.
+    #[test]
+    fn a_summed_baseline_judges_as_the_buckets_do() {
+        let mut buckets: Vec<Bucket> = (0..60).map(|m| b("busy", 1000 + m, "VALID", 40)).collect();
+        buckets.extend((0..60).map(|m| b("quiet", 1000 + m, "VALID", 2)));
+        buckets.push(b("quiet", 999, "VALID", 10_000)); // before the window
+        buckets.push(b("busy", 1060, "VALID", 200));
+        buckets.push(b("quiet", 1060, "VALID", 200));
+        buckets.push(b("quiet", 1060, "REVOKED", 30));
+        let minute = 1060 * MINUTE;
+        let kinds = |found: Vec<Found>| {
+            let mut k: Vec<(String, String)> = found
+                .into_iter()
+                .map(|f| (f.anomaly.key_id, f.anomaly.kind))
+                .collect();
+            k.sort();
+            k
+        };
+        let whole = kinds(judge_minute(&buckets, minute, Timestamp::EPOCH));
+        assert_eq!(
+            whole,
+            vec![
+                ("quiet".to_string(), "denied_burst".to_string()),
+                ("quiet".to_string(), "spike".to_string()),
+            ]
+        );
+        let summed = |key: &str| match key {
+            "busy" => (60 * 40, 0),
+            "quiet" => (60 * 2, 0),
+            _ => (0, 0),
+        };
+        assert_eq!(
+            kinds(judge(&buckets, minute, Timestamp::EPOCH, summed)),
+            whole
+        );
+        // Without its baseline the busy key's usual pace would be a spike.
+        assert_eq!(
+            kinds(judge(&buckets, minute, Timestamp::EPOCH, |_| (0, 0))).len(),
+            3
+        );
     }
 
     #[test]

@@ -131,6 +131,14 @@ pub struct Bucket {
     pub n: i64,
 }
 
+/// One key's verifications over a span of minute buckets: valid ones and denied ones.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub key_id: String,
+    pub valid: i64,
+    pub denied: i64,
+}
+
 /// An event in the webhook outbox: `body` is the exact JSON every delivery sends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutboxEvent {
@@ -340,6 +348,15 @@ pub trait Store: Send + Sync + 'static {
         from: Timestamp,
         to: Timestamp,
     ) -> Result<Vec<Bucket>>;
+    /// The minute buckets of each of `key_ids` with `from <= start < to`, summed per key into
+    /// valid and denied verifications: one row per key instead of one per minute and code.
+    /// Keys without any are left out; ordered by key id.
+    async fn minute_totals(
+        &self,
+        key_ids: &[String],
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<Totals>>;
     /// Buckets of every key of a keyspace (as [`Store::usage`]), without listing the keys.
     async fn usage_of_keyspace(
         &self,

@@ -19,8 +19,8 @@ use keyward_core::model::{Anomaly, Source, Webhook};
 
 use crate::{
     AfterAttempt, AnomalyFilter, Attempt, AuditFilter, Bucket, Change, DueDelivery, KeyFilter,
-    NewEvent, OutboxEvent, Page, Result, Store, StoreError, StoreTx, TimeCursor, UsageDelta,
-    GRANULARITIES, MAX_SOURCES_PER_KEY,
+    NewEvent, OutboxEvent, Page, Result, Store, StoreError, StoreTx, TimeCursor, Totals,
+    UsageDelta, GRANULARITIES, MAX_SOURCES_PER_KEY,
 };
 
 const KEY_COLS: &str = "id, keyspace_id, name, owner, scopes, labels, meta, hash, start_chars, \
@@ -1172,6 +1172,22 @@ macro_rules! sql_backend {
             async fn usage(&self, key_ids: Option<&[String]>, granularity: &str, from: Timestamp, to: Timestamp) -> Result<Vec<Bucket>> {
                 let ids = key_ids.map(<[String]>::to_vec);
                 buckets_in(&self.pool, granularity, from, to, &|q| push_in(q, "key_id", &ids)).await
+            }
+
+            async fn minute_totals(&self, key_ids: &[String], from: Timestamp, to: Timestamp) -> Result<Vec<Totals>> {
+                // CAST: PostgreSQL sums BIGINT into NUMERIC.
+                let mut q = sqlx::QueryBuilder::<$DB>::new(
+                    "SELECT key_id, CAST(SUM(CASE WHEN code = 'VALID' THEN n ELSE 0 END) AS BIGINT) AS valid, \
+                     CAST(SUM(CASE WHEN code = 'VALID' THEN 0 ELSE n END) AS BIGINT) AS denied \
+                     FROM usage_buckets WHERE granularity = 'm' AND start_at >= ",
+                );
+                q.push_bind(from.millis()).push(" AND start_at < ").push_bind(to.millis());
+                push_in(&mut q, "key_id", &Some(key_ids.to_vec()));
+                q.push(" GROUP BY key_id ORDER BY key_id");
+                let rows = q.build().fetch_all(&self.pool).await.map_err(map_err)?;
+                rows.iter()
+                    .map(|r| Ok(Totals { key_id: get(r, "key_id")?, valid: get(r, "valid")?, denied: get(r, "denied")? }))
+                    .collect()
             }
 
             async fn usage_of_keyspace(&self, keyspace_id: &str, granularity: &str, from: Timestamp, to: Timestamp) -> Result<Vec<Bucket>> {

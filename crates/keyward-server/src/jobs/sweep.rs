@@ -14,6 +14,7 @@
 //! write each audit event and enqueue each webhook exactly once, and a crash between keys loses
 //! or repeats nothing.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use keyward_core::id::new_id;
@@ -230,7 +231,8 @@ async fn patterns(
     }
     // The judged minutes of every key, then the baseline of the keys that could be found only:
     // a quiet key costs one row a minute, not an hour of rows (with many keys used, the hour of
-    // every key's minutes was most of a sweep).
+    // every key's minutes was most of a sweep). When one minute is judged (every sweep but one
+    // that catches up) the store sums each such key's hour: one row per key, not sixty.
     let judged = st
         .store
         .usage(
@@ -246,18 +248,34 @@ async fn patterns(
         .filter(|b| candidates.binary_search(&b.key_id).is_ok())
         .collect();
     let from = Timestamp::from_millis(first - anomalies::BASELINE_MINUTES * MINUTE);
-    for chunk in candidates.chunks(500) {
-        buckets.extend(
-            st.store
-                .usage(Some(chunk), "m", from, Timestamp::from_millis(first))
-                .await?,
-        );
-    }
     let mut found = Vec::new();
-    let mut m = first;
-    while m <= newest {
-        found.extend(anomalies::judge_minute(&buckets, m, now));
-        m += MINUTE;
+    if first == newest {
+        let mut baseline = HashMap::new();
+        for chunk in candidates.chunks(500) {
+            for t in st
+                .store
+                .minute_totals(chunk, from, Timestamp::from_millis(first))
+                .await?
+            {
+                baseline.insert(t.key_id, (t.valid, t.denied));
+            }
+        }
+        found = anomalies::judge(&buckets, first, now, |key| {
+            baseline.get(key).copied().unwrap_or_default()
+        });
+    } else {
+        for chunk in candidates.chunks(500) {
+            buckets.extend(
+                st.store
+                    .usage(Some(chunk), "m", from, Timestamp::from_millis(first))
+                    .await?,
+            );
+        }
+        let mut m = first;
+        while m <= newest {
+            found.extend(anomalies::judge_minute(&buckets, m, now));
+            m += MINUTE;
+        }
     }
     for f in &mut found {
         if let Some(k) = st.store.key(&f.anomaly.key_id).await? {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use keyward_core::model::Source;
 use keyward_core::time::Timestamp;
-use keyward_store::{Bucket, Store, UsageDelta, MAX_SOURCES_PER_KEY};
+use keyward_store::{Bucket, Store, Totals, UsageDelta, MAX_SOURCES_PER_KEY};
 
 use crate::support::*;
 
@@ -596,3 +596,76 @@ async fn rollup_takes_minutes_before_the_given_time(store: Arc<dyn Store>) {
 conformance!(rollup_takes_minutes_before_the_given_time
     => sqlite_rollup_takes_minutes_before_the_given_time,
        postgres_rollup_takes_minutes_before_the_given_time);
+
+/// The anomaly sweep's baseline: each asked key's minutes of the span summed into valid and
+/// denied verifications, rolled up or not; hours and days are not minutes.
+async fn minute_totals_sum_each_keys_minutes_of_the_span(store: Arc<dyn Store>) {
+    let ks = new_keyspace(&store, "acme").await;
+    let a = key(&ks, at(0)).key;
+    let b = key(&ks, at(0)).key;
+    let not_asked = key(&ks, at(0)).key;
+    let quiet = key(&ks, at(0)).key;
+    insert_keys(&store, &[&a, &b, &not_asked, &quiet]).await;
+    store
+        .apply_usage(&[
+            counts(
+                &a.id,
+                &[
+                    (T0 - MINUTE, "VALID", 100),
+                    (T0, "VALID", 3),
+                    (T0, "REVOKED", 2),
+                    (T0 + 30 * MINUTE, "RATE_LIMITED", 4),
+                    (T0 + 59 * MINUTE, "VALID", 5),
+                    (T0 + HOUR, "VALID", 100),
+                ],
+            ),
+            counts(&b.id, &[(T0 + MINUTE, "VALID", 7)]),
+            counts(&not_asked.id, &[(T0, "VALID", 1000)]),
+            counts(&quiet.id, &[(T0 + HOUR, "VALID", 1)]),
+        ])
+        .await
+        .unwrap();
+    // Half of the minutes rolled up into hours and days, which start inside the span too.
+    assert!(
+        store
+            .rollup_usage(Timestamp::from_millis(T0 + 30 * MINUTE))
+            .await
+            .unwrap()
+            > 0
+    );
+    let asked = [b.id.clone(), quiet.id.clone(), a.id.clone()];
+    let totals = store
+        .minute_totals(
+            &asked,
+            Timestamp::from_millis(T0),
+            Timestamp::from_millis(T0 + HOUR),
+        )
+        .await
+        .unwrap();
+    let mut want = vec![
+        Totals {
+            key_id: a.id.clone(),
+            valid: 8,
+            denied: 6,
+        },
+        Totals {
+            key_id: b.id.clone(),
+            valid: 7,
+            denied: 0,
+        },
+    ];
+    want.sort_by(|x, y| x.key_id.cmp(&y.key_id));
+    assert_eq!(totals, want);
+    let none = store
+        .minute_totals(
+            &[],
+            Timestamp::from_millis(T0),
+            Timestamp::from_millis(T0 + HOUR),
+        )
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+}
+conformance!(minute_totals_sum_each_keys_minutes_of_the_span
+    => sqlite_minute_totals_sum_each_keys_minutes_of_the_span,
+       postgres_minute_totals_sum_each_keys_minutes_of_the_span);
