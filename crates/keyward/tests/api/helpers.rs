@@ -26,6 +26,9 @@ pub struct TestApp {
     /// Present when the app runs on a manual clock.
     pub clock: Option<ManualClock>,
     pub state: AppState,
+    /// The last minute judged for anomalies, carried from one [`TestApp::sweep`] to the next
+    /// as the server's sweep job carries it.
+    sweep_last: std::sync::Mutex<Option<i64>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     join: Option<tokio::task::JoinHandle<()>>,
     _dir: Option<TempDir>,
@@ -150,6 +153,7 @@ async fn start(backend: Backend, db_url: String, dir: Option<TempDir>, opts: Opt
         db_url,
         clock: manual,
         state,
+        sweep_last: std::sync::Mutex::new(None),
         shutdown: Some(tx),
         join: Some(join),
         _dir: dir,
@@ -373,6 +377,7 @@ pub async fn spawn_node(first: &TestApp) -> TestApp {
         db_url: first.db_url.clone(),
         clock: first.clock.clone(),
         state,
+        sweep_last: std::sync::Mutex::new(None),
         shutdown: Some(tx),
         join: Some(join),
         _dir: None,
@@ -496,12 +501,15 @@ impl TestApp {
         r.id()
     }
 
-    /// Runs every sweep once now.
+    /// Runs every sweep once now. Anomaly patterns are judged from the minute after the one
+    /// the previous sweep judged, as in the server.
     pub async fn sweep(&self) -> keyward_server::jobs::sweep::Report {
-        let mut last = None;
-        keyward_server::jobs::sweep::sweep_once(&self.state, &mut last)
+        let mut last = *self.sweep_last.lock().unwrap();
+        let report = keyward_server::jobs::sweep::sweep_once(&self.state, &mut last)
             .await
-            .unwrap()
+            .unwrap();
+        *self.sweep_last.lock().unwrap() = last;
+        report
     }
 
     /// Sends every due webhook delivery now.

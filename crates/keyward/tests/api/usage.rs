@@ -264,6 +264,49 @@ both!(
     manual
 );
 
+/// A sweep that runs after several minutes (a pause, a slow sweep) judges each of them against
+/// its own preceding hour: the spike in the first is found, and a busy key's usual pace in any
+/// of them is not a spike.
+async fn a_sweep_that_catches_up_judges_each_minute_against_its_own_hour(app: TestApp) {
+    let ks = app.keyspace(json!({})).await;
+    let (spiky, spiky_key) = app.key(&ks, json!({})).await;
+    let (_, busy_key) = app.key(&ks, json!({})).await;
+    const BUSY: usize = 35;
+    let minute = |spiky_calls: usize| {
+        let app = &app;
+        let (spiky_key, busy_key) = (&spiky_key, &busy_key);
+        async move {
+            for _ in 0..spiky_calls {
+                app.verify(json!({"key": spiky_key})).await;
+            }
+            for _ in 0..BUSY {
+                app.verify(json!({"key": busy_key})).await;
+            }
+            app.advance(60);
+        }
+    };
+    for _ in 0..60 {
+        minute(2).await;
+    }
+    app.flush().await;
+    app.sweep().await;
+    assert!(anomalies(&app, &ks).await.is_empty());
+    // Three minutes before the next sweep; the spiky key jumps in the first of them.
+    minute(40).await;
+    minute(2).await;
+    minute(2).await;
+    app.sweep().await;
+    let found = anomalies(&app, &ks).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["kind"], "spike");
+    assert_eq!(found[0]["key_id"], spiky);
+    assert_eq!(found[0]["detail"]["valid"], 40);
+}
+both!(
+    a_sweep_that_catches_up_judges_each_minute_against_its_own_hour,
+    manual
+);
+
 async fn metrics_count_verifications_cache_use_flushes_and_webhooks(app: TestApp) {
     let ks = app.keyspace(json!({})).await;
     let (_, key) = app.key(&ks, json!({})).await;
