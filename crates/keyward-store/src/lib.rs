@@ -350,7 +350,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Bucket>>;
     /// The minute buckets of each of `key_ids` with `from <= start < to`, summed per key into
     /// valid and denied verifications: one row per key instead of one per minute and code.
-    /// Keys without any are left out; ordered by key id.
+    /// Keys without any are left out; in no particular order.
     async fn minute_totals(
         &self,
         key_ids: &[String],

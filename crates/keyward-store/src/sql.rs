@@ -1183,7 +1183,7 @@ macro_rules! sql_backend {
                 );
                 q.push_bind(from.millis()).push(" AND start_at < ").push_bind(to.millis());
                 push_in(&mut q, "key_id", &Some(key_ids.to_vec()));
-                q.push(" GROUP BY key_id ORDER BY key_id");
+                q.push(" GROUP BY key_id");
                 let rows = q.build().fetch_all(&self.pool).await.map_err(map_err)?;
                 rows.iter()
                     .map(|r| Ok(Totals { key_id: get(r, "key_id")?, valid: get(r, "valid")?, denied: get(r, "denied")? }))

@@ -232,7 +232,8 @@ async fn patterns(
     // The judged minutes of every key, then the baseline of the keys that could be found only:
     // a quiet key costs one row a minute, not an hour of rows (with many keys used, the hour of
     // every key's minutes was most of a sweep). When one minute is judged (every sweep but one
-    // that catches up) the store sums each such key's hour: one row per key, not sixty.
+    // that catches up, with sweeps at most a minute apart) the store sums each such key's hour:
+    // one row per key, not sixty.
     let judged = st
         .store
         .usage(
@@ -248,8 +249,7 @@ async fn patterns(
         .filter(|b| candidates.binary_search(&b.key_id).is_ok())
         .collect();
     let from = Timestamp::from_millis(first - anomalies::BASELINE_MINUTES * MINUTE);
-    let mut found = Vec::new();
-    if first == newest {
+    let mut found = if first == newest {
         let mut baseline = HashMap::new();
         for chunk in candidates.chunks(500) {
             for t in st
@@ -260,9 +260,9 @@ async fn patterns(
                 baseline.insert(t.key_id, (t.valid, t.denied));
             }
         }
-        found = anomalies::judge(&buckets, first, now, |key| {
+        anomalies::judge(&buckets, first, now, |key| {
             baseline.get(key).copied().unwrap_or_default()
-        });
+        })
     } else {
         for chunk in candidates.chunks(500) {
             buckets.extend(
@@ -271,12 +271,14 @@ async fn patterns(
                     .await?,
             );
         }
+        let mut found = Vec::new();
         let mut m = first;
         while m <= newest {
             found.extend(anomalies::judge_minute(&buckets, m, now));
             m += MINUTE;
         }
-    }
+        found
+    };
     for f in &mut found {
         if let Some(k) = st.store.key(&f.anomaly.key_id).await? {
             f.anomaly.keyspace_id = k.keyspace_id;

@@ -634,7 +634,7 @@ async fn minute_totals_sum_each_keys_minutes_of_the_span(store: Arc<dyn Store>) 
             > 0
     );
     let asked = [b.id.clone(), quiet.id.clone(), a.id.clone()];
-    let totals = store
+    let mut totals = store
         .minute_totals(
             &asked,
             Timestamp::from_millis(T0),
@@ -642,6 +642,7 @@ async fn minute_totals_sum_each_keys_minutes_of_the_span(store: Arc<dyn Store>) 
         )
         .await
         .unwrap();
+    totals.sort_by(|x, y| x.key_id.cmp(&y.key_id));
     let mut want = vec![
         Totals {
             key_id: a.id.clone(),

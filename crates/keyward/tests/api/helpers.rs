@@ -501,6 +501,12 @@ impl TestApp {
         r.id()
     }
 
+    /// Makes the next [`TestApp::sweep`] judge anomalies as a node's first sweep does (the
+    /// newest complete minute only), as after a restart.
+    pub fn forget_sweeps(&self) {
+        *self.sweep_last.lock().unwrap() = None;
+    }
+
     /// Runs every sweep once now. Anomaly patterns are judged from the minute after the one
     /// the previous sweep judged, as in the server.
     pub async fn sweep(&self) -> keyward_server::jobs::sweep::Report {
