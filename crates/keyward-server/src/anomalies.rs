@@ -61,6 +61,15 @@ pub fn found(
     }
 }
 
+/// Adds a bucket's count to (valid, denied): every code but `VALID` is a denial.
+fn add(counts: &mut (i64, i64), b: &Bucket) {
+    if b.code == "VALID" {
+        counts.0 += b.n;
+    } else {
+        counts.1 += b.n;
+    }
+}
+
 /// The keys that could be judged a spike or a denied burst in one of the minutes `buckets`
 /// cover: enough valid calls or denials in one minute ([`SPIKE_MIN`], [`BURST_MIN`]). Only their
 /// baseline needs reading (a key below both minimums is never found, whatever its history).
@@ -68,14 +77,12 @@ pub fn found(
 pub fn candidates(buckets: &[Bucket]) -> Vec<String> {
     let mut per_minute: HashMap<(&str, i64), (i64, i64)> = HashMap::new();
     for b in buckets {
-        let c = per_minute
-            .entry((b.key_id.as_str(), b.start.millis()))
-            .or_default();
-        if b.code == "VALID" {
-            c.0 += b.n;
-        } else {
-            c.1 += b.n;
-        }
+        add(
+            per_minute
+                .entry((b.key_id.as_str(), b.start.millis()))
+                .or_default(),
+            b,
+        );
     }
     let keys: std::collections::BTreeSet<&str> = per_minute
         .into_iter()
@@ -93,12 +100,7 @@ pub fn judge_minute(buckets: &[Bucket], minute: i64, now: Timestamp) -> Vec<Foun
     for b in buckets {
         let start = b.start.millis();
         if start >= from && start < minute {
-            let c = before.entry(b.key_id.as_str()).or_default();
-            if b.code == "VALID" {
-                c.0 += b.n;
-            } else {
-                c.1 += b.n;
-            }
+            add(before.entry(b.key_id.as_str()).or_default(), b);
         }
     }
     judge(buckets, minute, now, |key| {

@@ -469,8 +469,8 @@ impl table::Keyed for Arc<Entry> {
 }
 
 /// One shard of the cache: the found keys in a [`table::Table`] (a pointer and a tag byte per
-/// key, in buckets of one cache line; the digest is in the entry), and the negatives apart, so that a flood of random keys evicts only
-/// negatives, and only when there are many of them.
+/// key, in buckets of one cache line; the digest is in the entry), and the negatives apart, so
+/// that a flood of random keys evicts only negatives, and only when there are many of them.
 #[derive(Default)]
 struct Shard {
     found: table::Table<Arc<Entry>>,

@@ -445,7 +445,7 @@ macro_rules! sql_backend {
             }
         }
 
-        fn push_in(q: &mut sqlx::QueryBuilder<'_, $DB>, col: &str, ids: &Option<Vec<String>>) {
+        fn push_in(q: &mut sqlx::QueryBuilder<'_, $DB>, col: &str, ids: Option<&[String]>) {
             if let Some(ids) = ids {
                 if ids.is_empty() {
                     q.push(" AND 1 = 0");
@@ -648,7 +648,7 @@ macro_rules! sql_backend {
                 q.push(" AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ")
                     .push_bind(now.millis())
                     .push(")");
-                push_in(&mut q, "keyspace_id", &keyspace_ids.map(<[String]>::to_vec));
+                push_in(&mut q, "keyspace_id", keyspace_ids);
                 q.push(" ORDER BY created_at, id");
                 let rows = q.build().fetch_all(&mut *self.tx).await.map_err(map_err)?;
                 rows.iter().map(key_from_row).collect()
@@ -939,7 +939,7 @@ macro_rules! sql_backend {
 
             async fn list_keyspaces(&self, ids: Option<&[String]>, page: &Page<TimeCursor>) -> Result<Vec<Keyspace>> {
                 let mut q = sqlx::QueryBuilder::<$DB>::new(format!("SELECT {KEYSPACE_COLS} FROM keyspaces WHERE 1 = 1"));
-                push_in(&mut q, "id", &ids.map(<[String]>::to_vec));
+                push_in(&mut q, "id", ids);
                 push_after_time(&mut q, &page.after);
                 q.push(" ORDER BY created_at DESC, id DESC LIMIT ").push_bind(page.limit);
                 let rows = q.build().fetch_all(&self.pool).await.map_err(map_err)?;
@@ -959,7 +959,7 @@ macro_rules! sql_backend {
             async fn list_keys(&self, f: &KeyFilter) -> Result<Vec<Key>> {
                 let now = f.now.millis();
                 let mut q = sqlx::QueryBuilder::<$DB>::new(format!("SELECT {KEY_SELECT} FROM keys WHERE 1 = 1"));
-                push_in(&mut q, "keyspace_id", &f.keyspace_ids);
+                push_in(&mut q, "keyspace_id", f.keyspace_ids.as_deref());
                 if let Some(owner) = &f.owner {
                     q.push(" AND owner = ").push_bind(owner.clone());
                 }
@@ -1170,8 +1170,7 @@ macro_rules! sql_backend {
             }
 
             async fn usage(&self, key_ids: Option<&[String]>, granularity: &str, from: Timestamp, to: Timestamp) -> Result<Vec<Bucket>> {
-                let ids = key_ids.map(<[String]>::to_vec);
-                buckets_in(&self.pool, granularity, from, to, &|q| push_in(q, "key_id", &ids)).await
+                buckets_in(&self.pool, granularity, from, to, &|q| push_in(q, "key_id", key_ids)).await
             }
 
             async fn minute_totals(&self, key_ids: &[String], from: Timestamp, to: Timestamp) -> Result<Vec<Totals>> {
@@ -1182,7 +1181,7 @@ macro_rules! sql_backend {
                      FROM usage_buckets WHERE granularity = 'm' AND start_at >= ",
                 );
                 q.push_bind(from.millis()).push(" AND start_at < ").push_bind(to.millis());
-                push_in(&mut q, "key_id", &Some(key_ids.to_vec()));
+                push_in(&mut q, "key_id", Some(key_ids));
                 q.push(" GROUP BY key_id");
                 let rows = q.build().fetch_all(&self.pool).await.map_err(map_err)?;
                 rows.iter()
@@ -1254,7 +1253,7 @@ macro_rules! sql_backend {
 
             async fn list_anomalies(&self, f: &AnomalyFilter) -> Result<Vec<Anomaly>> {
                 let mut q = sqlx::QueryBuilder::<$DB>::new(format!("SELECT {ANOMALY_COLS} FROM anomalies WHERE 1 = 1"));
-                push_in(&mut q, "keyspace_id", &f.keyspace_ids);
+                push_in(&mut q, "keyspace_id", f.keyspace_ids.as_deref());
                 if let Some(k) = &f.key_id {
                     q.push(" AND key_id = ").push_bind(k.clone());
                 }

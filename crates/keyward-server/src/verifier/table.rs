@@ -67,6 +67,15 @@ fn home(d: &Digest, n: usize) -> usize {
     ((u128::from(u64::from_le_bytes(h)) * n as u128) >> 64) as usize
 }
 
+/// The bucket after `i` among `n` (the last wraps to the first).
+fn next(i: usize, n: usize) -> usize {
+    if i + 1 == n {
+        0
+    } else {
+        i + 1
+    }
+}
+
 impl<V: Keyed> Table<V> {
     pub(crate) fn len(&self) -> usize {
         self.len
@@ -95,7 +104,7 @@ impl<V: Keyed> Table<V> {
             if b.overflow == 0 {
                 return None;
             }
-            i = if i + 1 == n { 0 } else { i + 1 };
+            i = next(i, n);
         }
         None
     }
@@ -134,7 +143,7 @@ impl<V: Keyed> Table<V> {
                 b.overflow += 1;
             }
             // Not every bucket is full (the table grows first), so this ends.
-            i = if i + 1 == n { 0 } else { i + 1 };
+            i = next(i, n);
         }
     }
 
@@ -151,7 +160,7 @@ impl<V: Keyed> Table<V> {
             if b.overflow != SATURATED {
                 b.overflow -= 1;
             }
-            i = if i + 1 == n { 0 } else { i + 1 };
+            i = next(i, n);
         }
         self.len -= 1;
         v
@@ -181,7 +190,7 @@ impl<V: Keyed> Table<V> {
                 let mut i = home(v.digest(), n);
                 while i != at {
                     expected[i] += 1;
-                    i = if i + 1 == n { 0 } else { i + 1 };
+                    i = next(i, n);
                 }
             }
         }
