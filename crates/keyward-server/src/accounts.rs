@@ -1,4 +1,5 @@
-//! Dashboard accounts: users (created and disabled with an audit event, like every other
+//! Who is signing in: management tokens presented to the API (checked and throttled here),
+//! and dashboard accounts: users (created and disabled with an audit event, like every other
 //! change), Argon2id passwords, sign-in with throttling, server-side sessions, and the one-time
 //! setup link that creates the first admin.
 //!
@@ -11,27 +12,25 @@
 //! tied to the session yet reveals nothing about it; the setup token is printed once and stored
 //! as its SHA-256 with an expiry of one hour.
 
-use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::Ordering;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use keyward_core::id::new_id;
-use keyward_core::keyformat::{base62_random, KeyHash};
-use keyward_core::model::{Actor, Role};
+use keyward_core::keyformat::{self, base62_random, KeyHash, TOKEN_PREFIX};
+use keyward_core::model::{Actor, Role, Token};
 use keyward_core::secret::Secret;
-use keyward_core::time::Timestamp;
 use keyward_core::user::{check_new_password, normalize_email, User, MAX_PASSWORD_BYTES};
 use keyward_store::users::{NewSession, SessionRecord};
-use keyward_store::{NewEvent, StoreError};
+use keyward_store::StoreError;
 use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq;
 
-use crate::error::{Error, Result};
-use crate::service::Ctx;
+use crate::authz::{Allowed, Ctx, ManageTokens};
+use crate::error::{Code, Error, Result};
 use crate::state::AppState;
+use crate::throttle::SignIns;
 
 /// A session ends this long after sign-in, whatever happens.
 pub const SESSION_TTL_SECS: i64 = 12 * 3600;
@@ -39,89 +38,9 @@ pub const SESSION_TTL_SECS: i64 = 12 * 3600;
 pub const SESSION_IDLE_SECS: i64 = 2 * 3600;
 /// The first-run setup link works for this long.
 pub const SETUP_TTL_SECS: i64 = 3600;
-/// Failed sign-ins per address, and per account (email), within [`LOGIN_WINDOW_SECS`].
-pub const LOGIN_FAILURES_PER_ADDRESS: usize = 20;
-pub const LOGIN_FAILURES_PER_ACCOUNT: usize = 5;
-pub const LOGIN_WINDOW_SECS: i64 = 15 * 60;
-
-/// Per-node sign-in state (throttles) and the dummy hash that makes unknown users cost as much
-/// as known ones.
-pub struct Accounts {
-    /// Argon2id hash of a random password nobody knows, with the same parameters as real ones.
-    dummy: OnceLock<String>,
-    by_address: Window<IpAddr>,
-    by_account: Window<String>,
-    /// Number of Argon2 verifications run by sign-ins (tests check that every failure path
-    /// costs one).
-    pub password_checks: AtomicU64,
-}
-
-impl Default for Accounts {
-    fn default() -> Self {
-        Accounts {
-            dummy: OnceLock::new(),
-            by_address: Window::new(LOGIN_FAILURES_PER_ADDRESS, LOGIN_WINDOW_SECS),
-            by_account: Window::new(LOGIN_FAILURES_PER_ACCOUNT, LOGIN_WINDOW_SECS),
-            password_checks: AtomicU64::new(0),
-        }
-    }
-}
-
-/// Failures per key over a sliding window (in memory, per node: a cluster of n nodes allows
-/// n times as many guesses, still few against Argon2id and a 12-character minimum).
-struct Window<K> {
-    limit: usize,
-    window_ms: i64,
-    failures: Mutex<HashMap<K, VecDeque<Timestamp>>>,
-}
-
-const MAX_TRACKED: usize = 100_000;
-
-impl<K: std::hash::Hash + Eq + Clone> Window<K> {
-    fn new(limit: usize, window_secs: i64) -> Self {
-        Window {
-            limit,
-            window_ms: window_secs * 1000,
-            failures: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn prune(&self, q: &mut VecDeque<Timestamp>, now: Timestamp) {
-        while q
-            .front()
-            .is_some_and(|t| t.millis() <= now.millis() - self.window_ms)
-        {
-            q.pop_front();
-        }
-    }
-
-    /// `Some(seconds to wait)` when `key` has used up its failures.
-    fn blocked(&self, key: &K, now: Timestamp) -> Option<i64> {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let q = map.get_mut(key)?;
-        self.prune(q, now);
-        if q.len() >= self.limit {
-            let oldest = q.front().copied().unwrap_or(now);
-            Some(((oldest.millis() + self.window_ms - now.millis()) / 1000).max(1))
-        } else {
-            None
-        }
-    }
-
-    fn fail(&self, key: K, now: Timestamp) {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_TRACKED {
-            let cutoff = now.millis() - self.window_ms;
-            map.retain(|_, q| q.back().is_some_and(|t| t.millis() > cutoff));
-        }
-        let q = map.entry(key).or_default();
-        self.prune(q, now);
-        q.push_back(now);
-        while q.len() > self.limit {
-            q.pop_front();
-        }
-    }
-}
+pub use crate::throttle::{
+    LOGIN_FAILURES_PER_ACCOUNT, LOGIN_FAILURES_PER_ADDRESS, LOGIN_WINDOW_SECS,
+};
 
 // ---------------------------------------------------------------- passwords
 
@@ -156,32 +75,16 @@ fn verify_blocking(password: &str, phc: &str) -> bool {
     }
 }
 
-impl Accounts {
-    fn dummy_hash(&self) -> Result<String> {
-        if let Some(h) = self.dummy.get() {
-            return Ok(h.clone());
-        }
-        let h = hash_blocking(&base62_random(32))?;
-        Ok(self.dummy.get_or_init(|| h).clone())
+/// Argon2id hash of a random password nobody knows, made once per node.
+fn dummy_hash(sign_ins: &SignIns) -> Result<String> {
+    if let Some(h) = sign_ins.dummy.get() {
+        return Ok(h.clone());
     }
+    let h = hash_blocking(&base62_random(32))?;
+    Ok(sign_ins.dummy.get_or_init(|| h).clone())
 }
 
 // ---------------------------------------------------------------- users
-
-fn user_event(ctx: &Ctx, now: Timestamp, action: &str, user_id: &str) -> NewEvent {
-    NewEvent {
-        id: new_id("evt", now),
-        at: now,
-        actor: ctx.actor.clone(),
-        action: action.into(),
-        target_type: "user".into(),
-        target_id: user_id.into(),
-        reason: None,
-        request_id: ctx.request_id.clone(),
-        ip: ctx.ip.clone(),
-        changes: Map::new(),
-    }
-}
 
 fn created_changes(u: &User) -> Map<String, Value> {
     let mut m = Map::new();
@@ -200,11 +103,12 @@ fn email_taken(e: StoreError) -> Error {
 /// Creates a dashboard user (`keyward user create`); writes `user.create`.
 pub async fn create_user(
     st: &AppState,
-    ctx: &Ctx,
+    who: &Allowed<'_, ManageTokens>,
     email: &str,
     role: Role,
     password: Secret,
 ) -> Result<User> {
+    let ctx = who.ctx();
     let email = normalize_email(email).map_err(Error::bad_request)?;
     check_new_password(password.expose()).map_err(Error::bad_request)?;
     let password_hash = hash_password(password).await?;
@@ -221,7 +125,7 @@ pub async fn create_user(
     };
     let mut tx = st.store.begin().await?;
     tx.users().insert_user(&user).await.map_err(email_taken)?;
-    let mut ev = user_event(ctx, now, "user.create", &user.id);
+    let mut ev = ctx.event(now, "user.create", "user", &user.id);
     ev.changes = created_changes(&user);
     tx.append_audit(ev).await?;
     tx.commit().await?;
@@ -229,7 +133,12 @@ pub async fn create_user(
 }
 
 /// Disables a user and ends its sessions (`keyward user disable`); writes `user.disable` once.
-pub async fn disable_user(st: &AppState, ctx: &Ctx, email: &str) -> Result<User> {
+pub async fn disable_user(
+    st: &AppState,
+    who: &Allowed<'_, ManageTokens>,
+    email: &str,
+) -> Result<User> {
+    let ctx = who.ctx();
     let email = normalize_email(email).map_err(Error::bad_request)?;
     let now = st.clock.now();
     let mut tx = st.store.begin().await?;
@@ -244,7 +153,7 @@ pub async fn disable_user(st: &AppState, ctx: &Ctx, email: &str) -> Result<User>
     user.disabled_at = Some(now);
     tx.users().update_user(&user).await?;
     tx.users().delete_sessions_of(&user.id).await?;
-    let mut ev = user_event(ctx, now, "user.disable", &user.id);
+    let mut ev = ctx.event(now, "user.disable", "user", &user.id);
     ev.changes
         .insert("disabled_at".into(), json!([null, user.disabled_at]));
     tx.append_audit(ev).await?;
@@ -253,6 +162,11 @@ pub async fn disable_user(st: &AppState, ctx: &Ctx, email: &str) -> Result<User>
 }
 
 // ---------------------------------------------------------------- first run
+
+/// Whether no user exists yet (the sign-in page offers the setup instead).
+pub async fn needs_setup(st: &AppState) -> Result<bool> {
+    Ok(st.store.users().count_users().await? == 0)
+}
 
 /// When the database has no users yet: a new one-time setup token (replacing any earlier one),
 /// valid for [`SETUP_TTL_SECS`]. `None` once a user exists.
@@ -322,6 +236,7 @@ pub async fn complete_setup(
     };
     let ctx = Ctx {
         actor: user.actor(),
+        role: user.role,
         request_id,
         ip,
         keyspaces: None,
@@ -338,7 +253,7 @@ pub async fn complete_setup(
         return Err(used());
     }
     tx.users().insert_user(&user).await.map_err(email_taken)?;
-    let mut ev = user_event(&ctx, now, "user.create", &user.id);
+    let mut ev = ctx.event(now, "user.create", "user", &user.id);
     ev.reason = Some("first admin, created with the one-time setup link".into());
     ev.changes = created_changes(&user);
     tx.append_audit(ev).await?;
@@ -397,7 +312,7 @@ pub async fn authenticate(
     };
     let target = match &user {
         Some(u) if u.is_active() => u.password_hash.clone(),
-        _ => st.accounts.dummy_hash()?,
+        _ => dummy_hash(&st.accounts)?,
     };
     // Each check holds ~19 MiB for a moment: at most a few run at once, so a flood of sign-ins
     // cannot exhaust memory (the excess waits, then is turned away).
@@ -435,6 +350,75 @@ pub async fn authenticate(
             tracing::info!(%ip, "failed dashboard sign-in");
             Err(LoginError::Invalid)
         }
+    }
+}
+
+// ---------------------------------------------------------------- management tokens
+
+/// Checks a management token given in a header; failures count towards the address's limit.
+pub async fn authenticate_token(
+    st: &AppState,
+    presented: Option<&str>,
+    ip: Option<IpAddr>,
+) -> Result<Token> {
+    let now = st.clock.now();
+    let found = match presented
+        .and_then(keyformat::parse)
+        .filter(|p| p.prefix == TOKEN_PREFIX)
+    {
+        Some(_) => {
+            let token = presented.unwrap_or_default();
+            st.store
+                .token_by_hash(&KeyHash::of(token))
+                .await?
+                .filter(|t| t.is_usable(now))
+        }
+        None => None,
+    };
+    match found {
+        Some(token) => {
+            touch(st, &token.id, now);
+            Ok(token)
+        }
+        None => {
+            let ip = ip.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+            if let Some(wait) = st.throttle.fail(ip, now) {
+                return Err(Error::new(
+                    Code::RateLimited,
+                    "too many failed authentications from this address",
+                )
+                .with_retry_after(wait));
+            }
+            let msg = if presented.is_none() {
+                "a management token is required (Authorization: Bearer kwt_...)"
+            } else {
+                "the management token is not valid (unknown, malformed, revoked or expired)"
+            };
+            Err(Error::unauthenticated(msg))
+        }
+    }
+}
+
+/// Records `last_used_at` of a token at most once a minute, off the request path.
+fn touch(st: &AppState, id: &str, now: keyward_core::time::Timestamp) {
+    let due = {
+        let mut map = st.token_touched.lock().unwrap_or_else(|p| p.into_inner());
+        let due = map
+            .get(id)
+            .is_none_or(|t| now.millis() - t.millis() >= 60_000);
+        if due {
+            map.insert(id.to_string(), now);
+        }
+        due
+    };
+    if due {
+        let store = st.store.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = store.touch_token(&id, now).await {
+                tracing::debug!(error = %e, "could not record token use");
+            }
+        });
     }
 }
 
@@ -519,19 +503,6 @@ pub async fn end_session(st: &AppState, session_id: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_throttle_blocks_after_the_limit_and_forgets_after_the_window() {
-        let w = Window::new(3, 60);
-        let t0 = Timestamp::from_millis(1_000_000);
-        for _ in 0..3 {
-            assert!(w.blocked(&"a".to_string(), t0).is_none());
-            w.fail("a".to_string(), t0);
-        }
-        assert_eq!(w.blocked(&"a".to_string(), t0), Some(60));
-        assert!(w.blocked(&"b".to_string(), t0).is_none());
-        assert!(w.blocked(&"a".to_string(), t0.plus_secs(61)).is_none());
-    }
 
     #[test]
     fn csrf_tokens_are_tied_to_the_session_and_differ_from_its_stored_hash() {

@@ -16,6 +16,7 @@
 
 pub mod accounts;
 pub mod anomalies;
+pub mod authz;
 pub mod config;
 pub mod dashboard;
 pub mod error;
@@ -27,6 +28,7 @@ pub mod redis;
 pub mod reports;
 pub mod service;
 pub mod state;
+pub mod throttle;
 pub mod verifier;
 
 use std::future::Future;

@@ -17,8 +17,8 @@ use keyward_core::time::Timestamp;
 use keyward_store::{KeyFilter, Page};
 use serde::Serialize;
 
+use crate::authz::{Allowed, ReadAudit};
 use crate::error::Result;
-use crate::service::Ctx;
 use crate::state::AppState;
 
 #[derive(Clone, Debug, Serialize)]
@@ -81,11 +81,16 @@ pub fn findings(k: &Key, ks: &Keyspace, now: Timestamp) -> Vec<&'static str> {
 }
 
 /// Every key the context may see (in one keyspace, or all), with findings at `now`.
-pub async fn inventory(st: &AppState, ctx: &Ctx, keyspace_id: Option<&str>) -> Result<Vec<Row>> {
+pub async fn inventory(
+    st: &AppState,
+    who: &Allowed<'_, ReadAudit>,
+    keyspace_id: Option<&str>,
+) -> Result<Vec<Row>> {
+    let ctx = who.ctx();
     let now = st.clock.now();
     let keyspace_ids = match keyspace_id {
         Some(id) => {
-            crate::service::get_keyspace(st, ctx, id).await?;
+            crate::service::keyspace_seen(st, ctx, id).await?;
             Some(vec![id.to_string()])
         }
         None => ctx.keyspaces.clone(),

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use keyward_core::model::{Actor, Role};
 use keyward_core::secret::Secret;
 use keyward_core::time::{CoarseClock, SystemClock};
-use keyward_server::service::{self, Ctx};
+use keyward_server::authz::Ctx;
+use keyward_server::service;
 use keyward_server::{AppState, Config};
 
 use crate::cli::ServeArgs;
@@ -135,12 +136,7 @@ pub async fn token_create(
         return ExitCode::from(2);
     };
     let state = AppState::new(store, Arc::new(SystemClock), Config::default());
-    let ctx = Ctx {
-        actor: cli_actor(),
-        request_id: None,
-        ip: None,
-        keyspaces: None,
-    };
+    let ctx = Ctx::operator(cli_actor());
     let input = service::CreateToken {
         name,
         role,
@@ -151,7 +147,11 @@ pub async fn token_create(
         },
         ttl_secs: ttl,
     };
-    match service::create_token(&state, &ctx, input).await {
+    let created = match ctx.allow() {
+        Ok(who) => service::create_token(&state, &who, input).await,
+        Err(e) => Err(e),
+    };
+    match created {
         Ok((_, plaintext)) => {
             println!("{}", plaintext.expose());
             ExitCode::SUCCESS
@@ -230,7 +230,12 @@ pub async fn user_create(url: &str, email: &str, role: &str, password_stdin: boo
         return ExitCode::from(1);
     };
     let state = AppState::new(store, Arc::new(SystemClock), Config::default());
-    match keyward_server::accounts::create_user(&state, &cli_ctx(), email, role, password).await {
+    let ctx = cli_ctx();
+    let created = match ctx.allow() {
+        Ok(who) => keyward_server::accounts::create_user(&state, &who, email, role, password).await,
+        Err(e) => Err(e),
+    };
+    match created {
         Ok(user) => {
             println!(
                 "created {} ({}, {})",
@@ -252,7 +257,12 @@ pub async fn user_disable(url: &str, email: &str) -> ExitCode {
         return ExitCode::from(1);
     };
     let state = AppState::new(store, Arc::new(SystemClock), Config::default());
-    match keyward_server::accounts::disable_user(&state, &cli_ctx(), email).await {
+    let ctx = cli_ctx();
+    let disabled = match ctx.allow() {
+        Ok(who) => keyward_server::accounts::disable_user(&state, &who, email).await,
+        Err(e) => Err(e),
+    };
+    match disabled {
         Ok(user) => {
             println!("disabled {} ({})", user.id, user.email);
             ExitCode::SUCCESS
@@ -265,10 +275,5 @@ pub async fn user_disable(url: &str, email: &str) -> ExitCode {
 }
 
 fn cli_ctx() -> Ctx {
-    Ctx {
-        actor: cli_actor(),
-        request_id: None,
-        ip: None,
-        keyspaces: None,
-    }
+    Ctx::operator(cli_actor())
 }

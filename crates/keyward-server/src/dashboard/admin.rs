@@ -13,6 +13,7 @@ use serde_json::{json, Map, Value};
 
 use super::ui::{self, heading, page, row, Nav};
 use super::{csrf_field, redirect, Form, PageError, PageResult, QueryMap, SignedIn};
+use crate::authz;
 use crate::http::extract::{decode_cursor, encode_cursor};
 use crate::service;
 use crate::state::AppState;
@@ -36,18 +37,10 @@ fn policy_summary(p: &Policy) -> String {
 }
 
 pub async fn keyspaces(State(st): State<AppState>, s: SignedIn, q: QueryMap) -> PageResult<Markup> {
-    s.require(Permission::ReadKeys)?;
+    let ctx = s.ctx();
+    ctx.allow::<authz::ReadKeys>()?;
     let now = st.clock.now();
-    let kss = st
-        .store
-        .list_keyspaces(
-            None,
-            &Page {
-                limit: 500,
-                after: None,
-            },
-        )
-        .await?;
+    let kss = super::keys::all_keyspaces(&st, &ctx).await?;
     let body = html! {
         @if q.get("done") == Some("keyspace") { (ui::flash("ok", "The keyspace was created.")) }
         (heading("Keyspaces", Some(html! { "A keyspace is a family of keys with one prefix and one policy." }), html! {
@@ -138,13 +131,15 @@ fn new_keyspace_page(
 }
 
 pub async fn new_keyspace(s: SignedIn) -> PageResult<Markup> {
-    s.require(Permission::WriteKeyspaces)?;
+    let ctx = s.ctx();
+    ctx.allow::<authz::WriteKeyspaces>()?;
     Ok(new_keyspace_page(&s, "", "", "standard", None))
 }
 
 pub async fn create_keyspace(State(st): State<AppState>, s: SignedIn, form: Form) -> PageResult {
     s.check_csrf(&form)?;
-    s.require(Permission::WriteKeyspaces)?;
+    let ctx = s.ctx();
+    let who = ctx.allow::<authz::WriteKeyspaces>()?;
     let name = form.get("name").unwrap_or("").trim().to_string();
     let prefix = form.get("prefix").unwrap_or("").trim().to_string();
     let preset = form.get("preset").unwrap_or("standard").to_string();
@@ -163,7 +158,7 @@ pub async fn create_keyspace(State(st): State<AppState>, s: SignedIn, form: Form
             Ok(i) => i,
             Err(m) => return Ok(fail(StatusCode::BAD_REQUEST, &m)),
         };
-    match service::create_keyspace(&st, &s.ctx(), input).await {
+    match service::create_keyspace(&st, &who, input).await {
         Ok(ks) => Ok(redirect(&format!("/keyspaces/{}?done=keyspace", ks.id))),
         Err(e) if e.code.status().is_client_error() && e.code != crate::error::Code::Forbidden => {
             Ok(fail(e.code.status(), &e.message))
@@ -288,8 +283,9 @@ pub async fn keyspace(
     Path(id): Path<String>,
     q: QueryMap,
 ) -> PageResult<Markup> {
-    s.require(Permission::ReadKeys)?;
-    let ks = service::get_keyspace(&st, &s.ctx(), &id).await?;
+    let ctx = s.ctx();
+    let who = ctx.allow::<authz::ReadKeys>()?;
+    let ks = service::get_keyspace(&st, &who, &id).await?;
     let notice = match q.get("done") {
         Some("policy") => Some(ui::flash(
             "ok",
@@ -337,8 +333,9 @@ pub async fn update_keyspace(
     form: Form,
 ) -> PageResult {
     s.check_csrf(&form)?;
-    s.require(Permission::WriteKeyspaces)?;
-    let ks = service::get_keyspace(&st, &s.ctx(), &id).await?;
+    let ctx = s.ctx();
+    let who = ctx.allow::<authz::WriteKeyspaces>()?;
+    let ks = service::get_keyspace(&st, &ctx.allow()?, &id).await?;
     if form.get("action") == Some("preset") {
         // Show the preset's values in the editor; nothing is saved until "Save policy".
         let Some(p) = form.get("preset").and_then(preset_of) else {
@@ -372,7 +369,7 @@ pub async fn update_keyspace(
         Ok(i) => i,
         Err(m) => return Ok(fail(&m)),
     };
-    match service::update_keyspace(&st, &s.ctx(), &id, input).await {
+    match service::update_keyspace(&st, &who, &id, input).await {
         Ok(_) => Ok(redirect(&format!(
             "/keyspaces/{}?done=policy",
             ui::urlencode(&id)
@@ -465,7 +462,8 @@ pub fn audit_table(events: &[AuditEvent], now: Timestamp, with_target: bool) -> 
 }
 
 pub async fn audit(State(st): State<AppState>, s: SignedIn, q: QueryMap) -> PageResult<Markup> {
-    s.require(Permission::ReadAudit)?;
+    let ctx = s.ctx();
+    let who = ctx.allow::<authz::ReadAudit>()?;
     let now = st.clock.now();
     let day = |name: &str, end: bool| -> Result<Option<Timestamp>, String> {
         match q.get(name) {
@@ -497,10 +495,10 @@ pub async fn audit(State(st): State<AppState>, s: SignedIn, q: QueryMap) -> Page
     if let Some(c) = q.get("cursor") {
         f.page.after = decode_cursor(c, &fp).ok().and_then(|p| p.parse().ok());
     }
-    let mut rows = st.store.list_audit(&f).await?;
+    let mut rows = service::list_audit(&st, &who, &f).await?;
     let more = rows.len() > 50;
     rows.truncate(50);
-    let chain = crate::http::v1::check_chain(&st).await?;
+    let chain = service::check_chain(&st, &who).await?;
     let base = |cursor: Option<&str>| {
         ui::query(&[
             ("action", q.get("action")),
@@ -568,16 +566,15 @@ const ROLES: [Role; 5] = [
 ];
 
 pub async fn tokens(State(st): State<AppState>, s: SignedIn, q: QueryMap) -> PageResult<Markup> {
-    s.require(Permission::ManageTokens)?;
+    let ctx = s.ctx();
+    let who = ctx.allow::<authz::ManageTokens>()?;
     let now = st.clock.now();
-    let rows = st
-        .store
-        .list_tokens(&Page {
-            limit: 500,
-            after: None,
-        })
-        .await?;
-    let users = st.store.users().list_users().await?;
+    let first = Page {
+        limit: 500,
+        after: None,
+    };
+    let rows = service::list_tokens(&st, &who, &first).await?;
+    let users = service::list_users(&st, &who).await?;
     let body = html! {
         @if q.get("done") == Some("token_revoked") { (ui::flash("ok", "The token was revoked.")) }
         (heading("Management tokens", Some(html! { "Bearer tokens for the HTTP API and the command line." }), html! {}))
@@ -639,7 +636,8 @@ pub async fn tokens(State(st): State<AppState>, s: SignedIn, q: QueryMap) -> Pag
 
 pub async fn create_token(State(st): State<AppState>, s: SignedIn, form: Form) -> PageResult {
     s.check_csrf(&form)?;
-    s.require(Permission::ManageTokens)?;
+    let ctx = s.ctx();
+    let who = ctx.allow::<authz::ManageTokens>()?;
     let bad = |m: String| PageError::Failed(StatusCode::BAD_REQUEST, m);
     let mut body = json!({
         "name": form.text("name").unwrap_or_default(),
@@ -649,7 +647,7 @@ pub async fn create_token(State(st): State<AppState>, s: SignedIn, form: Form) -
         body["ttl_secs"] = json!(t);
     }
     let input: service::CreateToken = parse_input(body).map_err(bad)?;
-    let (token, plaintext) = service::create_token(&st, &s.ctx(), input).await?;
+    let (token, plaintext) = service::create_token(&st, &who, input).await?;
     let body = html! {
         (heading("Token created", None, html! {}))
         div.card.secret-card {
@@ -684,8 +682,9 @@ pub async fn revoke_token(
     form: Form,
 ) -> PageResult<Response> {
     s.check_csrf(&form)?;
-    s.require(Permission::ManageTokens)?;
+    let ctx = s.ctx();
+    let who = ctx.allow::<authz::ManageTokens>()?;
     let reason = form.text("reason").unwrap_or_default();
-    service::revoke_token(&st, &s.ctx(), &id, &reason).await?;
+    service::revoke_token(&st, &who, &id, &reason).await?;
     Ok(redirect("/tokens?done=token_revoked"))
 }

@@ -121,7 +121,7 @@ pub async fn login_page(State(st): State<AppState>, c: Client, q: QueryMap) -> P
             return Ok(redirect(&safe_next(q.get("next"))));
         }
     }
-    if st.store.users().count_users().await? == 0 {
+    if accounts::needs_setup(&st).await? {
         return Ok((
             StatusCode::OK,
             bare_page(

@@ -20,6 +20,8 @@ use super::chart::{self, View};
 use super::ui::{self, heading, page, row, status_badge, when, Nav};
 use super::usage;
 use super::{csrf_field, redirect, Form, PageError, PageResult, QueryMap, SignedIn};
+use crate::authz::{self, Allowed, Ctx};
+use crate::error::Code;
 use crate::http::extract::{encode_cursor, time_cursor};
 use crate::reports;
 use crate::service;
@@ -39,6 +41,7 @@ fn parse_input<T: serde::de::DeserializeOwned>(v: Value) -> PageResult<T> {
 /// Keys matching `filter`, newest first, up to `cap` (and whether there were more).
 async fn scan_keys(
     st: &AppState,
+    who: &Allowed<'_, authz::ReadKeys>,
     mut filter: KeyFilter,
     cap: usize,
 ) -> PageResult<(Vec<Key>, bool)> {
@@ -48,7 +51,7 @@ async fn scan_keys(
         after: None,
     };
     loop {
-        let rows = st.store.list_keys(&filter).await?;
+        let rows = service::list_keys(st, who, filter.clone()).await?;
         let n = rows.len();
         let last = rows.last().map(|k| (k.created_at.millis(), k.id.clone()));
         out.extend(rows);
@@ -63,17 +66,14 @@ async fn scan_keys(
     }
 }
 
-pub(super) async fn all_keyspaces(st: &AppState) -> PageResult<Vec<Keyspace>> {
-    Ok(st
-        .store
-        .list_keyspaces(
-            None,
-            &Page {
-                limit: 500,
-                after: None,
-            },
-        )
-        .await?)
+/// Keyspaces the context may see (for names and pickers).
+pub(super) async fn all_keyspaces(st: &AppState, ctx: &Ctx) -> PageResult<Vec<Keyspace>> {
+    let who = ctx.allow::<authz::ReadKeys>()?;
+    let page = Page {
+        limit: 500,
+        after: None,
+    };
+    Ok(service::list_keyspaces(st, &who, &page).await?)
 }
 
 fn keyspace_names(kss: &[Keyspace]) -> HashMap<String, String> {
@@ -119,13 +119,15 @@ fn stat(label: &str, value: String, hint: &str, tone: &str) -> Markup {
 }
 
 pub async fn overview(State(st): State<AppState>, s: SignedIn, q: QueryMap) -> PageResult<Markup> {
-    s.require(Permission::ReadKeys)?;
+    let ctx = s.ctx();
+    let who = ctx.allow::<authz::ReadKeys>()?;
     let now = st.clock.now();
-    let kss = all_keyspaces(&st).await?;
+    let kss = all_keyspaces(&st, &ctx).await?;
     let spaces: HashMap<&str, &Keyspace> = kss.iter().map(|k| (k.id.as_str(), k)).collect();
     let names = keyspace_names(&kss);
     let (keys, capped) = scan_keys(
         &st,
+        &who,
         KeyFilter {
             now,
             ..Default::default()
@@ -169,8 +171,8 @@ pub async fn overview(State(st): State<AppState>, s: SignedIn, q: QueryMap) -> P
         .iter()
         .map(|k| (k.id.clone(), k.name.clone()))
         .collect();
-    let usage_24h = usage::overview_section(&st, &key_names).await?;
-    let anomalies = usage::recent_anomalies(&st, &key_names).await?;
+    let usage_24h = usage::overview_section(&st, &who, &key_names).await?;
+    let anomalies = usage::recent_anomalies(&st, &who, &key_names).await?;
     expiring.sort_by_key(|k| k.expires_at);
     inactive.sort_by_key(|k| k.last_used_at.unwrap_or(k.created_at));
     let n_expiring = expiring.len();
@@ -297,9 +299,10 @@ const SORTS: [(Sort, &str, &str); 6] = [
 ];
 
 pub async fn list(State(st): State<AppState>, s: SignedIn, q: QueryMap) -> PageResult<Markup> {
-    s.require(Permission::ReadKeys)?;
+    let ctx = s.ctx();
+    let who = ctx.allow::<authz::ReadKeys>()?;
     let now = st.clock.now();
-    let kss = all_keyspaces(&st).await?;
+    let kss = all_keyspaces(&st, &ctx).await?;
     let names = keyspace_names(&kss);
     let mut error = None;
     let status = match q.get("status") {
@@ -365,7 +368,7 @@ pub async fn list(State(st): State<AppState>, s: SignedIn, q: QueryMap) -> PageR
             limit: PAGE_SIZE + 1,
             after: after.clone(),
         };
-        let mut rows = st.store.list_keys(&f).await?;
+        let mut rows = service::list_keys(&st, &who, f).await?;
         let more = rows.len() as i64 > PAGE_SIZE;
         rows.truncate(PAGE_SIZE as usize);
         let next = more
@@ -380,7 +383,7 @@ pub async fn list(State(st): State<AppState>, s: SignedIn, q: QueryMap) -> PageR
             .then(|| format!("/keys{}", base_query(("cursor", None))));
         (rows, next, first, None)
     } else {
-        let (mut all, capped) = scan_keys(&st, filter.clone(), SORT_CAP).await?;
+        let (mut all, capped) = scan_keys(&st, &who, filter.clone(), SORT_CAP).await?;
         match sort {
             Sort::Oldest => all.reverse(),
             Sort::Name => all.sort_by_key(|k| k.name.to_lowercase()),
@@ -685,8 +688,9 @@ fn key_form(s: &SignedIn, kss: &[Keyspace], v: &KeyForm, error: Option<&str>) ->
 }
 
 pub async fn new_form(State(st): State<AppState>, s: SignedIn, q: QueryMap) -> PageResult<Markup> {
-    s.require(Permission::WriteKeys)?;
-    let kss = all_keyspaces(&st).await?;
+    let ctx = s.ctx();
+    ctx.allow::<authz::WriteKeys>()?;
+    let kss = all_keyspaces(&st, &ctx).await?;
     let v = KeyForm {
         keyspace_id: q.get("keyspace").unwrap_or("").to_string(),
         owner: q.get("owner").unwrap_or("").to_string(),
@@ -735,8 +739,9 @@ fn secret_page(s: &SignedIn, title: &str, key: &Key, plaintext: &Secret, lead: M
 
 pub async fn create(State(st): State<AppState>, s: SignedIn, form: Form) -> PageResult {
     s.check_csrf(&form)?;
-    s.require(Permission::WriteKeys)?;
-    let kss = all_keyspaces(&st).await?;
+    let ctx = s.ctx();
+    let who = ctx.allow::<authz::WriteKeys>()?;
+    let kss = all_keyspaces(&st, &ctx).await?;
     let v = KeyForm::from_form(&form);
     let fail =
         |status: StatusCode, msg: &str| (status, key_form(&s, &kss, &v, Some(msg))).into_response();
@@ -749,7 +754,7 @@ pub async fn create(State(st): State<AppState>, s: SignedIn, form: Form) -> Page
         Err(PageError::Failed(st_, m)) => return Ok(fail(st_, &m)),
         Err(e) => return Err(e),
     };
-    match service::create_key(&st, &s.ctx(), input).await {
+    match service::create_key(&st, &who, input).await {
         Ok((key, plaintext)) => Ok(secret_page(
             &s,
             "Key created",
@@ -766,16 +771,29 @@ pub async fn create(State(st): State<AppState>, s: SignedIn, form: Form) -> Page
 
 // ---------------------------------------------------------------- detail
 
+/// A key of a rotation lineage, if the context may see it.
+async fn lineage_key(
+    st: &AppState,
+    who: &Allowed<'_, authz::ReadKeys>,
+    id: &str,
+) -> PageResult<Option<Key>> {
+    match service::get_key(st, who, id).await {
+        Ok(k) => Ok(Some(k)),
+        Err(e) if e.code == Code::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub async fn detail(
     State(st): State<AppState>,
     s: SignedIn,
     Path(id): Path<String>,
     q: QueryMap,
 ) -> PageResult<Markup> {
-    s.require(Permission::ReadKeys)?;
     let ctx = s.ctx();
-    let key = service::get_key(&st, &ctx, &id).await?;
-    let ks = service::get_keyspace(&st, &ctx, &key.keyspace_id)
+    let who = ctx.allow::<authz::ReadKeys>()?;
+    let key = service::get_key(&st, &who, &id).await?;
+    let ks = service::get_keyspace(&st, &who, &key.keyspace_id)
         .await
         .ok();
     let now = st.clock.now();
@@ -788,7 +806,7 @@ pub async fn detail(
         if before.len() >= 20 {
             break;
         }
-        if let Some(p) = st.store.key(&pid).await? {
+        if let Some(p) = lineage_key(&st, &who, &pid).await? {
             cur = p.rotated_from.clone();
             before.push(p);
         }
@@ -800,30 +818,28 @@ pub async fn detail(
         if after.len() >= 20 {
             break;
         }
-        if let Some(n) = st.store.key(&nid).await? {
+        if let Some(n) = lineage_key(&st, &who, &nid).await? {
             cur = n.rotated_to.clone();
             after.push(n);
         }
     }
 
-    let events = if s.may(Permission::ReadAudit) {
-        Some(
-            st.store
-                .list_audit(&AuditFilter {
-                    target_id: Some(key.id.clone()),
-                    page: Page {
-                        limit: 50,
-                        after: None,
-                    },
-                    ..Default::default()
-                })
-                .await?,
-        )
-    } else {
-        None
+    let events = match ctx.allow::<authz::ReadAudit>() {
+        Ok(auditor) => {
+            let filter = AuditFilter {
+                target_id: Some(key.id.clone()),
+                page: Page {
+                    limit: 50,
+                    after: None,
+                },
+                ..Default::default()
+            };
+            Some(service::list_audit(&st, &auditor, &filter).await?)
+        }
+        Err(_) => None,
     };
 
-    let usage_section = usage::key_section(&st, &key, View::parse(q.get("usage"))).await?;
+    let usage_section = usage::key_section(&st, &who, &key, View::parse(q.get("usage"))).await?;
 
     let can_write = s.may(Permission::WriteKeys);
     let live = !matches!(status, KeyStatus::Revoked);
@@ -958,7 +974,8 @@ pub async fn revoke(
     form: Form,
 ) -> PageResult {
     s.check_csrf(&form)?;
-    s.require(Permission::WriteKeys)?;
+    let ctx = s.ctx();
+    let who = ctx.allow::<authz::WriteKeys>()?;
     if form.get("confirm") != Some("yes") {
         return Err(PageError::Failed(
             StatusCode::BAD_REQUEST,
@@ -966,7 +983,7 @@ pub async fn revoke(
         ));
     }
     let reason = form.text("reason").unwrap_or_default();
-    service::revoke_key(&st, &s.ctx(), &id, &reason).await?;
+    service::revoke_key(&st, &who, &id, &reason).await?;
     Ok(redirect(&format!(
         "/keys/{}?done=revoked",
         ui::urlencode(&id)
@@ -980,10 +997,11 @@ pub async fn set_enabled(
     form: Form,
 ) -> PageResult {
     s.check_csrf(&form)?;
-    s.require(Permission::WriteKeys)?;
+    let ctx = s.ctx();
+    let who = ctx.allow::<authz::WriteKeys>()?;
     let enabled = form.get("enabled") == Some("true");
     let patch: service::PatchKey = parse_input(json!({ "enabled": enabled }))?;
-    service::update_key(&st, &s.ctx(), &id, patch).await?;
+    service::update_key(&st, &who, &id, patch).await?;
     let done = if enabled { "enabled" } else { "disabled" };
     Ok(redirect(&format!(
         "/keys/{}?done={done}",
@@ -998,7 +1016,8 @@ pub async fn rotate(
     form: Form,
 ) -> PageResult {
     s.check_csrf(&form)?;
-    s.require(Permission::WriteKeys)?;
+    let ctx = s.ctx();
+    let who = ctx.allow::<authz::WriteKeys>()?;
     let mut body = Map::new();
     if let Some(g) = form.text("grace_secs") {
         let g: i64 = g.parse().map_err(|_| {
@@ -1011,7 +1030,7 @@ pub async fn rotate(
     }
     let input: service::RotateKey = parse_input(Value::Object(body))?;
     let old = id.clone();
-    let (key, plaintext) = service::rotate_key(&st, &s.ctx(), &id, input).await?;
+    let (key, plaintext) = service::rotate_key(&st, &who, &id, input).await?;
     Ok(secret_page(
         &s,
         "Key rotated",
@@ -1074,8 +1093,9 @@ pub async fn revoke_owner_page(
     s: SignedIn,
     q: QueryMap,
 ) -> PageResult<Markup> {
-    s.require(Permission::WriteKeys)?;
-    let kss = all_keyspaces(&st).await?;
+    let ctx = s.ctx();
+    ctx.allow::<authz::WriteKeys>()?;
+    let kss = all_keyspaces(&st, &ctx).await?;
     let owner = q.get("owner").unwrap_or("").to_string();
     let keyspace = q.get("keyspace").unwrap_or("").to_string();
     let now = st.clock.now();
@@ -1088,7 +1108,7 @@ pub async fn revoke_owner_page(
         now,
         ..Default::default()
     };
-    let (keys, _) = scan_keys(&st, filter, SORT_CAP).await?;
+    let (keys, _) = scan_keys(&st, &ctx.allow()?, filter, SORT_CAP).await?;
     let live: Vec<Key> = keys
         .into_iter()
         .filter(|k| !matches!(k.status(now), KeyStatus::Revoked | KeyStatus::Expired))
@@ -1105,7 +1125,8 @@ pub async fn revoke_owner_page(
 
 pub async fn revoke_owner(State(st): State<AppState>, s: SignedIn, form: Form) -> PageResult {
     s.check_csrf(&form)?;
-    s.require(Permission::WriteKeys)?;
+    let ctx = s.ctx();
+    let who = ctx.allow::<authz::WriteKeys>()?;
     if form.get("confirm") != Some("yes") {
         return Err(PageError::Failed(
             StatusCode::BAD_REQUEST,
@@ -1121,7 +1142,7 @@ pub async fn revoke_owner(State(st): State<AppState>, s: SignedIn, form: Form) -
     }
     let input: service::BulkRevoke = parse_input(body)?;
     let owner = input.owner.clone();
-    let ids = service::revoke_owner_keys(&st, &s.ctx(), input).await?;
+    let ids = service::revoke_owner_keys(&st, &who, input).await?;
     let body = html! {
         (heading("Keys revoked", None, html! {}))
         div.card {

@@ -14,9 +14,10 @@
 //! - [`reports`]: the inventory report and its CSV download (admins and auditors).
 //!
 //! # Rules every handler follows
-//! - Every change goes through [`crate::service`] (or [`crate::accounts`]) with the user's
-//!   [`Ctx`], after [`SignedIn::require`] checks the role with [`Role::may`], the same matrix as
-//!   the API. Pages hide what a role may not use; the server refuses it anyway (403 page).
+//! - Every read and change goes through [`crate::service`] (or [`crate::accounts`],
+//!   [`crate::reports`]) with the user's [`Ctx`]: the right is granted by [`Ctx::allow`], the
+//!   same door and role matrix as the API's. Pages hide what a role may not use ([`SignedIn::may`]);
+//!   the service refuses it anyway (403 page).
 //! - Every POST carries the session's synchronizer token, compared in constant time; a request
 //!   a browser marks `Sec-Fetch-Site: cross-site` is refused before anything else.
 //! - No page shows a secret, except the one-time plaintext of a new key, token or webhook
@@ -42,7 +43,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use keyward_core::keyformat::KeyHash;
 use keyward_core::model::{Permission, Role};
@@ -50,9 +51,10 @@ use keyward_core::user::User;
 use maud::{html, Markup};
 
 use crate::accounts;
+use crate::authz::Ctx;
 use crate::error::{current_request_id, Code, Error};
 use crate::http::extract::client_ip;
-use crate::service::Ctx;
+use crate::http::{Access, RouteSpec};
 use crate::state::AppState;
 
 pub const SESSION_COOKIE: &str = "kw_session";
@@ -64,40 +66,126 @@ pub const CSP: &str =
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
      frame-ancestors 'none'; form-action 'self'; base-uri 'none'";
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/", get(keys::overview))
-        .route("/login", get(auth::login_page).post(auth::login))
-        .route("/logout", post(auth::logout))
-        .route("/setup", get(auth::setup_page).post(auth::setup))
-        .route("/keys", get(keys::list).post(keys::create))
-        .route("/keys/new", get(keys::new_form))
-        .route(
+/// Every page and form of the dashboard, with its access (see [`crate::http::Access`]).
+pub(crate) fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
+    use keyward_core::model::Permission::*;
+    use Access::{Public, Right, SignIn};
+    let r = |method, path, access, h| {
+        (
+            RouteSpec {
+                method,
+                path,
+                access,
+            },
+            h,
+        )
+    };
+    vec![
+        r("GET", "/", Right(ReadKeys), get(keys::overview)),
+        r("GET", "/login", SignIn, get(auth::login_page)),
+        r("POST", "/login", SignIn, post(auth::login)),
+        r("POST", "/logout", SignIn, post(auth::logout)),
+        r("GET", "/setup", SignIn, get(auth::setup_page)),
+        r("POST", "/setup", SignIn, post(auth::setup)),
+        r("GET", "/keys", Right(ReadKeys), get(keys::list)),
+        r("POST", "/keys", Right(WriteKeys), post(keys::create)),
+        r("GET", "/keys/new", Right(WriteKeys), get(keys::new_form)),
+        r(
+            "GET",
             "/keys/revoke-owner",
-            get(keys::revoke_owner_page).post(keys::revoke_owner),
-        )
-        .route("/keys/{id}", get(keys::detail))
-        .route("/keys/{id}/revoke", post(keys::revoke))
-        .route("/keys/{id}/rotate", post(keys::rotate))
-        .route("/keys/{id}/enabled", post(keys::set_enabled))
-        .route(
+            Right(WriteKeys),
+            get(keys::revoke_owner_page),
+        ),
+        r(
+            "POST",
+            "/keys/revoke-owner",
+            Right(WriteKeys),
+            post(keys::revoke_owner),
+        ),
+        r("GET", "/keys/{id}", Right(ReadKeys), get(keys::detail)),
+        r(
+            "POST",
+            "/keys/{id}/revoke",
+            Right(WriteKeys),
+            post(keys::revoke),
+        ),
+        r(
+            "POST",
+            "/keys/{id}/rotate",
+            Right(WriteKeys),
+            post(keys::rotate),
+        ),
+        r(
+            "POST",
+            "/keys/{id}/enabled",
+            Right(WriteKeys),
+            post(keys::set_enabled),
+        ),
+        r("GET", "/keyspaces", Right(ReadKeys), get(admin::keyspaces)),
+        r(
+            "POST",
             "/keyspaces",
-            get(admin::keyspaces).post(admin::create_keyspace),
-        )
-        .route("/keyspaces/new", get(admin::new_keyspace))
-        .route(
+            Right(WriteKeyspaces),
+            post(admin::create_keyspace),
+        ),
+        r(
+            "GET",
+            "/keyspaces/new",
+            Right(WriteKeyspaces),
+            get(admin::new_keyspace),
+        ),
+        r(
+            "GET",
             "/keyspaces/{id}",
-            get(admin::keyspace).post(admin::update_keyspace),
-        )
-        .route("/audit", get(admin::audit))
-        .route("/tokens", get(admin::tokens).post(admin::create_token))
-        .route("/tokens/{id}/revoke", post(admin::revoke_token))
-        .route("/reports", get(reports::report))
-        .route("/reports/inventory.csv", get(reports::inventory_csv))
-        .route("/webhooks", get(webhooks::list).post(webhooks::create))
-        .route("/webhooks/{id}/delete", post(webhooks::delete))
-        .route("/static/{file}", get(static_file))
-        .layer(middleware::from_fn(guard))
+            Right(ReadKeys),
+            get(admin::keyspace),
+        ),
+        r(
+            "POST",
+            "/keyspaces/{id}",
+            Right(WriteKeyspaces),
+            post(admin::update_keyspace),
+        ),
+        r("GET", "/audit", Right(ReadAudit), get(admin::audit)),
+        r("GET", "/tokens", Right(ManageTokens), get(admin::tokens)),
+        r(
+            "POST",
+            "/tokens",
+            Right(ManageTokens),
+            post(admin::create_token),
+        ),
+        r(
+            "POST",
+            "/tokens/{id}/revoke",
+            Right(ManageTokens),
+            post(admin::revoke_token),
+        ),
+        r("GET", "/reports", Right(ReadAudit), get(reports::report)),
+        r(
+            "GET",
+            "/reports/inventory.csv",
+            Right(ReadAudit),
+            get(reports::inventory_csv),
+        ),
+        r("GET", "/webhooks", Right(ManageTokens), get(webhooks::list)),
+        r(
+            "POST",
+            "/webhooks",
+            Right(ManageTokens),
+            post(webhooks::create),
+        ),
+        r(
+            "POST",
+            "/webhooks/{id}/delete",
+            Right(ManageTokens),
+            post(webhooks::delete),
+        ),
+        r("GET", "/static/{file}", Public, get(static_file)),
+    ]
+}
+
+pub fn router() -> Router<AppState> {
+    crate::http::from_table(routes()).layer(middleware::from_fn(guard))
 }
 
 /// Security headers on every dashboard response, `no-store` unless the handler chose a cache
@@ -188,12 +276,6 @@ impl From<Error> for PageError {
             ),
             c => PageError::Failed(c.status(), e.message),
         }
-    }
-}
-
-impl From<keyward_store::StoreError> for PageError {
-    fn from(e: keyward_store::StoreError) -> Self {
-        Error::from(e).into()
     }
 }
 
@@ -299,21 +381,11 @@ impl SignedIn {
     pub fn may(&self, p: Permission) -> bool {
         self.user.role.may(p)
     }
-    /// The same check as the API's, as a 403 page.
-    pub fn require(&self, p: Permission) -> PageResult<()> {
-        if self.may(p) {
-            Ok(())
-        } else {
-            Err(PageError::Forbidden(format!(
-                "Your role ({}) does not allow this.",
-                self.user.role.as_str()
-            )))
-        }
-    }
     /// The service context: actor `{type: user, id: usr_..., name: email}`, no keyspace limit.
     pub fn ctx(&self) -> Ctx {
         Ctx {
             actor: self.user.actor(),
+            role: self.user.role,
             request_id: Some(current_request_id()),
             ip: self.ip.map(|i| i.to_string()),
             keyspaces: None,

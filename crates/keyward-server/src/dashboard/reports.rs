@@ -7,12 +7,13 @@ use std::collections::BTreeMap;
 use axum::extract::State;
 use axum::http::header::{CONTENT_DISPOSITION, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
-use keyward_core::model::{KeyStatus, Permission};
+use keyward_core::model::KeyStatus;
 use maud::{html, Markup};
 
 use super::chart::group;
 use super::ui::{self, heading, page, status_badge, Nav};
 use super::{PageResult, QueryMap, SignedIn};
+use crate::authz;
 use crate::reports::{self, Row};
 use crate::state::AppState;
 
@@ -47,13 +48,6 @@ fn finding_label(f: &str) -> &str {
         .map_or(f, |(_, l, _)| l)
 }
 
-/// The API's rule for reports: the permission and a context not limited to keyspaces.
-fn require(s: &SignedIn) -> PageResult<()> {
-    s.require(Permission::ReadAudit)?;
-    s.ctx().require_unlimited("reading reports")?;
-    Ok(())
-}
-
 fn is_live(r: &Row) -> bool {
     matches!(
         r.status,
@@ -62,11 +56,12 @@ fn is_live(r: &Row) -> bool {
 }
 
 pub async fn report(State(st): State<AppState>, s: SignedIn, q: QueryMap) -> PageResult<Markup> {
-    require(&s)?;
+    let ctx = s.ctx();
+    let who = ctx.allow::<authz::ReadAudit>()?;
     let now = st.clock.now();
     let keyspace = q.get("keyspace");
-    let rows = reports::inventory(&st, &s.ctx(), keyspace).await?;
-    let kss = super::keys::all_keyspaces(&st).await?;
+    let rows = reports::inventory(&st, &who, keyspace).await?;
+    let kss = super::keys::all_keyspaces(&st, &ctx).await?;
 
     let live = rows.iter().filter(|r| is_live(r)).count();
     let flagged: Vec<&Row> = {
@@ -174,8 +169,9 @@ pub async fn inventory_csv(
     s: SignedIn,
     q: QueryMap,
 ) -> PageResult<Response> {
-    require(&s)?;
-    let rows = reports::inventory(&st, &s.ctx(), q.get("keyspace")).await?;
+    let ctx = s.ctx();
+    let who = ctx.allow::<authz::ReadAudit>()?;
+    let rows = reports::inventory(&st, &who, q.get("keyspace")).await?;
     Ok((
         [
             (CONTENT_TYPE, "text/csv; charset=utf-8"),

@@ -14,6 +14,8 @@ use serde_json::Value;
 use super::chart::{self, group, Usage, View};
 use super::ui::{self, when};
 use super::PageResult;
+use crate::authz::{Allowed, ReadKeys};
+use crate::service;
 use crate::state::AppState;
 
 /// Anomalies shown on the key page and on the overview.
@@ -142,31 +144,26 @@ fn sources_table(sources: &[Source], now: Timestamp) -> Markup {
 }
 
 /// The key page's usage: the chart (`view`), then its source addresses and its anomalies.
-pub async fn key_section(st: &AppState, key: &Key, view: View) -> PageResult<Markup> {
+pub async fn key_section(
+    st: &AppState,
+    who: &Allowed<'_, ReadKeys>,
+    key: &Key,
+    view: View,
+) -> PageResult<Markup> {
     let now = st.clock.now();
     let (from, to) = view.range(now);
-    let buckets = st
-        .store
-        .usage(
-            Some(std::slice::from_ref(&key.id)),
-            view.granularity(),
-            from,
-            to,
-        )
-        .await?;
+    let (_, buckets) = service::key_usage(st, who, &key.id, view.granularity(), from, to).await?;
     let u = Usage::from_buckets(view, now, &buckets);
-    let sources = st.store.sources(&key.id).await?;
-    let anomalies = st
-        .store
-        .list_anomalies(&AnomalyFilter {
-            key_id: Some(key.id.clone()),
-            page: Page {
-                limit: ANOMALIES_SHOWN,
-                after: None,
-            },
-            ..Default::default()
-        })
-        .await?;
+    let (_, sources) = service::key_sources(st, who, &key.id).await?;
+    let filter = AnomalyFilter {
+        key_id: Some(key.id.clone()),
+        page: Page {
+            limit: ANOMALIES_SHOWN,
+            after: None,
+        },
+        ..Default::default()
+    };
+    let anomalies = service::list_anomalies(st, who, filter).await?;
     let tab = |v: View, label: &str| {
         html! {
             a href={ "/keys/" (key.id) "?usage=" (v.param()) "#usage" }
@@ -229,12 +226,13 @@ pub async fn key_section(st: &AppState, key: &Key, view: View) -> PageResult<Mar
 /// (dashboard users are never limited to keyspaces: their `Ctx` has `keyspaces: None`).
 pub async fn overview_section(
     st: &AppState,
+    who: &Allowed<'_, ReadKeys>,
     names: &HashMap<String, String>,
 ) -> PageResult<Markup> {
     let now = st.clock.now();
     let view = View::Day;
     let (from, to) = view.range(now);
-    let buckets = st.store.usage(None, view.granularity(), from, to).await?;
+    let buckets = service::all_usage(st, who, view.granularity(), from, to).await?;
     let u = Usage::from_buckets(view, now, &buckets);
     let mut per_key: HashMap<&str, (i64, i64)> = HashMap::new();
     for b in &buckets {
@@ -296,19 +294,18 @@ pub async fn overview_section(
 /// The most recent anomalies across every keyspace, for the overview.
 pub async fn recent_anomalies(
     st: &AppState,
+    who: &Allowed<'_, ReadKeys>,
     names: &HashMap<String, String>,
 ) -> PageResult<Markup> {
     let now = st.clock.now();
-    let items = st
-        .store
-        .list_anomalies(&AnomalyFilter {
-            page: Page {
-                limit: ANOMALIES_SHOWN,
-                after: None,
-            },
-            ..Default::default()
-        })
-        .await?;
+    let filter = AnomalyFilter {
+        page: Page {
+            limit: ANOMALIES_SHOWN,
+            after: None,
+        },
+        ..Default::default()
+    };
+    let items = service::list_anomalies(st, who, filter).await?;
     Ok(html! {
         section.card #recent-anomalies {
             div.card-head { h2 { "Recent pattern changes" } span.count { (items.len()) } }

@@ -8,12 +8,13 @@ use std::collections::HashMap;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use keyward_core::model::{Keyspace, Permission, Webhook, WEBHOOK_EVENTS};
+use keyward_core::model::{Keyspace, Webhook, WEBHOOK_EVENTS};
 use keyward_store::{Attempt, Page};
 use maud::{html, Markup};
 
 use super::ui::{self, heading, page, row, Nav};
 use super::{csrf_field, redirect, Form, PageError, PageResult, QueryMap, SignedIn};
+use crate::authz::{self, Allowed, ManageTokens};
 use crate::error::Code;
 use crate::service;
 use crate::state::AppState;
@@ -152,34 +153,37 @@ fn create_form(s: &SignedIn, kss: &[Keyspace], v: &HookForm, error: Option<&str>
 
 async fn webhooks_page(
     st: &AppState,
+    who: &Allowed<'_, ManageTokens>,
     s: &SignedIn,
     notice: Option<Markup>,
     form: &HookForm,
     error: Option<&str>,
 ) -> PageResult<Markup> {
     let now = st.clock.now();
-    let hooks = st
-        .store
-        .list_webhooks(&Page {
+    let hooks = service::list_webhooks(
+        st,
+        who,
+        &Page {
             limit: 500,
             after: None,
-        })
-        .await?;
-    let kss = super::keys::all_keyspaces(st).await?;
+        },
+    )
+    .await?;
+    let kss = super::keys::all_keyspaces(st, who.ctx()).await?;
     let spaces: HashMap<String, String> =
         kss.iter().map(|k| (k.id.clone(), k.name.clone())).collect();
     let mut cards = Vec::with_capacity(hooks.len());
     for h in &hooks {
-        let attempts = st
-            .store
-            .list_attempts(
-                &h.id,
-                &Page {
-                    limit: ATTEMPTS_SHOWN,
-                    after: None,
-                },
-            )
-            .await?;
+        let attempts = service::list_deliveries(
+            st,
+            who,
+            &h.id,
+            &Page {
+                limit: ATTEMPTS_SHOWN,
+                after: None,
+            },
+        )
+        .await?;
         cards.push(hook_card(s, h, &attempts, &spaces, now));
     }
     let body = html! {
@@ -206,15 +210,9 @@ async fn webhooks_page(
     Ok(page("Webhooks", s, Nav::Webhooks, body))
 }
 
-/// The API's rule for reading webhooks: the permission and a context not limited to keyspaces.
-fn require(s: &SignedIn) -> PageResult<()> {
-    s.require(Permission::ManageTokens)?;
-    s.ctx().require_unlimited("managing webhooks")?;
-    Ok(())
-}
-
 pub async fn list(State(st): State<AppState>, s: SignedIn, q: QueryMap) -> PageResult<Markup> {
-    require(&s)?;
+    let ctx = s.ctx();
+    let who = ctx.allow::<authz::ManageTokens>()?;
     let notice = match q.get("done") {
         Some("deleted") => Some(ui::flash("ok", "The webhook was deleted.")),
         Some("created") => Some(ui::flash(
@@ -223,22 +221,23 @@ pub async fn list(State(st): State<AppState>, s: SignedIn, q: QueryMap) -> PageR
         )),
         _ => None,
     };
-    webhooks_page(&st, &s, notice, &HookForm::default(), None).await
+    webhooks_page(&st, &who, &s, notice, &HookForm::default(), None).await
 }
 
 pub async fn create(State(st): State<AppState>, s: SignedIn, form: Form) -> PageResult {
     s.check_csrf(&form)?;
-    require(&s)?;
+    let ctx = s.ctx();
+    let who = ctx.allow::<authz::ManageTokens>()?;
     let v = HookForm::from_form(&form);
     let input = service::CreateWebhook {
         url: v.url.clone(),
         events: v.events.clone(),
         keyspace_id: (!v.keyspace_id.is_empty()).then(|| v.keyspace_id.clone()),
     };
-    let (hook, secret) = match service::create_webhook(&st, &s.ctx(), input).await {
+    let (hook, secret) = match service::create_webhook(&st, &who, input).await {
         Ok(r) => r,
         Err(e) if e.code.status().is_client_error() && e.code != Code::Forbidden => {
-            let page = webhooks_page(&st, &s, None, &v, Some(&e.message)).await?;
+            let page = webhooks_page(&st, &who, &s, None, &v, Some(&e.message)).await?;
             return Ok((e.code.status(), page).into_response());
         }
         Err(e) => return Err(e.into()),
@@ -279,13 +278,14 @@ pub async fn delete(
     form: Form,
 ) -> PageResult<Response> {
     s.check_csrf(&form)?;
-    require(&s)?;
+    let ctx = s.ctx();
+    let who = ctx.allow::<authz::ManageTokens>()?;
     if form.get("confirm") != Some("yes") {
         return Err(PageError::Failed(
             StatusCode::BAD_REQUEST,
             "Confirm the deletion by ticking the box.".into(),
         ));
     }
-    service::delete_webhook(&st, &s.ctx(), &id).await?;
+    service::delete_webhook(&st, &who, &id).await?;
     Ok(redirect("/webhooks?done=deleted"))
 }

@@ -8,12 +8,12 @@ use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
-use keyward_core::keyformat::{self, KeyHash, TOKEN_PREFIX};
-use keyward_core::model::{canonical_ip, Actor, ActorKind, Permission, Token};
+use keyward_core::keyformat::{self, KeyHash};
+use keyward_core::model::{canonical_ip, Actor, ActorKind, Token};
 use serde::de::DeserializeOwned;
 
+use crate::authz::Ctx;
 use crate::error::{current_request_id, Code, Error, Result};
-use crate::service::Ctx;
 use crate::state::AppState;
 
 pub const MAX_BODY: usize = 64 * 1024;
@@ -316,16 +316,6 @@ pub struct Auth {
 }
 
 impl Auth {
-    pub fn require(&self, p: Permission) -> Result<()> {
-        if self.token.role.may(p) {
-            Ok(())
-        } else {
-            Err(Error::forbidden(format!(
-                "role '{}' may not do this",
-                self.token.role.as_str()
-            )))
-        }
-    }
     pub fn ctx(&self) -> Ctx {
         Ctx {
             actor: Actor {
@@ -333,6 +323,7 @@ impl Auth {
                 id: self.token.id.clone(),
                 name: self.token.name.clone(),
             },
+            role: self.token.role,
             request_id: Some(current_request_id()),
             ip: self.ip.map(|i| i.to_string()),
             keyspaces: self.token.keyspace_ids.clone(),
@@ -355,65 +346,8 @@ pub async fn authenticate(
     presented: Option<&str>,
     ip: Option<IpAddr>,
 ) -> Result<Auth> {
-    let now = st.clock.now();
-    let found = match presented
-        .and_then(keyformat::parse)
-        .filter(|p| p.prefix == TOKEN_PREFIX)
-    {
-        Some(_) => {
-            let token = presented.unwrap_or_default();
-            st.store
-                .token_by_hash(&KeyHash::of(token))
-                .await?
-                .filter(|t| t.is_usable(now))
-        }
-        None => None,
-    };
-    match found {
-        Some(token) => {
-            touch(st, &token.id, now);
-            Ok(Auth { token, ip })
-        }
-        None => {
-            let ip = ip.unwrap_or(IpAddr::from([0, 0, 0, 0]));
-            if let Some(wait) = st.throttle.fail(ip, now) {
-                return Err(Error::new(
-                    Code::RateLimited,
-                    "too many failed authentications from this address",
-                )
-                .with_retry_after(wait));
-            }
-            let msg = if presented.is_none() {
-                "a management token is required (Authorization: Bearer kwt_...)"
-            } else {
-                "the management token is not valid (unknown, malformed, revoked or expired)"
-            };
-            Err(Error::unauthenticated(msg))
-        }
-    }
-}
-
-/// Records `last_used_at` of a token at most once a minute, off the request path.
-fn touch(st: &AppState, id: &str, now: keyward_core::time::Timestamp) {
-    let due = {
-        let mut map = st.token_touched.lock().unwrap_or_else(|p| p.into_inner());
-        let due = map
-            .get(id)
-            .is_none_or(|t| now.millis() - t.millis() >= 60_000);
-        if due {
-            map.insert(id.to_string(), now);
-        }
-        due
-    };
-    if due {
-        let store = st.store.clone();
-        let id = id.to_string();
-        tokio::spawn(async move {
-            if let Err(e) = store.touch_token(&id, now).await {
-                tracing::debug!(error = %e, "could not record token use");
-            }
-        });
-    }
+    let token = crate::accounts::authenticate_token(st, presented, ip).await?;
+    Ok(Auth { token, ip })
 }
 
 impl FromRequestParts<AppState> for Auth {

@@ -9,55 +9,233 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{any, delete, get, patch, post, MethodRouter};
 use axum::{Json, Router};
 use serde_json::json;
+
+use keyward_core::model::Permission;
 
 use crate::error::{Code, Error, REQUEST_ID};
 use crate::state::AppState;
 
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/v1/openapi.json", get(openapi))
-        .route(
+/// Who may call a route. Every route is listed in [`api_routes`] or the dashboard's table with
+/// its access, and the route-authorization test holds each one to it: a route that needs a right
+/// must reach [`crate::authz::Ctx::allow`] for exactly that right before it answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// No credentials: operational endpoints and static assets.
+    Public,
+    /// The data plane: public, unless `KEYWARD_VERIFY_REQUIRES_TOKEN` (then the `Verify` right).
+    Verify,
+    /// Establishes who is acting (sign-in, sign-out, first-run setup).
+    SignIn,
+    /// Needs this right, granted by the service's door.
+    Right(Permission),
+}
+
+/// One route: method (`ANY` for every method), path template, access.
+#[derive(Clone, Copy, Debug)]
+pub struct RouteSpec {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub access: Access,
+}
+
+type Handler = MethodRouter<AppState>;
+
+fn spec(
+    method: &'static str,
+    path: &'static str,
+    access: Access,
+    h: Handler,
+) -> (RouteSpec, Handler) {
+    (
+        RouteSpec {
+            method,
+            path,
+            access,
+        },
+        h,
+    )
+}
+
+/// Every route of the API and the operational endpoints, with its access.
+fn api_routes() -> Vec<(RouteSpec, Handler)> {
+    use Access::{Public, Right};
+    use Permission::*;
+    vec![
+        spec("GET", "/healthz", Public, get(healthz)),
+        spec("GET", "/readyz", Public, get(readyz)),
+        spec("GET", "/metrics", Public, get(metrics)),
+        spec("GET", "/v1/openapi.json", Public, get(openapi)),
+        spec(
+            "POST",
             "/v1/keyspaces",
-            post(v1::create_keyspace).get(v1::list_keyspaces),
-        )
-        .route(
+            Right(WriteKeyspaces),
+            post(v1::create_keyspace),
+        ),
+        spec(
+            "GET",
+            "/v1/keyspaces",
+            Right(ReadKeys),
+            get(v1::list_keyspaces),
+        ),
+        spec(
+            "GET",
             "/v1/keyspaces/{id}",
-            get(v1::get_keyspace).patch(v1::patch_keyspace),
-        )
-        .route("/v1/keys", post(v1::create_key).get(v1::list_keys))
-        .route("/v1/keys/revoke", post(v1::revoke_owner))
-        .route("/v1/keys/{id}", get(v1::get_key).patch(v1::patch_key))
-        .route("/v1/keys/{id}/revoke", post(v1::revoke_key))
-        .route("/v1/keys/{id}/rotate", post(v1::rotate_key))
-        .route("/v1/verify", post(verify::verify))
-        .route("/v1/forward-auth", any(verify::forward_auth))
-        .route("/v1/tokens", post(v1::create_token).get(v1::list_tokens))
-        .route("/v1/tokens/{id}/revoke", post(v1::revoke_token))
-        .route("/v1/audit", get(v1::list_audit))
-        .route("/v1/audit/verify", get(v1::verify_audit))
-        .route("/v1/audit/export", get(v1::export_audit))
-        .route("/v1/keys/{id}/usage", get(v1::key_usage))
-        .route("/v1/keys/{id}/sources", get(v1::key_sources))
-        .route("/v1/keyspaces/{id}/usage", get(v1::keyspace_usage))
-        .route("/v1/anomalies", get(v1::list_anomalies))
-        .route(
+            Right(ReadKeys),
+            get(v1::get_keyspace),
+        ),
+        spec(
+            "PATCH",
+            "/v1/keyspaces/{id}",
+            Right(WriteKeyspaces),
+            patch(v1::patch_keyspace),
+        ),
+        spec(
+            "GET",
+            "/v1/keyspaces/{id}/usage",
+            Right(ReadKeys),
+            get(v1::keyspace_usage),
+        ),
+        spec("POST", "/v1/keys", Right(WriteKeys), post(v1::create_key)),
+        spec("GET", "/v1/keys", Right(ReadKeys), get(v1::list_keys)),
+        spec(
+            "POST",
+            "/v1/keys/revoke",
+            Right(WriteKeys),
+            post(v1::revoke_owner),
+        ),
+        spec("GET", "/v1/keys/{id}", Right(ReadKeys), get(v1::get_key)),
+        spec(
+            "PATCH",
+            "/v1/keys/{id}",
+            Right(WriteKeys),
+            patch(v1::patch_key),
+        ),
+        spec(
+            "POST",
+            "/v1/keys/{id}/revoke",
+            Right(WriteKeys),
+            post(v1::revoke_key),
+        ),
+        spec(
+            "POST",
+            "/v1/keys/{id}/rotate",
+            Right(WriteKeys),
+            post(v1::rotate_key),
+        ),
+        spec(
+            "GET",
+            "/v1/keys/{id}/usage",
+            Right(ReadKeys),
+            get(v1::key_usage),
+        ),
+        spec(
+            "GET",
+            "/v1/keys/{id}/sources",
+            Right(ReadKeys),
+            get(v1::key_sources),
+        ),
+        spec("POST", "/v1/verify", Access::Verify, post(verify::verify)),
+        spec(
+            "ANY",
+            "/v1/forward-auth",
+            Access::Verify,
+            any(verify::forward_auth),
+        ),
+        spec(
+            "POST",
+            "/v1/tokens",
+            Right(ManageTokens),
+            post(v1::create_token),
+        ),
+        spec(
+            "GET",
+            "/v1/tokens",
+            Right(ManageTokens),
+            get(v1::list_tokens),
+        ),
+        spec(
+            "POST",
+            "/v1/tokens/{id}/revoke",
+            Right(ManageTokens),
+            post(v1::revoke_token),
+        ),
+        spec("GET", "/v1/audit", Right(ReadAudit), get(v1::list_audit)),
+        spec(
+            "GET",
+            "/v1/audit/verify",
+            Right(ReadAudit),
+            get(v1::verify_audit),
+        ),
+        spec(
+            "GET",
+            "/v1/audit/export",
+            Right(ReadAudit),
+            get(v1::export_audit),
+        ),
+        spec(
+            "GET",
+            "/v1/anomalies",
+            Right(ReadKeys),
+            get(v1::list_anomalies),
+        ),
+        spec(
+            "POST",
             "/v1/webhooks",
-            post(v1::create_webhook).get(v1::list_webhooks),
-        )
-        .route(
+            Right(ManageTokens),
+            post(v1::create_webhook),
+        ),
+        spec(
+            "GET",
+            "/v1/webhooks",
+            Right(ManageTokens),
+            get(v1::list_webhooks),
+        ),
+        spec(
+            "DELETE",
             "/v1/webhooks/{id}",
-            axum::routing::delete(v1::delete_webhook),
-        )
-        .route("/v1/webhooks/{id}/deliveries", get(v1::list_deliveries))
-        .route("/v1/reports/inventory", get(v1::inventory))
+            Right(ManageTokens),
+            delete(v1::delete_webhook),
+        ),
+        spec(
+            "GET",
+            "/v1/webhooks/{id}/deliveries",
+            Right(ManageTokens),
+            get(v1::list_deliveries),
+        ),
+        spec(
+            "GET",
+            "/v1/reports/inventory",
+            Right(ReadAudit),
+            get(v1::inventory),
+        ),
+    ]
+}
+
+/// Builds a router from a route table (several methods of one path merge into one entry).
+pub(crate) fn from_table(routes: Vec<(RouteSpec, Handler)>) -> Router<AppState> {
+    routes
+        .into_iter()
+        .fold(Router::new(), |r, (spec, h)| r.route(spec.path, h))
+}
+
+/// Every route the server answers (the API's, then the dashboard's), for the tests that hold
+/// each to its access and to the OpenAPI document.
+#[cfg(feature = "test-hooks")]
+pub fn routes() -> Vec<RouteSpec> {
+    api_routes()
+        .into_iter()
+        .chain(crate::dashboard::routes())
+        .map(|(spec, _)| spec)
+        .collect()
+}
+
+pub fn router(state: AppState) -> Router {
+    from_table(api_routes())
         // The web dashboard: `/`, `/login`, `/keys`, ... and `/static/...`.
         .merge(crate::dashboard::router())
         .fallback(not_found)
@@ -105,27 +283,37 @@ async fn request_context(req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().cloned();
     let method = req.method().clone();
     let started = std::time::Instant::now();
-    let mut res = REQUEST_ID
-        .scope(id.clone(), async move {
-            let res = next.run(req).await;
-            if res.status() == StatusCode::METHOD_NOT_ALLOWED
-                && !res.headers().contains_key(header::CONTENT_TYPE)
-            {
-                let allow = res.headers().get(header::ALLOW).cloned();
-                let mut r = Error::new(
-                    Code::MethodNotAllowed,
-                    "method not allowed for this endpoint",
-                )
-                .into_response();
-                if let Some(a) = allow {
-                    r.headers_mut().insert(header::ALLOW, a);
-                }
-                r
-            } else {
-                res
+    let served = REQUEST_ID.scope(id.clone(), async move {
+        let res = next.run(req).await;
+        if res.status() == StatusCode::METHOD_NOT_ALLOWED
+            && !res.headers().contains_key(header::CONTENT_TYPE)
+        {
+            let allow = res.headers().get(header::ALLOW).cloned();
+            let mut r = Error::new(
+                Code::MethodNotAllowed,
+                "method not allowed for this endpoint",
+            )
+            .into_response();
+            if let Some(a) = allow {
+                r.headers_mut().insert(header::ALLOW, a);
             }
-        })
-        .await;
+            r
+        } else {
+            res
+        }
+    });
+    #[cfg(not(feature = "test-hooks"))]
+    let mut res = served.await;
+    #[cfg(feature = "test-hooks")]
+    let mut res = {
+        let (mut res, granted) = crate::authz::witness::observe(served).await;
+        if let Some(p) = granted {
+            if let Ok(v) = HeaderValue::from_str(&format!("{p:?}")) {
+                res.headers_mut().insert("x-keyward-granted", v);
+            }
+        }
+        res
+    };
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut().insert("x-request-id", v);
     }
@@ -147,11 +335,12 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 async fn readyz(State(st): State<AppState>) -> Response {
-    match st.store.ping().await {
-        Ok(()) => Json(json!({"status": "ready", "store": st.store.backend()})).into_response(),
-        Err(_) => (
+    let (ready, backend) = crate::service::readiness(&st).await;
+    match ready {
+        true => Json(json!({"status": "ready", "store": backend})).into_response(),
+        false => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not ready", "store": st.store.backend(), "error": "the store cannot be reached"})),
+            Json(json!({"status": "not ready", "store": backend, "error": "the store cannot be reached"})),
         )
             .into_response(),
     }

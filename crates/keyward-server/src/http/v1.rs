@@ -5,12 +5,13 @@ use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use keyward_core::audit::{ChainCheck, ChainVerifier};
-use keyward_core::model::{AuditEvent, Key, KeyObject, KeyStatus, Permission};
+use keyward_core::audit::ChainCheck;
+use keyward_core::model::{AuditEvent, Key, KeyObject, KeyStatus};
 use keyward_store::{AuditFilter, KeyFilter, Page};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::authz;
 use crate::error::{Error, Result};
 use crate::http::extract::{decode_cursor, encode_cursor, time_cursor, Auth, JsonBody, Params};
 use crate::service;
@@ -56,9 +57,10 @@ pub async fn create_keyspace(
     auth: Auth,
     body: JsonBody,
 ) -> Result<Response> {
-    auth.require(Permission::WriteKeyspaces)?;
+    let ctx = auth.ctx();
+    let who = ctx.allow::<authz::WriteKeyspaces>()?;
     let input = body.parse()?;
-    let ks = service::create_keyspace(&st, &auth.ctx(), input).await?;
+    let ks = service::create_keyspace(&st, &who, input).await?;
     Ok((StatusCode::CREATED, Json(ks)).into_response())
 }
 
@@ -67,21 +69,21 @@ pub async fn list_keyspaces(
     auth: Auth,
     mut params: Params,
 ) -> Result<Json<Value>> {
-    auth.require(Permission::ReadKeys)?;
+    let ctx = auth.ctx();
+    let who = ctx.allow::<authz::ReadKeys>()?;
     let limit = params.take_limit()?;
     let fp = "keyspaces";
     let after = time_cursor(params.take("cursor")?, fp)?;
     params.finish()?;
-    let rows = st
-        .store
-        .list_keyspaces(
-            auth.token.keyspace_ids.as_deref(),
-            &Page {
-                limit: limit + 1,
-                after,
-            },
-        )
-        .await?;
+    let rows = service::list_keyspaces(
+        &st,
+        &who,
+        &Page {
+            limit: limit + 1,
+            after,
+        },
+    )
+    .await?;
     Ok(page(rows, limit, fp, |k| {
         format!("{}:{}", k.created_at.millis(), k.id)
     }))
@@ -92,8 +94,9 @@ pub async fn get_keyspace(
     auth: Auth,
     Path(id): Path<String>,
 ) -> Result<Response> {
-    auth.require(Permission::ReadKeys)?;
-    Ok(Json(service::get_keyspace(&st, &auth.ctx(), &id).await?).into_response())
+    let ctx = auth.ctx();
+    let who = ctx.allow::<authz::ReadKeys>()?;
+    Ok(Json(service::get_keyspace(&st, &who, &id).await?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -109,7 +112,8 @@ pub async fn patch_keyspace(
     Path(id): Path<String>,
     body: JsonBody,
 ) -> Result<Response> {
-    auth.require(Permission::WriteKeyspaces)?;
+    let ctx = auth.ctx();
+    let who = ctx.allow::<authz::WriteKeyspaces>()?;
     if let Some(b) = &body.0 {
         if serde_json::from_slice::<Value>(b)
             .ok()
@@ -122,7 +126,7 @@ pub async fn patch_keyspace(
     let b: PatchKeyspaceBody = body.parse()?;
     let ks = service::update_keyspace(
         &st,
-        &auth.ctx(),
+        &who,
         &id,
         service::PatchKeyspace {
             name: b.name,
@@ -140,9 +144,10 @@ pub async fn create_key(
     auth: Auth,
     body: JsonBody,
 ) -> Result<Response> {
-    auth.require(Permission::WriteKeys)?;
+    let ctx = auth.ctx();
+    let who = ctx.allow::<authz::WriteKeys>()?;
     let input = body.parse()?;
-    let (key, plaintext) = service::create_key(&st, &auth.ctx(), input).await?;
+    let (key, plaintext) = service::create_key(&st, &who, input).await?;
     let mut v = key_json(&key, &st);
     v["key"] = json!(plaintext.expose());
     Ok((StatusCode::CREATED, Json(v)).into_response())
@@ -153,7 +158,8 @@ pub async fn list_keys(
     auth: Auth,
     mut params: Params,
 ) -> Result<Json<Value>> {
-    auth.require(Permission::ReadKeys)?;
+    let ctx = auth.ctx();
+    let who = ctx.allow::<authz::ReadKeys>()?;
     let limit = params.take_limit()?;
     let cursor = params.take("cursor")?;
     let keyspace_id = params.take("keyspace_id")?;
@@ -182,18 +188,8 @@ pub async fn list_keys(
     let fp =
         format!("keys|{keyspace_id:?}|{owner:?}|{status:?}|{label:?}|{q:?}|{unused_for_secs:?}");
     let after = time_cursor(cursor, &fp)?;
-    let keyspace_ids = match (keyspace_id, &auth.token.keyspace_ids) {
-        (Some(id), limit) => {
-            if limit.as_ref().is_some_and(|l| !l.contains(&id)) {
-                Some(Vec::new())
-            } else {
-                Some(vec![id])
-            }
-        }
-        (None, limit) => limit.clone(),
-    };
     let filter = KeyFilter {
-        keyspace_ids,
+        keyspace_ids: keyspace_id.map(|id| vec![id]),
         owner,
         status,
         label,
@@ -205,11 +201,8 @@ pub async fn list_keys(
             after,
         },
     };
-    let rows = st.store.list_keys(&filter).await?;
-    let (mut rows, more) = split_page(rows, limit);
-    for k in rows.iter_mut() {
-        service::report_successor_quota(&st, k).await?;
-    }
+    let rows = service::list_keys(&st, &who, filter).await?;
+    let (rows, more) = split_page(rows, limit);
     let next = more
         .then(|| {
             rows.last()
@@ -225,8 +218,9 @@ pub async fn get_key(
     auth: Auth,
     Path(id): Path<String>,
 ) -> Result<Json<Value>> {
-    auth.require(Permission::ReadKeys)?;
-    let k = service::get_key(&st, &auth.ctx(), &id).await?;
+    let ctx = auth.ctx();
+    let who = ctx.allow::<authz::ReadKeys>()?;
+    let k = service::get_key(&st, &who, &id).await?;
     Ok(Json(key_json(&k, &st)))
 }
 
@@ -236,9 +230,10 @@ pub async fn patch_key(
     Path(id): Path<String>,
     body: JsonBody,
 ) -> Result<Json<Value>> {
-    auth.require(Permission::WriteKeys)?;
+    let ctx = auth.ctx();
+    let who = ctx.allow::<authz::WriteKeys>()?;
     let p = body.parse()?;
-    let k = service::update_key(&st, &auth.ctx(), &id, p).await?;
+    let k = service::update_key(&st, &who, &id, p).await?;
     Ok(Json(key_json(&k, &st)))
 }
 
@@ -254,9 +249,10 @@ pub async fn revoke_key(
     Path(id): Path<String>,
     body: JsonBody,
 ) -> Result<Json<Value>> {
-    auth.require(Permission::WriteKeys)?;
+    let ctx = auth.ctx();
+    let who = ctx.allow::<authz::WriteKeys>()?;
     let b: ReasonBody = body.parse()?;
-    let k = service::revoke_key(&st, &auth.ctx(), &id, &b.reason).await?;
+    let k = service::revoke_key(&st, &who, &id, &b.reason).await?;
     Ok(Json(key_json(&k, &st)))
 }
 
@@ -265,9 +261,10 @@ pub async fn revoke_owner(
     auth: Auth,
     body: JsonBody,
 ) -> Result<Json<Value>> {
-    auth.require(Permission::WriteKeys)?;
+    let ctx = auth.ctx();
+    let who = ctx.allow::<authz::WriteKeys>()?;
     let input = body.parse()?;
-    let ids = service::revoke_owner_keys(&st, &auth.ctx(), input).await?;
+    let ids = service::revoke_owner_keys(&st, &who, input).await?;
     Ok(Json(json!({"revoked": ids.len(), "key_ids": ids})))
 }
 
@@ -277,9 +274,10 @@ pub async fn rotate_key(
     Path(id): Path<String>,
     body: JsonBody,
 ) -> Result<Response> {
-    auth.require(Permission::WriteKeys)?;
+    let ctx = auth.ctx();
+    let who = ctx.allow::<authz::WriteKeys>()?;
     let input = body.parse_or_default()?;
-    let (key, plaintext) = service::rotate_key(&st, &auth.ctx(), &id, input).await?;
+    let (key, plaintext) = service::rotate_key(&st, &who, &id, input).await?;
     let mut v = key_json(&key, &st);
     v["key"] = json!(plaintext.expose());
     Ok((StatusCode::CREATED, Json(v)).into_response())
@@ -292,11 +290,10 @@ pub async fn create_token(
     auth: Auth,
     body: JsonBody,
 ) -> Result<Response> {
-    auth.require(Permission::ManageTokens)?;
     let ctx = auth.ctx();
-    ctx.require_unlimited("creating tokens")?;
+    let who = ctx.allow::<authz::ManageTokens>()?;
     let input = body.parse()?;
-    let (token, plaintext) = service::create_token(&st, &ctx, input).await?;
+    let (token, plaintext) = service::create_token(&st, &who, input).await?;
     let mut v = json!(token);
     v["token"] = json!(plaintext.expose());
     Ok((StatusCode::CREATED, Json(v)).into_response())
@@ -307,19 +304,21 @@ pub async fn list_tokens(
     auth: Auth,
     mut params: Params,
 ) -> Result<Json<Value>> {
-    auth.require(Permission::ManageTokens)?;
-    auth.ctx().require_unlimited("reading tokens")?;
+    let ctx = auth.ctx();
+    let who = ctx.allow::<authz::ManageTokens>()?;
     let limit = params.take_limit()?;
     let fp = "tokens";
     let after = time_cursor(params.take("cursor")?, fp)?;
     params.finish()?;
-    let rows = st
-        .store
-        .list_tokens(&Page {
+    let rows = service::list_tokens(
+        &st,
+        &who,
+        &Page {
             limit: limit + 1,
             after,
-        })
-        .await?;
+        },
+    )
+    .await?;
     Ok(page(rows, limit, fp, |t| {
         format!("{}:{}", t.created_at.millis(), t.id)
     }))
@@ -331,11 +330,10 @@ pub async fn revoke_token(
     Path(id): Path<String>,
     body: JsonBody,
 ) -> Result<Response> {
-    auth.require(Permission::ManageTokens)?;
     let ctx = auth.ctx();
-    ctx.require_unlimited("revoking tokens")?;
+    let who = ctx.allow::<authz::ManageTokens>()?;
     let b: ReasonBody = body.parse()?;
-    Ok(Json(service::revoke_token(&st, &ctx, &id, &b.reason).await?).into_response())
+    Ok(Json(service::revoke_token(&st, &who, &id, &b.reason).await?).into_response())
 }
 
 // ---------------------------------------------------------------- audit
@@ -345,8 +343,8 @@ pub async fn list_audit(
     auth: Auth,
     mut params: Params,
 ) -> Result<Json<Value>> {
-    auth.require(Permission::ReadAudit)?;
-    auth.ctx().require_unlimited("reading the audit trail")?;
+    let ctx = auth.ctx();
+    let who = ctx.allow::<authz::ReadAudit>()?;
     let limit = params.take_limit()?;
     let cursor = params.take("cursor")?;
     let mut f = AuditFilter {
@@ -372,29 +370,14 @@ pub async fn list_audit(
                 .map_err(|_| Error::bad_request("cursor is not valid for this list"))?,
         );
     }
-    let rows = st.store.list_audit(&f).await?;
+    let rows = service::list_audit(&st, &who, &f).await?;
     Ok(page(rows, limit, &fp, |e| e.seq.to_string()))
 }
 
-/// Walks the whole chain from the first event.
-pub async fn check_chain(st: &AppState) -> Result<ChainCheck> {
-    let mut v = ChainVerifier::default();
-    let mut after = 0;
-    loop {
-        let page = st.store.audit_after(after, 1000).await?;
-        let Some(last) = page.last() else { break };
-        after = last.seq;
-        for e in &page {
-            v.push(e);
-        }
-    }
-    Ok(v.finish())
-}
-
 pub async fn verify_audit(State(st): State<AppState>, auth: Auth) -> Result<Json<Value>> {
-    auth.require(Permission::ReadAudit)?;
-    auth.ctx().require_unlimited("reading the audit trail")?;
-    Ok(Json(match check_chain(&st).await? {
+    let ctx = auth.ctx();
+    let who = ctx.allow::<authz::ReadAudit>()?;
+    Ok(Json(match service::check_chain(&st, &who).await? {
         ChainCheck::Ok { events, head } => json!({"ok": true, "events": events, "head": head}),
         ChainCheck::Bad {
             events,
@@ -443,8 +426,8 @@ pub async fn export_audit(
     auth: Auth,
     mut params: Params,
 ) -> Result<Response> {
-    auth.require(Permission::ReadAudit)?;
-    auth.ctx().require_unlimited("reading the audit trail")?;
+    let ctx = auth.ctx();
+    let who = ctx.allow::<authz::ReadAudit>()?;
     let format = params.take("format")?.unwrap_or_else(|| "jsonl".into());
     params.finish()?;
     let csv = match format.as_str() {
@@ -453,8 +436,8 @@ pub async fn export_audit(
         _ => return Err(Error::bad_request("format must be jsonl or csv")),
     };
     // Read the first page now so an unreachable store is a clean 503, not a cut stream.
-    let first = st.store.audit_after(0, 1000).await?;
-    let store = st.store.clone();
+    let reader = std::sync::Arc::new(service::audit_reader(&st, &who));
+    let first = reader.after(0, 1000).await?;
     let header = if csv {
         Some(AUDIT_CSV_HEADER.to_string())
     } else {
@@ -462,18 +445,18 @@ pub async fn export_audit(
     };
     let stream =
         futures_util::stream::unfold((Some(first), 0i64, header), move |(page, after, header)| {
-            let store = store.clone();
+            let reader = reader.clone();
             async move {
                 if let Some(h) = header {
                     return Some((Ok::<_, std::io::Error>(h), (page, after, None)));
                 }
                 let page = match page {
                     Some(p) => p,
-                    None => match store.audit_after(after, 1000).await {
+                    None => match reader.after(after, 1000).await {
                         Ok(p) => p,
                         Err(e) => {
                             return Some((
-                                Err(std::io::Error::other(e.to_string())),
+                                Err(std::io::Error::other(e.message)),
                                 (Some(Vec::new()), i64::MAX, None),
                             ))
                         }
@@ -507,9 +490,10 @@ pub async fn create_webhook(
     auth: Auth,
     body: JsonBody,
 ) -> Result<Response> {
-    auth.require(Permission::ManageTokens)?;
+    let ctx = auth.ctx();
+    let who = ctx.allow::<authz::ManageTokens>()?;
     let input = body.parse()?;
-    let (hook, secret) = service::create_webhook(&st, &auth.ctx(), input).await?;
+    let (hook, secret) = service::create_webhook(&st, &who, input).await?;
     let mut v = json!(hook);
     v["secret"] = json!(secret.expose());
     Ok((StatusCode::CREATED, Json(v)).into_response())
@@ -520,19 +504,21 @@ pub async fn list_webhooks(
     auth: Auth,
     mut params: Params,
 ) -> Result<Json<Value>> {
-    auth.require(Permission::ManageTokens)?;
-    auth.ctx().require_unlimited("reading webhooks")?;
+    let ctx = auth.ctx();
+    let who = ctx.allow::<authz::ManageTokens>()?;
     let limit = params.take_limit()?;
     let fp = "webhooks";
     let after = time_cursor(params.take("cursor")?, fp)?;
     params.finish()?;
-    let rows = st
-        .store
-        .list_webhooks(&Page {
+    let rows = service::list_webhooks(
+        &st,
+        &who,
+        &Page {
             limit: limit + 1,
             after,
-        })
-        .await?;
+        },
+    )
+    .await?;
     Ok(page(rows, limit, fp, |w| {
         format!("{}:{}", w.created_at.millis(), w.id)
     }))
@@ -543,8 +529,9 @@ pub async fn delete_webhook(
     auth: Auth,
     Path(id): Path<String>,
 ) -> Result<Response> {
-    auth.require(Permission::ManageTokens)?;
-    service::delete_webhook(&st, &auth.ctx(), &id).await?;
+    let ctx = auth.ctx();
+    let who = ctx.allow::<authz::ManageTokens>()?;
+    service::delete_webhook(&st, &who, &id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -554,25 +541,22 @@ pub async fn list_deliveries(
     Path(id): Path<String>,
     mut params: Params,
 ) -> Result<Json<Value>> {
-    auth.require(Permission::ManageTokens)?;
-    auth.ctx().require_unlimited("reading webhooks")?;
+    let ctx = auth.ctx();
+    let who = ctx.allow::<authz::ManageTokens>()?;
     let limit = params.take_limit()?;
     let fp = format!("deliveries|{id}");
     let after = time_cursor(params.take("cursor")?, &fp)?;
     params.finish()?;
-    if st.store.webhook(&id).await?.is_none() {
-        return Err(Error::not_found("webhook not found"));
-    }
-    let rows = st
-        .store
-        .list_attempts(
-            &id,
-            &Page {
-                limit: limit + 1,
-                after,
-            },
-        )
-        .await?;
+    let rows = service::list_deliveries(
+        &st,
+        &who,
+        &id,
+        &Page {
+            limit: limit + 1,
+            after,
+        },
+    )
+    .await?;
     Ok(page(rows, limit, &fp, |a| {
         format!("{}:{}", a.at.millis(), a.id)
     }))
@@ -657,16 +641,13 @@ pub async fn key_usage(
     Path(id): Path<String>,
     mut params: Params,
 ) -> Result<Json<Value>> {
-    auth.require(Permission::ReadKeys)?;
+    let ctx = auth.ctx();
+    let who = ctx.allow::<authz::ReadKeys>()?;
     let (name, g) = granularity(&mut params)?;
     let (from, to) = range(&mut params, st.clock.now())?;
     check_span(g, from, to)?;
     params.finish()?;
-    let key = service::get_key(&st, &auth.ctx(), &id).await?;
-    let buckets = st
-        .store
-        .usage(Some(std::slice::from_ref(&key.id)), g, from, to)
-        .await?;
+    let (key, buckets) = service::key_usage(&st, &who, &id, g, from, to).await?;
     let (series, totals) = usage_series(&buckets);
     Ok(Json(
         json!({"key_id": key.id, "granularity": name, "from": from, "to": to, "buckets": series, "totals": totals}),
@@ -680,14 +661,14 @@ pub async fn keyspace_usage(
     Path(id): Path<String>,
     mut params: Params,
 ) -> Result<Json<Value>> {
-    auth.require(Permission::ReadKeys)?;
+    let ctx = auth.ctx();
+    let who = ctx.allow::<authz::ReadKeys>()?;
     let (name, g) = granularity(&mut params)?;
     let (from, to) = range(&mut params, st.clock.now())?;
     check_span(g, from, to)?;
     let top = params.take_int("top", 1)?.unwrap_or(10).min(100) as usize;
     params.finish()?;
-    let ks = service::get_keyspace(&st, &auth.ctx(), &id).await?;
-    let buckets = st.store.usage_of_keyspace(&ks.id, g, from, to).await?;
+    let (ks, buckets) = service::keyspace_usage(&st, &who, &id, g, from, to).await?;
     let (series, totals) = usage_series(&buckets);
     let mut valid: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
     let mut denied: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
@@ -709,10 +690,15 @@ pub async fn keyspace_usage(
     };
     let named = |rows: Vec<(String, i64)>, field: &'static str| {
         let st = st.clone();
+        let who = &who;
         async move {
             let mut out = Vec::with_capacity(rows.len());
             for (id, n) in rows {
-                let name = st.store.key(&id).await?.map(|k| k.name);
+                let name = match service::get_key(&st, who, &id).await {
+                    Ok(k) => Some(k.name),
+                    Err(e) if e.code == crate::error::Code::NotFound => None,
+                    Err(e) => return Err(e),
+                };
                 out.push(json!({"key_id": id, "name": name, field: n}));
             }
             Ok::<Vec<Value>, Error>(out)
@@ -731,11 +717,10 @@ pub async fn key_sources(
     auth: Auth,
     Path(id): Path<String>,
 ) -> Result<Json<Value>> {
-    auth.require(Permission::ReadKeys)?;
-    let key = service::get_key(&st, &auth.ctx(), &id).await?;
-    Ok(Json(
-        json!({"key_id": key.id, "items": st.store.sources(&key.id).await?}),
-    ))
+    let ctx = auth.ctx();
+    let who = ctx.allow::<authz::ReadKeys>()?;
+    let (key, sources) = service::key_sources(&st, &who, &id).await?;
+    Ok(Json(json!({"key_id": key.id, "items": sources})))
 }
 
 pub async fn list_anomalies(
@@ -743,7 +728,8 @@ pub async fn list_anomalies(
     auth: Auth,
     mut params: Params,
 ) -> Result<Json<Value>> {
-    auth.require(Permission::ReadKeys)?;
+    let ctx = auth.ctx();
+    let who = ctx.allow::<authz::ReadKeys>()?;
     let limit = params.take_limit()?;
     let cursor = params.take("cursor")?;
     let keyspace_id = params.take("keyspace_id")?;
@@ -752,13 +738,8 @@ pub async fn list_anomalies(
     params.finish()?;
     let fp = format!("anomalies|{keyspace_id:?}|{key_id:?}|{since:?}");
     let after = time_cursor(cursor, &fp)?;
-    let keyspace_ids = match (keyspace_id, &auth.token.keyspace_ids) {
-        (Some(id), Some(l)) if !l.contains(&id) => Some(Vec::new()),
-        (Some(id), _) => Some(vec![id]),
-        (None, l) => l.clone(),
-    };
     let f = keyward_store::AnomalyFilter {
-        keyspace_ids,
+        keyspace_ids: keyspace_id.map(|id| vec![id]),
         key_id,
         since,
         page: Page {
@@ -766,7 +747,7 @@ pub async fn list_anomalies(
             after,
         },
     };
-    let rows = st.store.list_anomalies(&f).await?;
+    let rows = service::list_anomalies(&st, &who, f).await?;
     Ok(page(rows, limit, &fp, |a| {
         format!("{}:{}", a.detected_at.millis(), a.id)
     }))
@@ -779,16 +760,15 @@ pub async fn inventory(
     auth: Auth,
     mut params: Params,
 ) -> Result<Response> {
-    auth.require(Permission::ReadAudit)?;
     let ctx = auth.ctx();
-    ctx.require_unlimited("reading reports")?;
+    let who = ctx.allow::<authz::ReadAudit>()?;
     let keyspace_id = params.take("keyspace_id")?;
     let format = params.take("format")?.unwrap_or_else(|| "json".into());
     params.finish()?;
     if !matches!(format.as_str(), "json" | "csv") {
         return Err(Error::bad_request("format must be json or csv"));
     }
-    let rows = crate::reports::inventory(&st, &ctx, keyspace_id.as_deref()).await?;
+    let rows = crate::reports::inventory(&st, &who, keyspace_id.as_deref()).await?;
     if format == "csv" {
         let headers = [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),

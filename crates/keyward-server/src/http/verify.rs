@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use keyward_core::model::{parse_ip, Permission};
+use keyward_core::model::parse_ip;
 use keyward_core::scope::check_requested_scope;
 use keyward_core::verify::Code as VCode;
 use serde::Deserialize;
@@ -44,7 +44,7 @@ pub async fn verify(State(st): State<AppState>, req: axum::extract::Request) -> 
     if st.config.verify_requires_token {
         let ip = client_ip(&parts, st.config.trust_proxy_headers);
         let auth = authenticate(&st, bearer(&parts.headers), ip).await?;
-        auth.require(Permission::Verify)?;
+        auth.ctx().allow::<crate::authz::Verify>()?;
         limit = auth.token.keyspace_ids;
     }
     let body = <JsonBody as axum::extract::FromRequest<()>>::from_request(
@@ -175,7 +175,7 @@ pub async fn forward_auth(
             .get("x-keyward-token")
             .and_then(|v| v.to_str().ok());
         let auth = authenticate(&st, tok, ip).await?;
-        auth.require(Permission::Verify)?;
+        auth.ctx().allow::<crate::authz::Verify>()?;
         limit = auth.token.keyspace_ids;
     }
     let scopes = params.take_all("scope");

@@ -6,14 +6,14 @@
 use keyward_core::model::{Actor, Role};
 use keyward_core::secret::Secret;
 use keyward_server::accounts;
-use keyward_server::service::Ctx;
+use keyward_server::authz::Ctx;
 use serde_json::json;
 use std::sync::atomic::Ordering;
 
 use crate::both;
 use crate::helpers::{manual, spawn_with, Backend, Options, Receiver, TestApp};
 
-const PASSWORD: &str = "correct horse battery staple";
+pub(crate) const PASSWORD: &str = "correct horse battery staple";
 
 /// A client that keeps no cookies and follows no redirects: tests look at both.
 fn client() -> reqwest::Client {
@@ -24,18 +24,13 @@ fn client() -> reqwest::Client {
 }
 
 fn cli_ctx() -> Ctx {
-    Ctx {
-        actor: Actor::cli("test"),
-        request_id: None,
-        ip: None,
-        keyspaces: None,
-    }
+    Ctx::operator(Actor::cli("test"))
 }
 
-async fn add_user(app: &TestApp, email: &str, role: Role) -> String {
+pub(crate) async fn add_user(app: &TestApp, email: &str, role: Role) -> String {
     accounts::create_user(
         &app.state,
-        &cli_ctx(),
+        &cli_ctx().allow().unwrap(),
         email,
         role,
         Secret::new(PASSWORD.into()),
@@ -66,15 +61,15 @@ fn set_cookie(res: &reqwest::Response, name: &str) -> Option<(String, String)> {
 }
 
 /// A signed-in browser: the session cookie and the session's CSRF token.
-struct Browser {
+pub(crate) struct Browser {
     url: String,
     http: reqwest::Client,
-    cookie: String,
-    csrf: String,
+    pub(crate) cookie: String,
+    pub(crate) csrf: String,
 }
 
 impl Browser {
-    async fn get(&self, path: &str) -> reqwest::Response {
+    pub(crate) async fn get(&self, path: &str) -> reqwest::Response {
         self.http
             .get(format!("{}{path}", self.url))
             .header("cookie", &self.cookie)
@@ -82,7 +77,7 @@ impl Browser {
             .await
             .unwrap()
     }
-    async fn post(&self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+    pub(crate) async fn post(&self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
         self.http
             .post(format!("{}{path}", self.url))
             .header("cookie", &self.cookie)
@@ -111,7 +106,7 @@ async fn attempt(app: &TestApp, email: &str, password: &str) -> reqwest::Respons
         .unwrap()
 }
 
-async fn sign_in(app: &TestApp, email: &str) -> Browser {
+pub(crate) async fn sign_in(app: &TestApp, email: &str) -> Browser {
     let res = attempt(app, email, PASSWORD).await;
     assert_eq!(res.status(), 303, "sign-in did not redirect");
     let (cookie, _) = set_cookie(&res, "kw_session").expect("a session cookie");
@@ -436,7 +431,7 @@ async fn unknown_users_and_wrong_passwords_cost_one_password_check_each(app: Tes
         assert_eq!(checks(), before + 1, "{email}: one Argon2 verification");
     }
     // A disabled user is an unknown user, with the right password too.
-    accounts::disable_user(&app.state, &cli_ctx(), "known@example.com")
+    accounts::disable_user(&app.state, &cli_ctx().allow().unwrap(), "known@example.com")
         .await
         .unwrap();
     let before = checks();
@@ -472,12 +467,12 @@ async fn disabling_a_user_ends_its_sessions_and_is_audited(app: TestApp) {
     let id = add_user(&app, "d@example.com", Role::Manager).await;
     let b = sign_in(&app, "d@example.com").await;
     assert_eq!(b.get("/keys").await.status(), 200);
-    accounts::disable_user(&app.state, &cli_ctx(), "d@example.com")
+    accounts::disable_user(&app.state, &cli_ctx().allow().unwrap(), "d@example.com")
         .await
         .unwrap();
     assert_eq!(b.get("/keys").await.status(), 303);
     // A second disable writes nothing.
-    accounts::disable_user(&app.state, &cli_ctx(), "d@example.com")
+    accounts::disable_user(&app.state, &cli_ctx().allow().unwrap(), "d@example.com")
         .await
         .unwrap();
     let ev = app
@@ -501,7 +496,7 @@ async fn disabling_a_user_ends_its_sessions_and_is_audited(app: TestApp) {
     // Emails are unique whatever their case.
     let again = accounts::create_user(
         &app.state,
-        &cli_ctx(),
+        &cli_ctx().allow().unwrap(),
         "D@EXAMPLE.com",
         Role::Viewer,
         Secret::new(PASSWORD.into()),

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use keyward_core::model::{Actor, Role};
 use keyward_core::time::{Clock, ManualClock, SystemClock, Timestamp};
-use keyward_server::service::{self, Ctx};
+use keyward_server::authz::Ctx;
+use keyward_server::service;
 use keyward_server::{AppState, Config};
 use keyward_store::testing;
 use serde_json::{json, Value};
@@ -115,15 +116,10 @@ async fn start(backend: Backend, db_url: String, dir: Option<TempDir>, opts: Opt
         None => Arc::new(SystemClock),
     };
     let state = AppState::new(store, clock, opts.config);
-    let ctx = Ctx {
-        actor: Actor::cli("test"),
-        request_id: None,
-        ip: None,
-        keyspaces: None,
-    };
+    let ctx = Ctx::operator(Actor::cli("test"));
     let (_, admin) = service::create_token(
         &state,
-        &ctx,
+        &ctx.allow().unwrap(),
         service::CreateToken {
             name: "admin".into(),
             role: Role::Admin,

@@ -11,6 +11,7 @@ mod cluster;
 mod conventions;
 mod dashboard;
 mod degraded;
+mod door;
 mod keys;
 mod lifecycle;
 mod roles;

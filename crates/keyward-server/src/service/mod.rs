@@ -1,15 +1,23 @@
-//! The control plane: every rule about keyspaces, keys and tokens, written once and used by the
-//! HTTP API, the dashboard and the command line. Each change is one store transaction that also
-//! appends its audit event; after the commit the verification cache of this node forgets the
-//! key, before the caller answers.
+//! The control plane: every rule about keyspaces, keys, tokens and webhooks, written once and
+//! used by the HTTP API, the dashboard and the command line. Each function takes the
+//! [`Allowed`] proof of the right it needs (see [`crate::authz`]), so no front end reaches it
+//! without the role check; keyspace limits are applied here, from the proof's [`Ctx`].
+//!
+//! Each change is one store transaction that also appends its audit event; after the commit
+//! the verification cache of this node forgets the key, before the caller answers. Reads are
+//! in [`reads`].
+
+mod reads;
+
+pub use reads::*;
 
 use std::collections::BTreeMap;
 
 use keyward_core::id::new_id;
 use keyward_core::keyformat::{self, KeyHash, TOKEN_PREFIX};
 use keyward_core::model::{
-    check_cidrs, check_labels, check_meta, check_name, check_reason, check_scopes, Actor, Key,
-    KeyStatus, Keyspace, RateLimit, Role, Token,
+    check_cidrs, check_labels, check_meta, check_name, check_reason, check_scopes, Key, KeyStatus,
+    Keyspace, RateLimit, Role, Token,
 };
 use keyward_core::policy::{double_option, Policy, PolicyPatch, Preset, MAX_DURATION_SECS};
 use keyward_core::secret::Secret;
@@ -18,48 +26,14 @@ use keyward_store::{NewEvent, StoreError, StoreTx};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use crate::authz::{Allowed, Ctx, ManageTokens, ReadKeys, WriteKeys, WriteKeyspaces};
 use crate::error::{Error, Result};
 use crate::events::key_event;
 use crate::state::AppState;
 
-/// Who is acting, and within which keyspaces.
-#[derive(Clone, Debug)]
-pub struct Ctx {
-    pub actor: Actor,
-    pub request_id: Option<String>,
-    pub ip: Option<String>,
-    /// The keyspaces a limited token may act in; `None`: all.
-    pub keyspaces: Option<Vec<String>>,
-}
-
-impl Ctx {
-    pub fn sees(&self, keyspace_id: &str) -> bool {
-        self.keyspaces
-            .as_ref()
-            .is_none_or(|ids| ids.iter().any(|i| i == keyspace_id))
-    }
-    pub fn require_unlimited(&self, what: &str) -> Result<()> {
-        match self.keyspaces {
-            None => Ok(()),
-            Some(_) => Err(Error::forbidden(format!(
-                "{what} needs a token that is not limited to keyspaces"
-            ))),
-        }
-    }
-    fn event(&self, now: Timestamp, action: &str, target_type: &str, target_id: &str) -> NewEvent {
-        NewEvent {
-            id: new_id("evt", now),
-            at: now,
-            actor: self.actor.clone(),
-            action: action.into(),
-            target_type: target_type.into(),
-            target_id: target_id.into(),
-            reason: None,
-            request_id: self.request_id.clone(),
-            ip: self.ip.clone(),
-            changes: Map::new(),
-        }
-    }
+/// Whether the store answers (`/readyz`, no token needed), and which backend it is.
+pub async fn readiness(st: &AppState) -> (bool, &'static str) {
+    (st.store.ping().await.is_ok(), st.store.backend())
 }
 
 /// Makes this node's cache forget keys once their change is committed, before the caller
@@ -141,7 +115,12 @@ pub struct PatchKeyspace {
     pub policy: Option<PolicyPatch>,
 }
 
-pub async fn create_keyspace(st: &AppState, ctx: &Ctx, input: CreateKeyspace) -> Result<Keyspace> {
+pub async fn create_keyspace(
+    st: &AppState,
+    who: &Allowed<'_, WriteKeyspaces>,
+    input: CreateKeyspace,
+) -> Result<Keyspace> {
+    let ctx = who.ctx();
     ctx.require_unlimited("creating keyspaces")?;
     check_name("name", &input.name).map_err(Error::bad_request)?;
     keyformat::check_prefix(&input.prefix).map_err(Error::bad_request)?;
@@ -179,7 +158,16 @@ pub async fn create_keyspace(st: &AppState, ctx: &Ctx, input: CreateKeyspace) ->
     Ok(ks)
 }
 
-pub async fn get_keyspace(st: &AppState, ctx: &Ctx, id: &str) -> Result<Keyspace> {
+pub async fn get_keyspace(
+    st: &AppState,
+    who: &Allowed<'_, ReadKeys>,
+    id: &str,
+) -> Result<Keyspace> {
+    keyspace_seen(st, who.ctx(), id).await
+}
+
+/// A keyspace the context may see (404 otherwise).
+pub(crate) async fn keyspace_seen(st: &AppState, ctx: &Ctx, id: &str) -> Result<Keyspace> {
     if !ctx.sees(id) {
         return Err(not_found("keyspace", id));
     }
@@ -191,10 +179,11 @@ pub async fn get_keyspace(st: &AppState, ctx: &Ctx, id: &str) -> Result<Keyspace
 
 pub async fn update_keyspace(
     st: &AppState,
-    ctx: &Ctx,
+    who: &Allowed<'_, WriteKeyspaces>,
     id: &str,
     input: PatchKeyspace,
 ) -> Result<Keyspace> {
+    let ctx = who.ctx();
     if let Some(n) = &input.name {
         check_name("name", n).map_err(Error::bad_request)?;
     }
@@ -355,7 +344,12 @@ async fn check_owner_limit(
     Ok(())
 }
 
-pub async fn create_key(st: &AppState, ctx: &Ctx, input: CreateKey) -> Result<(Key, Secret)> {
+pub async fn create_key(
+    st: &AppState,
+    who: &Allowed<'_, WriteKeys>,
+    input: CreateKey,
+) -> Result<(Key, Secret)> {
+    let ctx = who.ctx();
     check_name("name", &input.name).map_err(Error::bad_request)?;
     check_owner(&input.owner)?;
     check_scopes(&input.scopes).map_err(Error::bad_request)?;
@@ -446,7 +440,12 @@ fn new_key_record(
 }
 
 /// A key the context may see, read outside a transaction.
-pub async fn get_key(st: &AppState, ctx: &Ctx, id: &str) -> Result<Key> {
+pub async fn get_key(st: &AppState, who: &Allowed<'_, ReadKeys>, id: &str) -> Result<Key> {
+    key_seen(st, who.ctx(), id).await
+}
+
+/// A key the context may see (404 otherwise), reporting its successor's quota while rotating.
+pub(crate) async fn key_seen(st: &AppState, ctx: &Ctx, id: &str) -> Result<Key> {
     let mut key = st
         .store
         .key(id)
@@ -482,7 +481,13 @@ fn required<T>(field: &str, v: Option<T>) -> Result<T> {
     v.ok_or_else(|| Error::bad_request(format!("{field} may not be null")))
 }
 
-pub async fn update_key(st: &AppState, ctx: &Ctx, id: &str, p: PatchKey) -> Result<Key> {
+pub async fn update_key(
+    st: &AppState,
+    who: &Allowed<'_, WriteKeys>,
+    id: &str,
+    p: PatchKey,
+) -> Result<Key> {
+    let ctx = who.ctx();
     // Validate everything before touching the store.
     let name = p.name.map(|v| required("name", v)).transpose()?;
     let scopes = p.scopes.map(|v| required("scopes", v)).transpose()?;
@@ -622,7 +627,13 @@ fn revoke_in_place(k: &mut Key, ctx: &Ctx, now: Timestamp, reason: &str, ev: &mu
     k.updated_at = now;
 }
 
-pub async fn revoke_key(st: &AppState, ctx: &Ctx, id: &str, reason: &str) -> Result<Key> {
+pub async fn revoke_key(
+    st: &AppState,
+    who: &Allowed<'_, WriteKeys>,
+    id: &str,
+    reason: &str,
+) -> Result<Key> {
+    let ctx = who.ctx();
     check_reason(reason).map_err(Error::bad_request)?;
     let mut tx = st.store.begin().await?;
     let mut k = key_in_tx(&mut tx, ctx, id).await?;
@@ -651,12 +662,17 @@ pub struct BulkRevoke {
     pub reason: String,
 }
 
-pub async fn revoke_owner_keys(st: &AppState, ctx: &Ctx, input: BulkRevoke) -> Result<Vec<String>> {
+pub async fn revoke_owner_keys(
+    st: &AppState,
+    who: &Allowed<'_, WriteKeys>,
+    input: BulkRevoke,
+) -> Result<Vec<String>> {
+    let ctx = who.ctx();
     check_name("owner", &input.owner).map_err(Error::bad_request)?;
     check_reason(&input.reason).map_err(Error::bad_request)?;
     let scope: Option<Vec<String>> = match (&input.keyspace_id, &ctx.keyspaces) {
         (Some(ks), _) => {
-            get_keyspace(st, ctx, ks).await?;
+            keyspace_seen(st, ctx, ks).await?;
             Some(vec![ks.clone()])
         }
         (None, limit) => limit.clone(),
@@ -694,10 +710,11 @@ pub struct RotateKey {
 /// Rotates a key: returns the successor and its plaintext.
 pub async fn rotate_key(
     st: &AppState,
-    ctx: &Ctx,
+    who: &Allowed<'_, WriteKeys>,
     id: &str,
     input: RotateKey,
 ) -> Result<(Key, Secret)> {
+    let ctx = who.ctx();
     if let Some(r) = &input.reason {
         check_reason(r).map_err(Error::bad_request)?;
     }
@@ -820,7 +837,12 @@ pub struct CreateToken {
     pub ttl_secs: Option<i64>,
 }
 
-pub async fn create_token(st: &AppState, ctx: &Ctx, input: CreateToken) -> Result<(Token, Secret)> {
+pub async fn create_token(
+    st: &AppState,
+    who: &Allowed<'_, ManageTokens>,
+    input: CreateToken,
+) -> Result<(Token, Secret)> {
+    let ctx = who.ctx();
     check_name("name", &input.name).map_err(Error::bad_request)?;
     if let Some(t) = input.ttl_secs {
         if !(1..=MAX_DURATION_SECS).contains(&t) {
@@ -880,7 +902,13 @@ pub async fn create_token(st: &AppState, ctx: &Ctx, input: CreateToken) -> Resul
     Ok((token, plaintext))
 }
 
-pub async fn revoke_token(st: &AppState, ctx: &Ctx, id: &str, reason: &str) -> Result<Token> {
+pub async fn revoke_token(
+    st: &AppState,
+    who: &Allowed<'_, ManageTokens>,
+    id: &str,
+    reason: &str,
+) -> Result<Token> {
+    let ctx = who.ctx();
     check_reason(reason).map_err(Error::bad_request)?;
     let mut tx = st.store.begin().await?;
     let mut t = tx.token(id).await?.ok_or_else(|| not_found("token", id))?;
@@ -931,9 +959,10 @@ fn check_webhook_url(url: &str) -> Result<()> {
 /// Creates a webhook; returns it with its signing secret (shown once).
 pub async fn create_webhook(
     st: &AppState,
-    ctx: &Ctx,
+    who: &Allowed<'_, ManageTokens>,
     input: CreateWebhook,
 ) -> Result<(keyward_core::model::Webhook, Secret)> {
+    let ctx = who.ctx();
     ctx.require_unlimited("managing webhooks")?;
     check_webhook_url(&input.url)?;
     if input.events.is_empty() {
@@ -984,7 +1013,12 @@ pub async fn create_webhook(
     Ok((hook, secret))
 }
 
-pub async fn delete_webhook(st: &AppState, ctx: &Ctx, id: &str) -> Result<()> {
+pub async fn delete_webhook(
+    st: &AppState,
+    who: &Allowed<'_, ManageTokens>,
+    id: &str,
+) -> Result<()> {
+    let ctx = who.ctx();
     ctx.require_unlimited("managing webhooks")?;
     let mut tx = st.store.begin().await?;
     let hook = tx

@@ -1,0 +1,202 @@
+//! The control plane's reads: lists, the audit trail, usage, sources and anomalies. Each takes
+//! the proof of the right it needs and applies the context's keyspace limit itself, so the API
+//! and the dashboard answer the same question the same way.
+
+use std::sync::Arc;
+
+use keyward_core::audit::{ChainCheck, ChainVerifier};
+use keyward_core::model::{Anomaly, AuditEvent, Key, Keyspace, Source, Token, Webhook};
+use keyward_core::time::Timestamp;
+use keyward_core::user::User;
+use keyward_store::{
+    AnomalyFilter, Attempt, AuditFilter, Bucket, KeyFilter, Page, Store, TimeCursor,
+};
+
+use super::{key_seen, keyspace_seen, not_found, report_successor_quota};
+use crate::authz::{Allowed, Ctx, ManageTokens, ReadAudit, ReadKeys};
+use crate::error::Result;
+use crate::state::AppState;
+
+/// The keyspaces a list may cover: what was asked for, within what the context may see.
+/// `None`: every keyspace. An empty list: none.
+fn within_limit(ctx: &Ctx, asked: Option<Vec<String>>) -> Option<Vec<String>> {
+    match (asked, &ctx.keyspaces) {
+        (Some(asked), Some(limit)) => {
+            Some(asked.into_iter().filter(|a| limit.contains(a)).collect())
+        }
+        (Some(asked), None) => Some(asked),
+        (None, limit) => limit.clone(),
+    }
+}
+
+pub async fn list_keyspaces(
+    st: &AppState,
+    who: &Allowed<'_, ReadKeys>,
+    page: &Page<TimeCursor>,
+) -> Result<Vec<Keyspace>> {
+    Ok(st
+        .store
+        .list_keyspaces(who.ctx().keyspaces.as_deref(), page)
+        .await?)
+}
+
+/// Keys matching `filter`, within the context's keyspaces; a key in its grace period reports
+/// its successor's quota, as [`super::get_key`] does.
+pub async fn list_keys(
+    st: &AppState,
+    who: &Allowed<'_, ReadKeys>,
+    mut filter: KeyFilter,
+) -> Result<Vec<Key>> {
+    filter.keyspace_ids = within_limit(who.ctx(), filter.keyspace_ids.take());
+    let mut rows = st.store.list_keys(&filter).await?;
+    for k in rows.iter_mut() {
+        report_successor_quota(st, k).await?;
+    }
+    Ok(rows)
+}
+
+/// Buckets of one key (`granularity` `m`, `h` or `d`), oldest first.
+pub async fn key_usage(
+    st: &AppState,
+    who: &Allowed<'_, ReadKeys>,
+    key_id: &str,
+    granularity: &str,
+    from: Timestamp,
+    to: Timestamp,
+) -> Result<(Key, Vec<Bucket>)> {
+    let key = key_seen(st, who.ctx(), key_id).await?;
+    let buckets = st
+        .store
+        .usage(Some(std::slice::from_ref(&key.id)), granularity, from, to)
+        .await?;
+    Ok((key, buckets))
+}
+
+/// Buckets of every key of a keyspace.
+pub async fn keyspace_usage(
+    st: &AppState,
+    who: &Allowed<'_, ReadKeys>,
+    keyspace_id: &str,
+    granularity: &str,
+    from: Timestamp,
+    to: Timestamp,
+) -> Result<(Keyspace, Vec<Bucket>)> {
+    let ks = keyspace_seen(st, who.ctx(), keyspace_id).await?;
+    let buckets = st
+        .store
+        .usage_of_keyspace(&ks.id, granularity, from, to)
+        .await?;
+    Ok((ks, buckets))
+}
+
+/// Buckets of every key of the installation (a context limited to keyspaces is refused).
+pub async fn all_usage(
+    st: &AppState,
+    who: &Allowed<'_, ReadKeys>,
+    granularity: &str,
+    from: Timestamp,
+    to: Timestamp,
+) -> Result<Vec<Bucket>> {
+    who.ctx().require_unlimited("usage across every keyspace")?;
+    Ok(st.store.usage(None, granularity, from, to).await?)
+}
+
+/// The source addresses a key was seen from.
+pub async fn key_sources(
+    st: &AppState,
+    who: &Allowed<'_, ReadKeys>,
+    key_id: &str,
+) -> Result<(Key, Vec<Source>)> {
+    let key = key_seen(st, who.ctx(), key_id).await?;
+    let sources = st.store.sources(&key.id).await?;
+    Ok((key, sources))
+}
+
+/// Anomalies matching `filter`, within the context's keyspaces.
+pub async fn list_anomalies(
+    st: &AppState,
+    who: &Allowed<'_, ReadKeys>,
+    mut filter: AnomalyFilter,
+) -> Result<Vec<Anomaly>> {
+    filter.keyspace_ids = within_limit(who.ctx(), filter.keyspace_ids.take());
+    Ok(st.store.list_anomalies(&filter).await?)
+}
+
+// ---------------------------------------------------------------- audit
+
+pub async fn list_audit(
+    st: &AppState,
+    _who: &Allowed<'_, ReadAudit>,
+    filter: &AuditFilter,
+) -> Result<Vec<AuditEvent>> {
+    Ok(st.store.list_audit(filter).await?)
+}
+
+/// Walks the whole chain from the first event.
+pub async fn check_chain(st: &AppState, _who: &Allowed<'_, ReadAudit>) -> Result<ChainCheck> {
+    let mut v = ChainVerifier::default();
+    let mut after = 0;
+    loop {
+        let page = st.store.audit_after(after, 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for e in &page {
+            v.push(e);
+        }
+    }
+    Ok(v.finish())
+}
+
+/// The whole trail, oldest first, a page at a time (for exports streamed after the check).
+pub struct AuditReader {
+    store: Arc<dyn Store>,
+}
+
+impl AuditReader {
+    /// Events with `seq > after`, at most `limit`, oldest first.
+    pub async fn after(&self, after: i64, limit: i64) -> Result<Vec<AuditEvent>> {
+        Ok(self.store.audit_after(after, limit).await?)
+    }
+}
+
+pub fn audit_reader(st: &AppState, _who: &Allowed<'_, ReadAudit>) -> AuditReader {
+    AuditReader {
+        store: st.store.clone(),
+    }
+}
+
+// ---------------------------------------------------------------- tokens, users, webhooks
+
+pub async fn list_tokens(
+    st: &AppState,
+    _who: &Allowed<'_, ManageTokens>,
+    page: &Page<TimeCursor>,
+) -> Result<Vec<Token>> {
+    Ok(st.store.list_tokens(page).await?)
+}
+
+/// Dashboard users, oldest first.
+pub async fn list_users(st: &AppState, _who: &Allowed<'_, ManageTokens>) -> Result<Vec<User>> {
+    Ok(st.store.users().list_users().await?)
+}
+
+pub async fn list_webhooks(
+    st: &AppState,
+    _who: &Allowed<'_, ManageTokens>,
+    page: &Page<TimeCursor>,
+) -> Result<Vec<Webhook>> {
+    Ok(st.store.list_webhooks(page).await?)
+}
+
+/// Delivery attempts of a webhook, newest first (404 for an unknown webhook).
+pub async fn list_deliveries(
+    st: &AppState,
+    _who: &Allowed<'_, ManageTokens>,
+    webhook_id: &str,
+    page: &Page<TimeCursor>,
+) -> Result<Vec<Attempt>> {
+    if st.store.webhook(webhook_id).await?.is_none() {
+        return Err(not_found("webhook", webhook_id));
+    }
+    Ok(st.store.list_attempts(webhook_id, page).await?)
+}
