@@ -119,25 +119,25 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let flusher = tokio::spawn(jobs::usage::run(
         state.clone(),
-        Duration::from_millis(state.config.usage_flush_ms.max(1)),
+        state.config.usage_flush,
         stop_rx,
     ));
     let follower = tokio::spawn(jobs::feed::run(
         state.clone(),
-        Duration::from_millis(state.config.feed_poll_ms.max(1)),
+        state.config.feed_poll,
         stop_tx.subscribe(),
     ));
     let sweeper = tokio::spawn(jobs::sweep::run(
         state.clone(),
-        Duration::from_secs(state.config.sweep_interval_secs.max(1)),
+        state.config.sweep_interval,
         stop_tx.subscribe(),
     ));
     let deliverer = tokio::spawn(jobs::webhooks::run(
         state.clone(),
-        Duration::from_millis(state.config.webhook_poll_ms.max(1)),
+        state.config.webhook_poll,
         stop_tx.subscribe(),
     ));
-    let header_timeout = Duration::from_millis(state.config.header_read_timeout_ms.max(1));
+    let header_timeout = state.config.header_read_timeout;
     let served = accept_loop(
         listener,
         http::router(state.clone()),

@@ -63,36 +63,14 @@ async fn reply(conn: &mut Conn) -> std::io::Result<i64> {
 
 impl RedisLimiter {
     /// `redis://[:password@]host[:port][/db]`.
-    pub fn from_url(url: &str) -> Result<Self, String> {
-        let rest = url
-            .strip_prefix("redis://")
-            .ok_or("KEYWARD_REDIS_URL must start with redis://")?;
-        let (auth, hostpart) = match rest.rsplit_once('@') {
-            Some((a, h)) => (Some(a), h),
-            None => (None, rest),
-        };
-        let password = auth
-            .map(|a| a.rsplit_once(':').map_or(a, |(_, p)| p).to_string())
-            .filter(|p| !p.is_empty());
-        let (host, db) = match hostpart.split_once('/') {
-            Some((h, d)) if !d.is_empty() => (
-                h,
-                Some(d.parse::<u32>().map_err(|_| "bad redis database number")?),
-            ),
-            Some((h, _)) => (h, None),
-            None => (hostpart, None),
-        };
-        let addr = if host.contains(':') {
-            host.to_string()
-        } else {
-            format!("{host}:6379")
-        };
-        Ok(RedisLimiter {
-            addr,
-            password,
-            db,
+    /// A limiter for a Redis checked when the settings were read (it connects on first use).
+    pub fn new(url: &crate::config::RedisUrl) -> Self {
+        RedisLimiter {
+            addr: url.addr.clone(),
+            password: url.password.clone(),
+            db: url.db,
             idle: Mutex::new(Vec::new()),
-        })
+        }
     }
 
     async fn connect(&self) -> std::io::Result<Conn> {
@@ -186,21 +164,22 @@ impl RedisLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::RedisUrl;
 
     #[test]
     fn urls_parse() {
-        let r = RedisLimiter::from_url("redis://127.0.0.1:6379").unwrap();
+        let r = RedisLimiter::new(&RedisUrl::parse("redis://127.0.0.1:6379").unwrap());
         assert_eq!(
             (r.addr.as_str(), r.password.as_deref(), r.db),
             ("127.0.0.1:6379", None, None)
         );
-        let r = RedisLimiter::from_url("redis://:s3cret@cache/2").unwrap();
+        let r = RedisLimiter::new(&RedisUrl::parse("redis://:s3cret@cache/2").unwrap());
         assert_eq!(
             (r.addr.as_str(), r.password.as_deref(), r.db),
             ("cache:6379", Some("s3cret"), Some(2))
         );
         assert!(!format!("{r:?}").contains("s3cret"));
-        assert!(RedisLimiter::from_url("http://x").is_err());
+        assert!(RedisUrl::parse("http://x").is_err());
     }
 
     #[test]

@@ -44,18 +44,15 @@ pub struct Shared {
 impl AppState {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: Config) -> Self {
         let metrics = Arc::new(Metrics::default());
-        let redis = config.redis_url.as_deref().and_then(|url| match crate::redis::RedisLimiter::from_url(url) {
-            Ok(r) => Some(Arc::new(r)),
-            Err(e) => {
-                tracing::error!(error = %e, "KEYWARD_REDIS_URL is not usable; rate limits are per node");
-                None
-            }
-        });
+        let redis = config
+            .redis_url
+            .as_ref()
+            .map(|url| Arc::new(crate::redis::RedisLimiter::new(url)));
         let verifier = Arc::new(Verifier::new(
             store.clone(),
             clock.clone(),
             metrics.clone(),
-            config.dormant_after_secs,
+            config.dormant_after,
             redis,
         ));
         verifier.set_usage_counting(config.usage_counting);

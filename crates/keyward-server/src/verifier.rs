@@ -656,7 +656,7 @@ impl Verifier {
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
-        dormant_after_secs: i64,
+        dormant_after: std::time::Duration,
         redis: Option<Arc<crate::redis::RedisLimiter>>,
     ) -> Self {
         Verifier {
@@ -666,7 +666,7 @@ impl Verifier {
             shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
             keyspaces: Mutex::new(HashMap::new()),
             dirty: Mutex::new(DirtyList::default()),
-            dormant_after_ms: dormant_after_secs.saturating_mul(1000),
+            dormant_after_ms: dormant_after.as_millis() as i64,
             redis,
             leased: Mutex::new(Vec::new()),
             known_sources: Mutex::new(HashMap::new()),

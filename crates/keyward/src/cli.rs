@@ -50,44 +50,8 @@ pub struct ServeArgs {
     pub listen: String,
     #[command(flatten)]
     pub db: DbArgs,
-    /// Milliseconds between usage writes.
-    #[arg(long, env = "KEYWARD_USAGE_FLUSH_MS", default_value_t = 1000)]
-    pub usage_flush_ms: u64,
-    /// Seconds between expiry, inactivity and warning sweeps.
-    #[arg(long, env = "KEYWARD_SWEEP_INTERVAL_SECS", default_value_t = 60)]
-    pub sweep_interval_secs: u64,
-    /// Require a verifier or admin token for verification.
-    #[arg(long, env = "KEYWARD_VERIFY_REQUIRES_TOKEN", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    pub verify_requires_token: bool,
-    /// Take the client address from the first X-Forwarded-For entry.
-    #[arg(long, env = "KEYWARD_TRUST_PROXY_HEADERS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    pub trust_proxy_headers: bool,
-    /// Redis for cluster-wide rate limits.
-    #[arg(long, env = "KEYWARD_REDIS_URL")]
-    pub redis_url: Option<String>,
-    /// A valid use after this many seconds without one is a `dormant_reactivated` anomaly.
-    #[arg(long, env = "KEYWARD_DORMANT_SECS", default_value_t = 30 * 86_400)]
-    pub dormant_secs: i64,
-    /// First webhook retry delay; each next one doubles (at most 1 h apart, for 24 h).
-    #[arg(long, env = "KEYWARD_WEBHOOK_RETRY_BASE_MS", default_value_t = 1000)]
-    pub webhook_retry_base_ms: i64,
-    /// How long minute usage buckets are kept, in seconds.
-    #[arg(long, env = "KEYWARD_USAGE_RETENTION_MINUTE_SECS", default_value_t = 7 * 86_400)]
-    pub usage_retention_minute_secs: i64,
-    /// How long hour usage buckets are kept, in seconds.
-    #[arg(long, env = "KEYWARD_USAGE_RETENTION_HOUR_SECS", default_value_t = 90 * 86_400)]
-    pub usage_retention_hour_secs: i64,
-    /// Count verifications (usage, last use, anomalies). Turn off only to measure its cost.
-    #[arg(long, env = "KEYWARD_USAGE_COUNTING", default_value_t = true, action = clap::ArgAction::Set)]
-    pub usage_counting: bool,
-    /// How long day usage buckets are kept, in seconds.
-    #[arg(long, env = "KEYWARD_USAGE_RETENTION_DAY_SECS", default_value_t = 730 * 86_400)]
-    pub usage_retention_day_secs: i64,
-    /// Close a connection whose request head has not arrived this long after the server began
-    /// waiting for it (slow or idle clients), in milliseconds.
-    #[arg(long, env = "KEYWARD_HEADER_READ_TIMEOUT_MS", default_value_t = 30_000,
-          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
-    pub header_read_timeout_ms: u64,
+    #[command(flatten)]
+    pub config: keyward_server::Config,
 }
 
 #[derive(Args)]

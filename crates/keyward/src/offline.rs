@@ -79,23 +79,7 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or(args.listen.clone());
-    let config = Config {
-        usage_flush_ms: args.usage_flush_ms,
-        sweep_interval_secs: args.sweep_interval_secs,
-        verify_requires_token: args.verify_requires_token,
-        trust_proxy_headers: args.trust_proxy_headers,
-        redis_url: args.redis_url,
-        dormant_after_secs: args.dormant_secs,
-        usage_counting: args.usage_counting,
-        header_read_timeout_ms: args.header_read_timeout_ms,
-        webhook_retry_base_ms: args.webhook_retry_base_ms,
-        retention_secs: [
-            args.usage_retention_minute_secs,
-            args.usage_retention_hour_secs,
-            args.usage_retention_day_secs,
-        ],
-        ..Config::default()
-    };
+    let config = args.config;
     // The server reads the clock on every verification: a millisecond-ticking clock makes that
     // one atomic load.
     let state = AppState::new(store, Arc::new(CoarseClock::start()), config);

@@ -207,7 +207,10 @@ async fn prune(st: &AppState, now: Timestamp) -> Result<u64, StoreError> {
     for (i, (g, _)) in GRANULARITIES.iter().enumerate() {
         n += st
             .store
-            .prune_usage(g, now.plus_secs(-st.config.retention_secs[i]))
+            .prune_usage(
+                g,
+                now.plus_millis(-(st.config.retention()[i].as_millis() as i64)),
+            )
             .await?;
     }
     Ok(n)

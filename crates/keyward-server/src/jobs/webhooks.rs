@@ -94,7 +94,10 @@ async fn deliver(
     let after = if ok {
         AfterAttempt::Delivered
     } else {
-        let next = at.plus_millis(backoff_ms(st.config.webhook_retry_base_ms, attempt_no));
+        let next = at.plus_millis(backoff_ms(
+            st.config.webhook_retry_base.as_millis() as i64,
+            attempt_no,
+        ));
         if next.millis() - d.created_at.millis() > GIVE_UP_AFTER_MS {
             AfterAttempt::GiveUp
         } else {

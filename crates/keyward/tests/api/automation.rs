@@ -11,10 +11,10 @@ use crate::helpers::{spawn_node, spawn_with, Backend, Options, Receiver, TestApp
 
 fn manual() -> Options {
     let mut o = crate::helpers::manual();
-    o.config.webhook_retry_base_ms = 1000;
+    o.config.webhook_retry_base = std::time::Duration::from_millis(1000);
     // The background worker then only wakes when a sweep or anomaly notifies it, so tests that
     // count attempts drive delivery themselves.
-    o.config.webhook_poll_ms = 3_600_000;
+    o.config.webhook_poll = std::time::Duration::from_millis(3_600_000);
     o
 }
 
@@ -450,10 +450,10 @@ both!(the_inventory_report_comes_as_json_and_csv);
 async fn with_a_one_second_sweep_policies_act_by_themselves(backend: Backend) {
     let o = Options {
         config: Config {
-            sweep_interval_secs: 1,
-            usage_flush_ms: 100,
-            webhook_poll_ms: 100,
-            webhook_retry_base_ms: 100,
+            sweep_interval: std::time::Duration::from_secs(1),
+            usage_flush: std::time::Duration::from_millis(100),
+            webhook_poll: std::time::Duration::from_millis(100),
+            webhook_retry_base: std::time::Duration::from_millis(100),
             ..Config::default()
         },
         ..Options::default()

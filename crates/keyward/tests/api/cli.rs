@@ -252,3 +252,49 @@ fn token_create_prints_only_the_token_and_audits_it_as_cli() {
         assert_eq!(events[0].actor.kind, keyward_core::model::ActorKind::Cli);
     });
 }
+
+/// Settings are checked before anything starts: a Redis URL that cannot be used, or a zero
+/// interval, stops `keyward serve` with exit 2 and a message that names the variable and never
+/// repeats a password; no database file is created.
+#[test]
+fn serve_refuses_bad_settings_before_it_starts() {
+    let dir = std::env::temp_dir().join(format!("kw-settings-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("never.db");
+    let url = format!("sqlite://{}", db.display());
+    for (var, value, says) in [
+        (
+            "KEYWARD_REDIS_URL",
+            "cache.internal:6379",
+            "must start with redis://",
+        ),
+        (
+            "KEYWARD_REDIS_URL",
+            "redis://:hunter2secret@cache/x",
+            "database number",
+        ),
+        (
+            "KEYWARD_REDIS_URL",
+            "https://:hunter2secret@cache",
+            "scheme must be redis://",
+        ),
+        ("KEYWARD_USAGE_FLUSH_MS", "0", "positive whole number"),
+        (
+            "KEYWARD_SWEEP_INTERVAL_SECS",
+            "soon",
+            "positive whole number",
+        ),
+    ] {
+        let o = std::process::Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &url])
+            .env(var, value)
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{var}={value}: {err}");
+        assert!(err.contains(says), "{var}={value}: {err}");
+        assert!(!err.contains("hunter2secret"), "{err}");
+        assert!(!db.exists(), "{var}={value} created the database");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

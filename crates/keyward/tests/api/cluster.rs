@@ -116,7 +116,9 @@ async fn three_nodes(
         if !keyward_store::testing::redis_available().await {
             return None;
         }
-        o.config.redis_url = Some(keyward_store::testing::redis_url());
+        o.config.redis_url = Some(
+            keyward_server::config::RedisUrl::parse(&keyward_store::testing::redis_url()).unwrap(),
+        );
     }
     let a = crate::helpers::spawn_with(backend, o).await?;
     let b = spawn_node(&a).await;

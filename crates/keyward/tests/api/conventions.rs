@@ -924,7 +924,7 @@ both!(times_are_rfc3339_utc_with_z_and_ids_have_type_prefixes);
 /// Slow-client protection with a short timeout (the default is 30 s).
 fn quick_header_timeout() -> crate::helpers::Options {
     let mut o = crate::helpers::Options::default();
-    o.config.header_read_timeout_ms = 300;
+    o.config.header_read_timeout = std::time::Duration::from_millis(300);
     o
 }
 

@@ -89,7 +89,7 @@ async fn with_postgresql_down_cached_keys_verify_and_no_count_is_lost() {
     let url =
         testing::pg_url_with_schema(&schema).replace(&target, &format!("127.0.0.1:{}", proxy.port));
     let mut opts = Options::default();
-    opts.config.usage_flush_ms = 100;
+    opts.config.usage_flush = std::time::Duration::from_millis(100);
     let app = spawn_on(Backend::Postgres, &url, opts).await;
 
     let ks = app.keyspace(json!({})).await;

@@ -70,7 +70,7 @@ impl Default for Options {
         Options {
             manual_clock: false,
             config: Config {
-                usage_flush_ms: 50,
+                usage_flush: std::time::Duration::from_millis(50),
                 ..Config::default()
             },
         }

@@ -230,7 +230,7 @@ both!(the_hash_chain_can_be_rechecked_from_an_export);
 
 async fn counts_survive_a_graceful_stop_whatever_the_flush_interval(backend: Backend) {
     let mut opts = Options::default();
-    opts.config.usage_flush_ms = 3_600_000;
+    opts.config.usage_flush = std::time::Duration::from_millis(3_600_000);
     let Some(app) = spawn_with(backend, opts).await else {
         return;
     };

@@ -192,7 +192,7 @@ async fn verification_needs_a_verifier_or_admin_token_when_configured(backend: B
     let opts = Options {
         config: Config {
             verify_requires_token: true,
-            usage_flush_ms: 50,
+            usage_flush: std::time::Duration::from_millis(50),
             ..Config::default()
         },
         ..Options::default()
@@ -428,7 +428,7 @@ async fn a_verifier_limited_to_keyspaces_finds_no_key_outside_them(backend: Back
     let opts = Options {
         config: Config {
             verify_requires_token: true,
-            usage_flush_ms: 50,
+            usage_flush: std::time::Duration::from_millis(50),
             ..Config::default()
         },
         ..Options::default()

@@ -9,7 +9,7 @@ use crate::helpers::{Options, Receiver, TestApp};
 /// A manual clock; the webhook worker wakes only when notified, so tests drive delivery.
 fn manual() -> Options {
     let mut o = crate::helpers::manual();
-    o.config.webhook_poll_ms = 3_600_000;
+    o.config.webhook_poll = std::time::Duration::from_millis(3_600_000);
     o
 }
 
@@ -459,7 +459,7 @@ async fn a_flush_of_more_keys_than_one_batch_writes_every_key(app: TestApp) {
 /// No background flush: the test's own flush writes everything.
 fn flush_by_hand() -> Options {
     let mut o = manual();
-    o.config.usage_flush_ms = 3_600_000;
+    o.config.usage_flush = std::time::Duration::from_millis(3_600_000);
     o
 }
 both!(
