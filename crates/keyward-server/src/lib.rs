@@ -26,6 +26,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod redis;
 pub mod reports;
+pub mod routes;
 pub mod service;
 pub mod state;
 pub mod throttle;
@@ -140,7 +141,7 @@ pub async fn serve(
     let header_timeout = state.config.header_read_timeout;
     let served = accept_loop(
         listener,
-        http::router(state.clone()),
+        routes::router(state.clone()),
         header_timeout,
         shutdown,
     )

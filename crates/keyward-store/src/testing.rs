@@ -30,6 +30,22 @@ pub fn unique_schema() -> String {
     )
 }
 
+/// Says once per process, where a person running `cargo test` sees it, that tests were skipped
+/// and why. The test harness captures `eprintln!` of passing tests (a skipped test passes), so
+/// the line is written to the process's standard error directly, past the capture.
+pub fn announce_skip(why: &str) {
+    use std::io::Write;
+    static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut said = SAID.lock().unwrap_or_else(|p| p.into_inner());
+    if said.iter().any(|s| s == why) {
+        return;
+    }
+    said.push(why.to_string());
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "\nSKIPPED: {why}");
+    let _ = err.flush();
+}
+
 /// Whether PostgreSQL tests should run. Prints why when they are skipped; panics in CI.
 pub async fn postgres_available() -> bool {
     use sqlx::Connection;
@@ -50,10 +66,11 @@ pub async fn postgres_available() -> bool {
                 );
             }
         }
-        eprintln!(
-            "SKIPPED: PostgreSQL at {} is not reachable; set KEYWARD_TEST_POSTGRES_URL to run the PostgreSQL tests",
+        announce_skip(&format!(
+            "PostgreSQL at {} is not reachable: the PostgreSQL half of these tests did not run \
+             (start PostgreSQL or set KEYWARD_TEST_POSTGRES_URL)",
             crate::redact_url(&url)
-        );
+        ));
     }
     ok
 }
@@ -103,7 +120,10 @@ pub async fn redis_available() -> bool {
                 panic!("CI=true but Redis at {url} is not reachable");
             }
         }
-        eprintln!("SKIPPED: Redis at {url} is not reachable; set KEYWARD_TEST_REDIS_URL to run the Redis tests");
+        announce_skip(&format!(
+            "Redis at {url} is not reachable: the Redis tests did not run \
+             (start Redis or set KEYWARD_TEST_REDIS_URL)"
+        ));
     }
     ok
 }

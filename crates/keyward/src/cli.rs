@@ -245,7 +245,9 @@ fn fail(e: ClientError) -> ExitCode {
 
 pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Serve(args) => crate::offline::serve(args).await,
+        Command::Serve(args) => {
+            crate::offline::serve(&args.listen, &args.db.database_url, args.config).await
+        }
         Command::Token(TokenCmd::Create {
             name,
             role,

@@ -10,8 +10,6 @@ use keyward_server::authz::Ctx;
 use keyward_server::service;
 use keyward_server::{AppState, Config};
 
-use crate::cli::ServeArgs;
-
 fn init_logging() {
     use tracing_subscriber::filter::Targets;
     use tracing_subscriber::prelude::*;
@@ -63,30 +61,30 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: draining requests and flushing usage");
 }
 
-pub async fn serve(args: ServeArgs) -> ExitCode {
+/// `keyward serve`: listens on `listen`, on the database at `database_url`.
+pub async fn serve(listen: &str, database_url: &str, config: Config) -> ExitCode {
     init_logging();
-    let Some(store) = open(&args.db.database_url).await else {
+    let Some(store) = open(database_url).await else {
         return ExitCode::from(1);
     };
-    let listener = match tokio::net::TcpListener::bind(&args.listen).await {
+    let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("error: cannot listen on {}: {e}", args.listen);
+            eprintln!("error: cannot listen on {listen}: {e}");
             return ExitCode::from(1);
         }
     };
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
-        .unwrap_or(args.listen.clone());
-    let config = args.config;
+        .unwrap_or(listen.to_string());
     // The server reads the clock on every verification: a millisecond-ticking clock makes that
     // one atomic load.
     let state = AppState::new(store, Arc::new(CoarseClock::start()), config);
     announce_setup_link(&state, &addr).await;
     tracing::info!(
         listen = %addr,
-        database = %keyward_store::redact_url(&args.db.database_url),
+        database = %keyward_store::redact_url(database_url),
         "keyward listening on http://{addr}"
     );
     match keyward_server::serve(listener, state, shutdown_signal()).await {

@@ -5,7 +5,8 @@
 //! refused when posting the form, and CSRF refusals.
 //!
 //! Needs `node`, `/usr/bin/chromium` (or `KEYWARD_CHROMIUM`) and `npm ci` in `tests/browser`.
-//! Without them the test prints SKIPPED and passes, except under `CI=true`, where it fails.
+//! Without them the test says SKIPPED on standard error (past the harness's capture, so a
+//! person sees it) and passes, except under `CI=true`, where it fails.
 //! With `KEYWARD_SCREENSHOTS=docs/screenshots` it also writes screenshots of the main pages.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -60,7 +61,9 @@ fn the_dashboard_works_in_a_real_browser() {
         if in_ci() {
             panic!("CI=true but the browser tests cannot run: {why}");
         }
-        eprintln!("SKIPPED: browser tests: {why}");
+        keyward_store::testing::announce_skip(&format!(
+            "the_dashboard_works_in_a_real_browser did not run: {why}"
+        ));
         return;
     }
     let dir = std::env::temp_dir().join(format!(

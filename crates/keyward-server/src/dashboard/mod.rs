@@ -54,7 +54,7 @@ use crate::accounts;
 use crate::authz::Ctx;
 use crate::error::{current_request_id, Code, Error};
 use crate::http::extract::client_ip;
-use crate::http::{Access, RouteSpec};
+use crate::routes::{Access, RouteSpec};
 use crate::state::AppState;
 
 pub const SESSION_COOKIE: &str = "kw_session";
@@ -66,7 +66,7 @@ pub const CSP: &str =
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
      frame-ancestors 'none'; form-action 'self'; base-uri 'none'";
 
-/// Every page and form of the dashboard, with its access (see [`crate::http::Access`]).
+/// Every page and form of the dashboard, with its access (see [`Access`]).
 pub(crate) fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
     use keyward_core::model::Permission::*;
     use Access::{Public, Right, SignIn};
@@ -185,7 +185,7 @@ pub(crate) fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
 }
 
 pub fn router() -> Router<AppState> {
-    crate::http::from_table(routes()).layer(middleware::from_fn(guard))
+    crate::routes::from_table(routes()).layer(middleware::from_fn(guard))
 }
 
 /// Security headers on every dashboard response, `no-store` unless the handler chose a cache

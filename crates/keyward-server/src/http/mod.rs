@@ -7,62 +7,22 @@ pub mod verify;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, delete, get, patch, post, MethodRouter};
-use axum::{Json, Router};
+use axum::routing::{any, delete, get, patch, post};
+use axum::Json;
 use serde_json::json;
 
 use keyward_core::model::Permission;
 
 use crate::error::{Code, Error, REQUEST_ID};
+use crate::routes::{spec, Access, Handler, RouteSpec};
 use crate::state::AppState;
 
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
-/// Who may call a route. Every route is listed in [`api_routes`] or the dashboard's table with
-/// its access, and the route-authorization test holds each one to it: a route that needs a right
-/// must reach [`crate::authz::Ctx::allow`] for exactly that right before it answers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Access {
-    /// No credentials: operational endpoints and static assets.
-    Public,
-    /// The data plane: public, unless `KEYWARD_VERIFY_REQUIRES_TOKEN` (then the `Verify` right).
-    Verify,
-    /// Establishes who is acting (sign-in, sign-out, first-run setup).
-    SignIn,
-    /// Needs this right, granted by the service's door.
-    Right(Permission),
-}
-
-/// One route: method (`ANY` for every method), path template, access.
-#[derive(Clone, Copy, Debug)]
-pub struct RouteSpec {
-    pub method: &'static str,
-    pub path: &'static str,
-    pub access: Access,
-}
-
-type Handler = MethodRouter<AppState>;
-
-fn spec(
-    method: &'static str,
-    path: &'static str,
-    access: Access,
-    h: Handler,
-) -> (RouteSpec, Handler) {
-    (
-        RouteSpec {
-            method,
-            path,
-            access,
-        },
-        h,
-    )
-}
-
 /// Every route of the API and the operational endpoints, with its access.
-fn api_routes() -> Vec<(RouteSpec, Handler)> {
+pub(crate) fn api_routes() -> Vec<(RouteSpec, Handler)> {
     use Access::{Public, Right};
     use Permission::*;
     vec![
@@ -216,34 +176,7 @@ fn api_routes() -> Vec<(RouteSpec, Handler)> {
     ]
 }
 
-/// Builds a router from a route table (several methods of one path merge into one entry).
-pub(crate) fn from_table(routes: Vec<(RouteSpec, Handler)>) -> Router<AppState> {
-    routes
-        .into_iter()
-        .fold(Router::new(), |r, (spec, h)| r.route(spec.path, h))
-}
-
-/// Every route the server answers (the API's, then the dashboard's), for the tests that hold
-/// each to its access and to the OpenAPI document.
-#[cfg(feature = "test-hooks")]
-pub fn routes() -> Vec<RouteSpec> {
-    api_routes()
-        .into_iter()
-        .chain(crate::dashboard::routes())
-        .map(|(spec, _)| spec)
-        .collect()
-}
-
-pub fn router(state: AppState) -> Router {
-    from_table(api_routes())
-        // The web dashboard: `/`, `/login`, `/keys`, ... and `/static/...`.
-        .merge(crate::dashboard::router())
-        .fallback(not_found)
-        .layer(middleware::from_fn(request_context))
-        .with_state(state)
-}
-
-async fn not_found() -> Error {
+pub(crate) async fn not_found() -> Error {
     Error::not_found("no such endpoint")
 }
 
@@ -274,7 +207,7 @@ fn valid_request_id(v: &HeaderValue) -> Option<String> {
 /// Gives every request an id (echoed from `x-request-id` when it sent a usable one), makes it
 /// available to error bodies, turns the router's bare 405s into the error envelope, and logs
 /// one line per request with the route template (never the raw path: it could hold a secret).
-async fn request_context(req: Request, next: Next) -> Response {
+pub(crate) async fn request_context(req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get("x-request-id")
