@@ -1,4 +1,4 @@
-//! The API key format of `API.md`: `<prefix>_<32 random base62><6 base62 CRC32>`.
+//! The API key format of the API contract (OpenAPI document, "API key format"): `<prefix>_<32 random base62><6 base62 CRC32>`.
 //!
 //! Parsing checks the prefix grammar, the alphabet, the length and the checksum, so a mistyped
 //! or random string is rejected before it reaches the store (the verifier parses a key it does

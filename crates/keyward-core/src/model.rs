@@ -1,5 +1,5 @@
 //! Domain records: keyspaces, keys, management tokens, actors and audit events, with the
-//! validation rules of `API.md` as pure functions.
+//! validation rules of the API contract (the OpenAPI document) as pure functions.
 
 use std::collections::BTreeMap;
 
@@ -283,7 +283,7 @@ impl Role {
     }
 }
 
-/// The rows of the role matrix in `API.md`.
+/// The rows of the role matrix of the API contract (OpenAPI document, "Authentication and roles").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Permission {
     Verify,

@@ -27,7 +27,8 @@ pub enum Preset {
 }
 
 impl Preset {
-    /// Presets differ only in what `API.md` lists; every other field is `standard`'s.
+    /// Presets differ only in the fields the API contract lists for them (lifetime, inactivity,
+    /// grace); every other field is `standard`'s.
     pub fn policy(self) -> Policy {
         let standard = Policy {
             max_lifetime_secs: Some(180 * DAY),

@@ -1,5 +1,6 @@
 //! The verification decision: which code a request gets, as pure functions of the key's cached
-//! state, the request and `now`. Checks run in the order of `API.md`; a later check consumes
+//! state, the request and `now`. Checks run in the order the API contract
+//! gives (the OpenAPI document's `VerifyCode`); a later check consumes
 //! nothing when an earlier one fails, and only `VALID` consumes a rate-limit slot and quota.
 
 use std::net::IpAddr;

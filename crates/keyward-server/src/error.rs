@@ -1,4 +1,5 @@
-//! The one error type of the server, with the stable codes of `API.md` on the wire.
+//! The one error type of the server, with the stable codes of the API contract (the OpenAPI
+//! document, `GET /v1/openapi.json`) on the wire.
 //! A 500 logs its cause and answers a generic message; no message ever carries a secret.
 
 use axum::http::{HeaderValue, StatusCode};
