@@ -28,7 +28,7 @@ use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq;
 
 use crate::authz::{Allowed, Ctx, ManageTokens};
-use crate::error::{Code, Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::state::AppState;
 use crate::throttle::SignIns;
 
@@ -384,7 +384,7 @@ pub async fn authenticate_token(
             let ip = ip.unwrap_or(IpAddr::from([0, 0, 0, 0]));
             if let Some(wait) = st.throttle.fail(ip, now) {
                 return Err(Error::new(
-                    Code::RateLimited,
+                    ErrorCode::RateLimited,
                     "too many failed authentications from this address",
                 )
                 .with_retry_after(wait));

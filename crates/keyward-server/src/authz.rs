@@ -220,7 +220,7 @@ mod tests {
             .allow::<WriteKeys>()
             .is_ok());
         let e = ctx(Role::Admin, limited.clone()).allow::<ReadAudit>().err();
-        assert_eq!(e.map(|e| e.code), Some(crate::error::Code::Forbidden));
+        assert_eq!(e.map(|e| e.code), Some(crate::error::ErrorCode::Forbidden));
         assert!(ctx(Role::Admin, limited).allow::<ManageTokens>().is_err());
         assert!(ctx(Role::Admin, None).allow::<ManageTokens>().is_ok());
     }

@@ -160,8 +160,8 @@ pub async fn create_keyspace(State(st): State<AppState>, s: SignedIn, form: Form
         };
     match service::create_keyspace(&st, &who, input).await {
         Ok(ks) => Ok(redirect(&format!("/keyspaces/{}?done=keyspace", ks.id))),
-        Err(e) if e.code.status().is_client_error() && e.code != crate::error::Code::Forbidden => {
-            Ok(fail(e.code.status(), &e.message))
+        Err(e) if e.code.is_request_error() && e.code != crate::error::ErrorCode::Forbidden => {
+            Ok(fail(crate::http::error::status(e.code), &e.message))
         }
         Err(e) => Err(e.into()),
     }
@@ -374,7 +374,7 @@ pub async fn update_keyspace(
             "/keyspaces/{}?done=policy",
             ui::urlencode(&id)
         ))),
-        Err(e) if e.code.status().is_client_error() && e.code != crate::error::Code::Forbidden => {
+        Err(e) if e.code.is_request_error() && e.code != crate::error::ErrorCode::Forbidden => {
             Ok(fail(&e.message))
         }
         Err(e) => Err(e.into()),

@@ -19,7 +19,7 @@ use super::{
     FORM_COOKIE, SESSION_COOKIE,
 };
 use crate::accounts::{self, LoginError, SESSION_TTL_SECS};
-use crate::error::current_request_id;
+use crate::http::error::current_request_id;
 use crate::http::extract::client_ip;
 use crate::state::AppState;
 
@@ -283,10 +283,10 @@ pub async fn setup(State(st): State<AppState>, c: Client, form: Form) -> PageRes
             }
             Ok(res)
         }
-        Err(e) if e.code == crate::error::Code::Forbidden => Ok(setup_gone()),
+        Err(e) if e.code == crate::error::ErrorCode::Forbidden => Ok(setup_gone()),
         Err(e)
-            if e.code == crate::error::Code::BadRequest
-                || e.code == crate::error::Code::Conflict =>
+            if e.code == crate::error::ErrorCode::BadRequest
+                || e.code == crate::error::ErrorCode::Conflict =>
         {
             Ok(with_form_cookie(&c, StatusCode::BAD_REQUEST, |csrf| {
                 setup_markup(csrf, &token, &email, Some(&e.message))

@@ -21,7 +21,7 @@ use super::ui::{self, heading, page, row, status_badge, when, Nav};
 use super::usage;
 use super::{csrf_field, redirect, Form, PageError, PageResult, QueryMap, SignedIn};
 use crate::authz::{self, Allowed, Ctx};
-use crate::error::Code;
+use crate::error::ErrorCode;
 use crate::http::extract::{encode_cursor, time_cursor};
 use crate::reports;
 use crate::service;
@@ -762,8 +762,8 @@ pub async fn create(State(st): State<AppState>, s: SignedIn, form: Form) -> Page
             &plaintext,
             html! { p { "The key " strong { (key.name) } " is ready to use." } },
         )),
-        Err(e) if e.code.status().is_client_error() && e.code != crate::error::Code::Forbidden => {
-            Ok(fail(e.code.status(), &e.message))
+        Err(e) if e.code.is_request_error() && e.code != crate::error::ErrorCode::Forbidden => {
+            Ok(fail(crate::http::error::status(e.code), &e.message))
         }
         Err(e) => Err(e.into()),
     }
@@ -779,7 +779,7 @@ async fn lineage_key(
 ) -> PageResult<Option<Key>> {
     match service::get_key(st, who, id).await {
         Ok(k) => Ok(Some(k)),
-        Err(e) if e.code == Code::NotFound => Ok(None),
+        Err(e) if e.code == ErrorCode::NotFound => Ok(None),
         Err(e) => Err(e.into()),
     }
 }

@@ -52,7 +52,8 @@ use maud::{html, Markup};
 
 use crate::accounts;
 use crate::authz::Ctx;
-use crate::error::{current_request_id, Code, Error};
+use crate::error::{Error, ErrorCode};
+use crate::http::error::current_request_id;
 use crate::http::extract::client_ip;
 use crate::routes::{Access, RouteSpec};
 use crate::state::AppState;
@@ -267,14 +268,14 @@ pub type PageResult<T = Response> = std::result::Result<T, PageError>;
 impl From<Error> for PageError {
     fn from(e: Error) -> Self {
         match e.code {
-            Code::NotFound => PageError::NotFound,
-            Code::Forbidden => PageError::Forbidden(e.message),
-            Code::Internal => PageError::Internal,
-            Code::Unavailable => PageError::Failed(
+            ErrorCode::NotFound => PageError::NotFound,
+            ErrorCode::Forbidden => PageError::Forbidden(e.message),
+            ErrorCode::Internal => PageError::Internal,
+            ErrorCode::Unavailable => PageError::Failed(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "The database cannot be reached. Try again in a moment.".into(),
             ),
-            c => PageError::Failed(c.status(), e.message),
+            c => PageError::Failed(crate::http::error::status(c), e.message),
         }
     }
 }

@@ -15,7 +15,7 @@ use maud::{html, Markup};
 use super::ui::{self, heading, page, row, Nav};
 use super::{csrf_field, redirect, Form, PageError, PageResult, QueryMap, SignedIn};
 use crate::authz::{self, Allowed, ManageTokens};
-use crate::error::Code;
+use crate::error::ErrorCode;
 use crate::service;
 use crate::state::AppState;
 
@@ -236,9 +236,9 @@ pub async fn create(State(st): State<AppState>, s: SignedIn, form: Form) -> Page
     };
     let (hook, secret) = match service::create_webhook(&st, &who, input).await {
         Ok(r) => r,
-        Err(e) if e.code.status().is_client_error() && e.code != Code::Forbidden => {
+        Err(e) if e.code.is_request_error() && e.code != ErrorCode::Forbidden => {
             let page = webhooks_page(&st, &who, &s, None, &v, Some(&e.message)).await?;
-            return Ok((e.code.status(), page).into_response());
+            return Ok((crate::http::error::status(e.code), page).into_response());
         }
         Err(e) => return Err(e.into()),
     };

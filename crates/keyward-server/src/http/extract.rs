@@ -13,7 +13,10 @@ use keyward_core::model::{canonical_ip, Actor, ActorKind, Token};
 use serde::de::DeserializeOwned;
 
 use crate::authz::Ctx;
-use crate::error::{current_request_id, Code, Error, Result};
+use axum::response::{IntoResponse, Response};
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::http::error::{current_request_id, Refusal};
 use crate::state::AppState;
 
 pub const MAX_BODY: usize = 64 * 1024;
@@ -38,9 +41,9 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 impl<S: Send + Sync> FromRequest<S> for JsonBody {
-    type Rejection = Error;
+    type Rejection = Response;
 
-    async fn from_request(req: Request, _state: &S) -> Result<Self> {
+    async fn from_request(req: Request, _state: &S) -> std::result::Result<Self, Response> {
         let headers = req.headers();
         let declared: Option<u64> = headers
             .get(CONTENT_LENGTH)
@@ -50,13 +53,10 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         let has_body = declared.is_some_and(|n| n > 0) || chunked;
         let json = is_json(headers);
         // Answered before the body is read: tell the client this connection is not reused.
-        let close = |mut e: Error| {
-            e.headers.push(("connection", "close".into()));
-            e
-        };
+        let close = |e: Error| Refusal(e).into_response();
         if has_body && !json {
             return Err(close(Error::new(
-                Code::UnsupportedMediaType,
+                ErrorCode::UnsupportedMediaType,
                 "the request body must be JSON (Content-Type: application/json)",
             )));
         }
@@ -68,19 +68,20 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             // without another round through the connection to learn that the body ended.
             Some(n) if !chunked => read_declared(req.into_body(), n as usize)
                 .await
-                .map_err(|_| too_large())?,
+                .map_err(|_| too_large().into_response())?,
             _ => axum::body::to_bytes(req.into_body(), MAX_BODY)
                 .await
-                .map_err(|_| too_large())?,
+                .map_err(|_| too_large().into_response())?,
         };
         if bytes.is_empty() {
             return Ok(JsonBody(None));
         }
         if !json {
             return Err(Error::new(
-                Code::UnsupportedMediaType,
+                ErrorCode::UnsupportedMediaType,
                 "the request body must be JSON (Content-Type: application/json)",
-            ));
+            )
+            .into_response());
         }
         Ok(JsonBody(Some(bytes)))
     }
@@ -112,7 +113,7 @@ async fn read_declared(mut body: axum::body::Body, n: usize) -> std::result::Res
 
 fn too_large() -> Error {
     Error::new(
-        Code::PayloadTooLarge,
+        ErrorCode::PayloadTooLarge,
         format!("the request body is larger than {MAX_BODY} bytes"),
     )
 }

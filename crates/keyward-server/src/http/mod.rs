@@ -1,6 +1,7 @@
 //! The HTTP surface: routes, the request-id and logging middleware, and the operational
 //! endpoints (`/healthz`, `/readyz`, `/metrics`, `/v1/openapi.json`).
 
+pub mod error;
 pub mod extract;
 pub mod v1;
 pub mod verify;
@@ -15,7 +16,8 @@ use serde_json::json;
 
 use keyward_core::model::Permission;
 
-use crate::error::{Code, Error, REQUEST_ID};
+use crate::error::{Error, ErrorCode};
+use crate::http::error::REQUEST_ID;
 use crate::routes::{spec, Access, Handler, RouteSpec};
 use crate::state::AppState;
 
@@ -223,7 +225,7 @@ pub(crate) async fn request_context(req: Request, next: Next) -> Response {
         {
             let allow = res.headers().get(header::ALLOW).cloned();
             let mut r = Error::new(
-                Code::MethodNotAllowed,
+                ErrorCode::MethodNotAllowed,
                 "method not allowed for this endpoint",
             )
             .into_response();

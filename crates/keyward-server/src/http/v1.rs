@@ -696,7 +696,7 @@ pub async fn keyspace_usage(
             for (id, n) in rows {
                 let name = match service::get_key(&st, who, &id).await {
                     Ok(k) => Some(k.name),
-                    Err(e) if e.code == crate::error::Code::NotFound => None,
+                    Err(e) if e.code == crate::error::ErrorCode::NotFound => None,
                     Err(e) => return Err(e),
                 };
                 out.push(json!({"key_id": id, "name": name, field: n}));

@@ -13,7 +13,8 @@ use keyward_core::verify::Code as VCode;
 use serde::Deserialize;
 use serde::Serialize;
 
-use crate::error::{error_body, Error, Result};
+use crate::error::{Error, Result};
+use crate::http::error::error_body;
 use crate::http::extract::{authenticate, bearer, client_ip, JsonBody, Params};
 use crate::state::AppState;
 use crate::verifier::{Outcome, Request};
@@ -47,11 +48,15 @@ pub async fn verify(State(st): State<AppState>, req: axum::extract::Request) -> 
         auth.ctx().allow::<crate::authz::Verify>()?;
         limit = auth.token.keyspace_ids;
     }
-    let body = <JsonBody as axum::extract::FromRequest<()>>::from_request(
+    let body = match <JsonBody as axum::extract::FromRequest<()>>::from_request(
         axum::extract::Request::from_parts(parts, body),
         &(),
     )
-    .await?;
+    .await
+    {
+        Ok(b) => b,
+        Err(refused) => return Ok(refused),
+    };
     let b: VerifyBody = body.parse()?;
     if b.key.is_empty() {
         return Err(Error::bad_request("key must not be empty"));
