@@ -7,12 +7,15 @@
 //! - [`id`]: prefixed, time-ordered object ids.
 //! - [`scope`], [`policy`], [`model`]: validated domain types.
 //! - [`verify`]: the verification decision, a pure function of key state, request and `now`.
+//! - [`kinds`]: the closed sets of names (audit actions, webhook events, anomaly kinds,
+//!   granularities) as enums.
 //! - [`user`]: dashboard users and the rules for their email and password.
 //! - [`audit`]: RFC 8785 canonical JSON and the hash chain of audit events.
 
 pub mod audit;
 pub mod id;
 pub mod keyformat;
+pub mod kinds;
 pub mod model;
 pub mod policy;
 pub mod scope;

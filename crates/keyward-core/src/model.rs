@@ -486,18 +486,6 @@ pub fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
     }
 }
 
-/// Webhook event types.
-pub const WEBHOOK_EVENTS: [&str; 8] = [
-    "key.created",
-    "key.revoked",
-    "key.rotated",
-    "key.expiring",
-    "key.expired",
-    "key.inactive_revoked",
-    "key.anomaly",
-    "key.leaked",
-];
-
 /// A webhook subscription. Its signing secret is returned once, at creation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Webhook {
@@ -515,7 +503,7 @@ pub struct Anomaly {
     pub id: String,
     pub key_id: String,
     pub keyspace_id: String,
-    pub kind: String,
+    pub kind: crate::kinds::AnomalyKind,
     pub detected_at: Timestamp,
     pub detail: Value,
 }

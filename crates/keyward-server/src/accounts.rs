@@ -28,6 +28,8 @@ use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq;
 
 use crate::authz::{Allowed, Ctx, ManageTokens};
+use keyward_core::kinds::{AuditAction, TargetType};
+
 use crate::error::{Error, ErrorCode, Result};
 use crate::state::AppState;
 use crate::throttle::SignIns;
@@ -125,7 +127,7 @@ pub async fn create_user(
     };
     let mut tx = st.store.begin().await?;
     tx.users().insert_user(&user).await.map_err(email_taken)?;
-    let mut ev = ctx.event(now, "user.create", "user", &user.id);
+    let mut ev = ctx.event(now, AuditAction::UserCreate, TargetType::User, &user.id);
     ev.changes = created_changes(&user);
     tx.append_audit(ev).await?;
     tx.commit().await?;
@@ -153,7 +155,7 @@ pub async fn disable_user(
     user.disabled_at = Some(now);
     tx.users().update_user(&user).await?;
     tx.users().delete_sessions_of(&user.id).await?;
-    let mut ev = ctx.event(now, "user.disable", "user", &user.id);
+    let mut ev = ctx.event(now, AuditAction::UserDisable, TargetType::User, &user.id);
     ev.changes
         .insert("disabled_at".into(), json!([null, user.disabled_at]));
     tx.append_audit(ev).await?;
@@ -253,7 +255,7 @@ pub async fn complete_setup(
         return Err(used());
     }
     tx.users().insert_user(&user).await.map_err(email_taken)?;
-    let mut ev = ctx.event(now, "user.create", "user", &user.id);
+    let mut ev = ctx.event(now, AuditAction::UserCreate, TargetType::User, &user.id);
     ev.reason = Some("first admin, created with the one-time setup link".into());
     ev.changes = created_changes(&user);
     tx.append_audit(ev).await?;

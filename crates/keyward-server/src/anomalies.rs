@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 
 use keyward_core::id::new_id;
+use keyward_core::kinds::{AnomalyKind, WebhookEvent};
 use keyward_core::model::Anomaly;
 use keyward_core::time::Timestamp;
 use keyward_store::Bucket;
@@ -43,7 +44,7 @@ pub struct Found {
 pub fn found(
     key_id: &str,
     keyspace_id: &str,
-    kind: &str,
+    kind: AnomalyKind,
     dedup: String,
     at: Timestamp,
     detail: Value,
@@ -53,7 +54,7 @@ pub fn found(
             id: new_id("anm", at),
             key_id: key_id.to_string(),
             keyspace_id: keyspace_id.to_string(),
-            kind: kind.to_string(),
+            kind,
             detected_at: at,
             detail,
         },
@@ -145,7 +146,7 @@ pub fn judge(
             out.push(found(
                 key_id,
                 ks,
-                "spike",
+                AnomalyKind::Spike,
                 format!("spike:{key_id}:{hour}"),
                 now,
                 json!({"minute": at, "valid": c.valid, "baseline_per_minute": round2(base_valid)}),
@@ -155,7 +156,7 @@ pub fn judge(
             out.push(found(
                 key_id,
                 ks,
-                "denied_burst",
+                AnomalyKind::DeniedBurst,
                 format!("denied_burst:{key_id}:{hour}"),
                 now,
                 json!({"minute": at, "denied": c.denied, "by_code": c.by_code, "baseline_per_minute": round2(base_denied)}),
@@ -185,7 +186,7 @@ pub async fn record(st: &AppState, found: Vec<Found>) -> Result<usize, keyward_s
             let mut extra = Map::new();
             extra.insert("anomaly".into(), json!(f.anomaly));
             tx.enqueue(&key_event(
-                "key.anomaly",
+                WebhookEvent::KeyAnomaly,
                 &key,
                 f.anomaly.detected_at,
                 extra,
@@ -221,7 +222,7 @@ mod tests {
         steady.push(b("k", 1060, "VALID", 400));
         let found = judge_minute(&steady, 1060 * MINUTE, Timestamp::EPOCH);
         assert_eq!(found.len(), 1);
-        assert_eq!(found[0].anomaly.kind, "spike");
+        assert_eq!(found[0].anomaly.kind, AnomalyKind::Spike);
     }
 
     #[test]
@@ -251,7 +252,7 @@ mod tests {
         buckets.push(b("quiet", 1060, "REVOKED", 30));
         let minute = 1060 * MINUTE;
         let kinds = |found: Vec<Found>| {
-            let mut k: Vec<(String, String)> = found
+            let mut k: Vec<(String, AnomalyKind)> = found
                 .into_iter()
                 .map(|f| (f.anomaly.key_id, f.anomaly.kind))
                 .collect();
@@ -262,8 +263,9 @@ mod tests {
         assert_eq!(
             whole,
             vec![
-                ("quiet".to_string(), "denied_burst".to_string()),
-                ("quiet".to_string(), "spike".to_string()),
+                // Sorted by kind in declaration order.
+                ("quiet".to_string(), AnomalyKind::Spike),
+                ("quiet".to_string(), AnomalyKind::DeniedBurst),
             ]
         );
         let summed = |key: &str| match key {
@@ -287,7 +289,7 @@ mod tests {
         let buckets = vec![b("k", 1000, "VALID", 3), b("k", 1060, "REVOKED", 25)];
         let found = judge_minute(&buckets, 1060 * MINUTE, Timestamp::EPOCH);
         assert_eq!(found.len(), 1);
-        assert_eq!(found[0].anomaly.kind, "denied_burst");
+        assert_eq!(found[0].anomaly.kind, AnomalyKind::DeniedBurst);
         assert_eq!(found[0].anomaly.detail["by_code"]["REVOKED"], 25);
     }
 }

@@ -15,6 +15,7 @@
 use std::marker::PhantomData;
 
 use keyward_core::id::new_id;
+use keyward_core::kinds::{AuditAction, TargetType};
 use keyward_core::model::{Actor, Permission, Role};
 use keyward_core::time::Timestamp;
 use keyward_store::NewEvent;
@@ -87,16 +88,16 @@ impl Ctx {
     pub(crate) fn event(
         &self,
         now: Timestamp,
-        action: &str,
-        target_type: &str,
+        action: AuditAction,
+        target_type: TargetType,
         target_id: &str,
     ) -> NewEvent {
         NewEvent {
             id: new_id("evt", now),
             at: now,
             actor: self.actor.clone(),
-            action: action.into(),
-            target_type: target_type.into(),
+            action,
+            target_type,
             target_id: target_id.into(),
             reason: None,
             request_id: self.request_id.clone(),

@@ -2,13 +2,19 @@
 //! transaction (so an event exists exactly when its change committed).
 
 use keyward_core::id::new_id;
+use keyward_core::kinds::WebhookEvent;
 use keyward_core::model::{Key, KeyObject};
 use keyward_core::time::Timestamp;
 use keyward_store::OutboxEvent;
 use serde_json::{json, Map, Value};
 
 /// An event about a key: `data` is `{"key": <key object>}` plus `extra` fields.
-pub fn key_event(kind: &str, key: &Key, now: Timestamp, extra: Map<String, Value>) -> OutboxEvent {
+pub fn key_event(
+    kind: WebhookEvent,
+    key: &Key,
+    now: Timestamp,
+    extra: Map<String, Value>,
+) -> OutboxEvent {
     let mut data = Map::new();
     data.insert("key".into(), json!(KeyObject::new(key, now)));
     data.extend(extra);
@@ -16,7 +22,7 @@ pub fn key_event(kind: &str, key: &Key, now: Timestamp, extra: Map<String, Value
     let body = json!({"id": id, "type": kind, "at": now, "data": data});
     OutboxEvent {
         id,
-        kind: kind.to_string(),
+        kind: kind.as_str().to_string(),
         at: now,
         keyspace_id: Some(key.keyspace_id.clone()),
         key_id: Some(key.id.clone()),

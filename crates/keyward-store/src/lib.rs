@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use keyward_core::keyformat::KeyHash;
+use keyward_core::kinds::{AuditAction, Granularity, TargetType};
 use keyward_core::model::{
     Actor, Anomaly, AuditEvent, Key, KeyStatus, Keyspace, Source, Token, Webhook,
 };
@@ -57,8 +58,8 @@ pub struct NewEvent {
     pub id: String,
     pub at: Timestamp,
     pub actor: Actor,
-    pub action: String,
-    pub target_type: String,
+    pub action: AuditAction,
+    pub target_type: TargetType,
     pub target_id: String,
     pub reason: Option<String>,
     pub request_id: Option<String>,
@@ -118,9 +119,6 @@ pub struct UsageDelta {
 
 /// Source addresses kept per key (the most recently seen).
 pub const MAX_SOURCES_PER_KEY: i64 = 50;
-
-/// Bucket sizes: minute, hour and day, as stored in `usage_buckets.granularity`.
-pub const GRANULARITIES: [(&str, i64); 3] = [("m", 60_000), ("h", 3_600_000), ("d", 86_400_000)];
 
 /// A stored usage bucket.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -338,13 +336,13 @@ pub trait Store: Send + Sync + 'static {
         page: &Page<TimeCursor>,
     ) -> Result<Vec<Attempt>>;
 
-    /// Buckets of one granularity (`m`, `h`, `d`) with `from <= start < to`, ordered by
+    /// Buckets of one granularity with `from <= start < to`, ordered by
     /// (start, key id, code); `key_ids` None means every key. Hours and days include the minute
     /// counts not yet rolled up.
     async fn usage(
         &self,
         key_ids: Option<&[String]>,
-        granularity: &str,
+        granularity: Granularity,
         from: Timestamp,
         to: Timestamp,
     ) -> Result<Vec<Bucket>>;
@@ -361,13 +359,13 @@ pub trait Store: Send + Sync + 'static {
     async fn usage_of_keyspace(
         &self,
         keyspace_id: &str,
-        granularity: &str,
+        granularity: Granularity,
         from: Timestamp,
         to: Timestamp,
     ) -> Result<Vec<Bucket>>;
     /// Deletes buckets of a granularity that start before `before`; returns how many. Minute
     /// buckets not yet rolled up are kept.
-    async fn prune_usage(&self, granularity: &str, before: Timestamp) -> Result<u64>;
+    async fn prune_usage(&self, granularity: Granularity, before: Timestamp) -> Result<u64>;
     /// Adds what minute buckets of minutes starting before `before` gained since the last
     /// roll-up to their hour and day buckets (exactly once, also when several nodes roll up at
     /// the same time; in batches, each one transaction); returns how many minute buckets it took.

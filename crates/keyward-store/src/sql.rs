@@ -10,6 +10,7 @@
 use async_trait::async_trait;
 use keyward_core::audit::{event_hash, GENESIS_HASH};
 use keyward_core::keyformat::KeyHash;
+use keyward_core::kinds::{AnomalyKind, Granularity};
 use keyward_core::model::{Actor, ActorKind, AuditEvent, Key, KeyStatus, Keyspace, Role, Token};
 use keyward_core::time::Timestamp;
 use serde::de::DeserializeOwned;
@@ -20,7 +21,7 @@ use keyward_core::model::{Anomaly, Source, Webhook};
 use crate::{
     AfterAttempt, AnomalyFilter, Attempt, AuditFilter, Bucket, Change, DueDelivery, KeyFilter,
     NewEvent, OutboxEvent, Page, Result, Store, StoreError, StoreTx, TimeCursor, Totals,
-    UsageDelta, GRANULARITIES, MAX_SOURCES_PER_KEY,
+    UsageDelta, MAX_SOURCES_PER_KEY,
 };
 
 const KEY_COLS: &str = "id, keyspace_id, name, owner, scopes, labels, meta, hash, start_chars, \
@@ -187,7 +188,10 @@ macro_rules! sql_backend {
                 id: get(r, "id")?,
                 key_id: get(r, "key_id")?,
                 keyspace_id: get(r, "keyspace_id")?,
-                kind: get(r, "kind")?,
+                kind: {
+                    let k: String = get(r, "kind")?;
+                    AnomalyKind::parse(&k).ok_or_else(|| StoreError::Other(format!("unknown anomaly kind in the database: {k}")))?
+                },
                 detected_at: Timestamp::from_millis(get(r, "detected_at")?),
                 detail: json("detail", &get::<String>(r, "detail")?)?,
             })
@@ -325,8 +329,9 @@ macro_rules! sql_backend {
             }
             let mut rows: std::collections::BTreeMap<(&str, &str, i64, &str), i64> = std::collections::BTreeMap::new();
             for (key_id, minute, code, n) in &minutes {
-                for (g, len) in &GRANULARITIES[1..] {
-                    *rows.entry((key_id.as_str(), g, minute.div_euclid(*len) * len, code.as_str())).or_default() += *n;
+                for g in [Granularity::Hour, Granularity::Day] {
+                    let len = g.millis();
+                    *rows.entry((key_id.as_str(), g.code(), minute.div_euclid(len) * len, code.as_str())).or_default() += *n;
                 }
             }
             let rows: Vec<_> = rows.into_iter().collect();
@@ -339,7 +344,7 @@ macro_rules! sql_backend {
         /// neither hide nor double a count). `key_filter` appends the key condition.
         async fn buckets_in<'e, E>(
             exec: E,
-            granularity: &str,
+            granularity: Granularity,
             from: Timestamp,
             to: Timestamp,
             key_filter: &(dyn Fn(&mut sqlx::QueryBuilder<'_, $DB>) + Sync),
@@ -347,9 +352,9 @@ macro_rules! sql_backend {
         where
             E: sqlx::Executor<'e, Database = $DB>,
         {
-            let len = GRANULARITIES.iter().find(|(g, _)| *g == granularity).map(|(_, l)| *l).unwrap_or(MINUTE);
+            let len = granularity.millis();
             let mut q = sqlx::QueryBuilder::<$DB>::new("SELECT key_id, start_at, code, n FROM usage_buckets WHERE granularity = ");
-            q.push_bind(granularity.to_string());
+            q.push_bind(granularity.code());
             q.push(" AND start_at >= ").push_bind(from.millis());
             q.push(" AND start_at < ").push_bind(to.millis());
             key_filter(&mut q);
@@ -713,8 +718,8 @@ macro_rules! sql_backend {
                     seq,
                     at: e.at,
                     actor: e.actor,
-                    action: e.action,
-                    target_type: e.target_type,
+                    action: e.action.as_str().to_string(),
+                    target_type: e.target_type.as_str().to_string(),
                     target_id: e.target_id,
                     reason: e.reason,
                     request_id: e.request_id,
@@ -855,7 +860,7 @@ macro_rules! sql_backend {
                 .bind(&a.id)
                 .bind(&a.key_id)
                 .bind(&a.keyspace_id)
-                .bind(&a.kind)
+                .bind(a.kind.as_str())
                 .bind(dedup)
                 .bind(a.detected_at.millis())
                 .bind(to_json(&a.detail))
@@ -1169,7 +1174,7 @@ macro_rules! sql_backend {
                     .collect()
             }
 
-            async fn usage(&self, key_ids: Option<&[String]>, granularity: &str, from: Timestamp, to: Timestamp) -> Result<Vec<Bucket>> {
+            async fn usage(&self, key_ids: Option<&[String]>, granularity: Granularity, from: Timestamp, to: Timestamp) -> Result<Vec<Bucket>> {
                 buckets_in(&self.pool, granularity, from, to, &|q| push_in(q, "key_id", key_ids)).await
             }
 
@@ -1189,17 +1194,17 @@ macro_rules! sql_backend {
                     .collect()
             }
 
-            async fn usage_of_keyspace(&self, keyspace_id: &str, granularity: &str, from: Timestamp, to: Timestamp) -> Result<Vec<Bucket>> {
+            async fn usage_of_keyspace(&self, keyspace_id: &str, granularity: Granularity, from: Timestamp, to: Timestamp) -> Result<Vec<Bucket>> {
                 buckets_in(&self.pool, granularity, from, to, &|q| {
                     q.push(" AND key_id IN (SELECT id FROM keys WHERE keyspace_id = ").push_bind(keyspace_id.to_string()).push(")");
                 })
                 .await
             }
 
-            async fn prune_usage(&self, granularity: &str, before: Timestamp) -> Result<u64> {
+            async fn prune_usage(&self, granularity: Granularity, before: Timestamp) -> Result<u64> {
                 // A minute bucket leaves only once its count is in its hour and day.
                 let r = sqlx::query("DELETE FROM usage_buckets WHERE granularity = $1 AND start_at < $2 AND (granularity <> 'm' OR n = rolled)")
-                    .bind(granularity)
+                    .bind(granularity.code())
                     .bind(before.millis())
                     .execute(&self.pool)
                     .await

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 
+use keyward_core::kinds::Granularity;
 use keyward_core::time::Timestamp;
 use keyward_core::verify::Code;
 use keyward_store::Bucket;
@@ -45,10 +46,10 @@ impl View {
         }
     }
     /// The store's bucket granularity for this view.
-    pub fn granularity(self) -> &'static str {
+    pub fn granularity(self) -> Granularity {
         match self {
-            View::Day => "h",
-            View::Month => "d",
+            View::Day => Granularity::Hour,
+            View::Month => Granularity::Day,
         }
     }
     fn slot_ms(self) -> i64 {

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use keyward_core::kinds::AnomalyKind;
 use keyward_core::model::{Anomaly, Key, Source};
 use keyward_core::time::Timestamp;
 use keyward_store::{AnomalyFilter, Page, MAX_SOURCES_PER_KEY};
@@ -42,14 +43,14 @@ fn anomaly_text(a: &Anomaly) -> String {
             .map(|b| format!(", against a usual {b} per minute"))
             .unwrap_or_default()
     };
-    match a.kind.as_str() {
-        "spike" => format!(
+    match a.kind {
+        AnomalyKind::Spike => format!(
             "{} valid verifications{}{}.",
             int("valid").map(group).unwrap_or_else(|| "Many".into()),
             minute(),
             baseline()
         ),
-        "denied_burst" => {
+        AnomalyKind::DeniedBurst => {
             let codes = d
                 .get("by_code")
                 .and_then(Value::as_object)
@@ -70,7 +71,7 @@ fn anomaly_text(a: &Anomaly) -> String {
                 baseline()
             )
         }
-        "new_source" => {
+        AnomalyKind::NewSource => {
             let ip = d.get("ip").and_then(Value::as_str).unwrap_or("?");
             match int("known_sources") {
                 Some(n) if n > 0 => format!(
@@ -80,24 +81,22 @@ fn anomaly_text(a: &Anomaly) -> String {
                 _ => format!("First use from {ip}, an address not seen for this key before."),
             }
         }
-        "dormant_reactivated" => match int("silent_secs") {
+        AnomalyKind::DormantReactivated => match int("silent_secs") {
             Some(s) => format!(
                 "Used again after {} without a valid use.",
                 ui::human_secs(s)
             ),
             None => "Used again after a long silence.".into(),
         },
-        other => other.replace('_', " "),
     }
 }
 
-fn anomaly_kind(kind: &str) -> &str {
+fn anomaly_kind(kind: AnomalyKind) -> &'static str {
     match kind {
-        "spike" => "spike",
-        "denied_burst" => "denied burst",
-        "new_source" => "new source",
-        "dormant_reactivated" => "dormant, reactivated",
-        other => other,
+        AnomalyKind::Spike => "spike",
+        AnomalyKind::DeniedBurst => "denied burst",
+        AnomalyKind::NewSource => "new source",
+        AnomalyKind::DormantReactivated => "dormant, reactivated",
     }
 }
 
@@ -112,7 +111,7 @@ pub fn anomaly_list(
             @for a in items {
                 li data-kind=(a.kind) {
                     div.anomaly-head {
-                        span class={ "badge anomaly-" (a.kind) } { (anomaly_kind(&a.kind)) }
+                        span class={ "badge anomaly-" (a.kind) } { (anomaly_kind(a.kind)) }
                         @if let Some(names) = keys {
                             a href={ "/keys/" (a.key_id) } {
                                 (names.get(&a.key_id).map(String::as_str).unwrap_or(a.key_id.as_str()))

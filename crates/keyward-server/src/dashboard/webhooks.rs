@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use keyward_core::model::{Keyspace, Webhook, WEBHOOK_EVENTS};
+use keyward_core::kinds::WebhookEvent;
+use keyward_core::model::{Keyspace, Webhook};
 use keyward_store::{Attempt, Page};
 use maud::{html, Markup};
 
@@ -134,7 +135,7 @@ fn create_form(s: &SignedIn, kss: &[Keyspace], v: &HookForm, error: Option<&str>
             input #wurl type="url" name="url" value=(v.url) required maxlength="2048" placeholder="https://hooks.example.com/keyward";
             fieldset {
                 legend { "Events" }
-                @for e in WEBHOOK_EVENTS {
+                @for e in WebhookEvent::ALL.iter().map(|e| e.as_str()) {
                     label.check {
                         input type="checkbox" name="events" value=(e) checked[v.events.iter().any(|x| x == e)];
                         span { code { (e) } br; span.hint { (event_hint(e)) } }

@@ -79,7 +79,11 @@ mod tests {
         for c in [ErrorCode::Internal, ErrorCode::Unavailable] {
             assert!(!c.is_request_error() && status(c).is_server_error());
         }
-        for c in [ErrorCode::BadRequest, ErrorCode::NotFound, ErrorCode::Conflict] {
+        for c in [
+            ErrorCode::BadRequest,
+            ErrorCode::NotFound,
+            ErrorCode::Conflict,
+        ] {
             assert!(c.is_request_error() && status(c).is_client_error());
         }
     }

@@ -6,6 +6,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use keyward_core::audit::ChainCheck;
+use keyward_core::kinds::Granularity;
 use keyward_core::model::{AuditEvent, Key, KeyObject, KeyStatus};
 use keyward_store::{AuditFilter, KeyFilter, Page};
 use serde::Deserialize;
@@ -564,14 +565,11 @@ pub async fn list_deliveries(
 
 // ---------------------------------------------------------------- usage and anomalies
 
-fn granularity(p: &mut Params) -> Result<(&'static str, &'static str)> {
-    match p.take("granularity")?.as_deref() {
-        None | Some("hour") => Ok(("hour", "h")),
-        Some("minute") => Ok(("minute", "m")),
-        Some("day") => Ok(("day", "d")),
-        Some(_) => Err(Error::bad_request(
-            "granularity must be minute, hour or day",
-        )),
+fn granularity(p: &mut Params) -> Result<Granularity> {
+    match p.take("granularity")? {
+        None => Ok(Granularity::Hour),
+        Some(g) => Granularity::parse(&g)
+            .ok_or_else(|| Error::bad_request("granularity must be minute, hour or day")),
     }
 }
 
@@ -589,15 +587,11 @@ fn range(
 
 /// Bounds a range by its granularity, so one request cannot ask for millions of buckets.
 fn check_span(
-    g: &str,
+    g: Granularity,
     from: keyward_core::time::Timestamp,
     to: keyward_core::time::Timestamp,
 ) -> Result<()> {
-    let (max_days, what) = match g {
-        "m" => (7, "minute"),
-        "h" => (400, "hour"),
-        _ => (36_600, "day"),
-    };
+    let (max_days, what) = (g.max_span_days(), g.as_str());
     if to.millis() - from.millis() > max_days * 86_400_000 {
         return Err(Error::bad_request(format!(
             "a {what} range may span at most {max_days} days"
@@ -643,14 +637,14 @@ pub async fn key_usage(
 ) -> Result<Json<Value>> {
     let ctx = auth.ctx();
     let who = ctx.allow::<authz::ReadKeys>()?;
-    let (name, g) = granularity(&mut params)?;
+    let g = granularity(&mut params)?;
     let (from, to) = range(&mut params, st.clock.now())?;
     check_span(g, from, to)?;
     params.finish()?;
     let (key, buckets) = service::key_usage(&st, &who, &id, g, from, to).await?;
     let (series, totals) = usage_series(&buckets);
     Ok(Json(
-        json!({"key_id": key.id, "granularity": name, "from": from, "to": to, "buckets": series, "totals": totals}),
+        json!({"key_id": key.id, "granularity": g, "from": from, "to": to, "buckets": series, "totals": totals}),
     ))
 }
 
@@ -663,7 +657,7 @@ pub async fn keyspace_usage(
 ) -> Result<Json<Value>> {
     let ctx = auth.ctx();
     let who = ctx.allow::<authz::ReadKeys>()?;
-    let (name, g) = granularity(&mut params)?;
+    let g = granularity(&mut params)?;
     let (from, to) = range(&mut params, st.clock.now())?;
     check_span(g, from, to)?;
     let top = params.take_int("top", 1)?.unwrap_or(10).min(100) as usize;
@@ -707,7 +701,7 @@ pub async fn keyspace_usage(
     let top_by_calls = named(rank(valid), "valid").await?;
     let top_by_denials = named(rank(denied), "denied").await?;
     Ok(Json(json!({
-        "keyspace_id": ks.id, "granularity": name, "from": from, "to": to, "buckets": series, "totals": totals,
+        "keyspace_id": ks.id, "granularity": g, "from": from, "to": to, "buckets": series, "totals": totals,
         "top_by_calls": top_by_calls, "top_by_denials": top_by_denials,
     })))
 }

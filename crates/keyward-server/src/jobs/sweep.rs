@@ -18,9 +18,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use keyward_core::id::new_id;
+use keyward_core::kinds::{AuditAction, Granularity, TargetType, WebhookEvent};
 use keyward_core::model::{Actor, Key, KeyStatus};
 use keyward_core::time::Timestamp;
-use keyward_store::{NewEvent, Page, StoreError, GRANULARITIES};
+use keyward_store::{NewEvent, Page, StoreError};
 use serde_json::{json, Map};
 
 use crate::anomalies;
@@ -41,13 +42,13 @@ pub struct Report {
     pub rolled_up: u64,
 }
 
-fn system_event(now: Timestamp, action: &str, key: &Key) -> NewEvent {
+fn system_event(now: Timestamp, action: AuditAction, key: &Key) -> NewEvent {
     NewEvent {
         id: new_id("evt", now),
         at: now,
         actor: Actor::system(),
-        action: action.into(),
-        target_type: "key".into(),
+        action,
+        target_type: TargetType::Key,
         target_id: key.id.clone(),
         reason: None,
         request_id: None,
@@ -72,12 +73,12 @@ async fn expire(st: &AppState, now: Timestamp) -> Result<usize, StoreError> {
             let Some(k) = tx.key(&k.id).await? else {
                 continue;
             };
-            let mut ev = system_event(now, "key.expire", &k);
+            let mut ev = system_event(now, AuditAction::KeyExpire, &k);
             ev.changes.insert("status".into(), json!([null, "expired"]));
             ev.changes
                 .insert("expires_at".into(), json!([k.expires_at, k.expires_at]));
             tx.append_audit(ev).await?;
-            tx.enqueue(&key_event("key.expired", &k, now, Map::new()))
+            tx.enqueue(&key_event(WebhookEvent::KeyExpired, &k, now, Map::new()))
                 .await?;
             tx.commit().await?;
             n += 1;
@@ -132,7 +133,7 @@ async fn warn(
                 if !tx.mark_warned(&k.id, now).await? {
                     continue;
                 }
-                tx.enqueue(&key_event("key.expiring", k, now, Map::new()))
+                tx.enqueue(&key_event(WebhookEvent::KeyExpiring, k, now, Map::new()))
                     .await?;
                 tx.commit().await?;
                 n += 1;
@@ -175,7 +176,7 @@ async fn revoke_inactive(
                     continue;
                 }
                 let actor = Actor::system();
-                let mut ev = system_event(now, "key.revoke", &k);
+                let mut ev = system_event(now, AuditAction::KeyRevoke, &k);
                 ev.reason = Some("inactive".into());
                 ev.changes.insert("revoked_at".into(), json!([null, now]));
                 ev.changes.insert("revoked_by".into(), json!([null, actor]));
@@ -187,8 +188,13 @@ async fn revoke_inactive(
                 k.updated_at = now;
                 tx.update_key(&k).await?;
                 tx.append_audit(ev).await?;
-                tx.enqueue(&key_event("key.inactive_revoked", &k, now, Map::new()))
-                    .await?;
+                tx.enqueue(&key_event(
+                    WebhookEvent::KeyInactiveRevoked,
+                    &k,
+                    now,
+                    Map::new(),
+                ))
+                .await?;
                 tx.commit().await?;
                 st.verifier.invalidate(&k.hash);
                 n += 1;
@@ -204,11 +210,11 @@ async fn revoke_inactive(
 
 async fn prune(st: &AppState, now: Timestamp) -> Result<u64, StoreError> {
     let mut n = 0;
-    for (i, (g, _)) in GRANULARITIES.iter().enumerate() {
+    for (i, g) in Granularity::ALL.iter().enumerate() {
         n += st
             .store
             .prune_usage(
-                g,
+                *g,
                 now.plus_millis(-(st.config.retention()[i].as_millis() as i64)),
             )
             .await?;
@@ -241,7 +247,7 @@ async fn patterns(
         .store
         .usage(
             None,
-            "m",
+            Granularity::Minute,
             Timestamp::from_millis(first),
             Timestamp::from_millis(current),
         )
@@ -270,7 +276,12 @@ async fn patterns(
         for chunk in candidates.chunks(500) {
             buckets.extend(
                 st.store
-                    .usage(Some(chunk), "m", from, Timestamp::from_millis(first))
+                    .usage(
+                        Some(chunk),
+                        Granularity::Minute,
+                        from,
+                        Timestamp::from_millis(first),
+                    )
                     .await?,
             );
         }

@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use keyward_core::kinds::AnomalyKind;
 use keyward_store::UsageDelta;
 use serde_json::json;
 
@@ -78,7 +79,7 @@ async fn new_sources(
             found.push(anomalies::found(
                 &d.key_id,
                 &keyspace_id,
-                "new_source",
+                AnomalyKind::NewSource,
                 format!("new_source:{}:{}", d.key_id, s.0),
                 s.1,
                 json!({"ip": s.0, "known_sources": stored.len(), "first_seen": s.1}),
@@ -153,7 +154,7 @@ async fn flush_batch(
         found.push(anomalies::found(
             &r.key_id,
             &r.keyspace_id,
-            "dormant_reactivated",
+            AnomalyKind::DormantReactivated,
             format!("dormant_reactivated:{}:{}", r.key_id, r.at.millis()),
             r.at,
             json!({"previous_use": r.previous_use, "silent_secs": silent}),

@@ -27,6 +27,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::authz::{Allowed, Ctx, ManageTokens, ReadKeys, WriteKeys, WriteKeyspaces};
+use keyward_core::kinds::{AuditAction, TargetType, WebhookEvent};
+
 use crate::error::{Error, Result};
 use crate::events::key_event;
 use crate::state::AppState;
@@ -148,7 +150,12 @@ pub async fn create_keyspace(
         }
         other => other?,
     }
-    let mut ev = ctx.event(now, "keyspace.create", "keyspace", &ks.id);
+    let mut ev = ctx.event(
+        now,
+        AuditAction::KeyspaceCreate,
+        TargetType::Keyspace,
+        &ks.id,
+    );
     change(&mut ev.changes, "name", Value::Null, &ks.name);
     change(&mut ev.changes, "prefix", Value::Null, &ks.prefix);
     change(&mut ev.changes, "policy", Value::Null, &ks.policy);
@@ -203,7 +210,7 @@ pub async fn update_keyspace(
         ks.policy = p.apply(&ks.policy).map_err(Error::bad_request)?;
     }
     let now = st.clock.now();
-    let mut ev = ctx.event(now, "keyspace.update", "keyspace", id);
+    let mut ev = ctx.event(now, AuditAction::KeyspaceUpdate, TargetType::Keyspace, id);
     change(&mut ev.changes, "name", &old.name, &ks.name);
     if old.policy != ks.policy {
         let (o, n) = (json!(old.policy), json!(ks.policy));
@@ -403,7 +410,7 @@ pub async fn create_key(
         k.enabled = input.enabled.unwrap_or(true);
     })?;
     tx.insert_key(&key).await?;
-    let mut ev = ctx.event(now, "key.create", "key", &key.id);
+    let mut ev = ctx.event(now, AuditAction::KeyCreate, TargetType::Key, &key.id);
     for (field, v) in [
         ("keyspace_id", json!(key.keyspace_id)),
         ("name", json!(key.name)),
@@ -419,7 +426,7 @@ pub async fn create_key(
         change(&mut ev.changes, field, Value::Null, v);
     }
     tx.append_audit(ev).await?;
-    tx.enqueue(&key_event("key.created", &key, now, Map::new()))
+    tx.enqueue(&key_event(WebhookEvent::KeyCreated, &key, now, Map::new()))
         .await?;
     let _forget = Forget::keys(st, vec![key.hash]);
     tx.commit().await?;
@@ -581,7 +588,7 @@ pub async fn update_key(
         k.remaining = v;
     }
 
-    let mut ev = ctx.event(now, "key.update", "key", id);
+    let mut ev = ctx.event(now, AuditAction::KeyUpdate, TargetType::Key, id);
     change(&mut ev.changes, "name", &old.name, &k.name);
     change(&mut ev.changes, "owner", &old.owner, &k.owner);
     change(&mut ev.changes, "scopes", &old.scopes, &k.scopes);
@@ -642,12 +649,12 @@ pub async fn revoke_key(
         return Ok(k);
     }
     let now = st.clock.now();
-    let mut ev = ctx.event(now, "key.revoke", "key", id);
+    let mut ev = ctx.event(now, AuditAction::KeyRevoke, TargetType::Key, id);
     ev.reason = Some(reason.to_string());
     revoke_in_place(&mut k, ctx, now, reason, &mut ev);
     tx.update_key(&k).await?;
     tx.append_audit(ev).await?;
-    tx.enqueue(&key_event("key.revoked", &k, now, Map::new()))
+    tx.enqueue(&key_event(WebhookEvent::KeyRevoked, &k, now, Map::new()))
         .await?;
     let _forget = Forget::keys(st, vec![k.hash]);
     tx.commit().await?;
@@ -685,12 +692,12 @@ pub async fn revoke_owner_keys(
     let mut ids = Vec::with_capacity(keys.len());
     let mut hashes = Vec::with_capacity(keys.len());
     for mut k in keys {
-        let mut ev = ctx.event(now, "key.revoke", "key", &k.id);
+        let mut ev = ctx.event(now, AuditAction::KeyRevoke, TargetType::Key, &k.id);
         ev.reason = Some(input.reason.clone());
         revoke_in_place(&mut k, ctx, now, &input.reason, &mut ev);
         tx.update_key(&k).await?;
         tx.append_audit(ev).await?;
-        tx.enqueue(&key_event("key.revoked", &k, now, Map::new()))
+        tx.enqueue(&key_event(WebhookEvent::KeyRevoked, &k, now, Map::new()))
             .await?;
         ids.push(k.id);
         hashes.push(k.hash);
@@ -785,7 +792,7 @@ pub async fn rotate_key(
     })?;
 
     let mut k = old.clone();
-    let mut ev = ctx.event(now, "key.rotate", "key", id);
+    let mut ev = ctx.event(now, AuditAction::KeyRotate, TargetType::Key, id);
     ev.reason = input.reason.clone();
     change(&mut ev.changes, "rotated_to", Value::Null, &new.id);
     k.rotated_to = Some(new.id.clone());
@@ -815,7 +822,7 @@ pub async fn rotate_key(
         "successor".into(),
         json!(keyward_core::model::KeyObject::new(&new, now)),
     );
-    tx.enqueue(&key_event("key.rotated", &k, now, extra))
+    tx.enqueue(&key_event(WebhookEvent::KeyRotated, &k, now, extra))
         .await?;
     let mut forget = Forget::keys(st, vec![k.hash, new.hash]);
     if k.remaining.is_some() {
@@ -887,7 +894,7 @@ pub async fn create_token(
     };
     tx.insert_token(&token, &KeyHash::of(plaintext.expose()))
         .await?;
-    let mut ev = ctx.event(now, "token.create", "token", &token.id);
+    let mut ev = ctx.event(now, AuditAction::TokenCreate, TargetType::Token, &token.id);
     change(&mut ev.changes, "name", Value::Null, &token.name);
     change(&mut ev.changes, "role", Value::Null, token.role);
     change(
@@ -916,7 +923,7 @@ pub async fn revoke_token(
         return Ok(t);
     }
     let now = st.clock.now();
-    let mut ev = ctx.event(now, "token.revoke", "token", id);
+    let mut ev = ctx.event(now, AuditAction::TokenRevoke, TargetType::Token, id);
     ev.reason = Some(reason.to_string());
     change(&mut ev.changes, "revoked_at", Value::Null, now);
     t.revoked_at = Some(now);
@@ -971,11 +978,12 @@ pub async fn create_webhook(
         ));
     }
     for e in &input.events {
-        if !keyward_core::model::WEBHOOK_EVENTS.contains(&e.as_str()) {
+        if WebhookEvent::parse(e).is_none() {
+            let known: Vec<&str> = WebhookEvent::ALL.iter().map(|e| e.as_str()).collect();
             return Err(Error::bad_request(format!(
                 "unknown event type '{}'; known: {}",
                 keyformat::shown(e),
-                keyward_core::model::WEBHOOK_EVENTS.join(", ")
+                known.join(", ")
             )));
         }
     }
@@ -998,7 +1006,12 @@ pub async fn create_webhook(
     };
     let secret = Secret::new(format!("whsec_{}", keyformat::base62_random(32)));
     tx.insert_webhook(&hook, secret.expose()).await?;
-    let mut ev = ctx.event(now, "webhook.create", "webhook", &hook.id);
+    let mut ev = ctx.event(
+        now,
+        AuditAction::WebhookCreate,
+        TargetType::Webhook,
+        &hook.id,
+    );
     change(&mut ev.changes, "url", Value::Null, &hook.url);
     change(&mut ev.changes, "events", Value::Null, &hook.events);
     change(
@@ -1027,7 +1040,7 @@ pub async fn delete_webhook(
         .ok_or_else(|| not_found("webhook", id))?;
     tx.delete_webhook(id).await?;
     let now = st.clock.now();
-    let mut ev = ctx.event(now, "webhook.delete", "webhook", id);
+    let mut ev = ctx.event(now, AuditAction::WebhookDelete, TargetType::Webhook, id);
     change(&mut ev.changes, "url", &hook.url, Value::Null);
     tx.append_audit(ev).await?;
     tx.commit().await?;

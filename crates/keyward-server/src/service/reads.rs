@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use keyward_core::audit::{ChainCheck, ChainVerifier};
+use keyward_core::kinds::Granularity;
 use keyward_core::model::{Anomaly, AuditEvent, Key, Keyspace, Source, Token, Webhook};
 use keyward_core::time::Timestamp;
 use keyward_core::user::User;
@@ -60,7 +61,7 @@ pub async fn key_usage(
     st: &AppState,
     who: &Allowed<'_, ReadKeys>,
     key_id: &str,
-    granularity: &str,
+    granularity: Granularity,
     from: Timestamp,
     to: Timestamp,
 ) -> Result<(Key, Vec<Bucket>)> {
@@ -77,7 +78,7 @@ pub async fn keyspace_usage(
     st: &AppState,
     who: &Allowed<'_, ReadKeys>,
     keyspace_id: &str,
-    granularity: &str,
+    granularity: Granularity,
     from: Timestamp,
     to: Timestamp,
 ) -> Result<(Keyspace, Vec<Bucket>)> {
@@ -93,7 +94,7 @@ pub async fn keyspace_usage(
 pub async fn all_usage(
     st: &AppState,
     who: &Allowed<'_, ReadKeys>,
-    granularity: &str,
+    granularity: Granularity,
     from: Timestamp,
     to: Timestamp,
 ) -> Result<Vec<Bucket>> {

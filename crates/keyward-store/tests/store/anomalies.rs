@@ -14,7 +14,7 @@ fn anomaly(key_id: &str, keyspace_id: &str, kind: &str, secs: i64) -> Anomaly {
         id: new_id("anm", at(secs)),
         key_id: key_id.into(),
         keyspace_id: keyspace_id.into(),
-        kind: kind.into(),
+        kind: keyward_core::kinds::AnomalyKind::parse(kind).unwrap(),
         detected_at: at(secs),
         detail: json!({"seen": secs, "note": "ünïcødé \"quoted\"", "list": [1, null]}),
     }
@@ -48,9 +48,9 @@ async fn anomalies_are_recorded_once_per_dedup_key(store: Arc<dyn Store>) {
     let ks = new_keyspace(&store, "acme").await;
     let k = key(&ks, at(0)).key;
     insert_keys(&store, &[&k]).await;
-    let first = anomaly(&k.id, &ks.id, "usage_spike", 10);
-    let again = anomaly(&k.id, &ks.id, "usage_spike", 11);
-    let other = anomaly(&k.id, &ks.id, "usage_spike", 12);
+    let first = anomaly(&k.id, &ks.id, "spike", 10);
+    let again = anomaly(&k.id, &ks.id, "spike", 11);
+    let other = anomaly(&k.id, &ks.id, "spike", 12);
 
     // Within one transaction, and across transactions (nodes sweeping the same minute).
     assert_eq!(
@@ -88,10 +88,10 @@ async fn list_anomalies_filters_and_pages_newest_first(store: Arc<dyn Store>) {
     let k2 = key(&ks1, at(0)).key;
     let k3 = key(&ks2, at(0)).key;
     insert_keys(&store, &[&k1, &k2, &k3]).await;
-    let a1 = anomaly(&k1.id, &ks1.id, "usage_spike", 10);
+    let a1 = anomaly(&k1.id, &ks1.id, "spike", 10);
     let a2 = anomaly(&k1.id, &ks1.id, "new_source", 20);
-    let a3 = anomaly(&k2.id, &ks1.id, "usage_spike", 20); // same instant as a2: id breaks the tie
-    let a4 = anomaly(&k3.id, &ks2.id, "usage_spike", 30);
+    let a3 = anomaly(&k2.id, &ks1.id, "spike", 20); // same instant as a2: id breaks the tie
+    let a4 = anomaly(&k3.id, &ks2.id, "spike", 30);
     let a5 = anomaly(&k1.id, &ks1.id, "dormant_reactivated", 5);
     let recorded = record(
         &store,

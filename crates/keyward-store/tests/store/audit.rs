@@ -28,8 +28,8 @@ fn assert_carries(stored: &AuditEvent, sent: &NewEvent) {
     assert_eq!(stored.id, sent.id);
     assert_eq!(stored.at, sent.at);
     assert_eq!(stored.actor, sent.actor);
-    assert_eq!(stored.action, sent.action);
-    assert_eq!(stored.target_type, sent.target_type);
+    assert_eq!(stored.action, sent.action.as_str());
+    assert_eq!(stored.target_type, sent.target_type.as_str());
     assert_eq!(stored.target_id, sent.target_id);
     assert_eq!(stored.reason, sent.reason);
     assert_eq!(stored.request_id, sent.request_id);

@@ -1,5 +1,6 @@
 //! The two backends under test, and builders for the domain values the tests store.
 
+use keyward_core::kinds::{AuditAction, Granularity, TargetType};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -359,16 +360,25 @@ pub fn token(created_at: Timestamp) -> (Token, KeyHash) {
     (token, KeyHash::of(plaintext.expose()))
 }
 
+/// A granularity by its stored code (`m`, `h`, `d`), as the tests name them.
+pub fn gran(code: &str) -> Granularity {
+    *Granularity::ALL
+        .iter()
+        .find(|g| g.code() == code)
+        .unwrap_or_else(|| panic!("no granularity {code}"))
+}
+
 // ---- audit ----
 
 pub fn event(action: &str, target_id: &str, at: Timestamp, actor: Actor) -> NewEvent {
-    let target_type = action.split('.').next().unwrap_or("key").to_string();
+    let target_type = action.split('.').next().unwrap_or("key");
     NewEvent {
         id: new_id("evt", at),
         at,
         actor,
-        action: action.into(),
-        target_type,
+        action: AuditAction::parse(action).unwrap_or_else(|| panic!("no audit action {action}")),
+        target_type: TargetType::parse(target_type)
+            .unwrap_or_else(|| panic!("no target {target_type}")),
         target_id: target_id.into(),
         reason: None,
         request_id: Some(format!("req-{}", at.millis())),
@@ -426,7 +436,7 @@ pub async fn usage_total(store: &Arc<dyn Store>, granularity: &str, to_ms: i64) 
     store
         .usage(
             None,
-            granularity,
+            gran(granularity),
             Timestamp::from_millis(0),
             Timestamp::from_millis(to_ms),
         )

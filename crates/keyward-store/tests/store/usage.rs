@@ -238,7 +238,7 @@ async fn apply_usage_writes_minute_hour_and_day_buckets(store: Arc<dyn Store>) {
             store
                 .usage(
                     ids.as_deref(),
-                    g,
+                    gran(g),
                     Timestamp::from_millis(from),
                     Timestamp::from_millis(to),
                 )
@@ -312,7 +312,7 @@ async fn apply_usage_writes_minute_hour_and_day_buckets(store: Arc<dyn Store>) {
 
     // Pruning one granularity leaves the others; a minute leaves only once it is rolled up
     // (here only b's: a's first minute gained counts after the roll-up).
-    let prune_minutes = || store.prune_usage("m", Timestamp::from_millis(T0 + MINUTE));
+    let prune_minutes = || store.prune_usage(gran("m"), Timestamp::from_millis(T0 + MINUTE));
     assert_eq!(prune_minutes().await.unwrap(), 1);
     assert_eq!(rollup_all(&store).await, 2);
     assert_eq!(prune_minutes().await.unwrap(), 2);
@@ -548,7 +548,7 @@ async fn concurrent_rollups_count_every_minute_once(store: Arc<dyn Store>) {
     assert_eq!(rollup_all(&store).await, 0);
     // Everything is rolled up: pruning every minute leaves hours and days whole.
     store
-        .prune_usage("m", Timestamp::from_millis(T0 + 2 * DAY))
+        .prune_usage(gran("m"), Timestamp::from_millis(T0 + 2 * DAY))
         .await
         .unwrap();
     assert_eq!(usage_total(&store, "m", T0 + 2 * DAY).await, 0);
@@ -583,7 +583,7 @@ async fn rollup_takes_minutes_before_the_given_time(store: Arc<dyn Store>) {
     let hours = store
         .usage(
             None,
-            "h",
+            gran("h"),
             Timestamp::from_millis(T0),
             Timestamp::from_millis(T0 + HOUR),
         )
