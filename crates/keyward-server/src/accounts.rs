@@ -31,7 +31,7 @@ use crate::authz::{Allowed, Ctx, ManageTokens};
 use keyward_core::kinds::{AuditAction, TargetType};
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::state::AppState;
+use crate::state::{AppState, Records};
 use crate::throttle::SignIns;
 
 /// A session ends this long after sign-in, whatever happens.
@@ -104,7 +104,7 @@ fn email_taken(e: StoreError) -> Error {
 
 /// Creates a dashboard user (`keyward user create`); writes `user.create`.
 pub async fn create_user(
-    st: &AppState,
+    st: &Records,
     who: &Allowed<'_, ManageTokens>,
     email: &str,
     role: Role,
@@ -136,7 +136,7 @@ pub async fn create_user(
 
 /// Disables a user and ends its sessions (`keyward user disable`); writes `user.disable` once.
 pub async fn disable_user(
-    st: &AppState,
+    st: &Records,
     who: &Allowed<'_, ManageTokens>,
     email: &str,
 ) -> Result<User> {

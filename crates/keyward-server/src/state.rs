@@ -41,7 +41,26 @@ pub struct Shared {
     pub webhook_wake: Arc<tokio::sync::Notify>,
 }
 
+/// What the changes no node caches (management tokens, dashboard users) use: the store and
+/// the clock. The offline commands build one from the database alone, without a server's state.
+#[derive(Clone)]
+pub struct Records {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+impl Records {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        Records { store, clock }
+    }
+}
+
 impl AppState {
+    /// The records part of this state (two reference counts).
+    pub fn records(&self) -> Records {
+        Records::new(self.store.clone(), self.clock.clone())
+    }
+
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: Config) -> Self {
         let metrics = Arc::new(Metrics::default());
         let redis = config

@@ -8,6 +8,7 @@ use keyward_core::secret::Secret;
 use keyward_core::time::{CoarseClock, SystemClock};
 use keyward_server::authz::Ctx;
 use keyward_server::service;
+use keyward_server::state::Records;
 use keyward_server::{AppState, Config};
 
 fn init_logging() {
@@ -117,7 +118,8 @@ pub async fn token_create(
         eprintln!("error: unknown role '{role}'");
         return ExitCode::from(2);
     };
-    let state = AppState::new(store, Arc::new(SystemClock), Config::default());
+    // Only the database: a token or a user is one transaction, no server state is needed.
+    let records = Records::new(store, Arc::new(SystemClock));
     let ctx = Ctx::operator(cli_actor());
     let input = service::CreateToken {
         name,
@@ -130,7 +132,7 @@ pub async fn token_create(
         ttl_secs: ttl,
     };
     let created = match ctx.allow() {
-        Ok(who) => service::create_token(&state, &who, input).await,
+        Ok(who) => service::create_token(&records, &who, input).await,
         Err(e) => Err(e),
     };
     match created {
@@ -211,10 +213,13 @@ pub async fn user_create(url: &str, email: &str, role: &str, password_stdin: boo
     let Some(store) = open(url).await else {
         return ExitCode::from(1);
     };
-    let state = AppState::new(store, Arc::new(SystemClock), Config::default());
+    // Only the database: a token or a user is one transaction, no server state is needed.
+    let records = Records::new(store, Arc::new(SystemClock));
     let ctx = cli_ctx();
     let created = match ctx.allow() {
-        Ok(who) => keyward_server::accounts::create_user(&state, &who, email, role, password).await,
+        Ok(who) => {
+            keyward_server::accounts::create_user(&records, &who, email, role, password).await
+        }
         Err(e) => Err(e),
     };
     match created {
@@ -238,10 +243,11 @@ pub async fn user_disable(url: &str, email: &str) -> ExitCode {
     let Some(store) = open(url).await else {
         return ExitCode::from(1);
     };
-    let state = AppState::new(store, Arc::new(SystemClock), Config::default());
+    // Only the database: a token or a user is one transaction, no server state is needed.
+    let records = Records::new(store, Arc::new(SystemClock));
     let ctx = cli_ctx();
     let disabled = match ctx.allow() {
-        Ok(who) => keyward_server::accounts::disable_user(&state, &who, email).await,
+        Ok(who) => keyward_server::accounts::disable_user(&records, &who, email).await,
         Err(e) => Err(e),
     };
     match disabled {

@@ -647,7 +647,7 @@ pub async fn create_token(State(st): State<AppState>, s: SignedIn, form: Form) -
         body["ttl_secs"] = json!(t);
     }
     let input: service::CreateToken = parse_input(body).map_err(bad)?;
-    let (token, plaintext) = service::create_token(&st, &who, input).await?;
+    let (token, plaintext) = service::create_token(&st.records(), &who, input).await?;
     let body = html! {
         (heading("Token created", None, html! {}))
         div.card.secret-card {
@@ -685,6 +685,6 @@ pub async fn revoke_token(
     let ctx = s.ctx();
     let who = ctx.allow::<authz::ManageTokens>()?;
     let reason = form.text("reason").unwrap_or_default();
-    service::revoke_token(&st, &who, &id, &reason).await?;
+    service::revoke_token(&st.records(), &who, &id, &reason).await?;
     Ok(redirect("/tokens?done=token_revoked"))
 }

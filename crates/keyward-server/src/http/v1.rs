@@ -294,7 +294,7 @@ pub async fn create_token(
     let ctx = auth.ctx();
     let who = ctx.allow::<authz::ManageTokens>()?;
     let input = body.parse()?;
-    let (token, plaintext) = service::create_token(&st, &who, input).await?;
+    let (token, plaintext) = service::create_token(&st.records(), &who, input).await?;
     let mut v = json!(token);
     v["token"] = json!(plaintext.expose());
     Ok((StatusCode::CREATED, Json(v)).into_response())
@@ -334,7 +334,7 @@ pub async fn revoke_token(
     let ctx = auth.ctx();
     let who = ctx.allow::<authz::ManageTokens>()?;
     let b: ReasonBody = body.parse()?;
-    Ok(Json(service::revoke_token(&st, &who, &id, &b.reason).await?).into_response())
+    Ok(Json(service::revoke_token(&st.records(), &who, &id, &b.reason).await?).into_response())
 }
 
 // ---------------------------------------------------------------- audit

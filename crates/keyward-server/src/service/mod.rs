@@ -31,7 +31,7 @@ use keyward_core::kinds::{AuditAction, TargetType, WebhookEvent};
 
 use crate::error::{Error, Result};
 use crate::events::key_event;
-use crate::state::AppState;
+use crate::state::{AppState, Records};
 
 /// Whether the store answers (`/readyz`, no token needed), and which backend it is.
 pub async fn readiness(st: &AppState) -> (bool, &'static str) {
@@ -845,7 +845,7 @@ pub struct CreateToken {
 }
 
 pub async fn create_token(
-    st: &AppState,
+    st: &Records,
     who: &Allowed<'_, ManageTokens>,
     input: CreateToken,
 ) -> Result<(Token, Secret)> {
@@ -910,7 +910,7 @@ pub async fn create_token(
 }
 
 pub async fn revoke_token(
-    st: &AppState,
+    st: &Records,
     who: &Allowed<'_, ManageTokens>,
     id: &str,
     reason: &str,

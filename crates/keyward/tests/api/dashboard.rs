@@ -29,7 +29,7 @@ fn cli_ctx() -> Ctx {
 
 pub(crate) async fn add_user(app: &TestApp, email: &str, role: Role) -> String {
     accounts::create_user(
-        &app.state,
+        &app.state.records(),
         &cli_ctx().allow().unwrap(),
         email,
         role,
@@ -431,9 +431,13 @@ async fn unknown_users_and_wrong_passwords_cost_one_password_check_each(app: Tes
         assert_eq!(checks(), before + 1, "{email}: one Argon2 verification");
     }
     // A disabled user is an unknown user, with the right password too.
-    accounts::disable_user(&app.state, &cli_ctx().allow().unwrap(), "known@example.com")
-        .await
-        .unwrap();
+    accounts::disable_user(
+        &app.state.records(),
+        &cli_ctx().allow().unwrap(),
+        "known@example.com",
+    )
+    .await
+    .unwrap();
     let before = checks();
     let res = attempt(&app, "known@example.com", PASSWORD).await;
     assert_eq!(res.status(), 401);
@@ -467,14 +471,22 @@ async fn disabling_a_user_ends_its_sessions_and_is_audited(app: TestApp) {
     let id = add_user(&app, "d@example.com", Role::Manager).await;
     let b = sign_in(&app, "d@example.com").await;
     assert_eq!(b.get("/keys").await.status(), 200);
-    accounts::disable_user(&app.state, &cli_ctx().allow().unwrap(), "d@example.com")
-        .await
-        .unwrap();
+    accounts::disable_user(
+        &app.state.records(),
+        &cli_ctx().allow().unwrap(),
+        "d@example.com",
+    )
+    .await
+    .unwrap();
     assert_eq!(b.get("/keys").await.status(), 303);
     // A second disable writes nothing.
-    accounts::disable_user(&app.state, &cli_ctx().allow().unwrap(), "d@example.com")
-        .await
-        .unwrap();
+    accounts::disable_user(
+        &app.state.records(),
+        &cli_ctx().allow().unwrap(),
+        "d@example.com",
+    )
+    .await
+    .unwrap();
     let ev = app
         .get(&format!("/v1/audit?target_id={id}"))
         .await
@@ -495,7 +507,7 @@ async fn disabling_a_user_ends_its_sessions_and_is_audited(app: TestApp) {
     }
     // Emails are unique whatever their case.
     let again = accounts::create_user(
-        &app.state,
+        &app.state.records(),
         &cli_ctx().allow().unwrap(),
         "D@EXAMPLE.com",
         Role::Viewer,

@@ -118,7 +118,7 @@ async fn start(backend: Backend, db_url: String, dir: Option<TempDir>, opts: Opt
     let state = AppState::new(store, clock, opts.config);
     let ctx = Ctx::operator(Actor::cli("test"));
     let (_, admin) = service::create_token(
-        &state,
+        &state.records(),
         &ctx.allow().unwrap(),
         service::CreateToken {
             name: "admin".into(),
