@@ -39,6 +39,28 @@ use std::time::Duration;
 pub use config::Config;
 pub use state::AppState;
 
+/// Every route the server answers (the API's, then the dashboard's), for the tests that hold
+/// each to its access and to the OpenAPI document.
+#[cfg(feature = "test-hooks")]
+pub fn route_table() -> Vec<routes::RouteSpec> {
+    http::api_routes()
+        .into_iter()
+        .chain(dashboard::routes())
+        .map(|(spec, _)| spec)
+        .collect()
+}
+
+/// The whole application: the API, the dashboard, a JSON 404 for anything else, and the
+/// request-id and logging layer around all of it.
+pub fn app(state: AppState) -> axum::Router {
+    routes::from_table(http::api_routes())
+        // The web dashboard: `/`, `/login`, `/keys`, ... and `/static/...`.
+        .merge(dashboard::router())
+        .fallback(http::not_found)
+        .layer(axum::middleware::from_fn(http::request_context))
+        .with_state(state)
+}
+
 /// Accepts HTTP/1.1 connections until `shutdown` resolves, then lets each finish its request in
 /// flight and waits for all of them (what `axum::serve` does, plus a header-read timeout).
 async fn accept_loop(
@@ -139,13 +161,7 @@ pub async fn serve(
         stop_tx.subscribe(),
     ));
     let header_timeout = state.config.header_read_timeout;
-    let served = accept_loop(
-        listener,
-        routes::router(state.clone()),
-        header_timeout,
-        shutdown,
-    )
-    .await;
+    let served = accept_loop(listener, app(state.clone()), header_timeout, shutdown).await;
     let _ = stop_tx.send(true);
     let tasks = [
         ("usage flusher", flusher),

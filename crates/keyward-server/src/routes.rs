@@ -1,9 +1,9 @@
-//! Every route the server answers, and who may call it. The API ([`crate::http`]) and the
-//! dashboard ([`crate::dashboard`]) each keep a table of their routes with an [`Access`]; the
-//! router is built from those tables, so a route cannot exist without a declared access, and the
-//! route-authorization test (`tests/api/door.rs`) holds every route to its declaration.
+//! What a route is: a path, a method and who may call it ([`Access`]). The API
+//! ([`crate::http`]) and the dashboard ([`crate::dashboard`]) each keep a table of their routes;
+//! the application's router ([`crate::app`]) is built from those tables, so a route cannot exist
+//! without a declared access, and the route-authorization test (`tests/api/door.rs`) holds every
+//! route to its declaration.
 
-use axum::middleware;
 use axum::routing::MethodRouter;
 use axum::Router;
 use keyward_core::model::Permission;
@@ -56,26 +56,4 @@ pub(crate) fn from_table(routes: Vec<(RouteSpec, Handler)>) -> Router<AppState> 
     routes
         .into_iter()
         .fold(Router::new(), |r, (spec, h)| r.route(spec.path, h))
-}
-
-/// Every route the server answers (the API's, then the dashboard's), for the tests that hold
-/// each to its access and to the OpenAPI document.
-#[cfg(feature = "test-hooks")]
-pub fn all() -> Vec<RouteSpec> {
-    crate::http::api_routes()
-        .into_iter()
-        .chain(crate::dashboard::routes())
-        .map(|(spec, _)| spec)
-        .collect()
-}
-
-/// The whole application: the API, the dashboard, a JSON 404 for anything else, and the
-/// request-id and logging layer around all of it.
-pub fn router(state: AppState) -> Router {
-    from_table(crate::http::api_routes())
-        // The web dashboard: `/`, `/login`, `/keys`, ... and `/static/...`.
-        .merge(crate::dashboard::router())
-        .fallback(crate::http::not_found)
-        .layer(middleware::from_fn(crate::http::request_context))
-        .with_state(state)
 }

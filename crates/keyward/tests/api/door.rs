@@ -7,7 +7,8 @@
 //! `test-hooks`, which only the workspace's tests enable).
 
 use keyward_core::model::{Permission, Role};
-use keyward_server::routes::{all as routes, Access, RouteSpec};
+use keyward_server::route_table as routes;
+use keyward_server::routes::{Access, RouteSpec};
 use serde_json::{json, Value};
 
 use crate::both;
