@@ -2,7 +2,8 @@
 //!
 //! The sign-in and setup forms are posted before a session exists, so their CSRF token is tied
 //! to a short-lived pre-session cookie ([`FORM_COOKIE`], HttpOnly, SameSite=Strict): the form
-//! carries a value derived from it, compared in constant time.
+//! carries a value derived from it, compared in constant time. The markup is in
+//! [`super::views::auth`].
 
 use axum::extract::State;
 use axum::http::header::SET_COOKIE;
@@ -11,9 +12,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use keyward_core::keyformat::base62_random;
 use keyward_core::secret::Secret;
-use maud::{html, Markup};
+use maud::Markup;
 
-use super::ui::{bare_page, error_box};
+use super::views::auth::{self as view, LoginForm, SetupForm};
 use super::{
     cookie, cookies, is_https, redirect, Form, PageError, PageResult, QueryMap, SignedIn,
     FORM_COOKIE, SESSION_COOKIE,
@@ -24,7 +25,7 @@ use crate::http::extract::client_ip;
 use crate::state::AppState;
 
 /// A request's parts that the sign-in pages need (headers for cookies, the client address).
-pub struct Client {
+pub(crate) struct Client {
     headers: HeaderMap,
     ip: Option<std::net::IpAddr>,
     https: bool,
@@ -92,29 +93,7 @@ fn with_form_cookie(c: &Client, status: StatusCode, body: impl Fn(&str) -> Marku
     res
 }
 
-fn login_markup(token: &str, next: &str, email: &str, error: Option<&str>) -> Markup {
-    bare_page(
-        "Sign in",
-        html! {
-            div.card.narrow.auth {
-                h1 { "Sign in" }
-                p.sub { "Manage API keys, policies and the audit trail." }
-                (error_box(error))
-                form method="post" action="/login" {
-                    input type="hidden" name="csrf" value=(token);
-                    input type="hidden" name="next" value=(next);
-                    label for="email" { "Email" }
-                    input #email type="email" name="email" value=(email) autocomplete="username" required autofocus;
-                    label for="password" { "Password" }
-                    input #password type="password" name="password" autocomplete="current-password" required;
-                    button.primary.wide type="submit" { "Sign in" }
-                }
-            }
-        },
-    )
-}
-
-pub async fn login_page(State(st): State<AppState>, c: Client, q: QueryMap) -> PageResult {
+pub(crate) async fn login_page(State(st): State<AppState>, c: Client, q: QueryMap) -> PageResult {
     // Already signed in: go on.
     if let Some(id) = cookies(&c.headers).remove(SESSION_COOKIE) {
         if accounts::resume_session(&st, &id).await?.is_some() {
@@ -122,29 +101,20 @@ pub async fn login_page(State(st): State<AppState>, c: Client, q: QueryMap) -> P
         }
     }
     if accounts::needs_setup(&st).await? {
-        return Ok((
-            StatusCode::OK,
-            bare_page(
-                "Set up keyward",
-                html! {
-                    div.card.narrow {
-                        h1 { "No users yet" }
-                        p { "This installation has no dashboard users. Open the one-time setup link that "
-                            code { "keyward serve" } " printed when it started, or create a user on the server:" }
-                        pre.cmd { "keyward user create --email you@example.com --role admin" }
-                    }
-                },
-            ),
-        )
-            .into_response());
+        return Ok((StatusCode::OK, view::no_users()).into_response());
     }
     let next = safe_next(q.get("next"));
     Ok(with_form_cookie(&c, StatusCode::OK, |t| {
-        login_markup(t, &next, "", None)
+        view::login(&LoginForm {
+            csrf: t,
+            next: &next,
+            email: "",
+            error: None,
+        })
     }))
 }
 
-pub async fn login(State(st): State<AppState>, c: Client, form: Form) -> PageResult {
+pub(crate) async fn login(State(st): State<AppState>, c: Client, form: Form) -> PageResult {
     if !form_cookie_ok(&c, &form) {
         return Err(PageError::Csrf);
     }
@@ -169,7 +139,12 @@ pub async fn login(State(st): State<AppState>, c: Client, form: Form) -> PageRes
             Ok(res)
         }
         Err(LoginError::Invalid) => Ok(with_form_cookie(&c, StatusCode::UNAUTHORIZED, |t| {
-            login_markup(t, &next, &email, Some("Email or password is incorrect."))
+            view::login(&LoginForm {
+                csrf: t,
+                next: &next,
+                email: &email,
+                error: Some("Email or password is incorrect."),
+            })
         })),
         Err(LoginError::Throttled(wait)) => {
             let msg = format!(
@@ -177,7 +152,12 @@ pub async fn login(State(st): State<AppState>, c: Client, form: Form) -> PageRes
                 super::ui::human_secs(wait.max(60))
             );
             let mut res = with_form_cookie(&c, StatusCode::TOO_MANY_REQUESTS, |t| {
-                login_markup(t, &next, &email, Some(&msg))
+                view::login(&LoginForm {
+                    csrf: t,
+                    next: &next,
+                    email: &email,
+                    error: Some(&msg),
+                })
             });
             res.headers_mut()
                 .insert("retry-after", axum::http::HeaderValue::from(wait.max(1)));
@@ -187,7 +167,12 @@ pub async fn login(State(st): State<AppState>, c: Client, form: Form) -> PageRes
     }
 }
 
-pub async fn logout(State(st): State<AppState>, s: SignedIn, c: Client, form: Form) -> PageResult {
+pub(crate) async fn logout(
+    State(st): State<AppState>,
+    s: SignedIn,
+    c: Client,
+    form: Form,
+) -> PageResult {
     s.check_csrf(&form)?;
     accounts::end_session(&st, s.session_id()).await?;
     let mut res = redirect("/login");
@@ -197,61 +182,26 @@ pub async fn logout(State(st): State<AppState>, s: SignedIn, c: Client, form: Fo
     Ok(res)
 }
 
-fn setup_markup(csrf: &str, token: &str, email: &str, error: Option<&str>) -> Markup {
-    bare_page(
-        "Create the first admin",
-        html! {
-            div.card.narrow.auth {
-                h1 { "Welcome to keyward" }
-                p.sub { "Create the first administrator. This link works once and expires within an hour." }
-                (error_box(error))
-                form method="post" action="/setup" {
-                    input type="hidden" name="csrf" value=(csrf);
-                    input type="hidden" name="token" value=(token);
-                    label for="email" { "Email" }
-                    input #email type="email" name="email" value=(email) autocomplete="username" required autofocus;
-                    label for="password" { "Password" }
-                    input #password type="password" name="password" minlength="12" autocomplete="new-password" required;
-                    p.hint { "At least 12 characters. A passphrase of several words is easiest to remember." }
-                    label for="confirm" { "Repeat the password" }
-                    input #confirm type="password" name="confirm" minlength="12" autocomplete="new-password" required;
-                    button.primary.wide type="submit" { "Create admin and sign in" }
-                }
-            }
-        },
-    )
-}
-
 fn setup_gone() -> Response {
-    (
-        StatusCode::FORBIDDEN,
-        bare_page(
-            "Setup link not valid",
-            html! {
-                div.card.narrow {
-                    h1 { "This setup link is not valid" }
-                    p { "It has expired or was already used. Restart " code { "keyward serve" }
-                        " on an empty database for a new link, or create a user on the server:" }
-                    pre.cmd { "keyward user create --email you@example.com --role admin" }
-                    p { a.button.secondary href="/login" { "Go to sign-in" } }
-                }
-            },
-        ),
-    )
-        .into_response()
+    (StatusCode::FORBIDDEN, view::setup_gone()).into_response()
 }
 
-pub async fn setup_page(State(st): State<AppState>, c: Client, q: QueryMap) -> PageResult {
+pub(crate) async fn setup_page(State(st): State<AppState>, c: Client, q: QueryMap) -> PageResult {
     let token = q.get("token").unwrap_or("").to_string();
     if !accounts::setup_token_valid(&st, &token).await? {
         return Ok(setup_gone());
     }
     Ok(with_form_cookie(&c, StatusCode::OK, |csrf| {
-        setup_markup(csrf, &token, "", None)
+        view::setup(&SetupForm {
+            csrf,
+            token: &token,
+            email: "",
+            error: None,
+        })
     }))
 }
 
-pub async fn setup(State(st): State<AppState>, c: Client, form: Form) -> PageResult {
+pub(crate) async fn setup(State(st): State<AppState>, c: Client, form: Form) -> PageResult {
     if !form_cookie_ok(&c, &form) {
         return Err(PageError::Csrf);
     }
@@ -260,7 +210,12 @@ pub async fn setup(State(st): State<AppState>, c: Client, form: Form) -> PageRes
     let password = form.get("password").unwrap_or("");
     if password != form.get("confirm").unwrap_or("") {
         return Ok(with_form_cookie(&c, StatusCode::BAD_REQUEST, |csrf| {
-            setup_markup(csrf, &token, &email, Some("The two passwords differ."))
+            view::setup(&SetupForm {
+                csrf,
+                token: &token,
+                email: &email,
+                error: Some("The two passwords differ."),
+            })
         }));
     }
     let result = accounts::complete_setup(
@@ -289,7 +244,12 @@ pub async fn setup(State(st): State<AppState>, c: Client, form: Form) -> PageRes
                 || e.code == crate::error::ErrorCode::Conflict =>
         {
             Ok(with_form_cookie(&c, StatusCode::BAD_REQUEST, |csrf| {
-                setup_markup(csrf, &token, &email, Some(&e.message))
+                view::setup(&SetupForm {
+                    csrf,
+                    token: &token,
+                    email: &email,
+                    error: Some(&e.message),
+                })
             }))
         }
         Err(e) => Err(e.into()),

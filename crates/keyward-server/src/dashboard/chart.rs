@@ -24,7 +24,7 @@ const BOTTOM: f64 = 26.0;
 
 /// The period a chart covers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum View {
+pub(crate) enum View {
     /// The last 24 hours, one bar per hour (the last bar is the current hour so far).
     Day,
     /// The last 30 days, one bar per day (UTC days; the last bar is today so far).
@@ -33,20 +33,20 @@ pub enum View {
 
 impl View {
     /// From a `?usage=` query value; anything else is the 24-hour view.
-    pub fn parse(s: Option<&str>) -> View {
+    pub(crate) fn parse(s: Option<&str>) -> View {
         match s {
             Some("30d") => View::Month,
             _ => View::Day,
         }
     }
-    pub fn param(self) -> &'static str {
+    pub(crate) fn param(self) -> &'static str {
         match self {
             View::Day => "24h",
             View::Month => "30d",
         }
     }
     /// The store's bucket granularity for this view.
-    pub fn granularity(self) -> Granularity {
+    pub(crate) fn granularity(self) -> Granularity {
         match self {
             View::Day => Granularity::Hour,
             View::Month => Granularity::Day,
@@ -65,14 +65,14 @@ impl View {
         }
     }
     /// `last 24 hours`, `last 30 days`.
-    pub fn period(self) -> &'static str {
+    pub(crate) fn period(self) -> &'static str {
         match self {
             View::Day => "last 24 hours",
             View::Month => "last 30 days",
         }
     }
     /// The bucket range `[from, to)` of the view at `now`: whole slots, the current one last.
-    pub fn range(self, now: Timestamp) -> (Timestamp, Timestamp) {
+    pub(crate) fn range(self, now: Timestamp) -> (Timestamp, Timestamp) {
         let slot = self.slot_ms();
         let last = now.millis().div_euclid(slot) * slot;
         let first = last - slot * (self.slots() as i64 - 1);
@@ -85,8 +85,8 @@ impl View {
 
 /// Verifications per slot and outcome code, over one view.
 #[derive(Clone, Debug)]
-pub struct Usage {
-    pub view: View,
+pub(crate) struct Usage {
+    pub(crate) view: View,
     /// Start of the first slot (ms).
     first: i64,
     /// Per slot, oldest first: outcome code → count.
@@ -104,7 +104,7 @@ fn sort_codes(v: &mut [(String, i64)]) {
 }
 
 /// The CSS class of an outcome's colour.
-pub fn code_class(code: &str) -> String {
+pub(crate) fn code_class(code: &str) -> String {
     match Code::parse(code) {
         Some(c) => format!("o-{}", c.as_str().to_ascii_lowercase().replace('_', "-")),
         None => "o-other".to_string(),
@@ -112,7 +112,7 @@ pub fn code_class(code: &str) -> String {
 }
 
 /// A short, readable name of an outcome code.
-pub fn code_label(code: &str) -> &str {
+pub(crate) fn code_label(code: &str) -> &str {
     match code {
         "VALID" => "Valid",
         "NOT_FOUND" => "Not found",
@@ -129,7 +129,7 @@ pub fn code_label(code: &str) -> &str {
 
 impl Usage {
     /// Sums buckets (of any keys) into the view's slots; buckets outside the view are ignored.
-    pub fn from_buckets(view: View, now: Timestamp, buckets: &[Bucket]) -> Usage {
+    pub(crate) fn from_buckets(view: View, now: Timestamp, buckets: &[Bucket]) -> Usage {
         let (from, to) = view.range(now);
         let mut slots = vec![BTreeMap::new(); view.slots()];
         for b in buckets {
@@ -154,7 +154,7 @@ impl Usage {
     }
 
     /// Totals per outcome code over the view, in legend order.
-    pub fn totals(&self) -> Vec<(String, i64)> {
+    pub(crate) fn totals(&self) -> Vec<(String, i64)> {
         let mut t: BTreeMap<&str, i64> = BTreeMap::new();
         for s in &self.slots {
             for (c, n) in s {
@@ -166,7 +166,7 @@ impl Usage {
         v
     }
 
-    pub fn valid(&self) -> i64 {
+    pub(crate) fn valid(&self) -> i64 {
         self.slots
             .iter()
             .filter_map(|s| s.get("VALID"))
@@ -174,7 +174,7 @@ impl Usage {
             .sum()
     }
 
-    pub fn denied(&self) -> i64 {
+    pub(crate) fn denied(&self) -> i64 {
         self.slots
             .iter()
             .flat_map(|s| s.iter())
@@ -224,7 +224,7 @@ fn hour_of(ms: i64) -> i64 {
 }
 
 /// `Nov 26`.
-pub fn month_day(ms: i64) -> String {
+pub(crate) fn month_day(ms: i64) -> String {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
@@ -235,7 +235,7 @@ pub fn month_day(ms: i64) -> String {
 }
 
 /// `12,345`.
-pub fn group(n: i64) -> String {
+pub(crate) fn group(n: i64) -> String {
     let digits = n.unsigned_abs().to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -285,7 +285,7 @@ fn nice_step(max: i64) -> i64 {
 }
 
 /// One-line summary of counts: `12 valid, 3 denied (2 Revoked, 1 Rate limited)`.
-pub fn describe(counts: &[(String, i64)]) -> String {
+pub(crate) fn describe(counts: &[(String, i64)]) -> String {
     let valid: i64 = counts
         .iter()
         .filter(|(c, _)| c == "VALID")
@@ -331,7 +331,7 @@ fn px(v: f64) -> String {
 
 /// The stacked bar chart. `id` must be unique in the page (it names the title and desc);
 /// `subject` completes the title ("Verifications of billing prod").
-pub fn render(u: &Usage, id: &str, subject: &str, height: u32) -> Markup {
+pub(crate) fn render(u: &Usage, id: &str, subject: &str, height: u32) -> Markup {
     let h = f64::from(height.max(80));
     let plot = h - TOP - BOTTOM;
     let max = u
@@ -454,7 +454,7 @@ pub fn render(u: &Usage, id: &str, subject: &str, height: u32) -> Markup {
 
 /// The legend: a swatch, the outcome's name and its total, for every outcome in the view
 /// (valid always).
-pub fn legend(u: &Usage) -> Markup {
+pub(crate) fn legend(u: &Usage) -> Markup {
     let mut totals = u.totals();
     if !totals.iter().any(|(c, _)| c == "VALID") {
         totals.insert(0, ("VALID".to_string(), 0));

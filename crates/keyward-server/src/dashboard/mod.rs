@@ -4,14 +4,20 @@
 //! # Layout
 //! - this file: the router, security headers, sessions and CSRF ([`SignedIn`], [`Form`]), the
 //!   error pages ([`PageError`]) and the static assets.
-//! - [`ui`]: the page shell and small components (badges, times, durations).
-//! - [`auth`]: sign-in, sign-out and the first-run setup page.
-//! - [`keys`]: overview, key list, key detail, create, rotate, revoke, revoke all of an owner.
-//! - [`usage`] and [`chart`]: the key page's usage chart, source addresses and pattern changes,
-//!   and the overview's last 24 hours (SVG drawn on the server).
-//! - [`admin`]: keyspaces and their policies, the audit trail, management tokens.
-//! - [`webhooks`]: webhook subscriptions and their deliveries (admins).
-//! - [`reports`]: the inventory report and its CSV download (admins and auditors).
+//! - the page modules hold the handlers: each extracts, gets its right from [`Ctx::allow`],
+//!   reads through the service, computes a view-model and hands it to its view in [`views`]:
+//!   - [`auth`]: sign-in, sign-out and the first-run setup page.
+//!   - [`keys`]: overview, key list, key detail, create, rotate, revoke, revoke all of an owner.
+//!   - [`usage`]: the reads behind the key page's usage chart, source addresses and pattern
+//!     changes, and the overview's last 24 hours.
+//!   - [`admin`]: keyspaces and their policies, the audit trail, management tokens.
+//!   - [`webhooks`]: webhook subscriptions and their deliveries (admins).
+//!   - [`reports`]: the inventory report and its CSV download (admins and auditors).
+//! - [`data`]: reads several page modules share (keyspaces, keys beyond one page), so that no
+//!   page module imports another.
+//! - [`views`]: the markup of each page module, from view-models, without I/O.
+//! - [`ui`]: the page shell and small components (badges, times, durations, the CSRF field).
+//! - [`chart`]: the usage charts (SVG drawn on the server).
 //!
 //! # Rules every handler follows
 //! - Every read and change goes through [`crate::service`] (or [`crate::accounts`],
@@ -23,14 +29,16 @@
 //! - No page shows a secret, except the one-time plaintext of a new key, token or webhook
 //!   secret, on a response that is `Cache-Control: no-store` like every dashboard page.
 
-pub mod admin;
-pub mod auth;
-pub mod chart;
-pub mod keys;
-pub mod reports;
-pub mod ui;
-pub mod usage;
-pub mod webhooks;
+pub(crate) mod admin;
+pub(crate) mod auth;
+pub(crate) mod chart;
+pub(crate) mod data;
+pub(crate) mod keys;
+pub(crate) mod reports;
+pub(crate) mod ui;
+pub(crate) mod usage;
+pub(crate) mod views;
+pub(crate) mod webhooks;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -48,7 +56,6 @@ use axum::Router;
 use keyward_core::keyformat::KeyHash;
 use keyward_core::model::{Permission, Role};
 use keyward_core::user::User;
-use maud::{html, Markup};
 
 use crate::accounts;
 use crate::authz::Ctx;
@@ -58,12 +65,12 @@ use crate::http::extract::client_ip;
 use crate::routes::{Access, RouteSpec};
 use crate::state::AppState;
 
-pub const SESSION_COOKIE: &str = "kw_session";
+pub(crate) const SESSION_COOKIE: &str = "kw_session";
 /// Pre-session cookie for the sign-in and setup forms (login CSRF).
-pub const FORM_COOKIE: &str = "kw_form";
+pub(crate) const FORM_COOKIE: &str = "kw_form";
 const MAX_FORM: usize = 64 * 1024;
 
-pub const CSP: &str =
+pub(crate) const CSP: &str =
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
      frame-ancestors 'none'; form-action 'self'; base-uri 'none'";
 
@@ -185,7 +192,7 @@ pub(crate) fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
     ]
 }
 
-pub fn router() -> Router<AppState> {
+pub(crate) fn router() -> Router<AppState> {
     crate::routes::from_table(routes()).layer(middleware::from_fn(guard))
 }
 
@@ -226,7 +233,7 @@ const STYLE: &str = include_str!("assets/style.css");
 const SCRIPT: &str = include_str!("assets/app.js");
 
 /// A short hash of the assets, added to their URLs so they can be cached for a year.
-pub fn asset_version() -> &'static str {
+pub(crate) fn asset_version() -> &'static str {
     static V: OnceLock<String> = OnceLock::new();
     V.get_or_init(|| KeyHash::of(&format!("{STYLE}\n{SCRIPT}")).to_hex()[..12].to_string())
 }
@@ -251,7 +258,7 @@ async fn static_file(axum::extract::Path(file): axum::extract::Path<String>) -> 
 
 /// What a dashboard handler can fail with; each renders a page (or a redirect to sign-in).
 #[derive(Debug)]
-pub enum PageError {
+pub(crate) enum PageError {
     /// Not signed in (or the session ended): go to the sign-in page, then back to `next`.
     SignIn(String),
     /// The form's CSRF token is missing or wrong, or the post came from another site.
@@ -263,7 +270,7 @@ pub enum PageError {
     Internal,
 }
 
-pub type PageResult<T = Response> = std::result::Result<T, PageError>;
+pub(crate) type PageResult<T = Response> = std::result::Result<T, PageError>;
 
 impl From<Error> for PageError {
     fn from(e: Error) -> Self {
@@ -310,22 +317,12 @@ impl IntoResponse for PageError {
                 ),
             ),
         };
-        let body = ui::bare_page(
-            title,
-            html! {
-                div.card.narrow {
-                    h1 { (title) }
-                    p { (text) }
-                    p { a.button.secondary href="/" { "Back to the overview" } }
-                }
-            },
-        );
-        (status, body).into_response()
+        (status, ui::error_page(title, &text)).into_response()
     }
 }
 
 /// 303 See Other: after a POST, the browser GETs the target.
-pub fn redirect(to: &str) -> Response {
+pub(crate) fn redirect(to: &str) -> Response {
     let mut res = StatusCode::SEE_OTHER.into_response();
     if let Ok(v) = HeaderValue::from_str(to) {
         res.headers_mut().insert(LOCATION, v);
@@ -336,7 +333,7 @@ pub fn redirect(to: &str) -> Response {
 // ---------------------------------------------------------------- sessions
 
 /// All cookies of a request.
-pub fn cookies(headers: &HeaderMap) -> HashMap<String, String> {
+pub(crate) fn cookies(headers: &HeaderMap) -> HashMap<String, String> {
     headers
         .get_all(COOKIE)
         .iter()
@@ -350,7 +347,7 @@ pub fn cookies(headers: &HeaderMap) -> HashMap<String, String> {
 }
 
 /// Whether the browser reached us over HTTPS (as told by a trusted proxy): cookies get `Secure`.
-pub fn is_https(parts_headers: &HeaderMap, st: &AppState) -> bool {
+pub(crate) fn is_https(parts_headers: &HeaderMap, st: &AppState) -> bool {
     st.config.trust_proxy_headers
         && parts_headers
             .get("x-forwarded-proto")
@@ -358,7 +355,7 @@ pub fn is_https(parts_headers: &HeaderMap, st: &AppState) -> bool {
 }
 
 /// A `Set-Cookie` value: HttpOnly, SameSite=Strict, path `/`.
-pub fn cookie(name: &str, value: &str, max_age: i64, secure: bool) -> String {
+pub(crate) fn cookie(name: &str, value: &str, max_age: i64, secure: bool) -> String {
     format!(
         "{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{}",
         if secure { "; Secure" } else { "" }
@@ -366,24 +363,24 @@ pub fn cookie(name: &str, value: &str, max_age: i64, secure: bool) -> String {
 }
 
 /// A signed-in user, from the session cookie.
-pub struct SignedIn {
-    pub user: User,
+pub(crate) struct SignedIn {
+    pub(crate) user: User,
     /// The session's synchronizer token, put in every form.
-    pub csrf: String,
-    pub ip: Option<IpAddr>,
+    pub(crate) csrf: String,
+    pub(crate) ip: Option<IpAddr>,
     /// The raw session id (for sign-out).
     session_id: keyward_core::secret::Secret,
 }
 
 impl SignedIn {
-    pub fn role(&self) -> Role {
+    pub(crate) fn role(&self) -> Role {
         self.user.role
     }
-    pub fn may(&self, p: Permission) -> bool {
+    pub(crate) fn may(&self, p: Permission) -> bool {
         self.user.role.may(p)
     }
     /// The service context: actor `{type: user, id: usr_..., name: email}`, no keyspace limit.
-    pub fn ctx(&self) -> Ctx {
+    pub(crate) fn ctx(&self) -> Ctx {
         Ctx {
             actor: self.user.actor(),
             role: self.user.role,
@@ -393,14 +390,14 @@ impl SignedIn {
         }
     }
     /// Refuses a form whose `csrf` field is not this session's token.
-    pub fn check_csrf(&self, form: &Form) -> PageResult<()> {
+    pub(crate) fn check_csrf(&self, form: &Form) -> PageResult<()> {
         if accounts::csrf_matches(&self.csrf, form.get("csrf")) {
             Ok(())
         } else {
             Err(PageError::Csrf)
         }
     }
-    pub fn session_id(&self) -> &str {
+    pub(crate) fn session_id(&self) -> &str {
         self.session_id.expose()
     }
 }
@@ -436,23 +433,23 @@ impl FromRequestParts<AppState> for SignedIn {
 // ---------------------------------------------------------------- forms
 
 /// An `application/x-www-form-urlencoded` body (at most 64 KiB), as ordered pairs.
-pub struct Form(pub Vec<(String, String)>);
+pub(crate) struct Form(pub(crate) Vec<(String, String)>);
 
 impl Form {
-    pub fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
     /// The trimmed value, `None` when absent or blank.
-    pub fn text(&self, name: &str) -> Option<String> {
+    pub(crate) fn text(&self, name: &str) -> Option<String> {
         self.get(name)
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .map(str::to_string)
     }
-    pub fn checked(&self, name: &str) -> bool {
+    pub(crate) fn checked(&self, name: &str) -> bool {
         self.get(name)
             .is_some_and(|v| v == "on" || v == "true" || v == "yes")
     }
@@ -494,7 +491,7 @@ impl<S: Send + Sync> FromRequest<S> for Form {
 }
 
 /// Query parameters as a map (the dashboard ignores parameters it does not know).
-pub struct QueryMap(pub HashMap<String, String>);
+pub(crate) struct QueryMap(pub(crate) HashMap<String, String>);
 
 impl<S: Send + Sync> FromRequestParts<S> for QueryMap {
     type Rejection = PageError;
@@ -508,12 +505,7 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryMap {
 }
 
 impl QueryMap {
-    pub fn get(&self, k: &str) -> Option<&str> {
+    pub(crate) fn get(&self, k: &str) -> Option<&str> {
         self.0.get(k).map(|s| s.trim()).filter(|s| !s.is_empty())
     }
-}
-
-/// Hidden CSRF field for a form.
-pub fn csrf_field(s: &SignedIn) -> Markup {
-    html! { input type="hidden" name="csrf" value=(s.csrf); }
 }

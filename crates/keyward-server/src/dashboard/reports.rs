@@ -1,6 +1,7 @@
 //! The inventory report, for admins and auditors (`ReadAudit`, as the API): a summary of the
 //! findings on the page and the CSV download, both from [`crate::reports::inventory`] (the
-//! CSV is [`crate::reports::to_csv`], byte for byte the API's).
+//! CSV is [`crate::reports::to_csv`], byte for byte the API's). The markup is in
+//! [`super::views::reports`].
 
 use std::collections::BTreeMap;
 
@@ -8,45 +9,15 @@ use axum::extract::State;
 use axum::http::header::{CONTENT_DISPOSITION, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 use keyward_core::model::KeyStatus;
-use maud::{html, Markup};
+use maud::Markup;
 
-use super::chart::group;
-use super::ui::{self, heading, page, status_badge, Nav};
+use super::data::all_keyspaces;
+use super::ui;
+use super::views::reports::{self as view, Report, FINDINGS};
 use super::{PageResult, QueryMap, SignedIn};
 use crate::authz;
 use crate::reports::{self, Row};
 use crate::state::AppState;
-
-/// Keys with findings listed on the page (the CSV has them all).
-const LISTED: usize = 100;
-
-/// The findings, in the order the page shows them, with what each means.
-const FINDINGS: [(&str, &str, &str); 5] = [
-    ("no_owner", "No owner", "nobody is accountable for them"),
-    ("no_expiry", "Never expire", "no expiry date"),
-    (
-        "exceeds_max_lifetime",
-        "Beyond max lifetime",
-        "longer than their policy now allows",
-    ),
-    (
-        "expiring_soon",
-        "Expiring soon",
-        "within the warning window",
-    ),
-    (
-        "inactive",
-        "Inactive",
-        "unused for half the inactivity limit",
-    ),
-];
-
-fn finding_label(f: &str) -> &str {
-    FINDINGS
-        .iter()
-        .find(|(k, _, _)| *k == f)
-        .map_or(f, |(_, l, _)| l)
-}
 
 fn is_live(r: &Row) -> bool {
     matches!(
@@ -55,13 +26,17 @@ fn is_live(r: &Row) -> bool {
     )
 }
 
-pub async fn report(State(st): State<AppState>, s: SignedIn, q: QueryMap) -> PageResult<Markup> {
+pub(crate) async fn report(
+    State(st): State<AppState>,
+    s: SignedIn,
+    q: QueryMap,
+) -> PageResult<Markup> {
     let ctx = s.ctx();
     let who = ctx.allow::<authz::ReadAudit>()?;
     let now = st.clock.now();
     let keyspace = q.get("keyspace");
     let rows = reports::inventory(&st, &who, keyspace).await?;
-    let kss = super::keys::all_keyspaces(&st, &ctx).await?;
+    let kss = all_keyspaces(&st, &ctx).await?;
 
     let live = rows.iter().filter(|r| is_live(r)).count();
     let flagged: Vec<&Row> = {
@@ -95,76 +70,24 @@ pub async fn report(State(st): State<AppState>, s: SignedIn, q: QueryMap) -> Pag
         ui::query(&[("keyspace", keyspace)])
     );
 
-    let body = html! {
-        (heading("Inventory report", Some(html! {
-            "Every key with the findings an auditor looks for, computed now: "
-            (group(rows.len() as i64)) " keys, " (group(live as i64)) " live, "
-            span data-flagged=(flagged.len()) { (group(flagged.len() as i64)) } " with findings."
-        }), html! {
-            a.button.primary href=(download) download="keyward-inventory.csv" data-action="download-inventory" { "Download CSV" }
-        }))
-        form.filters method="get" action="/reports" {
-            select name="keyspace" aria-label="Keyspace" {
-                option value="" { "All keyspaces" }
-                @for ks in &kss { option value=(ks.id) selected[keyspace == Some(ks.id.as_str())] { (ks.name) } }
-            }
-            button.secondary type="submit" { "Apply" }
-        }
-        div.stats {
-            @for (k, label, hint) in FINDINGS {
-                @let n = by_finding.get(k).copied().unwrap_or(0);
-                div class={ "stat " (if n > 0 { "tone-warn" } else { "tone-ok" }) } data-finding=(k) {
-                    div.stat-label { (label) }
-                    div.stat-value data-count=(n) { (group(n as i64)) }
-                    div.stat-hint { (hint) }
-                }
-            }
-        }
-        section.card {
-            h2 { "By keyspace" }
-            @if by_space.is_empty() { (ui::empty("No keys.")) } @else {
-                div.table-wrap { table.by-keyspace {
-                    thead { tr { th { "Keyspace" } th.num { "Live keys" } @for (_, l, _) in FINDINGS { th.num { (l) } } } }
-                    tbody { @for (name, (n, f)) in &by_space { tr {
-                        td { (name) }
-                        td.num { (n) }
-                        @for c in f { td.num { @if *c > 0 { strong.warn-text { (c) } } @else { span.muted { "0" } } } }
-                    } } }
-                } }
-            }
-        }
-        section.card.flush {
-            div.card-head.padded {
-                h2 { "Keys with findings" }
-                span.count { (flagged.len()) }
-            }
-            @if flagged.is_empty() {
-                (ui::empty("No live key has a finding."))
-            } @else {
-                div.table-wrap { table {
-                    thead { tr { th { "Key" } th { "Keyspace" } th { "Owner" } th { "Status" } th { "Expires" } th { "Last used" } th { "Findings" } } }
-                    tbody { @for r in flagged.iter().take(LISTED) { tr {
-                        td { a.strong href={ "/keys/" (r.id) } { (r.name) } }
-                        td { (r.keyspace) }
-                        td { @if let Some(o) = &r.owner { (o) } @else { span.muted { "—" } } }
-                        td { (status_badge(r.status)) }
-                        td { (ui::when(r.expires_at, now, "never")) }
-                        td { (ui::when(r.last_used_at, now, "never")) }
-                        td { @for f in &r.findings { span.chip.finding { (finding_label(f)) } } }
-                    } } }
-                } }
-                @if flagged.len() > LISTED {
-                    p.hint.padded { "And " (flagged.len() - LISTED) " more in the CSV." }
-                }
-            }
-        }
-        p.hint { "The same report from the API: " code { "GET /v1/reports/inventory?format=csv" } " (or json)." }
-    };
-    Ok(page("Inventory report", &s, Nav::Reports, body))
+    Ok(view::report(
+        &s,
+        &Report {
+            total: rows.len(),
+            live,
+            flagged,
+            by_finding,
+            by_space,
+            download,
+            keyspaces: kss,
+            keyspace,
+            now,
+        },
+    ))
 }
 
 /// `GET /reports/inventory.csv[?keyspace=]`: the API's CSV, as a download.
-pub async fn inventory_csv(
+pub(crate) async fn inventory_csv(
     State(st): State<AppState>,
     s: SignedIn,
     q: QueryMap,

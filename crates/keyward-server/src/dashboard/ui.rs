@@ -3,13 +3,13 @@
 
 use keyward_core::model::{Actor, ActorKind, KeyStatus, Permission};
 use keyward_core::time::Timestamp;
-use maud::{html, Markup, PreEscaped, DOCTYPE};
+use maud::{html, Markup, DOCTYPE};
 
-use super::{asset_version, csrf_field, SignedIn};
+use super::{asset_version, SignedIn};
 
 /// The sections of the navigation bar.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Nav {
+pub(crate) enum Nav {
     Overview,
     Keys,
     Keyspaces,
@@ -17,7 +17,6 @@ pub enum Nav {
     Reports,
     Tokens,
     Webhooks,
-    None,
 }
 
 fn head(title: &str) -> Markup {
@@ -51,7 +50,7 @@ fn logo() -> Markup {
 }
 
 /// A full page for a signed-in user.
-pub fn page(title: &str, s: &SignedIn, active: Nav, body: Markup) -> Markup {
+pub(crate) fn page(title: &str, s: &SignedIn, active: Nav, body: Markup) -> Markup {
     let item = |nav: Nav, href: &str, label: &str| {
         html! {
             a href=(href) class=(if nav == active { "active" } else { "" }) { (label) }
@@ -97,8 +96,27 @@ pub fn page(title: &str, s: &SignedIn, active: Nav, body: Markup) -> Markup {
     }
 }
 
+/// Hidden CSRF field for a form.
+pub(crate) fn csrf_field(s: &SignedIn) -> Markup {
+    html! { input type="hidden" name="csrf" value=(s.csrf); }
+}
+
+/// The page of a [`super::PageError`]: what went wrong, and the way back.
+pub(crate) fn error_page(title: &str, text: &str) -> Markup {
+    bare_page(
+        title,
+        html! {
+            div.card.narrow {
+                h1 { (title) }
+                p { (text) }
+                p { a.button.secondary href="/" { "Back to the overview" } }
+            }
+        },
+    )
+}
+
 /// A page without navigation (sign-in, setup, errors).
-pub fn bare_page(title: &str, body: Markup) -> Markup {
+pub(crate) fn bare_page(title: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -112,7 +130,7 @@ pub fn bare_page(title: &str, body: Markup) -> Markup {
 }
 
 /// Marks a response that shows a one-time secret: never stored by the browser or a proxy.
-pub fn no_store(mut res: axum::response::Response) -> axum::response::Response {
+pub(crate) fn no_store(mut res: axum::response::Response) -> axum::response::Response {
     use axum::http::{header, HeaderValue};
     res.headers_mut().insert(
         header::CACHE_CONTROL,
@@ -123,11 +141,11 @@ pub fn no_store(mut res: axum::response::Response) -> axum::response::Response {
     res
 }
 
-pub fn status_badge(s: KeyStatus) -> Markup {
+pub(crate) fn status_badge(s: KeyStatus) -> Markup {
     html! { span class={ "badge status-" (s.as_str()) } { (s.as_str()) } }
 }
 
-pub fn actor(a: &Actor) -> Markup {
+pub(crate) fn actor(a: &Actor) -> Markup {
     let kind = match a.kind {
         ActorKind::Token => "token",
         ActorKind::User => "user",
@@ -143,7 +161,7 @@ pub fn actor(a: &Actor) -> Markup {
 }
 
 /// `2026-03-01 14:05 UTC`
-pub fn date_time(t: Timestamp) -> String {
+pub(crate) fn date_time(t: Timestamp) -> String {
     let s = t.to_rfc3339();
     match (s.get(..10), s.get(11..16)) {
         (Some(d), Some(hm)) => format!("{d} {hm} UTC"),
@@ -151,12 +169,12 @@ pub fn date_time(t: Timestamp) -> String {
     }
 }
 
-pub fn date(t: Timestamp) -> String {
+pub(crate) fn date(t: Timestamp) -> String {
     t.to_rfc3339().get(..10).unwrap_or_default().to_string()
 }
 
 /// `3 days ago`, `in 5 hours`, `just now`.
-pub fn relative(t: Timestamp, now: Timestamp) -> String {
+pub(crate) fn relative(t: Timestamp, now: Timestamp) -> String {
     let d = (t.millis() - now.millis()) / 1000;
     let a = d.abs();
     if a < 60 {
@@ -171,7 +189,7 @@ pub fn relative(t: Timestamp, now: Timestamp) -> String {
 }
 
 /// The largest whole unit: `3 days`, `5 hours`, `1 minute`.
-pub fn human_secs(secs: i64) -> String {
+pub(crate) fn human_secs(secs: i64) -> String {
     let (n, unit) = if secs >= 86_400 * 365 {
         (secs / (86_400 * 365), "year")
     } else if secs >= 86_400 {
@@ -187,7 +205,7 @@ pub fn human_secs(secs: i64) -> String {
 }
 
 /// A time cell: the date and a relative hint, full time on hover.
-pub fn when(t: Option<Timestamp>, now: Timestamp, never: &str) -> Markup {
+pub(crate) fn when(t: Option<Timestamp>, now: Timestamp, never: &str) -> Markup {
     match t {
         Some(t) => html! {
             time datetime=(t.to_rfc3339()) title=(date_time(t)) { (relative(t, now)) }
@@ -197,7 +215,7 @@ pub fn when(t: Option<Timestamp>, now: Timestamp, never: &str) -> Markup {
 }
 
 /// A duration as typed in forms: `180d`, `12h`, `30m`, `45s`; empty for none.
-pub fn duration_input(secs: Option<i64>) -> String {
+pub(crate) fn duration_input(secs: Option<i64>) -> String {
     match secs {
         None => String::new(),
         Some(0) => "0".into(),
@@ -209,7 +227,7 @@ pub fn duration_input(secs: Option<i64>) -> String {
 }
 
 /// Parses `90d`, `12h`, `30m`, `45s` or plain seconds; blank is `None`.
-pub fn parse_duration(s: &str) -> Result<Option<i64>, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Option<i64>, String> {
     let s = s.trim();
     if s.is_empty() {
         return Ok(None);
@@ -236,7 +254,7 @@ pub fn parse_duration(s: &str) -> Result<Option<i64>, String> {
 }
 
 /// Percent-encodes a query value.
-pub fn urlencode(s: &str) -> String {
+pub(crate) fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
@@ -249,7 +267,7 @@ pub fn urlencode(s: &str) -> String {
 }
 
 /// A query string from pairs, skipping empty values.
-pub fn query(pairs: &[(&str, Option<&str>)]) -> String {
+pub(crate) fn query(pairs: &[(&str, Option<&str>)]) -> String {
     let parts: Vec<String> = pairs
         .iter()
         .filter_map(|(k, v)| {
@@ -264,11 +282,11 @@ pub fn query(pairs: &[(&str, Option<&str>)]) -> String {
     }
 }
 
-pub fn flash(kind: &str, text: &str) -> Markup {
+pub(crate) fn flash(kind: &str, text: &str) -> Markup {
     html! { div class={ "flash flash-" (kind) } role="status" { (text) } }
 }
 
-pub fn error_box(msg: Option<&str>) -> Markup {
+pub(crate) fn error_box(msg: Option<&str>) -> Markup {
     html! {
         @if let Some(m) = msg {
             div.flash.flash-error role="alert" { (m) }
@@ -277,7 +295,7 @@ pub fn error_box(msg: Option<&str>) -> Markup {
 }
 
 /// A page heading with an optional subtitle and actions on the right.
-pub fn heading(title: &str, sub: Option<Markup>, actions: Markup) -> Markup {
+pub(crate) fn heading(title: &str, sub: Option<Markup>, actions: Markup) -> Markup {
     html! {
         div.page-head {
             div {
@@ -290,21 +308,17 @@ pub fn heading(title: &str, sub: Option<Markup>, actions: Markup) -> Markup {
 }
 
 /// A labelled metadata row of a `dl`.
-pub fn row(label: &str, value: Markup) -> Markup {
+pub(crate) fn row(label: &str, value: Markup) -> Markup {
     html! { dt { (label) } dd { (value) } }
 }
 
-pub fn empty(text: &str) -> Markup {
+pub(crate) fn empty(text: &str) -> Markup {
     html! { div.empty { (text) } }
 }
 
 /// Renders a JSON value compactly for display (never used for secrets).
-pub fn json_text(v: &serde_json::Value) -> String {
+pub(crate) fn json_text(v: &serde_json::Value) -> String {
     serde_json::to_string(v).unwrap_or_default()
-}
-
-pub fn nbsp() -> Markup {
-    PreEscaped("&nbsp;".to_string())
 }
 
 #[cfg(test)]
