@@ -5,8 +5,11 @@
 //!   in one [`StoreTx`], which also appends the audit event ([`StoreTx::append_audit`]) and, for
 //!   keys, the change-feed row. Domain rules live in the server; the store only reads and writes.
 //! - `sql`: one implementation written once over SQL that both SQLite and PostgreSQL accept,
-//!   instantiated for each by a macro (`sqlite::SqliteStore`, `postgres::PgStore`).
-//! - `migrations/{sqlite,postgres}/`: each backend's own schema, run at start by [`open`].
+//!   cut by concern (`sql/keys.rs`, `sql/usage.rs`, `sql/audit.rs`, ...) and instantiated for
+//!   each backend by macros (`sqlite::SqliteStore`, `postgres::PgStore`).
+//! - [`users`]: the interface of dashboard users and sessions (their SQL is in `sql/users.rs`).
+//! - `migrations/{sqlite,postgres}/`: each backend's own schema, run at start by [`open`] through
+//!   sqlx's checksummed migrator (`_sqlx_migrations`; see `sql/migrate.rs`).
 //!
 //! The URL scheme picks the backend: `sqlite://path` or `postgres://...`.
 

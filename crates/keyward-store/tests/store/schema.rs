@@ -171,3 +171,232 @@ async fn a_version_4_database_keeps_its_counts_and_buckets(db: &TestDb) {
 conformance!(unopened a_version_4_database_keeps_its_counts_and_buckets
     => sqlite_a_version_4_database_keeps_its_counts_and_buckets,
        postgres_a_version_4_database_keeps_its_counts_and_buckets);
+
+// ---- the checksummed migrator ----
+
+/// What sqlx records for each of the six migrations when it applies them itself: (version,
+/// description, SHA-384 of the backend's SQL).
+fn expected_migrations(db: &TestDb) -> Vec<(i64, String, Vec<u8>)> {
+    use sha2::{Digest, Sha384};
+    let descriptions = [
+        "init",
+        "lifecycle usage",
+        "users",
+        "quota leases",
+        "usage rollup",
+        "key counters",
+    ];
+    OLD_MIGRATIONS
+        .iter()
+        .zip(descriptions)
+        .map(|((version, sqlite, postgres), description)| {
+            let sql = if db.backend_name() == "sqlite" {
+                sqlite
+            } else {
+                postgres
+            };
+            (
+                *version,
+                description.to_string(),
+                Sha384::digest(sql.as_bytes()).to_vec(),
+            )
+        })
+        .collect()
+}
+
+/// A database written by the release before the checksummed migrator (`keyward_migrations`
+/// with versions 1-6, no `_sqlx_migrations`) opens with its data, and nothing is applied again:
+/// the versions are recorded in `_sqlx_migrations` as sqlx records them.
+async fn a_database_migrated_the_old_way_is_carried_over_without_reapplying(db: &TestDb) {
+    db.migrate_the_old_way().await;
+    let old = db.old_migrations_table().await;
+    assert_eq!(
+        old.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5, 6]
+    );
+    assert!(!db.has_table("_sqlx_migrations").await);
+    // Data the old release wrote.
+    let actor = serde_json::to_string(&keyward_core::model::Actor::system()).unwrap();
+    let policy = serde_json::to_string(&keyspace("old").policy).unwrap();
+    let hash = match db.backend_name() {
+        "sqlite" => format!("X'{}'", "07".repeat(32)),
+        _ => format!("'\\x{}'::bytea", "07".repeat(32)),
+    };
+    db.execute_in(&format!(
+        "INSERT INTO keyspaces (id, name, prefix, policy, created_at, updated_at)
+             VALUES ('ks_old', 'old', 'old', '{policy}', {T0}, {T0});
+         INSERT INTO keys (id, keyspace_id, name, scopes, labels, meta, hash, start_chars,
+             end_chars, enabled, created_at, created_by, updated_at, remaining)
+             VALUES ('key_old', 'ks_old', 'old', '[]', '{{}}', '{{}}', {hash}, 'old_', 'x', TRUE,
+             {T0}, '{actor}', {T0}, 40);
+         INSERT INTO key_counters (key_id, calls, denied, last_used_at)
+             VALUES ('key_old', 5, 1, {T0});"
+    ))
+    .await;
+
+    let store = db.reopen().await;
+    let ks = store
+        .keyspace("ks_old")
+        .await
+        .unwrap()
+        .expect("the old keyspace");
+    assert_eq!((ks.name.as_str(), ks.prefix.as_str()), ("old", "old"));
+    let k = store.key("key_old").await.unwrap().expect("the old key");
+    assert_eq!(
+        (k.call_count, k.denied_count, k.last_used_at, k.remaining),
+        (5, 1, Some(Timestamp::from_millis(T0)), Some(40))
+    );
+    // The schema is whole: the new release writes where the old one left off.
+    let ks_new = new_keyspace(&store, "acme").await;
+    let k_new = key(&ks_new, at(1));
+    insert_keys(&store, &[&k_new.key]).await;
+    assert_eq!(
+        store.key(&k_new.key.id).await.unwrap(),
+        Some(k_new.key.clone())
+    );
+
+    // Recorded as sqlx records them, none applied by the migrator (it would have measured an
+    // execution time), each installed when `keyward_migrations` says it was applied.
+    let applied = db.migrations_table().await;
+    let expected = expected_migrations(db);
+    assert_eq!(applied.len(), expected.len());
+    for ((row, (version, description, checksum)), (old_version, applied_at)) in
+        applied.iter().zip(&expected).zip(&old)
+    {
+        assert_eq!(row.version, *version);
+        assert_eq!(row.version, *old_version);
+        assert_eq!(&row.description, description);
+        assert_eq!(&row.checksum, checksum, "checksum of migration {version}");
+        assert!(row.success);
+        assert_eq!(
+            row.execution_time, -1,
+            "migration {version} must not run again"
+        );
+        assert_eq!(row.installed_on, applied_at.div_euclid(1000));
+    }
+    // `keyward_migrations` stays as it was (the previous release can still open the database).
+    assert_eq!(db.old_migrations_table().await, old);
+
+    // Carried over once: opening again changes nothing.
+    let again = db.reopen().await;
+    assert_eq!(db.migrations_table().await, applied);
+    assert_eq!(
+        again.key("key_old").await.unwrap().map(|k| k.call_count),
+        Some(5)
+    );
+}
+conformance!(unopened a_database_migrated_the_old_way_is_carried_over_without_reapplying
+    => sqlite_a_database_migrated_the_old_way_is_carried_over_without_reapplying,
+       postgres_a_database_migrated_the_old_way_is_carried_over_without_reapplying);
+
+/// Several nodes of the new release starting together on a database of the old one: one
+/// carries it over, the others find it done.
+async fn nodes_opening_an_old_database_at_once_carry_it_over_once(db: &TestDb) {
+    db.migrate_the_old_way().await;
+    let o = db.opener();
+    let opened = tokio::join!(o.open(), o.open(), o.open(), o.open());
+    for r in [opened.0, opened.1, opened.2, opened.3] {
+        if let Err(e) = r {
+            panic!("a concurrent open failed: {e}");
+        }
+    }
+    let applied = db.migrations_table().await;
+    assert_eq!(
+        applied.iter().map(|r| r.version).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5, 6]
+    );
+    assert!(applied.iter().all(|r| r.execution_time == -1));
+}
+conformance!(unopened nodes_opening_an_old_database_at_once_carry_it_over_once
+    => sqlite_nodes_opening_an_old_database_at_once_carry_it_over_once,
+       postgres_nodes_opening_an_old_database_at_once_carry_it_over_once);
+
+/// An applied migration whose SQL changed since (its checksum differs) stops `open` with an error
+/// that says so, before any migration runs; the database is left as it was.
+async fn an_edited_applied_migration_stops_open(db: &TestDb) {
+    let store = db.store();
+    let ks = new_keyspace(&store, "acme").await;
+    let before = db.migrations_table().await;
+    // Migration 6 pending again (a run would apply it), and migration 3 edited since it ran.
+    db.execute_in("DROP TABLE key_counters; DELETE FROM _sqlx_migrations WHERE version = 6")
+        .await;
+    db.set_checksum(3, &[0u8; 48]).await;
+
+    let err = match db.opener().open().await {
+        Ok(_) => panic!("a database with an edited migration opened"),
+        Err(e) => e,
+    };
+    let text = err.to_string();
+    assert!(matches!(err, keyward_store::StoreError::Other(_)), "{text}");
+    assert!(text.contains("migration 3"), "{text}");
+    assert!(text.contains("checksum"), "{text}");
+    // Nothing ran: migration 6 is still pending, the checksum is still the edited one.
+    assert!(!db.has_table("key_counters").await);
+    let after = db.migrations_table().await;
+    assert_eq!(
+        after.iter().map(|r| r.version).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
+    assert_eq!(after[2].checksum, vec![0u8; 48]);
+
+    // The checksum was the only matter: with the applied SQL's back, the database opens and gets
+    // the pending migration.
+    db.set_checksum(3, &before[2].checksum).await;
+    let again = db.reopen().await;
+    assert_eq!(again.keyspace(&ks.id).await.unwrap(), Some(ks));
+    assert!(db.has_table("key_counters").await);
+    let applied = db.migrations_table().await;
+    assert_eq!(applied[..5], before[..5]);
+    assert_eq!(
+        (applied[5].version, &applied[5].checksum),
+        (6, &before[5].checksum)
+    );
+}
+conformance!(with_db an_edited_applied_migration_stops_open
+    => sqlite_an_edited_applied_migration_stops_open,
+       postgres_an_edited_applied_migration_stops_open);
+
+/// A new database gets every migration from the migrator, recorded with its checksum; the old
+/// `keyward_migrations` table is not created.
+async fn a_new_database_gets_every_migration(db: &TestDb) {
+    let applied = db.migrations_table().await;
+    let expected = expected_migrations(db);
+    assert_eq!(applied.len(), expected.len());
+    for (row, (version, description, checksum)) in applied.iter().zip(&expected) {
+        assert_eq!(
+            (&row.version, &row.description, &row.checksum),
+            (version, description, checksum)
+        );
+        assert!(row.success);
+        assert!(
+            row.execution_time >= 0,
+            "migration {version} was applied and measured"
+        );
+    }
+    assert!(!db.has_table("keyward_migrations").await);
+    let store = db.store();
+    let ks = new_keyspace(&store, "acme").await;
+    assert_eq!(store.keyspace(&ks.id).await.unwrap(), Some(ks));
+}
+conformance!(with_db a_new_database_gets_every_migration
+    => sqlite_a_new_database_gets_every_migration, postgres_a_new_database_gets_every_migration);
+
+/// A version this release does not have (applied by a newer release, as in a rolling upgrade)
+/// does not stop it from opening the database, as before the checksummed migrator.
+async fn a_migration_of_a_newer_release_does_not_stop_open(db: &TestDb) {
+    let (installed, checksum) = match db.backend_name() {
+        "sqlite" => ("CURRENT_TIMESTAMP", format!("X'{}'", "ab".repeat(48))),
+        _ => ("now()", format!("'\\x{}'::bytea", "ab".repeat(48))),
+    };
+    db.execute_in(&format!(
+        "INSERT INTO _sqlx_migrations (version, description, installed_on, success, checksum, \
+         execution_time) VALUES (99, 'from a newer release', {installed}, TRUE, {checksum}, 1)"
+    ))
+    .await;
+    let store = db.reopen().await;
+    store.ping().await.unwrap();
+    assert_eq!(db.migrations_table().await.len(), 7);
+}
+conformance!(with_db a_migration_of_a_newer_release_does_not_stop_open
+    => sqlite_a_migration_of_a_newer_release_does_not_stop_open,
+       postgres_a_migration_of_a_newer_release_does_not_stop_open);

@@ -149,6 +149,242 @@ impl TestDb {
     }
 }
 
+// ---- the database underneath ----
+
+/// The migrations of the last release before the checksummed migrator (versions 1-6), as
+/// `(version, SQLite SQL, PostgreSQL SQL)`.
+pub const OLD_MIGRATIONS: [(i64, &str, &str); 6] = [
+    (
+        1,
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+        include_str!("../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        include_str!("../../migrations/sqlite/0002_lifecycle_usage.sql"),
+        include_str!("../../migrations/postgres/0002_lifecycle_usage.sql"),
+    ),
+    (
+        3,
+        include_str!("../../migrations/sqlite/0003_users.sql"),
+        include_str!("../../migrations/postgres/0003_users.sql"),
+    ),
+    (
+        4,
+        include_str!("../../migrations/sqlite/0004_quota_leases.sql"),
+        include_str!("../../migrations/postgres/0004_quota_leases.sql"),
+    ),
+    (
+        5,
+        include_str!("../../migrations/sqlite/0005_usage_rollup.sql"),
+        include_str!("../../migrations/postgres/0005_usage_rollup.sql"),
+    ),
+    (
+        6,
+        include_str!("../../migrations/sqlite/0006_key_counters.sql"),
+        include_str!("../../migrations/postgres/0006_key_counters.sql"),
+    ),
+];
+
+/// A connection straight to a test database (inside its schema on PostgreSQL), as the backend's
+/// own client would open it, used through `raw!`.
+pub enum Raw {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+/// `raw!(db.raw().await, |conn| body)`: runs the same `body` (a block that may `.await`) with
+/// `conn` the `&mut` connection of either backend, closes the connection, and yields the
+/// body's value.
+macro_rules! raw {
+    ($raw:expr, |$conn:ident| $body:block) => {
+        match $raw {
+            crate::support::Raw::Sqlite(mut c) => {
+                let $conn = &mut c;
+                let v = $body;
+                sqlx::Connection::close(c).await.expect("close");
+                v
+            }
+            crate::support::Raw::Postgres(mut c) => {
+                let $conn = &mut c;
+                let v = $body;
+                sqlx::Connection::close(c).await.expect("close");
+                v
+            }
+        }
+    };
+}
+
+/// A row of `_sqlx_migrations`; `installed_on` in whole seconds since the epoch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppliedRow {
+    pub version: i64,
+    pub description: String,
+    pub installed_on: i64,
+    pub success: bool,
+    pub checksum: Vec<u8>,
+    pub execution_time: i64,
+}
+
+impl TestDb {
+    /// A raw connection to this database (the schema is created on PostgreSQL if missing).
+    pub async fn raw(&self) -> Raw {
+        use sqlx::Connection;
+        match &self.backend {
+            Backend::Sqlite { url, .. } => {
+                let opts: sqlx::sqlite::SqliteConnectOptions = url.parse().expect("a SQLite URL");
+                let conn = sqlx::SqliteConnection::connect_with(&opts.create_if_missing(true))
+                    .await
+                    .expect("connect to SQLite");
+                Raw::Sqlite(conn)
+            }
+            Backend::Postgres { schema } => {
+                let mut conn = sqlx::PgConnection::connect(&testing::pg_url())
+                    .await
+                    .expect("connect to PostgreSQL");
+                let sql =
+                    format!("CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}");
+                sqlx::raw_sql(&sql)
+                    .execute(&mut conn)
+                    .await
+                    .expect("enter the schema");
+                Raw::Postgres(conn)
+            }
+        }
+    }
+
+    /// Migrates the database as the releases before the checksummed migrator did: a copy of
+    /// their routine (`keyward_migrations`, each file not recorded there run in its own
+    /// transaction with its row), over their six migrations.
+    pub async fn migrate_the_old_way(&self) {
+        let postgres = self.backend_name() == "postgres";
+        raw!(self.raw().await, |conn| {
+            sqlx::raw_sql(
+                "CREATE TABLE IF NOT EXISTS keyward_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+            )
+            .execute(&mut *conn)
+            .await
+            .expect("create keyward_migrations");
+            for (version, sqlite, pg) in OLD_MIGRATIONS {
+                let sql = if postgres { pg } else { sqlite };
+                let done = sqlx::query("SELECT version FROM keyward_migrations WHERE version = $1")
+                    .bind(version)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .expect("read keyward_migrations");
+                if done.is_some() {
+                    continue;
+                }
+                let mut tx = sqlx::Connection::begin(&mut *conn).await.expect("begin");
+                sqlx::raw_sql(sql)
+                    .execute(&mut *tx)
+                    .await
+                    .expect("an old migration");
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0);
+                sqlx::query("INSERT INTO keyward_migrations (version, applied_at) VALUES ($1, $2)")
+                    .bind(version)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .expect("record an old migration");
+                tx.commit().await.expect("commit");
+            }
+        })
+    }
+
+    /// Runs SQL on the database as it is (no schema is created, unlike [`TestDb::execute_raw`]).
+    pub async fn execute_in(&self, sql: &str) {
+        raw!(self.raw().await, |conn| {
+            sqlx::raw_sql(sql)
+                .execute(&mut *conn)
+                .await
+                .expect("raw SQL");
+        })
+    }
+
+    /// Whether a table exists in the database (in its schema on PostgreSQL).
+    pub async fn has_table(&self, name: &str) -> bool {
+        let sql = match self.backend_name() {
+            "sqlite" => {
+                "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name = $1"
+            }
+            _ => {
+                "SELECT COUNT(*) AS n FROM pg_catalog.pg_tables \
+                 WHERE schemaname = current_schema() AND tablename = $1"
+            }
+        };
+        raw!(self.raw().await, |conn| {
+            use sqlx::Row;
+            let r = sqlx::query(sql)
+                .bind(name)
+                .fetch_one(&mut *conn)
+                .await
+                .expect("look for a table");
+            r.get::<i64, _>("n") > 0
+        })
+    }
+
+    /// `keyward_migrations` as `(version, applied_at)`, by version.
+    pub async fn old_migrations_table(&self) -> Vec<(i64, i64)> {
+        raw!(self.raw().await, |conn| {
+            use sqlx::Row;
+            let rows =
+                sqlx::query("SELECT version, applied_at FROM keyward_migrations ORDER BY version")
+                    .fetch_all(&mut *conn)
+                    .await
+                    .expect("read keyward_migrations");
+            rows.iter()
+                .map(|r| (r.get("version"), r.get("applied_at")))
+                .collect()
+        })
+    }
+
+    /// `_sqlx_migrations`, by version.
+    pub async fn migrations_table(&self) -> Vec<AppliedRow> {
+        let installed_on = match self.backend_name() {
+            "sqlite" => "CAST(strftime('%s', installed_on) AS INTEGER)",
+            _ => "CAST(floor(extract(epoch FROM installed_on)) AS BIGINT)",
+        };
+        let sql = format!(
+            "SELECT version, description, {installed_on} AS installed_on, success, checksum, \
+             execution_time FROM _sqlx_migrations ORDER BY version"
+        );
+        raw!(self.raw().await, |conn| {
+            use sqlx::Row;
+            let rows = sqlx::query(&sql)
+                .fetch_all(&mut *conn)
+                .await
+                .expect("read _sqlx_migrations");
+            rows.iter()
+                .map(|r| AppliedRow {
+                    version: r.get("version"),
+                    description: r.get("description"),
+                    installed_on: r.get("installed_on"),
+                    success: r.get("success"),
+                    checksum: r.get("checksum"),
+                    execution_time: r.get("execution_time"),
+                })
+                .collect()
+        })
+    }
+
+    /// Sets the checksum `_sqlx_migrations` records for a version, as an edit of an applied
+    /// migration would leave it.
+    pub async fn set_checksum(&self, version: i64, checksum: &[u8]) {
+        raw!(self.raw().await, |conn| {
+            sqlx::query("UPDATE _sqlx_migrations SET checksum = $1 WHERE version = $2")
+                .bind(checksum.to_vec())
+                .bind(version)
+                .execute(&mut *conn)
+                .await
+                .expect("set a checksum");
+        })
+    }
+}
+
 #[derive(Clone)]
 pub struct Opener(Backend);
 

@@ -89,7 +89,7 @@ async fn database_text(backend: Backend, db_url: &str) -> Vec<u8> {
                 "tokens",
                 "audit_events",
                 "change_feed",
-                "keyward_migrations",
+                "_sqlx_migrations",
             ] {
                 let rows = sqlx::query(&format!("SELECT t::text AS row FROM {table} t"))
                     .fetch_all(&mut c)

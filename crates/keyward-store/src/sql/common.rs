@@ -1,0 +1,101 @@
+//! What the SQL of every concern shares: error mapping, reading a column, JSON and timestamp
+//! columns, the write-lock statement, and the query-builder fragments for IN-lists and "newest
+//! first" cursors. Plain functions, generic over the backend: nothing here is written per backend.
+//! (Each concern's row decoders sit next to the column list they read, in that concern's file.)
+
+use keyward_core::keyformat::KeyHash;
+use keyward_core::time::Timestamp;
+use serde::de::DeserializeOwned;
+use sqlx::{ColumnIndex, Database, Decode, Encode, QueryBuilder, Row, Type};
+
+use crate::{Result, StoreError, TimeCursor};
+
+/// The first statement of every write transaction (see the `sql` module docs): updating the
+/// single `write_lock` row serializes writers across every node.
+pub(super) const TAKE_WRITE_LOCK: &str = "UPDATE write_lock SET n = n + 1 WHERE id = 1";
+
+pub(super) fn map_err(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(
+            db.constraint()
+                .map(str::to_string)
+                .unwrap_or_else(|| db.message().to_string()),
+        ),
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
+        other => StoreError::Other(other.to_string()),
+    }
+}
+
+/// Column `col` of a row of either backend.
+pub(super) fn get<'r, T, R>(r: &'r R, col: &str) -> Result<T>
+where
+    R: Row,
+    T: Decode<'r, R::Database> + Type<R::Database>,
+    for<'c> &'c str: ColumnIndex<R>,
+{
+    r.try_get(col).map_err(map_err)
+}
+
+pub(super) fn json<T: DeserializeOwned>(col: &str, s: &str) -> Result<T> {
+    serde_json::from_str(s)
+        .map_err(|e| StoreError::Other(format!("corrupt JSON in column {col}: {e}")))
+}
+
+pub(super) fn json_opt<T: DeserializeOwned>(col: &str, s: Option<String>) -> Result<Option<T>> {
+    s.map(|s| json(col, &s)).transpose()
+}
+
+pub(super) fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+pub(super) fn ts(v: Option<i64>) -> Option<Timestamp> {
+    v.map(Timestamp::from_millis)
+}
+
+pub(super) fn hash_from(bytes: Vec<u8>) -> Result<KeyHash> {
+    let arr: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Other("corrupt hash column".into()))?;
+    Ok(KeyHash(arr))
+}
+
+/// Rows after a "newest first" cursor (`created_at` ms, id).
+pub(super) fn push_after_time<'a, DB: Database>(
+    q: &mut QueryBuilder<'a, DB>,
+    after: &Option<TimeCursor>,
+) where
+    i64: Encode<'a, DB> + Type<DB>,
+    String: Encode<'a, DB> + Type<DB>,
+{
+    if let Some((at, id)) = after {
+        q.push(" AND (created_at < ").push_bind(*at);
+        q.push(" OR (created_at = ").push_bind(*at);
+        q.push(" AND id < ").push_bind(id.clone()).push("))");
+    }
+}
+
+/// `AND col IN (ids)`; `None` adds nothing, an empty list matches nothing.
+pub(super) fn push_in<'a, DB: Database>(
+    q: &mut QueryBuilder<'a, DB>,
+    col: &str,
+    ids: Option<&[String]>,
+) where
+    String: Encode<'a, DB> + Type<DB>,
+{
+    if let Some(ids) = ids {
+        if ids.is_empty() {
+            q.push(" AND 1 = 0");
+            return;
+        }
+        q.push(format!(" AND {col} IN ("));
+        let mut sep = q.separated(", ");
+        for id in ids {
+            sep.push_bind(id.clone());
+        }
+        q.push(")");
+    }
+}

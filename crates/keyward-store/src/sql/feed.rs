@@ -1,0 +1,103 @@
+//! The change feed: the row every key change appends (read by the other nodes to refresh their
+//! caches), the followers' reads (`changes_after`, `change_head`), and the pruning of history
+//! (old feed rows, finished webhook deliveries with their attempts and events, anomalies).
+//!
+//! Invariant: every write of a key appends a feed row in the same transaction (`key_changed`,
+//! `quota_set`), stamped with the writing store's node id so a node can skip its own changes;
+//! on PostgreSQL (`$notify`) it also notifies the listeners, delivered at commit.
+
+/// This file's SQL for one backend (`$notify`: the statement that wakes the other nodes'
+/// followers, empty where the backend has no notifications).
+macro_rules! for_backend {
+    ($DB:ty, $notify:literal) => {
+        use keyward_core::model::Key;
+        use keyward_core::time::Timestamp;
+
+        use crate::sql::common::{get, hash_from, map_err};
+        use crate::{Change, Result};
+
+        /// The feed row of a key written (inserted or updated) in this transaction.
+        pub(super) async fn key_changed(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, k: &Key) -> Result<()> {
+            sqlx::query("INSERT INTO change_feed (key_id, key_hash, at, origin) VALUES ($1, $2, $3, $4)")
+                .bind(&k.id)
+                .bind(k.hash.0.to_vec())
+                .bind(k.updated_at.millis())
+                .bind(node)
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            if !$notify.is_empty() {
+                // Delivered at commit; PostgreSQL folds repeats within one transaction.
+                sqlx::query($notify).execute(&mut *conn).await.map_err(map_err)?;
+            }
+            Ok(())
+        }
+
+        /// The feed row of a key whose quota was set anew in this transaction (`quota`: every
+        /// node's lease of it is void).
+        pub(super) async fn quota_set(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, id: &str) -> Result<()> {
+            sqlx::query(
+                "INSERT INTO change_feed (key_id, key_hash, at, origin, quota) \
+                 SELECT id, hash, updated_at, $2, $3 FROM keys WHERE id = $1",
+            )
+            .bind(id)
+            .bind(node)
+            .bind(true)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+            if !$notify.is_empty() {
+                sqlx::query($notify).execute(&mut *conn).await.map_err(map_err)?;
+            }
+            Ok(())
+        }
+
+        pub(super) async fn changes_after(pool: &sqlx::Pool<$DB>, seq: i64, limit: i64) -> Result<Vec<Change>> {
+            let rows = sqlx::query("SELECT seq, key_id, key_hash, origin, quota FROM change_feed WHERE seq > $1 ORDER BY seq LIMIT $2")
+                .bind(seq)
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+                .map_err(map_err)?;
+            rows.iter()
+                .map(|r| {
+                    Ok(Change {
+                        seq: get(r, "seq")?,
+                        key_id: get(r, "key_id")?,
+                        key_hash: hash_from(get(r, "key_hash")?)?,
+                        origin: get(r, "origin")?,
+                        quota: get(r, "quota")?,
+                    })
+                })
+                .collect()
+        }
+
+        pub(super) async fn change_head(pool: &sqlx::Pool<$DB>) -> Result<i64> {
+            let r = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS head FROM change_feed")
+                .fetch_one(pool)
+                .await
+                .map_err(map_err)?;
+            get(&r, "head")
+        }
+
+        pub(super) async fn prune_history(pool: &sqlx::Pool<$DB>, history_before: Timestamp, feed_before: Timestamp) -> Result<u64> {
+            let mut n = 0;
+            let statements = [
+                ("DELETE FROM webhook_attempts WHERE at < $1", history_before),
+                ("DELETE FROM webhook_deliveries WHERE state <> 'pending' AND created_at < $1", history_before),
+                (
+                    "DELETE FROM webhook_events WHERE at < $1 AND id NOT IN (SELECT event_id FROM webhook_deliveries)",
+                    history_before,
+                ),
+                ("DELETE FROM anomalies WHERE detected_at < $1", history_before),
+                ("DELETE FROM change_feed WHERE at < $1", feed_before),
+            ];
+            for (sql, before) in statements {
+                let r = sqlx::query(sql).bind(before.millis()).execute(pool).await.map_err(map_err)?;
+                n += r.rows_affected();
+            }
+            Ok(n)
+        }
+    };
+}
+pub(super) use for_backend;

@@ -1,0 +1,383 @@
+//! Keyspaces and keys: reads, the filtered key list, writes, quota resets, the owner query (bulk
+//! revocation, `max_keys_per_owner`) and the lifecycle sweep's queries and marks (expired,
+//! expiring, inactive keys).
+//!
+//! Invariants: every key write also appends the key's change-feed row (see `feed.rs`); a key is
+//! read through [`KEY_SELECT`], whose `remaining` is the unleased quota plus every node's lease
+//! (see `leases.rs`) and whose counters come from `key_counters` (see `usage.rs`).
+
+use keyward_core::model::KeyStatus;
+use sqlx::{Database, Encode, QueryBuilder, Type};
+
+pub(super) const KEY_COLS: &str = "id, keyspace_id, name, owner, scopes, labels, meta, hash, \
+    start_chars, end_chars, enabled, created_at, created_by, updated_at, expires_at, revoked_at, \
+    revoked_by, revoked_reason, rotated_from, rotated_to, last_used_at, call_count, denied_count, \
+    ratelimit, remaining, allowed_cidrs";
+/// The columns read for a key: `remaining` is the unleased quota plus every node's lease.
+/// The counters come from `key_counters` (see its migration).
+pub(super) const KEY_SELECT: &str = "id, keyspace_id, name, owner, scopes, labels, meta, hash, \
+    start_chars, end_chars, enabled, created_at, created_by, updated_at, expires_at, revoked_at, \
+    revoked_by, revoked_reason, rotated_from, rotated_to, \
+    (SELECT c.last_used_at FROM key_counters c WHERE c.key_id = keys.id) AS last_used_at, \
+    COALESCE((SELECT c.calls FROM key_counters c WHERE c.key_id = keys.id), 0) AS call_count, \
+    COALESCE((SELECT c.denied FROM key_counters c WHERE c.key_id = keys.id), 0) AS denied_count, \
+    ratelimit, \
+    remaining + CAST((SELECT COALESCE(SUM(q.amount), 0) FROM quota_leases q \
+    WHERE q.key_id = keys.id) AS BIGINT) AS remaining, \
+    allowed_cidrs";
+pub(super) const KEYSPACE_COLS: &str = "id, name, prefix, policy, created_at, updated_at";
+
+/// Database-side form of [`Key::status`](keyward_core::model::Key::status).
+pub(super) fn push_status<'a, DB: Database>(
+    q: &mut QueryBuilder<'a, DB>,
+    status: KeyStatus,
+    now: i64,
+) where
+    i64: Encode<'a, DB> + Type<DB>,
+{
+    let live = |q: &mut QueryBuilder<'a, DB>| {
+        q.push(" AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ")
+            .push_bind(now)
+            .push(")");
+    };
+    match status {
+        KeyStatus::Revoked => {
+            q.push(" AND revoked_at IS NOT NULL");
+        }
+        KeyStatus::Expired => {
+            q.push(" AND revoked_at IS NULL AND expires_at IS NOT NULL AND expires_at <= ")
+                .push_bind(now);
+        }
+        KeyStatus::Disabled => {
+            live(q);
+            q.push(" AND NOT enabled");
+        }
+        KeyStatus::Rotating => {
+            live(q);
+            q.push(" AND enabled AND rotated_to IS NOT NULL");
+        }
+        KeyStatus::Active => {
+            live(q);
+            q.push(" AND enabled AND rotated_to IS NULL");
+        }
+    }
+}
+
+/// This file's SQL for one backend (`$instr`: its substring-position function).
+macro_rules! for_backend {
+    ($DB:ty, $Row:ty, $instr:literal) => {
+        use keyward_core::keyformat::KeyHash;
+        use keyward_core::model::{Key, Keyspace};
+        use keyward_core::time::Timestamp;
+
+        use crate::sql::common::{get, hash_from, json, json_opt, map_err, push_after_time, push_in, to_json, ts};
+        use crate::sql::keys::{push_status, KEYSPACE_COLS, KEY_COLS, KEY_SELECT};
+        use crate::{KeyFilter, Page, Result, TimeCursor};
+
+        fn key_from_row(r: &$Row) -> Result<Key> {
+            Ok(Key {
+                id: get(r, "id")?,
+                keyspace_id: get(r, "keyspace_id")?,
+                name: get(r, "name")?,
+                owner: get(r, "owner")?,
+                scopes: json("scopes", &get::<String, _>(r, "scopes")?)?,
+                labels: json("labels", &get::<String, _>(r, "labels")?)?,
+                meta: json("meta", &get::<String, _>(r, "meta")?)?,
+                hash: hash_from(get(r, "hash")?)?,
+                start: get(r, "start_chars")?,
+                end: get(r, "end_chars")?,
+                enabled: get(r, "enabled")?,
+                created_at: Timestamp::from_millis(get(r, "created_at")?),
+                created_by: json("created_by", &get::<String, _>(r, "created_by")?)?,
+                updated_at: Timestamp::from_millis(get(r, "updated_at")?),
+                expires_at: ts(get(r, "expires_at")?),
+                revoked_at: ts(get(r, "revoked_at")?),
+                revoked_by: json_opt("revoked_by", get(r, "revoked_by")?)?,
+                revoked_reason: get(r, "revoked_reason")?,
+                rotated_from: get(r, "rotated_from")?,
+                rotated_to: get(r, "rotated_to")?,
+                last_used_at: ts(get(r, "last_used_at")?),
+                call_count: get(r, "call_count")?,
+                denied_count: get(r, "denied_count")?,
+                ratelimit: json_opt("ratelimit", get(r, "ratelimit")?)?,
+                remaining: get(r, "remaining")?,
+                allowed_cidrs: json_opt("allowed_cidrs", get(r, "allowed_cidrs")?)?,
+            })
+        }
+
+        fn keyspace_from_row(r: &$Row) -> Result<Keyspace> {
+            Ok(Keyspace {
+                id: get(r, "id")?,
+                name: get(r, "name")?,
+                prefix: get(r, "prefix")?,
+                policy: json("policy", &get::<String, _>(r, "policy")?)?,
+                created_at: Timestamp::from_millis(get(r, "created_at")?),
+                updated_at: Timestamp::from_millis(get(r, "updated_at")?),
+            })
+        }
+
+        // ---- keyspaces ----
+
+        pub(super) async fn keyspace<'e, E: sqlx::Executor<'e, Database = $DB>>(e: E, id: &str) -> Result<Option<Keyspace>> {
+            let sql = format!("SELECT {KEYSPACE_COLS} FROM keyspaces WHERE id = $1");
+            let row = sqlx::query(&sql).bind(id).fetch_optional(e).await.map_err(map_err)?;
+            row.as_ref().map(keyspace_from_row).transpose()
+        }
+
+        pub(super) async fn list_keyspaces(pool: &sqlx::Pool<$DB>, ids: Option<&[String]>, page: &Page<TimeCursor>) -> Result<Vec<Keyspace>> {
+            let mut q = sqlx::QueryBuilder::<$DB>::new(format!("SELECT {KEYSPACE_COLS} FROM keyspaces WHERE 1 = 1"));
+            push_in(&mut q, "id", ids);
+            push_after_time(&mut q, &page.after);
+            q.push(" ORDER BY created_at DESC, id DESC LIMIT ").push_bind(page.limit);
+            let rows = q.build().fetch_all(pool).await.map_err(map_err)?;
+            rows.iter().map(keyspace_from_row).collect()
+        }
+
+        pub(super) async fn insert_keyspace(conn: &mut <$DB as sqlx::Database>::Connection, ks: &Keyspace) -> Result<()> {
+            let sql = format!("INSERT INTO keyspaces ({KEYSPACE_COLS}) VALUES ($1, $2, $3, $4, $5, $6)");
+            sqlx::query(&sql)
+                .bind(&ks.id)
+                .bind(&ks.name)
+                .bind(&ks.prefix)
+                .bind(to_json(&ks.policy))
+                .bind(ks.created_at.millis())
+                .bind(ks.updated_at.millis())
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            Ok(())
+        }
+
+        pub(super) async fn update_keyspace(conn: &mut <$DB as sqlx::Database>::Connection, ks: &Keyspace) -> Result<()> {
+            sqlx::query("UPDATE keyspaces SET name = $2, policy = $3, updated_at = $4 WHERE id = $1")
+                .bind(&ks.id)
+                .bind(&ks.name)
+                .bind(to_json(&ks.policy))
+                .bind(ks.updated_at.millis())
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            Ok(())
+        }
+
+        // ---- keys: reads ----
+
+        pub(super) async fn key<'e, E: sqlx::Executor<'e, Database = $DB>>(e: E, id: &str) -> Result<Option<Key>> {
+            let sql = format!("SELECT {KEY_SELECT} FROM keys WHERE id = $1");
+            let row = sqlx::query(&sql).bind(id).fetch_optional(e).await.map_err(map_err)?;
+            row.as_ref().map(key_from_row).transpose()
+        }
+
+        pub(super) async fn key_by_hash(pool: &sqlx::Pool<$DB>, hash: &KeyHash) -> Result<Option<Key>> {
+            let sql = format!("SELECT {KEY_SELECT} FROM keys WHERE hash = $1");
+            let row = sqlx::query(&sql).bind(hash.0.to_vec()).fetch_optional(pool).await.map_err(map_err)?;
+            row.as_ref().map(key_from_row).transpose()
+        }
+
+        pub(super) async fn list_keys(pool: &sqlx::Pool<$DB>, f: &KeyFilter) -> Result<Vec<Key>> {
+            let now = f.now.millis();
+            let mut q = sqlx::QueryBuilder::<$DB>::new(format!("SELECT {KEY_SELECT} FROM keys WHERE 1 = 1"));
+            push_in(&mut q, "keyspace_id", f.keyspace_ids.as_deref());
+            if let Some(owner) = &f.owner {
+                q.push(" AND owner = ").push_bind(owner.clone());
+            }
+            if let Some(status) = f.status {
+                push_status(&mut q, status, now);
+            }
+            if let Some((k, v)) = &f.label {
+                // Labels are stored as compact JSON of a sorted map: `"k":"v"` occurs in the
+                // text exactly when the key has that label.
+                let needle = format!("{}:{}", to_json(k), to_json(v));
+                q.push(concat!(" AND ", $instr, "(labels, ")).push_bind(needle).push(") > 0");
+            }
+            if let Some(s) = &f.name_contains {
+                q.push(concat!(" AND ", $instr, "(lower(name), lower(")).push_bind(s.clone()).push(")) > 0");
+            }
+            if let Some(secs) = f.unused_for_secs {
+                let cutoff = f.now.plus_secs(-secs).millis();
+                q.push(" AND COALESCE((SELECT c.last_used_at FROM key_counters c WHERE c.key_id = keys.id), created_at) <= ").push_bind(cutoff);
+            }
+            push_after_time(&mut q, &f.page.after);
+            q.push(" ORDER BY created_at DESC, id DESC LIMIT ").push_bind(f.page.limit);
+            let rows = q.build().fetch_all(pool).await.map_err(map_err)?;
+            rows.iter().map(key_from_row).collect()
+        }
+
+        pub(super) async fn live_keys_of_owner(
+            conn: &mut <$DB as sqlx::Database>::Connection,
+            owner: &str,
+            keyspace_ids: Option<&[String]>,
+            now: Timestamp,
+        ) -> Result<Vec<Key>> {
+            let mut q = sqlx::QueryBuilder::<$DB>::new(format!("SELECT {KEY_SELECT} FROM keys WHERE owner = "));
+            q.push_bind(owner.to_string());
+            q.push(" AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ")
+                .push_bind(now.millis())
+                .push(")");
+            push_in(&mut q, "keyspace_id", keyspace_ids);
+            q.push(" ORDER BY created_at, id");
+            let rows = q.build().fetch_all(&mut *conn).await.map_err(map_err)?;
+            rows.iter().map(key_from_row).collect()
+        }
+
+        // ---- keys: writes ----
+
+        pub(super) async fn insert_key(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, k: &Key) -> Result<()> {
+            let sql = format!(
+                "INSERT INTO keys ({KEY_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+                 $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)"
+            );
+            sqlx::query(&sql)
+                .bind(&k.id)
+                .bind(&k.keyspace_id)
+                .bind(&k.name)
+                .bind(&k.owner)
+                .bind(to_json(&k.scopes))
+                .bind(to_json(&k.labels))
+                .bind(to_json(&k.meta))
+                .bind(k.hash.0.to_vec())
+                .bind(&k.start)
+                .bind(&k.end)
+                .bind(k.enabled)
+                .bind(k.created_at.millis())
+                .bind(to_json(&k.created_by))
+                .bind(k.updated_at.millis())
+                .bind(k.expires_at.map(Timestamp::millis))
+                .bind(k.revoked_at.map(Timestamp::millis))
+                .bind(k.revoked_by.as_ref().map(to_json))
+                .bind(&k.revoked_reason)
+                .bind(&k.rotated_from)
+                .bind(&k.rotated_to)
+                .bind(k.last_used_at.map(Timestamp::millis))
+                .bind(k.call_count)
+                .bind(k.denied_count)
+                .bind(k.ratelimit.as_ref().map(to_json))
+                .bind(k.remaining)
+                .bind(k.allowed_cidrs.as_ref().map(to_json))
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            if k.call_count != 0 || k.denied_count != 0 || k.last_used_at.is_some() {
+                sqlx::query("INSERT INTO key_counters (key_id, calls, denied, last_used_at) VALUES ($1, $2, $3, $4)")
+                    .bind(&k.id)
+                    .bind(k.call_count)
+                    .bind(k.denied_count)
+                    .bind(k.last_used_at.map(Timestamp::millis))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(map_err)?;
+            }
+            super::feed::key_changed(conn, node, k).await
+        }
+
+        pub(super) async fn update_key(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, k: &Key) -> Result<()> {
+            sqlx::query(
+                "UPDATE keys SET name = $2, owner = $3, scopes = $4, labels = $5, meta = $6, enabled = $7, \
+                 updated_at = $8, expires_at = $9, revoked_at = $10, revoked_by = $11, revoked_reason = $12, \
+                 rotated_to = $13, ratelimit = $14, allowed_cidrs = $15 WHERE id = $1",
+            )
+            .bind(&k.id)
+            .bind(&k.name)
+            .bind(&k.owner)
+            .bind(to_json(&k.scopes))
+            .bind(to_json(&k.labels))
+            .bind(to_json(&k.meta))
+            .bind(k.enabled)
+            .bind(k.updated_at.millis())
+            .bind(k.expires_at.map(Timestamp::millis))
+            .bind(k.revoked_at.map(Timestamp::millis))
+            .bind(k.revoked_by.as_ref().map(to_json))
+            .bind(&k.revoked_reason)
+            .bind(&k.rotated_to)
+            .bind(k.ratelimit.as_ref().map(to_json))
+            .bind(k.allowed_cidrs.as_ref().map(to_json))
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+            super::feed::key_changed(conn, node, k).await
+        }
+
+        pub(super) async fn set_remaining(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, id: &str, remaining: Option<i64>) -> Result<()> {
+            sqlx::query("UPDATE keys SET remaining = $2 WHERE id = $1")
+                .bind(id)
+                .bind(remaining)
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            // A quota set anew voids every node's lease of the old one.
+            sqlx::query("DELETE FROM quota_leases WHERE key_id = $1")
+                .bind(id)
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            super::feed::quota_set(conn, node, id).await
+        }
+
+        // ---- keys: the lifecycle sweep ----
+
+        pub(super) async fn mark_expired(conn: &mut <$DB as sqlx::Database>::Connection, id: &str, now: Timestamp) -> Result<bool> {
+            let r = sqlx::query(
+                "UPDATE keys SET expired_at = $2 WHERE id = $1 AND expired_at IS NULL AND revoked_at IS NULL \
+                 AND expires_at IS NOT NULL AND expires_at <= $2",
+            )
+            .bind(id)
+            .bind(now.millis())
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+            Ok(r.rows_affected() == 1)
+        }
+
+        pub(super) async fn mark_warned(conn: &mut <$DB as sqlx::Database>::Connection, id: &str, now: Timestamp) -> Result<bool> {
+            let r = sqlx::query("UPDATE keys SET warned_at = $2 WHERE id = $1 AND warned_at IS NULL")
+                .bind(id)
+                .bind(now.millis())
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            Ok(r.rows_affected() == 1)
+        }
+
+        async fn keys_where(pool: &sqlx::Pool<$DB>, cond: &str, binds: &[i64], text: Option<&str>, limit: i64) -> Result<Vec<Key>> {
+            let sql = format!("SELECT {KEY_SELECT} FROM keys WHERE {cond} ORDER BY created_at, id LIMIT {limit}");
+            let mut q = sqlx::query(&sql);
+            if let Some(t) = text {
+                q = q.bind(t.to_string());
+            }
+            for b in binds {
+                q = q.bind(*b);
+            }
+            let rows = q.fetch_all(pool).await.map_err(map_err)?;
+            rows.iter().map(key_from_row).collect()
+        }
+
+        pub(super) async fn expired_unmarked(pool: &sqlx::Pool<$DB>, now: Timestamp, limit: i64) -> Result<Vec<Key>> {
+            keys_where(pool, "revoked_at IS NULL AND expired_at IS NULL AND expires_at IS NOT NULL AND expires_at <= $1", &[now.millis()], None, limit).await
+        }
+
+        pub(super) async fn expiring_unwarned(pool: &sqlx::Pool<$DB>, keyspace_id: &str, now: Timestamp, until: Timestamp, limit: i64) -> Result<Vec<Key>> {
+            keys_where(
+                pool,
+                "keyspace_id = $1 AND revoked_at IS NULL AND rotated_to IS NULL AND warned_at IS NULL AND expires_at IS NOT NULL \
+                 AND expires_at > $2 AND expires_at <= $3",
+                &[now.millis(), until.millis()],
+                Some(keyspace_id),
+                limit,
+            )
+            .await
+        }
+
+        pub(super) async fn inactive_since(pool: &sqlx::Pool<$DB>, keyspace_id: &str, now: Timestamp, cutoff: Timestamp, limit: i64) -> Result<Vec<Key>> {
+            keys_where(
+                pool,
+                "keyspace_id = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2) \
+                 AND COALESCE((SELECT c.last_used_at FROM key_counters c WHERE c.key_id = keys.id), created_at) <= $3",
+                &[now.millis(), cutoff.millis()],
+                Some(keyspace_id),
+                limit,
+            )
+            .await
+        }
+    };
+}
+pub(super) use for_backend;

@@ -1,0 +1,100 @@
+//! Quota leases: each node takes part of a key's quota ahead (`lease_quota`), spends it locally,
+//! and gives back what it did not spend (`return_lease`); leases of nodes that stopped are
+//! reclaimed by the sweep (`reclaim_stale_leases`).
+//!
+//! Invariant: a key's quota left is `keys.remaining` (the unleased part) plus the `amount` of
+//! every `quota_leases` row of the key (what a key read returns, see `KEY_SELECT` in `keys.rs`).
+//! Each function here moves quota between the two in one transaction that takes the write lock
+//! first; usage batches spend from their node's lease (`usage.rs`), and a quota set anew voids
+//! every lease (`set_remaining` in `keys.rs`).
+
+/// This file's SQL for one backend.
+macro_rules! for_backend {
+    ($DB:ty) => {
+        use keyward_core::time::Timestamp;
+
+        use crate::sql::common::{get, map_err, TAKE_WRITE_LOCK};
+        use crate::Result;
+
+        pub(super) async fn lease_quota(pool: &sqlx::Pool<$DB>, node: &str, key_id: &str, want: i64, now: Timestamp) -> Result<Option<(i64, i64)>> {
+            let mut tx = pool.begin().await.map_err(map_err)?;
+            // Take the write lock first: leases across nodes are serialized.
+            sqlx::query(TAKE_WRITE_LOCK).execute(&mut *tx).await.map_err(map_err)?;
+            let row = sqlx::query("SELECT remaining FROM keys WHERE id = $1").bind(key_id).fetch_optional(&mut *tx).await.map_err(map_err)?;
+            let Some(pool) = row.map(|r| get::<Option<i64>, _>(&r, "remaining")).transpose()?.flatten() else {
+                return Ok(None);
+            };
+            let take = want.clamp(0, pool.max(0));
+            if take > 0 {
+                sqlx::query("UPDATE keys SET remaining = remaining - $2 WHERE id = $1")
+                    .bind(key_id)
+                    .bind(take)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                sqlx::query(
+                    "INSERT INTO quota_leases (key_id, node, amount, updated_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (key_id, node) DO UPDATE SET amount = quota_leases.amount + excluded.amount, updated_at = excluded.updated_at",
+                )
+                .bind(key_id)
+                .bind(node)
+                .bind(take)
+                .bind(now.millis())
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            }
+            tx.commit().await.map_err(map_err)?;
+            Ok(Some((take, pool - take)))
+        }
+
+        pub(super) async fn return_lease(pool: &sqlx::Pool<$DB>, node: &str, key_id: &str, amount: i64) -> Result<()> {
+            let mut tx = pool.begin().await.map_err(map_err)?;
+            sqlx::query(TAKE_WRITE_LOCK).execute(&mut *tx).await.map_err(map_err)?;
+            let r = sqlx::query("UPDATE quota_leases SET amount = amount - $3 WHERE key_id = $1 AND node = $2 AND amount >= $3")
+                .bind(key_id)
+                .bind(node)
+                .bind(amount)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            if r.rows_affected() == 1 {
+                sqlx::query("UPDATE keys SET remaining = remaining + $2 WHERE id = $1 AND remaining IS NOT NULL")
+                    .bind(key_id)
+                    .bind(amount)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+            }
+            sqlx::query("DELETE FROM quota_leases WHERE key_id = $1 AND node = $2 AND amount <= 0")
+                .bind(key_id)
+                .bind(node)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            tx.commit().await.map_err(map_err)
+        }
+
+        pub(super) async fn reclaim_stale_leases(pool: &sqlx::Pool<$DB>, older_than: Timestamp) -> Result<u64> {
+            let mut tx = pool.begin().await.map_err(map_err)?;
+            sqlx::query(TAKE_WRITE_LOCK).execute(&mut *tx).await.map_err(map_err)?;
+            sqlx::query(
+                "UPDATE keys SET remaining = remaining + CAST((SELECT COALESCE(SUM(q.amount), 0) FROM quota_leases q \
+                 WHERE q.key_id = keys.id AND q.updated_at < $1 AND q.amount > 0) AS BIGINT) \
+                 WHERE remaining IS NOT NULL AND id IN (SELECT key_id FROM quota_leases WHERE updated_at < $1)",
+            )
+            .bind(older_than.millis())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            let r = sqlx::query("DELETE FROM quota_leases WHERE updated_at < $1")
+                .bind(older_than.millis())
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            tx.commit().await.map_err(map_err)?;
+            Ok(r.rows_affected())
+        }
+    };
+}
+pub(super) use for_backend;

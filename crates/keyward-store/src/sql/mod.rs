@@ -1,0 +1,426 @@
+//! One SQL implementation of [`Store`], written once and instantiated for SQLite and
+//! PostgreSQL. Both accept the same statements (`$n` parameters, `RETURNING`, `COALESCE`); the
+//! few differences are macro parameters (the substring function) or live in each backend's
+//! `open` and migrations.
+//!
+//! Write transactions start by updating the single `write_lock` row: that serializes writers
+//! across every node (PostgreSQL row lock, SQLite's write lock) so the audit chain's `seq` has no
+//! gaps and each event's `prev_hash` is the previous event's hash.
+//!
+//! # Layout
+//! The SQL is cut by concern, one file each: `keys.rs` (keyspaces, keys, the lifecycle sweep's
+//! queries), `leases.rs` (quota leases), `usage.rs` (usage batches, buckets, roll-up, source
+//! addresses), `anomalies.rs`, `tokens.rs`, `audit.rs`, `webhooks.rs` (webhooks, outbox,
+//! deliveries, attempts), `feed.rs` (the change feed, history pruning), `users.rs` (dashboard
+//! users and sessions) and `migrate.rs` (the schema). `common.rs` holds what they share.
+//!
+//! Each concern file defines a `for_backend!` macro that expands, inside a backend, to a module
+//! of free functions over that backend's types: `sql/keys.rs` becomes `sqlite::keys` and
+//! `postgres::keys`, from one SQL text. `sql_backend!` instantiates them all for one backend
+//! and implements [`Store`] and [`StoreTx`] as one call per method into the concern that holds
+//! its SQL, so those impls are also the index of where each method's SQL is.
+//! `sqlite.rs` and `postgres.rs` open each backend and pass its dialect differences.
+//!
+//! [`Store`]: crate::Store
+//! [`StoreTx`]: crate::StoreTx
+
+mod anomalies;
+mod audit;
+mod common;
+mod feed;
+mod keys;
+mod leases;
+mod migrate;
+mod tokens;
+mod usage;
+mod users;
+mod webhooks;
+
+/// Instantiates every concern's SQL for one backend, inside that backend's module (which defines
+/// `$Store` with `pool` and `node`, and its `signal`), and implements [`Store`] and [`StoreTx`]
+/// for it. `$name` is [`Store::backend`]; `$instr`, `$notify` and `$unrolled` are the dialect
+/// differences (see `keys.rs`, `feed.rs` and `usage.rs`).
+///
+/// [`Store`]: crate::Store
+/// [`StoreTx`]: crate::StoreTx
+/// [`Store::backend`]: crate::Store::backend
+macro_rules! sql_backend {
+    ($Store:ident, $Tx:ident, $DB:ty, $Row:ty, $name:literal, $instr:literal, $notify:literal, $unrolled:literal) => {
+        mod anomalies {
+            crate::sql::anomalies::for_backend!($DB, $Row);
+        }
+        mod audit {
+            crate::sql::audit::for_backend!($DB, $Row);
+        }
+        mod feed {
+            crate::sql::feed::for_backend!($DB, $notify);
+        }
+        mod keys {
+            crate::sql::keys::for_backend!($DB, $Row, $instr);
+        }
+        mod leases {
+            crate::sql::leases::for_backend!($DB);
+        }
+        mod tokens {
+            crate::sql::tokens::for_backend!($DB, $Row);
+        }
+        mod usage {
+            crate::sql::usage::for_backend!($DB, $unrolled);
+        }
+        mod users {
+            crate::sql::users::for_backend!($Store, $Tx, $DB, $Row);
+        }
+        mod webhooks {
+            crate::sql::webhooks::for_backend!($DB, $Row);
+        }
+
+        /// One control-plane transaction of this backend: it holds the write lock from
+        /// [`Store::begin`](crate::Store::begin) until it commits or is dropped.
+        pub struct $Tx {
+            tx: sqlx::Transaction<'static, $DB>,
+            node: String,
+        }
+
+        /// `Store` and `StoreTx` for this backend: each method is one call into the concern module
+        /// that holds its SQL.
+        mod store {
+            use std::sync::Arc;
+
+            use async_trait::async_trait;
+            use keyward_core::keyformat::KeyHash;
+            use keyward_core::kinds::Granularity;
+            use keyward_core::model::{Anomaly, AuditEvent, Key, Keyspace, Source, Token, Webhook};
+            use keyward_core::time::Timestamp;
+
+            use super::{anomalies, audit, feed, keys, leases, tokens, usage, webhooks};
+            use super::{$Store, $Tx};
+            use crate::sql::common::{map_err, TAKE_WRITE_LOCK};
+            use crate::users::{UserStore, UserTx};
+            use crate::{
+                AfterAttempt, AnomalyFilter, Attempt, AuditFilter, Bucket, Change, DueDelivery,
+                KeyFilter, NewEvent, OutboxEvent, Page, Result, Store, StoreTx, TimeCursor, Totals,
+                UsageDelta,
+            };
+
+            #[async_trait]
+            impl StoreTx for $Tx {
+                fn users(&mut self) -> &mut dyn UserTx {
+                    self
+                }
+
+                // keys.rs
+                async fn keyspace(&mut self, id: &str) -> Result<Option<Keyspace>> {
+                    keys::keyspace(&mut *self.tx, id).await
+                }
+                async fn insert_keyspace(&mut self, ks: &Keyspace) -> Result<()> {
+                    keys::insert_keyspace(&mut self.tx, ks).await
+                }
+                async fn update_keyspace(&mut self, ks: &Keyspace) -> Result<()> {
+                    keys::update_keyspace(&mut self.tx, ks).await
+                }
+                async fn key(&mut self, id: &str) -> Result<Option<Key>> {
+                    keys::key(&mut *self.tx, id).await
+                }
+                async fn insert_key(&mut self, k: &Key) -> Result<()> {
+                    keys::insert_key(&mut self.tx, &self.node, k).await
+                }
+                async fn update_key(&mut self, k: &Key) -> Result<()> {
+                    keys::update_key(&mut self.tx, &self.node, k).await
+                }
+                async fn set_remaining(&mut self, id: &str, remaining: Option<i64>) -> Result<()> {
+                    keys::set_remaining(&mut self.tx, &self.node, id, remaining).await
+                }
+                async fn live_keys_of_owner(
+                    &mut self,
+                    owner: &str,
+                    keyspace_ids: Option<&[String]>,
+                    now: Timestamp,
+                ) -> Result<Vec<Key>> {
+                    keys::live_keys_of_owner(&mut self.tx, owner, keyspace_ids, now).await
+                }
+                async fn mark_expired(&mut self, id: &str, now: Timestamp) -> Result<bool> {
+                    keys::mark_expired(&mut self.tx, id, now).await
+                }
+                async fn mark_warned(&mut self, id: &str, now: Timestamp) -> Result<bool> {
+                    keys::mark_warned(&mut self.tx, id, now).await
+                }
+
+                // usage.rs
+                async fn apply_usage(&mut self, deltas: &[UsageDelta]) -> Result<()> {
+                    usage::apply_usage_in(&mut self.tx, &self.node, deltas).await
+                }
+                async fn copy_sources(&mut self, from_key: &str, to_key: &str) -> Result<()> {
+                    usage::copy_sources(&mut self.tx, from_key, to_key).await
+                }
+
+                // tokens.rs
+                async fn token(&mut self, id: &str) -> Result<Option<Token>> {
+                    tokens::token(&mut *self.tx, id).await
+                }
+                async fn insert_token(&mut self, t: &Token, hash: &KeyHash) -> Result<()> {
+                    tokens::insert_token(&mut self.tx, t, hash).await
+                }
+                async fn update_token(&mut self, t: &Token) -> Result<()> {
+                    tokens::update_token(&mut self.tx, t).await
+                }
+
+                // audit.rs
+                async fn append_audit(&mut self, e: NewEvent) -> Result<AuditEvent> {
+                    audit::append_audit(&mut self.tx, e).await
+                }
+
+                // webhooks.rs
+                async fn enqueue(&mut self, e: &OutboxEvent) -> Result<()> {
+                    webhooks::enqueue(&mut self.tx, e).await
+                }
+                async fn insert_webhook(&mut self, h: &Webhook, secret: &str) -> Result<()> {
+                    webhooks::insert_webhook(&mut self.tx, h, secret).await
+                }
+                async fn webhook(&mut self, id: &str) -> Result<Option<Webhook>> {
+                    webhooks::webhook(&mut *self.tx, id).await
+                }
+                async fn delete_webhook(&mut self, id: &str) -> Result<()> {
+                    webhooks::delete_webhook(&mut self.tx, id).await
+                }
+
+                // anomalies.rs
+                async fn insert_anomaly(&mut self, a: &Anomaly, dedup: &str) -> Result<bool> {
+                    anomalies::insert_anomaly(&mut self.tx, a, dedup).await
+                }
+
+                async fn commit(self: Box<Self>) -> Result<()> {
+                    self.tx.commit().await.map_err(map_err)
+                }
+            }
+
+            #[async_trait]
+            impl Store for $Store {
+                fn users(&self) -> &dyn UserStore {
+                    self
+                }
+
+                fn backend(&self) -> &'static str {
+                    $name
+                }
+
+                fn node_id(&self) -> &str {
+                    &self.node
+                }
+
+                fn change_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+                    self.signal()
+                }
+
+                async fn ping(&self) -> Result<()> {
+                    sqlx::query("SELECT 1")
+                        .execute(&self.pool)
+                        .await
+                        .map_err(map_err)?;
+                    Ok(())
+                }
+
+                async fn begin(&self) -> Result<Box<dyn StoreTx>> {
+                    let mut tx = self.pool.begin().await.map_err(map_err)?;
+                    sqlx::query(TAKE_WRITE_LOCK)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                    Ok(Box::new($Tx {
+                        tx,
+                        node: self.node.clone(),
+                    }))
+                }
+
+                // keys.rs
+                async fn keyspace(&self, id: &str) -> Result<Option<Keyspace>> {
+                    keys::keyspace(&self.pool, id).await
+                }
+                async fn list_keyspaces(
+                    &self,
+                    ids: Option<&[String]>,
+                    page: &Page<TimeCursor>,
+                ) -> Result<Vec<Keyspace>> {
+                    keys::list_keyspaces(&self.pool, ids, page).await
+                }
+                async fn key(&self, id: &str) -> Result<Option<Key>> {
+                    keys::key(&self.pool, id).await
+                }
+                async fn key_by_hash(&self, hash: &KeyHash) -> Result<Option<Key>> {
+                    keys::key_by_hash(&self.pool, hash).await
+                }
+                async fn list_keys(&self, f: &KeyFilter) -> Result<Vec<Key>> {
+                    keys::list_keys(&self.pool, f).await
+                }
+                async fn expired_unmarked(&self, now: Timestamp, limit: i64) -> Result<Vec<Key>> {
+                    keys::expired_unmarked(&self.pool, now, limit).await
+                }
+                async fn expiring_unwarned(
+                    &self,
+                    keyspace_id: &str,
+                    now: Timestamp,
+                    until: Timestamp,
+                    limit: i64,
+                ) -> Result<Vec<Key>> {
+                    keys::expiring_unwarned(&self.pool, keyspace_id, now, until, limit).await
+                }
+                async fn inactive_since(
+                    &self,
+                    keyspace_id: &str,
+                    now: Timestamp,
+                    cutoff: Timestamp,
+                    limit: i64,
+                ) -> Result<Vec<Key>> {
+                    keys::inactive_since(&self.pool, keyspace_id, now, cutoff, limit).await
+                }
+
+                // leases.rs
+                async fn lease_quota(
+                    &self,
+                    key_id: &str,
+                    want: i64,
+                    now: Timestamp,
+                ) -> Result<Option<(i64, i64)>> {
+                    leases::lease_quota(&self.pool, &self.node, key_id, want, now).await
+                }
+                async fn return_lease(&self, key_id: &str, amount: i64) -> Result<()> {
+                    leases::return_lease(&self.pool, &self.node, key_id, amount).await
+                }
+                async fn reclaim_stale_leases(&self, older_than: Timestamp) -> Result<u64> {
+                    leases::reclaim_stale_leases(&self.pool, older_than).await
+                }
+
+                // usage.rs
+                async fn apply_usage(&self, deltas: &[UsageDelta]) -> Result<()> {
+                    usage::apply_usage(&self.pool, &self.node, deltas).await
+                }
+                async fn usage(
+                    &self,
+                    key_ids: Option<&[String]>,
+                    granularity: Granularity,
+                    from: Timestamp,
+                    to: Timestamp,
+                ) -> Result<Vec<Bucket>> {
+                    usage::usage(&self.pool, key_ids, granularity, from, to).await
+                }
+                async fn minute_totals(
+                    &self,
+                    key_ids: &[String],
+                    from: Timestamp,
+                    to: Timestamp,
+                ) -> Result<Vec<Totals>> {
+                    usage::minute_totals(&self.pool, key_ids, from, to).await
+                }
+                async fn usage_of_keyspace(
+                    &self,
+                    keyspace_id: &str,
+                    granularity: Granularity,
+                    from: Timestamp,
+                    to: Timestamp,
+                ) -> Result<Vec<Bucket>> {
+                    usage::usage_of_keyspace(&self.pool, keyspace_id, granularity, from, to).await
+                }
+                async fn prune_usage(
+                    &self,
+                    granularity: Granularity,
+                    before: Timestamp,
+                ) -> Result<u64> {
+                    usage::prune_usage(&self.pool, granularity, before).await
+                }
+                async fn rollup_usage(&self, before: Timestamp) -> Result<u64> {
+                    usage::rollup_usage(&self.pool, before).await
+                }
+                async fn sources(&self, key_id: &str) -> Result<Vec<Source>> {
+                    usage::sources(&self.pool, key_id).await
+                }
+                async fn known_sources(&self, key_id: &str) -> Result<Vec<String>> {
+                    usage::known_sources(&self.pool, key_id).await
+                }
+
+                // anomalies.rs
+                async fn list_anomalies(&self, f: &AnomalyFilter) -> Result<Vec<Anomaly>> {
+                    anomalies::list_anomalies(&self.pool, f).await
+                }
+
+                // tokens.rs
+                async fn token(&self, id: &str) -> Result<Option<Token>> {
+                    tokens::token(&self.pool, id).await
+                }
+                async fn token_by_hash(&self, hash: &KeyHash) -> Result<Option<Token>> {
+                    tokens::token_by_hash(&self.pool, hash).await
+                }
+                async fn list_tokens(&self, page: &Page<TimeCursor>) -> Result<Vec<Token>> {
+                    tokens::list_tokens(&self.pool, page).await
+                }
+                async fn touch_token(&self, id: &str, at: Timestamp) -> Result<()> {
+                    tokens::touch_token(&self.pool, id, at).await
+                }
+
+                // audit.rs
+                async fn list_audit(&self, f: &AuditFilter) -> Result<Vec<AuditEvent>> {
+                    audit::list_audit(&self.pool, f).await
+                }
+                async fn audit_after(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditEvent>> {
+                    audit::audit_after(&self.pool, after_seq, limit).await
+                }
+
+                // webhooks.rs
+                async fn webhook(&self, id: &str) -> Result<Option<Webhook>> {
+                    webhooks::webhook(&self.pool, id).await
+                }
+                async fn list_webhooks(&self, page: &Page<TimeCursor>) -> Result<Vec<Webhook>> {
+                    webhooks::list_webhooks(&self.pool, page).await
+                }
+                async fn due_deliveries(
+                    &self,
+                    now: Timestamp,
+                    limit: i64,
+                ) -> Result<Vec<DueDelivery>> {
+                    webhooks::due_deliveries(&self.pool, now, limit).await
+                }
+                async fn claim_delivery(
+                    &self,
+                    id: &str,
+                    now: Timestamp,
+                    lease_until: Timestamp,
+                ) -> Result<bool> {
+                    webhooks::claim_delivery(&self.pool, id, now, lease_until).await
+                }
+                async fn finish_attempt(
+                    &self,
+                    delivery_id: &str,
+                    webhook_id: &str,
+                    a: &Attempt,
+                    after: AfterAttempt,
+                ) -> Result<()> {
+                    webhooks::finish_attempt(&self.pool, delivery_id, webhook_id, a, after).await
+                }
+                async fn list_attempts(
+                    &self,
+                    webhook_id: &str,
+                    page: &Page<TimeCursor>,
+                ) -> Result<Vec<Attempt>> {
+                    webhooks::list_attempts(&self.pool, webhook_id, page).await
+                }
+
+                // feed.rs
+                async fn prune_history(
+                    &self,
+                    history_before: Timestamp,
+                    feed_before: Timestamp,
+                ) -> Result<u64> {
+                    feed::prune_history(&self.pool, history_before, feed_before).await
+                }
+                async fn changes_after(&self, seq: i64, limit: i64) -> Result<Vec<Change>> {
+                    feed::changes_after(&self.pool, seq, limit).await
+                }
+                async fn change_head(&self) -> Result<i64> {
+                    feed::change_head(&self.pool).await
+                }
+            }
+        }
+    };
+}
+
+// After the macro: the backends use it.
+pub mod postgres;
+pub mod sqlite;

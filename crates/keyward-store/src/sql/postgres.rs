@@ -1,0 +1,143 @@
+//! The cluster backend: any number of nodes share one PostgreSQL database (optionally one schema
+//! of it). Opening it (migrating under an advisory lock on the schema), the LISTEN/NOTIFY change
+//! signal, and PostgreSQL's side of the dialect differences.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+use crate::sql::common::map_err;
+use crate::{Result, StoreError};
+
+/// Class of the advisory lock held while migrating a schema (the second key is the schema's
+/// name hashed), so nodes starting together migrate it once while other schemas of the same
+/// database migrate in parallel. The lock is the transaction's: it ends with it, also on error.
+const MIGRATION_LOCK: i32 = 0x6b65_7977; // "keyw" in ASCII
+
+/// The cluster backend: any number of nodes share one PostgreSQL database.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    node: String,
+    /// Signalled when a node commits a change (LISTEN/NOTIFY).
+    changes: std::sync::Arc<tokio::sync::Notify>,
+    listening: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+mod migrate {
+    crate::sql::migrate::for_backend!(
+        sqlx::Postgres,
+        "postgres",
+        // `current_schema()`: where unqualified names are created, so where `keyward_migrations`
+        // was and `_sqlx_migrations` goes (the test schema under `open_in_schema`).
+        table_exists: "SELECT COUNT(*) AS n FROM pg_catalog.pg_tables \
+                       WHERE schemaname = current_schema() AND tablename = $1",
+        installed_on: "to_timestamp(applied_at / 1000.0)",
+    );
+}
+
+impl PgStore {
+    pub async fn open(url: &str) -> Result<Self> {
+        Self::open_in_schema(url, None).await
+    }
+
+    /// Opens the store inside `schema` (created when missing): each test gets its own.
+    pub async fn open_in_schema(url: &str, schema: Option<&str>) -> Result<Self> {
+        let mut opts = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Other(format!("bad PostgreSQL URL: {e}")))?;
+        if let Some(schema) = schema {
+            if !schema
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
+                return Err(StoreError::Other("schema names are [a-z0-9_]".into()));
+            }
+            let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect_with(&opts)
+                .await
+                .map_err(map_err)?;
+            let created = sqlx::raw_sql(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                .execute(&mut conn)
+                .await
+                .map_err(map_err);
+            match created {
+                // `IF NOT EXISTS` does not cover a concurrent CREATE: the loser gets a unique
+                // violation on pg_namespace, and the schema exists all the same.
+                Ok(_) | Err(StoreError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+            opts = opts.options([("search_path", schema)]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(opts)
+            .await
+            .map_err(map_err)?;
+        let mut tx = pool.begin().await.map_err(map_err)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext(COALESCE(current_schema(), '')))")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        match migrate::run(&mut tx).await {
+            Ok(()) => tx.commit().await.map_err(map_err)?,
+            Err(e) => {
+                let _ = tx.rollback().await;
+                return Err(e);
+            }
+        }
+        Ok(Self {
+            pool,
+            node: keyward_core::keyformat::base62_random(16),
+            changes: std::sync::Arc::default(),
+            listening: std::sync::Arc::default(),
+        })
+    }
+
+    fn signal(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        Some(self.start_listener())
+    }
+
+    /// Starts (once) a task that LISTENs for change notifications and signals `changes`.
+    fn start_listener(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        let notify = self.changes.clone();
+        if self
+            .listening
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return notify;
+        }
+        let pool = self.pool.clone();
+        let signal = notify.clone();
+        tokio::spawn(async move {
+            loop {
+                match sqlx::postgres::PgListener::connect_with(&pool).await {
+                    Ok(mut l) => {
+                        if l.listen("keyward_changes").await.is_ok() {
+                            while l.recv().await.is_ok() {
+                                signal.notify_one();
+                            }
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "change listener: cannot connect"),
+                }
+                // Reconnect; the follower's polling covers the gap.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        notify
+    }
+}
+
+sql_backend!(
+    PgStore,
+    PgTx,
+    sqlx::Postgres,
+    sqlx::postgres::PgRow,
+    "postgres",
+    "strpos",
+    "SELECT pg_notify('keyward_changes', '')",
+    "FROM usage_buckets WHERE granularity = 'm' AND n <> rolled AND start_at < $1 \
+     ORDER BY key_id, granularity, start_at, code LIMIT $2 FOR UPDATE"
+);

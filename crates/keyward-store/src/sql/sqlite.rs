@@ -1,0 +1,113 @@
+//! The embedded single-node backend: one SQLite file in WAL mode. Opening it (connection
+//! options, migrating under SQLite's write lock) and SQLite's side of the dialect differences.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use crate::sql::common::map_err;
+use crate::{Result, StoreError};
+
+/// The embedded single-node backend: one SQLite file in WAL mode.
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    node: String,
+}
+
+mod migrate {
+    crate::sql::migrate::for_backend!(
+        sqlx::Sqlite,
+        "sqlite",
+        table_exists: "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name = $1",
+        // `_sqlx_migrations.installed_on` is text as CURRENT_TIMESTAMP writes it (UTC).
+        installed_on: "datetime(applied_at / 1000, 'unixepoch')",
+    );
+}
+
+impl SqliteStore {
+    pub async fn open(url: &str) -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Other(format!("bad SQLite URL: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true)
+            // The usage flusher rewrites the rows of every key used in the last second. Read
+            // pages through a memory map (no copy per page read), keep more of them cached,
+            // and checkpoint the WAL less often: a page rewritten every second is copied
+            // into the database once per checkpoint, however often it was rewritten.
+            .pragma("mmap_size", "1073741824")
+            .pragma("cache_size", "-16384")
+            .pragma("wal_autocheckpoint", "10000");
+        // Connecting turns a new file into WAL, which takes a lock SQLite cannot wait for
+        // (`busy_timeout` does not apply): when several processes open one new file at once,
+        // a loser gets "database is locked" here at once, and tries again.
+        let mut tries = 0;
+        let pool = loop {
+            let connected = SqlitePoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(opts.clone())
+                .await;
+            match connected {
+                Ok(pool) => break pool,
+                Err(sqlx::Error::Database(db))
+                    if tries < 100
+                        && db
+                            .code()
+                            .and_then(|c| c.parse::<i64>().ok())
+                            .is_some_and(|c| c & 0xff == 5) =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(map_err(e)),
+            }
+        };
+        let mut conn = pool.acquire().await.map_err(map_err)?;
+        // Migrate under SQLite's write lock, taken up front: when several processes (nodes,
+        // the CLI) open one new file at once, the first migrates and the others then find
+        // the work done instead of failing on "table already exists". (PostgreSQL uses an
+        // advisory lock for the same.)
+        let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE")
+            .await
+            .map_err(map_err)?;
+        match migrate::run(&mut tx).await {
+            Ok(()) => tx.commit().await.map_err(map_err)?,
+            Err(e) => {
+                let _ = tx.rollback().await;
+                return Err(e);
+            }
+        }
+        drop(conn);
+        Ok(Self {
+            pool,
+            node: keyward_core::keyformat::base62_random(16),
+        })
+    }
+
+    /// SQLite has no notifications; the follower polls.
+    fn signal(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
+}
+
+sql_backend!(
+    SqliteStore,
+    SqliteTx,
+    sqlx::Sqlite,
+    sqlx::sqlite::SqliteRow,
+    "sqlite",
+    "instr",
+    "",
+    // The un-rolled minutes straight from their partial index, oldest first: a batch reads
+    // its own rows only (the planner, without statistics, took the time index and read every
+    // minute bucket before each batch). One writer: no lock order to keep.
+    "FROM usage_buckets INDEXED BY usage_buckets_unrolled_idx \
+     WHERE granularity = 'm' AND n <> rolled AND start_at < $1 ORDER BY start_at LIMIT $2"
+);

@@ -1,0 +1,319 @@
+//! Usage: the batches the verification path flushes (key counters, minute buckets, quota spent
+//! from this node's lease, source addresses), the roll-up of minutes into hours and days, bucket
+//! reads and totals, pruning, and each key's source addresses.
+//!
+//! Invariants: a flush writes minute buckets only; the roll-up moves each minute's gain into its
+//! hour and day exactly once (`n - rolled`), and reads of hours and days add what is not rolled
+//! up yet, in the same statement. A minute bucket is pruned only once it is rolled up. At most
+//! [`MAX_SOURCES_PER_KEY`](crate::MAX_SOURCES_PER_KEY) source addresses are kept per key.
+
+/// This file's SQL for one backend (`$unrolled`: where its roll-up reads a batch of un-rolled
+/// minutes from, see `rollup_in`).
+macro_rules! for_backend {
+    ($DB:ty, $unrolled:literal) => {
+        use keyward_core::kinds::Granularity;
+        use keyward_core::model::Source;
+        use keyward_core::time::Timestamp;
+
+        use crate::sql::common::{get, map_err, push_in};
+        use crate::{Bucket, Result, Totals, UsageDelta, MAX_SOURCES_PER_KEY};
+
+        const MINUTE: i64 = 60_000;
+
+        // ---- writing a batch ----
+
+        /// Writes a batch of usage counts in one transaction of its own.
+        pub(super) async fn apply_usage(pool: &sqlx::Pool<$DB>, node: &str, deltas: &[UsageDelta]) -> Result<()> {
+            if deltas.is_empty() {
+                return Ok(());
+            }
+            let mut tx = pool.begin().await.map_err(map_err)?;
+            apply_usage_in(&mut *tx, node, deltas).await?;
+            tx.commit().await.map_err(map_err)
+        }
+
+        /// Writes a batch of usage counts in the caller's transaction.
+        pub(super) async fn apply_usage_in(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, deltas: &[UsageDelta]) -> Result<()> {
+            // A batch is written in a few multi-row statements (not a few per key): a flush of
+            // thousands of keys must cost the server little.
+            const CHUNK: usize = 200;
+            // One row per key (a batch may hold several deltas of one key).
+            let mut counters: std::collections::BTreeMap<&str, (i64, i64, i64)> = std::collections::BTreeMap::new();
+            for d in deltas {
+                let c = counters.entry(d.key_id.as_str()).or_insert((0, 0, -1));
+                c.0 += d.calls;
+                c.1 += d.denied;
+                c.2 = c.2.max(d.last_used_at.map(|t| t.millis()).unwrap_or(-1));
+            }
+            let counters: Vec<_> = counters.into_iter().collect();
+            for chunk in counters.chunks(CHUNK) {
+                let mut q = sqlx::QueryBuilder::<$DB>::new("INSERT INTO key_counters (key_id, calls, denied, last_used_at) ");
+                q.push_values(chunk, |mut b, (key_id, (calls, denied, last))| {
+                    b.push_bind(key_id.to_string()).push_bind(*calls).push_bind(*denied).push_bind((*last >= 0).then_some(*last));
+                });
+                q.push(
+                    " ON CONFLICT (key_id) DO UPDATE SET calls = key_counters.calls + excluded.calls, \
+                     denied = key_counters.denied + excluded.denied, \
+                     last_used_at = CASE WHEN excluded.last_used_at > COALESCE(key_counters.last_used_at, -1) \
+                     THEN excluded.last_used_at ELSE key_counters.last_used_at END",
+                );
+                q.build().execute(&mut *conn).await.map_err(map_err)?;
+            }
+            // Minute buckets only (hours and days are rolled up by the sweep, see
+            // `rollup_usage`), summed here so that each row appears once per statement.
+            let mut rows: std::collections::BTreeMap<(&str, &str, i64, &str), i64> = std::collections::BTreeMap::new();
+            for d in deltas {
+                for (minute, code, n) in &d.buckets {
+                    *rows.entry((d.key_id.as_str(), "m", minute.div_euclid(MINUTE) * MINUTE, code.as_str())).or_default() += *n;
+                }
+            }
+            let rows: Vec<_> = rows.into_iter().collect();
+            upsert_buckets(&mut *conn, &rows).await?;
+            usage_rest(&mut *conn, node, deltas).await
+        }
+
+        async fn upsert_buckets(
+            conn: &mut <$DB as sqlx::Database>::Connection,
+            rows: &[((&str, &str, i64, &str), i64)],
+        ) -> Result<()> {
+            const CHUNK: usize = 200;
+            for chunk in rows.chunks(CHUNK) {
+                let mut q = sqlx::QueryBuilder::<$DB>::new("INSERT INTO usage_buckets (key_id, granularity, start_at, code, n) ");
+                q.push_values(chunk, |mut b, ((key_id, g, start, code), n)| {
+                    b.push_bind(key_id.to_string())
+                        .push_bind(g.to_string())
+                        .push_bind(*start)
+                        .push_bind(code.to_string())
+                        .push_bind(*n);
+                });
+                q.push(" ON CONFLICT (key_id, granularity, start_at, code) DO UPDATE SET n = usage_buckets.n + excluded.n");
+                q.build().execute(&mut *conn).await.map_err(map_err)?;
+            }
+            Ok(())
+        }
+
+        async fn usage_rest(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, deltas: &[UsageDelta]) -> Result<()> {
+            for d in deltas {
+                if d.consumed != 0 {
+                    // Quota is spent from this node's lease (see `lease_quota`).
+                    sqlx::query("UPDATE quota_leases SET amount = amount - $3, \
+                         updated_at = CASE WHEN $4 > updated_at THEN $4 ELSE updated_at END WHERE key_id = $1 AND node = $2")
+                        .bind(&d.key_id)
+                        .bind(node)
+                        .bind(d.consumed)
+                        .bind(d.last_used_at.map(|t| t.millis()).unwrap_or(0))
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(map_err)?;
+                }
+                for (ip, first, last, n) in &d.sources {
+                    sqlx::query(
+                        "INSERT INTO key_sources (key_id, ip, first_seen, last_seen, n) VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (key_id, ip) DO UPDATE SET n = key_sources.n + excluded.n, \
+                         last_seen = CASE WHEN excluded.last_seen > key_sources.last_seen THEN excluded.last_seen ELSE key_sources.last_seen END",
+                    )
+                    .bind(&d.key_id)
+                    .bind(ip)
+                    .bind(first.millis())
+                    .bind(last.millis())
+                    .bind(*n)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(map_err)?;
+                }
+                if !d.sources.is_empty() {
+                    sqlx::query(
+                        "DELETE FROM key_sources WHERE key_id = $1 AND ip NOT IN \
+                         (SELECT ip FROM key_sources WHERE key_id = $1 ORDER BY last_seen DESC, ip LIMIT $2)",
+                    )
+                    .bind(&d.key_id)
+                    .bind(MAX_SOURCES_PER_KEY)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(map_err)?;
+                }
+            }
+            Ok(())
+        }
+
+        // ---- roll-up and pruning ----
+
+        pub(super) async fn rollup_usage(pool: &sqlx::Pool<$DB>, before: Timestamp) -> Result<u64> {
+            // In batches, each its own transaction: locks on busy minute rows are held briefly.
+            const BATCH: i64 = 5000;
+            let mut total = 0;
+            loop {
+                let mut tx = pool.begin().await.map_err(map_err)?;
+                let n = rollup_in(&mut *tx, before, BATCH).await?;
+                tx.commit().await.map_err(map_err)?;
+                total += n;
+                if n < BATCH as u64 {
+                    return Ok(total);
+                }
+            }
+        }
+
+        /// Moves what minute buckets (of minutes before `before`) gained since the last roll-up
+        /// into hours and days, at most `limit` minute buckets. The claiming update takes each
+        /// minute's gain exactly once: on PostgreSQL a concurrent roll-up waits for the row and
+        /// then finds nothing left to take; SQLite has one writer. On PostgreSQL rows are locked
+        /// in primary key order, the order the flusher writes them in, so the two cannot
+        /// deadlock; SQLite reads the batch from the partial index of un-rolled minutes
+        /// (`$unrolled` is each backend's source of the batch).
+        async fn rollup_in(conn: &mut <$DB as sqlx::Database>::Connection, before: Timestamp, limit: i64) -> Result<u64> {
+            let sql = concat!(
+                "UPDATE usage_buckets SET pending = usage_buckets.n - usage_buckets.rolled, rolled = usage_buckets.n \
+                 FROM (SELECT key_id, granularity, start_at, code ",
+                $unrolled,
+                ") AS c WHERE usage_buckets.key_id = c.key_id AND usage_buckets.granularity = c.granularity \
+                 AND usage_buckets.start_at = c.start_at AND usage_buckets.code = c.code \
+                 AND usage_buckets.n <> usage_buckets.rolled \
+                 RETURNING usage_buckets.key_id, usage_buckets.start_at, usage_buckets.code, usage_buckets.pending"
+            );
+            let taken = sqlx::query(sql)
+                .bind(before.millis())
+                .bind(limit)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            let mut minutes = Vec::with_capacity(taken.len());
+            for r in &taken {
+                minutes.push((get::<String, _>(r, "key_id")?, get::<i64, _>(r, "start_at")?, get::<String, _>(r, "code")?, get::<i64, _>(r, "pending")?));
+            }
+            let mut rows: std::collections::BTreeMap<(&str, &str, i64, &str), i64> = std::collections::BTreeMap::new();
+            for (key_id, minute, code, n) in &minutes {
+                for g in [Granularity::Hour, Granularity::Day] {
+                    let len = g.millis();
+                    *rows.entry((key_id.as_str(), g.code(), minute.div_euclid(len) * len, code.as_str())).or_default() += *n;
+                }
+            }
+            let rows: Vec<_> = rows.into_iter().collect();
+            upsert_buckets(&mut *conn, &rows).await?;
+            Ok(minutes.len() as u64)
+        }
+
+        pub(super) async fn prune_usage(pool: &sqlx::Pool<$DB>, granularity: Granularity, before: Timestamp) -> Result<u64> {
+            // A minute bucket leaves only once its count is in its hour and day.
+            let r = sqlx::query("DELETE FROM usage_buckets WHERE granularity = $1 AND start_at < $2 AND (granularity <> 'm' OR n = rolled)")
+                .bind(granularity.code())
+                .bind(before.millis())
+                .execute(pool)
+                .await
+                .map_err(map_err)?;
+            Ok(r.rows_affected())
+        }
+
+        // ---- reading buckets ----
+
+        pub(super) async fn usage(pool: &sqlx::Pool<$DB>, key_ids: Option<&[String]>, granularity: Granularity, from: Timestamp, to: Timestamp) -> Result<Vec<Bucket>> {
+            buckets_in(pool, granularity, from, to, &|q| push_in(q, "key_id", key_ids)).await
+        }
+
+        pub(super) async fn usage_of_keyspace(pool: &sqlx::Pool<$DB>, keyspace_id: &str, granularity: Granularity, from: Timestamp, to: Timestamp) -> Result<Vec<Bucket>> {
+            buckets_in(pool, granularity, from, to, &|q| {
+                q.push(" AND key_id IN (SELECT id FROM keys WHERE keyspace_id = ").push_bind(keyspace_id.to_string()).push(")");
+            })
+            .await
+        }
+
+        /// Bucket rows of one granularity, with (for hours and days) what minute buckets hold
+        /// that is not rolled up yet, in one statement (one snapshot: a roll-up in between can
+        /// neither hide nor double a count). `key_filter` appends the key condition.
+        async fn buckets_in<'e, E>(
+            exec: E,
+            granularity: Granularity,
+            from: Timestamp,
+            to: Timestamp,
+            key_filter: &(dyn Fn(&mut sqlx::QueryBuilder<'_, $DB>) + Sync),
+        ) -> Result<Vec<Bucket>>
+        where
+            E: sqlx::Executor<'e, Database = $DB>,
+        {
+            let len = granularity.millis();
+            let mut q = sqlx::QueryBuilder::<$DB>::new("SELECT key_id, start_at, code, n FROM usage_buckets WHERE granularity = ");
+            q.push_bind(granularity.code());
+            q.push(" AND start_at >= ").push_bind(from.millis());
+            q.push(" AND start_at < ").push_bind(to.millis());
+            key_filter(&mut q);
+            if len != MINUTE {
+                // Minute m belongs to bucket floor(m); floor(m) in [from, to) <=> m in [ceil(from), ceil(to)).
+                let ceil = |t: i64| t.div_euclid(len) * len + if t.rem_euclid(len) == 0 { 0 } else { len };
+                q.push(" UNION ALL SELECT key_id, start_at, code, n - rolled AS n FROM usage_buckets WHERE granularity = 'm' AND n <> rolled");
+                q.push(" AND start_at >= ").push_bind(ceil(from.millis()));
+                q.push(" AND start_at < ").push_bind(ceil(to.millis()));
+                key_filter(&mut q);
+            }
+            let rows = q.build().fetch_all(exec).await.map_err(map_err)?;
+            let mut sums: std::collections::BTreeMap<(i64, String, String), i64> = std::collections::BTreeMap::new();
+            for r in &rows {
+                let start = get::<i64, _>(r, "start_at")?.div_euclid(len) * len;
+                *sums.entry((start, get(r, "key_id")?, get(r, "code")?)).or_default() += get::<i64, _>(r, "n")?;
+            }
+            Ok(sums
+                .into_iter()
+                .map(|((start, key_id, code), n)| Bucket { key_id, start: Timestamp::from_millis(start), code, n })
+                .collect())
+        }
+
+        pub(super) async fn minute_totals(pool: &sqlx::Pool<$DB>, key_ids: &[String], from: Timestamp, to: Timestamp) -> Result<Vec<Totals>> {
+            // CAST: PostgreSQL sums BIGINT into NUMERIC.
+            let mut q = sqlx::QueryBuilder::<$DB>::new(
+                "SELECT key_id, CAST(SUM(CASE WHEN code = 'VALID' THEN n ELSE 0 END) AS BIGINT) AS valid, \
+                 CAST(SUM(CASE WHEN code = 'VALID' THEN 0 ELSE n END) AS BIGINT) AS denied \
+                 FROM usage_buckets WHERE granularity = 'm' AND start_at >= ",
+            );
+            q.push_bind(from.millis()).push(" AND start_at < ").push_bind(to.millis());
+            push_in(&mut q, "key_id", Some(key_ids));
+            q.push(" GROUP BY key_id");
+            let rows = q.build().fetch_all(pool).await.map_err(map_err)?;
+            rows.iter()
+                .map(|r| Ok(Totals { key_id: get(r, "key_id")?, valid: get(r, "valid")?, denied: get(r, "denied")? }))
+                .collect()
+        }
+
+        // ---- source addresses ----
+
+        pub(super) async fn sources(pool: &sqlx::Pool<$DB>, key_id: &str) -> Result<Vec<Source>> {
+            let rows = sqlx::query(
+                "SELECT ip, first_seen, last_seen, n FROM key_sources WHERE key_id = $1 ORDER BY last_seen DESC, ip",
+            )
+            .bind(key_id)
+            .fetch_all(pool)
+            .await
+            .map_err(map_err)?;
+            rows.iter()
+                .map(|r| {
+                    Ok(Source {
+                        ip: get(r, "ip")?,
+                        first_seen: Timestamp::from_millis(get(r, "first_seen")?),
+                        last_seen: Timestamp::from_millis(get(r, "last_seen")?),
+                        count: get(r, "n")?,
+                    })
+                })
+                .collect()
+        }
+
+        pub(super) async fn known_sources(pool: &sqlx::Pool<$DB>, key_id: &str) -> Result<Vec<String>> {
+            let rows = sqlx::query("SELECT ip FROM key_sources WHERE key_id = $1")
+                .bind(key_id)
+                .fetch_all(pool)
+                .await
+                .map_err(map_err)?;
+            rows.iter().map(|r| get(r, "ip")).collect()
+        }
+
+        pub(super) async fn copy_sources(conn: &mut <$DB as sqlx::Database>::Connection, from_key: &str, to_key: &str) -> Result<()> {
+            sqlx::query(
+                "INSERT INTO key_sources (key_id, ip, first_seen, last_seen, n) \
+                 SELECT $2, ip, first_seen, last_seen, n FROM key_sources WHERE key_id = $1 ON CONFLICT DO NOTHING",
+            )
+            .bind(from_key)
+            .bind(to_key)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+            Ok(())
+        }
+    };
+}
+pub(super) use for_backend;

@@ -1,0 +1,226 @@
+//! Webhooks and their outbox: registered webhooks, events put in the outbox inside the
+//! control-plane transaction that caused them (`enqueue`), one delivery per matching webhook,
+//! the delivery workers' claim and finish, and the attempts log.
+//!
+//! Invariants: an event is kept only when some webhook wants it, and its deliveries commit (or
+//! not) with the change itself; a delivery is worked on by one worker at a time (the lease in
+//! `lease_until`, taken by `claim_delivery`); an attempt and the delivery's next state are
+//! written in one transaction.
+
+pub(super) const WEBHOOK_COLS: &str = "id, url, events, keyspace_id, created_at, created_by";
+
+/// This file's SQL for one backend.
+macro_rules! for_backend {
+    ($DB:ty, $Row:ty) => {
+        use keyward_core::model::Webhook;
+        use keyward_core::time::Timestamp;
+
+        use crate::sql::common::{get, json, map_err, push_after_time, to_json};
+        use crate::sql::webhooks::WEBHOOK_COLS;
+        use crate::{AfterAttempt, Attempt, DueDelivery, OutboxEvent, Page, Result, TimeCursor};
+
+        fn webhook_from_row(r: &$Row) -> Result<Webhook> {
+            Ok(Webhook {
+                id: get(r, "id")?,
+                url: get(r, "url")?,
+                events: json("events", &get::<String, _>(r, "events")?)?,
+                keyspace_id: get(r, "keyspace_id")?,
+                created_at: Timestamp::from_millis(get(r, "created_at")?),
+                created_by: json("created_by", &get::<String, _>(r, "created_by")?)?,
+            })
+        }
+
+        // ---- webhooks ----
+
+        pub(super) async fn webhook<'e, E: sqlx::Executor<'e, Database = $DB>>(e: E, id: &str) -> Result<Option<Webhook>> {
+            let sql = format!("SELECT {WEBHOOK_COLS} FROM webhooks WHERE id = $1");
+            let row = sqlx::query(&sql).bind(id).fetch_optional(e).await.map_err(map_err)?;
+            row.as_ref().map(webhook_from_row).transpose()
+        }
+
+        pub(super) async fn list_webhooks(pool: &sqlx::Pool<$DB>, page: &Page<TimeCursor>) -> Result<Vec<Webhook>> {
+            let mut q = sqlx::QueryBuilder::<$DB>::new(format!("SELECT {WEBHOOK_COLS} FROM webhooks WHERE 1 = 1"));
+            push_after_time(&mut q, &page.after);
+            q.push(" ORDER BY created_at DESC, id DESC LIMIT ").push_bind(page.limit);
+            let rows = q.build().fetch_all(pool).await.map_err(map_err)?;
+            rows.iter().map(webhook_from_row).collect()
+        }
+
+        pub(super) async fn insert_webhook(conn: &mut <$DB as sqlx::Database>::Connection, h: &Webhook, secret: &str) -> Result<()> {
+            let sql = format!("INSERT INTO webhooks ({WEBHOOK_COLS}, secret) VALUES ($1, $2, $3, $4, $5, $6, $7)");
+            sqlx::query(&sql)
+                .bind(&h.id)
+                .bind(&h.url)
+                .bind(to_json(&h.events))
+                .bind(&h.keyspace_id)
+                .bind(h.created_at.millis())
+                .bind(to_json(&h.created_by))
+                .bind(secret)
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            Ok(())
+        }
+
+        pub(super) async fn delete_webhook(conn: &mut <$DB as sqlx::Database>::Connection, id: &str) -> Result<()> {
+            for sql in [
+                "DELETE FROM webhook_deliveries WHERE webhook_id = $1",
+                "DELETE FROM webhooks WHERE id = $1",
+            ] {
+                sqlx::query(sql).bind(id).execute(&mut *conn).await.map_err(map_err)?;
+            }
+            Ok(())
+        }
+
+        // ---- the outbox ----
+
+        pub(super) async fn enqueue(conn: &mut <$DB as sqlx::Database>::Connection, e: &OutboxEvent) -> Result<()> {
+            let sql = format!("SELECT {WEBHOOK_COLS} FROM webhooks");
+            let rows = sqlx::query(&sql).fetch_all(&mut *conn).await.map_err(map_err)?;
+            let mut hooks = Vec::new();
+            for r in &rows {
+                let hook = webhook_from_row(r)?;
+                let kind_ok = hook.events.iter().any(|t| t == &e.kind);
+                let ks_ok = hook.keyspace_id.is_none() || hook.keyspace_id == e.keyspace_id;
+                if kind_ok && ks_ok {
+                    hooks.push(hook);
+                }
+            }
+            // Only events that some webhook wants are kept.
+            if hooks.is_empty() {
+                return Ok(());
+            }
+            sqlx::query("INSERT INTO webhook_events (id, type, at, keyspace_id, key_id, body) VALUES ($1, $2, $3, $4, $5, $6)")
+                .bind(&e.id)
+                .bind(&e.kind)
+                .bind(e.at.millis())
+                .bind(&e.keyspace_id)
+                .bind(&e.key_id)
+                .bind(&e.body)
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            for hook in &hooks {
+                sqlx::query(
+                    "INSERT INTO webhook_deliveries (id, webhook_id, event_id, attempts, next_at, lease_until, state, created_at) \
+                     VALUES ($1, $2, $3, 0, $4, NULL, 'pending', $4)",
+                )
+                .bind(keyward_core::id::new_id("dlv", e.at))
+                .bind(&hook.id)
+                .bind(&e.id)
+                .bind(e.at.millis())
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            }
+            Ok(())
+        }
+
+        // ---- deliveries and attempts ----
+
+        pub(super) async fn due_deliveries(pool: &sqlx::Pool<$DB>, now: Timestamp, limit: i64) -> Result<Vec<DueDelivery>> {
+            let rows = sqlx::query(
+                "SELECT d.id, d.webhook_id, w.url, w.secret, d.event_id, e.type, e.body, d.attempts, d.created_at \
+                 FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id JOIN webhook_events e ON e.id = d.event_id \
+                 WHERE d.state = 'pending' AND d.next_at <= $1 AND (d.lease_until IS NULL OR d.lease_until < $1) \
+                 ORDER BY d.next_at, d.id LIMIT $2",
+            )
+            .bind(now.millis())
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+            .map_err(map_err)?;
+            rows.iter()
+                .map(|r| {
+                    Ok(DueDelivery {
+                        id: get(r, "id")?,
+                        webhook_id: get(r, "webhook_id")?,
+                        url: get(r, "url")?,
+                        secret: get(r, "secret")?,
+                        event_id: get(r, "event_id")?,
+                        kind: get(r, "type")?,
+                        body: get(r, "body")?,
+                        attempts: get(r, "attempts")?,
+                        created_at: Timestamp::from_millis(get(r, "created_at")?),
+                    })
+                })
+                .collect()
+        }
+
+        pub(super) async fn claim_delivery(pool: &sqlx::Pool<$DB>, id: &str, now: Timestamp, lease_until: Timestamp) -> Result<bool> {
+            let r = sqlx::query(
+                "UPDATE webhook_deliveries SET lease_until = $3 WHERE id = $1 AND state = 'pending' \
+                 AND (lease_until IS NULL OR lease_until < $2)",
+            )
+            .bind(id)
+            .bind(now.millis())
+            .bind(lease_until.millis())
+            .execute(pool)
+            .await
+            .map_err(map_err)?;
+            Ok(r.rows_affected() == 1)
+        }
+
+        pub(super) async fn finish_attempt(pool: &sqlx::Pool<$DB>, delivery_id: &str, webhook_id: &str, a: &Attempt, after: AfterAttempt) -> Result<()> {
+            let mut tx = pool.begin().await.map_err(map_err)?;
+            sqlx::query(
+                "INSERT INTO webhook_attempts (id, webhook_id, delivery_id, event_id, type, attempt, status_code, error, at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(&a.id)
+            .bind(webhook_id)
+            .bind(delivery_id)
+            .bind(&a.event_id)
+            .bind(&a.kind)
+            .bind(a.attempt)
+            .bind(a.status_code)
+            .bind(&a.error)
+            .bind(a.at.millis())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            let (state, next) = match after {
+                AfterAttempt::Delivered => ("done", a.at.millis()),
+                AfterAttempt::GiveUp => ("failed", a.at.millis()),
+                AfterAttempt::RetryAt(t) => ("pending", t.millis()),
+            };
+            sqlx::query("UPDATE webhook_deliveries SET attempts = $2, state = $3, next_at = $4, lease_until = NULL WHERE id = $1")
+                .bind(delivery_id)
+                .bind(a.attempt)
+                .bind(state)
+                .bind(next)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            tx.commit().await.map_err(map_err)
+        }
+
+        pub(super) async fn list_attempts(pool: &sqlx::Pool<$DB>, webhook_id: &str, page: &Page<TimeCursor>) -> Result<Vec<Attempt>> {
+            let mut q = sqlx::QueryBuilder::<$DB>::new(
+                "SELECT id, event_id, type, attempt, status_code, error, at FROM webhook_attempts WHERE webhook_id = ",
+            );
+            q.push_bind(webhook_id.to_string());
+            if let Some((at, id)) = &page.after {
+                q.push(" AND (at < ").push_bind(*at);
+                q.push(" OR (at = ").push_bind(*at);
+                q.push(" AND id < ").push_bind(id.clone()).push("))");
+            }
+            q.push(" ORDER BY at DESC, id DESC LIMIT ").push_bind(page.limit);
+            let rows = q.build().fetch_all(pool).await.map_err(map_err)?;
+            rows.iter()
+                .map(|r| {
+                    Ok(Attempt {
+                        id: get(r, "id")?,
+                        event_id: get(r, "event_id")?,
+                        kind: get(r, "type")?,
+                        attempt: get(r, "attempt")?,
+                        status_code: get(r, "status_code")?,
+                        error: get(r, "error")?,
+                        at: Timestamp::from_millis(get(r, "at")?),
+                    })
+                })
+                .collect()
+        }
+    };
+}
+pub(super) use for_backend;
