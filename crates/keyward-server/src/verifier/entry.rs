@@ -1,0 +1,359 @@
+//! A cached key ([`Entry`]): what the decision and the answer read, compactly (the cache holds
+//! millions), and its live state behind a lock (`live`); and how its part of a `VALID` answer
+//! is rendered.
+//!
+//! Invariants:
+//! - What an entry was built from (the answer text, the rules, the successor it draws quota
+//!   from) never changes: a change to the key makes a new entry (`load`). Only its live state
+//!   (under `state`'s lock) and its flags change.
+//! - The answer text is rendered once per load: the values of a `VALID` answer that depend only
+//!   on the key, as JSON, separated by [`SEP`] (U+001F, which JSON text never holds raw). Ids
+//!   and scopes are read straight out of it: their grammars exclude JSON escaping, and scopes
+//!   hold neither `,` nor `"`.
+//! - Once `moved` is set, the entry's live state is in the entry `More::forward` points to:
+//!   whoever reads or changes live state goes through [`Entry::with_state`], or checks
+//!   `is_moved` under the lock and follows the pointer.
+//! - What few keys have is boxed apart ([`Rare`]), so that the common key stays at 96 bytes
+//!   inline.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use keyward_core::model::{parse_cidr, Key, RateLimit};
+use keyward_core::time::Timestamp;
+use keyward_core::verify::{check_rules, Code, Rules};
+
+use super::live::{LiveState, NEVER};
+use super::shard::{digest, Digest};
+use super::{lock, Request};
+
+/// A cached key: what the decision and the answer read, compactly (the cache holds millions),
+/// and its live state: 96 bytes inline (112 with the `Arc`'s counts).
+pub struct Entry {
+    pub(super) digest: Digest,
+    /// The values of a `VALID` answer that depend only on the key (the keyspace id aside),
+    /// rendered once per load as JSON and copied into each answer, separated by U+001F (which
+    /// JSON text never holds raw): key id (bare), name, owner, the scope list's members
+    /// (`"a","b"`), labels, meta, expires_at. Ids and scopes need no JSON escaping (their
+    /// grammars exclude it), so they are read straight out.
+    text: Box<str>,
+    /// Shared by every key of the keyspace.
+    keyspace: Arc<String>,
+    pub(super) state: Mutex<LiveState>,
+    /// Milliseconds, or `i64::MAX` for a key that does not expire.
+    expires_ms: i64,
+    rare: Option<Box<Rare>>,
+    revoked: bool,
+    enabled: bool,
+    has_owner: bool,
+    /// In the dirty list (counts not yet taken by the flusher).
+    pub(super) queued: AtomicBool,
+    /// Changed since it was loaded: the next verification reads the store.
+    pub(super) stale: AtomicBool,
+    /// Its live state was handed to a newer entry of the key (`More::forward`): whoever holds
+    /// this one follows the pointer.
+    pub(super) moved: AtomicBool,
+    /// Another node set the key's quota anew: the next load drops this node's lease.
+    pub(super) stale_quota: AtomicBool,
+    /// In the list of leases to give back when idle.
+    pub(super) leased: AtomicBool,
+}
+
+/// What few keys have: address restrictions, a rate limit, a rotation's quota, an owner that
+/// JSON escapes.
+struct Rare {
+    allowed: Option<Box<[ipnet::IpNet]>>,
+    ratelimit: Option<RateLimit>,
+    /// Where quota is drawn from during a rotation grace period: the successor's entry (so a
+    /// rotation never doubles a quota).
+    quota: Option<Arc<Entry>>,
+    /// The owner as it is, when its JSON form is not simply it in quotes.
+    owner: Option<Box<str>>,
+}
+
+const SEP: char = '\u{1f}';
+
+impl Entry {
+    pub(super) fn new(key: &Key, keyspace: Arc<String>, quota: Option<Arc<Entry>>) -> Entry {
+        fn json(t: &mut String, v: &impl serde::Serialize) {
+            match serde_json::to_string(v) {
+                Ok(j) => t.push_str(&j),
+                Err(_) => t.push_str("null"),
+            }
+        }
+        let mut t = String::with_capacity(160);
+        t.push_str(&key.id);
+        t.push(SEP);
+        json(&mut t, &key.name);
+        t.push(SEP);
+        let owner_at = t.len();
+        json(&mut t, &key.owner);
+        // Escaping lengthens: same length plus the quotes means the JSON is the owner quoted.
+        let plain_owner = key
+            .owner
+            .as_ref()
+            .is_none_or(|o| t.len() - owner_at == o.len() + 2);
+        t.push(SEP);
+        for (i, scope) in key.scopes.iter().enumerate() {
+            if i > 0 {
+                t.push(',');
+            }
+            json(&mut t, scope);
+        }
+        t.push(SEP);
+        json(&mut t, &key.labels);
+        t.push(SEP);
+        json(&mut t, &key.meta);
+        t.push(SEP);
+        json(&mut t, &key.expires_at);
+
+        let allowed = key.allowed_cidrs.as_ref().map(|c| {
+            c.iter()
+                .filter_map(|s| parse_cidr(s).ok())
+                .collect::<Vec<_>>()
+                .into_boxed_slice()
+        });
+        let owner = (!plain_owner)
+            .then(|| key.owner.as_deref().map(Box::from))
+            .flatten();
+        let rare =
+            (allowed.is_some() || key.ratelimit.is_some() || quota.is_some() || owner.is_some())
+                .then(|| {
+                    Box::new(Rare {
+                        allowed,
+                        ratelimit: key.ratelimit,
+                        quota,
+                        owner,
+                    })
+                });
+        let mut state = LiveState {
+            previous_use: key.last_used_at.map_or(NEVER, Timestamp::millis),
+            ..LiveState::default()
+        };
+        if let Some(r) = key.remaining {
+            // No lease yet: the first valid verification leases from the store.
+            let m = state.more();
+            m.remaining = Some(0);
+            m.pool = r;
+        }
+        Entry {
+            digest: digest(&key.hash),
+            // A copy, not `into_boxed_str`: shrinking in place can keep the larger block.
+            text: Box::from(t.as_str()),
+            keyspace,
+            state: Mutex::new(state),
+            expires_ms: key.expires_at.map_or(i64::MAX, Timestamp::millis),
+            rare,
+            revoked: key.revoked_at.is_some(),
+            enabled: key.enabled,
+            has_owner: key.owner.is_some(),
+            queued: AtomicBool::new(false),
+            stale: AtomicBool::new(false),
+            moved: AtomicBool::new(false),
+            stale_quota: AtomicBool::new(false),
+            leased: AtomicBool::new(false),
+        }
+    }
+
+    /// Piece `i` of [`Entry::text`].
+    fn piece(&self, i: usize) -> &str {
+        self.text.split(SEP).nth(i).unwrap_or("")
+    }
+
+    pub fn key_id(&self) -> &str {
+        self.piece(0)
+    }
+
+    pub fn keyspace_id(&self) -> &str {
+        &self.keyspace
+    }
+
+    pub fn owner(&self) -> Option<&str> {
+        if !self.has_owner {
+            return None;
+        }
+        match self.rare.as_ref().and_then(|r| r.owner.as_deref()) {
+            Some(raw) => Some(raw),
+            None => {
+                let j = self.piece(2);
+                Some(j.get(1..j.len().saturating_sub(1)).unwrap_or(""))
+            }
+        }
+    }
+
+    /// Appends the key's members of a `VALID` answer (`"key_id":..,"keyspace_id":..,"name":..,
+    /// "owner":..,"scopes":[..],"labels":..,"meta":..,"expires_at":..`) to `out`.
+    pub fn write_answer(&self, out: &mut Vec<u8>) {
+        const NAMES: [&str; 7] = [
+            "\"key_id\":\"",
+            "\",\"name\":",
+            ",\"owner\":",
+            ",\"scopes\":[",
+            "],\"labels\":",
+            ",\"meta\":",
+            ",\"expires_at\":",
+        ];
+        for (i, (name, piece)) in NAMES.iter().zip(self.text.split(SEP)).enumerate() {
+            if i == 1 {
+                out.extend_from_slice(b"\",\"keyspace_id\":\"");
+                out.extend_from_slice(self.keyspace.as_bytes());
+            }
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(piece.as_bytes());
+        }
+    }
+
+    /// About how long [`Entry::write_answer`]'s part is.
+    pub fn answer_len(&self) -> usize {
+        self.text.len() + self.keyspace.len() + 112
+    }
+
+    /// The key's scopes.
+    pub fn scopes(&self) -> impl Iterator<Item = &str> + Clone {
+        // `"a","b"`: scopes hold neither `,` nor `"` (their grammar).
+        self.piece(3)
+            .split(',')
+            .map(|s| s.trim_matches('"'))
+            .filter(|s| !s.is_empty())
+    }
+
+    /// The checks that need no mutable state (`REVOKED` .. `INSUFFICIENT_SCOPE`). The answer
+    /// text is read only when scopes are asked for (it is another cache line or two).
+    pub(super) fn check(&self, req: &Request<'_>, now: Timestamp) -> Result<(), Code> {
+        if req.scopes.is_empty() {
+            check_rules(&self.rules(), std::iter::empty(), &[], req.ip, now)
+        } else {
+            check_rules(&self.rules(), self.scopes(), req.scopes, req.ip, now)
+        }
+    }
+
+    fn rules(&self) -> Rules<'_> {
+        Rules {
+            revoked: self.revoked,
+            expires_at: (self.expires_ms != i64::MAX)
+                .then(|| Timestamp::from_millis(self.expires_ms)),
+            enabled: self.enabled,
+            allowed: self.rare.as_ref().and_then(|r| r.allowed.as_deref()),
+        }
+    }
+
+    pub(super) fn ratelimit(&self) -> Option<RateLimit> {
+        self.rare.as_ref().and_then(|r| r.ratelimit)
+    }
+
+    /// The successor's entry quota is drawn from (during a rotation's grace period).
+    pub(super) fn successor(&self) -> Option<&Arc<Entry>> {
+        self.rare.as_ref().and_then(|r| r.quota.as_ref())
+    }
+
+    /// The entry quota is drawn from.
+    pub(super) fn quota_cell(self: &Arc<Self>) -> &Arc<Entry> {
+        self.successor().unwrap_or(self)
+    }
+
+    pub(super) fn is_moved(&self) -> bool {
+        self.moved.load(Ordering::Acquire)
+    }
+
+    /// The entry that took over this one's state (read under its lock).
+    pub(super) fn forward(state: &LiveState) -> Option<Arc<Entry>> {
+        state.more.as_ref().and_then(|m| m.forward.clone())
+    }
+
+    /// Runs `f` on the state `e` held, under its lock: in `e`, or in the entry that took it
+    /// over last. Returns that entry too.
+    pub(super) fn with_state<R>(
+        e: &Arc<Entry>,
+        f: impl FnOnce(&mut LiveState) -> R,
+    ) -> (Arc<Entry>, R) {
+        let mut e = e.clone();
+        loop {
+            let mut s = lock(&e.state);
+            if e.is_moved() {
+                if let Some(next) = Entry::forward(&s) {
+                    drop(s);
+                    e = next;
+                    continue;
+                }
+            }
+            let r = f(&mut s);
+            drop(s);
+            return (e, r);
+        }
+    }
+
+    /// Whether a verification must read the store first: the key changed since this entry was
+    /// loaded, or the entry its quota is drawn from was replaced.
+    pub(super) fn needs_reload(&self) -> bool {
+        self.stale.load(Ordering::Acquire)
+            || self.is_moved()
+            || self
+                .successor()
+                .is_some_and(|s| s.is_moved() || s.stale.load(Ordering::Acquire))
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use keyward_core::keyformat;
+
+    use super::*;
+
+    /// A key whose free-text fields hold what JSON must escape (and the separator itself).
+    /// Shared with the other modules' tests.
+    pub(in crate::verifier) fn key(owner: Option<&str>) -> Key {
+        let mut labels = std::collections::BTreeMap::new();
+        labels.insert("env\u{1f}x".to_string(), "pr\"od\u{e9}".to_string());
+        let mut meta = serde_json::Map::new();
+        meta.insert(
+            "n".into(),
+            serde_json::json!({"a": [1, 2.5, "\u{1f}\\"], "b": null}),
+        );
+        let plaintext = keyformat::generate("acme");
+        let mut k = Key::for_plaintext(
+            plaintext.expose(),
+            "ks_7Yb",
+            Timestamp::from_millis(0),
+            keyward_core::model::Actor::system(),
+        )
+        .expect("a generated key parses");
+        k.id = "key_2x9ZQ".into();
+        k.name = "svc \"one\"\u{1f}\n".into();
+        k.owner = owner.map(str::to_string);
+        k.scopes = vec!["orders:read".into(), "orders:*".into()];
+        k.labels = labels;
+        k.meta = meta;
+        k.expires_at = Some(Timestamp::from_millis(1_800_000_000_123));
+        k
+    }
+
+    pub(in crate::verifier) fn entry(k: &Key) -> Entry {
+        Entry::new(k, Arc::new(k.keyspace_id.clone()), None)
+    }
+
+    /// The compact entry answers exactly what serializing the key's fields answers, whatever
+    /// the free-text fields hold (quotes, control characters, the separator itself).
+    #[test]
+    fn the_compact_entry_renders_the_fields_as_serde_does() {
+        for owner in [None, Some("ops \u{1f} team \"a\""), Some("team-billing")] {
+            let k = key(owner);
+            let e = entry(&k);
+            let mut out = b"{".to_vec();
+            e.write_answer(&mut out);
+            out.push(b'}');
+            let got: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+            let want = serde_json::json!({
+                "key_id": k.id, "keyspace_id": k.keyspace_id, "name": k.name, "owner": k.owner,
+                "scopes": k.scopes, "labels": k.labels, "meta": k.meta, "expires_at": k.expires_at,
+            });
+            assert_eq!(got, want);
+            assert_eq!(e.key_id(), "key_2x9ZQ");
+            assert_eq!(e.keyspace_id(), "ks_7Yb");
+            assert_eq!(e.owner(), owner);
+            assert_eq!(e.scopes().collect::<Vec<_>>(), ["orders:read", "orders:*"]);
+        }
+        let mut k = key(None);
+        k.scopes.clear();
+        assert_eq!(entry(&k).scopes().count(), 0);
+    }
+}

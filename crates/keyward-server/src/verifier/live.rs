@@ -1,0 +1,143 @@
+//! What changes with each verification of a key ([`LiveState`], under its entry's lock): the
+//! valid uses of one minute inline, and what only some keys need boxed ([`More`]): the
+//! rate-limit window, the quota lease, the other counts, source addresses, reactivations.
+//!
+//! Invariants:
+//! - The counts are those not yet taken by the flusher (`flush`): taking resets them, a failed
+//!   write adds them back.
+//! - The common key (no rate limit, no quota, valid uses within one minute between flushes)
+//!   has no box: 24 bytes inline. A flush gives back the box of a key that needs it no longer.
+//! - Millisecond fields say "none" with [`NEVER`], not an `Option` (which would double them).
+//! - `More::remaining` is `None` for a key without quota, else this node's lease (`lease`);
+//!   `More::quota_gen` tells leases of a quota set anew from older ones.
+//! - At most [`SOURCES_PER_FLUSH`] distinct addresses are kept between two flushes; the
+//!   verifications from the others still count.
+//! - Once `More::forward` is set (the state was handed to a newer entry of the key), this state
+//!   holds nothing but that pointer: the newer entry's state is the key's.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use keyward_core::time::Timestamp;
+use keyward_core::verify::{Code, Window};
+
+use super::Entry;
+
+/// Distinct source addresses remembered per key between two flushes (the rest still count).
+const SOURCES_PER_FLUSH: usize = 64;
+/// "None" for the millisecond fields of [`LiveState`] (an `Option` would double their size).
+pub(super) const NEVER: i64 = i64::MIN;
+
+/// What changes with each verification of a key: 24 bytes inline for the common key (no rate
+/// limit, no quota, valid uses within one minute between flushes), the rest boxed.
+pub(super) struct LiveState {
+    /// Valid verifications in minute `minute` (minutes since the epoch) since the last flush.
+    /// A minute holds at most 60 s of one core's verifications, far below `u32::MAX`.
+    pub(super) minute: u32,
+    pub(super) valid: u32,
+    /// The last valid use this node knows of (ms, for `last_used_at` and
+    /// `dormant_reactivated`), or [`NEVER`]. What a flush writes as `last_used_at` when valid
+    /// uses were counted since the last one.
+    pub(super) previous_use: i64,
+    pub(super) more: Option<Box<More>>,
+}
+
+impl Default for LiveState {
+    fn default() -> Self {
+        LiveState {
+            minute: 0,
+            valid: 0,
+            previous_use: NEVER,
+            more: None,
+        }
+    }
+}
+
+/// What only some keys need: a rate-limit window, a quota lease, denials, addresses.
+#[derive(Default)]
+pub(super) struct More {
+    pub(super) window: Window,
+    /// The part of the quota this node holds (its lease) and may grant without asking the
+    /// store; `None` for a key without quota.
+    pub(super) remaining: Option<i64>,
+    /// The unleased quota as of this node's last lease (for reporting `remaining`).
+    pub(super) pool: i64,
+    /// When this node last asked the store for quota.
+    pub(super) last_lease: Option<Timestamp>,
+    pub(super) consumed: i64,
+    /// Verifications by (minute start ms, code) since the last flush, other than those counted
+    /// inline.
+    pub(super) buckets: Vec<(i64, Code, i64)>,
+    /// Source addresses since the last flush: (address, first, last, count).
+    pub(super) sources: Vec<(IpAddr, Timestamp, Timestamp, i64)>,
+    /// Valid uses after a long silence since the last flush: (previous use, this use).
+    pub(super) reactivations: Vec<(Timestamp, Timestamp)>,
+    /// Set once the entry's state was handed over: the entry that holds it now.
+    pub(super) forward: Option<Arc<Entry>>,
+    /// Bumped whenever the quota is set anew (which voids every lease in the store): a lease
+    /// granted, or given back in vain, under an older generation is dropped, not added.
+    pub(super) quota_gen: u32,
+}
+
+impl LiveState {
+    pub(super) fn more(&mut self) -> &mut More {
+        self.more.get_or_insert_with(Box::default)
+    }
+
+    pub(super) fn remaining(&self) -> Option<i64> {
+        self.more.as_ref().and_then(|m| m.remaining)
+    }
+
+    pub(super) fn record(&mut self, code: Code, ip: Option<IpAddr>, now: Timestamp) {
+        self.add(now.millis().div_euclid(60_000) * 60_000, code, 1);
+        if let Some(ip) = ip {
+            let sources = &mut self.more().sources;
+            let full = sources.len() >= SOURCES_PER_FLUSH;
+            match sources.iter_mut().find(|s| s.0 == ip) {
+                Some(s) => {
+                    s.2 = s.2.max(now);
+                    s.3 += 1;
+                }
+                None if !full => sources.push((ip, now, now, 1)),
+                None => {}
+            }
+        }
+    }
+
+    /// Adds `n` verifications with `code` in the minute starting at `minute_ms`.
+    pub(super) fn add(&mut self, minute_ms: i64, code: Code, n: i64) {
+        if code == Code::Valid {
+            if let Ok(m) = u32::try_from(minute_ms.div_euclid(60_000)) {
+                if self.valid == 0 {
+                    self.minute = m;
+                }
+                if self.minute == m {
+                    if let Ok(v) = u32::try_from(i64::from(self.valid) + n) {
+                        self.valid = v;
+                        return;
+                    }
+                }
+            }
+        }
+        let buckets = &mut self.more().buckets;
+        match buckets
+            .iter_mut()
+            .rev()
+            .find(|(m, c, _)| *m == minute_ms && *c == code)
+        {
+            Some(b) => b.2 += n,
+            None => buckets.push((minute_ms, code, n)),
+        }
+    }
+
+    /// Whether the flusher has something to write.
+    pub(super) fn pending(&self) -> bool {
+        self.valid != 0
+            || self.more.as_ref().is_some_and(|m| {
+                m.consumed != 0
+                    || !m.buckets.is_empty()
+                    || !m.sources.is_empty()
+                    || !m.reactivations.is_empty()
+            })
+    }
+}

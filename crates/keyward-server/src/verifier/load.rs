@@ -1,0 +1,223 @@
+//! Reading a key from the store into the cache, and coherence on this node (told in the
+//! `verifier` module's doc): a new entry takes over its predecessor's live state, and an
+//! invalidation marks the key's entry stale.
+//!
+//! Invariants:
+//! - A key's live state has one home: its newest entry, the one not `moved`.
+//!   [`Verifier::install`] hands the old entry's state to the new one under the shard's write
+//!   lock, and the old entry points to the new one (`More::forward`).
+//! - A read that may predate a change (the shard's epoch moved while it ran) answers the
+//!   verification that made it, but is cached marked stale.
+//! - A rotated key in its grace period draws quota from the entry of its last successor (at
+//!   most [`MAX_ROTATIONS`] followed), which draws from no other: a rotation never doubles a
+//!   quota.
+//! - A key of no keyspace's prefix costs no store read; the set of prefixes is read again at
+//!   most once a second.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use keyward_core::keyformat::KeyHash;
+use keyward_core::model::Key;
+use keyward_store::StoreError;
+
+use super::live::NEVER;
+use super::shard::{digest, Cached};
+use super::{lock, Entry, Verifier};
+
+/// Successors followed from a rotated key to the one holding its quota.
+const MAX_ROTATIONS: usize = 16;
+
+impl Verifier {
+    /// The shared keyspace id.
+    pub(super) fn keyspace(&self, id: &str) -> Arc<String> {
+        let mut all = lock(&self.keyspaces);
+        match all.get(id) {
+            Some(k) => k.clone(),
+            None => {
+                let k = Arc::new(id.to_string());
+                all.insert(id.to_string(), k.clone());
+                k
+            }
+        }
+    }
+
+    /// Reads a key from the store and caches the answer (found or not).
+    pub(super) async fn load(&self, hash: KeyHash) -> Result<Option<Arc<Entry>>, StoreError> {
+        let d = digest(&hash);
+        let epoch = self.epoch(&d);
+        let Some(key) = self.store.key_by_hash(&hash).await? else {
+            let mut shard = self.shard(&d).write().unwrap_or_else(|p| p.into_inner());
+            if shard.epoch == epoch {
+                // A key that is gone leaves its counts in the dirty list and its lease in the
+                // lease list: both are still written.
+                shard.found.remove(&d);
+                shard.insert_missing(d);
+            }
+            return Ok(None);
+        };
+        let mut successor = None;
+        if let (Some(id), None) = (&key.rotated_to, key.revoked_at) {
+            // The quota went down the rotations: to the last successor (a key rotated again
+            // within the grace period, or with none, passed it on too).
+            let mut next = id.clone();
+            for _ in 0..MAX_ROTATIONS {
+                let Some(s) = self.store.key(&next).await? else {
+                    break;
+                };
+                if let Some(id) = &s.rotated_to {
+                    next = id.clone();
+                    continue;
+                }
+                // Read again after noting its shard's epoch, so that a change racing with
+                // this read is not cached as current.
+                let since = self.epoch(&digest(&s.hash));
+                if let Some(s) = self.store.key(&s.id).await? {
+                    successor = Some(self.successor_cell(&s, since));
+                }
+                break;
+            }
+        }
+        let fresh = Arc::new(Entry::new(&key, self.keyspace(&key.keyspace_id), successor));
+        Ok(Some(self.install(&fresh, Some(epoch))))
+    }
+
+    /// The entry of the key a rotated key draws quota from (the last of its successors): the
+    /// cached one when current, else one read from `key`.
+    fn successor_cell(&self, key: &Key, epoch: u64) -> Arc<Entry> {
+        if let Cached::Found(e) = self.cached(&digest(&key.hash)) {
+            if !e.needs_reload() && e.successor().is_none() {
+                return e;
+            }
+        }
+        let fresh = Arc::new(Entry::new(key, self.keyspace(&key.keyspace_id), None));
+        let cell = self.install(&fresh, Some(epoch));
+        // A cached entry that was rotated meanwhile draws from elsewhere: not a quota cell.
+        if cell.successor().is_some() {
+            fresh
+        } else {
+            cell
+        }
+    }
+
+    /// Caches `fresh` in place of the key's current entry, which hands its live state over, and
+    /// returns the entry to use. `epoch`: that of the key's shard when the load began.
+    /// - A current entry cached meanwhile by a concurrent load is as fresh as `fresh` (an
+    ///   invalidation would have marked it), so it stays and is returned: concurrent misses of
+    ///   one key share one entry.
+    /// - When a key of the shard was invalidated since the load began, the read may predate a
+    ///   change: it answers the verification that made it (the two overlapped), and is cached
+    ///   marked stale (the next verification reads again), so the key's state still has one
+    ///   home.
+    pub(super) fn install(&self, fresh: &Arc<Entry>, epoch: Option<u64>) -> Arc<Entry> {
+        let d = fresh.digest;
+        // The epoch is compared under the shard's write lock, which `invalidate` also holds
+        // while it bumps the epoch.
+        let mut shard = self.shard(&d).write().unwrap_or_else(|p| p.into_inner());
+        let old = shard.found.get(&d).cloned();
+        if let Some(old) = old
+            .as_ref()
+            .filter(|o| epoch.is_some() && !o.needs_reload())
+        {
+            return old.clone();
+        }
+        if epoch.is_some_and(|e| shard.epoch != e) {
+            fresh.stale.store(true, Ordering::Release);
+        }
+        if let Some(old) = old {
+            self.hand_over(&old, fresh);
+        }
+        shard.negatives.remove(&d);
+        shard.found.replace(fresh.clone());
+        fresh.clone()
+    }
+
+    /// Moves the live state of `old` into `fresh` (not yet shared): counts not yet written, the
+    /// rate-limit window, the quota lease (unless another node set the quota anew, which voided
+    /// every lease in the store: the quota is then taken from the row `fresh` was read from).
+    fn hand_over(&self, old: &Arc<Entry>, fresh: &Arc<Entry>) {
+        let mut o = lock(&old.state);
+        let taken = std::mem::take(&mut *o);
+        o.more().forward = Some(fresh.clone());
+        old.moved.store(true, Ordering::Release);
+        drop(o);
+        let mut n = lock(&fresh.state);
+        let from_row = std::mem::replace(&mut *n, taken);
+        let reset = old.stale_quota.load(Ordering::Acquire);
+        if reset || n.remaining().is_none() {
+            let (remaining, pool) = from_row
+                .more
+                .as_ref()
+                .map_or((None, 0), |m| (m.remaining, m.pool));
+            if remaining.is_some() || n.more.is_some() {
+                let m = n.more();
+                m.remaining = remaining;
+                m.pool = pool;
+                if reset {
+                    m.quota_gen = m.quota_gen.wrapping_add(1);
+                    m.consumed = 0;
+                }
+            }
+        }
+        if n.previous_use == NEVER {
+            n.previous_use = from_row.previous_use;
+        }
+        let (pending, leased) = (n.pending(), n.remaining().is_some_and(|r| r > 0));
+        drop(n);
+        if pending {
+            self.mark_dirty(fresh);
+        }
+        if leased {
+            self.track_lease(fresh);
+        }
+    }
+
+    /// Whether some keyspace has this prefix.
+    pub(super) async fn known_prefix(&self, prefix: &str) -> Result<bool, StoreError> {
+        {
+            let p = self.prefixes.read().unwrap_or_else(|p| p.into_inner());
+            if p.0.contains(prefix) {
+                return Ok(true);
+            }
+            if p.1
+                .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1))
+            {
+                return Ok(false);
+            }
+        }
+        let mut all = std::collections::HashSet::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .list_keyspaces(
+                    None,
+                    &keyward_store::Page {
+                        limit: 500,
+                        after: after.clone(),
+                    },
+                )
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some((last.created_at.millis(), last.id.clone()));
+            all.extend(page.into_iter().map(|k| k.prefix));
+        }
+        let known = all.contains(prefix);
+        *self.prefixes.write().unwrap_or_else(|p| p.into_inner()) =
+            (all, Some(std::time::Instant::now()));
+        Ok(known)
+    }
+
+    /// Marks the key's entry stale after `f` ran on it, under the shard's write lock (so the
+    /// entry is the one that holds the key's state: none is replaced meanwhile).
+    pub(super) fn invalidate_with(&self, hash: &KeyHash, f: impl FnOnce(&Entry)) {
+        let d = digest(hash);
+        let mut shard = self.shard(&d).write().unwrap_or_else(|p| p.into_inner());
+        shard.epoch += 1;
+        if let Some(e) = shard.found.get(&d) {
+            f(e);
+            e.stale.store(true, Ordering::Release);
+        }
+        shard.negatives.remove(&d);
+    }
+}

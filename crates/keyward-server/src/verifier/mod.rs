@@ -1,0 +1,327 @@
+//! The data plane: verification against an in-memory cache of key state, with usage counted in
+//! memory and written in batches by the usage flusher (no database write per verification).
+//!
+//! - The cache maps a key's digest (the first 16 bytes of its SHA-256) to its [`Entry`] or to
+//!   "no such key" (a negative entry, so a random key costs at most one store read per cache
+//!   lifetime). It is sharded by digest.
+//! - An [`Entry`] is one allocation (plus its answer text) holding what the decision and the
+//!   answer read and what changes per verification (rate-limit window, quota lease, usage
+//!   counts): about 280 bytes per key with typical fields (`docs/benchmarks.md`).
+//! - Coherence on this node: every control-plane change calls [`Verifier::invalidate`] after its
+//!   commit and before it answers. The entry stays in the cache marked stale; the next
+//!   verification reads the store and the new entry takes over the old one's live state (window,
+//!   lease, counts not yet written), so a reload loses no counts and resets no limit; the old
+//!   entry points to the new one, and a verification, lease or flush still holding the old one
+//!   follows the pointer. A load that raced with an invalidation caches its answer marked stale
+//!   (the epoch check in `Verifier::install`).
+//!
+//! One module per concern, each stating its invariants:
+//! - `entry`: what a cached key is ([`Entry`]) and how its part of an answer is rendered.
+//! - `live`: what changes with each verification of a key (rate-limit window, quota lease,
+//!   counts, source addresses), behind the entry's lock.
+//! - `shard`: the sharded cache of entries and negative entries, keyed by [`Digest`] (its
+//!   table of found keys is `table`).
+//! - `load`: reading a key into the cache and keeping the cache coherent (the epoch check,
+//!   the hand-over of live state, invalidation).
+//! - `decide`: the decision on a [`Request`] for one entry, and its [`Outcome`].
+//! - `lease`: quota leased from the store, and given back when idle.
+//! - `flush`: the hand-off of counts to the usage flusher ([`Usage`]).
+//!
+//! This module holds [`Verifier`], which ties them together: the verification paths (the
+//! common one that never waits, and the one that reads the store, Redis or leases quota), and
+//! the calls the control plane makes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use keyward_core::keyformat::{self, KeyHash, TOKEN_PREFIX};
+use keyward_core::model::Key;
+use keyward_core::time::Clock;
+use keyward_core::verify::Code;
+use keyward_store::{Store, StoreError};
+
+use crate::metrics::Metrics;
+
+mod decide;
+mod entry;
+mod flush;
+mod lease;
+mod live;
+mod load;
+mod shard;
+mod table;
+
+// The methods of `Verifier` are compiled with this module (their self type's), whichever file
+// their `impl` block is in: the small helpers of other modules they call on the verification
+// and flush paths (`Shard::get`, `DirtyList::push`, `DirtyList::take`) are `#[inline]`, so
+// that they are inlined into them as when all was one module.
+
+pub use decide::{Outcome, Request};
+pub use entry::Entry;
+pub use flush::{Reactivation, Usage};
+pub use shard::{Digest, DigestHasher};
+
+use decide::Decision;
+use flush::DirtyList;
+use shard::{digest, Cached, Shard, SHARDS};
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these locks cannot leave the counters inconsistent in a way
+    // worse than losing the cache, so poisoning is ignored.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub struct Verifier {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    shards: Vec<RwLock<Shard>>,
+    /// Keyspace ids, one allocation each, shared by their keys' entries.
+    keyspaces: Mutex<HashMap<String, Arc<String>>>,
+    /// Entries with counts not yet written (each at most once, see `Entry::queued`).
+    dirty: Mutex<DirtyList>,
+    /// A valid use this long after the previous one is a `dormant_reactivated` anomaly.
+    dormant_after_ms: i64,
+    /// Cluster-wide rate limits, when `KEYWARD_REDIS_URL` is set.
+    redis: Option<Arc<crate::redis::RedisLimiter>>,
+    /// Entries for which this node holds a quota lease (each at most once, see `Entry::leased`).
+    leased: Mutex<Vec<Arc<Entry>>>,
+    /// Addresses this node knows each key has been seen from (for `new_source`), bounded per
+    /// key; only keys verified with an address have a set.
+    known_sources: Mutex<HashMap<String, HashSet<String>>>,
+    /// Whether verifications are counted (usage, buckets, sources, anomalies); off only for
+    /// measuring what counting costs (`KEYWARD_USAGE_COUNTING=false`). Quota is always counted.
+    usage_counting: AtomicBool,
+    /// Prefixes of the keyspaces, and when they were last read from the store.
+    prefixes: RwLock<(HashSet<String>, Option<std::time::Instant>)>,
+}
+
+impl Verifier {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        dormant_after: std::time::Duration,
+        redis: Option<Arc<crate::redis::RedisLimiter>>,
+    ) -> Self {
+        Verifier {
+            store,
+            clock,
+            metrics,
+            shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
+            keyspaces: Mutex::new(HashMap::new()),
+            dirty: Mutex::new(DirtyList::default()),
+            dormant_after_ms: dormant_after.as_millis() as i64,
+            redis,
+            leased: Mutex::new(Vec::new()),
+            known_sources: Mutex::new(HashMap::new()),
+            prefixes: RwLock::new((HashSet::new(), None)),
+            usage_counting: AtomicBool::new(true),
+        }
+    }
+
+    /// The entry cached for a key, if any (the lookup of a verification; for benchmarks).
+    pub fn lookup(&self, hash: &KeyHash) -> Option<Arc<Entry>> {
+        match self.cached(&digest(hash)) {
+            Cached::Found(e) => Some(e),
+            Cached::Missing | Cached::Unknown => None,
+        }
+    }
+
+    /// Verifies one request. `Err` only when the key is not cached and the store cannot be read.
+    pub async fn verify(&self, req: &Request<'_>) -> Result<Outcome, StoreError> {
+        match self.verify_cached(req) {
+            Some(outcome) => Ok(outcome),
+            // Boxed: the common case above keeps its future small (no room for store calls).
+            None => Box::pin(self.verify_slow(req)).await,
+        }
+    }
+
+    /// The common case, without waiting: a malformed key, or a cached key whose answer needs
+    /// neither the store, Redis nor a quota lease. `None`: take the slow path (which starts
+    /// over).
+    fn verify_cached(&self, req: &Request<'_>) -> Option<Outcome> {
+        let not_found = Outcome::Denied {
+            code: Code::NotFound,
+            entry: None,
+            reset_at: None,
+        };
+        // No key is longer (and hashing a long string would cost more than refusing it).
+        if req.key.len() > keyformat::MAX_PREFIX_LEN + 1 + keyformat::BODY_LEN {
+            return Some(not_found);
+        }
+        let now = self.clock.now();
+        let entry = match self.cached(&digest(&KeyHash::of(req.key))) {
+            // Only the digest of a stored key is found, and stored keys are well formed: the
+            // parse (grammar, alphabet, CRC32) is needed only when the key is not cached.
+            Cached::Found(e) => e,
+            Cached::Missing => {
+                self.metrics.cache_hit();
+                return Some(not_found);
+            }
+            Cached::Unknown => {
+                // Garbage and tokens stop here, not in the slow path.
+                return match keyformat::parse(req.key) {
+                    Some(p) if p.prefix != TOKEN_PREFIX => None,
+                    _ => Some(not_found),
+                };
+            }
+        };
+        if entry.needs_reload() || (self.redis.is_some() && entry.ratelimit().is_some()) {
+            return None;
+        }
+        let foreign = req
+            .keyspaces
+            .is_some_and(|ks| !ks.iter().any(|k| k == entry.keyspace_id()));
+        let outcome = if foreign {
+            not_found
+        } else {
+            match self.decide(entry, req, now, None, false) {
+                Decision::Done(o) => o,
+                Decision::NeedQuota | Decision::Moved(_) => return None,
+            }
+        };
+        self.metrics.cache_hit();
+        Some(outcome)
+    }
+
+    async fn verify_slow(&self, req: &Request<'_>) -> Result<Outcome, StoreError> {
+        let now = self.clock.now();
+        // Garbage never reaches a lock or the store; tokens never verify as keys.
+        let not_found = || {
+            Ok(Outcome::Denied {
+                code: Code::NotFound,
+                entry: None,
+                reset_at: None,
+            })
+        };
+        let prefix = match keyformat::parse(req.key) {
+            Some(p) if p.prefix != TOKEN_PREFIX => p.prefix,
+            _ => return not_found(),
+        };
+        let hash = KeyHash::of(req.key);
+        let entry = match self.cached(&digest(&hash)) {
+            Cached::Found(e) if !e.needs_reload() => {
+                self.metrics.cache_hit();
+                Some(e)
+            }
+            Cached::Missing => {
+                self.metrics.cache_hit();
+                None
+            }
+            Cached::Found(_) => {
+                self.metrics.cache_miss();
+                self.load(hash).await?
+            }
+            Cached::Unknown => {
+                self.metrics.cache_miss();
+                // A key of no keyspace's prefix costs no store read (the set of prefixes is
+                // re-read at most once a second, for keyspaces created on other nodes).
+                if !self.known_prefix(prefix).await? {
+                    return not_found();
+                }
+                self.load(hash).await?
+            }
+        };
+        let Some(mut entry) = entry else {
+            return not_found();
+        };
+        if req
+            .keyspaces
+            .is_some_and(|ks| !ks.iter().any(|k| k == entry.keyspace_id()))
+        {
+            return not_found();
+        }
+        let shared = self.shared_window(&entry, req, now).await;
+        let mut leases = 0;
+        let outcome = loop {
+            match self.decide(entry.clone(), req, now, shared, leases >= 3) {
+                Decision::Done(o) => break o,
+                Decision::NeedQuota => {
+                    self.lease(entry.quota_cell(), req.cost, now).await?;
+                    leases += 1;
+                }
+                // The same key (its rules as of a later read): the Redis slot stands.
+                Decision::Moved(next) => entry = next,
+            }
+        };
+        if let (
+            Some(w),
+            Outcome::Denied {
+                code: Code::UsageExceeded,
+                entry: Some(e),
+                ..
+            },
+        ) = (shared, &outcome)
+        {
+            // Only a valid answer takes a rate-limit slot: give back the one taken in Redis.
+            if let Some(redis) = &self.redis {
+                let _ = redis.undo(e.key_id(), w.start).await;
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// A change made elsewhere: the next verification reads the key from the store; when its
+    /// quota was set anew, that load drops this node's (voided) lease.
+    pub fn invalidate_remote(&self, hash: &KeyHash, quota_changed: bool) {
+        self.invalidate_with(hash, |e| {
+            if quota_changed {
+                e.stale_quota.store(true, Ordering::Release);
+            }
+        });
+    }
+
+    /// Turns usage counting on or off (see the field's comment).
+    pub fn set_usage_counting(&self, on: bool) {
+        self.usage_counting.store(on, Ordering::Relaxed);
+    }
+
+    /// Records a keyspace created through this node.
+    pub fn add_prefix(&self, prefix: &str) {
+        self.prefixes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .insert(prefix.to_string());
+    }
+
+    /// Puts a key straight into the cache, as a store read would (benchmarks and warm-up).
+    /// `key` must be one the store could hold: issued by keyward, so its plaintext is a well
+    /// formed key of a keyspace's prefix (never a token). The fast path of [`Verifier::verify`]
+    /// answers a cached digest without parsing the key again.
+    pub fn prime(&self, key: Key) {
+        let fresh = Arc::new(Entry::new(&key, self.keyspace(&key.keyspace_id), None));
+        self.install(&fresh, None);
+    }
+
+    /// Forgets what this node caches about a key: the next verification reads the store (the
+    /// entry stays, marked stale, until then: the new one takes over its live state).
+    pub fn invalidate(&self, hash: &KeyHash) {
+        self.invalidate_with(hash, |_| {});
+    }
+
+    /// Sets the quota of a key after the control plane changed it (call with the write gate
+    /// held and after a flush, so no unwritten consumption is lost or double counted).
+    pub fn set_remaining(&self, hash: &KeyHash, remaining: Option<i64>) {
+        self.invalidate_with(hash, |e| {
+            // The store voided every lease of the old quota.
+            let mut s = lock(&e.state);
+            if remaining.is_some() || s.more.is_some() {
+                let m = s.more();
+                m.remaining = remaining.map(|_| 0);
+                m.pool = remaining.unwrap_or(0);
+                m.consumed = 0;
+                m.quota_gen = m.quota_gen.wrapping_add(1);
+            }
+        });
+    }
+
+    pub fn cached_entries(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.read().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+}
