@@ -132,7 +132,6 @@ fn cached(c: &mut Criterion, n: usize) {
     let dir = TempDir::new("bench-verify");
     let state = common::state(&rt, &dir);
     let verifier = &state.verifier;
-    verifier.add_prefix(common::PREFIX);
 
     // Keys are built and primed in one order and verified in a shuffled one.
     let mut maker = KeyMaker::new();

@@ -161,7 +161,6 @@ pub async fn create_keyspace(
     change(&mut ev.changes, "policy", Value::Null, &ks.policy);
     tx.append_audit(ev).await?;
     tx.commit().await?;
-    st.verifier.add_prefix(&ks.prefix);
     Ok(ks)
 }
 

@@ -11,8 +11,9 @@
 //! - A rotated key in its grace period draws quota from the entry of its last successor (at
 //!   most [`MAX_ROTATIONS`] followed), which draws from no other: a rotation never doubles a
 //!   quota.
-//! - A key of no keyspace's prefix costs no store read; the set of prefixes is read again at
-//!   most once a second.
+//! - A well-formed key the cache does not know is read from the store once, whatever its
+//!   prefix, and cached with the answer ("no such key" included): a key of a keyspace created
+//!   on another node a moment ago is found at once, and a repeated unknown key costs one read.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -170,42 +171,6 @@ impl Verifier {
         if leased {
             self.track_lease(fresh);
         }
-    }
-
-    /// Whether some keyspace has this prefix.
-    pub(super) async fn known_prefix(&self, prefix: &str) -> Result<bool, StoreError> {
-        {
-            let p = self.prefixes.read().unwrap_or_else(|p| p.into_inner());
-            if p.0.contains(prefix) {
-                return Ok(true);
-            }
-            if p.1
-                .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1))
-            {
-                return Ok(false);
-            }
-        }
-        let mut all = std::collections::HashSet::new();
-        let mut after = None;
-        loop {
-            let page = self
-                .store
-                .list_keyspaces(
-                    None,
-                    &keyward_store::Page {
-                        limit: 500,
-                        after: after.clone(),
-                    },
-                )
-                .await?;
-            let Some(last) = page.last() else { break };
-            after = Some((last.created_at.millis(), last.id.clone()));
-            all.extend(page.into_iter().map(|k| k.prefix));
-        }
-        let known = all.contains(prefix);
-        *self.prefixes.write().unwrap_or_else(|p| p.into_inner()) =
-            (all, Some(std::time::Instant::now()));
-        Ok(known)
     }
 
     /// Marks the key's entry stale after `f` ran on it, under the shard's write lock (so the

@@ -93,8 +93,6 @@ pub struct Verifier {
     /// Whether verifications are counted (usage, buckets, sources, anomalies); off only for
     /// measuring what counting costs (`KEYWARD_USAGE_COUNTING=false`). Quota is always counted.
     usage_counting: AtomicBool,
-    /// Prefixes of the keyspaces, and when they were last read from the store.
-    prefixes: RwLock<(HashSet<String>, Option<std::time::Instant>)>,
 }
 
 impl Verifier {
@@ -116,7 +114,6 @@ impl Verifier {
             redis,
             leased: Mutex::new(Vec::new()),
             known_sources: Mutex::new(HashMap::new()),
-            prefixes: RwLock::new((HashSet::new(), None)),
             usage_counting: AtomicBool::new(true),
         }
     }
@@ -196,10 +193,10 @@ impl Verifier {
                 reset_at: None,
             })
         };
-        let prefix = match keyformat::parse(req.key) {
-            Some(p) if p.prefix != TOKEN_PREFIX => p.prefix,
+        match keyformat::parse(req.key) {
+            Some(p) if p.prefix != TOKEN_PREFIX => {}
             _ => return not_found(),
-        };
+        }
         let hash = KeyHash::of(req.key);
         let entry = match self.cached(&digest(&hash)) {
             Cached::Found(e) if !e.needs_reload() => {
@@ -216,11 +213,10 @@ impl Verifier {
             }
             Cached::Unknown => {
                 self.metrics.cache_miss();
-                // A key of no keyspace's prefix costs no store read (the set of prefixes is
-                // re-read at most once a second, for keyspaces created on other nodes).
-                if !self.known_prefix(prefix).await? {
-                    return not_found();
-                }
+                // Read once whatever its prefix: a keyspace created on another node a moment
+                // ago is not known here yet, and its first key must verify at once. The
+                // checksum already proved the string came from a keyward; the answer, "no such
+                // key" included, is cached.
                 self.load(hash).await?
             }
         };
@@ -276,15 +272,6 @@ impl Verifier {
     /// Turns usage counting on or off (see the field's comment).
     pub fn set_usage_counting(&self, on: bool) {
         self.usage_counting.store(on, Ordering::Relaxed);
-    }
-
-    /// Records a keyspace created through this node.
-    pub fn add_prefix(&self, prefix: &str) {
-        self.prefixes
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .0
-            .insert(prefix.to_string());
     }
 
     /// Puts a key straight into the cache, as a store read would (benchmarks and warm-up).

@@ -282,3 +282,25 @@ async fn revocations_reach_every_node_within_the_bound() {
     b.stop().await;
     c.stop().await;
 }
+
+/// A customer's first call after sign-up: node B has just answered for another keyspace (so it
+/// knows the keyspaces of a moment ago), then node A creates a keyspace and a key in it; B must
+/// answer VALID for the very next request, not after its next refresh. Keys of an unknown
+/// prefix with a valid checksum are looked up in the store once, like any other miss.
+async fn a_key_of_a_keyspace_created_on_another_node_is_valid_at_once(a: TestApp) {
+    let b = spawn_node(&a).await;
+    let ks = a.keyspace(json!({})).await;
+    let (_, warm) = a.key(&ks, json!({})).await;
+    assert_eq!(b.verify_code(&warm).await, "VALID");
+    for round in 0..5 {
+        let fresh_ks = a.keyspace(json!({})).await;
+        let (_, key) = a.key(&fresh_ks, json!({})).await;
+        assert_eq!(b.verify_code(&key).await, "VALID", "round {round}");
+    }
+    // A well-formed key of a prefix no keyspace has is still NOT_FOUND, and stays so.
+    let stranger = keyward_core::keyformat::generate("nosuchprefix");
+    for _ in 0..3 {
+        assert_eq!(b.verify_code(stranger.expose()).await, "NOT_FOUND");
+    }
+}
+both!(a_key_of_a_keyspace_created_on_another_node_is_valid_at_once);
