@@ -35,7 +35,7 @@ use crate::state::{AppState, Records};
 use crate::throttle::SignIns;
 
 /// A session ends this long after sign-in, whatever happens.
-pub const SESSION_TTL_SECS: i64 = 12 * 3600;
+pub(crate) const SESSION_TTL_SECS: i64 = 12 * 3600;
 /// A session ends after this long without a request.
 pub const SESSION_IDLE_SECS: i64 = 2 * 3600;
 /// The first-run setup link works for this long.
@@ -62,7 +62,7 @@ fn hash_blocking(password: &str) -> Result<String> {
 }
 
 /// Hashes a password with Argon2id off the async threads.
-pub async fn hash_password(password: Secret) -> Result<String> {
+pub(crate) async fn hash_password(password: Secret) -> Result<String> {
     tokio::task::spawn_blocking(move || hash_blocking(password.expose()))
         .await
         .map_err(Error::internal)?
@@ -166,7 +166,7 @@ pub async fn disable_user(
 // ---------------------------------------------------------------- first run
 
 /// Whether no user exists yet (the sign-in page offers the setup instead).
-pub async fn needs_setup(st: &AppState) -> Result<bool> {
+pub(crate) async fn needs_setup(st: &AppState) -> Result<bool> {
     Ok(st.store.users().count_users().await? == 0)
 }
 
@@ -190,7 +190,7 @@ pub async fn issue_setup_token(st: &AppState) -> Result<Option<Secret>> {
 }
 
 /// Whether a setup token can still be used (for showing the form).
-pub async fn setup_token_valid(st: &AppState, token: &str) -> Result<bool> {
+pub(crate) async fn setup_token_valid(st: &AppState, token: &str) -> Result<bool> {
     if token.is_empty() || token.len() > 128 {
         return Ok(false);
     }
@@ -204,7 +204,7 @@ pub async fn setup_token_valid(st: &AppState, token: &str) -> Result<bool> {
 
 /// Creates the first admin with a setup token: the token is consumed in the same transaction
 /// as the user and its `user.create` event (actor: the new user itself), so it works once.
-pub async fn complete_setup(
+pub(crate) async fn complete_setup(
     st: &AppState,
     token: &str,
     email: &str,
@@ -267,7 +267,7 @@ pub async fn complete_setup(
 
 /// Why a sign-in failed. Callers show one message for `Invalid`, whatever the cause.
 #[derive(Debug)]
-pub enum LoginError {
+pub(crate) enum LoginError {
     /// Unknown email, wrong password or disabled user: indistinguishable on purpose.
     Invalid,
     /// Too many failures from this address or for this account; seconds to wait.
@@ -293,7 +293,7 @@ static PASSWORD_CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_n
 /// Checks an email and password. Every path that reaches the password check runs exactly one
 /// Argon2id verification (against a dummy hash when the user is unknown or disabled), so the
 /// answer's timing does not tell whether an account exists.
-pub async fn authenticate(
+pub(crate) async fn authenticate(
     st: &AppState,
     email: &str,
     password: Secret,
@@ -358,7 +358,7 @@ pub async fn authenticate(
 // ---------------------------------------------------------------- management tokens
 
 /// Checks a management token given in a header; failures count towards the address's limit.
-pub async fn authenticate_token(
+pub(crate) async fn authenticate_token(
     st: &AppState,
     presented: Option<&str>,
     ip: Option<IpAddr>,
@@ -426,10 +426,10 @@ fn touch(st: &AppState, id: &str, now: keyward_core::time::Timestamp) {
 
 // ---------------------------------------------------------------- sessions
 
-/// The session id as the browser holds it (cookie value) and the CSRF token derived from it.
-pub struct NewSessionId {
-    pub id: Secret,
-    pub csrf: String,
+/// The session id as the browser holds it (its cookie value; the CSRF token is derived from it
+/// with [`csrf_token`] when a page needs it).
+pub(crate) struct NewSessionId {
+    pub(crate) id: Secret,
 }
 
 fn session_hash(id: &str) -> String {
@@ -443,7 +443,7 @@ pub fn csrf_token(session_id: &str) -> String {
 }
 
 /// Compares a submitted CSRF token with the expected one in constant time.
-pub fn csrf_matches(expected: &str, submitted: Option<&str>) -> bool {
+pub(crate) fn csrf_matches(expected: &str, submitted: Option<&str>) -> bool {
     match submitted {
         Some(s) => bool::from(expected.as_bytes().ct_eq(s.as_bytes())),
         None => false,
@@ -451,7 +451,11 @@ pub fn csrf_matches(expected: &str, submitted: Option<&str>) -> bool {
 }
 
 /// Starts a session for a user who just signed in.
-pub async fn start_session(st: &AppState, user: &User, ip: Option<IpAddr>) -> Result<NewSessionId> {
+pub(crate) async fn start_session(
+    st: &AppState,
+    user: &User,
+    ip: Option<IpAddr>,
+) -> Result<NewSessionId> {
     let now = st.clock.now();
     let id = Secret::new(base62_random(43));
     st.store
@@ -468,13 +472,15 @@ pub async fn start_session(st: &AppState, user: &User, ip: Option<IpAddr>) -> Re
     if let Err(e) = st.store.users().delete_expired(now).await {
         tracing::warn!(error = %e, "could not delete expired sessions");
     }
-    let csrf = csrf_token(id.expose());
-    Ok(NewSessionId { id, csrf })
+    Ok(NewSessionId { id })
 }
 
 /// The live session a cookie names, if any; ends it when it has been idle too long and
 /// records activity at most once a minute.
-pub async fn resume_session(st: &AppState, session_id: &str) -> Result<Option<SessionRecord>> {
+pub(crate) async fn resume_session(
+    st: &AppState,
+    session_id: &str,
+) -> Result<Option<SessionRecord>> {
     if session_id.is_empty() || session_id.len() > 128 {
         return Ok(None);
     }
@@ -494,7 +500,7 @@ pub async fn resume_session(st: &AppState, session_id: &str) -> Result<Option<Se
 }
 
 /// Signs out: the session stops working at once, on every node.
-pub async fn end_session(st: &AppState, session_id: &str) -> Result<()> {
+pub(crate) async fn end_session(st: &AppState, session_id: &str) -> Result<()> {
     st.store
         .users()
         .delete_session(&session_hash(session_id))

@@ -27,21 +27,21 @@ use serde_json::{json, Map, Value};
 use crate::events::key_event;
 use crate::state::AppState;
 
-pub const BASELINE_MINUTES: i64 = 60;
-pub const SPIKE_FACTOR: f64 = 5.0;
-pub const SPIKE_MIN: i64 = 30;
-pub const BURST_MIN: i64 = 20;
+pub(crate) const BASELINE_MINUTES: i64 = 60;
+pub(crate) const SPIKE_FACTOR: f64 = 5.0;
+pub(crate) const SPIKE_MIN: i64 = 30;
+pub(crate) const BURST_MIN: i64 = 20;
 
 const MINUTE: i64 = 60_000;
 const HOUR: i64 = 3_600_000;
 
 /// An anomaly to record, with its de-duplication key.
-pub struct Found {
-    pub anomaly: Anomaly,
-    pub dedup: String,
+pub(crate) struct Found {
+    pub(crate) anomaly: Anomaly,
+    pub(crate) dedup: String,
 }
 
-pub fn found(
+pub(crate) fn found(
     key_id: &str,
     keyspace_id: &str,
     kind: AnomalyKind,
@@ -75,7 +75,7 @@ fn add(counts: &mut (i64, i64), b: &Bucket) {
 /// cover: enough valid calls or denials in one minute ([`SPIKE_MIN`], [`BURST_MIN`]). Only their
 /// baseline needs reading (a key below both minimums is never found, whatever its history).
 /// Sorted, without repeats.
-pub fn candidates(buckets: &[Bucket]) -> Vec<String> {
+pub(crate) fn candidates(buckets: &[Bucket]) -> Vec<String> {
     let mut per_minute: HashMap<(&str, i64), (i64, i64)> = HashMap::new();
     for b in buckets {
         add(
@@ -95,7 +95,7 @@ pub fn candidates(buckets: &[Bucket]) -> Vec<String> {
 
 /// Spikes and denied bursts in `minute` (a minute start), from minute buckets covering at least
 /// the baseline window before it. The keyspace of each finding is left empty for the caller.
-pub fn judge_minute(buckets: &[Bucket], minute: i64, now: Timestamp) -> Vec<Found> {
+pub(crate) fn judge_minute(buckets: &[Bucket], minute: i64, now: Timestamp) -> Vec<Found> {
     let from = minute - BASELINE_MINUTES * MINUTE;
     let mut before: HashMap<&str, (i64, i64)> = HashMap::new();
     for b in buckets {
@@ -112,7 +112,7 @@ pub fn judge_minute(buckets: &[Bucket], minute: i64, now: Timestamp) -> Vec<Foun
 /// Spikes and denied bursts in `minute`, from its buckets (those of other minutes are ignored)
 /// and `baseline`: a key's valid and denied verifications in the [`BASELINE_MINUTES`] minutes
 /// before it. The keyspace of each finding is left empty for the caller.
-pub fn judge(
+pub(crate) fn judge(
     buckets: &[Bucket],
     minute: i64,
     now: Timestamp,
@@ -171,7 +171,10 @@ fn round2(x: f64) -> f64 {
 }
 
 /// Stores anomalies (once each) and enqueues their `key.anomaly` webhooks, in one transaction.
-pub async fn record(st: &AppState, found: Vec<Found>) -> Result<usize, keyward_store::StoreError> {
+pub(crate) async fn record(
+    st: &AppState,
+    found: Vec<Found>,
+) -> Result<usize, keyward_store::StoreError> {
     if found.is_empty() {
         return Ok(0);
     }

@@ -85,7 +85,7 @@ impl Ctx {
     }
 
     /// An audit event by this actor, without changes yet.
-    pub(crate) fn event(
+    pub fn event(
         &self,
         now: Timestamp,
         action: AuditAction,
@@ -168,7 +168,7 @@ pub mod witness {
         static GRANTED: std::cell::Cell<Option<Permission>>;
     }
 
-    pub(crate) fn granted(_p: Permission) {
+    pub fn granted(_p: Permission) {
         #[cfg(feature = "test-hooks")]
         let _ = GRANTED.try_with(|g| {
             // The first grant is the route's gate; later ones are reads it makes on the way.
@@ -180,7 +180,7 @@ pub mod witness {
 
     /// Runs `f` and returns the first right it was granted.
     #[cfg(feature = "test-hooks")]
-    pub(crate) async fn observe<F: std::future::Future>(f: F) -> (F::Output, Option<Permission>) {
+    pub async fn observe<F: std::future::Future>(f: F) -> (F::Output, Option<Permission>) {
         GRANTED
             .scope(std::cell::Cell::new(None), async move {
                 let out = f.await;

@@ -51,45 +51,45 @@ pub struct Error {
     pub code: ErrorCode,
     pub message: String,
     /// When trying again makes sense: whole seconds to wait (throttled authentication).
-    pub retry_after: Option<i64>,
+    pub(crate) retry_after: Option<i64>,
 }
 
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Error {
             code,
             message: message.into(),
             retry_after: None,
         }
     }
-    pub fn bad_request(m: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(m: impl Into<String>) -> Self {
         Self::new(ErrorCode::BadRequest, m)
     }
-    pub fn not_found(m: impl Into<String>) -> Self {
+    pub(crate) fn not_found(m: impl Into<String>) -> Self {
         Self::new(ErrorCode::NotFound, m)
     }
-    pub fn conflict(m: impl Into<String>) -> Self {
+    pub(crate) fn conflict(m: impl Into<String>) -> Self {
         Self::new(ErrorCode::Conflict, m)
     }
-    pub fn policy(m: impl Into<String>) -> Self {
+    pub(crate) fn policy(m: impl Into<String>) -> Self {
         Self::new(ErrorCode::PolicyViolation, m)
     }
-    pub fn forbidden(m: impl Into<String>) -> Self {
+    pub(crate) fn forbidden(m: impl Into<String>) -> Self {
         Self::new(ErrorCode::Forbidden, m)
     }
-    pub fn unauthenticated(m: impl Into<String>) -> Self {
+    pub(crate) fn unauthenticated(m: impl Into<String>) -> Self {
         Self::new(ErrorCode::Unauthenticated, m)
     }
-    pub fn internal(cause: impl std::fmt::Display) -> Self {
+    pub(crate) fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(%cause, "internal error");
         Self::new(
             ErrorCode::Internal,
             "internal error; see the server log for the request id",
         )
     }
-    pub fn with_retry_after(mut self, secs: i64) -> Self {
+    pub(crate) fn with_retry_after(mut self, secs: i64) -> Self {
         self.retry_after = Some(secs.max(1));
         self
     }

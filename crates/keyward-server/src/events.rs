@@ -9,7 +9,7 @@ use keyward_store::OutboxEvent;
 use serde_json::{json, Map, Value};
 
 /// An event about a key: `data` is `{"key": <key object>}` plus `extra` fields.
-pub fn key_event(
+pub(crate) fn key_event(
     kind: WebhookEvent,
     key: &Key,
     now: Timestamp,

@@ -15,17 +15,17 @@
 //! port 0 and stop them when they like.
 
 pub mod accounts;
-pub mod anomalies;
+pub(crate) mod anomalies;
 pub mod authz;
 pub mod config;
-pub mod dashboard;
-pub mod error;
-pub mod events;
+pub(crate) mod dashboard;
+pub(crate) mod error;
+pub(crate) mod events;
 pub mod http;
 pub mod jobs;
-pub mod metrics;
-pub mod redis;
-pub mod reports;
+pub(crate) mod metrics;
+pub(crate) mod redis;
+pub(crate) mod reports;
 pub mod routes;
 pub mod service;
 pub mod state;

@@ -39,19 +39,19 @@ fn hot_index() -> usize {
 #[derive(Default)]
 pub struct Metrics {
     hot: [HotShard; HOT_SHARDS],
-    pub flushes: AtomicU64,
-    pub flush_failures: AtomicU64,
+    pub(crate) flushes: AtomicU64,
+    pub(crate) flush_failures: AtomicU64,
     pub flushed_keys: AtomicU64,
-    pub last_flush_batch: AtomicU64,
+    pub(crate) last_flush_batch: AtomicU64,
     /// When usage was last written (ms since the epoch), for the flush lag gauge.
-    pub last_flush_ms: std::sync::atomic::AtomicI64,
-    pub webhook_ok: AtomicU64,
-    pub webhook_failed: AtomicU64,
-    pub redis_errors: AtomicU64,
+    pub(crate) last_flush_ms: std::sync::atomic::AtomicI64,
+    pub(crate) webhook_ok: AtomicU64,
+    pub(crate) webhook_failed: AtomicU64,
+    pub(crate) redis_errors: AtomicU64,
 }
 
 impl Metrics {
-    pub fn record_webhook(&self, ok: bool) {
+    pub(crate) fn record_webhook(&self, ok: bool) {
         let c = if ok {
             &self.webhook_ok
         } else {
@@ -60,7 +60,7 @@ impl Metrics {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn observe(&self, code: Code, elapsed: std::time::Duration) {
+    pub(crate) fn observe(&self, code: Code, elapsed: std::time::Duration) {
         let h = &self.hot[hot_index()];
         h.verifications[code.index()].fetch_add(1, Ordering::Relaxed);
         let secs = elapsed.as_secs_f64();
@@ -75,13 +75,13 @@ impl Metrics {
             .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
     }
 
-    pub fn cache_hit(&self) {
+    pub(crate) fn cache_hit(&self) {
         self.hot[hot_index()]
             .cache_hits
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn cache_miss(&self) {
+    pub(crate) fn cache_miss(&self) {
         self.hot[hot_index()]
             .cache_misses
             .fetch_add(1, Ordering::Relaxed);
@@ -91,7 +91,12 @@ impl Metrics {
         self.hot.iter().map(|h| f(h).load(Ordering::Relaxed)).sum()
     }
 
-    pub fn render(&self, pending_usage_keys: usize, cached_entries: usize, now_ms: i64) -> String {
+    pub(crate) fn render(
+        &self,
+        pending_usage_keys: usize,
+        cached_entries: usize,
+        now_ms: i64,
+    ) -> String {
         let mut s = String::new();
         let last = self.last_flush_ms.load(Ordering::Relaxed);
         let lag = if last == 0 {

@@ -64,7 +64,7 @@ async fn reply(conn: &mut Conn) -> std::io::Result<i64> {
 impl RedisLimiter {
     /// `redis://[:password@]host[:port][/db]`.
     /// A limiter for a Redis checked when the settings were read (it connects on first use).
-    pub fn new(url: &crate::config::RedisUrl) -> Self {
+    pub(crate) fn new(url: &crate::config::RedisUrl) -> Self {
         RedisLimiter {
             addr: url.addr.clone(),
             password: url.password.clone(),
@@ -120,7 +120,7 @@ impl RedisLimiter {
     }
 
     /// Counts one verification in the key's window; returns the count including it.
-    pub async fn hit(
+    pub(crate) async fn hit(
         &self,
         key_id: &str,
         window_start_ms: i64,
@@ -147,7 +147,7 @@ impl RedisLimiter {
     }
 
     /// Gives back a slot taken by [`RedisLimiter::hit`] for a verification that was then denied.
-    pub async fn undo(&self, key_id: &str, window_start_ms: i64) -> std::io::Result<i64> {
+    pub(crate) async fn undo(&self, key_id: &str, window_start_ms: i64) -> std::io::Result<i64> {
         let req = command(&[b"DECR", Self::counter(key_id, window_start_ms).as_bytes()]);
         self.with_conn(|mut c| async move {
             let r = async {

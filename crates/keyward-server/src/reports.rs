@@ -22,25 +22,25 @@ use crate::error::Result;
 use crate::state::AppState;
 
 #[derive(Clone, Debug, Serialize)]
-pub struct Row {
-    pub id: String,
-    pub name: String,
-    pub owner: Option<String>,
-    pub keyspace_id: String,
-    pub keyspace: String,
-    pub status: KeyStatus,
-    pub created_at: Timestamp,
-    pub age_days: i64,
-    pub expires_at: Option<Timestamp>,
-    pub last_used_at: Option<Timestamp>,
-    pub days_since_use: Option<i64>,
-    pub call_count: i64,
-    pub findings: Vec<&'static str>,
+pub(crate) struct Row {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) owner: Option<String>,
+    pub(crate) keyspace_id: String,
+    pub(crate) keyspace: String,
+    pub(crate) status: KeyStatus,
+    pub(crate) created_at: Timestamp,
+    pub(crate) age_days: i64,
+    pub(crate) expires_at: Option<Timestamp>,
+    pub(crate) last_used_at: Option<Timestamp>,
+    pub(crate) days_since_use: Option<i64>,
+    pub(crate) call_count: i64,
+    pub(crate) findings: Vec<&'static str>,
 }
 
 const DAY_MS: i64 = 86_400_000;
 
-pub fn findings(k: &Key, ks: &Keyspace, now: Timestamp) -> Vec<&'static str> {
+pub(crate) fn findings(k: &Key, ks: &Keyspace, now: Timestamp) -> Vec<&'static str> {
     let mut f = Vec::new();
     if !matches!(
         k.status(now),
@@ -81,7 +81,7 @@ pub fn findings(k: &Key, ks: &Keyspace, now: Timestamp) -> Vec<&'static str> {
 }
 
 /// Every key the context may see (in one keyspace, or all), with findings at `now`.
-pub async fn inventory(
+pub(crate) async fn inventory(
     st: &AppState,
     who: &Allowed<'_, ReadAudit>,
     keyspace_id: Option<&str>,
@@ -141,7 +141,7 @@ pub async fn inventory(
     Ok(rows)
 }
 
-pub fn csv_field(s: &str) -> String {
+pub(crate) fn csv_field(s: &str) -> String {
     // Cells that a spreadsheet would run as a formula are prefixed with a quote.
     let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         format!("'{s}")
@@ -155,7 +155,7 @@ pub fn csv_field(s: &str) -> String {
     }
 }
 
-pub fn to_csv(rows: &[Row]) -> String {
+pub(crate) fn to_csv(rows: &[Row]) -> String {
     let mut out = String::from(
         "id,name,owner,keyspace_id,keyspace,status,created_at,age_days,expires_at,last_used_at,days_since_use,call_count,findings\n",
     );

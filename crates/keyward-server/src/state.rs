@@ -31,14 +31,14 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Serializes usage batches with control-plane changes of a key's quota (a tokio mutex:
     /// it is held across store calls).
-    pub gate: Arc<tokio::sync::Mutex<()>>,
-    pub throttle: Arc<crate::throttle::AuthThrottle>,
+    pub(crate) gate: Arc<tokio::sync::Mutex<()>>,
+    pub(crate) throttle: Arc<crate::throttle::AuthThrottle>,
     /// When each token's `last_used_at` was last written, so it is written at most once a minute.
-    pub token_touched: Arc<Mutex<HashMap<String, Timestamp>>>,
+    pub(crate) token_touched: Arc<Mutex<HashMap<String, Timestamp>>>,
     /// Dashboard sign-in throttles and the dummy password hash.
     pub accounts: Arc<crate::throttle::SignIns>,
     /// Wakes the webhook delivery worker when a change enqueued events.
-    pub webhook_wake: Arc<tokio::sync::Notify>,
+    pub(crate) webhook_wake: Arc<tokio::sync::Notify>,
 }
 
 /// What the changes no node caches (management tokens, dashboard users) use: the store and

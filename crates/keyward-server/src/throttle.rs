@@ -94,7 +94,7 @@ impl<K: std::hash::Hash + Eq + Clone> Window<K> {
 }
 
 /// Counts failed management authentications per address over a sliding window.
-pub struct AuthThrottle {
+pub(crate) struct AuthThrottle {
     limit: usize,
     window_ms: i64,
     failures: Mutex<HashMap<IpAddr, VecDeque<Timestamp>>>,
@@ -108,7 +108,7 @@ impl AuthThrottle {
         self.failures.lock().map(|m| m.len()).unwrap_or(0)
     }
 
-    pub fn new(limit: u32, window_secs: i64) -> Self {
+    pub(crate) fn new(limit: u32, window_secs: i64) -> Self {
         AuthThrottle {
             limit: limit as usize,
             window_ms: window_secs * 1000,
@@ -117,7 +117,7 @@ impl AuthThrottle {
     }
 
     /// Records one failure; `Some(retry_after_secs)` when this address is over the limit.
-    pub fn fail(&self, ip: IpAddr, now: Timestamp) -> Option<i64> {
+    pub(crate) fn fail(&self, ip: IpAddr, now: Timestamp) -> Option<i64> {
         // One IPv6 host usually holds a whole /64: count it as one address.
         let ip = match ip {
             IpAddr::V6(v6) => {

@@ -85,7 +85,7 @@ impl View {
 
 /// Verifications per slot and outcome code, over one view.
 #[derive(Clone, Debug)]
-pub(crate) struct Usage {
+pub struct Usage {
     pub(crate) view: View,
     /// Start of the first slot (ms).
     first: i64,

@@ -10,15 +10,15 @@ use crate::error::{Error, ErrorCode};
 
 tokio::task_local! {
     /// The request id of the request being served (set by the request-id middleware).
-    pub static REQUEST_ID: String;
+    pub(crate) static REQUEST_ID: String;
 }
 
-pub fn current_request_id() -> String {
+pub(crate) fn current_request_id() -> String {
     REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
 }
 
 /// The HTTP status of each code (the table of the API contract's errors).
-pub fn status(code: ErrorCode) -> StatusCode {
+pub(crate) fn status(code: ErrorCode) -> StatusCode {
     match code {
         ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
         ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
@@ -36,7 +36,7 @@ pub fn status(code: ErrorCode) -> StatusCode {
 }
 
 /// The JSON body of an error, also used by forward-auth denials.
-pub fn error_body(code: &str, message: &str) -> serde_json::Value {
+pub(crate) fn error_body(code: &str, message: &str) -> serde_json::Value {
     serde_json::json!({"error": {"code": code, "message": message, "request_id": current_request_id()}})
 }
 
@@ -57,7 +57,7 @@ impl IntoResponse for Error {
 
 /// An error answered before the request body was read: the connection is not reused
 /// (`Connection: close`), since the unread body would be taken for the next request.
-pub struct Refusal(pub Error);
+pub(crate) struct Refusal(pub Error);
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {

@@ -19,10 +19,10 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::http::error::{current_request_id, Refusal};
 use crate::state::AppState;
 
-pub const MAX_BODY: usize = 64 * 1024;
+pub(crate) const MAX_BODY: usize = 64 * 1024;
 
 /// A request body that is JSON (or absent), read up to [`MAX_BODY`] bytes.
-pub struct JsonBody(pub Option<Bytes>);
+pub(crate) struct JsonBody(pub Option<Bytes>);
 
 fn is_json(headers: &HeaderMap) -> bool {
     headers
@@ -150,14 +150,14 @@ fn sanitize(msg: &str) -> String {
 
 impl JsonBody {
     /// Parses a body that the endpoint requires.
-    pub fn parse<T: DeserializeOwned>(&self) -> Result<T> {
+    pub(crate) fn parse<T: DeserializeOwned>(&self) -> Result<T> {
         match &self.0 {
             None => Err(Error::bad_request("a JSON request body is required")),
             Some(b) => parse_json(b),
         }
     }
     /// Parses a body whose fields are all optional: no body means defaults.
-    pub fn parse_or_default<T: DeserializeOwned + Default>(&self) -> Result<T> {
+    pub(crate) fn parse_or_default<T: DeserializeOwned + Default>(&self) -> Result<T> {
         match &self.0 {
             None => Ok(T::default()),
             Some(b) => parse_json(b),
@@ -171,7 +171,7 @@ fn parse_json<T: DeserializeOwned>(b: &[u8]) -> Result<T> {
 }
 
 /// Query parameters, taken one by one; whatever is left over is an unknown parameter (400).
-pub struct Params(Vec<(String, String)>);
+pub(crate) struct Params(Vec<(String, String)>);
 
 impl<S: Send + Sync> FromRequestParts<S> for Params {
     type Rejection = Error;
@@ -186,7 +186,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
 }
 
 impl Params {
-    pub fn take(&mut self, name: &str) -> Result<Option<String>> {
+    pub(crate) fn take(&mut self, name: &str) -> Result<Option<String>> {
         let mut found = None;
         let mut i = 0;
         while i < self.0.len() {
@@ -203,14 +203,14 @@ impl Params {
         }
         Ok(found)
     }
-    pub fn take_all(&mut self, name: &str) -> Vec<String> {
+    pub(crate) fn take_all(&mut self, name: &str) -> Vec<String> {
         let (hit, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.0)
             .into_iter()
             .partition(|(k, _)| k == name);
         self.0 = rest;
         hit.into_iter().map(|(_, v)| v).collect()
     }
-    pub fn take_int(&mut self, name: &str, min: i64) -> Result<Option<i64>> {
+    pub(crate) fn take_int(&mut self, name: &str, min: i64) -> Result<Option<i64>> {
         match self.take(name)? {
             None => Ok(None),
             Some(v) => match v.parse::<i64>() {
@@ -221,7 +221,10 @@ impl Params {
             },
         }
     }
-    pub fn take_time(&mut self, name: &str) -> Result<Option<keyward_core::time::Timestamp>> {
+    pub(crate) fn take_time(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<keyward_core::time::Timestamp>> {
         self.take(name)?
             .map(|v| {
                 keyward_core::time::Timestamp::parse_rfc3339(&v)
@@ -230,7 +233,7 @@ impl Params {
             .transpose()
     }
     /// `limit` (1..500, default 50).
-    pub fn take_limit(&mut self) -> Result<i64> {
+    pub(crate) fn take_limit(&mut self) -> Result<i64> {
         match self.take("limit")? {
             None => Ok(50),
             Some(v) => match v.parse::<i64>() {
@@ -240,7 +243,7 @@ impl Params {
         }
     }
     /// Rejects any parameter not taken.
-    pub fn finish(self) -> Result<()> {
+    pub(crate) fn finish(self) -> Result<()> {
         match self.0.first() {
             None => Ok(()),
             Some((k, _)) => Err(Error::bad_request(format!(
@@ -253,11 +256,11 @@ impl Params {
 
 /// Opaque list cursors: the position of the last row plus a fingerprint of the endpoint and
 /// filters, so a cursor is only accepted by the list that produced it.
-pub fn encode_cursor(position: &str, fingerprint: &str) -> String {
+pub(crate) fn encode_cursor(position: &str, fingerprint: &str) -> String {
     keyformat::hex(format!("{position}|{}", &KeyHash::of(fingerprint).to_hex()[..12]).as_bytes())
 }
 
-pub fn decode_cursor(cursor: &str, fingerprint: &str) -> Result<String> {
+pub(crate) fn decode_cursor(cursor: &str, fingerprint: &str) -> Result<String> {
     let bad = || Error::bad_request("cursor is not valid for this list");
     if !cursor.len().is_multiple_of(2) || cursor.len() > 512 {
         return Err(bad());
@@ -275,7 +278,10 @@ pub fn decode_cursor(cursor: &str, fingerprint: &str) -> Result<String> {
 }
 
 /// A (created_at, id) position from a cursor.
-pub fn time_cursor(cursor: Option<String>, fingerprint: &str) -> Result<Option<(i64, String)>> {
+pub(crate) fn time_cursor(
+    cursor: Option<String>,
+    fingerprint: &str,
+) -> Result<Option<(i64, String)>> {
     cursor
         .map(|c| {
             let pos = decode_cursor(&c, fingerprint)?;
@@ -292,7 +298,7 @@ pub fn time_cursor(cursor: Option<String>, fingerprint: &str) -> Result<Option<(
 
 /// The address of the client: the connection's peer, or the first `X-Forwarded-For` entry
 /// when the server trusts proxy headers.
-pub fn client_ip(parts: &Parts, trust_proxy: bool) -> Option<IpAddr> {
+pub(crate) fn client_ip(parts: &Parts, trust_proxy: bool) -> Option<IpAddr> {
     if trust_proxy {
         let forwarded = parts
             .headers
@@ -311,13 +317,13 @@ pub fn client_ip(parts: &Parts, trust_proxy: bool) -> Option<IpAddr> {
 }
 
 /// An authenticated management token.
-pub struct Auth {
-    pub token: Token,
-    pub ip: Option<IpAddr>,
+pub(crate) struct Auth {
+    pub(crate) token: Token,
+    pub(crate) ip: Option<IpAddr>,
 }
 
 impl Auth {
-    pub fn ctx(&self) -> Ctx {
+    pub(crate) fn ctx(&self) -> Ctx {
         Ctx {
             actor: Actor {
                 kind: ActorKind::Token,
@@ -333,7 +339,7 @@ impl Auth {
 }
 
 /// The bearer token of `Authorization`, if the header has that form.
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, rest) = v.split_once(' ')?;
     scheme
@@ -342,7 +348,7 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Checks a management token given in a header; failures count towards the address's limit.
-pub async fn authenticate(
+pub(crate) async fn authenticate(
     st: &AppState,
     presented: Option<&str>,
     ip: Option<IpAddr>,
@@ -357,17 +363,6 @@ impl FromRequestParts<AppState> for Auth {
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self> {
         let ip = client_ip(parts, st.config.trust_proxy_headers);
         authenticate(st, bearer(&parts.headers), ip).await
-    }
-}
-
-/// The client's address as an extractor.
-pub struct ClientIp(pub Option<IpAddr>);
-
-impl FromRequestParts<AppState> for ClientIp {
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self> {
-        Ok(ClientIp(client_ip(parts, st.config.trust_proxy_headers)))
     }
 }
 

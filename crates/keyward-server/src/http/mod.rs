@@ -1,10 +1,10 @@
 //! The HTTP surface: routes, the request-id and logging middleware, and the operational
 //! endpoints (`/healthz`, `/readyz`, `/metrics`, `/v1/openapi.json`).
 
-pub mod error;
-pub mod extract;
-pub mod v1;
-pub mod verify;
+pub(crate) mod error;
+pub(crate) mod extract;
+pub(crate) mod v1;
+pub(crate) mod verify;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};

@@ -53,7 +53,7 @@ fn key_json(k: &Key, st: &AppState) -> Value {
 
 // ---------------------------------------------------------------- keyspaces
 
-pub async fn create_keyspace(
+pub(crate) async fn create_keyspace(
     State(st): State<AppState>,
     auth: Auth,
     body: JsonBody,
@@ -65,7 +65,7 @@ pub async fn create_keyspace(
     Ok((StatusCode::CREATED, Json(ks)).into_response())
 }
 
-pub async fn list_keyspaces(
+pub(crate) async fn list_keyspaces(
     State(st): State<AppState>,
     auth: Auth,
     mut params: Params,
@@ -90,7 +90,7 @@ pub async fn list_keyspaces(
     }))
 }
 
-pub async fn get_keyspace(
+pub(crate) async fn get_keyspace(
     State(st): State<AppState>,
     auth: Auth,
     Path(id): Path<String>,
@@ -107,7 +107,7 @@ struct PatchKeyspaceBody {
     policy: Option<keyward_core::policy::PolicyPatch>,
 }
 
-pub async fn patch_keyspace(
+pub(crate) async fn patch_keyspace(
     State(st): State<AppState>,
     auth: Auth,
     Path(id): Path<String>,
@@ -140,7 +140,7 @@ pub async fn patch_keyspace(
 
 // ---------------------------------------------------------------- keys
 
-pub async fn create_key(
+pub(crate) async fn create_key(
     State(st): State<AppState>,
     auth: Auth,
     body: JsonBody,
@@ -154,7 +154,7 @@ pub async fn create_key(
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
-pub async fn list_keys(
+pub(crate) async fn list_keys(
     State(st): State<AppState>,
     auth: Auth,
     mut params: Params,
@@ -214,7 +214,7 @@ pub async fn list_keys(
     Ok(list(items, next))
 }
 
-pub async fn get_key(
+pub(crate) async fn get_key(
     State(st): State<AppState>,
     auth: Auth,
     Path(id): Path<String>,
@@ -225,7 +225,7 @@ pub async fn get_key(
     Ok(Json(key_json(&k, &st)))
 }
 
-pub async fn patch_key(
+pub(crate) async fn patch_key(
     State(st): State<AppState>,
     auth: Auth,
     Path(id): Path<String>,
@@ -244,7 +244,7 @@ struct ReasonBody {
     reason: String,
 }
 
-pub async fn revoke_key(
+pub(crate) async fn revoke_key(
     State(st): State<AppState>,
     auth: Auth,
     Path(id): Path<String>,
@@ -257,7 +257,7 @@ pub async fn revoke_key(
     Ok(Json(key_json(&k, &st)))
 }
 
-pub async fn revoke_owner(
+pub(crate) async fn revoke_owner(
     State(st): State<AppState>,
     auth: Auth,
     body: JsonBody,
@@ -269,7 +269,7 @@ pub async fn revoke_owner(
     Ok(Json(json!({"revoked": ids.len(), "key_ids": ids})))
 }
 
-pub async fn rotate_key(
+pub(crate) async fn rotate_key(
     State(st): State<AppState>,
     auth: Auth,
     Path(id): Path<String>,
@@ -286,7 +286,7 @@ pub async fn rotate_key(
 
 // ---------------------------------------------------------------- tokens
 
-pub async fn create_token(
+pub(crate) async fn create_token(
     State(st): State<AppState>,
     auth: Auth,
     body: JsonBody,
@@ -300,7 +300,7 @@ pub async fn create_token(
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
-pub async fn list_tokens(
+pub(crate) async fn list_tokens(
     State(st): State<AppState>,
     auth: Auth,
     mut params: Params,
@@ -325,7 +325,7 @@ pub async fn list_tokens(
     }))
 }
 
-pub async fn revoke_token(
+pub(crate) async fn revoke_token(
     State(st): State<AppState>,
     auth: Auth,
     Path(id): Path<String>,
@@ -339,7 +339,7 @@ pub async fn revoke_token(
 
 // ---------------------------------------------------------------- audit
 
-pub async fn list_audit(
+pub(crate) async fn list_audit(
     State(st): State<AppState>,
     auth: Auth,
     mut params: Params,
@@ -375,7 +375,7 @@ pub async fn list_audit(
     Ok(page(rows, limit, &fp, |e| e.seq.to_string()))
 }
 
-pub async fn verify_audit(State(st): State<AppState>, auth: Auth) -> Result<Json<Value>> {
+pub(crate) async fn verify_audit(State(st): State<AppState>, auth: Auth) -> Result<Json<Value>> {
     let ctx = auth.ctx();
     let who = ctx.allow::<authz::ReadAudit>()?;
     Ok(Json(match service::check_chain(&st, &who).await? {
@@ -422,7 +422,7 @@ fn audit_csv_row(e: &AuditEvent) -> String {
 }
 
 /// Streams the whole trail, oldest first, a page at a time.
-pub async fn export_audit(
+pub(crate) async fn export_audit(
     State(st): State<AppState>,
     auth: Auth,
     mut params: Params,
@@ -486,7 +486,7 @@ pub async fn export_audit(
 
 // ---------------------------------------------------------------- webhooks
 
-pub async fn create_webhook(
+pub(crate) async fn create_webhook(
     State(st): State<AppState>,
     auth: Auth,
     body: JsonBody,
@@ -500,7 +500,7 @@ pub async fn create_webhook(
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
-pub async fn list_webhooks(
+pub(crate) async fn list_webhooks(
     State(st): State<AppState>,
     auth: Auth,
     mut params: Params,
@@ -525,7 +525,7 @@ pub async fn list_webhooks(
     }))
 }
 
-pub async fn delete_webhook(
+pub(crate) async fn delete_webhook(
     State(st): State<AppState>,
     auth: Auth,
     Path(id): Path<String>,
@@ -536,7 +536,7 @@ pub async fn delete_webhook(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-pub async fn list_deliveries(
+pub(crate) async fn list_deliveries(
     State(st): State<AppState>,
     auth: Auth,
     Path(id): Path<String>,
@@ -629,7 +629,7 @@ fn usage_series(buckets: &[keyward_store::Bucket]) -> (Vec<Value>, Value) {
     )
 }
 
-pub async fn key_usage(
+pub(crate) async fn key_usage(
     State(st): State<AppState>,
     auth: Auth,
     Path(id): Path<String>,
@@ -649,7 +649,7 @@ pub async fn key_usage(
 }
 
 /// Keyspace-wide usage: totals over time and the top keys by calls and by denials.
-pub async fn keyspace_usage(
+pub(crate) async fn keyspace_usage(
     State(st): State<AppState>,
     auth: Auth,
     Path(id): Path<String>,
@@ -706,7 +706,7 @@ pub async fn keyspace_usage(
     })))
 }
 
-pub async fn key_sources(
+pub(crate) async fn key_sources(
     State(st): State<AppState>,
     auth: Auth,
     Path(id): Path<String>,
@@ -717,7 +717,7 @@ pub async fn key_sources(
     Ok(Json(json!({"key_id": key.id, "items": sources})))
 }
 
-pub async fn list_anomalies(
+pub(crate) async fn list_anomalies(
     State(st): State<AppState>,
     auth: Auth,
     mut params: Params,
@@ -749,7 +749,7 @@ pub async fn list_anomalies(
 
 // ---------------------------------------------------------------- reports
 
-pub async fn inventory(
+pub(crate) async fn inventory(
     State(st): State<AppState>,
     auth: Auth,
     mut params: Params,

@@ -39,7 +39,10 @@ fn check_scopes(scopes: &[String]) -> Result<()> {
         .try_for_each(|s| check_requested_scope(s).map_err(Error::bad_request))
 }
 
-pub async fn verify(State(st): State<AppState>, req: axum::extract::Request) -> Result<Response> {
+pub(crate) async fn verify(
+    State(st): State<AppState>,
+    req: axum::extract::Request,
+) -> Result<Response> {
     let (parts, body) = req.into_parts();
     let mut limit = None;
     if st.config.verify_requires_token {
@@ -166,7 +169,7 @@ fn push_int(out: &mut Vec<u8>, n: Option<i64>) {
 
 /// For reverse proxies: the key from `Authorization: Bearer` or `X-API-Key` (never from the
 /// URL), required scopes from repeated `?scope=`. Bodies are ignored.
-pub async fn forward_auth(
+pub(crate) async fn forward_auth(
     State(st): State<AppState>,
     mut params: Params,
     req: axum::extract::Request,

@@ -16,7 +16,11 @@ use crate::state::AppState;
 /// How far behind the newest applied seq each poll looks again.
 const WINDOW: i64 = 1024;
 
-pub async fn run(state: AppState, every: Duration, shutdown: tokio::sync::watch::Receiver<bool>) {
+pub(crate) async fn run(
+    state: AppState,
+    every: Duration,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     let mut shutdown = shutdown;
     let mut head = loop {
         match state.store.change_head().await {

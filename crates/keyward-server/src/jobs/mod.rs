@@ -1,6 +1,6 @@
 //! Background tasks, each named, supervised by the server and drained on shutdown.
 
-pub mod feed;
+pub(crate) mod feed;
 pub mod sweep;
 pub mod usage;
 pub mod webhooks;

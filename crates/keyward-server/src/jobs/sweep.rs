@@ -36,10 +36,10 @@ pub struct Report {
     pub expired: usize,
     pub warned: usize,
     pub inactive_revoked: usize,
-    pub anomalies: usize,
-    pub pruned_buckets: u64,
+    pub(crate) anomalies: usize,
+    pub(crate) pruned_buckets: u64,
     /// Minute buckets whose new counts went into their hours and days.
-    pub rolled_up: u64,
+    pub(crate) rolled_up: u64,
 }
 
 fn system_event(now: Timestamp, action: AuditAction, key: &Key) -> NewEvent {
@@ -339,7 +339,11 @@ pub async fn sweep_once(
     Ok(r)
 }
 
-pub async fn run(st: AppState, every: Duration, shutdown: tokio::sync::watch::Receiver<bool>) {
+pub(crate) async fn run(
+    st: AppState,
+    every: Duration,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     let mut shutdown = shutdown;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

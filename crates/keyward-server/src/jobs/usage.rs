@@ -98,7 +98,7 @@ pub const FLUSH_BATCH: usize = 5000;
 
 /// [`flush`] for callers that already hold the write gate: every key pending when it starts (the
 /// queue is first in, first out, so those are the first taken), in batches of [`FLUSH_BATCH`].
-pub async fn flush_locked(state: &AppState) -> Result<usize, keyward_store::StoreError> {
+pub(crate) async fn flush_locked(state: &AppState) -> Result<usize, keyward_store::StoreError> {
     let mut left = state.verifier.pending_keys();
     let mut written = 0;
     while left > 0 {
@@ -173,7 +173,11 @@ async fn return_idle_leases(state: &AppState) {
 }
 
 /// Runs until `shutdown` resolves, then flushes one last time and gives back every lease.
-pub async fn run(state: AppState, every: Duration, shutdown: tokio::sync::watch::Receiver<bool>) {
+pub(crate) async fn run(
+    state: AppState,
+    every: Duration,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     let mut shutdown = shutdown;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -20,7 +20,7 @@ const LEASE_MS: i64 = 60_000;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `t=<unix secs>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
-pub fn signature(secret: &str, t: i64, body: &str) -> String {
+pub(crate) fn signature(secret: &str, t: i64, body: &str) -> String {
     let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()) {
         Ok(m) => m,
         Err(_) => return String::new(),
@@ -30,7 +30,7 @@ pub fn signature(secret: &str, t: i64, body: &str) -> String {
 }
 
 /// The delay before attempt `attempt + 1` after `attempt` failed.
-pub fn backoff_ms(base_ms: i64, attempt: i64) -> i64 {
+pub(crate) fn backoff_ms(base_ms: i64, attempt: i64) -> i64 {
     let shift = (attempt - 1).clamp(0, 40) as u32;
     base_ms
         .max(1)
@@ -149,7 +149,11 @@ pub fn client() -> reqwest::Client {
         .unwrap_or_else(|_| reqwest::Client::new())
 }
 
-pub async fn run(st: AppState, every: Duration, shutdown: tokio::sync::watch::Receiver<bool>) {
+pub(crate) async fn run(
+    st: AppState,
+    every: Duration,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     let mut shutdown = shutdown;
     let http = client();
     loop {

@@ -34,7 +34,7 @@ use crate::events::key_event;
 use crate::state::{AppState, Records};
 
 /// Whether the store answers (`/readyz`, no token needed), and which backend it is.
-pub async fn readiness(st: &AppState) -> (bool, &'static str) {
+pub(crate) async fn readiness(st: &AppState) -> (bool, &'static str) {
     (st.store.ping().await.is_ok(), st.store.backend())
 }
 
@@ -464,7 +464,7 @@ pub(crate) async fn key_seen(st: &AppState, ctx: &Ctx, id: &str) -> Result<Key> 
 
 /// During its grace period (rotated, neither revoked nor expired, disabled or not) a rotated
 /// key draws from its successor's quota, so it reports the successor's `remaining`.
-pub async fn report_successor_quota(st: &AppState, key: &mut Key) -> Result<()> {
+pub(crate) async fn report_successor_quota(st: &AppState, key: &mut Key) -> Result<()> {
     if let (Some(next), Some(_)) = (&key.rotated_to, key.remaining) {
         let status = key.status(st.clock.now());
         if status != KeyStatus::Revoked && status != KeyStatus::Expired {

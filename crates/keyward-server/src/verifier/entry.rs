@@ -160,15 +160,15 @@ impl Entry {
         self.text.split(SEP).nth(i).unwrap_or("")
     }
 
-    pub fn key_id(&self) -> &str {
+    pub(crate) fn key_id(&self) -> &str {
         self.piece(0)
     }
 
-    pub fn keyspace_id(&self) -> &str {
+    pub(crate) fn keyspace_id(&self) -> &str {
         &self.keyspace
     }
 
-    pub fn owner(&self) -> Option<&str> {
+    pub(crate) fn owner(&self) -> Option<&str> {
         if !self.has_owner {
             return None;
         }
@@ -183,7 +183,7 @@ impl Entry {
 
     /// Appends the key's members of a `VALID` answer (`"key_id":..,"keyspace_id":..,"name":..,
     /// "owner":..,"scopes":[..],"labels":..,"meta":..,"expires_at":..`) to `out`.
-    pub fn write_answer(&self, out: &mut Vec<u8>) {
+    pub(crate) fn write_answer(&self, out: &mut Vec<u8>) {
         const NAMES: [&str; 7] = [
             "\"key_id\":\"",
             "\",\"name\":",
@@ -204,12 +204,12 @@ impl Entry {
     }
 
     /// About how long [`Entry::write_answer`]'s part is.
-    pub fn answer_len(&self) -> usize {
+    pub(crate) fn answer_len(&self) -> usize {
         self.text.len() + self.keyspace.len() + 112
     }
 
     /// The key's scopes.
-    pub fn scopes(&self) -> impl Iterator<Item = &str> + Clone {
+    pub(crate) fn scopes(&self) -> impl Iterator<Item = &str> + Clone {
         // `"a","b"`: scopes hold neither `,` nor `"` (their grammar).
         self.piece(3)
             .split(',')

@@ -25,17 +25,17 @@ use super::{lock, Entry, Verifier};
 /// A valid use of a key after a long silence, found on the verification path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reactivation {
-    pub key_id: String,
-    pub keyspace_id: String,
-    pub previous_use: Timestamp,
-    pub at: Timestamp,
+    pub(crate) key_id: String,
+    pub(crate) keyspace_id: String,
+    pub(crate) previous_use: Timestamp,
+    pub(crate) at: Timestamp,
 }
 
 /// What [`Verifier::take_usage`] took: the deltas to write, and the entries they came from (to
 /// put them back when the write fails).
 pub struct Usage {
     pub deltas: Vec<UsageDelta>,
-    pub reactivations: Vec<Reactivation>,
+    pub(crate) reactivations: Vec<Reactivation>,
     cells: Vec<Arc<Entry>>,
     taken: usize,
 }
@@ -182,7 +182,7 @@ impl Verifier {
     }
 
     /// Puts back usage that could not be written, so it is retried with the next flush.
-    pub fn restore_usage(&self, usage: Usage) {
+    pub(crate) fn restore_usage(&self, usage: Usage) {
         let mut reactivations: HashMap<String, Vec<(Timestamp, Timestamp)>> = HashMap::new();
         for r in usage.reactivations {
             reactivations
@@ -226,7 +226,7 @@ impl Verifier {
     }
 
     /// The addresses among `ips` this node does not yet know for the key.
-    pub fn unknown_sources(&self, key_id: &str, ips: &[String]) -> Vec<String> {
+    pub(crate) fn unknown_sources(&self, key_id: &str, ips: &[String]) -> Vec<String> {
         let known = lock(&self.known_sources);
         match known.get(key_id) {
             Some(k) => ips.iter().filter(|ip| !k.contains(*ip)).cloned().collect(),
@@ -235,7 +235,7 @@ impl Verifier {
     }
 
     /// Remembers addresses as known for the key (at most 256 per key on this node).
-    pub fn remember_sources(&self, key_id: &str, ips: impl IntoIterator<Item = String>) {
+    pub(crate) fn remember_sources(&self, key_id: &str, ips: impl IntoIterator<Item = String>) {
         let mut known = lock(&self.known_sources);
         let k = known.entry(key_id.to_string()).or_default();
         for ip in ips {

@@ -74,7 +74,7 @@ impl Verifier {
 
     /// Gives back leases that sat unspent for a while (or all, at shutdown), so that other nodes
     /// can grant that quota.
-    pub async fn return_leases(&self, now: Timestamp, all: bool) -> Result<(), StoreError> {
+    pub(crate) async fn return_leases(&self, now: Timestamp, all: bool) -> Result<(), StoreError> {
         let cells = lock(&self.leased).clone();
         for cell in cells {
             let (amount, gen) = {

@@ -60,7 +60,7 @@ mod table;
 pub use decide::{Outcome, Request};
 pub use entry::Entry;
 pub use flush::{Reactivation, Usage};
-pub use shard::{Digest, DigestHasher};
+pub(crate) use shard::Digest;
 
 use decide::Decision;
 use flush::DirtyList;

@@ -24,7 +24,7 @@ pub(super) const SHARDS: usize = 64;
 /// What the cache is keyed by: the first 16 bytes of a key's SHA-256. Finding another key with
 /// the same 128 bits is a second preimage of 2^128 work, on digests that are never shown; two
 /// real keys sharing them is a birthday event of about n^2 / 2^129 (1e-27 for a million keys).
-pub type Digest = [u8; 16];
+pub(crate) type Digest = [u8; 16];
 
 pub(super) fn digest(h: &KeyHash) -> Digest {
     let mut d = [0u8; 16];
@@ -35,7 +35,7 @@ pub(super) fn digest(h: &KeyHash) -> Digest {
 /// Keys of the cache are SHA-256 digests: already uniformly random, so their first eight bytes
 /// are the hash (no second hash function on the hot path).
 #[derive(Clone, Copy, Default)]
-pub struct DigestHasher(u64);
+pub(crate) struct DigestHasher(u64);
 
 impl std::hash::Hasher for DigestHasher {
     fn finish(&self) -> u64 {
