@@ -2,7 +2,7 @@
 //!
 //! Every front end (the HTTP API, the dashboard, the command line, and any added later) turns
 //! its caller into a [`Ctx`]: the actor, its [`Role`] and the keyspaces it is limited to. The
-//! control plane's functions ([`crate::service`], [`crate::reports`], [`crate::accounts`]) do
+//! control plane's functions ([`crate::service`], `reports`, [`crate::accounts`]) do
 //! not take a bare context: each takes an [`Allowed`] proof of the right it needs, and the only
 //! way to get one is [`Ctx::allow`], which applies the role matrix and, for the rights that
 //! cover the whole installation, the keyspace limit. A new front end therefore cannot call a

@@ -23,7 +23,7 @@ pub struct Config {
     /// Take the client address from the first X-Forwarded-For entry (behind a trusted proxy).
     #[arg(long, env = "KEYWARD_TRUST_PROXY_HEADERS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub trust_proxy_headers: bool,
-    /// Redis for cluster-wide rate limits: redis://[:password@]host[:port][/db].
+    /// Redis for cluster-wide rate limits: `redis://[:password@]host[:port][/db]`.
     #[arg(long, env = "KEYWARD_REDIS_URL", value_parser = RedisUrlParser)]
     pub redis_url: Option<RedisUrl>,
     /// A valid use after this many seconds without one is a `dormant_reactivated` anomaly.

@@ -1,15 +1,25 @@
 //! keyward-server: the HTTP server of keyward.
 //!
 //! # Layout
-//! - [`config`]: settings; [`state`]: what handlers and tasks share.
-//! - [`service`]: the control plane's rules (one transaction + audit event per change).
-//! - [`verifier`]: the data plane (cache, live counters, decision).
-//! - [`accounts`]: dashboard users, passwords, sessions, the first-run setup link.
-//! - [`dashboard`]: the web dashboard at `/` (server-rendered pages over [`service`]).
-//! - [`http`]: routes, extractors, the error envelope ([`error`]).
-//! - [`jobs`]: background tasks (usage flusher, change-feed follower, sweeper, webhook
-//!   delivery); [`anomalies`] and [`events`] feed them.
-//! - [`metrics`]: Prometheus counters.
+//! From the edges inwards (docs/architecture.md has the whole picture):
+//! - [`config`]: the settings of `keyward serve` (clap, the one place a default is written).
+//! - [`routes`]: what a route is and who may call it; [`app`] builds the router from the API's
+//!   and the dashboard's route tables.
+//! - [`http`]: the API's handlers, extractors and the mapping of errors to HTTP (`http::error`).
+//! - `dashboard`: the web dashboard at `/`: handlers that read through [`service`] into view
+//!   models, and views that render them.
+//! - [`authz`]: [`authz::Ctx`] and the door, `Ctx::allow::<Right>()`: the only way to the proof
+//!   every control-plane function requires.
+//! - [`service`]: the control plane's rules and reads (one transaction + audit event per change);
+//!   [`accounts`] (token authentication, dashboard users and sessions) and the inventory report
+//!   sit beside it behind the same door.
+//! - [`verifier`]: the data plane (cache, live counters, quota leases, decision).
+//! - [`jobs`]: named background tasks (usage flusher, change-feed follower, sweeper, webhook
+//!   delivery), awaited on shutdown.
+//! - [`state`]: [`AppState`] (what handlers and jobs share) and [`state::Records`] (what the
+//!   offline commands need: the store and the clock).
+//! - Leaves: the control plane's error type, [`throttle`], metrics, events, anomaly rules and
+//!   the Redis client.
 //!
 //! [`serve`] takes the listener, the state and a shutdown future, so tests run real servers on
 //! port 0 and stop them when they like.

@@ -1,5 +1,5 @@
 //! What a route is: a path, a method and who may call it ([`Access`]). The API
-//! ([`crate::http`]) and the dashboard ([`crate::dashboard`]) each keep a table of their routes;
+//! ([`crate::http`]) and the dashboard (`dashboard`) each keep a table of their routes;
 //! the application's router ([`crate::app`]) is built from those tables, so a route cannot exist
 //! without a declared access, and the route-authorization test (`tests/api/door.rs`) holds every
 //! route to its declaration.

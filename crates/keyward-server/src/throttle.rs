@@ -1,5 +1,5 @@
 //! Per-node throttles of failed authentication: management tokens per address
-//! ([`AuthThrottle`]), dashboard sign-ins per address and per account ([`SignIns`]). They live
+//! (`AuthThrottle`), dashboard sign-ins per address and per account ([`SignIns`]). They live
 //! in memory: a cluster of n nodes allows n times as many guesses, still few.
 
 use std::collections::{HashMap, VecDeque};

@@ -5,7 +5,7 @@
 //!
 //! Each change is one store transaction that also appends its audit event; after the commit
 //! the verification cache of this node forgets the key, before the caller answers. Reads are
-//! in [`reads`].
+//! in `reads` (re-exported here).
 
 mod reads;
 

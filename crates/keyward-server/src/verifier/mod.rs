@@ -19,7 +19,7 @@
 //! - `entry`: what a cached key is ([`Entry`]) and how its part of an answer is rendered.
 //! - `live`: what changes with each verification of a key (rate-limit window, quota lease,
 //!   counts, source addresses), behind the entry's lock.
-//! - `shard`: the sharded cache of entries and negative entries, keyed by [`Digest`] (its
+//! - `shard`: the sharded cache of entries and negative entries, keyed by `Digest` (its
 //!   table of found keys is `table`).
 //! - `load`: reading a key into the cache and keeping the cache coherent (the epoch check,
 //!   the hand-over of live state, invalidation).
