@@ -55,7 +55,11 @@ async fn write_minutes(st: &AppState, keys: &[Key], busy_every: usize, minutes: 
                     consumed: 0,
                     buckets: minutes
                         .iter()
-                        .map(|m| (*m, "VALID".to_string(), per))
+                        .map(|m| keyward_store::MinuteCount {
+                            minute_ms: *m,
+                            code: "VALID".to_string(),
+                            n: per,
+                        })
                         .collect(),
                     sources: Vec::new(),
                 }

@@ -114,10 +114,29 @@ pub struct UsageDelta {
     pub last_used_at: Option<Timestamp>,
     /// Quota spent (sum of `cost` of valid verifications), taken from `remaining`.
     pub consumed: i64,
-    /// Verifications by minute (start, ms) and outcome code.
-    pub buckets: Vec<(i64, String, i64)>,
-    /// Source addresses seen: (address, first seen, last seen, count).
-    pub sources: Vec<(String, Timestamp, Timestamp, i64)>,
+    /// Verifications by minute and outcome code.
+    pub buckets: Vec<MinuteCount>,
+    /// Source addresses seen.
+    pub sources: Vec<SourceSeen>,
+}
+
+/// Verifications of one key in one minute with one outcome.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MinuteCount {
+    /// Start of the minute, in milliseconds since the epoch.
+    pub minute_ms: i64,
+    /// The verification code (`VALID`, `REVOKED`, ...).
+    pub code: String,
+    pub n: i64,
+}
+
+/// A source address a key was verified from since the last flush.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceSeen {
+    pub ip: String,
+    pub first: Timestamp,
+    pub last: Timestamp,
+    pub count: i64,
 }
 
 /// Source addresses kept per key (the most recently seen).

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use keyward_core::kinds::AnomalyKind;
-use keyward_store::UsageDelta;
+use keyward_store::{SourceSeen, UsageDelta};
 use serde_json::json;
 
 use crate::anomalies::{self, Found};
@@ -42,7 +42,7 @@ async fn new_sources(
 ) -> Result<Vec<Found>, keyward_store::StoreError> {
     let mut found = Vec::new();
     for d in deltas.iter().filter(|d| !d.sources.is_empty()) {
-        let ips: Vec<String> = d.sources.iter().map(|s| s.0.clone()).collect();
+        let ips: Vec<String> = d.sources.iter().map(|s| s.ip.clone()).collect();
         let unknown = state.verifier.unknown_sources(&d.key_id, &ips);
         if unknown.is_empty() {
             continue;
@@ -53,17 +53,12 @@ async fn new_sources(
             .await?
             .into_iter()
             .collect();
-        let mut fresh: Vec<&(
-            String,
-            keyward_core::time::Timestamp,
-            keyward_core::time::Timestamp,
-            i64,
-        )> = d
+        let mut fresh: Vec<&SourceSeen> = d
             .sources
             .iter()
-            .filter(|s| unknown.contains(&s.0) && !stored.contains(&s.0))
+            .filter(|s| unknown.contains(&s.ip) && !stored.contains(&s.ip))
             .collect();
-        fresh.sort_by_key(|s| s.1);
+        fresh.sort_by_key(|s| s.first);
         let mut skip_first = stored.is_empty();
         let keyspace_id = state
             .store
@@ -80,9 +75,9 @@ async fn new_sources(
                 &d.key_id,
                 &keyspace_id,
                 AnomalyKind::NewSource,
-                format!("new_source:{}:{}", d.key_id, s.0),
-                s.1,
-                json!({"ip": s.0, "known_sources": stored.len(), "first_seen": s.1}),
+                format!("new_source:{}:{}", d.key_id, s.ip),
+                s.first,
+                json!({"ip": s.ip, "known_sources": stored.len(), "first_seen": s.first}),
             ));
         }
         state

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use keyward_core::time::Timestamp;
 use keyward_core::verify::{Code, Window};
-use keyward_store::UsageDelta;
+use keyward_store::{MinuteCount, SourceSeen, UsageDelta};
 
 use super::live::NEVER;
 use super::{lock, Entry, Verifier};
@@ -133,11 +133,11 @@ impl Verifier {
                 sources: Vec::new(),
             };
             if s.valid != 0 {
-                d.buckets.push((
-                    i64::from(s.minute) * 60_000,
-                    Code::Valid.as_str().to_string(),
-                    i64::from(s.valid),
-                ));
+                d.buckets.push(MinuteCount {
+                    minute_ms: i64::from(s.minute) * 60_000,
+                    code: Code::Valid.as_str().to_string(),
+                    n: i64::from(s.valid),
+                });
                 s.valid = 0;
             }
             if let Some(m) = s.more.as_deref_mut() {
@@ -147,12 +147,21 @@ impl Verifier {
                         Code::Valid => d.calls += n,
                         _ => d.denied += n,
                     }
-                    d.buckets.push((minute, code.as_str().to_string(), n));
+                    d.buckets.push(MinuteCount {
+                        minute_ms: minute,
+                        code: code.as_str().to_string(),
+                        n,
+                    });
                 }
                 d.sources = m
                     .sources
                     .drain(..)
-                    .map(|(ip, f, l, n)| (ip.to_string(), f, l, n))
+                    .map(|(ip, first, last, count)| SourceSeen {
+                        ip: ip.to_string(),
+                        first,
+                        last,
+                        count,
+                    })
                     .collect();
                 for (previous_use, at) in m.reactivations.drain(..) {
                     usage.reactivations.push(Reactivation {
@@ -198,12 +207,18 @@ impl Verifier {
                     s.more().consumed += d.consumed;
                 }
                 // `last_used_at` comes back with the valid counts (the last use is at least it).
-                for (m, code, n) in d.buckets {
-                    if let Some(code) = Code::parse(&code) {
-                        s.add(m, code, n);
+                for b in d.buckets {
+                    if let Some(code) = Code::parse(&b.code) {
+                        s.add(b.minute_ms, code, b.n);
                     }
                 }
-                for (ip, first, last, n) in d.sources {
+                for SourceSeen {
+                    ip,
+                    first,
+                    last,
+                    count: n,
+                } in d.sources
+                {
                     let Ok(ip) = ip.parse::<IpAddr>() else {
                         continue;
                     };

@@ -16,7 +16,7 @@ macro_rules! for_backend {
         use keyward_core::time::Timestamp;
 
         use crate::sql::common::{get, map_err, push_in};
-        use crate::{Bucket, Result, Totals, UsageDelta, MAX_SOURCES_PER_KEY};
+        use crate::{Bucket, MinuteCount, Result, SourceSeen, Totals, UsageDelta, MAX_SOURCES_PER_KEY};
 
         const MINUTE: i64 = 60_000;
 
@@ -63,7 +63,7 @@ macro_rules! for_backend {
             // `rollup_usage`), summed here so that each row appears once per statement.
             let mut rows: std::collections::BTreeMap<(&str, &str, i64, &str), i64> = std::collections::BTreeMap::new();
             for d in deltas {
-                for (minute, code, n) in &d.buckets {
+                for MinuteCount { minute_ms: minute, code, n } in &d.buckets {
                     *rows.entry((d.key_id.as_str(), "m", minute.div_euclid(MINUTE) * MINUTE, code.as_str())).or_default() += *n;
                 }
             }
@@ -106,7 +106,7 @@ macro_rules! for_backend {
                         .await
                         .map_err(map_err)?;
                 }
-                for (ip, first, last, n) in &d.sources {
+                for SourceSeen { ip, first, last, count: n } in &d.sources {
                     sqlx::query(
                         "INSERT INTO key_sources (key_id, ip, first_seen, last_seen, n) VALUES ($1, $2, $3, $4, $5) \
                          ON CONFLICT (key_id, ip) DO UPDATE SET n = key_sources.n + excluded.n, \

@@ -148,7 +148,11 @@ async fn a_version_4_database_keeps_its_counts_and_buckets(db: &TestDb) {
             key_id: "key_old".into(),
             calls: 1,
             last_used_at: Some(Timestamp::from_millis(minute + 1)),
-            buckets: vec![(minute, "VALID".into(), 1)],
+            buckets: vec![keyward_store::MinuteCount {
+                minute_ms: minute,
+                code: "VALID".into(),
+                n: 1,
+            }],
             ..keyward_store::UsageDelta::default()
         }])
         .await

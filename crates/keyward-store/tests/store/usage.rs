@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use keyward_core::model::Source;
 use keyward_core::time::Timestamp;
-use keyward_store::{Bucket, Store, Totals, UsageDelta, MAX_SOURCES_PER_KEY};
+use keyward_store::{
+    Bucket, MinuteCount, SourceSeen, Store, Totals, UsageDelta, MAX_SOURCES_PER_KEY,
+};
 
 use crate::support::*;
 
@@ -186,7 +188,11 @@ fn counts(key_id: &str, buckets: &[(i64, &str, i64)]) -> UsageDelta {
         key_id: key_id.into(),
         buckets: buckets
             .iter()
-            .map(|(minute, code, n)| (*minute, code.to_string(), *n))
+            .map(|(minute, code, n)| MinuteCount {
+                minute_ms: *minute,
+                code: code.to_string(),
+                n: *n,
+            })
             .collect(),
         ..UsageDelta::default()
     }
@@ -335,9 +341,19 @@ fn seen(key_id: &str, sources: &[(&str, i64, i64, i64)]) -> UsageDelta {
         key_id: key_id.into(),
         sources: sources
             .iter()
-            .map(|(ip, first, last, n)| (ip.to_string(), at(*first), at(*last), *n))
+            .map(|(ip, first, last, n)| sourced(ip, *first, *last, *n))
             .collect(),
         ..UsageDelta::default()
+    }
+}
+
+/// A source address as the verification path hands it over (times in seconds).
+fn sourced(ip: &str, first: i64, last: i64, count: i64) -> SourceSeen {
+    SourceSeen {
+        ip: ip.to_string(),
+        first: at(first),
+        last: at(last),
+        count,
     }
 }
 
@@ -402,7 +418,7 @@ async fn source_addresses_are_upserted_and_bounded_per_key(store: Arc<dyn Store>
             key_id: c.id.clone(),
             sources: first
                 .iter()
-                .map(|(ip, f, l, n)| (ip.clone(), at(*f), at(*l), *n))
+                .map(|(ip, f, l, n)| sourced(ip, *f, *l, *n))
                 .collect(),
             ..UsageDelta::default()
         }])
@@ -440,7 +456,7 @@ async fn source_addresses_are_upserted_and_bounded_per_key(store: Arc<dyn Store>
     store
         .apply_usage(&[UsageDelta {
             key_id: d.id.clone(),
-            sources: (0..max + 3).map(|i| (ip(i), at(i), at(i), 1)).collect(),
+            sources: (0..max + 3).map(|i| sourced(&ip(i), i, i, 1)).collect(),
             ..UsageDelta::default()
         }])
         .await
