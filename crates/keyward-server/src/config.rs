@@ -24,7 +24,7 @@ pub struct Config {
     #[arg(long, env = "KEYWARD_TRUST_PROXY_HEADERS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub trust_proxy_headers: bool,
     /// Redis for cluster-wide rate limits: `redis://[:password@]host[:port][/db]`.
-    #[arg(long, env = "KEYWARD_REDIS_URL", value_parser = RedisUrlParser)]
+    #[arg(long, env = "KEYWARD_REDIS_URL", hide_env_values = true, value_parser = RedisUrlParser)]
     pub redis_url: Option<RedisUrl>,
     /// A valid use after this many seconds without one is a `dormant_reactivated` anomaly.
     #[arg(long = "dormant-secs", env = "KEYWARD_DORMANT_SECS", default_value = "2592000", value_parser = secs)]

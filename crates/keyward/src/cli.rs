@@ -60,6 +60,7 @@ pub struct DbArgs {
     #[arg(
         long,
         env = "KEYWARD_DATABASE_URL",
+        hide_env_values = true,
         default_value = "sqlite://keyward.db"
     )]
     pub database_url: String,

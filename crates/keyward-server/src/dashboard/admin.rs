@@ -59,7 +59,7 @@ fn preset_of(name: &str) -> Option<Preset> {
 
 pub(crate) async fn new_keyspace(s: SignedIn) -> PageResult<Markup> {
     let ctx = s.ctx();
-    ctx.allow::<authz::WriteKeyspaces>()?;
+    ctx.allow::<authz::CreateKeyspaces>()?;
     Ok(view::new_keyspace(
         &s,
         &NewKeyspace {
@@ -78,7 +78,7 @@ pub(crate) async fn create_keyspace(
 ) -> PageResult {
     s.check_csrf(&form)?;
     let ctx = s.ctx();
-    let who = ctx.allow::<authz::WriteKeyspaces>()?;
+    let who = ctx.allow::<authz::CreateKeyspaces>()?;
     let name = form.get("name").unwrap_or("").trim().to_string();
     let prefix = form.get("prefix").unwrap_or("").trim().to_string();
     let preset = form.get("preset").unwrap_or("standard").to_string();

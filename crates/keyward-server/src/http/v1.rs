@@ -59,7 +59,7 @@ pub(crate) async fn create_keyspace(
     body: JsonBody,
 ) -> Result<Response> {
     let ctx = auth.ctx();
-    let who = ctx.allow::<authz::WriteKeyspaces>()?;
+    let who = ctx.allow::<authz::CreateKeyspaces>()?;
     let input = body.parse()?;
     let ks = service::create_keyspace(&st, &who, input).await?;
     Ok((StatusCode::CREATED, Json(ks)).into_response())

@@ -26,7 +26,9 @@ use keyward_store::{NewEvent, StoreError, StoreTx};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::authz::{Allowed, Ctx, ManageTokens, ReadKeys, WriteKeys, WriteKeyspaces};
+use crate::authz::{
+    Allowed, CreateKeyspaces, Ctx, ManageTokens, ReadKeys, WriteKeys, WriteKeyspaces,
+};
 use keyward_core::kinds::{AuditAction, TargetType, WebhookEvent};
 
 use crate::error::{Error, Result};
@@ -119,11 +121,10 @@ pub struct PatchKeyspace {
 
 pub async fn create_keyspace(
     st: &AppState,
-    who: &Allowed<'_, WriteKeyspaces>,
+    who: &Allowed<'_, CreateKeyspaces>,
     input: CreateKeyspace,
 ) -> Result<Keyspace> {
     let ctx = who.ctx();
-    ctx.require_unlimited("creating keyspaces")?;
     check_name("name", &input.name).map_err(Error::bad_request)?;
     keyformat::check_prefix(&input.prefix).map_err(Error::bad_request)?;
     let base = input.preset.unwrap_or(Preset::Standard).policy();

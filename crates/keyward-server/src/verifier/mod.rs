@@ -214,9 +214,11 @@ impl Verifier {
             Cached::Unknown => {
                 self.metrics.cache_miss();
                 // Read once whatever its prefix: a keyspace created on another node a moment
-                // ago is not known here yet, and its first key must verify at once. The
-                // checksum already proved the string came from a keyward; the answer, "no such
-                // key" included, is cached.
+                // ago is not known here yet, and its first key must verify at once. The answer,
+                // "no such key" included, is cached. The checksum only keeps typos and other
+                // systems' strings out (CRC32 is public: a caller who crafts distinct well-formed
+                // keys costs one indexed read each, as with a known prefix before; see
+                // docs/decisions.md).
                 self.load(hash).await?
             }
         };

@@ -52,6 +52,10 @@ macro_rules! for_backend {
 
         pub(super) async fn list_anomalies(pool: &sqlx::Pool<$DB>, f: &AnomalyFilter) -> Result<Vec<Anomaly>> {
             let mut q = sqlx::QueryBuilder::<$DB>::new(format!("SELECT {ANOMALY_COLS} FROM anomalies WHERE 1 = 1"));
+            // Kinds this release knows only: a kind a newer release added (a rolling upgrade)
+            // is left out of the list instead of failing it.
+            let kinds: Vec<String> = AnomalyKind::ALL.iter().map(|k| k.as_str().to_string()).collect();
+            push_in(&mut q, "kind", Some(&kinds));
             push_in(&mut q, "keyspace_id", f.keyspace_ids.as_deref());
             if let Some(k) = &f.key_id {
                 q.push(" AND key_id = ").push_bind(k.clone());

@@ -144,6 +144,7 @@ macro_rules! for_backend {
         /// the caller's lock.
         pub(super) async fn run(conn: &mut <$DB as sqlx::Database>::Connection) -> Result<()> {
             carry_over(&mut *conn).await?;
+            refuse_foreign(&mut *conn).await?;
             let migrator = migrator(MIGRATIONS).await?;
             migrator.run(&mut *conn).await.map_err(migrate_err)
         }
@@ -151,6 +152,43 @@ macro_rules! for_backend {
         async fn table_exists(conn: &mut <$DB as sqlx::Database>::Connection, name: &str) -> Result<bool> {
             let r = sqlx::query($table_exists).bind(name).fetch_one(&mut *conn).await.map_err(map_err)?;
             Ok(get::<i64, _>(&r, "n")? > 0)
+        }
+
+        /// Refuses a `_sqlx_migrations` table that another application's sqlx wrote (keyward
+        /// pointed at a schema it shares): its versions are none of keyward's, or one of
+        /// keyward's versions has another description. Running keyward's migrations there would
+        /// mix two applications' histories in one table and make the other one refuse to start.
+        async fn refuse_foreign(conn: &mut <$DB as sqlx::Database>::Connection) -> Result<()> {
+            if !table_exists(&mut *conn, "_sqlx_migrations").await? {
+                return Ok(());
+            }
+            let ours = carried(MIGRATIONS);
+            let rows = sqlx::query("SELECT version, description FROM _sqlx_migrations")
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            let mut known = 0;
+            for r in &rows {
+                let version: i64 = get(r, "version")?;
+                let description: String = get(r, "description")?;
+                match ours.iter().find(|(v, _, _)| *v == version) {
+                    Some((_, d, _)) if *d == description => known += 1,
+                    Some(_) => return Err(foreign()),
+                    None => {}
+                }
+            }
+            if !rows.is_empty() && known == 0 {
+                return Err(foreign());
+            }
+            Ok(())
+        }
+
+        fn foreign() -> crate::StoreError {
+            crate::StoreError::Other(
+                "the database's _sqlx_migrations table holds another application's migrations: \
+                 give keyward a database (or PostgreSQL schema) of its own; not opening it"
+                    .into(),
+            )
         }
 
         /// Records in `_sqlx_migrations` the versions a database written before the checksummed

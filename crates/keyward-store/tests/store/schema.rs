@@ -404,3 +404,41 @@ async fn a_migration_of_a_newer_release_does_not_stop_open(db: &TestDb) {
 conformance!(with_db a_migration_of_a_newer_release_does_not_stop_open
     => sqlite_a_migration_of_a_newer_release_does_not_stop_open,
        postgres_a_migration_of_a_newer_release_does_not_stop_open);
+
+/// A `_sqlx_migrations` table written by another application (keyward pointed at a schema it
+/// shares) is refused with a message that says so, and nothing is written into it: running
+/// keyward's migrations there would mix two histories and stop the other application.
+async fn another_applications_migration_table_is_refused(db: &TestDb) {
+    let _ = db.store();
+    let (installed, checksum) = match db.backend_name() {
+        "sqlite" => ("CURRENT_TIMESTAMP", format!("X'{}'", "cd".repeat(48))),
+        _ => ("now()", format!("'\\x{}'::bytea", "cd".repeat(48))),
+    };
+    // Only the other application's history: none of keyward's versions.
+    db.execute_in(&format!(
+        "DELETE FROM _sqlx_migrations; INSERT INTO _sqlx_migrations (version, description, \
+         installed_on, success, checksum, execution_time) VALUES (20240101000000, \
+         'create invoices', {installed}, TRUE, {checksum}, 1)"
+    ))
+    .await;
+    let refused = |r: Result<_, keyward_store::StoreError>| match r {
+        Ok(_) => panic!("opened a schema with another application's migrations"),
+        Err(e) => e.to_string(),
+    };
+    let text = refused(db.opener().open().await);
+    assert!(text.contains("another application"), "{text}");
+    assert_eq!(db.migrations_table().await.len(), 1, "nothing was written");
+
+    // One of keyward's versions under another description is another history too.
+    db.execute_in(&format!(
+        "DELETE FROM _sqlx_migrations; INSERT INTO _sqlx_migrations (version, description, \
+         installed_on, success, checksum, execution_time) VALUES (1, 'create invoices', \
+         {installed}, TRUE, {checksum}, 1)"
+    ))
+    .await;
+    let text = refused(db.opener().open().await);
+    assert!(text.contains("another application"), "{text}");
+}
+conformance!(with_db another_applications_migration_table_is_refused
+    => sqlite_another_applications_migration_table_is_refused,
+       postgres_another_applications_migration_table_is_refused);
