@@ -137,7 +137,7 @@ pub(crate) async fn keyspace(
 ) -> PageResult<Markup> {
     let ctx = s.ctx();
     let who = ctx.allow::<authz::ReadKeys>()?;
-    let ks = service::get_keyspace(&st, &who, &id).await?;
+    let ks = service::get_keyspace(&st, &who, &service::keyspace_id(&id)?).await?;
     let notice = match q.get("done") {
         Some("policy") => Some((
             "ok",
@@ -190,7 +190,7 @@ pub(crate) async fn update_keyspace(
     s.check_csrf(&form)?;
     let ctx = s.ctx();
     let who = ctx.allow::<authz::WriteKeyspaces>()?;
-    let ks = service::get_keyspace(&st, &ctx.allow()?, &id).await?;
+    let ks = service::get_keyspace(&st, &ctx.allow()?, &service::keyspace_id(&id)?).await?;
     if form.get("action") == Some("preset") {
         // Show the preset's values in the editor; nothing is saved until "Save policy".
         let Some(p) = form.get("preset").and_then(preset_of) else {
@@ -221,7 +221,7 @@ pub(crate) async fn update_keyspace(
         Ok(i) => i,
         Err(m) => return Ok(fail(&m)),
     };
-    match service::update_keyspace(&st, &who, &id, input).await {
+    match service::update_keyspace(&st, &who, &service::keyspace_id(&id)?, input).await {
         Ok(_) => Ok(redirect(&format!(
             "/keyspaces/{}?done=policy",
             ui::urlencode(&id)
@@ -375,6 +375,6 @@ pub(crate) async fn revoke_token(
     let ctx = s.ctx();
     let who = ctx.allow::<authz::ManageTokens>()?;
     let reason = form.text("reason").unwrap_or_default();
-    service::revoke_token(&st.records(), &who, &id, &reason).await?;
+    service::revoke_token(&st.records(), &who, &service::token_id(&id)?, &reason).await?;
     Ok(redirect("/tokens?done=token_revoked"))
 }

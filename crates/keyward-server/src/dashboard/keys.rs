@@ -505,7 +505,10 @@ async fn lineage_key(
     who: &Allowed<'_, authz::ReadKeys>,
     id: &str,
 ) -> PageResult<Option<Key>> {
-    match service::get_key(st, who, id).await {
+    let Some(id) = keyward_core::id::KeyId::parse(id) else {
+        return Ok(None);
+    };
+    match service::get_key(st, who, &id).await {
         Ok(k) => Ok(Some(k)),
         Err(e) if e.code == ErrorCode::NotFound => Ok(None),
         Err(e) => Err(e.into()),
@@ -563,8 +566,8 @@ pub(crate) async fn detail(
 ) -> PageResult<Markup> {
     let ctx = s.ctx();
     let who = ctx.allow::<authz::ReadKeys>()?;
-    let key = service::get_key(&st, &who, &id).await?;
-    let ks = service::get_keyspace(&st, &who, &key.keyspace_id)
+    let key = service::get_key(&st, &who, &service::key_id(&id)?).await?;
+    let ks = service::get_keyspace(&st, &who, &service::keyspace_id(&key.keyspace_id)?)
         .await
         .ok();
     let now = st.clock.now();
@@ -632,7 +635,7 @@ pub(crate) async fn revoke(
         ));
     }
     let reason = form.text("reason").unwrap_or_default();
-    service::revoke_key(&st, &who, &id, &reason).await?;
+    service::revoke_key(&st, &who, &service::key_id(&id)?, &reason).await?;
     Ok(redirect(&format!(
         "/keys/{}?done=revoked",
         ui::urlencode(&id)
@@ -650,7 +653,7 @@ pub(crate) async fn set_enabled(
     let who = ctx.allow::<authz::WriteKeys>()?;
     let enabled = form.get("enabled") == Some("true");
     let patch: service::PatchKey = parse_input(json!({ "enabled": enabled }))?;
-    service::update_key(&st, &who, &id, patch).await?;
+    service::update_key(&st, &who, &service::key_id(&id)?, patch).await?;
     let done = if enabled { "enabled" } else { "disabled" };
     Ok(redirect(&format!(
         "/keys/{}?done={done}",
@@ -679,7 +682,7 @@ pub(crate) async fn rotate(
     }
     let input: service::RotateKey = parse_input(Value::Object(body))?;
     let old = id.clone();
-    let (key, plaintext) = service::rotate_key(&st, &who, &id, input).await?;
+    let (key, plaintext) = service::rotate_key(&st, &who, &service::key_id(&id)?, input).await?;
     Ok(secret_page(view::key_rotated(&s, &key, &plaintext, &old)))
 }
 

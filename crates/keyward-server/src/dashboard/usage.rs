@@ -31,9 +31,17 @@ pub(crate) async fn key_usage<'a>(
 ) -> PageResult<KeyUsage<'a>> {
     let now = st.clock.now();
     let (from, to) = view.range(now);
-    let (_, buckets) = service::key_usage(st, who, &key.id, view.granularity(), from, to).await?;
+    let (_, buckets) = service::key_usage(
+        st,
+        who,
+        &service::key_id(&key.id)?,
+        view.granularity(),
+        from,
+        to,
+    )
+    .await?;
     let u = Usage::from_buckets(view, now, &buckets);
-    let (_, sources) = service::key_sources(st, who, &key.id).await?;
+    let (_, sources) = service::key_sources(st, who, &service::key_id(&key.id)?).await?;
     let filter = AnomalyFilter {
         key_id: Some(key.id.clone()),
         page: Page {

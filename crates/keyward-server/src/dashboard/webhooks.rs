@@ -62,7 +62,7 @@ async fn webhooks_page<'a>(
         let attempts = service::list_deliveries(
             st,
             who,
-            &h.id,
+            &service::webhook_id(&h.id)?,
             &Page {
                 limit: ATTEMPTS_SHOWN,
                 after: None,
@@ -140,6 +140,6 @@ pub(crate) async fn delete(
             "Confirm the deletion by ticking the box.".into(),
         ));
     }
-    service::delete_webhook(&st, &who, &id).await?;
+    service::delete_webhook(&st, &who, &service::webhook_id(&id)?).await?;
     Ok(redirect("/webhooks?done=deleted"))
 }

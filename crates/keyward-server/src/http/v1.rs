@@ -97,7 +97,7 @@ pub(crate) async fn get_keyspace(
 ) -> Result<Response> {
     let ctx = auth.ctx();
     let who = ctx.allow::<authz::ReadKeys>()?;
-    Ok(Json(service::get_keyspace(&st, &who, &id).await?).into_response())
+    Ok(Json(service::get_keyspace(&st, &who, &service::keyspace_id(&id)?).await?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -128,7 +128,7 @@ pub(crate) async fn patch_keyspace(
     let ks = service::update_keyspace(
         &st,
         &who,
-        &id,
+        &service::keyspace_id(&id)?,
         service::PatchKeyspace {
             name: b.name,
             policy: b.policy,
@@ -221,7 +221,7 @@ pub(crate) async fn get_key(
 ) -> Result<Json<Value>> {
     let ctx = auth.ctx();
     let who = ctx.allow::<authz::ReadKeys>()?;
-    let k = service::get_key(&st, &who, &id).await?;
+    let k = service::get_key(&st, &who, &service::key_id(&id)?).await?;
     Ok(Json(key_json(&k, &st)))
 }
 
@@ -234,7 +234,7 @@ pub(crate) async fn patch_key(
     let ctx = auth.ctx();
     let who = ctx.allow::<authz::WriteKeys>()?;
     let p = body.parse()?;
-    let k = service::update_key(&st, &who, &id, p).await?;
+    let k = service::update_key(&st, &who, &service::key_id(&id)?, p).await?;
     Ok(Json(key_json(&k, &st)))
 }
 
@@ -253,7 +253,7 @@ pub(crate) async fn revoke_key(
     let ctx = auth.ctx();
     let who = ctx.allow::<authz::WriteKeys>()?;
     let b: ReasonBody = body.parse()?;
-    let k = service::revoke_key(&st, &who, &id, &b.reason).await?;
+    let k = service::revoke_key(&st, &who, &service::key_id(&id)?, &b.reason).await?;
     Ok(Json(key_json(&k, &st)))
 }
 
@@ -278,7 +278,7 @@ pub(crate) async fn rotate_key(
     let ctx = auth.ctx();
     let who = ctx.allow::<authz::WriteKeys>()?;
     let input = body.parse_or_default()?;
-    let (key, plaintext) = service::rotate_key(&st, &who, &id, input).await?;
+    let (key, plaintext) = service::rotate_key(&st, &who, &service::key_id(&id)?, input).await?;
     let mut v = key_json(&key, &st);
     v["key"] = json!(plaintext.expose());
     Ok((StatusCode::CREATED, Json(v)).into_response())
@@ -334,7 +334,12 @@ pub(crate) async fn revoke_token(
     let ctx = auth.ctx();
     let who = ctx.allow::<authz::ManageTokens>()?;
     let b: ReasonBody = body.parse()?;
-    Ok(Json(service::revoke_token(&st.records(), &who, &id, &b.reason).await?).into_response())
+    Ok(
+        Json(
+            service::revoke_token(&st.records(), &who, &service::token_id(&id)?, &b.reason).await?,
+        )
+        .into_response(),
+    )
 }
 
 // ---------------------------------------------------------------- audit
@@ -532,7 +537,7 @@ pub(crate) async fn delete_webhook(
 ) -> Result<Response> {
     let ctx = auth.ctx();
     let who = ctx.allow::<authz::ManageTokens>()?;
-    service::delete_webhook(&st, &who, &id).await?;
+    service::delete_webhook(&st, &who, &service::webhook_id(&id)?).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -551,7 +556,7 @@ pub(crate) async fn list_deliveries(
     let rows = service::list_deliveries(
         &st,
         &who,
-        &id,
+        &service::webhook_id(&id)?,
         &Page {
             limit: limit + 1,
             after,
@@ -641,7 +646,7 @@ pub(crate) async fn key_usage(
     let (from, to) = range(&mut params, st.clock.now())?;
     check_span(g, from, to)?;
     params.finish()?;
-    let (key, buckets) = service::key_usage(&st, &who, &id, g, from, to).await?;
+    let (key, buckets) = service::key_usage(&st, &who, &service::key_id(&id)?, g, from, to).await?;
     let (series, totals) = usage_series(&buckets);
     Ok(Json(
         json!({"key_id": key.id, "granularity": g, "from": from, "to": to, "buckets": series, "totals": totals}),
@@ -662,7 +667,8 @@ pub(crate) async fn keyspace_usage(
     check_span(g, from, to)?;
     let top = params.take_int("top", 1)?.unwrap_or(10).min(100) as usize;
     params.finish()?;
-    let (ks, buckets) = service::keyspace_usage(&st, &who, &id, g, from, to).await?;
+    let (ks, buckets) =
+        service::keyspace_usage(&st, &who, &service::keyspace_id(&id)?, g, from, to).await?;
     let (series, totals) = usage_series(&buckets);
     let mut valid: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
     let mut denied: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
@@ -688,7 +694,7 @@ pub(crate) async fn keyspace_usage(
         async move {
             let mut out = Vec::with_capacity(rows.len());
             for (id, n) in rows {
-                let name = match service::get_key(&st, who, &id).await {
+                let name = match service::get_key(&st, who, &service::key_id(&id)?).await {
                     Ok(k) => Some(k.name),
                     Err(e) if e.code == crate::error::ErrorCode::NotFound => None,
                     Err(e) => return Err(e),
@@ -713,7 +719,7 @@ pub(crate) async fn key_sources(
 ) -> Result<Json<Value>> {
     let ctx = auth.ctx();
     let who = ctx.allow::<authz::ReadKeys>()?;
-    let (key, sources) = service::key_sources(&st, &who, &id).await?;
+    let (key, sources) = service::key_sources(&st, &who, &service::key_id(&id)?).await?;
     Ok(Json(json!({"key_id": key.id, "items": sources})))
 }
 

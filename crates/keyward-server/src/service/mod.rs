@@ -13,7 +13,7 @@ pub use reads::*;
 
 use std::collections::BTreeMap;
 
-use keyward_core::id::new_id;
+use keyward_core::id::{new_id, KeyId, KeyspaceId, TokenId, WebhookId};
 use keyward_core::keyformat::{self, KeyHash, TOKEN_PREFIX};
 use keyward_core::model::{
     check_cidrs, check_labels, check_meta, check_name, check_reason, check_scopes, Key, KeyStatus,
@@ -82,6 +82,21 @@ fn change(
     if old != new {
         changes.insert(field.into(), json!([old, new]));
     }
+}
+
+/// Ids named in a path, parsed at the edge: a string without its kind's shape names no object
+/// (404, like an unknown id; it is not echoed).
+pub fn key_id(s: &str) -> Result<KeyId> {
+    KeyId::parse(s).ok_or_else(|| Error::not_found("key not found"))
+}
+pub fn keyspace_id(s: &str) -> Result<KeyspaceId> {
+    KeyspaceId::parse(s).ok_or_else(|| Error::not_found("keyspace not found"))
+}
+pub fn token_id(s: &str) -> Result<TokenId> {
+    TokenId::parse(s).ok_or_else(|| Error::not_found("token not found"))
+}
+pub fn webhook_id(s: &str) -> Result<WebhookId> {
+    WebhookId::parse(s).ok_or_else(|| Error::not_found("webhook not found"))
 }
 
 /// A 404 that names the id only when it has the shape of an id of that kind (whatever a
@@ -168,7 +183,7 @@ pub async fn create_keyspace(
 pub async fn get_keyspace(
     st: &AppState,
     who: &Allowed<'_, ReadKeys>,
-    id: &str,
+    id: &KeyspaceId,
 ) -> Result<Keyspace> {
     keyspace_seen(st, who.ctx(), id).await
 }
@@ -187,7 +202,7 @@ pub(crate) async fn keyspace_seen(st: &AppState, ctx: &Ctx, id: &str) -> Result<
 pub async fn update_keyspace(
     st: &AppState,
     who: &Allowed<'_, WriteKeyspaces>,
-    id: &str,
+    id: &KeyspaceId,
     input: PatchKeyspace,
 ) -> Result<Keyspace> {
     let ctx = who.ctx();
@@ -447,7 +462,7 @@ fn new_key_record(
 }
 
 /// A key the context may see, read outside a transaction.
-pub async fn get_key(st: &AppState, who: &Allowed<'_, ReadKeys>, id: &str) -> Result<Key> {
+pub async fn get_key(st: &AppState, who: &Allowed<'_, ReadKeys>, id: &KeyId) -> Result<Key> {
     key_seen(st, who.ctx(), id).await
 }
 
@@ -491,7 +506,7 @@ fn required<T>(field: &str, v: Option<T>) -> Result<T> {
 pub async fn update_key(
     st: &AppState,
     who: &Allowed<'_, WriteKeys>,
-    id: &str,
+    id: &KeyId,
     p: PatchKey,
 ) -> Result<Key> {
     let ctx = who.ctx();
@@ -637,7 +652,7 @@ fn revoke_in_place(k: &mut Key, ctx: &Ctx, now: Timestamp, reason: &str, ev: &mu
 pub async fn revoke_key(
     st: &AppState,
     who: &Allowed<'_, WriteKeys>,
-    id: &str,
+    id: &KeyId,
     reason: &str,
 ) -> Result<Key> {
     let ctx = who.ctx();
@@ -718,7 +733,7 @@ pub struct RotateKey {
 pub async fn rotate_key(
     st: &AppState,
     who: &Allowed<'_, WriteKeys>,
-    id: &str,
+    id: &KeyId,
     input: RotateKey,
 ) -> Result<(Key, Secret)> {
     let ctx = who.ctx();
@@ -912,7 +927,7 @@ pub async fn create_token(
 pub async fn revoke_token(
     st: &Records,
     who: &Allowed<'_, ManageTokens>,
-    id: &str,
+    id: &TokenId,
     reason: &str,
 ) -> Result<Token> {
     let ctx = who.ctx();
@@ -1029,7 +1044,7 @@ pub async fn create_webhook(
 pub async fn delete_webhook(
     st: &AppState,
     who: &Allowed<'_, ManageTokens>,
-    id: &str,
+    id: &WebhookId,
 ) -> Result<()> {
     let ctx = who.ctx();
     ctx.require_unlimited("managing webhooks")?;

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use keyward_core::audit::{ChainCheck, ChainVerifier};
+use keyward_core::id::{KeyId, KeyspaceId, WebhookId};
 use keyward_core::kinds::Granularity;
 use keyward_core::model::{Anomaly, AuditEvent, Key, Keyspace, Source, Token, Webhook};
 use keyward_core::time::Timestamp;
@@ -60,7 +61,7 @@ pub async fn list_keys(
 pub async fn key_usage(
     st: &AppState,
     who: &Allowed<'_, ReadKeys>,
-    key_id: &str,
+    key_id: &KeyId,
     granularity: Granularity,
     from: Timestamp,
     to: Timestamp,
@@ -77,7 +78,7 @@ pub async fn key_usage(
 pub async fn keyspace_usage(
     st: &AppState,
     who: &Allowed<'_, ReadKeys>,
-    keyspace_id: &str,
+    keyspace_id: &KeyspaceId,
     granularity: Granularity,
     from: Timestamp,
     to: Timestamp,
@@ -106,7 +107,7 @@ pub async fn all_usage(
 pub async fn key_sources(
     st: &AppState,
     who: &Allowed<'_, ReadKeys>,
-    key_id: &str,
+    key_id: &KeyId,
 ) -> Result<(Key, Vec<Source>)> {
     let key = key_seen(st, who.ctx(), key_id).await?;
     let sources = st.store.sources(&key.id).await?;
@@ -193,7 +194,7 @@ pub async fn list_webhooks(
 pub async fn list_deliveries(
     st: &AppState,
     _who: &Allowed<'_, ManageTokens>,
-    webhook_id: &str,
+    webhook_id: &WebhookId,
     page: &Page<TimeCursor>,
 ) -> Result<Vec<Attempt>> {
     if st.store.webhook(webhook_id).await?.is_none() {
