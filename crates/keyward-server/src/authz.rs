@@ -55,7 +55,7 @@ impl Ctx {
     pub fn allow<R: Right>(&self) -> Result<Allowed<'_, R>> {
         if !self.role.may(R::PERMISSION) {
             return Err(Error::forbidden(format!(
-                "role '{}' may not do this",
+                "role '{}' does not allow this",
                 self.role.as_str()
             )));
         }
