@@ -5,6 +5,7 @@
 //! not find in its cache; one it finds was parsed when it was issued). Only the SHA-256 of the
 //! whole string is ever stored ([`KeyHash`]).
 
+use crate::invalid::Invalid;
 use sha2::{Digest, Sha256};
 
 use crate::secret::Secret;
@@ -47,9 +48,9 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// Why a prefix is not acceptable, as a message for a 400.
-pub fn check_prefix(prefix: &str) -> Result<(), String> {
+pub fn check_prefix(prefix: &str) -> Result<(), Invalid> {
     if prefix.is_empty() || prefix.len() > MAX_PREFIX_LEN {
-        return Err(format!("prefix must be 1..{MAX_PREFIX_LEN} characters"));
+        return Err(format!("prefix must be 1..{MAX_PREFIX_LEN} characters").into());
     }
     if !prefix_grammar_ok(prefix) {
         return Err(

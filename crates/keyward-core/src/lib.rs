@@ -4,6 +4,7 @@
 //! - [`keyformat`]: generating, parsing and hashing API keys and management tokens.
 //! - [`secret`]: the type that holds plaintext secrets (redacting `Debug`, zeroed on drop).
 //! - [`time`]: [`time::Timestamp`] and the [`time::Clock`] that tests control.
+//! - [`invalid`]: [`invalid::Invalid`], the error of every validator and parser.
 //! - [`id`]: prefixed, time-ordered object ids.
 //! - [`scope`], [`policy`], [`model`]: validated domain types.
 //! - [`verify`]: the verification decision, a pure function of key state, request and `now`.
@@ -14,6 +15,7 @@
 
 pub mod audit;
 pub mod id;
+pub mod invalid;
 pub mod keyformat;
 pub mod kinds;
 pub mod model;

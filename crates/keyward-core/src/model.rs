@@ -1,6 +1,7 @@
 //! Domain records: keyspaces, keys, management tokens, actors and audit events, with the
 //! validation rules of the API contract (the OpenAPI document) as pure functions.
 
+use crate::invalid::Invalid;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -80,7 +81,7 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), Invalid> {
         if !(1..=1_000_000_000).contains(&self.limit) {
             return Err("ratelimit.limit must be an integer in 1..1000000000".into());
         }
@@ -345,42 +346,42 @@ pub struct AuditEvent {
 const SECRET_IN_TEXT: &str =
     "contains what looks like an API key or token; keyward never stores plaintext keys";
 
-fn check_no_secret(field: &str, s: &str) -> Result<(), String> {
+fn check_no_secret(field: &str, s: &str) -> Result<(), Invalid> {
     if crate::keyformat::contains_key_material(s) {
-        return Err(format!("{field} {SECRET_IN_TEXT}"));
+        return Err(format!("{field} {SECRET_IN_TEXT}").into());
     }
     Ok(())
 }
 
-pub fn check_name(field: &str, s: &str) -> Result<(), String> {
+pub fn check_name(field: &str, s: &str) -> Result<(), Invalid> {
     check_no_secret(field, s)?;
     let n = s.chars().count();
     if n == 0 || n > MAX_NAME_LEN || s.trim().is_empty() {
-        return Err(format!(
-            "{field} must be 1..{MAX_NAME_LEN} characters, not only spaces"
-        ));
+        return Err(
+            format!("{field} must be 1..{MAX_NAME_LEN} characters, not only spaces").into(),
+        );
     }
     if s.chars().any(char::is_control) {
-        return Err(format!("{field} may not contain control characters"));
+        return Err(format!("{field} may not contain control characters").into());
     }
     Ok(())
 }
 
-pub fn check_reason(s: &str) -> Result<(), String> {
+pub fn check_reason(s: &str) -> Result<(), Invalid> {
     check_no_secret("reason", s)?;
     if s.chars().any(char::is_control) {
         return Err("reason may not contain control characters".into());
     }
     let n = s.chars().count();
     if n == 0 || n > MAX_REASON_LEN || s.trim().is_empty() {
-        return Err(format!("reason must be 1..{MAX_REASON_LEN} characters"));
+        return Err(format!("reason must be 1..{MAX_REASON_LEN} characters").into());
     }
     Ok(())
 }
 
-pub fn check_scopes(scopes: &[String]) -> Result<(), String> {
+pub fn check_scopes(scopes: &[String]) -> Result<(), Invalid> {
     if scopes.len() > MAX_SCOPES {
-        return Err(format!("at most {MAX_SCOPES} scopes"));
+        return Err(format!("at most {MAX_SCOPES} scopes").into());
     }
     scopes.iter().try_for_each(|s| {
         check_no_secret("a scope", s)?;
@@ -388,9 +389,9 @@ pub fn check_scopes(scopes: &[String]) -> Result<(), String> {
     })
 }
 
-pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
+pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), Invalid> {
     if labels.len() > MAX_LABELS {
-        return Err(format!("at most {MAX_LABELS} labels"));
+        return Err(format!("at most {MAX_LABELS} labels").into());
     }
     for (k, v) in labels {
         check_no_secret("a label name", k)?;
@@ -401,26 +402,28 @@ pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
             return Err(format!(
                 "label name '{}' must be 1..64 characters of [A-Za-z0-9_./-]",
                 crate::keyformat::shown(k)
-            ));
+            )
+            .into());
         }
         check_no_secret("a label value", v)?;
         if v.chars().count() > 256 || v.chars().any(char::is_control) {
             return Err(format!(
                 "label '{k}': value must be at most 256 characters without control characters"
-            ));
+            )
+            .into());
         }
     }
     Ok(())
 }
 
-pub fn check_meta(meta: &Map<String, Value>) -> Result<(), String> {
+pub fn check_meta(meta: &Map<String, Value>) -> Result<(), Invalid> {
     let size = serde_json::to_vec(meta)
         .map(|v| v.len())
         .unwrap_or(usize::MAX);
     if size > MAX_META_BYTES {
-        return Err(format!(
-            "meta is {size} bytes as compact JSON; at most {MAX_META_BYTES}"
-        ));
+        return Err(
+            format!("meta is {size} bytes as compact JSON; at most {MAX_META_BYTES}").into(),
+        );
     }
     fn walk(v: &Value) -> bool {
         match v {
@@ -436,14 +439,14 @@ pub fn check_meta(meta: &Map<String, Value>) -> Result<(), String> {
         .iter()
         .any(|(k, v)| crate::keyformat::contains_key_material(k) || walk(v))
     {
-        return Err(format!("meta {SECRET_IN_TEXT}"));
+        return Err(format!("meta {SECRET_IN_TEXT}").into());
     }
     Ok(())
 }
 
-pub fn check_cidrs(cidrs: &[String]) -> Result<(), String> {
+pub fn check_cidrs(cidrs: &[String]) -> Result<(), Invalid> {
     if cidrs.len() > MAX_CIDRS {
-        return Err(format!("at most {MAX_CIDRS} allowed_cidrs"));
+        return Err(format!("at most {MAX_CIDRS} allowed_cidrs").into());
     }
     for c in cidrs {
         parse_cidr(c)?;
@@ -452,7 +455,7 @@ pub fn check_cidrs(cidrs: &[String]) -> Result<(), String> {
 }
 
 /// A CIDR (`203.0.113.0/24`, `2001:db8::/32`) or a single address (a /32 or /128).
-pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
+pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, Invalid> {
     if let Ok(n) = s.parse::<ipnet::IpNet>() {
         return Ok(n.trunc());
     }
@@ -462,11 +465,12 @@ pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
     Err(format!(
         "'{}' is not a CIDR such as 203.0.113.0/24",
         crate::keyformat::shown(s)
-    ))
+    )
+    .into())
 }
 
 /// Parses a source address; an IPv4-mapped IPv6 address becomes the IPv4 address.
-pub fn parse_ip(s: &str) -> Result<std::net::IpAddr, String> {
+pub fn parse_ip(s: &str) -> Result<std::net::IpAddr, Invalid> {
     let ip: std::net::IpAddr = s.parse().map_err(|_| {
         format!(
             "ip '{}' is not an IPv4 or IPv6 address",

@@ -1,6 +1,7 @@
 //! Keyspace policies and their presets. A policy is data; the rules that use it are pure
 //! functions of the policy, the key and `now`.
 
+use crate::invalid::Invalid;
 use serde::{Deserialize, Deserializer, Serialize};
 
 const DAY: i64 = 86_400;
@@ -92,18 +93,19 @@ pub struct PolicyPatch {
     pub max_keys_per_owner: Option<Option<i64>>,
 }
 
-fn limit(name: &str, v: Option<i64>) -> Result<Option<i64>, String> {
+fn limit(name: &str, v: Option<i64>) -> Result<Option<i64>, Invalid> {
     match v {
         Some(n) if !(1..=MAX_DURATION_SECS).contains(&n) => Err(format!(
             "policy.{name} must be null or an integer in 1..{MAX_DURATION_SECS}"
-        )),
+        )
+        .into()),
         other => Ok(other),
     }
 }
 
 impl PolicyPatch {
     /// Applies the patch field by field over `base`; a 400 message when a value is invalid.
-    pub fn apply(&self, base: &Policy) -> Result<Policy, String> {
+    pub fn apply(&self, base: &Policy) -> Result<Policy, Invalid> {
         let mut p = base.clone();
         if let Some(v) = self.max_lifetime_secs {
             p.max_lifetime_secs = limit("max_lifetime_secs", v)?;
@@ -126,7 +128,7 @@ impl PolicyPatch {
                 _ => {
                     return Err(format!(
                         "policy.rotation_grace_secs must be an integer in 0..{MAX_DURATION_SECS} (never null)"
-                    ))
+                    ).into())
                 }
             }
         }

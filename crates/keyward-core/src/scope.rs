@@ -1,6 +1,8 @@
 //! Scopes: `segment(:segment)*`, 1..128 characters, segments of `[A-Za-z0-9_.-]`. A key's scope
 //! may end in the segment `*` (or be `*`), which grants every scope under it.
 
+use crate::invalid::Invalid;
+
 pub const MAX_SCOPE_LEN: usize = 128;
 
 fn segment_ok(seg: &str) -> bool {
@@ -11,36 +13,35 @@ fn segment_ok(seg: &str) -> bool {
 }
 
 /// Validates a scope held by a key (wildcard allowed as the last segment).
-pub fn check_key_scope(s: &str) -> Result<(), String> {
+pub fn check_key_scope(s: &str) -> Result<(), Invalid> {
     check(s, true)
 }
 
 /// Validates a scope a verification asks for (no wildcard).
-pub fn check_requested_scope(s: &str) -> Result<(), String> {
+pub fn check_requested_scope(s: &str) -> Result<(), Invalid> {
     check(s, false)
 }
 
-fn check(s: &str, wildcard: bool) -> Result<(), String> {
+fn check(s: &str, wildcard: bool) -> Result<(), Invalid> {
     let shown = crate::keyformat::shown(s);
     if s.is_empty() || s.len() > MAX_SCOPE_LEN {
-        return Err(format!(
-            "scope '{shown}' must be 1..{MAX_SCOPE_LEN} characters"
-        ));
+        return Err(format!("scope '{shown}' must be 1..{MAX_SCOPE_LEN} characters").into());
     }
     let segs: Vec<&str> = s.split(':').collect();
     let last = segs.len() - 1;
     for (i, seg) in segs.iter().enumerate() {
         if *seg == "*" {
             if !wildcard {
-                return Err(format!("requested scope '{shown}' may not contain '*'"));
+                return Err(format!("requested scope '{shown}' may not contain '*'").into());
             }
             if i != last {
-                return Err(format!("scope '{shown}': '*' may only be the last segment"));
+                return Err(format!("scope '{shown}': '*' may only be the last segment").into());
             }
         } else if !segment_ok(seg) {
             return Err(format!(
                 "scope '{shown}' must be segments of [A-Za-z0-9_.-] separated by ':'"
-            ));
+            )
+            .into());
         }
     }
     Ok(())

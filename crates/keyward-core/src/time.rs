@@ -1,6 +1,7 @@
 //! Time as a parameter: [`Timestamp`] (milliseconds since the Unix epoch, UTC) and the [`Clock`]
 //! every policy, sweep and verification reads `now` from. Tests use [`ManualClock`].
 
+use crate::invalid::Invalid;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
@@ -37,7 +38,7 @@ impl Timestamp {
 
     /// Parses an RFC 3339 time. Any offset is accepted and converted to UTC; precision beyond
     /// milliseconds is truncated.
-    pub fn parse_rfc3339(s: &str) -> Result<Self, String> {
+    pub fn parse_rfc3339(s: &str) -> Result<Self, Invalid> {
         let t = OffsetDateTime::parse(s, &Rfc3339)
             .map_err(|_| format!("'{}' is not an RFC 3339 time", crate::keyformat::shown(s)))?;
         let ms = i64::try_from(t.unix_timestamp_nanos() / 1_000_000)

@@ -4,6 +4,7 @@
 //! management token of that role. Passwords are never held here in plaintext: `password_hash` is
 //! an Argon2id PHC string made by the server.
 
+use crate::invalid::Invalid;
 use crate::model::{Actor, ActorKind, Role};
 use crate::time::Timestamp;
 
@@ -57,9 +58,9 @@ impl std::fmt::Debug for User {
 
 /// Trims and lowercases an email address and checks its shape (one `@`, something on each side,
 /// a dot in the domain, no spaces or control characters, at most 254 characters).
-pub fn normalize_email(s: &str) -> Result<String, String> {
+pub fn normalize_email(s: &str) -> Result<String, Invalid> {
     let e = s.trim().to_lowercase();
-    let bad = || "email must be an address such as alice@example.com".to_string();
+    let bad = || Invalid::new("email must be an address such as alice@example.com");
     if e.is_empty() || e.len() > MAX_EMAIL_LEN {
         return Err(bad());
     }
@@ -79,16 +80,14 @@ pub fn normalize_email(s: &str) -> Result<String, String> {
 }
 
 /// A new password: at least 12 characters, at most 1024 bytes, not only spaces.
-pub fn check_new_password(p: &str) -> Result<(), String> {
+pub fn check_new_password(p: &str) -> Result<(), Invalid> {
     if p.chars().count() < MIN_PASSWORD_CHARS || p.trim().is_empty() {
-        return Err(format!(
-            "the password must have at least {MIN_PASSWORD_CHARS} characters"
-        ));
+        return Err(
+            format!("the password must have at least {MIN_PASSWORD_CHARS} characters").into(),
+        );
     }
     if p.len() > MAX_PASSWORD_BYTES {
-        return Err(format!(
-            "the password may have at most {MAX_PASSWORD_BYTES} bytes"
-        ));
+        return Err(format!("the password may have at most {MAX_PASSWORD_BYTES} bytes").into());
     }
     Ok(())
 }
