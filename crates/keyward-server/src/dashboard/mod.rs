@@ -499,8 +499,11 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryMap {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> PageResult<Self> {
         let q = parts.uri.query().unwrap_or("");
         serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+            .ok()
+            // A NUL character means nothing in any filter, and PostgreSQL refuses it.
+            .filter(|v| !v.iter().any(|(k, v)| k.contains('\0') || v.contains('\0')))
             .map(|v| QueryMap(v.into_iter().collect()))
-            .map_err(|_| PageError::Failed(StatusCode::BAD_REQUEST, "Malformed query.".into()))
+            .ok_or_else(|| PageError::Failed(StatusCode::BAD_REQUEST, "Malformed query.".into()))
     }
 }
 

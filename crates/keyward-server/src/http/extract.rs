@@ -187,6 +187,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
 
 impl Params {
     pub(crate) fn take(&mut self, name: &str) -> Result<Option<String>> {
+        if self.0.iter().any(|(k, v)| k == name && v.contains('\0')) {
+            // No parameter means anything with a NUL, and a database may refuse the character.
+            return Err(Error::bad_request(format!(
+                "query parameter '{name}' may not contain a NUL character"
+            )));
+        }
         let mut found = None;
         let mut i = 0;
         while i < self.0.len() {

@@ -190,7 +190,9 @@ pub async fn get_keyspace(
 
 /// A keyspace the context may see (404 otherwise).
 pub(crate) async fn keyspace_seen(st: &AppState, ctx: &Ctx, id: &str) -> Result<Keyspace> {
-    if !ctx.sees(id) {
+    // A string without an id's shape names no keyspace: answered without the store (which
+    // may refuse some strings outright, e.g. PostgreSQL a NUL character).
+    if !ctx.sees(id) || KeyspaceId::parse(id).is_none() {
         return Err(not_found("keyspace", id));
     }
     st.store
@@ -396,7 +398,7 @@ pub async fn create_key(
         (None, Some(e)) if e <= now => return Err(Error::bad_request("expires_at is in the past")),
         (None, e) => e,
     };
-    if !ctx.sees(&input.keyspace_id) {
+    if !ctx.sees(&input.keyspace_id) || KeyspaceId::parse(&input.keyspace_id).is_none() {
         return Err(not_found("keyspace", &input.keyspace_id));
     }
     let mut tx = st.store.begin().await?;
@@ -884,7 +886,7 @@ pub async fn create_token(
     let mut tx = st.store.begin().await?;
     if let Some(ids) = &input.keyspace_ids {
         for id in ids {
-            if tx.keyspace(id).await?.is_none() {
+            if KeyspaceId::parse(id).is_none() || tx.keyspace(id).await?.is_none() {
                 return Err(not_found("keyspace", id));
             }
         }
@@ -1007,7 +1009,7 @@ pub async fn create_webhook(
     let now = st.clock.now();
     let mut tx = st.store.begin().await?;
     if let Some(ks) = &input.keyspace_id {
-        if tx.keyspace(ks).await?.is_none() {
+        if KeyspaceId::parse(ks).is_none() || tx.keyspace(ks).await?.is_none() {
             return Err(not_found("keyspace", ks));
         }
     }
