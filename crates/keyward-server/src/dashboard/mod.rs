@@ -78,16 +78,7 @@ pub(crate) const CSP: &str =
 pub(crate) fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
     use keyward_core::model::Permission::*;
     use Access::{Public, Right, SignIn};
-    let r = |method, path, access, h| {
-        (
-            RouteSpec {
-                method,
-                path,
-                access,
-            },
-            h,
-        )
-    };
+    let r = crate::routes::spec;
     vec![
         r("GET", "/", Right(ReadKeys), get(keys::overview)),
         r("GET", "/login", SignIn, get(auth::login_page)),

@@ -103,10 +103,10 @@ pub fn webhook_id(s: &str) -> Result<WebhookId> {
 /// client put in a path is never echoed: it could be a key pasted in the wrong place).
 fn not_found(kind: &str, id: &str) -> Error {
     let prefix = match kind {
-        "keyspace" => "ks",
-        "key" => "key",
-        "token" => "tok",
-        "webhook" => "wh",
+        "keyspace" => KeyspaceId::PREFIX,
+        "key" => KeyId::PREFIX,
+        "token" => TokenId::PREFIX,
+        "webhook" => WebhookId::PREFIX,
         _ => "",
     };
     if keyward_core::id::is_id(prefix, id) {
