@@ -43,15 +43,15 @@ fn main() {
     for i in 0..n {
         let (plaintext, key) = maker.next();
         plaintexts[i * KEY_LEN..(i + 1) * KEY_LEN].copy_from_slice(plaintext.expose().as_bytes());
-        state.verifier.prime(key);
+        state.verifier().prime(key);
     }
     let primed = rss_bytes();
-    assert_eq!(state.verifier.cached_entries(), n);
+    assert_eq!(state.verifier().cached_entries(), n);
 
     let plaintexts = std::str::from_utf8(&plaintexts).expect("keys are ASCII");
     for i in 0..n {
         let outcome = state
-            .verifier
+            .verifier()
             .verify(&Request {
                 key: &plaintexts[i * KEY_LEN..(i + 1) * KEY_LEN],
                 scopes: &[],
@@ -68,7 +68,7 @@ fn main() {
     // As the flusher takes it: in batches, each dropped once written.
     let mut taken = 0;
     loop {
-        let usage = state.verifier.take_usage(FLUSH_BATCH);
+        let usage = state.verifier().take_usage(FLUSH_BATCH);
         taken += usage.deltas.len();
         if usage.taken() < FLUSH_BATCH {
             break;

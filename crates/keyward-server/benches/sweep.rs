@@ -65,7 +65,10 @@ async fn write_minutes(st: &AppState, keys: &[Key], busy_every: usize, minutes: 
                 }
             })
             .collect();
-        st.store.apply_usage(&deltas).await.expect("usage written");
+        st.store()
+            .apply_usage(&deltas)
+            .await
+            .expect("usage written");
     }
 }
 
@@ -79,13 +82,13 @@ fn main() {
     let keys: Vec<Key> = (0..n).map(|_| maker.next().1).collect();
     rt.block_on(async {
         maker.store(&st, &keys).await;
-        let minute = |st: &AppState| st.clock.now().millis().div_euclid(60_000) * 60_000;
+        let minute = |st: &AppState| st.clock().now().millis().div_euclid(60_000) * 60_000;
         let now = minute(&st);
         let hour: Vec<i64> = (1..=61).map(|m| now - m * 60_000).collect();
         write_minutes(&st, &keys, busy_every, &hour).await;
         println!("keys: {n}, busy (40 valid calls a minute): 1 in {busy_every}, the rest 2");
         let t = Instant::now();
-        keyward_server::jobs::sweep::sweep_once(&st, &mut None)
+        keyward_server::jobs::sweep::sweep_once(&st.control, st.config.retention(), &mut None)
             .await
             .expect("sweep");
         println!(
@@ -98,7 +101,7 @@ fn main() {
             let closed = minute(&st) - 60_000;
             write_minutes(&st, &keys, busy_every, &[closed]).await;
             let t = Instant::now();
-            keyward_server::jobs::sweep::sweep_once(&st, &mut None)
+            keyward_server::jobs::sweep::sweep_once(&st.control, st.config.retention(), &mut None)
                 .await
                 .expect("sweep");
             println!("sweep of one minute: {:.2?}", t.elapsed());

@@ -84,11 +84,11 @@ fn steps(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let dir = TempDir::new("bench-verify-steps");
     let state = common::state(&rt, &dir);
-    let now = state.clock.now();
+    let now = state.clock().now();
 
     let mut g = c.benchmark_group("steps");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("clock", |b| b.iter(|| black_box(state.clock.now())));
+    g.bench_function("clock", |b| b.iter(|| black_box(state.clock().now())));
     g.bench_function("parse", |b| {
         b.iter(|| black_box(keyformat::parse(black_box(k)).is_some()))
     });
@@ -110,7 +110,7 @@ fn steps(c: &mut Criterion) {
         })
     });
     g.bench_function("verify_malformed", |b| {
-        b.iter(|| verify_cached(&state.verifier, black_box(&malformed)).code())
+        b.iter(|| verify_cached(state.verifier(), black_box(&malformed)).code())
     });
     g.finish();
 }
@@ -131,7 +131,7 @@ fn cached(c: &mut Criterion, n: usize) {
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let dir = TempDir::new("bench-verify");
     let state = common::state(&rt, &dir);
-    let verifier = &state.verifier;
+    let verifier = state.verifier();
 
     // Keys are built and primed in one order and verified in a shuffled one.
     let mut maker = KeyMaker::new();
@@ -231,7 +231,7 @@ fn cached(c: &mut Criterion, n: usize) {
                 },
                 |()| {
                     let usage = verifier.take_usage(usize::MAX);
-                    rt.block_on(state.store.apply_usage(&usage.deltas))
+                    rt.block_on(state.store().apply_usage(&usage.deltas))
                         .expect("usage written");
                 },
                 BatchSize::PerIteration,

@@ -31,7 +31,7 @@ use crate::authz::{Allowed, Ctx, ManageTokens};
 use keyward_core::kinds::{AuditAction, TargetType};
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::state::{AppState, Records};
+use crate::state::{Authn, Records};
 use crate::throttle::SignIns;
 
 /// A session ends this long after sign-in, whatever happens.
@@ -166,13 +166,13 @@ pub async fn disable_user(
 // ---------------------------------------------------------------- first run
 
 /// Whether no user exists yet (the sign-in page offers the setup instead).
-pub(crate) async fn needs_setup(st: &AppState) -> Result<bool> {
+pub(crate) async fn needs_setup(st: &Records) -> Result<bool> {
     Ok(st.store.users().count_users().await? == 0)
 }
 
 /// When the database has no users yet: a new one-time setup token (replacing any earlier one),
 /// valid for [`SETUP_TTL_SECS`]. `None` once a user exists.
-pub async fn issue_setup_token(st: &AppState) -> Result<Option<Secret>> {
+pub async fn issue_setup_token(st: &Records) -> Result<Option<Secret>> {
     if st.store.users().count_users().await? > 0 {
         return Ok(None);
     }
@@ -190,7 +190,7 @@ pub async fn issue_setup_token(st: &AppState) -> Result<Option<Secret>> {
 }
 
 /// Whether a setup token can still be used (for showing the form).
-pub(crate) async fn setup_token_valid(st: &AppState, token: &str) -> Result<bool> {
+pub(crate) async fn setup_token_valid(st: &Records, token: &str) -> Result<bool> {
     if token.is_empty() || token.len() > 128 {
         return Ok(false);
     }
@@ -205,7 +205,7 @@ pub(crate) async fn setup_token_valid(st: &AppState, token: &str) -> Result<bool
 /// Creates the first admin with a setup token: the token is consumed in the same transaction
 /// as the user and its `user.create` event (actor: the new user itself), so it works once.
 pub(crate) async fn complete_setup(
-    st: &AppState,
+    st: &Records,
     token: &str,
     email: &str,
     password: Secret,
@@ -294,27 +294,27 @@ static PASSWORD_CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_n
 /// Argon2id verification (against a dummy hash when the user is unknown or disabled), so the
 /// answer's timing does not tell whether an account exists.
 pub(crate) async fn authenticate(
-    st: &AppState,
+    st: &Authn,
     email: &str,
     password: Secret,
     ip: IpAddr,
 ) -> std::result::Result<User, LoginError> {
-    let now = st.clock.now();
+    let now = st.records.clock.now();
     // Bounded: the throttle map is keyed by it.
     let account: String = email.trim().to_lowercase().chars().take(254).collect();
-    if let Some(wait) = st.accounts.by_address.blocked(&ip, now) {
+    if let Some(wait) = st.sign_ins.by_address.blocked(&ip, now) {
         return Err(LoginError::Throttled(wait));
     }
-    if let Some(wait) = st.accounts.by_account.blocked(&account, now) {
+    if let Some(wait) = st.sign_ins.by_account.blocked(&account, now) {
         return Err(LoginError::Throttled(wait));
     }
     let user = match normalize_email(email) {
-        Ok(e) => st.store.users().user_by_email(&e).await?,
+        Ok(e) => st.records.store.users().user_by_email(&e).await?,
         Err(_) => None,
     };
     let target = match &user {
         Some(u) if u.is_active() => u.password_hash.clone(),
-        _ => dummy_hash(&st.accounts)?,
+        _ => dummy_hash(&st.sign_ins)?,
     };
     // Each check holds ~19 MiB for a moment: at most a few run at once, so a flood of sign-ins
     // cannot exhaust memory (the excess waits, then is turned away).
@@ -325,7 +325,7 @@ pub(crate) async fn authenticate(
             Ok(Ok(p)) => p,
             _ => return Err(LoginError::Throttled(1)),
         };
-    st.accounts.password_checks.fetch_add(1, Ordering::Relaxed);
+    st.sign_ins.password_checks.fetch_add(1, Ordering::Relaxed);
     let ok = tokio::task::spawn_blocking(move || {
         let pw = password.expose();
         // Over-long input is verified as an empty password: same work, never a match.
@@ -341,14 +341,14 @@ pub(crate) async fn authenticate(
     drop(permit);
     match user {
         Some(u) if ok && u.is_active() => {
-            if let Err(e) = st.store.users().record_login(&u.id, now).await {
+            if let Err(e) = st.records.store.users().record_login(&u.id, now).await {
                 tracing::warn!(error = %e, "could not record a sign-in");
             }
             Ok(u)
         }
         _ => {
-            st.accounts.by_address.fail(ip, now);
-            st.accounts.by_account.fail(account, now);
+            st.sign_ins.by_address.fail(ip, now);
+            st.sign_ins.by_account.fail(account, now);
             tracing::info!(%ip, "failed dashboard sign-in");
             Err(LoginError::Invalid)
         }
@@ -359,18 +359,19 @@ pub(crate) async fn authenticate(
 
 /// Checks a management token given in a header; failures count towards the address's limit.
 pub(crate) async fn authenticate_token(
-    st: &AppState,
+    st: &Authn,
     presented: Option<&str>,
     ip: Option<IpAddr>,
 ) -> Result<Token> {
-    let now = st.clock.now();
+    let now = st.records.clock.now();
     let found = match presented
         .and_then(keyformat::parse)
         .filter(|p| p.prefix == TOKEN_PREFIX)
     {
         Some(_) => {
             let token = presented.unwrap_or_default();
-            st.store
+            st.records
+                .store
                 .token_by_hash(&KeyHash::of(token))
                 .await?
                 .filter(|t| t.is_usable(now))
@@ -402,7 +403,7 @@ pub(crate) async fn authenticate_token(
 }
 
 /// Records `last_used_at` of a token at most once a minute, off the request path.
-fn touch(st: &AppState, id: &str, now: keyward_core::time::Timestamp) {
+fn touch(st: &Authn, id: &str, now: keyward_core::time::Timestamp) {
     let due = {
         let mut map = st.token_touched.lock().unwrap_or_else(|p| p.into_inner());
         let due = map
@@ -414,7 +415,7 @@ fn touch(st: &AppState, id: &str, now: keyward_core::time::Timestamp) {
         due
     };
     if due {
-        let store = st.store.clone();
+        let store = st.records.store.clone();
         let id = id.to_string();
         tokio::spawn(async move {
             if let Err(e) = store.touch_token(&id, now).await {
@@ -452,7 +453,7 @@ pub(crate) fn csrf_matches(expected: &str, submitted: Option<&str>) -> bool {
 
 /// Starts a session for a user who just signed in.
 pub(crate) async fn start_session(
-    st: &AppState,
+    st: &Records,
     user: &User,
     ip: Option<IpAddr>,
 ) -> Result<NewSessionId> {
@@ -478,7 +479,7 @@ pub(crate) async fn start_session(
 /// The live session a cookie names, if any; ends it when it has been idle too long and
 /// records activity at most once a minute.
 pub(crate) async fn resume_session(
-    st: &AppState,
+    st: &Records,
     session_id: &str,
 ) -> Result<Option<SessionRecord>> {
     if session_id.is_empty() || session_id.len() > 128 {
@@ -500,7 +501,7 @@ pub(crate) async fn resume_session(
 }
 
 /// Signs out: the session stops working at once, on every node.
-pub(crate) async fn end_session(st: &AppState, session_id: &str) -> Result<()> {
+pub(crate) async fn end_session(st: &Records, session_id: &str) -> Result<()> {
     st.store
         .users()
         .delete_session(&session_hash(session_id))

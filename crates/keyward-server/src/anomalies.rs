@@ -25,7 +25,7 @@ use keyward_store::Bucket;
 use serde_json::{json, Map, Value};
 
 use crate::events::key_event;
-use crate::state::AppState;
+use crate::state::Control;
 
 pub(crate) const BASELINE_MINUTES: i64 = 60;
 pub(crate) const SPIKE_FACTOR: f64 = 5.0;
@@ -172,13 +172,13 @@ fn round2(x: f64) -> f64 {
 
 /// Stores anomalies (once each) and enqueues their `key.anomaly` webhooks, in one transaction.
 pub(crate) async fn record(
-    st: &AppState,
+    st: &Control,
     found: Vec<Found>,
 ) -> Result<usize, keyward_store::StoreError> {
     if found.is_empty() {
         return Ok(0);
     }
-    let mut tx = st.store.begin().await?;
+    let mut tx = st.records.store.begin().await?;
     let mut n = 0;
     for f in found {
         if !tx.insert_anomaly(&f.anomaly, &f.dedup).await? {

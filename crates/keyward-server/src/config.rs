@@ -48,6 +48,15 @@ pub struct Config {
     /// one hour) after the server began waiting for it: slow or idle clients.
     #[arg(long = "header-read-timeout-ms", env = "KEYWARD_HEADER_READ_TIMEOUT_MS", default_value = "30000", value_parser = header_timeout)]
     pub header_read_timeout: Duration,
+    /// Answer 408 and close the connection when a request's body has not fully arrived this
+    /// long (milliseconds, at most one hour) after its head: a total deadline, however slowly
+    /// the bytes trickle in.
+    #[arg(long = "body-read-timeout-ms", env = "KEYWARD_BODY_READ_TIMEOUT_MS", default_value = "30000", value_parser = header_timeout)]
+    pub body_read_timeout: Duration,
+    /// Open connections at most; one more is accepted and closed at once. Default: the
+    /// process's file-descriptor limit less 128 kept for the store, Redis and webhooks.
+    #[arg(long, env = "KEYWARD_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
     /// Failed management authentications per address per minute before 429 (tests raise it).
     #[arg(long, hide = true, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub auth_failure_limit: u32,
@@ -78,6 +87,14 @@ impl Default for Config {
 }
 
 impl Config {
+    /// `max_connections`, or the default sized to the file-descriptor limit.
+    pub fn connection_cap(&self) -> usize {
+        match self.max_connections {
+            Some(n) => n as usize,
+            None => descriptor_limit().saturating_sub(128).max(64),
+        }
+    }
+
     /// How long each granularity's usage buckets are kept: minute, hour, day.
     pub fn retention(&self) -> [Duration; 3] {
         [
@@ -86,6 +103,19 @@ impl Config {
             self.retention_day,
         ]
     }
+}
+
+/// The soft limit on open file descriptors, from `/proc/self/limits` (1024 where it cannot be
+/// read, the usual soft limit).
+fn descriptor_limit() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        })
+        .unwrap_or(1024)
 }
 
 /// The longest duration a setting takes (100 years): far beyond any use, and it keeps every

@@ -16,8 +16,11 @@
 //! - [`verifier`]: the data plane (cache, live counters, quota leases, decision).
 //! - [`jobs`]: named background tasks (usage flusher, change-feed follower, sweeper, webhook
 //!   delivery), awaited on shutdown.
-//! - [`state`]: [`AppState`] (what handlers and jobs share) and [`state::Records`] (what the
-//!   offline commands need: the store and the clock).
+//! - [`state`]: [`AppState`] (what the front ends share) and the parts each layer takes:
+//!   [`state::Records`] (the store and the clock: reads, tokens, users, the offline commands),
+//!   [`state::Control`] (changes of keys, keyspaces and webhooks, and the jobs: the records
+//!   plus this node's caches they keep in step) and `state::Authn` (authentication: the records
+//!   plus this node's throttles).
 //! - Leaves: the control plane's error type, [`throttle`], metrics, events, anomaly rules and
 //!   the Redis client.
 //!
@@ -28,6 +31,7 @@ pub mod accounts;
 pub(crate) mod anomalies;
 pub mod authz;
 pub mod config;
+pub(crate) mod conn;
 pub(crate) mod dashboard;
 pub(crate) mod error;
 pub(crate) mod events;
@@ -43,8 +47,6 @@ pub mod throttle;
 pub mod verifier;
 
 use std::future::Future;
-use std::net::SocketAddr;
-use std::time::Duration;
 
 pub use config::Config;
 pub use state::AppState;
@@ -71,78 +73,6 @@ pub fn app(state: AppState) -> axum::Router {
         .with_state(state)
 }
 
-/// Accepts HTTP/1.1 connections until `shutdown` resolves, then lets each finish its request in
-/// flight and waits for all of them (what `axum::serve` does, plus a header-read timeout).
-async fn accept_loop(
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-    header_timeout: Duration,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use tower::Service as _;
-
-    // Connections watch `stop` to begin a graceful shutdown, and each holds a `done` receiver:
-    // when all are dropped, every connection has finished.
-    let (stop, stop_rx) = tokio::sync::watch::channel(());
-    let (done, done_rx) = tokio::sync::watch::channel(());
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) if is_connection_error(&e) => continue,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait instead of spinning.
-                    tracing::error!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let app = app.clone();
-        let service =
-            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut()
-                    .insert(axum::extract::ConnectInfo::<SocketAddr>(remote));
-                app.clone().call(req)
-            });
-        let mut stop_rx = stop_rx.clone();
-        let done_rx = done_rx.clone();
-        tokio::spawn(async move {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout);
-            let mut conn = std::pin::pin!(builder.serve_connection(TokioIo::new(stream), service));
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop_rx.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.as_mut().await;
-                }
-            }
-            drop(done_rx);
-        });
-    }
-    drop(listener);
-    drop(stop_rx);
-    let _ = stop.send(());
-    drop(done_rx);
-    done.closed().await;
-    Ok(())
-}
-
-/// Errors of one connection that failed while being accepted (the listener is fine).
-fn is_connection_error(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
-    matches!(
-        e.kind(),
-        ConnectionAborted | ConnectionRefused | ConnectionReset
-    )
-}
-
 /// Serves until `shutdown` resolves; then drains in-flight requests and flushes usage.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -151,27 +81,40 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let flusher = tokio::spawn(jobs::usage::run(
-        state.clone(),
+        state.control.clone(),
         state.config.usage_flush,
         stop_rx,
     ));
     let follower = tokio::spawn(jobs::feed::run(
-        state.clone(),
+        state.control.clone(),
         state.config.feed_poll,
         stop_tx.subscribe(),
     ));
     let sweeper = tokio::spawn(jobs::sweep::run(
-        state.clone(),
+        state.control.clone(),
         state.config.sweep_interval,
+        state.config.retention(),
         stop_tx.subscribe(),
     ));
     let deliverer = tokio::spawn(jobs::webhooks::run(
-        state.clone(),
+        state.control.clone(),
         state.config.webhook_poll,
+        state.config.webhook_retry_base,
         stop_tx.subscribe(),
     ));
-    let header_timeout = state.config.header_read_timeout;
-    let served = accept_loop(listener, app(state.clone()), header_timeout, shutdown).await;
+    let limits = conn::Limits {
+        header_read: state.config.header_read_timeout,
+        body_read: state.config.body_read_timeout,
+        max_connections: state.config.connection_cap(),
+    };
+    let served = conn::accept_loop(
+        listener,
+        app(state.clone()),
+        limits,
+        state.metrics().clone(),
+        shutdown,
+    )
+    .await;
     let _ = stop_tx.send(true);
     let tasks = [
         ("usage flusher", flusher),

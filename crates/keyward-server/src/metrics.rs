@@ -48,6 +48,8 @@ pub struct Metrics {
     pub(crate) webhook_ok: AtomicU64,
     pub(crate) webhook_failed: AtomicU64,
     pub(crate) redis_errors: AtomicU64,
+    /// Connections closed at once because `max_connections` were open.
+    pub(crate) connections_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -167,6 +169,11 @@ impl Metrics {
                 "keyward_usage_flushed_keys_total",
                 "Per-key usage rows written.",
                 self.flushed_keys.load(Ordering::Relaxed),
+            ),
+            (
+                "keyward_connections_refused_total",
+                "Connections closed on arrival because the connection cap was reached.",
+                self.connections_refused.load(Ordering::Relaxed),
             ),
             (
                 "keyward_redis_errors_total",

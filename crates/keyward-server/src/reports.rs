@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::authz::{Allowed, ReadAudit};
 use crate::error::Result;
-use crate::state::AppState;
+use crate::state::Records;
 
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct Row {
@@ -82,7 +82,7 @@ pub(crate) fn findings(k: &Key, ks: &Keyspace, now: Timestamp) -> Vec<&'static s
 
 /// Every key the context may see (in one keyspace, or all), with findings at `now`.
 pub(crate) async fn inventory(
-    st: &AppState,
+    st: &Records,
     who: &Allowed<'_, ReadAudit>,
     keyspace_id: Option<&str>,
 ) -> Result<Vec<Row>> {

@@ -12,7 +12,8 @@ use crate::verifier::Verifier;
 
 /// What every handler and job shares. One `Arc`: axum clones the state for every request (the
 /// route's service and the `State` extractor), so a clone must cost one reference count, not
-/// one per field.
+/// one per field. Each part below it takes only the piece it uses: [`Records`], [`Control`] or
+/// [`Authn`].
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);
 
@@ -24,25 +25,16 @@ impl std::ops::Deref for AppState {
 }
 
 pub struct Shared {
-    pub store: Arc<dyn Store>,
-    pub clock: Arc<dyn Clock>,
+    /// The control plane and the background jobs.
+    pub control: Control,
+    /// Token authentication, dashboard sign-in and sessions.
+    pub(crate) authn: Authn,
     pub config: Arc<Config>,
-    pub verifier: Arc<Verifier>,
-    pub metrics: Arc<Metrics>,
-    /// Serializes usage batches with control-plane changes of a key's quota (a tokio mutex:
-    /// it is held across store calls).
-    pub(crate) gate: Arc<tokio::sync::Mutex<()>>,
-    pub(crate) throttle: Arc<crate::throttle::AuthThrottle>,
-    /// When each token's `last_used_at` was last written, so it is written at most once a minute.
-    pub(crate) token_touched: Arc<Mutex<HashMap<String, Timestamp>>>,
-    /// Dashboard sign-in throttles and the dummy password hash.
-    pub accounts: Arc<crate::throttle::SignIns>,
-    /// Wakes the webhook delivery worker when a change enqueued events.
-    pub(crate) webhook_wake: Arc<tokio::sync::Notify>,
 }
 
-/// What the changes no node caches (management tokens, dashboard users) use: the store and
-/// the clock. The offline commands build one from the database alone, without a server's state.
+/// What reads and the changes no node caches (management tokens, dashboard users) use: the
+/// store and the clock. The offline commands build one from the database alone, without a
+/// server's state.
 #[derive(Clone)]
 pub struct Records {
     pub(crate) store: Arc<dyn Store>,
@@ -55,12 +47,32 @@ impl Records {
     }
 }
 
-impl AppState {
-    /// The records part of this state (two reference counts).
-    pub fn records(&self) -> Records {
-        Records::new(self.store.clone(), self.clock.clone())
-    }
+/// What the control plane's changes and the background jobs use: the records, and this node's
+/// caches and hand-offs a change must keep in step (the verifier's entries and quota leases,
+/// the usage gate, the webhook worker's wake-up).
+#[derive(Clone)]
+pub struct Control {
+    pub(crate) records: Records,
+    pub(crate) verifier: Arc<Verifier>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Serializes usage batches with control-plane changes of a key's quota (a tokio mutex:
+    /// it is held across store calls).
+    pub(crate) gate: Arc<tokio::sync::Mutex<()>>,
+    /// Wakes the webhook delivery worker when a change enqueued events.
+    pub(crate) webhook_wake: Arc<tokio::sync::Notify>,
+}
 
+/// What authentication uses: the records and this node's throttles.
+pub(crate) struct Authn {
+    pub(crate) records: Records,
+    pub(crate) throttle: crate::throttle::AuthThrottle,
+    /// When each token's `last_used_at` was last written, so it is written at most once a minute.
+    pub(crate) token_touched: Mutex<HashMap<String, Timestamp>>,
+    /// Dashboard sign-in throttles and the dummy password hash.
+    pub(crate) sign_ins: crate::throttle::SignIns,
+}
+
+impl AppState {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: Config) -> Self {
         let metrics = Arc::new(Metrics::default());
         let redis = config
@@ -75,20 +87,49 @@ impl AppState {
             redis,
         ));
         verifier.set_usage_counting(config.usage_counting);
+        let records = Records::new(store, clock);
         AppState(Arc::new(Shared {
-            store,
-            clock,
-            throttle: Arc::new(crate::throttle::AuthThrottle::new(
-                config.auth_failure_limit,
-                60,
-            )),
+            authn: Authn {
+                records: records.clone(),
+                throttle: crate::throttle::AuthThrottle::new(config.auth_failure_limit, 60),
+                token_touched: Mutex::new(HashMap::new()),
+                sign_ins: crate::throttle::SignIns::default(),
+            },
+            control: Control {
+                records,
+                verifier,
+                metrics,
+                gate: Arc::new(tokio::sync::Mutex::new(())),
+                webhook_wake: Arc::new(tokio::sync::Notify::new()),
+            },
             config: Arc::new(config),
-            verifier,
-            metrics,
-            gate: Arc::new(tokio::sync::Mutex::new(())),
-            token_touched: Arc::new(Mutex::new(HashMap::new())),
-            accounts: Arc::new(crate::throttle::SignIns::default()),
-            webhook_wake: Arc::new(tokio::sync::Notify::new()),
         }))
+    }
+
+    /// The store and the clock.
+    pub fn records(&self) -> &Records {
+        &self.control.records
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.control.records.store
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.control.records.clock
+    }
+
+    /// This node's data plane.
+    pub fn verifier(&self) -> &Arc<Verifier> {
+        &self.control.verifier
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.control.metrics
+    }
+
+    /// Dashboard sign-in counters (tests check that every failed sign-in costs one Argon2 check).
+    pub fn sign_ins(&self) -> &crate::throttle::SignIns {
+        &self.authn.sign_ins
     }
 }

@@ -150,7 +150,7 @@ pub async fn token_create(
 /// On a database without users, prints the one-time link that creates the first admin in the
 /// browser, on standard output only (never in the log).
 async fn announce_setup_link(state: &AppState, addr: &str) {
-    match keyward_server::accounts::issue_setup_token(state).await {
+    match keyward_server::accounts::issue_setup_token(state.records()).await {
         Ok(Some(token)) => {
             // A wildcard listen address is not something a browser can open.
             let host = match addr.parse::<std::net::SocketAddr>() {

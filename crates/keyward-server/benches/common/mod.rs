@@ -89,7 +89,7 @@ impl KeyMaker {
     /// Stores the maker's keyspace and `keys` (made by it) in the state's store, in one
     /// transaction.
     pub async fn store(&self, st: &AppState, keys: &[Key]) {
-        let mut tx = st.store.begin().await.expect("begin");
+        let mut tx = st.store().begin().await.expect("begin");
         tx.insert_keyspace(&self.keyspace())
             .await
             .expect("insert keyspace");

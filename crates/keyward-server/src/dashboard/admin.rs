@@ -35,7 +35,7 @@ pub(crate) async fn keyspaces(
 ) -> PageResult<Markup> {
     let ctx = s.ctx();
     ctx.allow::<authz::ReadKeys>()?;
-    let now = st.clock.now();
+    let now = st.clock().now();
     let kss = all_keyspaces(&st, &ctx).await?;
     Ok(view::keyspaces(
         &s,
@@ -102,7 +102,7 @@ pub(crate) async fn create_keyspace(
             Ok(i) => i,
             Err(m) => return Ok(fail(StatusCode::BAD_REQUEST, &m)),
         };
-    match service::create_keyspace(&st, &who, input).await {
+    match service::create_keyspace(&st.control, &who, input).await {
         Ok(ks) => Ok(redirect(&format!("/keyspaces/{}?done=keyspace", ks.id))),
         Err(e) if e.code.is_request_error() && e.code != crate::error::ErrorCode::Forbidden => {
             Ok(fail(crate::http::error::status(e.code), &e.message))
@@ -137,7 +137,7 @@ pub(crate) async fn keyspace(
 ) -> PageResult<Markup> {
     let ctx = s.ctx();
     let who = ctx.allow::<authz::ReadKeys>()?;
-    let ks = service::get_keyspace(&st, &who, &service::keyspace_id(&id)?).await?;
+    let ks = service::get_keyspace(st.records(), &who, &service::keyspace_id(&id)?).await?;
     let notice = match q.get("done") {
         Some("policy") => Some((
             "ok",
@@ -190,7 +190,8 @@ pub(crate) async fn update_keyspace(
     s.check_csrf(&form)?;
     let ctx = s.ctx();
     let who = ctx.allow::<authz::WriteKeyspaces>()?;
-    let ks = service::get_keyspace(&st, &ctx.allow()?, &service::keyspace_id(&id)?).await?;
+    let ks =
+        service::get_keyspace(st.records(), &ctx.allow()?, &service::keyspace_id(&id)?).await?;
     if form.get("action") == Some("preset") {
         // Show the preset's values in the editor; nothing is saved until "Save policy".
         let Some(p) = form.get("preset").and_then(preset_of) else {
@@ -221,7 +222,7 @@ pub(crate) async fn update_keyspace(
         Ok(i) => i,
         Err(m) => return Ok(fail(&m)),
     };
-    match service::update_keyspace(&st, &who, &service::keyspace_id(&id)?, input).await {
+    match service::update_keyspace(&st.control, &who, &service::keyspace_id(&id)?, input).await {
         Ok(_) => Ok(redirect(&format!(
             "/keyspaces/{}?done=policy",
             ui::urlencode(&id)
@@ -242,7 +243,7 @@ pub(crate) async fn audit(
 ) -> PageResult<Markup> {
     let ctx = s.ctx();
     let who = ctx.allow::<authz::ReadAudit>()?;
-    let now = st.clock.now();
+    let now = st.clock().now();
     let day = |name: &str, end: bool| -> Result<Option<Timestamp>, String> {
         match q.get(name) {
             None => Ok(None),
@@ -273,10 +274,10 @@ pub(crate) async fn audit(
     if let Some(c) = q.get("cursor") {
         f.page.after = decode_cursor(c, &fp).ok().and_then(|p| p.parse().ok());
     }
-    let mut rows = service::list_audit(&st, &who, &f).await?;
+    let mut rows = service::list_audit(st.records(), &who, &f).await?;
     let more = rows.len() > 50;
     rows.truncate(50);
-    let chain = service::check_chain(&st, &who).await?;
+    let chain = service::check_chain(st.records(), &who).await?;
     let base = |cursor: Option<&str>| {
         ui::query(&[
             ("action", q.get("action")),
@@ -321,13 +322,13 @@ pub(crate) async fn tokens(
 ) -> PageResult<Markup> {
     let ctx = s.ctx();
     let who = ctx.allow::<authz::ManageTokens>()?;
-    let now = st.clock.now();
+    let now = st.clock().now();
     let first = Page {
         limit: 500,
         after: None,
     };
-    let rows = service::list_tokens(&st, &who, &first).await?;
-    let users = service::list_users(&st, &who).await?;
+    let rows = service::list_tokens(st.records(), &who, &first).await?;
+    let users = service::list_users(st.records(), &who).await?;
     Ok(view::tokens(
         &s,
         &TokensPage {
@@ -356,7 +357,7 @@ pub(crate) async fn create_token(
         body["ttl_secs"] = json!(t);
     }
     let input: service::CreateToken = parse_input(body).map_err(bad)?;
-    let (token, plaintext) = service::create_token(&st.records(), &who, input).await?;
+    let (token, plaintext) = service::create_token(st.records(), &who, input).await?;
     let mut res = view::token_created(&s, &token, &plaintext).into_response();
     res.headers_mut().insert(
         axum::http::header::CACHE_CONTROL,
@@ -375,6 +376,6 @@ pub(crate) async fn revoke_token(
     let ctx = s.ctx();
     let who = ctx.allow::<authz::ManageTokens>()?;
     let reason = form.text("reason").unwrap_or_default();
-    service::revoke_token(&st.records(), &who, &service::token_id(&id)?, &reason).await?;
+    service::revoke_token(st.records(), &who, &service::token_id(&id)?, &reason).await?;
     Ok(redirect("/tokens?done=token_revoked"))
 }

@@ -96,11 +96,11 @@ fn with_form_cookie(c: &Client, status: StatusCode, body: impl Fn(&str) -> Marku
 pub(crate) async fn login_page(State(st): State<AppState>, c: Client, q: QueryMap) -> PageResult {
     // Already signed in: go on.
     if let Some(id) = cookies(&c.headers).remove(SESSION_COOKIE) {
-        if accounts::resume_session(&st, &id).await?.is_some() {
+        if accounts::resume_session(st.records(), &id).await?.is_some() {
             return Ok(redirect(&safe_next(q.get("next"))));
         }
     }
-    if accounts::needs_setup(&st).await? {
+    if accounts::needs_setup(st.records()).await? {
         return Ok((StatusCode::OK, view::no_users()).into_response());
     }
     let next = safe_next(q.get("next"));
@@ -122,9 +122,9 @@ pub(crate) async fn login(State(st): State<AppState>, c: Client, form: Form) -> 
     let email = form.get("email").unwrap_or("").to_string();
     let password = Secret::new(form.get("password").unwrap_or("").to_string());
     let ip = c.ip.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
-    match accounts::authenticate(&st, &email, password, ip).await {
+    match accounts::authenticate(&st.authn, &email, password, ip).await {
         Ok(user) => {
-            let s = accounts::start_session(&st, &user, c.ip).await?;
+            let s = accounts::start_session(st.records(), &user, c.ip).await?;
             tracing::info!(user_id = %user.id, "dashboard sign-in");
             let mut res = redirect(&next);
             let h = res.headers_mut();
@@ -174,7 +174,7 @@ pub(crate) async fn logout(
     form: Form,
 ) -> PageResult {
     s.check_csrf(&form)?;
-    accounts::end_session(&st, s.session_id()).await?;
+    accounts::end_session(st.records(), s.session_id()).await?;
     let mut res = redirect("/login");
     if let Ok(v) = cookie(SESSION_COOKIE, "", 0, c.https).parse() {
         res.headers_mut().append(SET_COOKIE, v);
@@ -188,7 +188,7 @@ fn setup_gone() -> Response {
 
 pub(crate) async fn setup_page(State(st): State<AppState>, c: Client, q: QueryMap) -> PageResult {
     let token = q.get("token").unwrap_or("").to_string();
-    if !accounts::setup_token_valid(&st, &token).await? {
+    if !accounts::setup_token_valid(st.records(), &token).await? {
         return Ok(setup_gone());
     }
     Ok(with_form_cookie(&c, StatusCode::OK, |csrf| {
@@ -219,7 +219,7 @@ pub(crate) async fn setup(State(st): State<AppState>, c: Client, form: Form) -> 
         }));
     }
     let result = accounts::complete_setup(
-        &st,
+        st.records(),
         &token,
         &email,
         Secret::new(password.to_string()),
@@ -230,7 +230,7 @@ pub(crate) async fn setup(State(st): State<AppState>, c: Client, form: Form) -> 
     match result {
         Ok(user) => {
             tracing::info!(user_id = %user.id, "first admin created with the setup link");
-            let s = accounts::start_session(&st, &user, c.ip).await?;
+            let s = accounts::start_session(st.records(), &user, c.ip).await?;
             let mut res = redirect("/?done=welcome");
             if let Ok(v) = cookie(SESSION_COOKIE, s.id.expose(), SESSION_TTL_SECS, c.https).parse()
             {

@@ -24,7 +24,7 @@ pub(crate) async fn scan_keys(
         after: None,
     };
     loop {
-        let rows = service::list_keys(st, who, filter.clone()).await?;
+        let rows = service::list_keys(st.records(), who, filter.clone()).await?;
         let n = rows.len();
         let last = rows.last().map(|k| (k.created_at.millis(), k.id.clone()));
         out.extend(rows);
@@ -46,7 +46,7 @@ pub(crate) async fn all_keyspaces(st: &AppState, ctx: &Ctx) -> PageResult<Vec<Ke
         limit: 500,
         after: None,
     };
-    Ok(service::list_keyspaces(st, &who, &page).await?)
+    Ok(service::list_keyspaces(st.records(), &who, &page).await?)
 }
 
 /// Keyspace names by id.

@@ -121,7 +121,7 @@ pub(crate) async fn overview(
 ) -> PageResult<Markup> {
     let ctx = s.ctx();
     let who = ctx.allow::<authz::ReadKeys>()?;
-    let now = st.clock.now();
+    let now = st.clock().now();
     let kss = all_keyspaces(&st, &ctx).await?;
     let names = keyspace_names(&kss);
     let (keys, capped) = scan_keys(
@@ -260,7 +260,7 @@ async fn list_page(
             limit: PAGE_SIZE + 1,
             after: after.clone(),
         };
-        let mut rows = service::list_keys(st, who, f).await?;
+        let mut rows = service::list_keys(st.records(), who, f).await?;
         let more = rows.len() as i64 > PAGE_SIZE;
         rows.truncate(PAGE_SIZE as usize);
         let next = more
@@ -329,7 +329,7 @@ pub(crate) async fn list(
 ) -> PageResult<Markup> {
     let ctx = s.ctx();
     let who = ctx.allow::<authz::ReadKeys>()?;
-    let now = st.clock.now();
+    let now = st.clock().now();
     let kss = all_keyspaces(&st, &ctx).await?;
     let names = keyspace_names(&kss);
     let lq = list_query(&q, now);
@@ -488,7 +488,7 @@ pub(crate) async fn create(State(st): State<AppState>, s: SignedIn, form: Form) 
         Err(PageError::Failed(st_, m)) => return Ok(fail(st_, &m)),
         Err(e) => return Err(e),
     };
-    match service::create_key(&st, &who, input).await {
+    match service::create_key(&st.control, &who, input).await {
         Ok((key, plaintext)) => Ok(secret_page(view::key_created(&s, &key, &plaintext))),
         Err(e) if e.code.is_request_error() && e.code != crate::error::ErrorCode::Forbidden => {
             Ok(fail(crate::http::error::status(e.code), &e.message))
@@ -508,7 +508,7 @@ async fn lineage_key(
     let Some(id) = keyward_core::id::KeyId::parse(id) else {
         return Ok(None);
     };
-    match service::get_key(st, who, &id).await {
+    match service::get_key(st.records(), who, &id).await {
         Ok(k) => Ok(Some(k)),
         Err(e) if e.code == ErrorCode::NotFound => Ok(None),
         Err(e) => Err(e.into()),
@@ -566,11 +566,11 @@ pub(crate) async fn detail(
 ) -> PageResult<Markup> {
     let ctx = s.ctx();
     let who = ctx.allow::<authz::ReadKeys>()?;
-    let key = service::get_key(&st, &who, &service::key_id(&id)?).await?;
-    let ks = service::get_keyspace(&st, &who, &service::keyspace_id(&key.keyspace_id)?)
+    let key = service::get_key(st.records(), &who, &service::key_id(&id)?).await?;
+    let ks = service::get_keyspace(st.records(), &who, &service::keyspace_id(&key.keyspace_id)?)
         .await
         .ok();
-    let now = st.clock.now();
+    let now = st.clock().now();
     let status = key.status(now);
 
     let (before, after) = lineage(&st, &who, &key).await?;
@@ -585,7 +585,7 @@ pub(crate) async fn detail(
                 },
                 ..Default::default()
             };
-            Some(service::list_audit(&st, &auditor, &filter).await?)
+            Some(service::list_audit(st.records(), &auditor, &filter).await?)
         }
         Err(_) => None,
     };
@@ -635,7 +635,7 @@ pub(crate) async fn revoke(
         ));
     }
     let reason = form.text("reason").unwrap_or_default();
-    service::revoke_key(&st, &who, &service::key_id(&id)?, &reason).await?;
+    service::revoke_key(&st.control, &who, &service::key_id(&id)?, &reason).await?;
     Ok(redirect(&format!(
         "/keys/{}?done=revoked",
         ui::urlencode(&id)
@@ -653,7 +653,7 @@ pub(crate) async fn set_enabled(
     let who = ctx.allow::<authz::WriteKeys>()?;
     let enabled = form.get("enabled") == Some("true");
     let patch: service::PatchKey = parse_input(json!({ "enabled": enabled }))?;
-    service::update_key(&st, &who, &service::key_id(&id)?, patch).await?;
+    service::update_key(&st.control, &who, &service::key_id(&id)?, patch).await?;
     let done = if enabled { "enabled" } else { "disabled" };
     Ok(redirect(&format!(
         "/keys/{}?done={done}",
@@ -682,7 +682,8 @@ pub(crate) async fn rotate(
     }
     let input: service::RotateKey = parse_input(Value::Object(body))?;
     let old = id.clone();
-    let (key, plaintext) = service::rotate_key(&st, &who, &service::key_id(&id)?, input).await?;
+    let (key, plaintext) =
+        service::rotate_key(&st.control, &who, &service::key_id(&id)?, input).await?;
     Ok(secret_page(view::key_rotated(&s, &key, &plaintext, &old)))
 }
 
@@ -696,7 +697,7 @@ pub(crate) async fn revoke_owner_page(
     let kss = all_keyspaces(&st, &ctx).await?;
     let owner = q.get("owner").unwrap_or("").to_string();
     let keyspace = q.get("keyspace").unwrap_or("").to_string();
-    let now = st.clock.now();
+    let now = st.clock().now();
     if owner.is_empty() {
         return Ok(view::revoke_owner(
             &s,
@@ -755,6 +756,6 @@ pub(crate) async fn revoke_owner(
     }
     let input: service::BulkRevoke = parse_input(body)?;
     let owner = input.owner.clone();
-    let ids = service::revoke_owner_keys(&st, &who, input).await?;
+    let ids = service::revoke_owner_keys(&st.control, &who, input).await?;
     Ok(view::owner_revoked(&s, &owner, &ids).into_response())
 }

@@ -409,7 +409,7 @@ impl FromRequestParts<AppState> for SignedIn {
         let Some(id) = cookies(&parts.headers).remove(SESSION_COOKIE) else {
             return Err(PageError::SignIn(next));
         };
-        match accounts::resume_session(st, &id).await? {
+        match accounts::resume_session(st.records(), &id).await? {
             Some(s) => Ok(SignedIn {
                 user: s.user,
                 csrf: accounts::csrf_token(&id),

@@ -33,9 +33,9 @@ pub(crate) async fn report(
 ) -> PageResult<Markup> {
     let ctx = s.ctx();
     let who = ctx.allow::<authz::ReadAudit>()?;
-    let now = st.clock.now();
+    let now = st.clock().now();
     let keyspace = q.get("keyspace");
-    let rows = reports::inventory(&st, &who, keyspace).await?;
+    let rows = reports::inventory(st.records(), &who, keyspace).await?;
     let kss = all_keyspaces(&st, &ctx).await?;
 
     let live = rows.iter().filter(|r| is_live(r)).count();
@@ -94,7 +94,7 @@ pub(crate) async fn inventory_csv(
 ) -> PageResult<Response> {
     let ctx = s.ctx();
     let who = ctx.allow::<authz::ReadAudit>()?;
-    let rows = reports::inventory(&st, &who, q.get("keyspace")).await?;
+    let rows = reports::inventory(st.records(), &who, q.get("keyspace")).await?;
     Ok((
         [
             (CONTENT_TYPE, "text/csv; charset=utf-8"),

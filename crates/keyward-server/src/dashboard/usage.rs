@@ -29,10 +29,10 @@ pub(crate) async fn key_usage<'a>(
     key: &'a Key,
     view: View,
 ) -> PageResult<KeyUsage<'a>> {
-    let now = st.clock.now();
+    let now = st.clock().now();
     let (from, to) = view.range(now);
     let (_, buckets) = service::key_usage(
-        st,
+        st.records(),
         who,
         &service::key_id(&key.id)?,
         view.granularity(),
@@ -41,7 +41,7 @@ pub(crate) async fn key_usage<'a>(
     )
     .await?;
     let u = Usage::from_buckets(view, now, &buckets);
-    let (_, sources) = service::key_sources(st, who, &service::key_id(&key.id)?).await?;
+    let (_, sources) = service::key_sources(st.records(), who, &service::key_id(&key.id)?).await?;
     let filter = AnomalyFilter {
         key_id: Some(key.id.clone()),
         page: Page {
@@ -50,7 +50,7 @@ pub(crate) async fn key_usage<'a>(
         },
         ..Default::default()
     };
-    let anomalies = service::list_anomalies(st, who, filter).await?;
+    let anomalies = service::list_anomalies(st.records(), who, filter).await?;
     Ok(KeyUsage {
         key,
         view,
@@ -70,10 +70,10 @@ pub(crate) async fn overview_usage(
     who: &Allowed<'_, ReadKeys>,
     names: &HashMap<String, String>,
 ) -> PageResult<OverviewUsage> {
-    let now = st.clock.now();
+    let now = st.clock().now();
     let view = View::Day;
     let (from, to) = view.range(now);
-    let buckets = service::all_usage(st, who, view.granularity(), from, to).await?;
+    let buckets = service::all_usage(st.records(), who, view.granularity(), from, to).await?;
     let u = Usage::from_buckets(view, now, &buckets);
     let mut per_key: HashMap<&str, (i64, i64)> = HashMap::new();
     for b in &buckets {
@@ -116,7 +116,7 @@ pub(crate) async fn recent_anomalies(
     st: &AppState,
     who: &Allowed<'_, ReadKeys>,
 ) -> PageResult<RecentAnomalies> {
-    let now = st.clock.now();
+    let now = st.clock().now();
     let filter = AnomalyFilter {
         page: Page {
             limit: ANOMALIES_SHOWN,
@@ -124,6 +124,6 @@ pub(crate) async fn recent_anomalies(
         },
         ..Default::default()
     };
-    let items = service::list_anomalies(st, who, filter).await?;
+    let items = service::list_anomalies(st.records(), who, filter).await?;
     Ok(RecentAnomalies { items, now })
 }

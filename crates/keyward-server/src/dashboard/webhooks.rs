@@ -45,9 +45,9 @@ async fn webhooks_page<'a>(
     form: &'a HookForm,
     error: Option<&'a str>,
 ) -> PageResult<WebhooksPage<'a>> {
-    let now = st.clock.now();
+    let now = st.clock().now();
     let hooks = service::list_webhooks(
-        st,
+        st.records(),
         who,
         &Page {
             limit: 500,
@@ -60,7 +60,7 @@ async fn webhooks_page<'a>(
     let mut cards = Vec::with_capacity(hooks.len());
     for h in hooks {
         let attempts = service::list_deliveries(
-            st,
+            st.records(),
             who,
             &service::webhook_id(&h.id)?,
             &Page {
@@ -111,7 +111,7 @@ pub(crate) async fn create(State(st): State<AppState>, s: SignedIn, form: Form) 
         events: v.events.clone(),
         keyspace_id: (!v.keyspace_id.is_empty()).then(|| v.keyspace_id.clone()),
     };
-    let (hook, secret) = match service::create_webhook(&st, &who, input).await {
+    let (hook, secret) = match service::create_webhook(&st.control, &who, input).await {
         Ok(r) => r,
         Err(e) if e.code.is_request_error() && e.code != ErrorCode::Forbidden => {
             let page = webhooks_page(&st, &who, None, &v, Some(&e.message)).await?;
@@ -140,6 +140,6 @@ pub(crate) async fn delete(
             "Confirm the deletion by ticking the box.".into(),
         ));
     }
-    service::delete_webhook(&st, &who, &service::webhook_id(&id)?).await?;
+    service::delete_webhook(&st.control, &who, &service::webhook_id(&id)?).await?;
     Ok(redirect("/webhooks?done=deleted"))
 }

@@ -166,8 +166,45 @@ impl JsonBody {
 }
 
 fn parse_json<T: DeserializeOwned>(b: &[u8]) -> Result<T> {
-    serde_json::from_slice(b)
-        .map_err(|e| Error::bad_request(format!("invalid JSON body: {}", sanitize(&e.to_string()))))
+    serde_json::from_slice(b).or_else(|e| {
+        // JSON does not tell `793` from `793.0`, and JSON Schema reads both as an integer: a
+        // body that fails only because an integer was written with a zero fraction (or an
+        // exponent) is read again with such numbers made integers. Only failing bodies pay.
+        serde_json::from_slice::<serde_json::Value>(b)
+            .ok()
+            .and_then(|mut v| integral_numbers(&mut v).then_some(v))
+            .and_then(|v| T::deserialize(v).ok())
+            .ok_or_else(|| {
+                Error::bad_request(format!("invalid JSON body: {}", sanitize(&e.to_string())))
+            })
+    })
+}
+
+/// Turns every number with no fractional part (within `i64`) into an integer; whether any was
+/// changed.
+fn integral_numbers(v: &mut serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) if !n.is_i64() && !n.is_u64() => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 => {
+                *v = Value::from(f as i64);
+                true
+            }
+            _ => false,
+        },
+        Value::Array(items) => items.iter_mut().fold(false, |c, i| integral_numbers(i) | c),
+        Value::Object(m) => m.values_mut().fold(false, |c, i| integral_numbers(i) | c),
+        _ => false,
+    }
+}
+
+/// For a body field that may be left out but not sent as `null` (with `#[serde(default)]`).
+pub(crate) fn not_null<'de, D, T>(d: D) -> std::result::Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 /// Query parameters, taken one by one; whatever is left over is an unknown parameter (400).
@@ -208,6 +245,11 @@ impl Params {
             }
         }
         Ok(found)
+    }
+    /// `cursor`: an empty one is no cursor (the first page), as a client that echoes an empty
+    /// `next_cursor` field expects.
+    pub(crate) fn take_cursor(&mut self) -> Result<Option<String>> {
+        Ok(self.take("cursor")?.filter(|c| !c.is_empty()))
     }
     pub(crate) fn take_all(&mut self, name: &str) -> Vec<String> {
         let (hit, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.0)
@@ -359,7 +401,7 @@ pub(crate) async fn authenticate(
     presented: Option<&str>,
     ip: Option<IpAddr>,
 ) -> Result<Auth> {
-    let token = crate::accounts::authenticate_token(st, presented, ip).await?;
+    let token = crate::accounts::authenticate_token(&st.authn, presented, ip).await?;
     Ok(Auth { token, ip })
 }
 

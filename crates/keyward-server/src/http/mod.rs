@@ -270,7 +270,7 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 async fn readyz(State(st): State<AppState>) -> Response {
-    let (ready, backend) = crate::service::readiness(&st).await;
+    let (ready, backend) = crate::service::readiness(st.records()).await;
     match ready {
         true => Json(json!({"status": "ready", "store": backend})).into_response(),
         false => (
@@ -282,10 +282,10 @@ async fn readyz(State(st): State<AppState>) -> Response {
 }
 
 async fn metrics(State(st): State<AppState>) -> Response {
-    let body = st.metrics.render(
-        st.verifier.pending_keys(),
-        st.verifier.cached_entries(),
-        st.clock.now().millis(),
+    let body = st.metrics().render(
+        st.verifier().pending_keys(),
+        st.verifier().cached_entries(),
+        st.clock().now().millis(),
     );
     (
         [(

@@ -48,7 +48,7 @@ fn split_page<T>(mut rows: Vec<T>, limit: i64) -> (Vec<T>, bool) {
 }
 
 fn key_json(k: &Key, st: &AppState) -> Value {
-    json!(KeyObject::new(k, st.clock.now()))
+    json!(KeyObject::new(k, st.clock().now()))
 }
 
 // ---------------------------------------------------------------- keyspaces
@@ -61,7 +61,7 @@ pub(crate) async fn create_keyspace(
     let ctx = auth.ctx();
     let who = ctx.allow::<authz::CreateKeyspaces>()?;
     let input = body.parse()?;
-    let ks = service::create_keyspace(&st, &who, input).await?;
+    let ks = service::create_keyspace(&st.control, &who, input).await?;
     Ok((StatusCode::CREATED, Json(ks)).into_response())
 }
 
@@ -74,10 +74,10 @@ pub(crate) async fn list_keyspaces(
     let who = ctx.allow::<authz::ReadKeys>()?;
     let limit = params.take_limit()?;
     let fp = "keyspaces";
-    let after = time_cursor(params.take("cursor")?, fp)?;
+    let after = time_cursor(params.take_cursor()?, fp)?;
     params.finish()?;
     let rows = service::list_keyspaces(
-        &st,
+        st.records(),
         &who,
         &Page {
             limit: limit + 1,
@@ -97,7 +97,10 @@ pub(crate) async fn get_keyspace(
 ) -> Result<Response> {
     let ctx = auth.ctx();
     let who = ctx.allow::<authz::ReadKeys>()?;
-    Ok(Json(service::get_keyspace(&st, &who, &service::keyspace_id(&id)?).await?).into_response())
+    Ok(
+        Json(service::get_keyspace(st.records(), &who, &service::keyspace_id(&id)?).await?)
+            .into_response(),
+    )
 }
 
 #[derive(Deserialize)]
@@ -126,7 +129,7 @@ pub(crate) async fn patch_keyspace(
     }
     let b: PatchKeyspaceBody = body.parse()?;
     let ks = service::update_keyspace(
-        &st,
+        &st.control,
         &who,
         &service::keyspace_id(&id)?,
         service::PatchKeyspace {
@@ -148,7 +151,7 @@ pub(crate) async fn create_key(
     let ctx = auth.ctx();
     let who = ctx.allow::<authz::WriteKeys>()?;
     let input = body.parse()?;
-    let (key, plaintext) = service::create_key(&st, &who, input).await?;
+    let (key, plaintext) = service::create_key(&st.control, &who, input).await?;
     let mut v = key_json(&key, &st);
     v["key"] = json!(plaintext.expose());
     Ok((StatusCode::CREATED, Json(v)).into_response())
@@ -162,7 +165,7 @@ pub(crate) async fn list_keys(
     let ctx = auth.ctx();
     let who = ctx.allow::<authz::ReadKeys>()?;
     let limit = params.take_limit()?;
-    let cursor = params.take("cursor")?;
+    let cursor = params.take_cursor()?;
     let keyspace_id = params.take("keyspace_id")?;
     let owner = params.take("owner")?;
     let status = params
@@ -196,13 +199,13 @@ pub(crate) async fn list_keys(
         label,
         name_contains: q,
         unused_for_secs,
-        now: st.clock.now(),
+        now: st.clock().now(),
         page: Page {
             limit: limit + 1,
             after,
         },
     };
-    let rows = service::list_keys(&st, &who, filter).await?;
+    let rows = service::list_keys(st.records(), &who, filter).await?;
     let (rows, more) = split_page(rows, limit);
     let next = more
         .then(|| {
@@ -221,7 +224,7 @@ pub(crate) async fn get_key(
 ) -> Result<Json<Value>> {
     let ctx = auth.ctx();
     let who = ctx.allow::<authz::ReadKeys>()?;
-    let k = service::get_key(&st, &who, &service::key_id(&id)?).await?;
+    let k = service::get_key(st.records(), &who, &service::key_id(&id)?).await?;
     Ok(Json(key_json(&k, &st)))
 }
 
@@ -234,7 +237,7 @@ pub(crate) async fn patch_key(
     let ctx = auth.ctx();
     let who = ctx.allow::<authz::WriteKeys>()?;
     let p = body.parse()?;
-    let k = service::update_key(&st, &who, &service::key_id(&id)?, p).await?;
+    let k = service::update_key(&st.control, &who, &service::key_id(&id)?, p).await?;
     Ok(Json(key_json(&k, &st)))
 }
 
@@ -253,7 +256,7 @@ pub(crate) async fn revoke_key(
     let ctx = auth.ctx();
     let who = ctx.allow::<authz::WriteKeys>()?;
     let b: ReasonBody = body.parse()?;
-    let k = service::revoke_key(&st, &who, &service::key_id(&id)?, &b.reason).await?;
+    let k = service::revoke_key(&st.control, &who, &service::key_id(&id)?, &b.reason).await?;
     Ok(Json(key_json(&k, &st)))
 }
 
@@ -265,7 +268,7 @@ pub(crate) async fn revoke_owner(
     let ctx = auth.ctx();
     let who = ctx.allow::<authz::WriteKeys>()?;
     let input = body.parse()?;
-    let ids = service::revoke_owner_keys(&st, &who, input).await?;
+    let ids = service::revoke_owner_keys(&st.control, &who, input).await?;
     Ok(Json(json!({"revoked": ids.len(), "key_ids": ids})))
 }
 
@@ -278,7 +281,8 @@ pub(crate) async fn rotate_key(
     let ctx = auth.ctx();
     let who = ctx.allow::<authz::WriteKeys>()?;
     let input = body.parse_or_default()?;
-    let (key, plaintext) = service::rotate_key(&st, &who, &service::key_id(&id)?, input).await?;
+    let (key, plaintext) =
+        service::rotate_key(&st.control, &who, &service::key_id(&id)?, input).await?;
     let mut v = key_json(&key, &st);
     v["key"] = json!(plaintext.expose());
     Ok((StatusCode::CREATED, Json(v)).into_response())
@@ -294,7 +298,7 @@ pub(crate) async fn create_token(
     let ctx = auth.ctx();
     let who = ctx.allow::<authz::ManageTokens>()?;
     let input = body.parse()?;
-    let (token, plaintext) = service::create_token(&st.records(), &who, input).await?;
+    let (token, plaintext) = service::create_token(st.records(), &who, input).await?;
     let mut v = json!(token);
     v["token"] = json!(plaintext.expose());
     Ok((StatusCode::CREATED, Json(v)).into_response())
@@ -309,10 +313,10 @@ pub(crate) async fn list_tokens(
     let who = ctx.allow::<authz::ManageTokens>()?;
     let limit = params.take_limit()?;
     let fp = "tokens";
-    let after = time_cursor(params.take("cursor")?, fp)?;
+    let after = time_cursor(params.take_cursor()?, fp)?;
     params.finish()?;
     let rows = service::list_tokens(
-        &st,
+        st.records(),
         &who,
         &Page {
             limit: limit + 1,
@@ -335,10 +339,8 @@ pub(crate) async fn revoke_token(
     let who = ctx.allow::<authz::ManageTokens>()?;
     let b: ReasonBody = body.parse()?;
     Ok(
-        Json(
-            service::revoke_token(&st.records(), &who, &service::token_id(&id)?, &b.reason).await?,
-        )
-        .into_response(),
+        Json(service::revoke_token(st.records(), &who, &service::token_id(&id)?, &b.reason).await?)
+            .into_response(),
     )
 }
 
@@ -352,7 +354,7 @@ pub(crate) async fn list_audit(
     let ctx = auth.ctx();
     let who = ctx.allow::<authz::ReadAudit>()?;
     let limit = params.take_limit()?;
-    let cursor = params.take("cursor")?;
+    let cursor = params.take_cursor()?;
     let mut f = AuditFilter {
         target_id: params.take("target_id")?,
         actor_id: params.take("actor_id")?,
@@ -376,20 +378,22 @@ pub(crate) async fn list_audit(
                 .map_err(|_| Error::bad_request("cursor is not valid for this list"))?,
         );
     }
-    let rows = service::list_audit(&st, &who, &f).await?;
+    let rows = service::list_audit(st.records(), &who, &f).await?;
     Ok(page(rows, limit, &fp, |e| e.seq.to_string()))
 }
 
 pub(crate) async fn verify_audit(State(st): State<AppState>, auth: Auth) -> Result<Json<Value>> {
     let ctx = auth.ctx();
     let who = ctx.allow::<authz::ReadAudit>()?;
-    Ok(Json(match service::check_chain(&st, &who).await? {
-        ChainCheck::Ok { events, head } => json!({"ok": true, "events": events, "head": head}),
-        ChainCheck::Bad {
-            events,
-            first_bad_seq,
-        } => json!({"ok": false, "events": events, "first_bad_seq": first_bad_seq}),
-    }))
+    Ok(Json(
+        match service::check_chain(st.records(), &who).await? {
+            ChainCheck::Ok { events, head } => json!({"ok": true, "events": events, "head": head}),
+            ChainCheck::Bad {
+                events,
+                first_bad_seq,
+            } => json!({"ok": false, "events": events, "first_bad_seq": first_bad_seq}),
+        },
+    ))
 }
 
 /// Audit CSV cells: quoted, and safe to open in a spreadsheet (see `reports::csv_field`).
@@ -442,7 +446,7 @@ pub(crate) async fn export_audit(
         _ => return Err(Error::bad_request("format must be jsonl or csv")),
     };
     // Read the first page now so an unreachable store is a clean 503, not a cut stream.
-    let reader = std::sync::Arc::new(service::audit_reader(&st, &who));
+    let reader = std::sync::Arc::new(service::audit_reader(st.records(), &who));
     let first = reader.after(0, 1000).await?;
     let header = if csv {
         Some(AUDIT_CSV_HEADER.to_string())
@@ -499,7 +503,7 @@ pub(crate) async fn create_webhook(
     let ctx = auth.ctx();
     let who = ctx.allow::<authz::ManageTokens>()?;
     let input = body.parse()?;
-    let (hook, secret) = service::create_webhook(&st, &who, input).await?;
+    let (hook, secret) = service::create_webhook(&st.control, &who, input).await?;
     let mut v = json!(hook);
     v["secret"] = json!(secret.expose());
     Ok((StatusCode::CREATED, Json(v)).into_response())
@@ -514,10 +518,10 @@ pub(crate) async fn list_webhooks(
     let who = ctx.allow::<authz::ManageTokens>()?;
     let limit = params.take_limit()?;
     let fp = "webhooks";
-    let after = time_cursor(params.take("cursor")?, fp)?;
+    let after = time_cursor(params.take_cursor()?, fp)?;
     params.finish()?;
     let rows = service::list_webhooks(
-        &st,
+        st.records(),
         &who,
         &Page {
             limit: limit + 1,
@@ -537,7 +541,7 @@ pub(crate) async fn delete_webhook(
 ) -> Result<Response> {
     let ctx = auth.ctx();
     let who = ctx.allow::<authz::ManageTokens>()?;
-    service::delete_webhook(&st, &who, &service::webhook_id(&id)?).await?;
+    service::delete_webhook(&st.control, &who, &service::webhook_id(&id)?).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -551,10 +555,10 @@ pub(crate) async fn list_deliveries(
     let who = ctx.allow::<authz::ManageTokens>()?;
     let limit = params.take_limit()?;
     let fp = format!("deliveries|{id}");
-    let after = time_cursor(params.take("cursor")?, &fp)?;
+    let after = time_cursor(params.take_cursor()?, &fp)?;
     params.finish()?;
     let rows = service::list_deliveries(
-        &st,
+        st.records(),
         &who,
         &service::webhook_id(&id)?,
         &Page {
@@ -643,10 +647,11 @@ pub(crate) async fn key_usage(
     let ctx = auth.ctx();
     let who = ctx.allow::<authz::ReadKeys>()?;
     let g = granularity(&mut params)?;
-    let (from, to) = range(&mut params, st.clock.now())?;
+    let (from, to) = range(&mut params, st.clock().now())?;
     check_span(g, from, to)?;
     params.finish()?;
-    let (key, buckets) = service::key_usage(&st, &who, &service::key_id(&id)?, g, from, to).await?;
+    let (key, buckets) =
+        service::key_usage(st.records(), &who, &service::key_id(&id)?, g, from, to).await?;
     let (series, totals) = usage_series(&buckets);
     Ok(Json(
         json!({"key_id": key.id, "granularity": g, "from": from, "to": to, "buckets": series, "totals": totals}),
@@ -663,12 +668,13 @@ pub(crate) async fn keyspace_usage(
     let ctx = auth.ctx();
     let who = ctx.allow::<authz::ReadKeys>()?;
     let g = granularity(&mut params)?;
-    let (from, to) = range(&mut params, st.clock.now())?;
+    let (from, to) = range(&mut params, st.clock().now())?;
     check_span(g, from, to)?;
     let top = params.take_int("top", 1)?.unwrap_or(10).min(100) as usize;
     params.finish()?;
     let (ks, buckets) =
-        service::keyspace_usage(&st, &who, &service::keyspace_id(&id)?, g, from, to).await?;
+        service::keyspace_usage(st.records(), &who, &service::keyspace_id(&id)?, g, from, to)
+            .await?;
     let (series, totals) = usage_series(&buckets);
     let mut valid: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
     let mut denied: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
@@ -694,7 +700,7 @@ pub(crate) async fn keyspace_usage(
         async move {
             let mut out = Vec::with_capacity(rows.len());
             for (id, n) in rows {
-                let name = match service::get_key(&st, who, &service::key_id(&id)?).await {
+                let name = match service::get_key(st.records(), who, &service::key_id(&id)?).await {
                     Ok(k) => Some(k.name),
                     Err(e) if e.code == crate::error::ErrorCode::NotFound => None,
                     Err(e) => return Err(e),
@@ -719,7 +725,7 @@ pub(crate) async fn key_sources(
 ) -> Result<Json<Value>> {
     let ctx = auth.ctx();
     let who = ctx.allow::<authz::ReadKeys>()?;
-    let (key, sources) = service::key_sources(&st, &who, &service::key_id(&id)?).await?;
+    let (key, sources) = service::key_sources(st.records(), &who, &service::key_id(&id)?).await?;
     Ok(Json(json!({"key_id": key.id, "items": sources})))
 }
 
@@ -731,7 +737,7 @@ pub(crate) async fn list_anomalies(
     let ctx = auth.ctx();
     let who = ctx.allow::<authz::ReadKeys>()?;
     let limit = params.take_limit()?;
-    let cursor = params.take("cursor")?;
+    let cursor = params.take_cursor()?;
     let keyspace_id = params.take("keyspace_id")?;
     let key_id = params.take("key_id")?;
     let since = params.take_time("since")?;
@@ -747,7 +753,7 @@ pub(crate) async fn list_anomalies(
             after,
         },
     };
-    let rows = service::list_anomalies(&st, &who, f).await?;
+    let rows = service::list_anomalies(st.records(), &who, f).await?;
     Ok(page(rows, limit, &fp, |a| {
         format!("{}:{}", a.detected_at.millis(), a.id)
     }))
@@ -768,7 +774,7 @@ pub(crate) async fn inventory(
     if !matches!(format.as_str(), "json" | "csv") {
         return Err(Error::bad_request("format must be json or csv"));
     }
-    let rows = crate::reports::inventory(&st, &who, keyspace_id.as_deref()).await?;
+    let rows = crate::reports::inventory(st.records(), &who, keyspace_id.as_deref()).await?;
     if format == "csv" {
         let headers = [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
@@ -780,7 +786,7 @@ pub(crate) async fn inventory(
         return Ok((headers, crate::reports::to_csv(&rows)).into_response());
     }
     Ok(
-        Json(json!({"keyspace_id": keyspace_id, "generated_at": st.clock.now(), "items": rows}))
+        Json(json!({"keyspace_id": keyspace_id, "generated_at": st.clock().now(), "items": rows}))
             .into_response(),
     )
 }

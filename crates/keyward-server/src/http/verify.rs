@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::http::error::error_body;
-use crate::http::extract::{authenticate, bearer, client_ip, JsonBody, Params};
+use crate::http::extract::{authenticate, bearer, client_ip, not_null, JsonBody, Params};
 use crate::state::AppState;
 use crate::verifier::{Outcome, Request};
 
@@ -23,8 +23,12 @@ use crate::verifier::{Outcome, Request};
 #[serde(deny_unknown_fields)]
 struct VerifyBody {
     key: String,
+    // Optional, but not nullable: `null` is 400 like any other value of the wrong type.
+    #[serde(default, deserialize_with = "not_null")]
     scopes: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     ip: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
     cost: Option<i64>,
 }
 
@@ -95,7 +99,7 @@ async fn run(
 ) -> Result<Outcome> {
     let started = Instant::now();
     let outcome = st
-        .verifier
+        .verifier()
         .verify(&Request {
             key,
             scopes,
@@ -104,7 +108,7 @@ async fn run(
             keyspaces,
         })
         .await?;
-    st.metrics.observe(outcome.code(), started.elapsed());
+    st.metrics().observe(outcome.code(), started.elapsed());
     Ok(outcome)
 }
 
@@ -227,7 +231,7 @@ pub(crate) async fn forward_auth(
         Outcome::Denied { code, reset_at, .. } => {
             let mut res = (status, Json(error_body(code.as_str(), message))).into_response();
             if let (VCode::RateLimited, Some(reset)) = (code, reset_at) {
-                let now = st.clock.now().millis();
+                let now = st.clock().now().millis();
                 let secs = ((reset.millis() - now) + 999).div_euclid(1000).max(1);
                 res.headers_mut()
                     .insert("retry-after", HeaderValue::from(secs));

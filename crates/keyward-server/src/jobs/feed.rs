@@ -11,19 +11,19 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::state::AppState;
+use crate::state::Control;
 
 /// How far behind the newest applied seq each poll looks again.
 const WINDOW: i64 = 1024;
 
 pub(crate) async fn run(
-    state: AppState,
+    state: Control,
     every: Duration,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut shutdown = shutdown;
     let mut head = loop {
-        match state.store.change_head().await {
+        match state.records.store.change_head().await {
             Ok(h) => break h,
             Err(e) => {
                 tracing::warn!(error = %e, "change feed: cannot read the head; retrying");
@@ -34,8 +34,8 @@ pub(crate) async fn run(
             }
         }
     };
-    let node = state.store.node_id().to_string();
-    let signal = state.store.change_signal();
+    let node = state.records.store.node_id().to_string();
+    let signal = state.records.store.change_signal();
     let mut applied: BTreeSet<i64> = BTreeSet::new();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -52,7 +52,7 @@ pub(crate) async fn run(
             _ = shutdown.changed() => return,
         }
         let from = (head - WINDOW).max(0);
-        match state.store.changes_after(from, 10_000).await {
+        match state.records.store.changes_after(from, 10_000).await {
             Ok(rows) => {
                 for c in rows {
                     if c.seq <= from || applied.contains(&c.seq) {

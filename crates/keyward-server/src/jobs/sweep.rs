@@ -26,7 +26,7 @@ use serde_json::{json, Map};
 
 use crate::anomalies;
 use crate::events::key_event;
-use crate::state::AppState;
+use crate::state::Control;
 
 const BATCH: i64 = 200;
 
@@ -57,16 +57,16 @@ fn system_event(now: Timestamp, action: AuditAction, key: &Key) -> NewEvent {
     }
 }
 
-async fn expire(st: &AppState, now: Timestamp) -> Result<usize, StoreError> {
+async fn expire(st: &Control, now: Timestamp) -> Result<usize, StoreError> {
     let mut n = 0;
     loop {
-        let keys = st.store.expired_unmarked(now, BATCH).await?;
+        let keys = st.records.store.expired_unmarked(now, BATCH).await?;
         if keys.is_empty() {
             return Ok(n);
         }
         let mut progressed = false;
         for k in keys {
-            let mut tx = st.store.begin().await?;
+            let mut tx = st.records.store.begin().await?;
             if !tx.mark_expired(&k.id, now).await? {
                 continue;
             }
@@ -90,11 +90,12 @@ async fn expire(st: &AppState, now: Timestamp) -> Result<usize, StoreError> {
     }
 }
 
-async fn keyspaces(st: &AppState) -> Result<Vec<keyward_core::model::Keyspace>, StoreError> {
+async fn keyspaces(st: &Control) -> Result<Vec<keyward_core::model::Keyspace>, StoreError> {
     let mut all = Vec::new();
     let mut after = None;
     loop {
         let page = st
+            .records
             .store
             .list_keyspaces(
                 None,
@@ -113,7 +114,7 @@ async fn keyspaces(st: &AppState) -> Result<Vec<keyward_core::model::Keyspace>, 
 }
 
 async fn warn(
-    st: &AppState,
+    st: &Control,
     now: Timestamp,
     spaces: &[keyward_core::model::Keyspace],
 ) -> Result<usize, StoreError> {
@@ -124,12 +125,13 @@ async fn warn(
         };
         loop {
             let keys = st
+                .records
                 .store
                 .expiring_unwarned(&ks.id, now, now.plus_secs(w), BATCH)
                 .await?;
             let mut progressed = false;
             for k in &keys {
-                let mut tx = st.store.begin().await?;
+                let mut tx = st.records.store.begin().await?;
                 if !tx.mark_warned(&k.id, now).await? {
                     continue;
                 }
@@ -148,7 +150,7 @@ async fn warn(
 }
 
 async fn revoke_inactive(
-    st: &AppState,
+    st: &Control,
     now: Timestamp,
     spaces: &[keyward_core::model::Keyspace],
 ) -> Result<usize, StoreError> {
@@ -159,10 +161,14 @@ async fn revoke_inactive(
         };
         let cutoff = now.plus_secs(-secs);
         loop {
-            let keys = st.store.inactive_since(&ks.id, now, cutoff, BATCH).await?;
+            let keys = st
+                .records
+                .store
+                .inactive_since(&ks.id, now, cutoff, BATCH)
+                .await?;
             let mut progressed = false;
             for k in &keys {
-                let mut tx = st.store.begin().await?;
+                let mut tx = st.records.store.begin().await?;
                 // Re-read under the write lock: another node may have acted, or the key been used.
                 let Some(mut k) = tx.key(&k.id).await? else {
                     continue;
@@ -208,15 +214,13 @@ async fn revoke_inactive(
     Ok(n)
 }
 
-async fn prune(st: &AppState, now: Timestamp) -> Result<u64, StoreError> {
+async fn prune(st: &Control, now: Timestamp, retention: [Duration; 3]) -> Result<u64, StoreError> {
     let mut n = 0;
     for (i, g) in Granularity::ALL.iter().enumerate() {
         n += st
+            .records
             .store
-            .prune_usage(
-                *g,
-                now.plus_millis(-(st.config.retention()[i].as_millis() as i64)),
-            )
+            .prune_usage(*g, now.plus_millis(-(retention[i].as_millis() as i64)))
             .await?;
     }
     Ok(n)
@@ -224,7 +228,7 @@ async fn prune(st: &AppState, now: Timestamp) -> Result<u64, StoreError> {
 
 /// Judges every complete minute after `*last` up to the one before `now`.
 async fn patterns(
-    st: &AppState,
+    st: &Control,
     now: Timestamp,
     last: &mut Option<i64>,
 ) -> Result<usize, StoreError> {
@@ -244,6 +248,7 @@ async fn patterns(
     // that catches up, with sweeps at most a minute apart) the store sums each such key's hour:
     // one row per key, not sixty.
     let judged = st
+        .records
         .store
         .usage(
             None,
@@ -262,6 +267,7 @@ async fn patterns(
         let mut baseline = HashMap::new();
         for chunk in candidates.chunks(500) {
             for t in st
+                .records
                 .store
                 .minute_totals(chunk, from, Timestamp::from_millis(first))
                 .await?
@@ -275,7 +281,8 @@ async fn patterns(
     } else {
         for chunk in candidates.chunks(500) {
             buckets.extend(
-                st.store
+                st.records
+                    .store
                     .usage(
                         Some(chunk),
                         Granularity::Minute,
@@ -294,7 +301,7 @@ async fn patterns(
         found
     };
     for f in &mut found {
-        if let Some(k) = st.store.key(&f.anomaly.key_id).await? {
+        if let Some(k) = st.records.store.key(&f.anomaly.key_id).await? {
             f.anomaly.keyspace_id = k.keyspace_id;
         }
     }
@@ -303,15 +310,17 @@ async fn patterns(
     Ok(n)
 }
 
-/// Runs every sweep once at `now` (the clock's). `last_minute` carries pattern detection's
+/// Runs every sweep once at `now` (the clock's), keeping usage buckets for `retention`
+/// (minutes, hours, days). `last_minute` carries pattern detection's
 /// progress between sweeps of this node.
 pub async fn sweep_once(
-    st: &AppState,
+    st: &Control,
+    retention: [Duration; 3],
     last_minute: &mut Option<i64>,
 ) -> Result<Report, StoreError> {
     // Inactivity must see this node's latest uses.
     crate::jobs::usage::flush(st).await?;
-    let now = st.clock.now();
+    let now = st.records.clock.now();
     let spaces = keyspaces(st).await?;
     let mut r = Report {
         expired: expire(st, now).await?,
@@ -322,13 +331,17 @@ pub async fn sweep_once(
     // Hours and days from the minutes written since the last roll-up, before minutes are pruned.
     // Only closed minutes: the flusher is still adding to the current one.
     let minute = Timestamp::from_millis(now.millis().div_euclid(60_000) * 60_000);
-    r.rolled_up = st.store.rollup_usage(minute).await?;
-    r.pruned_buckets = prune(st, now).await?;
+    r.rolled_up = st.records.store.rollup_usage(minute).await?;
+    r.pruned_buckets = prune(st, now, retention).await?;
     // Leases untouched for a minute belong to nodes that died: their quota goes back to the pool.
-    st.store.reclaim_stale_leases(now.plus_secs(-60)).await?;
+    st.records
+        .store
+        .reclaim_stale_leases(now.plus_secs(-60))
+        .await?;
     // Bounded history: webhook deliveries and anomalies for 90 days, the change feed for a day
     // (a node that was away longer starts with an empty cache).
     r.pruned_buckets += st
+        .records
         .store
         .prune_history(now.plus_secs(-90 * 86_400), now.plus_secs(-86_400))
         .await?;
@@ -340,8 +353,9 @@ pub async fn sweep_once(
 }
 
 pub(crate) async fn run(
-    st: AppState,
+    st: Control,
     every: Duration,
+    retention: [Duration; 3],
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut shutdown = shutdown;
@@ -353,7 +367,7 @@ pub(crate) async fn run(
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        match sweep_once(&st, &mut last_minute).await {
+        match sweep_once(&st, retention, &mut last_minute).await {
             // Roll-ups happen on nearly every sweep of a busy node: not worth a line alone.
             Ok(r)
                 if r != (Report {

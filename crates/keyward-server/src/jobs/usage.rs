@@ -14,21 +14,21 @@ use keyward_store::{SourceSeen, UsageDelta};
 use serde_json::json;
 
 use crate::anomalies::{self, Found};
-use crate::state::AppState;
+use crate::state::Control;
 
 /// `new_source` anomalies reported per key and flush at most.
 const NEW_SOURCES_PER_FLUSH: usize = 5;
 
 /// Writes everything pending now. Holds the write gate so a control-plane change that sets a
 /// quota never interleaves with a batch that subtracts from it.
-pub async fn flush(state: &AppState) -> Result<usize, keyward_store::StoreError> {
+pub async fn flush(state: &Control) -> Result<usize, keyward_store::StoreError> {
     let _gate = state.gate.lock().await;
     let written = flush_locked(state).await;
     if written.is_ok() {
         state
             .metrics
             .last_flush_ms
-            .store(state.clock.now().millis(), Ordering::Relaxed);
+            .store(state.records.clock.now().millis(), Ordering::Relaxed);
         return_idle_leases(state).await;
     }
     written
@@ -37,7 +37,7 @@ pub async fn flush(state: &AppState) -> Result<usize, keyward_store::StoreError>
 /// Addresses never seen before for their key. The first address a key is ever seen from is not
 /// an anomaly.
 async fn new_sources(
-    state: &AppState,
+    state: &Control,
     deltas: &[UsageDelta],
 ) -> Result<Vec<Found>, keyward_store::StoreError> {
     let mut found = Vec::new();
@@ -48,6 +48,7 @@ async fn new_sources(
             continue;
         }
         let stored: HashSet<String> = state
+            .records
             .store
             .known_sources(&d.key_id)
             .await?
@@ -61,6 +62,7 @@ async fn new_sources(
         fresh.sort_by_key(|s| s.first);
         let mut skip_first = stored.is_empty();
         let keyspace_id = state
+            .records
             .store
             .key(&d.key_id)
             .await?
@@ -93,7 +95,7 @@ pub const FLUSH_BATCH: usize = 5000;
 
 /// [`flush`] for callers that already hold the write gate: every key pending when it starts (the
 /// queue is first in, first out, so those are the first taken), in batches of [`FLUSH_BATCH`].
-pub(crate) async fn flush_locked(state: &AppState) -> Result<usize, keyward_store::StoreError> {
+pub(crate) async fn flush_locked(state: &Control) -> Result<usize, keyward_store::StoreError> {
     let mut left = state.verifier.pending_keys();
     let mut written = 0;
     while left > 0 {
@@ -109,7 +111,7 @@ pub(crate) async fn flush_locked(state: &AppState) -> Result<usize, keyward_stor
 
 /// Writes the usage of the `max` keys queued longest: (keys written, keys taken).
 async fn flush_batch(
-    state: &AppState,
+    state: &Control,
     max: usize,
 ) -> Result<(usize, usize), keyward_store::StoreError> {
     let mut usage = state.verifier.take_usage(max);
@@ -126,7 +128,7 @@ async fn flush_batch(
         }
     };
     let n = usage.deltas.len();
-    match state.store.apply_usage(&usage.deltas).await {
+    match state.records.store.apply_usage(&usage.deltas).await {
         Ok(()) => {
             state.metrics.flushes.fetch_add(1, Ordering::Relaxed);
             state
@@ -161,15 +163,19 @@ async fn flush_batch(
     Ok((n, taken))
 }
 
-async fn return_idle_leases(state: &AppState) {
-    if let Err(e) = state.verifier.return_leases(state.clock.now(), false).await {
+async fn return_idle_leases(state: &Control) {
+    if let Err(e) = state
+        .verifier
+        .return_leases(state.records.clock.now(), false)
+        .await
+    {
         tracing::warn!(error = %e, "could not give back idle quota leases");
     }
 }
 
 /// Runs until `shutdown` resolves, then flushes one last time and gives back every lease.
 pub(crate) async fn run(
-    state: AppState,
+    state: Control,
     every: Duration,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -189,7 +195,11 @@ pub(crate) async fn run(
     for attempt in 0..5 {
         match flush(&state).await {
             Ok(_) => {
-                if let Err(e) = state.verifier.return_leases(state.clock.now(), true).await {
+                if let Err(e) = state
+                    .verifier
+                    .return_leases(state.records.clock.now(), true)
+                    .await
+                {
                     tracing::warn!(error = %e, "could not give back quota leases at shutdown; the sweep reclaims them");
                 }
                 return;

@@ -12,7 +12,7 @@ use keyward_core::time::Timestamp;
 use keyward_store::{AfterAttempt, Attempt, DueDelivery, StoreError};
 use sha2::Sha256;
 
-use crate::state::AppState;
+use crate::state::Control;
 
 const GIVE_UP_AFTER_MS: i64 = 24 * 3_600_000;
 const MAX_BACKOFF_MS: i64 = 3_600_000;
@@ -75,12 +75,14 @@ async fn send(
 }
 
 async fn deliver(
-    st: &AppState,
+    st: &Control,
     http: &reqwest::Client,
     d: DueDelivery,
+    retry_base: Duration,
 ) -> Result<bool, StoreError> {
-    let now = st.clock.now();
+    let now = st.records.clock.now();
     if !st
+        .records
         .store
         .claim_delivery(&d.id, now, now.plus_millis(LEASE_MS))
         .await?
@@ -89,15 +91,12 @@ async fn deliver(
     }
     let (status_code, error) = send(http, &d, now).await;
     let attempt_no = d.attempts + 1;
-    let at = st.clock.now();
+    let at = st.records.clock.now();
     let ok = status_code.is_some_and(|c| (200..300).contains(&c));
     let after = if ok {
         AfterAttempt::Delivered
     } else {
-        let next = at.plus_millis(backoff_ms(
-            st.config.webhook_retry_base.as_millis() as i64,
-            attempt_no,
-        ));
+        let next = at.plus_millis(backoff_ms(retry_base.as_millis() as i64, attempt_no));
         if next.millis() - d.created_at.millis() > GIVE_UP_AFTER_MS {
             AfterAttempt::GiveUp
         } else {
@@ -113,23 +112,35 @@ async fn deliver(
         error,
         at,
     };
-    st.store
+    st.records
+        .store
         .finish_attempt(&d.id, &d.webhook_id, &attempt, after)
         .await?;
     st.metrics.record_webhook(ok);
     Ok(true)
 }
 
-/// Sends every delivery that is due now; returns how many attempts were made.
-pub async fn deliver_due(st: &AppState, http: &reqwest::Client) -> Result<usize, StoreError> {
+/// Sends every delivery that is due now (a failed attempt is retried after `retry_base`,
+/// doubling); returns how many attempts were made.
+pub async fn deliver_due(
+    st: &Control,
+    http: &reqwest::Client,
+    retry_base: Duration,
+) -> Result<usize, StoreError> {
     let mut total = 0;
     loop {
-        let due = st.store.due_deliveries(st.clock.now(), 32).await?;
+        let due = st
+            .records
+            .store
+            .due_deliveries(st.records.clock.now(), 32)
+            .await?;
         if due.is_empty() {
             return Ok(total);
         }
-        let results =
-            futures_util::future::join_all(due.into_iter().map(|d| deliver(st, http, d))).await;
+        let results = futures_util::future::join_all(
+            due.into_iter().map(|d| deliver(st, http, d, retry_base)),
+        )
+        .await;
         let made = results.iter().filter(|r| matches!(r, Ok(true))).count();
         total += made;
         if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
@@ -150,14 +161,15 @@ pub fn client() -> reqwest::Client {
 }
 
 pub(crate) async fn run(
-    st: AppState,
+    st: Control,
     every: Duration,
+    retry_base: Duration,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut shutdown = shutdown;
     let http = client();
     loop {
-        if let Err(e) = deliver_due(&st, &http).await {
+        if let Err(e) = deliver_due(&st, &http, retry_base).await {
             tracing::warn!(error = %e, "webhook delivery failed; will retry");
         }
         tokio::select! {

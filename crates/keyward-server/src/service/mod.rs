@@ -33,10 +33,10 @@ use keyward_core::kinds::{AuditAction, TargetType, WebhookEvent};
 
 use crate::error::{Error, Result};
 use crate::events::key_event;
-use crate::state::{AppState, Records};
+use crate::state::{Control, Records};
 
 /// Whether the store answers (`/readyz`, no token needed), and which backend it is.
-pub(crate) async fn readiness(st: &AppState) -> (bool, &'static str) {
+pub(crate) async fn readiness(st: &Records) -> (bool, &'static str) {
     (st.store.ping().await.is_ok(), st.store.backend())
 }
 
@@ -45,14 +45,14 @@ pub(crate) async fn readiness(st: &AppState) -> (bool, &'static str) {
 /// (a client that hung up) still leaves no stale entry: if the commit did not happen after all,
 /// forgetting costs one store read.
 struct Forget<'a> {
-    st: &'a AppState,
+    st: &'a Control,
     hashes: Vec<KeyHash>,
     /// Quotas set anew: this node's leases of them are void.
     quota: Vec<(KeyHash, Option<i64>)>,
 }
 
 impl<'a> Forget<'a> {
-    fn keys(st: &'a AppState, hashes: Vec<KeyHash>) -> Self {
+    fn keys(st: &'a Control, hashes: Vec<KeyHash>) -> Self {
         Forget {
             st,
             hashes,
@@ -135,7 +135,7 @@ pub struct PatchKeyspace {
 }
 
 pub async fn create_keyspace(
-    st: &AppState,
+    st: &Control,
     who: &Allowed<'_, CreateKeyspaces>,
     input: CreateKeyspace,
 ) -> Result<Keyspace> {
@@ -147,7 +147,7 @@ pub async fn create_keyspace(
         Some(p) => p.apply(&base).map_err(Error::bad_request)?,
         None => base,
     };
-    let now = st.clock.now();
+    let now = st.records.clock.now();
     let ks = Keyspace {
         id: new_id("ks", now),
         name: input.name,
@@ -156,7 +156,7 @@ pub async fn create_keyspace(
         created_at: now,
         updated_at: now,
     };
-    let mut tx = st.store.begin().await?;
+    let mut tx = st.records.store.begin().await?;
     match tx.insert_keyspace(&ks).await {
         Err(StoreError::Conflict(_)) => {
             return Err(Error::conflict(format!(
@@ -181,7 +181,7 @@ pub async fn create_keyspace(
 }
 
 pub async fn get_keyspace(
-    st: &AppState,
+    st: &Records,
     who: &Allowed<'_, ReadKeys>,
     id: &KeyspaceId,
 ) -> Result<Keyspace> {
@@ -189,7 +189,7 @@ pub async fn get_keyspace(
 }
 
 /// A keyspace the context may see (404 otherwise).
-pub(crate) async fn keyspace_seen(st: &AppState, ctx: &Ctx, id: &str) -> Result<Keyspace> {
+pub(crate) async fn keyspace_seen(st: &Records, ctx: &Ctx, id: &str) -> Result<Keyspace> {
     // A string without an id's shape names no keyspace: answered without the store (which
     // may refuse some strings outright, e.g. PostgreSQL a NUL character).
     if !ctx.sees(id) || KeyspaceId::parse(id).is_none() {
@@ -202,7 +202,7 @@ pub(crate) async fn keyspace_seen(st: &AppState, ctx: &Ctx, id: &str) -> Result<
 }
 
 pub async fn update_keyspace(
-    st: &AppState,
+    st: &Control,
     who: &Allowed<'_, WriteKeyspaces>,
     id: &KeyspaceId,
     input: PatchKeyspace,
@@ -214,7 +214,7 @@ pub async fn update_keyspace(
     if !ctx.sees(id) {
         return Err(not_found("keyspace", id));
     }
-    let mut tx = st.store.begin().await?;
+    let mut tx = st.records.store.begin().await?;
     let old = tx
         .keyspace(id)
         .await?
@@ -226,7 +226,7 @@ pub async fn update_keyspace(
     if let Some(p) = &input.policy {
         ks.policy = p.apply(&ks.policy).map_err(Error::bad_request)?;
     }
-    let now = st.clock.now();
+    let now = st.records.clock.now();
     let mut ev = ctx.event(now, AuditAction::KeyspaceUpdate, TargetType::Keyspace, id);
     change(&mut ev.changes, "name", &old.name, &ks.name);
     if old.policy != ks.policy {
@@ -369,7 +369,7 @@ async fn check_owner_limit(
 }
 
 pub async fn create_key(
-    st: &AppState,
+    st: &Control,
     who: &Allowed<'_, WriteKeys>,
     input: CreateKey,
 ) -> Result<(Key, Secret)> {
@@ -384,7 +384,7 @@ pub async fn create_key(
     if let Some(c) = &input.allowed_cidrs {
         check_cidrs(c).map_err(Error::bad_request)?;
     }
-    let now = st.clock.now();
+    let now = st.records.clock.now();
     let explicit_expiry = match (input.ttl_secs, input.expires_at) {
         (Some(_), Some(_)) => {
             return Err(Error::bad_request("give ttl_secs or expires_at, not both"))
@@ -401,7 +401,7 @@ pub async fn create_key(
     if !ctx.sees(&input.keyspace_id) || KeyspaceId::parse(&input.keyspace_id).is_none() {
         return Err(not_found("keyspace", &input.keyspace_id));
     }
-    let mut tx = st.store.begin().await?;
+    let mut tx = st.records.store.begin().await?;
     let ks = tx
         .keyspace(&input.keyspace_id)
         .await?
@@ -464,12 +464,12 @@ fn new_key_record(
 }
 
 /// A key the context may see, read outside a transaction.
-pub async fn get_key(st: &AppState, who: &Allowed<'_, ReadKeys>, id: &KeyId) -> Result<Key> {
+pub async fn get_key(st: &Records, who: &Allowed<'_, ReadKeys>, id: &KeyId) -> Result<Key> {
     key_seen(st, who.ctx(), id).await
 }
 
 /// A key the context may see (404 otherwise), reporting its successor's quota while rotating.
-pub(crate) async fn key_seen(st: &AppState, ctx: &Ctx, id: &str) -> Result<Key> {
+pub(crate) async fn key_seen(st: &Records, ctx: &Ctx, id: &str) -> Result<Key> {
     let mut key = st
         .store
         .key(id)
@@ -482,7 +482,7 @@ pub(crate) async fn key_seen(st: &AppState, ctx: &Ctx, id: &str) -> Result<Key> 
 
 /// During its grace period (rotated, neither revoked nor expired, disabled or not) a rotated
 /// key draws from its successor's quota, so it reports the successor's `remaining`.
-pub(crate) async fn report_successor_quota(st: &AppState, key: &mut Key) -> Result<()> {
+pub(crate) async fn report_successor_quota(st: &Records, key: &mut Key) -> Result<()> {
     if let (Some(next), Some(_)) = (&key.rotated_to, key.remaining) {
         let status = key.status(st.clock.now());
         if status != KeyStatus::Revoked && status != KeyStatus::Expired {
@@ -506,7 +506,7 @@ fn required<T>(field: &str, v: Option<T>) -> Result<T> {
 }
 
 pub async fn update_key(
-    st: &AppState,
+    st: &Control,
     who: &Allowed<'_, WriteKeys>,
     id: &KeyId,
     p: PatchKey,
@@ -542,7 +542,7 @@ pub async fn update_key(
     if let Some(Some(c)) = &p.allowed_cidrs {
         check_cidrs(c).map_err(Error::bad_request)?;
     }
-    let now = st.clock.now();
+    let now = st.records.clock.now();
     if let Some(Some(e)) = p.expires_at {
         if e <= now {
             return Err(Error::bad_request("expires_at is in the past"));
@@ -554,7 +554,7 @@ pub async fn update_key(
     if p.remaining.is_some() {
         crate::jobs::usage::flush_locked(st).await?;
     }
-    let mut tx = st.store.begin().await?;
+    let mut tx = st.records.store.begin().await?;
     let old = key_in_tx(&mut tx, ctx, id).await?;
     if old.revoked_at.is_some() {
         return Err(Error::conflict("the key is revoked and cannot be changed"));
@@ -652,20 +652,20 @@ fn revoke_in_place(k: &mut Key, ctx: &Ctx, now: Timestamp, reason: &str, ev: &mu
 }
 
 pub async fn revoke_key(
-    st: &AppState,
+    st: &Control,
     who: &Allowed<'_, WriteKeys>,
     id: &KeyId,
     reason: &str,
 ) -> Result<Key> {
     let ctx = who.ctx();
     check_reason(reason).map_err(Error::bad_request)?;
-    let mut tx = st.store.begin().await?;
+    let mut tx = st.records.store.begin().await?;
     let mut k = key_in_tx(&mut tx, ctx, id).await?;
     if k.revoked_at.is_some() {
         // Idempotent: the first revocation stands and no second event is written.
         return Ok(k);
     }
-    let now = st.clock.now();
+    let now = st.records.clock.now();
     let mut ev = ctx.event(now, AuditAction::KeyRevoke, TargetType::Key, id);
     ev.reason = Some(reason.to_string());
     revoke_in_place(&mut k, ctx, now, reason, &mut ev);
@@ -687,7 +687,7 @@ pub struct BulkRevoke {
 }
 
 pub async fn revoke_owner_keys(
-    st: &AppState,
+    st: &Control,
     who: &Allowed<'_, WriteKeys>,
     input: BulkRevoke,
 ) -> Result<Vec<String>> {
@@ -696,13 +696,13 @@ pub async fn revoke_owner_keys(
     check_reason(&input.reason).map_err(Error::bad_request)?;
     let scope: Option<Vec<String>> = match (&input.keyspace_id, &ctx.keyspaces) {
         (Some(ks), _) => {
-            keyspace_seen(st, ctx, ks).await?;
+            keyspace_seen(&st.records, ctx, ks).await?;
             Some(vec![ks.clone()])
         }
         (None, limit) => limit.clone(),
     };
-    let now = st.clock.now();
-    let mut tx = st.store.begin().await?;
+    let now = st.records.clock.now();
+    let mut tx = st.records.store.begin().await?;
     let keys = tx
         .live_keys_of_owner(&input.owner, scope.as_deref(), now)
         .await?;
@@ -733,7 +733,7 @@ pub struct RotateKey {
 
 /// Rotates a key: returns the successor and its plaintext.
 pub async fn rotate_key(
-    st: &AppState,
+    st: &Control,
     who: &Allowed<'_, WriteKeys>,
     id: &KeyId,
     input: RotateKey,
@@ -752,8 +752,8 @@ pub async fn rotate_key(
     // Settle unwritten usage first so the quota that moves to the successor is current.
     let _gate = st.gate.lock().await;
     crate::jobs::usage::flush_locked(st).await?;
-    let now = st.clock.now();
-    let mut tx = st.store.begin().await?;
+    let now = st.records.clock.now();
+    let mut tx = st.records.store.begin().await?;
     let old = key_in_tx(&mut tx, ctx, id).await?;
     match old.status(now) {
         KeyStatus::Revoked => {
@@ -982,7 +982,7 @@ fn check_webhook_url(url: &str) -> Result<()> {
 
 /// Creates a webhook; returns it with its signing secret (shown once).
 pub async fn create_webhook(
-    st: &AppState,
+    st: &Control,
     who: &Allowed<'_, ManageTokens>,
     input: CreateWebhook,
 ) -> Result<(keyward_core::model::Webhook, Secret)> {
@@ -1006,8 +1006,8 @@ pub async fn create_webhook(
     }
     let mut events = input.events;
     dedup_in_order(&mut events);
-    let now = st.clock.now();
-    let mut tx = st.store.begin().await?;
+    let now = st.records.clock.now();
+    let mut tx = st.records.store.begin().await?;
     if let Some(ks) = &input.keyspace_id {
         if KeyspaceId::parse(ks).is_none() || tx.keyspace(ks).await?.is_none() {
             return Err(not_found("keyspace", ks));
@@ -1044,19 +1044,19 @@ pub async fn create_webhook(
 }
 
 pub async fn delete_webhook(
-    st: &AppState,
+    st: &Control,
     who: &Allowed<'_, ManageTokens>,
     id: &WebhookId,
 ) -> Result<()> {
     let ctx = who.ctx();
     ctx.require_unlimited("managing webhooks")?;
-    let mut tx = st.store.begin().await?;
+    let mut tx = st.records.store.begin().await?;
     let hook = tx
         .webhook(id)
         .await?
         .ok_or_else(|| not_found("webhook", id))?;
     tx.delete_webhook(id).await?;
-    let now = st.clock.now();
+    let now = st.records.clock.now();
     let mut ev = ctx.event(now, AuditAction::WebhookDelete, TargetType::Webhook, id);
     change(&mut ev.changes, "url", &hook.url, Value::Null);
     tx.append_audit(ev).await?;

@@ -17,7 +17,7 @@ use keyward_store::{
 use super::{key_seen, keyspace_seen, not_found, report_successor_quota};
 use crate::authz::{Allowed, Ctx, ManageTokens, ReadAudit, ReadKeys};
 use crate::error::Result;
-use crate::state::AppState;
+use crate::state::Records;
 
 /// The keyspaces a list may cover: what was asked for, within what the context may see.
 /// `None`: every keyspace. An empty list: none.
@@ -32,7 +32,7 @@ fn within_limit(ctx: &Ctx, asked: Option<Vec<String>>) -> Option<Vec<String>> {
 }
 
 pub async fn list_keyspaces(
-    st: &AppState,
+    st: &Records,
     who: &Allowed<'_, ReadKeys>,
     page: &Page<TimeCursor>,
 ) -> Result<Vec<Keyspace>> {
@@ -45,7 +45,7 @@ pub async fn list_keyspaces(
 /// Keys matching `filter`, within the context's keyspaces; a key in its grace period reports
 /// its successor's quota, as [`super::get_key`] does.
 pub async fn list_keys(
-    st: &AppState,
+    st: &Records,
     who: &Allowed<'_, ReadKeys>,
     mut filter: KeyFilter,
 ) -> Result<Vec<Key>> {
@@ -59,7 +59,7 @@ pub async fn list_keys(
 
 /// Buckets of one key (`granularity` `m`, `h` or `d`), oldest first.
 pub async fn key_usage(
-    st: &AppState,
+    st: &Records,
     who: &Allowed<'_, ReadKeys>,
     key_id: &KeyId,
     granularity: Granularity,
@@ -76,7 +76,7 @@ pub async fn key_usage(
 
 /// Buckets of every key of a keyspace.
 pub async fn keyspace_usage(
-    st: &AppState,
+    st: &Records,
     who: &Allowed<'_, ReadKeys>,
     keyspace_id: &KeyspaceId,
     granularity: Granularity,
@@ -93,7 +93,7 @@ pub async fn keyspace_usage(
 
 /// Buckets of every key of the installation (a context limited to keyspaces is refused).
 pub async fn all_usage(
-    st: &AppState,
+    st: &Records,
     who: &Allowed<'_, ReadKeys>,
     granularity: Granularity,
     from: Timestamp,
@@ -105,7 +105,7 @@ pub async fn all_usage(
 
 /// The source addresses a key was seen from.
 pub async fn key_sources(
-    st: &AppState,
+    st: &Records,
     who: &Allowed<'_, ReadKeys>,
     key_id: &KeyId,
 ) -> Result<(Key, Vec<Source>)> {
@@ -116,7 +116,7 @@ pub async fn key_sources(
 
 /// Anomalies matching `filter`, within the context's keyspaces.
 pub async fn list_anomalies(
-    st: &AppState,
+    st: &Records,
     who: &Allowed<'_, ReadKeys>,
     mut filter: AnomalyFilter,
 ) -> Result<Vec<Anomaly>> {
@@ -127,7 +127,7 @@ pub async fn list_anomalies(
 // ---------------------------------------------------------------- audit
 
 pub async fn list_audit(
-    st: &AppState,
+    st: &Records,
     _who: &Allowed<'_, ReadAudit>,
     filter: &AuditFilter,
 ) -> Result<Vec<AuditEvent>> {
@@ -135,7 +135,7 @@ pub async fn list_audit(
 }
 
 /// Walks the whole chain from the first event.
-pub async fn check_chain(st: &AppState, _who: &Allowed<'_, ReadAudit>) -> Result<ChainCheck> {
+pub async fn check_chain(st: &Records, _who: &Allowed<'_, ReadAudit>) -> Result<ChainCheck> {
     let mut v = ChainVerifier::default();
     let mut after = 0;
     loop {
@@ -161,7 +161,7 @@ impl AuditReader {
     }
 }
 
-pub fn audit_reader(st: &AppState, _who: &Allowed<'_, ReadAudit>) -> AuditReader {
+pub fn audit_reader(st: &Records, _who: &Allowed<'_, ReadAudit>) -> AuditReader {
     AuditReader {
         store: st.store.clone(),
     }
@@ -170,7 +170,7 @@ pub fn audit_reader(st: &AppState, _who: &Allowed<'_, ReadAudit>) -> AuditReader
 // ---------------------------------------------------------------- tokens, users, webhooks
 
 pub async fn list_tokens(
-    st: &AppState,
+    st: &Records,
     _who: &Allowed<'_, ManageTokens>,
     page: &Page<TimeCursor>,
 ) -> Result<Vec<Token>> {
@@ -178,12 +178,12 @@ pub async fn list_tokens(
 }
 
 /// Dashboard users, oldest first.
-pub async fn list_users(st: &AppState, _who: &Allowed<'_, ManageTokens>) -> Result<Vec<User>> {
+pub async fn list_users(st: &Records, _who: &Allowed<'_, ManageTokens>) -> Result<Vec<User>> {
     Ok(st.store.users().list_users().await?)
 }
 
 pub async fn list_webhooks(
-    st: &AppState,
+    st: &Records,
     _who: &Allowed<'_, ManageTokens>,
     page: &Page<TimeCursor>,
 ) -> Result<Vec<Webhook>> {
@@ -192,7 +192,7 @@ pub async fn list_webhooks(
 
 /// Delivery attempts of a webhook, newest first (404 for an unknown webhook).
 pub async fn list_deliveries(
-    st: &AppState,
+    st: &Records,
     _who: &Allowed<'_, ManageTokens>,
     webhook_id: &WebhookId,
     page: &Page<TimeCursor>,

@@ -331,8 +331,9 @@ async fn deliveries_survive_a_restart_of_the_server(backend: Backend) {
         keyward_server::AppState::new(store, std::sync::Arc::new(clock.clone()), manual().config);
     clock.advance_secs(2);
     let n = keyward_server::jobs::webhooks::deliver_due(
-        &state,
+        &state.control,
         &keyward_server::jobs::webhooks::client(),
+        state.config.webhook_retry_base,
     )
     .await
     .unwrap();

@@ -1047,3 +1047,186 @@ async fn a_nul_character_is_refused_before_the_store(app: TestApp) {
     assert_eq!(app.get("/v1/keys/key_%00").await.status, 404);
 }
 both!(a_nul_character_is_refused_before_the_store);
+
+/// The three contract gaps property-based testing found: an integer written with a zero
+/// fraction is an integer, `null` is not a value of an optional integer, and an empty
+/// `cursor=` is the first page.
+async fn integers_may_carry_a_zero_fraction_null_is_no_cost_and_an_empty_cursor_is_the_first_page(
+    app: TestApp,
+) {
+    let ks = app.keyspace(json!({})).await;
+    let created = app
+        .post(
+            "/v1/keys",
+            json!({"keyspace_id": ks, "name": "n", "owner": "o", "remaining": 793.0,
+                   "ratelimit": {"limit": 1e2, "window_secs": 60.0}}),
+        )
+        .await
+        .expect(201);
+    assert_eq!(created.body["remaining"], 793, "{}", created.body);
+    assert_eq!(created.body["ratelimit"]["limit"], 100);
+    let key = created.body["key"].as_str().unwrap().to_string();
+    let v = app.verify(json!({"key": key, "cost": 2.0})).await;
+    assert_eq!(v["code"], "VALID", "{v}");
+    assert_eq!(v["remaining"], 791, "{v}");
+    // A fraction is still refused, and so is `null` for cost, scopes or ip.
+    for body in [
+        json!({"key": key, "cost": 1.5}),
+        json!({"key": key, "cost": null}),
+        json!({"key": key, "scopes": null}),
+        json!({"key": key, "ip": null}),
+    ] {
+        let res = raw(
+            &app,
+            Method::POST,
+            "/v1/verify",
+            &[("content-type", "application/json")],
+            Some(body.to_string().into_bytes()),
+        )
+        .await;
+        assert_error(&res, 400, "BAD_REQUEST");
+    }
+    let v = app.verify(json!({"key": key})).await;
+    assert_eq!(v["remaining"], 790, "the refused bodies spent nothing: {v}");
+    for path in ["/v1/keys", "/v1/keyspaces", "/v1/audit", "/v1/tokens"] {
+        let first = app.get(&format!("{path}?limit=1")).await.expect(200);
+        let empty = app
+            .get(&format!("{path}?limit=1&cursor="))
+            .await
+            .expect(200);
+        assert_eq!(empty.body["items"], first.body["items"], "{path}");
+    }
+}
+both!(integers_may_carry_a_zero_fraction_null_is_no_cost_and_an_empty_cursor_is_the_first_page);
+
+fn quick_body_timeout() -> crate::helpers::Options {
+    let mut o = crate::helpers::Options::default();
+    o.config.body_read_timeout = std::time::Duration::from_millis(400);
+    o
+}
+
+/// A body that trickles in a byte at a time gets 408 once its deadline passes, however
+/// steadily the bytes come, and the connection closes; a body sent in time is served.
+async fn a_body_that_trickles_in_past_its_deadline_is_408_and_the_connection_closes(app: TestApp) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = std::time::Instant::now();
+    let mut slow = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    slow.write_all(
+        b"POST /v1/verify HTTP/1.1\r\nHost: keyward\r\nContent-Type: application/json\r\n\
+          Content-Length: 60000\r\nx-request-id: slow-1\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    let trickle = async {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            if slow.write_all(b" ").await.is_err() {
+                break;
+            }
+        }
+    };
+    let mut answer = Vec::new();
+    tokio::select! {
+        _ = trickle => {}
+        _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => panic!("no answer in 10 s"),
+    }
+    // The trickle stopped: the server closed its side. Read what it answered.
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        slow.read_to_end(&mut answer),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    assert!(text.contains("\"REQUEST_TIMEOUT\""), "{text}");
+    assert!(text.contains("slow-1"), "the request's id: {text}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(350));
+    let ks = app.keyspace(json!({})).await;
+    let (_, key) = app.key(&ks, json!({})).await;
+    assert_eq!(app.verify_code(&key).await, "VALID");
+}
+both!(
+    a_body_that_trickles_in_past_its_deadline_is_408_and_the_connection_closes,
+    quick_body_timeout
+);
+
+fn four_connections() -> crate::helpers::Options {
+    let mut o = crate::helpers::Options::default();
+    o.config.max_connections = Some(4);
+    o
+}
+
+/// Past `max_connections` a new connection is accepted and closed at once (not queued), and
+/// counted; once one closes, a new one is served.
+async fn connections_past_the_cap_are_closed_at_once(app: TestApp) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn healthz(conn: &mut tokio::net::TcpStream) -> bool {
+        if conn
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: keyward\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        let mut buf = [0u8; 512];
+        matches!(
+            tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut buf)).await,
+            Ok(Ok(n)) if n > 0 && buf.starts_with(b"HTTP/1.1 200")
+        )
+    }
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for _ in 0..6 {
+        let mut c = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        if healthz(&mut c).await {
+            open.push(c);
+        } else {
+            refused += 1;
+        }
+    }
+    // The test client's own pooled connections may hold some of the four.
+    assert!(open.len() <= 4, "{} served", open.len());
+    assert!(refused >= 2, "{refused} refused");
+    drop(open);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut again = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    assert!(healthz(&mut again).await, "served once connections closed");
+    let metrics = app.http.get(format!("{}/metrics", app.url)).send().await;
+    let text = metrics.unwrap().text().await.unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("keyward_connections_refused_total "))
+        .expect("the refused-connections counter");
+    let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= refused, "{line}");
+}
+both!(
+    connections_past_the_cap_are_closed_at_once,
+    four_connections
+);
+
+/// A keep-alive connection left idle longer than the header timeout is closed.
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout(app: TestApp) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: keyward\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = conn.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let idle = std::time::Instant::now();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), conn.read(&mut buf))
+        .await
+        .expect("the server closed the idle connection");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(idle.elapsed() >= std::time::Duration::from_millis(250));
+}
+both!(
+    an_idle_keep_alive_connection_is_closed_after_the_header_timeout,
+    quick_header_timeout
+);

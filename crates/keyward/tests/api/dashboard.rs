@@ -29,7 +29,7 @@ fn cli_ctx() -> Ctx {
 
 pub(crate) async fn add_user(app: &TestApp, email: &str, role: Role) -> String {
     accounts::create_user(
-        &app.state.records(),
+        app.state.records(),
         &cli_ctx().allow().unwrap(),
         email,
         role,
@@ -142,9 +142,9 @@ async fn signing_in_gives_a_strict_httponly_session_that_signing_out_ends(app: T
     let session_id = b.cookie.trim_start_matches("kw_session=").to_string();
     assert!(app
         .state
-        .store
+        .store()
         .users()
-        .session(&session_id, app.state.clock.now())
+        .session(&session_id, app.state.clock().now())
         .await
         .unwrap()
         .is_none());
@@ -413,7 +413,7 @@ both!(creating_a_key_shows_its_plaintext_once_with_no_store);
 
 async fn unknown_users_and_wrong_passwords_cost_one_password_check_each(app: TestApp) {
     add_user(&app, "known@example.com", Role::Viewer).await;
-    let checks = || app.state.accounts.password_checks.load(Ordering::SeqCst);
+    let checks = || app.state.sign_ins().password_checks.load(Ordering::SeqCst);
     for (email, password) in [
         ("known@example.com", "wrong password here"),
         ("nobody@example.com", "wrong password here"),
@@ -432,7 +432,7 @@ async fn unknown_users_and_wrong_passwords_cost_one_password_check_each(app: Tes
     }
     // A disabled user is an unknown user, with the right password too.
     accounts::disable_user(
-        &app.state.records(),
+        app.state.records(),
         &cli_ctx().allow().unwrap(),
         "known@example.com",
     )
@@ -455,13 +455,13 @@ async fn failed_sign_ins_are_throttled_per_account(app: TestApp) {
             401
         );
     }
-    let before = app.state.accounts.password_checks.load(Ordering::SeqCst);
+    let before = app.state.sign_ins().password_checks.load(Ordering::SeqCst);
     // Even the right password waits now, and costs no hashing.
     let res = attempt(&app, "T@example.com", PASSWORD).await;
     assert_eq!(res.status(), 429);
     assert!(res.headers().contains_key("retry-after"));
     assert_eq!(
-        app.state.accounts.password_checks.load(Ordering::SeqCst),
+        app.state.sign_ins().password_checks.load(Ordering::SeqCst),
         before
     );
 }
@@ -472,7 +472,7 @@ async fn disabling_a_user_ends_its_sessions_and_is_audited(app: TestApp) {
     let b = sign_in(&app, "d@example.com").await;
     assert_eq!(b.get("/keys").await.status(), 200);
     accounts::disable_user(
-        &app.state.records(),
+        app.state.records(),
         &cli_ctx().allow().unwrap(),
         "d@example.com",
     )
@@ -481,7 +481,7 @@ async fn disabling_a_user_ends_its_sessions_and_is_audited(app: TestApp) {
     assert_eq!(b.get("/keys").await.status(), 303);
     // A second disable writes nothing.
     accounts::disable_user(
-        &app.state.records(),
+        app.state.records(),
         &cli_ctx().allow().unwrap(),
         "d@example.com",
     )
@@ -507,7 +507,7 @@ async fn disabling_a_user_ends_its_sessions_and_is_audited(app: TestApp) {
     }
     // Emails are unique whatever their case.
     let again = accounts::create_user(
-        &app.state.records(),
+        app.state.records(),
         &cli_ctx().allow().unwrap(),
         "D@EXAMPLE.com",
         Role::Viewer,
@@ -554,7 +554,7 @@ async fn post_setup(app: &TestApp, token: &str, email: &str) -> reqwest::Respons
 }
 
 async fn the_setup_link_works_once_and_expires_within_an_hour(app: TestApp) {
-    let token = accounts::issue_setup_token(&app.state)
+    let token = accounts::issue_setup_token(app.state.records())
         .await
         .unwrap()
         .unwrap();
@@ -564,7 +564,7 @@ async fn the_setup_link_works_once_and_expires_within_an_hour(app: TestApp) {
         set_cookie(&res, "kw_session").is_some(),
         "the admin is signed in"
     );
-    let users = app.state.store.users().list_users().await.unwrap();
+    let users = app.state.store().users().list_users().await.unwrap();
     assert_eq!(users.len(), 1);
     assert_eq!(users[0].role, Role::Admin);
     // Single use: neither the page nor the form work again, and no new link is issued.
@@ -580,11 +580,11 @@ async fn the_setup_link_works_once_and_expires_within_an_hour(app: TestApp) {
             .status(),
         403
     );
-    assert!(accounts::issue_setup_token(&app.state)
+    assert!(accounts::issue_setup_token(app.state.records())
         .await
         .unwrap()
         .is_none());
-    assert_eq!(app.state.store.users().count_users().await.unwrap(), 1);
+    assert_eq!(app.state.store().users().count_users().await.unwrap(), 1);
     let ev = app.get("/v1/audit?action=user.create").await.expect(200);
     assert_eq!(ev.body["items"][0]["actor"]["type"], "user");
     assert_eq!(ev.body["items"][0]["target_type"], "user");
@@ -592,7 +592,7 @@ async fn the_setup_link_works_once_and_expires_within_an_hour(app: TestApp) {
 both!(the_setup_link_works_once_and_expires_within_an_hour, manual);
 
 async fn an_unused_setup_link_stops_working_after_an_hour(app: TestApp) {
-    let token = accounts::issue_setup_token(&app.state)
+    let token = accounts::issue_setup_token(app.state.records())
         .await
         .unwrap()
         .unwrap();
@@ -618,7 +618,7 @@ async fn an_unused_setup_link_stops_working_after_an_hour(app: TestApp) {
             .status(),
         403
     );
-    assert_eq!(app.state.store.users().count_users().await.unwrap(), 0);
+    assert_eq!(app.state.store().users().count_users().await.unwrap(), 0);
 }
 both!(an_unused_setup_link_stops_working_after_an_hour, manual);
 

@@ -118,7 +118,7 @@ async fn start(backend: Backend, db_url: String, dir: Option<TempDir>, opts: Opt
     let state = AppState::new(store, clock, opts.config);
     let ctx = Ctx::operator(Actor::cli("test"));
     let (_, admin) = service::create_token(
-        &state.records(),
+        state.records(),
         &ctx.allow().unwrap(),
         service::CreateToken {
             name: "admin".into(),
@@ -326,7 +326,7 @@ impl TestApp {
     }
     /// Writes pending usage now.
     pub async fn flush(&self) {
-        keyward_server::jobs::usage::flush(&self.state)
+        keyward_server::jobs::usage::flush(&self.state.control)
             .await
             .unwrap();
     }
@@ -507,9 +507,13 @@ impl TestApp {
     /// the previous sweep judged, as in the server.
     pub async fn sweep(&self) -> keyward_server::jobs::sweep::Report {
         let mut last = *self.sweep_last.lock().unwrap();
-        let report = keyward_server::jobs::sweep::sweep_once(&self.state, &mut last)
-            .await
-            .unwrap();
+        let report = keyward_server::jobs::sweep::sweep_once(
+            &self.state.control,
+            self.state.config.retention(),
+            &mut last,
+        )
+        .await
+        .unwrap();
         *self.sweep_last.lock().unwrap() = last;
         report
     }
@@ -517,8 +521,9 @@ impl TestApp {
     /// Sends every due webhook delivery now.
     pub async fn deliver(&self) -> usize {
         keyward_server::jobs::webhooks::deliver_due(
-            &self.state,
+            &self.state.control,
             &keyward_server::jobs::webhooks::client(),
+            self.state.config.webhook_retry_base,
         )
         .await
         .unwrap()

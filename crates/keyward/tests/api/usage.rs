@@ -352,7 +352,7 @@ async fn verify_all(app: &TestApp, plaintexts: &[keyward_core::secret::Secret]) 
     for p in plaintexts {
         let outcome = app
             .state
-            .verifier
+            .verifier()
             .verify(&keyward_server::verifier::Request {
                 key: p.expose(),
                 scopes: &[],
@@ -382,10 +382,10 @@ async fn a_flush_of_more_keys_than_one_batch_writes_every_key(app: TestApp) {
         .to_string();
     // More keys than two batches, written straight to the store (the API would take minutes).
     let n = 2 * FLUSH_BATCH + 7;
-    let now = app.state.clock.now();
+    let now = app.state.clock().now();
     let mut plaintexts = Vec::with_capacity(n);
     let mut ids = Vec::with_capacity(n);
-    let mut tx = app.state.store.begin().await.unwrap();
+    let mut tx = app.state.store().begin().await.unwrap();
     for _ in 0..n {
         let plaintext = keyformat::generate(&prefix);
         let mut key = keyward_core::model::Key::for_plaintext(
@@ -402,21 +402,21 @@ async fn a_flush_of_more_keys_than_one_batch_writes_every_key(app: TestApp) {
     }
     tx.commit().await.unwrap();
     verify_all(&app, &plaintexts).await;
-    assert_eq!(app.state.verifier.pending_keys(), n);
+    assert_eq!(app.state.verifier().pending_keys(), n);
     let before = app
         .state
-        .metrics
+        .metrics()
         .flushed_keys
         .load(std::sync::atomic::Ordering::Relaxed);
     app.flush().await;
-    assert_eq!(app.state.verifier.pending_keys(), 0);
+    assert_eq!(app.state.verifier().pending_keys(), 0);
     for id in [&ids[0], &ids[FLUSH_BATCH], &ids[n - 1]] {
         let k = app.get(&format!("/v1/keys/{id}")).await.expect(200);
         assert_eq!(k.body["call_count"], 1, "{id}");
     }
     assert_eq!(
         app.state
-            .metrics
+            .metrics()
             .flushed_keys
             .load(std::sync::atomic::Ordering::Relaxed),
         before + n as u64,
@@ -443,7 +443,7 @@ async fn a_flush_of_more_keys_than_one_batch_writes_every_key(app: TestApp) {
                     cost: 1,
                     keyspaces: None,
                 };
-                state.verifier.verify(&request).await.unwrap();
+                state.verifier().verify(&request).await.unwrap();
             }
             tokio::task::yield_now().await;
         }
