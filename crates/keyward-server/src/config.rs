@@ -32,6 +32,12 @@ pub struct Config {
     /// First webhook retry delay in milliseconds; each next one doubles (at most 1 h apart, for 24 h).
     #[arg(long = "webhook-retry-base-ms", env = "KEYWARD_WEBHOOK_RETRY_BASE_MS", default_value = "1000", value_parser = millis)]
     pub webhook_retry_base: Duration,
+    /// Let webhooks call loopback, private and shared (CGNAT) addresses: receivers next to
+    /// keyward. Set `false` where every receiver is public, so a webhook cannot reach internal
+    /// services. Link-local (cloud metadata), unspecified, multicast and reserved addresses are
+    /// refused either way.
+    #[arg(long, env = "KEYWARD_WEBHOOK_ALLOW_PRIVATE", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub webhook_allow_private: bool,
     /// How long minute usage buckets are kept, in seconds.
     #[arg(long = "usage-retention-minute-secs", env = "KEYWARD_USAGE_RETENTION_MINUTE_SECS", default_value = "604800", value_parser = secs)]
     pub retention_minute: Duration,

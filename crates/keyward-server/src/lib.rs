@@ -38,6 +38,7 @@ pub(crate) mod events;
 pub mod http;
 pub mod jobs;
 pub(crate) mod metrics;
+pub(crate) mod outbound;
 pub(crate) mod redis;
 pub(crate) mod reports;
 pub mod routes;
@@ -100,6 +101,7 @@ pub async fn serve(
         state.control.clone(),
         state.config.webhook_poll,
         state.config.webhook_retry_base,
+        state.config.webhook_allow_private,
         stop_tx.subscribe(),
     ));
     let limits = conn::Limits {

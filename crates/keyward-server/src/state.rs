@@ -60,6 +60,8 @@ pub struct Control {
     pub(crate) gate: Arc<tokio::sync::Mutex<()>>,
     /// Wakes the webhook delivery worker when a change enqueued events.
     pub(crate) webhook_wake: Arc<tokio::sync::Notify>,
+    /// Whether webhook URLs may name internal addresses (`KEYWARD_WEBHOOK_ALLOW_PRIVATE`).
+    pub(crate) webhook_allow_private: bool,
 }
 
 /// What authentication uses: the records and this node's throttles.
@@ -101,6 +103,7 @@ impl AppState {
                 metrics,
                 gate: Arc::new(tokio::sync::Mutex::new(())),
                 webhook_wake: Arc::new(tokio::sync::Notify::new()),
+                webhook_allow_private: config.webhook_allow_private,
             },
             config: Arc::new(config),
         }))

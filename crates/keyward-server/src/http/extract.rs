@@ -166,6 +166,12 @@ impl JsonBody {
 }
 
 fn parse_json<T: DeserializeOwned>(b: &[u8]) -> Result<T> {
+    // Every body is an object: serde would otherwise fill a struct from an array by position.
+    if b.trim_ascii_start().first() != Some(&b'{') {
+        return Err(Error::bad_request(
+            "invalid JSON body: the body must be a JSON object",
+        ));
+    }
     serde_json::from_slice(b).or_else(|e| {
         // JSON does not tell `793` from `793.0`, and JSON Schema reads both as an integer: a
         // body that fails only because an integer was written with a zero fraction (or an

@@ -42,7 +42,12 @@ async fn send(
     http: &reqwest::Client,
     d: &DueDelivery,
     now: Timestamp,
+    allow_private: bool,
 ) -> (Option<i64>, Option<String>) {
+    // A literal address is judged here; a name by the client's resolver.
+    if let Some(refused) = crate::outbound::literal_refusal(&d.url, allow_private) {
+        return (None, Some(refused));
+    }
     let res = http
         .post(&d.url)
         .header("content-type", "application/json")
@@ -62,6 +67,9 @@ async fn send(
             (Some(code), err)
         }
         Err(e) => {
+            if let Some(refused) = crate::outbound::refused_in(&e) {
+                return (None, Some(refused));
+            }
             let what = if e.is_timeout() {
                 "timed out"
             } else if e.is_connect() {
@@ -89,7 +97,7 @@ async fn deliver(
     {
         return Ok(false);
     }
-    let (status_code, error) = send(http, &d, now).await;
+    let (status_code, error) = send(http, &d, now, st.webhook_allow_private).await;
     let attempt_no = d.attempts + 1;
     let at = st.records.clock.now();
     let ok = status_code.is_some_and(|c| (200..300).contains(&c));
@@ -152,22 +160,20 @@ pub async fn deliver_due(
     }
 }
 
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
+/// The client deliveries are sent with (see [`crate::outbound`]).
+pub fn client(allow_private: bool) -> reqwest::Client {
+    crate::outbound::client(TIMEOUT, allow_private)
 }
 
 pub(crate) async fn run(
     st: Control,
     every: Duration,
     retry_base: Duration,
+    allow_private: bool,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut shutdown = shutdown;
-    let http = client();
+    let http = client(allow_private);
     loop {
         if let Err(e) = deliver_due(&st, &http, retry_base).await {
             tracing::warn!(error = %e, "webhook delivery failed; will retry");

@@ -962,22 +962,13 @@ pub struct CreateWebhook {
     pub keyspace_id: Option<String>,
 }
 
-fn check_webhook_url(url: &str) -> Result<()> {
+fn check_webhook_url(url: &str, allow_private: bool) -> Result<()> {
     if keyformat::contains_key_material(url) {
         return Err(Error::bad_request(
             "url contains what looks like an API key or token; keyward never stores plaintext keys",
         ));
     }
-    let ok = (url.starts_with("http://") || url.starts_with("https://"))
-        && url.len() <= 2048
-        && reqwest::Url::parse(url).is_ok_and(|u| u.host_str().is_some_and(|h| !h.is_empty()));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::bad_request(
-            "url must be an absolute http:// or https:// URL (at most 2048 characters)",
-        ))
-    }
+    crate::outbound::check_url(url, allow_private).map_err(Error::bad_request)
 }
 
 /// Creates a webhook; returns it with its signing secret (shown once).
@@ -988,7 +979,7 @@ pub async fn create_webhook(
 ) -> Result<(keyward_core::model::Webhook, Secret)> {
     let ctx = who.ctx();
     ctx.require_unlimited("managing webhooks")?;
-    check_webhook_url(&input.url)?;
+    check_webhook_url(&input.url, st.webhook_allow_private)?;
     if input.events.is_empty() {
         return Err(Error::bad_request(
             "events must name at least one event type",

@@ -332,7 +332,7 @@ async fn deliveries_survive_a_restart_of_the_server(backend: Backend) {
     clock.advance_secs(2);
     let n = keyward_server::jobs::webhooks::deliver_due(
         &state.control,
-        &keyward_server::jobs::webhooks::client(),
+        &keyward_server::jobs::webhooks::client(true),
         state.config.webhook_retry_base,
     )
     .await
@@ -455,7 +455,7 @@ async fn with_a_one_second_sweep_policies_act_by_themselves(backend: Backend) {
             usage_flush: std::time::Duration::from_millis(100),
             webhook_poll: std::time::Duration::from_millis(100),
             webhook_retry_base: std::time::Duration::from_millis(100),
-            ..Config::default()
+            ..crate::helpers::Options::default().config
         },
         ..Options::default()
     };

@@ -1088,6 +1088,16 @@ async fn integers_may_carry_a_zero_fraction_null_is_no_cost_and_an_empty_cursor_
     }
     let v = app.verify(json!({"key": key})).await;
     assert_eq!(v["remaining"], 790, "the refused bodies spent nothing: {v}");
+    // A body is an object: an array is not read field by field.
+    let positional = raw(
+        &app,
+        Method::POST,
+        "/v1/keys",
+        &[("content-type", "application/json")],
+        Some(json!([ks, "n", "o"]).to_string().into_bytes()),
+    )
+    .await;
+    assert_error(&positional, 400, "BAD_REQUEST");
     for path in ["/v1/keys", "/v1/keyspaces", "/v1/audit", "/v1/tokens"] {
         let first = app.get(&format!("{path}?limit=1")).await.expect(200);
         let empty = app

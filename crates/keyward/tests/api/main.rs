@@ -14,6 +14,7 @@ mod degraded;
 mod door;
 mod keys;
 mod lifecycle;
+mod outbound;
 mod roles;
 mod secrets;
 mod usage;

@@ -193,7 +193,7 @@ async fn verification_needs_a_verifier_or_admin_token_when_configured(backend: B
         config: Config {
             verify_requires_token: true,
             usage_flush: std::time::Duration::from_millis(50),
-            ..Config::default()
+            ..crate::helpers::Options::default().config
         },
         ..Options::default()
     };
@@ -429,7 +429,7 @@ async fn a_verifier_limited_to_keyspaces_finds_no_key_outside_them(backend: Back
         config: Config {
             verify_requires_token: true,
             usage_flush: std::time::Duration::from_millis(50),
-            ..Config::default()
+            ..crate::helpers::Options::default().config
         },
         ..Options::default()
     };

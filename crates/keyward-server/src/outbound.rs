@@ -1,0 +1,325 @@
+//! Which addresses keyward's own outbound requests (webhook deliveries) may reach.
+//!
+//! A webhook URL is checked when it is created (shape, and a literal address) and again at
+//! every delivery: a name is resolved by [`GuardedResolver`], which hands the connection only
+//! addresses that pass [`refusal`], so a name that resolves (or re-resolves) to a refused
+//! address is never called. Redirects are not followed and no proxy is used.
+//!
+//! Two kinds of addresses are refused, in every form (IPv4-mapped, -compatible, NAT64, 6to4):
+//! - never a receiver: unspecified, link-local (where cloud metadata lives), multicast,
+//!   reserved and broadcast addresses: always refused;
+//! - internal: loopback, private (RFC 1918, unique local) and shared (CGNAT) addresses:
+//!   allowed by default, as the API contract promises (a self-hosted service notifies services
+//!   next to it), refused with `KEYWARD_WEBHOOK_ALLOW_PRIVATE=false`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+
+/// What kind of address this is, when it is one keyward may refuse to call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Never a receiver (unspecified, link-local, multicast, reserved): always refused.
+    Never(&'static str),
+    /// Loopback, private or shared: refused only with `KEYWARD_WEBHOOK_ALLOW_PRIVATE=false`.
+    Internal(&'static str),
+}
+
+/// Why an address may not be called (`None` when it may).
+pub(crate) fn refusal(ip: IpAddr, allow_private: bool) -> Option<&'static str> {
+    match kind(ip)? {
+        Kind::Never(why) => Some(why),
+        Kind::Internal(_) if allow_private => None,
+        Kind::Internal(why) => Some(why),
+    }
+}
+
+/// The kind of an address, `None` for an ordinary public one.
+pub(crate) fn kind(ip: IpAddr) -> Option<Kind> {
+    match ip {
+        IpAddr::V4(v4) => kind_v4(v4),
+        IpAddr::V6(v6) => kind_v6(v6),
+    }
+}
+
+fn kind_v4(ip: Ipv4Addr) -> Option<Kind> {
+    use Kind::{Internal, Never};
+    let [a, b, c, _] = ip.octets();
+    Some(match () {
+        _ if a == 0 => Never("an unspecified address"),
+        _ if ip.is_link_local() => Never("a link-local address (cloud metadata lives there)"),
+        _ if ip.is_multicast() => Never("a multicast address"),
+        _ if a >= 240 => Never("a reserved or broadcast address"),
+        _ if ip.is_loopback() => Internal("a loopback address"),
+        _ if ip.is_private() => Internal("a private address"),
+        // Shared address space (carrier-grade NAT; some clouds' metadata, e.g. 100.100.100.200).
+        _ if a == 100 && (64..128).contains(&b) => Internal("a shared (carrier-grade NAT) address"),
+        _ if a == 192 && b == 0 && c == 0 => Internal("an IETF protocol address"),
+        _ if a == 198 && (b == 18 || b == 19) => Internal("a benchmarking address"),
+        _ => return None,
+    })
+}
+
+fn kind_v6(ip: Ipv6Addr) -> Option<Kind> {
+    use Kind::{Internal, Never};
+    let s = ip.segments();
+    // IPv4 written in IPv6: mapped (::ffff:a.b.c.d), compatible (::a.b.c.d), NAT64
+    // (64:ff9b::a.b.c.d) and 6to4 (2002:AABB:CCDD::) carry an IPv4 address that is judged.
+    let embedded = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return kind_v4(v4);
+    }
+    if s[..6] == [0; 6] && !(s[6] == 0 && s[7] <= 1) {
+        return kind_v4(embedded(s[6], s[7]));
+    }
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return kind_v4(embedded(s[6], s[7]));
+    }
+    if s[0] == 0x2002 {
+        return kind_v4(embedded(s[1], s[2]));
+    }
+    Some(match () {
+        _ if ip.is_unspecified() => Never("an unspecified address"),
+        _ if s[0] & 0xffc0 == 0xfe80 || s[0] & 0xffc0 == 0xfec0 => Never("a link-local address"),
+        _ if ip.is_multicast() => Never("a multicast address"),
+        _ if ip.is_loopback() => Internal("a loopback address"),
+        _ if s[0] & 0xfe00 == 0xfc00 => Internal("a unique local (private) address"),
+        _ => return None,
+    })
+}
+
+/// A refused address, as the error a delivery records.
+#[derive(Debug)]
+pub(crate) struct Refused(pub(crate) String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+fn refused_message(host: &str, ip: IpAddr, why: &str, allow_private: bool) -> String {
+    if allow_private {
+        format!("refused: {host} is {why} ({ip}), never a webhook receiver")
+    } else {
+        format!("refused: {host} is {why} ({ip}); internal receivers need KEYWARD_WEBHOOK_ALLOW_PRIVATE=true")
+    }
+}
+
+/// Checks a webhook URL as it is created: an absolute `http`/`https` URL of at most 2048
+/// characters, without credentials, control characters, whitespace or a fragment, whose host
+/// (when it is a literal address, in any of the forms URL parsing accepts, such as
+/// `2130706433` or `[::ffff:127.0.0.1]`) may be called. `Err` names the problem.
+pub(crate) fn check_url(url: &str, allow_private: bool) -> Result<(), String> {
+    if url.len() > 2048 {
+        return Err("url must be at most 2048 characters".into());
+    }
+    if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("url may not contain control characters or whitespace".into());
+    }
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err("url must be an absolute http:// or https:// URL".into());
+    }
+    let parsed =
+        reqwest::Url::parse(url).map_err(|_| "url is not a valid absolute URL".to_string())?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("url may not contain credentials (user:password@)".into());
+    }
+    if parsed.fragment().is_some() {
+        return Err("url may not contain a fragment (#...)".into());
+    }
+    let Some(host) = parsed.host() else {
+        return Err("url must name a host".into());
+    };
+    let literal = match host {
+        url::Host::Ipv4(v4) => Some(IpAddr::V4(v4)),
+        url::Host::Ipv6(v6) => Some(IpAddr::V6(v6)),
+        url::Host::Domain(d) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            if !allow_private && (d == "localhost" || d.ends_with(".localhost")) {
+                return Err(format!("url names {d}, a loopback host; internal receivers need KEYWARD_WEBHOOK_ALLOW_PRIVATE=true"));
+            }
+            None
+        }
+    };
+    match literal.and_then(|ip| Some((ip, refusal(ip, allow_private)?))) {
+        Some((ip, why)) => Err(format!(
+            "url {}",
+            refused_message(
+                parsed.host_str().unwrap_or_default(),
+                ip,
+                why,
+                allow_private
+            )
+            .trim_start_matches("refused: ")
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Why a URL's literal address may not be called at delivery time (a name is checked by the
+/// resolver instead).
+pub(crate) fn literal_refusal(url: &str, allow_private: bool) -> Option<String> {
+    let parsed = reqwest::Url::parse(url).ok()?;
+    let ip = match parsed.host()? {
+        url::Host::Ipv4(v4) => IpAddr::V4(v4),
+        url::Host::Ipv6(v6) => IpAddr::V6(v6),
+        url::Host::Domain(_) => return None,
+    };
+    refusal(ip, allow_private).map(|why| refused_message(&ip.to_string(), ip, why, allow_private))
+}
+
+/// Resolves names with the system resolver and keeps only addresses that may be called; a name
+/// left with none fails with [`Refused`].
+struct GuardedResolver {
+    allow_private: bool,
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let host = name.as_str().to_string();
+        let allow_private = self.allow_private;
+        Box::pin(async move {
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let mut first_refusal = None;
+            let allowed: Vec<SocketAddr> = found
+                .into_iter()
+                .filter(|a| match refusal(a.ip(), allow_private) {
+                    None => true,
+                    Some(why) => {
+                        first_refusal.get_or_insert_with(|| {
+                            refused_message(&host, a.ip(), why, allow_private)
+                        });
+                        false
+                    }
+                })
+                .collect();
+            if allowed.is_empty() {
+                let msg = first_refusal.unwrap_or_else(|| format!("{host} did not resolve"));
+                return Err(Box::new(Refused(msg)) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(allowed.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// The HTTP client of webhook deliveries: a total timeout, no redirects, no proxy from the
+/// environment, and the guarded resolver.
+pub(crate) fn client(timeout: Duration, allow_private: bool) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .dns_resolver(Arc::new(GuardedResolver { allow_private }))
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+/// The refusal inside a failed request, if that is why it failed.
+pub(crate) fn refused_in(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(r) = err.downcast_ref::<Refused>() {
+            return Some(r.0.clone());
+        }
+        cur = err.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_internal_address_form_is_refused_and_public_ones_are_not() {
+        for refused in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "0.0.0.0",
+            "10.0.0.1",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.100.100.200",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "::127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:7f00:1::",
+            "fc00::1",
+            "fd00:ec2::254",
+            "fe80::1",
+            "ff02::1",
+        ] {
+            let ip: IpAddr = refused.parse().unwrap();
+            assert!(refusal(ip, false).is_some(), "{refused} must be refused");
+        }
+        for never in [
+            "0.0.0.0",
+            "169.254.169.254",
+            "::ffff:169.254.169.254",
+            "fe80::1",
+            "224.0.0.1",
+        ] {
+            let ip: IpAddr = never.parse().unwrap();
+            assert!(refusal(ip, true).is_some(), "{never} is never a receiver");
+        }
+        for internal in [
+            "127.0.0.1",
+            "10.0.0.1",
+            "::1",
+            "::ffff:127.0.0.1",
+            "fd00::1",
+        ] {
+            let ip: IpAddr = internal.parse().unwrap();
+            assert_eq!(refusal(ip, true), None, "{internal} is allowed by default");
+        }
+        for allowed in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "2606:4700:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
+            let ip: IpAddr = allowed.parse().unwrap();
+            assert_eq!(refusal(ip, false), None, "{allowed} may be called");
+        }
+    }
+
+    #[test]
+    fn urls_are_refused_for_shape_and_for_literal_internal_addresses() {
+        for (url, says) in [
+            ("http://example.com/a\r\nX: y", "control"),
+            ("http://example.com/a b", "whitespace"),
+            ("ftp://example.com/", "http"),
+            ("http://user:pass@example.com/", "credentials"),
+            ("http://example.com/#frag", "fragment"),
+            ("http://169.254.169.254/latest/meta-data", "link-local"),
+            ("http://0.0.0.0:8080/", "unspecified"),
+            ("http://[::ffff:127.0.0.1]/", "loopback"),
+            ("http://2130706433/", "loopback"),
+            ("http://0x7f.1/", "loopback"),
+            ("http://localhost:6379/", "loopback"),
+            ("http://api.localhost/", "loopback"),
+        ] {
+            let err = check_url(url, false).expect_err(url);
+            assert!(err.contains(says), "{url}: {err}");
+        }
+        assert!(check_url("https://hooks.example.com/keyward?x=1", false).is_ok());
+        assert!(check_url("http://127.0.0.1:9/h", true).is_ok());
+        assert!(check_url("http://localhost:9/h", true).is_ok());
+        assert!(check_url("http://user@127.0.0.1:9/h", true).is_err());
+        assert!(check_url("http://169.254.169.254/", true).is_err());
+        assert!(check_url("http://0.0.0.0:9/", true).is_err());
+    }
+}
