@@ -306,6 +306,15 @@ pub trait Store: Send + Sync + 'static {
     /// `None` where the backend has no notifications.
     fn change_signal(&self) -> Option<Arc<tokio::sync::Notify>>;
     async fn ping(&self) -> Result<()>;
+    /// Whether a write transaction can start (a read-only file, mount, role or replica cannot):
+    /// takes the write lock and rolls back, writing nothing.
+    async fn writable(&self) -> Result<()> {
+        drop(self.begin().await?);
+        Ok(())
+    }
+    /// Closes every connection. For SQLite this checkpoints the write-ahead log into the
+    /// database file and removes it, so the file alone is the whole database again.
+    async fn close(&self);
     /// Starts a write transaction. Write transactions are serialized (they share the audit chain).
     async fn begin(&self) -> Result<Box<dyn StoreTx>>;
 

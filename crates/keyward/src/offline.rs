@@ -68,6 +68,14 @@ pub async fn serve(listen: &str, database_url: &str, config: Config) -> ExitCode
     let Some(store) = open(database_url).await else {
         return ExitCode::from(1);
     };
+    if let Err(e) = store.writable().await {
+        eprintln!(
+            "error: the database {} cannot be written ({e}); keyward needs a writable database",
+            keyward_store::redact_url(database_url)
+        );
+        store.close().await;
+        return ExitCode::from(1);
+    }
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -81,14 +89,18 @@ pub async fn serve(listen: &str, database_url: &str, config: Config) -> ExitCode
         .unwrap_or(listen.to_string());
     // The server reads the clock on every verification: a millisecond-ticking clock makes that
     // one atomic load.
-    let state = AppState::new(store, Arc::new(CoarseClock::start()), config);
+    let state = AppState::new(store.clone(), Arc::new(CoarseClock::start()), config);
     announce_setup_link(&state, &addr).await;
     tracing::info!(
         listen = %addr,
         database = %keyward_store::redact_url(database_url),
         "keyward listening on http://{addr}"
     );
-    match keyward_server::serve(listener, state, shutdown_signal()).await {
+    let served = keyward_server::serve(listener, state, shutdown_signal()).await;
+    // Every request and background task has finished: closing checkpoints SQLite's
+    // write-ahead log, so the database file alone is complete after a graceful stop.
+    store.close().await;
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: server failed: {e}");
@@ -119,7 +131,7 @@ pub async fn token_create(
         return ExitCode::from(2);
     };
     // Only the database: a token or a user is one transaction, no server state is needed.
-    let records = Records::new(store, Arc::new(SystemClock));
+    let records = Records::new(store.clone(), Arc::new(SystemClock));
     let ctx = Ctx::operator(cli_actor());
     let input = service::CreateToken {
         name,
@@ -135,6 +147,8 @@ pub async fn token_create(
         Ok(who) => service::create_token(&records, &who, input).await,
         Err(e) => Err(e),
     };
+    // Closing checkpoints SQLite's write-ahead log: the database file alone is complete.
+    store.close().await;
     match created {
         Ok((_, plaintext)) => {
             println!("{}", plaintext.expose());
@@ -214,7 +228,7 @@ pub async fn user_create(url: &str, email: &str, role: &str, password_stdin: boo
         return ExitCode::from(1);
     };
     // Only the database: a token or a user is one transaction, no server state is needed.
-    let records = Records::new(store, Arc::new(SystemClock));
+    let records = Records::new(store.clone(), Arc::new(SystemClock));
     let ctx = cli_ctx();
     let created = match ctx.allow() {
         Ok(who) => {
@@ -222,6 +236,8 @@ pub async fn user_create(url: &str, email: &str, role: &str, password_stdin: boo
         }
         Err(e) => Err(e),
     };
+    // Closing checkpoints SQLite's write-ahead log: the database file alone is complete.
+    store.close().await;
     match created {
         Ok(user) => {
             println!(
@@ -244,12 +260,14 @@ pub async fn user_disable(url: &str, email: &str) -> ExitCode {
         return ExitCode::from(1);
     };
     // Only the database: a token or a user is one transaction, no server state is needed.
-    let records = Records::new(store, Arc::new(SystemClock));
+    let records = Records::new(store.clone(), Arc::new(SystemClock));
     let ctx = cli_ctx();
     let disabled = match ctx.allow() {
         Ok(who) => keyward_server::accounts::disable_user(&records, &who, email).await,
         Err(e) => Err(e),
     };
+    // Closing checkpoints SQLite's write-ahead log: the database file alone is complete.
+    store.close().await;
     match disabled {
         Ok(user) => {
             println!("disabled {} ({})", user.id, user.email);

@@ -270,12 +270,11 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 async fn readyz(State(st): State<AppState>) -> Response {
-    let (ready, backend) = crate::service::readiness(st.records()).await;
-    match ready {
-        true => Json(json!({"status": "ready", "store": backend})).into_response(),
-        false => (
+    match crate::service::readiness(st.records()).await {
+        (None, backend) => Json(json!({"status": "ready", "store": backend})).into_response(),
+        (Some(problem), backend) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not ready", "store": backend, "error": "the store cannot be reached"})),
+            Json(json!({"status": "not ready", "store": backend, "error": problem})),
         )
             .into_response(),
     }

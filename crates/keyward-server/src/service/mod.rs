@@ -35,9 +35,17 @@ use crate::error::{Error, Result};
 use crate::events::key_event;
 use crate::state::{Control, Records};
 
-/// Whether the store answers (`/readyz`, no token needed), and which backend it is.
-pub(crate) async fn readiness(st: &Records) -> (bool, &'static str) {
-    (st.store.ping().await.is_ok(), st.store.backend())
+/// Why the node is not ready (`/readyz`, no token needed), if it is not, and which backend
+/// it uses: the store must answer and accept writes.
+pub(crate) async fn readiness(st: &Records) -> (Option<&'static str>, &'static str) {
+    let problem = if st.store.ping().await.is_err() {
+        Some("the store cannot be reached")
+    } else if st.store.writable().await.is_err() {
+        Some("the database cannot be written (read-only or full)")
+    } else {
+        None
+    };
+    (problem, st.store.backend())
 }
 
 /// Makes this node's cache forget keys once their change is committed, before the caller

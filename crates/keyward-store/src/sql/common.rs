@@ -21,12 +21,28 @@ pub(super) fn map_err(e: sqlx::Error) -> StoreError {
                 .map(str::to_string)
                 .unwrap_or_else(|| db.message().to_string()),
         ),
+        sqlx::Error::Database(db) if cannot_write(&*db) => {
+            StoreError::Unavailable(format!("the database cannot be written: {}", db.message()))
+        }
         sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::Io(_)
         | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
         other => StoreError::Other(other.to_string()),
     }
+}
+
+/// A database that refuses writes as a whole (not this statement): read-only (SQLite's
+/// `SQLITE_READONLY` family, PostgreSQL's `read_only_sql_transaction` on a replica or
+/// read-only role) or full (`SQLITE_FULL`, PostgreSQL's `disk_full`).
+fn cannot_write(db: &dyn sqlx::error::DatabaseError) -> bool {
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        return db
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| matches!(c & 0xff, 8 | 13));
+    }
+    matches!(db.code().as_deref(), Some("25006" | "53100"))
 }
 
 /// Column `col` of a row of either backend.

@@ -219,6 +219,11 @@ macro_rules! sql_backend {
                     Ok(())
                 }
 
+                async fn close(&self) {
+                    self.before_close().await;
+                    self.pool.close().await;
+                }
+
                 async fn begin(&self) -> Result<Box<dyn StoreTx>> {
                     let mut tx = self.pool.begin().await.map_err(map_err)?;
                     sqlx::query(TAKE_WRITE_LOCK)

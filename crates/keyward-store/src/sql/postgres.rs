@@ -37,6 +37,47 @@ mod migrate {
     );
 }
 
+/// Creates the database `opts` names, connected to the server's `postgres` database with the
+/// same role. Another process creating it at the same moment is not an error.
+async fn create_database(opts: &PgConnectOptions) -> Result<()> {
+    let name = opts.get_database().unwrap_or_default().to_string();
+    let maintenance = opts.clone().database("postgres");
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect_with(&maintenance)
+        .await
+        .map_err(|e| {
+            StoreError::Other(format!(
+                "the database \"{name}\" does not exist, and keyward could not connect to the \
+                 server's \"postgres\" database to create it: {e}"
+            ))
+        })?;
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    match sqlx::raw_sql(&format!("CREATE DATABASE {quoted}"))
+        .execute(&mut conn)
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(database = %name, "created the PostgreSQL database");
+            Ok(())
+        }
+        // Created by another process meanwhile (duplicate_database, or the catalog's unique
+        // index when both ran at once).
+        Err(sqlx::Error::Database(db))
+            if matches!(db.code().as_deref(), Some("42P04" | "23505")) =>
+        {
+            Ok(())
+        }
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42501") => {
+            Err(StoreError::Other(format!(
+                "the database \"{name}\" does not exist and this role may not create databases \
+                 (CREATE DATABASE {quoted} as a role that may, or grant CREATEDB)"
+            )))
+        }
+        Err(e) => Err(StoreError::Other(format!(
+            "the database \"{name}\" does not exist and could not be created: {e}"
+        ))),
+    }
+}
+
 impl PgStore {
     pub async fn open(url: &str) -> Result<Self> {
         Self::open_in_schema(url, None).await
@@ -68,12 +109,21 @@ impl PgStore {
             }
             opts = opts.options([("search_path", schema)]);
         }
-        let pool = PgPoolOptions::new()
-            .max_connections(10)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(opts)
-            .await
-            .map_err(map_err)?;
+        let connect = || {
+            PgPoolOptions::new()
+                .max_connections(10)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_with(opts.clone())
+        };
+        let pool = match connect().await {
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("3D000") => {
+                // The database named in the URL does not exist yet: create it (as a missing
+                // SQLite file is created), when the role may.
+                create_database(&opts).await?;
+                connect().await.map_err(map_err)?
+            }
+            other => other.map_err(map_err)?,
+        };
         let mut tx = pool.begin().await.map_err(map_err)?;
         sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext(COALESCE(current_schema(), '')))")
             .bind(MIGRATION_LOCK)
@@ -94,6 +144,9 @@ impl PgStore {
             listening: std::sync::Arc::default(),
         })
     }
+
+    /// Nothing to do before the pool closes.
+    async fn before_close(&self) {}
 
     fn signal(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
         Some(self.start_listener())

@@ -91,6 +91,18 @@ impl SqliteStore {
         })
     }
 
+    /// Before the pool closes: copies the write-ahead log into the database file and truncates
+    /// it, so the file alone is complete even if the process exits before SQLite's own
+    /// close-time checkpoint runs (sqlx closes connections on a worker thread).
+    async fn before_close(&self) {
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await
+        {
+            tracing::warn!(error = %e, "could not checkpoint the write-ahead log");
+        }
+    }
+
     /// SQLite has no notifications; the follower polls.
     fn signal(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
         None

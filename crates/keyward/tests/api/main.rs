@@ -12,6 +12,7 @@ mod conventions;
 mod dashboard;
 mod degraded;
 mod door;
+mod durability;
 mod keys;
 mod lifecycle;
 mod outbound;

@@ -12,13 +12,13 @@ use crate::helpers::{fresh_db, Backend};
 
 const BIN: &str = env!("CARGO_BIN_EXE_keyward");
 
-struct Proc {
+pub(crate) struct Proc {
     child: Child,
     log: Arc<Mutex<String>>,
-    url: String,
+    pub(crate) url: String,
 }
 
-fn start(db_url: &str) -> Proc {
+pub(crate) fn start(db_url: &str) -> Proc {
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--database-url", db_url])
         .env("KEYWARD_LOG", "debug")
@@ -56,7 +56,7 @@ fn start(db_url: &str) -> Proc {
     Proc { child, log, url }
 }
 
-fn stop(mut p: Proc) -> String {
+pub(crate) fn stop(mut p: Proc) -> String {
     let _ = Command::new("kill")
         .args(["-TERM", &p.child.id().to_string()])
         .status();
