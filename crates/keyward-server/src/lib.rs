@@ -68,7 +68,7 @@ pub fn route_table() -> Vec<routes::RouteSpec> {
 pub fn app(state: AppState) -> axum::Router {
     routes::from_table(http::api_routes())
         // The web dashboard: `/`, `/login`, `/keys`, ... and `/static/...`.
-        .merge(dashboard::router())
+        .merge(dashboard::router(state.clone()))
         .fallback(http::not_found)
         .layer(axum::middleware::from_fn(http::request_context))
         .with_state(state)

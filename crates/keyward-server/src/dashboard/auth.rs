@@ -16,8 +16,8 @@ use maud::Markup;
 
 use super::views::auth::{self as view, LoginForm, SetupForm};
 use super::{
-    cookie, cookies, is_https, redirect, Form, PageError, PageResult, QueryMap, SignedIn,
-    FORM_COOKIE, SESSION_COOKIE,
+    cookie, cookie_name, cookies, is_https, redirect, Form, PageError, PageResult, QueryMap,
+    SignedIn, FORM_COOKIE, SESSION_COOKIE,
 };
 use crate::accounts::{self, LoginError, SESSION_TTL_SECS};
 use crate::http::error::current_request_id;
@@ -45,7 +45,7 @@ impl axum::extract::FromRequestParts<AppState> for Client {
 
 /// The pre-session cookie value (a new one when absent) and the form token derived from it.
 fn form_token(c: &Client) -> (String, String, bool) {
-    match cookies(&c.headers).remove(FORM_COOKIE) {
+    match cookies(&c.headers).remove(&cookie_name(FORM_COOKIE, c.https)) {
         Some(v) if (20..=64).contains(&v.len()) => {
             let t = accounts::csrf_token(&v);
             (v, t, false)
@@ -59,7 +59,7 @@ fn form_token(c: &Client) -> (String, String, bool) {
 }
 
 fn form_cookie_ok(c: &Client, form: &Form) -> bool {
-    match cookies(&c.headers).remove(FORM_COOKIE) {
+    match cookies(&c.headers).remove(&cookie_name(FORM_COOKIE, c.https)) {
         Some(v) => accounts::csrf_matches(&accounts::csrf_token(&v), form.get("csrf")),
         None => false,
     }
@@ -95,7 +95,7 @@ fn with_form_cookie(c: &Client, status: StatusCode, body: impl Fn(&str) -> Marku
 
 pub(crate) async fn login_page(State(st): State<AppState>, c: Client, q: QueryMap) -> PageResult {
     // Already signed in: go on.
-    if let Some(id) = cookies(&c.headers).remove(SESSION_COOKIE) {
+    if let Some(id) = cookies(&c.headers).remove(&cookie_name(SESSION_COOKIE, c.https)) {
         if accounts::resume_session(st.records(), &id).await?.is_some() {
             return Ok(redirect(&safe_next(q.get("next"))));
         }

@@ -25,7 +25,8 @@
 //!   same door and role matrix as the API's. Pages hide what a role may not use ([`SignedIn::may`]);
 //!   the service refuses it anyway (403 page).
 //! - Every POST carries the session's synchronizer token, compared in constant time; a request
-//!   a browser marks `Sec-Fetch-Site: cross-site` is refused before anything else.
+//!   a browser marks `Sec-Fetch-Site: cross-site` or whose `Origin` names another site is
+//!   refused before anything else.
 //! - No page shows a secret, except the one-time plaintext of a new key, token or webhook
 //!   secret, on a response that is `Cache-Control: no-store` like every dashboard page.
 
@@ -45,7 +46,7 @@ use std::net::IpAddr;
 use std::sync::OnceLock;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -183,18 +184,44 @@ pub(crate) fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
     ]
 }
 
-pub(crate) fn router() -> Router<AppState> {
-    crate::routes::from_table(routes()).layer(middleware::from_fn(guard))
+pub(crate) fn router(st: AppState) -> Router<AppState> {
+    crate::routes::from_table(routes()).layer(middleware::from_fn_with_state(st, guard))
+}
+
+/// Whether a state-changing request came from another site: a browser marks it with
+/// `Sec-Fetch-Site: cross-site`/`same-site`, or names another origin in `Origin` (`null`
+/// included). A request without either header (not a browser) is left to the CSRF token.
+fn foreign_origin(headers: &HeaderMap, st: &AppState) -> bool {
+    let fetch_site = headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes() == b"cross-site" || v.as_bytes() == b"same-site");
+    let Some(origin) = headers.get("origin") else {
+        return fetch_site;
+    };
+    let Some((scheme, host)) = origin.to_str().ok().and_then(|o| o.split_once("://")) else {
+        return true;
+    };
+    // This server as the browser addressed it: the Host header (or, behind a trusted proxy,
+    // X-Forwarded-Host); the scheme is compared when it is known to be HTTPS.
+    let own_host = st
+        .config
+        .trust_proxy_headers
+        .then(|| headers.get("x-forwarded-host"))
+        .flatten()
+        .or_else(|| headers.get("host"))
+        .and_then(|h| h.to_str().ok());
+    let scheme_ok = match scheme {
+        "https" => true,
+        "http" => !is_https(headers, st),
+        _ => false,
+    };
+    fetch_site || !scheme_ok || own_host.is_none_or(|h| !h.eq_ignore_ascii_case(host))
 }
 
 /// Security headers on every dashboard response, `no-store` unless the handler chose a cache
 /// policy, and the refusal of cross-site form posts before any handler runs.
-async fn guard(req: Request, next: Next) -> Response {
-    let cross_site = req.method() == Method::POST
-        && req
-            .headers()
-            .get("sec-fetch-site")
-            .is_some_and(|v| v.as_bytes() == b"cross-site" || v.as_bytes() == b"same-site");
+async fn guard(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let cross_site = req.method() == Method::POST && foreign_origin(req.headers(), &st);
     let mut res = if cross_site {
         PageError::Csrf.into_response()
     } else {
@@ -345,10 +372,23 @@ pub(crate) fn is_https(parts_headers: &HeaderMap, st: &AppState) -> bool {
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
 }
 
-/// A `Set-Cookie` value: HttpOnly, SameSite=Strict, path `/`.
+/// A cookie's name: over HTTPS with the `__Host-` prefix, which browsers accept only from a
+/// secure origin, with `Secure`, `Path=/` and no `Domain`: a sibling subdomain or a plain-HTTP
+/// page cannot set or overwrite it.
+pub(crate) fn cookie_name(name: &str, secure: bool) -> String {
+    if secure {
+        format!("__Host-{name}")
+    } else {
+        name.to_string()
+    }
+}
+
+/// A `Set-Cookie` value: HttpOnly, SameSite=Strict, path `/`; over HTTPS `Secure` and
+/// `__Host-` prefixed.
 pub(crate) fn cookie(name: &str, value: &str, max_age: i64, secure: bool) -> String {
     format!(
-        "{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{}",
+        "{}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{}",
+        cookie_name(name, secure),
         if secure { "; Secure" } else { "" }
     )
 }
@@ -406,7 +446,8 @@ impl FromRequestParts<AppState> for SignedIn {
         } else {
             "/".into()
         };
-        let Some(id) = cookies(&parts.headers).remove(SESSION_COOKIE) else {
+        let https = is_https(&parts.headers, st);
+        let Some(id) = cookies(&parts.headers).remove(&cookie_name(SESSION_COOKIE, https)) else {
             return Err(PageError::SignIn(next));
         };
         match accounts::resume_session(st.records(), &id).await? {

@@ -248,6 +248,27 @@ async fn a_form_post_without_the_sessions_csrf_token_changes_nothing(app: TestAp
         .await
         .unwrap();
     assert_eq!(res.status(), 403);
+    // So is one whose Origin names another site (or is opaque), token or not.
+    for origin in [
+        "http://evil.example",
+        "null",
+        "https://127.0.0.1.evil.example",
+    ] {
+        let res = b
+            .http
+            .post(format!("{}{path}", app.url))
+            .header("cookie", &b.cookie)
+            .header("origin", origin)
+            .form(&[
+                ("csrf", b.csrf.as_str()),
+                ("reason", "x"),
+                ("confirm", "yes"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 403, "Origin: {origin}");
+    }
     // The sign-in form needs its pre-session token too.
     let res = client()
         .post(format!("{}/login", app.url))
@@ -271,6 +292,22 @@ async fn a_form_post_without_the_sessions_csrf_token_changes_nothing(app: TestAp
         .await;
     assert_eq!(res.status(), 303);
     assert_eq!(app.verify_code(&key).await, "REVOKED");
+    // The page's own origin is fine.
+    let (id2, _) = app.key(&ks, json!({})).await;
+    let res = b
+        .http
+        .post(format!("{}/keys/{id2}/revoke", app.url))
+        .header("cookie", &b.cookie)
+        .header("origin", &app.url)
+        .form(&[
+            ("csrf", b.csrf.as_str()),
+            ("reason", "same origin"),
+            ("confirm", "yes"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
     let ev = app
         .get(&format!("/v1/audit?target_id={id}&action=key.revoke"))
         .await
@@ -1090,3 +1127,75 @@ async fn the_inventory_csv_downloads_for_auditors_and_admins_not_viewers(app: Te
     }
 }
 both!(the_inventory_csv_downloads_for_auditors_and_admins_not_viewers);
+
+fn behind_a_tls_proxy() -> crate::helpers::Options {
+    let mut o = crate::helpers::Options::default();
+    o.config.trust_proxy_headers = true;
+    o
+}
+
+/// Behind a trusted proxy that terminated TLS (`X-Forwarded-Proto: https`), the cookies are
+/// `Secure` and `__Host-` prefixed, and a plain `http://` Origin is another site.
+async fn over_https_the_cookies_are_secure_and_host_prefixed(app: TestApp) {
+    add_user(&app, "tls@example.com", Role::Admin).await;
+    let http = client();
+    let page = http
+        .get(format!("{}/login", app.url))
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+    let (form_cookie, raw) = set_cookie(&page, "__Host-kw_form").expect("a __Host- form cookie");
+    assert!(raw.contains("; Secure") && raw.contains("Path=/"), "{raw}");
+    let token = csrf_in(&page.text().await.unwrap());
+    let host = app.url.trim_start_matches("http://").to_string();
+    let signed = http
+        .post(format!("{}/login", app.url))
+        .header("x-forwarded-proto", "https")
+        .header("origin", format!("https://{host}"))
+        .header("cookie", &form_cookie)
+        .form(&[
+            ("csrf", token.as_str()),
+            ("email", "tls@example.com"),
+            ("password", PASSWORD),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed.status(), 303);
+    let (session, raw) = set_cookie(&signed, "__Host-kw_session").expect("a __Host- session");
+    assert!(
+        raw.contains("; Secure") && raw.contains("HttpOnly"),
+        "{raw}"
+    );
+    assert!(set_cookie(&signed, "kw_session").is_none());
+    let home = http
+        .get(format!("{}/", app.url))
+        .header("x-forwarded-proto", "https")
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(home.status(), 200, "the __Host- session is read back");
+    let csrf = csrf_in(&home.text().await.unwrap());
+    let ks = app.keyspace(json!({})).await;
+    let (id, _) = app.key(&ks, json!({})).await;
+    let downgraded = http
+        .post(format!("{}/keys/{id}/revoke", app.url))
+        .header("x-forwarded-proto", "https")
+        .header("origin", format!("http://{host}"))
+        .header("cookie", &session)
+        .form(&[("csrf", csrf.as_str()), ("reason", "x"), ("confirm", "yes")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        downgraded.status(),
+        403,
+        "an http:// origin is not this https site"
+    );
+}
+both!(
+    over_https_the_cookies_are_secure_and_host_prefixed,
+    behind_a_tls_proxy
+);
