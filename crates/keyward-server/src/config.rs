@@ -38,6 +38,9 @@ pub struct Config {
     /// refused either way.
     #[arg(long, env = "KEYWARD_WEBHOOK_ALLOW_PRIVATE", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub webhook_allow_private: bool,
+    /// How long one webhook attempt may take (milliseconds, connecting included).
+    #[arg(long = "webhook-timeout-ms", env = "KEYWARD_WEBHOOK_TIMEOUT_MS", default_value = "10000", value_parser = header_timeout)]
+    pub webhook_timeout: Duration,
     /// How long minute usage buckets are kept, in seconds.
     #[arg(long = "usage-retention-minute-secs", env = "KEYWARD_USAGE_RETENTION_MINUTE_SECS", default_value = "604800", value_parser = secs)]
     pub retention_minute: Duration,

@@ -100,8 +100,7 @@ pub async fn serve(
     let deliverer = tokio::spawn(jobs::webhooks::run(
         state.control.clone(),
         state.config.webhook_poll,
-        state.config.webhook_retry_base,
-        state.config.webhook_allow_private,
+        jobs::webhooks::Deliverer::from_config(&state.config),
         stop_tx.subscribe(),
     ));
     let limits = conn::Limits {

@@ -233,6 +233,101 @@ pub(crate) fn refused_in(e: &(dyn std::error::Error + 'static)) -> Option<String
     None
 }
 
+/// Consecutive failed attempts after which an endpoint's circuit opens.
+pub(crate) const CIRCUIT_FAILURES: u32 = 5;
+/// How long a circuit first stays open; each failed probe doubles it, up to [`MAX_OPEN_MS`].
+const FIRST_OPEN_MS: i64 = 30_000;
+const MAX_OPEN_MS: i64 = 600_000;
+
+/// Per-endpoint circuits of this node: an endpoint whose last [`CIRCUIT_FAILURES`] attempts
+/// failed is not called until its circuit's time is up; then one attempt probes it (success
+/// closes the circuit, failure opens it again for twice as long). Endpoints that are being
+/// called right now are marked busy, so each endpoint gets one worker and one attempt at a
+/// time, in event order.
+#[derive(Default)]
+pub(crate) struct Circuits {
+    state: std::sync::Mutex<std::collections::HashMap<String, Circuit>>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Circuit {
+    failures: u32,
+    /// Open until then (ms since the epoch).
+    open_until: Option<i64>,
+    /// How long it opens next time.
+    next_open_ms: i64,
+    busy: bool,
+}
+
+/// What the delivery worker may do with an endpoint now.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Gate {
+    /// Call it (the endpoint is now marked busy until [`Circuits::release`]).
+    Go,
+    /// Another worker is calling it.
+    Busy,
+    /// Its circuit is open until this instant (ms).
+    OpenUntil(i64),
+}
+
+impl Circuits {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Circuit>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Claims the endpoint for one worker at `now_ms`, unless it is busy or its circuit is open.
+    pub(crate) fn enter(&self, endpoint: &str, now_ms: i64) -> Gate {
+        let mut map = self.lock();
+        let c = map.entry(endpoint.to_string()).or_default();
+        if c.busy {
+            return Gate::Busy;
+        }
+        if let Some(until) = c.open_until.filter(|&u| u > now_ms) {
+            return Gate::OpenUntil(until);
+        }
+        c.busy = true;
+        Gate::Go
+    }
+
+    /// Records one attempt's outcome; `Some(until)` when the circuit (re)opened.
+    pub(crate) fn record(&self, endpoint: &str, ok: bool, now_ms: i64) -> Option<i64> {
+        let mut map = self.lock();
+        let c = map.entry(endpoint.to_string()).or_default();
+        if ok {
+            *c = Circuit {
+                busy: c.busy,
+                ..Circuit::default()
+            };
+            return None;
+        }
+        c.failures += 1;
+        // A failed probe (the circuit was open before) reopens at once.
+        if c.failures >= CIRCUIT_FAILURES || c.open_until.is_some() {
+            let open = if c.next_open_ms == 0 {
+                FIRST_OPEN_MS
+            } else {
+                c.next_open_ms
+            };
+            c.open_until = Some(now_ms + open);
+            c.next_open_ms = (open * 2).min(MAX_OPEN_MS);
+            return c.open_until;
+        }
+        None
+    }
+
+    /// The worker is done with the endpoint.
+    pub(crate) fn release(&self, endpoint: &str) {
+        let mut map = self.lock();
+        if let Some(c) = map.get_mut(endpoint) {
+            c.busy = false;
+            // Forget healthy, idle endpoints (deleted webhooks do not pile up).
+            if c.failures == 0 && c.open_until.is_none() {
+                map.remove(endpoint);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,5 +416,37 @@ mod tests {
         assert!(check_url("http://user@127.0.0.1:9/h", true).is_err());
         assert!(check_url("http://169.254.169.254/", true).is_err());
         assert!(check_url("http://0.0.0.0:9/", true).is_err());
+    }
+
+    #[test]
+    fn a_circuit_opens_after_consecutive_failures_and_a_failed_probe_doubles_it() {
+        let c = Circuits::default();
+        assert_eq!(c.enter("wh", 0), Gate::Go);
+        assert_eq!(c.enter("wh", 0), Gate::Busy, "one worker per endpoint");
+        for i in 1..CIRCUIT_FAILURES {
+            assert_eq!(c.record("wh", false, i as i64), None);
+        }
+        c.record("wh", true, 10);
+        for i in 0..CIRCUIT_FAILURES - 1 {
+            assert_eq!(
+                c.record("wh", false, 20 + i as i64),
+                None,
+                "a success reset the count"
+            );
+        }
+        assert_eq!(c.record("wh", false, 100), Some(100 + FIRST_OPEN_MS));
+        c.release("wh");
+        assert_eq!(c.enter("wh", 200), Gate::OpenUntil(100 + FIRST_OPEN_MS));
+        assert_eq!(c.enter("wh", 100 + FIRST_OPEN_MS), Gate::Go, "a probe");
+        assert_eq!(
+            c.record("wh", false, 40_000),
+            Some(40_000 + 2 * FIRST_OPEN_MS),
+            "a failed probe reopens for twice as long"
+        );
+        c.release("wh");
+        assert_eq!(c.enter("wh", 40_000 + 2 * FIRST_OPEN_MS), Gate::Go);
+        assert_eq!(c.record("wh", true, 100_000), None);
+        c.release("wh");
+        assert_eq!(c.enter("wh", 100_001), Gate::Go, "closed again");
     }
 }

@@ -62,6 +62,8 @@ pub struct Control {
     pub(crate) webhook_wake: Arc<tokio::sync::Notify>,
     /// Whether webhook URLs may name internal addresses (`KEYWARD_WEBHOOK_ALLOW_PRIVATE`).
     pub(crate) webhook_allow_private: bool,
+    /// This node's webhook endpoint circuits.
+    pub(crate) circuits: Arc<crate::outbound::Circuits>,
 }
 
 /// What authentication uses: the records and this node's throttles.
@@ -104,6 +106,7 @@ impl AppState {
                 gate: Arc::new(tokio::sync::Mutex::new(())),
                 webhook_wake: Arc::new(tokio::sync::Notify::new()),
                 webhook_allow_private: config.webhook_allow_private,
+                circuits: Arc::default(),
             },
             config: Arc::new(config),
         }))

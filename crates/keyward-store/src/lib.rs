@@ -343,8 +343,14 @@ pub trait Store: Send + Sync + 'static {
 
     async fn webhook(&self, id: &str) -> Result<Option<Webhook>>;
     async fn list_webhooks(&self, page: &Page<TimeCursor>) -> Result<Vec<Webhook>>;
-    /// Pending deliveries with `next_at <= now` and no live lease, oldest first.
-    async fn due_deliveries(&self, now: Timestamp, limit: i64) -> Result<Vec<DueDelivery>>;
+    /// Pending deliveries with `next_at <= now` and no live lease, oldest first: at most
+    /// `limit`, and at most `per_webhook` of each webhook (its oldest).
+    async fn due_deliveries(
+        &self,
+        now: Timestamp,
+        limit: i64,
+        per_webhook: i64,
+    ) -> Result<Vec<DueDelivery>>;
     /// Takes a lease on a delivery; false when another worker holds it or it is done.
     async fn claim_delivery(
         &self,

@@ -2,6 +2,11 @@
 //! (`KEYWARD_WEBHOOK_RETRY_BASE_MS`, doubling, capped at one hour between attempts) until 24 h
 //! after the event. Deliveries live in the database, so they survive a restart; a lease keeps
 //! two nodes from sending the same attempt at once.
+//!
+//! Endpoints are isolated: each gets one worker and one attempt at a time, in event order, and
+//! a fetch takes at most [`PER_ENDPOINT`] of one endpoint, so a slow or dead receiver holds up
+//! only its own deliveries. After [`crate::outbound::CIRCUIT_FAILURES`] failures in a row an
+//! endpoint's circuit opens: its deliveries wait (leased) until one probe may try again.
 
 use std::time::Duration;
 
@@ -17,7 +22,6 @@ use crate::state::Control;
 const GIVE_UP_AFTER_MS: i64 = 24 * 3_600_000;
 const MAX_BACKOFF_MS: i64 = 3_600_000;
 const LEASE_MS: i64 = 60_000;
-const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `t=<unix secs>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
 pub(crate) fn signature(secret: &str, t: i64, body: &str) -> String {
@@ -82,12 +86,40 @@ async fn send(
     }
 }
 
-async fn deliver(
-    st: &Control,
-    http: &reqwest::Client,
-    d: DueDelivery,
+/// How deliveries are sent: the HTTP client (timeout, address rules) and the retry schedule.
+#[derive(Clone)]
+pub struct Deliverer {
+    http: reqwest::Client,
     retry_base: Duration,
-) -> Result<bool, StoreError> {
+    allow_private: bool,
+}
+
+impl Deliverer {
+    /// A failed attempt is retried after `retry_base`, doubling; an attempt may take `timeout`.
+    pub fn new(retry_base: Duration, timeout: Duration, allow_private: bool) -> Self {
+        Deliverer {
+            http: crate::outbound::client(timeout, allow_private),
+            retry_base,
+            allow_private,
+        }
+    }
+
+    /// The deliverer `keyward serve` runs with these settings.
+    pub fn from_config(c: &crate::config::Config) -> Self {
+        Self::new(
+            c.webhook_retry_base,
+            c.webhook_timeout,
+            c.webhook_allow_private,
+        )
+    }
+}
+
+/// One attempt at one delivery: `None` when another worker holds it.
+async fn attempt(
+    st: &Control,
+    how: &Deliverer,
+    d: DueDelivery,
+) -> Result<Option<bool>, StoreError> {
     let now = st.records.clock.now();
     if !st
         .records
@@ -95,16 +127,16 @@ async fn deliver(
         .claim_delivery(&d.id, now, now.plus_millis(LEASE_MS))
         .await?
     {
-        return Ok(false);
+        return Ok(None);
     }
-    let (status_code, error) = send(http, &d, now, st.webhook_allow_private).await;
+    let (status_code, error) = send(&how.http, &d, now, how.allow_private).await;
     let attempt_no = d.attempts + 1;
     let at = st.records.clock.now();
     let ok = status_code.is_some_and(|c| (200..300).contains(&c));
     let after = if ok {
         AfterAttempt::Delivered
     } else {
-        let next = at.plus_millis(backoff_ms(retry_base.as_millis() as i64, attempt_no));
+        let next = at.plus_millis(backoff_ms(how.retry_base.as_millis() as i64, attempt_no));
         if next.millis() - d.created_at.millis() > GIVE_UP_AFTER_MS {
             AfterAttempt::GiveUp
         } else {
@@ -125,64 +157,167 @@ async fn deliver(
         .finish_attempt(&d.id, &d.webhook_id, &attempt, after)
         .await?;
     st.metrics.record_webhook(ok);
-    Ok(true)
+    Ok(Some(ok))
 }
 
-/// Sends every delivery that is due now (a failed attempt is retried after `retry_base`,
-/// doubling); returns how many attempts were made.
-pub async fn deliver_due(
+/// Deliveries fetched at once, and of one endpoint at once.
+const BATCH: i64 = 512;
+const PER_ENDPOINT: i64 = 32;
+
+/// Releases an endpoint when its worker ends, however it ends.
+struct Worker<'a> {
+    circuits: &'a crate::outbound::Circuits,
+    endpoint: String,
+}
+
+impl Drop for Worker<'_> {
+    fn drop(&mut self) {
+        self.circuits.release(&self.endpoint);
+    }
+}
+
+/// One endpoint's due deliveries, one attempt at a time in event order (the endpoint was
+/// entered by the caller). When its circuit opens, the rest are leased until the circuit's
+/// time is up, so they are neither attempted nor fetched again before then. Returns the
+/// attempts made.
+async fn deliver_endpoint(
     st: &Control,
-    http: &reqwest::Client,
-    retry_base: Duration,
+    how: &Deliverer,
+    batch: Vec<DueDelivery>,
 ) -> Result<usize, StoreError> {
+    let Some(endpoint) = batch.first().map(|d| d.webhook_id.clone()) else {
+        return Ok(0);
+    };
+    let _worker = Worker {
+        circuits: &st.circuits,
+        endpoint: endpoint.clone(),
+    };
+    let mut made = 0;
+    let mut rest = batch.into_iter();
+    while let Some(d) = rest.next() {
+        let Some(ok) = attempt(st, how, d).await? else {
+            continue;
+        };
+        made += 1;
+        let now = st.records.clock.now();
+        if let Some(until) = st.circuits.record(&endpoint, ok, now.millis()) {
+            tracing::info!(webhook = %endpoint, "webhook endpoint failing: paused until it recovers");
+            hold(st, rest.by_ref(), until).await?;
+        }
+    }
+    Ok(made)
+}
+
+/// Leases deliveries until `until_ms` (an open circuit's end): they wait without being fetched.
+async fn hold(
+    st: &Control,
+    deliveries: impl Iterator<Item = DueDelivery>,
+    until_ms: i64,
+) -> Result<(), StoreError> {
+    let now = st.records.clock.now();
+    for d in deliveries {
+        st.records
+            .store
+            .claim_delivery(&d.id, now, Timestamp::from_millis(until_ms))
+            .await?;
+    }
+    Ok(())
+}
+
+/// The due deliveries, grouped by endpoint in order of their oldest.
+fn by_endpoint(due: Vec<DueDelivery>) -> Vec<Vec<DueDelivery>> {
+    let mut groups: Vec<Vec<DueDelivery>> = Vec::new();
+    for d in due {
+        match groups.iter_mut().find(|g| g[0].webhook_id == d.webhook_id) {
+            Some(g) => g.push(d),
+            None => groups.push(vec![d]),
+        }
+    }
+    groups
+}
+
+/// Fetches due deliveries and enters each endpoint that may be called now; deliveries of an
+/// endpoint whose circuit is open are held until it may.
+async fn ready_groups(st: &Control) -> Result<Vec<Vec<DueDelivery>>, StoreError> {
+    let now = st.records.clock.now();
+    let due = st
+        .records
+        .store
+        .due_deliveries(now, BATCH, PER_ENDPOINT)
+        .await?;
+    let mut ready = Vec::new();
+    for group in by_endpoint(due) {
+        match st.circuits.enter(&group[0].webhook_id, now.millis()) {
+            crate::outbound::Gate::Go => ready.push(group),
+            crate::outbound::Gate::Busy => {}
+            crate::outbound::Gate::OpenUntil(until) => hold(st, group.into_iter(), until).await?,
+        }
+    }
+    Ok(ready)
+}
+
+/// Sends every delivery that is due now, endpoint by endpoint in parallel, until none is left;
+/// returns how many attempts were made.
+pub async fn deliver_due(st: &Control, how: &Deliverer) -> Result<usize, StoreError> {
     let mut total = 0;
     loop {
-        let due = st
-            .records
-            .store
-            .due_deliveries(st.records.clock.now(), 32)
-            .await?;
-        if due.is_empty() {
+        let ready = ready_groups(st).await?;
+        if ready.is_empty() {
             return Ok(total);
         }
-        let results = futures_util::future::join_all(
-            due.into_iter().map(|d| deliver(st, http, d, retry_base)),
-        )
-        .await;
-        let made = results.iter().filter(|r| matches!(r, Ok(true))).count();
-        total += made;
-        if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
-            return Err(e);
+        let results =
+            futures_util::future::join_all(ready.into_iter().map(|g| deliver_endpoint(st, how, g)))
+                .await;
+        let mut made = 0;
+        for r in results {
+            made += r?;
         }
+        total += made;
         if made == 0 {
             return Ok(total);
         }
     }
 }
 
-/// The client deliveries are sent with (see [`crate::outbound`]).
-pub fn client(allow_private: bool) -> reqwest::Client {
-    crate::outbound::client(TIMEOUT, allow_private)
-}
-
+/// The delivery worker of `keyward serve`: each endpoint with due deliveries gets a task of its
+/// own, so a slow or dead receiver holds up only its own deliveries.
 pub(crate) async fn run(
     st: Control,
     every: Duration,
-    retry_base: Duration,
-    allow_private: bool,
+    how: Deliverer,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut shutdown = shutdown;
-    let http = client(allow_private);
+    let mut workers = tokio::task::JoinSet::new();
     loop {
-        if let Err(e) = deliver_due(&st, &http, retry_base).await {
-            tracing::warn!(error = %e, "webhook delivery failed; will retry");
+        match ready_groups(&st).await {
+            Ok(ready) => {
+                for group in ready {
+                    let (st, how) = (st.clone(), how.clone());
+                    workers.spawn(async move { deliver_endpoint(&st, &how, group).await });
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "webhook delivery failed; will retry"),
         }
         tokio::select! {
+            Some(done) = workers.join_next(), if !workers.is_empty() => {
+                if let Ok(Err(e)) = done {
+                    tracing::warn!(error = %e, "webhook delivery failed; will retry");
+                }
+            }
             _ = tokio::time::sleep(every) => {}
             _ = st.webhook_wake.notified() => {}
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => break,
         }
+    }
+    // Attempts in flight may finish (a few seconds at most); the rest are retried after their
+    // lease by whichever node runs next.
+    let drain = async { while workers.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .is_err()
+    {
+        workers.abort_all();
     }
 }
 

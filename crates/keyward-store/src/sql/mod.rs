@@ -379,8 +379,9 @@ macro_rules! sql_backend {
                     &self,
                     now: Timestamp,
                     limit: i64,
+                    per_webhook: i64,
                 ) -> Result<Vec<DueDelivery>> {
-                    webhooks::due_deliveries(&self.pool, now, limit).await
+                    webhooks::due_deliveries(&self.pool, now, limit, per_webhook).await
                 }
                 async fn claim_delivery(
                     &self,

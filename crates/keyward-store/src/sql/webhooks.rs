@@ -118,15 +118,22 @@ macro_rules! for_backend {
 
         // ---- deliveries and attempts ----
 
-        pub(super) async fn due_deliveries(pool: &sqlx::Pool<$DB>, now: Timestamp, limit: i64) -> Result<Vec<DueDelivery>> {
+        pub(super) async fn due_deliveries(pool: &sqlx::Pool<$DB>, now: Timestamp, limit: i64, per_webhook: i64) -> Result<Vec<DueDelivery>> {
+            // At most `per_webhook` of each endpoint: one endpoint's backlog cannot fill the
+            // batch and keep the others waiting.
             let rows = sqlx::query(
                 "SELECT d.id, d.webhook_id, w.url, w.secret, d.event_id, e.type, e.body, d.attempts, d.created_at \
-                 FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id JOIN webhook_events e ON e.id = d.event_id \
-                 WHERE d.state = 'pending' AND d.next_at <= $1 AND (d.lease_until IS NULL OR d.lease_until < $1) \
+                 FROM (SELECT id, webhook_id, event_id, attempts, created_at, next_at, \
+                              ROW_NUMBER() OVER (PARTITION BY webhook_id ORDER BY next_at, id) AS rn \
+                       FROM webhook_deliveries \
+                       WHERE state = 'pending' AND next_at <= $1 AND (lease_until IS NULL OR lease_until < $1)) d \
+                 JOIN webhooks w ON w.id = d.webhook_id JOIN webhook_events e ON e.id = d.event_id \
+                 WHERE d.rn <= $3 \
                  ORDER BY d.next_at, d.id LIMIT $2",
             )
             .bind(now.millis())
             .bind(limit)
+            .bind(per_webhook)
             .fetch_all(pool)
             .await
             .map_err(map_err)?;

@@ -54,7 +54,7 @@ async fn enqueue(store: &Arc<dyn Store>, events: &[&OutboxEvent]) {
 }
 
 async fn due(store: &Arc<dyn Store>, secs: i64) -> Vec<DueDelivery> {
-    store.due_deliveries(at(secs), 100).await.unwrap()
+    store.due_deliveries(at(secs), 100, 100).await.unwrap()
 }
 
 /// (webhook id, event id) of each delivery.
@@ -178,8 +178,15 @@ async fn enqueue_creates_one_delivery_per_matching_webhook(store: Arc<dyn Store>
             pair(&revoked_ks1, &revoked1),
         ])
     );
-    let two = store.due_deliveries(at(1_000), 2).await.unwrap();
+    let two = store.due_deliveries(at(1_000), 2, 100).await.unwrap();
     assert_eq!(two, all[..2].to_vec());
+    // At most one of each webhook: its oldest.
+    let one_each = store.due_deliveries(at(1_000), 100, 1).await.unwrap();
+    let hooks: BTreeSet<&str> = all.iter().map(|d| d.webhook_id.as_str()).collect();
+    assert_eq!(one_each.len(), hooks.len());
+    for d in &one_each {
+        assert_eq!(Some(d), all.iter().find(|a| a.webhook_id == d.webhook_id));
+    }
 
     // A webhook created later gets no delivery for earlier events.
     let late = webhook("https://hooks.example/late", &["key.created"], None, 20);

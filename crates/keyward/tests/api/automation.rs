@@ -332,8 +332,7 @@ async fn deliveries_survive_a_restart_of_the_server(backend: Backend) {
     clock.advance_secs(2);
     let n = keyward_server::jobs::webhooks::deliver_due(
         &state.control,
-        &keyward_server::jobs::webhooks::client(true),
-        state.config.webhook_retry_base,
+        &keyward_server::jobs::webhooks::Deliverer::from_config(&state.config),
     )
     .await
     .unwrap();

@@ -522,8 +522,7 @@ impl TestApp {
     pub async fn deliver(&self) -> usize {
         keyward_server::jobs::webhooks::deliver_due(
             &self.state.control,
-            &keyward_server::jobs::webhooks::client(self.state.config.webhook_allow_private),
-            self.state.config.webhook_retry_base,
+            &keyward_server::jobs::webhooks::Deliverer::from_config(&self.state.config),
         )
         .await
         .unwrap()

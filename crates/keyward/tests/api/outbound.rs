@@ -189,3 +189,98 @@ async fn a_redirect_is_never_followed(app: TestApp) {
     assert!(target.requests.lock().unwrap().is_empty(), "not followed");
 }
 both!(a_redirect_is_never_followed, manual);
+
+/// After five failures in a row an endpoint's circuit opens: its deliveries wait (no
+/// attempts) until one probe may try; a failed probe waits twice as long; a successful one
+/// sends the rest. Every event is still delivered once it recovers.
+async fn a_failing_endpoint_opens_its_circuit_and_a_probe_closes_it(app: TestApp) {
+    let rx = Receiver::start(6).await;
+    let hook = app.webhook(&rx, &["key.created"]).await;
+    let ks = app.keyspace(json!({})).await;
+    for _ in 0..10 {
+        app.key(&ks, json!({})).await;
+    }
+    assert_eq!(app.deliver().await, 5, "five failures open the circuit");
+    app.advance(1);
+    assert_eq!(app.deliver().await, 0, "open: nothing is attempted");
+    app.advance(30);
+    assert_eq!(app.deliver().await, 1, "one probe, which fails");
+    app.advance(31);
+    assert_eq!(app.deliver().await, 0, "reopened for twice as long");
+    app.advance(30);
+    assert_eq!(
+        app.deliver().await,
+        10,
+        "the probe succeeds and the rest follow"
+    );
+    assert_eq!(rx.requests.lock().unwrap().len(), 16);
+    let delivered: std::collections::HashSet<String> = rx
+        .received("key.created")
+        .iter()
+        .skip(6)
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(delivered.len(), 10, "every event once after recovery");
+    let d = app
+        .get(&format!("/v1/webhooks/{hook}/deliveries?limit=500"))
+        .await
+        .expect(200);
+    assert_eq!(d.body["items"].as_array().unwrap().len(), 16);
+}
+both!(
+    a_failing_endpoint_opens_its_circuit_and_a_probe_closes_it,
+    manual
+);
+
+fn slow_webhooks() -> Options {
+    let mut o = Options::default();
+    o.config.webhook_timeout = std::time::Duration::from_secs(3);
+    o
+}
+
+/// A receiver that accepts connections and never answers holds up only its own deliveries:
+/// the healthy receiver gets every event while the dead one's first attempt is still waiting.
+async fn a_dead_receiver_does_not_hold_up_a_healthy_one(app: TestApp) {
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_url = format!("http://{}/hook", dead.local_addr().unwrap());
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = dead.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(conn);
+        }
+    });
+    let dead_hook = app
+        .post(
+            "/v1/webhooks",
+            json!({"url": dead_url, "events": ["key.created"]}),
+        )
+        .await
+        .expect(201)
+        .id();
+    let healthy = Receiver::start(0).await;
+    app.webhook(&healthy, &["key.created"]).await;
+    let ks = app.keyspace(json!({})).await;
+    for _ in 0..20 {
+        app.key(&ks, json!({})).await;
+    }
+    let got = healthy.wait_for("key.created", 20).await;
+    assert_eq!(got.len(), 20);
+    // The dead endpoint's first attempt (3 s timeout) has not even finished.
+    let d = app
+        .get(&format!("/v1/webhooks/{dead_hook}/deliveries"))
+        .await
+        .expect(200);
+    assert_eq!(d.body["items"], json!([]), "{}", d.body);
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one attempt at a time per endpoint"
+    );
+}
+both!(
+    a_dead_receiver_does_not_hold_up_a_healthy_one,
+    slow_webhooks
+);
