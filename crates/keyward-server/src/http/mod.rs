@@ -108,6 +108,20 @@ pub(crate) fn api_routes() -> Vec<(RouteSpec, Handler)> {
             Access::Verify,
             any(verify::forward_auth),
         ),
+        // Envoy's HTTP ext_authz (and Istio) append the original path to the configured one
+        // (`/` included).
+        spec(
+            "ANY",
+            "/v1/forward-auth/",
+            Access::Verify,
+            any(verify::forward_auth),
+        ),
+        spec(
+            "ANY",
+            "/v1/forward-auth/{*path}",
+            Access::Verify,
+            any(verify::forward_auth),
+        ),
         spec(
             "POST",
             "/v1/tokens",
@@ -257,7 +271,10 @@ pub(crate) async fn request_context(req: Request, next: Next) -> Response {
     let micros = started.elapsed().as_micros() as u64;
     // The data plane answers tens of thousands of requests a second: its lines are debug-level
     // (its outcomes are in /metrics); the control plane is logged at info.
-    if matches!(route, "/v1/verify" | "/v1/forward-auth") {
+    if matches!(
+        route,
+        "/v1/verify" | "/v1/forward-auth" | "/v1/forward-auth/" | "/v1/forward-auth/{*path}"
+    ) {
         tracing::debug!(request_id = %id, method = %method, route, status, micros, "request");
     } else {
         tracing::info!(request_id = %id, method = %method, route, status, micros, "request");

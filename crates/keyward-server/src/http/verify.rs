@@ -171,14 +171,57 @@ fn push_int(out: &mut Vec<u8>, n: Option<i64>) {
     }
 }
 
+/// The request a proxy asks about, as far as it says: method and URI (path and query).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Original {
+    pub(crate) method: Option<String>,
+    pub(crate) uri: Option<String>,
+}
+
+/// Reads the original request, in this order: the path after `/v1/forward-auth` (Envoy's
+/// HTTP ext_authz, which also keeps the original method and query); `X-Forwarded-Method` and
+/// `X-Forwarded-Uri` (Traefik, Caddy); `X-Original-Method` and `X-Original-URI` (nginx).
+pub(crate) fn original_request(parts: &axum::http::request::Parts) -> Original {
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    if let Some(rest) = parts.uri.path().strip_prefix("/v1/forward-auth/") {
+        let uri = match parts.uri.query() {
+            Some(q) => format!("/{rest}?{q}"),
+            None => format!("/{rest}"),
+        };
+        return Original {
+            method: Some(parts.method.as_str().to_string()),
+            uri: Some(uri),
+        };
+    }
+    for (m, u) in [
+        ("x-forwarded-method", "x-forwarded-uri"),
+        ("x-original-method", "x-original-uri"),
+    ] {
+        let (method, uri) = (header(m), header(u));
+        if method.is_some() || uri.is_some() {
+            return Original { method, uri };
+        }
+    }
+    Original::default()
+}
+
 /// For reverse proxies: the key from `Authorization: Bearer` or `X-API-Key` (never from the
-/// URL), required scopes from repeated `?scope=`. Bodies are ignored.
+/// URL), required scopes from repeated `?scope=`. Bodies are ignored. Any path under
+/// `/v1/forward-auth/` is the same check (Envoy appends the original path).
 pub(crate) async fn forward_auth(
     State(st): State<AppState>,
     mut params: Params,
     req: axum::extract::Request,
 ) -> Result<Response> {
     let (parts, _body) = req.into_parts();
+    let original = original_request(&parts);
+    tracing::debug!(method = ?original.method, "forward-auth check");
     let ip = client_ip(&parts, st.config.trust_proxy_headers);
     let mut limit = None;
     if st.config.verify_requires_token {
@@ -226,6 +269,7 @@ pub(crate) async fn forward_auth(
             set(h, "x-keyward-keyspace-id", entry.keyspace_id());
             set(h, "x-keyward-owner", entry.owner().unwrap_or(""));
             set(h, "x-keyward-scopes", &join_scopes(entry));
+            set(h, "x-keyward-name", &entry.name());
             res
         }
         Outcome::Denied { code, reset_at, .. } => {
@@ -259,8 +303,10 @@ fn join_scopes(entry: &crate::verifier::Entry) -> String {
     out
 }
 
+/// Sets an identity header; UTF-8 is sent as is (a field value may carry such bytes), and a
+/// value a header cannot carry (control characters) is left out.
 fn set(h: &mut HeaderMap, name: &'static str, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
+    if let Ok(v) = HeaderValue::from_bytes(value.as_bytes()) {
         h.insert(name, v);
     }
 }
@@ -272,4 +318,71 @@ fn presented_key(h: &HeaderMap) -> Option<String> {
     h.get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(uri: &str, method: &str, headers: &[(&str, &str)]) -> axum::http::request::Parts {
+        let mut b = axum::http::Request::builder().uri(uri).method(method);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn the_original_request_comes_from_the_path_then_traefik_then_nginx_headers() {
+        let envoy = parts(
+            "/v1/forward-auth/orders/7?page=2",
+            "DELETE",
+            &[
+                ("x-forwarded-uri", "/ignored"),
+                ("x-original-uri", "/ignored"),
+            ],
+        );
+        assert_eq!(
+            original_request(&envoy),
+            Original {
+                method: Some("DELETE".into()),
+                uri: Some("/orders/7?page=2".into())
+            }
+        );
+        let traefik = parts(
+            "/v1/forward-auth",
+            "GET",
+            &[
+                ("x-forwarded-method", "PATCH"),
+                ("x-forwarded-uri", "/orders/7"),
+                ("x-original-uri", "/ignored"),
+            ],
+        );
+        assert_eq!(
+            original_request(&traefik),
+            Original {
+                method: Some("PATCH".into()),
+                uri: Some("/orders/7".into())
+            }
+        );
+        let nginx = parts(
+            "/v1/forward-auth",
+            "GET",
+            &[
+                ("x-original-method", "POST"),
+                ("x-original-uri", "/pay?x=1"),
+            ],
+        );
+        assert_eq!(
+            original_request(&nginx),
+            Original {
+                method: Some("POST".into()),
+                uri: Some("/pay?x=1".into())
+            }
+        );
+        assert_eq!(
+            original_request(&parts("/v1/forward-auth", "GET", &[])),
+            Original::default()
+        );
+    }
 }

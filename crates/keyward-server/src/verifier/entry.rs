@@ -168,6 +168,11 @@ impl Entry {
         &self.keyspace
     }
 
+    /// The key's name (decoded from the answer text's JSON string).
+    pub(crate) fn name(&self) -> String {
+        serde_json::from_str(self.piece(1)).unwrap_or_default()
+    }
+
     pub(crate) fn owner(&self) -> Option<&str> {
         if !self.has_owner {
             return None;

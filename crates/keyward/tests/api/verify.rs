@@ -960,6 +960,54 @@ async fn forward_auth_takes_the_key_from_bearer_or_x_api_key(app: TestApp) {
 }
 both!(forward_auth_takes_the_key_from_bearer_or_x_api_key);
 
+/// Envoy's HTTP ext_authz (and Istio) send the check to the configured path plus the original
+/// request's path and query: every path under `/v1/forward-auth/` is the same check, with the
+/// same identity headers (the key's name too, UTF-8 as is).
+async fn forward_auth_answers_under_any_path_as_envoy_calls_it(app: TestApp) {
+    let ks = app.keyspace(json!({})).await;
+    let (id, key) = app
+        .key(
+            &ks,
+            json!({"name": "Zoë's billing key", "scopes": ["orders:read"], "owner": "acme"}),
+        )
+        .await;
+    let b = bearer(&key);
+    let h = [("authorization", b.as_str())];
+    for (method, suffix) in [
+        (Method::GET, "/orders/1"),
+        (Method::POST, "/orders"),
+        (Method::DELETE, "/a/b/c/d?x=1&y=%2F"),
+        (Method::GET, "/"),
+        (Method::GET, "/v1/forward-auth"),
+    ] {
+        let res = fa(&app, method.clone(), suffix, &h).await;
+        assert_eq!(res.status, 200, "{method} {suffix}: {}", res.body);
+        assert_eq!(res.headers["x-keyward-key-id"], id.as_str());
+        assert_eq!(res.headers["x-keyward-keyspace-id"], ks.as_str());
+        assert_eq!(res.headers["x-keyward-owner"], "acme");
+        assert_eq!(
+            res.headers["x-keyward-name"].as_bytes(),
+            "Zoë's billing key".as_bytes()
+        );
+    }
+    let res = fa(&app, Method::GET, "/orders/1?scope=orders:read", &h).await;
+    assert_eq!(res.status, 200);
+    let res = fa(&app, Method::GET, "/orders/1?scope=orders:write", &h).await;
+    fa_error(&res, 403, "INSUFFICIENT_SCOPE");
+    let res = fa(&app, Method::GET, "/orders/1", &[]).await;
+    fa_error(&res, 401, "UNAUTHENTICATED");
+    let wrong = format!("Bearer {}x", &key[..key.len() - 1]);
+    let res = fa(
+        &app,
+        Method::GET,
+        "/orders/1",
+        &[("authorization", wrong.as_str())],
+    )
+    .await;
+    fa_error(&res, 401, "NOT_FOUND");
+}
+both!(forward_auth_answers_under_any_path_as_envoy_calls_it);
+
 async fn forward_auth_never_takes_the_key_from_the_url(app: TestApp) {
     let ks = app.keyspace(json!({})).await;
     let (id, key) = app.key(&ks, json!({})).await;
