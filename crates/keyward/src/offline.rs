@@ -11,7 +11,9 @@ use keyward_server::service;
 use keyward_server::state::Records;
 use keyward_server::{AppState, Config};
 
-fn init_logging() {
+/// Logs to stderr, filtered by `KEYWARD_LOG` (or `RUST_LOG`), as text or, with
+/// `KEYWARD_LOG_FORMAT=json`, one JSON object a line (for log shippers).
+fn init_logging() -> Result<(), String> {
     use tracing_subscriber::filter::Targets;
     use tracing_subscriber::prelude::*;
     let spec = std::env::var("KEYWARD_LOG")
@@ -20,14 +22,34 @@ fn init_logging() {
     let filter: Targets = spec
         .parse()
         .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
+    let json = match std::env::var("KEYWARD_LOG_FORMAT").as_deref() {
+        Err(_) | Ok("text") => false,
+        Ok("json") => true,
+        Ok(other) => {
+            return Err(format!(
+                "KEYWARD_LOG_FORMAT must be text or json, not {:?}",
+                keyward_core::keyformat::shown(other)
+            ))
+        }
+    };
+    let text = (!json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    });
+    let json = json.then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+    });
     let _ = tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_filter(filter),
-        )
+        .with(text.with_filter(filter.clone()))
+        .with(json.with_filter(filter))
         .try_init();
+    Ok(())
 }
 
 async fn open(url: &str) -> Option<Arc<dyn keyward_store::Store>> {
@@ -64,7 +86,10 @@ async fn shutdown_signal() {
 
 /// `keyward serve`: listens on `listen`, on the database at `database_url`.
 pub async fn serve(listen: &str, database_url: &str, config: Config) -> ExitCode {
-    init_logging();
+    if let Err(e) = init_logging() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let Some(store) = open(database_url).await else {
         return ExitCode::from(1);
     };

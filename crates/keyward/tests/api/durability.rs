@@ -13,7 +13,7 @@ use keyward_server::state::Records;
 use serde_json::{json, Value};
 
 use crate::helpers::{spawn_with, Backend, Options, TempDir};
-use crate::secrets::{start, stop};
+use crate::secrets::{start, start_with, stop};
 
 const BIN: &str = env!("CARGO_BIN_EXE_keyward");
 
@@ -266,4 +266,66 @@ async fn a_missing_postgres_database_is_created_when_the_role_may() {
         .execute(&mut admin)
         .await
         .unwrap();
+}
+
+/// With `KEYWARD_LOG_FORMAT=json` every line the server logs is one JSON object with a time, a
+/// level and a message, and no key appears in any of them.
+#[tokio::test]
+async fn json_logs_are_one_object_a_line_without_secrets() {
+    let dir = TempDir::new();
+    let url = format!("sqlite://{}", dir.0.join("keyward.db").display());
+    let out = Command::new(BIN)
+        .args(["token", "create", "--name", "ops", "--role", "admin"])
+        .args(["--database-url", &url])
+        .output()
+        .unwrap();
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let server = start_with(&url, &[("KEYWARD_LOG_FORMAT", "json")]);
+    let http = reqwest::Client::new();
+    let ks: Value = http
+        .post(format!("{}/v1/keyspaces", server.url))
+        .bearer_auth(&token)
+        .json(&json!({"name": "n", "prefix": "logs"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key: Value = http
+        .post(format!("{}/v1/keys", server.url))
+        .bearer_auth(&token)
+        .json(&json!({"keyspace_id": ks["id"], "name": "k", "owner": "o"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = key["key"].as_str().unwrap().to_string();
+    http.post(format!("{}/v1/verify", server.url))
+        .json(&json!({"key": key}))
+        .send()
+        .await
+        .unwrap();
+    let log = stop(server);
+    let mut objects = 0;
+    for line in log.lines() {
+        if line.trim().is_empty() || !line.starts_with('{') {
+            // The first-run setup link is printed for a person, on standard output.
+            continue;
+        }
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string(),
+            "{line}"
+        );
+        objects += 1;
+    }
+    assert!(objects >= 4, "requests were logged: {log}");
+    assert!(log.contains("\"route\":\"/v1/verify\""), "{log}");
+    assert!(
+        !log.contains(&key) && !log.contains(&token),
+        "no secret in the log"
+    );
 }

@@ -19,10 +19,16 @@ pub(crate) struct Proc {
 }
 
 pub(crate) fn start(db_url: &str) -> Proc {
+    start_with(db_url, &[])
+}
+
+/// [`start`] with more environment variables.
+pub(crate) fn start_with(db_url: &str, env: &[(&str, &str)]) -> Proc {
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--database-url", db_url])
         .env("KEYWARD_LOG", "debug")
         .env("KEYWARD_USAGE_FLUSH_MS", "50")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -41,7 +47,7 @@ pub(crate) fn start(db_url: &str) -> Proc {
                 if let Some(i) = line.find("listening on http://") {
                     let _ = tx.send(
                         line[i + "listening on ".len()..]
-                            .split_whitespace()
+                            .split(|c: char| c.is_whitespace() || c == '"')
                             .next()
                             .unwrap_or("")
                             .to_string(),
