@@ -302,6 +302,8 @@ pub(crate) async fn authenticate(
     let now = st.records.clock.now();
     // Bounded: the throttle map is keyed by it.
     let account: String = email.trim().to_lowercase().chars().take(254).collect();
+    // An IPv6 client is counted by its /64.
+    let ip = crate::throttle::client_block(ip);
     if let Some(wait) = st.sign_ins.by_address.blocked(&ip, now) {
         return Err(LoginError::Throttled(wait));
     }

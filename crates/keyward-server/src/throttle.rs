@@ -14,6 +14,21 @@ pub const LOGIN_FAILURES_PER_ADDRESS: usize = 20;
 pub const LOGIN_FAILURES_PER_ACCOUNT: usize = 5;
 pub const LOGIN_WINDOW_SECS: i64 = 15 * 60;
 
+/// The unit a throttle counts: an IPv4 address, or an IPv6 /64 (one host usually holds a whole
+/// /64, so counting single IPv6 addresses would let it guess without limit).
+pub(crate) fn client_block(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
+            }
+        },
+        v4 => v4,
+    }
+}
+
 /// Per-node sign-in state (throttles) and the dummy hash that makes unknown users cost as much
 /// as known ones.
 pub struct SignIns {
@@ -118,14 +133,7 @@ impl AuthThrottle {
 
     /// Records one failure; `Some(retry_after_secs)` when this address is over the limit.
     pub(crate) fn fail(&self, ip: IpAddr, now: Timestamp) -> Option<i64> {
-        // One IPv6 host usually holds a whole /64: count it as one address.
-        let ip = match ip {
-            IpAddr::V6(v6) => {
-                let s = v6.segments();
-                IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
-            }
-            v4 => v4,
-        };
+        let ip = client_block(ip);
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_TRACKED_ADDRESSES {
             let cutoff = now.millis() - self.window_ms;
@@ -157,6 +165,20 @@ impl AuthThrottle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv6_client_is_counted_by_its_64_and_a_mapped_ipv4_as_itself() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::7".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_block(a), client_block(b));
+        assert_ne!(client_block(a), client_block(c));
+        let mapped: IpAddr = "::ffff:203.0.113.9".parse().unwrap();
+        assert_eq!(
+            client_block(mapped),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+    }
 
     #[test]
     fn the_21st_failure_within_a_minute_is_throttled_and_an_ipv6_64_counts_as_one_address() {

@@ -312,6 +312,10 @@ pub trait Store: Send + Sync + 'static {
         drop(self.begin().await?);
         Ok(())
     }
+    /// Writes a consistent copy of the whole database to `path` (a new file) while others keep
+    /// reading and writing: SQLite's `VACUUM INTO`. PostgreSQL has `pg_dump` for this and
+    /// refuses.
+    async fn backup_to(&self, path: &str) -> Result<()>;
     /// Closes every connection. For SQLite this checkpoints the write-ahead log into the
     /// database file and removes it, so the file alone is the whole database again.
     async fn close(&self);

@@ -41,6 +41,23 @@ pub enum Command {
     /// The audit trail, through a running server.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Write a consistent copy of the SQLite database to a new file while it serves.
+    Backup {
+        /// The backup file to create.
+        #[arg(long)]
+        to: std::path::PathBuf,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Replace the SQLite database with a backup, once its audit chain verifies (refused while
+    /// a server uses the database).
+    Restore {
+        /// The backup file.
+        #[arg(long)]
+        from: std::path::PathBuf,
+        #[command(flatten)]
+        db: DbArgs,
+    },
 }
 
 #[derive(Args)]
@@ -265,6 +282,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::User(UserCmd::Disable { email, db }) => {
             crate::offline::user_disable(&db.database_url, &email).await
         }
+        Command::Backup { to, db } => crate::backup::backup(&db.database_url, &to).await,
+        Command::Restore { from, db } => crate::backup::restore(&db.database_url, &from).await,
         Command::Keys(cmd) => match keys(cmd).await {
             Ok(code) => code,
             Err(e) => fail(e),

@@ -1,7 +1,9 @@
 //! The `keyward` binary: `keyward serve` runs the server; the other commands are the command
 //! line. `token create` works on the database directly (bootstrap); `keys ...` and
-//! `audit verify` talk to a server through [`client`] only.
+//! `audit verify` talk to a server through [`client`] only; `backup` and `restore` work on the
+//! SQLite file ([`backup`]).
 
+mod backup;
 mod cli;
 mod client;
 mod offline;

@@ -90,6 +90,14 @@ pub async fn serve(listen: &str, database_url: &str, config: Config) -> ExitCode
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
+    // Held while serving: a restore cannot replace the file under a running server.
+    let _lock = match crate::backup::lock_for_serving(database_url) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let Some(store) = open(database_url).await else {
         return ExitCode::from(1);
     };

@@ -267,6 +267,12 @@ pub(crate) async fn request_context(req: Request, next: Next) -> Response {
         res.headers_mut().insert("x-request-id", v);
     }
     let route = route.as_ref().map_or("-", MatchedPath::as_str);
+    // API answers are never stored by a cache on the way (some carry a new key, token or
+    // webhook secret, shown once); the dashboard sets its own policy.
+    if route.starts_with("/v1/") && !res.headers().contains_key(header::CACHE_CONTROL) {
+        res.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
     let status = res.status().as_u16();
     let micros = started.elapsed().as_micros() as u64;
     // The data plane answers tens of thousands of requests a second: its lines are debug-level

@@ -229,7 +229,13 @@ pub(crate) async fn forward_auth(
             .headers
             .get("x-keyward-token")
             .and_then(|v| v.to_str().ok());
-        let auth = authenticate(&st, tok, ip).await?;
+        let auth = authenticate(&st, tok, ip).await.map_err(|mut e| {
+            // Forward-auth's `Authorization` carries the API key: say where the token goes.
+            if e.code == crate::error::ErrorCode::Unauthenticated && tok.is_none() {
+                e.message = "a verifier token is required in X-Keyward-Token".into();
+            }
+            e
+        })?;
         auth.ctx().allow::<crate::authz::Verify>()?;
         limit = auth.token.keyspace_ids;
     }
@@ -283,8 +289,12 @@ pub(crate) async fn forward_auth(
             res
         }
     };
-    if let Outcome::Denied { entry: Some(e), .. } = &outcome {
-        set(res.headers_mut(), "x-keyward-key-id", e.key_id());
+    if let Outcome::Denied { code, entry, .. } = &outcome {
+        // The code in a header too: nginx's auth_request passes on the status but not the body.
+        set(res.headers_mut(), "x-keyward-code", code.as_str());
+        if let Some(e) = entry {
+            set(res.headers_mut(), "x-keyward-key-id", e.key_id());
+        }
     }
     // Other query parameters belong to the proxied request; forward-auth ignores them.
     drop(params);

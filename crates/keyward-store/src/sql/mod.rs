@@ -219,6 +219,10 @@ macro_rules! sql_backend {
                     Ok(())
                 }
 
+                async fn backup_to(&self, path: &str) -> Result<()> {
+                    self.backup_into(path).await
+                }
+
                 async fn close(&self) {
                     self.before_close().await;
                     self.pool.close().await;

@@ -145,6 +145,13 @@ impl PgStore {
         })
     }
 
+    /// PostgreSQL is backed up with its own tools.
+    async fn backup_into(&self, _path: &str) -> Result<()> {
+        Err(StoreError::Other(
+            "a PostgreSQL database is backed up with pg_dump and restored with pg_restore (see docs/operations.md)".into(),
+        ))
+    }
+
     /// Nothing to do before the pool closes.
     async fn before_close(&self) {}
 

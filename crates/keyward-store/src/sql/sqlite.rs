@@ -28,6 +28,26 @@ mod migrate {
     );
 }
 
+/// Creates a new database file readable by its owner only (0600): it holds webhook secrets and
+/// password hashes. SQLite gives its `-wal` and `-shm` files the same permissions. An existing
+/// file keeps its own.
+fn private_file(path: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        if path.as_os_str().is_empty() || path == std::path::Path::new(":memory:") {
+            return;
+        }
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path);
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
 impl SqliteStore {
     pub async fn open(url: &str) -> Result<Self> {
         let opts = SqliteConnectOptions::from_str(url)
@@ -44,6 +64,7 @@ impl SqliteStore {
             .pragma("mmap_size", "1073741824")
             .pragma("cache_size", "-16384")
             .pragma("wal_autocheckpoint", "10000");
+        private_file(opts.get_filename());
         // Connecting turns a new file into WAL, which takes a lock SQLite cannot wait for
         // (`busy_timeout` does not apply): when several processes open one new file at once,
         // a loser gets "database is locked" here at once, and tries again.
@@ -89,6 +110,16 @@ impl SqliteStore {
             pool,
             node: keyward_core::keyformat::base62_random(16),
         })
+    }
+
+    /// `VACUUM INTO`: a consistent, compacted copy in one file, taken while others write.
+    async fn backup_into(&self, path: &str) -> Result<()> {
+        sqlx::query("VACUUM INTO $1")
+            .bind(path)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(())
     }
 
     /// Before the pool closes: copies the write-ahead log into the database file and truncates

@@ -1240,3 +1240,24 @@ both!(
     an_idle_keep_alive_connection_is_closed_after_the_header_timeout,
     quick_header_timeout
 );
+
+/// No API answer may be kept by a cache on the way: some carry a key, token or secret shown once.
+async fn api_answers_are_never_stored_by_caches(app: TestApp) {
+    let ks = app.keyspace(json!({})).await;
+    let created = app
+        .post(
+            "/v1/keys",
+            json!({"keyspace_id": ks, "name": "n", "owner": "o"}),
+        )
+        .await
+        .expect(201);
+    assert_eq!(created.headers["cache-control"], "no-store");
+    let listed = app.get("/v1/keys").await.expect(200);
+    assert_eq!(listed.headers["cache-control"], "no-store");
+    let token = app
+        .post("/v1/tokens", json!({"name": "t", "role": "viewer"}))
+        .await
+        .expect(201);
+    assert_eq!(token.headers["cache-control"], "no-store");
+}
+both!(api_answers_are_never_stored_by_caches);

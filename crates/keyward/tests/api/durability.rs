@@ -44,6 +44,12 @@ async fn after_a_graceful_stop_the_database_file_alone_holds_every_key_and_event
         0,
         "an offline command leaves no write-ahead log"
     );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&db).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "a new database is readable by its owner only");
+    }
 
     let server = start(&url);
     let http = reqwest::Client::new();
@@ -328,4 +334,269 @@ async fn json_logs_are_one_object_a_line_without_secrets() {
         !log.contains(&key) && !log.contains(&token),
         "no secret in the log"
     );
+}
+
+/// The number of keys and the audit chain of the SQLite database at `path`.
+async fn inspect(path: &std::path::Path) -> (i64, keyward_core::audit::ChainCheck) {
+    use sqlx::Connection;
+    let url = format!("sqlite://{}", path.display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let keys: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM keys")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let store = keyward_store::open(&url).await.unwrap();
+    let records = Records::new(store.clone(), Arc::new(SystemClock));
+    let ctx = Ctx::operator(Actor::cli("test"));
+    let chain = service::check_chain(&records, &ctx.allow().unwrap())
+        .await
+        .unwrap();
+    store.close().await;
+    (keys, chain)
+}
+
+fn keyward(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+/// A backup taken while keys are being created is consistent (a prefix of the history, its
+/// chain intact); a restore is refused while a server uses the database, refuses a backup whose
+/// chain does not verify, and otherwise brings back exactly the backup.
+#[tokio::test]
+async fn a_backup_taken_while_writing_restores_to_a_consistent_database() {
+    let dir = TempDir::new();
+    let db = dir.0.join("keyward.db");
+    let url = format!("sqlite://{}", db.display());
+    let out = keyward(&[
+        "token",
+        "create",
+        "--name",
+        "ops",
+        "--role",
+        "admin",
+        "--database-url",
+        &url,
+    ]);
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let server = start(&url);
+    let http = reqwest::Client::new();
+    let ks: Value = http
+        .post(format!("{}/v1/keyspaces", server.url))
+        .bearer_auth(&token)
+        .json(&json!({"name": "n", "prefix": "bak"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let created = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let stop_writing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (http, base, token) = (http.clone(), server.url.clone(), token.clone());
+        let (created, stop_writing, ks) = (created.clone(), stop_writing.clone(), ks["id"].clone());
+        tokio::spawn(async move {
+            while !stop_writing.load(std::sync::atomic::Ordering::SeqCst) {
+                let r = http
+                    .post(format!("{base}/v1/keys"))
+                    .bearer_auth(&token)
+                    .json(&json!({"keyspace_id": ks, "name": "k", "owner": "o"}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 201);
+                created.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
+    while created.load(std::sync::atomic::Ordering::SeqCst) < 50 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let backup = dir.0.join("backup.db");
+    let before = created.load(std::sync::atomic::Ordering::SeqCst);
+    let (b, u) = (backup.display().to_string(), url.clone());
+    let out =
+        tokio::task::spawn_blocking(move || keyward(&["backup", "--to", &b, "--database-url", &u]))
+            .await
+            .unwrap();
+    let after = created.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("chain intact"));
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    stop_writing.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.await.unwrap();
+    let total = created.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(total > after, "keys were created after the backup");
+
+    let b = backup.display().to_string();
+    let out = keyward(&["restore", "--from", &b, "--database-url", &url]);
+    assert_eq!(out.status.code(), Some(1), "refused while serving");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stop it first"));
+    stop(server);
+    let (keys_now, _) = inspect(&db).await;
+    assert_eq!(keys_now, total, "the refused restore changed nothing");
+
+    // A backup whose chain was tampered with is refused.
+    let tampered = dir.0.join("tampered.db");
+    std::fs::copy(&backup, &tampered).unwrap();
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", tampered.display()))
+            .await
+            .unwrap();
+        sqlx::query("UPDATE audit_events SET reason = 'edited' WHERE seq = 3")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    }
+    let t = tampered.display().to_string();
+    let out = keyward(&["restore", "--from", &t, "--database-url", &url]);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(inspect(&db).await.0, total, "nothing was restored");
+
+    let out = keyward(&["restore", "--from", &b, "--database-url", &url]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (keys, chain) = inspect(&db).await;
+    assert!(
+        (before..=after).contains(&keys),
+        "the backup holds the keys of one moment: {before} <= {keys} <= {after}"
+    );
+    // Events: the token, the keyspace, one per key.
+    assert!(
+        matches!(chain, keyward_core::audit::ChainCheck::Ok { events, .. } if events == keys + 2),
+        "{chain:?}"
+    );
+    // The restored database serves.
+    let server = start(&url);
+    let r = http
+        .get(format!("{}/v1/keys?limit=1", server.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    stop(server);
+}
+
+/// PostgreSQL is backed up and restored with its own tools: the commands docs/operations.md
+/// gives, run here against a real database.
+#[tokio::test]
+async fn postgres_backs_up_with_pg_dump_and_restores_with_pg_restore() {
+    use sqlx::Connection;
+    if !keyward_store::testing::postgres_available().await {
+        return;
+    }
+    for tool in ["pg_dump", "pg_restore"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true but {tool} is not installed"
+            );
+            keyward_store::testing::announce_skip(&format!(
+                "SKIPPED postgres_backs_up_with_pg_dump_and_restores_with_pg_restore: {tool} is not installed"
+            ));
+            return;
+        }
+    }
+    let base = keyward_store::testing::pg_url();
+    let (server_url, _) = base.rsplit_once('/').unwrap();
+    let name = format!("kw_{}", keyward_store::testing::unique_schema());
+    let (src, dst) = (
+        format!("{server_url}/{name}"),
+        format!("{server_url}/{name}_restored"),
+    );
+    let out = keyward(&[
+        "token",
+        "create",
+        "--name",
+        "ops",
+        "--role",
+        "admin",
+        "--database-url",
+        &src,
+    ]);
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let server = start(&src);
+    let http = reqwest::Client::new();
+    let ks: Value = http
+        .post(format!("{}/v1/keyspaces", server.url))
+        .bearer_auth(&token)
+        .json(&json!({"name": "n", "prefix": "pgbak"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        http.post(format!("{}/v1/keys", server.url))
+            .bearer_auth(&token)
+            .json(&json!({"keyspace_id": ks["id"], "name": "k", "owner": "o"}))
+            .send()
+            .await
+            .unwrap();
+    }
+    let dir = TempDir::new();
+    let dump = dir.0.join("keyward.dump").display().to_string();
+    // While serving: pg_dump takes a consistent snapshot.
+    let out = Command::new("pg_dump")
+        .args(["--format=custom", "--file", &dump, &src])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stop(server);
+    let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
+    sqlx::raw_sql(&format!("CREATE DATABASE {name}_restored"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let out = Command::new("pg_restore")
+        .args(["--no-owner", "--dbname", &dst, &dump])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = keyward_store::open(&dst).await.unwrap();
+    let records = Records::new(store.clone(), Arc::new(SystemClock));
+    let ctx = Ctx::operator(Actor::cli("test"));
+    let chain = service::check_chain(&records, &ctx.allow().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            chain,
+            keyward_core::audit::ChainCheck::Ok { events: 22, .. }
+        ),
+        "{chain:?}"
+    );
+    store.close().await;
+    for db in [format!("{name}_restored"), name.clone()] {
+        sqlx::raw_sql(&format!("DROP DATABASE {db} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
 }

@@ -142,6 +142,22 @@ fn fa_error(res: &Res, status: u16, code: &str) {
     }
     assert!(res.headers.get("x-keyward-owner").is_none());
     assert!(res.headers.get("x-keyward-scopes").is_none());
+    // A verification's denial names its code in a header too (nginx drops the body).
+    if let Some(h) = res.headers.get("x-keyward-code") {
+        assert_eq!(h, code);
+    }
+    let decided = [
+        "NOT_FOUND",
+        "REVOKED",
+        "EXPIRED",
+        "DISABLED",
+        "INSUFFICIENT_SCOPE",
+        "IP_NOT_ALLOWED",
+        "USAGE_EXCEEDED",
+    ];
+    if decided.contains(&code) {
+        assert_eq!(res.headers["x-keyward-code"], code);
+    }
 }
 
 fn bearer(key: &str) -> String {
