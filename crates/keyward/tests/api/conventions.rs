@@ -1093,7 +1093,10 @@ async fn integers_may_carry_a_zero_fraction_null_is_no_cost_and_an_empty_cursor_
         &app,
         Method::POST,
         "/v1/keys",
-        &[("content-type", "application/json")],
+        &[
+            ("content-type", "application/json"),
+            ("authorization", &auth(&app)),
+        ],
         Some(json!([ks, "n", "o"]).to_string().into_bytes()),
     )
     .await;

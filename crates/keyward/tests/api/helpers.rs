@@ -52,12 +52,16 @@ impl Drop for TempDir {
     }
 }
 
-/// Options with a manual clock that moves only with `app.advance(secs)`.
+/// Options with a manual clock that moves only with `app.advance(secs)`. Webhook deliveries
+/// are the test's to make (`app.deliver()`): the server's own worker looks for due deliveries
+/// only once an hour, so it does not race the test for them.
 pub fn manual() -> Options {
-    Options {
+    let mut o = Options {
         manual_clock: true,
         ..Options::default()
-    }
+    };
+    o.config.webhook_poll = std::time::Duration::from_secs(3600);
+    o
 }
 
 pub struct Options {
