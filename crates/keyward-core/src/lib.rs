@@ -21,6 +21,7 @@ pub mod kinds;
 pub mod model;
 pub mod policy;
 pub mod scope;
+pub mod seal;
 pub mod secret;
 pub mod time;
 pub mod user;

@@ -64,6 +64,8 @@ pub struct Control {
     pub(crate) webhook_allow_private: bool,
     /// This node's webhook endpoint circuits.
     pub(crate) circuits: Arc<crate::outbound::Circuits>,
+    /// Seals webhook signing secrets at rest, when configured.
+    pub(crate) master_key: Option<Arc<keyward_core::seal::MasterKey>>,
 }
 
 /// What authentication uses: the records and this node's throttles.
@@ -78,6 +80,17 @@ pub(crate) struct Authn {
 
 impl AppState {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, config: Config) -> Self {
+        Self::with_master_key(store, clock, config, None)
+    }
+
+    /// A state whose webhook signing secrets are sealed with `master_key` (the store's
+    /// existing secrets must already be sealed with it: `keyward serve` sees to that).
+    pub fn with_master_key(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        config: Config,
+        master_key: Option<keyward_core::seal::MasterKey>,
+    ) -> Self {
         let metrics = Arc::new(Metrics::default());
         let redis = config
             .redis_url
@@ -107,6 +120,7 @@ impl AppState {
                 webhook_wake: Arc::new(tokio::sync::Notify::new()),
                 webhook_allow_private: config.webhook_allow_private,
                 circuits: Arc::default(),
+                master_key: master_key.map(Arc::new),
             },
             config: Arc::new(config),
         }))

@@ -347,6 +347,11 @@ pub trait Store: Send + Sync + 'static {
 
     async fn webhook(&self, id: &str) -> Result<Option<Webhook>>;
     async fn list_webhooks(&self, page: &Page<TimeCursor>) -> Result<Vec<Webhook>>;
+    /// Every webhook's stored signing secret (sealed or, from before sealing, plain), by id.
+    async fn webhook_secrets(&self) -> Result<Vec<(String, String)>>;
+    /// Replaces stored signing secrets (sealing them, or re-sealing under a new master key),
+    /// all in one transaction.
+    async fn replace_webhook_secrets(&self, secrets: &[(String, String)]) -> Result<()>;
     /// Pending deliveries with `next_at <= now` and no live lease, oldest first: at most
     /// `limit`, and at most `per_webhook` of each webhook (its oldest).
     async fn due_deliveries(

@@ -72,6 +72,27 @@ fn owner_only(path: &Path) {
     let _ = path;
 }
 
+/// Takes the database's lock exclusively (no server may use it meanwhile); `None` for a
+/// database that is not a SQLite file.
+pub fn lock_exclusively(url: &str) -> Result<Option<File>, String> {
+    let Some(db) = sqlite_path(url) else {
+        return Ok(None);
+    };
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(lock_path(&db))
+        .map_err(|e| format!("cannot open the database's lock file: {e}"))?;
+    file.try_lock().map_err(|_| {
+        format!(
+            "a keyward server is using {}; stop it first (nothing was changed)",
+            db.display()
+        )
+    })?;
+    Ok(Some(file))
+}
+
 /// The audit chain of the database at `url` (opened, migrated if needed, then closed).
 async fn chain_of(url: &str) -> Result<ChainCheck, String> {
     let store = keyward_store::open(url)

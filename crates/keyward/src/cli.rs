@@ -49,6 +49,9 @@ pub enum Command {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// The master key that seals webhook signing secrets at rest.
+    #[command(subcommand, name = "master-key")]
+    MasterKey(MasterKeyCmd),
     /// Replace the SQLite database with a backup, once its audit chain verifies (refused while
     /// a server uses the database).
     Restore {
@@ -60,6 +63,21 @@ pub enum Command {
     },
 }
 
+#[derive(Subcommand)]
+pub enum MasterKeyCmd {
+    /// Re-seal every webhook secret under a new master key (servers stopped). The new key is
+    /// read from --new-key-file, or generated there when the file does not exist; for SQLite
+    /// with the key beside the database, generated and put in its place.
+    Rotate {
+        #[arg(long)]
+        new_key_file: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        key: crate::master_key::KeyArgs,
+    },
+}
+
 #[derive(Args)]
 pub struct ServeArgs {
     /// Address to listen on.
@@ -67,6 +85,8 @@ pub struct ServeArgs {
     pub listen: String,
     #[command(flatten)]
     pub db: DbArgs,
+    #[command(flatten)]
+    pub key: crate::master_key::KeyArgs,
     #[command(flatten)]
     pub config: keyward_server::Config,
 }
@@ -264,7 +284,7 @@ fn fail(e: ClientError) -> ExitCode {
 pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve(args) => {
-            crate::offline::serve(&args.listen, &args.db.database_url, args.config).await
+            crate::offline::serve(&args.listen, &args.db.database_url, &args.key, args.config).await
         }
         Command::Token(TokenCmd::Create {
             name,
@@ -282,6 +302,11 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::User(UserCmd::Disable { email, db }) => {
             crate::offline::user_disable(&db.database_url, &email).await
         }
+        Command::MasterKey(MasterKeyCmd::Rotate {
+            new_key_file,
+            db,
+            key,
+        }) => crate::master_key::rotate(&db.database_url, &key, new_key_file.as_deref()).await,
         Command::Backup { to, db } => crate::backup::backup(&db.database_url, &to).await,
         Command::Restore { from, db } => crate::backup::restore(&db.database_url, &from).await,
         Command::Keys(cmd) => match keys(cmd).await {

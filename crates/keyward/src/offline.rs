@@ -85,7 +85,12 @@ async fn shutdown_signal() {
 }
 
 /// `keyward serve`: listens on `listen`, on the database at `database_url`.
-pub async fn serve(listen: &str, database_url: &str, config: Config) -> ExitCode {
+pub async fn serve(
+    listen: &str,
+    database_url: &str,
+    key: &crate::master_key::KeyArgs,
+    config: Config,
+) -> ExitCode {
     if let Err(e) = init_logging() {
         eprintln!("error: {e}");
         return ExitCode::from(2);
@@ -109,6 +114,19 @@ pub async fn serve(listen: &str, database_url: &str, config: Config) -> ExitCode
         store.close().await;
         return ExitCode::from(1);
     }
+    let master_key = match crate::master_key::resolve(database_url, key, true) {
+        Ok(k) => k.map(|(k, _)| k),
+        Err(e) => {
+            eprintln!("error: {e}");
+            store.close().await;
+            return ExitCode::from(1);
+        }
+    };
+    if let Err(e) = crate::master_key::prepare(store.as_ref(), master_key.as_ref()).await {
+        eprintln!("error: {e}");
+        store.close().await;
+        return ExitCode::from(1);
+    }
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -122,7 +140,12 @@ pub async fn serve(listen: &str, database_url: &str, config: Config) -> ExitCode
         .unwrap_or(listen.to_string());
     // The server reads the clock on every verification: a millisecond-ticking clock makes that
     // one atomic load.
-    let state = AppState::new(store.clone(), Arc::new(CoarseClock::start()), config);
+    let state = AppState::with_master_key(
+        store.clone(),
+        Arc::new(CoarseClock::start()),
+        config,
+        master_key,
+    );
     announce_setup_link(&state, &addr).await;
     tracing::info!(
         listen = %addr,

@@ -42,9 +42,23 @@ pub(crate) fn backoff_ms(base_ms: i64, attempt: i64) -> i64 {
         .min(MAX_BACKOFF_MS)
 }
 
+/// The delivery's signing secret, opened when it is sealed.
+fn signing_secret(st: &Control, d: &DueDelivery) -> Result<zeroize::Zeroizing<String>, String> {
+    if !keyward_core::seal::is_sealed(&d.secret) {
+        return Ok(zeroize::Zeroizing::new(d.secret.clone()));
+    }
+    match &st.master_key {
+        Some(k) => k
+            .open(&d.secret, &d.webhook_id)
+            .map_err(|e| format!("the signing secret cannot be opened: {e}")),
+        None => Err("the signing secret is sealed and this node has no master key".into()),
+    }
+}
+
 async fn send(
     http: &reqwest::Client,
     d: &DueDelivery,
+    secret: &str,
     now: Timestamp,
     allow_private: bool,
 ) -> (Option<i64>, Option<String>) {
@@ -56,10 +70,7 @@ async fn send(
         .post(&d.url)
         .header("content-type", "application/json")
         .header("user-agent", concat!("keyward/", env!("CARGO_PKG_VERSION")))
-        .header(
-            "keyward-signature",
-            signature(&d.secret, now.secs(), &d.body),
-        )
+        .header("keyward-signature", signature(secret, now.secs(), &d.body))
         .header("keyward-event-id", &d.event_id)
         .body(d.body.clone())
         .send()
@@ -129,7 +140,10 @@ async fn attempt(
     {
         return Ok(None);
     }
-    let (status_code, error) = send(&how.http, &d, now, how.allow_private).await;
+    let (status_code, error) = match signing_secret(st, &d) {
+        Ok(secret) => send(&how.http, &d, &secret, now, how.allow_private).await,
+        Err(why) => (None, Some(why)),
+    };
     let attempt_no = d.attempts + 1;
     let at = st.records.clock.now();
     let ok = status_code.is_some_and(|c| (200..300).contains(&c));

@@ -1021,7 +1021,12 @@ pub async fn create_webhook(
         created_by: ctx.actor.clone(),
     };
     let secret = Secret::new(format!("whsec_{}", keyformat::base62_random(32)));
-    tx.insert_webhook(&hook, secret.expose()).await?;
+    // Sealed at rest when the server has a master key (see keyward_core::seal).
+    let stored = match &st.master_key {
+        Some(k) => k.seal(secret.expose(), &hook.id).map_err(Error::internal)?,
+        None => secret.expose().to_string(),
+    };
+    tx.insert_webhook(&hook, &stored).await?;
     let mut ev = ctx.event(
         now,
         AuditAction::WebhookCreate,

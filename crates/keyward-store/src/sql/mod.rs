@@ -379,6 +379,15 @@ macro_rules! sql_backend {
                 async fn list_webhooks(&self, page: &Page<TimeCursor>) -> Result<Vec<Webhook>> {
                     webhooks::list_webhooks(&self.pool, page).await
                 }
+                async fn webhook_secrets(&self) -> Result<Vec<(String, String)>> {
+                    webhooks::webhook_secrets(&self.pool).await
+                }
+                async fn replace_webhook_secrets(
+                    &self,
+                    secrets: &[(String, String)],
+                ) -> Result<()> {
+                    webhooks::replace_webhook_secrets(&self.pool, secrets).await
+                }
                 async fn due_deliveries(
                     &self,
                     now: Timestamp,

@@ -118,6 +118,27 @@ macro_rules! for_backend {
 
         // ---- deliveries and attempts ----
 
+        pub(super) async fn webhook_secrets(pool: &sqlx::Pool<$DB>) -> Result<Vec<(String, String)>> {
+            let rows = sqlx::query("SELECT id, secret FROM webhooks ORDER BY id")
+                .fetch_all(pool)
+                .await
+                .map_err(map_err)?;
+            rows.iter().map(|r| Ok((get(r, "id")?, get(r, "secret")?))).collect()
+        }
+
+        pub(super) async fn replace_webhook_secrets(pool: &sqlx::Pool<$DB>, secrets: &[(String, String)]) -> Result<()> {
+            let mut tx = pool.begin().await.map_err(map_err)?;
+            for (id, secret) in secrets {
+                sqlx::query("UPDATE webhooks SET secret = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(secret)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+            }
+            tx.commit().await.map_err(map_err)
+        }
+
         pub(super) async fn due_deliveries(pool: &sqlx::Pool<$DB>, now: Timestamp, limit: i64, per_webhook: i64) -> Result<Vec<DueDelivery>> {
             // At most `per_webhook` of each endpoint: one endpoint's backlog cannot fill the
             // batch and keep the others waiting.

@@ -326,3 +326,27 @@ async fn deliveries_are_claimed_once_and_finished_by_their_attempts(store: Arc<d
 conformance!(deliveries_are_claimed_once_and_finished_by_their_attempts
     => sqlite_deliveries_are_claimed_once_and_finished_by_their_attempts,
        postgres_deliveries_are_claimed_once_and_finished_by_their_attempts);
+
+async fn webhook_secrets_are_read_and_replaced_together(store: Arc<dyn Store>) {
+    let a = webhook("https://hooks.example/a", &["key.created"], None, 1);
+    let b = webhook("https://hooks.example/b", &["key.created"], None, 2);
+    insert_webhooks(&store, &[&a, &b]).await;
+    let mut want = vec![(a.id.clone(), secret_of(&a)), (b.id.clone(), secret_of(&b))];
+    want.sort();
+    assert_eq!(store.webhook_secrets().await.unwrap(), want);
+    let sealed: Vec<(String, String)> = want
+        .iter()
+        .map(|(id, s)| (id.clone(), format!("kw1:00000000:{s}")))
+        .collect();
+    store.replace_webhook_secrets(&sealed).await.unwrap();
+    assert_eq!(store.webhook_secrets().await.unwrap(), sealed);
+    // Deliveries carry what is stored.
+    let mut tx = store.begin().await.unwrap();
+    tx.enqueue(&event("key.created", 10, None)).await.unwrap();
+    tx.commit().await.unwrap();
+    let due = store.due_deliveries(at(1_000), 100, 100).await.unwrap();
+    assert!(due.iter().all(|d| d.secret.starts_with("kw1:")), "{due:?}");
+}
+conformance!(webhook_secrets_are_read_and_replaced_together
+    => sqlite_webhook_secrets_are_read_and_replaced_together,
+       postgres_webhook_secrets_are_read_and_replaced_together);

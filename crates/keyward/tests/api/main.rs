@@ -17,6 +17,7 @@ mod keys;
 mod lifecycle;
 mod outbound;
 mod roles;
+mod sealing;
 mod secrets;
 mod usage;
 mod verify;
