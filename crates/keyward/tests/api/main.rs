@@ -9,6 +9,7 @@ mod automation;
 mod cli;
 mod cluster;
 mod conventions;
+mod crash;
 mod dashboard;
 mod degraded;
 mod door;

@@ -62,6 +62,12 @@ pub(crate) fn start_with(db_url: &str, env: &[(&str, &str)]) -> Proc {
     Proc { child, log, url }
 }
 
+/// Kills the server with SIGKILL (no chance to flush or close anything).
+pub(crate) fn kill9(mut p: Proc) {
+    let _ = p.child.kill();
+    let _ = p.child.wait();
+}
+
 pub(crate) fn stop(mut p: Proc) -> String {
     let _ = Command::new("kill")
         .args(["-TERM", &p.child.id().to_string()])
