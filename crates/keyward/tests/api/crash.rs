@@ -8,16 +8,14 @@
 //! long version and prints its figures.
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use crate::helpers::{fresh_db, Backend};
-use crate::secrets::{kill9, start_with};
+use crate::secrets::{admin_token, kill9, start_with};
 
-const BIN: &str = env!("CARGO_BIN_EXE_keyward");
 const FLUSH_MS: u64 = 100;
 const CLIENTS: usize = 4;
 
@@ -308,25 +306,7 @@ async fn crash_cycles(backend: Backend) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2);
-    let out = Command::new(BIN)
-        .args([
-            "token",
-            "create",
-            "--name",
-            "crash",
-            "--role",
-            "admin",
-            "--database-url",
-            &url,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let token = admin_token(&url);
     let env = [("KEYWARD_USAGE_FLUSH_MS", "100"), ("KEYWARD_LOG", "info")];
     let known: Arc<Mutex<HashMap<String, (Known, String)>>> = Arc::default();
     let mut figures = Figures::default();

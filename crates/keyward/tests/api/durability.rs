@@ -13,7 +13,7 @@ use keyward_server::state::Records;
 use serde_json::{json, Value};
 
 use crate::helpers::{spawn_with, Backend, Options, TempDir};
-use crate::secrets::{start, start_with, stop};
+use crate::secrets::{admin_token, post_json, start, start_with, stop};
 
 const BIN: &str = env!("CARGO_BIN_EXE_keyward");
 
@@ -28,17 +28,7 @@ async fn after_a_graceful_stop_the_database_file_alone_holds_every_key_and_event
     let dir = TempDir::new();
     let db = dir.0.join("keyward.db");
     let url = format!("sqlite://{}", db.display());
-    let out = Command::new(BIN)
-        .args(["token", "create", "--name", "ops", "--role", "admin"])
-        .args(["--database-url", &url])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let token = admin_token(&url);
     assert_eq!(
         wal_bytes(&db),
         0,
@@ -280,34 +270,25 @@ async fn a_missing_postgres_database_is_created_when_the_role_may() {
 async fn json_logs_are_one_object_a_line_without_secrets() {
     let dir = TempDir::new();
     let url = format!("sqlite://{}", dir.0.join("keyward.db").display());
-    let out = Command::new(BIN)
-        .args(["token", "create", "--name", "ops", "--role", "admin"])
-        .args(["--database-url", &url])
-        .output()
-        .unwrap();
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let token = admin_token(&url);
     let server = start_with(&url, &[("KEYWARD_LOG_FORMAT", "json")]);
     let http = reqwest::Client::new();
-    let ks: Value = http
-        .post(format!("{}/v1/keyspaces", server.url))
-        .bearer_auth(&token)
-        .json(&json!({"name": "n", "prefix": "logs"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key: Value = http
-        .post(format!("{}/v1/keys", server.url))
-        .bearer_auth(&token)
-        .json(&json!({"keyspace_id": ks["id"], "name": "k", "owner": "o"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ks = post_json(
+        &http,
+        &server.url,
+        &token,
+        "/v1/keyspaces",
+        json!({"name": "n", "prefix": "logs"}),
+    )
+    .await;
+    let key = post_json(
+        &http,
+        &server.url,
+        &token,
+        "/v1/keys",
+        json!({"keyspace_id": ks["id"], "name": "k", "owner": "o"}),
+    )
+    .await;
     let key = key["key"].as_str().unwrap().to_string();
     http.post(format!("{}/v1/verify", server.url))
         .json(&json!({"key": key}))
@@ -381,16 +362,14 @@ async fn a_backup_taken_while_writing_restores_to_a_consistent_database() {
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let server = start(&url);
     let http = reqwest::Client::new();
-    let ks: Value = http
-        .post(format!("{}/v1/keyspaces", server.url))
-        .bearer_auth(&token)
-        .json(&json!({"name": "n", "prefix": "bak"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ks = post_json(
+        &http,
+        &server.url,
+        &token,
+        "/v1/keyspaces",
+        json!({"name": "n", "prefix": "bak"}),
+    )
+    .await;
     let created = Arc::new(std::sync::atomic::AtomicI64::new(0));
     let stop_writing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
@@ -534,16 +513,14 @@ async fn postgres_backs_up_with_pg_dump_and_restores_with_pg_restore() {
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let server = start(&src);
     let http = reqwest::Client::new();
-    let ks: Value = http
-        .post(format!("{}/v1/keyspaces", server.url))
-        .bearer_auth(&token)
-        .json(&json!({"name": "n", "prefix": "pgbak"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ks = post_json(
+        &http,
+        &server.url,
+        &token,
+        "/v1/keyspaces",
+        json!({"name": "n", "prefix": "pgbak"}),
+    )
+    .await;
     for _ in 0..20 {
         http.post(format!("{}/v1/keys", server.url))
             .bearer_auth(&token)

@@ -12,7 +12,7 @@ use keyward_server::service;
 use serde_json::{json, Value};
 
 use crate::helpers::{Receiver, TempDir};
-use crate::secrets::{start, start_with, stop};
+use crate::secrets::{admin_token, post_json, start, start_with, stop};
 
 const BIN: &str = env!("CARGO_BIN_EXE_keyward");
 
@@ -46,20 +46,7 @@ async fn webhook_secrets_are_sealed_at_rest_and_deliveries_still_sign() {
     let db = dir.0.join("keyward.db");
     let url = format!("sqlite://{}", db.display());
     let key_file = dir.0.join("keyward.db.master-key");
-    let out = Command::new(BIN)
-        .args([
-            "token",
-            "create",
-            "--name",
-            "ops",
-            "--role",
-            "admin",
-            "--database-url",
-            &url,
-        ])
-        .output()
-        .unwrap();
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let token = admin_token(&url);
 
     // A webhook from before sealing: its secret is stored plain.
     let legacy = Receiver::start(0).await;
@@ -97,16 +84,14 @@ async fn webhook_secrets_are_sealed_at_rest_and_deliveries_still_sign() {
     }
     let http = reqwest::Client::new();
     let fresh = Receiver::start(0).await;
-    let hook: Value = http
-        .post(format!("{}/v1/webhooks", server.url))
-        .bearer_auth(&token)
-        .json(&json!({"url": fresh.url, "events": ["key.created"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let hook = post_json(
+        &http,
+        &server.url,
+        &token,
+        "/v1/webhooks",
+        json!({"url": fresh.url, "events": ["key.created"]}),
+    )
+    .await;
     let fresh_secret = hook["secret"].as_str().unwrap().to_string();
     *fresh.secret.lock().unwrap() = fresh_secret.clone();
     let stored = stored_secrets(&db).await;
@@ -116,16 +101,14 @@ async fn webhook_secrets_are_sealed_at_rest_and_deliveries_still_sign() {
         .iter()
         .any(|s| s.contains(&fresh_secret) || s.contains("whsec_")));
 
-    let ks: Value = http
-        .post(format!("{}/v1/keyspaces", server.url))
-        .bearer_auth(&token)
-        .json(&json!({"name": "n", "prefix": "seal"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ks = post_json(
+        &http,
+        &server.url,
+        &token,
+        "/v1/keyspaces",
+        json!({"name": "n", "prefix": "seal"}),
+    )
+    .await;
     create_key(&http, &server.url, &token, &ks["id"]).await;
     assert_eq!(legacy.wait_for("key.created", 1).await.len(), 1);
     assert_eq!(fresh.wait_for("key.created", 1).await.len(), 1);

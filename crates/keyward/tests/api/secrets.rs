@@ -62,6 +62,40 @@ pub(crate) fn start_with(db_url: &str, env: &[(&str, &str)]) -> Proc {
     Proc { child, log, url }
 }
 
+/// `keyward token create --role admin` on the database at `url`: the token.
+pub(crate) fn admin_token(url: &str) -> String {
+    let out = Command::new(BIN)
+        .args(["token", "create", "--name", "ops", "--role", "admin"])
+        .args(["--database-url", url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// POSTs `body` with `token` to a real server; the answer's body (a 2xx is required).
+pub(crate) async fn post_json(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    path: &str,
+    body: Value,
+) -> Value {
+    let r = http
+        .post(format!("{base}{path}"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "POST {path}: {}", r.status());
+    r.json().await.unwrap()
+}
+
 /// Kills the server with SIGKILL (no chance to flush or close anything).
 pub(crate) fn kill9(mut p: Proc) {
     let _ = p.child.kill();
