@@ -189,13 +189,15 @@ pub(crate) fn router(st: AppState) -> Router<AppState> {
 }
 
 /// Whether a state-changing request came from another site: a browser marks it with
-/// `Sec-Fetch-Site: cross-site`/`same-site`, or names another origin in `Origin` (`null`
-/// included). A request without either header (not a browser) is left to the CSRF token.
+/// `Sec-Fetch-Site: cross-site`/`same-site`, or names another origin in `Origin`. An opaque
+/// `Origin: null` says nothing (the dashboard's `Referrer-Policy: no-referrer` makes Chromium
+/// send it for its own forms), so `Sec-Fetch-Site` decides; a request with neither header (not
+/// a browser) is left to the CSRF token.
 fn foreign_origin(headers: &HeaderMap, st: &AppState) -> bool {
     let fetch_site = headers
         .get("sec-fetch-site")
         .is_some_and(|v| v.as_bytes() == b"cross-site" || v.as_bytes() == b"same-site");
-    let Some(origin) = headers.get("origin") else {
+    let Some(origin) = headers.get("origin").filter(|o| o.as_bytes() != b"null") else {
         return fetch_site;
     };
     let Some((scheme, host)) = origin.to_str().ok().and_then(|o| o.split_once("://")) else {
