@@ -1264,3 +1264,20 @@ async fn api_answers_are_never_stored_by_caches(app: TestApp) {
     assert_eq!(token.headers["cache-control"], "no-store");
 }
 both!(api_answers_are_never_stored_by_caches);
+
+/// Numbers in `meta` are kept exactly: the audit chain, which hashes each event's canonical
+/// JSON when it is written and again when it is verified from the stored text, still verifies
+/// for floats whose shortest form is hard to parse back.
+async fn floats_in_meta_keep_the_audit_chain_verifiable(app: TestApp) {
+    let ks = app.keyspace(json!({})).await;
+    let meta: Value = serde_json::from_str(
+        r#"{"a": -2.0137184424803742e-23, "b": 8.844843339809529e-231, "c": 9.461820892659202e-57, "d": 0.1, "e": 1e300}"#,
+    )
+    .unwrap();
+    let (id, _) = app.key(&ks, json!({"meta": meta})).await;
+    let k = app.get(&format!("/v1/keys/{id}")).await.expect(200);
+    assert_eq!(k.body["meta"], meta);
+    let v = app.get("/v1/audit/verify").await.expect(200);
+    assert_eq!(v.body["ok"], true, "{}", v.body);
+}
+both!(floats_in_meta_keep_the_audit_chain_verifiable);
