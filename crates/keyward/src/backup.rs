@@ -18,7 +18,7 @@ use keyward_core::time::SystemClock;
 use keyward_server::authz::Ctx;
 use keyward_server::state::Records;
 
-use crate::cli::EXIT_CHAIN_BROKEN;
+use crate::exit::EXIT_CHAIN_BROKEN;
 
 /// The file of a `sqlite://PATH[?options]` URL; `None` for another database.
 pub fn sqlite_path(url: &str) -> Option<PathBuf> {

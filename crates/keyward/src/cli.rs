@@ -8,11 +8,7 @@ use serde_json::{json, Value};
 use crate::client::{Client, ClientError};
 use crate::output::{print_key, print_keys, Format};
 
-/// Exit codes: 0 success; 1 the server refused the request or the command failed; 2 bad usage;
-/// 3 the server could not be reached; 4 the audit chain does not verify.
-pub const EXIT_FAILED: u8 = 1;
-pub const EXIT_UNREACHABLE: u8 = 3;
-pub const EXIT_CHAIN_BROKEN: u8 = 4;
+pub use crate::exit::{EXIT_CHAIN_BROKEN, EXIT_FAILED, EXIT_UNREACHABLE};
 
 #[derive(Parser)]
 #[command(

@@ -6,6 +6,7 @@
 mod backup;
 mod cli;
 mod client;
+mod exit;
 mod master_key;
 mod offline;
 mod output;
