@@ -57,6 +57,11 @@ pub struct Config {
     /// one hour) after the server began waiting for it: slow or idle clients.
     #[arg(long = "header-read-timeout-ms", env = "KEYWARD_HEADER_READ_TIMEOUT_MS", default_value = "30000", value_parser = header_timeout)]
     pub header_read_timeout: Duration,
+    /// A management call (any API route but verification, forward-auth and the operational
+    /// endpoints) that has not produced its answer this long (milliseconds, at most one hour)
+    /// is stopped and answered 503 `UNAVAILABLE`; its transaction is rolled back.
+    #[arg(long = "request-timeout-ms", env = "KEYWARD_REQUEST_TIMEOUT_MS", default_value = "30000", value_parser = header_timeout)]
+    pub request_timeout: Duration,
     /// Answer 408 and close the connection when a request's body has not fully arrived this
     /// long (milliseconds, at most one hour) after its head: a total deadline, however slowly
     /// the bytes trickle in.

@@ -67,6 +67,10 @@ pub fn route_table() -> Vec<routes::RouteSpec> {
 /// request-id and logging layer around all of it.
 pub fn app(state: AppState) -> axum::Router {
     routes::from_table(http::api_routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            http::bounded,
+        ))
         // The web dashboard: `/`, `/login`, `/keys`, ... and `/static/...`.
         .merge(dashboard::router(state.clone()))
         .fallback(http::not_found)

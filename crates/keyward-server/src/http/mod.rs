@@ -220,6 +220,28 @@ fn valid_request_id(v: &HeaderValue) -> Option<String> {
     (!s.is_empty() && s.len() <= 256 && printable && !secret).then(|| s.to_string())
 }
 
+/// Bounds a management call's time (`KEYWARD_REQUEST_TIMEOUT_MS`): one that has not answered
+/// by then is dropped, which rolls its transaction back (every change is one transaction, and
+/// the cache hooks act on drop), and answered 503 `UNAVAILABLE`. Verification, forward-auth
+/// and the operational endpoints are not bounded here: they never wait on a write.
+pub(crate) async fn bounded(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let management = req.extensions().get::<MatchedPath>().is_some_and(|m| {
+        let r = m.as_str();
+        r.starts_with("/v1/") && r != "/v1/verify" && !r.starts_with("/v1/forward-auth")
+    });
+    if !management {
+        return next.run(req).await;
+    }
+    match tokio::time::timeout(st.config.request_timeout, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => Error::new(
+            ErrorCode::Unavailable,
+            "the request took too long and was stopped (a change not yet committed was rolled back)",
+        )
+        .into_response(),
+    }
+}
+
 /// Gives every request an id (echoed from `x-request-id` when it sent a usable one), makes it
 /// available to error bodies, turns the router's bare 405s into the error envelope, and logs
 /// one line per request with the route template (never the raw path: it could hold a secret).

@@ -577,3 +577,41 @@ async fn postgres_backs_up_with_pg_dump_and_restores_with_pg_restore() {
             .unwrap();
     }
 }
+
+/// A management call that cannot finish (here: another process holds SQLite's write lock) is
+/// stopped at `KEYWARD_REQUEST_TIMEOUT_MS` with 503, changes nothing, and verification is not
+/// held up meanwhile.
+#[tokio::test]
+async fn a_management_call_past_its_time_is_503_and_changes_nothing() {
+    use sqlx::Connection;
+    let mut o = Options::default();
+    o.config.request_timeout = std::time::Duration::from_millis(300);
+    let Some(app) = spawn_with(Backend::Sqlite, o).await else {
+        unreachable!("SQLite is always available");
+    };
+    let ks = app.keyspace(json!({})).await;
+    let (_, key) = app.key(&ks, json!({})).await;
+    let mut holder = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
+    sqlx::raw_sql("BEGIN IMMEDIATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let res = app
+        .post(
+            "/v1/keys",
+            json!({"keyspace_id": ks, "name": "late", "owner": "o"}),
+        )
+        .await;
+    assert_eq!(res.status, 503, "{}", res.body);
+    assert_eq!(res.body["error"]["code"], "UNAVAILABLE");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(app.verify_code(&key).await, "VALID");
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    holder.close().await.unwrap();
+    let listed = app.get("/v1/keys?q=late").await.expect(200);
+    assert_eq!(listed.body["items"], json!([]), "nothing was created");
+}
