@@ -209,8 +209,9 @@ impl Resolve for GuardedResolver {
 }
 
 /// The HTTP client of webhook deliveries: a total timeout, no redirects, no proxy from the
-/// environment, and the guarded resolver.
-pub(crate) fn client(timeout: Duration, allow_private: bool) -> reqwest::Client {
+/// environment, and the guarded resolver. `None` when it cannot be built (no TLS backend):
+/// never a default client, which would follow redirects and skip the address rules.
+pub(crate) fn client(timeout: Duration, allow_private: bool) -> Option<reqwest::Client> {
     reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(5)))
@@ -218,7 +219,8 @@ pub(crate) fn client(timeout: Duration, allow_private: bool) -> reqwest::Client 
         .no_proxy()
         .dns_resolver(Arc::new(GuardedResolver { allow_private }))
         .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
+        .inspect_err(|e| tracing::error!(error = %e, "cannot build the webhook HTTP client"))
+        .ok()
 }
 
 /// The refusal inside a failed request, if that is why it failed.

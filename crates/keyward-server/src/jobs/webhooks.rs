@@ -100,7 +100,8 @@ async fn send(
 /// How deliveries are sent: the HTTP client (timeout, address rules) and the retry schedule.
 #[derive(Clone)]
 pub struct Deliverer {
-    http: reqwest::Client,
+    /// `None` when the client could not be built: every attempt then fails, recorded.
+    http: Option<reqwest::Client>,
     retry_base: Duration,
     allow_private: bool,
 }
@@ -141,7 +142,13 @@ async fn attempt(
         return Ok(None);
     }
     let (status_code, error) = match signing_secret(st, &d) {
-        Ok(secret) => send(&how.http, &d, &secret, now, how.allow_private).await,
+        Ok(secret) => match &how.http {
+            Some(http) => send(http, &d, &secret, now, how.allow_private).await,
+            None => (
+                None,
+                Some("the webhook HTTP client could not be built".into()),
+            ),
+        },
         Err(why) => (None, Some(why)),
     };
     let attempt_no = d.attempts + 1;
