@@ -71,6 +71,13 @@ pub struct Config {
     /// process's file-descriptor limit less 128 kept for the store, Redis and webhooks.
     #[arg(long, env = "KEYWARD_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: Option<u32>,
+    /// Serve HTTPS with this PEM certificate chain (with `--tls-key`); both files are read
+    /// again on SIGHUP.
+    #[arg(long, env = "KEYWARD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of `--tls-cert` (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "KEYWARD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// Failed management authentications per address per minute before 429 (tests raise it).
     #[arg(long, hide = true, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub auth_failure_limit: u32,

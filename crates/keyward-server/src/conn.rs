@@ -35,10 +35,10 @@ pub(crate) async fn accept_loop(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     limits: Limits,
+    tls: Option<crate::tls::Tls>,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
     use tower::Service as _;
 
     // Connections watch `stop` to begin a graceful shutdown, and each holds a `done` receiver:
@@ -69,10 +69,14 @@ pub(crate) async fn accept_loop(
         };
         let app = app.clone();
         let body_read = limits.body_read;
+        let secure = tls.is_some();
         let service =
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut()
                     .insert(axum::extract::ConnectInfo::<SocketAddr>(remote));
+                if secure {
+                    req.extensions_mut().insert(ArrivedOverTls);
+                }
                 let mut app = app.clone();
                 async move {
                     if req.body().is_end_stream() {
@@ -100,20 +104,23 @@ pub(crate) async fn accept_loop(
                     Ok(res)
                 }
             });
-        let mut stop_rx = stop_rx.clone();
+        let stop_rx = stop_rx.clone();
         let done_rx = done_rx.clone();
         let header_read = limits.header_read;
+        let acceptor = tls.as_ref().map(crate::tls::Tls::acceptor);
         tokio::spawn(async move {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_read);
-            let mut conn = std::pin::pin!(builder.serve_connection(TokioIo::new(stream), service));
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop_rx.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.as_mut().await;
+            match acceptor {
+                None => serve_connection(stream, service, header_read, stop_rx).await,
+                Some(acceptor) => {
+                    // The handshake is bounded like a request head, and runs here, not in the
+                    // accept loop: a client that stalls it holds only its own slot.
+                    match tokio::time::timeout(header_read, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, service, header_read, stop_rx).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
                 }
             }
             drop(slot);
@@ -126,6 +133,37 @@ pub(crate) async fn accept_loop(
     drop(done_rx);
     done.closed().await;
     Ok(())
+}
+
+/// Marks a request that arrived over this server's own TLS (cookies get `Secure`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ArrivedOverTls;
+
+/// One connection's requests, until it closes or a graceful stop has let its request in flight
+/// finish.
+async fn serve_connection<I, S>(
+    io: I,
+    service: S,
+    header_read: Duration,
+    mut stop_rx: tokio::sync::watch::Receiver<()>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = axum::body::Body>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read);
+    let mut conn = std::pin::pin!(builder.serve_connection(TokioIo::new(io), service));
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop_rx.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.as_mut().await;
+        }
+    }
 }
 
 /// The 408 that replaces a handler's answer when the body's deadline passed, under the

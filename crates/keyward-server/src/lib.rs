@@ -45,6 +45,8 @@ pub mod routes;
 pub mod service;
 pub mod state;
 pub mod throttle;
+pub mod tls;
+pub mod traces;
 pub mod verifier;
 
 use std::future::Future;
@@ -84,6 +86,17 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, state, None, shutdown).await
+}
+
+/// [`serve`], over TLS with `tls` when it is given (HTTPS only: a plain HTTP request on the
+/// port fails its handshake).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    tls: Option<tls::Tls>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let flusher = tokio::spawn(jobs::usage::run(
         state.control.clone(),
@@ -116,6 +129,7 @@ pub async fn serve(
         listener,
         app(state.clone()),
         limits,
+        tls,
         state.metrics().clone(),
         shutdown,
     )

@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the server (API and dashboard) on the embedded SQLite database or PostgreSQL.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Management tokens (created on the database directly).
     #[command(subcommand)]
     Token(TokenCmd),

@@ -10,6 +10,7 @@ mod exit;
 mod master_key;
 mod offline;
 mod output;
+mod telemetry;
 
 use std::process::ExitCode;
 

@@ -13,8 +13,11 @@ use keyward_server::{AppState, Config};
 
 /// Logs to stderr, filtered by `KEYWARD_LOG` (or `RUST_LOG`), as text or, with
 /// `KEYWARD_LOG_FORMAT=json`, one JSON object a line (for log shippers).
-fn init_logging() -> Result<(), String> {
-    use tracing_subscriber::filter::Targets;
+/// Logs on standard error (text or JSON lines), and traces over OTLP when the environment asks
+/// for them: the tracer provider to shut down at the end is returned.
+fn init_logging() -> Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>, String> {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::prelude::*;
     let spec = std::env::var("KEYWARD_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
@@ -22,6 +25,16 @@ fn init_logging() -> Result<(), String> {
     let filter: Targets = spec
         .parse()
         .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
+    // The spans exported as traces are not log lines.
+    let filter = filter.with_target(crate::telemetry::TARGET, LevelFilter::OFF);
+    let provider = crate::telemetry::provider()?;
+    let traces = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("keyward"))
+            .with_location(false)
+            .with_threads(false)
+            .with_filter(Targets::new().with_target(crate::telemetry::TARGET, LevelFilter::TRACE))
+    });
     let json = match std::env::var("KEYWARD_LOG_FORMAT").as_deref() {
         Err(_) | Ok("text") => false,
         Ok("json") => true,
@@ -48,8 +61,9 @@ fn init_logging() -> Result<(), String> {
     let _ = tracing_subscriber::registry()
         .with(text.with_filter(filter.clone()))
         .with(json.with_filter(filter))
+        .with(traces)
         .try_init();
-    Ok(())
+    Ok(provider)
 }
 
 async fn open(url: &str) -> Option<Arc<dyn keyward_store::Store>> {
@@ -84,6 +98,33 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: draining requests and flushing usage");
 }
 
+/// Reads the TLS certificate and key again on every SIGHUP (after a renewal); a pair that does
+/// not load is logged and the one in use stays.
+fn reload_on_sighup(tls: keyward_server::tls::Tls) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        // Installed before serving starts, so no SIGHUP is missed (or ends the process).
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: the TLS certificate will not be reloaded");
+            return;
+        };
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match tls.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "SIGHUP: the TLS certificate was not reloaded; the previous one stays in use"
+                    ),
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = tls;
+}
+
 /// `keyward serve`: listens on `listen`, on the database at `database_url`.
 pub async fn serve(
     listen: &str,
@@ -91,9 +132,15 @@ pub async fn serve(
     key: &crate::master_key::KeyArgs,
     config: Config,
 ) -> ExitCode {
-    if let Err(e) = init_logging() {
-        eprintln!("error: {e}");
-        return ExitCode::from(2);
+    let traces = match init_logging() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if traces.is_some() {
+        tracing::info!("traces: exporting spans over OTLP/HTTP");
     }
     // Held while serving: a restore cannot replace the file under a running server.
     let _lock = match crate::backup::lock_for_serving(database_url) {
@@ -127,10 +174,23 @@ pub async fn serve(
         store.close().await;
         return ExitCode::from(1);
     }
+    // Read before listening: a certificate that cannot be used stops the start.
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => match keyward_server::tls::Tls::load(cert, key) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("error: {e}");
+                store.close().await;
+                return ExitCode::from(1);
+            }
+        },
+        _ => None,
+    };
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: cannot listen on {listen}: {e}");
+            store.close().await;
             return ExitCode::from(1);
         }
     };
@@ -146,16 +206,23 @@ pub async fn serve(
         config,
         master_key,
     );
-    announce_setup_link(&state, &addr).await;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    announce_setup_link(&state, scheme, &addr).await;
     tracing::info!(
         listen = %addr,
         database = %keyward_store::redact_url(database_url),
-        "keyward listening on http://{addr}"
+        "keyward listening on {scheme}://{addr}"
     );
-    let served = keyward_server::serve(listener, state, shutdown_signal()).await;
+    if let Some(tls) = &tls {
+        reload_on_sighup(tls.clone());
+    }
+    let served = keyward_server::serve_with(listener, state, tls, shutdown_signal()).await;
     // Every request and background task has finished: closing checkpoints SQLite's
     // write-ahead log, so the database file alone is complete after a graceful stop.
     store.close().await;
+    if let Some(t) = traces {
+        let _ = tokio::task::spawn_blocking(move || crate::telemetry::shutdown(t)).await;
+    }
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -219,7 +286,7 @@ pub async fn token_create(
 
 /// On a database without users, prints the one-time link that creates the first admin in the
 /// browser, on standard output only (never in the log).
-async fn announce_setup_link(state: &AppState, addr: &str) {
+async fn announce_setup_link(state: &AppState, scheme: &str, addr: &str) {
     match keyward_server::accounts::issue_setup_token(state.records()).await {
         Ok(Some(token)) => {
             // A wildcard listen address is not something a browser can open.
@@ -227,7 +294,7 @@ async fn announce_setup_link(state: &AppState, addr: &str) {
                 Ok(a) if a.ip().is_unspecified() => format!("localhost:{}", a.port()),
                 _ => addr.to_string(),
             };
-            let link = format!("http://{host}/setup?token={}", token.expose());
+            let link = format!("{scheme}://{host}/setup?token={}", token.expose());
             let minutes = keyward_server::accounts::SETUP_TTL_SECS / 60;
             println!(
                 "No dashboard users yet. Create the first admin within {minutes} minutes (the link works once):\n\n    {link}\n"

@@ -38,7 +38,7 @@ impl axum::extract::FromRequestParts<AppState> for Client {
         Ok(Client {
             headers: parts.headers.clone(),
             ip: client_ip(parts, st.config.trust_proxy_headers),
-            https: is_https(&parts.headers, st),
+            https: is_https(&parts.headers, &parts.extensions, st),
         })
     }
 }

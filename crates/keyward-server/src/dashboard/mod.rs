@@ -49,7 +49,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{Extensions, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
@@ -193,7 +193,7 @@ pub(crate) fn router(st: AppState) -> Router<AppState> {
 /// `Origin: null` says nothing (the dashboard's `Referrer-Policy: no-referrer` makes Chromium
 /// send it for its own forms), so `Sec-Fetch-Site` decides; a request with neither header (not
 /// a browser) is left to the CSRF token.
-fn foreign_origin(headers: &HeaderMap, st: &AppState) -> bool {
+fn foreign_origin(headers: &HeaderMap, extensions: &Extensions, st: &AppState) -> bool {
     let fetch_site = headers
         .get("sec-fetch-site")
         .is_some_and(|v| v.as_bytes() == b"cross-site" || v.as_bytes() == b"same-site");
@@ -214,7 +214,7 @@ fn foreign_origin(headers: &HeaderMap, st: &AppState) -> bool {
         .and_then(|h| h.to_str().ok());
     let scheme_ok = match scheme {
         "https" => true,
-        "http" => !is_https(headers, st),
+        "http" => !is_https(headers, extensions, st),
         _ => false,
     };
     fetch_site || !scheme_ok || own_host.is_none_or(|h| !h.eq_ignore_ascii_case(host))
@@ -223,7 +223,8 @@ fn foreign_origin(headers: &HeaderMap, st: &AppState) -> bool {
 /// Security headers on every dashboard response, `no-store` unless the handler chose a cache
 /// policy, and the refusal of cross-site form posts before any handler runs.
 async fn guard(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let cross_site = req.method() == Method::POST && foreign_origin(req.headers(), &st);
+    let cross_site =
+        req.method() == Method::POST && foreign_origin(req.headers(), req.extensions(), &st);
     let mut res = if cross_site {
         PageError::Csrf.into_response()
     } else {
@@ -366,12 +367,14 @@ pub(crate) fn cookies(headers: &HeaderMap) -> HashMap<String, String> {
         .collect()
 }
 
-/// Whether the browser reached us over HTTPS (as told by a trusted proxy): cookies get `Secure`.
-pub(crate) fn is_https(parts_headers: &HeaderMap, st: &AppState) -> bool {
-    st.config.trust_proxy_headers
-        && parts_headers
-            .get("x-forwarded-proto")
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
+/// Whether the browser reached us over HTTPS (this server's own TLS, or as told by a trusted
+/// proxy): cookies get `Secure`.
+pub(crate) fn is_https(parts_headers: &HeaderMap, extensions: &Extensions, st: &AppState) -> bool {
+    extensions.get::<crate::conn::ArrivedOverTls>().is_some()
+        || st.config.trust_proxy_headers
+            && parts_headers
+                .get("x-forwarded-proto")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
 }
 
 /// A cookie's name: over HTTPS with the `__Host-` prefix, which browsers accept only from a
@@ -448,7 +451,7 @@ impl FromRequestParts<AppState> for SignedIn {
         } else {
             "/".into()
         };
-        let https = is_https(&parts.headers, st);
+        let https = is_https(&parts.headers, &parts.extensions, st);
         let Some(id) = cookies(&parts.headers).remove(&cookie_name(SESSION_COOKIE, https)) else {
             return Err(PageError::SignIn(next));
         };

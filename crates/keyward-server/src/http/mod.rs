@@ -254,6 +254,12 @@ pub(crate) async fn request_context(req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().cloned();
     let method = req.method().clone();
     let started = std::time::Instant::now();
+    let span = crate::traces::request(
+        method.as_str(),
+        route.as_ref().map_or("-", MatchedPath::as_str),
+        req.headers(),
+        &id,
+    );
     let served = REQUEST_ID.scope(id.clone(), async move {
         let res = next.run(req).await;
         if res.status() == StatusCode::METHOD_NOT_ALLOWED
@@ -273,6 +279,7 @@ pub(crate) async fn request_context(req: Request, next: Next) -> Response {
             res
         }
     });
+    let served = tracing::Instrument::instrument(served, span.clone());
     #[cfg(not(feature = "test-hooks"))]
     let mut res = served.await;
     #[cfg(feature = "test-hooks")]
@@ -296,6 +303,7 @@ pub(crate) async fn request_context(req: Request, next: Next) -> Response {
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     let status = res.status().as_u16();
+    crate::traces::finish_request(&span, status);
     let micros = started.elapsed().as_micros() as u64;
     // The data plane answers tens of thousands of requests a second: its lines are debug-level
     // (its outcomes are in /metrics); the control plane is logged at info.

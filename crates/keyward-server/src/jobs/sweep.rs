@@ -367,7 +367,8 @@ pub(crate) async fn run(
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        match sweep_once(&st, retention, &mut last_minute).await {
+        let swept = sweep_once(&st, retention, &mut last_minute);
+        match tracing::Instrument::instrument(swept, crate::traces::sweep()).await {
             // Roll-ups happen on nearly every sweep of a busy node: not worth a line alone.
             Ok(r)
                 if r != (Report {

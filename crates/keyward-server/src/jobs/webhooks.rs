@@ -141,17 +141,25 @@ async fn attempt(
     {
         return Ok(None);
     }
-    let (status_code, error) = match signing_secret(st, &d) {
-        Ok(secret) => match &how.http {
-            Some(http) => send(http, &d, &secret, now, how.allow_private).await,
-            None => (
-                None,
-                Some("the webhook HTTP client could not be built".into()),
-            ),
-        },
-        Err(why) => (None, Some(why)),
-    };
     let attempt_no = d.attempts + 1;
+    let span = crate::traces::webhook_attempt(&d.webhook_id, &d.event_id, &d.kind, attempt_no);
+    let (status_code, error) = tracing::Instrument::instrument(
+        async {
+            match signing_secret(st, &d) {
+                Ok(secret) => match &how.http {
+                    Some(http) => send(http, &d, &secret, now, how.allow_private).await,
+                    None => (
+                        None,
+                        Some("the webhook HTTP client could not be built".into()),
+                    ),
+                },
+                Err(why) => (None, Some(why)),
+            }
+        },
+        span.clone(),
+    )
+    .await;
+    crate::traces::finish_attempt(&span, status_code, error.as_deref());
     let at = st.records.clock.now();
     let ok = status_code.is_some_and(|c| (200..300).contains(&c));
     let after = if ok {

@@ -20,5 +20,7 @@ mod outbound;
 mod roles;
 mod sealing;
 mod secrets;
+mod tls;
+mod traces;
 mod usage;
 mod verify;

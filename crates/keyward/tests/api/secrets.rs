@@ -18,6 +18,22 @@ pub(crate) struct Proc {
     pub(crate) url: String,
 }
 
+impl Proc {
+    /// Sends `signal` (`HUP`, `TERM`, ...) to the server.
+    pub(crate) fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+
+    /// What the server has printed so far (standard error and output).
+    pub(crate) fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
 pub(crate) fn start(db_url: &str) -> Proc {
     start_with(db_url, &[])
 }
@@ -44,7 +60,10 @@ pub(crate) fn start_with(db_url: &str, env: &[(&str, &str)]) -> Proc {
             for line in BufReader::new(stream).lines().map_while(Result::ok) {
                 log.lock().unwrap().push_str(&line);
                 log.lock().unwrap().push('\n');
-                if let Some(i) = line.find("listening on http://") {
+                if let Some(i) = line
+                    .find("listening on http://")
+                    .or_else(|| line.find("listening on https://"))
+                {
                     let _ = tx.send(
                         line[i + "listening on ".len()..]
                             .split(|c: char| c.is_whitespace() || c == '"')
