@@ -98,6 +98,10 @@ pub struct Keyspace {
     pub name: String,
     pub prefix: String,
     pub policy: Policy,
+    /// Forward-auth's route rules, in order (see [`crate::routes`]).
+    pub routes: Vec<crate::routes::RouteRule>,
+    /// What a forward-auth request no rule matches gets.
+    pub unmatched: crate::routes::Unmatched,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }

@@ -22,10 +22,12 @@ pub enum Code {
     InsufficientScope,
     RateLimited,
     UsageExceeded,
+    /// Forward-auth only: no route rule matches and the keyspace denies unmatched requests.
+    RouteNotAllowed,
 }
 
 impl Code {
-    pub const ALL: [Code; 9] = [
+    pub const ALL: [Code; 10] = [
         Code::Valid,
         Code::NotFound,
         Code::Revoked,
@@ -35,6 +37,7 @@ impl Code {
         Code::InsufficientScope,
         Code::RateLimited,
         Code::UsageExceeded,
+        Code::RouteNotAllowed,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -47,6 +50,7 @@ impl Code {
             Code::InsufficientScope => "INSUFFICIENT_SCOPE",
             Code::RateLimited => "RATE_LIMITED",
             Code::UsageExceeded => "USAGE_EXCEEDED",
+            Code::RouteNotAllowed => "ROUTE_NOT_ALLOWED",
         }
     }
     pub fn parse(s: &str) -> Option<Code> {

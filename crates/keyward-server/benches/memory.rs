@@ -58,6 +58,7 @@ fn main() {
                 ip: None,
                 cost: 1,
                 keyspaces: None,
+                route: None,
             })
             .now_or_never()
             .expect("a cached key verifies without waiting")

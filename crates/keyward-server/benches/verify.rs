@@ -22,6 +22,10 @@
 //!     the counts (`take_usage`) and write them to SQLite (`apply_usage`): not on the request
 //!     path, but on the same cores.
 //!
+//! - `routes/*`: route rules (forward-auth) with 100 rules: matching alone (the first rule, the
+//!   last, none; a path that needs normalizing), and a whole cached verification with the
+//!   rules against the same verification without them.
+//!
 //! Each iteration verifies another key, in an order unrelated to the order the keys were
 //! allocated in, so the 1,000,000-key figures pay the CPU cache misses a real server pays.
 
@@ -41,6 +45,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use futures_util::FutureExt;
 use keyward_core::keyformat::{self, KeyHash};
 use keyward_core::model::Key;
+use keyward_core::routes::{RouteDecision, RouteRequest, RouteRule, Unmatched};
 use keyward_core::verify::{check_and_consume, check_rules, Code, Rules, Window};
 use keyward_server::verifier::{Outcome, Request, Verifier};
 
@@ -51,6 +56,7 @@ fn request(key: &str) -> Request<'_> {
         ip: None,
         cost: 1,
         keyspaces: None,
+        route: None,
     }
 }
 
@@ -111,6 +117,101 @@ fn steps(c: &mut Criterion) {
     });
     g.bench_function("verify_malformed", |b| {
         b.iter(|| verify_cached(state.verifier(), black_box(&malformed)).code())
+    });
+    g.finish();
+}
+
+/// 100 rules as an API gateway might hold them: each of 50 resources gets a `GET .../**` rule
+/// and a `POST .../*/items` rule (the first matching rule is decided after comparing the shared
+/// `/api/v1` segments of every rule before it).
+fn hundred_rules() -> Vec<RouteRule> {
+    (0..50)
+        .flat_map(|i| {
+            [
+                RouteRule {
+                    method: Some("GET".into()),
+                    path: format!("/api/v1/r{i}/**"),
+                    scopes: vec![format!("r{i}:read")],
+                },
+                RouteRule {
+                    method: Some("POST".into()),
+                    path: format!("/api/v1/r{i}/*/items"),
+                    scopes: vec![format!("r{i}:write")],
+                },
+            ]
+        })
+        .collect()
+}
+
+fn routes(c: &mut Criterion) {
+    let rules = hundred_rules();
+    let compiled = keyward_core::routes::compile(&rules, Unmatched::Deny).expect("valid rules");
+    let ask = |method, uri| RouteRequest {
+        method: Some(method),
+        uri: Some(uri),
+    };
+    let first = ask("GET", "/api/v1/r0/orders/1");
+    let last = ask("POST", "/api/v1/r49/7/items?expand=all");
+    let none = ask("DELETE", "/api/v1/r49/7/items");
+    let dirty = ask("POST", "/api//v1/./r49/7/items/");
+    assert!(matches!(compiled.decide(last), RouteDecision::Require(s) if s[0] == "r49:write"));
+    assert!(matches!(compiled.decide(none), RouteDecision::NotAllowed));
+
+    let mut g = c.benchmark_group("routes");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("match_100_first", |b| {
+        b.iter(|| black_box(compiled.decide(black_box(first))) == RouteDecision::NotAllowed)
+    });
+    g.bench_function("match_100_last", |b| {
+        b.iter(|| black_box(compiled.decide(black_box(last))) == RouteDecision::NotAllowed)
+    });
+    g.bench_function("match_100_none", |b| {
+        b.iter(|| black_box(compiled.decide(black_box(none))) == RouteDecision::NotAllowed)
+    });
+    g.bench_function("match_100_normalized", |b| {
+        b.iter(|| black_box(compiled.decide(black_box(dirty))) == RouteDecision::NotAllowed)
+    });
+
+    // A whole verification of a cached key whose keyspace has the 100 rules, as forward-auth
+    // makes it, against the same key verified without a route (`/v1/verify`).
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let dir = TempDir::new("bench-verify-routes");
+    let state = common::state(&rt, &dir);
+    let mut maker = KeyMaker::new();
+    let (plaintext, mut key) = maker.next();
+    key.scopes = vec!["r49:write".into()];
+    let mut ks = maker.keyspace();
+    ks.routes = rules;
+    ks.unmatched = Unmatched::Deny;
+    rt.block_on(async {
+        let mut tx = state.store().begin().await.expect("begin");
+        tx.insert_keyspace(&ks).await.expect("insert keyspace");
+        tx.commit().await.expect("commit");
+    });
+    state.verifier().prime(key);
+    let k = plaintext.expose();
+    let with_route = Request {
+        route: Some(last),
+        ..request(k)
+    };
+    // The first check reads the keyspace's rules from the store.
+    let first_check = rt
+        .block_on(state.verifier().verify(&with_route))
+        .expect("verify");
+    assert_eq!(first_check.code(), Code::Valid);
+    g.bench_function("verify_with_100_rules", |b| {
+        b.iter(|| {
+            state
+                .verifier()
+                .verify(black_box(&with_route))
+                .now_or_never()
+                .expect("cached")
+                .expect("no store")
+                .code()
+        })
+    });
+    g.bench_function("verify_without_rules", |b| {
+        b.iter(|| verify_cached(state.verifier(), black_box(k)).code())
     });
     g.finish();
 }
@@ -254,6 +355,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(2))
         .measurement_time(Duration::from_secs(5));
-    targets = steps, cached_10k, cached_1m
+    targets = steps, routes, cached_10k, cached_1m
 }
 criterion_main!(benches);

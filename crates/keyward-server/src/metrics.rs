@@ -16,7 +16,7 @@ const BUCKETS: [f64; 12] = [
 #[derive(Default)]
 #[repr(align(128))]
 struct HotShard {
-    verifications: [AtomicU64; 9],
+    verifications: [AtomicU64; Code::ALL.len()],
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
     duration_buckets: [AtomicU64; 12],

@@ -224,7 +224,8 @@ pub struct AnomalyFilter {
     pub page: Page<TimeCursor>,
 }
 
-/// A change-feed row: key `key_id` (with hash `key_hash`) changed.
+/// A change-feed row: key `key_id` (with hash `key_hash`) changed, or, with `keyspace`, the
+/// keyspace `key_id` (its rules).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Change {
     pub seq: i64,
@@ -234,6 +235,8 @@ pub struct Change {
     pub origin: String,
     /// The key's quota was set anew: every node's lease of it is void.
     pub quota: bool,
+    /// The row is about keyspace `key_id`, not a key (`key_hash` is zero).
+    pub keyspace: bool,
 }
 
 /// One control-plane transaction. Dropping it without [`StoreTx::commit`] rolls it back.

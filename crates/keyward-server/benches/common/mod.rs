@@ -83,6 +83,8 @@ impl KeyMaker {
             policy: Policy::default(),
             created_at: self.now,
             updated_at: self.now,
+            routes: Vec::new(),
+            unmatched: Default::default(),
         }
     }
 

@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use keyward_core::model::{Keyspace, Permission};
 use keyward_core::policy::{Policy, Preset};
+use keyward_core::routes::Unmatched;
 use keyward_core::time::Timestamp;
 use keyward_store::{AuditFilter, Page};
 use maud::Markup;
@@ -126,6 +127,9 @@ fn keyspace_page<'a>(
         error,
         editable: s.may(Permission::WriteKeyspaces),
         may_write_keys: s.may(Permission::WriteKeys),
+        routes_text: view::routes_text(&ks.routes),
+        unmatched: ks.unmatched,
+        routes_error: None,
     }
 }
 
@@ -146,6 +150,10 @@ pub(crate) async fn keyspace(
         Some("keyspace") => Some((
             "ok",
             "The keyspace was created. Adjust its policy below, or create its first key.",
+        )),
+        Some("routes") => Some((
+            "ok",
+            "The route rules were saved. Forward-auth applies them on every node within a second.",
         )),
         _ => None,
     };
@@ -225,6 +233,51 @@ pub(crate) async fn update_keyspace(
     match service::update_keyspace(&st.control, &who, &service::keyspace_id(&id)?, input).await {
         Ok(_) => Ok(redirect(&format!(
             "/keyspaces/{}?done=policy",
+            ui::urlencode(&id)
+        ))),
+        Err(e) if e.code.is_request_error() && e.code != crate::error::ErrorCode::Forbidden => {
+            Ok(fail(&e.message))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Saves the route rules typed in the keyspace page's editor (one per line) and `unmatched`.
+pub(crate) async fn update_routes(
+    State(st): State<AppState>,
+    s: SignedIn,
+    Path(id): Path<String>,
+    form: Form,
+) -> PageResult {
+    s.check_csrf(&form)?;
+    let ctx = s.ctx();
+    let who = ctx.allow::<authz::WriteKeyspaces>()?;
+    let ks =
+        service::get_keyspace(st.records(), &ctx.allow()?, &service::keyspace_id(&id)?).await?;
+    let text = form.get("routes").unwrap_or("").to_string();
+    let unmatched = form.get("unmatched").and_then(Unmatched::parse);
+    let fail = |m: &str| {
+        let mut page = keyspace_page(&s, &ks, &ks.policy, None, None);
+        page.routes_text = text.clone();
+        page.unmatched = unmatched.unwrap_or(ks.unmatched);
+        page.routes_error = Some(m);
+        (StatusCode::BAD_REQUEST, view::keyspace(&s, &page)).into_response()
+    };
+    let Some(unmatched) = unmatched else {
+        return Ok(fail("Choose what a request no rule matches gets."));
+    };
+    let routes = match view::parse_routes_text(&text) {
+        Ok(r) => r,
+        Err(m) => return Ok(fail(&m)),
+    };
+    let input = service::PatchKeyspace {
+        routes: Some(routes),
+        unmatched: Some(unmatched),
+        ..Default::default()
+    };
+    match service::update_keyspace(&st.control, &who, &service::keyspace_id(&id)?, input).await {
+        Ok(_) => Ok(redirect(&format!(
+            "/keyspaces/{}?done=routes#routes",
             ui::urlencode(&id)
         ))),
         Err(e) if e.code.is_request_error() && e.code != crate::error::ErrorCode::Forbidden => {

@@ -146,6 +146,12 @@ pub(crate) fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             Right(WriteKeyspaces),
             post(admin::update_keyspace),
         ),
+        r(
+            "POST",
+            "/keyspaces/{id}/routes",
+            Right(WriteKeyspaces),
+            post(admin::update_routes),
+        ),
         r("GET", "/audit", Right(ReadAudit), get(admin::audit)),
         r("GET", "/tokens", Right(ManageTokens), get(admin::tokens)),
         r(

@@ -14,7 +14,9 @@ use serde_json::{json, Value};
 
 use crate::authz;
 use crate::error::{Error, Result};
-use crate::http::extract::{decode_cursor, encode_cursor, time_cursor, Auth, JsonBody, Params};
+use crate::http::extract::{
+    decode_cursor, encode_cursor, not_null, time_cursor, Auth, JsonBody, Params,
+};
 use crate::service;
 use crate::state::AppState;
 
@@ -108,6 +110,14 @@ pub(crate) async fn get_keyspace(
 struct PatchKeyspaceBody {
     name: Option<String>,
     policy: Option<keyward_core::policy::PolicyPatch>,
+    // Optional, but not nullable (`[]` clears the rules).
+    #[serde(
+        default,
+        deserialize_with = "keyward_core::routes::deserialize_some_rules"
+    )]
+    routes: Option<Vec<keyward_core::routes::RouteRule>>,
+    #[serde(default, deserialize_with = "not_null")]
+    unmatched: Option<keyward_core::routes::Unmatched>,
 }
 
 pub(crate) async fn patch_keyspace(
@@ -135,6 +145,8 @@ pub(crate) async fn patch_keyspace(
         service::PatchKeyspace {
             name: b.name,
             policy: b.policy,
+            routes: b.routes,
+            unmatched: b.unmatched,
         },
     )
     .await?;

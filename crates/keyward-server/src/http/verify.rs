@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use keyward_core::model::parse_ip;
+use keyward_core::routes::RouteRequest;
 use keyward_core::scope::check_requested_scope;
 use keyward_core::verify::Code as VCode;
 use serde::Deserialize;
@@ -81,7 +82,7 @@ pub(crate) async fn verify(
             "cost must be an integer in 0..{MAX_COST}"
         )));
     }
-    let outcome = run(&st, &b.key, &scopes, ip, cost, limit.as_deref()).await?;
+    let outcome = run(&st, &b.key, &scopes, ip, cost, limit.as_deref(), None).await?;
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         outcome_body(&outcome),
@@ -96,6 +97,7 @@ async fn run(
     ip: Option<IpAddr>,
     cost: i64,
     keyspaces: Option<&[String]>,
+    route: Option<RouteRequest<'_>>,
 ) -> Result<Outcome> {
     let started = Instant::now();
     let outcome = st
@@ -106,6 +108,7 @@ async fn run(
             ip,
             cost,
             keyspaces,
+            route,
         })
         .await?;
     st.metrics().observe(outcome.code(), started.elapsed());
@@ -246,7 +249,11 @@ pub(crate) async fn forward_auth(
             "an API key is required (Authorization: Bearer <key> or X-API-Key)",
         ));
     };
-    let outcome = run(&st, &key, &scopes, ip, 1, limit.as_deref()).await?;
+    let route = RouteRequest {
+        method: original.method.as_deref(),
+        uri: original.uri.as_deref(),
+    };
+    let outcome = run(&st, &key, &scopes, ip, 1, limit.as_deref(), Some(route)).await?;
     let (status, message) = match outcome.code() {
         VCode::Valid => (StatusCode::OK, ""),
         VCode::NotFound => (StatusCode::UNAUTHORIZED, "the API key is not valid"),
@@ -265,6 +272,10 @@ pub(crate) async fn forward_auth(
         VCode::UsageExceeded => (
             StatusCode::TOO_MANY_REQUESTS,
             "the API key's usage quota is exhausted",
+        ),
+        VCode::RouteNotAllowed => (
+            StatusCode::FORBIDDEN,
+            "no route rule of the key's keyspace allows this request",
         ),
     };
     let mut res = match &outcome {

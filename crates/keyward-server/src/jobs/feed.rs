@@ -61,7 +61,11 @@ pub(crate) async fn run(
                     // A node's own changes were applied when they were made (see
                     // `service::Forget`, which holds even for cancelled requests).
                     if c.origin != node {
-                        state.verifier.invalidate_remote(&c.key_hash, c.quota);
+                        if c.keyspace {
+                            state.verifier.forget_keyspace(&c.key_id);
+                        } else {
+                            state.verifier.invalidate_remote(&c.key_hash, c.quota);
+                        }
                     }
                     applied.insert(c.seq);
                     head = head.max(c.seq);

@@ -20,6 +20,7 @@ use keyward_core::model::{
     Keyspace, RateLimit, Role, Token,
 };
 use keyward_core::policy::{double_option, Policy, PolicyPatch, Preset, MAX_DURATION_SECS};
+use keyward_core::routes::{self, RouteRule, Unmatched};
 use keyward_core::secret::Secret;
 use keyward_core::time::Timestamp;
 use keyward_store::{NewEvent, StoreError, StoreTx};
@@ -133,13 +134,22 @@ pub struct CreateKeyspace {
     pub prefix: String,
     pub preset: Option<Preset>,
     pub policy: Option<PolicyPatch>,
+    /// Forward-auth's route rules (`null` is refused: leave the field out for none).
+    #[serde(default, deserialize_with = "routes::deserialize_rules")]
+    pub routes: Vec<RouteRule>,
+    #[serde(default)]
+    pub unmatched: Unmatched,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PatchKeyspace {
     pub name: Option<String>,
     pub policy: Option<PolicyPatch>,
+    /// Replaces the rules as a whole (`null` is refused).
+    #[serde(default, deserialize_with = "routes::deserialize_some_rules")]
+    pub routes: Option<Vec<RouteRule>>,
+    pub unmatched: Option<Unmatched>,
 }
 
 pub async fn create_keyspace(
@@ -155,6 +165,7 @@ pub async fn create_keyspace(
         Some(p) => p.apply(&base).map_err(Error::bad_request)?,
         None => base,
     };
+    routes::check_rules(&input.routes).map_err(Error::bad_request)?;
     let now = st.records.clock.now();
     let ks = Keyspace {
         id: new_id("ks", now),
@@ -163,6 +174,8 @@ pub async fn create_keyspace(
         policy,
         created_at: now,
         updated_at: now,
+        routes: input.routes,
+        unmatched: input.unmatched,
     };
     let mut tx = st.records.store.begin().await?;
     match tx.insert_keyspace(&ks).await {
@@ -183,6 +196,10 @@ pub async fn create_keyspace(
     change(&mut ev.changes, "name", Value::Null, &ks.name);
     change(&mut ev.changes, "prefix", Value::Null, &ks.prefix);
     change(&mut ev.changes, "policy", Value::Null, &ks.policy);
+    if !ks.routes.is_empty() {
+        change(&mut ev.changes, "routes", Value::Null, &ks.routes);
+    }
+    change(&mut ev.changes, "unmatched", Value::Null, ks.unmatched);
     tx.append_audit(ev).await?;
     tx.commit().await?;
     Ok(ks)
@@ -219,6 +236,9 @@ pub async fn update_keyspace(
     if let Some(n) = &input.name {
         check_name("name", n).map_err(Error::bad_request)?;
     }
+    if let Some(r) = &input.routes {
+        routes::check_rules(r).map_err(Error::bad_request)?;
+    }
     if !ctx.sees(id) {
         return Err(not_found("keyspace", id));
     }
@@ -234,6 +254,12 @@ pub async fn update_keyspace(
     if let Some(p) = &input.policy {
         ks.policy = p.apply(&ks.policy).map_err(Error::bad_request)?;
     }
+    if let Some(r) = input.routes {
+        ks.routes = r;
+    }
+    if let Some(u) = input.unmatched {
+        ks.unmatched = u;
+    }
     let now = st.records.clock.now();
     let mut ev = ctx.event(now, AuditAction::KeyspaceUpdate, TargetType::Keyspace, id);
     change(&mut ev.changes, "name", &old.name, &ks.name);
@@ -245,6 +271,8 @@ pub async fn update_keyspace(
             }
         }
     }
+    change(&mut ev.changes, "routes", &old.routes, &ks.routes);
+    change(&mut ev.changes, "unmatched", old.unmatched, ks.unmatched);
     if ev.changes.is_empty() {
         return Ok(old);
     }
@@ -252,6 +280,8 @@ pub async fn update_keyspace(
     tx.update_keyspace(&ks).await?;
     tx.append_audit(ev).await?;
     tx.commit().await?;
+    // This node's verifier at once; the others through the change feed.
+    st.verifier.forget_keyspace(&ks.id);
     Ok(ks)
 }
 

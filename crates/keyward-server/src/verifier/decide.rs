@@ -32,6 +32,9 @@ pub struct Request<'a> {
     /// The keyspaces of the verifying token when it is limited: keys of other keyspaces are
     /// `NOT_FOUND` to it (nothing is counted or consumed).
     pub keyspaces: Option<&'a [String]>,
+    /// Forward-auth: the request the proxy asks about, for the keyspace's route rules.
+    /// `None` (`/v1/verify`): the rules do not apply.
+    pub route: Option<keyward_core::routes::RouteRequest<'a>>,
 }
 
 pub(super) enum Decision {

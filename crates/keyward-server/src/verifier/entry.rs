@@ -25,7 +25,9 @@ use keyward_core::verify::{check_rules, Code, Rules};
 
 use super::live::{LiveState, NEVER};
 use super::shard::{digest, Digest};
+use super::space::Space;
 use super::{lock, Request};
+use keyward_core::routes::RouteDecision;
 
 /// A cached key: what the decision and the answer read, compactly (the cache holds millions),
 /// and its live state: 96 bytes inline (112 with the `Arc`'s counts).
@@ -38,7 +40,7 @@ pub struct Entry {
     /// grammars exclude it), so they are read straight out.
     text: Box<str>,
     /// Shared by every key of the keyspace.
-    keyspace: Arc<String>,
+    keyspace: Arc<Space>,
     pub(super) state: Mutex<LiveState>,
     /// Milliseconds, or `i64::MAX` for a key that does not expire.
     expires_ms: i64,
@@ -74,7 +76,7 @@ struct Rare {
 const SEP: char = '\u{1f}';
 
 impl Entry {
-    pub(super) fn new(key: &Key, keyspace: Arc<String>, quota: Option<Arc<Entry>>) -> Entry {
+    pub(super) fn new(key: &Key, keyspace: Arc<Space>, quota: Option<Arc<Entry>>) -> Entry {
         fn json(t: &mut String, v: &impl serde::Serialize) {
             match serde_json::to_string(v) {
                 Ok(j) => t.push_str(&j),
@@ -165,6 +167,10 @@ impl Entry {
     }
 
     pub(crate) fn keyspace_id(&self) -> &str {
+        self.keyspace.id()
+    }
+
+    pub(super) fn space(&self) -> &Arc<Space> {
         &self.keyspace
     }
 
@@ -201,7 +207,7 @@ impl Entry {
         for (i, (name, piece)) in NAMES.iter().zip(self.text.split(SEP)).enumerate() {
             if i == 1 {
                 out.extend_from_slice(b"\",\"keyspace_id\":\"");
-                out.extend_from_slice(self.keyspace.as_bytes());
+                out.extend_from_slice(self.keyspace.id().as_bytes());
             }
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(piece.as_bytes());
@@ -210,7 +216,7 @@ impl Entry {
 
     /// About how long [`Entry::write_answer`]'s part is.
     pub(crate) fn answer_len(&self) -> usize {
-        self.text.len() + self.keyspace.len() + 112
+        self.text.len() + self.keyspace.id().len() + 112
     }
 
     /// The key's scopes.
@@ -225,11 +231,34 @@ impl Entry {
     /// The checks that need no mutable state (`REVOKED` .. `INSUFFICIENT_SCOPE`). The answer
     /// text is read only when scopes are asked for (it is another cache line or two).
     pub(super) fn check(&self, req: &Request<'_>, now: Timestamp) -> Result<(), Code> {
-        if req.scopes.is_empty() {
-            check_rules(&self.rules(), std::iter::empty(), &[], req.ip, now)
-        } else {
-            check_rules(&self.rules(), self.scopes(), req.scopes, req.ip, now)
-        }
+        let own = || {
+            if req.scopes.is_empty() {
+                check_rules(&self.rules(), std::iter::empty(), &[], req.ip, now)
+            } else {
+                check_rules(&self.rules(), self.scopes(), req.scopes, req.ip, now)
+            }
+        };
+        let Some(route) = req.route else {
+            return own();
+        };
+        // Forward-auth: the keyspace's route rules add the scopes of the first matching rule,
+        // or refuse a request none matches under `unmatched: deny` (once the key itself is
+        // known to be usable: a revoked key is REVOKED whatever the path).
+        self.keyspace.decide(route, |d| match d {
+            RouteDecision::Require([]) => own(),
+            RouteDecision::Require(extra) => {
+                own()?;
+                if keyward_core::scope::all_granted_by(self.scopes(), extra) {
+                    Ok(())
+                } else {
+                    Err(Code::InsufficientScope)
+                }
+            }
+            RouteDecision::NotAllowed => {
+                check_rules(&self.rules(), std::iter::empty(), &[], req.ip, now)?;
+                Err(Code::RouteNotAllowed)
+            }
+        })
     }
 
     fn rules(&self) -> Rules<'_> {
@@ -333,7 +362,7 @@ pub(super) mod tests {
     }
 
     pub(in crate::verifier) fn entry(k: &Key) -> Entry {
-        Entry::new(k, Arc::new(k.keyspace_id.clone()), None)
+        Entry::new(k, Arc::new(Space::new(&k.keyspace_id)), None)
     }
 
     /// The compact entry answers exactly what serializing the key's fields answers, whatever

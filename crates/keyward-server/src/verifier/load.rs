@@ -24,22 +24,40 @@ use keyward_store::StoreError;
 
 use super::live::NEVER;
 use super::shard::{digest, Cached};
+use super::space::Space;
 use super::{lock, Entry, Verifier};
 
 /// Successors followed from a rotated key to the one holding its quota.
 const MAX_ROTATIONS: usize = 16;
 
 impl Verifier {
-    /// The shared keyspace id.
-    pub(super) fn keyspace(&self, id: &str) -> Arc<String> {
+    /// The shared keyspace (its rules not read yet when it is new).
+    pub(super) fn keyspace(&self, id: &str) -> Arc<Space> {
         let mut all = lock(&self.keyspaces);
         match all.get(id) {
             Some(k) => k.clone(),
             None => {
-                let k = Arc::new(id.to_string());
+                let k = Arc::new(Space::new(id));
                 all.insert(id.to_string(), k.clone());
                 k
             }
+        }
+    }
+
+    /// Reads a keyspace's route rules from the store (forward-auth needs them).
+    pub(super) async fn load_space(&self, space: &Space) -> Result<(), StoreError> {
+        let epoch = space.epoch();
+        if let Some(ks) = self.store.keyspace(space.id()).await? {
+            space.install(epoch, &ks);
+        }
+        Ok(())
+    }
+
+    /// A keyspace changed (here or, through the change feed, on another node): its rules are
+    /// read again before the next forward-auth check of one of its keys.
+    pub fn forget_keyspace(&self, id: &str) {
+        if let Some(s) = lock(&self.keyspaces).get(id) {
+            s.forget();
         }
     }
 

@@ -50,6 +50,7 @@ mod lease;
 mod live;
 mod load;
 mod shard;
+mod space;
 mod table;
 
 // The methods of `Verifier` are compiled with this module (their self type's), whichever file
@@ -65,6 +66,7 @@ pub(crate) use shard::Digest;
 use decide::Decision;
 use flush::DirtyList;
 use shard::{digest, Cached, Shard, SHARDS};
+use space::Space;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding one of these locks cannot leave the counters inconsistent in a way
@@ -78,7 +80,7 @@ pub struct Verifier {
     metrics: Arc<Metrics>,
     shards: Vec<RwLock<Shard>>,
     /// Keyspace ids, one allocation each, shared by their keys' entries.
-    keyspaces: Mutex<HashMap<String, Arc<String>>>,
+    keyspaces: Mutex<HashMap<String, Arc<Space>>>,
     /// Entries with counts not yet written (each at most once, see `Entry::queued`).
     dirty: Mutex<DirtyList>,
     /// A valid use this long after the previous one is a `dormant_reactivated` anomaly.
@@ -165,7 +167,10 @@ impl Verifier {
                 };
             }
         };
-        if entry.needs_reload() || (self.redis.is_some() && entry.ratelimit().is_some()) {
+        if entry.needs_reload()
+            || (self.redis.is_some() && entry.ratelimit().is_some())
+            || (req.route.is_some() && !entry.space().is_loaded())
+        {
             return None;
         }
         let foreign = req
@@ -230,6 +235,9 @@ impl Verifier {
             .is_some_and(|ks| !ks.iter().any(|k| k == entry.keyspace_id()))
         {
             return not_found();
+        }
+        if req.route.is_some() && !entry.space().is_loaded() {
+            self.load_space(entry.space()).await?;
         }
         let shared = self.shared_window(&entry, req, now).await;
         let mut leases = 0;

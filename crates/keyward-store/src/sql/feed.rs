@@ -3,7 +3,7 @@
 //! (old feed rows, finished webhook deliveries with their attempts and events, anomalies).
 //!
 //! Invariant: every write of a key appends a feed row in the same transaction (`key_changed`,
-//! `quota_set`), stamped with the writing store's node id so a node can skip its own changes;
+//! `quota_set`), and so does every update of a keyspace (`keyspace_changed`), stamped with the writing store's node id so a node can skip its own changes;
 //! on PostgreSQL (`$notify`) it also notifies the listeners, delivered at commit.
 
 /// This file's SQL for one backend (`$notify`: the statement that wakes the other nodes'
@@ -33,6 +33,24 @@ macro_rules! for_backend {
             Ok(())
         }
 
+        /// The feed row of a keyspace written in this transaction (its id in `key_id`, a zero
+        /// hash, `keyspace` set).
+        pub(super) async fn keyspace_changed(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, ks: &keyward_core::model::Keyspace) -> Result<()> {
+            sqlx::query("INSERT INTO change_feed (key_id, key_hash, at, origin, keyspace) VALUES ($1, $2, $3, $4, $5)")
+                .bind(&ks.id)
+                .bind(vec![0u8; 32])
+                .bind(ks.updated_at.millis())
+                .bind(node)
+                .bind(true)
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            if !$notify.is_empty() {
+                sqlx::query($notify).execute(&mut *conn).await.map_err(map_err)?;
+            }
+            Ok(())
+        }
+
         /// The feed row of a key whose quota was set anew in this transaction (`quota`: every
         /// node's lease of it is void).
         pub(super) async fn quota_set(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, id: &str) -> Result<()> {
@@ -53,7 +71,7 @@ macro_rules! for_backend {
         }
 
         pub(super) async fn changes_after(pool: &sqlx::Pool<$DB>, seq: i64, limit: i64) -> Result<Vec<Change>> {
-            let rows = sqlx::query("SELECT seq, key_id, key_hash, origin, quota FROM change_feed WHERE seq > $1 ORDER BY seq LIMIT $2")
+            let rows = sqlx::query("SELECT seq, key_id, key_hash, origin, quota, keyspace FROM change_feed WHERE seq > $1 ORDER BY seq LIMIT $2")
                 .bind(seq)
                 .bind(limit)
                 .fetch_all(pool)
@@ -67,6 +85,7 @@ macro_rules! for_backend {
                         key_hash: hash_from(get(r, "key_hash")?)?,
                         origin: get(r, "origin")?,
                         quota: get(r, "quota")?,
+                        keyspace: get(r, "keyspace")?,
                     })
                 })
                 .collect()

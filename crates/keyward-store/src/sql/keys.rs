@@ -25,7 +25,8 @@ pub(super) const KEY_SELECT: &str = "id, keyspace_id, name, owner, scopes, label
     remaining + CAST((SELECT COALESCE(SUM(q.amount), 0) FROM quota_leases q \
     WHERE q.key_id = keys.id) AS BIGINT) AS remaining, \
     allowed_cidrs";
-pub(super) const KEYSPACE_COLS: &str = "id, name, prefix, policy, created_at, updated_at";
+pub(super) const KEYSPACE_COLS: &str =
+    "id, name, prefix, policy, created_at, updated_at, routes, unmatched";
 
 /// Database-side form of [`Key::status`](keyward_core::model::Key::status).
 pub(super) fn push_status<'a, DB: Database>(
@@ -113,6 +114,9 @@ macro_rules! for_backend {
                 policy: json("policy", &get::<String, _>(r, "policy")?)?,
                 created_at: Timestamp::from_millis(get(r, "created_at")?),
                 updated_at: Timestamp::from_millis(get(r, "updated_at")?),
+                routes: json("routes", &get::<String, _>(r, "routes")?)?,
+                unmatched: keyward_core::routes::Unmatched::parse(&get::<String, _>(r, "unmatched")?)
+                    .ok_or_else(|| crate::StoreError::Other("corrupt unmatched column".into()))?,
             })
         }
 
@@ -134,7 +138,7 @@ macro_rules! for_backend {
         }
 
         pub(super) async fn insert_keyspace(conn: &mut <$DB as sqlx::Database>::Connection, ks: &Keyspace) -> Result<()> {
-            let sql = format!("INSERT INTO keyspaces ({KEYSPACE_COLS}) VALUES ($1, $2, $3, $4, $5, $6)");
+            let sql = format!("INSERT INTO keyspaces ({KEYSPACE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)");
             sqlx::query(&sql)
                 .bind(&ks.id)
                 .bind(&ks.name)
@@ -142,22 +146,27 @@ macro_rules! for_backend {
                 .bind(to_json(&ks.policy))
                 .bind(ks.created_at.millis())
                 .bind(ks.updated_at.millis())
+                .bind(to_json(&ks.routes))
+                .bind(ks.unmatched.as_str())
                 .execute(&mut *conn)
                 .await
                 .map_err(map_err)?;
             Ok(())
         }
 
-        pub(super) async fn update_keyspace(conn: &mut <$DB as sqlx::Database>::Connection, ks: &Keyspace) -> Result<()> {
-            sqlx::query("UPDATE keyspaces SET name = $2, policy = $3, updated_at = $4 WHERE id = $1")
+        /// Writes a keyspace and appends its feed row (the other nodes read its rules again).
+        pub(super) async fn update_keyspace(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, ks: &Keyspace) -> Result<()> {
+            sqlx::query("UPDATE keyspaces SET name = $2, policy = $3, updated_at = $4, routes = $5, unmatched = $6 WHERE id = $1")
                 .bind(&ks.id)
                 .bind(&ks.name)
                 .bind(to_json(&ks.policy))
                 .bind(ks.updated_at.millis())
+                .bind(to_json(&ks.routes))
+                .bind(ks.unmatched.as_str())
                 .execute(&mut *conn)
                 .await
                 .map_err(map_err)?;
-            Ok(())
+            super::feed::keyspace_changed(conn, node, ks).await
         }
 
         // ---- keys: reads ----

@@ -35,6 +35,7 @@ macro_rules! migrations {
             4 => "0004_quota_leases.sql",
             5 => "0005_usage_rollup.sql",
             6 => "0006_key_counters.sql",
+            7 => "0007_route_rules.sql",
         )
     };
     ($dir:literal: $($version:literal => $file:literal),* $(,)?) => {

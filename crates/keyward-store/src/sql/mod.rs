@@ -116,7 +116,7 @@ macro_rules! sql_backend {
                     keys::insert_keyspace(&mut self.tx, ks).await
                 }
                 async fn update_keyspace(&mut self, ks: &Keyspace) -> Result<()> {
-                    keys::update_keyspace(&mut self.tx, ks).await
+                    keys::update_keyspace(&mut self.tx, &self.node, ks).await
                 }
                 async fn key(&mut self, id: &str) -> Result<Option<Key>> {
                     keys::key(&mut *self.tx, id).await

@@ -159,6 +159,7 @@ async fn update_key_persists_every_mutable_field_and_feeds_the_change_feed(store
             key_hash: original.hash,
             origin: store.node_id().to_string(),
             quota: false,
+            keyspace: false,
         }]
     );
 
@@ -217,6 +218,7 @@ async fn update_key_persists_every_mutable_field_and_feeds_the_change_feed(store
             key_hash: original.hash,
             origin: store.node_id().to_string(),
             quota: false,
+            keyspace: false,
         }]
     );
 
@@ -253,6 +255,7 @@ async fn update_key_persists_every_mutable_field_and_feeds_the_change_feed(store
             key_hash: other.hash,
             origin: store.node_id().to_string(),
             quota: false,
+            keyspace: false,
         }
     );
     assert_eq!(store.changes_after(0, 2).await.unwrap(), feed[..2].to_vec());

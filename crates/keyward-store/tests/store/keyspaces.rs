@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use keyward_core::id::new_id;
 use keyward_core::policy::Preset;
+use keyward_core::routes::{RouteRule, Unmatched};
 use keyward_store::{Page, Store, StoreError};
 
 use crate::support::*;
@@ -28,10 +29,30 @@ async fn a_keyspace_round_trips_and_updates(store: Arc<dyn Store>) {
     changed.policy = Preset::Strict.policy();
     changed.policy.max_grace_secs = None;
     changed.updated_at = at(99);
+    changed.routes = vec![
+        RouteRule {
+            method: Some("GET".into()),
+            path: "/orders/**".into(),
+            scopes: vec!["orders:read".into()],
+        },
+        RouteRule {
+            method: None,
+            path: "/health".into(),
+            scopes: vec![],
+        },
+    ];
+    changed.unmatched = Unmatched::Deny;
+    let head = store.change_head().await.unwrap();
     let mut tx = store.begin().await.unwrap();
     tx.update_keyspace(&changed).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(store.keyspace(&ks.id).await.unwrap(), Some(changed));
+    // The update is on the change feed, as a keyspace row, for the other nodes.
+    let rows = store.changes_after(head, 10).await.unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(rows[0].keyspace);
+    assert_eq!(rows[0].key_id, ks.id);
+    assert_eq!(rows[0].origin, store.node_id());
 }
 conformance!(a_keyspace_round_trips_and_updates
     => sqlite_a_keyspace_round_trips_and_updates, postgres_a_keyspace_round_trips_and_updates);

@@ -365,6 +365,7 @@ async fn set_remaining_voids_every_lease_and_feeds_a_quota_change(db: &TestDb) {
             key_hash: k.hash,
             origin: a.node_id().to_string(),
             quota: true,
+            keyspace: false,
         }]
     );
 

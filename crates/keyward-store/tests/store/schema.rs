@@ -178,8 +178,8 @@ conformance!(unopened a_version_4_database_keeps_its_counts_and_buckets
 
 // ---- the checksummed migrator ----
 
-/// What sqlx records for each of the six migrations when it applies them itself: (version,
-/// description, SHA-384 of the backend's SQL).
+/// What sqlx records for each migration when it applies it itself: (version, description,
+/// SHA-384 of the backend's SQL). The first six are those the old release also had.
 fn expected_migrations(db: &TestDb) -> Vec<(i64, String, Vec<u8>)> {
     use sha2::{Digest, Sha384};
     let descriptions = [
@@ -189,9 +189,16 @@ fn expected_migrations(db: &TestDb) -> Vec<(i64, String, Vec<u8>)> {
         "quota leases",
         "usage rollup",
         "key counters",
+        "route rules",
     ];
+    let newer = [(
+        7,
+        include_str!("../../migrations/sqlite/0007_route_rules.sql"),
+        include_str!("../../migrations/postgres/0007_route_rules.sql"),
+    )];
     OLD_MIGRATIONS
         .iter()
+        .chain(newer.iter())
         .zip(descriptions)
         .map(|((version, sqlite, postgres), description)| {
             let sql = if db.backend_name() == "sqlite" {
@@ -278,6 +285,10 @@ async fn a_database_migrated_the_old_way_is_carried_over_without_reapplying(db: 
         );
         assert_eq!(row.installed_on, applied_at.div_euclid(1000));
     }
+    // Migrations newer than the old release ran normally, once.
+    for row in &applied[old.len()..] {
+        assert!(row.execution_time >= 0, "migration {} ran", row.version);
+    }
     // `keyward_migrations` stays as it was (the previous release can still open the database).
     assert_eq!(db.old_migrations_table().await, old);
 
@@ -307,9 +318,9 @@ async fn nodes_opening_an_old_database_at_once_carry_it_over_once(db: &TestDb) {
     let applied = db.migrations_table().await;
     assert_eq!(
         applied.iter().map(|r| r.version).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4, 5, 6]
+        vec![1, 2, 3, 4, 5, 6, 7]
     );
-    assert!(applied.iter().all(|r| r.execution_time == -1));
+    assert!(applied[..6].iter().all(|r| r.execution_time == -1));
 }
 conformance!(unopened nodes_opening_an_old_database_at_once_carry_it_over_once
     => sqlite_nodes_opening_an_old_database_at_once_carry_it_over_once,
@@ -339,7 +350,7 @@ async fn an_edited_applied_migration_stops_open(db: &TestDb) {
     let after = db.migrations_table().await;
     assert_eq!(
         after.iter().map(|r| r.version).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4, 5]
+        vec![1, 2, 3, 4, 5, 7]
     );
     assert_eq!(after[2].checksum, vec![0u8; 48]);
 
@@ -399,7 +410,10 @@ async fn a_migration_of_a_newer_release_does_not_stop_open(db: &TestDb) {
     .await;
     let store = db.reopen().await;
     store.ping().await.unwrap();
-    assert_eq!(db.migrations_table().await.len(), 7);
+    assert_eq!(
+        db.migrations_table().await.len(),
+        expected_migrations(db).len() + 1
+    );
 }
 conformance!(with_db a_migration_of_a_newer_release_does_not_stop_open
     => sqlite_a_migration_of_a_newer_release_does_not_stop_open,

@@ -447,6 +447,8 @@ pub fn keyspace(prefix: &str) -> Keyspace {
         policy: Preset::Standard.policy(),
         created_at: created,
         updated_at: created,
+        routes: Vec::new(),
+        unmatched: Default::default(),
     }
 }
 

@@ -357,6 +357,10 @@ async fn roles_see_only_their_buttons_and_are_refused_the_rest(app: TestApp) {
         ),
         (format!("/keyspaces/{ks}"), vec![("action", "save")]),
         (
+            format!("/keyspaces/{ks}/routes"),
+            vec![("routes", "/x"), ("unmatched", "deny")],
+        ),
+        (
             "/tokens".to_string(),
             vec![("name", "t"), ("role", "admin")],
         ),
@@ -1205,3 +1209,101 @@ both!(
     over_https_the_cookies_are_secure_and_host_prefixed,
     behind_a_tls_proxy
 );
+
+async fn the_keyspace_page_edits_route_rules_line_by_line(app: TestApp) {
+    add_user(&app, "a@example.com", Role::Admin).await;
+    add_user(&app, "v@example.com", Role::Viewer).await;
+    let ks = app.keyspace(json!({})).await;
+    let b = sign_in(&app, "a@example.com").await;
+    let path = format!("/keyspaces/{ks}/routes");
+
+    // A bad line is named, the text typed stays in the editor, nothing is saved.
+    let typed = "GET /orders/** orders:read\n\n# comment\nPOST /orders/**/x orders:write";
+    let res = b
+        .post(
+            &path,
+            &[
+                ("csrf", b.csrf.as_str()),
+                ("routes", typed),
+                ("unmatched", "deny"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 400);
+    let html = res.text().await.unwrap();
+    assert!(
+        html.contains("Line 4, path: &#39;**&#39; may only be the last segment")
+            || html.contains("Line 4, path: '**' may only be the last segment"),
+        "{html}"
+    );
+    assert!(
+        html.contains("POST /orders/**/x orders:write"),
+        "the typed text stays"
+    );
+    let r = app.get(&format!("/v1/keyspaces/{ks}")).await.expect(200);
+    assert_eq!(r.body["routes"], json!([]));
+
+    // Saved: one rule per line, `[METHOD] PATH [SCOPE ...]`, audited like an API change.
+    let typed = "GET /orders/** orders:read orders:list\r\n/health\r\n";
+    let res = b
+        .post(
+            &path,
+            &[
+                ("csrf", b.csrf.as_str()),
+                ("routes", typed),
+                ("unmatched", "deny"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 303);
+    let r = app.get(&format!("/v1/keyspaces/{ks}")).await.expect(200);
+    assert_eq!(
+        r.body["routes"],
+        json!([
+            {"method": "GET", "path": "/orders/**", "scopes": ["orders:read", "orders:list"]},
+            {"path": "/health", "scopes": []},
+        ])
+    );
+    assert_eq!(r.body["unmatched"], "deny");
+    let events = app.audit_actions("keyspace.update").await;
+    let last = events.last().unwrap();
+    assert_eq!(last["actor"]["type"], "user");
+    assert!(last["changes"].get("routes").is_some(), "{last}");
+    // The page shows them back in the same form.
+    let page = b
+        .get(&format!("/keyspaces/{ks}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("GET /orders/** orders:read orders:list\n/health\n"),
+        "{page}"
+    );
+    assert!(page.contains(r#"<option value="deny" selected>"#), "{page}");
+
+    // A viewer sees the rules but cannot change them.
+    let v = sign_in(&app, "v@example.com").await;
+    let page = v
+        .get(&format!("/keyspaces/{ks}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("GET /orders/** orders:read orders:list"));
+    assert!(!page.contains("data-action=\"save-routes\""));
+    let res = v
+        .post(
+            &path,
+            &[
+                ("csrf", v.csrf.as_str()),
+                ("routes", ""),
+                ("unmatched", "allow"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), 403);
+    let r = app.get(&format!("/v1/keyspaces/{ks}")).await.expect(200);
+    assert_eq!(r.body["unmatched"], "deny");
+}
+both!(the_keyspace_page_edits_route_rules_line_by_line);

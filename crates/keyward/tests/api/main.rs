@@ -18,6 +18,7 @@ mod keys;
 mod lifecycle;
 mod outbound;
 mod roles;
+mod routes;
 mod sealing;
 mod secrets;
 mod tls;

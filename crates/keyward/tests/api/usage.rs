@@ -359,6 +359,7 @@ async fn verify_all(app: &TestApp, plaintexts: &[keyward_core::secret::Secret]) 
                 ip: None,
                 cost: 1,
                 keyspaces: None,
+                route: None,
             })
             .await
             .unwrap();
@@ -442,6 +443,7 @@ async fn a_flush_of_more_keys_than_one_batch_writes_every_key(app: TestApp) {
                     ip: None,
                     cost: 1,
                     keyspaces: None,
+                    route: None,
                 };
                 state.verifier().verify(&request).await.unwrap();
             }

@@ -4,6 +4,7 @@
 use keyward_core::audit::ChainCheck;
 use keyward_core::model::{AuditEvent, Keyspace, Role, Token};
 use keyward_core::policy::Policy;
+use keyward_core::routes::{RouteRule, Unmatched};
 use keyward_core::secret::Secret;
 use keyward_core::time::Timestamp;
 use keyward_core::user::User;
@@ -42,6 +43,76 @@ pub(crate) struct KeyspacePage<'a> {
     pub(crate) error: Option<&'a str>,
     pub(crate) editable: bool,
     pub(crate) may_write_keys: bool,
+    /// The route rules in the editor, one per line (the keyspace's, or what was typed when
+    /// saving failed), and the `unmatched` choice shown.
+    pub(crate) routes_text: String,
+    pub(crate) unmatched: Unmatched,
+    pub(crate) routes_error: Option<&'a str>,
+}
+
+/// Route rules as the editor shows them: one per line, `[METHOD] PATH [SCOPE ...]`.
+pub(crate) fn routes_text(rules: &[RouteRule]) -> String {
+    let mut out = String::new();
+    for r in rules {
+        if let Some(m) = &r.method {
+            out.push_str(m);
+            out.push(' ');
+        }
+        out.push_str(&r.path);
+        for s in &r.scopes {
+            out.push(' ');
+            out.push_str(s);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Reads the editor's text back into rules: one rule per line, `[METHOD] PATH [SCOPE ...]`
+/// (blank lines and lines starting with `#` are skipped). The error names the line.
+pub(crate) fn parse_routes_text(text: &str) -> Result<Vec<RouteRule>, String> {
+    let mut rules = Vec::new();
+    let mut lines = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or_default();
+        let (method, path) = if first.starts_with('/') {
+            (None, first.to_string())
+        } else {
+            let Some(path) = words.next() else {
+                return Err(format!(
+                    "Line {}: a rule needs a path after the method.",
+                    n + 1
+                ));
+            };
+            (Some(first.to_string()), path.to_string())
+        };
+        rules.push(RouteRule {
+            method,
+            path,
+            scopes: words.map(str::to_string).collect(),
+        });
+        lines.push(n + 1);
+    }
+    keyward_core::routes::check_rules(&rules).map_err(|e| {
+        // `routes[3].path: ...` -> `Line 5, path: ...`
+        let msg = e.to_string();
+        let named = msg
+            .strip_prefix("routes[")
+            .and_then(|rest| rest.split_once(']'))
+            .and_then(|(i, rest)| Some((lines.get(i.parse::<usize>().ok()?)?, rest)));
+        match named {
+            Some((line, rest)) => {
+                format!("Line {line}{}", rest.replacen('.', ", ", 1))
+            }
+            None => msg,
+        }
+    })?;
+    Ok(rules)
 }
 
 fn policy_summary(p: &Policy) -> String {
@@ -231,6 +302,38 @@ pub(crate) fn keyspace(s: &SignedIn, m: &KeyspacePage) -> Markup {
                 }
             } @else {
                 p.muted { "Your role can read this policy but not change it." }
+            }
+        }
+        form.card #routes method="post" action={ "/keyspaces/" (ks.id) "/routes" } {
+            (csrf_field(s))
+            div.card-head {
+                h2 { "Route rules" }
+                span.count { (ks.routes.len()) }
+            }
+            p.hint {
+                "For forward-auth (nginx, Caddy, Traefik, Envoy): the first rule whose method and path match the proxied request decides which scopes the key must hold, on top of any "
+                code { "?scope=" } ". One rule per line: "
+                code { "[METHOD] PATH [SCOPE ...]" } ", e.g. "
+                code { "GET /orders/** orders:read" } ". In a path, "
+                code { "*" } " matches one segment and a final "
+                code { "**" } " the rest. Lines starting with # are skipped."
+            }
+            (ui::error_box(m.routes_error))
+            div.field {
+                label for="routes-text" { "Rules, in order" }
+                textarea #routes-text name="routes" rows="8" spellcheck="false" disabled[!editable] placeholder="GET /orders/** orders:read\nPOST /orders orders:write\n/health" { (m.routes_text) }
+            }
+            div.field {
+                label for="unmatched" { "A request no rule matches" }
+                select #unmatched name="unmatched" disabled[!editable] {
+                    option value="allow" selected[m.unmatched == Unmatched::Allow] { "Allow it (the key alone decides)" }
+                    option value="deny" selected[m.unmatched == Unmatched::Deny] { "Deny it (403 ROUTE_NOT_ALLOWED)" }
+                }
+            }
+            @if editable {
+                div.form-actions {
+                    button.primary type="submit" data-action="save-routes" { "Save rules" }
+                }
             }
         }
     };
