@@ -3,6 +3,9 @@
 --   wrk ... -s scripts/bench-http.lua http://HOST:PORT -- KEYS_FILE   POST /v1/verify, rotating
 --                                                                      over the keys (one a line)
 --   wrk ... -s scripts/bench-http.lua http://HOST:PORT -- healthz     GET /healthz
+--   wrk ... -s scripts/bench-http.lua http://HOST:PORT -- KEYS_FILE forward-auth
+--                                         GET /v1/forward-auth/api/v1/r49/orders/7 (Envoy's path
+--                                         mode) with each key as a bearer token, rotating
 --
 -- Both build every request up front and hand one out per call, so the client does the same work
 -- per request whichever endpoint it loads. `done` prints one machine-readable RESULT line.
@@ -23,6 +26,14 @@ function init(args)
   if target == "healthz" then
     n = 1
     reqs[1] = wrk.format("GET", "/healthz")
+  elseif args[2] == "forward-auth" then
+    for line in io.lines(target) do
+      if #line > 0 then
+        n = n + 1
+        reqs[n] = wrk.format("GET", "/v1/forward-auth/api/v1/r49/orders/7",
+          { ["Authorization"] = "Bearer " .. line })
+      end
+    end
   else
     local headers = { ["Content-Type"] = "application/json" }
     for line in io.lines(target) do

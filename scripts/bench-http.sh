@@ -18,6 +18,10 @@
 # BENCH_MALFORMED (set: each round also loads POST /v1/verify with one malformed key: a JSON POST
 # that is hashed and looked up but fails its checksum, so nothing is decided or counted and the
 # answer is short; printed as its own row, not part of the verdict),
+# BENCH_FORWARD_AUTH (set: the keyspace gets BENCH_ROUTES route rules, 100 by default, and each
+# round also loads GET /v1/forward-auth/api/v1/r49/orders/7 with the keys as bearer tokens,
+# Envoy's path mode, matched by rule 99 of 100; printed as its own row with its ratio to the
+# POST),
 # KEYWARD_USAGE_FLUSH_MS (1000), BENCH_LOG (the server's log filter; by default only warnings,
 # so neither endpoint writes a log line per request), BENCH_SKIP_BUILD (set: use the binary as
 # built), BENCH_KEEP (set: keep the temporary directory), BENCH_PERF (a number N: sample the
@@ -88,7 +92,17 @@ until curl -fsS "$url/readyz" >/dev/null 2>&1; do sleep 0.1; done
 say "server $url (pid $pid), database $work/keyward.db"
 
 auth=(-H "Authorization: Bearer $token" -H "Content-Type: application/json")
-ks=$(curl -fsS "${auth[@]}" -d '{"name": "Bench", "prefix": "bench"}' "$url/v1/keyspaces" | jq -r .id)
+ks_body='{"name": "Bench", "prefix": "bench"}'
+if [ -n "${BENCH_FORWARD_AUTH:-}" ]; then
+  # Rules as a gateway might hold them: per resource r0..r49, GET .../** needs orders:read and
+  # POST .../*/items orders:write. The load's path matches the 99th rule.
+  ks_body=$(jq -cn --argjson n "${BENCH_ROUTES:-100}" '{name: "Bench", prefix: "bench",
+    routes: [range(0; $n) | if . % 2 == 0
+      then {method: "GET", path: "/api/v1/r\(. / 2 | floor)/**", scopes: ["orders:read"]}
+      else {method: "POST", path: "/api/v1/r\(. / 2 | floor)/*/items", scopes: ["orders:write"]} end],
+    unmatched: "deny"}')
+fi
+ks=$(curl -fsS "${auth[@]}" -d "$ks_body" "$url/v1/keyspaces" | jq -r .id)
 
 say "creating $BENCH_KEYS keys through POST /v1/keys"
 started=$(date +%s.%N)
@@ -116,7 +130,7 @@ run() {
     perf_pid=$!
   fi
   line=$(wrk -t"$WRK_THREADS" -c"$WRK_CONNECTIONS" -d"$duration" --latency \
-    -s scripts/bench-http.lua "$url" -- "$target" | tee "$work/wrk-$name.txt" | grep '^RESULT') \
+    -s scripts/bench-http.lua "$url" -- $target | tee "$work/wrk-$name.txt" | grep '^RESULT') \
     || die "wrk failed: $(cat "$work/wrk-$name.txt")"
   after=$(cpu_ticks)
   if [ -n "${perf_pid:-}" ]; then
@@ -145,6 +159,7 @@ echo "load: wrk -t$WRK_THREADS -c$WRK_CONNECTIONS -d$WRK_DURATION --latency; $BE
 ratios=() p99s=()
 targets=(healthz verify)
 [ -n "${BENCH_MALFORMED:-}" ] && targets+=(malformed)
+[ -n "${BENCH_FORWARD_AUTH:-}" ] && targets+=(forward)
 for round in $(seq 1 "$BENCH_ROUNDS"); do
   echo "round $round (load average before: $(cut -d' ' -f1-3 /proc/loadavg))"
   for i in "${!targets[@]}"; do
@@ -153,10 +168,12 @@ for round in $(seq 1 "$BENCH_ROUNDS"); do
       healthz) h=$(run "healthz-$round" healthz "$WRK_DURATION") ;;
       verify) v=$(run "verify-$round" "$work/keys.txt" "$WRK_DURATION") ;;
       malformed) m=$(run "malformed-$round" "$work/malformed.txt" "$WRK_DURATION") ;;
+      forward) f=$(run "forward-$round" "$work/keys.txt forward-auth" "$WRK_DURATION") ;;
     esac
   done
   rows=("GET /healthz     |$h" "POST /v1/verify  |$v")
   [ -n "${BENCH_MALFORMED:-}" ] && rows+=("POST malformed   |$m")
+  [ -n "${BENCH_FORWARD_AUTH:-}" ] && rows+=("GET forward-auth |$f")
   for pair in "${rows[@]}"; do
     r=${pair#*|}
     printf '  %s %8.0f req/s   p50 %5.0f us   p99 %5.0f us   server CPU %4.1f us/req   errors %d, non-2xx %d\n' \
@@ -164,6 +181,11 @@ for round in $(seq 1 "$BENCH_ROUNDS"); do
       "$(calc "$(field cpu_s "$r") * 1000000 / $(field requests "$r")")" \
       "$(field errors "$r")" "$(field non2xx "$r")"
   done
+  if [ -n "${BENCH_FORWARD_AUTH:-}" ]; then
+    printf '  forward-auth (100 rules) / POST /v1/verify: %.1f%% of its req/s, %.2fx its server CPU per request\n' \
+      "$(calc "$(field rps "$f") / $(field rps "$v") * 100")" \
+      "$(calc "($(field cpu_s "$f") / $(field requests "$f")) / ($(field cpu_s "$v") / $(field requests "$v"))")"
+  fi
   ratio=$(calc "$(field rps "$v") / $(field rps "$h")")
   p99=$(field p99_us "$v")
   verdict_ratio=MISSED verdict_p99=MISSED

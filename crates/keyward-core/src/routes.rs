@@ -27,8 +27,8 @@ use crate::scope::check_requested_scope;
 pub const MAX_RULES: usize = 500;
 /// Longest pattern, in bytes.
 pub const MAX_PATTERN_LEN: usize = 1024;
-/// Most segments in a pattern (and in a path that can match one).
-pub const MAX_SEGMENTS: usize = 64;
+/// Most segments in a pattern.
+pub const MAX_SEGMENTS: usize = 32;
 /// Most scopes one rule may require.
 pub const MAX_RULE_SCOPES: usize = 100;
 
@@ -70,13 +70,45 @@ impl Unmatched {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Segment {
-    Literal(Box<str>),
+    Literal(Word),
     Any,
+}
+
+/// A string with its [`fingerprint`], compared by one integer comparison when short.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Word {
+    fp: u64,
+    text: Box<str>,
+}
+
+impl Word {
+    fn new(s: &str) -> Word {
+        Word {
+            fp: fingerprint(s),
+            text: s.into(),
+        }
+    }
+
+    /// Whether `s` (with fingerprint `fp`) is this word.
+    fn is(&self, fp: u64, s: &str) -> bool {
+        self.fp == fp && (self.text.len() <= 7 || *self.text == *s)
+    }
+}
+
+/// Up to the first 7 bytes of `s` and, in the top byte, its length (0xFF beyond 7): equal
+/// fingerprints of strings of at most 7 bytes mean equal strings.
+fn fingerprint(s: &str) -> u64 {
+    let b = s.as_bytes();
+    let len = if b.len() <= 7 { b.len() as u64 } else { 0xFF };
+    b.iter()
+        .take(7)
+        .enumerate()
+        .fold(len << 56, |x, (i, c)| x | (u64::from(*c) << (8 * i)))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Compiled {
-    method: Option<Box<str>>,
+    method: Option<Word>,
     segments: Box<[Segment]>,
     /// Ends in `**`: the path may have more segments than `segments`.
     rest: bool,
@@ -171,7 +203,7 @@ fn compile_rule(r: &RouteRule) -> Result<Compiled, String> {
                     crate::keyformat::shown(m)
                 ));
             }
-            Some(m.as_str().into())
+            Some(Word::new(m))
         }
     };
     let (segments, rest) = parse_pattern(&r.path).map_err(|e| format!("path: {e}"))?;
@@ -241,7 +273,7 @@ fn parse_pattern(p: &str) -> Result<(Box<[Segment]>, bool), String> {
                     pos + off
                 ));
             }
-            s => segments.push(Segment::Literal(s.into())),
+            s => segments.push(Segment::Literal(Word::new(s))),
         }
         at += seg.chars().count() + 1;
     }
@@ -270,36 +302,37 @@ impl Routes {
         let Some(uri) = req.uri.filter(|u| !u.is_empty()) else {
             return self.unmatched_decision();
         };
-        let mut buf = [""; MAX_SEGMENTS];
-        let owned;
-        let path = match normalize(uri) {
-            Normalized::Clean(p) => p,
-            Normalized::Changed(p) => {
-                owned = p;
-                owned.as_str()
-            }
-            // A path that cannot be made comparable is refused outright when there are rules:
-            // under `allow` it could otherwise slip past a rule the upstream would apply.
-            Normalized::Invalid => return RouteDecision::NotAllowed,
+        // The path without its query (and the authority of an absolute-form URI).
+        let Some(path) = path_of(uri) else {
+            return RouteDecision::NotAllowed;
         };
-        // The first MAX_SEGMENTS segments (no pattern has more) and how many there are.
-        let mut total = 0;
-        if path != "/" {
-            for seg in path[1..].split('/') {
-                if total < MAX_SEGMENTS {
-                    buf[total] = seg;
-                }
-                total += 1;
+        let mut segs = Segments::default();
+        if !segs.split(path) {
+            // Dot or empty segments, or escapes: match the normalized path. One that cannot be
+            // made comparable is refused outright when there are rules: under `allow` it could
+            // otherwise slip past a rule the upstream would apply.
+            let Normalized::Changed(clean) = normalize(path) else {
+                return RouteDecision::NotAllowed;
+            };
+            let mut again = Segments::default();
+            if !again.split(&clean) {
+                return RouteDecision::NotAllowed;
             }
+            return self.first_match(req.method, &again);
         }
-        let segs = &buf[..total.min(MAX_SEGMENTS)];
+        self.first_match(req.method, &segs)
+    }
+
+    fn first_match<'s>(&'s self, method: Option<&str>, segs: &Segments<'_>) -> RouteDecision<'s> {
+        let method = method.map(|m| (fingerprint(m), m));
         for rule in self.rules.iter() {
-            if let Some(m) = &rule.method {
-                if req.method != Some(&**m) {
-                    continue;
+            if let Some(want) = &rule.method {
+                match method {
+                    Some((fp, m)) if want.is(fp, m) => {}
+                    _ => continue,
                 }
             }
-            if rule.matches(segs, total) {
+            if rule.matches(segs) {
                 return RouteDecision::Require(&rule.scopes);
             }
         }
@@ -315,18 +348,69 @@ impl Routes {
 }
 
 impl Compiled {
-    /// `path`: the first segments of a path of `total` segments (all of them, or at least as
-    /// many as any pattern has).
-    fn matches(&self, path: &[&str], total: usize) -> bool {
+    fn matches(&self, path: &Segments<'_>) -> bool {
         let fixed = self.segments.len();
-        if total < fixed || (!self.rest && total != fixed) {
+        if path.total < fixed || (!self.rest && path.total != fixed) {
             return false;
         }
-        self.segments.iter().zip(path).all(|(s, p)| match s {
-            Segment::Any => true,
-            Segment::Literal(l) => **l == **p,
-        })
+        self.segments
+            .iter()
+            .zip(path.fps.iter().zip(&path.text))
+            .all(|(s, (fp, p))| match s {
+                Segment::Any => true,
+                Segment::Literal(l) => l.is(*fp, p),
+            })
     }
+}
+
+/// A path split into segments, on the stack: the first [`MAX_SEGMENTS`] (no pattern has more)
+/// with their fingerprints, and how many there are.
+#[derive(Default)]
+struct Segments<'a> {
+    fps: [u64; MAX_SEGMENTS],
+    text: [&'a str; MAX_SEGMENTS],
+    total: usize,
+}
+
+impl<'a> Segments<'a> {
+    /// Splits a path that starts with `/`; `false` when it is not normal (an empty, `.` or
+    /// `..` segment, or a `%` escape), to be normalized first.
+    fn split(&mut self, path: &'a str) -> bool {
+        if path == "/" {
+            return true;
+        }
+        for seg in path[1..].split('/') {
+            if seg.is_empty() || seg == "." || seg == ".." || seg.contains('%') {
+                return false;
+            }
+            if self.total < MAX_SEGMENTS {
+                self.fps[self.total] = fingerprint(seg);
+                self.text[self.total] = seg;
+            }
+            self.total += 1;
+        }
+        true
+    }
+}
+
+/// The path of a URI: the query and fragment dropped, and the scheme and authority of an
+/// absolute-form URI; `None` when what is left does not start with `/`.
+fn path_of(uri: &str) -> Option<&str> {
+    let uri = match uri
+        .strip_prefix("https://")
+        .or_else(|| uri.strip_prefix("http://"))
+    {
+        Some(rest) => match rest.find(['/', '?', '#']) {
+            Some(i) if rest.as_bytes()[i] == b'/' => &rest[i..],
+            _ => "/",
+        },
+        None => uri,
+    };
+    let path = match uri.find(['?', '#']) {
+        Some(i) => &uri[..i],
+        None => uri,
+    };
+    path.starts_with('/').then_some(path)
 }
 
 /// A request path made comparable with patterns.
@@ -342,24 +426,9 @@ pub enum Normalized<'a> {
 /// The path of `uri` (query and fragment dropped) with escapes decoded and `.`, `..` and empty
 /// segments resolved; `/` for the root.
 pub fn normalize(uri: &str) -> Normalized<'_> {
-    // An absolute-form URI (`https://host/path`): its path.
-    let uri = match uri
-        .strip_prefix("https://")
-        .or_else(|| uri.strip_prefix("http://"))
-    {
-        Some(rest) => match rest.find(['/', '?', '#']) {
-            Some(i) if rest.as_bytes()[i] == b'/' => &rest[i..],
-            _ => "/",
-        },
-        None => uri,
-    };
-    let path = match uri.find(['?', '#']) {
-        Some(i) => &uri[..i],
-        None => uri,
-    };
-    if !path.starts_with('/') {
+    let Some(path) = path_of(uri) else {
         return Normalized::Invalid;
-    }
+    };
     let needs_work = path.contains('%')
         || path.contains("//")
         || path.len() > 1 && path.ends_with('/')
@@ -607,6 +676,40 @@ mod tests {
             .collect();
         assert!(check_rules(&many).is_err());
         assert!(check_rules(&many[..MAX_RULES]).is_ok());
+    }
+
+    #[test]
+    fn segments_compare_exactly_whatever_their_length() {
+        let r = compile(
+            &[
+                rule(None, "/abcdefg", &["short"]),
+                rule(None, "/abcdefghij", &["long"]),
+                rule(Some("PROPFIND"), "/dav", &["dav"]),
+            ],
+            Unmatched::Deny,
+        )
+        .unwrap();
+        assert_eq!(
+            scopes(r.decide(req("GET", "/abcdefg"))),
+            Some(vec!["short"])
+        );
+        assert_eq!(scopes(r.decide(req("GET", "/abcdefgh"))), None);
+        let long = format!("/abcdefg{}", "x".repeat(256));
+        assert_eq!(
+            scopes(r.decide(req("GET", &long))),
+            None,
+            "a length that wraps a byte"
+        );
+        assert_eq!(
+            scopes(r.decide(req("GET", "/abcdefghij"))),
+            Some(vec!["long"])
+        );
+        assert_eq!(scopes(r.decide(req("GET", "/abcdefghik"))), None);
+        assert_eq!(scopes(r.decide(req("GET", "/abcdef"))), None);
+        assert_eq!(scopes(r.decide(req("PROPFIND", "/dav"))), Some(vec!["dav"]));
+        assert_eq!(scopes(r.decide(req("PROPFINX", "/dav"))), None);
+        assert_eq!(fingerprint("a"), fingerprint("a"));
+        assert_ne!(fingerprint("a"), fingerprint("a\0"));
     }
 
     #[test]

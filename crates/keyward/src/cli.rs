@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use crate::client::{Client, ClientError};
 use crate::output::{print_key, print_keys, Format};
 
-pub use crate::exit::{EXIT_CHAIN_BROKEN, EXIT_FAILED, EXIT_UNREACHABLE};
+pub use crate::exit::{EXIT_CHAIN_BROKEN, EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE};
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +34,9 @@ pub enum Command {
     /// API keys, through a running server (KEYWARD_URL, KEYWARD_TOKEN).
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// Keyspaces (prefix, policy, route rules), through a running server.
+    #[command(subcommand)]
+    Keyspaces(KeyspacesCmd),
     /// The audit trail, through a running server.
     #[command(subcommand)]
     Audit(AuditCmd),
@@ -236,6 +239,68 @@ pub enum KeysCmd {
     },
 }
 
+#[derive(Subcommand)]
+pub enum KeyspacesCmd {
+    /// Create a keyspace.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// The keys' prefix, e.g. acme_live.
+        #[arg(long)]
+        prefix: String,
+        #[arg(long, value_enum)]
+        preset: Option<PresetArg>,
+        /// Route rules for forward-auth: a file holding the JSON list (`-` reads standard input).
+        #[arg(long)]
+        routes_file: Option<std::path::PathBuf>,
+        /// What a forward-auth request no route rule matches gets.
+        #[arg(long, value_enum)]
+        unmatched: Option<UnmatchedArg>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List keyspaces.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show one keyspace with its policy and route rules.
+    Show {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Change a keyspace's name or route rules (the file replaces every rule).
+    Update {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// The new route rules: a file holding the JSON list (`-` reads standard input; `[]`
+        /// removes every rule).
+        #[arg(long)]
+        routes_file: Option<std::path::PathBuf>,
+        #[arg(long, value_enum)]
+        unmatched: Option<UnmatchedArg>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum PresetArg {
+    Strict,
+    Standard,
+    Relaxed,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum UnmatchedArg {
+    Allow,
+    Deny,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum RotateFormat {
     Plain,
@@ -273,6 +338,7 @@ fn fail(e: ClientError) -> ExitCode {
     eprintln!("error: {e}");
     match e {
         ClientError::Unreachable(_) => ExitCode::from(EXIT_UNREACHABLE),
+        ClientError::Usage(_) => ExitCode::from(EXIT_USAGE),
         _ => ExitCode::from(EXIT_FAILED),
     }
 }
@@ -309,6 +375,10 @@ pub async fn run(cli: Cli) -> ExitCode {
             Ok(code) => code,
             Err(e) => fail(e),
         },
+        Command::Keyspaces(cmd) => match keyspaces(cmd).await {
+            Ok(code) => code,
+            Err(e) => fail(e),
+        },
         Command::Audit(AuditCmd::Verify { remote }) => {
             let client = match Client::new(&remote.url, remote.token.as_deref()) {
                 Ok(c) => c,
@@ -341,6 +411,121 @@ pub async fn run(cli: Cli) -> ExitCode {
             }
         }
     }
+}
+
+/// A route-rules file: the JSON list the API takes.
+fn read_routes(path: &std::path::Path) -> Result<Value, ClientError> {
+    let text = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(path)
+    }
+    .map_err(|e| ClientError::Usage(format!("cannot read {}: {e}", path.display())))?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| ClientError::Usage(format!("{} is not JSON: {e}", path.display())))?;
+    if !v.is_array() {
+        return Err(ClientError::Usage(format!(
+            "{} must hold a JSON list of rules, e.g. [{{\"method\": \"GET\", \"path\": \"/orders/**\", \"scopes\": [\"orders:read\"]}}]",
+            path.display()
+        )));
+    }
+    Ok(v)
+}
+
+fn unmatched_str(u: UnmatchedArg) -> &'static str {
+    match u {
+        UnmatchedArg::Allow => "allow",
+        UnmatchedArg::Deny => "deny",
+    }
+}
+
+async fn keyspaces(cmd: KeyspacesCmd) -> Result<ExitCode, ClientError> {
+    let (remote, v) = match cmd {
+        KeyspacesCmd::Create {
+            name,
+            prefix,
+            preset,
+            routes_file,
+            unmatched,
+            remote,
+        } => {
+            let mut body = json!({"name": name, "prefix": prefix});
+            if let Some(p) = preset {
+                body["preset"] = json!(match p {
+                    PresetArg::Strict => "strict",
+                    PresetArg::Standard => "standard",
+                    PresetArg::Relaxed => "relaxed",
+                });
+            }
+            if let Some(f) = routes_file {
+                body["routes"] = read_routes(&f)?;
+            }
+            if let Some(u) = unmatched {
+                body["unmatched"] = json!(unmatched_str(u));
+            }
+            let client = Client::new(&remote.url, remote.token.as_deref())?;
+            let v = client.post("/v1/keyspaces", &body).await?;
+            (remote, v)
+        }
+        KeyspacesCmd::List { limit, remote } => {
+            let client = Client::new(&remote.url, remote.token.as_deref())?;
+            let v = client
+                .get_query("/v1/keyspaces", &[("limit", limit.to_string())])
+                .await?;
+            if remote.json {
+                println!("{v}");
+            } else {
+                crate::output::print_keyspaces(
+                    v["items"].as_array().map(Vec::as_slice).unwrap_or(&[]),
+                );
+                if let Some(c) = v["next_cursor"].as_str() {
+                    eprintln!("(more keyspaces: the next page starts at cursor {c})");
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        KeyspacesCmd::Show { id, remote } => {
+            let client = Client::new(&remote.url, remote.token.as_deref())?;
+            let v = client
+                .get(&format!("/v1/keyspaces/{}", encode_segment(&id)))
+                .await?;
+            (remote, v)
+        }
+        KeyspacesCmd::Update {
+            id,
+            name,
+            routes_file,
+            unmatched,
+            remote,
+        } => {
+            let mut body = json!({});
+            if let Some(n) = name {
+                body["name"] = json!(n);
+            }
+            if let Some(f) = routes_file {
+                body["routes"] = read_routes(&f)?;
+            }
+            if let Some(u) = unmatched {
+                body["unmatched"] = json!(unmatched_str(u));
+            }
+            if body.as_object().is_some_and(|o| o.is_empty()) {
+                return Err(ClientError::Usage(
+                    "nothing to change: give --name, --routes-file or --unmatched".into(),
+                ));
+            }
+            let client = Client::new(&remote.url, remote.token.as_deref())?;
+            let v = client
+                .patch(&format!("/v1/keyspaces/{}", encode_segment(&id)), &body)
+                .await?;
+            (remote, v)
+        }
+    };
+    if remote.json {
+        println!("{v}");
+    } else {
+        crate::output::print_keyspace(&v);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn keys(cmd: KeysCmd) -> Result<ExitCode, ClientError> {

@@ -111,6 +111,11 @@ impl Client {
         self.send(self.req(reqwest::Method::POST, path).json(body))
             .await
     }
+
+    pub async fn patch(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        self.send(self.req(reqwest::Method::PATCH, path).json(body))
+            .await
+    }
 }
 
 fn short(e: &reqwest::Error) -> String {

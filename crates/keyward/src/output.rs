@@ -101,3 +101,73 @@ pub fn print_key(k: &Value, format: Format) {
         println!("{:<14} {}", format!("{f}:"), v);
     }
 }
+
+pub fn print_keyspaces(items: &[Value]) {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|k| {
+            vec![
+                s(&k["id"]),
+                s(&k["name"]),
+                format!("{}_", s(&k["prefix"])),
+                k["routes"].as_array().map_or(0, Vec::len).to_string(),
+                s(&k["unmatched"]),
+                s(&k["created_at"]),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "NAME", "PREFIX", "RULES", "UNMATCHED", "CREATED"],
+        &rows,
+    );
+}
+
+/// One keyspace: its fields, then its route rules as a table.
+pub fn print_keyspace(k: &Value) {
+    let policy = k["policy"]
+        .as_object()
+        .map(|p| {
+            p.iter()
+                .map(|(f, v)| format!("{f}={}", s(v)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    for (label, v) in [
+        ("id", s(&k["id"])),
+        ("name", s(&k["name"])),
+        ("prefix", format!("{}_", s(&k["prefix"]))),
+        ("policy", policy),
+        ("unmatched", s(&k["unmatched"])),
+        ("updated", s(&k["updated_at"])),
+    ] {
+        println!("{label:<10} {v}");
+    }
+    let rules = k["routes"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    if rules.is_empty() {
+        println!("routes     none");
+        return;
+    }
+    println!();
+    let rows: Vec<Vec<String>> = rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let scopes: Vec<String> = r["scopes"]
+                .as_array()
+                .map(|a| a.iter().map(s).collect())
+                .unwrap_or_default();
+            vec![
+                i.to_string(),
+                r["method"].as_str().unwrap_or("any").to_string(),
+                s(&r["path"]),
+                if scopes.is_empty() {
+                    "-".into()
+                } else {
+                    scopes.join(",")
+                },
+            ]
+        })
+        .collect();
+    table(&["#", "METHOD", "PATH", "SCOPES"], &rows);
+}

@@ -178,6 +178,117 @@ async fn the_cli_creates_lists_shows_rotates_and_revokes_keys(app: TestApp) {
 }
 both!(the_cli_creates_lists_shows_rotates_and_revokes_keys);
 
+async fn the_cli_creates_lists_shows_and_updates_keyspaces_with_route_rules(app: TestApp) {
+    let (url, t) = (app.url.clone(), app.admin.clone());
+    let dir = crate::helpers::TempDir::new();
+    let rules = dir.0.join("routes.json");
+    std::fs::write(
+        &rules,
+        r#"[{"method": "GET", "path": "/orders/**", "scopes": ["orders:read"]}, {"path": "/health"}]"#,
+    )
+    .unwrap();
+    let rules = rules.display().to_string();
+    let o = run(
+        &url,
+        &t,
+        &[
+            "keyspaces",
+            "create",
+            "--name",
+            "Orders",
+            "--prefix",
+            "clirt",
+            "--preset",
+            "strict",
+            "--routes-file",
+            &rules,
+            "--unmatched",
+            "deny",
+            "--json",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ks: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let id = ks["id"].as_str().unwrap().to_string();
+    assert_eq!(ks["unmatched"], "deny");
+    assert_eq!(ks["routes"][0]["path"], "/orders/**");
+    assert_eq!(ks["policy"]["max_lifetime_secs"], 7_776_000);
+
+    // The list finds it without curl; show prints its rules as a table.
+    let o = run(&url, &t, &["keyspaces", "list"]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.lines().next().unwrap().starts_with("ID"), "{out}");
+    assert!(out.contains(&id) && out.contains("clirt_"), "{out}");
+    let o = run(&url, &t, &["keyspaces", "show", &id]).await;
+    let out = stdout(&o);
+    assert!(out.contains("unmatched  deny"), "{out}");
+    assert!(
+        out.contains("GET") && out.contains("/orders/**") && out.contains("orders:read"),
+        "{out}"
+    );
+
+    // Update replaces the rules; a bad rule is refused with its index, naming the problem.
+    let bad = dir.0.join("bad.json");
+    std::fs::write(&bad, r#"[{"path": "/a/**/b"}]"#).unwrap();
+    let o = run(
+        &url,
+        &t,
+        &[
+            "keyspaces",
+            "update",
+            &id,
+            "--routes-file",
+            &bad.display().to_string(),
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("routes[0].path"), "{}", stderr(&o));
+    let empty = dir.0.join("empty.json");
+    std::fs::write(&empty, "[]").unwrap();
+    let o = run(
+        &url,
+        &t,
+        &[
+            "keyspaces",
+            "update",
+            &id,
+            "--routes-file",
+            &empty.display().to_string(),
+            "--unmatched",
+            "allow",
+            "--json",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ks: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(ks["routes"], json!([]));
+    assert_eq!(ks["unmatched"], "allow");
+    // Nothing to change, or a file that is not a list: a usage error before any request.
+    let o = run(&url, &t, &["keyspaces", "update", &id]).await;
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let obj = dir.0.join("obj.json");
+    std::fs::write(&obj, "{}").unwrap();
+    let o = run(
+        &url,
+        &t,
+        &[
+            "keyspaces",
+            "update",
+            &id,
+            "--routes-file",
+            &obj.display().to_string(),
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("JSON list"), "{}", stderr(&o));
+}
+both!(the_cli_creates_lists_shows_and_updates_keyspaces_with_route_rules);
+
 async fn the_cli_fails_clearly_with_a_non_zero_exit(app: TestApp) {
     let (url, t) = (app.url.clone(), app.admin.clone());
     let o = run(&url, &t, &["keys", "show", "key_doesnotexist"]).await;
@@ -201,8 +312,9 @@ async fn the_cli_fails_clearly_with_a_non_zero_exit(app: TestApp) {
     assert!(stderr(&o).contains("cannot reach"), "{}", stderr(&o));
     assert!(!stderr(&o).contains(&t), "the token is never printed");
 
+    // Neither a key id nor --owner: bad usage, refused before any request.
     let o = run(&url, &t, &["keys", "revoke", "--reason", "x"]).await;
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2));
     let o = run(&url, &t, &["keys", "rotate", "key_x", "--grace", "soon"]).await;
     assert_eq!(o.status.code(), Some(2), "bad usage is exit 2");
 }
