@@ -17,6 +17,7 @@ mod durability;
 mod keys;
 mod lifecycle;
 mod outbound;
+mod proxies;
 mod roles;
 mod routes;
 mod sealing;
