@@ -5,16 +5,16 @@
 //! segment matches itself (case-sensitive), `*` matches any one segment, and `**`, only as the
 //! last segment, matches the rest of the path (zero or more segments: `/orders/**` matches
 //! `/orders`, `/orders/1` and `/orders/1/items`). A rule without `method` matches every method;
-//! with one, only that method (exact, as proxies send it: `GET` does not match `HEAD`). The
+//! with one, only that method (exact, as proxies send it; `HEAD` is matched as `GET`). The
 //! first rule that matches decides: its scopes are required in addition to any the caller asked
 //! for. No match: allowed as before under `allow`, refused (`ROUTE_NOT_ALLOWED`) under `deny`.
 //!
 //! The request's path is normalized before matching ([`normalize`]): the query is dropped,
-//! percent-escapes are decoded, empty and `.` segments are dropped and `..` removes the segment
-//! before it, so `/orders//1`, `/orders/./1`, `/x/../orders/1` and `/%6frders/1` all match
-//! `/orders/*`. A path that cannot be normalized (an escape that is not hex or decodes to `/`
-//! or to a byte that is not UTF-8, a `..` above the root, no leading `/`) matches no rule, so
-//! `unmatched` decides. Matching is linear in the rules, with no allocation for a path that
+//! percent-escapes are decoded, and empty and `.` segments are dropped, so `/orders//1`,
+//! `/orders/./1` and `/%6frders/1` all match `/orders/*`. A path keyward will not judge (a `..`
+//! segment, raw or escaped; `;` or `\`; a `#`; an escape that is not hex or decodes to `/` or
+//! to a byte that is not UTF-8; no leading `/`) is refused (`ROUTE_NOT_ALLOWED`) whenever the
+//! keyspace has rules: an upstream could read such a path as another route than keyward did. Matching is linear in the rules, with no allocation for a path that
 //! needs no normalization: about a hundred rules cost a few hundred nanoseconds
 //! (`cargo bench -p keyward-server --bench verify -- routes`).
 
@@ -281,6 +281,14 @@ fn parse_pattern(p: &str) -> Result<(Box<[Segment]>, bool), String> {
 }
 
 impl Routes {
+    /// Refuses every request: what a keyspace's rules are taken to be until they are read.
+    pub fn closed() -> Routes {
+        Routes {
+            rules: Box::new([]),
+            unmatched: Unmatched::Deny,
+        }
+    }
+
     /// No rules and `allow`: every request is decided by the key alone.
     pub fn is_open(&self) -> bool {
         self.rules.is_empty() && self.unmatched == Unmatched::Allow
@@ -324,7 +332,10 @@ impl Routes {
     }
 
     fn first_match<'s>(&'s self, method: Option<&str>, segs: &Segments<'_>) -> RouteDecision<'s> {
-        let method = method.map(|m| (fingerprint(m), m));
+        // HEAD is matched as GET: servers answer it with their GET handlers.
+        let method = method
+            .map(|m| if m == "HEAD" { "GET" } else { m })
+            .map(|m| (fingerprint(m), m));
         for rule in self.rules.iter() {
             if let Some(want) = &rule.method {
                 match method {
@@ -374,13 +385,13 @@ struct Segments<'a> {
 
 impl<'a> Segments<'a> {
     /// Splits a path that starts with `/`; `false` when it is not normal (an empty, `.` or
-    /// `..` segment, or a `%` escape), to be normalized first.
+    /// `..` segment, a `%` escape, `;` or `\`), to be normalized (or refused) first.
     fn split(&mut self, path: &'a str) -> bool {
         if path == "/" {
             return true;
         }
         for seg in path[1..].split('/') {
-            if seg.is_empty() || seg == "." || seg == ".." || seg.contains('%') {
+            if seg.is_empty() || seg == "." || seg == ".." || seg.contains(['%', ';', '\\']) {
                 return false;
             }
             if self.total < MAX_SEGMENTS {
@@ -406,7 +417,12 @@ fn path_of(uri: &str) -> Option<&str> {
         },
         None => uri,
     };
-    let path = match uri.find(['?', '#']) {
+    // A fragment never belongs in a request target: one there is refused (the upstream may
+    // read the raw path past it).
+    if uri.contains('#') {
+        return None;
+    }
+    let path = match uri.find('?') {
         Some(i) => &uri[..i],
         None => uri,
     };
@@ -423,8 +439,9 @@ pub enum Normalized<'a> {
     Invalid,
 }
 
-/// The path of `uri` (query and fragment dropped) with escapes decoded and `.`, `..` and empty
-/// segments resolved; `/` for the root.
+/// The path of `uri` (its query dropped) with escapes decoded and `.` and empty segments
+/// dropped; `/` for the root. A `..` segment, `;`, `\\`, `#` or a bad escape is
+/// [`Normalized::Invalid`].
 pub fn normalize(uri: &str) -> Normalized<'_> {
     let Some(path) = path_of(uri) else {
         return Normalized::Invalid;
@@ -432,7 +449,8 @@ pub fn normalize(uri: &str) -> Normalized<'_> {
     let needs_work = path.contains('%')
         || path.contains("//")
         || path.len() > 1 && path.ends_with('/')
-        || path.split('/').any(|s| s == "." || s == "..");
+        || path.split('/').any(|s| s == "." || s == "..")
+        || path.contains([';', '\\']);
     if !needs_work {
         return Normalized::Clean(path);
     }
@@ -441,14 +459,14 @@ pub fn normalize(uri: &str) -> Normalized<'_> {
         let Some(seg) = decode(raw) else {
             return Normalized::Invalid;
         };
-        match seg.as_str() {
-            "" | "." => {}
-            ".." => {
-                if out.pop().is_none() {
-                    return Normalized::Invalid;
-                }
-            }
-            _ => out.push(seg),
+        // `..` is refused rather than resolved: an upstream that does not resolve it (or
+        // routes by prefix) would reach another handler than the rule keyward matched. `;`
+        // (path parameters, dropped by some servers) and `\` (a separator to others) likewise.
+        if seg == ".." || seg.contains([';', '\\']) {
+            return Normalized::Invalid;
+        }
+        if !seg.is_empty() && seg != "." {
+            out.push(seg);
         }
     }
     let mut p = String::with_capacity(path.len());
@@ -550,10 +568,11 @@ mod tests {
             Some(vec!["items:any"])
         );
         assert_eq!(scopes(r.decide(req("DELETE", "/orders/1/items"))), None);
+        assert_eq!(scopes(r.decide(req("OPTIONS", "/orders/1"))), None);
         assert_eq!(
             scopes(r.decide(req("HEAD", "/orders"))),
-            None,
-            "GET does not match HEAD"
+            Some(vec!["orders:read"]),
+            "HEAD is matched as GET"
         );
         assert_eq!(scopes(r.decide(req("GET", "/health"))), Some(vec![]));
         assert_eq!(scopes(r.decide(req("GET", "/healthz"))), None);
@@ -584,7 +603,6 @@ mod tests {
             "/admin",
             "//admin/x",
             "/./admin/x",
-            "/public/../admin/x",
             "/%61dmin/x",
             "/admin/",
             "/admin/x/",
@@ -598,7 +616,20 @@ mod tests {
         }
         // A path that cannot be normalized is refused whenever there are rules, even under
         // `allow` (the upstream might read it as /admin).
-        for invalid in ["/../admin", "/adm%2Fin/x", "/%zz/admin", "/%ff", "admin"] {
+        for invalid in [
+            "/../admin",
+            "/public/../admin/x",
+            "/admin/../public/x",
+            "/public/%2e%2e/admin",
+            "/admin;x/secret",
+            "/admin%3Bx/secret",
+            "/admin\\x",
+            "/public#/../admin",
+            "/adm%2Fin/x",
+            "/%zz/admin",
+            "/%ff",
+            "admin",
+        ] {
             assert_eq!(scopes(r.decide(req("GET", invalid))), None, "{invalid}");
         }
         let no_rules = compile(&[], Unmatched::Allow).unwrap();
@@ -621,7 +652,8 @@ mod tests {
         assert_eq!(normalize("/a/b"), Normalized::Clean("/a/b"));
         assert_eq!(normalize("/a/b?c=/d"), Normalized::Clean("/a/b"));
         assert_eq!(normalize("/a//b/"), Normalized::Changed("/a/b".into()));
-        assert_eq!(normalize("/a/.."), Normalized::Changed("/".into()));
+        assert_eq!(normalize("/a/.."), Normalized::Invalid);
+        assert_eq!(normalize("/a/./"), Normalized::Changed("/a".into()));
     }
 
     #[test]

@@ -71,6 +71,10 @@ pub struct Config {
     /// process's file-descriptor limit less 128 kept for the store, Redis and webhooks.
     #[arg(long, env = "KEYWARD_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: Option<u32>,
+    /// Serve Envoy's gRPC ext_authz (`envoy.service.auth.v3.Authorization/Check`) on this
+    /// address (plaintext HTTP/2), e.g. 127.0.0.1:9191. Off when unset.
+    #[arg(long, env = "KEYWARD_GRPC_LISTEN")]
+    pub grpc_listen: Option<String>,
     /// Serve HTTPS with this PEM certificate chain (with `--tls-key`); both files are read
     /// again on SIGHUP.
     #[arg(long, env = "KEYWARD_TLS_CERT", requires = "tls_key")]

@@ -35,6 +35,7 @@ pub(crate) mod conn;
 pub(crate) mod dashboard;
 pub(crate) mod error;
 pub(crate) mod events;
+pub mod grpc;
 pub mod http;
 pub mod jobs;
 pub(crate) mod metrics;
@@ -120,6 +121,31 @@ pub async fn serve_with(
         jobs::webhooks::Deliverer::from_config(&state.config),
         stop_tx.subscribe(),
     ));
+    // The gRPC ext_authz listener, when configured, stops with the HTTP one.
+    let (grpc_stop, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
+    let grpc = match &state.config.grpc_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen for gRPC on {addr}: {e}"))
+            })?;
+            let at = listener.local_addr()?;
+            tracing::info!(listen = %at, "gRPC ext_authz listening on {at}");
+            let st = state.clone();
+            Some(tokio::spawn(async move {
+                let stop = async {
+                    let _ = grpc_stopped.await;
+                };
+                if let Err(e) = grpc::serve(listener, st, stop).await {
+                    tracing::error!(error = %e, "gRPC ext_authz server failed");
+                }
+            }))
+        }
+        None => None,
+    };
+    let shutdown = async move {
+        shutdown.await;
+        let _ = grpc_stop.send(());
+    };
     let limits = conn::Limits {
         header_read: state.config.header_read_timeout,
         body_read: state.config.body_read_timeout,
@@ -135,6 +161,9 @@ pub async fn serve_with(
     )
     .await;
     let _ = stop_tx.send(true);
+    if let Some(g) = grpc {
+        let _ = g.await;
+    }
     let tasks = [
         ("usage flusher", flusher),
         ("change-feed follower", follower),

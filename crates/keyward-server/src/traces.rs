@@ -13,6 +13,14 @@ pub const TARGET: &str = "keyward::trace";
 /// The span of one HTTP request (`GET /v1/keys/{id}`), a child of the caller's trace context
 /// when the request carries one. Its status is filled in by [`finish_request`].
 pub(crate) fn request(method: &str, route: &str, headers: &HeaderMap, request_id: &str) -> Span {
+    // Any token is a method to hyper: names outside the standard ones are `_OTHER` (as the
+    // semantic conventions say), so clients cannot multiply span names.
+    let method = match method {
+        "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "CONNECT" | "OPTIONS" | "TRACE" | "PATCH" => {
+            method
+        }
+        _ => "_OTHER",
+    };
     let span = tracing::info_span!(
         target: TARGET,
         "request",

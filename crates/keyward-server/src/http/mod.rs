@@ -198,7 +198,7 @@ pub(crate) async fn not_found() -> Error {
 
 /// `req_` + a random per-process prefix + a counter: unique without a system call per request
 /// (request ids need not be secret).
-fn new_request_id() -> String {
+pub(crate) fn new_request_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
     static PREFIX: OnceLock<String> = OnceLock::new();
@@ -211,7 +211,7 @@ fn new_request_id() -> String {
     )
 }
 
-fn valid_request_id(v: &HeaderValue) -> Option<String> {
+pub(crate) fn valid_request_id(v: &HeaderValue) -> Option<String> {
     let s = v.to_str().ok()?;
     // Any printable ASCII (spaces included) up to 256 bytes is echoed as sent.
     let printable = s.bytes().all(|b| b == b' ' || b.is_ascii_graphic());

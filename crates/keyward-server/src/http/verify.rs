@@ -1,5 +1,6 @@
 //! The data plane over HTTP: `POST /v1/verify` and `ANY /v1/forward-auth`.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::time::Instant;
 
@@ -90,7 +91,7 @@ pub(crate) async fn verify(
         .into_response())
 }
 
-async fn run(
+pub(crate) async fn run(
     st: &AppState,
     key: &str,
     scopes: &[String],
@@ -202,16 +203,23 @@ pub(crate) fn original_request(parts: &axum::http::request::Parts) -> Original {
             uri: Some(uri),
         };
     }
+    // The first pair that names a URI (a method alone, e.g. a client-sent X-Forwarded-Method
+    // that the proxy did not clear, does not hide the pair the proxy set).
+    let mut method_only = None;
     for (m, u) in [
         ("x-forwarded-method", "x-forwarded-uri"),
         ("x-original-method", "x-original-uri"),
     ] {
         let (method, uri) = (header(m), header(u));
-        if method.is_some() || uri.is_some() {
+        if uri.is_some() {
             return Original { method, uri };
         }
+        method_only = method_only.or(method);
     }
-    Original::default()
+    Original {
+        method: method_only,
+        uri: None,
+    }
 }
 
 /// For reverse proxies: the key from `Authorization: Bearer` or `X-API-Key` (never from the
@@ -254,7 +262,65 @@ pub(crate) async fn forward_auth(
         uri: original.uri.as_deref(),
     };
     let outcome = run(&st, &key, &scopes, ip, 1, limit.as_deref(), Some(route)).await?;
-    let (status, message) = match outcome.code() {
+    let (status, message) = denial(outcome.code());
+    let mut res = match &outcome {
+        Outcome::Valid { entry, .. } => {
+            let mut res = StatusCode::OK.into_response();
+            let h = res.headers_mut();
+            for (name, value) in identity(entry) {
+                set(h, name, &value);
+            }
+            res
+        }
+        Outcome::Denied { code, reset_at, .. } => {
+            let mut res = (status, Json(error_body(code.as_str(), message))).into_response();
+            if let (VCode::RateLimited, Some(reset)) = (code, reset_at) {
+                let secs = retry_after_secs(*reset, st.clock().now());
+                res.headers_mut()
+                    .insert("retry-after", HeaderValue::from(secs));
+            }
+            res
+        }
+    };
+    if let Outcome::Denied { code, entry, .. } = &outcome {
+        // The code in a header too: nginx's auth_request passes on the status but not the body.
+        set(res.headers_mut(), "x-keyward-code", code.as_str());
+        if let Some(e) = entry {
+            set(res.headers_mut(), "x-keyward-key-id", e.key_id());
+        }
+    }
+    // Other query parameters belong to the proxied request; forward-auth ignores them.
+    drop(params);
+    Ok(res)
+}
+
+/// Whole seconds until `reset` (at least 1): a denial's `Retry-After`.
+pub(crate) fn retry_after_secs(
+    reset: keyward_core::time::Timestamp,
+    now: keyward_core::time::Timestamp,
+) -> i64 {
+    ((reset.millis() - now.millis()) + 999)
+        .div_euclid(1000)
+        .max(1)
+}
+
+/// The identity headers of a valid key, as forward-auth (HTTP and gRPC) passes them upstream.
+pub(crate) fn identity(entry: &crate::verifier::Entry) -> [(&'static str, Cow<'_, str>); 5] {
+    [
+        ("x-keyward-key-id", Cow::Borrowed(entry.key_id())),
+        ("x-keyward-keyspace-id", Cow::Borrowed(entry.keyspace_id())),
+        (
+            "x-keyward-owner",
+            Cow::Borrowed(entry.owner().unwrap_or("")),
+        ),
+        ("x-keyward-scopes", Cow::Owned(join_scopes(entry))),
+        ("x-keyward-name", Cow::Owned(entry.name())),
+    ]
+}
+
+/// Forward-auth's status and message for a verification's outcome (HTTP and gRPC alike).
+pub(crate) fn denial(code: VCode) -> (StatusCode, &'static str) {
+    match code {
         VCode::Valid => (StatusCode::OK, ""),
         VCode::NotFound => (StatusCode::UNAUTHORIZED, "the API key is not valid"),
         VCode::Revoked => (StatusCode::UNAUTHORIZED, "the API key has been revoked"),
@@ -277,39 +343,7 @@ pub(crate) async fn forward_auth(
             StatusCode::FORBIDDEN,
             "no route rule of the key's keyspace allows this request",
         ),
-    };
-    let mut res = match &outcome {
-        Outcome::Valid { entry, .. } => {
-            let mut res = StatusCode::OK.into_response();
-            let h = res.headers_mut();
-            set(h, "x-keyward-key-id", entry.key_id());
-            set(h, "x-keyward-keyspace-id", entry.keyspace_id());
-            set(h, "x-keyward-owner", entry.owner().unwrap_or(""));
-            set(h, "x-keyward-scopes", &join_scopes(entry));
-            set(h, "x-keyward-name", &entry.name());
-            res
-        }
-        Outcome::Denied { code, reset_at, .. } => {
-            let mut res = (status, Json(error_body(code.as_str(), message))).into_response();
-            if let (VCode::RateLimited, Some(reset)) = (code, reset_at) {
-                let now = st.clock().now().millis();
-                let secs = ((reset.millis() - now) + 999).div_euclid(1000).max(1);
-                res.headers_mut()
-                    .insert("retry-after", HeaderValue::from(secs));
-            }
-            res
-        }
-    };
-    if let Outcome::Denied { code, entry, .. } = &outcome {
-        // The code in a header too: nginx's auth_request passes on the status but not the body.
-        set(res.headers_mut(), "x-keyward-code", code.as_str());
-        if let Some(e) = entry {
-            set(res.headers_mut(), "x-keyward-key-id", e.key_id());
-        }
     }
-    // Other query parameters belong to the proxied request; forward-auth ignores them.
-    drop(params);
-    Ok(res)
 }
 
 /// The key's scopes, comma-separated (one allocation).
@@ -404,6 +438,23 @@ mod tests {
         assert_eq!(
             original_request(&parts("/v1/forward-auth", "GET", &[])),
             Original::default()
+        );
+        // A method alone (a client-sent X-Forwarded-Method) does not hide nginx's pair.
+        let stray = parts(
+            "/v1/forward-auth",
+            "GET",
+            &[
+                ("x-forwarded-method", "GET"),
+                ("x-original-method", "DELETE"),
+                ("x-original-uri", "/admin/x"),
+            ],
+        );
+        assert_eq!(
+            original_request(&stray),
+            Original {
+                method: Some("DELETE".into()),
+                uri: Some("/admin/x".into())
+            }
         );
     }
 }

@@ -226,6 +226,15 @@ pub(crate) async fn keyspace_seen(st: &Records, ctx: &Ctx, id: &str) -> Result<K
         .ok_or_else(|| not_found("keyspace", id))
 }
 
+/// Makes this node read a keyspace's rules again when dropped (see `update_keyspace`).
+struct ForgetKeyspace<'a>(&'a crate::verifier::Verifier, &'a str);
+
+impl Drop for ForgetKeyspace<'_> {
+    fn drop(&mut self) {
+        self.0.forget_keyspace(self.1);
+    }
+}
+
 pub async fn update_keyspace(
     st: &Control,
     who: &Allowed<'_, WriteKeyspaces>,
@@ -279,9 +288,11 @@ pub async fn update_keyspace(
     ks.updated_at = now;
     tx.update_keyspace(&ks).await?;
     tx.append_audit(ev).await?;
+    // This node's verifier reads the rules again (the others follow the change feed, which
+    // skips this node's rows): on drop, so that a call cancelled while committing still does.
+    let forget = ForgetKeyspace(&st.verifier, id);
     tx.commit().await?;
-    // This node's verifier at once; the others through the change feed.
-    st.verifier.forget_keyspace(&ks.id);
+    drop(forget);
     Ok(ks)
 }
 

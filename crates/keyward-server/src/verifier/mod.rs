@@ -236,7 +236,12 @@ impl Verifier {
         {
             return not_found();
         }
-        if req.route.is_some() && !entry.space().is_loaded() {
+        // A change that lands while the rules are read voids the read: read again (a few
+        // times; past that the check fails closed, see `Space`).
+        for _ in 0..3 {
+            if req.route.is_none() || entry.space().is_loaded() {
+                break;
+            }
             self.load_space(entry.space()).await?;
         }
         let shared = self.shared_window(&entry, req, now).await;

@@ -3,9 +3,11 @@
 //! check needs them and read again after the keyspace changes (on this node at once, on the
 //! others through the change feed).
 //!
-//! Invariant: a rules read that began before a change never overwrites what the change made
-//! stale: `epoch` counts changes, and a read installs its rules only if no change came between
-//! its start and its end.
+//! Invariants: a rules read that began before a change never overwrites what the change made
+//! stale (`epoch` counts changes, and a read installs its rules only if no change came between
+//! its start and its end); and rules not read yet, or made stale by a change, refuse every
+//! request (`Routes::closed`) rather than allow one: a check that could not read them fails
+//! closed.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -24,7 +26,7 @@ impl Space {
     pub(super) fn new(id: &str) -> Space {
         Space {
             id: id.to_string(),
-            routes: RwLock::new(Arc::new(Routes::default())),
+            routes: RwLock::new(Arc::new(Routes::closed())),
             loaded: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
         }
@@ -41,9 +43,10 @@ impl Space {
 
     /// The keyspace changed: its rules are read again before the next check that needs them.
     pub(super) fn forget(&self) {
-        let _g = self.routes.write().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.routes.write().unwrap_or_else(|p| p.into_inner());
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.loaded.store(false, Ordering::Release);
+        *g = Arc::new(Routes::closed());
     }
 
     /// The epoch a rules read starts at.
@@ -57,7 +60,7 @@ impl Space {
         // version refuses) fails closed: every check of the keyspace is refused.
         let compiled = routes::compile(&rules.routes, rules.unmatched).unwrap_or_else(|e| {
             tracing::error!(keyspace = %self.id, error = %e, "stored route rules do not compile; refusing");
-            routes::compile(&[], routes::Unmatched::Deny).unwrap_or_default()
+            Routes::closed()
         });
         let mut g = self.routes.write().unwrap_or_else(|p| p.into_inner());
         if self.epoch.load(Ordering::Acquire) == epoch {

@@ -14,6 +14,7 @@ mod dashboard;
 mod degraded;
 mod door;
 mod durability;
+mod grpc;
 mod keys;
 mod lifecycle;
 mod outbound;

@@ -146,7 +146,7 @@ async fn rules_add_the_scopes_of_the_first_matching_rule(app: TestApp) {
         "ROUTE_NOT_ALLOWED",
     );
     // A path that cannot be normalized is refused; one that can is matched normalized.
-    for dodge in ["/x/../orders/1", "//orders/1", "/%6Frders/1"] {
+    for dodge in ["//orders/1", "/orders/./1", "/%6Frders/1"] {
         let h = [("x-forwarded-method", "GET"), ("x-forwarded-uri", dodge)];
         assert_eq!(
             fa(&app, Method::GET, "", &key, &h).await.status,
@@ -154,7 +154,12 @@ async fn rules_add_the_scopes_of_the_first_matching_rule(app: TestApp) {
             "{dodge}"
         );
     }
-    for bad in ["/../orders/1", "/orders%2F1"] {
+    for bad in [
+        "/../orders/1",
+        "/x/../orders/1",
+        "/orders;v=1/1",
+        "/orders%2F1",
+    ] {
         let h = [("x-forwarded-method", "GET"), ("x-forwarded-uri", bad)];
         denied(
             &fa(&app, Method::GET, "", &key, &h).await,
