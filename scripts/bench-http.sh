@@ -100,7 +100,7 @@ if [ -n "${BENCH_FORWARD_AUTH:-}" ]; then
     routes: [range(0; $n) | if . % 2 == 0
       then {method: "GET", path: "/api/v1/r\(. / 2 | floor)/**", scopes: ["orders:read"]}
       else {method: "POST", path: "/api/v1/r\(. / 2 | floor)/*/items", scopes: ["orders:write"]} end],
-    unmatched: "deny"}')
+    unmatched: (if $n > 0 then "deny" else "allow" end)}')
 fi
 ks=$(curl -fsS "${auth[@]}" -d "$ks_body" "$url/v1/keyspaces" | jq -r .id)
 

@@ -58,7 +58,18 @@ fn init_logging() -> Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>,
             .with_span_list(false)
             .with_writer(std::io::stderr)
     });
+    // The union of what the layers take, as a global filter: a callsite no layer wants is
+    // disabled outright (the `None` layers above would otherwise make every callsite live,
+    // and each span would be built only to be ignored).
+    let global = if traces.is_some() {
+        filter
+            .clone()
+            .with_target(crate::telemetry::TARGET, LevelFilter::TRACE)
+    } else {
+        filter.clone()
+    };
     let _ = tracing_subscriber::registry()
+        .with(global)
         .with(text.with_filter(filter.clone()))
         .with(json.with_filter(filter))
         .with(traces)

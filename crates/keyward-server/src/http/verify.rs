@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use keyward_core::model::parse_ip;
@@ -175,31 +175,28 @@ fn push_int(out: &mut Vec<u8>, n: Option<i64>) {
     }
 }
 
-/// The request a proxy asks about, as far as it says: method and URI (path and query).
+/// The request a proxy asks about, as far as it says: method and URI (path and query),
+/// borrowed from the check's own request.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Original {
-    pub(crate) method: Option<String>,
-    pub(crate) uri: Option<String>,
+pub(crate) struct Original<'a> {
+    pub(crate) method: Option<&'a str>,
+    pub(crate) uri: Option<&'a str>,
 }
 
 /// Reads the original request, in this order: the path after `/v1/forward-auth` (Envoy's
 /// HTTP ext_authz, which also keeps the original method and query); `X-Forwarded-Method` and
 /// `X-Forwarded-Uri` (Traefik, Caddy); `X-Original-Method` and `X-Original-URI` (nginx).
-pub(crate) fn original_request(parts: &axum::http::request::Parts) -> Original {
-    let header = |name: &str| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    if let Some(rest) = parts.uri.path().strip_prefix("/v1/forward-auth/") {
-        let uri = match parts.uri.query() {
-            Some(q) => format!("/{rest}?{q}"),
-            None => format!("/{rest}"),
-        };
+pub(crate) fn original_request(parts: &axum::http::request::Parts) -> Original<'_> {
+    const PREFIX: &str = "/v1/forward-auth/";
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    if parts.uri.path().starts_with(PREFIX) {
+        // The path and query after the prefix, keeping its `/`.
+        let uri = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| &pq.as_str()[PREFIX.len() - 1..]);
         return Original {
-            method: Some(parts.method.as_str().to_string()),
+            method: Some(parts.method.as_str()),
             uri: Some(uri),
         };
     }
@@ -258,8 +255,8 @@ pub(crate) async fn forward_auth(
         ));
     };
     let route = RouteRequest {
-        method: original.method.as_deref(),
-        uri: original.uri.as_deref(),
+        method: original.method,
+        uri: original.uri,
     };
     let outcome = run(&st, &key, &scopes, ip, 1, limit.as_deref(), Some(route)).await?;
     let (status, message) = denial(outcome.code());
@@ -267,7 +264,8 @@ pub(crate) async fn forward_auth(
         Outcome::Valid { entry, .. } => {
             let mut res = StatusCode::OK.into_response();
             let h = res.headers_mut();
-            for (name, value) in identity(entry) {
+            h.reserve(8);
+            for ((_, value), name) in identity(entry).into_iter().zip(IDENTITY_HEADERS) {
                 set(h, name, &value);
             }
             res
@@ -284,15 +282,27 @@ pub(crate) async fn forward_auth(
     };
     if let Outcome::Denied { code, entry, .. } = &outcome {
         // The code in a header too: nginx's auth_request passes on the status but not the body.
-        set(res.headers_mut(), "x-keyward-code", code.as_str());
+        set(res.headers_mut(), CODE_HEADER, code.as_str());
         if let Some(e) = entry {
-            set(res.headers_mut(), "x-keyward-key-id", e.key_id());
+            set(res.headers_mut(), KEY_ID_HEADER, e.key_id());
         }
     }
     // Other query parameters belong to the proxied request; forward-auth ignores them.
     drop(params);
     Ok(res)
 }
+
+// Header names built once (a name from a string is parsed on every insert).
+const KEY_ID_HEADER: HeaderName = HeaderName::from_static("x-keyward-key-id");
+const CODE_HEADER: HeaderName = HeaderName::from_static("x-keyward-code");
+/// The names of [`identity`]'s headers, in its order.
+const IDENTITY_HEADERS: [HeaderName; 5] = [
+    KEY_ID_HEADER,
+    HeaderName::from_static("x-keyward-keyspace-id"),
+    HeaderName::from_static("x-keyward-owner"),
+    HeaderName::from_static("x-keyward-scopes"),
+    HeaderName::from_static("x-keyward-name"),
+];
 
 /// Whole seconds until `reset` (at least 1): a denial's `Retry-After`.
 pub(crate) fn retry_after_secs(
@@ -360,7 +370,7 @@ fn join_scopes(entry: &crate::verifier::Entry) -> String {
 
 /// Sets an identity header; UTF-8 is sent as is (a field value may carry such bytes), and a
 /// value a header cannot carry (control characters) is left out.
-fn set(h: &mut HeaderMap, name: &'static str, value: &str) {
+fn set(h: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_bytes(value.as_bytes()) {
         h.insert(name, v);
     }
@@ -400,8 +410,8 @@ mod tests {
         assert_eq!(
             original_request(&envoy),
             Original {
-                method: Some("DELETE".into()),
-                uri: Some("/orders/7?page=2".into())
+                method: Some("DELETE"),
+                uri: Some("/orders/7?page=2")
             }
         );
         let traefik = parts(
@@ -416,8 +426,8 @@ mod tests {
         assert_eq!(
             original_request(&traefik),
             Original {
-                method: Some("PATCH".into()),
-                uri: Some("/orders/7".into())
+                method: Some("PATCH"),
+                uri: Some("/orders/7")
             }
         );
         let nginx = parts(
@@ -431,8 +441,8 @@ mod tests {
         assert_eq!(
             original_request(&nginx),
             Original {
-                method: Some("POST".into()),
-                uri: Some("/pay?x=1".into())
+                method: Some("POST"),
+                uri: Some("/pay?x=1")
             }
         );
         assert_eq!(
@@ -452,8 +462,8 @@ mod tests {
         assert_eq!(
             original_request(&stray),
             Original {
-                method: Some("DELETE".into()),
-                uri: Some("/admin/x".into())
+                method: Some("DELETE"),
+                uri: Some("/admin/x")
             }
         );
     }

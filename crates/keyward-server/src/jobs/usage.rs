@@ -192,6 +192,8 @@ pub(crate) async fn run(
             _ = shutdown.changed() => break,
         }
     }
+    // The last flushes write every source address too, due or not.
+    state.verifier.write_all_sources();
     for attempt in 0..5 {
         match flush(&state).await {
             Ok(_) => {

@@ -19,7 +19,7 @@ use keyward_core::time::Timestamp;
 use keyward_core::verify::{Code, Window};
 use keyward_store::{MinuteCount, SourceSeen, UsageDelta};
 
-use super::live::NEVER;
+use super::live::{NEVER, SOURCE_WRITE_MS};
 use super::{lock, Entry, Verifier};
 
 /// A valid use of a key after a long silence, found on the verification path.
@@ -111,6 +111,9 @@ impl Verifier {
     /// flusher. Entries are reset as they are taken.
     pub fn take_usage(&self, max: usize) -> Usage {
         let cells = lock(&self.dirty).take(max);
+        let now_ms = self.clock.now().millis();
+        let all_sources = self.write_all_sources.load(Ordering::Relaxed);
+        let mut requeue = Vec::new();
         let mut usage = Usage {
             deltas: Vec::with_capacity(cells.len()),
             reactivations: Vec::new(),
@@ -153,16 +156,36 @@ impl Verifier {
                         n,
                     });
                 }
-                d.sources = m
-                    .sources
-                    .drain(..)
-                    .map(|(ip, first, last, count)| SourceSeen {
-                        ip: ip.to_string(),
-                        first,
-                        last,
-                        count,
-                    })
-                    .collect();
+                // Sources: a new address at once, the counts of known ones once a minute.
+                let due = all_sources
+                    || now_ms - m.sources_written >= SOURCE_WRITE_MS
+                    || m.sources.iter().any(|s| !s.written);
+                if due && m.sources.iter().any(|s| s.count != 0) {
+                    d.sources = m
+                        .sources
+                        .iter()
+                        .filter(|s| s.count != 0)
+                        .map(|s| SourceSeen {
+                            ip: s.ip.to_string(),
+                            first: s.first,
+                            last: s.last,
+                            count: s.count,
+                        })
+                        .collect();
+                    for s in &mut m.sources {
+                        s.count = 0;
+                        s.written = true;
+                    }
+                    m.sources_written = now_ms;
+                } else if !due && m.sources.iter().any(|s| s.count != 0) {
+                    // Written later: the key stays in the queue until then.
+                    requeue.push(cell.clone());
+                }
+                // Addresses quiet for a whole interval are forgotten (a later sighting writes
+                // them again, as news to this entry, not to the store).
+                if now_ms - m.sources_written >= SOURCE_WRITE_MS {
+                    m.sources.retain(|s| s.count != 0);
+                }
                 for (previous_use, at) in m.reactivations.drain(..) {
                     usage.reactivations.push(Reactivation {
                         key_id: d.key_id.clone(),
@@ -176,6 +199,7 @@ impl Verifier {
                     && m.remaining.is_none()
                     && m.last_lease.is_none()
                     && m.forward.is_none()
+                    && m.sources.is_empty()
                 {
                     s.more = None;
                 }
@@ -187,7 +211,16 @@ impl Verifier {
             usage.deltas.push(d);
             usage.cells.push(cell);
         }
+        for cell in &requeue {
+            self.mark_dirty(cell);
+        }
         usage
+    }
+
+    /// From now on every flush writes every source address seen (the last flushes, at
+    /// shutdown).
+    pub fn write_all_sources(&self) {
+        self.write_all_sources.store(true, Ordering::Relaxed);
     }
 
     /// Puts back usage that could not be written, so it is retried with the next flush.
@@ -223,13 +256,20 @@ impl Verifier {
                         continue;
                     };
                     let sources = &mut s.more().sources;
-                    match sources.iter_mut().find(|x| x.0 == ip) {
+                    match sources.iter_mut().find(|x| x.ip == ip) {
                         Some(x) => {
-                            x.1 = x.1.min(first);
-                            x.2 = x.2.max(last);
-                            x.3 += n;
+                            x.first = x.first.min(first);
+                            x.last = x.last.max(last);
+                            x.count += n;
+                            x.written = false;
                         }
-                        None => sources.push((ip, first, last, n)),
+                        None => sources.push(super::live::Seen {
+                            ip,
+                            first,
+                            last,
+                            count: n,
+                            written: false,
+                        }),
                     }
                 }
                 if !reacts.is_empty() {

@@ -12,6 +12,10 @@
 //!   `More::quota_gen` tells leases of a quota set anew from older ones.
 //! - At most [`SOURCES_PER_FLUSH`] distinct addresses are kept between two flushes; the
 //!   verifications from the others still count.
+//! - A source address is written at the first flush after it is first seen here, then with
+//!   its accumulated count at most once every [`SOURCE_WRITE_MS`] (and at shutdown): an address
+//!   is news once, its count is not worth a write every second. Until written, a seen address
+//!   keeps its key in the flusher's queue.
 //! - Once `More::forward` is set (the state was handed to a newer entry of the key), this state
 //!   holds nothing but that pointer: the newer entry's state is the key's.
 
@@ -25,6 +29,20 @@ use super::Entry;
 
 /// Distinct source addresses remembered per key between two flushes (the rest still count).
 const SOURCES_PER_FLUSH: usize = 64;
+/// How often a known source address's count and last sighting are written, at most.
+pub(super) const SOURCE_WRITE_MS: i64 = 60_000;
+
+/// A source address seen since it was last written.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Seen {
+    pub(super) ip: IpAddr,
+    pub(super) first: Timestamp,
+    pub(super) last: Timestamp,
+    /// Verifications from it not yet written.
+    pub(super) count: i64,
+    /// Written at least once by this entry (so not news any more).
+    pub(super) written: bool,
+}
 /// "None" for the millisecond fields of [`LiveState`] (an `Option` would double their size).
 pub(super) const NEVER: i64 = i64::MIN;
 
@@ -68,8 +86,10 @@ pub(super) struct More {
     /// Verifications by (minute start ms, code) since the last flush, other than those counted
     /// inline.
     pub(super) buckets: Vec<(i64, Code, i64)>,
-    /// Source addresses since the last flush: (address, first, last, count).
-    pub(super) sources: Vec<(IpAddr, Timestamp, Timestamp, i64)>,
+    /// Source addresses seen (see [`Seen`]).
+    pub(super) sources: Vec<Seen>,
+    /// When the sources were last written (milliseconds; 0: never).
+    pub(super) sources_written: i64,
     /// Valid uses after a long silence since the last flush: (previous use, this use).
     pub(super) reactivations: Vec<(Timestamp, Timestamp)>,
     /// Set once the entry's state was handed over: the entry that holds it now.
@@ -93,12 +113,18 @@ impl LiveState {
         if let Some(ip) = ip {
             let sources = &mut self.more().sources;
             let full = sources.len() >= SOURCES_PER_FLUSH;
-            match sources.iter_mut().find(|s| s.0 == ip) {
+            match sources.iter_mut().find(|s| s.ip == ip) {
                 Some(s) => {
-                    s.2 = s.2.max(now);
-                    s.3 += 1;
+                    s.last = s.last.max(now);
+                    s.count += 1;
                 }
-                None if !full => sources.push((ip, now, now, 1)),
+                None if !full => sources.push(Seen {
+                    ip,
+                    first: now,
+                    last: now,
+                    count: 1,
+                    written: false,
+                }),
                 None => {}
             }
         }
@@ -136,7 +162,7 @@ impl LiveState {
             || self.more.as_ref().is_some_and(|m| {
                 m.consumed != 0
                     || !m.buckets.is_empty()
-                    || !m.sources.is_empty()
+                    || m.sources.iter().any(|s| s.count != 0)
                     || !m.reactivations.is_empty()
             })
     }

@@ -95,6 +95,8 @@ pub struct Verifier {
     /// Whether verifications are counted (usage, buckets, sources, anomalies); off only for
     /// measuring what counting costs (`KEYWARD_USAGE_COUNTING=false`). Quota is always counted.
     usage_counting: AtomicBool,
+    /// Set for the last flushes at shutdown: every source address is written, due or not.
+    write_all_sources: AtomicBool,
 }
 
 impl Verifier {
@@ -117,6 +119,7 @@ impl Verifier {
             leased: Mutex::new(Vec::new()),
             known_sources: Mutex::new(HashMap::new()),
             usage_counting: AtomicBool::new(true),
+            write_all_sources: AtomicBool::new(false),
         }
     }
 

@@ -468,3 +468,73 @@ both!(
     a_flush_of_more_keys_than_one_batch_writes_every_key,
     flush_by_hand
 );
+
+/// The sources of key `id` as (address, count), sorted.
+async fn source_counts(app: &TestApp, id: &str) -> Vec<(String, i64)> {
+    let r = app.get(&format!("/v1/keys/{id}/sources")).await.expect(200);
+    let mut items: Vec<(String, i64)> = r.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["ip"].as_str().unwrap().to_string(),
+                s["count"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    items.sort();
+    items
+}
+
+/// A new source address is written with the next flush; the count and last sighting of a known
+/// one at most once a minute, and whatever is left when the server stops.
+async fn known_sources_are_written_once_a_minute_and_at_shutdown(app: TestApp) {
+    let ks = app.keyspace(json!({})).await;
+    let (id, key) = app.key(&ks, json!({})).await;
+    let from = |ip: &str| json!({"key": key, "ip": ip});
+    app.verify(from("203.0.113.1")).await;
+    app.flush().await;
+    assert_eq!(
+        source_counts(&app, &id).await,
+        vec![("203.0.113.1".into(), 1)]
+    );
+    // Known: counted, written within the minute.
+    for _ in 0..3 {
+        app.verify(from("203.0.113.1")).await;
+    }
+    app.advance(1);
+    app.flush().await;
+    assert_eq!(
+        source_counts(&app, &id).await,
+        vec![("203.0.113.1".into(), 1)]
+    );
+    // A new address goes out with the next flush, and takes the known one's count along.
+    app.verify(from("203.0.113.2")).await;
+    app.flush().await;
+    assert_eq!(
+        source_counts(&app, &id).await,
+        vec![("203.0.113.1".into(), 4), ("203.0.113.2".into(), 1)]
+    );
+    app.verify(from("203.0.113.2")).await;
+    app.advance(61);
+    app.flush().await;
+    assert_eq!(
+        source_counts(&app, &id).await,
+        vec![("203.0.113.1".into(), 4), ("203.0.113.2".into(), 2)]
+    );
+    // Not due yet, then the server stops: the last flush writes it.
+    app.verify(from("203.0.113.2")).await;
+    app.flush().await;
+    let (state, db_url) = (app.state.clone(), app.db_url.clone());
+    let dir = app.stop().await;
+    let store = keyward_store::open(&db_url).await.unwrap();
+    let seen = store.sources(&id).await.unwrap();
+    let two = seen.iter().find(|s| s.ip == "203.0.113.2").unwrap();
+    assert_eq!(two.count, 3, "{seen:?}");
+    drop((state, dir));
+}
+both!(
+    known_sources_are_written_once_a_minute_and_at_shutdown,
+    manual
+);
