@@ -3,6 +3,9 @@
 --   wrk ... -s scripts/bench-http.lua http://HOST:PORT -- KEYS_FILE   POST /v1/verify, rotating
 --                                                                      over the keys (one a line)
 --   wrk ... -s scripts/bench-http.lua http://HOST:PORT -- healthz     GET /healthz
+--   wrk ... -s scripts/bench-http.lua http://HOST:PORT -- KEYS_FILE proxied
+--                                         GET /orders/1 with each key as a bearer token (through
+--                                         a proxy: scripts/bench-nginx.sh)
 --   wrk ... -s scripts/bench-http.lua http://HOST:PORT -- KEYS_FILE forward-auth
 --                                         GET /v1/forward-auth/api/v1/r49/orders/7 (Envoy's path
 --                                         mode) with each key as a bearer token, rotating
@@ -26,6 +29,13 @@ function init(args)
   if target == "healthz" then
     n = 1
     reqs[1] = wrk.format("GET", "/healthz")
+  elseif args[2] == "proxied" then
+    for line in io.lines(target) do
+      if #line > 0 then
+        n = n + 1
+        reqs[n] = wrk.format("GET", "/orders/1", { ["Authorization"] = "Bearer " .. line })
+      end
+    end
   elseif args[2] == "forward-auth" then
     for line in io.lines(target) do
       if #line > 0 then

@@ -132,8 +132,8 @@ async fn nginx(keyward: &str, up: &str) -> Proxy {
     );
     server = replaced(
         &server,
-        "http://127.0.0.1:8080/",
-        &format!("http://{keyward}/"),
+        "server 127.0.0.1:8080;",
+        &format!("server {keyward};"),
     );
     server = replaced(&server, "http://127.0.0.1:9000;", &format!("http://{up};"));
     let d = dir.0.display();
