@@ -20,23 +20,10 @@ async fn fa(
     key: &str,
     headers: &[(&str, &str)],
 ) -> Res {
-    let mut r = app
-        .http
-        .request(method, format!("{}/v1/forward-auth{suffix}", app.url))
-        .bearer_auth(key);
-    for (k, v) in headers {
-        r = r.header(*k, *v);
-    }
-    let res = r.send().await.unwrap();
-    let status = res.status().as_u16();
-    let headers = res.headers().clone();
-    let text = res.text().await.unwrap();
-    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    Res {
-        status,
-        body,
-        headers,
-    }
+    let bearer = format!("Bearer {key}");
+    let mut all = vec![("authorization", bearer.as_str())];
+    all.extend_from_slice(headers);
+    crate::verify::fa_body(app, method, suffix, &all, None).await
 }
 
 #[track_caller]

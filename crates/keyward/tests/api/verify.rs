@@ -95,7 +95,7 @@ async fn fa(app: &TestApp, method: Method, query: &str, headers: &[(&str, &str)]
     fa_body(app, method, query, headers, None).await
 }
 
-async fn fa_body(
+pub(crate) async fn fa_body(
     app: &TestApp,
     method: Method,
     query: &str,
