@@ -208,6 +208,15 @@ impl Verifier {
                 d.last_used_at = Some(Timestamp::from_millis(s.previous_use));
             }
             drop(s);
+            let empty = d.calls == 0
+                && d.denied == 0
+                && d.consumed == 0
+                && d.buckets.is_empty()
+                && d.sources.is_empty();
+            if empty {
+                // Only source counts not due yet (the key is queued again for them).
+                continue;
+            }
             usage.deltas.push(d);
             usage.cells.push(cell);
         }
