@@ -5,7 +5,8 @@
 //
 // Started by crates/keyward/tests/browser.rs against a fresh `keyward serve` (SQLite) whose
 // database has no users yet: the admin is created through the one-time setup link, then a
-// viewer with `keyward user create`. Besides keys it checks the key page's usage chart, the
+// viewer with `keyward user create`. Besides keys it checks route rules (the keyspace page's
+// editor, then forward-auth), the key page's usage chart, the
 // webhooks page (with a local receiver), the inventory CSV download, and that a viewer has no
 // webhooks page. Exits non-zero when a check fails.
 import { chromium } from "playwright-core";
@@ -169,6 +170,19 @@ await check("an admin creates a keyspace with a preset", async () => {
   assert((await page.inputValue("#max_lifetime_secs")) === "180d", "standard preset lifetime");
 });
 
+await check("an admin sets route rules on the keyspace page; a bad line is named", async () => {
+  await page.fill("#routes-text", "GET /orders/** orders:read\n# public\n/health");
+  await page.selectOption("#unmatched", "deny");
+  await Promise.all([page.waitForNavigation(), page.click("[data-action=save-routes]")]);
+  assert((await page.textContent(".flash-ok")).includes("route rules were saved"), "confirmation shown");
+  const shown = await page.inputValue("#routes-text");
+  assert(shown.includes("GET /orders/** orders:read") && shown.includes("/health"), `rules shown back: ${shown}`);
+  await page.fill("#routes-text", "GET /orders/** orders:read\nPOST /orders/**/x orders:write");
+  await Promise.all([page.waitForNavigation(), page.click("[data-action=save-routes]")]);
+  const err = await page.textContent(".flash-error");
+  assert(err.includes("Line 2") && err.includes("last segment"), `the bad line is named: ${err}`);
+});
+
 await check("creating a key shows its plaintext once, and the API says VALID", async () => {
   first = await createKey(page, "Orders API", "billing prod", "team-billing", {
     scopes: "orders:read orders:write", labels: "env=prod",
@@ -177,6 +191,21 @@ await check("creating a key shows its plaintext once, and the API says VALID", a
   assert((await page.textContent(".warning")).includes("shown only once"), "warning shown");
   assert(await page.isVisible("[data-copy=plaintext]"), "copy button shown");
   assert((await verify(first.plaintext)) === "VALID", "the new key verifies");
+});
+
+await check("forward-auth applies the keyspace's route rules to the new key", async () => {
+  const fa = async (method, path) => {
+    const r = await fetch(`${BASE}/v1/forward-auth${path}`, {
+      method, headers: { Authorization: `Bearer ${first.plaintext}` },
+    });
+    return [r.status, r.headers.get("x-keyward-code")];
+  };
+  let [status] = await fa("GET", "/orders/7");
+  assert(status === 200, `GET /orders/7: ${status}`);
+  [status] = await fa("GET", "/health");
+  assert(status === 200, `GET /health: ${status}`);
+  const [denied, code] = await fa("DELETE", "/orders/7");
+  assert(denied === 403 && code === "ROUTE_NOT_ALLOWED", `DELETE /orders/7: ${denied} ${code}`);
 });
 
 await check("the key page never shows the plaintext again", async () => {
