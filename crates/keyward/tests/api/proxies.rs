@@ -36,16 +36,19 @@ fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-/// Whether `program` runs; otherwise SKIPPED (or a failure under CI).
-fn installed(program: &str, test: &str) -> bool {
-    if Command::new(program)
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-    {
-        return true;
+/// Where `program` runs from (the `PATH`, or `/usr/sbin` for a user whose `PATH` lacks it);
+/// otherwise SKIPPED (or a failure under CI).
+fn installed(program: &str, test: &str) -> Option<String> {
+    for candidate in [program.to_string(), format!("/usr/sbin/{program}")] {
+        let runs = Command::new(&candidate)
+            .arg("-v")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if runs {
+            return Some(candidate);
+        }
     }
     assert!(
         std::env::var("CI").as_deref() != Ok("true"),
@@ -54,7 +57,7 @@ fn installed(program: &str, test: &str) -> bool {
     keyward_store::testing::announce_skip(&format!(
         "SKIPPED {test}: {program} is not installed (apt-get install {program})"
     ));
-    false
+    None
 }
 
 /// An upstream that answers 200 with what reached it: path, and the headers it should or should
@@ -121,7 +124,7 @@ async fn wait_until_up(p: &mut Proxy, log: &std::path::Path) {
 }
 
 /// nginx with the documented server block; keyward at `keyward`, the upstream at `up`.
-async fn nginx(keyward: &str, up: &str) -> Proxy {
+async fn nginx(program: &str, keyward: &str, up: &str) -> Proxy {
     let dir = TempDir::new();
     let port = free_port();
     let mut server = doc_block("## nginx", "nginx");
@@ -145,7 +148,7 @@ async fn nginx(keyward: &str, up: &str) -> Proxy {
     );
     std::fs::write(dir.0.join("nginx.conf"), conf).unwrap();
     let log = dir.0.join("error.log");
-    let child = Command::new("nginx")
+    let child = Command::new(program)
         .args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf"), "-e"])
         .arg(&log)
         .stdout(Stdio::null())
@@ -162,7 +165,7 @@ async fn nginx(keyward: &str, up: &str) -> Proxy {
 }
 
 /// Caddy with the documented site block; keyward at `keyward`, the upstream at `up`.
-async fn caddy(keyward: &str, up: &str) -> Proxy {
+async fn caddy(program: &str, keyward: &str, up: &str) -> Proxy {
     let dir = TempDir::new();
     let port = free_port();
     let mut site = doc_block("## Caddy", "caddyfile");
@@ -186,7 +189,7 @@ async fn caddy(keyward: &str, up: &str) -> Proxy {
     let file = dir.0.join("Caddyfile");
     std::fs::write(&file, conf).unwrap();
     let log = dir.0.join("caddy.log");
-    let child = Command::new("caddy")
+    let child = Command::new(program)
         .args(["run", "--adapter", "caddyfile", "--config"])
         .arg(&file)
         .env("HOME", &dir.0)
@@ -359,21 +362,21 @@ async fn holds_the_contract(app: &TestApp, p: &Proxy, proxy: &str) {
 }
 
 async fn nginx_with_the_documented_configuration(app: TestApp) {
-    if !installed("nginx", "nginx_with_the_documented_configuration") {
+    let Some(program) = installed("nginx", "nginx_with_the_documented_configuration") else {
         return;
-    }
+    };
     let up = upstream().await;
-    let p = nginx(&app.addr.to_string(), &up).await;
+    let p = nginx(&program, &app.addr.to_string(), &up).await;
     holds_the_contract(&app, &p, "nginx").await;
 }
 both!(nginx_with_the_documented_configuration, manual);
 
 async fn caddy_with_the_documented_configuration(app: TestApp) {
-    if !installed("caddy", "caddy_with_the_documented_configuration") {
+    let Some(program) = installed("caddy", "caddy_with_the_documented_configuration") else {
         return;
-    }
+    };
     let up = upstream().await;
-    let p = caddy(&app.addr.to_string(), &up).await;
+    let p = caddy(&program, &app.addr.to_string(), &up).await;
     holds_the_contract(&app, &p, "caddy").await;
     // Caddy passes keyward's JSON answer through.
     let (status, _, body) = get(&p, "/orders/1", &[]).await;
