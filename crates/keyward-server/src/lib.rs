@@ -98,6 +98,14 @@ pub async fn serve_with(
     tls: Option<tls::Tls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // The gRPC ext_authz listener, when configured, is bound before anything starts (an
+    // address that cannot be used stops serve at once) and stops with the HTTP one.
+    let grpc_listener = match &state.config.grpc_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen for gRPC on {addr}: {e}"))
+        })?),
+        None => None,
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let flusher = tokio::spawn(jobs::usage::run(
         state.control.clone(),
@@ -121,13 +129,9 @@ pub async fn serve_with(
         jobs::webhooks::Deliverer::from_config(&state.config),
         stop_tx.subscribe(),
     ));
-    // The gRPC ext_authz listener, when configured, stops with the HTTP one.
     let (grpc_stop, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
-    let grpc = match &state.config.grpc_listen {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot listen for gRPC on {addr}: {e}"))
-            })?;
+    let grpc = match grpc_listener {
+        Some(listener) => {
             let at = listener.local_addr()?;
             tracing::info!(listen = %at, "gRPC ext_authz listening on {at}");
             let st = state.clone();

@@ -342,3 +342,24 @@ async fn keyward_serve_answers_ext_authz_on_its_grpc_listener() {
     drop(c);
     crate::secrets::stop(p);
 }
+
+/// A gRPC address that cannot be used stops `keyward serve` with the reason.
+#[test]
+fn an_unusable_grpc_address_stops_serve() {
+    let dir = crate::helpers::TempDir::new();
+    let db = format!("sqlite://{}", dir.0.join("k.db").display());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &db])
+        .env("KEYWARD_GRPC_LISTEN", &addr)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen for gRPC on {addr}")),
+        "{err}"
+    );
+    drop(taken);
+}
