@@ -350,7 +350,8 @@ pub struct AuditEvent {
 const SECRET_IN_TEXT: &str =
     "contains what looks like an API key or token; keyward never stores plaintext keys";
 
-fn check_no_secret(field: &str, s: &str) -> Result<(), Invalid> {
+/// Refuses text holding what looks like a key or token (every stored field is checked so).
+pub(crate) fn check_no_secret(field: &str, s: &str) -> Result<(), Invalid> {
     if crate::keyformat::contains_key_material(s) {
         return Err(format!("{field} {SECRET_IN_TEXT}").into());
     }

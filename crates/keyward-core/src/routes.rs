@@ -21,6 +21,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::invalid::Invalid;
+use crate::model::check_no_secret;
 use crate::scope::check_requested_scope;
 
 /// Most rules one keyspace may hold.
@@ -206,11 +207,14 @@ fn compile_rule(r: &RouteRule) -> Result<Compiled, String> {
             Some(Word::new(m))
         }
     };
+    // Rules are stored and audited: a key pasted into one is refused, as in every other field.
+    check_no_secret("path", &r.path)?;
     let (segments, rest) = parse_pattern(&r.path).map_err(|e| format!("path: {e}"))?;
     if r.scopes.len() > MAX_RULE_SCOPES {
         return Err(format!("scopes: at most {MAX_RULE_SCOPES} scopes"));
     }
     for (j, s) in r.scopes.iter().enumerate() {
+        check_no_secret(&format!("scopes[{j}]"), s)?;
         check_requested_scope(s).map_err(|e| format!("scopes[{j}]: {e}"))?;
     }
     Ok(Compiled {
@@ -287,19 +291,6 @@ impl Routes {
             rules: Box::new([]),
             unmatched: Unmatched::Deny,
         }
-    }
-
-    /// No rules and `allow`: every request is decided by the key alone.
-    pub fn is_open(&self) -> bool {
-        self.rules.is_empty() && self.unmatched == Unmatched::Allow
-    }
-
-    pub fn len(&self) -> usize {
-        self.rules.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
     }
 
     /// What the rules require of `req`.
@@ -742,6 +733,21 @@ mod tests {
         assert_eq!(scopes(r.decide(req("PROPFINX", "/dav"))), None);
         assert_eq!(fingerprint("a"), fingerprint("a"));
         assert_ne!(fingerprint("a"), fingerprint("a\0"));
+    }
+
+    #[test]
+    fn a_key_in_a_rule_is_refused() {
+        let key = crate::keyformat::generate("acme");
+        let k = key.expose();
+        for (r, field) in [
+            (rule(None, &format!("/x/{k}"), &[]), "routes[0].path"),
+            (rule(None, "/x", &[k]), "routes[0].scopes[0]"),
+        ] {
+            let msg = check_rules(&[r]).unwrap_err().to_string();
+            assert!(msg.starts_with(field), "{msg}");
+            assert!(msg.contains("looks like an API key"), "{msg}");
+            assert!(!msg.contains(k), "the key is not echoed: {msg}");
+        }
     }
 
     #[test]

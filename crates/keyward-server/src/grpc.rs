@@ -36,7 +36,7 @@ use keyward_core::verify::Code as VCode;
 
 use crate::error::Error;
 use crate::http::error::{error_body, status, REQUEST_ID};
-use crate::http::verify::{denial, identity, retry_after_secs, run};
+use crate::http::verify::{check_scopes, denial, identity, retry_after_secs, run};
 use crate::state::AppState;
 use crate::verifier::Outcome;
 
@@ -301,11 +301,6 @@ fn requested_scopes(ext: &HashMap<String, String>) -> Result<Vec<String>, Error>
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect();
-    if scopes.len() > 100 {
-        return Err(Error::bad_request("at most 100 scopes may be requested"));
-    }
-    for s in &scopes {
-        keyward_core::scope::check_requested_scope(s).map_err(Error::bad_request)?;
-    }
+    check_scopes(&scopes)?;
     Ok(scopes)
 }

@@ -432,11 +432,12 @@ fn read_routes(path: &std::path::Path) -> Result<Value, ClientError> {
     Ok(v)
 }
 
-fn unmatched_str(u: UnmatchedArg) -> &'static str {
-    match u {
-        UnmatchedArg::Allow => "allow",
-        UnmatchedArg::Deny => "deny",
-    }
+/// An argument's value as the command line spells it (`--preset strict` -> `"strict"`), which is
+/// also how the API spells it.
+fn value_name(v: impl ValueEnum) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
 }
 
 async fn keyspaces(cmd: KeyspacesCmd) -> Result<ExitCode, ClientError> {
@@ -451,17 +452,13 @@ async fn keyspaces(cmd: KeyspacesCmd) -> Result<ExitCode, ClientError> {
         } => {
             let mut body = json!({"name": name, "prefix": prefix});
             if let Some(p) = preset {
-                body["preset"] = json!(match p {
-                    PresetArg::Strict => "strict",
-                    PresetArg::Standard => "standard",
-                    PresetArg::Relaxed => "relaxed",
-                });
+                body["preset"] = json!(value_name(p));
             }
             if let Some(f) = routes_file {
                 body["routes"] = read_routes(&f)?;
             }
             if let Some(u) = unmatched {
-                body["unmatched"] = json!(unmatched_str(u));
+                body["unmatched"] = json!(value_name(u));
             }
             let client = Client::new(&remote.url, remote.token.as_deref())?;
             let v = client.post("/v1/keyspaces", &body).await?;
@@ -506,7 +503,7 @@ async fn keyspaces(cmd: KeyspacesCmd) -> Result<ExitCode, ClientError> {
                 body["routes"] = read_routes(&f)?;
             }
             if let Some(u) = unmatched {
-                body["unmatched"] = json!(unmatched_str(u));
+                body["unmatched"] = json!(value_name(u));
             }
             if body.as_object().is_some_and(|o| o.is_empty()) {
                 return Err(ClientError::Usage(

@@ -230,11 +230,24 @@ pub(crate) async fn update_keyspace(
         Ok(i) => i,
         Err(m) => return Ok(fail(&m)),
     };
-    match service::update_keyspace(&st.control, &who, &service::keyspace_id(&id)?, input).await {
-        Ok(_) => Ok(redirect(&format!(
-            "/keyspaces/{}?done=policy",
-            ui::urlencode(&id)
-        ))),
+    let saved =
+        service::update_keyspace(&st.control, &who, &service::keyspace_id(&id)?, input).await;
+    answer(
+        saved,
+        &format!("/keyspaces/{}?done=policy", ui::urlencode(&id)),
+        fail,
+    )
+}
+
+/// The answer to a keyspace change: on to `then` once saved; the page again with the message
+/// when the request was refused (a 403 stays an error page).
+fn answer<T>(
+    saved: crate::error::Result<T>,
+    then: &str,
+    fail: impl FnOnce(&str) -> Response,
+) -> PageResult {
+    match saved {
+        Ok(_) => Ok(redirect(then)),
         Err(e) if e.code.is_request_error() && e.code != crate::error::ErrorCode::Forbidden => {
             Ok(fail(&e.message))
         }
@@ -275,16 +288,13 @@ pub(crate) async fn update_routes(
         unmatched: Some(unmatched),
         ..Default::default()
     };
-    match service::update_keyspace(&st.control, &who, &service::keyspace_id(&id)?, input).await {
-        Ok(_) => Ok(redirect(&format!(
-            "/keyspaces/{}?done=routes#routes",
-            ui::urlencode(&id)
-        ))),
-        Err(e) if e.code.is_request_error() && e.code != crate::error::ErrorCode::Forbidden => {
-            Ok(fail(&e.message))
-        }
-        Err(e) => Err(e.into()),
-    }
+    let saved =
+        service::update_keyspace(&st.control, &who, &service::keyspace_id(&id)?, input).await;
+    answer(
+        saved,
+        &format!("/keyspaces/{}?done=routes#routes", ui::urlencode(&id)),
+        fail,
+    )
 }
 
 // ---------------------------------------------------------------- audit

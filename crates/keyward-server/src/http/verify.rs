@@ -36,7 +36,7 @@ struct VerifyBody {
 
 const MAX_COST: i64 = 1_000_000_000;
 
-fn check_scopes(scopes: &[String]) -> Result<()> {
+pub(crate) fn check_scopes(scopes: &[String]) -> Result<()> {
     if scopes.len() > 100 {
         return Err(Error::bad_request("at most 100 scopes may be requested"));
     }

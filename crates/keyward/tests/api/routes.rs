@@ -282,6 +282,20 @@ async fn bad_rules_are_refused_naming_the_rule_and_patch_replaces_them(app: Test
 
     // PATCH replaces the list as a whole, and each change is audited.
     let (_, key) = app.key(&ks, json!({"scopes": ["a:read"]})).await;
+    // A key pasted into a rule is refused, not stored, and not echoed.
+    for routes in [
+        json!([{"path": format!("/x/{key}")}]),
+        json!([{"path": "/x", "scopes": [key]}]),
+    ] {
+        let r = app
+            .patch(&path, json!({"routes": routes}))
+            .await
+            .expect(400);
+        let msg = r.body["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("looks like an API key"), "{msg}");
+        assert!(!r.body.to_string().contains(&key), "{msg}");
+    }
+    assert_eq!(app.get(&path).await.body["routes"], json!([]));
     assert_eq!(fa(&app, Method::GET, "/b", &key, &[]).await.status, 200);
     let first =
         json!([{"path": "/a/**", "scopes": ["a:read"]}, {"path": "/b", "scopes": ["b:read"]}]);
