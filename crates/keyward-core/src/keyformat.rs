@@ -161,6 +161,18 @@ pub fn contains_key_material(text: &str) -> bool {
         .any(|word| word.len() > BODY_LEN && parse(word).is_some())
 }
 
+/// What a refused field is told when it holds a key or token (after the field's name).
+pub const SECRET_IN_TEXT: &str =
+    "contains what looks like an API key or token; keyward never stores plaintext keys";
+
+/// Refuses text holding what looks like a key or token: every stored field is checked so.
+pub fn check_no_secret(field: &str, s: &str) -> Result<(), Invalid> {
+    if contains_key_material(s) {
+        return Err(format!("{field} {SECRET_IN_TEXT}").into());
+    }
+    Ok(())
+}
+
 /// Client input quoted in an error message: short values as they are, longer ones not at all
 /// (every key and token is at least 40 characters, so none is ever echoed).
 pub fn shown(s: &str) -> String {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::keyformat::KeyHash;
+use crate::keyformat::{check_no_secret, KeyHash, SECRET_IN_TEXT};
 use crate::policy::Policy;
 use crate::time::Timestamp;
 
@@ -346,17 +346,6 @@ pub struct AuditEvent {
 }
 
 // ---- validation of client input (messages are for 400 responses) ----
-
-const SECRET_IN_TEXT: &str =
-    "contains what looks like an API key or token; keyward never stores plaintext keys";
-
-/// Refuses text holding what looks like a key or token (every stored field is checked so).
-pub(crate) fn check_no_secret(field: &str, s: &str) -> Result<(), Invalid> {
-    if crate::keyformat::contains_key_material(s) {
-        return Err(format!("{field} {SECRET_IN_TEXT}").into());
-    }
-    Ok(())
-}
 
 pub fn check_name(field: &str, s: &str) -> Result<(), Invalid> {
     check_no_secret(field, s)?;

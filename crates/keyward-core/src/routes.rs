@@ -21,7 +21,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::invalid::Invalid;
-use crate::model::check_no_secret;
+use crate::keyformat::check_no_secret;
 use crate::scope::check_requested_scope;
 
 /// Most rules one keyspace may hold.
