@@ -60,13 +60,20 @@ async fn serves_https_with_secure_cookies_and_reloads_its_certificate_on_sighup(
         ],
     );
     assert!(p.url.starts_with("https://"), "{}", p.url);
-    // The first-run link is an https link.
-    let log = p.log();
-    let setup = log
-        .split_whitespace()
-        .find(|w| w.contains("/setup?token="))
-        .expect("a setup link")
-        .to_string();
+    // The first-run link is an https link. It may be printed on the other
+    // stream just after the "listening" line, so wait for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let setup = loop {
+        if let Some(w) = p
+            .log()
+            .split_whitespace()
+            .find(|w| w.contains("/setup?token="))
+        {
+            break w.to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "a setup link: {}", p.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(setup.starts_with("https://127.0.0.1:"), "{setup}");
 
     let r = client(&ca1)
