@@ -92,6 +92,60 @@ pub enum ChainCheck {
     Bad { events: i64, first_bad_seq: i64 },
 }
 
+/// `ChainCheck` on the wire (`GET /v1/audit/verify`): `{"ok": true, "events", "head"}` or
+/// `{"ok": false, "events", "first_bad_seq"}`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ChainCheckWire {
+    ok: bool,
+    events: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    head: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    first_bad_seq: Option<i64>,
+}
+
+impl serde::Serialize for ChainCheck {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let wire = match self {
+            ChainCheck::Ok { events, head } => ChainCheckWire {
+                ok: true,
+                events: *events,
+                head: Some(head.clone()),
+                first_bad_seq: None,
+            },
+            ChainCheck::Bad {
+                events,
+                first_bad_seq,
+            } => ChainCheckWire {
+                ok: false,
+                events: *events,
+                head: None,
+                first_bad_seq: Some(*first_bad_seq),
+            },
+        };
+        serde::Serialize::serialize(&wire, s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ChainCheck {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let w = <ChainCheckWire as serde::Deserialize>::deserialize(d)?;
+        match (w.ok, w.head, w.first_bad_seq) {
+            (true, Some(head), _) => Ok(ChainCheck::Ok {
+                events: w.events,
+                head,
+            }),
+            (false, _, Some(first_bad_seq)) => Ok(ChainCheck::Bad {
+                events: w.events,
+                first_bad_seq,
+            }),
+            _ => Err(serde::de::Error::custom(
+                "an audit check is ok with a head, or not ok with a first_bad_seq",
+            )),
+        }
+    }
+}
+
 /// Incremental chain checker: feed events in `seq` order.
 pub struct ChainVerifier {
     expected_seq: i64,

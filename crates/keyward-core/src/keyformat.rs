@@ -19,7 +19,8 @@ pub const MAX_PREFIX_LEN: usize = 32;
 pub const TOKEN_PREFIX: &str = "kwt";
 
 /// SHA-256 of a key or token string: what the store keeps instead of the plaintext.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// `Default` is all zeros: the hash of a key read from the API, which never sends hashes.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyHash(pub [u8; 32]);
 
 impl KeyHash {

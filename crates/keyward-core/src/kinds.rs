@@ -41,6 +41,15 @@ macro_rules! named {
                 s.serialize_str(self.as_str())
             }
         }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s: String = serde::Deserialize::deserialize(d)?;
+                $name::parse(&s).ok_or_else(|| {
+                    serde::de::Error::custom(format!("unknown {} '{}'", stringify!($name), s))
+                })
+            }
+        }
     };
 }
 

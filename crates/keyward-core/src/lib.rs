@@ -12,8 +12,10 @@
 //! - [`kinds`]: the closed sets of names (audit actions, webhook events, anomaly kinds,
 //!   granularities) as enums.
 //! - [`user`]: dashboard users and the rules for their email and password.
+//! - [`api`]: the HTTP API's request and answer bodies, shared with the client crate.
 //! - [`audit`]: RFC 8785 canonical JSON and the hash chain of audit events.
 
+pub mod api;
 pub mod audit;
 pub mod id;
 pub mod invalid;

@@ -92,7 +92,7 @@ impl RateLimit {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Keyspace {
     pub id: String,
     pub name: String,
@@ -139,7 +139,7 @@ impl KeyStatus {
 }
 
 /// A stored API key. The plaintext is never part of it; `hash` never leaves the server.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Key {
     pub id: String,
     pub keyspace_id: String,
@@ -299,7 +299,7 @@ pub enum Permission {
     ManageTokens,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Token {
     pub id: String,
     pub name: String,
@@ -485,7 +485,7 @@ pub fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
 }
 
 /// A webhook subscription. Its signing secret is returned once, at creation.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Webhook {
     pub id: String,
     pub url: String,
@@ -496,7 +496,7 @@ pub struct Webhook {
 }
 
 /// A change in a key's usage pattern.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Anomaly {
     pub id: String,
     pub key_id: String,
@@ -507,7 +507,7 @@ pub struct Anomaly {
 }
 
 /// A recent source address of a key.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Source {
     pub ip: String,
     pub first_seen: Timestamp,

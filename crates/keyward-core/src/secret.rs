@@ -22,6 +22,19 @@ impl Secret {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <String as serde::Deserialize>::deserialize(d).map(Secret::new)
+    }
+}
+
+/// `#[serde(serialize_with = "expose")]`: writes the plaintext. `Secret` has no `Serialize`
+/// of its own, so a secret is written only where a field says so (a request that must carry
+/// it).
+pub fn expose<S: serde::Serializer>(s: &Secret, ser: S) -> Result<S::Ok, S::Error> {
+    ser.serialize_str(s.expose())
+}
+
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret([redacted])")

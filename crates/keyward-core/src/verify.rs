@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::model::RateLimit;
 use crate::time::Timestamp;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Code {
     Valid,
@@ -58,6 +58,26 @@ impl Code {
     }
     pub fn index(self) -> usize {
         self as usize
+    }
+
+    /// The HTTP status and message of a denial with this code, as forward-auth, gRPC
+    /// ext_authz and the client's middleware answer it (`200` and `""` for `VALID`).
+    pub fn denial(self) -> (u16, &'static str) {
+        match self {
+            Code::Valid => (200, ""),
+            Code::NotFound => (401, "the API key is not valid"),
+            Code::Revoked => (401, "the API key has been revoked"),
+            Code::Expired => (401, "the API key has expired"),
+            Code::Disabled => (401, "the API key is disabled"),
+            Code::InsufficientScope => (403, "the API key lacks a required scope"),
+            Code::IpNotAllowed => (403, "the API key may not be used from this address"),
+            Code::RateLimited => (429, "the API key's rate limit is exhausted"),
+            Code::UsageExceeded => (429, "the API key's usage quota is exhausted"),
+            Code::RouteNotAllowed => (
+                403,
+                "no route rule of the key's keyspace allows this request",
+            ),
+        }
     }
 }
 

@@ -1,14 +1,6 @@
 //! Command-line arguments and dispatch.
 
-use std::process::ExitCode;
-
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use serde_json::{json, Value};
-
-use crate::client::{Client, ClientError};
-use crate::output::{print_key, print_keys, Format};
-
-pub use crate::exit::{EXIT_CHAIN_BROKEN, EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE};
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +32,22 @@ pub enum Command {
     /// The audit trail, through a running server.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Management tokens, through a running server (`token create` makes the first one on the
+    /// database directly).
+    #[command(subcommand)]
+    Tokens(TokensCmd),
+    /// Webhook subscriptions and their deliveries, through a running server.
+    #[command(subcommand)]
+    Webhooks(WebhooksCmd),
+    /// Usage of a key or a keyspace, through a running server.
+    #[command(subcommand)]
+    Usage(UsageCmd),
+    /// Anomalies found in keys' usage, through a running server.
+    #[command(subcommand)]
+    Anomalies(AnomaliesCmd),
+    /// Reports, through a running server.
+    #[command(subcommand)]
+    Reports(ReportsCmd),
     /// Write a consistent copy of the SQLite database to a new file while it serves.
     Backup {
         /// The backup file to create.
@@ -308,6 +316,174 @@ pub enum RotateFormat {
     Json,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    Admin,
+    Manager,
+    Viewer,
+    Auditor,
+    Verifier,
+}
+
+#[derive(Subcommand)]
+pub enum TokensCmd {
+    /// Create a management token; prints the token once.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// Limit the token to this keyspace (repeatable).
+        #[arg(long = "keyspace")]
+        keyspaces: Vec<String>,
+        /// Lifetime, e.g. 90d, 12h, 3600.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<i64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List management tokens (never their plaintext).
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        cursor: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Revoke a management token.
+    Revoke {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum WebhooksCmd {
+    /// Subscribe a URL to events; prints the signing secret once.
+    Create {
+        /// The receiver's URL (https://...).
+        #[arg(value_name = "URL")]
+        endpoint: String,
+        /// An event type, e.g. key.revoked (repeatable).
+        #[arg(long = "event", required = true)]
+        events: Vec<String>,
+        /// Only this keyspace's events.
+        #[arg(long)]
+        keyspace: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List webhooks.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        cursor: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Delete a webhook.
+    Delete {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// A webhook's delivery attempts, newest first.
+    Deliveries {
+        id: String,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        cursor: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Args)]
+pub struct UsageRange {
+    /// Start (RFC 3339; default: a day before --to).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// End (RFC 3339; default: now).
+    #[arg(long)]
+    pub to: Option<String>,
+    #[arg(long, value_enum)]
+    pub granularity: Option<GranularityArg>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum GranularityArg {
+    Minute,
+    Hour,
+    Day,
+}
+
+#[derive(Subcommand)]
+pub enum UsageCmd {
+    /// One key's valid and denied calls per bucket.
+    Key {
+        id: String,
+        #[command(flatten)]
+        range: UsageRange,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// A keyspace's calls per bucket.
+    Keyspace {
+        id: String,
+        #[command(flatten)]
+        range: UsageRange,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AnomaliesCmd {
+    /// List anomalies, newest first.
+    List {
+        #[arg(long)]
+        keyspace: Option<String>,
+        #[arg(long)]
+        key: Option<String>,
+        /// Only those detected since (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        cursor: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ReportFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Subcommand)]
+pub enum ReportsCmd {
+    /// Every key with its age, last use and findings (no_expiry, inactive, ...).
+    Inventory {
+        #[arg(long)]
+        keyspace: Option<String>,
+        /// `csv` streams the server's CSV unchanged.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+        format: ReportFormat,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
 #[derive(Subcommand)]
 pub enum AuditCmd {
     /// Check the hash chain of the whole audit trail.
@@ -334,382 +510,15 @@ pub fn parse_duration(s: &str) -> Result<i64, String> {
         .ok_or_else(|| format!("'{s}' is not a duration such as 90d, 12h, 30m, 45s or 3600"))
 }
 
-fn fail(e: ClientError) -> ExitCode {
-    eprintln!("error: {e}");
-    match e {
-        ClientError::Unreachable(_) => ExitCode::from(EXIT_UNREACHABLE),
-        ClientError::Usage(_) => ExitCode::from(EXIT_USAGE),
-        _ => ExitCode::from(EXIT_FAILED),
-    }
-}
-
-pub async fn run(cli: Cli) -> ExitCode {
-    match cli.command {
-        Command::Serve(args) => {
-            crate::offline::serve(&args.listen, &args.db.database_url, &args.key, args.config).await
-        }
-        Command::Token(TokenCmd::Create {
-            name,
-            role,
-            keyspaces,
-            ttl,
-            db,
-        }) => crate::offline::token_create(&db.database_url, name, &role, keyspaces, ttl).await,
-        Command::User(UserCmd::Create {
-            email,
-            role,
-            password_stdin,
-            db,
-        }) => crate::offline::user_create(&db.database_url, &email, &role, password_stdin).await,
-        Command::User(UserCmd::Disable { email, db }) => {
-            crate::offline::user_disable(&db.database_url, &email).await
-        }
-        Command::MasterKey(MasterKeyCmd::Rotate {
-            new_key_file,
-            db,
-            key,
-        }) => crate::master_key::rotate(&db.database_url, &key, new_key_file.as_deref()).await,
-        Command::Backup { to, db } => crate::backup::backup(&db.database_url, &to).await,
-        Command::Restore { from, db } => crate::backup::restore(&db.database_url, &from).await,
-        Command::Keys(cmd) => match keys(cmd).await {
-            Ok(code) => code,
-            Err(e) => fail(e),
-        },
-        Command::Keyspaces(cmd) => match keyspaces(cmd).await {
-            Ok(code) => code,
-            Err(e) => fail(e),
-        },
-        Command::Audit(AuditCmd::Verify { remote }) => {
-            let client = match Client::new(&remote.url, remote.token.as_deref()) {
-                Ok(c) => c,
-                Err(e) => return fail(e),
-            };
-            match client.get("/v1/audit/verify").await {
-                Ok(v) => {
-                    let ok = v["ok"].as_bool() == Some(true);
-                    if remote.json {
-                        println!("{v}");
-                    } else if ok {
-                        println!(
-                            "audit chain OK: {} events, head {}",
-                            v["events"],
-                            v["head"].as_str().unwrap_or("")
-                        );
-                    } else {
-                        println!(
-                            "audit chain BROKEN: {} events, first bad seq {}",
-                            v["events"], v["first_bad_seq"]
-                        );
-                    }
-                    if ok {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::from(EXIT_CHAIN_BROKEN)
-                    }
-                }
-                Err(e) => fail(e),
-            }
-        }
-    }
-}
-
-/// A route-rules file: the JSON list the API takes.
-fn read_routes(path: &std::path::Path) -> Result<Value, ClientError> {
-    let text = if path.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin())
-    } else {
-        std::fs::read_to_string(path)
-    }
-    .map_err(|e| ClientError::Usage(format!("cannot read {}: {e}", path.display())))?;
-    let v: Value = serde_json::from_str(&text)
-        .map_err(|e| ClientError::Usage(format!("{} is not JSON: {e}", path.display())))?;
-    if !v.is_array() {
-        return Err(ClientError::Usage(format!(
-            "{} must hold a JSON list of rules, e.g. [{{\"method\": \"GET\", \"path\": \"/orders/**\", \"scopes\": [\"orders:read\"]}}]",
-            path.display()
-        )));
-    }
-    Ok(v)
-}
-
-/// An argument's value as the command line spells it (`--preset strict` -> `"strict"`), which is
-/// also how the API spells it.
-fn value_name(v: impl ValueEnum) -> String {
-    v.to_possible_value()
-        .map(|p| p.get_name().to_string())
-        .unwrap_or_default()
-}
-
-async fn keyspaces(cmd: KeyspacesCmd) -> Result<ExitCode, ClientError> {
-    let (remote, v) = match cmd {
-        KeyspacesCmd::Create {
-            name,
-            prefix,
-            preset,
-            routes_file,
-            unmatched,
-            remote,
-        } => {
-            let mut body = json!({"name": name, "prefix": prefix});
-            if let Some(p) = preset {
-                body["preset"] = json!(value_name(p));
-            }
-            if let Some(f) = routes_file {
-                body["routes"] = read_routes(&f)?;
-            }
-            if let Some(u) = unmatched {
-                body["unmatched"] = json!(value_name(u));
-            }
-            let client = Client::new(&remote.url, remote.token.as_deref())?;
-            let v = client.post("/v1/keyspaces", &body).await?;
-            (remote, v)
-        }
-        KeyspacesCmd::List { limit, remote } => {
-            let client = Client::new(&remote.url, remote.token.as_deref())?;
-            let v = client
-                .get_query("/v1/keyspaces", &[("limit", limit.to_string())])
-                .await?;
-            if remote.json {
-                println!("{v}");
-            } else {
-                crate::output::print_keyspaces(
-                    v["items"].as_array().map(Vec::as_slice).unwrap_or(&[]),
-                );
-                if let Some(c) = v["next_cursor"].as_str() {
-                    eprintln!("(more keyspaces: the next page starts at cursor {c})");
-                }
-            }
-            return Ok(ExitCode::SUCCESS);
-        }
-        KeyspacesCmd::Show { id, remote } => {
-            let client = Client::new(&remote.url, remote.token.as_deref())?;
-            let v = client
-                .get(&format!("/v1/keyspaces/{}", encode_segment(&id)))
-                .await?;
-            (remote, v)
-        }
-        KeyspacesCmd::Update {
-            id,
-            name,
-            routes_file,
-            unmatched,
-            remote,
-        } => {
-            let mut body = json!({});
-            if let Some(n) = name {
-                body["name"] = json!(n);
-            }
-            if let Some(f) = routes_file {
-                body["routes"] = read_routes(&f)?;
-            }
-            if let Some(u) = unmatched {
-                body["unmatched"] = json!(value_name(u));
-            }
-            if body.as_object().is_some_and(|o| o.is_empty()) {
-                return Err(ClientError::Usage(
-                    "nothing to change: give --name, --routes-file or --unmatched".into(),
-                ));
-            }
-            let client = Client::new(&remote.url, remote.token.as_deref())?;
-            let v = client
-                .patch(&format!("/v1/keyspaces/{}", encode_segment(&id)), &body)
-                .await?;
-            (remote, v)
-        }
-    };
-    if remote.json {
-        println!("{v}");
-    } else {
-        crate::output::print_keyspace(&v);
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn keys(cmd: KeysCmd) -> Result<ExitCode, ClientError> {
-    match cmd {
-        KeysCmd::Create {
-            keyspace,
-            name,
-            owner,
-            scopes,
-            labels,
-            ttl,
-            remote,
-        } => {
-            let mut label_map = serde_json::Map::new();
-            for l in labels {
-                let (k, v) = l.split_once('=').ok_or_else(|| {
-                    ClientError::Usage(format!("--label '{l}' must be name=value"))
-                })?;
-                label_map.insert(k.to_string(), json!(v));
-            }
-            let mut body = json!({"keyspace_id": keyspace, "name": name, "scopes": scopes, "labels": label_map});
-            if let Some(o) = owner {
-                body["owner"] = json!(o);
-            }
-            if let Some(t) = ttl {
-                body["ttl_secs"] = json!(t);
-            }
-            let client = Client::new(&remote.url, remote.token.as_deref())?;
-            let v = client.post("/v1/keys", &body).await?;
-            if remote.json {
-                println!("{v}");
-            } else {
-                print_key(&v, Format::Table);
-                println!();
-                println!("key: {}", v["key"].as_str().unwrap_or(""));
-                eprintln!(
-                    "This is the only time the key is shown. Store it in a secret manager now."
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        KeysCmd::List {
-            keyspace,
-            owner,
-            status,
-            label,
-            q,
-            limit,
-            remote,
-        } => {
-            let client = Client::new(&remote.url, remote.token.as_deref())?;
-            let mut query: Vec<(&str, String)> = vec![("limit", limit.to_string())];
-            for (k, v) in [
-                ("keyspace_id", keyspace),
-                ("owner", owner),
-                ("status", status),
-                ("label", label),
-                ("q", q),
-            ] {
-                if let Some(v) = v {
-                    query.push((k, v));
-                }
-            }
-            let v = client.get_query("/v1/keys", &query).await?;
-            if remote.json {
-                println!("{v}");
-            } else {
-                print_keys(v["items"].as_array().map(Vec::as_slice).unwrap_or(&[]));
-                if let Some(c) = v["next_cursor"].as_str() {
-                    eprintln!("(more keys: the next page starts at cursor {c})");
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        KeysCmd::Show { id, remote } => {
-            let client = Client::new(&remote.url, remote.token.as_deref())?;
-            let v = client
-                .get(&format!("/v1/keys/{}", encode_segment(&id)))
-                .await?;
-            print_key(
-                &v,
-                if remote.json {
-                    Format::Json
-                } else {
-                    Format::Table
-                },
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        KeysCmd::Rotate {
-            id,
-            grace,
-            reason,
-            format,
-            env_name,
-            remote,
-        } => {
-            let client = Client::new(&remote.url, remote.token.as_deref())?;
-            let mut body = json!({});
-            if let Some(g) = grace {
-                body["grace_secs"] = json!(g);
-            }
-            if let Some(r) = reason {
-                body["reason"] = json!(r);
-            }
-            let v = client
-                .post(&format!("/v1/keys/{}/rotate", encode_segment(&id)), &body)
-                .await?;
-            let key = v["key"].as_str().unwrap_or("");
-            match (format, remote.json) {
-                (RotateFormat::Json, _) | (_, true) => println!(
-                    "{}",
-                    json!({"key": key, "id": v["id"], "rotated_from": v["rotated_from"], "expires_at": v["expires_at"]})
-                ),
-                (RotateFormat::Env, _) => println!("{env_name}={key}"),
-                (RotateFormat::Plain, _) => println!("{key}"),
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        KeysCmd::Revoke {
-            id,
-            owner,
-            keyspace,
-            reason,
-            remote,
-        } => {
-            let client = Client::new(&remote.url, remote.token.as_deref())?;
-            match (id, owner) {
-                (Some(id), None) => {
-                    let v = client
-                        .post(
-                            &format!("/v1/keys/{}/revoke", encode_segment(&id)),
-                            &json!({"reason": reason}),
-                        )
-                        .await?;
-                    if remote.json {
-                        println!("{v}");
-                    } else {
-                        println!(
-                            "revoked {} ({})",
-                            v["id"].as_str().unwrap_or(""),
-                            v["name"].as_str().unwrap_or("")
-                        );
-                    }
-                }
-                (None, Some(owner)) => {
-                    let mut body = json!({"owner": owner, "reason": reason});
-                    if let Some(ks) = keyspace {
-                        body["keyspace_id"] = json!(ks);
-                    }
-                    let v: Value = client.post("/v1/keys/revoke", &body).await?;
-                    if remote.json {
-                        println!("{v}");
-                    } else {
-                        println!("revoked {} keys", v["revoked"]);
-                        for id in v["key_ids"].as_array().into_iter().flatten() {
-                            println!("  {}", id.as_str().unwrap_or(""));
-                        }
-                    }
-                }
-                _ => {
-                    return Err(ClientError::Usage(
-                        "give a key id, or --owner for every key of an owner (not both)".into(),
-                    ))
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-    }
-}
-
-/// Percent-encodes a path segment (ids are plain, but a typo must not change the path).
-fn encode_segment(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 
     #[test]
     fn durations_parse_with_units() {

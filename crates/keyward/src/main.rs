@@ -1,20 +1,22 @@
 //! The `keyward` binary: `keyward serve` runs the server; the other commands are the command
-//! line. `token create` works on the database directly (bootstrap); `keys ...` and
-//! `audit verify` talk to a server through [`client`] only; `backup` and `restore` work on the
+//! line. `token create` works on the database directly (bootstrap); the commands of
+//! [`remote`] (`keys`, `keyspaces`, `tokens`, `webhooks`, `usage`, `anomalies`, `reports`,
+//! `audit verify`) talk to a server through `keyward-client` only; `backup` and `restore` work on the
 //! SQLite file ([`backup`]).
 
 mod backup;
 mod cli;
-mod client;
 mod exit;
 mod master_key;
 mod offline;
 mod output;
+mod remote;
 mod telemetry;
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use cli::{Cli, Command, MasterKeyCmd, TokenCmd, UserCmd};
 
 /// mimalloc instead of the system allocator: a verification allocates a few small buffers
 /// (request, body, answer) and glibc's malloc spent about 14 % of the server's CPU on them
@@ -23,7 +25,7 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
+    let args = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -34,5 +36,45 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(cli::run(args))
+    runtime.block_on(run(args))
+}
+
+/// Runs one command.
+async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve(args) => {
+            offline::serve(&args.listen, &args.db.database_url, &args.key, args.config).await
+        }
+        Command::Token(TokenCmd::Create {
+            name,
+            role,
+            keyspaces,
+            ttl,
+            db,
+        }) => offline::token_create(&db.database_url, name, &role, keyspaces, ttl).await,
+        Command::User(UserCmd::Create {
+            email,
+            role,
+            password_stdin,
+            db,
+        }) => offline::user_create(&db.database_url, &email, &role, password_stdin).await,
+        Command::User(UserCmd::Disable { email, db }) => {
+            offline::user_disable(&db.database_url, &email).await
+        }
+        Command::MasterKey(MasterKeyCmd::Rotate {
+            new_key_file,
+            db,
+            key,
+        }) => master_key::rotate(&db.database_url, &key, new_key_file.as_deref()).await,
+        Command::Backup { to, db } => backup::backup(&db.database_url, &to).await,
+        Command::Restore { from, db } => backup::restore(&db.database_url, &from).await,
+        Command::Keys(cmd) => remote::keys(cmd).await,
+        Command::Keyspaces(cmd) => remote::keyspaces(cmd).await,
+        Command::Audit(cmd) => remote::audit(cmd).await,
+        Command::Tokens(cmd) => remote::tokens(cmd).await,
+        Command::Webhooks(cmd) => remote::webhooks(cmd).await,
+        Command::Usage(cmd) => remote::usage(cmd).await,
+        Command::Anomalies(cmd) => remote::anomalies(cmd).await,
+        Command::Reports(cmd) => remote::reports(cmd).await,
+    }
 }

@@ -8,12 +8,34 @@ pub enum Format {
     Json,
 }
 
-fn s(v: &Value) -> String {
+/// A JSON value as a table cell: `-` for null, strings unquoted, lists joined by commas.
+pub fn cell(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
+        Value::Array(a) if a.iter().all(|x| !x.is_object() && !x.is_array()) => {
+            if a.is_empty() {
+                "-".into()
+            } else {
+                a.iter().map(cell).collect::<Vec<_>>().join(",")
+            }
+        }
         other => other.to_string(),
     }
+}
+
+fn s(v: &Value) -> String {
+    cell(v)
+}
+
+/// Prints objects as a table of the given `(header, field)` columns.
+pub fn rows(items: &[Value], columns: &[(&str, &str)]) {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|it| columns.iter().map(|(_, f)| cell(&it[*f])).collect())
+        .collect();
+    let headers: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
+    table(&headers, &rows);
 }
 
 /// Prints rows as aligned columns.

@@ -204,14 +204,7 @@ fn integral_numbers(v: &mut serde_json::Value) -> bool {
     }
 }
 
-/// For a body field that may be left out but not sent as `null` (with `#[serde(default)]`).
-pub(crate) fn not_null<'de, D, T>(d: D) -> std::result::Result<Option<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: serde::Deserialize<'de>,
-{
-    T::deserialize(d).map(Some)
-}
+pub(crate) use keyward_core::api::not_null;
 
 /// Query parameters, taken one by one; whatever is left over is an unknown parameter (400).
 pub(crate) struct Params(Vec<(String, String)>);

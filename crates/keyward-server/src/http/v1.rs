@@ -5,7 +5,6 @@ use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use keyward_core::audit::ChainCheck;
 use keyward_core::kinds::Granularity;
 use keyward_core::model::{AuditEvent, Key, KeyObject, KeyStatus};
 use keyward_store::{AuditFilter, KeyFilter, Page};
@@ -253,11 +252,7 @@ pub(crate) async fn patch_key(
     Ok(Json(key_json(&k, &st)))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReasonBody {
-    reason: String,
-}
+use keyward_core::api::Revoke as ReasonBody;
 
 pub(crate) async fn revoke_key(
     State(st): State<AppState>,
@@ -397,15 +392,7 @@ pub(crate) async fn list_audit(
 pub(crate) async fn verify_audit(State(st): State<AppState>, auth: Auth) -> Result<Json<Value>> {
     let ctx = auth.ctx();
     let who = ctx.allow::<authz::ReadAudit>()?;
-    Ok(Json(
-        match service::check_chain(st.records(), &who).await? {
-            ChainCheck::Ok { events, head } => json!({"ok": true, "events": events, "head": head}),
-            ChainCheck::Bad {
-                events,
-                first_bad_seq,
-            } => json!({"ok": false, "events": events, "first_bad_seq": first_bad_seq}),
-        },
-    ))
+    Ok(Json(json!(service::check_chain(st.records(), &who).await?)))
 }
 
 /// Audit CSV cells: quoted, and safe to open in a spreadsheet (see `reports::csv_field`).

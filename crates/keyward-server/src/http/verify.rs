@@ -12,27 +12,13 @@ use keyward_core::model::parse_ip;
 use keyward_core::routes::RouteRequest;
 use keyward_core::scope::check_requested_scope;
 use keyward_core::verify::Code as VCode;
-use serde::Deserialize;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::http::error::error_body;
-use crate::http::extract::{authenticate, bearer, client_ip, not_null, JsonBody, Params};
+use crate::http::extract::{authenticate, bearer, client_ip, JsonBody, Params};
 use crate::state::AppState;
 use crate::verifier::{Outcome, Request};
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VerifyBody {
-    key: String,
-    // Optional, but not nullable: `null` is 400 like any other value of the wrong type.
-    #[serde(default, deserialize_with = "not_null")]
-    scopes: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "not_null")]
-    ip: Option<String>,
-    #[serde(default, deserialize_with = "not_null")]
-    cost: Option<i64>,
-}
 
 const MAX_COST: i64 = 1_000_000_000;
 
@@ -66,8 +52,8 @@ pub(crate) async fn verify(
         Ok(b) => b,
         Err(refused) => return Ok(refused),
     };
-    let b: VerifyBody = body.parse()?;
-    if b.key.is_empty() {
+    let b: keyward_core::api::VerifyRequest = body.parse()?;
+    if b.key.expose().is_empty() {
         return Err(Error::bad_request("key must not be empty"));
     }
     let scopes = b.scopes.unwrap_or_default();
@@ -83,7 +69,16 @@ pub(crate) async fn verify(
             "cost must be an integer in 0..{MAX_COST}"
         )));
     }
-    let outcome = run(&st, &b.key, &scopes, ip, cost, limit.as_deref(), None).await?;
+    let outcome = run(
+        &st,
+        b.key.expose(),
+        &scopes,
+        ip,
+        cost,
+        limit.as_deref(),
+        None,
+    )
+    .await?;
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         outcome_body(&outcome),
@@ -146,7 +141,11 @@ fn outcome_body(o: &Outcome) -> Vec<u8> {
             out.push(b'}');
             out
         }
-        Outcome::Denied { code, entry, .. } => {
+        Outcome::Denied {
+            code,
+            entry,
+            reset_at,
+        } => {
             #[derive(Serialize)]
             struct Denied<'a> {
                 valid: bool,
@@ -155,12 +154,16 @@ fn outcome_body(o: &Outcome) -> Vec<u8> {
                 key_id: Option<&'a str>,
                 #[serde(skip_serializing_if = "Option::is_none")]
                 keyspace_id: Option<&'a str>,
+                /// `RATE_LIMITED` only: when the exhausted window resets.
+                #[serde(skip_serializing_if = "Option::is_none")]
+                reset_at: Option<keyward_core::time::Timestamp>,
             }
             serde_json::to_vec(&Denied {
                 valid: false,
                 code: *code,
                 key_id: entry.as_ref().map(|e| e.key_id()),
                 keyspace_id: entry.as_ref().map(|e| e.keyspace_id()),
+                reset_at: reset_at.filter(|_| *code == VCode::RateLimited),
             })
             .unwrap_or_default()
         }
@@ -330,30 +333,11 @@ pub(crate) fn identity(entry: &crate::verifier::Entry) -> [(&'static str, Cow<'_
 
 /// Forward-auth's status and message for a verification's outcome (HTTP and gRPC alike).
 pub(crate) fn denial(code: VCode) -> (StatusCode, &'static str) {
-    match code {
-        VCode::Valid => (StatusCode::OK, ""),
-        VCode::NotFound => (StatusCode::UNAUTHORIZED, "the API key is not valid"),
-        VCode::Revoked => (StatusCode::UNAUTHORIZED, "the API key has been revoked"),
-        VCode::Expired => (StatusCode::UNAUTHORIZED, "the API key has expired"),
-        VCode::Disabled => (StatusCode::UNAUTHORIZED, "the API key is disabled"),
-        VCode::InsufficientScope => (StatusCode::FORBIDDEN, "the API key lacks a required scope"),
-        VCode::IpNotAllowed => (
-            StatusCode::FORBIDDEN,
-            "the API key may not be used from this address",
-        ),
-        VCode::RateLimited => (
-            StatusCode::TOO_MANY_REQUESTS,
-            "the API key's rate limit is exhausted",
-        ),
-        VCode::UsageExceeded => (
-            StatusCode::TOO_MANY_REQUESTS,
-            "the API key's usage quota is exhausted",
-        ),
-        VCode::RouteNotAllowed => (
-            StatusCode::FORBIDDEN,
-            "no route rule of the key's keyspace allows this request",
-        ),
-    }
+    let (status, message) = code.denial();
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::UNAUTHORIZED),
+        message,
+    )
 }
 
 /// The key's scopes, comma-separated (one allocation).

@@ -11,20 +11,24 @@ mod reads;
 
 pub use reads::*;
 
-use std::collections::BTreeMap;
+/// The request bodies live with the API's other types in [`keyward_core::api`], which the
+/// client crate shares.
+pub use keyward_core::api::{
+    BulkRevoke, CreateKey, CreateKeyspace, CreateToken, CreateWebhook, PatchKey, PatchKeyspace,
+    RotateKey,
+};
 
 use keyward_core::id::{new_id, KeyId, KeyspaceId, TokenId, WebhookId};
 use keyward_core::keyformat::{self, KeyHash, TOKEN_PREFIX};
 use keyward_core::model::{
     check_cidrs, check_labels, check_meta, check_name, check_reason, check_scopes, Key, KeyStatus,
-    Keyspace, RateLimit, Role, Token,
+    Keyspace, RateLimit, Token,
 };
-use keyward_core::policy::{double_option, Policy, PolicyPatch, Preset, MAX_DURATION_SECS};
-use keyward_core::routes::{self, RouteRule, Unmatched};
+use keyward_core::policy::{Policy, Preset, MAX_DURATION_SECS};
+use keyward_core::routes;
 use keyward_core::secret::Secret;
 use keyward_core::time::Timestamp;
 use keyward_store::{NewEvent, StoreError, StoreTx};
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::authz::{
@@ -126,31 +130,6 @@ fn not_found(kind: &str, id: &str) -> Error {
 }
 
 // ---------------------------------------------------------------- keyspaces
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateKeyspace {
-    pub name: String,
-    pub prefix: String,
-    pub preset: Option<Preset>,
-    pub policy: Option<PolicyPatch>,
-    /// Forward-auth's route rules (`null` is refused: leave the field out for none).
-    #[serde(default, deserialize_with = "routes::deserialize_rules")]
-    pub routes: Vec<RouteRule>,
-    #[serde(default)]
-    pub unmatched: Unmatched,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PatchKeyspace {
-    pub name: Option<String>,
-    pub policy: Option<PolicyPatch>,
-    /// Replaces the rules as a whole (`null` is refused).
-    #[serde(default, deserialize_with = "routes::deserialize_some_rules")]
-    pub routes: Option<Vec<RouteRule>>,
-    pub unmatched: Option<Unmatched>,
-}
 
 pub async fn create_keyspace(
     st: &Control,
@@ -297,52 +276,6 @@ pub async fn update_keyspace(
 }
 
 // ---------------------------------------------------------------- keys
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateKey {
-    pub keyspace_id: String,
-    pub name: String,
-    pub owner: Option<String>,
-    #[serde(default)]
-    pub scopes: Vec<String>,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default)]
-    pub meta: Map<String, Value>,
-    pub ttl_secs: Option<i64>,
-    pub expires_at: Option<Timestamp>,
-    pub ratelimit: Option<RateLimit>,
-    pub remaining: Option<i64>,
-    pub allowed_cidrs: Option<Vec<String>>,
-    pub enabled: Option<bool>,
-}
-
-/// A PATCH: `Some(None)` is an explicit `null`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PatchKey {
-    #[serde(default, deserialize_with = "double_option")]
-    pub name: Option<Option<String>>,
-    #[serde(default, deserialize_with = "double_option")]
-    pub owner: Option<Option<String>>,
-    #[serde(default, deserialize_with = "double_option")]
-    pub scopes: Option<Option<Vec<String>>>,
-    #[serde(default, deserialize_with = "double_option")]
-    pub labels: Option<Option<BTreeMap<String, String>>>,
-    #[serde(default, deserialize_with = "double_option")]
-    pub meta: Option<Option<Map<String, Value>>>,
-    #[serde(default, deserialize_with = "double_option")]
-    pub expires_at: Option<Option<Timestamp>>,
-    #[serde(default, deserialize_with = "double_option")]
-    pub enabled: Option<Option<bool>>,
-    #[serde(default, deserialize_with = "double_option")]
-    pub ratelimit: Option<Option<RateLimit>>,
-    #[serde(default, deserialize_with = "double_option")]
-    pub remaining: Option<Option<i64>>,
-    #[serde(default, deserialize_with = "double_option")]
-    pub allowed_cidrs: Option<Option<Vec<String>>>,
-}
 
 fn check_owner(owner: &Option<String>) -> Result<()> {
     match owner {
@@ -727,14 +660,6 @@ pub async fn revoke_key(
     Ok(k)
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BulkRevoke {
-    pub owner: String,
-    pub keyspace_id: Option<String>,
-    pub reason: String,
-}
-
 pub async fn revoke_owner_keys(
     st: &Control,
     who: &Allowed<'_, WriteKeys>,
@@ -771,13 +696,6 @@ pub async fn revoke_owner_keys(
     let _forget = Forget::keys(st, hashes);
     tx.commit().await?;
     Ok(ids)
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RotateKey {
-    pub grace_secs: Option<i64>,
-    pub reason: Option<String>,
 }
 
 /// Rotates a key: returns the successor and its plaintext.
@@ -901,15 +819,6 @@ pub async fn rotate_key(
 
 // ---------------------------------------------------------------- tokens
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateToken {
-    pub name: String,
-    pub role: Role,
-    pub keyspace_ids: Option<Vec<String>>,
-    pub ttl_secs: Option<i64>,
-}
-
 pub async fn create_token(
     st: &Records,
     who: &Allowed<'_, ManageTokens>,
@@ -1002,14 +911,6 @@ pub async fn revoke_token(
 }
 
 // ---------------------------------------------------------------- webhooks
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateWebhook {
-    pub url: String,
-    pub events: Vec<String>,
-    pub keyspace_id: Option<String>,
-}
 
 fn check_webhook_url(url: &str, allow_private: bool) -> Result<()> {
     if keyformat::contains_key_material(url) {

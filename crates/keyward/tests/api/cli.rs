@@ -320,6 +320,144 @@ async fn the_cli_fails_clearly_with_a_non_zero_exit(app: TestApp) {
 }
 both!(the_cli_fails_clearly_with_a_non_zero_exit);
 
+async fn the_cli_covers_tokens_webhooks_usage_anomalies_and_reports(app: TestApp) {
+    let ks = app.keyspace(json!({})).await;
+    let (key_id, key) = app.key(&ks, json!({"owner": "acme"})).await;
+    assert_eq!(app.verify_code(&key).await, "VALID");
+    let (url, t) = (app.url.clone(), app.admin.clone());
+
+    // Tokens: the plaintext alone on stdout, once; listed without it; revoked.
+    let o = run(
+        &url,
+        &t,
+        &[
+            "tokens",
+            "create",
+            "--name",
+            "ci",
+            "--role",
+            "viewer",
+            "--keyspace",
+            &ks,
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let token = stdout(&o).trim().to_string();
+    assert!(token.starts_with("kwt_"), "{token}");
+    assert_eq!(
+        app.get_as(&token, &format!("/v1/keys/{key_id}"))
+            .await
+            .status,
+        200
+    );
+    let o = run(&url, &t, &["tokens", "list"]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = stdout(&o);
+    assert!(table.starts_with("ID") && table.contains("ROLE") && table.contains("viewer"));
+    assert!(!table.contains(&token), "a list never shows a token");
+    let o = run(&url, &t, &["tokens", "list", "--json"]).await;
+    let page: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let token_id = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "ci")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let o = run(
+        &url,
+        &t,
+        &["tokens", "revoke", &token_id, "--reason", "done"],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        app.get_as(&token, &format!("/v1/keys/{key_id}"))
+            .await
+            .status,
+        401
+    );
+    let o = run(
+        &url,
+        &t,
+        &["tokens", "create", "--name", "x", "--role", "root"],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(2), "an unknown role is bad usage");
+
+    // Webhooks: the secret once, then list, deliveries, delete.
+    let o = run(
+        &url,
+        &t,
+        &[
+            "webhooks",
+            "create",
+            "https://hooks.example.com/keyward",
+            "--event",
+            "key.revoked",
+            "--json",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let hook: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let hook_id = hook["id"].as_str().unwrap().to_string();
+    let secret = hook["secret"].as_str().unwrap().to_string();
+    let o = run(&url, &t, &["webhooks", "list"]).await;
+    assert!(stdout(&o).contains(&hook_id) && stdout(&o).contains("key.revoked"));
+    assert!(!stdout(&o).contains(&secret));
+    let o = run(&url, &t, &["webhooks", "deliveries", &hook_id]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("AT"), "{}", stdout(&o));
+    let o = run(&url, &t, &["webhooks", "delete", &hook_id]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&url, &t, &["webhooks", "delete", &hook_id]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("NOT_FOUND"), "{}", stderr(&o));
+
+    // Usage of a key and of a keyspace, as tables and as the API's JSON.
+    let o = run(
+        &url,
+        &t,
+        &["usage", "key", &key_id, "--granularity", "hour"],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("START"), "{}", stdout(&o));
+    let o = run(&url, &t, &["usage", "keyspace", &ks, "--json"]).await;
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["keyspace_id"], ks.as_str());
+    let o = run(&url, &t, &["usage", "key", &key_id, "--from", "yesterday"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("from"), "{}", stderr(&o));
+
+    // Anomalies and the inventory report.
+    let o = run(&url, &t, &["anomalies", "list", "--keyspace", &ks]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("DETECTED"), "{}", stdout(&o));
+    let table = run(&url, &t, &["reports", "inventory", "--keyspace", &ks]).await;
+    assert!(table.status.success(), "{}", stderr(&table));
+    assert!(stdout(&table).contains(&key_id) && stdout(&table).contains("FINDINGS"));
+    let csv = run(
+        &url,
+        &t,
+        &["reports", "inventory", "--keyspace", &ks, "--format", "csv"],
+    )
+    .await;
+    assert!(csv.status.success(), "{}", stderr(&csv));
+    assert_eq!(stdout(&csv).lines().count(), 2, "{}", stdout(&csv));
+    let json_out = run(&url, &t, &["reports", "inventory", "--json"]).await;
+    let v: Value = serde_json::from_str(&stdout(&json_out)).unwrap();
+    assert!(v["items"].is_array());
+    for o in [&table, &csv, &json_out] {
+        assert!(!stdout(o).contains(&key), "no plaintext key in any report");
+    }
+}
+both!(the_cli_covers_tokens_webhooks_usage_anomalies_and_reports);
+
 #[test]
 fn token_create_prints_only_the_token_and_audits_it_as_cli() {
     let dir = crate::helpers::TempDir::new();

@@ -7,6 +7,7 @@ mod helpers;
 
 mod automation;
 mod cli;
+mod client;
 mod cluster;
 mod conventions;
 mod crash;

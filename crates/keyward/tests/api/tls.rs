@@ -71,7 +71,11 @@ async fn serves_https_with_secure_cookies_and_reloads_its_certificate_on_sighup(
         {
             break w.to_string();
         }
-        assert!(std::time::Instant::now() < deadline, "a setup link: {}", p.log());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a setup link: {}",
+            p.log()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(setup.starts_with("https://127.0.0.1:"), "{setup}");
