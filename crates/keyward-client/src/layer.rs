@@ -262,6 +262,18 @@ impl Shared {
             let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(id.clone()).or_default().clone()
         };
+        // Whatever happens to this request (answered, or dropped mid-call when its client goes
+        // away), the last one to leave a call removes it: cancelled checks of keys never seen
+        // again must not pile up in the map.
+        let leave = Leave {
+            shared: self,
+            id: &id,
+            cell: Some(cell),
+        };
+        // The guard holds the only reference this request has (see `Leave`).
+        let Some(cell) = leave.cell.as_ref() else {
+            return Err(Error::Decode("no call in flight".into()));
+        };
         let answer = cell
             .get_or_init(|| async {
                 let req = VerifyRequest {
@@ -273,7 +285,7 @@ impl Shared {
                 // Later requests make their own call: the answer is shared only with the
                 // requests that were already waiting for it.
                 let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-                if map.get(&id).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                if map.get(&id).is_some_and(|c| Arc::ptr_eq(c, cell)) {
                     map.remove(&id);
                 }
                 answer
@@ -282,10 +294,37 @@ impl Shared {
             .clone();
         if let (Some(cache), Ok(a)) = (&self.cache, &answer) {
             if a.valid {
-                cache.put(id, a.clone());
+                cache.put(id.clone(), a.clone());
             }
         }
         answer
+    }
+}
+
+/// Removes a call from the in-flight map when the last request waiting on it is gone.
+struct Leave<'a> {
+    shared: &'a Shared,
+    id: &'a Asked,
+    cell: Option<Arc<OnceCell<Answer>>>,
+}
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        let mut map = self
+            .shared
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let Some(cell) = self.cell.take() else {
+            return;
+        };
+        // References are taken and given back only under the lock, so once this one is given
+        // back a count of one (the map's) means nobody waits on this call any more.
+        let mine = map.get(self.id).is_some_and(|c| Arc::ptr_eq(c, &cell));
+        drop(cell);
+        if mine && map.get(self.id).is_some_and(|c| Arc::strong_count(c) == 1) {
+            map.remove(self.id);
+        }
     }
 }
 
@@ -404,5 +443,54 @@ impl<S: Send + Sync> FromRequestParts<S> for VerifiedKey {
             StatusCode::INTERNAL_SERVER_ERROR,
             "VerifiedKey used on a route without KeywardLayer",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server that accepts connections and never answers.
+    async fn silent() -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let url = format!(
+            "http://{}",
+            l.local_addr().unwrap_or_else(|e| panic!("{e}"))
+        );
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((c, _)) = l.accept().await {
+                held.push(c);
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn cancelled_checks_leave_nothing_in_flight() {
+        let client = Client::builder(silent().await)
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let layer = KeywardLayer::new(client);
+        let shared = layer.shared.clone();
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let s = shared.clone();
+            // Ten keys, two waiters each.
+            tasks.push(tokio::spawn(async move {
+                let _ = s.verify(format!("acme_key{}", i % 10), None).await;
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(shared.inflight.lock().map(|m| m.len()).unwrap_or(0), 10);
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        assert_eq!(shared.inflight.lock().map(|m| m.len()).unwrap_or(99), 0);
     }
 }
