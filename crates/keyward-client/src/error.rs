@@ -13,7 +13,7 @@ pub enum Error {
     Api {
         /// The HTTP status.
         status: u16,
-        /// The API's error code (`NOT_FOUND`, `VALIDATION_ERROR`, ...), or `HTTP_<status>`
+        /// The API's error code (`NOT_FOUND`, `BAD_REQUEST`, ...), or `HTTP_<status>`
         /// when the answer was not keyward's error envelope (a proxy's page, say).
         code: String,
         message: String,
@@ -69,7 +69,14 @@ impl Error {
             .map(Duration::from_secs);
         let header_id = header("x-request-id");
         // A bounded read: an error body is small; a proxy's page is not worth more.
-        let bytes = res.bytes().await.unwrap_or_default();
+        let mut res = res;
+        let mut bytes = Vec::new();
+        while let Ok(Some(chunk)) = res.chunk().await {
+            bytes.extend_from_slice(&chunk);
+            if bytes.len() > 64 * 1024 {
+                break;
+            }
+        }
         match serde_json::from_slice::<ErrorEnvelope>(&bytes) {
             Ok(env) => Error::Api {
                 status,

@@ -27,8 +27,10 @@
 //! `UNAVAILABLE` (it fails closed).
 //!
 //! **Coalescing.** Verifications of one key (from one address) that overlap in time share one
-//! call to keyward: a burst of a hundred concurrent requests with one key costs one round trip,
-//! and counts as one call in that key's usage, quota and rate limit.
+//! call to keyward: a burst of a hundred concurrent requests with one key costs one round trip.
+//! The shared answer serves every waiting request when it is a denial or when the key has
+//! neither a rate limit nor a quota (such a burst counts as one call in the key's usage); for a
+//! key with a rate limit or a quota each request makes its own call, so limits stay exact.
 //!
 //! **No cache unless asked.** An answer is used only by the requests that were waiting for it.
 //! [`KeywardLayer::cache_valid_answers`] opts in to reusing `VALID` answers for a bounded time:
@@ -225,17 +227,14 @@ where
 impl Shared {
     /// The key the request presents; `Err` with the refusal's code when there is none usable.
     fn presented_key(&self, h: &axum::http::HeaderMap) -> Result<String, &'static str> {
+        // As forward-auth reads them: the scheme in any case, the key as sent (never trimmed).
         let bearer = |v: &HeaderValue| {
-            v.to_str()
-                .ok()
-                .and_then(|s| {
-                    s.strip_prefix("Bearer ")
-                        .or_else(|| s.strip_prefix("bearer "))
-                        .map(str::trim)
-                })
-                .map(str::to_string)
+            let (scheme, rest) = v.to_str().ok()?.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| rest.trim_start().to_string())
         };
-        let plain = |v: &HeaderValue| v.to_str().ok().map(|s| s.trim().to_string());
+        let plain = |v: &HeaderValue| Some(v.to_str().unwrap_or_default().to_string());
         let found = match &self.header {
             Some(name) if name == header::AUTHORIZATION => h.get(name).and_then(bearer),
             Some(name) => h.get(name).and_then(plain),
@@ -246,8 +245,9 @@ impl Shared {
         };
         match found {
             Some(k) if !k.is_empty() && k.len() <= MAX_KEY_LEN => Ok(k),
-            Some(k) if !k.is_empty() => Err("NOT_FOUND"),
-            _ => Err("UNAUTHENTICATED"),
+            // Presented but empty, oversized or not text: not a key, and not worth a call.
+            Some(_) => Err("NOT_FOUND"),
+            None => Err("UNAUTHENTICATED"),
         }
     }
 
@@ -274,14 +274,11 @@ impl Shared {
         let Some(cell) = leave.cell.as_ref() else {
             return Err(Error::Decode("no call in flight".into()));
         };
-        let answer = cell
+        let started_here = std::sync::atomic::AtomicBool::new(false);
+        let mut answer = cell
             .get_or_init(|| async {
-                let req = VerifyRequest {
-                    scopes: (!self.scopes.is_empty()).then(|| self.scopes.clone()),
-                    ip: id.1.clone(),
-                    ..VerifyRequest::new(key)
-                };
-                let answer = self.client.verify(&req).await.map(Arc::new);
+                started_here.store(true, std::sync::atomic::Ordering::Relaxed);
+                let answer = self.call(&key, &id.1).await;
                 // Later requests make their own call: the answer is shared only with the
                 // requests that were already waiting for it.
                 let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
@@ -292,6 +289,14 @@ impl Shared {
             })
             .await
             .clone();
+        // A request that joined another's call may keep a shared VALID answer only when the key
+        // has neither a rate limit nor a quota: otherwise each request must be counted.
+        let limited = |a: &VerifyAnswer| a.ratelimit.is_some() || a.remaining.is_some();
+        if !started_here.load(std::sync::atomic::Ordering::Relaxed)
+            && matches!(&answer, Ok(a) if a.valid && limited(a))
+        {
+            answer = self.call(&key, &id.1).await;
+        }
         if let (Some(cache), Ok(a)) = (&self.cache, &answer) {
             if a.valid {
                 cache.put(id.clone(), a.clone());
@@ -325,6 +330,18 @@ impl Drop for Leave<'_> {
         if mine && map.get(self.id).is_some_and(|c| Arc::strong_count(c) == 1) {
             map.remove(self.id);
         }
+    }
+}
+
+impl Shared {
+    /// One call to keyward for `key` (from `ip`) with the layer's scopes.
+    async fn call(&self, key: &str, ip: &Option<String>) -> Answer {
+        let req = VerifyRequest {
+            scopes: (!self.scopes.is_empty()).then(|| self.scopes.clone()),
+            ip: ip.clone(),
+            ..VerifyRequest::new(key)
+        };
+        self.client.verify(&req).await.map(Arc::new)
     }
 }
 
@@ -391,8 +408,9 @@ fn denied(a: &VerifyAnswer) -> Response<Body> {
 }
 
 fn unavailable(e: &Error) -> Response<Body> {
-    // The server's message is not passed on (it is for the operator, not the API's caller).
-    let _ = e;
+    // The operator learns why from the log (an error's text never holds a secret); the API's
+    // caller is not told.
+    tracing::warn!(error = %e, "keyward could not verify an API key; answering 503");
     refusal(
         StatusCode::SERVICE_UNAVAILABLE,
         "UNAVAILABLE",

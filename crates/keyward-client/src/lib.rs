@@ -73,7 +73,8 @@ impl ClientBuilder {
         self
     }
     /// The most one attempt may take, from connecting to the last byte of the answer
-    /// (default 10 s).
+    /// (default 10 s). Streamed answers (the audit export, the CSV report) are bounded per read
+    /// instead, and the audit chain check gets ten minutes.
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = t;
         self
@@ -95,26 +96,57 @@ impl ClientBuilder {
         self
     }
     pub fn build(self) -> Result<Client, Error> {
-        let http = reqwest::Client::builder()
-            .timeout(self.timeout)
-            .connect_timeout(self.connect_timeout)
-            .build()
-            .map_err(|e| Error::Unreachable(format!("cannot set up the HTTP client ({e})")))?;
         let base = self.base.trim_end_matches('/').to_string();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
+        let rest = base
+            .strip_prefix("http://")
+            .or_else(|| base.strip_prefix("https://"));
+        let Some(rest) = rest else {
             return Err(Error::Usage(format!(
                 "the server address must start with http:// or https:// (got '{}')",
                 keyward_core::keyformat::shown(&base)
             )));
+        };
+        if rest
+            .split('/')
+            .next()
+            .is_some_and(|host| host.contains('@'))
+        {
+            // Credentials in the address would show in every error message.
+            return Err(Error::Usage(
+                "the server address must not hold credentials (user:password@); use a token".into(),
+            ));
         }
+        let http = reqwest::Client::builder()
+            // Each call sets its own total time; this bounds every wait for bytes, so a
+            // streamed report that keeps flowing is never cut off, and one that stalls is.
+            .read_timeout(self.timeout)
+            .connect_timeout(self.connect_timeout)
+            // The API never redirects; following one would send a key in a body elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| Error::Unreachable(format!("cannot set up the HTTP client ({e})")))?;
         Ok(Client {
             base,
             token: self.token,
             http,
+            timeout: self.timeout,
             retries: self.retries,
-            backoff: self.backoff,
+            backoff: self.backoff.min(MAX_WAIT),
         })
     }
+}
+
+/// The longest wait between two attempts (and the longest `Retry-After` waited for: a server
+/// that asks for more gets the error back instead).
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// How long a call may take in all: the client's timeout, or none for streamed answers
+/// (bounded by the per-read timeout) and the audit check (which reads the whole trail).
+#[derive(Clone, Copy)]
+enum Total {
+    Timeout,
+    Long,
+    Streamed,
 }
 
 /// A client of one keyward server (or of a cluster's load balancer). Cheap to clone: clones
@@ -130,6 +162,7 @@ pub struct Client {
     base: String,
     token: Option<Secret>,
     http: reqwest::Client,
+    timeout: Duration,
     retries: u32,
     backoff: Duration,
 }
@@ -187,6 +220,7 @@ impl Client {
     /// Sends one call, retrying as the type's documentation says; the raw answer on 2xx.
     async fn send(
         &self,
+        total: Total,
         method: Method,
         path: &str,
         query: Option<&(dyn erased::Query + Sync)>,
@@ -200,6 +234,11 @@ impl Client {
                 .request(method.clone(), format!("{}{}", self.base, path));
             if let Some(t) = &self.token {
                 r = r.bearer_auth(t.expose());
+            }
+            match total {
+                Total::Timeout => r = r.timeout(self.timeout),
+                Total::Long => r = r.timeout(self.timeout.max(Duration::from_secs(600))),
+                Total::Streamed => {}
             }
             if let Some(q) = query {
                 r = q.apply(r);
@@ -220,9 +259,14 @@ impl Client {
             };
             match outcome {
                 (err, true) if attempt < self.retries => {
-                    let wait = self.backoff.mul_f64(f64::from(1u32 << attempt.min(16)));
+                    let wait = self
+                        .backoff
+                        .saturating_mul(1u32 << attempt.min(16))
+                        .min(MAX_WAIT);
                     let wait = match err.retry_after() {
-                        Some(ra) if ra > wait && ra <= Duration::from_secs(30) => ra,
+                        // Asked to wait longer than a call should: the caller decides.
+                        Some(ra) if ra > MAX_WAIT => return Err(err),
+                        Some(ra) if ra > wait => ra,
                         _ => wait.mul_f64(0.5 + jitter()),
                     };
                     tokio::time::sleep(wait).await;
@@ -240,7 +284,7 @@ impl Client {
         query: Option<&(dyn erased::Query + Sync)>,
         body: Option<&(dyn erased::Body + Sync)>,
     ) -> Result<T, Error> {
-        let res = self.send(method, path, query, body).await?;
+        let res = self.send(Total::Timeout, method, path, query, body).await?;
         let bytes = res
             .bytes()
             .await
@@ -264,6 +308,23 @@ impl Client {
         self.call(Method::POST, path, None, Some(body)).await
     }
 
+    /// A `POST` whose answer holds a secret shown once. If the answer cannot be read as `T`
+    /// (a newer server, say), the error names what was created so it can be revoked, and
+    /// never holds the secret.
+    async fn create<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &(dyn erased::Body + Sync),
+    ) -> Result<T, Error> {
+        let v: Value = self.post(path, body).await?;
+        T::deserialize(&v).map_err(|e| {
+            let id = v["id"].as_str().unwrap_or("unknown");
+            Error::Decode(format!(
+                "{id} was created, but its answer could not be read ({e}); its secret is lost: revoke it"
+            ))
+        })
+    }
+
     // ------------------------------------------------------------ data plane
 
     /// `POST /v1/verify`. A denial is an answer (`valid: false` and its code), not an error;
@@ -274,14 +335,14 @@ impl Client {
 
     /// `GET /healthz`: whether the process answers.
     pub async fn healthy(&self) -> Result<(), Error> {
-        self.send(Method::GET, "/healthz", None, None)
+        self.send(Total::Timeout, Method::GET, "/healthz", None, None)
             .await
             .map(drop)
     }
 
     /// `GET /readyz`: whether the server reaches its store.
     pub async fn ready(&self) -> Result<(), Error> {
-        self.send(Method::GET, "/readyz", None, None)
+        self.send(Total::Timeout, Method::GET, "/readyz", None, None)
             .await
             .map(drop)
     }
@@ -321,7 +382,7 @@ impl Client {
 
     /// `POST /v1/keys`: the key and, this once, its plaintext.
     pub async fn create_key(&self, req: &CreateKey) -> Result<CreatedKey, Error> {
-        self.post("/v1/keys", &erased::json(req)).await
+        self.create("/v1/keys", &erased::json(req)).await
     }
     pub async fn list_keys(&self, q: &KeyQuery) -> Result<Page<ApiKey>, Error> {
         self.get("/v1/keys", &erased::query(q)).await
@@ -351,7 +412,7 @@ impl Client {
     }
     /// `POST /v1/keys/{id}/rotate`: the successor and, this once, its plaintext.
     pub async fn rotate_key(&self, id: &str, req: &RotateKey) -> Result<CreatedKey, Error> {
-        self.post(&format!("/v1/keys/{}/rotate", seg(id)), &erased::json(req))
+        self.create(&format!("/v1/keys/{}/rotate", seg(id)), &erased::json(req))
             .await
     }
     /// `POST /v1/keys/revoke`: every live key of an owner.
@@ -379,7 +440,7 @@ impl Client {
 
     /// `POST /v1/tokens`: the token and, this once, its plaintext.
     pub async fn create_token(&self, req: &CreateToken) -> Result<CreatedToken, Error> {
-        self.post("/v1/tokens", &erased::json(req)).await
+        self.create("/v1/tokens", &erased::json(req)).await
     }
     pub async fn list_tokens(&self, q: &PageQuery) -> Result<Page<Token>, Error> {
         self.get("/v1/tokens", &erased::query(q)).await
@@ -399,13 +460,14 @@ impl Client {
 
     /// `POST /v1/webhooks`: the webhook and, this once, its signing secret.
     pub async fn create_webhook(&self, req: &CreateWebhook) -> Result<CreatedWebhook, Error> {
-        self.post("/v1/webhooks", &erased::json(req)).await
+        self.create("/v1/webhooks", &erased::json(req)).await
     }
     pub async fn list_webhooks(&self, q: &PageQuery) -> Result<Page<Webhook>, Error> {
         self.get("/v1/webhooks", &erased::query(q)).await
     }
     pub async fn delete_webhook(&self, id: &str) -> Result<(), Error> {
         self.send(
+            Total::Timeout,
             Method::DELETE,
             &format!("/v1/webhooks/{}", seg(id)),
             None,
@@ -431,13 +493,21 @@ impl Client {
     }
     /// `GET /v1/audit/verify`: whether the hash chain is intact.
     pub async fn verify_audit(&self) -> Result<ChainCheck, Error> {
-        self.get("/v1/audit/verify", &erased::NONE).await
+        let res = self
+            .send(Total::Long, Method::GET, "/v1/audit/verify", None, None)
+            .await?;
+        let bytes = res
+            .bytes()
+            .await
+            .map_err(|e| Error::transport(&self.base, &e))?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Decode(e.to_string()))
     }
     /// `GET /v1/audit/export?format=jsonl|csv`: the whole trail, oldest first, as the server
     /// streams it.
     pub async fn export_audit(&self, format: &str) -> Result<reqwest::Response, Error> {
         let q = [("format", format)];
         self.send(
+            Total::Streamed,
             Method::GET,
             "/v1/audit/export",
             Some(&erased::query(&q)),
@@ -464,6 +534,7 @@ impl Client {
         let mut q: Vec<(&str, &str)> = vec![("format", "csv")];
         q.extend(keyspace_id.map(|k| ("keyspace_id", k)));
         self.send(
+            Total::Streamed,
             Method::GET,
             "/v1/reports/inventory",
             Some(&erased::query(&q)),

@@ -243,7 +243,8 @@ pub struct VerifyRequest {
 }
 
 impl VerifyRequest {
-    /// A request for `key` with no scopes, the caller's own address and a cost of 1.
+    /// A request for `key` with no scopes, no address (a key limited to CIDRs is then
+    /// `IP_NOT_ALLOWED`) and a cost of 1.
     pub fn new(key: impl Into<String>) -> Self {
         VerifyRequest {
             key: Secret::new(key.into()),
@@ -357,7 +358,7 @@ pub struct ErrorEnvelope {
 /// An error as the API reports it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiError {
-    /// A stable code such as `NOT_FOUND` or `VALIDATION_ERROR`.
+    /// A stable code such as `NOT_FOUND` or `BAD_REQUEST`.
     pub code: String,
     pub message: String,
     /// The request's id (also in the `X-Request-Id` header and the server's log).

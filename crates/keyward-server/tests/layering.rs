@@ -131,7 +131,13 @@ mod layering {
     fn no_crate_of_the_workspace_has_an_import_cycle_between_its_modules() {
         let crates = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
         let mut checked = 0;
-        for name in ["keyward-core", "keyward-store", "keyward-server", "keyward"] {
+        for name in [
+            "keyward-core",
+            "keyward-store",
+            "keyward-server",
+            "keyward-client",
+            "keyward",
+        ] {
             let cycles = cycles_in(&crates.join(name));
             assert!(
                 cycles.is_empty(),

@@ -207,6 +207,9 @@ pub enum KeysCmd {
         q: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// The next page (the cursor the previous page printed).
+        #[arg(long)]
+        cursor: Option<String>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -271,6 +274,9 @@ pub enum KeyspacesCmd {
     List {
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// The next page (the cursor the previous page printed).
+        #[arg(long)]
+        cursor: Option<String>,
         #[command(flatten)]
         remote: Remote,
     },

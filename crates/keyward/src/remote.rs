@@ -138,11 +138,15 @@ async fn keyspaces_(cmd: KeyspacesCmd) -> Outcome {
             let ks = client(&remote)?.create_keyspace(&req).await?;
             (remote, ks)
         }
-        KeyspacesCmd::List { limit, remote } => {
+        KeyspacesCmd::List {
+            limit,
+            cursor,
+            remote,
+        } => {
             let page = client(&remote)?
                 .list_keyspaces(&PageQuery {
                     limit: Some(limit),
-                    cursor: None,
+                    cursor,
                 })
                 .await?;
             print_page(&remote, &page, "keyspaces", output::print_keyspaces);
@@ -236,6 +240,7 @@ async fn keys_(cmd: KeysCmd) -> Outcome {
             label,
             q,
             limit,
+            cursor,
             remote,
         } => {
             let page = client(&remote)?
@@ -246,6 +251,7 @@ async fn keys_(cmd: KeysCmd) -> Outcome {
                     label,
                     q,
                     limit: Some(limit),
+                    cursor,
                     ..KeyQuery::default()
                 })
                 .await?;

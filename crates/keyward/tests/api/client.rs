@@ -381,6 +381,29 @@ async fn reads_are_retried_with_backoff_and_writes_and_verifications_never_are()
         .unwrap_err();
     assert!(matches!(e, Error::Unreachable(_)), "{e:?}");
     assert!(Client::builder("ftp://x").build().is_err());
+    let e = Client::builder("http://ops:hunter2@127.0.0.1:1")
+        .build()
+        .unwrap_err();
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+
+    // A redirect is an answer, never followed (it would carry a key in a body elsewhere).
+    let (target, hits) = flaky(200, 0, Duration::ZERO).await;
+    let app = Router::new().route(
+        "/v1/verify",
+        post(move || {
+            let to = format!("{target}/v1/verify");
+            async move { (StatusCode::TEMPORARY_REDIRECT, [("location", to)]) }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let e = fast(&url)
+        .verify(&VerifyRequest::new("acme_x"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(307), "{e:?}");
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
 }
 
 // ---------------------------------------------------------------- the tower layer
@@ -444,6 +467,16 @@ async fn the_layer_verifies_through_keyward_and_hands_the_key_to_handlers(app: T
     assert_eq!(body["orders"], true);
     let (status, _, _) = call(&any, &[("x-api-key", &key)]).await;
     assert_eq!(status, 200);
+    // The scheme in any case, as forward-auth reads it; a key is never trimmed.
+    let shouted = format!("BEARER {key}");
+    assert_eq!(call(&any, &[("authorization", &shouted)]).await.0, 200);
+    let padded = format!("{key} ");
+    assert_eq!(call(&any, &[("x-api-key", &padded)]).await.0, 401);
+    let (status, body, _) = call(&any, &[("authorization", "Bearer ")]).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("NOT_FOUND"))
+    );
 
     // No key, a wrong key, an oversized header: refused without echoing.
     let (status, body, _) = call(&any, &[]).await;
@@ -581,9 +614,35 @@ async fn concurrent_checks_of_one_key_share_one_call_and_caching_is_opt_in(app: 
     }
     assert_eq!(hits.load(Ordering::SeqCst), 2);
 
+    // A key with a rate limit: joiners of a VALID answer make their own call, so the limit
+    // holds whatever the concurrency (5 of 10 pass).
+    let (_, limited) = app
+        .key(
+            &ks,
+            json!({"owner": "acme", "ratelimit": {"limit": 5, "window_secs": 3600}}),
+        )
+        .await;
+    let before = hits.load(Ordering::SeqCst);
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let (svc, k) = (svc.clone(), limited.clone());
+        tasks.push(tokio::spawn(async move {
+            call(&svc, &[("x-api-key", &k)]).await.0
+        }));
+    }
+    let mut passed = 0;
+    for t in tasks {
+        let status = t.await.unwrap();
+        assert!(status == 200 || status == 429, "{status}");
+        passed += usize::from(status == 200);
+    }
+    assert_eq!(passed, 5);
+    assert_eq!(hits.load(Ordering::SeqCst) - before, 10);
+    let before = hits.load(Ordering::SeqCst);
+
     // Without a cache, the next request asks again.
     assert_eq!(call(&svc, &[("x-api-key", &key)]).await.0, 200);
-    assert_eq!(hits.load(Ordering::SeqCst), 3);
+    assert_eq!(hits.load(Ordering::SeqCst), before + 1);
 
     // With a bounded staleness, a VALID answer is reused until it is that old, even past a
     // revocation (the documented cost of opting in).
@@ -597,9 +656,9 @@ async fn concurrent_checks_of_one_key_share_one_call_and_caching_is_opt_in(app: 
     .await
     .expect(200);
     assert_eq!(call(&cached, &[("x-api-key", &key)]).await.0, 200);
-    assert_eq!(hits.load(Ordering::SeqCst), 4);
+    assert_eq!(hits.load(Ordering::SeqCst), before + 2);
     tokio::time::sleep(Duration::from_millis(450)).await;
     assert_eq!(call(&cached, &[("x-api-key", &key)]).await.0, 401);
-    assert_eq!(hits.load(Ordering::SeqCst), 5);
+    assert_eq!(hits.load(Ordering::SeqCst), before + 3);
 }
 both!(concurrent_checks_of_one_key_share_one_call_and_caching_is_opt_in);
