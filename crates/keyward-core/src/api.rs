@@ -215,6 +215,28 @@ pub struct CreateWebhook {
     pub keyspace_id: Option<String>,
 }
 
+/// `POST /v1/leaks`: a key found where it should not be. Anyone may report one.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeakReport {
+    #[serde(serialize_with = "crate::secret::expose")]
+    pub key: Secret,
+    /// Where it was found (a URL, a file): kept in the audit event and the webhook.
+    #[serde(
+        default,
+        deserialize_with = "not_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub source: Option<String>,
+    /// Who found it.
+    #[serde(
+        default,
+        deserialize_with = "not_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub reporter: Option<String>,
+}
+
 /// `POST /v1/verify`. The key is a [`Secret`]: it never shows in `Debug` output.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -63,6 +63,8 @@ named! {
         KeyRotate => "key.rotate",
         KeyRevoke => "key.revoke",
         KeyExpire => "key.expire",
+        /// A leak of the key was reported (its source in `changes`).
+        KeyLeaked => "key.leaked",
         TokenCreate => "token.create",
         TokenRevoke => "token.revoke",
         UserCreate => "user.create",

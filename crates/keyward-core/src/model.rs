@@ -34,6 +34,8 @@ pub enum ActorKind {
     User,
     Cli,
     System,
+    /// A leak report (`POST /v1/leaks`, a secret-scanning partner): whoever found the key.
+    Scanner,
 }
 
 impl ActorKind {
@@ -43,6 +45,7 @@ impl ActorKind {
             ActorKind::User => "user",
             ActorKind::Cli => "cli",
             ActorKind::System => "system",
+            ActorKind::Scanner => "scanner",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -51,6 +54,7 @@ impl ActorKind {
             "user" => ActorKind::User,
             "cli" => ActorKind::Cli,
             "system" => ActorKind::System,
+            "scanner" => ActorKind::Scanner,
             _ => return None,
         })
     }

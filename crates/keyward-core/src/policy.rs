@@ -17,6 +17,28 @@ pub struct Policy {
     pub expiry_warning_secs: Option<i64>,
     pub require_owner: bool,
     pub max_keys_per_owner: Option<i64>,
+    /// What a reported leak of a live key does (`POST /v1/leaks`).
+    #[serde(default)]
+    pub on_leak: OnLeak,
+}
+
+/// What a reported leak of a live key does: revoke it at once (the default), or only notify
+/// (audit event and `key.leaked` webhook) and leave the decision to a person.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnLeak {
+    #[default]
+    Revoke,
+    Notify,
+}
+
+impl OnLeak {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnLeak::Revoke => "revoke",
+            OnLeak::Notify => "notify",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +61,7 @@ impl Preset {
             expiry_warning_secs: Some(14 * DAY),
             require_owner: true,
             max_keys_per_owner: None,
+            on_leak: OnLeak::Revoke,
         };
         match self {
             Preset::Standard => standard,
@@ -119,6 +142,13 @@ pub struct PolicyPatch {
         skip_serializing_if = "Option::is_none"
     )]
     pub max_keys_per_owner: Option<Option<i64>>,
+    /// `null` is refused: a keyspace always says what a leak does.
+    #[serde(
+        default,
+        deserialize_with = "crate::api::not_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub on_leak: Option<OnLeak>,
 }
 
 fn limit(name: &str, v: Option<i64>) -> Result<Option<i64>, Invalid> {
@@ -162,6 +192,9 @@ impl PolicyPatch {
         }
         if let Some(v) = self.require_owner {
             p.require_owner = v.ok_or("policy.require_owner must be true or false")?;
+        }
+        if let Some(v) = self.on_leak {
+            p.on_leak = v;
         }
         Ok(p)
     }

@@ -38,6 +38,7 @@ pub(crate) mod events;
 pub mod grpc;
 pub mod http;
 pub mod jobs;
+pub mod leaks;
 pub(crate) mod metrics;
 pub(crate) mod outbound;
 pub(crate) mod redis;

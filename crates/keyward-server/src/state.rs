@@ -68,6 +68,9 @@ pub struct Control {
     pub(crate) master_key: Option<Arc<keyward_core::seal::MasterKey>>,
 }
 
+/// Leak reports one address may make in a minute (the rest are 429).
+pub(crate) const LEAK_REPORTS_PER_MINUTE: u32 = 30;
+
 /// What authentication uses: the records and this node's throttles.
 pub(crate) struct Authn {
     pub(crate) records: Records,
@@ -76,6 +79,8 @@ pub(crate) struct Authn {
     pub(crate) token_touched: Mutex<HashMap<String, Timestamp>>,
     /// Dashboard sign-in throttles and the dummy password hash.
     pub(crate) sign_ins: crate::throttle::SignIns,
+    /// Leak reports per address (`POST /v1/leaks` needs no token).
+    pub(crate) leak_reports: crate::throttle::AuthThrottle,
 }
 
 impl AppState {
@@ -111,6 +116,7 @@ impl AppState {
                 throttle: crate::throttle::AuthThrottle::new(config.auth_failure_limit, 60),
                 token_touched: Mutex::new(HashMap::new()),
                 sign_ins: crate::throttle::SignIns::default(),
+                leak_reports: crate::throttle::AuthThrottle::new(LEAK_REPORTS_PER_MINUTE, 60),
             },
             control: Control {
                 records,

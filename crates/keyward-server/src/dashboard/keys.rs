@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use keyward_core::kinds::AuditAction;
 use keyward_core::model::{Key, KeyStatus, Keyspace, Permission};
 use keyward_core::policy::Policy;
 use keyward_core::time::Timestamp;
@@ -141,6 +142,21 @@ pub(crate) async fn overview(
         .collect();
     let usage_24h = usage::overview_usage(&st, &who, &key_names).await?;
     let anomalies = usage::recent_anomalies(&st, &who).await?;
+    // Reported leaks are audit events: shown to the roles that read the audit trail.
+    let leaks = match ctx.allow::<authz::ReadAudit>() {
+        Ok(auditor) => {
+            let filter = AuditFilter {
+                action: Some(AuditAction::KeyLeaked.as_str().into()),
+                page: Page {
+                    limit: 5,
+                    after: None,
+                },
+                ..Default::default()
+            };
+            Some(service::list_audit(st.records(), &auditor, &filter).await?)
+        }
+        Err(_) => None,
+    };
 
     Ok(view::overview(
         &s,
@@ -155,6 +171,7 @@ pub(crate) async fn overview(
             keyspaces: &kss,
             keyspace_names: &names,
             anomalies,
+            leaks,
             key_names: &key_names,
             now,
         },

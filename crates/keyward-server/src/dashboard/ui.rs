@@ -1,7 +1,7 @@
 //! The page shell and the small pieces every page uses. No inline script or style anywhere
 //! (the CSP forbids both): behaviour lives in `assets/app.js`, looks in `assets/style.css`.
 
-use keyward_core::model::{Actor, ActorKind, KeyStatus, Permission};
+use keyward_core::model::{Actor, KeyStatus, Permission};
 use keyward_core::time::Timestamp;
 use maud::{html, Markup, DOCTYPE};
 
@@ -146,12 +146,7 @@ pub(crate) fn status_badge(s: KeyStatus) -> Markup {
 }
 
 pub(crate) fn actor(a: &Actor) -> Markup {
-    let kind = match a.kind {
-        ActorKind::Token => "token",
-        ActorKind::User => "user",
-        ActorKind::Cli => "cli",
-        ActorKind::System => "system",
-    };
+    let kind = a.kind.as_str();
     html! {
         span.actor title=(a.id) {
             span class={ "badge kind-" (kind) } { (kind) }

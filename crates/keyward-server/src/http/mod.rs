@@ -102,6 +102,7 @@ pub(crate) fn api_routes() -> Vec<(RouteSpec, Handler)> {
             get(v1::key_sources),
         ),
         spec("POST", "/v1/verify", Access::Verify, post(verify::verify)),
+        spec("POST", "/v1/leaks", Public, post(v1::report_leak)),
         spec(
             "ANY",
             "/v1/forward-auth",

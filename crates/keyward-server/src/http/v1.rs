@@ -789,3 +789,45 @@ pub(crate) async fn inventory(
             .into_response(),
     )
 }
+
+// ---------------------------------------------------------------- leaks
+
+/// `POST /v1/leaks`: anyone may report a key found where it should not be. Always 202 with an
+/// empty body once the report is well-formed; the work runs after the answer
+/// ([`crate::leaks`]), so neither the answer nor its timing says whether the key exists.
+pub(crate) async fn report_leak(
+    State(st): State<AppState>,
+    req: axum::extract::Request,
+) -> Result<Response> {
+    let (parts, body) = req.into_parts();
+    let ip = crate::http::extract::client_ip(&parts, st.config.trust_proxy_headers);
+    if let Some(ip) = ip {
+        if let Some(wait) = st.authn.leak_reports.fail(ip, st.clock().now()) {
+            return Err(Error::new(
+                crate::error::ErrorCode::RateLimited,
+                "too many leak reports from this address; try again later",
+            )
+            .with_retry_after(wait));
+        }
+    }
+    let body = match <JsonBody as axum::extract::FromRequest<()>>::from_request(
+        axum::extract::Request::from_parts(parts, body),
+        &(),
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(refused) => return Ok(refused),
+    };
+    let report: keyward_core::api::LeakReport = body.parse()?;
+    let control = st.control.clone();
+    let request_id = crate::http::error::current_request_id();
+    tokio::spawn(async move {
+        let ip = ip.map(|i| i.to_string());
+        match crate::leaks::handle(&control, &report, ip, Some(request_id)).await {
+            Ok(outcome) => tracing::info!(?outcome, "leak report handled"),
+            Err(e) => tracing::error!(error = %e, "a leak report could not be handled"),
+        }
+    });
+    Ok(StatusCode::ACCEPTED.into_response())
+}

@@ -1107,7 +1107,16 @@ async fn integers_may_carry_a_zero_fraction_null_is_no_cost_and_an_empty_cursor_
             .get(&format!("{path}?limit=1&cursor="))
             .await
             .expect(200);
-        assert_eq!(empty.body["items"], first.body["items"], "{path}");
+        // The same objects (by id: a usage flush may change a key's counters in between).
+        let ids = |v: &Value| -> Vec<Value> {
+            v["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["id"].clone())
+                .collect()
+        };
+        assert_eq!(ids(&empty.body), ids(&first.body), "{path}");
     }
 }
 both!(integers_may_carry_a_zero_fraction_null_is_no_cost_and_an_empty_cursor_is_the_first_page);

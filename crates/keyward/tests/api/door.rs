@@ -101,7 +101,14 @@ async fn call_api(
     token: Option<&str>,
 ) -> (u16, Option<String>) {
     let m = method(r);
-    let body = matches!(m, reqwest::Method::POST | reqwest::Method::PATCH).then(|| json!({}));
+    // A leak report needs its key; every other body is refused or read as empty.
+    let body = matches!(m, reqwest::Method::POST | reqwest::Method::PATCH).then(|| {
+        if path == "/v1/leaks" {
+            json!({"key": "acme_door"})
+        } else {
+            json!({})
+        }
+    });
     let res = app.send(m, path, token, body).await;
     let granted = res
         .headers

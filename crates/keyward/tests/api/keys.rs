@@ -77,7 +77,7 @@ async fn presets_fill_the_policy_as_documented(app: TestApp) {
     let standard = json!({
         "max_lifetime_secs": 180 * DAY, "rotation_grace_secs": DAY, "max_grace_secs": 7 * DAY,
         "inactivity_revoke_secs": 180 * DAY, "expiry_warning_secs": 14 * DAY,
-        "require_owner": true, "max_keys_per_owner": null,
+        "require_owner": true, "max_keys_per_owner": null, "on_leak": "revoke",
     });
     let mut strict = standard.clone();
     strict["max_lifetime_secs"] = json!(90 * DAY);
@@ -137,7 +137,7 @@ async fn a_policy_overrides_the_preset_field_by_field(app: TestApp) {
         ks.body["policy"],
         json!({"max_lifetime_secs": null, "rotation_grace_secs": 0, "max_grace_secs": 7 * DAY,
                "inactivity_revoke_secs": 30 * DAY, "expiry_warning_secs": 14 * DAY,
-               "require_owner": false, "max_keys_per_owner": 3})
+               "require_owner": false, "max_keys_per_owner": 3, "on_leak": "revoke"})
     );
     // Values as small as 1 s are fine; 0, negatives, null grace and unknown fields are not.
     app.post("/v1/keyspaces", json!({"name": "o", "prefix": "tiny", "policy": {"max_lifetime_secs": 1, "max_grace_secs": 1}}))

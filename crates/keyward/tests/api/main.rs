@@ -17,6 +17,7 @@ mod door;
 mod durability;
 mod grpc;
 mod keys;
+mod leaks;
 mod lifecycle;
 mod outbound;
 mod proxies;

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use keyward_core::kinds::AuditAction;
 use keyward_core::model::{AuditEvent, Key, KeyStatus, Keyspace};
 use keyward_core::secret::Secret;
 use keyward_core::time::Timestamp;
@@ -41,6 +42,9 @@ pub(crate) struct Overview<'a> {
     /// Keyspace names by id.
     pub(crate) keyspace_names: &'a HashMap<String, String>,
     pub(crate) anomalies: RecentAnomalies,
+    /// The newest reported leaks (`key.leaked` audit events); `None` when the role cannot
+    /// read the audit trail.
+    pub(crate) leaks: Option<Vec<AuditEvent>>,
     /// Key names by id, for the anomalies.
     pub(crate) key_names: &'a HashMap<String, String>,
     pub(crate) now: Timestamp,
@@ -177,8 +181,32 @@ pub(crate) fn overview(s: &SignedIn, m: &Overview) -> Markup {
             }
             (usage::recent_anomalies(&m.anomalies, m.key_names))
         }
+        @if let Some(leaks) = &m.leaks {
+            section.card #leaks {
+                div.card-head { h2 { "Reported leaks" } span.count { (leaks.len()) } }
+                @if leaks.is_empty() { (ui::empty("No leak has been reported.")) }
+                @else { ul.keylist { @for e in leaks {
+                    li {
+                        a href={ "/keys/" (e.target_id) } {
+                            (m.key_names.get(&e.target_id).map_or(e.target_id.as_str(), String::as_str))
+                        }
+                        span.muted { " " (ui::relative(e.at, now)) " · " (leak_source(e)) }
+                    }
+                } } }
+            }
+        }
     };
     page("Overview", s, Nav::Overview, body)
+}
+
+/// Where a reported leak was found, from its audit event.
+fn leak_source(e: &AuditEvent) -> String {
+    e.changes
+        .get("source")
+        .and_then(|c| c.get(1))
+        .and_then(Value::as_str)
+        .unwrap_or("source not given")
+        .to_string()
 }
 
 // ---------------------------------------------------------------- list
@@ -500,8 +528,17 @@ pub(crate) fn detail(s: &SignedIn, m: &KeyDetail) -> Markup {
         }
     };
 
+    let leak = events.as_ref().and_then(|ev| {
+        ev.iter()
+            .find(|e| e.action == AuditAction::KeyLeaked.as_str())
+    });
     let body = html! {
         @if let Some(text) = m.done { (ui::flash("ok", text)) }
+        @if let Some(e) = leak {
+            (ui::flash("error", &format!("A leak of this key was reported {} ({}).", ui::relative(e.at, now), leak_source(e))))
+        } @else if key.revoked_reason.as_deref() == Some("leaked") {
+            (ui::flash("error", "This key was revoked because a leak of it was reported."))
+        }
         div.crumbs { a href="/keys" { "Keys" } " / " (key.name) }
         (heading(&key.name, Some(html! { (status_badge(status)) " " code.muted { (key.id) } }), html! {
             @if can_write && live {
