@@ -340,6 +340,38 @@ async fn no_plaintext_key_or_token_is_stored_logged_audited_or_echoed(backend: B
         .unwrap();
     error_bodies.push(fa.text().await.unwrap());
 
+    // A leak report: the reported key, and a source and reporter that hold it.
+    let (_, l) = post(
+        "/v1/keys",
+        json!({"keyspace_id": ks, "name": "leaked", "owner": "o"}),
+    )
+    .await;
+    let l: Value = serde_json::from_str(&l).unwrap();
+    let leaked = l["key"].as_str().unwrap().to_string();
+    secrets.push(leaked.clone());
+    let report = |body: Value| call(reqwest::Method::POST, "/v1/leaks".into(), None, Some(body));
+    error_bodies.push(report(json!({"key": leaked, "typo": leaked})).await.1);
+    error_bodies.push(report(json!({"key": [leaked]})).await.1);
+    let (status, _) = report(json!({
+        "key": leaked,
+        "source": format!("https://paste.example.com/raw?k={leaked}"),
+        "reporter": leaked,
+    }))
+    .await;
+    assert_eq!(status, 202);
+    let started = std::time::Instant::now();
+    loop {
+        let (_, v) = verify(json!({"key": leaked})).await;
+        if v.contains("REVOKED") {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
     let (_, r) = post(
         &format!("/v1/keys/{key_id}/rotate"),
         json!({"grace_secs": 0, "reason": "test"}),
