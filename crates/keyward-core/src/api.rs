@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::model::{Key, KeyStatus, Keyspace, RateLimit, Role, Token, Webhook};
@@ -21,14 +21,7 @@ use crate::secret::Secret;
 use crate::time::Timestamp;
 use crate::verify::Code;
 
-/// For a field that may be left out but not sent as `null` (with `#[serde(default)]`).
-pub fn not_null<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    T::deserialize(d).map(Some)
-}
+pub use crate::policy::not_null;
 
 // ---------------------------------------------------------------- requests
 

@@ -154,6 +154,13 @@ pub fn generate(prefix: &str) -> Secret {
     Secret::new(s)
 }
 
+/// The regular expression that finds this keyspace's keys in text (what secret scanners such
+/// as GitHub's are given): the prefix, `_`, then [`BODY_LEN`] base62 characters, as a whole
+/// word. Prefixes hold only `[a-z0-9_]`, so nothing in them needs escaping.
+pub fn pattern(prefix: &str) -> String {
+    format!(r"\b{prefix}_[0-9A-Za-z]{{{BODY_LEN}}}\b")
+}
+
 /// Whether `text` contains a well-formed key or token (a word that passes the format and the
 /// checksum). Free-text fields refuse such text, so a key pasted into a name or a revocation
 /// reason is never stored.
@@ -243,6 +250,15 @@ pub fn parse(s: &str) -> Option<Parsed<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pattern_describes_generated_keys() {
+        assert_eq!(pattern("acme_live"), r"\bacme_live_[0-9A-Za-z]{38}\b");
+        let k = generate("acme_live");
+        let body = k.expose().strip_prefix("acme_live_").unwrap_or_default();
+        assert_eq!(body.len(), BODY_LEN);
+        assert!(body.bytes().all(|b| b.is_ascii_alphanumeric()));
+    }
     use proptest::prelude::*;
 
     #[test]

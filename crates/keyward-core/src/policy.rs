@@ -87,6 +87,15 @@ impl Default for Policy {
     }
 }
 
+/// For a field that may be left out but not sent as `null` (with `#[serde(default)]`).
+pub fn not_null<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: Deserializer<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
 /// `Some(None)` when the field is present and `null`, `None` when absent.
 pub fn double_option<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
 where
@@ -145,7 +154,7 @@ pub struct PolicyPatch {
     /// `null` is refused: a keyspace always says what a leak does.
     #[serde(
         default,
-        deserialize_with = "crate::api::not_null",
+        deserialize_with = "not_null",
         skip_serializing_if = "Option::is_none"
     )]
     pub on_leak: Option<OnLeak>,

@@ -82,6 +82,18 @@ pub struct Config {
     /// The PEM private key of `--tls-cert` (PKCS#8, PKCS#1 or SEC1).
     #[arg(long, env = "KEYWARD_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
+    /// Where GitHub's secret-scanning public keys are read from (`POST
+    /// /v1/integrations/github/secret-scanning` checks each payload's signature with them).
+    #[arg(
+        long,
+        env = "KEYWARD_GITHUB_KEYS_URL",
+        default_value = "https://api.github.com/meta/public_keys/secret_scanning"
+    )]
+    pub github_keys_url: String,
+    /// Read GitHub's secret-scanning public keys from this file instead (the JSON of the URL
+    /// above), for installations that cannot reach GitHub.
+    #[arg(long, env = "KEYWARD_GITHUB_KEYS_FILE")]
+    pub github_keys_file: Option<std::path::PathBuf>,
     /// Failed management authentications per address per minute before 429 (tests raise it).
     #[arg(long, hide = true, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub auth_failure_limit: u32,

@@ -35,6 +35,7 @@ pub(crate) mod conn;
 pub(crate) mod dashboard;
 pub(crate) mod error;
 pub(crate) mod events;
+pub(crate) mod github;
 pub mod grpc;
 pub mod http;
 pub mod jobs;

@@ -29,6 +29,8 @@ pub struct Shared {
     pub control: Control,
     /// Token authentication, dashboard sign-in and sessions.
     pub(crate) authn: Authn,
+    /// GitHub's secret-scanning public keys (read when first needed).
+    pub(crate) github: crate::github::GithubKeys,
     pub config: Arc<Config>,
 }
 
@@ -128,6 +130,7 @@ impl AppState {
                 circuits: Arc::default(),
                 master_key: master_key.map(Arc::new),
             },
+            github: crate::github::GithubKeys::from_config(&config),
             config: Arc::new(config),
         }))
     }

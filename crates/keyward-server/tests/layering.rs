@@ -145,7 +145,7 @@ mod layering {
             );
             checked += 1;
         }
-        assert_eq!(checked, 4);
+        assert_eq!(checked, 5);
     }
 
     #[test]

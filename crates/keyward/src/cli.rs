@@ -286,6 +286,13 @@ pub enum KeyspacesCmd {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Print the regular expression that finds this keyspace's keys (for GitHub secret scanning
+    /// and other scanners).
+    Pattern {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Change a keyspace's name or route rules (the file replaces every rule).
     Update {
         id: String,

@@ -156,6 +156,19 @@ async fn keyspaces_(cmd: KeyspacesCmd) -> Outcome {
             let ks = client(&remote)?.get_keyspace(&id).await?;
             (remote, ks)
         }
+        KeyspacesCmd::Pattern { id, remote } => {
+            let ks = client(&remote)?.get_keyspace(&id).await?;
+            let pattern = keyward_core::keyformat::pattern(&ks.prefix);
+            if remote.json {
+                println!(
+                    "{}",
+                    json!({"keyspace_id": ks.id, "prefix": ks.prefix, "pattern": pattern})
+                );
+            } else {
+                println!("{pattern}");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         KeyspacesCmd::Update {
             id,
             name,

@@ -104,6 +104,12 @@ pub(crate) fn api_routes() -> Vec<(RouteSpec, Handler)> {
         spec("POST", "/v1/verify", Access::Verify, post(verify::verify)),
         spec("POST", "/v1/leaks", Public, post(v1::report_leak)),
         spec(
+            "POST",
+            "/v1/integrations/github/secret-scanning",
+            Public,
+            post(v1::github_secret_scanning),
+        ),
+        spec(
             "ANY",
             "/v1/forward-auth",
             Access::Verify,

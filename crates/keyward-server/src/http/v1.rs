@@ -831,3 +831,102 @@ pub(crate) async fn report_leak(
     });
     Ok(StatusCode::ACCEPTED.into_response())
 }
+
+/// One token of GitHub's secret-scanning payload (fields GitHub adds later are ignored).
+#[derive(Deserialize)]
+struct GithubToken {
+    token: keyward_core::secret::Secret,
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    source: Option<String>,
+}
+
+/// Most tokens handled from one payload.
+const MAX_GITHUB_TOKENS: usize = 1000;
+
+/// `POST /v1/integrations/github/secret-scanning`: GitHub's partner endpoint. The payload must
+/// be signed by a key GitHub publishes (`Github-Public-Key-Identifier`,
+/// `Github-Public-Key-Signature`: ECDSA P-256 with SHA-256 over the raw body), else 401 and
+/// nothing is done. Each token is handled as a reported leak, and labelled for GitHub:
+/// `true_positive` when it is a keyward key (live or not), `false_positive` otherwise.
+pub(crate) async fn github_secret_scanning(
+    State(st): State<AppState>,
+    req: axum::extract::Request,
+) -> Result<Response> {
+    let (parts, body) = req.into_parts();
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let (Some(key_id), Some(signature)) = (
+        header("github-public-key-identifier"),
+        header("github-public-key-signature"),
+    ) else {
+        return Err(Error::unauthenticated(
+            "a GitHub signature is required (Github-Public-Key-Identifier, Github-Public-Key-Signature)",
+        ));
+    };
+    let raw = match <JsonBody as axum::extract::FromRequest<()>>::from_request(
+        axum::extract::Request::from_parts(parts, body),
+        &(),
+    )
+    .await
+    {
+        Ok(JsonBody(Some(raw))) => raw,
+        Ok(JsonBody(None)) => return Err(Error::bad_request("the payload is missing")),
+        Err(refused) => return Ok(refused),
+    };
+    let point = match st.github.key(&key_id).await {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            return Err(Error::unauthenticated(
+                "the payload is not signed by a key GitHub publishes",
+            ))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "GitHub's secret-scanning keys could not be read");
+            return Err(Error::new(
+                crate::error::ErrorCode::Unavailable,
+                "GitHub's public keys could not be read; try again later",
+            ));
+        }
+    };
+    if !crate::github::signed(&point, &raw, &signature) {
+        return Err(Error::unauthenticated(
+            "the payload is not signed by a key GitHub publishes",
+        ));
+    }
+    let tokens: Vec<GithubToken> = serde_json::from_slice(&raw).map_err(|_| {
+        Error::bad_request("the payload must be a JSON list of {token, type, url, source}")
+    })?;
+    if tokens.len() > MAX_GITHUB_TOKENS {
+        return Err(Error::bad_request(format!(
+            "at most {MAX_GITHUB_TOKENS} tokens a payload"
+        )));
+    }
+    let request_id = crate::http::error::current_request_id();
+    let mut answer = Vec::with_capacity(tokens.len());
+    for t in tokens {
+        let report = keyward_core::api::LeakReport {
+            key: t.token,
+            source: t.url.clone().or(t.source.clone()),
+            reporter: Some("GitHub secret scanning".into()),
+        };
+        let outcome =
+            crate::leaks::handle(&st.control, &report, None, Some(request_id.clone())).await?;
+        let label = match outcome {
+            crate::leaks::Outcome::Unknown => "false_positive",
+            _ => "true_positive",
+        };
+        // GitHub sent this token and asks for it back; it is public already.
+        answer
+            .push(json!({"token_raw": report.key.expose(), "token_type": t.kind, "label": label}));
+    }
+    Ok(Json(Value::Array(answer)).into_response())
+}

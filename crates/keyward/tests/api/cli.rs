@@ -434,6 +434,19 @@ async fn the_cli_covers_tokens_webhooks_usage_anomalies_and_reports(app: TestApp
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("from"), "{}", stderr(&o));
 
+    // The pattern to register with secret scanners.
+    let prefix = app.get(&format!("/v1/keyspaces/{ks}")).await.body["prefix"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let o = run(&url, &t, &["keyspaces", "pattern", &ks]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o).trim(),
+        format!("\\b{prefix}_[0-9A-Za-z]{{38}}\\b")
+    );
+    assert!(key.starts_with(&format!("{prefix}_")) && key.len() == prefix.len() + 39);
+
     // Anomalies and the inventory report.
     let o = run(&url, &t, &["anomalies", "list", "--keyspace", &ks]).await;
     assert!(o.status.success(), "{}", stderr(&o));

@@ -206,3 +206,196 @@ async fn reports_are_limited_per_address(app: TestApp) {
     assert!(headers.contains_key("retry-after"));
 }
 both!(reports_are_limited_per_address);
+
+// ---------------------------------------------------------------- GitHub secret scanning
+
+/// A key pair standing in for GitHub's, its key list (as GitHub publishes it) and a signer.
+struct Github {
+    pair: ring::signature::EcdsaKeyPair,
+    list: String,
+}
+
+impl Github {
+    fn new(id: &str) -> Github {
+        use base64::Engine;
+        use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        // SubjectPublicKeyInfo of a P-256 key: a fixed prefix and the point.
+        let mut der = vec![
+            0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06,
+            0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+        ];
+        der.extend_from_slice(pair.public_key().as_ref());
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
+        let pem = format!("-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n");
+        let list = json!({"public_keys": [
+            {"key_identifier": "older", "key": "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----", "is_current": false},
+            {"key_identifier": id, "key": pem, "is_current": true},
+        ]})
+        .to_string();
+        Github { pair, list }
+    }
+
+    fn sign(&self, body: &[u8]) -> String {
+        use base64::Engine;
+        let rng = ring::rand::SystemRandom::new();
+        let sig = self.pair.sign(&rng, body).unwrap();
+        base64::engine::general_purpose::STANDARD.encode(sig.as_ref())
+    }
+}
+
+async fn github_post(
+    app: &TestApp,
+    body: &str,
+    key_id: Option<&str>,
+    signature: Option<&str>,
+) -> (u16, Value) {
+    let mut r = app
+        .http
+        .post(format!(
+            "{}/v1/integrations/github/secret-scanning",
+            app.url
+        ))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if let Some(id) = key_id {
+        r = r.header("Github-Public-Key-Identifier", id);
+    }
+    if let Some(s) = signature {
+        r = r.header("Github-Public-Key-Signature", s);
+    }
+    let res = r.send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+fn github_file() -> crate::helpers::Options {
+    let mut o = crate::helpers::Options::default();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    o.config.github_keys_file = Some(std::env::temp_dir().join(format!(
+        "keyward-github-keys-{}-{nanos}.json",
+        std::process::id()
+    )));
+    o
+}
+
+async fn github_secret_scanning_revokes_what_a_signed_payload_names(app: TestApp) {
+    let gh = Github::new("kid-current");
+    let file = app.state.config.github_keys_file.clone().unwrap();
+    std::fs::write(&file, &gh.list).unwrap();
+    let ks = app.keyspace(json!({})).await;
+    let (id, key) = app.key(&ks, json!({"owner": "acme"})).await;
+    let unknown = format!("{}{}", &key[..key.len() - 4], "AAAA");
+    let url = "https://github.com/someone/repo/blob/abc/config.yml";
+    let payload = json!([
+        {"token": key, "type": "keyward_api_key", "url": url, "source": "content"},
+        {"token": unknown, "type": "keyward_api_key", "url": url, "source": "content"},
+    ])
+    .to_string();
+
+    // Unsigned, signed by an unknown key, or a signature of another body: 401, nothing done.
+    let (status, _) = github_post(&app, &payload, None, None).await;
+    assert_eq!(status, 401);
+    let sig = gh.sign(payload.as_bytes());
+    let (status, _) = github_post(&app, &payload, Some("kid-unknown"), Some(&sig)).await;
+    assert_eq!(status, 401);
+    let (status, _) = github_post(&app, &payload, Some("older"), Some(&sig)).await;
+    assert_eq!(status, 401);
+    let other = gh.sign(b"[]");
+    let (status, _) = github_post(&app, &payload, Some("kid-current"), Some(&other)).await;
+    assert_eq!(status, 401);
+    let (status, _) = github_post(&app, &payload, Some("kid-current"), Some("%%%")).await;
+    assert_eq!(status, 401);
+    assert_eq!(app.verify_code(&key).await, "VALID", "nothing was done");
+    assert!(app.audit_actions("key.leaked").await.is_empty());
+
+    // Signed by GitHub's current key: handled at once, labelled for GitHub.
+    let (status, answer) = github_post(&app, &payload, Some("kid-current"), Some(&sig)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer,
+        json!([
+            {"token_raw": key, "token_type": "keyward_api_key", "label": "true_positive"},
+            {"token_raw": unknown, "token_type": "keyward_api_key", "label": "false_positive"},
+        ])
+    );
+    assert_eq!(app.verify_code(&key).await, "REVOKED");
+    let leaked = app.audit_actions("key.leaked").await;
+    assert_eq!(leaked.len(), 1);
+    assert_eq!(leaked[0]["target_id"], id.as_str());
+    assert_eq!(leaked[0]["changes"]["source"][1], url);
+    assert_eq!(leaked[0]["actor"]["name"], "GitHub secret scanning");
+
+    // A malformed payload, correctly signed: 400.
+    let bad = r#"{"token": "x"}"#;
+    let (status, _) = github_post(
+        &app,
+        bad,
+        Some("kid-current"),
+        Some(&gh.sign(bad.as_bytes())),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let _ = std::fs::remove_file(file);
+}
+both!(
+    github_secret_scanning_revokes_what_a_signed_payload_names,
+    github_file
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_keys_are_fetched_from_the_configured_url_and_an_unreachable_list_is_503() {
+    let gh = Github::new("kid-url");
+    let list = gh.list.clone();
+    let fetched = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let f = fetched.clone();
+    let keys = axum::Router::new().route(
+        "/meta/public_keys/secret_scanning",
+        axum::routing::get(move || {
+            f.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let list = list.clone();
+            async move { ([("content-type", "application/json")], list) }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, keys).await });
+
+    let mut o = crate::helpers::Options::default();
+    o.config.github_keys_url = format!("{base}/meta/public_keys/secret_scanning");
+    let Some(app) = crate::helpers::spawn_with(crate::helpers::Backend::Sqlite, o).await else {
+        return;
+    };
+    let ks = app.keyspace(json!({})).await;
+    let (_, key) = app.key(&ks, json!({"owner": "acme"})).await;
+    let payload =
+        json!([{"token": key, "type": "t", "url": "https://x", "source": "content"}]).to_string();
+    let sig = gh.sign(payload.as_bytes());
+    let (status, answer) = github_post(&app, &payload, Some("kid-url"), Some(&sig)).await;
+    assert_eq!(
+        (status, answer[0]["label"].as_str()),
+        (200, Some("true_positive"))
+    );
+    let (status, _) = github_post(&app, &payload, Some("kid-url"), Some(&sig)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        fetched.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "kept, not fetched per call"
+    );
+
+    // A list that cannot be read at all: 503, and nothing is done.
+    let mut o = crate::helpers::Options::default();
+    o.config.github_keys_url = format!("{base}/nowhere");
+    let Some(app) = crate::helpers::spawn_with(crate::helpers::Backend::Sqlite, o).await else {
+        return;
+    };
+    let (status, _) = github_post(&app, &payload, Some("kid-url"), Some(&sig)).await;
+    assert_eq!(status, 503);
+}
