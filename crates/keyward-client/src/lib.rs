@@ -37,8 +37,9 @@ use std::time::Duration;
 pub use error::Error;
 pub use keyward_core::api::{
     ApiError, ApiKey, BulkRevoke, BulkRevoked, CreateKey, CreateKeyspace, CreateToken,
-    CreateWebhook, CreatedKey, CreatedToken, CreatedWebhook, Page, PatchKey, PatchKeyspace,
-    RateLimitState, Revoke, RotateKey, VerifyAnswer, VerifyRequest,
+    CreateWebhook, CreatedKey, CreatedToken, CreatedWebhook, KeyLookupRequest, KeyMatch,
+    LeakReport, Page, PatchKey, PatchKeyspace, RateLimitState, Revoke, RotateKey, VerifyAnswer,
+    VerifyRequest,
 };
 pub use keyward_core::audit::ChainCheck;
 pub use keyward_core::model::{
@@ -434,6 +435,33 @@ impl Client {
             .get(&format!("/v1/keys/{}/sources", seg(id)), &erased::NONE)
             .await?;
         Ok(s.items)
+    }
+
+    /// `POST /v1/keys/lookup`: which of these SHA-256 hashes (hex) are keys.
+    pub async fn lookup_keys(&self, hashes: &[String]) -> Result<Vec<KeyMatch>, Error> {
+        #[derive(serde::Deserialize)]
+        struct Matches {
+            items: Vec<KeyMatch>,
+        }
+        let req = KeyLookupRequest {
+            hashes: hashes.to_vec(),
+        };
+        let m: Matches = self.post("/v1/keys/lookup", &erased::json(&req)).await?;
+        Ok(m.items)
+    }
+
+    /// `POST /v1/leaks`: reports a leaked key (no token needed). The server answers the same
+    /// whatever the key.
+    pub async fn report_leak(&self, report: &LeakReport) -> Result<(), Error> {
+        self.send(
+            Total::Timeout,
+            Method::POST,
+            "/v1/leaks",
+            None,
+            Some(&erased::json(report)),
+        )
+        .await
+        .map(drop)
     }
 
     // ------------------------------------------------------------ tokens

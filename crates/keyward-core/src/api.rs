@@ -230,6 +230,25 @@ pub struct LeakReport {
     pub reporter: Option<String>,
 }
 
+/// `POST /v1/keys/lookup`: which of these SHA-256 hashes (64 lowercase hex characters) are
+/// keys, and in what state. Only hashes travel: what a scanner found stays on its machine.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyLookupRequest {
+    pub hashes: Vec<String>,
+}
+
+/// One hash of a [`KeyLookupRequest`] that is a key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeyMatch {
+    pub hash: String,
+    pub key_id: String,
+    pub keyspace_id: String,
+    pub name: String,
+    pub owner: Option<String>,
+    pub status: KeyStatus,
+}
+
 /// `POST /v1/verify`. The key is a [`Secret`]: it never shows in `Debug` output.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -165,8 +165,40 @@ pub fn pattern(prefix: &str) -> String {
 /// checksum). Free-text fields refuse such text, so a key pasted into a name or a revocation
 /// reason is never stored.
 pub fn contains_key_material(text: &str) -> bool {
-    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .any(|word| word.len() > BODY_LEN && parse(word).is_some())
+    find_keys(text).next().is_some()
+}
+
+/// The well-formed keys and tokens in `text` (words of `[A-Za-z0-9_]` that pass the format and
+/// the checksum), with their byte offsets: what `keyward scan` reports.
+pub fn find_keys(text: &str) -> impl Iterator<Item = (usize, Parsed<'_>)> {
+    words(text).filter_map(|(at, w)| {
+        if w.len() > BODY_LEN {
+            parse(w).map(|p| (at, p))
+        } else {
+            None
+        }
+    })
+}
+
+/// The words of `[A-Za-z0-9_]` in `text`, with their byte offsets.
+pub fn words(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    let is_word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while i < bytes.len() && !is_word(bytes[i]) {
+            i += 1;
+        }
+        if i >= bytes.len() {
+            return None;
+        }
+        let start = i;
+        while i < bytes.len() && is_word(bytes[i]) {
+            i += 1;
+        }
+        // Word characters are ASCII, so both ends are character boundaries.
+        text.get(start..i).map(|w| (start, w))
+    })
 }
 
 /// What a refused field is told when it holds a key or token (after the field's name).

@@ -48,6 +48,9 @@ pub enum Command {
     /// Reports, through a running server.
     #[command(subcommand)]
     Reports(ReportsCmd),
+    /// Find keyward keys in files, directories and git history (exit 0 none, 1 live keys,
+    /// 5 only dead or unchecked keys).
+    Scan(Box<ScanArgs>),
     /// Write a consistent copy of the SQLite database to a new file while it serves.
     Backup {
         /// The backup file to create.
@@ -521,6 +524,36 @@ pub fn parse_duration(s: &str) -> Result<i64, String> {
         .filter(|n| *n >= 0)
         .and_then(|n| n.checked_mul(mult))
         .ok_or_else(|| format!("'{s}' is not a duration such as 90d, 12h, 30m, 45s or 3600"))
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ScanFormat {
+    Text,
+    Json,
+    Sarif,
+}
+
+#[derive(Args)]
+pub struct ScanArgs {
+    /// Files and directories to scan (default: the current directory). `.git` directories
+    /// are skipped; use --git for the history.
+    pub paths: Vec<std::path::PathBuf>,
+    /// Also scan every commit of the history of the repository each path is in.
+    #[arg(long)]
+    pub git: bool,
+    /// Also report words with this prefix (keys of an imported format; repeatable).
+    #[arg(long = "prefix")]
+    pub prefixes: Vec<String>,
+    /// Ask the server which keys are live (sends SHA-256 hashes only; admin or auditor token).
+    #[arg(long)]
+    pub check: bool,
+    /// Report every live key found as a leak (`POST /v1/leaks`; implies --check).
+    #[arg(long)]
+    pub revoke: bool,
+    #[arg(long, value_enum, default_value_t = ScanFormat::Text)]
+    pub format: ScanFormat,
+    #[command(flatten)]
+    pub remote: Remote,
 }
 
 #[cfg(test)]

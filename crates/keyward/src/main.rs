@@ -11,6 +11,7 @@ mod master_key;
 mod offline;
 mod output;
 mod remote;
+mod scan;
 mod telemetry;
 
 use std::process::ExitCode;
@@ -76,5 +77,6 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Usage(cmd) => remote::usage(cmd).await,
         Command::Anomalies(cmd) => remote::anomalies(cmd).await,
         Command::Reports(cmd) => remote::reports(cmd).await,
+        Command::Scan(args) => scan::run(*args).await,
     }
 }

@@ -63,6 +63,12 @@ pub(crate) fn api_routes() -> Vec<(RouteSpec, Handler)> {
             get(v1::keyspace_usage),
         ),
         spec("POST", "/v1/keys", Right(WriteKeys), post(v1::create_key)),
+        spec(
+            "POST",
+            "/v1/keys/lookup",
+            Right(ReadAudit),
+            post(v1::lookup_keys),
+        ),
         spec("GET", "/v1/keys", Right(ReadKeys), get(v1::list_keys)),
         spec(
             "POST",

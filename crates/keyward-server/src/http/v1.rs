@@ -930,3 +930,16 @@ pub(crate) async fn github_secret_scanning(
     }
     Ok(Json(Value::Array(answer)).into_response())
 }
+
+/// `POST /v1/keys/lookup`: which of these SHA-256 hashes are keys (`keyward scan --check`).
+pub(crate) async fn lookup_keys(
+    State(st): State<AppState>,
+    auth: Auth,
+    body: JsonBody,
+) -> Result<Json<Value>> {
+    let ctx = auth.ctx();
+    let who = ctx.allow::<authz::ReadAudit>()?;
+    let input: keyward_core::api::KeyLookupRequest = body.parse()?;
+    let items = service::lookup_hashes(st.records(), &who, &input.hashes).await?;
+    Ok(Json(json!({"items": items})))
+}

@@ -202,3 +202,54 @@ pub async fn list_deliveries(
     }
     Ok(st.store.list_attempts(webhook_id, page).await?)
 }
+
+/// Most hashes one lookup may ask about.
+pub const MAX_LOOKUP: usize = 1000;
+
+/// Which of these SHA-256 hashes (hex) are keys: for scanners that found key-shaped strings
+/// and must not send them (`POST /v1/keys/lookup`). The same right as the audit trail and
+/// reports: it tells about keys of every keyspace.
+pub async fn lookup_hashes(
+    st: &Records,
+    _who: &Allowed<'_, ReadAudit>,
+    hashes: &[String],
+) -> Result<Vec<keyward_core::api::KeyMatch>> {
+    if hashes.len() > MAX_LOOKUP {
+        return Err(crate::error::Error::bad_request(format!(
+            "at most {MAX_LOOKUP} hashes a lookup"
+        )));
+    }
+    let now = st.clock.now();
+    let mut out = Vec::new();
+    for (i, h) in hashes.iter().enumerate() {
+        let hash = parse_hash(h).ok_or_else(|| {
+            crate::error::Error::bad_request(format!(
+                "hashes[{i}] must be the SHA-256 of a key as 64 hex characters"
+            ))
+        })?;
+        if let Some(k) = st.store.key_by_hash(&hash).await? {
+            out.push(keyward_core::api::KeyMatch {
+                hash: keyward_core::keyformat::hex(&hash.0),
+                key_id: k.id.clone(),
+                keyspace_id: k.keyspace_id.clone(),
+                name: k.name.clone(),
+                owner: k.owner.clone(),
+                status: k.status(now),
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn parse_hash(h: &str) -> Option<keyward_core::keyformat::KeyHash> {
+    let b = h.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in b.chunks(2).enumerate() {
+        let d = |c: u8| (c as char).to_digit(16);
+        out[i] = (d(pair[0])? * 16 + d(pair[1])?) as u8;
+    }
+    Some(keyward_core::keyformat::KeyHash(out))
+}

@@ -23,6 +23,7 @@ mod outbound;
 mod proxies;
 mod roles;
 mod routes;
+mod scan;
 mod sealing;
 mod secrets;
 mod tls;
