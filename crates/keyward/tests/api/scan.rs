@@ -170,6 +170,8 @@ async fn scan_finds_keys_in_files_and_history_checks_them_by_hash_and_reports_li
         .all(|r| rules.contains(&r["ruleId"].as_str().unwrap())
             && r["locations"][0]["physicalLocation"]["region"]["startLine"].as_u64() > Some(0)));
 
+    validate_sarif(&o.stdout, &dir.0);
+
     // No output ever holds a whole key.
     for o in [&o] {
         for k in [&live, &dead, &stranger] {
@@ -260,4 +262,28 @@ fn the_shipped_pre_commit_hook_stops_a_commit_with_a_key() {
     assert_eq!(o.status.code(), Some(5), "{}", out(&o));
     assert!(!out(&o).contains(&key));
     assert_eq!(run(&[&clean]).status.code(), Some(0));
+}
+
+/// Checks SARIF against the SARIF 2.1.0 JSON schema with the validator of `tests/sarif`
+/// (`npm ci` there; `.ci/run` installs it). Skipped with a notice outside CI when missing.
+fn validate_sarif(sarif: &[u8], dir: &Path) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/sarif");
+    let ready = root.join("node_modules").is_dir()
+        && Command::new("node").arg("--version").output().is_ok();
+    if !ready {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI: tests/sarif needs node and `npm ci`"
+        );
+        eprintln!("SKIPPED: SARIF schema check (run `npm ci` in tests/sarif)");
+        return;
+    }
+    let file = dir.join("scan.sarif");
+    std::fs::write(&file, sarif).unwrap();
+    let o = Command::new("node")
+        .arg(root.join("validate.mjs"))
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "SARIF 2.1.0 schema: {}", out(&o));
 }
