@@ -26,22 +26,26 @@ type Outcome = Result<ExitCode, Error>;
 async fn finish(f: impl std::future::Future<Output = Outcome>) -> ExitCode {
     match f.await {
         Ok(code) => code,
-        Err(e) => {
-            let hint = match e.status() {
-                Some(401) => " (check KEYWARD_TOKEN)",
-                _ => "",
-            };
-            eprintln!("error: {e}{hint}");
-            ExitCode::from(match e {
-                Error::Unreachable(_) | Error::Timeout(_) => EXIT_UNREACHABLE,
-                Error::Usage(_) => EXIT_USAGE,
-                _ => EXIT_FAILED,
-            })
-        }
+        Err(e) => fail(e),
     }
 }
 
-fn client(remote: &Remote) -> Result<Client, Error> {
+/// Prints a client error and gives its exit code.
+pub(crate) fn fail(e: Error) -> ExitCode {
+    let hint = match e.status() {
+        Some(401) => " (check KEYWARD_TOKEN)",
+        _ => "",
+    };
+    eprintln!("error: {e}{hint}");
+    ExitCode::from(match e {
+        Error::Unreachable(_) | Error::Timeout(_) => EXIT_UNREACHABLE,
+        Error::Usage(_) => EXIT_USAGE,
+        _ => EXIT_FAILED,
+    })
+}
+
+/// The client of the server `--url`/`KEYWARD_URL` names, with `KEYWARD_TOKEN`.
+pub(crate) fn client(remote: &Remote) -> Result<Client, Error> {
     let mut b = Client::builder(remote.url.clone());
     if let Some(t) = &remote.token {
         b = b.token(t.clone());

@@ -12,12 +12,13 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use keyward_client::{Client, Error, KeyMatch, LeakReport, Secret};
+use keyward_client::{Error, KeyMatch, LeakReport, Secret};
 use keyward_core::keyformat::{self, KeyHash, TOKEN_PREFIX};
 use serde_json::{json, Value};
 
-use crate::cli::{Remote, ScanArgs, ScanFormat};
-use crate::exit::{EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE};
+use crate::cli::{ScanArgs, ScanFormat};
+use crate::exit::EXIT_USAGE;
+use crate::remote::{client, fail};
 
 /// Live keys were found (`--check`).
 const EXIT_LIVE: u8 = 1;
@@ -276,23 +277,6 @@ pub async fn run(args: ScanArgs) -> ExitCode {
     } else {
         ExitCode::from(EXIT_FOUND)
     }
-}
-
-fn fail(e: Error) -> ExitCode {
-    eprintln!("error: {e}");
-    ExitCode::from(match e {
-        Error::Unreachable(_) | Error::Timeout(_) => EXIT_UNREACHABLE,
-        Error::Usage(_) => EXIT_USAGE,
-        _ => EXIT_FAILED,
-    })
-}
-
-fn client(remote: &Remote) -> Result<Client, Error> {
-    let mut b = Client::builder(remote.url.clone());
-    if let Some(t) = &remote.token {
-        b = b.token(t.clone());
-    }
-    b.build()
 }
 
 /// Asks the server about every distinct key found (by hash, 1,000 at a time).

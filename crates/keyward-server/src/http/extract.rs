@@ -24,6 +24,17 @@ pub(crate) const MAX_BODY: usize = 64 * 1024;
 /// A request body that is JSON (or absent), read up to [`MAX_BODY`] bytes.
 pub(crate) struct JsonBody(pub Option<Bytes>);
 
+impl JsonBody {
+    /// Reads the body of a request whose head a handler has already looked at; `Err` is the
+    /// refusal to answer as it is (415, 413, 408).
+    pub(crate) async fn read(
+        parts: Parts,
+        body: axum::body::Body,
+    ) -> std::result::Result<JsonBody, Response> {
+        <JsonBody as FromRequest<()>>::from_request(Request::from_parts(parts, body), &()).await
+    }
+}
+
 fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(CONTENT_TYPE)

@@ -810,12 +810,7 @@ pub(crate) async fn report_leak(
             .with_retry_after(wait));
         }
     }
-    let body = match <JsonBody as axum::extract::FromRequest<()>>::from_request(
-        axum::extract::Request::from_parts(parts, body),
-        &(),
-    )
-    .await
-    {
+    let body = match JsonBody::read(parts, body).await {
         Ok(b) => b,
         Err(refused) => return Ok(refused),
     };
@@ -872,12 +867,7 @@ pub(crate) async fn github_secret_scanning(
             "a GitHub signature is required (Github-Public-Key-Identifier, Github-Public-Key-Signature)",
         ));
     };
-    let raw = match <JsonBody as axum::extract::FromRequest<()>>::from_request(
-        axum::extract::Request::from_parts(parts, body),
-        &(),
-    )
-    .await
-    {
+    let raw = match JsonBody::read(parts, body).await {
         Ok(JsonBody(Some(raw))) => raw,
         Ok(JsonBody(None)) => return Err(Error::bad_request("the payload is missing")),
         Err(refused) => return Ok(refused),

@@ -43,12 +43,7 @@ pub(crate) async fn verify(
         auth.ctx().allow::<crate::authz::Verify>()?;
         limit = auth.token.keyspace_ids;
     }
-    let body = match <JsonBody as axum::extract::FromRequest<()>>::from_request(
-        axum::extract::Request::from_parts(parts, body),
-        &(),
-    )
-    .await
-    {
+    let body = match JsonBody::read(parts, body).await {
         Ok(b) => b,
         Err(refused) => return Ok(refused),
     };
