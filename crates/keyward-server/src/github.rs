@@ -5,8 +5,10 @@
 //! Invariants:
 //! - Nothing is done for a payload whose signature does not verify against a key GitHub
 //!   publishes (or the operator's file of them): 401.
-//! - GitHub's keys are read when a payload names a key not read yet (at most once every
-//!   [`RELOAD_EVERY`], so unknown identifiers cannot make keyward hammer GitHub), and kept.
+//! - GitHub's keys are read when a payload names a key not read yet, and kept. Once a list was
+//!   read, an unknown identifier makes keyward read it again at most every [`RELOAD_EVERY`]
+//!   (unsigned requests with made-up identifiers cannot exhaust GitHub's rate limit, 60
+//!   unauthenticated calls an hour); until one was read, at most every [`RETRY_EVERY`].
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -17,8 +19,11 @@ use serde::Deserialize;
 
 use crate::config::Config;
 
-/// The fewest time between two reads of the key list.
-const RELOAD_EVERY: Duration = Duration::from_secs(10);
+/// The fewest time between two reads of the key list once one was read (GitHub rotates its
+/// keys rarely, and announces a new one before using it).
+const RELOAD_EVERY: Duration = Duration::from_secs(300);
+/// The fewest time between two tries while no list was ever read.
+const RETRY_EVERY: Duration = Duration::from_secs(30);
 /// Keys older than this are read again before use.
 const MAX_AGE: Duration = Duration::from_secs(3600);
 
@@ -142,7 +147,12 @@ impl GithubKeys {
                 return Ok(Some(k.clone()));
             }
         }
-        if c.tried_at.is_some_and(|t| t.elapsed() < RELOAD_EVERY) {
+        let wait = if c.read_at.is_some() {
+            RELOAD_EVERY
+        } else {
+            RETRY_EVERY
+        };
+        if c.tried_at.is_some_and(|t| t.elapsed() < wait) {
             return Ok(c.keys.get(id).cloned());
         }
         c.tried_at = Some(Instant::now());

@@ -32,11 +32,82 @@ const MAX_REPORTER: usize = 200;
 /// No key is longer; a longer string is not looked up.
 const MAX_KEY: usize = 1024;
 
+/// How long a key's report stands for the next ones: a report of the same key within this
+/// time (on this node) records nothing more.
+const REPORT_WINDOW_MS: i64 = 3_600_000;
+/// Keys remembered for [`REPORT_WINDOW_MS`] at most (then the oldest are forgotten).
+const MAX_REMEMBERED: usize = 100_000;
+/// Reports handled at once on this node; more are dropped (the answer is 202 either way).
+const MAX_IN_FLIGHT: usize = 64;
+
+/// This node's bounds on leak reports: how many are handled at once, and which keys were
+/// reported lately (so one public key reported in a loop costs one audit event an hour, not
+/// one a request).
+pub(crate) struct Gate {
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    recent: std::sync::Mutex<std::collections::HashMap<KeyHash, i64>>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate {
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+            recent: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+}
+
+impl Gate {
+    /// A place for one more report, or `None` when [`MAX_IN_FLIGHT`] are being handled.
+    pub(crate) fn try_start(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
+    }
+
+    /// Whether `hash` was reported within the window; records it as reported now if not.
+    fn seen(&self, hash: &KeyHash, now: Timestamp) -> bool {
+        let mut m = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now.millis();
+        if m.get(hash).is_some_and(|t| now - t < REPORT_WINDOW_MS) {
+            return true;
+        }
+        if m.len() >= MAX_REMEMBERED {
+            m.retain(|_, t| now - *t < REPORT_WINDOW_MS);
+            if m.len() >= MAX_REMEMBERED {
+                m.clear();
+            }
+        }
+        m.insert(*hash, now);
+        false
+    }
+
+    /// Forgets a report that was not recorded after all (its transaction failed).
+    fn forget(&self, hash: &KeyHash) {
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(hash);
+    }
+}
+
+/// Makes this node's cache forget a key when dropped: after the commit, or when the handling
+/// is cancelled after it (a GitHub request whose connection closed).
+struct Invalidate<'a>(&'a Control, Option<KeyHash>);
+
+impl Drop for Invalidate<'_> {
+    fn drop(&mut self) {
+        if let Some(h) = &self.1 {
+            self.0.verifier.invalidate(h);
+        }
+    }
+}
+
 /// What a report did (for the log and the metrics; never told to the reporter).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// No key has this hash.
+    /// Not a key: not of keyward's format, or no key has this hash.
     Unknown,
+    /// A key reported within the last hour on this node: nothing more recorded.
+    Repeated,
     /// A live key, revoked.
     Revoked,
     /// A live key, announced only (`on_leak: notify`).
@@ -45,29 +116,32 @@ pub enum Outcome {
     Dead,
 }
 
-/// Text from the reporter as it may be stored: cut to `max` characters, without control
-/// characters, and never holding a key.
-fn stored_text(s: Option<&str>, max: usize) -> Value {
-    match s {
-        None => Value::Null,
-        Some(s) if keyformat::contains_key_material(s) => json!("[redacted]"),
-        Some(s) => json!(s
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(max)
-            .collect::<String>()),
+/// Text from the reporter as it may be stored: without control characters, cut to `max`
+/// characters, and then (so that neither step can assemble one) never holding a key: neither
+/// a well-formed key nor the reported one.
+fn stored_text(s: Option<&str>, max: usize, reported: &str) -> Value {
+    let Some(s) = s else {
+        return Value::Null;
+    };
+    let cleaned: String = s.chars().filter(|c| !c.is_control()).take(max).collect();
+    if keyformat::contains_key_material(&cleaned) || cleaned.contains(reported) {
+        json!("[redacted]")
+    } else {
+        json!(cleaned)
     }
 }
 
 /// Handles one report.
-pub async fn handle(
+pub(crate) async fn handle(
     st: &Control,
+    gate: &Gate,
     report: &LeakReport,
     ip: Option<String>,
     request_id: Option<String>,
 ) -> Result<Outcome, StoreError> {
     let key = report.key.expose();
-    if key.is_empty() || key.len() > MAX_KEY {
+    // Only keyward's format with a valid checksum can be a key: nothing else reaches the store.
+    if key.len() > MAX_KEY || keyformat::parse(key).is_none() {
         return Ok(Outcome::Unknown);
     }
     let hash = KeyHash::of(key);
@@ -75,8 +149,29 @@ pub async fn handle(
         return Ok(Outcome::Unknown);
     };
     let now: Timestamp = st.records.clock.now();
-    let source = stored_text(report.source.as_deref(), MAX_SOURCE);
-    let reporter = stored_text(report.reporter.as_deref(), MAX_REPORTER);
+    if gate.seen(&hash, now) {
+        return Ok(Outcome::Repeated);
+    }
+    let outcome = record(st, report, &found.id, ip, request_id, now).await;
+    if outcome.is_err() {
+        gate.forget(&hash);
+    }
+    outcome
+}
+
+/// Records one report of the key `id` in one transaction (and revokes it, when its policy
+/// says so).
+async fn record(
+    st: &Control,
+    report: &LeakReport,
+    id: &str,
+    ip: Option<String>,
+    request_id: Option<String>,
+    now: Timestamp,
+) -> Result<Outcome, StoreError> {
+    let key = report.key.expose();
+    let source = stored_text(report.source.as_deref(), MAX_SOURCE, key);
+    let reporter = stored_text(report.reporter.as_deref(), MAX_REPORTER, key);
     let actor = Actor {
         kind: ActorKind::Scanner,
         id: "leak-report".into(),
@@ -87,7 +182,7 @@ pub async fn handle(
     };
     let mut tx = st.records.store.begin().await?;
     // Re-read under the write lock: the key may have changed since.
-    let Some(mut k) = tx.key(&found.id).await? else {
+    let Some(mut k) = tx.key(id).await? else {
         return Ok(Outcome::Unknown);
     };
     let policy = tx
@@ -151,10 +246,8 @@ pub async fn handle(
     );
     tx.enqueue(&key_event(WebhookEvent::KeyLeaked, &k, now, extra))
         .await?;
+    let _forget = Invalidate(st, (outcome == Outcome::Revoked).then_some(k.hash));
     tx.commit().await?;
-    if outcome == Outcome::Revoked {
-        st.verifier.invalidate(&k.hash);
-    }
     st.webhook_wake.notify_one();
     Ok(outcome)
 }

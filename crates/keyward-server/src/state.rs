@@ -31,6 +31,8 @@ pub struct Shared {
     pub(crate) authn: Authn,
     /// GitHub's secret-scanning public keys (read when first needed).
     pub(crate) github: crate::github::GithubKeys,
+    /// This node's bounds on leak reports.
+    pub(crate) leaks: crate::leaks::Gate,
     pub config: Arc<Config>,
 }
 
@@ -131,6 +133,7 @@ impl AppState {
                 master_key: master_key.map(Arc::new),
             },
             github: crate::github::GithubKeys::from_config(&config),
+            leaks: crate::leaks::Gate::default(),
             config: Arc::new(config),
         }))
     }

@@ -1,7 +1,7 @@
 //! `keyward scan`: finds keyward keys (and management tokens) in files, directories and, with
 //! `--git`, every commit of a repository's history. A match is a word of keyward's format whose
 //! checksum is valid, so random text almost never matches; `--prefix` adds keys of imported
-//! formats (no checksum: any word with that prefix and at least 16 more characters).
+//! formats (no checksum: any word with that prefix and at least 20 more characters).
 //!
 //! Nothing found prints the whole key: a finding shows the key's start and end, and its
 //! SHA-256 (which is what `--check` sends to the server: the candidates never leave this
@@ -73,7 +73,8 @@ fn find(
             out.push(Finding {
                 path: path.to_string(),
                 line: first_line + i,
-                column: at + 1,
+                // In characters (SARIF's `columnKind` says so), not bytes.
+                column: line.get(..at).map_or(at, |b| b.chars().count()) + 1,
                 commit: commit.map(str::to_string),
                 kind,
                 start,
@@ -99,12 +100,12 @@ fn find(
         for (at, word) in keyformat::words(line) {
             let imported = prefixes
                 .iter()
-                .find(|p| word.starts_with(p.as_str()) && word.len() >= p.len() + 16);
+                .find(|p| word.starts_with(p.as_str()) && word.len() >= p.len() + 20);
             if let (Some(p), false) = (imported, seen.contains(&at)) {
-                // Words are ASCII: the prefix and four characters, and the last four.
-                let start = word.get(..p.len() + 4).unwrap_or(p).to_string();
-                let end = word.get(word.len() - 4..).unwrap_or_default().to_string();
-                push(at, word, Kind::Imported, start, end);
+                // An imported key has no checksum and may be short: show its prefix and last
+                // two characters only (words are ASCII).
+                let end = word.get(word.len() - 2..).unwrap_or_default().to_string();
+                push(at, word, Kind::Imported, p.clone(), end);
             }
         }
     }
@@ -119,6 +120,7 @@ fn read_text(path: &Path) -> Option<String> {
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     std::fs::File::open(path)
         .ok()?
+        .take(MAX_FILE)
         .read_to_end(&mut bytes)
         .ok()?;
     if bytes.iter().take(8192).any(|b| *b == 0) {
@@ -139,7 +141,10 @@ fn walk(path: &Path, prefixes: &[String], out: &mut Vec<Finding>) -> std::io::Re
             if e.file_name().is_some_and(|n| n == ".git") {
                 continue;
             }
-            walk(&e, prefixes, out)?;
+            // One unreadable entry below a path given is skipped, not the end of the scan.
+            if let Err(err) = walk(&e, prefixes, out) {
+                eprintln!("warning: skipped {}: {err}", e.display());
+            }
         }
     } else if meta.is_file() {
         if let Some(text) = read_text(path) {
@@ -149,61 +154,147 @@ fn walk(path: &Path, prefixes: &[String], out: &mut Vec<Finding>) -> std::io::Re
     Ok(())
 }
 
-/// Scans every commit of the history of the repository `path` is in: the lines each commit
-/// added, with their line numbers in the file of that commit.
-fn walk_git(path: &Path, prefixes: &[String], out: &mut Vec<Finding>) -> Result<(), String> {
+/// The top directory of the git repository `path` is in.
+fn repo_root(path: &Path) -> Result<PathBuf, String> {
     let dir = if path.is_dir() {
         path.to_path_buf()
     } else {
         path.parent().map(Path::to_path_buf).unwrap_or_default()
     };
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .arg("-C")
-            .arg(&dir)
-            .args(args)
-            .output()
-            .map_err(|e| format!("cannot run git: {e}"))
-    };
-    let top = git(&["rev-parse", "--show-toplevel"])?;
+    let top = std::process::Command::new("git")
+        .arg("-C")
+        .arg(&dir)
+        .args(["rev-parse", "--show-toplevel"])
+        .output()
+        .map_err(|e| format!("cannot run git: {e}"))?;
     if !top.status.success() {
         return Err(format!("{} is not in a git repository", path.display()));
     }
-    let log = git(&[
-        "log",
-        "--all",
-        "-p",
-        "--no-color",
-        "--no-ext-diff",
-        "--no-renames",
-        "--unified=0",
-        "--format=%x00commit %H",
-    ])?;
-    if !log.status.success() {
-        return Err(format!(
-            "git log failed: {}",
-            String::from_utf8_lossy(&log.stderr).trim()
-        ));
+    Ok(PathBuf::from(
+        String::from_utf8_lossy(&top.stdout).trim_end_matches('\n'),
+    ))
+}
+
+/// A path as `git diff` writes it after `+++ `: `b/` prefixed, C-quoted when unusual, and
+/// followed by a tab when it holds a space.
+fn diff_path(s: &str) -> Option<String> {
+    let s = s.strip_suffix('\t').unwrap_or(s);
+    if s == "/dev/null" {
+        return None;
     }
-    let text = String::from_utf8_lossy(&log.stdout);
-    let (mut commit, mut file, mut next) = (String::new(), None::<String>, 0usize);
-    for line in text.lines() {
+    let unquoted = match s.strip_prefix('"').and_then(|q| q.strip_suffix('"')) {
+        Some(q) => {
+            // C-style escapes: \" \\ \t \n and octal bytes (quotepath is off, so rare).
+            let mut bytes = Vec::new();
+            let mut it = q.bytes().peekable();
+            while let Some(b) = it.next() {
+                if b != b'\\' {
+                    bytes.push(b);
+                    continue;
+                }
+                match it.next() {
+                    Some(b't') => bytes.push(b'\t'),
+                    Some(b'n') => bytes.push(b'\n'),
+                    Some(d @ b'0'..=b'7') => {
+                        let mut v = u32::from(d - b'0');
+                        for _ in 0..2 {
+                            if let Some(&n @ b'0'..=b'7') = it.peek() {
+                                v = v * 8 + u32::from(n - b'0');
+                                it.next();
+                            }
+                        }
+                        bytes.push(v as u8);
+                    }
+                    Some(other) => bytes.push(other),
+                    None => {}
+                }
+            }
+            String::from_utf8_lossy(&bytes).into_owned()
+        }
+        None => s.to_string(),
+    };
+    unquoted.strip_prefix("b/").map(str::to_string)
+}
+
+/// Scans every commit of the history of the repository at `root`: the lines each commit added
+/// (merges against their first parent), with their line numbers in the file of that commit.
+/// git's output is read as it comes, so a long history is never held whole.
+fn walk_git(root: &Path, prefixes: &[String], out: &mut Vec<Finding>) -> Result<(), String> {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("git")
+        .arg("-C")
+        .arg(root)
+        // Whatever the user's configuration: plain paths, prefixes a/ and b/, no colours.
+        .args(["-c", "core.quotepath=off", "-c", "diff.noprefix=false"])
+        .args([
+            "log",
+            "--all",
+            "-p",
+            "--no-color",
+            "--no-ext-diff",
+            "--no-textconv",
+            "--no-renames",
+            "--diff-merges=first-parent",
+            "--src-prefix=a/",
+            "--dst-prefix=b/",
+            "--unified=0",
+            "--format=%x00commit %H",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| "cannot read git's output".to_string())?;
+    let mut reader = std::io::BufReader::new(stdout);
+    let (mut commit, mut file) = (String::new(), None::<String>);
+    // The next added line's number, and how many added lines the current hunk still has.
+    let (mut next, mut left) = (0usize, 0usize);
+    let mut raw = Vec::new();
+    loop {
+        raw.clear();
+        match reader.read_until(b'\n', &mut raw) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => return Err(format!("cannot read git's output: {e}")),
+        }
+        let text = String::from_utf8_lossy(&raw);
+        let line = text.strip_suffix('\n').unwrap_or(&text);
+        if left > 0 {
+            // Inside a hunk: only added (`+`) and removed (`-`) lines, even when their text
+            // starts like a header.
+            if let Some(added) = line.strip_prefix('+') {
+                if let Some(f) = &file {
+                    find(added, f, next, Some(&commit), prefixes, out);
+                }
+                next += 1;
+                left -= 1;
+            }
+            continue;
+        }
         if let Some(c) = line.strip_prefix("\0commit ") {
             commit = c.trim().to_string();
         } else if let Some(f) = line.strip_prefix("+++ ") {
-            file = f.strip_prefix("b/").map(str::to_string);
+            file = diff_path(f);
         } else if let Some(h) = line.strip_prefix("@@ ") {
-            // `@@ -a,b +c,d @@`: the added lines start at line c.
-            next = h
-                .split_whitespace()
-                .find_map(|p| p.strip_prefix('+'))
-                .and_then(|p| p.split(',').next())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
-        } else if let (Some(added), Some(f)) = (line.strip_prefix('+'), &file) {
-            find(added, f, next, Some(&commit), prefixes, out);
-            next += 1;
+            // `@@ -a,b +c,d @@`: d added lines (1 when `,d` is left out), from line c.
+            let added = h.split_whitespace().find_map(|p| p.strip_prefix('+'));
+            let mut parts = added.unwrap_or("0").split(',');
+            next = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            left = parts.next().map_or(1, |n| n.parse().unwrap_or(0));
         }
+    }
+    let status = child
+        .wait()
+        .map_err(|e| format!("cannot wait for git: {e}"))?;
+    if !status.success() {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        return Err(format!("git log failed: {}", err.trim()));
     }
     Ok(())
 }
@@ -229,11 +320,17 @@ pub async fn run(args: ScanArgs) -> ExitCode {
     if args.git {
         let mut repos = HashSet::new();
         for p in &paths {
-            let dir = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
-            if !repos.insert(dir.clone()) {
+            let root = match repo_root(p) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            if !repos.insert(root.clone()) {
                 continue;
             }
-            if let Err(e) = walk_git(&dir, &args.prefixes, &mut found) {
+            if let Err(e) = walk_git(&root, &args.prefixes, &mut found) {
                 eprintln!("error: {e}");
                 return ExitCode::from(EXIT_USAGE);
             }
@@ -314,12 +411,32 @@ async fn report(
             Some(c) => format!("{}:{} (commit {c})", f.path, f.line),
             None => format!("{}:{}", f.path, f.line),
         };
-        c.report_leak(&LeakReport {
+        let report = LeakReport {
             key: f.plaintext.clone(),
             source: Some(source),
             reporter: Some("keyward scan".into()),
-        })
-        .await?;
+        };
+        // The server takes 30 reports a minute from one address: wait when it says so.
+        let mut tries = 0;
+        loop {
+            match c.report_leak(&report).await {
+                Ok(()) => break,
+                Err(Error::Api {
+                    status: 429,
+                    retry_after,
+                    ..
+                }) if tries < 10 => {
+                    let wait = retry_after.unwrap_or(std::time::Duration::from_secs(5));
+                    eprintln!(
+                        "(the server asks to wait {} s before more reports)",
+                        wait.as_secs()
+                    );
+                    tokio::time::sleep(wait.min(std::time::Duration::from_secs(60))).await;
+                    tries += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         done.insert(f.hash.clone());
     }
     Ok(done)
@@ -412,6 +529,21 @@ fn json_report(
     json!({"findings": items, "live": live})
 }
 
+/// A relative path as a URI reference: `/` kept, unreserved characters kept, every other
+/// byte percent-encoded (a space, `ü`, `#`).
+fn uri(path: &str) -> String {
+    let path = path.trim_start_matches("./");
+    let mut out = String::with_capacity(path.len());
+    for b in path.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// SARIF 2.1.0, as GitHub code scanning ingests it.
 fn sarif(found: &[Finding], status: &BTreeMap<String, KeyMatch>, checked: bool) -> Value {
     let rules = json!([
@@ -457,7 +589,7 @@ fn sarif(found: &[Finding], status: &BTreeMap<String, KeyMatch>, checked: bool) 
                 "level": level,
                 "message": {"text": text},
                 "locations": [{"physicalLocation": {
-                    "artifactLocation": {"uri": f.path.trim_start_matches("./")},
+                    "artifactLocation": {"uri": uri(&f.path)},
                     "region": {"startLine": f.line, "startColumn": f.column},
                 }}],
                 "partialFingerprints": {"keySha256/v1": f.hash},
@@ -468,6 +600,7 @@ fn sarif(found: &[Finding], status: &BTreeMap<String, KeyMatch>, checked: bool) 
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
         "version": "2.1.0",
         "runs": [{
+            "columnKind": "unicodeCodePoints",
             "tool": {"driver": {
                 "name": "keyward scan",
                 "version": env!("CARGO_PKG_VERSION"),

@@ -815,14 +815,22 @@ pub(crate) async fn report_leak(
         Err(refused) => return Ok(refused),
     };
     let report: keyward_core::api::LeakReport = body.parse()?;
-    let control = st.control.clone();
+    let Some(permit) = st.leaks.try_start() else {
+        // The answer says nothing either way; the reporter may send it again.
+        tracing::warn!("a leak report was dropped: too many are being handled");
+        return Ok(StatusCode::ACCEPTED.into_response());
+    };
+    let state = st.clone();
     let request_id = crate::http::error::current_request_id();
     tokio::spawn(async move {
         let ip = ip.map(|i| i.to_string());
-        match crate::leaks::handle(&control, &report, ip, Some(request_id)).await {
+        let outcome =
+            crate::leaks::handle(&state.control, &state.leaks, &report, ip, Some(request_id)).await;
+        match outcome {
             Ok(outcome) => tracing::info!(?outcome, "leak report handled"),
             Err(e) => tracing::error!(error = %e, "a leak report could not be handled"),
         }
+        drop(permit);
     });
     Ok(StatusCode::ACCEPTED.into_response())
 }
@@ -908,8 +916,14 @@ pub(crate) async fn github_secret_scanning(
             source: t.url.clone().or(t.source.clone()),
             reporter: Some("GitHub secret scanning".into()),
         };
-        let outcome =
-            crate::leaks::handle(&st.control, &report, None, Some(request_id.clone())).await?;
+        let outcome = crate::leaks::handle(
+            &st.control,
+            &st.leaks,
+            &report,
+            None,
+            Some(request_id.clone()),
+        )
+        .await?;
         let label = match outcome {
             crate::leaks::Outcome::Unknown => "false_positive",
             _ => "true_positive",

@@ -92,7 +92,14 @@ async fn scan_finds_keys_in_files_and_history_checks_them_by_hash_and_reports_li
     git(&repo, &["init", "-q"]);
     std::fs::write(
         repo.join("src/config.py"),
-        format!("import os\nAPI_KEY = \"{live}\"\nOLD = '{dead}'\n"),
+        format!("import os\nAPI_KEY = \"{live}\"\n"),
+    )
+    .unwrap();
+    // A path git quotes or pads, and an added line that looks like a diff header.
+    std::fs::create_dir_all(repo.join("old notes")).unwrap();
+    std::fs::write(
+        repo.join("old notes/ünïcode.md"),
+        format!("# notes\n++ {dead}\n"),
     )
     .unwrap();
     git(&repo, &["add", "."]);
@@ -108,6 +115,7 @@ async fn scan_finds_keys_in_files_and_history_checks_them_by_hash_and_reports_li
     )
     .unwrap();
     std::fs::write(repo.join("blob.bin"), [0u8, 1, 2, 3]).unwrap();
+    git(&repo, &["rm", "-q", "-r", "old notes"]);
     git(&repo, &["add", "."]);
     git(&repo, &["commit", "-q", "-m", "use the environment"]);
     let repo_s = repo.display().to_string();
@@ -143,6 +151,12 @@ async fn scan_finds_keys_in_files_and_history_checks_them_by_hash_and_reports_li
     assert!(findings
         .iter()
         .any(|f| f["path"].as_str().unwrap().ends_with("README.md") && f["status"].is_null()));
+    let revoked = findings.iter().find(|f| f["status"] == "revoked").unwrap();
+    assert_eq!(revoked["path"], "old notes/ünïcode.md");
+    assert_eq!(
+        (revoked["line"].as_u64(), revoked["column"].as_u64()),
+        (Some(2), Some(4))
+    );
 
     // SARIF 2.1.0 for code scanning.
     let o = scan(
@@ -217,11 +231,7 @@ async fn scan_finds_keys_in_files_and_history_checks_them_by_hash_and_reports_li
     )
     .await;
     assert_eq!(o.status.code(), Some(5), "{}", out(&o));
-    assert!(
-        out(&o).contains("imported sk_live_0123…ghij"),
-        "{}",
-        out(&o)
-    );
+    assert!(out(&o).contains("imported sk_live_…ij"), "{}", out(&o));
     assert!(!out(&o).contains("sk_live_0123456789abcdefghij"));
 }
 both!(scan_finds_keys_in_files_and_history_checks_them_by_hash_and_reports_live_ones);
