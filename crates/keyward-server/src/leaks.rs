@@ -24,6 +24,7 @@ use serde_json::{json, Map, Value};
 
 use crate::events::key_event;
 use crate::state::Control;
+use crate::throttle::LeakGate as Gate;
 
 /// The longest source kept (longer ones are cut).
 const MAX_SOURCE: usize = 2048;
@@ -31,63 +32,6 @@ const MAX_SOURCE: usize = 2048;
 const MAX_REPORTER: usize = 200;
 /// No key is longer; a longer string is not looked up.
 const MAX_KEY: usize = 1024;
-
-/// How long a key's report stands for the next ones: a report of the same key within this
-/// time (on this node) records nothing more.
-const REPORT_WINDOW_MS: i64 = 3_600_000;
-/// Keys remembered for [`REPORT_WINDOW_MS`] at most (then the oldest are forgotten).
-const MAX_REMEMBERED: usize = 100_000;
-/// Reports handled at once on this node; more are dropped (the answer is 202 either way).
-const MAX_IN_FLIGHT: usize = 64;
-
-/// This node's bounds on leak reports: how many are handled at once, and which keys were
-/// reported lately (so one public key reported in a loop costs one audit event an hour, not
-/// one a request).
-pub(crate) struct Gate {
-    permits: std::sync::Arc<tokio::sync::Semaphore>,
-    recent: std::sync::Mutex<std::collections::HashMap<KeyHash, i64>>,
-}
-
-impl Default for Gate {
-    fn default() -> Self {
-        Gate {
-            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
-            recent: std::sync::Mutex::new(std::collections::HashMap::new()),
-        }
-    }
-}
-
-impl Gate {
-    /// A place for one more report, or `None` when [`MAX_IN_FLIGHT`] are being handled.
-    pub(crate) fn try_start(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.permits.clone().try_acquire_owned().ok()
-    }
-
-    /// Whether `hash` was reported within the window; records it as reported now if not.
-    fn seen(&self, hash: &KeyHash, now: Timestamp) -> bool {
-        let mut m = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        let now = now.millis();
-        if m.get(hash).is_some_and(|t| now - t < REPORT_WINDOW_MS) {
-            return true;
-        }
-        if m.len() >= MAX_REMEMBERED {
-            m.retain(|_, t| now - *t < REPORT_WINDOW_MS);
-            if m.len() >= MAX_REMEMBERED {
-                m.clear();
-            }
-        }
-        m.insert(*hash, now);
-        false
-    }
-
-    /// Forgets a report that was not recorded after all (its transaction failed).
-    fn forget(&self, hash: &KeyHash) {
-        self.recent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(hash);
-    }
-}
 
 /// Makes this node's cache forget a key when dropped: after the commit, or when the handling
 /// is cancelled after it (a GitHub request whose connection closed).

@@ -32,7 +32,7 @@ pub struct Shared {
     /// GitHub's secret-scanning public keys (read when first needed).
     pub(crate) github: crate::github::GithubKeys,
     /// This node's bounds on leak reports.
-    pub(crate) leaks: crate::leaks::Gate,
+    pub(crate) leaks: crate::throttle::LeakGate,
     pub config: Arc<Config>,
 }
 
@@ -133,7 +133,7 @@ impl AppState {
                 master_key: master_key.map(Arc::new),
             },
             github: crate::github::GithubKeys::from_config(&config),
-            leaks: crate::leaks::Gate::default(),
+            leaks: crate::throttle::LeakGate::default(),
             config: Arc::new(config),
         }))
     }

@@ -1,6 +1,7 @@
-//! Per-node throttles of failed authentication: management tokens per address
-//! (`AuthThrottle`), dashboard sign-ins per address and per account ([`SignIns`]). They live
-//! in memory: a cluster of n nodes allows n times as many guesses, still few.
+//! Per-node throttles: failed authentication with management tokens per address
+//! (`AuthThrottle`, also used for leak reports per address), dashboard sign-ins per address
+//! and per account ([`SignIns`]), and the bounds on leak reports (`LeakGate`). They live in
+//! memory: a cluster of n nodes allows n times as many, still few.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -159,6 +160,69 @@ impl AuthThrottle {
         } else {
             None
         }
+    }
+}
+
+// ---------------------------------------------------------------- leak reports
+
+/// How long a key's report stands for the next ones: a report of the same key within this
+/// time (on this node) records nothing more.
+const REPORT_WINDOW_MS: i64 = 3_600_000;
+/// Keys remembered for [`REPORT_WINDOW_MS`] at most (then the oldest are forgotten).
+const MAX_REMEMBERED: usize = 100_000;
+/// Reports handled at once on this node; more are dropped (the answer is 202 either way).
+const MAX_IN_FLIGHT: usize = 64;
+
+/// This node's bounds on leak reports: how many are handled at once, and which keys were
+/// reported lately (so one public key reported in a loop costs one audit event an hour, not
+/// one a request).
+pub(crate) struct LeakGate {
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    recent: std::sync::Mutex<std::collections::HashMap<keyward_core::keyformat::KeyHash, i64>>,
+}
+
+impl Default for LeakGate {
+    fn default() -> Self {
+        LeakGate {
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+            recent: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+}
+
+impl LeakGate {
+    /// A place for one more report, or `None` when [`MAX_IN_FLIGHT`] are being handled.
+    pub(crate) fn try_start(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
+    }
+
+    /// Whether `hash` was reported within the window; records it as reported now if not.
+    pub(crate) fn seen(
+        &self,
+        hash: &keyward_core::keyformat::KeyHash,
+        now: keyward_core::time::Timestamp,
+    ) -> bool {
+        let mut m = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now.millis();
+        if m.get(hash).is_some_and(|t| now - t < REPORT_WINDOW_MS) {
+            return true;
+        }
+        if m.len() >= MAX_REMEMBERED {
+            m.retain(|_, t| now - *t < REPORT_WINDOW_MS);
+            if m.len() >= MAX_REMEMBERED {
+                m.clear();
+            }
+        }
+        m.insert(*hash, now);
+        false
+    }
+
+    /// Forgets a report that was not recorded after all (its transaction failed).
+    pub(crate) fn forget(&self, hash: &keyward_core::keyformat::KeyHash) {
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(hash);
     }
 }
 

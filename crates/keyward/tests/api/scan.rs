@@ -297,3 +297,64 @@ fn validate_sarif(sarif: &[u8], dir: &Path) {
         .unwrap();
     assert!(o.status.success(), "SARIF 2.1.0 schema: {}", out(&o));
 }
+
+/// The real pre-commit tool (`.venv-precommit`, installed by `.ci/run` from PyPI) runs the
+/// hook this repository ships, in another project: a staged file with a key fails the hook,
+/// a clean one passes.
+#[test]
+fn the_pre_commit_tool_runs_the_shipped_hook() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let local = root.join(".venv-precommit/bin/pre-commit");
+    let tool = if local.exists() {
+        local
+    } else if Command::new("pre-commit").arg("--version").output().is_ok() {
+        "pre-commit".into()
+    } else {
+        assert!(std::env::var("CI").is_err(), "CI: pre-commit is required");
+        eprintln!("SKIPPED: pre-commit is not installed (.ci/run installs it)");
+        return;
+    };
+    let dir = TempDir::new();
+    let project = dir.0.join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    git(&project, &["init", "-q"]);
+    let key = keyward_core::keyformat::generate("acme")
+        .expose()
+        .to_string();
+    std::fs::write(
+        project.join("settings.toml"),
+        format!("api_key = \"{key}\"\n"),
+    )
+    .unwrap();
+    std::fs::write(project.join("clean.toml"), "debug = true\n").unwrap();
+    git(&project, &["add", "."]);
+    // The hook's `entry` is `keyward scan`: the binary under test, first on the PATH.
+    let bin_dir = Path::new(BIN).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = |file: &str| {
+        Command::new(&tool)
+            .current_dir(&project)
+            .args(["try-repo"])
+            .arg(&root)
+            .args(["keyward-scan", "--files", file])
+            .env("PATH", &path)
+            .env("PRE_COMMIT_HOME", dir.0.join("cache"))
+            .env_remove("KEYWARD_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let o = run("settings.toml");
+    assert!(!o.status.success(), "a key passed the hook: {}", out(&o));
+    assert!(out(&o).contains("keyward scan"), "{}", out(&o));
+    assert!(!out(&o).contains(&key), "the hook printed the key");
+    let o = run("clean.toml");
+    assert!(
+        o.status.success(),
+        "a clean file failed the hook: {}",
+        out(&o)
+    );
+}
