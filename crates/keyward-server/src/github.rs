@@ -24,6 +24,8 @@ use crate::config::Config;
 const RELOAD_EVERY: Duration = Duration::from_secs(300);
 /// The fewest time between two tries while no list was ever read.
 const RETRY_EVERY: Duration = Duration::from_secs(30);
+/// The longest a read of GitHub's key list may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Keys older than this are read again before use.
 const MAX_AGE: Duration = Duration::from_secs(3600);
 
@@ -95,7 +97,6 @@ impl GithubKeys {
             None => Source::Url(c.github_keys_url.clone()),
         };
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::limited(3))
             .user_agent("keyward")
             .build()
@@ -116,6 +117,8 @@ impl GithubKeys {
                 let res = self
                     .http
                     .get(u)
+                    // Per request: bounded even with the fallback client.
+                    .timeout(FETCH_TIMEOUT)
                     .header("accept", "application/json")
                     .send()
                     .await

@@ -532,6 +532,19 @@ impl TestApp {
         .unwrap()
     }
 
+    /// The whole audit trail as `GET /v1/audit/export?format=` streams it (200 asserted).
+    pub async fn audit_export(&self, format: &str) -> String {
+        let res = self
+            .http
+            .get(format!("{}/v1/audit/export?format={format}", self.url))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        res.text().await.unwrap()
+    }
+
     /// Audit events of one action, oldest first.
     pub async fn audit_actions(&self, action: &str) -> Vec<Value> {
         let r = self

@@ -117,16 +117,7 @@ async fn a_reported_live_key_is_revoked_and_the_reporter_learns_nothing(app: Tes
     )
     .await;
     until(&app, &key2, "REVOKED").await;
-    let export = app
-        .http
-        .get(format!("{}/v1/audit/export", app.url))
-        .bearer_auth(&app.admin)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let export = app.audit_export("jsonl").await;
     assert!(
         !export.contains(&key) && !export.contains(&key2),
         "no plaintext in the audit"

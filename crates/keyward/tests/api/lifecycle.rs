@@ -176,15 +176,7 @@ async fn the_hash_chain_can_be_rechecked_from_an_export(app: TestApp) {
     app.post(&format!("/v1/keys/{id}/revoke"), json!({"reason": "test"}))
         .await
         .expect(200);
-    let res = app
-        .http
-        .get(format!("{}/v1/audit/export?format=jsonl", app.url))
-        .bearer_auth(&app.admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let text = res.text().await.unwrap();
+    let text = app.audit_export("jsonl").await;
     let mut v = keyward_core::audit::ChainVerifier::default();
     let mut n = 0;
     for line in text.lines() {
@@ -197,16 +189,7 @@ async fn the_hash_chain_can_be_rechecked_from_an_export(app: TestApp) {
         v.finish(),
         keyward_core::audit::ChainCheck::Ok { events: 4, .. }
     ));
-    let csv = app
-        .http
-        .get(format!("{}/v1/audit/export?format=csv", app.url))
-        .bearer_auth(&app.admin)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let csv = app.audit_export("csv").await;
     let header = csv.lines().next().unwrap();
     for col in [
         "id",
