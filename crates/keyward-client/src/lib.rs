@@ -37,9 +37,9 @@ use std::time::Duration;
 pub use error::Error;
 pub use keyward_core::api::{
     ApiError, ApiKey, BulkRevoke, BulkRevoked, CreateKey, CreateKeyspace, CreateToken,
-    CreateWebhook, CreatedKey, CreatedToken, CreatedWebhook, KeyLookupRequest, KeyMatch,
-    LeakReport, Page, PatchKey, PatchKeyspace, RateLimitState, Revoke, RotateKey, VerifyAnswer,
-    VerifyRequest,
+    CreateWebhook, CreatedKey, CreatedToken, CreatedWebhook, HashAlgorithm, ImportKeys,
+    ImportRecord, Imported, KeyLookupRequest, KeyMatch, LeakReport, Page, PatchKey, PatchKeyspace,
+    RateLimitState, Revoke, RotateKey, VerifyAnswer, VerifyRequest,
 };
 pub use keyward_core::audit::ChainCheck;
 pub use keyward_core::model::{
@@ -384,6 +384,19 @@ impl Client {
     /// `POST /v1/keys`: the key and, this once, its plaintext.
     pub async fn create_key(&self, req: &CreateKey) -> Result<CreatedKey, Error> {
         self.create("/v1/keys", &erased::json(req)).await
+    }
+    /// `POST /v1/keyspaces/{id}/keys/import`: at most 1,000 records, taken whole or refused
+    /// whole. Never retried once sent (a record with `external_id` is skipped when sent again).
+    pub async fn import_keys(
+        &self,
+        keyspace_id: &str,
+        req: &ImportKeys,
+    ) -> Result<Imported, Error> {
+        self.post(
+            &format!("/v1/keyspaces/{}/keys/import", seg(keyspace_id)),
+            &erased::json(req),
+        )
+        .await
     }
     pub async fn list_keys(&self, q: &KeyQuery) -> Result<Page<ApiKey>, Error> {
         self.get("/v1/keys", &erased::query(q)).await

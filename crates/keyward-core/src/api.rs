@@ -208,6 +208,116 @@ pub struct CreateWebhook {
     pub keyspace_id: Option<String>,
 }
 
+/// `POST /v1/keyspaces/{id}/keys/import`: keys issued elsewhere, at most
+/// [`MAX_IMPORT_BATCH`] a request. The batch is taken whole or refused whole.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportKeys {
+    pub keys: Vec<ImportRecord>,
+    /// Import keys the keyspace policy would refuse (too long a lifetime, no owner, more keys
+    /// per owner than allowed); the inventory report flags them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_policy_violations: bool,
+}
+
+/// Records a request may carry.
+pub const MAX_IMPORT_BATCH: usize = 1000;
+
+/// How an imported record's `hash` was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HashAlgorithm {
+    /// SHA-256 of the whole key, as 64 hex characters or base64.
+    #[serde(rename = "sha256")]
+    Sha256,
+    /// An Argon2id PHC string (`$argon2id$v=19$m=..,t=..,p=..$salt$hash`).
+    #[serde(rename = "argon2id")]
+    Argon2id,
+    /// A bcrypt modular-crypt string (`$2a$`, `$2b$` or `$2y$`).
+    #[serde(rename = "bcrypt")]
+    Bcrypt,
+    /// Django's `pbkdf2_sha256$iterations$salt$hash`.
+    #[serde(rename = "pbkdf2-sha256")]
+    Pbkdf2Sha256,
+}
+
+impl HashAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HashAlgorithm::Sha256 => "sha256",
+            HashAlgorithm::Argon2id => "argon2id",
+            HashAlgorithm::Bcrypt => "bcrypt",
+            HashAlgorithm::Pbkdf2Sha256 => "pbkdf2-sha256",
+        }
+    }
+}
+
+/// One key of an [`ImportKeys`] batch: the fields of a created key, the times it had, and the
+/// key itself as exactly one of `plaintext` or `hash` (with `algorithm`, and `lookup` for a
+/// salted hash). `Debug` never shows the plaintext.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRecord {
+    /// `"imported key"` when left out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub meta: Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratelimit: Option<RateLimit>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_cidrs: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// When the key was issued (now when left out; never in the future).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<Timestamp>,
+    /// When it was last used, as the old system knew it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<Timestamp>,
+    /// The key's id in the old system: importing the same record again is skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+    #[serde(
+        default,
+        serialize_with = "expose_some",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub plaintext: Option<Secret>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<HashAlgorithm>,
+    /// The key's leading characters that find a salted hash (unique in the keyspace).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lookup: Option<String>,
+}
+
+fn expose_some<S: serde::Serializer>(s: &Option<Secret>, ser: S) -> Result<S::Ok, S::Error> {
+    match s {
+        Some(s) => crate::secret::expose(s, ser),
+        None => ser.serialize_none(),
+    }
+}
+
+/// The answer to an import: per record, in order, the created key's id or `"skipped"` (its
+/// `external_id` was imported before with the same hash).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Imported {
+    pub keys: Vec<String>,
+    pub created: u64,
+    pub skipped: u64,
+}
+
 /// `POST /v1/leaks`: a key found where it should not be. Anyone may report one.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

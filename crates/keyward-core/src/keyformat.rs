@@ -18,6 +18,15 @@ pub const MAX_PREFIX_LEN: usize = 32;
 /// Management tokens share the key format with this prefix; keyspaces may not use it.
 pub const TOKEN_PREFIX: &str = "kwt";
 
+/// Lengths of an imported key without keyward's format (visible ASCII, no spaces): what an
+/// import accepts and what the verifier looks up once such keys exist.
+pub const FOREIGN_KEY_LEN: std::ops::RangeInclusive<usize> = 8..=256;
+
+/// Whether a string could be an imported key without keyward's format.
+pub fn foreign_shape(s: &str) -> bool {
+    FOREIGN_KEY_LEN.contains(&s.len()) && s.bytes().all(|c| (0x21..=0x7e).contains(&c))
+}
+
 /// SHA-256 of a key or token string: what the store keeps instead of the plaintext.
 /// `Default` is all zeros: the hash of a key read from the API, which never sends hashes.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -65,6 +65,10 @@ named! {
         KeyExpire => "key.expire",
         /// A leak of the key was reported (its source in `changes`).
         KeyLeaked => "key.leaked",
+        /// A batch of keys was imported (count, keyspace, external ids; no secret).
+        KeysImport => "keys.import",
+        /// An imported key's salted hash was replaced by its SHA-256 at its first verification.
+        KeyRehash => "key.rehash",
         TokenCreate => "token.create",
         TokenRevoke => "token.revoke",
         UserCreate => "user.create",

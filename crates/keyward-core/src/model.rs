@@ -172,6 +172,9 @@ pub struct Key {
     pub ratelimit: Option<RateLimit>,
     pub remaining: Option<i64>,
     pub allowed_cidrs: Option<Vec<String>>,
+    /// The key's id in the system it was imported from (`None` for keys keyward issued).
+    #[serde(default)]
+    pub external_id: Option<String>,
 }
 
 impl Key {
@@ -185,7 +188,27 @@ impl Key {
         created_by: Actor,
     ) -> Option<Key> {
         let parsed = crate::keyformat::parse(plaintext)?;
-        Some(Key {
+        Some(Key::with_hash(
+            KeyHash::of(plaintext),
+            parsed.start(),
+            parsed.end(),
+            keyspace_id,
+            now,
+            created_by,
+        ))
+    }
+
+    /// A new, active key held as `hash`, showing `start` and `end`, with a new id and every
+    /// optional field empty (an imported key starts here).
+    pub fn with_hash(
+        hash: KeyHash,
+        start: String,
+        end: String,
+        keyspace_id: &str,
+        now: Timestamp,
+        created_by: Actor,
+    ) -> Key {
+        Key {
             id: crate::id::new_id("key", now),
             keyspace_id: keyspace_id.to_string(),
             name: String::new(),
@@ -193,9 +216,9 @@ impl Key {
             scopes: Vec::new(),
             labels: BTreeMap::new(),
             meta: Map::new(),
-            hash: KeyHash::of(plaintext),
-            start: parsed.start(),
-            end: parsed.end(),
+            hash,
+            start,
+            end,
             enabled: true,
             created_at: now,
             created_by,
@@ -212,7 +235,8 @@ impl Key {
             ratelimit: None,
             remaining: None,
             allowed_cidrs: None,
-        })
+            external_id: None,
+        }
     }
 
     /// `revoked` > `expired` > `disabled` > `rotating` > `active`, computed at `now`.

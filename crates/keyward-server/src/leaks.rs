@@ -84,8 +84,11 @@ pub(crate) async fn handle(
     request_id: Option<String>,
 ) -> Result<Outcome, StoreError> {
     let key = report.key.expose();
-    // Only keyward's format with a valid checksum can be a key: nothing else reaches the store.
-    if key.len() > MAX_KEY || keyformat::parse(key).is_none() {
+    // Only keyward's format with a valid checksum can be a key: nothing else reaches the store,
+    // unless keys of other formats were imported.
+    let shaped = keyformat::parse(key).is_some()
+        || (keyformat::foreign_shape(key) && st.verifier.foreign_known().await?);
+    if key.len() > MAX_KEY || !shaped {
         return Ok(Outcome::Unknown);
     }
     let hash = KeyHash::of(key);

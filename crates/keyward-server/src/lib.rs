@@ -21,8 +21,8 @@
 //!   [`state::Control`] (changes of keys, keyspaces and webhooks, and the jobs: the records
 //!   plus this node's caches they keep in step) and `state::Authn` (authentication: the records
 //!   plus this node's throttles).
-//! - Leaves: the control plane's error type, [`throttle`], metrics, events, anomaly rules and
-//!   the Redis client.
+//! - Leaves: the control plane's error type, [`throttle`], metrics, events, anomaly rules,
+//!   `slowhash` (imported keys' salted hashes) and the Redis client.
 //!
 //! [`serve`] takes the listener, the state and a shutdown future, so tests run real servers on
 //! port 0 and stop them when they like.
@@ -46,6 +46,7 @@ pub(crate) mod redis;
 pub(crate) mod reports;
 pub mod routes;
 pub mod service;
+pub(crate) mod slowhash;
 pub mod state;
 pub mod throttle;
 pub mod tls;

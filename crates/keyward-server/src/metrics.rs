@@ -50,6 +50,9 @@ pub struct Metrics {
     pub(crate) redis_errors: AtomicU64,
     /// Connections closed at once because `max_connections` were open.
     pub(crate) connections_refused: AtomicU64,
+    /// Salted hashes of imported keys computed at verification, and keys upgraded to SHA-256.
+    pub(crate) slow_hash_checks: AtomicU64,
+    pub(crate) keys_rehashed: AtomicU64,
 }
 
 impl Metrics {
@@ -169,6 +172,16 @@ impl Metrics {
                 "keyward_usage_flushed_keys_total",
                 "Per-key usage rows written.",
                 self.flushed_keys.load(Ordering::Relaxed),
+            ),
+            (
+                "keyward_slow_hash_checks_total",
+                "Salted hashes of imported keys computed to check a presented key.",
+                self.slow_hash_checks.load(Ordering::Relaxed),
+            ),
+            (
+                "keyward_keys_rehashed_total",
+                "Imported keys whose salted hash was replaced by their SHA-256 on this node.",
+                self.keys_rehashed.load(Ordering::Relaxed),
             ),
             (
                 "keyward_connections_refused_total",

@@ -239,6 +239,31 @@ pub struct Change {
     pub keyspace: bool,
 }
 
+/// What an import records beside the key row (see the `key_imports` migration).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyImport {
+    pub key_id: String,
+    pub keyspace_id: String,
+    /// SHA-256 of what the record carried, to recognise it when imported again.
+    pub fingerprint: [u8; 32],
+    /// Whether the key has keyward's prefix and checksum.
+    pub keyward_format: bool,
+    /// With `slow_hash`: the key's leading characters that find it.
+    pub lookup: Option<String>,
+    /// A salted password hash of the key (PHC or modular-crypt string), until its first
+    /// verification.
+    pub slow_hash: Option<String>,
+}
+
+/// A key still held as a salted hash, found by its lookup prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlowCandidate {
+    pub key_id: String,
+    pub keyspace_id: String,
+    pub lookup: String,
+    pub slow_hash: String,
+}
+
 /// One control-plane transaction. Dropping it without [`StoreTx::commit`] rolls it back.
 #[async_trait]
 pub trait StoreTx: Send {
@@ -266,6 +291,21 @@ pub trait StoreTx: Send {
         keyspace_ids: Option<&[String]>,
         now: Timestamp,
     ) -> Result<Vec<Key>>;
+    /// Records what an import carried for a key inserted in this transaction.
+    async fn insert_import(&mut self, import: &KeyImport) -> Result<()>;
+    /// The id of the key with `external_id` in a keyspace, with its import fingerprint.
+    async fn key_by_external_id(
+        &mut self,
+        keyspace_id: &str,
+        external_id: &str,
+    ) -> Result<Option<(String, Option<Vec<u8>>)>>;
+    /// Whether a key (of any keyspace) has this hash.
+    async fn hash_taken(&mut self, hash: &KeyHash) -> Result<bool>;
+    /// Whether a key of the keyspace still held as a salted hash has this lookup prefix.
+    async fn lookup_taken(&mut self, keyspace_id: &str, lookup: &str) -> Result<bool>;
+    /// Replaces a key's salted hash by its SHA-256 (and appends its feed row); false when it
+    /// was already done.
+    async fn rehash(&mut self, key_id: &str, hash: &KeyHash) -> Result<bool>;
     /// Applies usage inside this transaction (used to settle counts before a rotation).
     async fn apply_usage(&mut self, deltas: &[UsageDelta]) -> Result<()>;
 
@@ -335,6 +375,10 @@ pub trait Store: Send + Sync + 'static {
     async fn key(&self, id: &str) -> Result<Option<Key>>;
     async fn key_by_hash(&self, hash: &KeyHash) -> Result<Option<Key>>;
     async fn list_keys(&self, filter: &KeyFilter) -> Result<Vec<Key>>;
+    /// Keys still held as a salted hash whose lookup prefix is one of `lookups` (at most `limit`).
+    async fn slow_candidates(&self, lookups: &[String], limit: i64) -> Result<Vec<SlowCandidate>>;
+    /// Whether any imported key lacks keyward's prefix and checksum.
+    async fn any_foreign_keys(&self) -> Result<bool>;
 
     async fn token(&self, id: &str) -> Result<Option<Token>>;
     async fn token_by_hash(&self, hash: &KeyHash) -> Result<Option<Token>>;

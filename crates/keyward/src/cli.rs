@@ -239,6 +239,10 @@ pub enum KeysCmd {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Import keys issued by another system from a JSON Lines or CSV file (any size, sent in
+    /// batches; records with an external_id already imported are skipped, so a run can be
+    /// repeated). docs/import.md describes the records.
+    Import(Box<ImportArgs>),
     /// Revoke one key, or with --owner every key of an owner.
     Revoke {
         id: Option<String>,
@@ -251,6 +255,31 @@ pub enum KeysCmd {
         #[command(flatten)]
         remote: Remote,
     },
+}
+
+#[derive(Args)]
+pub struct ImportArgs {
+    #[arg(long)]
+    pub keyspace: String,
+    /// The file (`-`: standard input).
+    pub file: std::path::PathBuf,
+    /// jsonl or csv (default: from the file name, else from its first character).
+    #[arg(long, value_enum)]
+    pub format: Option<ImportFormat>,
+    /// Records per request (1..1000).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub batch_size: u16,
+    /// Import keys the keyspace policy would refuse (the inventory report flags them).
+    #[arg(long)]
+    pub allow_policy_violations: bool,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ImportFormat {
+    Jsonl,
+    Csv,
 }
 
 #[derive(Subcommand)]

@@ -7,6 +7,7 @@
 mod backup;
 mod cli;
 mod exit;
+mod import;
 mod master_key;
 mod offline;
 mod output;
@@ -17,7 +18,7 @@ mod telemetry;
 use std::process::ExitCode;
 
 use clap::Parser;
-use cli::{Cli, Command, MasterKeyCmd, TokenCmd, UserCmd};
+use cli::{Cli, Command, KeysCmd, MasterKeyCmd, TokenCmd, UserCmd};
 
 /// mimalloc instead of the system allocator: a verification allocates a few small buffers
 /// (request, body, answer) and glibc's malloc spent about 14 % of the server's CPU on them
@@ -69,6 +70,7 @@ async fn run(cli: Cli) -> ExitCode {
         }) => master_key::rotate(&db.database_url, &key, new_key_file.as_deref()).await,
         Command::Backup { to, db } => backup::backup(&db.database_url, &to).await,
         Command::Restore { from, db } => backup::restore(&db.database_url, &from).await,
+        Command::Keys(KeysCmd::Import(args)) => import::run(*args).await,
         Command::Keys(cmd) => remote::keys(cmd).await,
         Command::Keyspaces(cmd) => remote::keyspaces(cmd).await,
         Command::Audit(cmd) => remote::audit(cmd).await,

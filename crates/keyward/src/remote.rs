@@ -309,6 +309,8 @@ async fn keys_(cmd: KeysCmd) -> Outcome {
                 (RotateFormat::Plain, _) => println!("{key}"),
             }
         }
+        // Dispatched to `crate::import` by main.rs; here only for the match to be whole.
+        KeysCmd::Import(_) => return Err(misuse("use `keyward keys import`")),
         KeysCmd::Revoke {
             id,
             owner,

@@ -55,51 +55,73 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = Response;
 
     async fn from_request(req: Request, _state: &S) -> std::result::Result<Self, Response> {
-        let headers = req.headers();
-        let declared: Option<u64> = headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
-        let chunked = headers.contains_key(TRANSFER_ENCODING);
-        let has_body = declared.is_some_and(|n| n > 0) || chunked;
-        let json = is_json(headers);
-        // Answered before the body is read: tell the client this connection is not reused.
-        let close = |e: Error| Refusal(e).into_response();
-        if has_body && !json {
-            return Err(close(Error::new(
-                ErrorCode::UnsupportedMediaType,
-                "the request body must be JSON (Content-Type: application/json)",
-            )));
-        }
-        if declared.is_some_and(|n| n > MAX_BODY as u64) {
-            return Err(close(too_large()));
-        }
-        let bytes = match declared {
-            // The declared length is known (and enforced by hyper): stop once it has arrived,
-            // without another round through the connection to learn that the body ended.
-            Some(n) if !chunked => read_declared(req.into_body(), n as usize)
-                .await
-                .map_err(|_| too_large().into_response())?,
-            _ => axum::body::to_bytes(req.into_body(), MAX_BODY)
-                .await
-                .map_err(|_| too_large().into_response())?,
-        };
-        if bytes.is_empty() {
-            return Ok(JsonBody(None));
-        }
-        if !json {
-            return Err(Error::new(
-                ErrorCode::UnsupportedMediaType,
-                "the request body must be JSON (Content-Type: application/json)",
-            )
-            .into_response());
-        }
-        Ok(JsonBody(Some(bytes)))
+        read_json(req, MAX_BODY).await
     }
 }
 
-/// Reads a body of `n` bytes (at most [`MAX_BODY`]): one chunk is returned as it is.
-async fn read_declared(mut body: axum::body::Body, n: usize) -> std::result::Result<Bytes, ()> {
+/// The body of an import (`POST /v1/keyspaces/{id}/keys/import`): JSON, read up to
+/// [`MAX_IMPORT_BODY`] bytes (a full batch of records with salted hashes and metadata).
+pub(crate) struct ImportBody(pub JsonBody);
+
+pub(crate) const MAX_IMPORT_BODY: usize = 4 * 1024 * 1024;
+
+impl<S: Send + Sync> FromRequest<S> for ImportBody {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, _state: &S) -> std::result::Result<Self, Response> {
+        read_json(req, MAX_IMPORT_BODY).await.map(ImportBody)
+    }
+}
+
+async fn read_json(req: Request, max: usize) -> std::result::Result<JsonBody, Response> {
+    let headers = req.headers();
+    let declared: Option<u64> = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let chunked = headers.contains_key(TRANSFER_ENCODING);
+    let has_body = declared.is_some_and(|n| n > 0) || chunked;
+    let json = is_json(headers);
+    // Answered before the body is read: tell the client this connection is not reused.
+    let close = |e: Error| Refusal(e).into_response();
+    if has_body && !json {
+        return Err(close(Error::new(
+            ErrorCode::UnsupportedMediaType,
+            "the request body must be JSON (Content-Type: application/json)",
+        )));
+    }
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(close(too_large(max)));
+    }
+    let bytes = match declared {
+        // The declared length is known (and enforced by hyper): stop once it has arrived,
+        // without another round through the connection to learn that the body ended.
+        Some(n) if !chunked => read_declared(req.into_body(), n as usize, max)
+            .await
+            .map_err(|_| too_large(max).into_response())?,
+        _ => axum::body::to_bytes(req.into_body(), max)
+            .await
+            .map_err(|_| too_large(max).into_response())?,
+    };
+    if bytes.is_empty() {
+        return Ok(JsonBody(None));
+    }
+    if !json {
+        return Err(Error::new(
+            ErrorCode::UnsupportedMediaType,
+            "the request body must be JSON (Content-Type: application/json)",
+        )
+        .into_response());
+    }
+    Ok(JsonBody(Some(bytes)))
+}
+
+/// Reads a body of `n` bytes (at most `max`): one chunk is returned as it is.
+async fn read_declared(
+    mut body: axum::body::Body,
+    n: usize,
+    max: usize,
+) -> std::result::Result<Bytes, ()> {
     use http_body_util::BodyExt;
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut have = 0;
@@ -109,7 +131,7 @@ async fn read_declared(mut body: axum::body::Body, n: usize) -> std::result::Res
         };
         if let Ok(data) = frame.map_err(|_| ())?.into_data() {
             have += data.len();
-            if have > MAX_BODY {
+            if have > max {
                 return Err(());
             }
             chunks.push(data);
@@ -122,10 +144,10 @@ async fn read_declared(mut body: axum::body::Body, n: usize) -> std::result::Res
     })
 }
 
-fn too_large() -> Error {
+fn too_large(max: usize) -> Error {
     Error::new(
         ErrorCode::PayloadTooLarge,
-        format!("the request body is larger than {MAX_BODY} bytes"),
+        format!("the request body is larger than {max} bytes"),
     )
 }
 

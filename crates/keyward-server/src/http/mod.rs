@@ -57,6 +57,12 @@ pub(crate) fn api_routes() -> Vec<(RouteSpec, Handler)> {
             patch(v1::patch_keyspace),
         ),
         spec(
+            "POST",
+            "/v1/keyspaces/{id}/keys/import",
+            Right(WriteKeys),
+            post(v1::import_keys),
+        ),
+        spec(
             "GET",
             "/v1/keyspaces/{id}/usage",
             Right(ReadKeys),

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use crate::authz;
 use crate::error::{Error, Result};
 use crate::http::extract::{
-    decode_cursor, encode_cursor, not_null, time_cursor, Auth, JsonBody, Params,
+    decode_cursor, encode_cursor, not_null, time_cursor, Auth, ImportBody, JsonBody, Params,
 };
 use crate::service;
 use crate::state::AppState;
@@ -166,6 +166,26 @@ pub(crate) async fn create_key(
     let mut v = key_json(&key, &st);
     v["key"] = json!(plaintext.expose());
     Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+/// `POST /v1/keyspaces/{id}/keys/import`: keys issued elsewhere, in batches of at most 1,000.
+pub(crate) async fn import_keys(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    ImportBody(body): ImportBody,
+) -> Result<Response> {
+    let ctx = auth.ctx();
+    let who = ctx.allow::<authz::WriteKeys>()?;
+    let id = service::keyspace_id(&id)?;
+    let input = body.parse()?;
+    let answer = service::import_keys(&st.control, &who, &id, input).await?;
+    let status = if answer.created > 0 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(answer)).into_response())
 }
 
 pub(crate) async fn list_keys(

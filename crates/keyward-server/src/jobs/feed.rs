@@ -63,6 +63,9 @@ pub(crate) async fn run(
                     if c.origin != node {
                         if c.keyspace {
                             state.verifier.forget_keyspace(&c.key_id);
+                            // A keyspace's row also follows an import into it: forget cached
+                            // misses, and learn whether keys of other formats now exist.
+                            state.verifier.imported(None);
                         } else {
                             state.verifier.invalidate_remote(&c.key_hash, c.quota);
                         }

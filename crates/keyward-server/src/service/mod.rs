@@ -7,8 +7,10 @@
 //! the verification cache of this node forgets the key, before the caller answers. Reads are
 //! in `reads` (re-exported here).
 
+mod import;
 mod reads;
 
+pub use import::import_keys;
 pub use reads::*;
 
 /// The request bodies live with the API's other types in [`keyward_core::api`], which the

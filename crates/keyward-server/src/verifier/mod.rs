@@ -46,6 +46,7 @@ use crate::metrics::Metrics;
 mod decide;
 mod entry;
 mod flush;
+mod imported;
 mod lease;
 mod live;
 mod load;
@@ -97,6 +98,8 @@ pub struct Verifier {
     usage_counting: AtomicBool,
     /// Set for the last flushes at shutdown: every source address is written, due or not.
     write_all_sources: AtomicBool,
+    /// Imported keys: whether some lack keyward's format, and the bounds on slow-hash checks.
+    imports: imported::Imports,
 }
 
 impl Verifier {
@@ -120,6 +123,7 @@ impl Verifier {
             known_sources: Mutex::new(HashMap::new()),
             usage_counting: AtomicBool::new(true),
             write_all_sources: AtomicBool::new(false),
+            imports: imported::Imports::new(),
         }
     }
 
@@ -150,7 +154,9 @@ impl Verifier {
             reset_at: None,
         };
         // No key is longer (and hashing a long string would cost more than refusing it).
-        if req.key.len() > keyformat::MAX_PREFIX_LEN + 1 + keyformat::BODY_LEN {
+        if req.key.len() > keyformat::MAX_PREFIX_LEN + 1 + keyformat::BODY_LEN
+            && !self.maybe_foreign(req.key)
+        {
             return Some(not_found);
         }
         let now = self.clock.now();
@@ -163,10 +169,13 @@ impl Verifier {
                 return Some(not_found);
             }
             Cached::Unknown => {
-                // Garbage and tokens stop here, not in the slow path.
+                // Garbage and tokens stop here, not in the slow path (a string of no key
+                // format too, unless the store may hold imported keys of other formats).
                 return match keyformat::parse(req.key) {
                     Some(p) if p.prefix != TOKEN_PREFIX => None,
-                    _ => Some(not_found),
+                    Some(_) => Some(not_found),
+                    None if self.maybe_foreign(req.key) => None,
+                    None => Some(not_found),
                 };
             }
         };
@@ -203,7 +212,9 @@ impl Verifier {
         };
         match keyformat::parse(req.key) {
             Some(p) if p.prefix != TOKEN_PREFIX => {}
-            _ => return not_found(),
+            Some(_) => return not_found(),
+            None if self.maybe_foreign(req.key) && self.foreign_known().await? => {}
+            None => return not_found(),
         }
         let hash = KeyHash::of(req.key);
         let entry = match self.cached(&digest(&hash)) {
@@ -227,7 +238,14 @@ impl Verifier {
                 // systems' strings out (CRC32 is public: a caller who crafts distinct well-formed
                 // keys costs one indexed read each, as with a known prefix before; see
                 // docs/decisions.md).
-                self.load(hash).await?
+                match self.load(hash).await? {
+                    // An imported key still held as a salted hash is found by its lookup
+                    // prefix (only once the store is known to hold imported keys).
+                    None if self.foreign_known().await? => {
+                        self.verify_salted(req.key, hash).await?
+                    }
+                    found => found,
+                }
             }
         };
         let Some(mut entry) = entry else {

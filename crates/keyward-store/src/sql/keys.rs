@@ -12,7 +12,7 @@ use sqlx::{Database, Encode, QueryBuilder, Type};
 pub(super) const KEY_COLS: &str = "id, keyspace_id, name, owner, scopes, labels, meta, hash, \
     start_chars, end_chars, enabled, created_at, created_by, updated_at, expires_at, revoked_at, \
     revoked_by, revoked_reason, rotated_from, rotated_to, last_used_at, call_count, denied_count, \
-    ratelimit, remaining, allowed_cidrs";
+    ratelimit, remaining, allowed_cidrs, external_id";
 /// The columns read for a key: `remaining` is the unleased quota plus every node's lease.
 /// The counters come from `key_counters` (see its migration).
 pub(super) const KEY_SELECT: &str = "id, keyspace_id, name, owner, scopes, labels, meta, hash, \
@@ -24,7 +24,7 @@ pub(super) const KEY_SELECT: &str = "id, keyspace_id, name, owner, scopes, label
     ratelimit, \
     remaining + CAST((SELECT COALESCE(SUM(q.amount), 0) FROM quota_leases q \
     WHERE q.key_id = keys.id) AS BIGINT) AS remaining, \
-    allowed_cidrs";
+    allowed_cidrs, external_id";
 pub(super) const KEYSPACE_COLS: &str =
     "id, name, prefix, policy, created_at, updated_at, routes, unmatched";
 
@@ -103,6 +103,7 @@ macro_rules! for_backend {
                 ratelimit: json_opt("ratelimit", get(r, "ratelimit")?)?,
                 remaining: get(r, "remaining")?,
                 allowed_cidrs: json_opt("allowed_cidrs", get(r, "allowed_cidrs")?)?,
+                external_id: get(r, "external_id")?,
             })
         }
 
@@ -234,7 +235,7 @@ macro_rules! for_backend {
         pub(super) async fn insert_key(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, k: &Key) -> Result<()> {
             let sql = format!(
                 "INSERT INTO keys ({KEY_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-                 $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)"
+                 $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)"
             );
             sqlx::query(&sql)
                 .bind(&k.id)
@@ -263,6 +264,7 @@ macro_rules! for_backend {
                 .bind(k.ratelimit.as_ref().map(to_json))
                 .bind(k.remaining)
                 .bind(k.allowed_cidrs.as_ref().map(to_json))
+                .bind(&k.external_id)
                 .execute(&mut *conn)
                 .await
                 .map_err(map_err)?;

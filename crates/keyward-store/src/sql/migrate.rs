@@ -36,6 +36,7 @@ macro_rules! migrations {
             5 => "0005_usage_rollup.sql",
             6 => "0006_key_counters.sql",
             7 => "0007_route_rules.sql",
+            8 => "0008_key_imports.sql",
         )
     };
     ($dir:literal: $($version:literal => $file:literal),* $(,)?) => {

@@ -28,6 +28,7 @@ mod anomalies;
 mod audit;
 mod common;
 mod feed;
+mod imports;
 mod keys;
 mod leases;
 mod migrate;
@@ -54,6 +55,9 @@ macro_rules! sql_backend {
         }
         mod feed {
             crate::sql::feed::for_backend!($DB, $notify);
+        }
+        mod imports {
+            crate::sql::imports::for_backend!($DB, $Row);
         }
         mod keys {
             crate::sql::keys::for_backend!($DB, $Row, $instr);
@@ -92,14 +96,14 @@ macro_rules! sql_backend {
             use keyward_core::model::{Anomaly, AuditEvent, Key, Keyspace, Source, Token, Webhook};
             use keyward_core::time::Timestamp;
 
-            use super::{anomalies, audit, feed, keys, leases, tokens, usage, webhooks};
+            use super::{anomalies, audit, feed, imports, keys, leases, tokens, usage, webhooks};
             use super::{$Store, $Tx};
             use crate::sql::common::{map_err, TAKE_WRITE_LOCK};
             use crate::users::{UserStore, UserTx};
             use crate::{
                 AfterAttempt, AnomalyFilter, Attempt, AuditFilter, Bucket, Change, DueDelivery,
-                KeyFilter, NewEvent, OutboxEvent, Page, Result, Store, StoreTx, TimeCursor, Totals,
-                UsageDelta,
+                KeyFilter, KeyImport, NewEvent, OutboxEvent, Page, Result, SlowCandidate, Store,
+                StoreTx, TimeCursor, Totals, UsageDelta,
             };
 
             #[async_trait]
@@ -137,6 +141,26 @@ macro_rules! sql_backend {
                     now: Timestamp,
                 ) -> Result<Vec<Key>> {
                     keys::live_keys_of_owner(&mut self.tx, owner, keyspace_ids, now).await
+                }
+                // imports.rs
+                async fn insert_import(&mut self, i: &KeyImport) -> Result<()> {
+                    imports::insert_import(&mut self.tx, i).await
+                }
+                async fn key_by_external_id(
+                    &mut self,
+                    keyspace_id: &str,
+                    external_id: &str,
+                ) -> Result<Option<(String, Option<Vec<u8>>)>> {
+                    imports::by_external_id(&mut self.tx, keyspace_id, external_id).await
+                }
+                async fn hash_taken(&mut self, hash: &KeyHash) -> Result<bool> {
+                    imports::hash_taken(&mut self.tx, hash).await
+                }
+                async fn lookup_taken(&mut self, keyspace_id: &str, lookup: &str) -> Result<bool> {
+                    imports::lookup_taken(&mut self.tx, keyspace_id, lookup).await
+                }
+                async fn rehash(&mut self, key_id: &str, hash: &KeyHash) -> Result<bool> {
+                    imports::rehash(&mut self.tx, &self.node, key_id, hash).await
                 }
                 async fn mark_expired(&mut self, id: &str, now: Timestamp) -> Result<bool> {
                     keys::mark_expired(&mut self.tx, id, now).await
@@ -259,6 +283,16 @@ macro_rules! sql_backend {
                 }
                 async fn list_keys(&self, f: &KeyFilter) -> Result<Vec<Key>> {
                     keys::list_keys(&self.pool, f).await
+                }
+                async fn slow_candidates(
+                    &self,
+                    lookups: &[String],
+                    limit: i64,
+                ) -> Result<Vec<SlowCandidate>> {
+                    imports::slow_candidates(&self.pool, lookups, limit).await
+                }
+                async fn any_foreign_keys(&self) -> Result<bool> {
+                    imports::any_foreign(&self.pool).await
                 }
                 async fn expired_unmarked(&self, now: Timestamp, limit: i64) -> Result<Vec<Key>> {
                     keys::expired_unmarked(&self.pool, now, limit).await

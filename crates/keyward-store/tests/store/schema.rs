@@ -190,12 +190,20 @@ fn expected_migrations(db: &TestDb) -> Vec<(i64, String, Vec<u8>)> {
         "usage rollup",
         "key counters",
         "route rules",
+        "key imports",
     ];
-    let newer = [(
-        7,
-        include_str!("../../migrations/sqlite/0007_route_rules.sql"),
-        include_str!("../../migrations/postgres/0007_route_rules.sql"),
-    )];
+    let newer = [
+        (
+            7,
+            include_str!("../../migrations/sqlite/0007_route_rules.sql"),
+            include_str!("../../migrations/postgres/0007_route_rules.sql"),
+        ),
+        (
+            8,
+            include_str!("../../migrations/sqlite/0008_key_imports.sql"),
+            include_str!("../../migrations/postgres/0008_key_imports.sql"),
+        ),
+    ];
     OLD_MIGRATIONS
         .iter()
         .chain(newer.iter())

@@ -16,6 +16,7 @@ mod degraded;
 mod door;
 mod durability;
 mod grpc;
+mod import;
 mod keys;
 mod leaks;
 mod lifecycle;
