@@ -172,8 +172,9 @@ pub struct Key {
     pub ratelimit: Option<RateLimit>,
     pub remaining: Option<i64>,
     pub allowed_cidrs: Option<Vec<String>>,
-    /// The key's id in the system it was imported from (`None` for keys keyward issued).
-    #[serde(default)]
+    /// The key's id in the system it was imported from: shown only on imported keys that
+    /// have one (keys keyward issued keep their shape).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_id: Option<String>,
 }
 

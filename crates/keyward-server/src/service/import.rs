@@ -120,91 +120,89 @@ fn prepare(
         }
     }
     // The key itself: exactly one of plaintext or hash.
-    let (hash, fingerprint, keyward_format, lookup, slow_hash, (start, end)) = match (
-        r.plaintext,
-        r.hash,
-        r.algorithm,
-    ) {
-        (Some(_), Some(_), _) => {
-            return Err(bad(i, "plaintext", "give plaintext or hash, not both"))
-        }
-        (None, None, _) => return Err(bad(i, "plaintext", "give plaintext or hash")),
-        (Some(_), None, Some(_)) => {
-            return Err(bad(i, "algorithm", "goes with hash, not plaintext"))
-        }
-        (Some(p), None, None) => {
-            let p = p.expose();
-            let native = keyformat::parse(p);
-            if native.as_ref().is_some_and(|n| n.prefix == TOKEN_PREFIX) {
-                return Err(bad(i, "plaintext", "is a management token, not a key"));
+    let (hash, fingerprint, keyward_format, lookup, slow_hash, (start, end)) =
+        match (r.plaintext, r.hash, r.algorithm) {
+            (Some(_), Some(_), _) => {
+                return Err(bad(i, "plaintext", "give plaintext or hash, not both"))
             }
-            if native.is_none() && !foreign_shape(p) {
+            (None, None, _) => return Err(bad(i, "plaintext", "give plaintext or hash")),
+            (Some(_), None, Some(_)) => {
+                return Err(bad(i, "algorithm", "goes with hash, not plaintext"))
+            }
+            (Some(p), None, None) => {
+                let p = p.expose();
+                let native = keyformat::parse(p);
+                if native.as_ref().is_some_and(|n| n.prefix == TOKEN_PREFIX) {
+                    return Err(bad(i, "plaintext", "is a management token, not a key"));
+                }
+                if native.is_none() && !foreign_shape(p) {
+                    return Err(bad(
+                        i,
+                        "plaintext",
+                        format!(
+                            "must be {}..{} visible ASCII characters without spaces",
+                            FOREIGN_KEY_LEN.start(),
+                            FOREIGN_KEY_LEN.end()
+                        ),
+                    ));
+                }
+                if r.lookup.is_some() {
+                    return Err(bad(i, "lookup", "goes with a salted hash, not plaintext"));
+                }
+                let h = KeyHash::of(p);
+                (h, h.0, native.is_some(), None, None, display_ends(p))
+            }
+            (None, Some(_), None) => {
                 return Err(bad(
                     i,
-                    "plaintext",
-                    format!(
-                        "must be {}..{} visible ASCII characters without spaces",
-                        FOREIGN_KEY_LEN.start(),
-                        FOREIGN_KEY_LEN.end()
-                    ),
-                ));
+                    "algorithm",
+                    "is required with hash (sha256, argon2id, bcrypt or pbkdf2-sha256)",
+                ))
             }
-            if r.lookup.is_some() {
-                return Err(bad(i, "lookup", "goes with a salted hash, not plaintext"));
+            (None, Some(h), Some(HashAlgorithm::Sha256)) => {
+                let bytes = slowhash::parse_sha256(&h).ok_or_else(|| {
+                    bad(i, "hash", "is not a SHA-256 as 64 hex characters or base64")
+                })?;
+                let start = match r.lookup {
+                    Some(l) => {
+                        check_lookup(i, &l)?;
+                        l
+                    }
+                    None => String::new(),
+                };
+                (
+                    KeyHash(bytes),
+                    bytes,
+                    false,
+                    None,
+                    None,
+                    (start, String::new()),
+                )
             }
-            let h = KeyHash::of(p);
-            (h, h.0, native.is_some(), None, None, display_ends(p))
-        }
-        (None, Some(_), None) => {
-            return Err(bad(
-                i,
-                "algorithm",
-                "is required with hash (sha256, argon2id, bcrypt or pbkdf2-sha256)",
-            ))
-        }
-        (None, Some(h), Some(HashAlgorithm::Sha256)) => {
-            let bytes = slowhash::parse_sha256(&h)
-                .ok_or_else(|| bad(i, "hash", "is not a SHA-256 as 64 hex characters or base64"))?;
-            let start = match r.lookup {
-                Some(l) => {
-                    check_lookup(i, &l)?;
-                    l
-                }
-                None => String::new(),
-            };
-            (
-                KeyHash(bytes),
-                bytes,
-                false,
-                None,
-                None,
-                (start, String::new()),
-            )
-        }
-        (None, Some(h), Some(alg)) => {
-            slowhash::check(alg, &h).map_err(|e| bad(i, "hash", e))?;
-            let lookup = r.lookup.ok_or_else(|| {
-                bad(
+            (None, Some(h), Some(alg)) => {
+                slowhash::check(alg, &h).map_err(|e| bad(i, "hash", e))?;
+                let lookup = r.lookup.ok_or_else(|| {
+                    bad(
                     i,
                     "lookup",
                     "is required with a salted hash: the key's leading characters that identify it",
                 )
-            })?;
-            check_lookup(i, &lookup)?;
-            let mut placeholder = [0u8; 32];
-            getrandom::fill(&mut placeholder)
-                .map_err(|_| Error::internal("the random number generator failed"))?;
-            let fp: [u8; 32] = Sha256::digest(format!("{}:{h}", alg.as_str())).into();
-            (
-                KeyHash(placeholder),
-                fp,
-                false,
-                Some(lookup.clone()),
-                Some(h),
-                (lookup, String::new()),
-            )
-        }
-    };
+                })?;
+                check_lookup(i, &lookup)?;
+                let mut placeholder = [0u8; 32];
+                getrandom::fill(&mut placeholder)
+                    .map_err(|_| Error::internal("the random number generator failed"))?;
+                let fp: [u8; 32] = Sha256::digest(format!("{}:{h}", alg.as_str())).into();
+                (
+                    KeyHash(placeholder),
+                    fp,
+                    false,
+                    Some(lookup.clone()),
+                    Some(h),
+                    (lookup, String::new()),
+                )
+            }
+        };
     let mut key = Key::with_hash(hash, start, end, &ks.id, now, ctx.actor.clone());
     key.name = name;
     key.owner = r.owner;
@@ -292,21 +290,26 @@ pub async fn import_keys(
                     continue;
                 }
                 return Err(Error::conflict(format!(
-                    "keys[{i}]: external_id '{x}' was imported into this keyspace before with another key"
+                    "keys[{i}].external_id: was imported into this keyspace before, with another key"
                 )));
             }
         }
         match &p.import.lookup {
             Some(l) if tx.lookup_taken(&ks.id, l).await? => {
                 return Err(Error::conflict(format!(
-                    "keys[{i}]: another key of this keyspace has lookup '{l}'"
+                    "keys[{i}].lookup: another key of this keyspace has the same lookup prefix"
                 )))
             }
             Some(_) => {}
             None => {
                 if tx.hash_taken(&p.key.hash).await? {
                     return Err(Error::conflict(format!(
-                        "keys[{i}]: this key is already held by another key"
+                        "keys[{i}].{}: another key already is this key",
+                        if p.format == "plaintext" {
+                            "plaintext"
+                        } else {
+                            "hash"
+                        }
                     )));
                 }
             }

@@ -154,6 +154,7 @@ async fn database_text(backend: Backend, db_url: &str) -> Vec<u8> {
                 "tokens",
                 "audit_events",
                 "change_feed",
+                "key_imports",
                 "_sqlx_migrations",
             ] {
                 let rows = sqlx::query(&format!("SELECT t::text AS row FROM {table} t"))
@@ -372,6 +373,43 @@ async fn no_plaintext_key_or_token_is_stored_logged_audited_or_echoed(backend: B
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 
+    // Imported keys: a plaintext of another format and a bcrypt hash of a `prefix.secret` key,
+    // both verified (the bcrypt one is upgraded to its SHA-256), and refused batches that hold
+    // a plaintext elsewhere in the batch or in the wrong field.
+    let foreign = format!("sk_live_{}", keyward_core::keyformat::base62_random(28));
+    let salted = format!("Pfx0001.{}", keyward_core::keyformat::base62_random(32));
+    secrets.push(foreign.clone());
+    secrets.push(salted.clone());
+    let (status, body) = post(
+        &format!("/v1/keyspaces/{ks}/keys/import"),
+        json!({"keys": [
+            {"plaintext": foreign, "owner": "o", "expires_at": "2099-01-01T00:00:00Z", "external_id": "e1"},
+            {"hash": bcrypt::hash(&salted, 4).unwrap(), "algorithm": "bcrypt", "lookup": "Pfx0001.",
+             "owner": "o", "expires_at": "2099-01-01T00:00:00Z", "external_id": "e2"},
+        ], "allow_policy_violations": true}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert!(!body.contains(&foreign));
+    for k in [&foreign, &salted] {
+        let (_, v) = verify(json!({"key": k})).await;
+        assert!(v.contains("VALID"), "{v}");
+    }
+    for batch in [
+        json!({"keys": [{"plaintext": foreign, "external_id": "e1"}, {"plaintext": "bad"}]}),
+        json!({"keys": [{"plaintext": salted}, {"plaintext": foreign, "owner": foreign}]}),
+        json!({"keys": [{"plaintext": foreign, "lookup": foreign}]}),
+        json!({"keys": [{"hash": salted, "algorithm": "bcrypt", "lookup": "Pfx0001."}]}),
+        json!({"keys": [{"plaintext": format!("{foreign}x"), "external_id": "e1"}]}),
+        json!({"keys": [{"plaintext": foreign, "remaining": foreign}]}),
+    ] {
+        error_bodies.push(
+            post(&format!("/v1/keyspaces/{ks}/keys/import"), batch)
+                .await
+                .1,
+        );
+    }
+
     let (_, r) = post(
         &format!("/v1/keys/{key_id}/rotate"),
         json!({"grace_secs": 0, "reason": "test"}),
@@ -441,7 +479,7 @@ async fn no_plaintext_key_or_token_is_stored_logged_audited_or_echoed(backend: B
             );
         }
         // The secret's random part alone must not appear either (e.g. a truncated echo).
-        let body = &s[s.rfind('_').unwrap() + 1..];
+        let body = &s[s.rfind(['_', '.']).unwrap() + 1..];
         assert!(!contains(&db, &body[..20]) && !log.contains(&body[..20]));
     }
 }
