@@ -130,6 +130,7 @@ fn keyspace_page<'a>(
         routes_text: view::routes_text(&ks.routes),
         unmatched: ks.unmatched,
         routes_error: None,
+        import_error: None,
     }
 }
 
@@ -154,6 +155,10 @@ pub(crate) async fn keyspace(
         Some("routes") => Some((
             "ok",
             "The route rules were saved. Forward-auth applies them on every node within a second.",
+        )),
+        Some("import") => Some((
+            "ok",
+            "The keys were imported (records imported before were skipped); they verify from now on. The audit trail lists them under keys.import.",
         )),
         _ => None,
     };
@@ -294,6 +299,71 @@ pub(crate) async fn update_routes(
         saved,
         &format!("/keyspaces/{}?done=routes#routes", ui::urlencode(&id)),
         fail,
+    )
+}
+
+/// Imports the JSON Lines pasted in the keyspace page (one batch: at most 1,000 records).
+pub(crate) async fn import_keys(
+    State(st): State<AppState>,
+    s: SignedIn,
+    Path(id): Path<String>,
+    form: Form,
+) -> PageResult {
+    s.check_csrf(&form)?;
+    let ctx = s.ctx();
+    let who = ctx.allow::<authz::WriteKeys>()?;
+    let ks_id = service::keyspace_id(&id)?;
+    let ks = service::get_keyspace(st.records(), &ctx.allow()?, &ks_id).await?;
+    let fail = |m: &str| {
+        let mut page = keyspace_page(&s, &ks, &ks.policy, None, None);
+        page.import_error = Some(m);
+        (StatusCode::BAD_REQUEST, view::keyspace(&s, &page)).into_response()
+    };
+    let text = zeroize::Zeroizing::new(form.get("records").unwrap_or("").to_string());
+    let (mut keys, mut lines) = (Vec::new(), Vec::new());
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<keyward_core::api::ImportRecord>(line) {
+            Ok(r) => {
+                keys.push(r);
+                lines.push(n + 1);
+            }
+            Err(_) => {
+                return Ok(fail(&format!(
+                    "Line {} is not a record: one JSON object per line, with the fields listed above. Nothing was imported.",
+                    n + 1
+                )))
+            }
+        }
+    }
+    if keys.is_empty() {
+        return Ok(fail("Paste at least one record."));
+    }
+    let input = keyward_core::api::ImportKeys {
+        keys,
+        allow_policy_violations: form.checked("allow_policy_violations"),
+    };
+    let saved = service::import_keys(&st.control, &who, &ks_id, input).await;
+    answer(
+        saved,
+        &format!("/keyspaces/{}?done=import#import", ui::urlencode(&id)),
+        |m| {
+            // `keys[i].field: ...` names the record by its index: name its line instead.
+            let at = m
+                .strip_prefix("keys[")
+                .and_then(|r| r.split_once(']'))
+                .and_then(|(i, rest)| Some((lines.get(i.parse::<usize>().ok()?)?, rest)));
+            match at {
+                Some((line, rest)) => fail(&format!(
+                    "Nothing was imported: line {line}{}",
+                    rest.strip_prefix('.')
+                        .map_or(rest.to_string(), |r| format!(", {r}"))
+                )),
+                None => fail(&format!("Nothing was imported: {m}")),
+            }
+        },
     )
 }
 

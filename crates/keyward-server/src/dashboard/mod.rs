@@ -152,6 +152,12 @@ pub(crate) fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             Right(WriteKeyspaces),
             post(admin::update_routes),
         ),
+        r(
+            "POST",
+            "/keyspaces/{id}/import",
+            Right(WriteKeys),
+            post(admin::import_keys),
+        ),
         r("GET", "/audit", Right(ReadAudit), get(admin::audit)),
         r("GET", "/tokens", Right(ManageTokens), get(admin::tokens)),
         r(

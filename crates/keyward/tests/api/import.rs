@@ -758,3 +758,73 @@ async fn the_cli_imports_json_lines_and_csv_in_batches_and_can_run_again(app: Te
     assert!(!err.contains("sk_live_"), "no key in {err}");
 }
 both!(the_cli_imports_json_lines_and_csv_in_batches_and_can_run_again);
+
+async fn the_dashboard_imports_pasted_records_and_names_a_refused_line(app: TestApp) {
+    use crate::dashboard::{add_user, sign_in};
+    use keyward_core::model::Role;
+    add_user(&app, "ops@example.com", Role::Admin).await;
+    let b = sign_in(&app, "ops@example.com").await;
+    let ks = legacy_keyspace(&app).await;
+    let page = b
+        .get(&format!("/keyspaces/{ks}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Import keys") && page.contains(r#"action="/keyspaces/"#));
+    let (k1, k2) = (foreign_key(1), foreign_key(2));
+    let records = format!(
+        "{}\n\n{}\n",
+        json!({"plaintext": k1, "external_id": "d1", "owner": "acme"}),
+        json!({"hash": sha256_hex(&k2), "algorithm": "sha256", "external_id": "d2"})
+    );
+    let path = format!("/keyspaces/{ks}/import");
+    let r = b
+        .post(
+            &path,
+            &[("csrf", b.csrf.as_str()), ("records", records.as_str())],
+        )
+        .await;
+    assert_eq!(r.status(), 303);
+    assert!(r.headers()["location"]
+        .to_str()
+        .unwrap()
+        .contains("done=import"));
+    assert_eq!(app.verify_code(&k1).await, "VALID");
+    assert_eq!(app.verify_code(&k2).await, "VALID");
+    // A refused record: its line is named, nothing is imported, the records are not echoed.
+    let k3 = foreign_key(3);
+    let bad = format!(
+        "{}\n{}\n",
+        json!({"plaintext": k3}),
+        json!({"plaintext": foreign_key(4), "created_at": "2099-01-01T00:00:00Z"})
+    );
+    let r = b
+        .post(
+            &path,
+            &[("csrf", b.csrf.as_str()), ("records", bad.as_str())],
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    let html = r.text().await.unwrap();
+    assert!(
+        html.contains("Nothing was imported: line 2, created_at"),
+        "{html}"
+    );
+    assert!(!html.contains(&k3), "the pasted keys are not shown again");
+    assert_eq!(app.verify_code(&k3).await, "NOT_FOUND");
+    // The key page shows where a key came from.
+    let id = app
+        .get(&format!("/v1/keys?keyspace_id={ks}&owner=acme"))
+        .await
+        .body["items"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let detail = b.get(&format!("/keys/{id}")).await.text().await.unwrap();
+    assert!(detail.contains("external id") && detail.contains("d1"));
+    // Without the form's token: refused.
+    let r = b.post(&path, &[("records", records.as_str())]).await;
+    assert_eq!(r.status(), 403);
+}
+both!(the_dashboard_imports_pasted_records_and_names_a_refused_line);

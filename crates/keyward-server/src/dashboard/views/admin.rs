@@ -48,6 +48,9 @@ pub(crate) struct KeyspacePage<'a> {
     pub(crate) routes_text: String,
     pub(crate) unmatched: Unmatched,
     pub(crate) routes_error: Option<&'a str>,
+    /// Why the last import was refused (the pasted records are not shown again: they may hold
+    /// plaintext keys).
+    pub(crate) import_error: Option<&'a str>,
 }
 
 /// Route rules as the editor shows them: one per line, `[METHOD] PATH [SCOPE ...]`.
@@ -333,6 +336,33 @@ pub(crate) fn keyspace(s: &SignedIn, m: &KeyspacePage) -> Markup {
             @if editable {
                 div.form-actions {
                     button.primary type="submit" data-action="save-routes" { "Save rules" }
+                }
+            }
+        }
+        @if m.may_write_keys {
+            form.card #import method="post" action={ "/keyspaces/" (ks.id) "/import" } {
+                (csrf_field(s))
+                div.card-head {
+                    h2 { "Import keys" }
+                }
+                p.hint {
+                    "Keys issued by another system, one JSON record per line (up to 64 KiB here; "
+                    code { "keyward keys import --keyspace " (ks.id) " FILE" } " takes files of any size and CSV). Each record has "
+                    code { "plaintext" } ", or " code { "hash" } " with " code { "algorithm" }
+                    " (sha256, argon2id, bcrypt, pbkdf2-sha256; salted ones with " code { "lookup" }
+                    "), and may carry name, owner, scopes, labels, expires_at, created_at, last_used_at and "
+                    code { "external_id" } " (records imported before are skipped). The batch is imported whole or not at all."
+                }
+                (ui::error_box(m.import_error))
+                div.field {
+                    label for="import-records" { "Records (JSON Lines)" }
+                    textarea #import-records name="records" rows="6" spellcheck="false" autocomplete="off" placeholder="{\"external_id\": \"42\", \"plaintext\": \"sk_live_…\", \"owner\": \"acme\"}" {}
+                }
+                div.field {
+                    label.check { input type="checkbox" name="allow_policy_violations" value="yes"; " Import keys the policy would refuse (the inventory report flags them)" }
+                }
+                div.form-actions {
+                    button.primary type="submit" data-action="import-keys" { "Import" }
                 }
             }
         }

@@ -572,6 +572,9 @@ pub(crate) fn detail(s: &SignedIn, m: &KeyDetail) -> Markup {
                     (row("Rate limit", html! { @if let Some(r) = key.ratelimit { (r.limit) " per " (ui::human_secs(r.window_secs)) } @else { span.muted { "none" } } }))
                     (row("Quota left", html! { @if let Some(r) = key.remaining { (r) } @else { span.muted { "unlimited" } } }))
                     (row("Allowed addresses", html! { @match &key.allowed_cidrs { Some(c) if !c.is_empty() => { @for x in c { span.chip { (x) } } } _ => { span.muted { "any" } } } }))
+                    @if let Some(x) = &key.external_id {
+                        (row("Imported", html! { "external id " code { (x) } }))
+                    }
                     @if !key.meta.is_empty() {
                         (row("Meta", html! { code.wrap { (ui::json_text(&Value::Object(key.meta.clone()))) } }))
                     }
