@@ -208,6 +208,44 @@ pub struct CreateWebhook {
     pub keyspace_id: Option<String>,
 }
 
+/// `POST /v1/identities`: the owner string `id` as an object.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateIdentity {
+    pub id: String,
+    /// The id when left out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub meta: Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+}
+
+/// `PATCH /v1/identities/{id}`: fields left out are unchanged (`null` is refused).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchIdentity {
+    #[serde(
+        default,
+        deserialize_with = "not_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub name: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "not_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub meta: Option<Map<String, Value>>,
+    #[serde(
+        default,
+        deserialize_with = "not_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub enabled: Option<bool>,
+}
+
 /// `POST /v1/keyspaces/{id}/keys/import`: keys issued elsewhere, at most
 /// [`MAX_IMPORT_BATCH`] a request. The batch is taken whole or refused whole.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

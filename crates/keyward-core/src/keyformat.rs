@@ -20,7 +20,7 @@ pub const TOKEN_PREFIX: &str = "kwt";
 
 /// Lengths of an imported key without keyward's format (visible ASCII, no spaces): what an
 /// import accepts and what the verifier looks up once such keys exist.
-pub const FOREIGN_KEY_LEN: std::ops::RangeInclusive<usize> = 8..=256;
+pub const FOREIGN_KEY_LEN: std::ops::RangeInclusive<usize> = 16..=256;
 
 /// Whether a string could be an imported key without keyward's format.
 pub fn foreign_shape(s: &str) -> bool {

@@ -69,6 +69,9 @@ named! {
         KeysImport => "keys.import",
         /// An imported key's salted hash was replaced by its SHA-256 at its first verification.
         KeyRehash => "key.rehash",
+        IdentityCreate => "identity.create",
+        IdentityUpdate => "identity.update",
+        IdentityDelete => "identity.delete",
         TokenCreate => "token.create",
         TokenRevoke => "token.revoke",
         UserCreate => "user.create",
@@ -83,6 +86,7 @@ named! {
     TargetType {
         Key => "key",
         Keyspace => "keyspace",
+        Identity => "identity",
         Token => "token",
         User => "user",
         Webhook => "webhook",

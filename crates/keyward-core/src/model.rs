@@ -176,6 +176,10 @@ pub struct Key {
     /// have one (keys keyward issued keep their shape).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_id: Option<String>,
+    /// The key's owner is an identity that is disabled: the key verifies `DISABLED` while its
+    /// own `enabled` is unchanged. Read with the key, never sent.
+    #[serde(skip)]
+    pub owner_disabled: bool,
 }
 
 impl Key {
@@ -237,6 +241,7 @@ impl Key {
             remaining: None,
             allowed_cidrs: None,
             external_id: None,
+            owner_disabled: false,
         }
     }
 
@@ -271,6 +276,20 @@ impl<'a> KeyObject<'a> {
             status: key.status(now),
         }
     }
+}
+
+/// An identity: the owner string keys carry, as an object (a customer, a team). Its `id` is
+/// that owner string, so a key belongs to the identity named by its `owner`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Identity {
+    pub id: String,
+    pub name: String,
+    pub meta: Map<String, Value>,
+    /// `false`: every key of the identity verifies `DISABLED` (the keys are not changed).
+    pub enabled: bool,
+    pub created_at: Timestamp,
+    pub created_by: Actor,
+    pub updated_at: Timestamp,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

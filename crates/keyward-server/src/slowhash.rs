@@ -68,19 +68,20 @@ fn check_argon2(s: &str) -> Result<(), String> {
 
 fn check_bcrypt(s: &str) -> Result<(), String> {
     // $2b$12$ + 22 characters of salt + 31 of hash.
+    // Bytes, not string slices: a string of another shape may have a character across any
+    // boundary.
     let b = s.as_bytes();
     let shape = b.len() == 60
-        && matches!(&s[..4], "$2a$" | "$2b$" | "$2y$")
+        && matches!(&b[..4], b"$2a$" | b"$2b$" | b"$2y$")
+        && b[4..6].iter().all(u8::is_ascii_digit)
         && b[6] == b'$'
-        && s[7..]
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'/');
+        && b[7..]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'.' || *c == b'/');
     if !shape {
         return Err("hash is not a bcrypt string ($2b$cost$ and 53 characters)".into());
     }
-    let cost: u32 = s[4..6]
-        .parse()
-        .map_err(|_| "hash is not a bcrypt string (cost)")?;
+    let cost = u32::from(b[4] - b'0') * 10 + u32::from(b[5] - b'0');
     if !(4..=MAX_COST.bcrypt_cost).contains(&cost) {
         return Err(format!(
             "hash has a bcrypt cost outside 4..{}",
@@ -113,7 +114,8 @@ fn check_pbkdf2(s: &str) -> Result<(u32, &str, Vec<u8>), String> {
     let hash = base64::engine::general_purpose::STANDARD
         .decode(hash)
         .map_err(|_| form)?;
-    if salt.is_empty() || hash.is_empty() || hash.len() > 64 {
+    // Django stores the 32 bytes of SHA-256; a shorter result would be guessed.
+    if salt.is_empty() || hash.len() != 32 {
         return Err(form.into());
     }
     Ok((iterations, salt, hash))
@@ -133,7 +135,10 @@ pub fn matches(stored: &str, key: &str) -> bool {
         });
     }
     if stored.starts_with("$2") {
-        return check_bcrypt(stored).is_ok() && bcrypt::verify(key, stored).unwrap_or(false);
+        // bcrypt reads 72 bytes: a longer key would match on its first 72 alone.
+        return key.len() <= 72
+            && check_bcrypt(stored).is_ok()
+            && bcrypt::verify(key, stored).unwrap_or(false);
     }
     if let Ok((iterations, salt, hash)) = check_pbkdf2(stored) {
         let Some(n) = std::num::NonZeroU32::new(iterations) else {
@@ -210,6 +215,13 @@ mod tests {
         assert!(check(HashAlgorithm::Bcrypt, &a).is_err());
         assert!(check(HashAlgorithm::Argon2id, &b).is_err());
         assert!(check(HashAlgorithm::Pbkdf2Sha256, "pbkdf2_sha256$0$s$aGFzaA==").is_err());
+        assert!(check(HashAlgorithm::Pbkdf2Sha256, "pbkdf2_sha256$1000$s$aA==").is_err());
+        // A character across a byte boundary is refused, not a panic.
+        let odd = format!("$2a{}{}", '\u{e9}', "a".repeat(55));
+        assert_eq!(odd.len(), 60);
+        assert!(check(HashAlgorithm::Bcrypt, &odd).is_err());
+        assert!(!matches(&odd, key));
+        assert!(!matches(&b, &format!("{key}{}", "x".repeat(72))));
         assert!(check(HashAlgorithm::Bcrypt, &b.replace("$04$", "$31$")).is_err());
         let heavy = a.replace("m=1024", "m=1048576");
         assert!(check(HashAlgorithm::Argon2id, &heavy).is_err());

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use keyward_core::keyformat::KeyHash;
 use keyward_core::kinds::{AuditAction, Granularity, TargetType};
 use keyward_core::model::{
-    Actor, Anomaly, AuditEvent, Key, KeyStatus, Keyspace, Source, Token, Webhook,
+    Actor, Anomaly, AuditEvent, Identity, Key, KeyStatus, Keyspace, Source, Token, Webhook,
 };
 use keyward_core::time::Timestamp;
 use serde_json::{Map, Value};
@@ -291,6 +291,13 @@ pub trait StoreTx: Send {
         keyspace_ids: Option<&[String]>,
         now: Timestamp,
     ) -> Result<Vec<Key>>;
+    async fn identity(&mut self, id: &str) -> Result<Option<Identity>>;
+    /// Inserts, updates or deletes an identity, with a change-feed row for each of its keys
+    /// that is not revoked (they verify differently from now on).
+    async fn insert_identity(&mut self, identity: &Identity) -> Result<()>;
+    async fn update_identity(&mut self, identity: &Identity) -> Result<()>;
+    /// False when there was no such identity.
+    async fn delete_identity(&mut self, id: &str, at: Timestamp) -> Result<bool>;
     /// Records what an import carried for a key inserted in this transaction.
     async fn insert_import(&mut self, import: &KeyImport) -> Result<()>;
     /// The id of the key with `external_id` in a keyspace, with its import fingerprint.
@@ -301,11 +308,14 @@ pub trait StoreTx: Send {
     ) -> Result<Option<(String, Option<Vec<u8>>)>>;
     /// Whether a key (of any keyspace) has this hash.
     async fn hash_taken(&mut self, hash: &KeyHash) -> Result<bool>;
-    /// Whether a key of the keyspace still held as a salted hash has this lookup prefix.
-    async fn lookup_taken(&mut self, keyspace_id: &str, lookup: &str) -> Result<bool>;
-    /// Replaces a key's salted hash by its SHA-256 (and appends its feed row); false when it
-    /// was already done.
-    async fn rehash(&mut self, key_id: &str, hash: &KeyHash) -> Result<bool>;
+    /// Whether a lookup prefix still in use (any keyspace) is `lookup`, a prefix of it, or
+    /// starts with it: lookups are kept prefix-free, so a presented key has at most one.
+    async fn lookup_conflicts(&mut self, lookup: &str) -> Result<bool>;
+    /// A keyspace's feed row dated `at`: keys were imported into it.
+    async fn announce_import(&mut self, keyspace_id: &str, at: Timestamp) -> Result<()>;
+    /// Replaces a key's salted hash by its SHA-256 (and appends its feed row, dated `at`);
+    /// false when it was already done.
+    async fn rehash(&mut self, key_id: &str, hash: &KeyHash, at: Timestamp) -> Result<bool>;
     /// Applies usage inside this transaction (used to settle counts before a rotation).
     async fn apply_usage(&mut self, deltas: &[UsageDelta]) -> Result<()>;
 
@@ -375,8 +385,18 @@ pub trait Store: Send + Sync + 'static {
     async fn key(&self, id: &str) -> Result<Option<Key>>;
     async fn key_by_hash(&self, hash: &KeyHash) -> Result<Option<Key>>;
     async fn list_keys(&self, filter: &KeyFilter) -> Result<Vec<Key>>;
-    /// Keys still held as a salted hash whose lookup prefix is one of `lookups` (at most `limit`).
-    async fn slow_candidates(&self, lookups: &[String], limit: i64) -> Result<Vec<SlowCandidate>>;
+    async fn identity(&self, id: &str) -> Result<Option<Identity>>;
+    /// Identities, newest first.
+    async fn list_identities(&self, page: &Page<TimeCursor>) -> Result<Vec<Identity>>;
+    /// Live keys still held as a salted hash whose lookup prefix is one of `lookups`, in
+    /// `keyspaces` (`None`: any), longest lookup first (at most `limit`).
+    async fn slow_candidates(
+        &self,
+        lookups: &[String],
+        keyspaces: Option<&[String]>,
+        now: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<SlowCandidate>>;
     /// Whether any imported key lacks keyward's prefix and checksum.
     async fn any_foreign_keys(&self) -> Result<bool>;
 

@@ -113,6 +113,42 @@ pub(crate) fn api_routes() -> Vec<(RouteSpec, Handler)> {
             Right(ReadKeys),
             get(v1::key_sources),
         ),
+        spec(
+            "POST",
+            "/v1/identities",
+            Right(WriteKeys),
+            post(v1::create_identity),
+        ),
+        spec(
+            "GET",
+            "/v1/identities",
+            Right(ReadKeys),
+            get(v1::list_identities),
+        ),
+        spec(
+            "GET",
+            "/v1/identities/{id}",
+            Right(ReadKeys),
+            get(v1::get_identity),
+        ),
+        spec(
+            "PATCH",
+            "/v1/identities/{id}",
+            Right(WriteKeys),
+            patch(v1::patch_identity),
+        ),
+        spec(
+            "DELETE",
+            "/v1/identities/{id}",
+            Right(WriteKeys),
+            delete(v1::delete_identity),
+        ),
+        spec(
+            "GET",
+            "/v1/identities/{id}/usage",
+            Right(ReadKeys),
+            get(v1::identity_usage),
+        ),
         spec("POST", "/v1/verify", Access::Verify, post(verify::verify)),
         spec("POST", "/v1/leaks", Public, post(v1::report_leak)),
         spec(

@@ -168,6 +168,111 @@ pub(crate) async fn create_key(
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
+// ---------------------------------------------------------------- identities
+
+pub(crate) async fn create_identity(
+    State(st): State<AppState>,
+    auth: Auth,
+    body: JsonBody,
+) -> Result<Response> {
+    let ctx = auth.ctx();
+    let who = ctx.allow::<authz::WriteKeys>()?;
+    let input = body.parse()?;
+    let i = service::create_identity(&st.control, &who, input).await?;
+    Ok((StatusCode::CREATED, Json(i)).into_response())
+}
+
+pub(crate) async fn list_identities(
+    State(st): State<AppState>,
+    auth: Auth,
+    mut params: Params,
+) -> Result<Json<Value>> {
+    let ctx = auth.ctx();
+    let who = ctx.allow::<authz::ReadKeys>()?;
+    let limit = params.take_limit()?;
+    let fp = "identities";
+    let after = time_cursor(params.take_cursor()?, fp)?;
+    params.finish()?;
+    let rows = service::list_identities(
+        st.records(),
+        &who,
+        &Page {
+            limit: limit + 1,
+            after,
+        },
+    )
+    .await?;
+    Ok(page(rows, limit, fp, |i| {
+        format!("{}:{}", i.created_at.millis(), i.id)
+    }))
+}
+
+pub(crate) async fn get_identity(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    let ctx = auth.ctx();
+    let who = ctx.allow::<authz::ReadKeys>()?;
+    Ok(Json(service::get_identity(st.records(), &who, &id).await?).into_response())
+}
+
+pub(crate) async fn patch_identity(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: JsonBody,
+) -> Result<Response> {
+    let ctx = auth.ctx();
+    let who = ctx.allow::<authz::WriteKeys>()?;
+    if let Some(b) = &body.0 {
+        if serde_json::from_slice::<Value>(b)
+            .ok()
+            .and_then(|v| v.get("id").map(|_| ()))
+            .is_some()
+        {
+            return Err(Error::bad_request(
+                "an identity's id cannot be changed (it is its keys' owner)",
+            ));
+        }
+    }
+    let input = body.parse()?;
+    Ok(Json(service::update_identity(&st.control, &who, &id, input).await?).into_response())
+}
+
+pub(crate) async fn delete_identity(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    let ctx = auth.ctx();
+    let who = ctx.allow::<authz::WriteKeys>()?;
+    service::delete_identity(&st.control, &who, &id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The summed usage of the identity's keys: the parameters and answer of a key's usage, with
+/// `identity_id` in place of `key_id`.
+pub(crate) async fn identity_usage(
+    State(st): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    mut params: Params,
+) -> Result<Json<Value>> {
+    let ctx = auth.ctx();
+    let who = ctx.allow::<authz::ReadKeys>()?;
+    let g = granularity(&mut params)?;
+    let (from, to) = range(&mut params, st.clock().now())?;
+    check_span(g, from, to)?;
+    params.finish()?;
+    let (identity, buckets) =
+        service::identity_usage(st.records(), &who, &id, g, from, to).await?;
+    let (series, totals) = usage_series(&buckets);
+    Ok(Json(
+        json!({"identity_id": identity.id, "granularity": g, "from": from, "to": to, "buckets": series, "totals": totals}),
+    ))
+}
+
 /// `POST /v1/keyspaces/{id}/keys/import`: keys issued elsewhere, in batches of at most 1,000.
 pub(crate) async fn import_keys(
     State(st): State<AppState>,

@@ -27,14 +27,17 @@ use super::{
     change, check_lifetime, check_owner, check_owner_limit, check_ratelimit, check_remaining,
     not_found, Forget,
 };
-use crate::authz::{Allowed, Ctx, WriteKeys};
+use crate::authz::{Allowed, Ctx, WriteKeys, WriteKeyspaces};
 use crate::error::{Error, Result};
 use crate::slowhash;
 use crate::state::Control;
 use keyward_core::kinds::{AuditAction, TargetType};
 
-/// Lengths of a salted hash's lookup prefix.
-const LOOKUP_LEN: std::ops::RangeInclusive<usize> = 4..=64;
+/// Lengths of a salted hash's lookup prefix (long enough not to be guessed by accident, short
+/// enough never to be most of a key).
+const LOOKUP_LEN: std::ops::RangeInclusive<usize> = 8..=32;
+/// What a key shows of its lookup prefix.
+const LOOKUP_SHOWN: usize = 12;
 
 /// A record checked and turned into what is stored.
 struct Prepared {
@@ -166,7 +169,7 @@ fn prepare(
                 let start = match r.lookup {
                     Some(l) => {
                         check_lookup(i, &l)?;
-                        l
+                        l.chars().take(LOOKUP_SHOWN).collect()
                     }
                     None => String::new(),
                 };
@@ -263,6 +266,12 @@ pub async fn import_keys(
     if !ctx.sees(keyspace_id) {
         return Err(not_found("keyspace", keyspace_id));
     }
+    if input.allow_policy_violations {
+        // An exemption from the keyspace's policy is the policy owner's call.
+        ctx.allow::<WriteKeyspaces>().map_err(|_| {
+            Error::forbidden("allow_policy_violations needs the right to change keyspaces (role admin)")
+        })?;
+    }
     let now = st.records.clock.now();
     let ks = st
         .records
@@ -295,9 +304,9 @@ pub async fn import_keys(
             }
         }
         match &p.import.lookup {
-            Some(l) if tx.lookup_taken(&ks.id, l).await? => {
+            Some(l) if tx.lookup_conflicts(l).await? => {
                 return Err(Error::conflict(format!(
-                    "keys[{i}].lookup: another key of this keyspace has the same lookup prefix"
+                    "keys[{i}].lookup: another key's lookup prefix is the same, or one of the two starts the other"
                 )))
             }
             Some(_) => {}
@@ -366,7 +375,7 @@ pub async fn import_keys(
     }
     tx.append_audit(ev).await?;
     // The keyspace's feed row tells the other nodes to forget what they cached as missing.
-    tx.update_keyspace(&ks).await?;
+    tx.announce_import(&ks.id, now).await?;
     let foreign = created.iter().any(|p| !p.import.keyward_format);
     let _forget = Forget::keys(st, created.iter().map(|p| p.key.hash).collect());
     let _announce = Announce(st, foreign);

@@ -7,16 +7,21 @@
 //! the verification cache of this node forgets the key, before the caller answers. Reads are
 //! in `reads` (re-exported here).
 
+mod identities;
 mod import;
 mod reads;
 
+pub use identities::{
+    create_identity, delete_identity, get_identity, identity_keys, identity_usage,
+    list_identities, update_identity,
+};
 pub use import::import_keys;
 pub use reads::*;
 
 /// The request bodies live with the API's other types in [`keyward_core::api`], which the
 /// client crate shares.
 pub use keyward_core::api::{
-    BulkRevoke, CreateKey, CreateKeyspace, CreateToken, CreateWebhook, PatchKey, PatchKeyspace,
+    BulkRevoke, CreateIdentity, CreateKey, CreateKeyspace, CreateToken, CreateWebhook, PatchIdentity, PatchKey, PatchKeyspace,
     RotateKey,
 };
 

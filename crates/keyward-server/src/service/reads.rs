@@ -21,7 +21,7 @@ use crate::state::Records;
 
 /// The keyspaces a list may cover: what was asked for, within what the context may see.
 /// `None`: every keyspace. An empty list: none.
-fn within_limit(ctx: &Ctx, asked: Option<Vec<String>>) -> Option<Vec<String>> {
+pub(super) fn within_limit(ctx: &Ctx, asked: Option<Vec<String>>) -> Option<Vec<String>> {
     match (asked, &ctx.keyspaces) {
         (Some(asked), Some(limit)) => {
             Some(asked.into_iter().filter(|a| limit.contains(a)).collect())

@@ -147,7 +147,8 @@ impl Entry {
             expires_ms: key.expires_at.map_or(i64::MAX, Timestamp::millis),
             rare,
             revoked: key.revoked_at.is_some(),
-            enabled: key.enabled,
+            // A disabled identity disables its keys (they are read again when it changes).
+            enabled: key.enabled && !key.owner_disabled,
             has_owner: key.owner.is_some(),
             queued: AtomicBool::new(false),
             stale: AtomicBool::new(false),

@@ -18,8 +18,9 @@
 //!   cached misses, so a key that was tried before it was imported verifies at once.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use keyward_core::id::new_id;
 use keyward_core::keyformat::{self, KeyHash};
@@ -28,52 +29,84 @@ use keyward_core::model::Actor;
 use keyward_store::{NewEvent, SlowCandidate, StoreError};
 use serde_json::{json, Map};
 
+use super::shard::digest;
 use super::{lock, Entry, Verifier};
 
 /// Slow-hash checks allowed per lookup prefix in each window.
 pub(super) const TRIES_PER_WINDOW: u32 = 10;
 pub(super) const TRY_WINDOW_MS: i64 = 10_000;
-/// Candidates checked for one presented key (lookup prefixes of several keyspaces).
+/// Candidates read for one presented key (lookups are prefix-free, so one is the most that
+/// can match; the bound is for safety).
 const MAX_CANDIDATES: i64 = 4;
+/// How long a check waits for a free slot before the key is answered `NOT_FOUND` (uncached).
+const PERMIT_WAIT: Duration = Duration::from_secs(2);
 
 /// Whether the store holds imported keys without keyward's format.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-#[repr(u8)]
 pub(super) enum Foreign {
     /// Not known yet: the next such string asks the store.
-    Unknown = 0,
-    No = 1,
-    Yes = 2,
+    Unknown,
+    No,
+    Yes,
+}
+
+/// What a salted-hash search found.
+pub(super) enum Salted {
+    Found(Arc<Entry>),
+    /// No candidate, or none matched: the key is missing (and may be cached as such).
+    Missing,
+    /// A candidate could not be checked now (its prefix's bound, no free slot): answer
+    /// `NOT_FOUND` without caching it.
+    Refused,
 }
 
 pub(super) struct Imports {
-    foreign: AtomicU8,
-    /// Slow-hash checks running at once on this node.
-    permits: tokio::sync::Semaphore,
+    /// [`Foreign`] in the low 2 bits, a generation above them: an answer from the store is
+    /// kept only if no import was announced while it was asked (the generation moved).
+    foreign: AtomicU64,
+    /// Slow-hash checks running at once on this node (a permit moves into the blocking task,
+    /// so a cancelled request does not free it before the hash is done).
+    permits: Arc<tokio::sync::Semaphore>,
     /// Per lookup prefix: the window's start and the checks made in it.
     tries: Mutex<HashMap<String, (i64, u32)>>,
 }
+
+const UNKNOWN: u64 = 0;
+const NO: u64 = 1;
+const YES: u64 = 2;
 
 impl Imports {
     pub(super) fn new() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Imports {
-            foreign: AtomicU8::new(Foreign::Unknown as u8),
-            permits: tokio::sync::Semaphore::new(cores),
+            foreign: AtomicU64::new(UNKNOWN),
+            permits: Arc::new(tokio::sync::Semaphore::new(cores)),
             tries: Mutex::new(HashMap::new()),
         }
     }
 
     pub(super) fn foreign(&self) -> Foreign {
-        match self.foreign.load(Ordering::Acquire) {
-            1 => Foreign::No,
-            2 => Foreign::Yes,
+        match self.foreign.load(Ordering::Acquire) & 3 {
+            NO => Foreign::No,
+            YES => Foreign::Yes,
             _ => Foreign::Unknown,
         }
     }
 
-    fn set(&self, f: Foreign) {
-        self.foreign.store(f as u8, Ordering::Release);
+    /// Keys were imported: `Some(true)` here with keys of other formats (`Yes`); `None`
+    /// elsewhere (the generation moves and `No` becomes `Unknown`).
+    fn announce(&self, foreign: Option<bool>) {
+        let _ = self
+            .foreign
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                let (state, gen) = (v & 3, v >> 2);
+                let state = match foreign {
+                    Some(true) => YES,
+                    _ if state == YES => YES,
+                    _ => UNKNOWN,
+                };
+                Some(((gen + 1) << 2) | state)
+            });
     }
 
     /// Takes one check of `lookup` from its window's allowance.
@@ -101,19 +134,21 @@ impl Verifier {
     /// Whether the store holds imported keys without keyward's format (asked once, then kept up
     /// to date by imports here and the change feed).
     pub async fn foreign_known(&self) -> Result<bool, StoreError> {
-        match self.imports.foreign() {
-            Foreign::Yes => Ok(true),
-            Foreign::No => Ok(false),
-            Foreign::Unknown => {
+        let v = self.imports.foreign.load(Ordering::Acquire);
+        match v & 3 {
+            YES => Ok(true),
+            NO => Ok(false),
+            _ => {
                 let yes = self.store.any_foreign_keys().await?;
-                // An import that landed meanwhile set `Yes`: never overwrite it with `No`.
+                // Kept only if nothing was announced meanwhile (else the next string asks
+                // again); `Yes` set meanwhile stands.
                 let _ = self.imports.foreign.compare_exchange(
-                    Foreign::Unknown as u8,
-                    if yes { Foreign::Yes } else { Foreign::No } as u8,
+                    v,
+                    (v & !3) | if yes { YES } else { NO },
                     Ordering::AcqRel,
                     Ordering::Acquire,
                 );
-                Ok(self.imports.foreign() == Foreign::Yes)
+                Ok(yes || self.imports.foreign() == Foreign::Yes)
             }
         }
     }
@@ -122,17 +157,8 @@ impl Verifier {
     /// another node, `None`): cached misses are forgotten, and the store is asked again whether
     /// it holds foreign keys unless this node knows it does.
     pub fn imported(&self, foreign: Option<bool>) {
-        match foreign {
-            Some(true) => self.imports.set(Foreign::Yes),
-            Some(false) => {}
-            None => {
-                let _ = self.imports.foreign.compare_exchange(
-                    Foreign::No as u8,
-                    Foreign::Unknown as u8,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                );
-            }
+        if foreign != Some(false) {
+            self.imports.announce(foreign);
         }
         for s in &self.shards {
             let mut s = s.write().unwrap_or_else(|p| p.into_inner());
@@ -141,46 +167,79 @@ impl Verifier {
         }
     }
 
-    /// A key held as a salted hash whose lookup prefix starts `key`: checked, and on success
-    /// upgraded to its SHA-256 and read into the cache. `None`: no such key (or the check was
-    /// refused by the per-prefix bound; then the miss is not cached).
+    /// Caches "no such key" for `hash`, unless the key's shard changed since `epoch`.
+    pub(super) fn remember_missing(&self, hash: &KeyHash, epoch: u64) {
+        let d = digest(hash);
+        let mut shard = self.shard(&d).write().unwrap_or_else(|p| p.into_inner());
+        if shard.epoch == epoch {
+            shard.found.remove(&d);
+            shard.insert_missing(d);
+        }
+    }
+
+    /// A key held as a salted hash whose lookup prefix starts `key`, in `keyspaces` (`None`:
+    /// any): checked, and on success upgraded to its SHA-256 and read into the cache.
     pub(super) async fn verify_salted(
         &self,
         key: &str,
         hash: KeyHash,
-    ) -> Result<Option<Arc<Entry>>, StoreError> {
-        let lookups: Vec<String> = (4..=key.len().min(64))
-            .filter(|&n| key.is_char_boundary(n))
-            .map(|n| key[..n].to_string())
+        keyspaces: Option<&[String]>,
+    ) -> Result<Salted, StoreError> {
+        let lookups: Vec<String> = (8..=key.len().min(32))
+            .filter_map(|n| key.get(..n).map(str::to_string))
             .collect();
-        let candidates = self.store.slow_candidates(&lookups, MAX_CANDIDATES).await?;
         let now = self.clock.now();
+        let candidates = self
+            .store
+            .slow_candidates(&lookups, keyspaces, now, MAX_CANDIDATES)
+            .await?;
+        let mut refused = false;
         for c in candidates {
             if !self.imports.allow(&c.lookup, now.millis()) {
-                // Not cached as missing: the right key must pass once the bound allows.
-                self.invalidate(&hash);
-                return Ok(None);
+                refused = true;
+                continue;
             }
-            let Ok(_permit) = self.imports.permits.acquire().await else {
-                return Ok(None);
+            let permit = match tokio::time::timeout(
+                PERMIT_WAIT,
+                self.imports.permits.clone().acquire_owned(),
+            )
+            .await
+            {
+                Ok(Ok(p)) => p,
+                _ => {
+                    refused = true;
+                    continue;
+                }
             };
-            self.metrics
-                .slow_hash_checks
-                .fetch_add(1, Ordering::Relaxed);
+            self.metrics.slow_hash_checks.fetch_add(1, Ordering::Relaxed);
             let stored = c.slow_hash.clone();
             let presented = zeroize::Zeroizing::new(key.to_string());
-            let ok =
-                tokio::task::spawn_blocking(move || crate::slowhash::matches(&stored, &presented))
-                    .await
-                    .unwrap_or(false);
-            if ok {
-                self.rehash(&c, hash).await?;
-                // The load that missed cached "no such key": forget it, then read the key.
-                self.invalidate(&hash);
-                return self.load(hash).await;
+            let checked = tokio::task::spawn_blocking(move || {
+                let ok = crate::slowhash::matches(&stored, &presented);
+                drop(permit);
+                ok
+            })
+            .await;
+            match checked {
+                Ok(true) => {
+                    self.rehash(&c, hash).await?;
+                    // Read the key now held by its SHA-256.
+                    self.invalidate(&hash);
+                    return Ok(match self.load(hash).await? {
+                        Some(e) => Salted::Found(e),
+                        None => Salted::Refused,
+                    });
+                }
+                Ok(false) => {}
+                // The task did not finish: nothing is known about this key.
+                Err(_) => refused = true,
             }
         }
-        Ok(None)
+        Ok(if refused {
+            Salted::Refused
+        } else {
+            Salted::Missing
+        })
     }
 
     /// Replaces a salted hash by the key's SHA-256, with its audit event (once, whichever node
@@ -188,7 +247,7 @@ impl Verifier {
     async fn rehash(&self, c: &SlowCandidate, hash: KeyHash) -> Result<(), StoreError> {
         let now = self.clock.now();
         let mut tx = self.store.begin().await?;
-        if tx.rehash(&c.key_id, &hash).await? {
+        if tx.rehash(&c.key_id, &hash, now).await? {
             let algorithm = if c.slow_hash.starts_with("$argon2") {
                 "argon2id"
             } else if c.slow_hash.starts_with("$2") {

@@ -63,15 +63,23 @@ impl Verifier {
 
     /// Reads a key from the store and caches the answer (found or not).
     pub(super) async fn load(&self, hash: KeyHash) -> Result<Option<Arc<Entry>>, StoreError> {
+        self.load_with(hash, true).await
+    }
+
+    /// [`Verifier::load`]; with `cache_missing` false a key that is not found is not cached as
+    /// missing (the caller still has somewhere to look: `imported`).
+    pub(super) async fn load_with(
+        &self,
+        hash: KeyHash,
+        cache_missing: bool,
+    ) -> Result<Option<Arc<Entry>>, StoreError> {
         let d = digest(&hash);
         let epoch = self.epoch(&d);
         let Some(key) = self.store.key_by_hash(&hash).await? else {
-            let mut shard = self.shard(&d).write().unwrap_or_else(|p| p.into_inner());
-            if shard.epoch == epoch {
+            if cache_missing {
                 // A key that is gone leaves its counts in the dirty list and its lease in the
                 // lease list: both are still written.
-                shard.found.remove(&d);
-                shard.insert_missing(d);
+                self.remember_missing(&hash, epoch);
             }
             return Ok(None);
         };

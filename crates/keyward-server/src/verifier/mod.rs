@@ -238,13 +238,23 @@ impl Verifier {
                 // systems' strings out (CRC32 is public: a caller who crafts distinct well-formed
                 // keys costs one indexed read each, as with a known prefix before; see
                 // docs/decisions.md).
-                match self.load(hash).await? {
+                if self.foreign_known().await? {
                     // An imported key still held as a salted hash is found by its lookup
-                    // prefix (only once the store is known to hold imported keys).
-                    None if self.foreign_known().await? => {
-                        self.verify_salted(req.key, hash).await?
+                    // prefix: the miss is cached only once that search found nothing.
+                    let epoch = self.epoch(&digest(&hash));
+                    match self.load_with(hash, false).await? {
+                        Some(e) => Some(e),
+                        None => match self.verify_salted(req.key, hash, req.keyspaces).await? {
+                            imported::Salted::Found(e) => Some(e),
+                            imported::Salted::Missing => {
+                                self.remember_missing(&hash, epoch);
+                                None
+                            }
+                            imported::Salted::Refused => None,
+                        },
                     }
-                    found => found,
+                } else {
+                    self.load(hash).await?
                 }
             }
         };

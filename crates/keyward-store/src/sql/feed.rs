@@ -33,6 +33,14 @@ macro_rules! for_backend {
             Ok(())
         }
 
+        /// Wakes the other nodes' followers at commit (where the backend can).
+        pub(super) async fn notify(conn: &mut <$DB as sqlx::Database>::Connection) -> Result<()> {
+            if !$notify.is_empty() {
+                sqlx::query($notify).execute(&mut *conn).await.map_err(map_err)?;
+            }
+            Ok(())
+        }
+
         /// The feed row of a keyspace written in this transaction (its id in `key_id`, a zero
         /// hash, `keyspace` set).
         pub(super) async fn keyspace_changed(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, ks: &keyward_core::model::Keyspace) -> Result<()> {

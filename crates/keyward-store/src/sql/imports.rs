@@ -60,29 +60,68 @@ macro_rules! for_backend {
             Ok(row.is_some())
         }
 
-        pub(super) async fn lookup_taken(conn: &mut <$DB as sqlx::Database>::Connection, keyspace_id: &str, lookup: &str) -> Result<bool> {
-            let row = sqlx::query("SELECT 1 AS one FROM key_imports WHERE keyspace_id = $1 AND lookup = $2")
-                .bind(keyspace_id)
-                .bind(lookup)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(map_err)?;
+        /// Whether a lookup still in use is `lookup`, a prefix of it, or starts with it
+        /// (lookups are kept prefix-free across keyspaces, so a presented key has at most one).
+        pub(super) async fn lookup_conflicts(conn: &mut <$DB as sqlx::Database>::Connection, lookup: &str) -> Result<bool> {
+            let mut q = sqlx::QueryBuilder::<$DB>::new("SELECT 1 AS one FROM key_imports WHERE lookup IS NOT NULL AND (substr(lookup, 1, ");
+            q.push_bind(lookup.len() as i32).push(") = ").push_bind(lookup.to_string()).push(" OR lookup IN (");
+            let mut sep = q.separated(", ");
+            for n in 1..=lookup.len() {
+                if let Some(p) = lookup.get(..n) {
+                    sep.push_bind(p.to_string());
+                }
+            }
+            q.push(")) LIMIT 1");
+            let row = q.build().fetch_optional(&mut *conn).await.map_err(map_err)?;
             Ok(row.is_some())
         }
 
-        /// Keys still held as a salted hash whose lookup is one of `lookups`.
-        pub(super) async fn slow_candidates(pool: &sqlx::Pool<$DB>, lookups: &[String], limit: i64) -> Result<Vec<SlowCandidate>> {
-            if lookups.is_empty() {
+        /// A keyspace's feed row at `at` (an import into it: the other nodes forget what they
+        /// cached as missing).
+        pub(super) async fn announce_import(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, keyspace_id: &str, at: keyward_core::time::Timestamp) -> Result<()> {
+            sqlx::query("INSERT INTO change_feed (key_id, key_hash, at, origin, keyspace) VALUES ($1, $2, $3, $4, $5)")
+                .bind(keyspace_id)
+                .bind(vec![0u8; 32])
+                .bind(at.millis())
+                .bind(node)
+                .bind(true)
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            super::feed::notify(conn).await
+        }
+
+        /// Live keys (not revoked, not expired at `now`) still held as a salted hash whose
+        /// lookup is one of `lookups`, in `keyspaces` (`None`: any), longest lookup first.
+        pub(super) async fn slow_candidates(
+            pool: &sqlx::Pool<$DB>,
+            lookups: &[String],
+            keyspaces: Option<&[String]>,
+            now: keyward_core::time::Timestamp,
+            limit: i64,
+        ) -> Result<Vec<SlowCandidate>> {
+            if lookups.is_empty() || keyspaces.is_some_and(|k| k.is_empty()) {
                 return Ok(Vec::new());
             }
             let mut q = sqlx::QueryBuilder::<$DB>::new(
-                "SELECT key_id, keyspace_id, lookup, slow_hash FROM key_imports WHERE slow_hash IS NOT NULL AND lookup IN (",
+                "SELECT i.key_id, i.keyspace_id, i.lookup, i.slow_hash FROM key_imports i JOIN keys k ON k.id = i.key_id \
+                 WHERE i.slow_hash IS NOT NULL AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > ",
             );
+            q.push_bind(now.millis()).push(") AND i.lookup IN (");
             let mut sep = q.separated(", ");
             for l in lookups {
                 sep.push_bind(l.clone());
             }
-            q.push(") ORDER BY key_id LIMIT ").push_bind(limit);
+            q.push(")");
+            if let Some(ks) = keyspaces {
+                q.push(" AND i.keyspace_id IN (");
+                let mut sep = q.separated(", ");
+                for k in ks {
+                    sep.push_bind(k.clone());
+                }
+                q.push(")");
+            }
+            q.push(" ORDER BY length(i.lookup) DESC, i.key_id LIMIT ").push_bind(limit);
             let rows = q.build().fetch_all(pool).await.map_err(map_err)?;
             rows.iter()
                 .map(|r: &$Row| {
@@ -97,7 +136,7 @@ macro_rules! for_backend {
         }
 
         /// Replaces a salted hash by the key's SHA-256; false when another node did it first.
-        pub(super) async fn rehash(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, key_id: &str, hash: &KeyHash) -> Result<bool> {
+        pub(super) async fn rehash(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, key_id: &str, hash: &KeyHash, at: keyward_core::time::Timestamp) -> Result<bool> {
             let r = sqlx::query("UPDATE key_imports SET slow_hash = NULL, lookup = NULL WHERE key_id = $1 AND slow_hash IS NOT NULL")
                 .bind(key_id)
                 .execute(&mut *conn)
@@ -113,7 +152,11 @@ macro_rules! for_backend {
                 .await
                 .map_err(map_err)?;
             match super::keys::key(&mut *conn, key_id).await? {
-                Some(k) => super::feed::key_changed(conn, node, &k).await?,
+                // The feed row is dated now (rows are pruned by date), not by the key's update.
+                Some(mut k) => {
+                    k.updated_at = at;
+                    super::feed::key_changed(conn, node, &k).await?
+                }
                 None => return Ok(false),
             }
             Ok(true)

@@ -24,7 +24,8 @@ pub(super) const KEY_SELECT: &str = "id, keyspace_id, name, owner, scopes, label
     ratelimit, \
     remaining + CAST((SELECT COALESCE(SUM(q.amount), 0) FROM quota_leases q \
     WHERE q.key_id = keys.id) AS BIGINT) AS remaining, \
-    allowed_cidrs, external_id";
+    allowed_cidrs, external_id, \
+    COALESCE((SELECT NOT i.enabled FROM identities i WHERE i.id = keys.owner), FALSE) AS owner_disabled";
 pub(super) const KEYSPACE_COLS: &str =
     "id, name, prefix, policy, created_at, updated_at, routes, unmatched";
 
@@ -104,6 +105,7 @@ macro_rules! for_backend {
                 remaining: get(r, "remaining")?,
                 allowed_cidrs: json_opt("allowed_cidrs", get(r, "allowed_cidrs")?)?,
                 external_id: get(r, "external_id")?,
+                owner_disabled: get(r, "owner_disabled")?,
             })
         }
 

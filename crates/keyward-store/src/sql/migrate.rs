@@ -37,6 +37,7 @@ macro_rules! migrations {
             6 => "0006_key_counters.sql",
             7 => "0007_route_rules.sql",
             8 => "0008_key_imports.sql",
+            9 => "0009_identities.sql",
         )
     };
     ($dir:literal: $($version:literal => $file:literal),* $(,)?) => {

@@ -28,6 +28,7 @@ mod anomalies;
 mod audit;
 mod common;
 mod feed;
+mod identities;
 mod imports;
 mod keys;
 mod leases;
@@ -55,6 +56,9 @@ macro_rules! sql_backend {
         }
         mod feed {
             crate::sql::feed::for_backend!($DB, $notify);
+        }
+        mod identities {
+            crate::sql::identities::for_backend!($DB, $Row, $notify);
         }
         mod imports {
             crate::sql::imports::for_backend!($DB, $Row);
@@ -93,10 +97,10 @@ macro_rules! sql_backend {
             use async_trait::async_trait;
             use keyward_core::keyformat::KeyHash;
             use keyward_core::kinds::Granularity;
-            use keyward_core::model::{Anomaly, AuditEvent, Key, Keyspace, Source, Token, Webhook};
+            use keyward_core::model::{Anomaly, AuditEvent, Identity, Key, Keyspace, Source, Token, Webhook};
             use keyward_core::time::Timestamp;
 
-            use super::{anomalies, audit, feed, imports, keys, leases, tokens, usage, webhooks};
+            use super::{anomalies, audit, feed, identities, imports, keys, leases, tokens, usage, webhooks};
             use super::{$Store, $Tx};
             use crate::sql::common::{map_err, TAKE_WRITE_LOCK};
             use crate::users::{UserStore, UserTx};
@@ -142,6 +146,20 @@ macro_rules! sql_backend {
                 ) -> Result<Vec<Key>> {
                     keys::live_keys_of_owner(&mut self.tx, owner, keyspace_ids, now).await
                 }
+                // identities.rs
+                async fn identity(&mut self, id: &str) -> Result<Option<Identity>> {
+                    identities::identity(&mut *self.tx, id).await
+                }
+                async fn insert_identity(&mut self, i: &Identity) -> Result<()> {
+                    identities::insert_identity(&mut self.tx, &self.node, i).await
+                }
+                async fn update_identity(&mut self, i: &Identity) -> Result<()> {
+                    identities::update_identity(&mut self.tx, &self.node, i).await
+                }
+                async fn delete_identity(&mut self, id: &str, at: Timestamp) -> Result<bool> {
+                    identities::delete_identity(&mut self.tx, &self.node, id, at).await
+                }
+
                 // imports.rs
                 async fn insert_import(&mut self, i: &KeyImport) -> Result<()> {
                     imports::insert_import(&mut self.tx, i).await
@@ -156,11 +174,14 @@ macro_rules! sql_backend {
                 async fn hash_taken(&mut self, hash: &KeyHash) -> Result<bool> {
                     imports::hash_taken(&mut self.tx, hash).await
                 }
-                async fn lookup_taken(&mut self, keyspace_id: &str, lookup: &str) -> Result<bool> {
-                    imports::lookup_taken(&mut self.tx, keyspace_id, lookup).await
+                async fn lookup_conflicts(&mut self, lookup: &str) -> Result<bool> {
+                    imports::lookup_conflicts(&mut self.tx, lookup).await
                 }
-                async fn rehash(&mut self, key_id: &str, hash: &KeyHash) -> Result<bool> {
-                    imports::rehash(&mut self.tx, &self.node, key_id, hash).await
+                async fn announce_import(&mut self, keyspace_id: &str, at: Timestamp) -> Result<()> {
+                    imports::announce_import(&mut self.tx, &self.node, keyspace_id, at).await
+                }
+                async fn rehash(&mut self, key_id: &str, hash: &KeyHash, at: Timestamp) -> Result<bool> {
+                    imports::rehash(&mut self.tx, &self.node, key_id, hash, at).await
                 }
                 async fn mark_expired(&mut self, id: &str, now: Timestamp) -> Result<bool> {
                     keys::mark_expired(&mut self.tx, id, now).await
@@ -284,12 +305,20 @@ macro_rules! sql_backend {
                 async fn list_keys(&self, f: &KeyFilter) -> Result<Vec<Key>> {
                     keys::list_keys(&self.pool, f).await
                 }
+                async fn identity(&self, id: &str) -> Result<Option<Identity>> {
+                    identities::identity(&self.pool, id).await
+                }
+                async fn list_identities(&self, page: &Page<TimeCursor>) -> Result<Vec<Identity>> {
+                    identities::list_identities(&self.pool, page).await
+                }
                 async fn slow_candidates(
                     &self,
                     lookups: &[String],
+                    keyspaces: Option<&[String]>,
+                    now: Timestamp,
                     limit: i64,
                 ) -> Result<Vec<SlowCandidate>> {
-                    imports::slow_candidates(&self.pool, lookups, limit).await
+                    imports::slow_candidates(&self.pool, lookups, keyspaces, now, limit).await
                 }
                 async fn any_foreign_keys(&self) -> Result<bool> {
                     imports::any_foreign(&self.pool).await

@@ -191,6 +191,7 @@ fn expected_migrations(db: &TestDb) -> Vec<(i64, String, Vec<u8>)> {
         "key counters",
         "route rules",
         "key imports",
+        "identities",
     ];
     let newer = [
         (
@@ -202,6 +203,11 @@ fn expected_migrations(db: &TestDb) -> Vec<(i64, String, Vec<u8>)> {
             8,
             include_str!("../../migrations/sqlite/0008_key_imports.sql"),
             include_str!("../../migrations/postgres/0008_key_imports.sql"),
+        ),
+        (
+            9,
+            include_str!("../../migrations/sqlite/0009_identities.sql"),
+            include_str!("../../migrations/postgres/0009_identities.sql"),
         ),
     ];
     OLD_MIGRATIONS
@@ -326,7 +332,7 @@ async fn nodes_opening_an_old_database_at_once_carry_it_over_once(db: &TestDb) {
     let applied = db.migrations_table().await;
     assert_eq!(
         applied.iter().map(|r| r.version).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4, 5, 6, 7, 8]
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9]
     );
     assert!(applied[..6].iter().all(|r| r.execution_time == -1));
 }
@@ -358,7 +364,7 @@ async fn an_edited_applied_migration_stops_open(db: &TestDb) {
     let after = db.migrations_table().await;
     assert_eq!(
         after.iter().map(|r| r.version).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4, 5, 7, 8]
+        vec![1, 2, 3, 4, 5, 7, 8, 9]
     );
     assert_eq!(after[2].checksum, vec![0u8; 48]);
 

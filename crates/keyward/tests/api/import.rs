@@ -381,6 +381,15 @@ async fn an_import_is_idempotent_by_external_id(app: TestApp) {
         .as_str()
         .unwrap()
         .starts_with("keys[0]"));
+    // Lookup prefixes are kept prefix-free across keyspaces: one that starts another is 409.
+    let (drf, lookup) = drf_key(77);
+    let salted = |l: &str| json!({"keys": [{"hash": bcrypt::hash(&drf, 4).unwrap(), "algorithm": "bcrypt", "lookup": l}]});
+    import(&app, &ks, salted(&lookup)).await.expect(201);
+    let other = legacy_keyspace(&app).await;
+    for l in [lookup.clone(), lookup[..8].to_string(), format!("{lookup}x")] {
+        let r = import(&app, &other, salted(&l)).await.expect(409);
+        assert!(r.body["error"]["message"].as_str().unwrap().starts_with("keys[0].lookup"));
+    }
     // The imported key shows its external id.
     let id = first.body["keys"][2].as_str().unwrap();
     let k = app.get(&format!("/v1/keys/{id}")).await.expect(200).body;
@@ -522,6 +531,16 @@ async fn keyspace_policy_applies_unless_violations_are_allowed(app: TestApp) {
     assert_eq!(app.verify_code(&k).await, "VALID");
     let ev = &app.audit_actions("keys.import").await[0];
     assert_eq!(ev["changes"]["allow_policy_violations"][1], true);
+    // An exemption from the policy is an admin's call: a manager may import, not exempt.
+    let manager = app.token("manager", None).await;
+    let r = app
+        .post_as(
+            &manager,
+            &format!("/v1/keyspaces/{ks}/keys/import"),
+            json!({"keys": [{"plaintext": foreign_key(5), "owner": "acme"}], "allow_policy_violations": true}),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
     let report = app.get("/v1/reports/inventory").await.expect(200).body;
     let row = report["items"]
         .as_array()

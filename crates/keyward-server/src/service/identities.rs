@@ -1,0 +1,237 @@
+//! Identities: the owner string keys carry, as an object. Creating one changes nothing about
+//! its keys; disabling it makes every key of the owner verify `DISABLED` (the keys themselves
+//! are not changed), on this node before the call answers and on the others through the change
+//! feed (one row per key, written with the change). Every change is audited.
+//!
+//! Identities span keyspaces, so changing one needs a token that is not limited to keyspaces;
+//! reading one is open to every reader, and its usage counts only the keys the reader sees.
+
+use keyward_core::api::{CreateIdentity, PatchIdentity};
+use keyward_core::kinds::{AuditAction, Granularity, TargetType};
+use keyward_core::model::{check_meta, check_name, Identity, KeyStatus};
+use keyward_core::time::Timestamp;
+use keyward_store::{Bucket, KeyFilter, Page, StoreError, StoreTx, TimeCursor};
+use serde_json::Value;
+
+use super::reads::within_limit;
+use super::{change, Forget};
+use crate::authz::{Allowed, ReadKeys, WriteKeys};
+use crate::error::{Error, Result};
+use crate::state::{Control, Records};
+
+fn not_found() -> Error {
+    // The id is not echoed: it is whatever the caller put in the path.
+    Error::not_found("identity not found")
+}
+
+fn check_id(id: &str) -> Result<()> {
+    check_name("id", id).map_err(Error::bad_request)
+}
+
+/// Hashes of the owner's keys that can still verify, for this node's cache.
+async fn live_hashes(
+    tx: &mut Box<dyn StoreTx>,
+    owner: &str,
+    now: Timestamp,
+) -> Result<Vec<keyward_core::keyformat::KeyHash>> {
+    Ok(tx
+        .live_keys_of_owner(owner, None, now)
+        .await?
+        .into_iter()
+        .map(|k| k.hash)
+        .collect())
+}
+
+pub async fn create_identity(
+    st: &Control,
+    who: &Allowed<'_, WriteKeys>,
+    input: CreateIdentity,
+) -> Result<Identity> {
+    let ctx = who.ctx();
+    ctx.require_unlimited("changing an identity (its keys may be in any keyspace)")?;
+    check_id(&input.id)?;
+    let name = input.name.unwrap_or_else(|| input.id.clone());
+    check_name("name", &name).map_err(Error::bad_request)?;
+    check_meta(&input.meta).map_err(Error::bad_request)?;
+    let now = st.records.clock.now();
+    let identity = Identity {
+        id: input.id,
+        name,
+        meta: input.meta,
+        enabled: input.enabled.unwrap_or(true),
+        created_at: now,
+        created_by: ctx.actor.clone(),
+        updated_at: now,
+    };
+    let mut tx = st.records.store.begin().await?;
+    match tx.insert_identity(&identity).await {
+        Err(StoreError::Conflict(_)) => {
+            return Err(Error::conflict("an identity with this id exists"))
+        }
+        other => other?,
+    }
+    let mut ev = ctx.event(
+        now,
+        AuditAction::IdentityCreate,
+        TargetType::Identity,
+        &identity.id,
+    );
+    change(&mut ev.changes, "name", Value::Null, &identity.name);
+    change(&mut ev.changes, "enabled", Value::Null, identity.enabled);
+    if !identity.meta.is_empty() {
+        change(&mut ev.changes, "meta", Value::Null, &identity.meta);
+    }
+    tx.append_audit(ev).await?;
+    let hashes = if identity.enabled {
+        Vec::new()
+    } else {
+        live_hashes(&mut tx, &identity.id, now).await?
+    };
+    let _forget = Forget::keys(st, hashes);
+    tx.commit().await?;
+    Ok(identity)
+}
+
+pub async fn get_identity(
+    st: &Records,
+    _who: &Allowed<'_, ReadKeys>,
+    id: &str,
+) -> Result<Identity> {
+    st.store.identity(id).await?.ok_or_else(not_found)
+}
+
+pub async fn list_identities(
+    st: &Records,
+    _who: &Allowed<'_, ReadKeys>,
+    page: &Page<TimeCursor>,
+) -> Result<Vec<Identity>> {
+    Ok(st.store.list_identities(page).await?)
+}
+
+pub async fn update_identity(
+    st: &Control,
+    who: &Allowed<'_, WriteKeys>,
+    id: &str,
+    p: PatchIdentity,
+) -> Result<Identity> {
+    let ctx = who.ctx();
+    ctx.require_unlimited("changing an identity (its keys may be in any keyspace)")?;
+    if let Some(n) = &p.name {
+        check_name("name", n).map_err(Error::bad_request)?;
+    }
+    if let Some(m) = &p.meta {
+        check_meta(m).map_err(Error::bad_request)?;
+    }
+    let mut tx = st.records.store.begin().await?;
+    let old = tx.identity(id).await?.ok_or_else(not_found)?;
+    let mut new = old.clone();
+    if let Some(n) = p.name {
+        new.name = n;
+    }
+    if let Some(m) = p.meta {
+        new.meta = m;
+    }
+    if let Some(e) = p.enabled {
+        new.enabled = e;
+    }
+    let now = st.records.clock.now();
+    let mut ev = ctx.event(now, AuditAction::IdentityUpdate, TargetType::Identity, id);
+    change(&mut ev.changes, "name", &old.name, &new.name);
+    change(&mut ev.changes, "meta", &old.meta, &new.meta);
+    change(&mut ev.changes, "enabled", old.enabled, new.enabled);
+    if ev.changes.is_empty() {
+        return Ok(old);
+    }
+    new.updated_at = now;
+    tx.update_identity(&new).await?;
+    tx.append_audit(ev).await?;
+    let hashes = if old.enabled != new.enabled {
+        live_hashes(&mut tx, id, now).await?
+    } else {
+        Vec::new()
+    };
+    let _forget = Forget::keys(st, hashes);
+    tx.commit().await?;
+    Ok(new)
+}
+
+/// Deletes an identity; its keys keep their owner string and verify as their own state says.
+pub async fn delete_identity(st: &Control, who: &Allowed<'_, WriteKeys>, id: &str) -> Result<()> {
+    let ctx = who.ctx();
+    ctx.require_unlimited("changing an identity (its keys may be in any keyspace)")?;
+    let mut tx = st.records.store.begin().await?;
+    let old = tx.identity(id).await?.ok_or_else(not_found)?;
+    let now = st.records.clock.now();
+    tx.delete_identity(id, now).await?;
+    let mut ev = ctx.event(now, AuditAction::IdentityDelete, TargetType::Identity, id);
+    change(&mut ev.changes, "name", &old.name, Value::Null);
+    change(&mut ev.changes, "enabled", old.enabled, Value::Null);
+    tx.append_audit(ev).await?;
+    let hashes = if old.enabled {
+        Vec::new()
+    } else {
+        live_hashes(&mut tx, id, now).await?
+    };
+    let _forget = Forget::keys(st, hashes);
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Buckets of every key of the identity the context sees (revoked ones included: their past
+/// use is the identity's), oldest first; and the number of keys they cover.
+pub async fn identity_usage(
+    st: &Records,
+    who: &Allowed<'_, ReadKeys>,
+    id: &str,
+    granularity: Granularity,
+    from: Timestamp,
+    to: Timestamp,
+) -> Result<(Identity, Vec<Bucket>)> {
+    let identity = st.store.identity(id).await?.ok_or_else(not_found)?;
+    let mut filter = KeyFilter {
+        keyspace_ids: within_limit(who.ctx(), None),
+        owner: Some(identity.id.clone()),
+        now: st.clock.now(),
+        page: Page {
+            limit: 1000,
+            after: None,
+        },
+        ..KeyFilter::default()
+    };
+    let mut buckets = Vec::new();
+    loop {
+        let keys = st.store.list_keys(&filter).await?;
+        let ids: Vec<String> = keys.iter().map(|k| k.id.clone()).collect();
+        if !ids.is_empty() {
+            buckets.extend(st.store.usage(Some(&ids), granularity, from, to).await?);
+        }
+        match keys.last() {
+            Some(k) if keys.len() as i64 == filter.page.limit => {
+                filter.page.after = Some((k.created_at.millis(), k.id.clone()));
+            }
+            _ => break,
+        }
+    }
+    buckets.sort_by_key(|b| b.start);
+    Ok((identity, buckets))
+}
+
+/// The keys of an identity the context sees, newest first (for its page).
+pub async fn identity_keys(
+    st: &Records,
+    who: &Allowed<'_, ReadKeys>,
+    id: &str,
+    status: Option<KeyStatus>,
+    page: Page<TimeCursor>,
+) -> Result<Vec<keyward_core::model::Key>> {
+    let filter = KeyFilter {
+        keyspace_ids: within_limit(who.ctx(), None),
+        owner: Some(id.to_string()),
+        status,
+        now: st.clock.now(),
+        page,
+        ..KeyFilter::default()
+    };
+    Ok(st.store.list_keys(&filter).await?)
+}
+

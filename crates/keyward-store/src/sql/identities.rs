@@ -1,0 +1,104 @@
+//! Identities: reads, the newest-first list, writes. A change of an identity (its `enabled`
+//! above all) changes how every key of its owner verifies, so each write appends a change-feed
+//! row for each of those keys that is not revoked, in the same transaction: the other nodes
+//! read them again.
+
+/// This file's SQL for one backend (`$notify`: see `feed.rs`).
+macro_rules! for_backend {
+    ($DB:ty, $Row:ty, $notify:literal) => {
+        use keyward_core::model::Identity;
+        use keyward_core::time::Timestamp;
+
+        use crate::sql::common::{get, json, map_err, push_after_time, to_json};
+        use crate::{Page, Result, TimeCursor};
+
+        const COLS: &str = "id, name, meta, enabled, created_at, created_by, updated_at";
+
+        fn from_row(r: &$Row) -> Result<Identity> {
+            Ok(Identity {
+                id: get(r, "id")?,
+                name: get(r, "name")?,
+                meta: json("meta", &get::<String, _>(r, "meta")?)?,
+                enabled: get(r, "enabled")?,
+                created_at: Timestamp::from_millis(get(r, "created_at")?),
+                created_by: json("created_by", &get::<String, _>(r, "created_by")?)?,
+                updated_at: Timestamp::from_millis(get(r, "updated_at")?),
+            })
+        }
+
+        pub(super) async fn identity<'e, E: sqlx::Executor<'e, Database = $DB>>(e: E, id: &str) -> Result<Option<Identity>> {
+            let sql = format!("SELECT {COLS} FROM identities WHERE id = $1");
+            let row = sqlx::query(&sql).bind(id).fetch_optional(e).await.map_err(map_err)?;
+            row.as_ref().map(from_row).transpose()
+        }
+
+        pub(super) async fn list_identities(pool: &sqlx::Pool<$DB>, page: &Page<TimeCursor>) -> Result<Vec<Identity>> {
+            let mut q = sqlx::QueryBuilder::<$DB>::new(format!("SELECT {COLS} FROM identities WHERE 1 = 1"));
+            push_after_time(&mut q, &page.after);
+            q.push(" ORDER BY created_at DESC, id DESC LIMIT ").push_bind(page.limit);
+            let rows = q.build().fetch_all(pool).await.map_err(map_err)?;
+            rows.iter().map(from_row).collect()
+        }
+
+        pub(super) async fn insert_identity(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, i: &Identity) -> Result<()> {
+            let sql = format!("INSERT INTO identities ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7)");
+            sqlx::query(&sql)
+                .bind(&i.id)
+                .bind(&i.name)
+                .bind(to_json(&i.meta))
+                .bind(i.enabled)
+                .bind(i.created_at.millis())
+                .bind(to_json(&i.created_by))
+                .bind(i.updated_at.millis())
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            announce(conn, node, &i.id, i.updated_at).await
+        }
+
+        pub(super) async fn update_identity(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, i: &Identity) -> Result<()> {
+            sqlx::query("UPDATE identities SET name = $2, meta = $3, enabled = $4, updated_at = $5 WHERE id = $1")
+                .bind(&i.id)
+                .bind(&i.name)
+                .bind(to_json(&i.meta))
+                .bind(i.enabled)
+                .bind(i.updated_at.millis())
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            announce(conn, node, &i.id, i.updated_at).await
+        }
+
+        pub(super) async fn delete_identity(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, id: &str, at: Timestamp) -> Result<bool> {
+            let r = sqlx::query("DELETE FROM identities WHERE id = $1")
+                .bind(id)
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            if r.rows_affected() == 0 {
+                return Ok(false);
+            }
+            announce(conn, node, id, at).await?;
+            Ok(true)
+        }
+
+        /// A feed row for each key of `owner` that is not revoked (see the module's doc).
+        async fn announce(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, owner: &str, at: Timestamp) -> Result<()> {
+            let r = sqlx::query(
+                "INSERT INTO change_feed (key_id, key_hash, at, origin) \
+                 SELECT id, hash, $2, $3 FROM keys WHERE owner = $1 AND revoked_at IS NULL",
+            )
+            .bind(owner)
+            .bind(at.millis())
+            .bind(node)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+            if r.rows_affected() > 0 && !$notify.is_empty() {
+                sqlx::query($notify).execute(&mut *conn).await.map_err(map_err)?;
+            }
+            Ok(())
+        }
+    };
+}
+pub(super) use for_backend;
