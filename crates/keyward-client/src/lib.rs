@@ -36,15 +36,16 @@ use std::time::Duration;
 
 pub use error::Error;
 pub use keyward_core::api::{
-    ApiError, ApiKey, BulkRevoke, BulkRevoked, CreateKey, CreateKeyspace, CreateToken,
-    CreateWebhook, CreatedKey, CreatedToken, CreatedWebhook, HashAlgorithm, ImportKeys,
-    ImportRecord, Imported, KeyLookupRequest, KeyMatch, LeakReport, Page, PatchKey, PatchKeyspace,
-    RateLimitState, Revoke, RotateKey, VerifyAnswer, VerifyRequest,
+    ApiError, ApiKey, BulkRevoke, BulkRevoked, CreateIdentity, CreateKey, CreateKeyspace,
+    CreateToken, CreateWebhook, CreatedKey, CreatedToken, CreatedWebhook, HashAlgorithm,
+    ImportKeys, ImportRecord, Imported, KeyLookupRequest, KeyMatch, LeakReport, Page,
+    PatchIdentity, PatchKey, PatchKeyspace, RateLimitState, Revoke, RotateKey, VerifyAnswer,
+    VerifyRequest,
 };
 pub use keyward_core::audit::ChainCheck;
 pub use keyward_core::model::{
-    Actor, ActorKind, Anomaly, AuditEvent, Key, KeyStatus, Keyspace, RateLimit, Role, Source,
-    Token, Webhook,
+    Actor, ActorKind, Anomaly, AuditEvent, Identity, Key, KeyStatus, Keyspace, RateLimit, Role,
+    Source, Token, Webhook,
 };
 pub use keyward_core::policy::{Policy, PolicyPatch, Preset};
 pub use keyward_core::routes::{RouteRule, Unmatched};
@@ -503,6 +504,49 @@ impl Client {
     pub async fn create_webhook(&self, req: &CreateWebhook) -> Result<CreatedWebhook, Error> {
         self.create("/v1/webhooks", &erased::json(req)).await
     }
+    // ------------------------------------------------------------ identities
+
+    /// `POST /v1/identities`: the owner string `id` as an object.
+    pub async fn create_identity(&self, req: &CreateIdentity) -> Result<Identity, Error> {
+        self.post("/v1/identities", &erased::json(req)).await
+    }
+    pub async fn list_identities(&self, q: &PageQuery) -> Result<Page<Identity>, Error> {
+        self.get("/v1/identities", &erased::query(q)).await
+    }
+    pub async fn get_identity(&self, id: &str) -> Result<Identity, Error> {
+        self.get(&format!("/v1/identities/{}", seg(id)), &erased::NONE)
+            .await
+    }
+    /// `PATCH /v1/identities/{id}`; `enabled: false` makes every key of it verify `DISABLED`.
+    pub async fn update_identity(&self, id: &str, req: &PatchIdentity) -> Result<Identity, Error> {
+        self.call(
+            Method::PATCH,
+            &format!("/v1/identities/{}", seg(id)),
+            None,
+            Some(&erased::json(req)),
+        )
+        .await
+    }
+    pub async fn delete_identity(&self, id: &str) -> Result<(), Error> {
+        self.send(
+            Total::Timeout,
+            Method::DELETE,
+            &format!("/v1/identities/{}", seg(id)),
+            None,
+            None,
+        )
+        .await
+        .map(drop)
+    }
+    /// `GET /v1/identities/{id}/usage`: its keys' usage, summed (a key usage's shape).
+    pub async fn identity_usage(&self, id: &str, q: &UsageQuery) -> Result<Value, Error> {
+        self.get(
+            &format!("/v1/identities/{}/usage", seg(id)),
+            &erased::query(q),
+        )
+        .await
+    }
+
     pub async fn list_webhooks(&self, q: &PageQuery) -> Result<Page<Webhook>, Error> {
         self.get("/v1/webhooks", &erased::query(q)).await
     }

@@ -36,6 +36,9 @@ pub enum Command {
     /// database directly).
     #[command(subcommand)]
     Tokens(TokensCmd),
+    /// Identities (an owner's keys governed together), through a running server.
+    #[command(subcommand)]
+    Identities(IdentitiesCmd),
     /// Webhook subscriptions and their deliveries, through a running server.
     #[command(subcommand)]
     Webhooks(WebhooksCmd),
@@ -368,6 +371,60 @@ pub enum RoleArg {
     Viewer,
     Auditor,
     Verifier,
+}
+
+#[derive(Subcommand)]
+pub enum IdentitiesCmd {
+    /// Make an owner string an identity (its keys belong to it at once).
+    Create {
+        /// The owner string of its keys.
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List identities, newest first.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        cursor: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show one identity.
+    Show {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Disable an identity: every key of it verifies DISABLED (the keys are not changed).
+    Disable {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Enable an identity again.
+    Enable {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Delete an identity (its keys keep their owner and verify as their own state says).
+    Delete {
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// The summed usage of an identity's keys.
+    Usage {
+        id: String,
+        #[command(flatten)]
+        range: UsageRange,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Subcommand)]

@@ -75,6 +75,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Keyspaces(cmd) => remote::keyspaces(cmd).await,
         Command::Audit(cmd) => remote::audit(cmd).await,
         Command::Tokens(cmd) => remote::tokens(cmd).await,
+        Command::Identities(cmd) => remote::identities(cmd).await,
         Command::Webhooks(cmd) => remote::webhooks(cmd).await,
         Command::Usage(cmd) => remote::usage(cmd).await,
         Command::Anomalies(cmd) => remote::anomalies(cmd).await,

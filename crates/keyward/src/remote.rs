@@ -14,8 +14,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::cli::{
-    AnomaliesCmd, AuditCmd, KeysCmd, KeyspacesCmd, Remote, ReportFormat, ReportsCmd, RotateFormat,
-    TokensCmd, UsageCmd, UsageRange, WebhooksCmd,
+    AnomaliesCmd, AuditCmd, IdentitiesCmd, KeysCmd, KeyspacesCmd, Remote, ReportFormat, ReportsCmd,
+    RotateFormat, TokensCmd, UsageCmd, UsageRange, WebhooksCmd,
 };
 use crate::exit::{EXIT_CHAIN_BROKEN, EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE};
 use crate::output::{self, print_key, print_keys, Format};
@@ -612,6 +612,102 @@ pub async fn usage(cmd: UsageCmd) -> ExitCode {
         Ok(ExitCode::SUCCESS)
     })
     .await
+}
+
+// ---------------------------------------------------------------- identities
+
+pub async fn identities(cmd: IdentitiesCmd) -> ExitCode {
+    finish(identities_(cmd)).await
+}
+
+fn print_identity(remote: &Remote, i: &keyward_client::Identity) {
+    if remote.json {
+        println!("{}", to_json(i));
+    } else {
+        output::rows(
+            &[to_json(i)],
+            &[
+                ("ID", "id"),
+                ("NAME", "name"),
+                ("ENABLED", "enabled"),
+                ("CREATED", "created_at"),
+            ],
+        );
+    }
+}
+
+async fn identities_(cmd: IdentitiesCmd) -> Outcome {
+    match cmd {
+        IdentitiesCmd::Create { id, name, remote } => {
+            let req = keyward_client::CreateIdentity {
+                id,
+                name,
+                ..Default::default()
+            };
+            let i = client(&remote)?.create_identity(&req).await?;
+            print_identity(&remote, &i);
+        }
+        IdentitiesCmd::List {
+            limit,
+            cursor,
+            remote,
+        } => {
+            let page = client(&remote)?
+                .list_identities(&PageQuery {
+                    limit: Some(limit),
+                    cursor,
+                })
+                .await?;
+            print_page(&remote, &page, "identities", |items| {
+                output::rows(
+                    items,
+                    &[
+                        ("ID", "id"),
+                        ("NAME", "name"),
+                        ("ENABLED", "enabled"),
+                        ("CREATED", "created_at"),
+                    ],
+                )
+            });
+        }
+        IdentitiesCmd::Show { id, remote } => {
+            let i = client(&remote)?.get_identity(&id).await?;
+            print_identity(&remote, &i);
+        }
+        IdentitiesCmd::Disable { id, remote } => {
+            let req = keyward_client::PatchIdentity {
+                enabled: Some(false),
+                ..Default::default()
+            };
+            let i = client(&remote)?.update_identity(&id, &req).await?;
+            print_identity(&remote, &i);
+        }
+        IdentitiesCmd::Enable { id, remote } => {
+            let req = keyward_client::PatchIdentity {
+                enabled: Some(true),
+                ..Default::default()
+            };
+            let i = client(&remote)?.update_identity(&id, &req).await?;
+            print_identity(&remote, &i);
+        }
+        IdentitiesCmd::Delete { id, remote } => {
+            client(&remote)?.delete_identity(&id).await?;
+            if !remote.json {
+                println!("deleted identity {id}");
+            }
+        }
+        IdentitiesCmd::Usage { id, range, remote } => {
+            let v = client(&remote)?
+                .identity_usage(&id, &usage_query(range))
+                .await?;
+            if remote.json {
+                println!("{v}");
+            } else {
+                print_usage(&v);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn anomalies(cmd: AnomaliesCmd) -> ExitCode {

@@ -39,7 +39,7 @@ const OVERVIEW_CAP: usize = 20_000;
 const SORT_CAP: usize = 5_000;
 const PAGE_SIZE: i64 = 50;
 
-fn parse_input<T: serde::de::DeserializeOwned>(v: Value) -> PageResult<T> {
+pub(crate) fn parse_input<T: serde::de::DeserializeOwned>(v: Value) -> PageResult<T> {
     serde_json::from_value(v)
         .map_err(|e| PageError::Failed(StatusCode::BAD_REQUEST, format!("Invalid input: {e}")))
 }

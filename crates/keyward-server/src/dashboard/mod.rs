@@ -34,6 +34,7 @@ pub(crate) mod admin;
 pub(crate) mod auth;
 pub(crate) mod chart;
 pub(crate) mod data;
+pub(crate) mod identities;
 pub(crate) mod keys;
 pub(crate) mod reports;
 pub(crate) mod ui;
@@ -157,6 +158,25 @@ pub(crate) fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             "/keyspaces/{id}/import",
             Right(WriteKeys),
             post(admin::import_keys),
+        ),
+        r("GET", "/identities", Right(ReadKeys), get(identities::list)),
+        r(
+            "POST",
+            "/identities",
+            Right(WriteKeys),
+            post(identities::create),
+        ),
+        r(
+            "GET",
+            "/identities/{id}",
+            Right(ReadKeys),
+            get(identities::detail),
+        ),
+        r(
+            "POST",
+            "/identities/{id}/enabled",
+            Right(WriteKeys),
+            post(identities::set_enabled),
         ),
         r("GET", "/audit", Right(ReadAudit), get(admin::audit)),
         r("GET", "/tokens", Right(ManageTokens), get(admin::tokens)),

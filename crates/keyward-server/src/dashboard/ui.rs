@@ -13,6 +13,7 @@ pub(crate) enum Nav {
     Overview,
     Keys,
     Keyspaces,
+    Identities,
     Audit,
     Reports,
     Tokens,
@@ -68,6 +69,7 @@ pub(crate) fn page(title: &str, s: &SignedIn, active: Nav, body: Markup) -> Mark
                             (item(Nav::Overview, "/", "Overview"))
                             (item(Nav::Keys, "/keys", "Keys"))
                             (item(Nav::Keyspaces, "/keyspaces", "Keyspaces"))
+                            (item(Nav::Identities, "/identities", "Identities"))
                             @if s.may(Permission::ReadAudit) {
                                 (item(Nav::Audit, "/audit", "Audit"))
                                 (item(Nav::Reports, "/reports", "Reports"))

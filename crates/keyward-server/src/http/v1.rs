@@ -265,8 +265,7 @@ pub(crate) async fn identity_usage(
     let (from, to) = range(&mut params, st.clock().now())?;
     check_span(g, from, to)?;
     params.finish()?;
-    let (identity, buckets) =
-        service::identity_usage(st.records(), &who, &id, g, from, to).await?;
+    let (identity, buckets) = service::identity_usage(st.records(), &who, &id, g, from, to).await?;
     let (series, totals) = usage_series(&buckets);
     Ok(Json(
         json!({"identity_id": identity.id, "granularity": g, "from": from, "to": to, "buckets": series, "totals": totals}),

@@ -234,4 +234,3 @@ pub async fn identity_keys(
     };
     Ok(st.store.list_keys(&filter).await?)
 }
-

@@ -269,7 +269,9 @@ pub async fn import_keys(
     if input.allow_policy_violations {
         // An exemption from the keyspace's policy is the policy owner's call.
         ctx.allow::<WriteKeyspaces>().map_err(|_| {
-            Error::forbidden("allow_policy_violations needs the right to change keyspaces (role admin)")
+            Error::forbidden(
+                "allow_policy_violations needs the right to change keyspaces (role admin)",
+            )
         })?;
     }
     let now = st.records.clock.now();

@@ -12,8 +12,8 @@ mod import;
 mod reads;
 
 pub use identities::{
-    create_identity, delete_identity, get_identity, identity_keys, identity_usage,
-    list_identities, update_identity,
+    create_identity, delete_identity, get_identity, identity_keys, identity_usage, list_identities,
+    update_identity,
 };
 pub use import::import_keys;
 pub use reads::*;
@@ -21,8 +21,8 @@ pub use reads::*;
 /// The request bodies live with the API's other types in [`keyward_core::api`], which the
 /// client crate shares.
 pub use keyward_core::api::{
-    BulkRevoke, CreateIdentity, CreateKey, CreateKeyspace, CreateToken, CreateWebhook, PatchIdentity, PatchKey, PatchKeyspace,
-    RotateKey,
+    BulkRevoke, CreateIdentity, CreateKey, CreateKeyspace, CreateToken, CreateWebhook,
+    PatchIdentity, PatchKey, PatchKeyspace, RotateKey,
 };
 
 use keyward_core::id::{new_id, KeyId, KeyspaceId, TokenId, WebhookId};

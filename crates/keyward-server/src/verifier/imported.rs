@@ -211,7 +211,9 @@ impl Verifier {
                     continue;
                 }
             };
-            self.metrics.slow_hash_checks.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .slow_hash_checks
+                .fetch_add(1, Ordering::Relaxed);
             let stored = c.slow_hash.clone();
             let presented = zeroize::Zeroizing::new(key.to_string());
             let checked = tokio::task::spawn_blocking(move || {

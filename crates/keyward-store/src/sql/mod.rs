@@ -97,10 +97,14 @@ macro_rules! sql_backend {
             use async_trait::async_trait;
             use keyward_core::keyformat::KeyHash;
             use keyward_core::kinds::Granularity;
-            use keyward_core::model::{Anomaly, AuditEvent, Identity, Key, Keyspace, Source, Token, Webhook};
+            use keyward_core::model::{
+                Anomaly, AuditEvent, Identity, Key, Keyspace, Source, Token, Webhook,
+            };
             use keyward_core::time::Timestamp;
 
-            use super::{anomalies, audit, feed, identities, imports, keys, leases, tokens, usage, webhooks};
+            use super::{
+                anomalies, audit, feed, identities, imports, keys, leases, tokens, usage, webhooks,
+            };
             use super::{$Store, $Tx};
             use crate::sql::common::{map_err, TAKE_WRITE_LOCK};
             use crate::users::{UserStore, UserTx};
@@ -177,10 +181,19 @@ macro_rules! sql_backend {
                 async fn lookup_conflicts(&mut self, lookup: &str) -> Result<bool> {
                     imports::lookup_conflicts(&mut self.tx, lookup).await
                 }
-                async fn announce_import(&mut self, keyspace_id: &str, at: Timestamp) -> Result<()> {
+                async fn announce_import(
+                    &mut self,
+                    keyspace_id: &str,
+                    at: Timestamp,
+                ) -> Result<()> {
                     imports::announce_import(&mut self.tx, &self.node, keyspace_id, at).await
                 }
-                async fn rehash(&mut self, key_id: &str, hash: &KeyHash, at: Timestamp) -> Result<bool> {
+                async fn rehash(
+                    &mut self,
+                    key_id: &str,
+                    hash: &KeyHash,
+                    at: Timestamp,
+                ) -> Result<bool> {
                     imports::rehash(&mut self.tx, &self.node, key_id, hash, at).await
                 }
                 async fn mark_expired(&mut self, id: &str, now: Timestamp) -> Result<bool> {

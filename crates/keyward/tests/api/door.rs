@@ -30,6 +30,7 @@ struct Objects {
     key: String,
     token: String,
     webhook: String,
+    identity: String,
 }
 
 impl Objects {
@@ -49,11 +50,16 @@ impl Objects {
             .await
             .expect(201)
             .id();
+        let identity = "team-door".to_string();
+        app.post("/v1/identities", json!({"id": identity}))
+            .await
+            .expect(201);
         Objects {
             keyspace,
             key,
             token,
             webhook,
+            identity,
         }
     }
 
@@ -68,6 +74,7 @@ impl Objects {
                     "keys" => self.key.clone(),
                     "tokens" => self.token.clone(),
                     "webhooks" => self.webhook.clone(),
+                    "identities" => self.identity.clone(),
                     other => panic!("no object for `{{id}}` after `{other}` in {path}"),
                 },
                 "{file}" => "style.css".to_string(),

@@ -386,9 +386,16 @@ async fn an_import_is_idempotent_by_external_id(app: TestApp) {
     let salted = |l: &str| json!({"keys": [{"hash": bcrypt::hash(&drf, 4).unwrap(), "algorithm": "bcrypt", "lookup": l}]});
     import(&app, &ks, salted(&lookup)).await.expect(201);
     let other = legacy_keyspace(&app).await;
-    for l in [lookup.clone(), lookup[..8].to_string(), format!("{lookup}x")] {
+    for l in [
+        lookup.clone(),
+        lookup[..8].to_string(),
+        format!("{lookup}x"),
+    ] {
         let r = import(&app, &other, salted(&l)).await.expect(409);
-        assert!(r.body["error"]["message"].as_str().unwrap().starts_with("keys[0].lookup"));
+        assert!(r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("keys[0].lookup"));
     }
     // The imported key shows its external id.
     let id = first.body["keys"][2].as_str().unwrap();

@@ -16,6 +16,7 @@ mod degraded;
 mod door;
 mod durability;
 mod grpc;
+mod identities;
 mod import;
 mod keys;
 mod leaks;

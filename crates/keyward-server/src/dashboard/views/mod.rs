@@ -7,6 +7,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod auth;
+pub(crate) mod identities;
 pub(crate) mod keys;
 pub(crate) mod reports;
 pub(crate) mod usage;
