@@ -177,8 +177,8 @@ pub struct Key {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_id: Option<String>,
     /// The key's owner is an identity that is disabled: the key verifies `DISABLED` while its
-    /// own `enabled` is unchanged. Read with the key, never sent.
-    #[serde(skip)]
+    /// own `enabled` and `status` are unchanged. Shown only when true (read with the key).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub owner_disabled: bool,
 }
 

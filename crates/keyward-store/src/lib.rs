@@ -292,12 +292,13 @@ pub trait StoreTx: Send {
         now: Timestamp,
     ) -> Result<Vec<Key>>;
     async fn identity(&mut self, id: &str) -> Result<Option<Identity>>;
-    /// Inserts, updates or deletes an identity, with a change-feed row for each of its keys
-    /// that is not revoked (they verify differently from now on).
     async fn insert_identity(&mut self, identity: &Identity) -> Result<()>;
     async fn update_identity(&mut self, identity: &Identity) -> Result<()>;
     /// False when there was no such identity.
-    async fn delete_identity(&mut self, id: &str, at: Timestamp) -> Result<bool>;
+    async fn delete_identity(&mut self, id: &str) -> Result<bool>;
+    /// A change-feed row, dated `at`, for each key of `owner` that is not revoked: they verify
+    /// differently from now on (an identity was disabled or enabled).
+    async fn announce_owner(&mut self, owner: &str, at: Timestamp) -> Result<()>;
     /// Records what an import carried for a key inserted in this transaction.
     async fn insert_import(&mut self, import: &KeyImport) -> Result<()>;
     /// The id of the key with `external_id` in a keyspace, with its import fingerprint.
@@ -385,9 +386,25 @@ pub trait Store: Send + Sync + 'static {
     async fn key(&self, id: &str) -> Result<Option<Key>>;
     async fn key_by_hash(&self, hash: &KeyHash) -> Result<Option<Key>>;
     async fn list_keys(&self, filter: &KeyFilter) -> Result<Vec<Key>>;
-    async fn identity(&self, id: &str) -> Result<Option<Identity>>;
-    /// Identities, newest first.
-    async fn list_identities(&self, page: &Page<TimeCursor>) -> Result<Vec<Identity>>;
+    /// An identity; with `keyspace_ids`, only if it owns a key in one of them.
+    async fn identity(&self, id: &str, keyspace_ids: Option<&[String]>)
+        -> Result<Option<Identity>>;
+    /// Identities, newest first; with `keyspace_ids`, those that own a key in one of them.
+    async fn list_identities(
+        &self,
+        keyspace_ids: Option<&[String]>,
+        page: &Page<TimeCursor>,
+    ) -> Result<Vec<Identity>>;
+    /// Buckets of every key of `owner` (in `keyspace_ids`, `None`: all), as
+    /// [`Store::usage_of_keyspace`] gives them.
+    async fn usage_of_owner(
+        &self,
+        owner: &str,
+        keyspace_ids: Option<&[String]>,
+        granularity: Granularity,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<Bucket>>;
     /// Live keys still held as a salted hash whose lookup prefix is one of `lookups`, in
     /// `keyspaces` (`None`: any), longest lookup first (at most `limit`).
     async fn slow_candidates(

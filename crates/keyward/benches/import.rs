@@ -8,6 +8,8 @@
 //!   `POST /v1/keyspaces/{id}/keys/import` (a real server on loopback), as plaintext keys of
 //!   another format and as SHA-256 hashes; keys/s on SQLite (a temporary file) and, when it
 //!   answers on 127.0.0.1:5432, PostgreSQL (a fresh schema).
+//! - `create`: for comparison, 3,000 keys created one `POST /v1/keys` at a time by the same
+//!   client.
 //! - `bcrypt`: 200 records hashed with bcrypt cost 10 (a common production setting): the import
 //!   rate, then each key's first verification over HTTP (the one-time bcrypt check, the upgrade
 //!   to SHA-256 and its audit event) and its second (the cached answer), p50 and p99.
@@ -152,6 +154,27 @@ fn percentile(v: &mut [Duration], p: f64) -> Duration {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// Keys created one `POST /v1/keys` at a time by one client over keep-alive: the baseline an
+/// import is compared with (each creation is one transaction with its audit event).
+async fn create_rate(name: &str, s: &Server) {
+    let ks = keyspace(&s.client, true).await;
+    let n = 3000;
+    let started = Instant::now();
+    for i in 0..n {
+        s.client
+            .create_key(&CreateKey {
+                keyspace_id: ks.clone(),
+                name: format!("k{i}"),
+                owner: Some("acme".into()),
+                ..CreateKey::default()
+            })
+            .await
+            .expect("create");
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    println!("create/{name}: {rate:.0} keys/s (3,000 POST /v1/keys, one client, keep-alive)");
+}
+
 async fn throughput(name: &str, s: &Server) {
     let ks = keyspace(&s.client, true).await;
     let plain: Vec<ImportRecord> = (0..20_000)
@@ -272,10 +295,12 @@ fn main() {
         .build()
         .expect("runtime");
     let lite = rt.block_on(sqlite());
+    rt.block_on(create_rate("sqlite", &lite));
     rt.block_on(throughput("sqlite", &lite));
     rt.block_on(bcrypt_keys("sqlite", &lite));
     match rt.block_on(postgres()) {
         Some(pg) => {
+            rt.block_on(create_rate("postgres", &pg));
             rt.block_on(throughput("postgres", &pg));
             rt.block_on(bcrypt_keys("postgres", &pg));
         }

@@ -80,7 +80,7 @@ pub(crate) async fn create(State(st): State<AppState>, s: SignedIn, form: Form) 
     match service::create_identity(&st.control, &who, input).await {
         Ok(i) => Ok(redirect(&format!(
             "/identities/{}?done=created",
-            ui::urlencode(&i.id)
+            ui::segment(&i.id)
         ))),
         Err(e) if e.code.is_request_error() && e.code != crate::error::ErrorCode::Forbidden => {
             let page = render_list(&st, &s, None, Some(&e.message)).await?;
@@ -157,6 +157,6 @@ pub(crate) async fn set_enabled(
     let done = if enabled { "enabled" } else { "disabled" };
     Ok(redirect(&format!(
         "/identities/{}?done={done}",
-        ui::urlencode(&id)
+        ui::segment(&id)
     )))
 }

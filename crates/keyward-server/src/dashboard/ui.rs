@@ -250,6 +250,20 @@ pub(crate) fn parse_duration(s: &str) -> Result<Option<i64>, String> {
         })
 }
 
+/// Percent-encodes a path segment: everything but letters, digits and `-_~` (so that `/`, `.`
+/// and `..` in an identity's id stay one segment and never walk the path).
+pub(crate) fn segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 /// Percent-encodes a query value.
 pub(crate) fn urlencode(s: &str) -> String {
     s.bytes()

@@ -25,7 +25,12 @@ fn not_found() -> Error {
 }
 
 fn check_id(id: &str) -> Result<()> {
-    check_name("id", id).map_err(Error::bad_request)
+    check_name("id", id).map_err(Error::bad_request)?;
+    if id == "." || id == ".." {
+        // A path segment of its own would be read as "here" or "up" by every URL parser.
+        return Err(Error::bad_request("id may not be '.' or '..'"));
+    }
+    Ok(())
 }
 
 /// Hashes of the owner's keys that can still verify, for this node's cache.
@@ -82,9 +87,11 @@ pub async fn create_identity(
         change(&mut ev.changes, "meta", Value::Null, &identity.meta);
     }
     tx.append_audit(ev).await?;
+    // Only a change of how the keys verify is announced (to every node, one row per key).
     let hashes = if identity.enabled {
         Vec::new()
     } else {
+        tx.announce_owner(&identity.id, now).await?;
         live_hashes(&mut tx, &identity.id, now).await?
     };
     let _forget = Forget::keys(st, hashes);
@@ -92,20 +99,24 @@ pub async fn create_identity(
     Ok(identity)
 }
 
-pub async fn get_identity(
-    st: &Records,
-    _who: &Allowed<'_, ReadKeys>,
-    id: &str,
-) -> Result<Identity> {
-    st.store.identity(id).await?.ok_or_else(not_found)
+/// An identity the context may see: any, or with a token limited to keyspaces, one that owns
+/// a key in them.
+pub async fn get_identity(st: &Records, who: &Allowed<'_, ReadKeys>, id: &str) -> Result<Identity> {
+    st.store
+        .identity(id, who.ctx().keyspaces.as_deref())
+        .await?
+        .ok_or_else(not_found)
 }
 
 pub async fn list_identities(
     st: &Records,
-    _who: &Allowed<'_, ReadKeys>,
+    who: &Allowed<'_, ReadKeys>,
     page: &Page<TimeCursor>,
 ) -> Result<Vec<Identity>> {
-    Ok(st.store.list_identities(page).await?)
+    Ok(st
+        .store
+        .list_identities(who.ctx().keyspaces.as_deref(), page)
+        .await?)
 }
 
 pub async fn update_identity(
@@ -146,6 +157,7 @@ pub async fn update_identity(
     tx.update_identity(&new).await?;
     tx.append_audit(ev).await?;
     let hashes = if old.enabled != new.enabled {
+        tx.announce_owner(id, now).await?;
         live_hashes(&mut tx, id, now).await?
     } else {
         Vec::new()
@@ -162,7 +174,7 @@ pub async fn delete_identity(st: &Control, who: &Allowed<'_, WriteKeys>, id: &st
     let mut tx = st.records.store.begin().await?;
     let old = tx.identity(id).await?.ok_or_else(not_found)?;
     let now = st.records.clock.now();
-    tx.delete_identity(id, now).await?;
+    tx.delete_identity(id).await?;
     let mut ev = ctx.event(now, AuditAction::IdentityDelete, TargetType::Identity, id);
     change(&mut ev.changes, "name", &old.name, Value::Null);
     change(&mut ev.changes, "enabled", old.enabled, Value::Null);
@@ -170,6 +182,7 @@ pub async fn delete_identity(st: &Control, who: &Allowed<'_, WriteKeys>, id: &st
     let hashes = if old.enabled {
         Vec::new()
     } else {
+        tx.announce_owner(id, now).await?;
         live_hashes(&mut tx, id, now).await?
     };
     let _forget = Forget::keys(st, hashes);
@@ -178,7 +191,7 @@ pub async fn delete_identity(st: &Control, who: &Allowed<'_, WriteKeys>, id: &st
 }
 
 /// Buckets of every key of the identity the context sees (revoked ones included: their past
-/// use is the identity's), oldest first; and the number of keys they cover.
+/// use is the identity's), oldest first. Usage follows a key's current owner.
 pub async fn identity_usage(
     st: &Records,
     who: &Allowed<'_, ReadKeys>,
@@ -187,32 +200,17 @@ pub async fn identity_usage(
     from: Timestamp,
     to: Timestamp,
 ) -> Result<(Identity, Vec<Bucket>)> {
-    let identity = st.store.identity(id).await?.ok_or_else(not_found)?;
-    let mut filter = KeyFilter {
-        keyspace_ids: within_limit(who.ctx(), None),
-        owner: Some(identity.id.clone()),
-        now: st.clock.now(),
-        page: Page {
-            limit: 1000,
-            after: None,
-        },
-        ..KeyFilter::default()
-    };
-    let mut buckets = Vec::new();
-    loop {
-        let keys = st.store.list_keys(&filter).await?;
-        let ids: Vec<String> = keys.iter().map(|k| k.id.clone()).collect();
-        if !ids.is_empty() {
-            buckets.extend(st.store.usage(Some(&ids), granularity, from, to).await?);
-        }
-        match keys.last() {
-            Some(k) if keys.len() as i64 == filter.page.limit => {
-                filter.page.after = Some((k.created_at.millis(), k.id.clone()));
-            }
-            _ => break,
-        }
-    }
-    buckets.sort_by_key(|b| b.start);
+    let identity = get_identity(st, who, id).await?;
+    let buckets = st
+        .store
+        .usage_of_owner(
+            &identity.id,
+            who.ctx().keyspaces.as_deref(),
+            granularity,
+            from,
+            to,
+        )
+        .await?;
     Ok((identity, buckets))
 }
 

@@ -585,6 +585,17 @@ pub async fn update_key(
         if ks.policy.require_owner && k.owner.is_none() {
             return Err(Error::policy("the keyspace policy requires an owner"));
         }
+        // Moving a key out of (or into) a disabled identity changes whether it verifies:
+        // that is the identity's business, which a token limited to keyspaces may not change.
+        if old.owner_disabled || k.owner.is_some() && ctx.keyspaces.is_some() {
+            let disabled_new = match &k.owner {
+                Some(o) => tx.identity(o).await?.is_some_and(|i| !i.enabled),
+                None => false,
+            };
+            if old.owner_disabled || disabled_new {
+                ctx.require_unlimited("moving a key out of or into a disabled identity")?;
+            }
+        }
         check_owner_limit(&mut tx, &ks, &k.owner, now, Some(&k.id)).await?;
     } else if k.enabled && !old.enabled {
         // Re-enabling makes the key active again: it counts towards the owner's limit.

@@ -1,6 +1,7 @@
-//! Identities: reads, the newest-first list, writes. A change of an identity (its `enabled`
-//! above all) changes how every key of its owner verifies, so each write appends a change-feed
-//! row for each of those keys that is not revoked, in the same transaction: the other nodes
+//! Identities: reads (within a token's keyspaces: an identity is seen when it owns a key
+//! there), the newest-first list, writes. A change of an identity's effective `enabled` changes
+//! how every key of its owner verifies: the caller then appends a change-feed row for each of
+//! those keys that is not revoked (`announce`), in the same transaction, and the other nodes
 //! read them again.
 
 /// This file's SQL for one backend (`$notify`: see `feed.rs`).
@@ -9,7 +10,7 @@ macro_rules! for_backend {
         use keyward_core::model::Identity;
         use keyward_core::time::Timestamp;
 
-        use crate::sql::common::{get, json, map_err, push_after_time, to_json};
+        use crate::sql::common::{get, json, map_err, push_after_time, push_in, to_json};
         use crate::{Page, Result, TimeCursor};
 
         const COLS: &str = "id, name, meta, enabled, created_at, created_by, updated_at";
@@ -32,15 +33,33 @@ macro_rules! for_backend {
             row.as_ref().map(from_row).transpose()
         }
 
-        pub(super) async fn list_identities(pool: &sqlx::Pool<$DB>, page: &Page<TimeCursor>) -> Result<Vec<Identity>> {
+        /// `AND` the identity owns a key in `keyspace_ids` (`None`: no condition).
+        fn push_owns_key_in<'a>(q: &mut sqlx::QueryBuilder<'a, $DB>, keyspace_ids: Option<&'a [String]>) {
+            if keyspace_ids.is_some() {
+                q.push(" AND EXISTS (SELECT 1 FROM keys k WHERE k.owner = identities.id");
+                push_in(q, "k.keyspace_id", keyspace_ids);
+                q.push(")");
+            }
+        }
+
+        pub(super) async fn identity_in(pool: &sqlx::Pool<$DB>, id: &str, keyspace_ids: Option<&[String]>) -> Result<Option<Identity>> {
+            let mut q = sqlx::QueryBuilder::<$DB>::new(format!("SELECT {COLS} FROM identities WHERE id = "));
+            q.push_bind(id.to_string());
+            push_owns_key_in(&mut q, keyspace_ids);
+            let row = q.build().fetch_optional(pool).await.map_err(map_err)?;
+            row.as_ref().map(from_row).transpose()
+        }
+
+        pub(super) async fn list_identities(pool: &sqlx::Pool<$DB>, keyspace_ids: Option<&[String]>, page: &Page<TimeCursor>) -> Result<Vec<Identity>> {
             let mut q = sqlx::QueryBuilder::<$DB>::new(format!("SELECT {COLS} FROM identities WHERE 1 = 1"));
+            push_owns_key_in(&mut q, keyspace_ids);
             push_after_time(&mut q, &page.after);
             q.push(" ORDER BY created_at DESC, id DESC LIMIT ").push_bind(page.limit);
             let rows = q.build().fetch_all(pool).await.map_err(map_err)?;
             rows.iter().map(from_row).collect()
         }
 
-        pub(super) async fn insert_identity(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, i: &Identity) -> Result<()> {
+        pub(super) async fn insert_identity(conn: &mut <$DB as sqlx::Database>::Connection, i: &Identity) -> Result<()> {
             let sql = format!("INSERT INTO identities ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7)");
             sqlx::query(&sql)
                 .bind(&i.id)
@@ -53,10 +72,10 @@ macro_rules! for_backend {
                 .execute(&mut *conn)
                 .await
                 .map_err(map_err)?;
-            announce(conn, node, &i.id, i.updated_at).await
+            Ok(())
         }
 
-        pub(super) async fn update_identity(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, i: &Identity) -> Result<()> {
+        pub(super) async fn update_identity(conn: &mut <$DB as sqlx::Database>::Connection, i: &Identity) -> Result<()> {
             sqlx::query("UPDATE identities SET name = $2, meta = $3, enabled = $4, updated_at = $5 WHERE id = $1")
                 .bind(&i.id)
                 .bind(&i.name)
@@ -66,24 +85,20 @@ macro_rules! for_backend {
                 .execute(&mut *conn)
                 .await
                 .map_err(map_err)?;
-            announce(conn, node, &i.id, i.updated_at).await
+            Ok(())
         }
 
-        pub(super) async fn delete_identity(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, id: &str, at: Timestamp) -> Result<bool> {
+        pub(super) async fn delete_identity(conn: &mut <$DB as sqlx::Database>::Connection, id: &str) -> Result<bool> {
             let r = sqlx::query("DELETE FROM identities WHERE id = $1")
                 .bind(id)
                 .execute(&mut *conn)
                 .await
                 .map_err(map_err)?;
-            if r.rows_affected() == 0 {
-                return Ok(false);
-            }
-            announce(conn, node, id, at).await?;
-            Ok(true)
+            Ok(r.rows_affected() == 1)
         }
 
         /// A feed row for each key of `owner` that is not revoked (see the module's doc).
-        async fn announce(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, owner: &str, at: Timestamp) -> Result<()> {
+        pub(super) async fn announce(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, owner: &str, at: Timestamp) -> Result<()> {
             let r = sqlx::query(
                 "INSERT INTO change_feed (key_id, key_hash, at, origin) \
                  SELECT id, hash, $2, $3 FROM keys WHERE owner = $1 AND revoked_at IS NULL",

@@ -155,13 +155,16 @@ macro_rules! sql_backend {
                     identities::identity(&mut *self.tx, id).await
                 }
                 async fn insert_identity(&mut self, i: &Identity) -> Result<()> {
-                    identities::insert_identity(&mut self.tx, &self.node, i).await
+                    identities::insert_identity(&mut self.tx, i).await
                 }
                 async fn update_identity(&mut self, i: &Identity) -> Result<()> {
-                    identities::update_identity(&mut self.tx, &self.node, i).await
+                    identities::update_identity(&mut self.tx, i).await
                 }
-                async fn delete_identity(&mut self, id: &str, at: Timestamp) -> Result<bool> {
-                    identities::delete_identity(&mut self.tx, &self.node, id, at).await
+                async fn delete_identity(&mut self, id: &str) -> Result<bool> {
+                    identities::delete_identity(&mut self.tx, id).await
+                }
+                async fn announce_owner(&mut self, owner: &str, at: Timestamp) -> Result<()> {
+                    identities::announce(&mut self.tx, &self.node, owner, at).await
                 }
 
                 // imports.rs
@@ -318,11 +321,30 @@ macro_rules! sql_backend {
                 async fn list_keys(&self, f: &KeyFilter) -> Result<Vec<Key>> {
                     keys::list_keys(&self.pool, f).await
                 }
-                async fn identity(&self, id: &str) -> Result<Option<Identity>> {
-                    identities::identity(&self.pool, id).await
+                async fn identity(
+                    &self,
+                    id: &str,
+                    keyspace_ids: Option<&[String]>,
+                ) -> Result<Option<Identity>> {
+                    identities::identity_in(&self.pool, id, keyspace_ids).await
                 }
-                async fn list_identities(&self, page: &Page<TimeCursor>) -> Result<Vec<Identity>> {
-                    identities::list_identities(&self.pool, page).await
+                async fn list_identities(
+                    &self,
+                    keyspace_ids: Option<&[String]>,
+                    page: &Page<TimeCursor>,
+                ) -> Result<Vec<Identity>> {
+                    identities::list_identities(&self.pool, keyspace_ids, page).await
+                }
+                async fn usage_of_owner(
+                    &self,
+                    owner: &str,
+                    keyspace_ids: Option<&[String]>,
+                    granularity: Granularity,
+                    from: Timestamp,
+                    to: Timestamp,
+                ) -> Result<Vec<Bucket>> {
+                    usage::usage_of_owner(&self.pool, owner, keyspace_ids, granularity, from, to)
+                        .await
                 }
                 async fn slow_candidates(
                     &self,

@@ -216,6 +216,15 @@ macro_rules! for_backend {
             .await
         }
 
+        pub(super) async fn usage_of_owner(pool: &sqlx::Pool<$DB>, owner: &str, keyspace_ids: Option<&[String]>, granularity: Granularity, from: Timestamp, to: Timestamp) -> Result<Vec<Bucket>> {
+            buckets_in(pool, granularity, from, to, &|q| {
+                q.push(" AND key_id IN (SELECT id FROM keys WHERE owner = ").push_bind(owner.to_string());
+                crate::sql::common::push_in(q, "keyspace_id", keyspace_ids);
+                q.push(")");
+            })
+            .await
+        }
+
         /// Bucket rows of one granularity, with (for hours and days) what minute buckets hold
         /// that is not rolled up yet, in one statement (one snapshot: a roll-up in between can
         /// neither hide nor double a count). `key_filter` appends the key condition.

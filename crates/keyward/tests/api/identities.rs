@@ -129,6 +129,7 @@ async fn identities_are_listed_paged_and_refuse_bad_input(app: TestApp) {
         (json!({"id": "ok", "name": " "}), "name"),
         (json!({"id": "ok", "colour": "red"}), "colour"),
         (json!({"name": "no id"}), "id"),
+        (json!({"id": ".."}), "id"),
     ] {
         let r = app.post("/v1/identities", body).await;
         assert_eq!(r.status, 400, "{field}: {}", r.body);
@@ -234,6 +235,16 @@ async fn the_dashboard_creates_shows_and_disables_an_identity(app: TestApp) {
     let b = sign_in(&app, "ops@example.com").await;
     let ks = app.keyspace(json!({})).await;
     let (key_id, key) = app.key(&ks, json!({"owner": "acme corp"})).await;
+    // An id with a slash and dots stays one path segment in every link.
+    app.post("/v1/identities", json!({"id": "../keys/x.y"}))
+        .await
+        .expect(201);
+    let list = b.get("/identities").await.text().await.unwrap();
+    assert!(list.contains("/identities/%2E%2E%2Fkeys%2Fx%2Ey"), "{list}");
+    assert_eq!(
+        b.get("/identities/%2E%2E%2Fkeys%2Fx%2Ey").await.status(),
+        200
+    );
     let r = b
         .post(
             "/identities",

@@ -36,7 +36,7 @@ pub(crate) fn list(s: &SignedIn, m: &IdentityList) -> Markup {
                 div.table-wrap { table.identities {
                     thead { tr { th { "Identity" } th { "Name" } th { "Status" } th { "Created" } } }
                     tbody { @for i in m.rows { tr {
-                        td { a.strong href={ "/identities/" (ui::urlencode(&i.id)) } { (i.id) } }
+                        td { a.strong href={ "/identities/" (ui::segment(&i.id)) } { (i.id) } }
                         td { (i.name) }
                         td { (enabled_badge(i.enabled)) }
                         td { (when(Some(i.created_at), m.now, "")) }
@@ -70,7 +70,7 @@ pub(crate) struct IdentityPage<'a> {
 
 pub(crate) fn detail(s: &SignedIn, m: &IdentityPage) -> Markup {
     let i = m.identity;
-    let path = format!("/identities/{}", ui::urlencode(&i.id));
+    let path = format!("/identities/{}", ui::segment(&i.id));
     let tab = |v: View, label: &str| {
         html! {
             a href={ (path) "?usage=" (v.param()) "#usage" }
