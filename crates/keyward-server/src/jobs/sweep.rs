@@ -345,6 +345,8 @@ pub async fn sweep_once(
         .store
         .prune_history(now.plus_secs(-90 * 86_400), now.plus_secs(-86_400))
         .await?;
+    // Expired dashboard sessions and setup links (also dropped at each sign-in).
+    st.records.store.users().delete_expired(now).await?;
     r.anomalies = patterns(st, now, last_minute).await?;
     if r.expired + r.warned + r.inactive_revoked + r.anomalies > 0 {
         st.webhook_wake.notify_one();

@@ -289,18 +289,26 @@ async fn revocations_reach_every_node_within_the_bound() {
 /// prefix with a valid checksum are looked up in the store once, like any other miss.
 async fn a_key_of_a_keyspace_created_on_another_node_is_valid_at_once(a: TestApp) {
     let b = spawn_node(&a).await;
+    let c = spawn_node(&a).await;
     let ks = a.keyspace(json!({})).await;
     let (_, warm) = a.key(&ks, json!({})).await;
     assert_eq!(b.verify_code(&warm).await, "VALID");
-    for round in 0..5 {
+    assert_eq!(c.verify_code(&warm).await, "VALID");
+    // 100 fresh keyspaces, each with its first key, created on one node and verified at once
+    // on the two others (alternating which is asked first).
+    for round in 0..100 {
         let fresh_ks = a.keyspace(json!({})).await;
         let (_, key) = a.key(&fresh_ks, json!({})).await;
-        assert_eq!(b.verify_code(&key).await, "VALID", "round {round}");
+        let (first, second) = if round % 2 == 0 { (&b, &c) } else { (&c, &b) };
+        assert_eq!(first.verify_code(&key).await, "VALID", "round {round}");
+        assert_eq!(second.verify_code(&key).await, "VALID", "round {round}");
     }
     // A well-formed key of a prefix no keyspace has is still NOT_FOUND, and stays so.
     let stranger = keyward_core::keyformat::generate("nosuchprefix");
     for _ in 0..3 {
         assert_eq!(b.verify_code(stranger.expose()).await, "NOT_FOUND");
     }
+    b.stop().await;
+    c.stop().await;
 }
 both!(a_key_of_a_keyspace_created_on_another_node_is_valid_at_once);

@@ -23,6 +23,7 @@ mod leaks;
 mod lifecycle;
 mod outbound;
 mod proxies;
+mod retention;
 mod roles;
 mod routes;
 mod scan;
