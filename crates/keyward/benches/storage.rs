@@ -22,7 +22,7 @@
 
 use std::sync::Arc;
 
-use keyward_core::model::{Actor, Role};
+use keyward_core::model::Actor;
 use keyward_core::time::{ManualClock, Timestamp};
 use keyward_server::authz::Ctx;
 use keyward_server::verifier::Request;
