@@ -19,17 +19,15 @@
 
 #![allow(clippy::expect_used)] // a benchmark whose setup fails should stop loudly
 
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use keyward_client::{Client, CreateKey, CreateKeyspace, ImportKeys, ImportRecord, Secret};
 use keyward_core::api::HashAlgorithm;
-use keyward_core::model::{Actor, Role};
-use keyward_core::time::SystemClock;
-use keyward_server::authz::Ctx;
 use keyward_server::verifier::Request;
-use keyward_server::{service, AppState, Config};
+use keyward_server::AppState;
 
 struct Server {
     client: Client,
@@ -45,29 +43,7 @@ impl Drop for TempDir {
 }
 
 async fn start(db: &str, dir: Option<TempDir>) -> Server {
-    let store = keyward_store::open(db).await.expect("store");
-    let state = AppState::new(store, Arc::new(SystemClock), Config::default());
-    let ctx = Ctx::operator(Actor::cli("bench"));
-    let (_, admin) = service::create_token(
-        state.records(),
-        &ctx.allow().expect("operator"),
-        service::CreateToken {
-            name: "admin".into(),
-            role: Role::Admin,
-            keyspace_ids: None,
-            ttl_secs: None,
-        },
-    )
-    .await
-    .expect("token");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let st = state.clone();
-    tokio::spawn(async move {
-        let _ = keyward_server::serve(listener, st, std::future::pending()).await;
-    });
+    let (url, admin, state) = common::serve(db).await;
     let client = Client::builder(url)
         .token(admin.expose())
         .timeout(Duration::from_secs(120))

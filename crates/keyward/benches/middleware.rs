@@ -11,7 +11,8 @@
 
 #![allow(clippy::expect_used)] // a benchmark whose setup fails should stop loudly
 
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -21,10 +22,6 @@ use axum::Router;
 use criterion::{criterion_group, criterion_main, Criterion};
 use keyward_client::layer::{KeywardLayer, VerifiedKey};
 use keyward_client::{Client, CreateKey, CreateKeyspace, VerifyRequest};
-use keyward_core::model::{Actor, Role};
-use keyward_core::time::SystemClock;
-use keyward_server::authz::Ctx;
-use keyward_server::{service, AppState, Config};
 use tower::ServiceExt;
 
 async fn handler() -> &'static str {
@@ -61,28 +58,7 @@ mod tempdir {
 async fn start() -> Setup {
     let dir = tempdir::Dir::new();
     let db = format!("sqlite://{}", dir.0.join("k.db").display());
-    let store = keyward_store::open(&db).await.expect("store");
-    let state = AppState::new(store, Arc::new(SystemClock), Config::default());
-    let ctx = Ctx::operator(Actor::cli("bench"));
-    let (_, admin) = service::create_token(
-        state.records(),
-        &ctx.allow().expect("operator"),
-        service::CreateToken {
-            name: "admin".into(),
-            role: Role::Admin,
-            keyspace_ids: None,
-            ttl_secs: None,
-        },
-    )
-    .await
-    .expect("token");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        let _ = keyward_server::serve(listener, state, std::future::pending()).await;
-    });
+    let (url, admin, _state) = common::serve(&db).await;
     let kw = Client::builder(url.clone())
         .token(admin.expose())
         .build()
