@@ -104,6 +104,11 @@ named! {
         KeyInactiveRevoked => "key.inactive_revoked",
         KeyAnomaly => "key.anomaly",
         KeyLeaked => "key.leaked",
+        /// Every key of the identity verifies `DISABLED` from now on.
+        IdentityDisabled => "identity.disabled",
+        /// The identity's keys verify as their own state says again (enabled, or deleted while
+        /// disabled).
+        IdentityEnabled => "identity.enabled",
     }
 }
 

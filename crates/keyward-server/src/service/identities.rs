@@ -7,16 +7,17 @@
 //! reading one is open to every reader, and its usage counts only the keys the reader sees.
 
 use keyward_core::api::{CreateIdentity, PatchIdentity};
-use keyward_core::kinds::{AuditAction, Granularity, TargetType};
+use keyward_core::kinds::{AuditAction, Granularity, TargetType, WebhookEvent};
 use keyward_core::model::{check_meta, check_name, Identity, KeyStatus};
 use keyward_core::time::Timestamp;
 use keyward_store::{Bucket, KeyFilter, Page, StoreError, StoreTx, TimeCursor};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::reads::within_limit;
 use super::{change, Forget};
 use crate::authz::{Allowed, ReadKeys, WriteKeys};
 use crate::error::{Error, Result};
+use crate::events::identity_event;
 use crate::state::{Control, Records};
 
 fn not_found() -> Error {
@@ -92,10 +93,20 @@ pub async fn create_identity(
         Vec::new()
     } else {
         tx.announce_owner(&identity.id, now).await?;
+        tx.enqueue(&identity_event(
+            WebhookEvent::IdentityDisabled,
+            &identity,
+            now,
+            Map::new(),
+        ))
+        .await?;
         live_hashes(&mut tx, &identity.id, now).await?
     };
     let _forget = Forget::keys(st, hashes);
     tx.commit().await?;
+    if !identity.enabled {
+        st.webhook_wake.notify_one();
+    }
     Ok(identity)
 }
 
@@ -156,14 +167,25 @@ pub async fn update_identity(
     new.updated_at = now;
     tx.update_identity(&new).await?;
     tx.append_audit(ev).await?;
-    let hashes = if old.enabled != new.enabled {
+    let toggled = old.enabled != new.enabled;
+    let hashes = if toggled {
         tx.announce_owner(id, now).await?;
+        let kind = if new.enabled {
+            WebhookEvent::IdentityEnabled
+        } else {
+            WebhookEvent::IdentityDisabled
+        };
+        tx.enqueue(&identity_event(kind, &new, now, Map::new()))
+            .await?;
         live_hashes(&mut tx, id, now).await?
     } else {
         Vec::new()
     };
     let _forget = Forget::keys(st, hashes);
     tx.commit().await?;
+    if toggled {
+        st.webhook_wake.notify_one();
+    }
     Ok(new)
 }
 
@@ -183,10 +205,22 @@ pub async fn delete_identity(st: &Control, who: &Allowed<'_, WriteKeys>, id: &st
         Vec::new()
     } else {
         tx.announce_owner(id, now).await?;
+        let mut extra = Map::new();
+        extra.insert("deleted".into(), Value::Bool(true));
+        tx.enqueue(&identity_event(
+            WebhookEvent::IdentityEnabled,
+            &old,
+            now,
+            extra,
+        ))
+        .await?;
         live_hashes(&mut tx, id, now).await?
     };
     let _forget = Forget::keys(st, hashes);
     tx.commit().await?;
+    if !old.enabled {
+        st.webhook_wake.notify_one();
+    }
     Ok(())
 }
 

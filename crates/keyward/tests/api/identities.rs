@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::both;
-use crate::helpers::{spawn_node, TestApp};
+use crate::helpers::{spawn_node, Receiver, TestApp};
 
 async fn an_identity_covers_its_owners_keys_and_disabling_it_disables_them(app: TestApp) {
     let ks = app.keyspace(json!({})).await;
@@ -346,3 +346,34 @@ async fn the_cli_manages_identities(app: TestApp) {
     assert!(o.status.success());
 }
 both!(the_cli_manages_identities);
+
+async fn disabling_and_enabling_an_identity_are_announced_to_webhooks(app: TestApp) {
+    let rx = Receiver::start(0).await;
+    app.webhook(&rx, &["identity.disabled", "identity.enabled"])
+        .await;
+    app.post("/v1/identities", json!({"id": "acme"}))
+        .await
+        .expect(201);
+    // A change that does not change how the keys verify sends nothing.
+    app.patch("/v1/identities/acme", json!({"name": "Acme"}))
+        .await
+        .expect(200);
+    app.patch("/v1/identities/acme", json!({"enabled": false}))
+        .await
+        .expect(200);
+    let disabled = rx.wait_for("identity.disabled", 1).await;
+    assert_eq!(disabled[0]["data"]["identity"]["id"], "acme");
+    assert_eq!(disabled[0]["data"]["identity"]["enabled"], false);
+    app.send(
+        reqwest::Method::DELETE,
+        "/v1/identities/acme",
+        Some(&app.admin),
+        None,
+    )
+    .await;
+    let enabled = rx.wait_for("identity.enabled", 1).await;
+    assert_eq!(enabled[0]["data"]["deleted"], true);
+    assert!(rx.all_signatures_valid());
+    assert_eq!(rx.received("identity.disabled").len(), 1);
+}
+both!(disabling_and_enabling_an_identity_are_announced_to_webhooks);
