@@ -121,39 +121,52 @@ fn check_pbkdf2(s: &str) -> Result<(u32, &str, Vec<u8>), String> {
     Ok((iterations, salt, hash))
 }
 
+/// The algorithm of a stored string that passed [`check`] (by its form).
+pub fn algorithm(stored: &str) -> HashAlgorithm {
+    if stored.starts_with("$argon2") {
+        HashAlgorithm::Argon2id
+    } else if stored.starts_with("$2") {
+        HashAlgorithm::Bcrypt
+    } else {
+        HashAlgorithm::Pbkdf2Sha256
+    }
+}
+
 /// Whether `key` is the key `stored` (a string that passed [`check`]) was made from. Costly
 /// by design: call it off the async runtime.
 pub fn matches(stored: &str, key: &str) -> bool {
-    if stored.starts_with("$argon2") {
-        if check_argon2(stored).is_err() {
-            return false;
+    match algorithm(stored) {
+        HashAlgorithm::Argon2id => {
+            check_argon2(stored).is_ok()
+                && PasswordHash::new(stored).is_ok_and(|h| {
+                    Argon2::default()
+                        .verify_password(key.as_bytes(), &h)
+                        .is_ok()
+                })
         }
-        return PasswordHash::new(stored).is_ok_and(|h| {
-            Argon2::default()
-                .verify_password(key.as_bytes(), &h)
-                .is_ok()
-        });
-    }
-    if stored.starts_with("$2") {
         // bcrypt reads 72 bytes: a longer key would match on its first 72 alone.
-        return key.len() <= 72
-            && check_bcrypt(stored).is_ok()
-            && bcrypt::verify(key, stored).unwrap_or(false);
+        HashAlgorithm::Bcrypt => {
+            key.len() <= 72
+                && check_bcrypt(stored).is_ok()
+                && bcrypt::verify(key, stored).unwrap_or(false)
+        }
+        HashAlgorithm::Pbkdf2Sha256 | HashAlgorithm::Sha256 => {
+            let Ok((iterations, salt, hash)) = check_pbkdf2(stored) else {
+                return false;
+            };
+            let Some(n) = std::num::NonZeroU32::new(iterations) else {
+                return false;
+            };
+            ring::pbkdf2::verify(
+                ring::pbkdf2::PBKDF2_HMAC_SHA256,
+                n,
+                salt.as_bytes(),
+                key.as_bytes(),
+                &hash,
+            )
+            .is_ok()
+        }
     }
-    if let Ok((iterations, salt, hash)) = check_pbkdf2(stored) {
-        let Some(n) = std::num::NonZeroU32::new(iterations) else {
-            return false;
-        };
-        return ring::pbkdf2::verify(
-            ring::pbkdf2::PBKDF2_HMAC_SHA256,
-            n,
-            salt.as_bytes(),
-            key.as_bytes(),
-            &hash,
-        )
-        .is_ok();
-    }
-    false
 }
 
 /// The SHA-256 of a key given as 64 hex characters or base64 (standard or URL-safe, padded or

@@ -34,14 +34,25 @@ fn check_id(id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Hashes of the owner's keys that can still verify, for this node's cache.
-async fn live_hashes(
+/// The identity's keys now verify differently (`enabled`: again, or no longer): a feed row per
+/// key for the other nodes, the webhook event, and the hashes this node's cache must forget.
+async fn keys_toggled(
     tx: &mut Box<dyn StoreTx>,
-    owner: &str,
+    identity: &Identity,
+    enabled: bool,
+    extra: Map<String, Value>,
     now: Timestamp,
 ) -> Result<Vec<keyward_core::keyformat::KeyHash>> {
+    tx.announce_owner(&identity.id, now).await?;
+    let kind = if enabled {
+        WebhookEvent::IdentityEnabled
+    } else {
+        WebhookEvent::IdentityDisabled
+    };
+    tx.enqueue(&identity_event(kind, identity, now, extra))
+        .await?;
     Ok(tx
-        .live_keys_of_owner(owner, None, now)
+        .live_keys_of_owner(&identity.id, None, now)
         .await?
         .into_iter()
         .map(|k| k.hash)
@@ -92,15 +103,7 @@ pub async fn create_identity(
     let hashes = if identity.enabled {
         Vec::new()
     } else {
-        tx.announce_owner(&identity.id, now).await?;
-        tx.enqueue(&identity_event(
-            WebhookEvent::IdentityDisabled,
-            &identity,
-            now,
-            Map::new(),
-        ))
-        .await?;
-        live_hashes(&mut tx, &identity.id, now).await?
+        keys_toggled(&mut tx, &identity, false, Map::new(), now).await?
     };
     let _forget = Forget::keys(st, hashes);
     tx.commit().await?;
@@ -169,15 +172,7 @@ pub async fn update_identity(
     tx.append_audit(ev).await?;
     let toggled = old.enabled != new.enabled;
     let hashes = if toggled {
-        tx.announce_owner(id, now).await?;
-        let kind = if new.enabled {
-            WebhookEvent::IdentityEnabled
-        } else {
-            WebhookEvent::IdentityDisabled
-        };
-        tx.enqueue(&identity_event(kind, &new, now, Map::new()))
-            .await?;
-        live_hashes(&mut tx, id, now).await?
+        keys_toggled(&mut tx, &new, new.enabled, Map::new(), now).await?
     } else {
         Vec::new()
     };
@@ -204,17 +199,9 @@ pub async fn delete_identity(st: &Control, who: &Allowed<'_, WriteKeys>, id: &st
     let hashes = if old.enabled {
         Vec::new()
     } else {
-        tx.announce_owner(id, now).await?;
         let mut extra = Map::new();
         extra.insert("deleted".into(), Value::Bool(true));
-        tx.enqueue(&identity_event(
-            WebhookEvent::IdentityEnabled,
-            &old,
-            now,
-            extra,
-        ))
-        .await?;
-        live_hashes(&mut tx, id, now).await?
+        keys_toggled(&mut tx, &old, true, extra, now).await?
     };
     let _forget = Forget::keys(st, hashes);
     tx.commit().await?;

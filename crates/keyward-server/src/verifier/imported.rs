@@ -250,13 +250,7 @@ impl Verifier {
         let now = self.clock.now();
         let mut tx = self.store.begin().await?;
         if tx.rehash(&c.key_id, &hash, now).await? {
-            let algorithm = if c.slow_hash.starts_with("$argon2") {
-                "argon2id"
-            } else if c.slow_hash.starts_with("$2") {
-                "bcrypt"
-            } else {
-                "pbkdf2-sha256"
-            };
+            let algorithm = crate::slowhash::algorithm(&c.slow_hash).as_str();
             let mut changes = Map::new();
             changes.insert("hash".into(), json!([algorithm, "sha256"]));
             tx.append_audit(NewEvent {

@@ -26,14 +26,11 @@ macro_rules! for_backend {
                 .execute(&mut *conn)
                 .await
                 .map_err(map_err)?;
-            if !$notify.is_empty() {
-                // Delivered at commit; PostgreSQL folds repeats within one transaction.
-                sqlx::query($notify).execute(&mut *conn).await.map_err(map_err)?;
-            }
-            Ok(())
+            notify(conn).await
         }
 
-        /// Wakes the other nodes' followers at commit (where the backend can).
+        /// Wakes the other nodes' followers at commit (where the backend can; PostgreSQL folds
+        /// repeats within one transaction).
         pub(super) async fn notify(conn: &mut <$DB as sqlx::Database>::Connection) -> Result<()> {
             if !$notify.is_empty() {
                 sqlx::query($notify).execute(&mut *conn).await.map_err(map_err)?;
@@ -41,22 +38,19 @@ macro_rules! for_backend {
             Ok(())
         }
 
-        /// The feed row of a keyspace written in this transaction (its id in `key_id`, a zero
-        /// hash, `keyspace` set).
-        pub(super) async fn keyspace_changed(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, ks: &keyward_core::model::Keyspace) -> Result<()> {
+        /// The feed row of keyspace `id`, dated `at` (its id in `key_id`, a zero hash,
+        /// `keyspace` set): its rules changed, or keys were imported into it.
+        pub(super) async fn keyspace_changed(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, id: &str, at: Timestamp) -> Result<()> {
             sqlx::query("INSERT INTO change_feed (key_id, key_hash, at, origin, keyspace) VALUES ($1, $2, $3, $4, $5)")
-                .bind(&ks.id)
+                .bind(id)
                 .bind(vec![0u8; 32])
-                .bind(ks.updated_at.millis())
+                .bind(at.millis())
                 .bind(node)
                 .bind(true)
                 .execute(&mut *conn)
                 .await
                 .map_err(map_err)?;
-            if !$notify.is_empty() {
-                sqlx::query($notify).execute(&mut *conn).await.map_err(map_err)?;
-            }
-            Ok(())
+            notify(conn).await
         }
 
         /// The feed row of a key whose quota was set anew in this transaction (`quota`: every
@@ -72,10 +66,7 @@ macro_rules! for_backend {
             .execute(&mut *conn)
             .await
             .map_err(map_err)?;
-            if !$notify.is_empty() {
-                sqlx::query($notify).execute(&mut *conn).await.map_err(map_err)?;
-            }
-            Ok(())
+            notify(conn).await
         }
 
         pub(super) async fn changes_after(pool: &sqlx::Pool<$DB>, seq: i64, limit: i64) -> Result<Vec<Change>> {

@@ -4,9 +4,9 @@
 //! those keys that is not revoked (`announce`), in the same transaction, and the other nodes
 //! read them again.
 
-/// This file's SQL for one backend (`$notify`: see `feed.rs`).
+/// This file's SQL for one backend.
 macro_rules! for_backend {
-    ($DB:ty, $Row:ty, $notify:literal) => {
+    ($DB:ty, $Row:ty) => {
         use keyward_core::model::Identity;
         use keyward_core::time::Timestamp;
 
@@ -109,8 +109,8 @@ macro_rules! for_backend {
             .execute(&mut *conn)
             .await
             .map_err(map_err)?;
-            if r.rows_affected() > 0 && !$notify.is_empty() {
-                sqlx::query($notify).execute(&mut *conn).await.map_err(map_err)?;
+            if r.rows_affected() > 0 {
+                super::feed::notify(conn).await?;
             }
             Ok(())
         }

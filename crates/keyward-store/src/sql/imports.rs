@@ -76,21 +76,6 @@ macro_rules! for_backend {
             Ok(row.is_some())
         }
 
-        /// A keyspace's feed row at `at` (an import into it: the other nodes forget what they
-        /// cached as missing).
-        pub(super) async fn announce_import(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, keyspace_id: &str, at: keyward_core::time::Timestamp) -> Result<()> {
-            sqlx::query("INSERT INTO change_feed (key_id, key_hash, at, origin, keyspace) VALUES ($1, $2, $3, $4, $5)")
-                .bind(keyspace_id)
-                .bind(vec![0u8; 32])
-                .bind(at.millis())
-                .bind(node)
-                .bind(true)
-                .execute(&mut *conn)
-                .await
-                .map_err(map_err)?;
-            super::feed::notify(conn).await
-        }
-
         /// Live keys (not revoked, not expired at `now`) still held as a salted hash whose
         /// lookup is one of `lookups`, in `keyspaces` (`None`: any), longest lookup first.
         pub(super) async fn slow_candidates(

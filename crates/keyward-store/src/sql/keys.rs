@@ -169,7 +169,7 @@ macro_rules! for_backend {
                 .execute(&mut *conn)
                 .await
                 .map_err(map_err)?;
-            super::feed::keyspace_changed(conn, node, ks).await
+            super::feed::keyspace_changed(conn, node, &ks.id, ks.updated_at).await
         }
 
         // ---- keys: reads ----

@@ -58,7 +58,7 @@ macro_rules! sql_backend {
             crate::sql::feed::for_backend!($DB, $notify);
         }
         mod identities {
-            crate::sql::identities::for_backend!($DB, $Row, $notify);
+            crate::sql::identities::for_backend!($DB, $Row);
         }
         mod imports {
             crate::sql::imports::for_backend!($DB, $Row);
@@ -189,7 +189,7 @@ macro_rules! sql_backend {
                     keyspace_id: &str,
                     at: Timestamp,
                 ) -> Result<()> {
-                    imports::announce_import(&mut self.tx, &self.node, keyspace_id, at).await
+                    feed::keyspace_changed(&mut self.tx, &self.node, keyspace_id, at).await
                 }
                 async fn rehash(
                     &mut self,

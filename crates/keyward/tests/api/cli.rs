@@ -10,7 +10,8 @@ use crate::helpers::TestApp;
 
 const BIN: &str = env!("CARGO_BIN_EXE_keyward");
 
-async fn run(url: &str, token: &str, args: &[&str]) -> Output {
+/// Runs the `keyward` binary against `url` with `token` (the other modules' CLI tests use it).
+pub(crate) async fn run(url: &str, token: &str, args: &[&str]) -> Output {
     let (url, token) = (url.to_string(), token.to_string());
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     tokio::task::spawn_blocking(move || {

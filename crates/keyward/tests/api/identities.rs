@@ -303,22 +303,9 @@ async fn the_dashboard_creates_shows_and_disables_an_identity(app: TestApp) {
 both!(the_dashboard_creates_shows_and_disables_an_identity);
 
 async fn the_cli_manages_identities(app: TestApp) {
-    let bin = env!("CARGO_BIN_EXE_keyward");
-    let run = |args: Vec<&str>| {
+    let run = |args: Vec<&'static str>| {
         let (url, token) = (app.url.clone(), app.admin.clone());
-        let args: Vec<String> = args.into_iter().map(String::from).collect();
-        async move {
-            tokio::task::spawn_blocking(move || {
-                std::process::Command::new(bin)
-                    .args(&args)
-                    .env("KEYWARD_URL", url)
-                    .env("KEYWARD_TOKEN", token)
-                    .output()
-                    .unwrap()
-            })
-            .await
-            .unwrap()
-        }
+        async move { crate::cli::run(&url, &token, &args).await }
     };
     let ks = app.keyspace(json!({})).await;
     let (_, key) = app.key(&ks, json!({"owner": "initech"})).await;

@@ -27,11 +27,7 @@ fn getrandom(b: &mut [u8]) {
 }
 
 fn sha256_hex(s: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    keyward_core::keyformat::KeyHash::of(s).to_hex()
 }
 
 fn sha256_b64(s: &str) -> String {
@@ -633,21 +629,8 @@ async fn an_imported_key_verifies_on_every_node(a: TestApp) {
 }
 both!(an_imported_key_verifies_on_every_node);
 
-const BIN: &str = env!("CARGO_BIN_EXE_keyward");
-
 async fn keyward(app: &TestApp, args: &[&str]) -> std::process::Output {
-    let (url, token) = (app.url.clone(), app.admin.clone());
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        std::process::Command::new(BIN)
-            .args(&args)
-            .env("KEYWARD_URL", url)
-            .env("KEYWARD_TOKEN", token)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap()
+    crate::cli::run(&app.url, &app.admin, args).await
 }
 
 async fn the_cli_imports_json_lines_and_csv_in_batches_and_can_run_again(app: TestApp) {
