@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::limits::{NamedLimit, Refill};
 use crate::model::{Key, KeyStatus, Keyspace, RateLimit, Role, Token, Webhook};
 use crate::policy::{double_option, PolicyPatch, Preset};
 use crate::routes::{self, RouteRule, Unmatched};
@@ -85,8 +86,14 @@ pub struct CreateKey {
     pub expires_at: Option<Timestamp>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ratelimit: Option<RateLimit>,
+    /// Named rate limits (exclusive with `ratelimit`, which is one named `default`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratelimits: Option<Vec<NamedLimit>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remaining: Option<i64>,
+    /// Needs `remaining`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refill: Option<Refill>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allowed_cidrs: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -145,12 +152,25 @@ pub struct PatchKey {
         skip_serializing_if = "Option::is_none"
     )]
     pub ratelimit: Option<Option<RateLimit>>,
+    /// The whole list of named limits (`null` or `[]` clears them all).
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ratelimits: Option<Option<Vec<NamedLimit>>>,
     #[serde(
         default,
         deserialize_with = "double_option",
         skip_serializing_if = "Option::is_none"
     )]
     pub remaining: Option<Option<i64>>,
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub refill: Option<Option<Refill>>,
     #[serde(
         default,
         deserialize_with = "double_option",
@@ -220,6 +240,8 @@ pub struct CreateIdentity {
     pub meta: Map<String, Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ratelimits: Vec<NamedLimit>,
 }
 
 /// `PATCH /v1/identities/{id}`: fields left out are unchanged (`null` is refused).
@@ -244,6 +266,13 @@ pub struct PatchIdentity {
         skip_serializing_if = "Option::is_none"
     )]
     pub enabled: Option<bool>,
+    /// The whole list (`[]` clears it).
+    #[serde(
+        default,
+        deserialize_with = "not_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ratelimits: Option<Vec<NamedLimit>>,
 }
 
 /// `POST /v1/keyspaces/{id}/keys/import`: keys issued elsewhere, at most
@@ -311,7 +340,11 @@ pub struct ImportRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ratelimit: Option<RateLimit>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratelimits: Option<Vec<NamedLimit>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub remaining: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refill: Option<Refill>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allowed_cidrs: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -499,6 +532,18 @@ pub struct RateLimitState {
     pub reset_at: Timestamp,
 }
 
+/// A named limit's state in a `VALID` answer's `ratelimits`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamedLimitState {
+    pub name: String,
+    pub limit: i64,
+    pub remaining: i64,
+    pub reset_at: Timestamp,
+    /// The limit is the identity's, counted over all its keys.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub identity: bool,
+}
+
 /// The answer of `POST /v1/verify` (and the body of a forward-auth denial). The key's members
 /// are present when the key was found; `VALID` answers carry all of them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -526,9 +571,15 @@ pub struct VerifyAnswer {
     pub remaining: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ratelimit: Option<RateLimitState>,
-    /// In a `RATE_LIMITED` answer: when the exhausted window resets.
+    /// Every rate limit that applied (the key's and its identity's), after this call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ratelimits: Vec<NamedLimitState>,
+    /// In a `RATE_LIMITED` answer: when the exhausted window resets (the latest of them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reset_at: Option<Timestamp>,
+    /// In a `RATE_LIMITED` answer: the name of the exhausted limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
 }
 
 /// The error envelope of every non-2xx answer: `{"error": {...}}`.

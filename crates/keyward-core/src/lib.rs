@@ -7,6 +7,7 @@
 //! - [`invalid`]: [`invalid::Invalid`], the error of every validator and parser.
 //! - [`id`]: prefixed, time-ordered object ids.
 //! - [`scope`], [`policy`], [`model`]: validated domain types.
+//! - [`limits`]: named rate limits and quota refills.
 //! - [`routes`]: route rules (the scopes a request needs from its method and path).
 //! - [`verify`]: the verification decision, a pure function of key state, request and `now`.
 //! - [`kinds`]: the closed sets of names (audit actions, webhook events, anomaly kinds,
@@ -21,6 +22,7 @@ pub mod id;
 pub mod invalid;
 pub mod keyformat;
 pub mod kinds;
+pub mod limits;
 pub mod model;
 pub mod policy;
 pub mod routes;

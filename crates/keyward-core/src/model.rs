@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::keyformat::{check_no_secret, KeyHash, SECRET_IN_TEXT};
+pub use crate::limits::RateLimit;
+use crate::limits::{NamedLimit, Refill};
 use crate::policy::Policy;
 use crate::time::Timestamp;
 
@@ -74,25 +76,6 @@ impl Actor {
             id: "cli".into(),
             name: name.into(),
         }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimit {
-    pub limit: i64,
-    pub window_secs: i64,
-}
-
-impl RateLimit {
-    pub fn check(&self) -> Result<(), Invalid> {
-        if !(1..=1_000_000_000).contains(&self.limit) {
-            return Err("ratelimit.limit must be an integer in 1..1000000000".into());
-        }
-        if !(1..=31_536_000).contains(&self.window_secs) {
-            return Err("ratelimit.window_secs must be an integer in 1..31536000".into());
-        }
-        Ok(())
     }
 }
 
@@ -169,9 +152,28 @@ pub struct Key {
     pub last_used_at: Option<Timestamp>,
     pub call_count: i64,
     pub denied_count: i64,
+    /// The limit named `default` of `ratelimits` (the one-limit shorthand), kept equal to it
+    /// by [`Key::set_ratelimits`].
     pub ratelimit: Option<RateLimit>,
+    /// Every named rate limit of the key (all must allow a verification). Shown when it says
+    /// more than `ratelimit` (a key of none or only `default` keeps the shape it had).
+    #[serde(default, skip_serializing_if = "crate::limits::only_shorthand")]
+    pub ratelimits: Vec<NamedLimit>,
     pub remaining: Option<i64>,
+    /// How the quota is refilled (`remaining` is set to `refill.amount` each period).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refill: Option<Refill>,
+    /// The start of the refill period `remaining` counts down in (shown with a refill).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refilled_at: Option<Timestamp>,
+    /// When the refill was set: the origin of an interval in seconds.
+    #[serde(skip)]
+    pub refill_anchor: Option<Timestamp>,
     pub allowed_cidrs: Option<Vec<String>>,
+    /// The rate limits of the key's identity, shared by all its keys (read with the key, for
+    /// the verifier; shown on the identity).
+    #[serde(skip)]
+    pub owner_ratelimits: Vec<NamedLimit>,
     /// The key's id in the system it was imported from: shown only on imported keys that
     /// have one (keys keyward issued keep their shape).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -238,11 +240,36 @@ impl Key {
             call_count: 0,
             denied_count: 0,
             ratelimit: None,
+            ratelimits: Vec::new(),
             remaining: None,
+            refill: None,
+            refilled_at: None,
+            refill_anchor: None,
             allowed_cidrs: None,
+            owner_ratelimits: Vec::new(),
             external_id: None,
             owner_disabled: false,
         }
+    }
+
+    /// Sets the key's rate limits (`ratelimit` follows: the one named `default`).
+    pub fn set_ratelimits(&mut self, list: Vec<NamedLimit>) {
+        self.ratelimit = crate::limits::shorthand(&list);
+        self.ratelimits = list;
+    }
+
+    /// The key as of `now` with its quota refilled when a refill period began since the store
+    /// last refilled it (the store refills at the next lease or sweep; a read never lags).
+    pub fn refilled(&self, now: Timestamp) -> Option<Key> {
+        let refill = self.refill?;
+        let start = refill.period_start(self.refill_anchor.unwrap_or(now), now);
+        if self.refilled_at.is_some_and(|r| r >= start) {
+            return None;
+        }
+        let mut k = self.clone();
+        k.remaining = Some(refill.amount);
+        k.refilled_at = Some(start);
+        Some(k)
     }
 
     /// `revoked` > `expired` > `disabled` > `rotating` > `active`, computed at `now`.
@@ -265,14 +292,17 @@ impl Key {
 #[derive(Serialize)]
 pub struct KeyObject<'a> {
     #[serde(flatten)]
-    pub key: &'a Key,
+    pub key: std::borrow::Cow<'a, Key>,
     pub status: KeyStatus,
 }
 
 impl<'a> KeyObject<'a> {
+    /// The key as read at `now`: its status, and its quota refilled when a period began.
     pub fn new(key: &'a Key, now: Timestamp) -> Self {
         KeyObject {
-            key,
+            key: key
+                .refilled(now)
+                .map_or(std::borrow::Cow::Borrowed(key), std::borrow::Cow::Owned),
             status: key.status(now),
         }
     }
@@ -287,6 +317,9 @@ pub struct Identity {
     pub meta: Map<String, Value>,
     /// `false`: every key of the identity verifies `DISABLED` (the keys are not changed).
     pub enabled: bool,
+    /// Rate limits shared by every key of the identity (all of them counted together).
+    #[serde(default)]
+    pub ratelimits: Vec<NamedLimit>,
     pub created_at: Timestamp,
     pub created_by: Actor,
     pub updated_at: Timestamp,

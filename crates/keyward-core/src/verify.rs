@@ -127,6 +127,66 @@ pub struct Window {
     pub count: i64,
 }
 
+/// One rate limit as the verifier holds it (of a key, or of its identity).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limit {
+    pub name: Box<str>,
+    pub limit: i64,
+    pub window_ms: i64,
+}
+
+impl Limit {
+    pub fn new(l: &crate::limits::NamedLimit) -> Self {
+        Limit {
+            name: l.name.as_str().into(),
+            limit: l.limit,
+            window_ms: l.window_secs.saturating_mul(1000).max(1),
+        }
+    }
+
+    /// The start of the window `now` lies in.
+    pub fn window_start(&self, now: Timestamp) -> i64 {
+        now.millis().div_euclid(self.window_ms) * self.window_ms
+    }
+}
+
+/// The count of one limit's current window, found by the limit's name and length (so that a
+/// changed list keeps the counts of the limits it kept).
+#[derive(Clone, Debug)]
+pub struct Slot {
+    pub name: Box<str>,
+    pub window_ms: i64,
+    pub window: Window,
+}
+
+/// The window of `limit` as of `now` in `slots` (added, or started anew when a new window
+/// began).
+pub fn slot<'a>(slots: &'a mut Vec<Slot>, limit: &Limit, now: Timestamp) -> &'a mut Window {
+    let start = limit.window_start(now);
+    let i = match slots
+        .iter()
+        .position(|s| s.window_ms == limit.window_ms && s.name == limit.name)
+    {
+        Some(i) => i,
+        None => {
+            slots.push(Slot {
+                name: limit.name.clone(),
+                window_ms: limit.window_ms,
+                window: Window::default(),
+            });
+            slots.len() - 1
+        }
+    };
+    let w = &mut slots[i].window;
+    if w.start_ms != start {
+        *w = Window {
+            start_ms: start,
+            count: 0,
+        };
+    }
+    w
+}
+
 /// What a valid verification reports about the rate limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateState {
@@ -185,6 +245,43 @@ pub fn check_and_consume(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slot_is_kept_per_limit_name_and_length_and_restarts_each_window() {
+        let burst = Limit {
+            name: "burst".into(),
+            limit: 2,
+            window_ms: 1000,
+        };
+        let daily = Limit {
+            name: "daily".into(),
+            limit: 5,
+            window_ms: 86_400_000,
+        };
+        let mut slots = Vec::new();
+        let t = Timestamp::from_millis(5_500);
+        slot(&mut slots, &burst, t).count += 2;
+        slot(&mut slots, &daily, t).count += 2;
+        assert_eq!(slot(&mut slots, &burst, t).count, 2);
+        assert_eq!(
+            slot(&mut slots, &burst, Timestamp::from_millis(6_000)).count,
+            0
+        );
+        assert_eq!(
+            slot(&mut slots, &daily, Timestamp::from_millis(6_000)).count,
+            2
+        );
+        let longer = Limit {
+            window_ms: 2000,
+            ..burst.clone()
+        };
+        assert_eq!(
+            slot(&mut slots, &longer, t).count,
+            0,
+            "a changed window counts anew"
+        );
+        assert_eq!(slots.len(), 3);
+    }
 
     const SCOPES: [&str; 1] = ["orders:*"];
 

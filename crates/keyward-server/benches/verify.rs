@@ -22,6 +22,9 @@
 //!     the counts (`take_usage`) and write them to SQLite (`apply_usage`): not on the request
 //!     path, but on the same cores.
 //!
+//! - `limits/*`: a whole cached verification of a key with three named rate limits and an
+//!   identity limit, against a key with none (`cargo bench -p keyward-server --bench verify --
+//!   limits`).
 //! - `routes/*`: route rules (forward-auth) with 100 rules: matching alone (the first rule, the
 //!   last, none; a path that needs normalizing), and a whole cached verification with the
 //!   rules against the same verification without them.
@@ -216,6 +219,47 @@ fn routes(c: &mut Criterion) {
     g.finish();
 }
 
+/// A whole cached verification of a key with three named limits and an identity limit (never
+/// exhausted: each limit is 10⁹ per window) against a key with none, side by side.
+fn limits(c: &mut Criterion) {
+    use keyward_core::limits::NamedLimit;
+    let named = |name: &str, window_secs| NamedLimit {
+        name: name.into(),
+        limit: 1_000_000_000,
+        window_secs,
+    };
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let dir = TempDir::new("bench-verify-limits");
+    let state = common::state(&rt, &dir);
+    let mut maker = KeyMaker::new();
+    let (plain_text, plain) = maker.next();
+    let (limited_text, mut limited) = maker.next();
+    limited.set_ratelimits(vec![
+        named("burst", 1),
+        named("minute", 60),
+        named("daily", 86_400),
+    ]);
+    limited.owner = Some("acme".into());
+    limited.owner_ratelimits = vec![named("per-minute", 60)];
+    state.verifier().prime(plain);
+    state.verifier().prime(limited);
+    let (p, l) = (plain_text.expose(), limited_text.expose());
+    let Outcome::Valid { limits, .. } = verify_cached(state.verifier(), l) else {
+        panic!("the limited key verifies");
+    };
+    assert_eq!(limits.len(), 4, "three own limits and the identity's");
+
+    let mut g = c.benchmark_group("limits");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("verify_no_limits", |b| {
+        b.iter(|| verify_cached(state.verifier(), black_box(p)).code())
+    });
+    g.bench_function("verify_3_limits_and_identity", |b| {
+        b.iter(|| verify_cached(state.verifier(), black_box(l)).code())
+    });
+    g.finish();
+}
+
 /// A small deterministic generator for the shuffle (xorshift64*).
 struct Rng(u64);
 
@@ -355,6 +399,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(2))
         .measurement_time(Duration::from_secs(5));
-    targets = steps, routes, cached_10k, cached_1m
+    targets = steps, routes, limits, cached_10k, cached_1m
 }
 criterion_main!(benches);

@@ -178,11 +178,15 @@ async fn decide(
             code,
             entry,
             reset_at,
+            limit,
         } => {
             let (http_status, message) = denial(*code);
             let mut extra = vec![overwrite("x-keyward-code", code.as_str())];
             if let Some(e) = entry {
                 extra.push(overwrite("x-keyward-key-id", e.key_id()));
+                if let Some(l) = limit.and_then(|l| e.limit_of(l)) {
+                    extra.push(overwrite("x-keyward-limit", &l.name));
+                }
             }
             if let (VCode::RateLimited, Some(reset)) = (code, reset_at) {
                 let secs = retry_after_secs(*reset, st.clock().now());

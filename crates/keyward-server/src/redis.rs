@@ -94,10 +94,10 @@ impl RedisLimiter {
         Ok(conn)
     }
 
-    async fn with_conn<F, Fut>(&self, f: F) -> std::io::Result<i64>
+    async fn with_conn<T, F, Fut>(&self, f: F) -> std::io::Result<T>
     where
         F: FnOnce(Conn) -> Fut,
-        Fut: std::future::Future<Output = (Conn, std::io::Result<i64>)>,
+        Fut: std::future::Future<Output = (Conn, std::io::Result<T>)>,
     {
         let conn = match self.idle.lock().await.pop() {
             Some(c) => c,
@@ -115,30 +115,42 @@ impl RedisLimiter {
         result
     }
 
-    fn counter(key_id: &str, window_start_ms: i64) -> String {
-        format!("keyward:rl:{key_id}:{window_start_ms}")
+    /// The counter of a key's limit in the window starting at `window_start_ms`: the limit
+    /// named `default` keeps the name it had when a key had one limit; an identity's limits
+    /// are counted apart from every key's (key ids never start with `i:`; limit names hold no
+    /// `:`).
+    pub(crate) fn counter(owner: CounterOf<'_>, limit: &str, window_start_ms: i64) -> String {
+        match owner {
+            CounterOf::Key(id) if limit == keyward_core::limits::DEFAULT_LIMIT => {
+                format!("keyward:rl:{id}:{window_start_ms}")
+            }
+            CounterOf::Key(id) => format!("keyward:rl:{id}:{limit}:{window_start_ms}"),
+            CounterOf::Identity(id) => format!("keyward:rl:i:{id}:{limit}:{window_start_ms}"),
+        }
     }
 
-    /// Counts one verification in the key's window; returns the count including it.
-    pub(crate) async fn hit(
-        &self,
-        key_id: &str,
-        window_start_ms: i64,
-        window_ms: i64,
-    ) -> std::io::Result<i64> {
-        let k = Self::counter(key_id, window_start_ms);
-        let mut req = command(&[b"INCR", k.as_bytes()]);
-        req.extend(command(&[
-            b"PEXPIRE",
-            k.as_bytes(),
-            (window_ms * 2).to_string().as_bytes(),
-        ]));
+    /// Counts one verification in each counter (name, window length), in one round trip;
+    /// returns each count including it.
+    pub(crate) async fn hit(&self, counters: &[(String, i64)]) -> std::io::Result<Vec<i64>> {
+        let mut req = Vec::new();
+        for (k, window_ms) in counters {
+            req.extend(command(&[b"INCR", k.as_bytes()]));
+            req.extend(command(&[
+                b"PEXPIRE",
+                k.as_bytes(),
+                (window_ms * 2).to_string().as_bytes(),
+            ]));
+        }
+        let n = counters.len();
         self.with_conn(|mut c| async move {
             let r = async {
                 c.get_mut().write_all(&req).await?;
-                let n = reply(&mut c).await?;
-                reply(&mut c).await?;
-                Ok(n)
+                let mut counts = Vec::with_capacity(n);
+                for _ in 0..n {
+                    counts.push(reply(&mut c).await?);
+                    reply(&mut c).await?;
+                }
+                Ok(counts)
             }
             .await;
             (c, r)
@@ -146,19 +158,34 @@ impl RedisLimiter {
         .await
     }
 
-    /// Gives back a slot taken by [`RedisLimiter::hit`] for a verification that was then denied.
-    pub(crate) async fn undo(&self, key_id: &str, window_start_ms: i64) -> std::io::Result<i64> {
-        let req = command(&[b"DECR", Self::counter(key_id, window_start_ms).as_bytes()]);
+    /// Gives back the slots taken by [`RedisLimiter::hit`] for a verification that was then
+    /// denied.
+    pub(crate) async fn undo(&self, counters: &[(String, i64)]) -> std::io::Result<()> {
+        let mut req = Vec::new();
+        for (k, _) in counters {
+            req.extend(command(&[b"DECR", k.as_bytes()]));
+        }
+        let n = counters.len();
         self.with_conn(|mut c| async move {
             let r = async {
                 c.get_mut().write_all(&req).await?;
-                reply(&mut c).await
+                for _ in 0..n {
+                    reply(&mut c).await?;
+                }
+                Ok(())
             }
             .await;
             (c, r)
         })
         .await
     }
+}
+
+/// Whose limit a counter counts.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum CounterOf<'a> {
+    Key(&'a str),
+    Identity(&'a str),
 }
 
 #[cfg(test)]

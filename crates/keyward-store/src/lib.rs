@@ -224,6 +224,17 @@ pub struct AnomalyFilter {
     pub page: Page<TimeCursor>,
 }
 
+/// What [`Store::lease_quota`] granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub granted: i64,
+    /// The unleased quota left after this grant.
+    pub left: i64,
+    /// For a quota with a refill: when the period of this grant ends (its units may not be
+    /// spent from then on).
+    pub until: Option<Timestamp>,
+}
+
 /// A change-feed row: key `key_id` (with hash `key_hash`) changed, or, with `keyspace`, the
 /// keyspace `key_id` (its rules).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -283,6 +294,9 @@ pub trait StoreTx: Send {
     /// Sets a key's quota (`remaining` is otherwise changed only by usage batches, so a stale
     /// read can never overwrite another node's consumption).
     async fn set_remaining(&mut self, id: &str, remaining: Option<i64>) -> Result<()>;
+    /// Writes a key's `refill`, `refill_anchor` and `refilled_at` (with `set_remaining` when
+    /// the quota is set anew).
+    async fn set_refill(&mut self, key: &Key) -> Result<()>;
     /// Keys of `owner` that are neither revoked nor expired at `now`, in the given keyspaces
     /// (`None`: all), for bulk revocation and `max_keys_per_owner`.
     async fn live_keys_of_owner(
@@ -527,16 +541,13 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
     ) -> Result<Vec<Key>>;
 
-    /// Leases up to `want` of a key's unleased quota to this node, atomically across nodes;
-    /// returns (granted, unleased quota left), or `None` when the key has no quota.
-    async fn lease_quota(
-        &self,
-        key_id: &str,
-        want: i64,
-        now: Timestamp,
-    ) -> Result<Option<(i64, i64)>>;
-    /// Gives back an unspent part of this node's lease.
-    async fn return_lease(&self, key_id: &str, amount: i64) -> Result<()>;
+    /// Leases up to `want` of a key's unleased quota to this node, atomically across nodes,
+    /// first refilling it when a refill period began; `None` when the key has no quota.
+    async fn lease_quota(&self, key_id: &str, want: i64, now: Timestamp) -> Result<Option<Lease>>;
+    /// Gives back an unspent part of this node's lease; `until`: the end of the refill period
+    /// it was granted in (a lease of a period that is over is void: nothing goes back).
+    async fn return_lease(&self, key_id: &str, amount: i64, until: Option<Timestamp>)
+        -> Result<()>;
     /// Returns to the pool the leases not touched since `older_than` (nodes that died).
     async fn reclaim_stale_leases(&self, older_than: Timestamp) -> Result<u64>;
 

@@ -381,6 +381,19 @@ pub enum IdentitiesCmd {
         id: String,
         #[arg(long)]
         name: Option<String>,
+        /// A rate limit shared by all its keys, `NAME=LIMIT/WINDOW_SECS` (repeatable), e.g.
+        /// `per-minute=1000/60`.
+        #[arg(long = "limit", value_parser = parse_limit)]
+        limits: Vec<keyward_core::limits::NamedLimit>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Set an identity's rate limits (the whole list; none given clears them).
+    Limits {
+        id: String,
+        /// `NAME=LIMIT/WINDOW_SECS` (repeatable).
+        #[arg(long = "limit", value_parser = parse_limit)]
+        limits: Vec<keyward_core::limits::NamedLimit>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -640,6 +653,18 @@ pub struct ScanArgs {
     pub format: ScanFormat,
     #[command(flatten)]
     pub remote: Remote,
+}
+
+/// `NAME=LIMIT/WINDOW_SECS`, e.g. `burst=10/1` (the server checks the ranges).
+fn parse_limit(s: &str) -> Result<keyward_core::limits::NamedLimit, String> {
+    let bad = || format!("'{s}' is not NAME=LIMIT/WINDOW_SECS (e.g. burst=10/1)");
+    let (name, rest) = s.split_once('=').ok_or_else(bad)?;
+    let (limit, window) = rest.split_once('/').ok_or_else(bad)?;
+    Ok(keyward_core::limits::NamedLimit {
+        name: name.to_string(),
+        limit: limit.parse().map_err(|_| bad())?,
+        window_secs: window.parse().map_err(|_| bad())?,
+    })
 }
 
 #[cfg(test)]

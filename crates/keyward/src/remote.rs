@@ -630,6 +630,7 @@ fn print_identity(remote: &Remote, i: &keyward_client::Identity) {
                 ("ID", "id"),
                 ("NAME", "name"),
                 ("ENABLED", "enabled"),
+                ("LIMITS", "ratelimits"),
                 ("CREATED", "created_at"),
             ],
         );
@@ -638,10 +639,16 @@ fn print_identity(remote: &Remote, i: &keyward_client::Identity) {
 
 async fn identities_(cmd: IdentitiesCmd) -> Outcome {
     match cmd {
-        IdentitiesCmd::Create { id, name, remote } => {
+        IdentitiesCmd::Create {
+            id,
+            name,
+            limits,
+            remote,
+        } => {
             let req = keyward_client::CreateIdentity {
                 id,
                 name,
+                ratelimits: limits,
                 ..Default::default()
             };
             let i = client(&remote)?.create_identity(&req).await?;
@@ -672,6 +679,14 @@ async fn identities_(cmd: IdentitiesCmd) -> Outcome {
         }
         IdentitiesCmd::Show { id, remote } => {
             let i = client(&remote)?.get_identity(&id).await?;
+            print_identity(&remote, &i);
+        }
+        IdentitiesCmd::Limits { id, limits, remote } => {
+            let req = keyward_client::PatchIdentity {
+                ratelimits: Some(limits),
+                ..Default::default()
+            };
+            let i = client(&remote)?.update_identity(&id, &req).await?;
             print_identity(&remote, &i);
         }
         IdentitiesCmd::Disable { id, remote } => {

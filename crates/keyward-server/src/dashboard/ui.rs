@@ -202,6 +202,24 @@ pub(crate) fn human_secs(secs: i64) -> String {
 }
 
 /// A time cell: the date and a relative hint, full time on hover.
+/// Named rate limits as chips (`burst: 10 per 1 s`), or a muted "none".
+pub(crate) fn limits(list: &[keyward_core::limits::NamedLimit]) -> Markup {
+    html! {
+        @if list.is_empty() { span.muted { "none" } }
+        @for l in list { span.chip data-limit=(l.name) { (l.name) ": " (l.limit) " per " (human_secs(l.window_secs)) } }
+    }
+}
+
+/// A quota's refill, in words.
+pub(crate) fn refill(r: &keyward_core::limits::Refill) -> String {
+    use keyward_core::limits::Interval;
+    match r.interval {
+        Interval::Daily => format!("to {} daily (00:00 UTC)", r.amount),
+        Interval::Monthly => format!("to {} monthly (the 1st, 00:00 UTC)", r.amount),
+        Interval::Secs(n) => format!("to {} every {}", r.amount, human_secs(n)),
+    }
+}
+
 pub(crate) fn when(t: Option<Timestamp>, now: Timestamp, never: &str) -> Markup {
     match t {
         Some(t) => html! {

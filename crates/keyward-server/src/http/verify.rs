@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::http::error::error_body;
 use crate::http::extract::{authenticate, bearer, client_ip, JsonBody, Params};
 use crate::state::AppState;
-use crate::verifier::{Outcome, Request};
+use crate::verifier::{Exhausted, Outcome, Request};
 
 const MAX_COST: i64 = 1_000_000_000;
 
@@ -114,6 +114,7 @@ fn outcome_body(o: &Outcome) -> Vec<u8> {
             entry,
             remaining,
             rate,
+            limits,
         } => {
             let mut out = Vec::with_capacity(entry.answer_len() + 160);
             out.extend_from_slice(b"{\"valid\":true,\"code\":\"VALID\",");
@@ -133,6 +134,35 @@ fn outcome_body(o: &Outcome) -> Vec<u8> {
                 }
                 None => out.extend_from_slice(b"null"),
             }
+            // `ratelimits` when it says more than `ratelimit` (an answer about none, or only the
+            // `default` limit, keeps the shape it had).
+            if limits.len() > usize::from(rate.is_some()) {
+                // Limit names need no JSON escaping (their grammar excludes it).
+                out.extend_from_slice(b",\"ratelimits\":[");
+                for (i, s) in limits.iter().enumerate() {
+                    let l = entry.limit_of(Exhausted {
+                        index: s.index,
+                        identity: s.identity,
+                    });
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(b"{\"name\":\"");
+                    out.extend_from_slice(l.map_or("", |l| &l.name).as_bytes());
+                    out.extend_from_slice(b"\",\"limit\":");
+                    push_int(&mut out, l.map(|l| l.limit));
+                    out.extend_from_slice(b",\"remaining\":");
+                    push_int(&mut out, Some(s.remaining));
+                    out.extend_from_slice(b",\"reset_at\":\"");
+                    out.extend_from_slice(s.reset_at.to_rfc3339().as_bytes());
+                    out.push(b'"');
+                    if s.identity {
+                        out.extend_from_slice(b",\"identity\":true");
+                    }
+                    out.push(b'}');
+                }
+                out.push(b']');
+            }
             out.push(b'}');
             out
         }
@@ -140,6 +170,7 @@ fn outcome_body(o: &Outcome) -> Vec<u8> {
             code,
             entry,
             reset_at,
+            limit,
         } => {
             #[derive(Serialize)]
             struct Denied<'a> {
@@ -152,6 +183,9 @@ fn outcome_body(o: &Outcome) -> Vec<u8> {
                 /// `RATE_LIMITED` only: when the exhausted window resets.
                 #[serde(skip_serializing_if = "Option::is_none")]
                 reset_at: Option<keyward_core::time::Timestamp>,
+                /// `RATE_LIMITED` only: the exhausted limit's name.
+                #[serde(skip_serializing_if = "Option::is_none")]
+                limit: Option<&'a str>,
             }
             serde_json::to_vec(&Denied {
                 valid: false,
@@ -159,6 +193,10 @@ fn outcome_body(o: &Outcome) -> Vec<u8> {
                 key_id: entry.as_ref().map(|e| e.key_id()),
                 keyspace_id: entry.as_ref().map(|e| e.keyspace_id()),
                 reset_at: reset_at.filter(|_| *code == VCode::RateLimited),
+                limit: match (entry, limit) {
+                    (Some(e), Some(l)) => e.limit_of(*l).map(|l| &*l.name),
+                    _ => None,
+                },
             })
             .unwrap_or_default()
         }
@@ -278,11 +316,17 @@ pub(crate) async fn forward_auth(
             res
         }
     };
-    if let Outcome::Denied { code, entry, .. } = &outcome {
+    if let Outcome::Denied {
+        code, entry, limit, ..
+    } = &outcome
+    {
         // The code in a header too: nginx's auth_request passes on the status but not the body.
         set(res.headers_mut(), CODE_HEADER, code.as_str());
         if let Some(e) = entry {
             set(res.headers_mut(), KEY_ID_HEADER, e.key_id());
+            if let Some(l) = limit.and_then(|l| e.limit_of(l)) {
+                set(res.headers_mut(), LIMIT_HEADER, &l.name);
+            }
         }
     }
     // Other query parameters belong to the proxied request; forward-auth ignores them.
@@ -293,6 +337,8 @@ pub(crate) async fn forward_auth(
 // Header names built once (a name from a string is parsed on every insert).
 const KEY_ID_HEADER: HeaderName = HeaderName::from_static("x-keyward-key-id");
 const CODE_HEADER: HeaderName = HeaderName::from_static("x-keyward-code");
+/// On `RATE_LIMITED`: the name of the exhausted limit.
+const LIMIT_HEADER: HeaderName = HeaderName::from_static("x-keyward-limit");
 /// The names of [`identity`]'s headers, in its order.
 const IDENTITY_HEADERS: [HeaderName; 5] = [
     KEY_ID_HEADER,

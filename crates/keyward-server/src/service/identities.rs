@@ -1,7 +1,8 @@
 //! Identities: the owner string keys carry, as an object. Creating one changes nothing about
 //! its keys; disabling it makes every key of the owner verify `DISABLED` (the keys themselves
 //! are not changed), on this node before the call answers and on the others through the change
-//! feed (one row per key, written with the change). Every change is audited.
+//! feed (one row per key, written with the change). Its rate limits, counted over all its
+//! keys together, travel the same way. Every change is audited.
 //!
 //! Identities span keyspaces, so changing one needs a token that is not limited to keyspaces;
 //! reading one is open to every reader, and its usage counts only the keys the reader sees.
@@ -34,8 +35,24 @@ fn check_id(id: &str) -> Result<()> {
     Ok(())
 }
 
-/// The identity's keys now verify differently (`enabled`: again, or no longer): a feed row per
-/// key for the other nodes, the webhook event, and the hashes this node's cache must forget.
+/// The identity's keys now verify differently (its rate limits changed): a feed row per key
+/// for the other nodes, and the hashes this node's cache must forget.
+async fn keys_changed(
+    tx: &mut Box<dyn StoreTx>,
+    id: &str,
+    now: Timestamp,
+) -> Result<Vec<keyward_core::keyformat::KeyHash>> {
+    tx.announce_owner(id, now).await?;
+    Ok(tx
+        .live_keys_of_owner(id, None, now)
+        .await?
+        .into_iter()
+        .map(|k| k.hash)
+        .collect())
+}
+
+/// The identity's keys now verify again, or no longer (`enabled`): [`keys_changed`], and the
+/// webhook event.
 async fn keys_toggled(
     tx: &mut Box<dyn StoreTx>,
     identity: &Identity,
@@ -43,7 +60,6 @@ async fn keys_toggled(
     extra: Map<String, Value>,
     now: Timestamp,
 ) -> Result<Vec<keyward_core::keyformat::KeyHash>> {
-    tx.announce_owner(&identity.id, now).await?;
     let kind = if enabled {
         WebhookEvent::IdentityEnabled
     } else {
@@ -51,12 +67,12 @@ async fn keys_toggled(
     };
     tx.enqueue(&identity_event(kind, identity, now, extra))
         .await?;
-    Ok(tx
-        .live_keys_of_owner(&identity.id, None, now)
-        .await?
-        .into_iter()
-        .map(|k| k.hash)
-        .collect())
+    keys_changed(tx, &identity.id, now).await
+}
+
+fn check_limits(list: &[keyward_core::limits::NamedLimit]) -> Result<()> {
+    keyward_core::limits::check_ratelimits(list, "ratelimits")
+        .map_err(|e| Error::bad_request(String::from(e)))
 }
 
 pub async fn create_identity(
@@ -70,12 +86,14 @@ pub async fn create_identity(
     let name = input.name.unwrap_or_else(|| input.id.clone());
     check_name("name", &name).map_err(Error::bad_request)?;
     check_meta(&input.meta).map_err(Error::bad_request)?;
+    check_limits(&input.ratelimits)?;
     let now = st.records.clock.now();
     let identity = Identity {
         id: input.id,
         name,
         meta: input.meta,
         enabled: input.enabled.unwrap_or(true),
+        ratelimits: input.ratelimits,
         created_at: now,
         created_by: ctx.actor.clone(),
         updated_at: now,
@@ -98,12 +116,22 @@ pub async fn create_identity(
     if !identity.meta.is_empty() {
         change(&mut ev.changes, "meta", Value::Null, &identity.meta);
     }
+    if !identity.ratelimits.is_empty() {
+        change(
+            &mut ev.changes,
+            "ratelimits",
+            Value::Null,
+            &identity.ratelimits,
+        );
+    }
     tx.append_audit(ev).await?;
     // Only a change of how the keys verify is announced (to every node, one row per key).
-    let hashes = if identity.enabled {
-        Vec::new()
-    } else {
+    let hashes = if !identity.enabled {
         keys_toggled(&mut tx, &identity, false, Map::new(), now).await?
+    } else if !identity.ratelimits.is_empty() {
+        keys_changed(&mut tx, &identity.id, now).await?
+    } else {
+        Vec::new()
     };
     let _forget = Forget::keys(st, hashes);
     tx.commit().await?;
@@ -147,6 +175,9 @@ pub async fn update_identity(
     if let Some(m) = &p.meta {
         check_meta(m).map_err(Error::bad_request)?;
     }
+    if let Some(l) = &p.ratelimits {
+        check_limits(l)?;
+    }
     let mut tx = st.records.store.begin().await?;
     let old = tx.identity(id).await?.ok_or_else(not_found)?;
     let mut new = old.clone();
@@ -159,11 +190,20 @@ pub async fn update_identity(
     if let Some(e) = p.enabled {
         new.enabled = e;
     }
+    if let Some(l) = p.ratelimits {
+        new.ratelimits = l;
+    }
     let now = st.records.clock.now();
     let mut ev = ctx.event(now, AuditAction::IdentityUpdate, TargetType::Identity, id);
     change(&mut ev.changes, "name", &old.name, &new.name);
     change(&mut ev.changes, "meta", &old.meta, &new.meta);
     change(&mut ev.changes, "enabled", old.enabled, new.enabled);
+    change(
+        &mut ev.changes,
+        "ratelimits",
+        &old.ratelimits,
+        &new.ratelimits,
+    );
     if ev.changes.is_empty() {
         return Ok(old);
     }
@@ -173,6 +213,8 @@ pub async fn update_identity(
     let toggled = old.enabled != new.enabled;
     let hashes = if toggled {
         keys_toggled(&mut tx, &new, new.enabled, Map::new(), now).await?
+    } else if old.ratelimits != new.ratelimits {
+        keys_changed(&mut tx, id, now).await?
     } else {
         Vec::new()
     };
@@ -196,8 +238,10 @@ pub async fn delete_identity(st: &Control, who: &Allowed<'_, WriteKeys>, id: &st
     change(&mut ev.changes, "name", &old.name, Value::Null);
     change(&mut ev.changes, "enabled", old.enabled, Value::Null);
     tx.append_audit(ev).await?;
-    let hashes = if old.enabled {
+    let hashes = if old.enabled && old.ratelimits.is_empty() {
         Vec::new()
+    } else if old.enabled {
+        keys_changed(&mut tx, id, now).await?
     } else {
         let mut extra = Map::new();
         extra.insert("deleted".into(), Value::Bool(true));

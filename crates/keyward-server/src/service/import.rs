@@ -24,8 +24,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::{
-    change, check_lifetime, check_owner, check_owner_limit, check_ratelimit, check_remaining,
-    not_found, Forget,
+    change, check_lifetime, check_owner, check_owner_limit, check_remaining, not_found, Forget,
 };
 use crate::authz::{Allowed, Ctx, WriteKeys, WriteKeyspaces};
 use crate::error::{Error, Result};
@@ -85,8 +84,12 @@ fn prepare(
     check_scopes(&r.scopes).map_err(|e| bad(i, "scopes", e))?;
     check_labels(&r.labels).map_err(|e| bad(i, "labels", e))?;
     check_meta(&r.meta).map_err(|e| bad(i, "meta", e))?;
-    check_ratelimit(&r.ratelimit).map_err(|e| bad(i, "ratelimit", &e.message))?;
+    let ratelimits =
+        super::limits::merged(&[], r.ratelimit.map(Some), r.ratelimits.clone().map(Some))
+            .map_err(|e| bad(i, "ratelimits", e))?
+            .unwrap_or_default();
     check_remaining(r.remaining).map_err(|e| bad(i, "remaining", &e.message))?;
+    super::limits::check_refill(r.refill.as_ref(), r.remaining).map_err(|e| bad(i, "refill", e))?;
     if let Some(c) = &r.allowed_cidrs {
         check_cidrs(c).map_err(|e| bad(i, "allowed_cidrs", e))?;
     }
@@ -213,8 +216,9 @@ fn prepare(
     key.labels = r.labels;
     key.meta = r.meta;
     key.expires_at = r.expires_at;
-    key.ratelimit = r.ratelimit;
+    key.set_ratelimits(ratelimits);
     key.remaining = r.remaining;
+    super::limits::set_refill(&mut key, r.refill, now);
     key.allowed_cidrs = r.allowed_cidrs;
     key.enabled = r.enabled.unwrap_or(true);
     key.created_at = created_at;

@@ -9,6 +9,7 @@
 
 mod identities;
 mod import;
+mod limits;
 mod reads;
 
 pub use identities::{
@@ -29,7 +30,7 @@ use keyward_core::id::{new_id, KeyId, KeyspaceId, TokenId, WebhookId};
 use keyward_core::keyformat::{self, KeyHash, TOKEN_PREFIX};
 use keyward_core::model::{
     check_cidrs, check_labels, check_meta, check_name, check_reason, check_scopes, Key, KeyStatus,
-    Keyspace, RateLimit, Token,
+    Keyspace, Token,
 };
 use keyward_core::policy::{Policy, Preset, MAX_DURATION_SECS};
 use keyward_core::routes;
@@ -303,11 +304,6 @@ fn check_remaining(r: Option<i64>) -> Result<()> {
     }
 }
 
-fn check_ratelimit(r: &Option<RateLimit>) -> Result<()> {
-    r.as_ref()
-        .map_or(Ok(()), |r| r.check().map_err(Error::bad_request))
-}
-
 /// Whether `expires_at` keeps a key created at `created_at` within the policy's lifetime.
 fn check_lifetime(
     policy: &Policy,
@@ -368,8 +364,11 @@ pub async fn create_key(
     check_scopes(&input.scopes).map_err(Error::bad_request)?;
     check_labels(&input.labels).map_err(Error::bad_request)?;
     check_meta(&input.meta).map_err(Error::bad_request)?;
-    check_ratelimit(&input.ratelimit)?;
+    let ratelimits = limits::merged(&[], input.ratelimit.map(Some), input.ratelimits.map(Some))
+        .map_err(Error::bad_request)?
+        .unwrap_or_default();
     check_remaining(input.remaining)?;
+    limits::check_refill(input.refill.as_ref(), input.remaining).map_err(Error::bad_request)?;
     if let Some(c) = &input.allowed_cidrs {
         check_cidrs(c).map_err(Error::bad_request)?;
     }
@@ -410,8 +409,9 @@ pub async fn create_key(
         k.labels = input.labels;
         k.meta = input.meta;
         k.expires_at = expires_at;
-        k.ratelimit = input.ratelimit;
+        k.set_ratelimits(ratelimits);
         k.remaining = input.remaining;
+        limits::set_refill(k, input.refill, now);
         k.allowed_cidrs = input.allowed_cidrs;
         k.enabled = input.enabled.unwrap_or(true);
     })?;
@@ -430,6 +430,12 @@ pub async fn create_key(
         ("allowed_cidrs", json!(key.allowed_cidrs)),
     ] {
         change(&mut ev.changes, field, Value::Null, v);
+    }
+    if key.ratelimits.len() > usize::from(key.ratelimit.is_some()) {
+        change(&mut ev.changes, "ratelimits", Value::Null, &key.ratelimits);
+    }
+    if key.refill.is_some() {
+        change(&mut ev.changes, "refill", Value::Null, key.refill);
     }
     tx.append_audit(ev).await?;
     tx.enqueue(&key_event(WebhookEvent::KeyCreated, &key, now, Map::new()))
@@ -469,14 +475,19 @@ pub(crate) async fn key_seen(st: &Records, ctx: &Ctx, id: &str) -> Result<Key> {
     Ok(key)
 }
 
-/// During its grace period (rotated, neither revoked nor expired, disabled or not) a rotated
-/// key draws from its successor's quota, so it reports the successor's `remaining`.
+/// The quota a key reports as read now: refilled when a refill period began since the store
+/// last refilled it; during its grace period (rotated, neither revoked nor expired, disabled or
+/// not) a rotated key draws from its successor's quota, so it reports the successor's.
 pub(crate) async fn report_successor_quota(st: &Records, key: &mut Key) -> Result<()> {
+    let now = st.clock.now();
+    if let Some(k) = key.refilled(now) {
+        *key = k;
+    }
     if let (Some(next), Some(_)) = (&key.rotated_to, key.remaining) {
-        let status = key.status(st.clock.now());
+        let status = key.status(now);
         if status != KeyStatus::Revoked && status != KeyStatus::Expired {
             if let Some(s) = st.store.key(next).await? {
-                key.remaining = s.remaining;
+                key.remaining = s.refilled(now).unwrap_or(s).remaining;
             }
         }
     }
@@ -522,11 +533,21 @@ pub async fn update_key(
     if let Some(m) = &meta {
         check_meta(m).map_err(Error::bad_request)?;
     }
-    if let Some(r) = &p.ratelimit {
-        check_ratelimit(r)?;
+    if let (Some(_), Some(_)) = (&p.ratelimit, &p.ratelimits) {
+        return Err(Error::bad_request("give ratelimit or ratelimits, not both"));
     }
+    // Checked whole here; merged with the key's other limits below.
+    limits::merged(&[], p.ratelimit, p.ratelimits.clone()).map_err(Error::bad_request)?;
     if let Some(r) = p.remaining {
         check_remaining(r)?;
+    }
+    if let Some(Some(r)) = &p.refill {
+        r.check().map_err(|e| Error::bad_request(String::from(e)))?;
+        if p.remaining == Some(None) {
+            return Err(Error::bad_request(
+                "refill needs remaining (the quota it refills)",
+            ));
+        }
     }
     if let Some(Some(c)) = &p.allowed_cidrs {
         check_cidrs(c).map_err(Error::bad_request)?;
@@ -540,7 +561,8 @@ pub async fn update_key(
 
     // A quota change must not interleave with a usage batch (see jobs::usage::flush).
     let _gate = st.gate.lock().await;
-    if p.remaining.is_some() {
+    let quota_set = p.remaining.is_some() || p.refill.is_some();
+    if quota_set {
         crate::jobs::usage::flush_locked(st).await?;
     }
     let mut tx = st.records.store.begin().await?;
@@ -571,8 +593,10 @@ pub async fn update_key(
     if let Some(v) = enabled {
         k.enabled = v;
     }
-    if let Some(v) = p.ratelimit {
-        k.ratelimit = v;
+    if let Some(list) =
+        limits::merged(&old.ratelimits, p.ratelimit, p.ratelimits).map_err(Error::bad_request)?
+    {
+        k.set_ratelimits(list);
     }
     if let Some(v) = p.allowed_cidrs {
         k.allowed_cidrs = v;
@@ -603,6 +627,14 @@ pub async fn update_key(
     }
     if let Some(v) = p.remaining {
         k.remaining = v;
+        if v.is_none() {
+            // No quota, nothing to refill.
+            limits::set_refill(&mut k, None, now);
+        }
+    }
+    if let Some(r) = p.refill {
+        limits::check_refill(r.as_ref(), k.remaining).map_err(Error::bad_request)?;
+        limits::set_refill(&mut k, r, now);
     }
 
     let mut ev = ctx.event(now, AuditAction::KeyUpdate, TargetType::Key, id);
@@ -613,6 +645,13 @@ pub async fn update_key(
     change(&mut ev.changes, "meta", &old.meta, &k.meta);
     change(&mut ev.changes, "enabled", old.enabled, k.enabled);
     change(&mut ev.changes, "ratelimit", old.ratelimit, k.ratelimit);
+    change(
+        &mut ev.changes,
+        "ratelimits",
+        &old.ratelimits,
+        &k.ratelimits,
+    );
+    change(&mut ev.changes, "refill", old.refill, k.refill);
     change(
         &mut ev.changes,
         "allowed_cidrs",
@@ -628,12 +667,13 @@ pub async fn update_key(
     }
     k.updated_at = now;
     tx.update_key(&k).await?;
-    if p.remaining.is_some() {
+    if quota_set {
         tx.set_remaining(&k.id, k.remaining).await?;
+        tx.set_refill(&k).await?;
     }
     tx.append_audit(ev).await?;
     let mut forget = Forget::keys(st, vec![k.hash]);
-    if p.remaining.is_some() {
+    if quota_set {
         forget.quota.push((k.hash, k.remaining));
     }
     tx.commit().await?;
@@ -785,9 +825,12 @@ pub async fn rotate_key(
         k.scopes = old.scopes.clone();
         k.labels = old.labels.clone();
         k.meta = old.meta.clone();
-        k.ratelimit = old.ratelimit;
+        k.set_ratelimits(old.ratelimits.clone());
         k.allowed_cidrs = old.allowed_cidrs.clone();
         k.remaining = old.remaining;
+        k.refill = old.refill;
+        k.refill_anchor = old.refill_anchor;
+        k.refilled_at = old.refilled_at;
         k.enabled = old.enabled;
         k.rotated_from = Some(old.id.clone());
         k.expires_at = lifetime.map(|l| now.plus_secs(l));

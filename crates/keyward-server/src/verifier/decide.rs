@@ -1,26 +1,33 @@
 //! The decision on one request for one entry: the rules that need no live state, then the rate
-//! limit (this node's window, or the cluster-wide one counted in Redis) and the quota, and the
-//! counts the verification leaves for the flusher.
+//! limits (the key's and its identity's: this node's windows, or cluster-wide ones counted in
+//! Redis), all of which must allow it, and the quota; and the counts the verification leaves
+//! for the flusher.
 //!
 //! Invariants:
 //! - Deciding never waits: what memory cannot answer is handed back to the caller
 //!   ([`Decision::NeedQuota`]: lease, then decide again; [`Decision::Moved`]: decide again on
 //!   the entry that holds the key's state now).
-//! - Lock order: a rotated key's state, then its successor's (a successor never locks back).
-//! - Only a valid answer spends quota or takes a rate-limit slot: a slot taken in Redis for a
-//!   verification that ends `USAGE_EXCEEDED` is given back (`Verifier::verify_slow`).
+//! - Lock order: a rotated key's state, then its successor's (a successor never locks back),
+//!   then its identity's windows. All are held from the check of the windows to their
+//!   consumption, so a limit is exact on this node.
+//! - Only a valid answer spends quota or takes a rate-limit slot: slots taken in Redis for a
+//!   verification that is then denied are given back (`Verifier::verify_slow`).
+//! - A `RATE_LIMITED` answer names the exhausted limit that resets last (the earliest time a
+//!   retry can succeed).
 //! - Quota is always counted; usage (counts, sources, reactivations) only while counting is on.
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use keyward_core::limits::DEFAULT_LIMIT;
 use keyward_core::time::Timestamp;
-use keyward_core::verify::{check_and_consume, Code, RateState, Window};
+use keyward_core::verify::{check_and_consume, slot, Code, Limit, RateState, Window};
 
 use super::lease::LEASE_RETRY_MS;
-use super::live::{More, NEVER};
+use super::live::{LiveState, NEVER};
 use super::{lock, Entry, Verifier};
+use crate::redis::{CounterOf, RedisLimiter};
 
 /// One verification: the key, the scopes it must hold, where the request came from, and what it
 /// costs.
@@ -46,27 +53,50 @@ pub(super) enum Decision {
     Moved(Arc<Entry>),
 }
 
-/// A rate-limit window counted in Redis: `count` includes this verification.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct SharedWindow {
-    limit: i64,
-    count: i64,
-    pub(super) start: i64,
-    reset_at: Timestamp,
+/// The windows of a verification counted in Redis: one per limit (the key's, then its
+/// identity's), each count including this verification.
+#[derive(Clone, Debug)]
+pub(super) struct SharedWindows {
+    pub(super) counters: Vec<(String, i64)>,
+    counts: Vec<i64>,
+    /// Window starts, in the order of `counters`.
+    starts: Vec<i64>,
+}
+
+/// A limit's state after a valid verification: which limit (`index` into the key's limits, or
+/// its identity's when `identity`), what is left, when its window resets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitState {
+    pub index: u8,
+    pub identity: bool,
+    pub remaining: i64,
+    pub reset_at: Timestamp,
 }
 
 pub enum Outcome {
     Valid {
         entry: Arc<Entry>,
         remaining: Option<i64>,
+        /// The limit named `default` (what `ratelimit` answers about).
         rate: Option<RateState>,
+        /// Every limit that applied, the key's then its identity's.
+        limits: Box<[LimitState]>,
     },
-    /// Denied; `entry` when the key was identified; `reset_at` for `RATE_LIMITED`.
+    /// Denied; `entry` when the key was identified; for `RATE_LIMITED`, `reset_at` (the latest
+    /// reset among the exhausted limits) and `limit`, the one that resets then.
     Denied {
         code: Code,
         entry: Option<Arc<Entry>>,
         reset_at: Option<Timestamp>,
+        limit: Option<Exhausted>,
     },
+}
+
+/// The limit a `RATE_LIMITED` answer names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exhausted {
+    pub index: u8,
+    pub identity: bool,
 }
 
 impl Outcome {
@@ -76,33 +106,125 @@ impl Outcome {
             Outcome::Denied { code, .. } => *code,
         }
     }
+
+    /// A denial of an unidentified key.
+    pub(super) fn not_found() -> Outcome {
+        Outcome::Denied {
+            code: Code::NotFound,
+            entry: None,
+            reset_at: None,
+            limit: None,
+        }
+    }
+}
+
+impl Entry {
+    /// The limit `e` names: the key's, or its identity's.
+    pub fn limit_of(&self, e: Exhausted) -> Option<&Limit> {
+        if e.identity {
+            self.identity_limits().get(usize::from(e.index))
+        } else {
+            self.limits().get(usize::from(e.index))
+        }
+    }
+}
+
+/// The limit that exhausted with the latest reset so far, and that reset.
+type Worst = Option<(Exhausted, Timestamp)>;
+
+fn note_exhausted(worst: &mut Worst, e: Exhausted, reset: Timestamp) {
+    if worst.is_none_or(|(_, r)| reset > r) {
+        *worst = Some((e, reset));
+    }
+}
+
+/// Checks each limit's window in `slots` (none consumed); notes the exhausted ones.
+fn check_windows(
+    limits: &[Limit],
+    slots: &mut Vec<keyward_core::verify::Slot>,
+    identity: bool,
+    now: Timestamp,
+    worst: &mut Worst,
+) {
+    for (i, l) in limits.iter().enumerate() {
+        if slot(slots, l, now).count >= l.limit {
+            let e = Exhausted {
+                index: i as u8,
+                identity,
+            };
+            note_exhausted(
+                worst,
+                e,
+                Timestamp::from_millis(l.window_start(now) + l.window_ms),
+            );
+        }
+    }
+}
+
+/// Takes one slot of each limit's window; appends their states.
+fn consume_windows(
+    limits: &[Limit],
+    slots: &mut Vec<keyward_core::verify::Slot>,
+    identity: bool,
+    now: Timestamp,
+    out: &mut Vec<LimitState>,
+) {
+    for (i, l) in limits.iter().enumerate() {
+        let w = slot(slots, l, now);
+        w.count += 1;
+        out.push(LimitState {
+            index: i as u8,
+            identity,
+            remaining: l.limit - w.count,
+            reset_at: Timestamp::from_millis(w.start_ms + l.window_ms),
+        });
+    }
 }
 
 impl Verifier {
-    /// Checks the rate limit in Redis (cluster-wide) when configured; `None` means decide with
-    /// this node's own window (no Redis, no rate limit, or Redis unreachable).
-    pub(super) async fn shared_window(
+    /// Counts the verification in Redis (cluster-wide) when configured and a limit applies;
+    /// `None` means decide with this node's own windows (no Redis, no limit, or Redis
+    /// unreachable).
+    pub(super) async fn shared_windows(
         &self,
         entry: &Entry,
         req: &Request<'_>,
         now: Timestamp,
-    ) -> Option<SharedWindow> {
-        let (redis, rl) = (self.redis.as_ref()?, entry.ratelimit()?);
-        if entry.check(req, now).is_err() {
+    ) -> Option<SharedWindows> {
+        let redis = self.redis.as_ref()?;
+        if !entry.has_limits() || entry.check(req, now).is_err() {
             return None;
         }
-        let len = rl.window_secs * 1000;
-        let start = now.millis().div_euclid(len) * len;
-        match redis.hit(entry.key_id(), start, len).await {
-            Ok(count) => Some(SharedWindow {
-                limit: rl.limit,
-                count,
-                start,
-                reset_at: Timestamp::from_millis(start + len),
+        let (own, id) = (entry.limits(), entry.identity());
+        let mut counters = Vec::with_capacity(own.len() + id.map_or(0, |(l, _)| l.len()));
+        let mut starts = Vec::with_capacity(counters.capacity());
+        for l in own {
+            let start = l.window_start(now);
+            counters.push((
+                RedisLimiter::counter(CounterOf::Key(entry.key_id()), &l.name, start),
+                l.window_ms,
+            ));
+            starts.push(start);
+        }
+        if let Some((limits, cell)) = id {
+            for l in limits {
+                let start = l.window_start(now);
+                counters.push((
+                    RedisLimiter::counter(CounterOf::Identity(&cell.id), &l.name, start),
+                    l.window_ms,
+                ));
+                starts.push(start);
+            }
+        }
+        match redis.hit(&counters).await {
+            Ok(counts) => Some(SharedWindows {
+                counters,
+                counts,
+                starts,
             }),
             Err(e) => {
                 self.metrics.redis_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "redis unreachable: rate limit enforced per node");
+                tracing::warn!(error = %e, "redis unreachable: rate limits enforced per node");
                 None
             }
         }
@@ -114,23 +236,40 @@ impl Verifier {
         entry: Arc<Entry>,
         req: &Request<'_>,
         now: Timestamp,
-        shared: Option<SharedWindow>,
+        shared: Option<&SharedWindows>,
         last_lease: bool,
     ) -> Decision {
         if let Err(code) = entry.check(req, now) {
-            return self.deny(entry, code, None, req, now);
+            return self.deny(entry, code, None, None, req, now);
         }
+        let own_limits = entry.limits();
+        let identity = entry.identity();
+        let id_limits = identity.map_or(&[][..], |(l, _)| l);
+        // Rate limits counted in Redis: decided before any lock.
+        let mut worst: Worst = None;
         if let Some(w) = shared {
-            if w.count > w.limit {
-                return self.deny(entry, Code::RateLimited, Some(w.reset_at), req, now);
+            let all = own_limits
+                .iter()
+                .map(|l| (l, false))
+                .chain(id_limits.iter().map(|l| (l, true)));
+            let mut own_i = 0u8;
+            let mut id_i = 0u8;
+            for ((l, is_id), (count, start)) in all.zip(w.counts.iter().zip(&w.starts)) {
+                let index = if is_id { &mut id_i } else { &mut own_i };
+                if *count > l.limit {
+                    let e = Exhausted {
+                        index: *index,
+                        identity: is_id,
+                    };
+                    note_exhausted(&mut worst, e, Timestamp::from_millis(start + l.window_ms));
+                }
+                *index += 1;
+            }
+            if let Some((e, reset)) = worst {
+                return self.deny(entry, Code::RateLimited, Some(reset), Some(e), req, now);
             }
         }
-        // With a shared window the rate limit was decided in Redis; only the quota is local.
-        let ratelimit = if shared.is_some() {
-            None
-        } else {
-            entry.ratelimit()
-        };
+        let local = shared.is_none();
         let successor = entry.successor();
         let mut own = lock(&entry.state);
         if entry.is_moved() {
@@ -138,102 +277,164 @@ impl Verifier {
                 return Decision::Moved(next);
             }
         }
+        // The common key: no rate limit, no quota.
+        if successor.is_none() && own.remaining().is_none() && !entry.has_limits() {
+            let dirty = self.count_valid(&mut own, req, now);
+            drop(own);
+            return self.valid(entry, dirty, None, None, Vec::new());
+        }
+        // Lock order: the key, its successor (whose quota it draws from), its identity.
+        // The entry that holds the successor's state now.
+        let quota_entry = successor.map(|s| Entry::with_state(s, |_| ()).0);
+        let mut q = quota_entry.as_ref().map(|e| lock(&e.state));
+        if quota_entry.as_ref().is_some_and(|e| e.is_moved()) {
+            // Replaced just now: decide again (`with_state` then finds the replacement).
+            drop(q);
+            drop(own);
+            return Decision::Moved(entry);
+        }
+        let mut id_slots = identity
+            .filter(|_| local)
+            .map(|(_, cell)| lock(&cell.slots));
+        if local {
+            check_windows(own_limits, &mut own.more().slots, false, now, &mut worst);
+            if let Some(slots) = id_slots.as_deref_mut() {
+                check_windows(id_limits, slots, true, now, &mut worst);
+            }
+            if let Some((e, reset)) = worst {
+                drop(id_slots);
+                drop(q);
+                drop(own);
+                return self.deny(entry, Code::RateLimited, Some(reset), Some(e), req, now);
+            }
+        }
+        // The quota: the successor's during a rotation's grace period, else the key's.
+        let m = match q.as_deref_mut() {
+            Some(q) => q.more(),
+            None => own.more(),
+        };
+        m.end_period(now);
         // A quota that runs short may be topped up from the store (a lease) before answering
         // USAGE_EXCEEDED: when the store had some left at the last lease, or a while has passed.
-        let may_lease = |q: &More| {
-            !last_lease
-                && (q.pool > 0
-                    || q.last_lease
-                        .is_none_or(|t| now.millis() - t.millis() >= LEASE_RETRY_MS))
-        };
-        let (result, need_quota) = match successor {
-            // The common key: no rate limit, no quota.
-            None if ratelimit.is_none() && own.remaining().is_none() => (Ok((None, None)), false),
+        let may_lease = !last_lease
+            && (m.pool > 0
+                || m.last_lease
+                    .is_none_or(|t| now.millis() - t.millis() >= LEASE_RETRY_MS));
+        let quota = check_and_consume(
+            None,
+            &mut Window::default(),
+            &mut m.remaining,
+            req.cost,
+            now,
+        );
+        if quota.is_err() {
+            drop(id_slots);
+            drop(q);
+            drop(own);
+            if may_lease {
+                return Decision::NeedQuota;
+            }
+            return self.deny(entry, Code::UsageExceeded, None, None, req, now);
+        }
+        let remaining = m.remaining.map(|l| l + m.pool);
+        let drawn = quota_entry.is_some() && m.remaining.is_some();
+        if drawn {
+            m.consumed += req.cost;
+        }
+        // Valid: every limit takes its slot.
+        let mut states = Vec::new();
+        match shared {
+            Some(w) => {
+                let all = own_limits
+                    .iter()
+                    .map(|l| (l, false))
+                    .chain(id_limits.iter().map(|l| (l, true)));
+                let (mut own_i, mut id_i) = (0u8, 0u8);
+                for ((l, is_id), (count, start)) in all.zip(w.counts.iter().zip(&w.starts)) {
+                    let index = if is_id { &mut id_i } else { &mut own_i };
+                    states.push(LimitState {
+                        index: *index,
+                        identity: is_id,
+                        remaining: l.limit - count,
+                        reset_at: Timestamp::from_millis(start + l.window_ms),
+                    });
+                    *index += 1;
+                }
+            }
             None => {
-                let m = own.more();
-                let may = may_lease(m);
-                let r =
-                    check_and_consume(ratelimit, &mut m.window, &mut m.remaining, req.cost, now);
-                let need = matches!(r, Err((Code::UsageExceeded, _))) && may;
-                (r.map(|rate| (rate, m.remaining.map(|l| l + m.pool))), need)
-            }
-            Some(successor) => {
-                // Lock order: a rotated key, then its successor (a successor never locks back).
-                // The entry that holds the successor's state now.
-                let (quota, ()) = Entry::with_state(successor, |_| ());
-                let mut q = lock(&quota.state);
-                if quota.is_moved() {
-                    // Replaced just now: decide again (`with_state` then finds the replacement).
-                    drop(q);
-                    drop(own);
-                    return Decision::Moved(entry);
+                consume_windows(own_limits, &mut own.more().slots, false, now, &mut states);
+                if let Some(slots) = id_slots.as_deref_mut() {
+                    consume_windows(id_limits, slots, true, now, &mut states);
                 }
-                let qm = q.more();
-                let may = may_lease(qm);
-                let mut unlimited = Window::default();
-                let window = match ratelimit {
-                    Some(_) => &mut own.more().window,
-                    None => &mut unlimited,
-                };
-                let r = check_and_consume(ratelimit, window, &mut qm.remaining, req.cost, now);
-                if r.is_ok() && qm.remaining.is_some() {
-                    qm.consumed += req.cost;
-                }
-                let rem = qm.remaining.map(|l| l + qm.pool);
-                drop(q);
-                if r.is_ok() {
-                    self.mark_dirty(&quota);
-                }
-                let need = matches!(r, Err((Code::UsageExceeded, _))) && may;
-                (r.map(|rate| (rate, rem)), need)
-            }
-        };
-        if need_quota {
-            return Decision::NeedQuota;
-        }
-        match result {
-            Ok((rate, remaining)) => {
-                let rate = match shared {
-                    Some(w) => Some(RateState {
-                        limit: w.limit,
-                        remaining: w.limit - w.count,
-                        reset_at: w.reset_at,
-                    }),
-                    None => rate,
-                };
-                let counting = self.usage_counting.load(Ordering::Relaxed);
-                let spent = successor.is_none() && own.remaining().is_some();
-                if spent {
-                    own.more().consumed += req.cost;
-                }
-                if counting {
-                    let at = now.millis();
-                    let prev = own.previous_use;
-                    if prev != NEVER && at - prev >= self.dormant_after_ms {
-                        own.more()
-                            .reactivations
-                            .push((Timestamp::from_millis(prev), now));
-                    }
-                    if prev < at {
-                        own.previous_use = at;
-                    }
-                    own.record(Code::Valid, req.ip, now);
-                }
-                drop(own);
-                if counting || spent {
-                    self.mark_dirty(&entry);
-                }
-                Decision::Done(Outcome::Valid {
-                    entry,
-                    remaining,
-                    rate,
-                })
-            }
-            Err((code, reset_at)) => {
-                drop(own);
-                self.deny(entry, code, reset_at, req, now)
             }
         }
+        drop(id_slots);
+        drop(q);
+        if drawn {
+            if let Some(qe) = &quota_entry {
+                self.mark_dirty(qe);
+            }
+        }
+        let rate = states
+            .first()
+            .filter(|s| {
+                !s.identity
+                    && own_limits
+                        .first()
+                        .is_some_and(|l| &*l.name == DEFAULT_LIMIT)
+            })
+            .map(|s| RateState {
+                limit: own_limits[0].limit,
+                remaining: s.remaining,
+                reset_at: s.reset_at,
+            });
+        let spent = quota_entry.is_none() && own.remaining().is_some();
+        if spent {
+            own.more().consumed += req.cost;
+        }
+        let dirty = self.count_valid(&mut own, req, now);
+        drop(own);
+        self.valid(entry, dirty, remaining, rate, states)
+    }
+
+    /// Counts a valid use (when counting is on); returns whether the entry has something for
+    /// the flusher.
+    fn count_valid(&self, own: &mut LiveState, req: &Request<'_>, now: Timestamp) -> bool {
+        let counting = self.usage_counting.load(Ordering::Relaxed);
+        if counting {
+            let at = now.millis();
+            let prev = own.previous_use;
+            if prev != NEVER && at - prev >= self.dormant_after_ms {
+                own.more()
+                    .reactivations
+                    .push((Timestamp::from_millis(prev), now));
+            }
+            if prev < at {
+                own.previous_use = at;
+            }
+            own.record(Code::Valid, req.ip, now);
+        }
+        counting || own.more.as_ref().is_some_and(|m| m.consumed != 0)
+    }
+
+    /// The valid answer (the key's state unlocked).
+    fn valid(
+        &self,
+        entry: Arc<Entry>,
+        dirty: bool,
+        remaining: Option<i64>,
+        rate: Option<RateState>,
+        limits: Vec<LimitState>,
+    ) -> Decision {
+        if dirty {
+            self.mark_dirty(&entry);
+        }
+        Decision::Done(Outcome::Valid {
+            entry,
+            remaining,
+            rate,
+            limits: limits.into_boxed_slice(),
+        })
     }
 
     fn deny(
@@ -241,6 +442,7 @@ impl Verifier {
         entry: Arc<Entry>,
         code: Code,
         reset_at: Option<Timestamp>,
+        limit: Option<Exhausted>,
         req: &Request<'_>,
         now: Timestamp,
     ) -> Decision {
@@ -259,6 +461,7 @@ impl Verifier {
             code,
             entry: Some(entry),
             reset_at,
+            limit,
         })
     }
 }

@@ -19,9 +19,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use keyward_core::model::{parse_cidr, Key, RateLimit};
+use keyward_core::limits::DEFAULT_LIMIT;
+use keyward_core::model::{parse_cidr, Key};
 use keyward_core::time::Timestamp;
-use keyward_core::verify::{check_rules, Code, Rules};
+use keyward_core::verify::{check_rules, Code, Limit, Rules, Slot};
 
 use super::live::{LiveState, NEVER};
 use super::shard::{digest, Digest};
@@ -61,11 +62,14 @@ pub struct Entry {
     pub(super) leased: AtomicBool,
 }
 
-/// What few keys have: address restrictions, a rate limit, a rotation's quota, an owner that
-/// JSON escapes.
+/// What few keys have: address restrictions, rate limits (its own, its identity's), a
+/// rotation's quota, an owner that JSON escapes.
 struct Rare {
     allowed: Option<Box<[ipnet::IpNet]>>,
-    ratelimit: Option<RateLimit>,
+    /// The key's rate limits, `default` (the `ratelimit` shorthand) first when it has one.
+    limits: Box<[Limit]>,
+    /// Its identity's rate limits (as of this load), and the identity's windows on this node.
+    identity: Option<(Box<[Limit]>, Arc<IdentityCell>)>,
     /// Where quota is drawn from during a rotation grace period: the successor's entry (so a
     /// rotation never doubles a quota).
     quota: Option<Arc<Entry>>,
@@ -75,8 +79,31 @@ struct Rare {
 
 const SEP: char = '\u{1f}';
 
+/// The rate-limit windows of one identity on this node, shared by the entries of all its keys
+/// (found by limit name and length: entries loaded before and after a change of the limits
+/// count in the same windows). Locked after the key's state and its successor's.
+pub struct IdentityCell {
+    pub(super) id: Box<str>,
+    pub(super) slots: Mutex<Vec<Slot>>,
+}
+
+impl IdentityCell {
+    pub(super) fn new(id: &str) -> Self {
+        IdentityCell {
+            id: id.into(),
+            slots: Mutex::new(Vec::new()),
+        }
+    }
+}
+
 impl Entry {
-    pub(super) fn new(key: &Key, keyspace: Arc<Space>, quota: Option<Arc<Entry>>) -> Entry {
+    /// `identity`: the windows of the key's identity, when it has rate limits.
+    pub(super) fn new(
+        key: &Key,
+        keyspace: Arc<Space>,
+        quota: Option<Arc<Entry>>,
+        identity: Option<Arc<IdentityCell>>,
+    ) -> Entry {
         fn json(t: &mut String, v: &impl serde::Serialize) {
             match serde_json::to_string(v) {
                 Ok(j) => t.push_str(&j),
@@ -118,16 +145,26 @@ impl Entry {
         let owner = (!plain_owner)
             .then(|| key.owner.as_deref().map(Box::from))
             .flatten();
-        let rare =
-            (allowed.is_some() || key.ratelimit.is_some() || quota.is_some() || owner.is_some())
-                .then(|| {
-                    Box::new(Rare {
-                        allowed,
-                        ratelimit: key.ratelimit,
-                        quota,
-                        owner,
-                    })
-                });
+        // `default` first: the limit `ratelimit` answers about.
+        let mut limits: Vec<Limit> = key.ratelimits.iter().map(Limit::new).collect();
+        limits.sort_by_key(|l| &*l.name != DEFAULT_LIMIT);
+        let identity = identity
+            .filter(|_| !key.owner_ratelimits.is_empty())
+            .map(|cell| (key.owner_ratelimits.iter().map(Limit::new).collect(), cell));
+        let rare = (allowed.is_some()
+            || !limits.is_empty()
+            || identity.is_some()
+            || quota.is_some()
+            || owner.is_some())
+        .then(|| {
+            Box::new(Rare {
+                allowed,
+                limits: limits.into_boxed_slice(),
+                identity,
+                quota,
+                owner,
+            })
+        });
         let mut state = LiveState {
             previous_use: key.last_used_at.map_or(NEVER, Timestamp::millis),
             ..LiveState::default()
@@ -272,8 +309,29 @@ impl Entry {
         }
     }
 
-    pub(super) fn ratelimit(&self) -> Option<RateLimit> {
-        self.rare.as_ref().and_then(|r| r.ratelimit)
+    /// The key's own rate limits (`default` first).
+    pub(crate) fn limits(&self) -> &[Limit] {
+        self.rare.as_ref().map_or(&[], |r| &r.limits)
+    }
+
+    /// Its identity's rate limits and windows, when it has limits.
+    pub(super) fn identity(&self) -> Option<(&[Limit], &Arc<IdentityCell>)> {
+        self.rare
+            .as_ref()
+            .and_then(|r| r.identity.as_ref())
+            .map(|(l, c)| (&l[..], c))
+    }
+
+    /// The identity's rate limits (none when the owner has none).
+    pub(crate) fn identity_limits(&self) -> &[Limit] {
+        self.identity().map_or(&[], |(l, _)| l)
+    }
+
+    /// Whether any rate limit applies (the key's or its identity's).
+    pub(super) fn has_limits(&self) -> bool {
+        self.rare
+            .as_ref()
+            .is_some_and(|r| !r.limits.is_empty() || r.identity.is_some())
     }
 
     /// The successor's entry quota is drawn from (during a rotation's grace period).
@@ -363,7 +421,7 @@ pub(super) mod tests {
     }
 
     pub(in crate::verifier) fn entry(k: &Key) -> Entry {
-        Entry::new(k, Arc::new(Space::new(&k.keyspace_id)), None)
+        Entry::new(k, Arc::new(Space::new(&k.keyspace_id)), None, None)
     }
 
     /// The compact entry answers exactly what serializing the key's fields answers, whatever

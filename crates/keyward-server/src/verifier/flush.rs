@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use keyward_core::time::Timestamp;
-use keyward_core::verify::{Code, Window};
+use keyward_core::verify::Code;
 use keyward_store::{MinuteCount, SourceSeen, UsageDelta};
 
 use super::live::{NEVER, SOURCE_WRITE_MS};
@@ -194,8 +194,11 @@ impl Verifier {
                         at,
                     });
                 }
+                // Windows that ended count nothing any more.
+                m.slots
+                    .retain(|s| s.window.start_ms + s.window_ms > now_ms && s.window.count > 0);
                 // A key that is rarely denied or seen from an address gives its box back.
-                if m.window == Window::default()
+                if m.slots.is_empty()
                     && m.remaining.is_none()
                     && m.last_lease.is_none()
                     && m.forward.is_none()

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use keyward_core::time::Timestamp;
 use keyward_store::StoreError;
 
+use super::live::NEVER;
 use super::{lock, Entry, Verifier};
 
 /// How soon a node that found the store's quota empty asks again (other nodes may have given
@@ -58,9 +59,17 @@ impl Verifier {
             }
             m.last_lease = Some(now);
             match got {
-                Some((granted, left)) => {
-                    m.remaining = Some(m.remaining.unwrap_or(0) + granted);
-                    m.pool = left;
+                Some(lease) => {
+                    let until = lease.until.map_or(NEVER, Timestamp::millis);
+                    if until != m.lease_until {
+                        // A grant of another refill period: what this node holds or spent of
+                        // the last one is not this period's (the store voided those leases).
+                        m.remaining = Some(0);
+                        m.consumed = 0;
+                        m.lease_until = until;
+                    }
+                    m.remaining = Some(m.remaining.unwrap_or(0) + lease.granted);
+                    m.pool = lease.left;
                 }
                 None => {
                     m.remaining = None;
@@ -77,7 +86,7 @@ impl Verifier {
     pub(crate) async fn return_leases(&self, now: Timestamp, all: bool) -> Result<(), StoreError> {
         let cells = lock(&self.leased).clone();
         for cell in cells {
-            let (amount, gen) = {
+            let (amount, gen, until) = {
                 let mut s = lock(&cell.state);
                 // A moved entry handed its lease to the newer one, which is in the list.
                 let m = s.more.as_deref_mut().filter(|_| !cell.is_moved());
@@ -87,20 +96,24 @@ impl Verifier {
                             .last_lease
                             .is_none_or(|t| now.millis() - t.millis() >= LEASE_IDLE_MS)
                             && m.consumed == 0;
+                        let until =
+                            (m.lease_until != NEVER).then(|| Timestamp::from_millis(m.lease_until));
+                        // A lease of a refill period that is over is void (nothing to give).
+                        m.end_period(now);
                         match m.remaining {
                             Some(l) if l > 0 && (all || idle) => {
                                 m.remaining = Some(0);
                                 m.pool += l;
-                                (l, m.quota_gen)
+                                (l, m.quota_gen, until)
                             }
-                            _ => (0, m.quota_gen),
+                            _ => (0, m.quota_gen, until),
                         }
                     }
-                    None => (0, 0),
+                    None => (0, 0, None),
                 }
             };
             if amount > 0 {
-                if let Err(e) = self.store.return_lease(cell.key_id(), amount).await {
+                if let Err(e) = self.store.return_lease(cell.key_id(), amount, until).await {
                     // Still this node's, unless the quota was set anew meanwhile.
                     let (cell, ()) = Entry::with_state(&cell, |s| {
                         let m = s.more();

@@ -23,7 +23,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use keyward_core::time::Timestamp;
-use keyward_core::verify::{Code, Window};
+use keyward_core::verify::{Code, Slot};
 
 use super::Entry;
 
@@ -71,10 +71,10 @@ impl Default for LiveState {
     }
 }
 
-/// What only some keys need: a rate-limit window, a quota lease, denials, addresses.
-#[derive(Default)]
+/// What only some keys need: rate-limit windows, a quota lease, denials, addresses.
 pub(super) struct More {
-    pub(super) window: Window,
+    /// The key's rate-limit windows (see [`keyward_core::verify::slot`]).
+    pub(super) slots: Vec<Slot>,
     /// The part of the quota this node holds (its lease) and may grant without asking the
     /// store; `None` for a key without quota.
     pub(super) remaining: Option<i64>,
@@ -82,6 +82,9 @@ pub(super) struct More {
     pub(super) pool: i64,
     /// When this node last asked the store for quota.
     pub(super) last_lease: Option<Timestamp>,
+    /// For a quota with a refill: when the period of this node's lease ends (ms; its units may
+    /// not be spent from then on), or [`NEVER`].
+    pub(super) lease_until: i64,
     pub(super) consumed: i64,
     /// Verifications by (minute start ms, code) since the last flush, other than those counted
     /// inline.
@@ -97,6 +100,43 @@ pub(super) struct More {
     /// Bumped whenever the quota is set anew (which voids every lease in the store): a lease
     /// granted, or given back in vain, under an older generation is dropped, not added.
     pub(super) quota_gen: u32,
+}
+
+impl Default for More {
+    fn default() -> Self {
+        More {
+            slots: Vec::new(),
+            remaining: None,
+            pool: 0,
+            last_lease: None,
+            lease_until: NEVER,
+            consumed: 0,
+            buckets: Vec::new(),
+            sources: Vec::new(),
+            sources_written: 0,
+            reactivations: Vec::new(),
+            forward: None,
+            quota_gen: 0,
+        }
+    }
+}
+
+impl More {
+    /// The lease is of a refill period that ended: it may not be spent, and what was spent from
+    /// it is the old period's (the first lease of the new period refills the quota and voids
+    /// the old leases). Returns whether it was voided.
+    pub(super) fn end_period(&mut self, now: Timestamp) -> bool {
+        if self.lease_until == NEVER || now.millis() < self.lease_until {
+            return false;
+        }
+        if self.remaining.is_some() {
+            self.remaining = Some(0);
+            self.consumed = 0;
+            self.last_lease = None;
+        }
+        self.lease_until = NEVER;
+        true
+    }
 }
 
 impl LiveState {

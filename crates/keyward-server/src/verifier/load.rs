@@ -22,6 +22,7 @@ use keyward_core::keyformat::KeyHash;
 use keyward_core::model::Key;
 use keyward_store::StoreError;
 
+use super::entry::IdentityCell;
 use super::live::NEVER;
 use super::shard::{digest, Cached};
 use super::space::Space;
@@ -42,6 +43,28 @@ impl Verifier {
                 k
             }
         }
+    }
+
+    /// A new entry for `key` (not yet cached), sharing its keyspace and, when its identity has
+    /// rate limits, the identity's windows.
+    pub(super) fn entry_of(&self, key: &Key, successor: Option<Arc<Entry>>) -> Arc<Entry> {
+        let identity = match (&key.owner, key.owner_ratelimits.is_empty()) {
+            (Some(owner), false) => {
+                let mut all = lock(&self.identities);
+                Some(
+                    all.entry(owner.as_str().into())
+                        .or_insert_with(|| Arc::new(IdentityCell::new(owner)))
+                        .clone(),
+                )
+            }
+            _ => None,
+        };
+        Arc::new(Entry::new(
+            key,
+            self.keyspace(&key.keyspace_id),
+            successor,
+            identity,
+        ))
     }
 
     /// Reads a keyspace's route rules from the store (forward-auth needs them).
@@ -105,7 +128,7 @@ impl Verifier {
                 break;
             }
         }
-        let fresh = Arc::new(Entry::new(&key, self.keyspace(&key.keyspace_id), successor));
+        let fresh = self.entry_of(&key, successor);
         Ok(Some(self.install(&fresh, Some(epoch))))
     }
 
@@ -117,7 +140,7 @@ impl Verifier {
                 return e;
             }
         }
-        let fresh = Arc::new(Entry::new(key, self.keyspace(&key.keyspace_id), None));
+        let fresh = self.entry_of(key, None);
         let cell = self.install(&fresh, Some(epoch));
         // A cached entry that was rotated meanwhile draws from elsewhere: not a quota cell.
         if cell.successor().is_some() {
@@ -183,6 +206,7 @@ impl Verifier {
                 if reset {
                     m.quota_gen = m.quota_gen.wrapping_add(1);
                     m.consumed = 0;
+                    m.lease_until = NEVER;
                 }
             }
         }

@@ -38,7 +38,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use keyward_core::keyformat::{self, KeyHash, TOKEN_PREFIX};
 use keyward_core::model::Key;
 use keyward_core::time::Clock;
-use keyward_core::verify::Code;
 use keyward_store::{Store, StoreError};
 
 use crate::metrics::Metrics;
@@ -59,7 +58,7 @@ mod table;
 // and flush paths (`Shard::get`, `DirtyList::push`, `DirtyList::take`) are `#[inline]`, so
 // that they are inlined into them as when all was one module.
 
-pub use decide::{Outcome, Request};
+pub use decide::{Exhausted, LimitState, Outcome, Request};
 pub use entry::Entry;
 pub use flush::{Reactivation, Usage};
 pub(crate) use shard::Digest;
@@ -82,6 +81,8 @@ pub struct Verifier {
     shards: Vec<RwLock<Shard>>,
     /// Keyspace ids, one allocation each, shared by their keys' entries.
     keyspaces: Mutex<HashMap<String, Arc<Space>>>,
+    /// The rate-limit windows of identities with limits, shared by their keys' entries.
+    identities: Mutex<HashMap<Box<str>, Arc<entry::IdentityCell>>>,
     /// Entries with counts not yet written (each at most once, see `Entry::queued`).
     dirty: Mutex<DirtyList>,
     /// A valid use this long after the previous one is a `dormant_reactivated` anomaly.
@@ -116,6 +117,7 @@ impl Verifier {
             metrics,
             shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
             keyspaces: Mutex::new(HashMap::new()),
+            identities: Mutex::new(HashMap::new()),
             dirty: Mutex::new(DirtyList::default()),
             dormant_after_ms: dormant_after.as_millis() as i64,
             redis,
@@ -148,11 +150,7 @@ impl Verifier {
     /// neither the store, Redis nor a quota lease. `None`: take the slow path (which starts
     /// over).
     fn verify_cached(&self, req: &Request<'_>) -> Option<Outcome> {
-        let not_found = Outcome::Denied {
-            code: Code::NotFound,
-            entry: None,
-            reset_at: None,
-        };
+        let not_found = Outcome::not_found();
         // No key is longer (and hashing a long string would cost more than refusing it).
         if req.key.len() > keyformat::MAX_PREFIX_LEN + 1 + keyformat::BODY_LEN
             && !self.maybe_foreign(req.key)
@@ -180,7 +178,7 @@ impl Verifier {
             }
         };
         if entry.needs_reload()
-            || (self.redis.is_some() && entry.ratelimit().is_some())
+            || (self.redis.is_some() && entry.has_limits())
             || (req.route.is_some() && !entry.space().is_loaded())
         {
             return None;
@@ -203,13 +201,7 @@ impl Verifier {
     async fn verify_slow(&self, req: &Request<'_>) -> Result<Outcome, StoreError> {
         let now = self.clock.now();
         // Garbage never reaches a lock or the store; tokens never verify as keys.
-        let not_found = || {
-            Ok(Outcome::Denied {
-                code: Code::NotFound,
-                entry: None,
-                reset_at: None,
-            })
-        };
+        let not_found = || Ok(Outcome::not_found());
         match keyformat::parse(req.key) {
             Some(p) if p.prefix != TOKEN_PREFIX => {}
             Some(_) => return not_found(),
@@ -275,10 +267,10 @@ impl Verifier {
             }
             self.load_space(entry.space()).await?;
         }
-        let shared = self.shared_window(&entry, req, now).await;
+        let shared = self.shared_windows(&entry, req, now).await;
         let mut leases = 0;
         let outcome = loop {
-            match self.decide(entry.clone(), req, now, shared, leases >= 3) {
+            match self.decide(entry.clone(), req, now, shared.as_ref(), leases >= 3) {
                 Decision::Done(o) => break o,
                 Decision::NeedQuota => {
                     self.lease(entry.quota_cell(), req.cost, now).await?;
@@ -288,19 +280,9 @@ impl Verifier {
                 Decision::Moved(next) => entry = next,
             }
         };
-        if let (
-            Some(w),
-            Outcome::Denied {
-                code: Code::UsageExceeded,
-                entry: Some(e),
-                ..
-            },
-        ) = (shared, &outcome)
-        {
-            // Only a valid answer takes a rate-limit slot: give back the one taken in Redis.
-            if let Some(redis) = &self.redis {
-                let _ = redis.undo(e.key_id(), w.start).await;
-            }
+        if let (Some(w), Outcome::Denied { .. }, Some(redis)) = (&shared, &outcome, &self.redis) {
+            // Only a valid answer takes a rate-limit slot: give back those taken in Redis.
+            let _ = redis.undo(&w.counters).await;
         }
         Ok(outcome)
     }
@@ -325,7 +307,7 @@ impl Verifier {
     /// formed key of a keyspace's prefix (never a token). The fast path of [`Verifier::verify`]
     /// answers a cached digest without parsing the key again.
     pub fn prime(&self, key: Key) {
-        let fresh = Arc::new(Entry::new(&key, self.keyspace(&key.keyspace_id), None));
+        let fresh = self.entry_of(&key, None);
         self.install(&fresh, None);
     }
 
@@ -346,6 +328,7 @@ impl Verifier {
                 m.remaining = remaining.map(|_| 0);
                 m.pool = remaining.unwrap_or(0);
                 m.consumed = 0;
+                m.lease_until = live::NEVER;
                 m.quota_gen = m.quota_gen.wrapping_add(1);
             }
         });

@@ -1,6 +1,6 @@
 //! Identities: reads (within a token's keyspaces: an identity is seen when it owns a key
-//! there), the newest-first list, writes. A change of an identity's effective `enabled` changes
-//! how every key of its owner verifies: the caller then appends a change-feed row for each of
+//! there), the newest-first list, writes. A change of an identity's effective `enabled` or of
+//! its rate limits changes how every key of its owner verifies: the caller then appends a change-feed row for each of
 //! those keys that is not revoked (`announce`), in the same transaction, and the other nodes
 //! read them again.
 
@@ -10,10 +10,10 @@ macro_rules! for_backend {
         use keyward_core::model::Identity;
         use keyward_core::time::Timestamp;
 
-        use crate::sql::common::{get, json, map_err, push_after_time, push_in, to_json};
+        use crate::sql::common::{get, json, json_opt, map_err, push_after_time, push_in, to_json};
         use crate::{Page, Result, TimeCursor};
 
-        const COLS: &str = "id, name, meta, enabled, created_at, created_by, updated_at";
+        const COLS: &str = "id, name, meta, enabled, created_at, created_by, updated_at, ratelimits";
 
         fn from_row(r: &$Row) -> Result<Identity> {
             Ok(Identity {
@@ -21,6 +21,7 @@ macro_rules! for_backend {
                 name: get(r, "name")?,
                 meta: json("meta", &get::<String, _>(r, "meta")?)?,
                 enabled: get(r, "enabled")?,
+                ratelimits: json_opt("ratelimits", get(r, "ratelimits")?)?.unwrap_or_default(),
                 created_at: Timestamp::from_millis(get(r, "created_at")?),
                 created_by: json("created_by", &get::<String, _>(r, "created_by")?)?,
                 updated_at: Timestamp::from_millis(get(r, "updated_at")?),
@@ -60,7 +61,7 @@ macro_rules! for_backend {
         }
 
         pub(super) async fn insert_identity(conn: &mut <$DB as sqlx::Database>::Connection, i: &Identity) -> Result<()> {
-            let sql = format!("INSERT INTO identities ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7)");
+            let sql = format!("INSERT INTO identities ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)");
             sqlx::query(&sql)
                 .bind(&i.id)
                 .bind(&i.name)
@@ -69,19 +70,26 @@ macro_rules! for_backend {
                 .bind(i.created_at.millis())
                 .bind(to_json(&i.created_by))
                 .bind(i.updated_at.millis())
+                .bind(limits_json(i))
                 .execute(&mut *conn)
                 .await
                 .map_err(map_err)?;
             Ok(())
         }
 
+        /// `ratelimits` as stored: the list, or NULL when there is none.
+        fn limits_json(i: &Identity) -> Option<String> {
+            (!i.ratelimits.is_empty()).then(|| to_json(&i.ratelimits))
+        }
+
         pub(super) async fn update_identity(conn: &mut <$DB as sqlx::Database>::Connection, i: &Identity) -> Result<()> {
-            sqlx::query("UPDATE identities SET name = $2, meta = $3, enabled = $4, updated_at = $5 WHERE id = $1")
+            sqlx::query("UPDATE identities SET name = $2, meta = $3, enabled = $4, updated_at = $5, ratelimits = $6 WHERE id = $1")
                 .bind(&i.id)
                 .bind(&i.name)
                 .bind(to_json(&i.meta))
                 .bind(i.enabled)
                 .bind(i.updated_at.millis())
+                .bind(limits_json(i))
                 .execute(&mut *conn)
                 .await
                 .map_err(map_err)?;

@@ -12,7 +12,7 @@ use sqlx::{Database, Encode, QueryBuilder, Type};
 pub(super) const KEY_COLS: &str = "id, keyspace_id, name, owner, scopes, labels, meta, hash, \
     start_chars, end_chars, enabled, created_at, created_by, updated_at, expires_at, revoked_at, \
     revoked_by, revoked_reason, rotated_from, rotated_to, last_used_at, call_count, denied_count, \
-    ratelimit, remaining, allowed_cidrs, external_id";
+    ratelimit, remaining, allowed_cidrs, external_id, ratelimits, refill, refill_anchor, refilled_at";
 /// The columns read for a key: `remaining` is the unleased quota plus every node's lease.
 /// The counters come from `key_counters` (see its migration).
 pub(super) const KEY_SELECT: &str = "id, keyspace_id, name, owner, scopes, labels, meta, hash, \
@@ -24,8 +24,9 @@ pub(super) const KEY_SELECT: &str = "id, keyspace_id, name, owner, scopes, label
     ratelimit, \
     remaining + CAST((SELECT COALESCE(SUM(q.amount), 0) FROM quota_leases q \
     WHERE q.key_id = keys.id) AS BIGINT) AS remaining, \
-    allowed_cidrs, external_id, \
-    COALESCE((SELECT NOT i.enabled FROM identities i WHERE i.id = keys.owner), FALSE) AS owner_disabled";
+    allowed_cidrs, external_id, ratelimits, refill, refill_anchor, refilled_at, \
+    COALESCE((SELECT NOT i.enabled FROM identities i WHERE i.id = keys.owner), FALSE) AS owner_disabled, \
+    (SELECT i.ratelimits FROM identities i WHERE i.id = keys.owner) AS owner_ratelimits";
 pub(super) const KEYSPACE_COLS: &str =
     "id, name, prefix, policy, created_at, updated_at, routes, unmatched";
 
@@ -77,6 +78,11 @@ macro_rules! for_backend {
         use crate::{KeyFilter, Page, Result, TimeCursor};
 
         fn key_from_row(r: &$Row) -> Result<Key> {
+            let shorthand = json_opt("ratelimit", get(r, "ratelimit")?)?;
+            let ratelimits = match json_opt::<Vec<keyward_core::limits::NamedLimit>>("ratelimits", get(r, "ratelimits")?)? {
+                Some(list) => list,
+                None => keyward_core::limits::from_shorthand(shorthand),
+            };
             Ok(Key {
                 id: get(r, "id")?,
                 keyspace_id: get(r, "keyspace_id")?,
@@ -101,9 +107,14 @@ macro_rules! for_backend {
                 last_used_at: ts(get(r, "last_used_at")?),
                 call_count: get(r, "call_count")?,
                 denied_count: get(r, "denied_count")?,
-                ratelimit: json_opt("ratelimit", get(r, "ratelimit")?)?,
+                ratelimit: keyward_core::limits::shorthand(&ratelimits),
+                ratelimits,
                 remaining: get(r, "remaining")?,
+                refill: json_opt("refill", get(r, "refill")?)?,
+                refill_anchor: ts(get(r, "refill_anchor")?),
+                refilled_at: ts(get(r, "refilled_at")?),
                 allowed_cidrs: json_opt("allowed_cidrs", get(r, "allowed_cidrs")?)?,
+                owner_ratelimits: json_opt("owner_ratelimits", get(r, "owner_ratelimits")?)?.unwrap_or_default(),
                 external_id: get(r, "external_id")?,
                 owner_disabled: get(r, "owner_disabled")?,
             })
@@ -237,7 +248,7 @@ macro_rules! for_backend {
         pub(super) async fn insert_key(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, k: &Key) -> Result<()> {
             let sql = format!(
                 "INSERT INTO keys ({KEY_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-                 $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)"
+                 $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31)"
             );
             sqlx::query(&sql)
                 .bind(&k.id)
@@ -267,6 +278,10 @@ macro_rules! for_backend {
                 .bind(k.remaining)
                 .bind(k.allowed_cidrs.as_ref().map(to_json))
                 .bind(&k.external_id)
+                .bind(ratelimits_json(k))
+                .bind(k.refill.as_ref().map(to_json))
+                .bind(k.refill_anchor.map(Timestamp::millis))
+                .bind(k.refilled_at.map(Timestamp::millis))
                 .execute(&mut *conn)
                 .await
                 .map_err(map_err)?;
@@ -287,7 +302,7 @@ macro_rules! for_backend {
             sqlx::query(
                 "UPDATE keys SET name = $2, owner = $3, scopes = $4, labels = $5, meta = $6, enabled = $7, \
                  updated_at = $8, expires_at = $9, revoked_at = $10, revoked_by = $11, revoked_reason = $12, \
-                 rotated_to = $13, ratelimit = $14, allowed_cidrs = $15 WHERE id = $1",
+                 rotated_to = $13, ratelimit = $14, allowed_cidrs = $15, ratelimits = $16 WHERE id = $1",
             )
             .bind(&k.id)
             .bind(&k.name)
@@ -304,10 +319,16 @@ macro_rules! for_backend {
             .bind(&k.rotated_to)
             .bind(k.ratelimit.as_ref().map(to_json))
             .bind(k.allowed_cidrs.as_ref().map(to_json))
+            .bind(ratelimits_json(k))
             .execute(&mut *conn)
             .await
             .map_err(map_err)?;
             super::feed::key_changed(conn, node, k).await
+        }
+
+        /// `ratelimits` as stored: the list, or NULL when there is none.
+        fn ratelimits_json(k: &Key) -> Option<String> {
+            (!k.ratelimits.is_empty()).then(|| to_json(&k.ratelimits))
         }
 
         pub(super) async fn set_remaining(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, id: &str, remaining: Option<i64>) -> Result<()> {
@@ -324,6 +345,18 @@ macro_rules! for_backend {
                 .await
                 .map_err(map_err)?;
             super::feed::quota_set(conn, node, id).await
+        }
+
+        pub(super) async fn set_refill(conn: &mut <$DB as sqlx::Database>::Connection, k: &Key) -> Result<()> {
+            sqlx::query("UPDATE keys SET refill = $2, refill_anchor = $3, refilled_at = $4 WHERE id = $1")
+                .bind(&k.id)
+                .bind(k.refill.as_ref().map(to_json))
+                .bind(k.refill_anchor.map(Timestamp::millis))
+                .bind(k.refilled_at.map(Timestamp::millis))
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            Ok(())
         }
 
         // ---- keys: the lifecycle sweep ----

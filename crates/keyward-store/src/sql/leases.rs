@@ -1,6 +1,7 @@
 //! Quota leases: each node takes part of a key's quota ahead (`lease_quota`), spends it locally,
 //! and gives back what it did not spend (`return_lease`); leases of nodes that stopped are
-//! reclaimed by the sweep (`reclaim_stale_leases`).
+//! reclaimed by the sweep (`reclaim_stale_leases`). A quota with a refill is refilled by the
+//! first lease of each period (which voids the older leases).
 //!
 //! Invariant: a key's quota left is `keys.remaining` (the unleased part) plus the `amount` of
 //! every `quota_leases` row of the key (what a key read returns, see `KEY_SELECT` in `keys.rs`).
@@ -13,18 +14,57 @@ macro_rules! for_backend {
     ($DB:ty) => {
         use keyward_core::time::Timestamp;
 
-        use crate::sql::common::{get, map_err, TAKE_WRITE_LOCK};
+        use keyward_core::limits::Refill;
+
+        use crate::sql::common::{get, json_opt, map_err, ts, TAKE_WRITE_LOCK};
         use crate::Result;
 
-        pub(super) async fn lease_quota(pool: &sqlx::Pool<$DB>, node: &str, key_id: &str, want: i64, now: Timestamp) -> Result<Option<(i64, i64)>> {
+        pub(super) async fn lease_quota(pool: &sqlx::Pool<$DB>, node: &str, key_id: &str, want: i64, now: Timestamp) -> Result<Option<crate::Lease>> {
             let mut tx = pool.begin().await.map_err(map_err)?;
             // Take the write lock first: leases across nodes are serialized.
             sqlx::query(TAKE_WRITE_LOCK).execute(&mut *tx).await.map_err(map_err)?;
-            let row = sqlx::query("SELECT remaining FROM keys WHERE id = $1").bind(key_id).fetch_optional(&mut *tx).await.map_err(map_err)?;
-            let Some(pool) = row.map(|r| get::<Option<i64>, _>(&r, "remaining")).transpose()?.flatten() else {
+            let row = sqlx::query("SELECT remaining, refill, refill_anchor, refilled_at FROM keys WHERE id = $1")
+                .bind(key_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            let Some(row) = row else {
                 return Ok(None);
             };
-            let take = want.clamp(0, pool.max(0));
+            let Some(mut left) = get::<Option<i64>, _>(&row, "remaining")? else {
+                return Ok(None);
+            };
+            let refill: Option<Refill> = json_opt("refill", get(&row, "refill")?)?;
+            let mut until = None;
+            if let Some(refill) = refill {
+                // A period began since the last refill: `remaining` is the amount again, and
+                // every lease of the old period is void (its units are not this period's).
+                let anchor = ts(get(&row, "refill_anchor")?).unwrap_or(now);
+                let start = refill.period_start(anchor, now);
+                let current = ts(get(&row, "refilled_at")?);
+                let period = match current {
+                    Some(c) if c >= start => c,
+                    _ => {
+                        sqlx::query("UPDATE keys SET remaining = $2, refilled_at = $3 WHERE id = $1")
+                            .bind(key_id)
+                            .bind(refill.amount)
+                            .bind(start.millis())
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(map_err)?;
+                        sqlx::query("DELETE FROM quota_leases WHERE key_id = $1")
+                            .bind(key_id)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(map_err)?;
+                        super::feed::quota_set(&mut tx, node, key_id).await?;
+                        left = refill.amount;
+                        start
+                    }
+                };
+                until = Some(refill.next_period(period));
+            }
+            let take = want.clamp(0, left.max(0));
             if take > 0 {
                 sqlx::query("UPDATE keys SET remaining = remaining - $2 WHERE id = $1")
                     .bind(key_id)
@@ -45,12 +85,31 @@ macro_rules! for_backend {
                 .map_err(map_err)?;
             }
             tx.commit().await.map_err(map_err)?;
-            Ok(Some((take, pool - take)))
+            Ok(Some(crate::Lease { granted: take, left: left - take, until }))
         }
 
-        pub(super) async fn return_lease(pool: &sqlx::Pool<$DB>, node: &str, key_id: &str, amount: i64) -> Result<()> {
+        pub(super) async fn return_lease(pool: &sqlx::Pool<$DB>, node: &str, key_id: &str, amount: i64, until: Option<Timestamp>) -> Result<()> {
             let mut tx = pool.begin().await.map_err(map_err)?;
             sqlx::query(TAKE_WRITE_LOCK).execute(&mut *tx).await.map_err(map_err)?;
+            if let Some(until) = until {
+                // A lease of a refill period that is over was voided by the refill: nothing
+                // of it goes back (the row may hold the next period's lease).
+                let row = sqlx::query("SELECT refill, refilled_at FROM keys WHERE id = $1")
+                    .bind(key_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                let current = match &row {
+                    Some(r) => {
+                        let refill: Option<Refill> = json_opt("refill", get(r, "refill")?)?;
+                        refill.zip(ts(get(r, "refilled_at")?)).map(|(f, at)| f.next_period(at))
+                    }
+                    None => None,
+                };
+                if current != Some(until) {
+                    return Ok(());
+                }
+            }
             let r = sqlx::query("UPDATE quota_leases SET amount = amount - $3 WHERE key_id = $1 AND node = $2 AND amount >= $3")
                 .bind(key_id)
                 .bind(node)

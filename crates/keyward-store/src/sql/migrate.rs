@@ -38,6 +38,7 @@ macro_rules! migrations {
             7 => "0007_route_rules.sql",
             8 => "0008_key_imports.sql",
             9 => "0009_identities.sql",
+            10 => "0010_limits_refills.sql",
         )
     };
     ($dir:literal: $($version:literal => $file:literal),* $(,)?) => {

@@ -142,6 +142,9 @@ macro_rules! sql_backend {
                 async fn set_remaining(&mut self, id: &str, remaining: Option<i64>) -> Result<()> {
                     keys::set_remaining(&mut self.tx, &self.node, id, remaining).await
                 }
+                async fn set_refill(&mut self, k: &Key) -> Result<()> {
+                    keys::set_refill(&mut self.tx, k).await
+                }
                 async fn live_keys_of_owner(
                     &mut self,
                     owner: &str,
@@ -386,11 +389,16 @@ macro_rules! sql_backend {
                     key_id: &str,
                     want: i64,
                     now: Timestamp,
-                ) -> Result<Option<(i64, i64)>> {
+                ) -> Result<Option<crate::Lease>> {
                     leases::lease_quota(&self.pool, &self.node, key_id, want, now).await
                 }
-                async fn return_lease(&self, key_id: &str, amount: i64) -> Result<()> {
-                    leases::return_lease(&self.pool, &self.node, key_id, amount).await
+                async fn return_lease(
+                    &self,
+                    key_id: &str,
+                    amount: i64,
+                    until: Option<Timestamp>,
+                ) -> Result<()> {
+                    leases::return_lease(&self.pool, &self.node, key_id, amount, until).await
                 }
                 async fn reclaim_stale_leases(&self, older_than: Timestamp) -> Result<u64> {
                     leases::reclaim_stale_leases(&self.pool, older_than).await

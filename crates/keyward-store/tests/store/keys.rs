@@ -187,10 +187,10 @@ async fn update_key_persists_every_mutable_field_and_feeds_the_change_feed(store
     changed.revoked_by = Some(token_actor("tok_revoker"));
     changed.revoked_reason = Some("employee left".into());
     changed.rotated_to = Some("key_next".into());
-    changed.ratelimit = Some(RateLimit {
+    changed.set_ratelimits(keyward_core::limits::from_shorthand(Some(RateLimit {
         limit: 5,
         window_secs: 1,
-    });
+    })));
     changed.allowed_cidrs = Some(vec!["10.0.0.0/8".into()]);
     // `remaining` belongs to usage batches and `set_remaining`: update_key leaves it alone.
     changed.remaining = Some(3);
@@ -235,7 +235,7 @@ async fn update_key_persists_every_mutable_field_and_feeds_the_change_feed(store
     cleared.revoked_by = None;
     cleared.revoked_reason = None;
     cleared.rotated_to = None;
-    cleared.ratelimit = None;
+    cleared.set_ratelimits(Vec::new());
     cleared.allowed_cidrs = None;
     update_key(&store, &cleared).await;
     assert_eq!(store.key(&original.id).await.unwrap(), Some(cleared));
@@ -347,7 +347,7 @@ async fn set_remaining_sets_or_clears_the_quota_and_update_key_never_overwrites_
     store.apply_usage(&[spent]).await.unwrap();
     assert_eq!(store.key(&k.id).await.unwrap().unwrap().remaining, None);
     assert_eq!(lease(&store, &k.id, 5, 4).await, None);
-    store.return_lease(&k.id, 4).await.unwrap();
+    store.return_lease(&k.id, 4, None).await.unwrap();
     assert_eq!(store.key(&k.id).await.unwrap().unwrap().remaining, None);
 
     // A quota can be given back to an unlimited key.

@@ -77,7 +77,7 @@ async fn lease_quota_grants_at_most_what_is_left(store: Arc<dyn Store>) {
     assert_eq!(remaining(&store, &empty.id).await, Some(0));
 
     // The node's two grants are one lease of 10: all of it can be given back at once.
-    store.return_lease(&limited.id, 10).await.unwrap();
+    store.return_lease(&limited.id, 10, None).await.unwrap();
     assert_eq!(pool(&store, &limited.id).await, Some(10));
     assert_eq!(remaining(&store, &limited.id).await, Some(10));
 
@@ -102,7 +102,8 @@ async fn two_nodes_leasing_at_once_never_grant_more_than_the_quota(db: &TestDb) 
         let id = id.clone();
         handles.push(tokio::spawn(async move {
             let got = store.lease_quota(&id, WANT, at(i)).await.unwrap();
-            (node, got.expect("the key has a quota"))
+            let got = got.expect("the key has a quota");
+            (node, (got.granted, got.left))
         }));
     }
     let mut per_node = [0_i64; 2];
@@ -141,13 +142,13 @@ async fn two_nodes_leasing_at_once_never_grant_more_than_the_quota(db: &TestDb) 
     assert_eq!(lease(&b, &id, 1, 100).await, Some((0, 0)));
 
     // Each node holds exactly what it was granted, and gives back only that.
-    a.return_lease(&id, per_node[0] + 1).await.unwrap();
+    a.return_lease(&id, per_node[0] + 1, None).await.unwrap();
     assert_eq!(pool(&a, &id).await, Some(0));
-    a.return_lease(&id, per_node[0]).await.unwrap();
+    a.return_lease(&id, per_node[0], None).await.unwrap();
     assert_eq!(pool(&a, &id).await, Some(per_node[0]));
-    b.return_lease(&id, per_node[1] + 1).await.unwrap();
+    b.return_lease(&id, per_node[1] + 1, None).await.unwrap();
     assert_eq!(pool(&b, &id).await, Some(per_node[0]));
-    b.return_lease(&id, per_node[1]).await.unwrap();
+    b.return_lease(&id, per_node[1], None).await.unwrap();
     assert_eq!(pool(&b, &id).await, Some(QUOTA));
     assert_eq!(remaining(&a, &id).await, Some(QUOTA));
 }
@@ -175,12 +176,12 @@ async fn usage_spends_only_the_own_nodes_lease(db: &TestDb) {
     assert_eq!(pool(&a, &id).await, Some(50));
 
     // a holds 30 - 10, b holds 20 - 5: neither can give back more than its own lease.
-    a.return_lease(&id, 21).await.unwrap();
-    b.return_lease(&id, 16).await.unwrap();
+    a.return_lease(&id, 21, None).await.unwrap();
+    b.return_lease(&id, 16, None).await.unwrap();
     assert_eq!(pool(&a, &id).await, Some(50));
-    b.return_lease(&id, 15).await.unwrap();
+    b.return_lease(&id, 15, None).await.unwrap();
     assert_eq!(pool(&a, &id).await, Some(65));
-    a.return_lease(&id, 20).await.unwrap();
+    a.return_lease(&id, 20, None).await.unwrap();
     assert_eq!(pool(&a, &id).await, Some(85));
     assert_eq!(remaining(&a, &id).await, Some(85));
 
@@ -190,9 +191,9 @@ async fn usage_spends_only_the_own_nodes_lease(db: &TestDb) {
     tx.apply_usage(&[spend(&id, 4, 6)]).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(remaining(&a, &id).await, Some(81));
-    b.return_lease(&id, 7).await.unwrap();
+    b.return_lease(&id, 7, None).await.unwrap();
     assert_eq!(pool(&a, &id).await, Some(75));
-    b.return_lease(&id, 6).await.unwrap();
+    b.return_lease(&id, 6, None).await.unwrap();
     assert_eq!(pool(&a, &id).await, Some(81));
 }
 conformance!(with_db usage_spends_only_the_own_nodes_lease
@@ -204,18 +205,18 @@ async fn return_lease_puts_quota_back_but_never_more_than_is_leased(store: Arc<d
     let unlimited = quota_key(&store, "beta", None).await;
     assert_eq!(lease(&store, &id, 20, 1).await, Some((20, 30)));
 
-    store.return_lease(&id, 5).await.unwrap();
+    store.return_lease(&id, 5, None).await.unwrap();
     assert_eq!(
         (pool(&store, &id).await, remaining(&store, &id).await),
         (Some(35), Some(50))
     );
     // 15 is leased: giving back 16 does nothing at all.
-    store.return_lease(&id, 16).await.unwrap();
+    store.return_lease(&id, 16, None).await.unwrap();
     assert_eq!(
         (pool(&store, &id).await, remaining(&store, &id).await),
         (Some(35), Some(50))
     );
-    store.return_lease(&id, 15).await.unwrap();
+    store.return_lease(&id, 15, None).await.unwrap();
     assert_eq!(
         (pool(&store, &id).await, remaining(&store, &id).await),
         (Some(50), Some(50))
@@ -223,27 +224,27 @@ async fn return_lease_puts_quota_back_but_never_more_than_is_leased(store: Arc<d
     // The emptied lease is gone (there is nothing left for a sweep to reclaim), and with no
     // lease there is nothing to give back.
     assert_eq!(store.reclaim_stale_leases(at(1_000_000)).await.unwrap(), 0);
-    store.return_lease(&id, 1).await.unwrap();
+    store.return_lease(&id, 1, None).await.unwrap();
     assert_eq!(pool(&store, &id).await, Some(50));
 
     // What was spent cannot be given back.
     assert_eq!(lease(&store, &id, 10, 2).await, Some((10, 40)));
     store.apply_usage(&[spend(&id, 4, 3)]).await.unwrap();
-    store.return_lease(&id, 7).await.unwrap();
+    store.return_lease(&id, 7, None).await.unwrap();
     assert_eq!(
         (pool(&store, &id).await, remaining(&store, &id).await),
         (Some(40), Some(46))
     );
-    store.return_lease(&id, 6).await.unwrap();
+    store.return_lease(&id, 6, None).await.unwrap();
     assert_eq!(
         (pool(&store, &id).await, remaining(&store, &id).await),
         (Some(46), Some(46))
     );
 
     // Keys without a quota, or unknown, have nothing to give back.
-    store.return_lease(&unlimited, 3).await.unwrap();
+    store.return_lease(&unlimited, 3, None).await.unwrap();
     assert_eq!(remaining(&store, &unlimited).await, None);
-    store.return_lease("key_nope", 3).await.unwrap();
+    store.return_lease("key_nope", 3, None).await.unwrap();
 }
 conformance!(return_lease_puts_quota_back_but_never_more_than_is_leased
     => sqlite_return_lease_puts_quota_back_but_never_more_than_is_leased,
@@ -280,10 +281,10 @@ async fn reclaim_stale_leases_returns_leases_not_touched_since(db: &TestDb) {
     // The reclaimed quota can be leased by another node (here at 900 s, so that b keeps it
     // until the last sweep below); a's reclaimed lease is gone.
     assert_eq!(lease(&b, &k2, 10, 900).await, Some((10, 0)));
-    a.return_lease(&k1, 1).await.unwrap();
+    a.return_lease(&k1, 1, None).await.unwrap();
     assert_eq!(pool(&a, &k1).await, Some(80));
     // What was not reclaimed is still its node's.
-    b.return_lease(&k1, 20).await.unwrap();
+    b.return_lease(&k1, 20, None).await.unwrap();
     assert_eq!(pool(&a, &k1).await, Some(100));
 
     // Strictly older: a lease touched at the instant itself stays.
@@ -371,8 +372,8 @@ async fn set_remaining_voids_every_lease_and_feeds_a_quota_change(db: &TestDb) {
 
     // The old leases are void: nothing to give back, and spending from them does not come out
     // of the new quota.
-    a.return_lease(&k.id, 30).await.unwrap();
-    b.return_lease(&k.id, 20).await.unwrap();
+    a.return_lease(&k.id, 30, None).await.unwrap();
+    b.return_lease(&k.id, 20, None).await.unwrap();
     b.apply_usage(&[spend(&k.id, 5, 3)]).await.unwrap();
     let read = a.key(&k.id).await.unwrap().unwrap();
     assert_eq!((read.remaining, read.call_count), (Some(70), 1));
@@ -385,7 +386,7 @@ async fn set_remaining_voids_every_lease_and_feeds_a_quota_change(db: &TestDb) {
     tx.commit().await.unwrap();
     assert_eq!(remaining(&a, &k.id).await, None);
     assert_eq!(lease(&b, &k.id, 1, 5).await, None);
-    b.return_lease(&k.id, 10).await.unwrap();
+    b.return_lease(&k.id, 10, None).await.unwrap();
     assert_eq!(remaining(&a, &k.id).await, None);
     assert_eq!(
         a.reclaim_stale_leases(at(1_000)).await.unwrap(),
@@ -408,3 +409,61 @@ async fn set_remaining_voids_every_lease_and_feeds_a_quota_change(db: &TestDb) {
 conformance!(with_db set_remaining_voids_every_lease_and_feeds_a_quota_change
     => sqlite_set_remaining_voids_every_lease_and_feeds_a_quota_change,
        postgres_set_remaining_voids_every_lease_and_feeds_a_quota_change);
+
+/// A quota with a refill: the first lease of a new period refills it (`remaining` = amount)
+/// and voids every lease of the old period, whose units a node can then neither give back nor
+/// spend into the new period; each grant says when its period ends.
+async fn the_first_lease_of_a_period_refills_the_quota_and_voids_older_leases(db: &TestDb) {
+    use keyward_core::limits::{Interval, Refill};
+    let (a, b) = two_nodes(db).await;
+    let ks = new_keyspace(&a, "acme").await;
+    let mut k = key(&ks, at(0)).key;
+    k.remaining = Some(10);
+    k.refill = Some(Refill {
+        amount: 10,
+        interval: Interval::Secs(100),
+    });
+    k.refill_anchor = Some(at(0));
+    k.refilled_at = Some(at(0));
+    insert_keys(&a, &[&k]).await;
+
+    let first = a.lease_quota(&k.id, 4, at(10)).await.unwrap().unwrap();
+    assert_eq!(
+        (first.granted, first.left, first.until),
+        (4, 6, Some(at(100)))
+    );
+    let second = b.lease_quota(&k.id, 6, at(20)).await.unwrap().unwrap();
+    assert_eq!((second.granted, second.left), (6, 0));
+    assert_eq!(
+        remaining(&a, &k.id).await,
+        Some(10),
+        "read: unleased plus leases"
+    );
+
+    // The next period: refilled to the amount, the old leases void.
+    let head = a.change_head().await.unwrap();
+    let next = b.lease_quota(&k.id, 3, at(150)).await.unwrap().unwrap();
+    assert_eq!((next.granted, next.left, next.until), (3, 7, Some(at(200))));
+    assert_eq!(
+        remaining(&a, &k.id).await,
+        Some(10),
+        "A's old lease is gone"
+    );
+    let feed = a.changes_after(head, 10).await.unwrap();
+    assert!(
+        feed.iter().any(|c| c.key_id == k.id && c.quota),
+        "the refill voids every node's lease: a quota row tells them"
+    );
+    // A's old lease given back is void; B's current one is not.
+    a.return_lease(&k.id, 4, Some(at(100))).await.unwrap();
+    assert_eq!(remaining(&a, &k.id).await, Some(10));
+    assert_eq!(pool(&a, &k.id).await, Some(7));
+    b.return_lease(&k.id, 3, Some(at(200))).await.unwrap();
+    assert_eq!(pool(&a, &k.id).await, Some(10));
+    // A node whose clock lags gets the current period's units, and its end.
+    let late = a.lease_quota(&k.id, 2, at(140)).await.unwrap().unwrap();
+    assert_eq!((late.granted, late.until), (2, Some(at(200))));
+}
+conformance!(with_db the_first_lease_of_a_period_refills_the_quota_and_voids_older_leases
+    => sqlite_the_first_lease_of_a_period_refills_the_quota_and_voids_older_leases,
+       postgres_the_first_lease_of_a_period_refills_the_quota_and_voids_older_leases);

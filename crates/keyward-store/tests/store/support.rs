@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use keyward_core::id::new_id;
 use keyward_core::keyformat::{self, KeyHash};
-use keyward_core::model::{Actor, ActorKind, AuditEvent, Key, Keyspace, RateLimit, Role, Token};
+use keyward_core::model::{Actor, ActorKind, AuditEvent, Key, Keyspace, Role, Token};
 use keyward_core::policy::Preset;
 use keyward_core::secret::Secret;
 use keyward_core::time::Timestamp;
@@ -520,11 +520,25 @@ pub fn full_key(ks: &Keyspace, created_at: Timestamp) -> NewKey {
     key.last_used_at = Some(created_at.plus_millis(1_234));
     key.call_count = 42;
     key.denied_count = 7;
-    key.ratelimit = Some(RateLimit {
-        limit: 100,
-        window_secs: 60,
-    });
+    key.set_ratelimits(vec![
+        keyward_core::limits::NamedLimit {
+            name: "default".into(),
+            limit: 100,
+            window_secs: 60,
+        },
+        keyward_core::limits::NamedLimit {
+            name: "daily".into(),
+            limit: 10_000,
+            window_secs: 86_400,
+        },
+    ]);
     key.remaining = Some(10_000);
+    key.refill = Some(keyward_core::limits::Refill {
+        amount: 10_000,
+        interval: keyward_core::limits::Interval::Monthly,
+    });
+    key.refill_anchor = Some(created_at);
+    key.refilled_at = Some(created_at);
     key.allowed_cidrs = Some(vec![
         "203.0.113.0/24".into(),
         "2001:db8::/32".into(),
@@ -695,9 +709,9 @@ pub async fn remaining(store: &Arc<dyn Store>, key_id: &str) -> Option<i64> {
 /// A key's unleased quota (`keys.remaining`), read by leasing nothing; `None`: no quota.
 pub async fn pool(store: &Arc<dyn Store>, key_id: &str) -> Option<i64> {
     let got = store.lease_quota(key_id, 0, at(0)).await.unwrap();
-    got.map(|(granted, left)| {
-        assert_eq!(granted, 0, "leasing nothing grants nothing");
-        left
+    got.map(|l| {
+        assert_eq!(l.granted, 0, "leasing nothing grants nothing");
+        l.left
     })
 }
 
@@ -708,7 +722,11 @@ pub async fn lease(
     want: i64,
     secs: i64,
 ) -> Option<(i64, i64)> {
-    store.lease_quota(key_id, want, at(secs)).await.unwrap()
+    store
+        .lease_quota(key_id, want, at(secs))
+        .await
+        .unwrap()
+        .map(|l| (l.granted, l.left))
 }
 
 /// A usage batch entry: one valid verification at `at(secs)` that spent `consumed` quota.

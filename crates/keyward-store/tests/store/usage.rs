@@ -92,9 +92,9 @@ async fn apply_usage_adds_counts_keeps_the_latest_use_and_spends_remaining(store
     );
     assert_eq!(pool(&store, &quota.id).await, Some(80));
     // What is left of the lease (20 - 10) is exactly what this node can give back.
-    store.return_lease(&quota.id, 11).await.unwrap();
+    store.return_lease(&quota.id, 11, None).await.unwrap();
     assert_eq!(pool(&store, &quota.id).await, Some(80));
-    store.return_lease(&quota.id, 10).await.unwrap();
+    store.return_lease(&quota.id, 10, None).await.unwrap();
     assert_eq!(pool(&store, &quota.id).await, Some(90));
     assert_eq!(remaining(&store, &quota.id).await, Some(90));
 

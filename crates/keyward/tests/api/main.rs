@@ -21,6 +21,7 @@ mod import;
 mod keys;
 mod leaks;
 mod lifecycle;
+mod limits;
 mod outbound;
 mod proxies;
 mod retention;

@@ -569,8 +569,11 @@ pub(crate) fn detail(s: &SignedIn, m: &KeyDetail) -> Markup {
                     (row("Expires", html! { @if let Some(e) = key.expires_at { (ui::date_time(e)) " (" (ui::relative(e, now)) ")" } @else { span.muted { "never" } } }))
                     (row("Last used", when(key.last_used_at, now, "never")))
                     (row("Verifications", html! { (key.call_count) " valid · " (key.denied_count) " denied" }))
-                    (row("Rate limit", html! { @if let Some(r) = key.ratelimit { (r.limit) " per " (ui::human_secs(r.window_secs)) } @else { span.muted { "none" } } }))
+                    (row("Rate limits", ui::limits(&key.ratelimits)))
                     (row("Quota left", html! { @if let Some(r) = key.remaining { (r) } @else { span.muted { "unlimited" } } }))
+                    @if let Some(r) = &key.refill {
+                        (row("Refills", html! { (ui::refill(r)) @if let Some(at) = key.refilled_at { span.muted { " · this period since " (ui::date_time(at)) } } }))
+                    }
                     (row("Allowed addresses", html! { @match &key.allowed_cidrs { Some(c) if !c.is_empty() => { @for x in c { span.chip { (x) } } } _ => { span.muted { "any" } } } }))
                     @if let Some(x) = &key.external_id {
                         (row("Imported", html! { "external id " code { (x) } }))

@@ -1,0 +1,13 @@
+-- Named rate limits and refilling quotas.
+-- `keys.ratelimits`: every named limit of the key as JSON (NULL: none); `keys.ratelimit` keeps
+-- the one named `default` (the one-limit shorthand), so rows written before read the same.
+ALTER TABLE keys ADD COLUMN ratelimits TEXT;
+-- `keys.refill`: `{"amount", "interval"}` as JSON (NULL: the quota never refills);
+-- `refill_anchor`: when it was set (the origin of an interval in seconds);
+-- `refilled_at`: the start of the period `remaining` and the leases belong to. A lease taken in a
+-- later period first refills (`remaining` = amount) and voids every older lease.
+ALTER TABLE keys ADD COLUMN refill TEXT;
+ALTER TABLE keys ADD COLUMN refill_anchor BIGINT;
+ALTER TABLE keys ADD COLUMN refilled_at BIGINT;
+-- An identity's rate limits, shared by all its keys (JSON; NULL: none).
+ALTER TABLE identities ADD COLUMN ratelimits TEXT;
