@@ -104,6 +104,11 @@ named! {
         KeyInactiveRevoked => "key.inactive_revoked",
         KeyAnomaly => "key.anomaly",
         KeyLeaked => "key.leaked",
+        /// A key's quota fell below its keyspace's `quota_low_percent` of its refill amount
+        /// (once per refill period).
+        KeyQuotaLow => "key.quota_low",
+        /// A verification was denied `RATE_LIMITED` (once per key, limit and window).
+        KeyRateLimited => "key.rate_limited",
         /// Every key of the identity verifies `DISABLED` from now on.
         IdentityDisabled => "identity.disabled",
         /// The identity's keys verify as their own state says again (enabled, or deleted while

@@ -174,6 +174,9 @@ pub struct Key {
     /// the verifier; shown on the identity).
     #[serde(skip)]
     pub owner_ratelimits: Vec<NamedLimit>,
+    /// The keyspace's `policy.quota_low_percent` (read with the key, for the verifier).
+    #[serde(skip)]
+    pub quota_low_percent: Option<i64>,
     /// The key's id in the system it was imported from: shown only on imported keys that
     /// have one (keys keyward issued keep their shape).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -247,6 +250,7 @@ impl Key {
             refill_anchor: None,
             allowed_cidrs: None,
             owner_ratelimits: Vec::new(),
+            quota_low_percent: None,
             external_id: None,
             owner_disabled: false,
         }

@@ -20,6 +20,10 @@ pub struct Policy {
     /// What a reported leak of a live key does (`POST /v1/leaks`).
     #[serde(default)]
     pub on_leak: OnLeak,
+    /// `key.quota_low` is sent when a refilling quota falls below this percentage of its
+    /// amount (once per period); `None`: never. Shown only when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_low_percent: Option<i64>,
 }
 
 /// What a reported leak of a live key does: revoke it at once (the default), or only notify
@@ -62,6 +66,7 @@ impl Preset {
             require_owner: true,
             max_keys_per_owner: None,
             on_leak: OnLeak::Revoke,
+            quota_low_percent: None,
         };
         match self {
             Preset::Standard => standard,
@@ -158,6 +163,12 @@ pub struct PolicyPatch {
         skip_serializing_if = "Option::is_none"
     )]
     pub on_leak: Option<OnLeak>,
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub quota_low_percent: Option<Option<i64>>,
 }
 
 fn limit(name: &str, v: Option<i64>) -> Result<Option<i64>, Invalid> {
@@ -205,6 +216,12 @@ impl PolicyPatch {
         if let Some(v) = self.on_leak {
             p.on_leak = v;
         }
+        if let Some(v) = self.quota_low_percent {
+            if v.is_some_and(|n| !(1..=99).contains(&n)) {
+                return Err("policy.quota_low_percent must be null or an integer in 1..99".into());
+            }
+            p.quota_low_percent = v;
+        }
         Ok(p)
     }
 }
@@ -242,6 +259,8 @@ mod tests {
             r#"{"rotation_grace_secs": null}"#,
             r#"{"rotation_grace_secs": -1}"#,
             r#"{"require_owner": null}"#,
+            r#"{"quota_low_percent": 0}"#,
+            r#"{"quota_low_percent": 100}"#,
         ] {
             let patch: PolicyPatch = serde_json::from_str(bad).unwrap();
             assert!(patch.apply(&Policy::default()).is_err(), "{bad}");

@@ -353,6 +353,9 @@ pub trait StoreTx: Send {
     async fn mark_warned(&mut self, id: &str, now: Timestamp) -> Result<bool>;
     /// Records an anomaly unless one with the same `dedup` exists; true when recorded.
     async fn insert_anomaly(&mut self, a: &Anomaly, dedup: &str) -> Result<bool>;
+    /// Records that a threshold notice (`key.rate_limited`, `key.quota_low`) was sent; `false`
+    /// when one with this `dedup` text was already (by any node).
+    async fn insert_notice(&mut self, dedup: &str, at: Timestamp) -> Result<bool>;
     /// Copies the source-address record of one key to another (a successor starts with its
     /// predecessor's addresses).
     async fn copy_sources(&mut self, from_key: &str, to_key: &str) -> Result<()>;

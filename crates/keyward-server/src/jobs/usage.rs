@@ -3,18 +3,21 @@
 //! shutdown. A failed batch is put back and retried,
 //! so counts are lost only if the process dies (at most one flush interval's worth). It also
 //! turns what the verification path noticed into anomalies (`new_source`,
-//! `dormant_reactivated`).
+//! `dormant_reactivated`) and threshold notices (`key.rate_limited`, `key.quota_low`: each once
+//! cluster-wide, by a deduplicated row written with its webhook event).
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use keyward_core::kinds::AnomalyKind;
+use keyward_core::kinds::{AnomalyKind, WebhookEvent};
 use keyward_store::{SourceSeen, UsageDelta};
 use serde_json::json;
 
 use crate::anomalies::{self, Found};
+use crate::events::key_event;
 use crate::state::Control;
+use crate::verifier::Notice;
 
 /// `new_source` anomalies reported per key and flush at most.
 const NEW_SOURCES_PER_FLUSH: usize = 5;
@@ -116,6 +119,13 @@ async fn flush_batch(
 ) -> Result<(usize, usize), keyward_store::StoreError> {
     let mut usage = state.verifier.take_usage(max);
     let taken = usage.taken();
+    let notices = std::mem::take(&mut usage.notices);
+    if !notices.is_empty() {
+        if let Err((e, notices)) = record_notices(state, notices).await {
+            tracing::warn!(error = %e, "could not record threshold notices; retried at the next flush");
+            state.verifier.restore_notices(notices);
+        }
+    }
     if usage.deltas.is_empty() && usage.reactivations.is_empty() {
         return Ok((0, taken));
     }
@@ -161,6 +171,72 @@ async fn flush_batch(
         tracing::warn!(error = %e, "could not record anomalies found while flushing usage");
     }
     Ok((n, taken))
+}
+
+type Notices = Vec<(std::sync::Arc<crate::verifier::Entry>, Notice)>;
+
+/// Announces thresholds crossed, each once cluster-wide: a notice row with a unique `dedup`
+/// text and its webhook event, in one transaction. On failure the notices come back.
+async fn record_notices(
+    state: &Control,
+    notices: Notices,
+) -> Result<(), (keyward_store::StoreError, Notices)> {
+    let run = async {
+        let mut tx = state.records.store.begin().await?;
+        let mut sent = false;
+        for (entry, n) in &notices {
+            let key_id = entry.key_id();
+            let (kind, dedup, at, extra) = match n {
+                Notice::RateLimited {
+                    name,
+                    limit,
+                    window_secs,
+                    identity,
+                    reset_at,
+                    at,
+                } => (
+                    WebhookEvent::KeyRateLimited,
+                    format!(
+                        "rate_limited:{key_id}:{}:{name}:{}",
+                        if *identity { "i" } else { "k" },
+                        reset_at.millis()
+                    ),
+                    *at,
+                    json!({"limit": {"name": name, "limit": limit, "window_secs": window_secs,
+                                     "identity": identity, "reset_at": reset_at}}),
+                ),
+                Notice::QuotaLow {
+                    remaining,
+                    below,
+                    period_end,
+                    at,
+                } => (
+                    WebhookEvent::KeyQuotaLow,
+                    format!("quota_low:{key_id}:{}", period_end.millis()),
+                    *at,
+                    json!({"quota": {"remaining": remaining, "below": below,
+                                     "period_end": period_end}}),
+                ),
+            };
+            if !tx.insert_notice(&dedup, at).await? {
+                continue;
+            }
+            if let Some(key) = tx.key(key_id).await? {
+                let extra = match extra {
+                    serde_json::Value::Object(m) => m,
+                    _ => serde_json::Map::new(),
+                };
+                tx.enqueue(&key_event(kind, &key, at, extra)).await?;
+                sent = true;
+            }
+        }
+        tx.commit().await?;
+        if sent {
+            state.webhook_wake.notify_one();
+        }
+        Ok::<_, keyward_store::StoreError>(())
+    };
+    run.await.map_err(|e| (e, notices))
 }
 
 async fn return_idle_leases(state: &Control) {

@@ -25,7 +25,7 @@ use keyward_core::time::Timestamp;
 use keyward_core::verify::{check_and_consume, slot, Code, Limit, RateState, Window};
 
 use super::lease::LEASE_RETRY_MS;
-use super::live::{LiveState, NEVER};
+use super::live::{LiveState, Notice, NEVER};
 use super::{lock, Entry, Verifier};
 use crate::redis::{CounterOf, RedisLimiter};
 
@@ -337,10 +337,23 @@ impl Verifier {
             return self.deny(entry, Code::UsageExceeded, None, None, req, now);
         }
         let remaining = m.remaining.map(|l| l + m.pool);
+        if let Some(left) = remaining {
+            if m.low_below != NEVER && left < m.low_below && m.low_noticed != m.lease_until {
+                // Once per refill period (per node; the store keeps one per period).
+                m.low_noticed = m.lease_until;
+                m.notices.push(Notice::QuotaLow {
+                    remaining: left,
+                    below: m.low_below,
+                    period_end: Timestamp::from_millis(m.lease_until),
+                    at: now,
+                });
+            }
+        }
         let drawn = quota_entry.is_some() && m.remaining.is_some();
         if drawn {
             m.consumed += req.cost;
         }
+        let noticed = !m.notices.is_empty();
         // Valid: every limit takes its slot.
         let mut states = Vec::new();
         match shared {
@@ -370,7 +383,7 @@ impl Verifier {
         }
         drop(id_slots);
         drop(q);
-        if drawn {
+        if drawn || noticed {
             if let Some(qe) = &quota_entry {
                 self.mark_dirty(qe);
             }
@@ -446,14 +459,37 @@ impl Verifier {
         req: &Request<'_>,
         now: Timestamp,
     ) -> Decision {
-        if self.usage_counting.load(Ordering::Relaxed) {
+        let counting = self.usage_counting.load(Ordering::Relaxed);
+        // `key.rate_limited`: once per key, limit and window.
+        let notice = match (limit, reset_at) {
+            (Some(e), Some(reset)) => entry.limit_of(e).map(|l| (e, l.clone(), reset)),
+            _ => None,
+        };
+        if counting || notice.is_some() {
             let mut s = lock(&entry.state);
             if entry.is_moved() {
                 if let Some(next) = Entry::forward(&s) {
                     return Decision::Moved(next);
                 }
             }
-            s.record(code, req.ip, now);
+            if counting {
+                s.record(code, req.ip, now);
+            }
+            if let Some((e, l, reset)) = notice {
+                let m = s.more();
+                let seen = (e.index, e.identity, reset.millis());
+                if !m.noticed.contains(&seen) {
+                    m.noticed.push(seen);
+                    m.notices.push(Notice::RateLimited {
+                        name: l.name,
+                        limit: l.limit,
+                        window_secs: l.window_ms / 1000,
+                        identity: e.identity,
+                        reset_at: reset,
+                        at: now,
+                    });
+                }
+            }
             drop(s);
             self.mark_dirty(&entry);
         }

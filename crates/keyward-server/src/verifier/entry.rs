@@ -174,6 +174,10 @@ impl Entry {
             let m = state.more();
             m.remaining = Some(0);
             m.pool = r;
+            if let (Some(refill), Some(pct)) = (key.refill, key.quota_low_percent) {
+                // At most 10^12 × 99: no overflow.
+                m.low_below = refill.amount.saturating_mul(pct) / 100;
+            }
         }
         Entry {
             digest: digest(&key.hash),

@@ -19,7 +19,7 @@ use keyward_core::time::Timestamp;
 use keyward_core::verify::Code;
 use keyward_store::{MinuteCount, SourceSeen, UsageDelta};
 
-use super::live::{NEVER, SOURCE_WRITE_MS};
+use super::live::{Notice, NEVER, SOURCE_WRITE_MS};
 use super::{lock, Entry, Verifier};
 
 /// A valid use of a key after a long silence, found on the verification path.
@@ -36,6 +36,8 @@ pub struct Reactivation {
 pub struct Usage {
     pub deltas: Vec<UsageDelta>,
     pub(crate) reactivations: Vec<Reactivation>,
+    /// Thresholds crossed: the key's entry and what it crossed.
+    pub(crate) notices: Vec<(Arc<Entry>, Notice)>,
     cells: Vec<Arc<Entry>>,
     taken: usize,
 }
@@ -117,6 +119,7 @@ impl Verifier {
         let mut usage = Usage {
             deltas: Vec::with_capacity(cells.len()),
             reactivations: Vec::new(),
+            notices: Vec::new(),
             cells: Vec::with_capacity(cells.len()),
             taken: cells.len(),
         };
@@ -186,6 +189,10 @@ impl Verifier {
                 if now_ms - m.sources_written >= SOURCE_WRITE_MS {
                     m.sources.retain(|s| s.count != 0);
                 }
+                for n in m.notices.drain(..) {
+                    usage.notices.push((cell.clone(), n));
+                }
+                m.noticed.retain(|&(_, _, end)| end > now_ms);
                 for (previous_use, at) in m.reactivations.drain(..) {
                     usage.reactivations.push(Reactivation {
                         key_id: d.key_id.clone(),
@@ -199,6 +206,8 @@ impl Verifier {
                     .retain(|s| s.window.start_ms + s.window_ms > now_ms && s.window.count > 0);
                 // A key that is rarely denied or seen from an address gives its box back.
                 if m.slots.is_empty()
+                    && m.noticed.is_empty()
+                    && m.low_below == NEVER
                     && m.remaining.is_none()
                     && m.last_lease.is_none()
                     && m.forward.is_none()
@@ -229,6 +238,14 @@ impl Verifier {
         usage
     }
 
+    /// Puts back notices that could not be recorded, so the next flush tries again.
+    pub(crate) fn restore_notices(&self, notices: Vec<(Arc<Entry>, Notice)>) {
+        for (cell, n) in notices {
+            let (cell, ()) = Entry::with_state(&cell, |s| s.more().notices.push(n));
+            self.mark_dirty(&cell);
+        }
+    }
+
     /// From now on every flush writes every source address seen (the last flushes, at
     /// shutdown).
     pub fn write_all_sources(&self) {
@@ -236,7 +253,8 @@ impl Verifier {
     }
 
     /// Puts back usage that could not be written, so it is retried with the next flush.
-    pub(crate) fn restore_usage(&self, usage: Usage) {
+    pub(crate) fn restore_usage(&self, mut usage: Usage) {
+        self.restore_notices(std::mem::take(&mut usage.notices));
         let mut reactivations: HashMap<String, Vec<(Timestamp, Timestamp)>> = HashMap::new();
         for r in usage.reactivations {
             reactivations

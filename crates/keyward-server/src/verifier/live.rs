@@ -100,6 +100,37 @@ pub(super) struct More {
     /// Bumped whenever the quota is set anew (which voids every lease in the store): a lease
     /// granted, or given back in vain, under an older generation is dropped, not added.
     pub(super) quota_gen: u32,
+    /// Threshold notices found since the last flush (`key.rate_limited`, `key.quota_low`).
+    pub(super) notices: Vec<Notice>,
+    /// Rate-limit windows noticed here: (limit index, identity's, window end ms). One notice
+    /// per key, limit and window (the store deduplicates across nodes).
+    pub(super) noticed: Vec<(u8, bool, i64)>,
+    /// A refilling quota whose keyspace asks for `key.quota_low`: what is left is low below
+    /// this; [`NEVER`] otherwise.
+    pub(super) low_below: i64,
+    /// The period (its end, as `lease_until`) whose low quota was noticed here.
+    pub(super) low_noticed: i64,
+}
+
+/// A threshold crossed on the verification path, for the flusher to announce.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// `RATE_LIMITED` by this limit in the window that ends at `reset_at`.
+    RateLimited {
+        name: Box<str>,
+        limit: i64,
+        window_secs: i64,
+        identity: bool,
+        reset_at: Timestamp,
+        at: Timestamp,
+    },
+    /// What is left of a refilling quota fell below `below` in the period ending `period_end`.
+    QuotaLow {
+        remaining: i64,
+        below: i64,
+        period_end: Timestamp,
+        at: Timestamp,
+    },
 }
 
 impl Default for More {
@@ -117,6 +148,10 @@ impl Default for More {
             reactivations: Vec::new(),
             forward: None,
             quota_gen: 0,
+            notices: Vec::new(),
+            noticed: Vec::new(),
+            low_below: NEVER,
+            low_noticed: NEVER,
         }
     }
 }
@@ -201,6 +236,7 @@ impl LiveState {
         self.valid != 0
             || self.more.as_ref().is_some_and(|m| {
                 m.consumed != 0
+                    || !m.notices.is_empty()
                     || !m.buckets.is_empty()
                     || m.sources.iter().any(|s| s.count != 0)
                     || !m.reactivations.is_empty()

@@ -210,6 +210,11 @@ impl Verifier {
                 }
             }
         }
+        // The quota's low mark follows the key's refill and keyspace as read now.
+        let low = from_row.more.as_ref().map_or(NEVER, |m| m.low_below);
+        if low != NEVER || n.more.is_some() {
+            n.more().low_below = low;
+        }
         if n.previous_use == NEVER {
             n.previous_use = from_row.previous_use;
         }

@@ -61,6 +61,7 @@ mod table;
 pub use decide::{Exhausted, LimitState, Outcome, Request};
 pub use entry::Entry;
 pub use flush::{Reactivation, Usage};
+pub use live::Notice;
 pub(crate) use shard::Digest;
 
 use decide::Decision;

@@ -11,3 +11,13 @@ ALTER TABLE keys ADD COLUMN refill_anchor BIGINT;
 ALTER TABLE keys ADD COLUMN refilled_at BIGINT;
 -- An identity's rate limits, shared by all its keys (JSON; NULL: none).
 ALTER TABLE identities ADD COLUMN ratelimits TEXT;
+-- The keyspace's `policy.quota_low_percent`, as a column a key read can join cheaply (the
+-- verifier sends `key.quota_low` when a refilling quota falls below it).
+ALTER TABLE keyspaces ADD COLUMN quota_low_percent BIGINT;
+-- Threshold notices (`key.rate_limited`, `key.quota_low`) already sent: one row per key, limit
+-- and window (or refill period), so that the nodes of a cluster send each once.
+CREATE TABLE notices (
+    dedup TEXT PRIMARY KEY,
+    at BIGINT NOT NULL
+);
+CREATE INDEX notices_at ON notices (at);

@@ -1,6 +1,7 @@
 //! Anomalies the detector records (a spike, a new source address, a dormant key used again, a
-//! burst of denials): the deduplicated insert and the filtered list. (Old ones are pruned with
-//! the history, see `prune_history` in `feed.rs`.)
+//! burst of denials): the deduplicated insert and the filtered list; and the threshold notices
+//! sent (deduplicated the same way). (Old ones are pruned with the history, see
+//! `prune_history` in `feed.rs`.)
 //!
 //! Invariant: at most one anomaly per `dedup` text, so a detector that sees the same thing twice
 //! records it once.
@@ -47,6 +48,16 @@ macro_rules! for_backend {
             .execute(&mut *conn)
             .await
             .map_err(map_err)?;
+            Ok(r.rows_affected() == 1)
+        }
+
+        pub(super) async fn insert_notice(conn: &mut <$DB as sqlx::Database>::Connection, dedup: &str, at: Timestamp) -> Result<bool> {
+            let r = sqlx::query("INSERT INTO notices (dedup, at) VALUES ($1, $2) ON CONFLICT (dedup) DO NOTHING")
+                .bind(dedup)
+                .bind(at.millis())
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
             Ok(r.rows_affected() == 1)
         }
 

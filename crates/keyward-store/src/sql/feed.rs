@@ -108,6 +108,7 @@ macro_rules! for_backend {
                     history_before,
                 ),
                 ("DELETE FROM anomalies WHERE detected_at < $1", history_before),
+                ("DELETE FROM notices WHERE at < $1", history_before),
                 ("DELETE FROM change_feed WHERE at < $1", feed_before),
             ];
             for (sql, before) in statements {

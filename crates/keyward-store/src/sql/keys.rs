@@ -26,9 +26,10 @@ pub(super) const KEY_SELECT: &str = "id, keyspace_id, name, owner, scopes, label
     WHERE q.key_id = keys.id) AS BIGINT) AS remaining, \
     allowed_cidrs, external_id, ratelimits, refill, refill_anchor, refilled_at, \
     COALESCE((SELECT NOT i.enabled FROM identities i WHERE i.id = keys.owner), FALSE) AS owner_disabled, \
-    (SELECT i.ratelimits FROM identities i WHERE i.id = keys.owner) AS owner_ratelimits";
+    (SELECT i.ratelimits FROM identities i WHERE i.id = keys.owner) AS owner_ratelimits, \
+    (SELECT s.quota_low_percent FROM keyspaces s WHERE s.id = keys.keyspace_id) AS quota_low_percent";
 pub(super) const KEYSPACE_COLS: &str =
-    "id, name, prefix, policy, created_at, updated_at, routes, unmatched";
+    "id, name, prefix, policy, created_at, updated_at, routes, unmatched, quota_low_percent";
 
 /// Database-side form of [`Key::status`](keyward_core::model::Key::status).
 pub(super) fn push_status<'a, DB: Database>(
@@ -115,6 +116,7 @@ macro_rules! for_backend {
                 refilled_at: ts(get(r, "refilled_at")?),
                 allowed_cidrs: json_opt("allowed_cidrs", get(r, "allowed_cidrs")?)?,
                 owner_ratelimits: json_opt("owner_ratelimits", get(r, "owner_ratelimits")?)?.unwrap_or_default(),
+                quota_low_percent: get(r, "quota_low_percent")?,
                 external_id: get(r, "external_id")?,
                 owner_disabled: get(r, "owner_disabled")?,
             })
@@ -152,7 +154,7 @@ macro_rules! for_backend {
         }
 
         pub(super) async fn insert_keyspace(conn: &mut <$DB as sqlx::Database>::Connection, ks: &Keyspace) -> Result<()> {
-            let sql = format!("INSERT INTO keyspaces ({KEYSPACE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)");
+            let sql = format!("INSERT INTO keyspaces ({KEYSPACE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)");
             sqlx::query(&sql)
                 .bind(&ks.id)
                 .bind(&ks.name)
@@ -162,6 +164,7 @@ macro_rules! for_backend {
                 .bind(ks.updated_at.millis())
                 .bind(to_json(&ks.routes))
                 .bind(ks.unmatched.as_str())
+                .bind(ks.policy.quota_low_percent)
                 .execute(&mut *conn)
                 .await
                 .map_err(map_err)?;
@@ -170,13 +173,14 @@ macro_rules! for_backend {
 
         /// Writes a keyspace and appends its feed row (the other nodes read its rules again).
         pub(super) async fn update_keyspace(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, ks: &Keyspace) -> Result<()> {
-            sqlx::query("UPDATE keyspaces SET name = $2, policy = $3, updated_at = $4, routes = $5, unmatched = $6 WHERE id = $1")
+            sqlx::query("UPDATE keyspaces SET name = $2, policy = $3, updated_at = $4, routes = $5, unmatched = $6, quota_low_percent = $7 WHERE id = $1")
                 .bind(&ks.id)
                 .bind(&ks.name)
                 .bind(to_json(&ks.policy))
                 .bind(ks.updated_at.millis())
                 .bind(to_json(&ks.routes))
                 .bind(ks.unmatched.as_str())
+                .bind(ks.policy.quota_low_percent)
                 .execute(&mut *conn)
                 .await
                 .map_err(map_err)?;

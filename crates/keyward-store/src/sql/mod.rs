@@ -251,6 +251,9 @@ macro_rules! sql_backend {
                 async fn insert_anomaly(&mut self, a: &Anomaly, dedup: &str) -> Result<bool> {
                     anomalies::insert_anomaly(&mut self.tx, a, dedup).await
                 }
+                async fn insert_notice(&mut self, dedup: &str, at: Timestamp) -> Result<bool> {
+                    anomalies::insert_notice(&mut self.tx, dedup, at).await
+                }
 
                 async fn commit(self: Box<Self>) -> Result<()> {
                     self.tx.commit().await.map_err(map_err)

@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::both;
-use crate::helpers::{manual, spawn_node, Options, TestApp};
+use crate::helpers::{manual, spawn_node, Options, Receiver, TestApp};
 use crate::verify::fa_body;
 
 /// The manual clock's start: 2027-01-15T08:00:00Z (aligned to the minute and the hour).
@@ -393,6 +393,73 @@ async fn a_quota_refills_each_period(app: TestApp) {
     assert!(k.get("refill").is_none() || k["refill"].is_null(), "{k}");
 }
 both!(a_quota_refills_each_period, manual);
+
+async fn thresholds_are_announced_once_per_key_limit_and_period(app: TestApp) {
+    let rx = Receiver::start(0).await;
+    app.webhook(&rx, &["key.rate_limited", "key.quota_low"])
+        .await;
+    let ks = app.keyspace(json!({"quota_low_percent": 50})).await;
+    let (_, limited) = app
+        .key(
+            &ks,
+            json!({"ratelimits": [{"name": "burst", "limit": 1, "window_secs": 10}]}),
+        )
+        .await;
+    let (_, quota) = app
+        .key(
+            &ks,
+            json!({"remaining": 4, "refill": {"amount": 4, "interval": "daily"}}),
+        )
+        .await;
+    // A second node on the same database, denying the same key in the same window.
+    let b = spawn_node(&app).await;
+    assert_eq!(app.verify_code(&limited).await, "VALID");
+    for _ in 0..3 {
+        assert_eq!(app.verify_code(&limited).await, "RATE_LIMITED");
+    }
+    assert_eq!(b.verify_code(&limited).await, "VALID");
+    assert_eq!(b.verify_code(&limited).await, "RATE_LIMITED");
+    // 4 -> 3 -> 2 -> 1 (below half of 4) -> 0: one notice.
+    for _ in 0..4 {
+        assert_eq!(app.verify_code(&quota).await, "VALID");
+    }
+    app.flush().await;
+    b.flush().await;
+    app.deliver().await;
+    let rl = rx.wait_for("key.rate_limited", 1).await;
+    let ql = rx.wait_for("key.quota_low", 1).await;
+    assert_eq!(
+        rl.len(),
+        1,
+        "once per key, limit and window, whichever node denied"
+    );
+    assert_eq!(
+        rl[0]["data"]["limit"],
+        json!({"name": "burst", "limit": 1, "window_secs": 10, "identity": false, "reset_at": at(10)})
+    );
+    assert_eq!(ql.len(), 1);
+    assert_eq!(ql[0]["data"]["quota"]["remaining"], 1);
+    assert_eq!(ql[0]["data"]["quota"]["below"], 2);
+    assert_eq!(ql[0]["data"]["key"]["refill"]["amount"], 4);
+
+    // The next window, the next period: announced again.
+    app.advance(16 * 3600);
+    assert_eq!(app.verify_code(&limited).await, "VALID");
+    assert_eq!(app.verify_code(&limited).await, "RATE_LIMITED");
+    for _ in 0..3 {
+        assert_eq!(app.verify_code(&quota).await, "VALID");
+    }
+    app.flush().await;
+    app.deliver().await;
+    assert_eq!(rx.wait_for("key.rate_limited", 2).await.len(), 2);
+    assert_eq!(rx.wait_for("key.quota_low", 2).await.len(), 2);
+    assert!(rx.all_signatures_valid());
+    b.stop().await;
+}
+both!(
+    thresholds_are_announced_once_per_key_limit_and_period,
+    manual
+);
 
 // ---------------------------------------------------------------- three nodes
 
