@@ -194,7 +194,7 @@ impl Refill {
                 days_from_civil(y, m, 1) * DAY_MS
             }
             Interval::Secs(n) => {
-                let len = n.max(1) * 1000;
+                let len = n.clamp(1, MAX_INTERVAL_SECS) * 1000;
                 let a = anchor.millis();
                 a + (t - a).div_euclid(len) * len
             }
@@ -211,7 +211,7 @@ impl Refill {
                 let (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
                 days_from_civil(y, m, 1) * DAY_MS
             }
-            Interval::Secs(n) => t + n.max(1) * 1000,
+            Interval::Secs(n) => t + n.clamp(1, MAX_INTERVAL_SECS) * 1000,
         })
     }
 }

@@ -266,7 +266,8 @@ impl Key {
     /// last refilled it (the store refills at the next lease or sweep; a read never lags).
     pub fn refilled(&self, now: Timestamp) -> Option<Key> {
         let refill = self.refill?;
-        let start = refill.period_start(self.refill_anchor.unwrap_or(now), now);
+        let anchor = self.refill_anchor.or(self.refilled_at).unwrap_or(now);
+        let start = refill.period_start(anchor, now);
         if self.refilled_at.is_some_and(|r| r >= start) {
             return None;
         }
@@ -321,8 +322,9 @@ pub struct Identity {
     pub meta: Map<String, Value>,
     /// `false`: every key of the identity verifies `DISABLED` (the keys are not changed).
     pub enabled: bool,
-    /// Rate limits shared by every key of the identity (all of them counted together).
-    #[serde(default)]
+    /// Rate limits shared by every key of the identity (all of them counted together). Shown
+    /// when it has some.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ratelimits: Vec<NamedLimit>,
     pub created_at: Timestamp,
     pub created_by: Actor,

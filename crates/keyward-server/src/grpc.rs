@@ -184,7 +184,10 @@ async fn decide(
             let mut extra = vec![overwrite("x-keyward-code", code.as_str())];
             if let Some(e) = entry {
                 extra.push(overwrite("x-keyward-key-id", e.key_id()));
-                if let Some(l) = limit.and_then(|l| e.limit_of(l)) {
+                if let Some(l) = limit
+                    .filter(|_| e.has_named_limits())
+                    .and_then(|l| e.limit_of(l))
+                {
                     extra.push(overwrite("x-keyward-limit", &l.name));
                 }
             }

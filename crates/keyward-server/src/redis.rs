@@ -116,16 +116,25 @@ impl RedisLimiter {
     }
 
     /// The counter of a key's limit in the window starting at `window_start_ms`: the limit
-    /// named `default` keeps the name it had when a key had one limit; an identity's limits
-    /// are counted apart from every key's (key ids never start with `i:`; limit names hold no
-    /// `:`).
-    pub(crate) fn counter(owner: CounterOf<'_>, limit: &str, window_start_ms: i64) -> String {
+    /// named `default` keeps the name it had when a key had one limit; the others name their
+    /// window's length too (a changed window counts anew); an identity's limits are counted
+    /// apart from every key's (key ids never start with `i:`; limit names hold no `:`).
+    pub(crate) fn counter(
+        owner: CounterOf<'_>,
+        limit: &str,
+        window_ms: i64,
+        window_start_ms: i64,
+    ) -> String {
         match owner {
             CounterOf::Key(id) if limit == keyward_core::limits::DEFAULT_LIMIT => {
                 format!("keyward:rl:{id}:{window_start_ms}")
             }
-            CounterOf::Key(id) => format!("keyward:rl:{id}:{limit}:{window_start_ms}"),
-            CounterOf::Identity(id) => format!("keyward:rl:i:{id}:{limit}:{window_start_ms}"),
+            CounterOf::Key(id) => {
+                format!("keyward:rl:{id}:{limit}:{window_ms}:{window_start_ms}")
+            }
+            CounterOf::Identity(id) => {
+                format!("keyward:rl:i:{id}:{limit}:{window_ms}:{window_start_ms}")
+            }
         }
     }
 

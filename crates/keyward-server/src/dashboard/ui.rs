@@ -201,7 +201,6 @@ pub(crate) fn human_secs(secs: i64) -> String {
     format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
 }
 
-/// A time cell: the date and a relative hint, full time on hover.
 /// Named rate limits as chips (`burst: 10 per 1 s`), or a muted "none".
 pub(crate) fn limits(list: &[keyward_core::limits::NamedLimit]) -> Markup {
     html! {
@@ -220,6 +219,7 @@ pub(crate) fn refill(r: &keyward_core::limits::Refill) -> String {
     }
 }
 
+/// A time cell: the date and a relative hint, full time on hover.
 pub(crate) fn when(t: Option<Timestamp>, now: Timestamp, never: &str) -> Markup {
     match t {
         Some(t) => html! {

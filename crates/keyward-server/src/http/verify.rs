@@ -136,7 +136,7 @@ fn outcome_body(o: &Outcome) -> Vec<u8> {
             }
             // `ratelimits` when it says more than `ratelimit` (an answer about none, or only the
             // `default` limit, keeps the shape it had).
-            if limits.len() > usize::from(rate.is_some()) {
+            if entry.has_named_limits() {
                 // Limit names need no JSON escaping (their grammar excludes it).
                 out.extend_from_slice(b",\"ratelimits\":[");
                 for (i, s) in limits.iter().enumerate() {
@@ -172,6 +172,11 @@ fn outcome_body(o: &Outcome) -> Vec<u8> {
             reset_at,
             limit,
         } => {
+            // The exhausted limit, named when the key's limits say more than `ratelimit`.
+            let named = match (entry, limit) {
+                (Some(e), Some(l)) if e.has_named_limits() => e.limit_of(*l).map(|x| (*l, x)),
+                _ => None,
+            };
             #[derive(Serialize)]
             struct Denied<'a> {
                 valid: bool,
@@ -183,9 +188,13 @@ fn outcome_body(o: &Outcome) -> Vec<u8> {
                 /// `RATE_LIMITED` only: when the exhausted window resets.
                 #[serde(skip_serializing_if = "Option::is_none")]
                 reset_at: Option<keyward_core::time::Timestamp>,
-                /// `RATE_LIMITED` only: the exhausted limit's name.
+                /// `RATE_LIMITED` only, when the key has named limits: the exhausted limit's
+                /// name.
                 #[serde(skip_serializing_if = "Option::is_none")]
                 limit: Option<&'a str>,
+                /// With `limit`: it is the identity's.
+                #[serde(skip_serializing_if = "std::ops::Not::not")]
+                identity: bool,
             }
             serde_json::to_vec(&Denied {
                 valid: false,
@@ -193,10 +202,8 @@ fn outcome_body(o: &Outcome) -> Vec<u8> {
                 key_id: entry.as_ref().map(|e| e.key_id()),
                 keyspace_id: entry.as_ref().map(|e| e.keyspace_id()),
                 reset_at: reset_at.filter(|_| *code == VCode::RateLimited),
-                limit: match (entry, limit) {
-                    (Some(e), Some(l)) => e.limit_of(*l).map(|l| &*l.name),
-                    _ => None,
-                },
+                limit: named.map(|(_, l)| &*l.name),
+                identity: named.is_some_and(|(e, _)| e.identity),
             })
             .unwrap_or_default()
         }
@@ -324,7 +331,10 @@ pub(crate) async fn forward_auth(
         set(res.headers_mut(), CODE_HEADER, code.as_str());
         if let Some(e) = entry {
             set(res.headers_mut(), KEY_ID_HEADER, e.key_id());
-            if let Some(l) = limit.and_then(|l| e.limit_of(l)) {
+            if let Some(l) = limit
+                .filter(|_| e.has_named_limits())
+                .and_then(|l| e.limit_of(l))
+            {
                 set(res.headers_mut(), LIMIT_HEADER, &l.name);
             }
         }

@@ -431,7 +431,7 @@ pub async fn create_key(
     ] {
         change(&mut ev.changes, field, Value::Null, v);
     }
-    if key.ratelimits.len() > usize::from(key.ratelimit.is_some()) {
+    if !keyward_core::limits::only_shorthand(&key.ratelimits) {
         change(&mut ev.changes, "ratelimits", Value::Null, &key.ratelimits);
     }
     if key.refill.is_some() {
@@ -567,6 +567,9 @@ pub async fn update_key(
     }
     let mut tx = st.records.store.begin().await?;
     let old = key_in_tx(&mut tx, ctx, id).await?;
+    // The key as a read shows it now: a refill period that began since the store last refilled
+    // counts (what is changed below starts from it).
+    let old = old.refilled(now).unwrap_or(old);
     if old.revoked_at.is_some() {
         return Err(Error::conflict("the key is revoked and cannot be changed"));
     }
@@ -625,11 +628,19 @@ pub async fn update_key(
         // Re-enabling makes the key active again: it counts towards the owner's limit.
         check_owner_limit(&mut tx, &ks, &k.owner, now, Some(&k.id)).await?;
     }
+    // Setting `remaining` or `refill` sets the quota anew (every node's lease of it is void):
+    // `remaining` as given, or as a read shows it now.
     if let Some(v) = p.remaining {
         k.remaining = v;
-        if v.is_none() {
+        match (v, k.refill) {
             // No quota, nothing to refill.
-            limits::set_refill(&mut k, None, now);
+            (None, _) => limits::set_refill(&mut k, None, now),
+            // The quota given is that of the period now under way.
+            (Some(_), Some(r)) => {
+                k.refilled_at =
+                    Some(r.period_start(k.refill_anchor.or(k.refilled_at).unwrap_or(now), now));
+            }
+            (Some(_), None) => {}
         }
     }
     if let Some(r) = p.refill {
@@ -645,12 +656,17 @@ pub async fn update_key(
     change(&mut ev.changes, "meta", &old.meta, &k.meta);
     change(&mut ev.changes, "enabled", old.enabled, k.enabled);
     change(&mut ev.changes, "ratelimit", old.ratelimit, k.ratelimit);
-    change(
-        &mut ev.changes,
-        "ratelimits",
-        &old.ratelimits,
-        &k.ratelimits,
-    );
+    if !keyward_core::limits::only_shorthand(&old.ratelimits)
+        || !keyward_core::limits::only_shorthand(&k.ratelimits)
+    {
+        // Beyond what `ratelimit` says (its change is recorded as before).
+        change(
+            &mut ev.changes,
+            "ratelimits",
+            &old.ratelimits,
+            &k.ratelimits,
+        );
+    }
     change(&mut ev.changes, "refill", old.refill, k.refill);
     change(
         &mut ev.changes,

@@ -201,7 +201,7 @@ impl Verifier {
         for l in own {
             let start = l.window_start(now);
             counters.push((
-                RedisLimiter::counter(CounterOf::Key(entry.key_id()), &l.name, start),
+                RedisLimiter::counter(CounterOf::Key(entry.key_id()), &l.name, l.window_ms, start),
                 l.window_ms,
             ));
             starts.push(start);
@@ -210,7 +210,12 @@ impl Verifier {
             for l in limits {
                 let start = l.window_start(now);
                 counters.push((
-                    RedisLimiter::counter(CounterOf::Identity(&cell.id), &l.name, start),
+                    RedisLimiter::counter(
+                        CounterOf::Identity(&cell.id),
+                        &l.name,
+                        l.window_ms,
+                        start,
+                    ),
                     l.window_ms,
                 ));
                 starts.push(start);

@@ -19,7 +19,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use keyward_core::limits::DEFAULT_LIMIT;
+use keyward_core::limits::{DEFAULT_LIMIT, MAX_RATELIMITS};
 use keyward_core::model::{parse_cidr, Key};
 use keyward_core::time::Timestamp;
 use keyward_core::verify::{check_rules, Code, Limit, Rules, Slot};
@@ -146,11 +146,20 @@ impl Entry {
             .then(|| key.owner.as_deref().map(Box::from))
             .flatten();
         // `default` first: the limit `ratelimit` answers about.
-        let mut limits: Vec<Limit> = key.ratelimits.iter().map(Limit::new).collect();
+        // At most `MAX_RATELIMITS` each (what the API takes; a limit's index fits a `u8`).
+        let mut limits: Vec<Limit> = key
+            .ratelimits
+            .iter()
+            .take(MAX_RATELIMITS)
+            .map(Limit::new)
+            .collect();
         limits.sort_by_key(|l| &*l.name != DEFAULT_LIMIT);
         let identity = identity
             .filter(|_| !key.owner_ratelimits.is_empty())
-            .map(|cell| (key.owner_ratelimits.iter().map(Limit::new).collect(), cell));
+            .map(|cell| {
+                let limits = key.owner_ratelimits.iter().take(MAX_RATELIMITS);
+                (limits.map(Limit::new).collect(), cell)
+            });
         let rare = (allowed.is_some()
             || !limits.is_empty()
             || identity.is_some()
@@ -329,6 +338,17 @@ impl Entry {
     /// The identity's rate limits (none when the owner has none).
     pub(crate) fn identity_limits(&self) -> &[Limit] {
         self.identity().map_or(&[], |(l, _)| l)
+    }
+
+    /// Whether the key's limits say more than `ratelimit` (a limit not named `default`, or its
+    /// identity's): answers then name limits (`ratelimits`, a denial's `limit`).
+    pub(crate) fn has_named_limits(&self) -> bool {
+        self.identity().is_some() || self.limits().iter().any(|l| &*l.name != DEFAULT_LIMIT)
+    }
+
+    /// Whether `other` has the same rate limits (the key's and its identity's).
+    pub(super) fn same_limits(&self, other: &Entry) -> bool {
+        self.limits() == other.limits() && self.identity_limits() == other.identity_limits()
     }
 
     /// Whether any rate limit applies (the key's or its identity's).

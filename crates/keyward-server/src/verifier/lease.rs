@@ -62,6 +62,11 @@ impl Verifier {
                 Some(lease) => {
                     let until = lease.until.map_or(NEVER, Timestamp::millis);
                     if until != m.lease_until {
+                        if until != NEVER && m.lease_until != NEVER && until < m.lease_until {
+                            // A grant of an earlier period that arrived after one of a later
+                            // period: the refill voided it in the store.
+                            return;
+                        }
                         // A grant of another refill period: what this node holds or spent of
                         // the last one is not this period's (the store voided those leases).
                         m.remaining = Some(0);
@@ -114,10 +119,12 @@ impl Verifier {
             };
             if amount > 0 {
                 if let Err(e) = self.store.return_lease(cell.key_id(), amount, until).await {
-                    // Still this node's, unless the quota was set anew meanwhile.
+                    // Still this node's:
+                    let until_ms = until.map_or(NEVER, Timestamp::millis);
                     let (cell, ()) = Entry::with_state(&cell, |s| {
                         let m = s.more();
-                        if m.quota_gen == gen {
+                        // Unless the quota was set anew, or a new refill period began, meanwhile.
+                        if m.quota_gen == gen && m.lease_until == until_ms {
                             m.remaining = Some(m.remaining.unwrap_or(0) + amount);
                             m.pool -= amount;
                         }

@@ -16,7 +16,7 @@
 //!   on another node a moment ago is found at once, and a repeated unknown key costs one read.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use keyward_core::keyformat::KeyHash;
 use keyward_core::model::Key;
@@ -51,11 +51,21 @@ impl Verifier {
         let identity = match (&key.owner, key.owner_ratelimits.is_empty()) {
             (Some(owner), false) => {
                 let mut all = lock(&self.identities);
-                Some(
-                    all.entry(owner.as_str().into())
-                        .or_insert_with(|| Arc::new(IdentityCell::new(owner)))
-                        .clone(),
-                )
+                let cell = match all.get(owner.as_str()).and_then(Weak::upgrade) {
+                    Some(c) => c,
+                    None => {
+                        // The map holds cells weakly (its entries hold them): forget the dead
+                        // ones whenever it has doubled.
+                        if all.len() >= 2 * self.identities_live.load(Ordering::Relaxed).max(64) {
+                            all.retain(|_, w| w.strong_count() > 0);
+                            self.identities_live.store(all.len(), Ordering::Relaxed);
+                        }
+                        let c = Arc::new(IdentityCell::new(owner));
+                        all.insert(owner.as_str().into(), Arc::downgrade(&c));
+                        c
+                    }
+                };
+                Some(cell)
             }
             _ => None,
         };

@@ -82,8 +82,11 @@ pub struct Verifier {
     shards: Vec<RwLock<Shard>>,
     /// Keyspace ids, one allocation each, shared by their keys' entries.
     keyspaces: Mutex<HashMap<String, Arc<Space>>>,
-    /// The rate-limit windows of identities with limits, shared by their keys' entries.
-    identities: Mutex<HashMap<Box<str>, Arc<entry::IdentityCell>>>,
+    /// The rate-limit windows of identities with limits, held by their keys' entries (a cell
+    /// goes when its last entry does).
+    identities: Mutex<HashMap<Box<str>, std::sync::Weak<entry::IdentityCell>>>,
+    /// Live cells in `identities` when it was last swept of dead ones.
+    identities_live: std::sync::atomic::AtomicUsize,
     /// Entries with counts not yet written (each at most once, see `Entry::queued`).
     dirty: Mutex<DirtyList>,
     /// A valid use this long after the previous one is a `dormant_reactivated` anomaly.
@@ -119,6 +122,7 @@ impl Verifier {
             shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
             keyspaces: Mutex::new(HashMap::new()),
             identities: Mutex::new(HashMap::new()),
+            identities_live: std::sync::atomic::AtomicUsize::new(0),
             dirty: Mutex::new(DirtyList::default()),
             dormant_after_ms: dormant_after.as_millis() as i64,
             redis,
@@ -268,24 +272,39 @@ impl Verifier {
             }
             self.load_space(entry.space()).await?;
         }
-        let shared = self.shared_windows(&entry, req, now).await;
+        let mut shared = self.shared_windows(&entry, req, now).await;
         let mut leases = 0;
-        let outcome = loop {
+        let result = loop {
             match self.decide(entry.clone(), req, now, shared.as_ref(), leases >= 3) {
-                Decision::Done(o) => break o,
+                Decision::Done(o) => break Ok(o),
                 Decision::NeedQuota => {
-                    self.lease(entry.quota_cell(), req.cost, now).await?;
+                    if let Err(e) = self.lease(entry.quota_cell(), req.cost, now).await {
+                        break Err(e);
+                    }
                     leases += 1;
                 }
-                // The same key (its rules as of a later read): the Redis slot stands.
-                Decision::Moved(next) => entry = next,
+                Decision::Moved(next) => {
+                    // The same key, its rules as of a later read: counted in Redis again when
+                    // its limits changed (the counts are matched to limits by position).
+                    if shared.is_some() && !next.same_limits(&entry) {
+                        self.undo_shared(shared.take()).await;
+                        shared = self.shared_windows(&next, req, now).await;
+                    }
+                    entry = next;
+                }
             }
         };
-        if let (Some(w), Outcome::Denied { .. }, Some(redis)) = (&shared, &outcome, &self.redis) {
+        if !matches!(result, Ok(Outcome::Valid { .. })) {
             // Only a valid answer takes a rate-limit slot: give back those taken in Redis.
+            self.undo_shared(shared).await;
+        }
+        result
+    }
+
+    async fn undo_shared(&self, shared: Option<decide::SharedWindows>) {
+        if let (Some(w), Some(redis)) = (shared, &self.redis) {
             let _ = redis.undo(&w.counters).await;
         }
-        Ok(outcome)
     }
 
     /// A change made elsewhere: the next verification reads the key from the store; when its

@@ -38,10 +38,12 @@ macro_rules! for_backend {
             let mut until = None;
             if let Some(refill) = refill {
                 // A period began since the last refill: `remaining` is the amount again, and
-                // every lease of the old period is void (its units are not this period's).
-                let anchor = ts(get(&row, "refill_anchor")?).unwrap_or(now);
-                let start = refill.period_start(anchor, now);
+                // every lease of the old period is void (its units are not this period's). No
+                // feed row: each node stops spending its lease at the period's end by itself
+                // (the grant says when), and a row would void leases of the new period too.
                 let current = ts(get(&row, "refilled_at")?);
+                let anchor = ts(get(&row, "refill_anchor")?).or(current).unwrap_or(now);
+                let start = refill.period_start(anchor, now);
                 let period = match current {
                     Some(c) if c >= start => c,
                     _ => {
@@ -57,7 +59,6 @@ macro_rules! for_backend {
                             .execute(&mut *tx)
                             .await
                             .map_err(map_err)?;
-                        super::feed::quota_set(&mut tx, node, key_id).await?;
                         left = refill.amount;
                         start
                     }

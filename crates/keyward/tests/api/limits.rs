@@ -358,6 +358,46 @@ async fn a_quota_refills_each_period(app: TestApp) {
     let v = app.verify(json!({"key": key})).await;
     assert_eq!(v["code"], "USAGE_EXCEEDED");
 
+    // A change made after a period began (before any node leased from it) starts from the
+    // refilled quota, and the refill it was owed is not lost or given twice.
+    app.advance(24 * 3600);
+    let k = app
+        .patch(
+            &format!("/v1/keys/{id}"),
+            json!({"refill": {"amount": 5, "interval": "daily"}}),
+        )
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(k["remaining"], 3, "today's quota, refilled; the new amount from tomorrow");
+    let mut valid = 0;
+    while app.verify_code(&key).await == "VALID" {
+        valid += 1;
+    }
+    assert_eq!(valid, 3);
+    app.advance(24 * 3600);
+    let k = app
+        .patch(&format!("/v1/keys/{id}"), json!({"remaining": 2}))
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(
+        (&k["remaining"], &k["refilled_at"]),
+        (&json!(2), &json!("2027-01-18T00:00:00Z")),
+        "a quota set now is this period's"
+    );
+    let mut valid = 0;
+    while app.verify_code(&key).await == "VALID" {
+        valid += 1;
+    }
+    assert_eq!(valid, 2, "not refilled over the value just set");
+    app.advance(24 * 3600);
+    let mut valid = 0;
+    while app.verify_code(&key).await == "VALID" {
+        valid += 1;
+    }
+    assert_eq!(valid, 5, "the new amount from the next period");
+
     // Every so many seconds, counted from when the refill was set.
     let (id2, key2) = app
         .key(
@@ -381,7 +421,8 @@ async fn a_quota_refills_each_period(app: TestApp) {
         .expect(200);
     app.advance(3600);
     assert_eq!(app.verify_code(&key2).await, "USAGE_EXCEEDED");
-    let upd = &app.audit_actions("key.update").await[0];
+    let updates = app.audit_actions("key.update").await;
+    let upd = updates.last().unwrap();
     assert_eq!(upd["changes"]["refill"][0]["interval"], 3600);
     assert!(upd["changes"]["refill"][1].is_null());
     // No quota, nothing to refill.
