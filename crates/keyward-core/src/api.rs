@@ -242,6 +242,12 @@ pub struct CreateIdentity {
     pub enabled: Option<bool>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ratelimits: Vec<NamedLimit>,
+    /// A quota shared by all its keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<i64>,
+    /// Needs `remaining`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refill: Option<Refill>,
 }
 
 /// `PATCH /v1/identities/{id}`: fields left out are unchanged (`null` is refused).
@@ -273,6 +279,19 @@ pub struct PatchIdentity {
         skip_serializing_if = "Option::is_none"
     )]
     pub ratelimits: Option<Vec<NamedLimit>>,
+    /// `null` removes the quota (and its refill).
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub remaining: Option<Option<i64>>,
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub refill: Option<Option<Refill>>,
 }
 
 /// `POST /v1/keyspaces/{id}/keys/import`: keys issued elsewhere, at most

@@ -174,6 +174,10 @@ pub struct Key {
     /// the verifier; shown on the identity).
     #[serde(skip)]
     pub owner_ratelimits: Vec<NamedLimit>,
+    /// Its identity's `quota_version` when the identity has a quota (read with the key, for
+    /// the verifier).
+    #[serde(skip)]
+    pub owner_quota_version: Option<i64>,
     /// The keyspace's `policy.quota_low_percent` (read with the key, for the verifier).
     #[serde(skip)]
     pub quota_low_percent: Option<i64>,
@@ -250,6 +254,7 @@ impl Key {
             refill_anchor: None,
             allowed_cidrs: None,
             owner_ratelimits: Vec::new(),
+            owner_quota_version: None,
             quota_low_percent: None,
             external_id: None,
             owner_disabled: false,
@@ -293,6 +298,23 @@ impl Key {
     }
 }
 
+impl Identity {
+    /// The identity as of `now` with its quota refilled when a refill period began since the
+    /// store last refilled it (as [`Key::refilled`]).
+    pub fn refilled(&self, now: Timestamp) -> Option<Identity> {
+        let refill = self.refill?;
+        let anchor = self.refill_anchor.or(self.refilled_at).unwrap_or(now);
+        let start = refill.period_start(anchor, now);
+        if self.refilled_at.is_some_and(|r| r >= start) {
+            return None;
+        }
+        let mut i = self.clone();
+        i.remaining = Some(refill.amount);
+        i.refilled_at = Some(start);
+        Some(i)
+    }
+}
+
 /// The key object of the API: the stored key plus its status at read time.
 #[derive(Serialize)]
 pub struct KeyObject<'a> {
@@ -326,6 +348,19 @@ pub struct Identity {
     /// when it has some.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ratelimits: Vec<NamedLimit>,
+    /// A quota shared by every key of the identity (each valid verification of one of them
+    /// spends `cost` from it as well as from the key's own); shown when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refill: Option<Refill>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refilled_at: Option<Timestamp>,
+    #[serde(skip)]
+    pub refill_anchor: Option<Timestamp>,
+    /// How many times the quota was set anew (nodes drop their leases of an older one).
+    #[serde(skip)]
+    pub quota_version: i64,
     pub created_at: Timestamp,
     pub created_by: Actor,
     pub updated_at: Timestamp,

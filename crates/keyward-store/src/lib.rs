@@ -308,6 +308,9 @@ pub trait StoreTx: Send {
     async fn identity(&mut self, id: &str) -> Result<Option<Identity>>;
     async fn insert_identity(&mut self, identity: &Identity) -> Result<()>;
     async fn update_identity(&mut self, identity: &Identity) -> Result<()>;
+    /// Sets an identity's quota anew (`remaining`, `refill`, `refill_anchor`, `refilled_at`):
+    /// bumps its `quota_version` and voids every node's lease of it.
+    async fn set_identity_quota(&mut self, identity: &Identity) -> Result<()>;
     /// False when there was no such identity.
     async fn delete_identity(&mut self, id: &str) -> Result<bool>;
     /// A change-feed row, dated `at`, for each key of `owner` that is not revoked: they verify

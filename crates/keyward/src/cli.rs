@@ -386,6 +386,16 @@ pub enum IdentitiesCmd {
         #[arg(long = "limit", value_parser = parse_limit)]
         limits: Vec<keyward_core::limits::NamedLimit>,
         #[command(flatten)]
+        quota: QuotaArgs,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Set an identity's shared quota anew (none given: unlimited).
+    Quota {
+        id: String,
+        #[command(flatten)]
+        quota: QuotaArgs,
+        #[command(flatten)]
         remote: Remote,
     },
     /// Set an identity's rate limits (the whole list; none given clears them).
@@ -653,6 +663,36 @@ pub struct ScanArgs {
     pub format: ScanFormat,
     #[command(flatten)]
     pub remote: Remote,
+}
+
+/// A quota shared by all of an identity's keys.
+#[derive(Args, Debug, Default)]
+pub struct QuotaArgs {
+    /// Verifications (of `cost` 1) all its keys may make together.
+    #[arg(long)]
+    pub quota: Option<i64>,
+    /// Refill the quota to `--quota` each period: `daily`, `monthly` or a number of seconds.
+    #[arg(long, requires = "quota", value_parser = parse_interval)]
+    pub refill: Option<keyward_core::limits::Interval>,
+}
+
+impl QuotaArgs {
+    /// `remaining` and `refill` as the API takes them.
+    pub fn to_api(&self) -> (Option<i64>, Option<keyward_core::limits::Refill>) {
+        let refill = self
+            .refill
+            .zip(self.quota)
+            .map(|(interval, amount)| keyward_core::limits::Refill { amount, interval });
+        (self.quota, refill)
+    }
+}
+
+fn parse_interval(s: &str) -> Result<keyward_core::limits::Interval, String> {
+    serde_json::from_value(match s.parse::<i64>() {
+        Ok(n) => serde_json::json!(n),
+        Err(_) => serde_json::json!(s),
+    })
+    .map_err(|e| e.to_string())
 }
 
 /// `NAME=LIMIT/WINDOW_SECS`, e.g. `burst=10/1` (the server checks the ranges).

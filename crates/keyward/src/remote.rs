@@ -631,6 +631,7 @@ fn print_identity(remote: &Remote, i: &keyward_client::Identity) {
                 ("NAME", "name"),
                 ("ENABLED", "enabled"),
                 ("LIMITS", "ratelimits"),
+                ("QUOTA", "remaining"),
                 ("CREATED", "created_at"),
             ],
         );
@@ -643,12 +644,16 @@ async fn identities_(cmd: IdentitiesCmd) -> Outcome {
             id,
             name,
             limits,
+            quota,
             remote,
         } => {
+            let (remaining, refill) = quota.to_api();
             let req = keyward_client::CreateIdentity {
                 id,
                 name,
                 ratelimits: limits,
+                remaining,
+                refill,
                 ..Default::default()
             };
             let i = client(&remote)?.create_identity(&req).await?;
@@ -679,6 +684,16 @@ async fn identities_(cmd: IdentitiesCmd) -> Outcome {
         }
         IdentitiesCmd::Show { id, remote } => {
             let i = client(&remote)?.get_identity(&id).await?;
+            print_identity(&remote, &i);
+        }
+        IdentitiesCmd::Quota { id, quota, remote } => {
+            let (remaining, refill) = quota.to_api();
+            let req = keyward_client::PatchIdentity {
+                remaining: Some(remaining),
+                refill: remaining.map(|_| refill),
+                ..Default::default()
+            };
+            let i = client(&remote)?.update_identity(&id, &req).await?;
             print_identity(&remote, &i);
         }
         IdentitiesCmd::Limits { id, limits, remote } => {

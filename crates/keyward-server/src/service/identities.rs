@@ -87,6 +87,9 @@ pub async fn create_identity(
     check_name("name", &name).map_err(Error::bad_request)?;
     check_meta(&input.meta).map_err(Error::bad_request)?;
     check_limits(&input.ratelimits)?;
+    super::check_remaining(input.remaining)?;
+    super::limits::check_refill(input.refill.as_ref(), input.remaining)
+        .map_err(Error::bad_request)?;
     let now = st.records.clock.now();
     let identity = Identity {
         id: input.id,
@@ -94,6 +97,11 @@ pub async fn create_identity(
         meta: input.meta,
         enabled: input.enabled.unwrap_or(true),
         ratelimits: input.ratelimits,
+        remaining: input.remaining,
+        refill: input.refill,
+        refill_anchor: input.refill.map(|_| now),
+        refilled_at: input.refill.map(|r| r.period_start(now, now)),
+        quota_version: 0,
         created_at: now,
         created_by: ctx.actor.clone(),
         updated_at: now,
@@ -124,11 +132,22 @@ pub async fn create_identity(
             &identity.ratelimits,
         );
     }
+    if identity.remaining.is_some() {
+        change(
+            &mut ev.changes,
+            "remaining",
+            Value::Null,
+            identity.remaining,
+        );
+    }
+    if identity.refill.is_some() {
+        change(&mut ev.changes, "refill", Value::Null, identity.refill);
+    }
     tx.append_audit(ev).await?;
     // Only a change of how the keys verify is announced (to every node, one row per key).
     let hashes = if !identity.enabled {
         keys_toggled(&mut tx, &identity, false, Map::new(), now).await?
-    } else if !identity.ratelimits.is_empty() {
+    } else if !identity.ratelimits.is_empty() || identity.remaining.is_some() {
         keys_changed(&mut tx, &identity.id, now).await?
     } else {
         Vec::new()
@@ -144,10 +163,12 @@ pub async fn create_identity(
 /// An identity the context may see: any, or with a token limited to keyspaces, one that owns
 /// a key in them.
 pub async fn get_identity(st: &Records, who: &Allowed<'_, ReadKeys>, id: &str) -> Result<Identity> {
-    st.store
+    let i = st
+        .store
         .identity(id, who.ctx().keyspaces.as_deref())
         .await?
-        .ok_or_else(not_found)
+        .ok_or_else(not_found)?;
+    Ok(i.refilled(st.clock.now()).unwrap_or(i))
 }
 
 pub async fn list_identities(
@@ -155,10 +176,15 @@ pub async fn list_identities(
     who: &Allowed<'_, ReadKeys>,
     page: &Page<TimeCursor>,
 ) -> Result<Vec<Identity>> {
-    Ok(st
+    let now = st.clock.now();
+    let list = st
         .store
         .list_identities(who.ctx().keyspaces.as_deref(), page)
-        .await?)
+        .await?;
+    Ok(list
+        .into_iter()
+        .map(|i| i.refilled(now).unwrap_or(i))
+        .collect())
 }
 
 pub async fn update_identity(
@@ -178,8 +204,31 @@ pub async fn update_identity(
     if let Some(l) = &p.ratelimits {
         check_limits(l)?;
     }
+    if let Some(r) = p.remaining {
+        super::check_remaining(r)?;
+    }
+    if let Some(Some(r)) = &p.refill {
+        r.check().map_err(|e| Error::bad_request(String::from(e)))?;
+        if p.remaining == Some(None) {
+            return Err(Error::bad_request(
+                "refill needs remaining (the quota it refills)",
+            ));
+        }
+    }
+    let now = st.records.clock.now();
+    let quota_set = p.remaining.is_some() || p.refill.is_some();
+    // A quota change must not interleave with a usage batch (see jobs::usage::flush).
+    let _gate = if quota_set {
+        let g = st.gate.lock().await;
+        crate::jobs::usage::flush_locked(st).await?;
+        Some(g)
+    } else {
+        None
+    };
     let mut tx = st.records.store.begin().await?;
     let old = tx.identity(id).await?.ok_or_else(not_found)?;
+    // As a read shows it now (a refill period that began counts).
+    let old = old.refilled(now).unwrap_or(old);
     let mut new = old.clone();
     if let Some(n) = p.name {
         new.name = n;
@@ -193,7 +242,28 @@ pub async fn update_identity(
     if let Some(l) = p.ratelimits {
         new.ratelimits = l;
     }
-    let now = st.records.clock.now();
+    // Setting `remaining` or `refill` sets the shared quota anew (every node's lease is void).
+    if let Some(v) = p.remaining {
+        new.remaining = v;
+        match (v, new.refill) {
+            (None, _) => {
+                new.refill = None;
+                new.refill_anchor = None;
+                new.refilled_at = None;
+            }
+            (Some(_), Some(r)) => {
+                let anchor = new.refill_anchor.or(new.refilled_at).unwrap_or(now);
+                new.refilled_at = Some(r.period_start(anchor, now));
+            }
+            (Some(_), None) => {}
+        }
+    }
+    if let Some(r) = p.refill {
+        super::limits::check_refill(r.as_ref(), new.remaining).map_err(Error::bad_request)?;
+        new.refill = r;
+        new.refill_anchor = r.map(|_| now);
+        new.refilled_at = r.map(|r| r.period_start(now, now));
+    }
     let mut ev = ctx.event(now, AuditAction::IdentityUpdate, TargetType::Identity, id);
     change(&mut ev.changes, "name", &old.name, &new.name);
     change(&mut ev.changes, "meta", &old.meta, &new.meta);
@@ -204,16 +274,24 @@ pub async fn update_identity(
         &old.ratelimits,
         &new.ratelimits,
     );
+    if p.remaining.is_some() {
+        change(&mut ev.changes, "remaining", old.remaining, new.remaining);
+    }
+    change(&mut ev.changes, "refill", old.refill, new.refill);
     if ev.changes.is_empty() {
         return Ok(old);
     }
     new.updated_at = now;
     tx.update_identity(&new).await?;
+    if quota_set {
+        tx.set_identity_quota(&new).await?;
+        new.quota_version += 1;
+    }
     tx.append_audit(ev).await?;
     let toggled = old.enabled != new.enabled;
     let hashes = if toggled {
         keys_toggled(&mut tx, &new, new.enabled, Map::new(), now).await?
-    } else if old.ratelimits != new.ratelimits {
+    } else if old.ratelimits != new.ratelimits || quota_set {
         keys_changed(&mut tx, id, now).await?
     } else {
         Vec::new()
@@ -238,7 +316,7 @@ pub async fn delete_identity(st: &Control, who: &Allowed<'_, WriteKeys>, id: &st
     change(&mut ev.changes, "name", &old.name, Value::Null);
     change(&mut ev.changes, "enabled", old.enabled, Value::Null);
     tx.append_audit(ev).await?;
-    let hashes = if old.enabled && old.ratelimits.is_empty() {
+    let hashes = if old.enabled && old.ratelimits.is_empty() && old.remaining.is_none() {
         Vec::new()
     } else if old.enabled {
         keys_changed(&mut tx, id, now).await?

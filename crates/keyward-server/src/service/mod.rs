@@ -295,7 +295,7 @@ fn check_owner(owner: &Option<String>) -> Result<()> {
 /// Quotas stay within what JSON numbers hold exactly (2^53 - 1).
 const MAX_REMAINING: i64 = 9_007_199_254_740_991;
 
-fn check_remaining(r: Option<i64>) -> Result<()> {
+pub(super) fn check_remaining(r: Option<i64>) -> Result<()> {
     match r {
         Some(n) if !(0..=MAX_REMAINING).contains(&n) => Err(Error::bad_request(format!(
             "remaining must be an integer in 0..{MAX_REMAINING}, or null for unlimited"

@@ -22,10 +22,10 @@ use std::sync::Arc;
 
 use keyward_core::limits::DEFAULT_LIMIT;
 use keyward_core::time::Timestamp;
-use keyward_core::verify::{check_and_consume, slot, Code, Limit, RateState, Window};
+use keyward_core::verify::{slot, Code, Limit, RateState};
 
 use super::lease::LEASE_RETRY_MS;
-use super::live::{LiveState, Notice, NEVER};
+use super::live::{LiveState, More, Notice, NEVER};
 use super::{lock, Entry, Verifier};
 use crate::redis::{CounterOf, RedisLimiter};
 
@@ -46,8 +46,9 @@ pub struct Request<'a> {
 
 pub(super) enum Decision {
     Done(Outcome),
-    /// The local lease cannot cover the cost; lease more from the store and decide again.
-    NeedQuota,
+    /// A local lease cannot cover the cost: lease more for this entry (the key's quota cell,
+    /// or its identity's quota) from the store and decide again.
+    NeedQuota(Arc<Entry>),
     /// The entry's live state went to this newer entry; decide again on that one. (Each
     /// hand-over needs a store read, so following the pointers always catches up.)
     Moved(Arc<Entry>),
@@ -127,6 +128,15 @@ impl Entry {
             self.limits().get(usize::from(e.index))
         }
     }
+}
+
+/// Whether a quota that runs short may be topped up from the store (a lease) before answering
+/// USAGE_EXCEEDED: when the store had some left at the last lease, or a while has passed.
+fn may_lease(m: &More, last_lease: bool, now: Timestamp) -> bool {
+    !last_lease
+        && (m.pool > 0
+            || m.last_lease
+                .is_none_or(|t| now.millis() - t.millis() >= LEASE_RETRY_MS))
 }
 
 /// The limit that exhausted with the latest reset so far, and that reset.
@@ -283,7 +293,11 @@ impl Verifier {
             }
         }
         // The common key: no rate limit, no quota.
-        if successor.is_none() && own.remaining().is_none() && !entry.has_limits() {
+        if successor.is_none()
+            && own.remaining().is_none()
+            && !entry.has_limits()
+            && identity.is_none()
+        {
             let dirty = self.count_valid(&mut own, req, now);
             drop(own);
             return self.valid(entry, dirty, None, None, Vec::new());
@@ -299,7 +313,7 @@ impl Verifier {
             return Decision::Moved(entry);
         }
         let mut id_slots = identity
-            .filter(|_| local)
+            .filter(|(l, _)| local && !l.is_empty())
             .map(|(_, cell)| lock(&cell.slots));
         if local {
             check_windows(own_limits, &mut own.more().slots, false, now, &mut worst);
@@ -313,35 +327,48 @@ impl Verifier {
                 return self.deny(entry, Code::RateLimited, Some(reset), Some(e), req, now);
             }
         }
-        // The quota: the successor's during a rotation's grace period, else the key's.
+        // The quota: the successor's during a rotation's grace period, else the key's; then
+        // its identity's. Both must cover the cost before either is spent.
         let m = match q.as_deref_mut() {
             Some(q) => q.more(),
             None => own.more(),
         };
         m.end_period(now);
-        // A quota that runs short may be topped up from the store (a lease) before answering
-        // USAGE_EXCEEDED: when the store had some left at the last lease, or a while has passed.
-        let may_lease = !last_lease
-            && (m.pool > 0
-                || m.last_lease
-                    .is_none_or(|t| now.millis() - t.millis() >= LEASE_RETRY_MS));
-        let quota = check_and_consume(
-            None,
-            &mut Window::default(),
-            &mut m.remaining,
-            req.cost,
-            now,
-        );
-        if quota.is_err() {
+        if m.remaining.is_some_and(|r| r < req.cost) {
+            let may = may_lease(m, last_lease, now);
             drop(id_slots);
             drop(q);
             drop(own);
-            if may_lease {
-                return Decision::NeedQuota;
+            if may {
+                return Decision::NeedQuota(entry.quota_cell().clone());
             }
             return self.deny(entry, Code::UsageExceeded, None, None, req, now);
         }
-        let remaining = m.remaining.map(|l| l + m.pool);
+        let shared_quota = entry.identity_quota();
+        let mut iq = shared_quota.as_ref().map(|e| lock(&e.state));
+        if let Some(im) = iq.as_deref_mut().map(LiveState::more) {
+            im.end_period(now);
+            if im.remaining.is_some_and(|r| r < req.cost) {
+                let may = may_lease(im, last_lease, now);
+                drop(iq);
+                drop(id_slots);
+                drop(q);
+                drop(own);
+                if let (true, Some(cell)) = (may, shared_quota) {
+                    return Decision::NeedQuota(cell);
+                }
+                return self.deny(entry, Code::UsageExceeded, None, None, req, now);
+            }
+        }
+        // Valid as far as quotas go: spend from both.
+        let m = match q.as_deref_mut() {
+            Some(q) => q.more(),
+            None => own.more(),
+        };
+        if let Some(r) = m.remaining.as_mut() {
+            *r -= req.cost;
+        }
+        let mut remaining = m.remaining.map(|l| l + m.pool);
         if let Some(left) = remaining {
             if m.low_below != NEVER && left < m.low_below && m.low_noticed != m.lease_until {
                 // Once per refill period (per node; the store keeps one per period).
@@ -358,7 +385,27 @@ impl Verifier {
         if drawn {
             m.consumed += req.cost;
         }
-        let noticed = !m.notices.is_empty();
+        let mut identity_spent = false;
+        if let Some(im) = iq.as_deref_mut().map(LiveState::more) {
+            if let Some(r) = im.remaining.as_mut() {
+                *r -= req.cost;
+                im.consumed += req.cost;
+                identity_spent = true;
+                // What this key may still spend: the smaller of the two.
+                let left = *r + im.pool;
+                remaining = Some(remaining.map_or(left, |k| k.min(left)));
+            }
+        }
+        drop(iq);
+        if identity_spent {
+            if let Some(e) = &shared_quota {
+                self.mark_dirty(e);
+            }
+        }
+        let noticed = match q.as_deref() {
+            Some(q) => q.more.as_ref().is_some_and(|m| !m.notices.is_empty()),
+            None => false,
+        };
         // Valid: every limit takes its slot.
         let mut states = Vec::new();
         match shared {

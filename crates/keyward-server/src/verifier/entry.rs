@@ -70,6 +70,8 @@ struct Rare {
     limits: Box<[Limit]>,
     /// Its identity's rate limits (as of this load), and the identity's windows on this node.
     identity: Option<(Box<[Limit]>, Arc<IdentityCell>)>,
+    /// Its identity had a quota when this entry was read (kept in the identity's cell).
+    identity_quota: bool,
     /// Where quota is drawn from during a rotation grace period: the successor's entry (so a
     /// rotation never doubles a quota).
     quota: Option<Arc<Entry>>,
@@ -85,6 +87,10 @@ const SEP: char = '\u{1f}';
 pub struct IdentityCell {
     pub(super) id: Box<str>,
     pub(super) slots: Mutex<Vec<Slot>>,
+    /// The identity's quota, when it has one: an entry of its own (id `@` and the identity's
+    /// id, in no shard) whose live state is this node's lease of it, with the `quota_version`
+    /// it was read at. Locked only to clone or replace the pointer.
+    pub(super) quota: Mutex<Option<(i64, Arc<Entry>)>>,
 }
 
 impl IdentityCell {
@@ -92,7 +98,13 @@ impl IdentityCell {
         IdentityCell {
             id: id.into(),
             slots: Mutex::new(Vec::new()),
+            quota: Mutex::new(None),
         }
+    }
+
+    /// The entry of the identity's quota, if it has one.
+    pub(super) fn quota_entry(&self) -> Option<Arc<Entry>> {
+        lock(&self.quota).as_ref().map(|(_, e)| e.clone())
     }
 }
 
@@ -155,7 +167,7 @@ impl Entry {
             .collect();
         limits.sort_by_key(|l| &*l.name != DEFAULT_LIMIT);
         let identity = identity
-            .filter(|_| !key.owner_ratelimits.is_empty())
+            .filter(|_| !key.owner_ratelimits.is_empty() || key.owner_quota_version.is_some())
             .map(|cell| {
                 let limits = key.owner_ratelimits.iter().take(MAX_RATELIMITS);
                 (limits.map(Limit::new).collect(), cell)
@@ -170,6 +182,7 @@ impl Entry {
                 allowed,
                 limits: limits.into_boxed_slice(),
                 identity,
+                identity_quota: key.owner_quota_version.is_some(),
                 quota,
                 owner,
             })
@@ -335,6 +348,12 @@ impl Entry {
             .map(|(l, c)| (&l[..], c))
     }
 
+    /// The entry of its identity's quota, when it had one as this entry was read.
+    pub(super) fn identity_quota(&self) -> Option<Arc<Entry>> {
+        let r = self.rare.as_ref().filter(|r| r.identity_quota)?;
+        r.identity.as_ref()?.1.quota_entry()
+    }
+
     /// The identity's rate limits (none when the owner has none).
     pub(crate) fn identity_limits(&self) -> &[Limit] {
         self.identity().map_or(&[], |(l, _)| l)
@@ -343,7 +362,8 @@ impl Entry {
     /// Whether the key's limits say more than `ratelimit` (a limit not named `default`, or its
     /// identity's): answers then name limits (`ratelimits`, a denial's `limit`).
     pub(crate) fn has_named_limits(&self) -> bool {
-        self.identity().is_some() || self.limits().iter().any(|l| &*l.name != DEFAULT_LIMIT)
+        !self.identity_limits().is_empty()
+            || self.limits().iter().any(|l| &*l.name != DEFAULT_LIMIT)
     }
 
     /// Whether `other` has the same rate limits (the key's and its identity's).
@@ -353,9 +373,7 @@ impl Entry {
 
     /// Whether any rate limit applies (the key's or its identity's).
     pub(super) fn has_limits(&self) -> bool {
-        self.rare
-            .as_ref()
-            .is_some_and(|r| !r.limits.is_empty() || r.identity.is_some())
+        !self.limits().is_empty() || !self.identity_limits().is_empty()
     }
 
     /// The successor's entry quota is drawn from (during a rotation's grace period).

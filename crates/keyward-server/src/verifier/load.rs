@@ -48,25 +48,9 @@ impl Verifier {
     /// A new entry for `key` (not yet cached), sharing its keyspace and, when its identity has
     /// rate limits, the identity's windows.
     pub(super) fn entry_of(&self, key: &Key, successor: Option<Arc<Entry>>) -> Arc<Entry> {
-        let identity = match (&key.owner, key.owner_ratelimits.is_empty()) {
-            (Some(owner), false) => {
-                let mut all = lock(&self.identities);
-                let cell = match all.get(owner.as_str()).and_then(Weak::upgrade) {
-                    Some(c) => c,
-                    None => {
-                        // The map holds cells weakly (its entries hold them): forget the dead
-                        // ones whenever it has doubled.
-                        if all.len() >= 2 * self.identities_live.load(Ordering::Relaxed).max(64) {
-                            all.retain(|_, w| w.strong_count() > 0);
-                            self.identities_live.store(all.len(), Ordering::Relaxed);
-                        }
-                        let c = Arc::new(IdentityCell::new(owner));
-                        all.insert(owner.as_str().into(), Arc::downgrade(&c));
-                        c
-                    }
-                };
-                Some(cell)
-            }
+        let shared = !key.owner_ratelimits.is_empty() || key.owner_quota_version.is_some();
+        let identity = match &key.owner {
+            Some(owner) if shared => Some(self.identity_cell(owner)),
             _ => None,
         };
         Arc::new(Entry::new(
@@ -75,6 +59,69 @@ impl Verifier {
             successor,
             identity,
         ))
+    }
+
+    /// The cell of an identity's limits and quota on this node.
+    fn identity_cell(&self, owner: &str) -> Arc<IdentityCell> {
+        let mut all = lock(&self.identities);
+        if let Some(c) = all.get(owner).and_then(Weak::upgrade) {
+            return c;
+        }
+        // The map holds cells weakly (entries hold them): forget the dead ones whenever it has
+        // doubled.
+        if all.len() >= 2 * self.identities_live.load(Ordering::Relaxed).max(64) {
+            all.retain(|_, w| w.strong_count() > 0);
+            self.identities_live.store(all.len(), Ordering::Relaxed);
+        }
+        let c = Arc::new(IdentityCell::new(owner));
+        all.insert(owner.into(), Arc::downgrade(&c));
+        c
+    }
+
+    /// Makes this node's entry of the key's identity's quota the one of the version the key
+    /// was read with: read from the store when it was set anew (the old one's lease is void:
+    /// it is marked moved, so it is neither given back nor spent from again).
+    /// Returns the cell: the caller holds it until an entry does (the map holds it weakly).
+    async fn sync_identity_quota(
+        &self,
+        key: &Key,
+    ) -> Result<Option<Arc<IdentityCell>>, StoreError> {
+        let (Some(owner), Some(version)) = (&key.owner, key.owner_quota_version) else {
+            return Ok(None);
+        };
+        let cell = self.identity_cell(owner);
+        let current = |q: &Option<(i64, Arc<Entry>)>, version: i64| {
+            q.as_ref().is_some_and(|(v, _)| *v >= version)
+        };
+        if current(&lock(&cell.quota), version) {
+            return Ok(Some(cell));
+        }
+        let Some(identity) = self.store.identity(owner, None).await? else {
+            return Ok(Some(cell));
+        };
+        let mut k = Key::with_hash(
+            KeyHash::default(),
+            String::new(),
+            String::new(),
+            "",
+            self.clock.now(),
+            keyward_core::model::Actor::system(),
+        );
+        k.id = format!("@{}", identity.id);
+        k.remaining = identity.remaining;
+        k.refill = identity.refill;
+        k.refill_anchor = identity.refill_anchor;
+        k.refilled_at = identity.refilled_at;
+        let fresh = Arc::new(Entry::new(&k, self.keyspace(""), None, None));
+        let mut q = lock(&cell.quota);
+        if !current(&q, identity.quota_version) {
+            if let Some((_, old)) = q.replace((identity.quota_version, fresh)) {
+                let _s = lock(&old.state);
+                old.moved.store(true, Ordering::Release);
+            }
+        }
+        drop(q);
+        Ok(Some(cell))
     }
 
     /// Reads a keyspace's route rules from the store (forward-auth needs them).
@@ -108,7 +155,13 @@ impl Verifier {
     ) -> Result<Option<Arc<Entry>>, StoreError> {
         let d = digest(&hash);
         let epoch = self.epoch(&d);
-        let Some(key) = self.store.key_by_hash(&hash).await? else {
+        let found = self.store.key_by_hash(&hash).await?;
+        // Held until the entry holds it.
+        let _identity = match &found {
+            Some(k) => self.sync_identity_quota(k).await?,
+            None => None,
+        };
+        let Some(key) = found else {
             if cache_missing {
                 // A key that is gone leaves its counts in the dirty list and its lease in the
                 // lease list: both are still written.
@@ -133,6 +186,7 @@ impl Verifier {
                 // this read is not cached as current.
                 let since = self.epoch(&digest(&s.hash));
                 if let Some(s) = self.store.key(&s.id).await? {
+                    let _identity = self.sync_identity_quota(&s).await?;
                     successor = Some(self.successor_cell(&s, since));
                 }
                 break;

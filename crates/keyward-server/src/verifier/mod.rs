@@ -196,7 +196,7 @@ impl Verifier {
         } else {
             match self.decide(entry, req, now, None, false) {
                 Decision::Done(o) => o,
-                Decision::NeedQuota | Decision::Moved(_) => return None,
+                Decision::NeedQuota(_) | Decision::Moved(_) => return None,
             }
         };
         self.metrics.cache_hit();
@@ -277,8 +277,8 @@ impl Verifier {
         let result = loop {
             match self.decide(entry.clone(), req, now, shared.as_ref(), leases >= 3) {
                 Decision::Done(o) => break Ok(o),
-                Decision::NeedQuota => {
-                    if let Err(e) = self.lease(entry.quota_cell(), req.cost, now).await {
+                Decision::NeedQuota(cell) => {
+                    if let Err(e) = self.lease(&cell, req.cost, now).await {
                         break Err(e);
                     }
                     leases += 1;

@@ -21,3 +21,11 @@ CREATE TABLE notices (
     at BIGINT NOT NULL
 );
 CREATE INDEX notices_at ON notices (at);
+-- An identity's quota, shared by all its keys: leased like a key's (`quota_leases.key_id` is
+-- `@` and the identity's id: key ids never start with `@`). `quota_version` counts the times
+-- it was set anew (nodes then drop their leases of it).
+ALTER TABLE identities ADD COLUMN remaining BIGINT;
+ALTER TABLE identities ADD COLUMN refill TEXT;
+ALTER TABLE identities ADD COLUMN refill_anchor BIGINT;
+ALTER TABLE identities ADD COLUMN refilled_at BIGINT;
+ALTER TABLE identities ADD COLUMN quota_version BIGINT NOT NULL DEFAULT 0;

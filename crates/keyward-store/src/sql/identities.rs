@@ -10,10 +10,16 @@ macro_rules! for_backend {
         use keyward_core::model::Identity;
         use keyward_core::time::Timestamp;
 
-        use crate::sql::common::{get, json, json_opt, map_err, push_after_time, push_in, to_json};
+        use crate::sql::common::{get, json, json_opt, map_err, push_after_time, push_in, to_json, ts};
         use crate::{Page, Result, TimeCursor};
 
-        const COLS: &str = "id, name, meta, enabled, created_at, created_by, updated_at, ratelimits";
+        const COLS: &str = "id, name, meta, enabled, created_at, created_by, updated_at, ratelimits, \
+            refill, refill_anchor, refilled_at, quota_version, remaining";
+        /// The columns read: `remaining` is the unleased quota plus every node's lease.
+        const SELECT: &str = "id, name, meta, enabled, created_at, created_by, updated_at, ratelimits, \
+            refill, refill_anchor, refilled_at, quota_version, \
+            remaining + CAST((SELECT COALESCE(SUM(q.amount), 0) FROM quota_leases q \
+            WHERE q.key_id = '@' || identities.id) AS BIGINT) AS remaining";
 
         fn from_row(r: &$Row) -> Result<Identity> {
             Ok(Identity {
@@ -22,6 +28,11 @@ macro_rules! for_backend {
                 meta: json("meta", &get::<String, _>(r, "meta")?)?,
                 enabled: get(r, "enabled")?,
                 ratelimits: json_opt("ratelimits", get(r, "ratelimits")?)?.unwrap_or_default(),
+                remaining: get(r, "remaining")?,
+                refill: json_opt("refill", get(r, "refill")?)?,
+                refilled_at: ts(get(r, "refilled_at")?),
+                refill_anchor: ts(get(r, "refill_anchor")?),
+                quota_version: get(r, "quota_version")?,
                 created_at: Timestamp::from_millis(get(r, "created_at")?),
                 created_by: json("created_by", &get::<String, _>(r, "created_by")?)?,
                 updated_at: Timestamp::from_millis(get(r, "updated_at")?),
@@ -29,7 +40,7 @@ macro_rules! for_backend {
         }
 
         pub(super) async fn identity<'e, E: sqlx::Executor<'e, Database = $DB>>(e: E, id: &str) -> Result<Option<Identity>> {
-            let sql = format!("SELECT {COLS} FROM identities WHERE id = $1");
+            let sql = format!("SELECT {SELECT} FROM identities WHERE id = $1");
             let row = sqlx::query(&sql).bind(id).fetch_optional(e).await.map_err(map_err)?;
             row.as_ref().map(from_row).transpose()
         }
@@ -44,7 +55,7 @@ macro_rules! for_backend {
         }
 
         pub(super) async fn identity_in(pool: &sqlx::Pool<$DB>, id: &str, keyspace_ids: Option<&[String]>) -> Result<Option<Identity>> {
-            let mut q = sqlx::QueryBuilder::<$DB>::new(format!("SELECT {COLS} FROM identities WHERE id = "));
+            let mut q = sqlx::QueryBuilder::<$DB>::new(format!("SELECT {SELECT} FROM identities WHERE id = "));
             q.push_bind(id.to_string());
             push_owns_key_in(&mut q, keyspace_ids);
             let row = q.build().fetch_optional(pool).await.map_err(map_err)?;
@@ -52,7 +63,7 @@ macro_rules! for_backend {
         }
 
         pub(super) async fn list_identities(pool: &sqlx::Pool<$DB>, keyspace_ids: Option<&[String]>, page: &Page<TimeCursor>) -> Result<Vec<Identity>> {
-            let mut q = sqlx::QueryBuilder::<$DB>::new(format!("SELECT {COLS} FROM identities WHERE 1 = 1"));
+            let mut q = sqlx::QueryBuilder::<$DB>::new(format!("SELECT {SELECT} FROM identities WHERE 1 = 1"));
             push_owns_key_in(&mut q, keyspace_ids);
             push_after_time(&mut q, &page.after);
             q.push(" ORDER BY created_at DESC, id DESC LIMIT ").push_bind(page.limit);
@@ -61,7 +72,7 @@ macro_rules! for_backend {
         }
 
         pub(super) async fn insert_identity(conn: &mut <$DB as sqlx::Database>::Connection, i: &Identity) -> Result<()> {
-            let sql = format!("INSERT INTO identities ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)");
+            let sql = format!("INSERT INTO identities ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)");
             sqlx::query(&sql)
                 .bind(&i.id)
                 .bind(&i.name)
@@ -71,6 +82,34 @@ macro_rules! for_backend {
                 .bind(to_json(&i.created_by))
                 .bind(i.updated_at.millis())
                 .bind(limits_json(i))
+                .bind(i.refill.as_ref().map(to_json))
+                .bind(i.refill_anchor.map(Timestamp::millis))
+                .bind(i.refilled_at.map(Timestamp::millis))
+                .bind(i.quota_version)
+                .bind(i.remaining)
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            Ok(())
+        }
+
+        /// Sets an identity's quota anew: its `remaining` and refill, a new `quota_version`, and
+        /// every node's lease of the old one void.
+        pub(super) async fn set_identity_quota(conn: &mut <$DB as sqlx::Database>::Connection, i: &Identity) -> Result<()> {
+            sqlx::query(
+                "UPDATE identities SET remaining = $2, refill = $3, refill_anchor = $4, refilled_at = $5, \
+                 quota_version = quota_version + 1 WHERE id = $1",
+            )
+            .bind(&i.id)
+            .bind(i.remaining)
+            .bind(i.refill.as_ref().map(to_json))
+            .bind(i.refill_anchor.map(Timestamp::millis))
+            .bind(i.refilled_at.map(Timestamp::millis))
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+            sqlx::query("DELETE FROM quota_leases WHERE key_id = $1")
+                .bind(format!("@{}", i.id))
                 .execute(&mut *conn)
                 .await
                 .map_err(map_err)?;
@@ -99,6 +138,11 @@ macro_rules! for_backend {
         pub(super) async fn delete_identity(conn: &mut <$DB as sqlx::Database>::Connection, id: &str) -> Result<bool> {
             let r = sqlx::query("DELETE FROM identities WHERE id = $1")
                 .bind(id)
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            sqlx::query("DELETE FROM quota_leases WHERE key_id = $1")
+                .bind(format!("@{id}"))
                 .execute(&mut *conn)
                 .await
                 .map_err(map_err)?;

@@ -27,7 +27,8 @@ pub(super) const KEY_SELECT: &str = "id, keyspace_id, name, owner, scopes, label
     allowed_cidrs, external_id, ratelimits, refill, refill_anchor, refilled_at, \
     COALESCE((SELECT NOT i.enabled FROM identities i WHERE i.id = keys.owner), FALSE) AS owner_disabled, \
     (SELECT i.ratelimits FROM identities i WHERE i.id = keys.owner) AS owner_ratelimits, \
-    (SELECT s.quota_low_percent FROM keyspaces s WHERE s.id = keys.keyspace_id) AS quota_low_percent";
+    (SELECT s.quota_low_percent FROM keyspaces s WHERE s.id = keys.keyspace_id) AS quota_low_percent, \
+    (SELECT i.quota_version FROM identities i WHERE i.id = keys.owner AND i.remaining IS NOT NULL) AS owner_quota_version";
 pub(super) const KEYSPACE_COLS: &str =
     "id, name, prefix, policy, created_at, updated_at, routes, unmatched, quota_low_percent";
 
@@ -117,6 +118,7 @@ macro_rules! for_backend {
                 allowed_cidrs: json_opt("allowed_cidrs", get(r, "allowed_cidrs")?)?,
                 owner_ratelimits: json_opt("owner_ratelimits", get(r, "owner_ratelimits")?)?.unwrap_or_default(),
                 quota_low_percent: get(r, "quota_low_percent")?,
+                owner_quota_version: get(r, "owner_quota_version")?,
                 external_id: get(r, "external_id")?,
                 owner_disabled: get(r, "owner_disabled")?,
             })

@@ -1,7 +1,8 @@
 //! Quota leases: each node takes part of a key's quota ahead (`lease_quota`), spends it locally,
 //! and gives back what it did not spend (`return_lease`); leases of nodes that stopped are
 //! reclaimed by the sweep (`reclaim_stale_leases`). A quota with a refill is refilled by the
-//! first lease of each period (which voids the older leases).
+//! first lease of each period (which voids the older leases). An identity's quota is leased the
+//! same way: its `quota_leases.key_id` is `@` and the identity's id.
 //!
 //! Invariant: a key's quota left is `keys.remaining` (the unleased part) plus the `amount` of
 //! every `quota_leases` row of the key (what a key read returns, see `KEY_SELECT` in `keys.rs`).
@@ -19,12 +20,21 @@ macro_rules! for_backend {
         use crate::sql::common::{get, json_opt, map_err, ts, TAKE_WRITE_LOCK};
         use crate::Result;
 
+        /// The table and id of a quota's holder: a key, or (`@` and its id) an identity.
+        fn holder(key_id: &str) -> (&'static str, &str) {
+            match key_id.strip_prefix('@') {
+                Some(identity) => ("identities", identity),
+                None => ("keys", key_id),
+            }
+        }
+
         pub(super) async fn lease_quota(pool: &sqlx::Pool<$DB>, node: &str, key_id: &str, want: i64, now: Timestamp) -> Result<Option<crate::Lease>> {
             let mut tx = pool.begin().await.map_err(map_err)?;
             // Take the write lock first: leases across nodes are serialized.
             sqlx::query(TAKE_WRITE_LOCK).execute(&mut *tx).await.map_err(map_err)?;
-            let row = sqlx::query("SELECT remaining, refill, refill_anchor, refilled_at FROM keys WHERE id = $1")
-                .bind(key_id)
+            let (table, id) = holder(key_id);
+            let row = sqlx::query(&format!("SELECT remaining, refill, refill_anchor, refilled_at FROM {table} WHERE id = $1"))
+                .bind(id)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(map_err)?;
@@ -47,8 +57,8 @@ macro_rules! for_backend {
                 let period = match current {
                     Some(c) if c >= start => c,
                     _ => {
-                        sqlx::query("UPDATE keys SET remaining = $2, refilled_at = $3 WHERE id = $1")
-                            .bind(key_id)
+                        sqlx::query(&format!("UPDATE {table} SET remaining = $2, refilled_at = $3 WHERE id = $1"))
+                            .bind(id)
                             .bind(refill.amount)
                             .bind(start.millis())
                             .execute(&mut *tx)
@@ -67,8 +77,8 @@ macro_rules! for_backend {
             }
             let take = want.clamp(0, left.max(0));
             if take > 0 {
-                sqlx::query("UPDATE keys SET remaining = remaining - $2 WHERE id = $1")
-                    .bind(key_id)
+                sqlx::query(&format!("UPDATE {table} SET remaining = remaining - $2 WHERE id = $1"))
+                    .bind(id)
                     .bind(take)
                     .execute(&mut *tx)
                     .await
@@ -95,8 +105,9 @@ macro_rules! for_backend {
             if let Some(until) = until {
                 // A lease of a refill period that is over was voided by the refill: nothing
                 // of it goes back (the row may hold the next period's lease).
-                let row = sqlx::query("SELECT refill, refilled_at FROM keys WHERE id = $1")
-                    .bind(key_id)
+                let (table, id) = holder(key_id);
+                let row = sqlx::query(&format!("SELECT refill, refilled_at FROM {table} WHERE id = $1"))
+                    .bind(id)
                     .fetch_optional(&mut *tx)
                     .await
                     .map_err(map_err)?;
@@ -119,8 +130,9 @@ macro_rules! for_backend {
                 .await
                 .map_err(map_err)?;
             if r.rows_affected() == 1 {
-                sqlx::query("UPDATE keys SET remaining = remaining + $2 WHERE id = $1 AND remaining IS NOT NULL")
-                    .bind(key_id)
+                let (table, id) = holder(key_id);
+                sqlx::query(&format!("UPDATE {table} SET remaining = remaining + $2 WHERE id = $1 AND remaining IS NOT NULL"))
+                    .bind(id)
                     .bind(amount)
                     .execute(&mut *tx)
                     .await
@@ -142,6 +154,15 @@ macro_rules! for_backend {
                 "UPDATE keys SET remaining = remaining + CAST((SELECT COALESCE(SUM(q.amount), 0) FROM quota_leases q \
                  WHERE q.key_id = keys.id AND q.updated_at < $1 AND q.amount > 0) AS BIGINT) \
                  WHERE remaining IS NOT NULL AND id IN (SELECT key_id FROM quota_leases WHERE updated_at < $1)",
+            )
+            .bind(older_than.millis())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            sqlx::query(
+                "UPDATE identities SET remaining = remaining + CAST((SELECT COALESCE(SUM(q.amount), 0) FROM quota_leases q \
+                 WHERE q.key_id = '@' || identities.id AND q.updated_at < $1 AND q.amount > 0) AS BIGINT) \
+                 WHERE remaining IS NOT NULL AND '@' || id IN (SELECT key_id FROM quota_leases WHERE updated_at < $1)",
             )
             .bind(older_than.millis())
             .execute(&mut *tx)

@@ -163,6 +163,9 @@ macro_rules! sql_backend {
                 async fn update_identity(&mut self, i: &Identity) -> Result<()> {
                     identities::update_identity(&mut self.tx, i).await
                 }
+                async fn set_identity_quota(&mut self, i: &Identity) -> Result<()> {
+                    identities::set_identity_quota(&mut self.tx, i).await
+                }
                 async fn delete_identity(&mut self, id: &str) -> Result<bool> {
                     identities::delete_identity(&mut self.tx, id).await
                 }

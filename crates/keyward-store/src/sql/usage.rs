@@ -39,7 +39,8 @@ macro_rules! for_backend {
             const CHUNK: usize = 200;
             // One row per key (a batch may hold several deltas of one key).
             let mut counters: std::collections::BTreeMap<&str, (i64, i64, i64)> = std::collections::BTreeMap::new();
-            for d in deltas {
+            // An identity's quota (`@` and its id) has only quota spent, no counters.
+            for d in deltas.iter().filter(|d| !d.key_id.starts_with('@')) {
                 let c = counters.entry(d.key_id.as_str()).or_insert((0, 0, -1));
                 c.0 += d.calls;
                 c.1 += d.denied;

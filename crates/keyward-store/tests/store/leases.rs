@@ -467,3 +467,94 @@ async fn the_first_lease_of_a_period_refills_the_quota_and_voids_older_leases(db
 conformance!(with_db the_first_lease_of_a_period_refills_the_quota_and_voids_older_leases
     => sqlite_the_first_lease_of_a_period_refills_the_quota_and_voids_older_leases,
        postgres_the_first_lease_of_a_period_refills_the_quota_and_voids_older_leases);
+
+/// An identity's quota is leased as a key's is (under `@` and its id), read as unleased plus
+/// leases, refilled by the first lease of a period, and voided when set anew.
+async fn an_identitys_quota_is_leased_refilled_and_set_anew(db: &TestDb) {
+    use keyward_core::limits::{Interval, Refill};
+    use keyward_core::model::Identity;
+    let (a, b) = two_nodes(db).await;
+    let mut identity = Identity {
+        id: "acme".into(),
+        name: "Acme".into(),
+        meta: serde_json::Map::new(),
+        enabled: true,
+        ratelimits: Vec::new(),
+        remaining: Some(10),
+        refill: Some(Refill {
+            amount: 10,
+            interval: Interval::Secs(100),
+        }),
+        refill_anchor: Some(at(0)),
+        refilled_at: Some(at(0)),
+        quota_version: 0,
+        created_at: at(0),
+        created_by: token_actor("tok_a"),
+        updated_at: at(0),
+    };
+    let mut tx = a.begin().await.unwrap();
+    tx.insert_identity(&identity).await.unwrap();
+    tx.commit().await.unwrap();
+    let read = |s: Arc<dyn Store>| async move { s.identity("acme", None).await.unwrap().unwrap() };
+
+    let l = a.lease_quota("@acme", 4, at(10)).await.unwrap().unwrap();
+    assert_eq!((l.granted, l.left, l.until), (4, 6, Some(at(100))));
+    b.lease_quota("@acme", 3, at(11)).await.unwrap();
+    assert_eq!(
+        read(a.clone()).await.remaining,
+        Some(10),
+        "unleased plus leases"
+    );
+    // A key of the owner reads the quota's version.
+    let ks = new_keyspace(&a, "acme").await;
+    let mut k = key(&ks, at(0)).key;
+    k.owner = Some("acme".into());
+    insert_keys(&a, &[&k]).await;
+    assert_eq!(
+        a.key(&k.id).await.unwrap().unwrap().owner_quota_version,
+        Some(0)
+    );
+
+    // The next period refills it; setting it anew voids every lease and bumps the version.
+    let l = b.lease_quota("@acme", 2, at(120)).await.unwrap().unwrap();
+    assert_eq!((l.granted, l.left), (2, 8));
+    identity.remaining = Some(50);
+    identity.refilled_at = Some(at(100));
+    let mut tx = a.begin().await.unwrap();
+    tx.set_identity_quota(&identity).await.unwrap();
+    tx.commit().await.unwrap();
+    let got = read(a.clone()).await;
+    assert_eq!((got.remaining, got.quota_version), (Some(50), 1));
+    assert_eq!(
+        a.key(&k.id).await.unwrap().unwrap().owner_quota_version,
+        Some(1)
+    );
+    // Usage spends from the node's lease, and writes no counters for the identity.
+    let l = a.lease_quota("@acme", 5, at(130)).await.unwrap().unwrap();
+    assert_eq!(l.granted, 5);
+    a.apply_usage(&[keyward_store::UsageDelta {
+        key_id: "@acme".into(),
+        calls: 0,
+        denied: 0,
+        last_used_at: None,
+        consumed: 5,
+        buckets: Vec::new(),
+        sources: Vec::new(),
+    }])
+    .await
+    .unwrap();
+    assert_eq!(read(a.clone()).await.remaining, Some(45));
+    identity.remaining = None;
+    identity.refill = None;
+    let mut tx = a.begin().await.unwrap();
+    tx.set_identity_quota(&identity).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        a.key(&k.id).await.unwrap().unwrap().owner_quota_version,
+        None
+    );
+    assert_eq!(a.lease_quota("@acme", 1, at(140)).await.unwrap(), None);
+}
+conformance!(with_db an_identitys_quota_is_leased_refilled_and_set_anew
+    => sqlite_an_identitys_quota_is_leased_refilled_and_set_anew,
+       postgres_an_identitys_quota_is_leased_refilled_and_set_anew);

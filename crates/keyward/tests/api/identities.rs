@@ -329,6 +329,48 @@ async fn the_cli_manages_identities(app: TestApp) {
     assert!(String::from_utf8_lossy(&o.stdout).contains("initech"));
     let o = run(vec!["identities", "show", "nobody"]).await;
     assert_eq!(o.status.code(), Some(1));
+    // Shared limits and quota.
+    let o = run(vec![
+        "identities",
+        "limits",
+        "initech",
+        "--limit",
+        "burst=10/1",
+        "--limit",
+        "daily=500/86400",
+    ])
+    .await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(vec![
+        "identities",
+        "quota",
+        "initech",
+        "--quota",
+        "2",
+        "--refill",
+        "monthly",
+        "--json",
+    ])
+    .await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ratelimits"][1]["name"], "daily");
+    assert_eq!(
+        (&v["remaining"], &v["refill"]),
+        (&json!(2), &json!({"amount": 2, "interval": "monthly"}))
+    );
+    assert_eq!(app.verify_code(&key).await, "VALID");
+    assert_eq!(app.verify_code(&key).await, "VALID");
+    assert_eq!(app.verify_code(&key).await, "USAGE_EXCEEDED");
+    let o = run(vec!["identities", "limits", "initech", "--limit", "burst"]).await;
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "a malformed limit is a usage error"
+    );
+    let o = run(vec!["identities", "quota", "initech"]).await;
+    assert!(o.status.success());
+    assert_eq!(app.verify_code(&key).await, "VALID", "unlimited again");
     let o = run(vec!["identities", "delete", "initech"]).await;
     assert!(o.status.success());
 }

@@ -369,7 +369,10 @@ async fn a_quota_refills_each_period(app: TestApp) {
         .await
         .expect(200)
         .body;
-    assert_eq!(k["remaining"], 3, "today's quota, refilled; the new amount from tomorrow");
+    assert_eq!(
+        k["remaining"], 3,
+        "today's quota, refilled; the new amount from tomorrow"
+    );
     let mut valid = 0;
     while app.verify_code(&key).await == "VALID" {
         valid += 1;
@@ -502,6 +505,106 @@ both!(
     manual
 );
 
+async fn an_identitys_quota_is_shared_by_its_keys_and_refills(app: TestApp) {
+    let ks = app.keyspace(json!({})).await;
+    let (_, k1) = app.key(&ks, json!({"owner": "acme"})).await;
+    let (_, k2) = app
+        .key(&ks, json!({"owner": "acme", "remaining": 100}))
+        .await;
+    assert_eq!(
+        app.verify_code(&k1).await,
+        "VALID",
+        "cached before the quota"
+    );
+    let created = app
+        .post(
+            "/v1/identities",
+            json!({"id": "acme", "remaining": 6, "refill": {"amount": 6, "interval": "daily"}}),
+        )
+        .await
+        .expect(201)
+        .body;
+    assert_eq!(created["refilled_at"], "2027-01-15T00:00:00Z");
+    let mut valid = 0;
+    for i in 0..10 {
+        let v = app
+            .verify(json!({"key": if i % 2 == 0 { &k1 } else { &k2 }}))
+            .await;
+        if v["code"] == "VALID" {
+            valid += 1;
+            assert_eq!(
+                v["remaining"],
+                6 - valid,
+                "the smaller of the key's and the identity's"
+            );
+        } else {
+            assert_eq!(v["code"], "USAGE_EXCEEDED");
+        }
+    }
+    assert_eq!(valid, 6, "six across both keys");
+    app.flush().await;
+    let i = app.get("/v1/identities/acme").await.expect(200).body;
+    assert_eq!(i["remaining"], 0);
+    let k = app
+        .get(&format!("/v1/keys?owner=acme&keyspace_id={ks}"))
+        .await
+        .body;
+    let own: Vec<_> = k["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["remaining"].clone())
+        .collect();
+    assert!(
+        own.contains(&json!(97)),
+        "the key's own quota was spent too: {own:?}"
+    );
+
+    // The next day: refilled, read and spent at once.
+    app.advance(16 * 3600);
+    let i = app.get("/v1/identities/acme").await.expect(200).body;
+    assert_eq!(
+        (&i["remaining"], &i["refilled_at"]),
+        (&json!(6), &json!("2027-01-16T00:00:00Z"))
+    );
+    let mut valid = 0;
+    while app
+        .verify_code(if valid % 2 == 0 { &k1 } else { &k2 })
+        .await
+        == "VALID"
+    {
+        valid += 1;
+    }
+    assert_eq!(valid, 6);
+    // Set anew, then removed.
+    app.patch("/v1/identities/acme", json!({"remaining": 2}))
+        .await
+        .expect(200);
+    assert_eq!(app.verify_code(&k1).await, "VALID");
+    assert_eq!(app.verify_code(&k2).await, "VALID");
+    assert_eq!(app.verify_code(&k1).await, "USAGE_EXCEEDED");
+    let i = app
+        .patch("/v1/identities/acme", json!({"remaining": null}))
+        .await
+        .expect(200)
+        .body;
+    assert!(
+        i.get("remaining").is_none() && i.get("refill").is_none(),
+        "{i}"
+    );
+    for _ in 0..10 {
+        assert_eq!(app.verify_code(&k1).await, "VALID");
+    }
+    let upd = app.audit_actions("identity.update").await;
+    assert_eq!(upd[0]["changes"]["remaining"], json!([0, 2]));
+    assert_eq!(
+        upd[1]["changes"]["remaining"],
+        json!([0, null]),
+        "both spent"
+    );
+}
+both!(an_identitys_quota_is_shared_by_its_keys_and_refills, manual);
+
 // ---------------------------------------------------------------- three nodes
 
 async fn three_nodes(redis: bool, manual_clock: bool) -> Option<(TestApp, TestApp, TestApp)> {
@@ -589,12 +692,11 @@ async fn without_redis_an_identitys_limit_holds_per_node() {
 
 /// Spends a key's quota across three nodes in waves until none grants anything twice running
 /// (between waves the clock moves 3 s, so that idle leases go back and are leased again).
-async fn spend_all(nodes: [&TestApp; 3], key: &str) -> usize {
+async fn spend_all(nodes: [&TestApp; 3], keys: &[String]) -> usize {
     let mut total = 0;
     let mut quiet = 0;
-    let keys = [key.to_string()];
     while quiet < 2 {
-        let v = spread(nodes, &keys, 90).await;
+        let v = spread(nodes, keys, 90).await;
         total += v;
         quiet = if v == 0 { quiet + 1 } else { 0 };
         nodes[0].advance(3);
@@ -620,7 +722,7 @@ async fn a_monthly_quota_grants_exactly_its_amount_each_month_across_three_nodes
         ("2027-02-01T00:00:00Z", "2027-03-01T00:00:00Z"),
         ("2027-03-01T00:00:00Z", "2027-04-01T00:00:00Z"),
     ] {
-        let granted = spend_all([&a, &b, &c], &key).await;
+        let granted = spend_all([&a, &b, &c], std::slice::from_ref(&key)).await;
         assert_eq!(granted, 100, "exactly the quota in the month from {month}");
         for n in [&a, &b, &c] {
             n.flush().await;
@@ -640,6 +742,48 @@ async fn a_monthly_quota_grants_exactly_its_amount_each_month_across_three_nodes
         );
         a.clock.as_ref().unwrap().set(next);
     }
+    b.stop().await;
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identitys_quota_is_granted_exactly_across_three_nodes() {
+    let Some((a, b, c)) = three_nodes(false, true).await else {
+        return;
+    };
+    a.post(
+        "/v1/identities",
+        json!({"id": "acme", "remaining": 100, "refill": {"amount": 100, "interval": "monthly"}}),
+    )
+    .await
+    .expect(201);
+    let ks = a.keyspace(json!({})).await;
+    let mut keys = Vec::new();
+    for _ in 0..3 {
+        keys.push(a.key(&ks, json!({"owner": "acme"})).await.1);
+    }
+    assert_eq!(
+        spend_all([&a, &b, &c], &keys).await,
+        100,
+        "the shared quota, exactly"
+    );
+    a.clock
+        .as_ref()
+        .unwrap()
+        .set(Timestamp::parse_rfc3339("2027-02-01T00:00:00Z").unwrap());
+    assert_eq!(
+        spend_all([&a, &b, &c], &keys).await,
+        100,
+        "and again the next month"
+    );
+    for n in [&a, &b, &c] {
+        n.flush().await;
+    }
+    let i = a.get("/v1/identities/acme").await.expect(200).body;
+    assert_eq!(
+        (&i["remaining"], &i["refilled_at"]),
+        (&json!(0), &json!("2027-02-01T00:00:00Z"))
+    );
     b.stop().await;
     c.stop().await;
 }

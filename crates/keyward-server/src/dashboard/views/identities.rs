@@ -93,6 +93,10 @@ pub(crate) fn detail(s: &SignedIn, m: &IdentityPage) -> Markup {
                     dt { "Created" } dd { (ui::date_time(i.created_at)) " by " (ui::actor(&i.created_by)) }
                     dt { "Keys" } dd { (live) " not revoked" @if m.more_keys { " (first " (m.keys.len()) " shown)" } }
                     dt { "Rate limits" } dd #identity-limits { (ui::limits(&i.ratelimits)) @if !i.ratelimits.is_empty() { span.muted { " · shared by all its keys" } } }
+                    dt { "Quota left" } dd #identity-quota {
+                        @if let Some(r) = i.remaining { (r) span.muted { " · shared by all its keys" } } @else { span.muted { "unlimited" } }
+                        @if let Some(f) = &i.refill { br; span.muted { "refills " (ui::refill(f)) } }
+                    }
                     @if !i.meta.is_empty() {
                         dt { "Meta" } dd { code.wrap { (ui::json_text(&serde_json::Value::Object(i.meta.clone()))) } }
                     }
