@@ -216,6 +216,22 @@ impl Refill {
     }
 }
 
+/// When a refill period began since the quota was last refilled (`refilled_at`): the amount it
+/// now holds and the period's start. `anchor`: when the refill was set (else `refilled_at`).
+pub fn refill_due(
+    refill: Option<Refill>,
+    anchor: Option<Timestamp>,
+    refilled_at: Option<Timestamp>,
+    now: Timestamp,
+) -> Option<(i64, Timestamp)> {
+    let refill = refill?;
+    let start = refill.period_start(anchor.or(refilled_at).unwrap_or(now), now);
+    if refilled_at.is_some_and(|r| r >= start) {
+        return None;
+    }
+    Some((refill.amount, start))
+}
+
 /// (year, month 1..12, day 1..31) of a day counted from 1970-01-01 (H. Hinnant's algorithm).
 fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let z = z + 719_468;

@@ -270,14 +270,10 @@ impl Key {
     /// The key as of `now` with its quota refilled when a refill period began since the store
     /// last refilled it (the store refills at the next lease or sweep; a read never lags).
     pub fn refilled(&self, now: Timestamp) -> Option<Key> {
-        let refill = self.refill?;
-        let anchor = self.refill_anchor.or(self.refilled_at).unwrap_or(now);
-        let start = refill.period_start(anchor, now);
-        if self.refilled_at.is_some_and(|r| r >= start) {
-            return None;
-        }
+        let (amount, start) =
+            crate::limits::refill_due(self.refill, self.refill_anchor, self.refilled_at, now)?;
         let mut k = self.clone();
-        k.remaining = Some(refill.amount);
+        k.remaining = Some(amount);
         k.refilled_at = Some(start);
         Some(k)
     }
@@ -302,14 +298,10 @@ impl Identity {
     /// The identity as of `now` with its quota refilled when a refill period began since the
     /// store last refilled it (as [`Key::refilled`]).
     pub fn refilled(&self, now: Timestamp) -> Option<Identity> {
-        let refill = self.refill?;
-        let anchor = self.refill_anchor.or(self.refilled_at).unwrap_or(now);
-        let start = refill.period_start(anchor, now);
-        if self.refilled_at.is_some_and(|r| r >= start) {
-            return None;
-        }
+        let (amount, start) =
+            crate::limits::refill_due(self.refill, self.refill_anchor, self.refilled_at, now)?;
         let mut i = self.clone();
-        i.remaining = Some(refill.amount);
+        i.remaining = Some(amount);
         i.refilled_at = Some(start);
         Some(i)
     }

@@ -150,41 +150,21 @@ impl Limit {
     }
 }
 
-/// The count of one limit's current window, found by the limit's name and length (so that a
-/// changed list keeps the counts of the limits it kept).
-#[derive(Clone, Debug)]
-pub struct Slot {
-    pub name: Box<str>,
-    pub window_ms: i64,
-    pub window: Window,
-}
-
-/// The window of `limit` as of `now` in `slots` (added, or started anew when a new window
-/// began).
-pub fn slot<'a>(slots: &'a mut Vec<Slot>, limit: &Limit, now: Timestamp) -> &'a mut Window {
-    let start = limit.window_start(now);
-    let i = match slots
-        .iter()
-        .position(|s| s.window_ms == limit.window_ms && s.name == limit.name)
-    {
-        Some(i) => i,
-        None => {
-            slots.push(Slot {
-                name: limit.name.clone(),
-                window_ms: limit.window_ms,
-                window: Window::default(),
-            });
-            slots.len() - 1
+impl Window {
+    /// This window as of `now` for `limit`: itself while `now` lies in it, else the window
+    /// `now` lies in, empty (a division only when a window ends: this runs for every limit of
+    /// every call).
+    #[inline]
+    pub fn current(&mut self, limit: &Limit, now: Timestamp) -> &mut Window {
+        // One unsigned comparison: `now` in [start, start + length).
+        if (now.millis().wrapping_sub(self.start_ms) as u64) >= limit.window_ms as u64 {
+            *self = Window {
+                start_ms: limit.window_start(now),
+                count: 0,
+            };
         }
-    };
-    let w = &mut slots[i].window;
-    if w.start_ms != start {
-        *w = Window {
-            start_ms: start,
-            count: 0,
-        };
+        self
     }
-    w
 }
 
 /// What a valid verification reports about the rate limit.
@@ -247,40 +227,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_slot_is_kept_per_limit_name_and_length_and_restarts_each_window() {
+    fn a_window_restarts_when_its_time_is_over() {
         let burst = Limit {
             name: "burst".into(),
             limit: 2,
             window_ms: 1000,
         };
-        let daily = Limit {
-            name: "daily".into(),
-            limit: 5,
-            window_ms: 86_400_000,
-        };
-        let mut slots = Vec::new();
-        let t = Timestamp::from_millis(5_500);
-        slot(&mut slots, &burst, t).count += 2;
-        slot(&mut slots, &daily, t).count += 2;
-        assert_eq!(slot(&mut slots, &burst, t).count, 2);
+        let mut w = Window::default();
+        w.current(&burst, Timestamp::from_millis(5_500)).count += 2;
+        assert_eq!(w.current(&burst, Timestamp::from_millis(5_999)).count, 2);
+        assert_eq!(w.start_ms, 5_000);
+        assert_eq!(w.current(&burst, Timestamp::from_millis(6_000)).count, 0);
+        assert_eq!(w.start_ms, 6_000);
         assert_eq!(
-            slot(&mut slots, &burst, Timestamp::from_millis(6_000)).count,
-            0
+            w.current(&burst, Timestamp::from_millis(4_000)).start_ms,
+            4_000
         );
-        assert_eq!(
-            slot(&mut slots, &daily, Timestamp::from_millis(6_000)).count,
-            2
-        );
-        let longer = Limit {
-            window_ms: 2000,
-            ..burst.clone()
-        };
-        assert_eq!(
-            slot(&mut slots, &longer, t).count,
-            0,
-            "a changed window counts anew"
-        );
-        assert_eq!(slots.len(), 3);
     }
 
     const SCOPES: [&str; 1] = ["orders:*"];

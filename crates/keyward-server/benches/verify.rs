@@ -23,7 +23,8 @@
 //!     path, but on the same cores.
 //!
 //! - `limits/*`: a whole cached verification of a key with three named rate limits and an
-//!   identity limit, against a key with none (`cargo bench -p keyward-server --bench verify --
+//!   identity limit, against a key with none: one key each, and 10,000 keys each (100
+//!   identities) in a shuffled order (`cargo bench -p keyward-server --bench verify --
 //!   limits`).
 //! - `routes/*`: route rules (forward-auth) with 100 rules: matching alone (the first rule, the
 //!   last, none; a path that needs normalizing), and a whole cached verification with the
@@ -257,6 +258,63 @@ fn limits(c: &mut Criterion) {
     g.bench_function("verify_3_limits_and_identity", |b| {
         b.iter(|| verify_cached(state.verifier(), black_box(l)).code())
     });
+
+    // The same over 10,000 keys of each kind (100 identities), each call another key in an
+    // order unrelated to how they were made, as a server with many keys sees them.
+    const N: usize = 10_000;
+    let mut plain_keys = String::with_capacity(N * KEY_LEN);
+    let mut limited_keys = String::with_capacity(N * KEY_LEN);
+    let mut made = Vec::with_capacity(2 * N);
+    for i in 0..N {
+        let (text, key) = maker.next();
+        state.verifier().prime(key);
+        made.push((false, text));
+        let (text, mut key) = maker.next();
+        key.set_ratelimits(vec![
+            named("burst", 1),
+            named("minute", 60),
+            named("daily", 86_400),
+        ]);
+        key.owner = Some(format!("customer-{}", i % 100));
+        key.owner_ratelimits = vec![named("per-minute", 60)];
+        state.verifier().prime(key);
+        made.push((true, text));
+    }
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    for i in (1..made.len()).rev() {
+        made.swap(i, rng.below(i + 1));
+    }
+    for (is_limited, text) in &made {
+        let keys = if *is_limited {
+            &mut limited_keys
+        } else {
+            &mut plain_keys
+        };
+        keys.push_str(text.expose());
+    }
+    drop(made);
+    let at = |keys: &str, slot: usize| keys[slot * KEY_LEN..(slot + 1) * KEY_LEN].to_string();
+    for slot in 0..N {
+        verify_cached(state.verifier(), &at(&limited_keys, slot));
+        verify_cached(state.verifier(), &at(&plain_keys, slot));
+    }
+    drop(state.verifier().take_usage(usize::MAX));
+    for (name, keys) in [
+        ("verify_10000_no_limits", &plain_keys),
+        ("verify_10000_3_limits_and_identity", &limited_keys),
+    ] {
+        let mut slot = 0;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                slot = (slot + 1) % N;
+                verify_cached(
+                    state.verifier(),
+                    black_box(&keys[slot * KEY_LEN..(slot + 1) * KEY_LEN]),
+                )
+                .code()
+            })
+        });
+    }
     g.finish();
 }
 

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::http::error::error_body;
 use crate::http::extract::{authenticate, bearer, client_ip, JsonBody, Params};
 use crate::state::AppState;
-use crate::verifier::{Exhausted, Outcome, Request};
+use crate::verifier::{Outcome, Request};
 
 const MAX_COST: i64 = 1_000_000_000;
 
@@ -113,9 +113,9 @@ fn outcome_body(o: &Outcome) -> Vec<u8> {
         Outcome::Valid {
             entry,
             remaining,
-            rate,
             limits,
         } => {
+            let rate = limits.default_rate(entry);
             let mut out = Vec::with_capacity(entry.answer_len() + 160);
             out.extend_from_slice(b"{\"valid\":true,\"code\":\"VALID\",");
             entry.write_answer(&mut out);
@@ -139,24 +139,20 @@ fn outcome_body(o: &Outcome) -> Vec<u8> {
             if entry.has_named_limits() {
                 // Limit names need no JSON escaping (their grammar excludes it).
                 out.extend_from_slice(b",\"ratelimits\":[");
-                for (i, s) in limits.iter().enumerate() {
-                    let l = entry.limit_of(Exhausted {
-                        index: s.index,
-                        identity: s.identity,
-                    });
+                for (i, (at, l, left, reset_at)) in limits.iter(entry).enumerate() {
                     if i > 0 {
                         out.push(b',');
                     }
                     out.extend_from_slice(b"{\"name\":\"");
-                    out.extend_from_slice(l.map_or("", |l| &l.name).as_bytes());
+                    out.extend_from_slice(l.name.as_bytes());
                     out.extend_from_slice(b"\",\"limit\":");
-                    push_int(&mut out, l.map(|l| l.limit));
+                    push_int(&mut out, Some(l.limit));
                     out.extend_from_slice(b",\"remaining\":");
-                    push_int(&mut out, Some(s.remaining));
+                    push_int(&mut out, Some(left));
                     out.extend_from_slice(b",\"reset_at\":\"");
-                    out.extend_from_slice(s.reset_at.to_rfc3339().as_bytes());
+                    out.extend_from_slice(reset_at.to_rfc3339().as_bytes());
                     out.push(b'"');
-                    if s.identity {
+                    if at.identity {
                         out.extend_from_slice(b",\"identity\":true");
                     }
                     out.push(b'}');

@@ -101,7 +101,9 @@ pub async fn create_identity(
         refill: input.refill,
         refill_anchor: input.refill.map(|_| now),
         refilled_at: input.refill.map(|r| r.period_start(now, now)),
-        quota_version: 0,
+        // Later than any version an identity of this id had before (deleted and made anew):
+        // nodes still holding the old one's quota replace it.
+        quota_version: now.millis(),
         created_at: now,
         created_by: ctx.actor.clone(),
         updated_at: now,

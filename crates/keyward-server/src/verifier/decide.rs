@@ -8,8 +8,10 @@
 //!   ([`Decision::NeedQuota`]: lease, then decide again; [`Decision::Moved`]: decide again on
 //!   the entry that holds the key's state now).
 //! - Lock order: a rotated key's state, then its successor's (a successor never locks back),
-//!   then its identity's windows. All are held from the check of the windows to their
-//!   consumption, so a limit is exact on this node.
+//!   then its identity's quota entry. The key's windows are under its lock from check to
+//!   consumption; its identity's are shared atomics (`AtomicWindow`), each slot taken with one
+//!   compare-and-swap that fails when none is left (and given back when a later check denies),
+//!   so every limit is exact on this node.
 //! - Only a valid answer spends quota or takes a rate-limit slot: slots taken in Redis for a
 //!   verification that is then denied are given back (`Verifier::verify_slow`).
 //! - A `RATE_LIMITED` answer names the exhausted limit that resets last (the earliest time a
@@ -20,9 +22,9 @@ use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use keyward_core::limits::DEFAULT_LIMIT;
+use keyward_core::limits::{DEFAULT_LIMIT, MAX_RATELIMITS};
 use keyward_core::time::Timestamp;
-use keyward_core::verify::{slot, Code, Limit, RateState};
+use keyward_core::verify::{Code, Limit, RateState, Window};
 
 use super::lease::LEASE_RETRY_MS;
 use super::live::{LiveState, More, Notice, NEVER};
@@ -64,24 +66,81 @@ pub(super) struct SharedWindows {
     starts: Vec<i64>,
 }
 
-/// A limit's state after a valid verification: which limit (`index` into the key's limits, or
-/// its identity's when `identity`), what is left, when its window resets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LimitState {
-    pub index: u8,
-    pub identity: bool,
-    pub remaining: i64,
-    pub reset_at: Timestamp,
+/// What each limit has left after a valid verification: the key's limits, then its identity's,
+/// in order, held inline (no allocation per call). A window's reset is computed from `now` when
+/// the answer is written.
+#[derive(Clone, Copy, Debug)]
+pub struct LimitStates {
+    now: Timestamp,
+    own: u8,
+    len: u8,
+    left: [u32; 2 * MAX_RATELIMITS],
+}
+
+impl LimitStates {
+    fn new(now: Timestamp) -> Self {
+        LimitStates {
+            now,
+            own: 0,
+            len: 0,
+            left: [0; 2 * MAX_RATELIMITS],
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, identity: bool, remaining: i64) {
+        // At most `MAX_RATELIMITS` of each (`Entry::new`); a limit is at most 10^9, so what is
+        // left fits a `u32`.
+        if let Some(slot) = self.left.get_mut(usize::from(self.len)) {
+            *slot = remaining as u32;
+            self.len += 1;
+            self.own += u8::from(!identity);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The state of the key's limit named `default` (what `ratelimit` answers about).
+    pub fn default_rate(&self, entry: &Entry) -> Option<RateState> {
+        self.iter(entry)
+            .next()
+            .filter(|(at, l, _, _)| !at.identity && &*l.name == DEFAULT_LIMIT)
+            .map(|(_, l, remaining, reset_at)| RateState {
+                limit: l.limit,
+                remaining,
+                reset_at,
+            })
+    }
+
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    /// Each limit's place (which limit: [`Entry::limit_of`]), what it has left and when its
+    /// window resets.
+    pub fn iter<'a>(
+        &'a self,
+        entry: &'a Entry,
+    ) -> impl Iterator<Item = (Exhausted, &'a Limit, i64, Timestamp)> + 'a {
+        (0..self.len).filter_map(move |i| {
+            let identity = i >= self.own;
+            let index = if identity { i - self.own } else { i };
+            let at = Exhausted { index, identity };
+            let l = entry.limit_of(at)?;
+            let reset = Timestamp::from_millis(l.window_start(self.now) + l.window_ms);
+            Some((at, l, i64::from(self.left[usize::from(i)]), reset))
+        })
+    }
 }
 
 pub enum Outcome {
     Valid {
         entry: Arc<Entry>,
         remaining: Option<i64>,
-        /// The limit named `default` (what `ratelimit` answers about).
-        rate: Option<RateState>,
         /// Every limit that applied, the key's then its identity's.
-        limits: Box<[LimitState]>,
+        limits: LimitStates,
     },
     /// Denied; `entry` when the key was identified; for `RATE_LIMITED`, `reset_at` (the latest
     /// reset among the exhausted limits) and `limit`, the one that resets then.
@@ -148,47 +207,31 @@ fn note_exhausted(worst: &mut Worst, e: Exhausted, reset: Timestamp) {
     }
 }
 
-/// Checks each limit's window in `slots` (none consumed); notes the exhausted ones.
-fn check_windows(
+/// Notes the identity's exhausted windows.
+fn note_identity_exhausted(
+    windows: &[Arc<super::entry::AtomicWindow>],
     limits: &[Limit],
-    slots: &mut Vec<keyward_core::verify::Slot>,
-    identity: bool,
     now: Timestamp,
     worst: &mut Worst,
 ) {
-    for (i, l) in limits.iter().enumerate() {
-        if slot(slots, l, now).count >= l.limit {
+    for (i, (w, l)) in windows.iter().zip(limits).enumerate() {
+        let (start, count) = w.peek(l, now);
+        if count >= l.limit {
             let e = Exhausted {
                 index: i as u8,
-                identity,
+                identity: true,
             };
-            note_exhausted(
-                worst,
-                e,
-                Timestamp::from_millis(l.window_start(now) + l.window_ms),
-            );
+            note_exhausted(worst, e, Timestamp::from_millis(start + l.window_ms));
         }
     }
 }
 
-/// Takes one slot of each limit's window; appends their states.
-fn consume_windows(
-    limits: &[Limit],
-    slots: &mut Vec<keyward_core::verify::Slot>,
-    identity: bool,
-    now: Timestamp,
-    out: &mut Vec<LimitState>,
-) {
-    for (i, l) in limits.iter().enumerate() {
-        let w = slot(slots, l, now);
-        w.count += 1;
-        out.push(LimitState {
-            index: i as u8,
-            identity,
-            remaining: l.limit - w.count,
-            reset_at: Timestamp::from_millis(w.start_ms + l.window_ms),
-        });
+/// The key's windows, one per limit in order (made so when the key has none yet).
+fn own_windows(windows: &mut Vec<Window>, n: usize) -> &mut [Window] {
+    if windows.len() != n {
+        windows.resize(n, Window::default());
     }
+    windows
 }
 
 impl Verifier {
@@ -292,15 +335,26 @@ impl Verifier {
                 return Decision::Moved(next);
             }
         }
-        // The common key: no rate limit, no quota.
-        if successor.is_none()
-            && own.remaining().is_none()
-            && !entry.has_limits()
-            && identity.is_none()
-        {
-            let dirty = self.count_valid(&mut own, req, now);
-            drop(own);
-            return self.valid(entry, dirty, None, None, Vec::new());
+        if successor.is_none() && own.remaining().is_none() && !entry.has_identity_quota() {
+            // The common key: no rate limit, no quota.
+            if !entry.has_limits() {
+                let dirty = self.count_valid(&mut own, req, now);
+                drop(own);
+                return self.valid(entry, dirty, None, LimitStates::new(now));
+            }
+            // Rate limits and no quota, counted on this node: the windows alone.
+            if local {
+                let decided = self.decide_limits(&entry, &mut own, req, now);
+                drop(own);
+                return match decided {
+                    Ok((dirty, states)) => self.valid(entry, dirty, None, states),
+                    Err(Some((e, reset))) => {
+                        self.deny(entry, Code::RateLimited, Some(reset), Some(e), req, now)
+                    }
+                    // A window freed meanwhile: decide again.
+                    Err(None) => Decision::Moved(entry),
+                };
+            }
         }
         // Lock order: the key, its successor (whose quota it draws from), its identity.
         // The entry that holds the successor's state now.
@@ -312,16 +366,30 @@ impl Verifier {
             drop(own);
             return Decision::Moved(entry);
         }
-        let mut id_slots = identity
-            .filter(|(l, _)| local && !l.is_empty())
-            .map(|(_, cell)| lock(&cell.slots));
+        // This node's windows: the key's under its lock, its identity's shared without one.
+        let id_windows = if local { entry.identity_windows() } else { &[] };
         if local {
-            check_windows(own_limits, &mut own.more().slots, false, now, &mut worst);
-            if let Some(slots) = id_slots.as_deref_mut() {
-                check_windows(id_limits, slots, true, now, &mut worst);
+            let windows = own_windows(&mut own.more().windows, own_limits.len());
+            for (i, (w, l)) in windows.iter_mut().zip(own_limits).enumerate() {
+                let w = w.current(l, now);
+                if w.count >= l.limit {
+                    let e = Exhausted {
+                        index: i as u8,
+                        identity: false,
+                    };
+                    note_exhausted(
+                        &mut worst,
+                        e,
+                        Timestamp::from_millis(w.start_ms + l.window_ms),
+                    );
+                }
+            }
+            if worst.is_some() {
+                // Denied: the identity's exhausted windows too, to name the one that resets
+                // last (otherwise they are checked as their slots are taken, below).
+                note_identity_exhausted(id_windows, id_limits, now, &mut worst);
             }
             if let Some((e, reset)) = worst {
-                drop(id_slots);
                 drop(q);
                 drop(own);
                 return self.deny(entry, Code::RateLimited, Some(reset), Some(e), req, now);
@@ -336,7 +404,6 @@ impl Verifier {
         m.end_period(now);
         if m.remaining.is_some_and(|r| r < req.cost) {
             let may = may_lease(m, last_lease, now);
-            drop(id_slots);
             drop(q);
             drop(own);
             if may {
@@ -346,18 +413,47 @@ impl Verifier {
         }
         let shared_quota = entry.identity_quota();
         let mut iq = shared_quota.as_ref().map(|e| lock(&e.state));
+        if shared_quota.as_ref().is_some_and(|e| e.is_moved()) {
+            // Set anew just now: decide again (on the identity's new quota).
+            drop(iq);
+            drop(q);
+            drop(own);
+            return Decision::Moved(entry);
+        }
         if let Some(im) = iq.as_deref_mut().map(LiveState::more) {
             im.end_period(now);
             if im.remaining.is_some_and(|r| r < req.cost) {
                 let may = may_lease(im, last_lease, now);
                 drop(iq);
-                drop(id_slots);
                 drop(q);
                 drop(own);
                 if let (true, Some(cell)) = (may, shared_quota) {
                     return Decision::NeedQuota(cell);
                 }
                 return self.deny(entry, Code::UsageExceeded, None, None, req, now);
+            }
+        }
+        // The identity's windows: a slot of each, or none (a verification of another of its
+        // keys took the last one since the check: RATE_LIMITED after all).
+        let mut id_left = [0i64; MAX_RATELIMITS];
+        for (i, (w, l)) in id_windows.iter().zip(id_limits).enumerate() {
+            match w.try_take(l, now) {
+                Ok((_, count)) => id_left[i] = l.limit - count,
+                Err(_) => {
+                    for (w, l) in id_windows.iter().zip(id_limits).take(i) {
+                        w.untake(l, l.window_start(now));
+                    }
+                    drop(iq);
+                    drop(q);
+                    drop(own);
+                    let mut worst: Worst = None;
+                    note_identity_exhausted(id_windows, id_limits, now, &mut worst);
+                    if let Some((e, reset)) = worst {
+                        return self.deny(entry, Code::RateLimited, Some(reset), Some(e), req, now);
+                    }
+                    // Freed meanwhile (a window ended): decide again.
+                    return Decision::Moved(entry);
+                }
             }
         }
         // Valid as far as quotas go: spend from both.
@@ -407,59 +503,99 @@ impl Verifier {
             None => false,
         };
         // Valid: every limit takes its slot.
-        let mut states = Vec::new();
+        let mut states = LimitStates::new(now);
         match shared {
             Some(w) => {
                 let all = own_limits
                     .iter()
                     .map(|l| (l, false))
                     .chain(id_limits.iter().map(|l| (l, true)));
-                let (mut own_i, mut id_i) = (0u8, 0u8);
-                for ((l, is_id), (count, start)) in all.zip(w.counts.iter().zip(&w.starts)) {
-                    let index = if is_id { &mut id_i } else { &mut own_i };
-                    states.push(LimitState {
-                        index: *index,
-                        identity: is_id,
-                        remaining: l.limit - count,
-                        reset_at: Timestamp::from_millis(start + l.window_ms),
-                    });
-                    *index += 1;
+                for ((l, is_id), count) in all.zip(&w.counts) {
+                    states.push(is_id, l.limit - count);
                 }
             }
             None => {
-                consume_windows(own_limits, &mut own.more().slots, false, now, &mut states);
-                if let Some(slots) = id_slots.as_deref_mut() {
-                    consume_windows(id_limits, slots, true, now, &mut states);
+                let windows = own_windows(&mut own.more().windows, own_limits.len());
+                for (w, l) in windows.iter_mut().zip(own_limits) {
+                    let w = w.current(l, now);
+                    w.count += 1;
+                    states.push(false, l.limit - w.count);
+                }
+                for left in id_left.iter().take(id_windows.len()) {
+                    states.push(true, *left);
                 }
             }
         }
-        drop(id_slots);
         drop(q);
         if drawn || noticed {
             if let Some(qe) = &quota_entry {
                 self.mark_dirty(qe);
             }
         }
-        let rate = states
-            .first()
-            .filter(|s| {
-                !s.identity
-                    && own_limits
-                        .first()
-                        .is_some_and(|l| &*l.name == DEFAULT_LIMIT)
-            })
-            .map(|s| RateState {
-                limit: own_limits[0].limit,
-                remaining: s.remaining,
-                reset_at: s.reset_at,
-            });
         let spent = quota_entry.is_none() && own.remaining().is_some();
         if spent {
             own.more().consumed += req.cost;
         }
         let dirty = self.count_valid(&mut own, req, now);
         drop(own);
-        self.valid(entry, dirty, remaining, rate, states)
+        self.valid(entry, dirty, remaining, states)
+    }
+
+    /// The decision for a key with rate limits (its own, its identity's) counted on this node
+    /// and no quota: `decide` without the quota's steps (the most common limited key, kept
+    /// lean: its cost is measured against a key without limits).
+    fn decide_limits(
+        &self,
+        entry: &Entry,
+        own: &mut LiveState,
+        req: &Request<'_>,
+        now: Timestamp,
+    ) -> Result<(bool, LimitStates), Worst> {
+        let own_limits = entry.limits();
+        let id_limits = entry.identity_limits();
+        let id_windows = entry.identity_windows();
+        let mut worst: Worst = None;
+        let windows = own_windows(&mut own.more().windows, own_limits.len());
+        for (i, (w, l)) in windows.iter_mut().zip(own_limits).enumerate() {
+            let w = w.current(l, now);
+            if w.count >= l.limit {
+                let e = Exhausted {
+                    index: i as u8,
+                    identity: false,
+                };
+                note_exhausted(
+                    &mut worst,
+                    e,
+                    Timestamp::from_millis(w.start_ms + l.window_ms),
+                );
+            }
+        }
+        if worst.is_some() {
+            note_identity_exhausted(id_windows, id_limits, now, &mut worst);
+            return Err(worst);
+        }
+        let mut states = LimitStates::new(now);
+        for (w, l) in windows.iter_mut().zip(own_limits) {
+            w.count += 1;
+            states.push(false, l.limit - w.count);
+        }
+        for (i, (w, l)) in id_windows.iter().zip(id_limits).enumerate() {
+            match w.try_take(l, now) {
+                Ok((_, count)) => states.push(true, l.limit - count),
+                Err(_) => {
+                    // Give back what this call took.
+                    for w in windows.iter_mut() {
+                        w.count -= 1;
+                    }
+                    for (w, l) in id_windows.iter().zip(id_limits).take(i) {
+                        w.untake(l, l.window_start(now));
+                    }
+                    note_identity_exhausted(id_windows, id_limits, now, &mut worst);
+                    return Err(worst);
+                }
+            }
+        }
+        Ok((self.count_valid(own, req, now), states))
     }
 
     /// Counts a valid use (when counting is on); returns whether the entry has something for
@@ -488,8 +624,7 @@ impl Verifier {
         entry: Arc<Entry>,
         dirty: bool,
         remaining: Option<i64>,
-        rate: Option<RateState>,
-        limits: Vec<LimitState>,
+        limits: LimitStates,
     ) -> Decision {
         if dirty {
             self.mark_dirty(&entry);
@@ -497,8 +632,7 @@ impl Verifier {
         Decision::Done(Outcome::Valid {
             entry,
             remaining,
-            rate,
-            limits: limits.into_boxed_slice(),
+            limits,
         })
     }
 

@@ -16,13 +16,13 @@
 //! - What few keys have is boxed apart ([`Rare`]), so that the common key stays at 96 bytes
 //!   inline.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use keyward_core::limits::{DEFAULT_LIMIT, MAX_RATELIMITS};
 use keyward_core::model::{parse_cidr, Key};
 use keyward_core::time::Timestamp;
-use keyward_core::verify::{check_rules, Code, Limit, Rules, Slot};
+use keyward_core::verify::{check_rules, Code, Limit, Rules};
 
 use super::live::{LiveState, NEVER};
 use super::shard::{digest, Digest};
@@ -68,8 +68,9 @@ struct Rare {
     allowed: Option<Box<[ipnet::IpNet]>>,
     /// The key's rate limits, `default` (the `ratelimit` shorthand) first when it has one.
     limits: Box<[Limit]>,
-    /// Its identity's rate limits (as of this load), and the identity's windows on this node.
-    identity: Option<(Box<[Limit]>, Arc<IdentityCell>)>,
+    /// Its identity's rate limits (as of this load), their windows on this node (in the same
+    /// order), and the identity's cell.
+    identity: Option<IdentityPart>,
     /// Its identity had a quota when this entry was read (kept in the identity's cell).
     identity_quota: bool,
     /// Where quota is drawn from during a rotation grace period: the successor's entry (so a
@@ -81,12 +82,95 @@ struct Rare {
 
 const SEP: char = '\u{1f}';
 
+/// An entry's part of its identity: the limits (as of its load), their windows (in the same
+/// order) and the identity's cell.
+type IdentityPart = (Box<[Limit]>, Box<[Arc<AtomicWindow>]>, Arc<IdentityCell>);
+
+/// A window of an identity's limit, by the limit's name and length.
+type NamedWindow = (Box<str>, i64, Arc<AtomicWindow>);
+
+/// One rate-limit window shared by the keys of an identity on this node, without a lock: the
+/// window's number (its start over its length) and its count in one word. A verification
+/// takes a slot with one compare-and-swap when there is one left.
+#[derive(Default)]
+pub struct AtomicWindow(AtomicU64);
+
+impl AtomicWindow {
+    fn unpack(v: u64) -> (i64, i64) {
+        ((v >> 32) as i64, (v & 0xffff_ffff) as i64)
+    }
+
+    fn pack(number: i64, count: i64) -> u64 {
+        ((number as u64) << 32) | (count as u64 & 0xffff_ffff)
+    }
+
+    /// The window `now` lies in, as stored: (its start, its count); a count of 0 for a window
+    /// that began since.
+    fn at(&self, v: u64, limit: &Limit, now: Timestamp) -> (i64, i64) {
+        let (number, count) = Self::unpack(v);
+        let start = number * limit.window_ms;
+        let t = now.millis();
+        if t >= start && t - start < limit.window_ms {
+            (start, count)
+        } else {
+            (limit.window_start(now), 0)
+        }
+    }
+
+    /// The current window's (start, count).
+    pub(super) fn peek(&self, limit: &Limit, now: Timestamp) -> (i64, i64) {
+        self.at(self.0.load(Ordering::Relaxed), limit, now)
+    }
+
+    /// Takes a slot of the current window when fewer than `limit.limit` are taken: `Ok` with
+    /// the count after, or `Err` with the window's start.
+    pub(super) fn try_take(&self, limit: &Limit, now: Timestamp) -> Result<(i64, i64), i64> {
+        let mut v = self.0.load(Ordering::Relaxed);
+        loop {
+            let (start, count) = self.at(v, limit, now);
+            if count >= limit.limit {
+                return Err(start);
+            }
+            let next = Self::pack(start / limit.window_ms, count + 1);
+            match self
+                .0
+                .compare_exchange_weak(v, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return Ok((start, count + 1)),
+                Err(seen) => v = seen,
+            }
+        }
+    }
+
+    /// Gives back a slot taken in the window starting at `start` (a verification denied after
+    /// all), unless that window is over.
+    pub(super) fn untake(&self, limit: &Limit, start: i64) {
+        let mut v = self.0.load(Ordering::Relaxed);
+        loop {
+            let (number, count) = Self::unpack(v);
+            if number * limit.window_ms != start || count == 0 {
+                return;
+            }
+            let next = Self::pack(number, count - 1);
+            match self
+                .0
+                .compare_exchange_weak(v, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(seen) => v = seen,
+            }
+        }
+    }
+}
+
 /// The rate-limit windows of one identity on this node, shared by the entries of all its keys
-/// (found by limit name and length: entries loaded before and after a change of the limits
-/// count in the same windows). Locked after the key's state and its successor's.
+/// (found by limit name and length when an entry is built: entries loaded before and after a
+/// change of the limits count in the same windows), and its quota.
 pub struct IdentityCell {
     pub(super) id: Box<str>,
-    pub(super) slots: Mutex<Vec<Slot>>,
+    /// The windows of its limits on this node, by name and length (taken at load time only:
+    /// entries hold their own limits' windows).
+    windows: Mutex<Vec<NamedWindow>>,
     /// The identity's quota, when it has one: an entry of its own (id `@` and the identity's
     /// id, in no shard) whose live state is this node's lease of it, with the `quota_version`
     /// it was read at. Locked only to clone or replace the pointer.
@@ -97,9 +181,24 @@ impl IdentityCell {
     pub(super) fn new(id: &str) -> Self {
         IdentityCell {
             id: id.into(),
-            slots: Mutex::new(Vec::new()),
+            windows: Mutex::new(Vec::new()),
             quota: Mutex::new(None),
         }
+    }
+
+    /// The window of `limit` (by name and length): entries loaded before and after a change of
+    /// the identity's limits count in the same windows for the limits they share.
+    fn window(&self, limit: &Limit) -> Arc<AtomicWindow> {
+        let mut all = lock(&self.windows);
+        if let Some((_, _, w)) = all
+            .iter()
+            .find(|(n, len, _)| *len == limit.window_ms && *n == limit.name)
+        {
+            return w.clone();
+        }
+        let w = Arc::new(AtomicWindow::default());
+        all.push((limit.name.clone(), limit.window_ms, w.clone()));
+        w
     }
 
     /// The entry of the identity's quota, if it has one.
@@ -169,8 +268,14 @@ impl Entry {
         let identity = identity
             .filter(|_| !key.owner_ratelimits.is_empty() || key.owner_quota_version.is_some())
             .map(|cell| {
-                let limits = key.owner_ratelimits.iter().take(MAX_RATELIMITS);
-                (limits.map(Limit::new).collect(), cell)
+                let limits: Box<[Limit]> = key
+                    .owner_ratelimits
+                    .iter()
+                    .take(MAX_RATELIMITS)
+                    .map(Limit::new)
+                    .collect();
+                let windows = limits.iter().map(|l| cell.window(l)).collect();
+                (limits, windows, cell)
             });
         let rare = (allowed.is_some()
             || !limits.is_empty()
@@ -345,13 +450,26 @@ impl Entry {
         self.rare
             .as_ref()
             .and_then(|r| r.identity.as_ref())
-            .map(|(l, c)| (&l[..], c))
+            .map(|(l, _, c)| (&l[..], c))
+    }
+
+    /// Its identity's windows on this node, in the order of [`Entry::identity_limits`].
+    pub(super) fn identity_windows(&self) -> &[Arc<AtomicWindow>] {
+        self.rare
+            .as_ref()
+            .and_then(|r| r.identity.as_ref())
+            .map_or(&[], |(_, w, _)| w)
+    }
+
+    /// Whether its identity had a quota when this entry was read.
+    pub(super) fn has_identity_quota(&self) -> bool {
+        self.rare.as_ref().is_some_and(|r| r.identity_quota)
     }
 
     /// The entry of its identity's quota, when it had one as this entry was read.
     pub(super) fn identity_quota(&self) -> Option<Arc<Entry>> {
         let r = self.rare.as_ref().filter(|r| r.identity_quota)?;
-        r.identity.as_ref()?.1.quota_entry()
+        r.identity.as_ref()?.2.quota_entry()
     }
 
     /// The identity's rate limits (none when the owner has none).

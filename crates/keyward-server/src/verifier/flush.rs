@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use keyward_core::time::Timestamp;
-use keyward_core::verify::Code;
+use keyward_core::verify::{Code, Window};
 use keyward_store::{MinuteCount, SourceSeen, UsageDelta};
 
 use super::live::{Notice, NEVER, SOURCE_WRITE_MS};
@@ -202,10 +202,13 @@ impl Verifier {
                     });
                 }
                 // Windows that ended count nothing any more.
-                m.slots
-                    .retain(|s| s.window.start_ms + s.window_ms > now_ms && s.window.count > 0);
+                for (w, l) in m.windows.iter_mut().zip(cell.limits()) {
+                    if now_ms - w.start_ms >= l.window_ms {
+                        *w = Window::default();
+                    }
+                }
                 // A key that is rarely denied or seen from an address gives its box back.
-                if m.slots.is_empty()
+                if m.windows.iter().all(|w| w.count == 0)
                     && m.noticed.is_empty()
                     && m.low_below == NEVER
                     && m.remaining.is_none()
@@ -218,6 +221,11 @@ impl Verifier {
             }
             if d.calls > 0 && s.previous_use != NEVER {
                 d.last_used_at = Some(Timestamp::from_millis(s.previous_use));
+            }
+            if d.consumed != 0 && d.key_id.starts_with('@') {
+                // An identity's quota has no calls of its own: spending from its lease keeps
+                // the lease row fresh (else the sweep would take back a lease in use).
+                d.last_used_at = Some(Timestamp::from_millis(now_ms));
             }
             drop(s);
             let empty = d.calls == 0

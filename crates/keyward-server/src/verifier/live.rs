@@ -23,7 +23,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use keyward_core::time::Timestamp;
-use keyward_core::verify::{Code, Slot};
+use keyward_core::verify::{Code, Window};
 
 use super::Entry;
 
@@ -73,8 +73,9 @@ impl Default for LiveState {
 
 /// What only some keys need: rate-limit windows, a quota lease, denials, addresses.
 pub(super) struct More {
-    /// The key's rate-limit windows (see [`keyward_core::verify::slot`]).
-    pub(super) slots: Vec<Slot>,
+    /// The key's rate-limit windows, in the order of its entry's limits (`Entry::limits`; a
+    /// new entry of other limits reorders them, see `load::hand_over`).
+    pub(super) windows: Vec<Window>,
     /// The part of the quota this node holds (its lease) and may grant without asking the
     /// store; `None` for a key without quota.
     pub(super) remaining: Option<i64>,
@@ -136,7 +137,7 @@ pub enum Notice {
 impl Default for More {
     fn default() -> Self {
         More {
-            slots: Vec::new(),
+            windows: Vec::new(),
             remaining: None,
             pool: 0,
             last_lease: None,

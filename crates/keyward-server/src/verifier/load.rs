@@ -28,6 +28,19 @@ use super::shard::{digest, Cached};
 use super::space::Space;
 use super::{lock, Entry, Verifier};
 
+/// An identity's quota entry set anew: its lease was voided in the store, so it is neither
+/// spent from, given back, nor added to again (a grant in flight is dropped: new generation),
+/// and what it spent unwritten is not charged to the new quota.
+fn retire(old: &Entry) {
+    let mut s = lock(&old.state);
+    old.moved.store(true, Ordering::Release);
+    if let Some(m) = s.more.as_deref_mut() {
+        m.remaining = Some(0);
+        m.consumed = 0;
+        m.quota_gen = m.quota_gen.wrapping_add(1);
+    }
+}
+
 /// Successors followed from a rotated key to the one holding its quota.
 const MAX_ROTATIONS: usize = 16;
 
@@ -86,7 +99,19 @@ impl Verifier {
         &self,
         key: &Key,
     ) -> Result<Option<Arc<IdentityCell>>, StoreError> {
-        let (Some(owner), Some(version)) = (&key.owner, key.owner_quota_version) else {
+        let Some(owner) = &key.owner else {
+            return Ok(None);
+        };
+        let Some(version) = key.owner_quota_version else {
+            // No quota (any more): a cell still holding one lets it go.
+            let cell = lock(&self.identities)
+                .get(owner.as_str())
+                .and_then(Weak::upgrade);
+            if let Some(cell) = cell {
+                if let Some((_, old)) = lock(&cell.quota).take() {
+                    retire(&old);
+                }
+            }
             return Ok(None);
         };
         let cell = self.identity_cell(owner);
@@ -116,8 +141,7 @@ impl Verifier {
         let mut q = lock(&cell.quota);
         if !current(&q, identity.quota_version) {
             if let Some((_, old)) = q.replace((identity.quota_version, fresh)) {
-                let _s = lock(&old.state);
-                old.moved.store(true, Ordering::Release);
+                retire(&old);
             }
         }
         drop(q);
@@ -257,6 +281,23 @@ impl Verifier {
         drop(o);
         let mut n = lock(&fresh.state);
         let from_row = std::mem::replace(&mut *n, taken);
+        if old.limits() != fresh.limits() {
+            // The windows follow the limits they count (by name and length).
+            if let Some(m) = n.more.as_deref_mut() {
+                let before = std::mem::take(&mut m.windows);
+                m.windows = fresh
+                    .limits()
+                    .iter()
+                    .map(|l| {
+                        old.limits()
+                            .iter()
+                            .position(|o| o.name == l.name && o.window_ms == l.window_ms)
+                            .and_then(|i| before.get(i).copied())
+                            .unwrap_or_default()
+                    })
+                    .collect();
+            }
+        }
         let reset = old.stale_quota.load(Ordering::Acquire);
         if reset || n.remaining().is_none() {
             let (remaining, pool) = from_row

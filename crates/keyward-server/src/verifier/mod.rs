@@ -58,7 +58,7 @@ mod table;
 // and flush paths (`Shard::get`, `DirtyList::push`, `DirtyList::take`) are `#[inline]`, so
 // that they are inlined into them as when all was one module.
 
-pub use decide::{Exhausted, LimitState, Outcome, Request};
+pub use decide::{Exhausted, LimitStates, Outcome, Request};
 pub use entry::Entry;
 pub use flush::{Reactivation, Usage};
 pub use live::Notice;

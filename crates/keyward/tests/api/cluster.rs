@@ -89,22 +89,7 @@ both!(a_change_on_one_node_reaches_the_other_nodes);
 
 /// Sends `n` verifications spread round-robin over the nodes, concurrently; counts VALID.
 async fn hammer(nodes: &[&TestApp], key: &str, n: usize) -> usize {
-    let mut tasks = Vec::new();
-    for i in 0..n {
-        let node = nodes[i % nodes.len()];
-        let (http, url, key) = (node.http.clone(), node.url.clone(), key.to_string());
-        tasks.push(tokio::spawn(async move {
-            let r = crate::helpers::post_verify(&http, &url, &json!({"key": key})).await;
-            r["code"] == "VALID"
-        }));
-    }
-    let mut valid = 0;
-    for t in tasks {
-        if t.await.unwrap() {
-            valid += 1;
-        }
-    }
-    valid
+    crate::helpers::spread(nodes, &[key.to_string()], n).await
 }
 
 async fn three_nodes(

@@ -569,3 +569,25 @@ pub async fn post_verify(http: &reqwest::Client, url: &str, body: &Value) -> Val
         .await
         .unwrap()
 }
+
+/// `n` verifications, concurrently, request `i` on node `i % nodes` with key `i % keys`;
+/// counts VALID.
+pub async fn spread(nodes: &[&TestApp], keys: &[String], n: usize) -> usize {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let node = nodes[i % nodes.len()];
+        let (http, url) = (node.http.clone(), node.url.clone());
+        let key = keys[i % keys.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let r = post_verify(&http, &url, &json!({"key": key})).await;
+            r["code"] == "VALID"
+        }));
+    }
+    let mut valid = 0;
+    for t in tasks {
+        if t.await.unwrap() {
+            valid += 1;
+        }
+    }
+    valid
+}

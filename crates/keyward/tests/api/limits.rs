@@ -605,6 +605,89 @@ async fn an_identitys_quota_is_shared_by_its_keys_and_refills(app: TestApp) {
 }
 both!(an_identitys_quota_is_shared_by_its_keys_and_refills, manual);
 
+/// The members of every answer a key without the new features gets are exactly those it got
+/// before them (keys with no limit, the one-limit shorthand, a quota, an address rule; each
+/// outcome code they can have), on `/v1/verify` and forward-auth.
+async fn answers_of_keys_without_the_new_features_keep_their_shape(app: TestApp) {
+    fn members(v: &Value) -> Vec<String> {
+        let mut m: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        m.sort();
+        m
+    }
+    let valid: Vec<String> = [
+        "code",
+        "expires_at",
+        "key_id",
+        "keyspace_id",
+        "labels",
+        "meta",
+        "name",
+        "owner",
+        "ratelimit",
+        "remaining",
+        "scopes",
+        "valid",
+    ]
+    .iter()
+    .map(|m| m.to_string())
+    .collect();
+    let denied = |extra: &[&str]| {
+        let mut m: Vec<String> = ["code", "key_id", "keyspace_id", "valid"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect();
+        m.sort();
+        m
+    };
+    let ks = app.keyspace(json!({})).await;
+    let (_, plain) = app.key(&ks, json!({"owner": "acme"})).await;
+    let (_, limited) = app
+        .key(
+            &ks,
+            json!({"ratelimit": {"limit": 1, "window_secs": 60}, "remaining": 5}),
+        )
+        .await;
+    let (_, quota) = app.key(&ks, json!({"remaining": 1})).await;
+    let (_, walled) = app.key(&ks, json!({"allowed_cidrs": ["10.0.0.0/8"]})).await;
+    for key in [&plain, &limited, &quota] {
+        assert_eq!(
+            members(&app.verify(json!({"key": key})).await),
+            valid,
+            "{key}"
+        );
+    }
+    let v = app.verify(json!({"key": limited})).await;
+    assert_eq!(
+        (v["code"].as_str(), members(&v)),
+        (Some("RATE_LIMITED"), denied(&["reset_at"]))
+    );
+    let v = app.verify(json!({"key": quota})).await;
+    assert_eq!(
+        (v["code"].as_str(), members(&v)),
+        (Some("USAGE_EXCEEDED"), denied(&[]))
+    );
+    let v = app.verify(json!({"key": walled})).await;
+    assert_eq!(
+        (v["code"].as_str(), members(&v)),
+        (Some("IP_NOT_ALLOWED"), denied(&[]))
+    );
+    let auth = format!("Bearer {limited}");
+    let res = fa_body(&app, Method::GET, "", &[("authorization", &auth)], None).await;
+    assert_eq!(res.status, 429);
+    assert!(res.headers.get("x-keyward-limit").is_none());
+    let id = app
+        .post("/v1/identities", json!({"id": "acme"}))
+        .await
+        .expect(201)
+        .body;
+    assert!(
+        id.get("ratelimits").is_none() && id.get("remaining").is_none(),
+        "{id}"
+    );
+}
+both!(answers_of_keys_without_the_new_features_keep_their_shape);
+
 // ---------------------------------------------------------------- three nodes
 
 async fn three_nodes(redis: bool, manual_clock: bool) -> Option<(TestApp, TestApp, TestApp)> {
@@ -626,26 +709,8 @@ async fn three_nodes(redis: bool, manual_clock: bool) -> Option<(TestApp, TestAp
     Some((a, b, c))
 }
 
-/// `n` verifications, concurrently, request `i` on node `i % 3` with key `i % keys`; counts
-/// VALID.
 async fn spread(nodes: [&TestApp; 3], keys: &[String], n: usize) -> usize {
-    let mut tasks = Vec::new();
-    for i in 0..n {
-        let node = nodes[i % 3];
-        let (http, url) = (node.http.clone(), node.url.clone());
-        let key = keys[i % keys.len()].clone();
-        tasks.push(tokio::spawn(async move {
-            let r = crate::helpers::post_verify(&http, &url, &json!({"key": key})).await;
-            r["code"] == "VALID"
-        }));
-    }
-    let mut valid = 0;
-    for t in tasks {
-        if t.await.unwrap() {
-            valid += 1;
-        }
-    }
-    valid
+    crate::helpers::spread(&nodes, keys, n).await
 }
 
 /// Three keys of one identity whose limit is 300 an hour. The identity's id is new to every
