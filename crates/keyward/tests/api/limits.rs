@@ -852,3 +852,56 @@ async fn an_identitys_quota_is_granted_exactly_across_three_nodes() {
     b.stop().await;
     c.stop().await;
 }
+
+/// An identity's quota set anew, or removed and made again with the identity, is followed by
+/// every node: each grants from the new quota only, exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identitys_quota_set_anew_is_followed_by_every_node() {
+    let Some((a, b, c)) = three_nodes(false, true).await else {
+        return;
+    };
+    a.post("/v1/identities", json!({"id": "acme", "remaining": 50}))
+        .await
+        .expect(201);
+    let ks = a.keyspace(json!({})).await;
+    let mut keys = Vec::new();
+    for _ in 0..3 {
+        keys.push(a.key(&ks, json!({"owner": "acme"})).await.1);
+    }
+    // Every node holds a lease of the first quota.
+    assert_eq!(spread([&a, &b, &c], &keys, 30).await, 30);
+    a.patch("/v1/identities/acme", json!({"remaining": 20}))
+        .await
+        .expect(200);
+    // Within the revocation bound the other nodes read it again (feed rows for its keys).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        spend_all([&a, &b, &c], &keys).await,
+        20,
+        "the new quota, exactly"
+    );
+
+    // Deleted and made again: a new quota, whatever the old one's version was.
+    let r = a
+        .send(
+            reqwest::Method::DELETE,
+            "/v1/identities/acme",
+            Some(&a.admin),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        spread([&a, &b, &c], &keys, 30).await,
+        30,
+        "no quota without the identity"
+    );
+    a.post("/v1/identities", json!({"id": "acme", "remaining": 7}))
+        .await
+        .expect(201);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(spend_all([&a, &b, &c], &keys).await, 7);
+    b.stop().await;
+    c.stop().await;
+}
