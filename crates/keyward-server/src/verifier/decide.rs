@@ -207,6 +207,20 @@ fn note_exhausted(worst: &mut Worst, e: Exhausted, reset: Timestamp) {
     }
 }
 
+/// Notes the key's exhausted windows (each brought to the window `now` lies in).
+fn note_own_exhausted(windows: &mut [Window], limits: &[Limit], now: Timestamp, worst: &mut Worst) {
+    for (i, (w, l)) in windows.iter_mut().zip(limits).enumerate() {
+        let w = w.current(l, now);
+        if w.count >= l.limit {
+            let e = Exhausted {
+                index: i as u8,
+                identity: false,
+            };
+            note_exhausted(worst, e, Timestamp::from_millis(w.start_ms + l.window_ms));
+        }
+    }
+}
+
 /// Notes the identity's exhausted windows.
 fn note_identity_exhausted(
     windows: &[Arc<super::entry::AtomicWindow>],
@@ -370,20 +384,7 @@ impl Verifier {
         let id_windows = if local { entry.identity_windows() } else { &[] };
         if local {
             let windows = own_windows(&mut own.more().windows, own_limits.len());
-            for (i, (w, l)) in windows.iter_mut().zip(own_limits).enumerate() {
-                let w = w.current(l, now);
-                if w.count >= l.limit {
-                    let e = Exhausted {
-                        index: i as u8,
-                        identity: false,
-                    };
-                    note_exhausted(
-                        &mut worst,
-                        e,
-                        Timestamp::from_millis(w.start_ms + l.window_ms),
-                    );
-                }
-            }
+            note_own_exhausted(windows, own_limits, now, &mut worst);
             if worst.is_some() {
                 // Denied: the identity's exhausted windows too, to name the one that resets
                 // last (otherwise they are checked as their slots are taken, below).
@@ -556,20 +557,7 @@ impl Verifier {
         let id_windows = entry.identity_windows();
         let mut worst: Worst = None;
         let windows = own_windows(&mut own.more().windows, own_limits.len());
-        for (i, (w, l)) in windows.iter_mut().zip(own_limits).enumerate() {
-            let w = w.current(l, now);
-            if w.count >= l.limit {
-                let e = Exhausted {
-                    index: i as u8,
-                    identity: false,
-                };
-                note_exhausted(
-                    &mut worst,
-                    e,
-                    Timestamp::from_millis(w.start_ms + l.window_ms),
-                );
-            }
-        }
+        note_own_exhausted(windows, own_limits, now, &mut worst);
         if worst.is_some() {
             note_identity_exhausted(id_windows, id_limits, now, &mut worst);
             return Err(worst);
