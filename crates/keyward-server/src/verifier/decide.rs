@@ -221,6 +221,32 @@ fn note_own_exhausted(windows: &mut [Window], limits: &[Limit], now: Timestamp, 
     }
 }
 
+/// Takes a slot of each of the identity's windows, or none: what each has left after, or
+/// (every slot taken given back) the exhausted window that resets last; `None` when none is
+/// exhausted any more (a window ended meanwhile: decide again). A window can run out between a
+/// check and the take: a verification of another of the identity's keys took its last slot.
+fn take_identity_slots(
+    windows: &[Arc<super::entry::AtomicWindow>],
+    limits: &[Limit],
+    now: Timestamp,
+) -> Result<[i64; MAX_RATELIMITS], Worst> {
+    let mut left = [0i64; MAX_RATELIMITS];
+    for (i, (w, l)) in windows.iter().zip(limits).enumerate() {
+        match w.try_take(l, now) {
+            Ok((_, count)) => left[i] = l.limit - count,
+            Err(_) => {
+                for (w, l) in windows.iter().zip(limits).take(i) {
+                    w.untake(l, l.window_start(now));
+                }
+                let mut worst: Worst = None;
+                note_identity_exhausted(windows, limits, now, &mut worst);
+                return Err(worst);
+            }
+        }
+    }
+    Ok(left)
+}
+
 /// Notes the identity's exhausted windows.
 fn note_identity_exhausted(
     windows: &[Arc<super::entry::AtomicWindow>],
@@ -434,29 +460,21 @@ impl Verifier {
                 return self.deny(entry, Code::UsageExceeded, None, None, req, now);
             }
         }
-        // The identity's windows: a slot of each, or none (a verification of another of its
-        // keys took the last one since the check: RATE_LIMITED after all).
-        let mut id_left = [0i64; MAX_RATELIMITS];
-        for (i, (w, l)) in id_windows.iter().zip(id_limits).enumerate() {
-            match w.try_take(l, now) {
-                Ok((_, count)) => id_left[i] = l.limit - count,
-                Err(_) => {
-                    for (w, l) in id_windows.iter().zip(id_limits).take(i) {
-                        w.untake(l, l.window_start(now));
-                    }
-                    drop(iq);
-                    drop(q);
-                    drop(own);
-                    let mut worst: Worst = None;
-                    note_identity_exhausted(id_windows, id_limits, now, &mut worst);
-                    if let Some((e, reset)) = worst {
-                        return self.deny(entry, Code::RateLimited, Some(reset), Some(e), req, now);
+        let id_left = match take_identity_slots(id_windows, id_limits, now) {
+            Ok(left) => left,
+            Err(worst) => {
+                drop(iq);
+                drop(q);
+                drop(own);
+                return match worst {
+                    Some((e, reset)) => {
+                        self.deny(entry, Code::RateLimited, Some(reset), Some(e), req, now)
                     }
                     // Freed meanwhile (a window ended): decide again.
-                    return Decision::Moved(entry);
-                }
+                    None => Decision::Moved(entry),
+                };
             }
-        }
+        };
         // Valid as far as quotas go: spend from both.
         let m = match q.as_deref_mut() {
             Some(q) => q.more(),
@@ -562,26 +580,14 @@ impl Verifier {
             note_identity_exhausted(id_windows, id_limits, now, &mut worst);
             return Err(worst);
         }
+        let id_left = take_identity_slots(id_windows, id_limits, now)?;
         let mut states = LimitStates::new(now);
         for (w, l) in windows.iter_mut().zip(own_limits) {
             w.count += 1;
             states.push(false, l.limit - w.count);
         }
-        for (i, (w, l)) in id_windows.iter().zip(id_limits).enumerate() {
-            match w.try_take(l, now) {
-                Ok((_, count)) => states.push(true, l.limit - count),
-                Err(_) => {
-                    // Give back what this call took.
-                    for w in windows.iter_mut() {
-                        w.count -= 1;
-                    }
-                    for (w, l) in id_windows.iter().zip(id_limits).take(i) {
-                        w.untake(l, l.window_start(now));
-                    }
-                    note_identity_exhausted(id_windows, id_limits, now, &mut worst);
-                    return Err(worst);
-                }
-            }
+        for left in id_left.iter().take(id_windows.len()) {
+            states.push(true, *left);
         }
         Ok((self.count_valid(own, req, now), states))
     }
