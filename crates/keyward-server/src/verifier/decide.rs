@@ -24,8 +24,9 @@ use std::sync::Arc;
 
 use keyward_core::limits::{DEFAULT_LIMIT, MAX_RATELIMITS};
 use keyward_core::time::Timestamp;
-use keyward_core::verify::{Code, Limit, RateState, Window};
+use keyward_core::verify::{Code, Limit, RateState};
 
+use super::entry::Slot;
 use super::lease::LEASE_RETRY_MS;
 use super::live::{LiveState, More, Notice, NEVER};
 use super::{lock, Entry, Verifier};
@@ -70,31 +71,34 @@ pub(super) struct SharedWindows {
 /// in order, held inline (no allocation per call). A window's reset is computed from `now` when
 /// the answer is written.
 #[derive(Clone, Copy, Debug)]
+#[repr(C)]
 pub struct LimitStates {
     now: Timestamp,
+    left: [u32; 2 * MAX_RATELIMITS],
     own: u8,
     len: u8,
-    left: [u32; 2 * MAX_RATELIMITS],
 }
 
 impl LimitStates {
-    fn new(now: Timestamp) -> Self {
+    /// For `own` limits of the key and `identity` of its identity (at most `MAX_RATELIMITS`
+    /// each: `Entry::new`).
+    #[inline]
+    fn new(now: Timestamp, own: usize, identity: usize) -> Self {
+        let own = own.min(MAX_RATELIMITS);
         LimitStates {
             now,
-            own: 0,
-            len: 0,
+            own: own as u8,
+            len: (own + identity.min(MAX_RATELIMITS)) as u8,
             left: [0; 2 * MAX_RATELIMITS],
         }
     }
 
+    /// What limit `i` (the key's, then its identity's) has left.
     #[inline]
-    fn push(&mut self, identity: bool, remaining: i64) {
-        // At most `MAX_RATELIMITS` of each (`Entry::new`); a limit is at most 10^9, so what is
-        // left fits a `u32`.
-        if let Some(slot) = self.left.get_mut(usize::from(self.len)) {
+    fn set(&mut self, i: usize, remaining: i64) {
+        // A limit is at most 10^9, so what is left fits a `u32`.
+        if let Some(slot) = self.left.get_mut(i) {
             *slot = remaining as u32;
-            self.len += 1;
-            self.own += u8::from(!identity);
         }
     }
 
@@ -207,71 +211,76 @@ fn note_exhausted(worst: &mut Worst, e: Exhausted, reset: Timestamp) {
     }
 }
 
-/// Notes the key's exhausted windows (each brought to the window `now` lies in).
-fn note_own_exhausted(windows: &mut [Window], limits: &[Limit], now: Timestamp, worst: &mut Worst) {
-    for (i, (w, l)) in windows.iter_mut().zip(limits).enumerate() {
-        let w = w.current(l, now);
-        if w.count >= l.limit {
+/// Notes the key's exhausted windows (under its state lock).
+#[inline]
+fn note_own_exhausted(own: &[Slot], now: Timestamp, worst: &mut Worst) {
+    for (i, s) in own.iter().enumerate() {
+        let (start, count) = s.own_window(now);
+        if count >= s.spec.limit {
             let e = Exhausted {
                 index: i as u8,
                 identity: false,
             };
-            note_exhausted(worst, e, Timestamp::from_millis(w.start_ms + l.window_ms));
+            note_exhausted(worst, e, Timestamp::from_millis(start + s.spec.window_ms));
         }
     }
 }
 
-/// Takes a slot of each of the identity's windows, or none: what each has left after, or
-/// (every slot taken given back) the exhausted window that resets last; `None` when none is
-/// exhausted any more (a window ended meanwhile: decide again). A window can run out between a
-/// check and the take: a verification of another of the identity's keys took its last slot.
+/// Takes a slot of each of the key's windows (under its state lock, none exhausted), noting
+/// what each has left in `states`.
+#[inline]
+fn take_own_slots(own: &[Slot], now: Timestamp, states: &mut LimitStates) {
+    for (i, s) in own.iter().enumerate() {
+        let (start, count) = s.own_window(now);
+        s.set_own(start, count + 1);
+        states.set(i, s.spec.limit - count - 1);
+    }
+}
+
+/// Takes a slot of each of the identity's windows, or none, noting what each has left in
+/// `states` (after the key's `own` limits); else (every slot taken given back) the exhausted
+/// window that resets last; `None` when none is exhausted any more (a window ended meanwhile:
+/// decide again). A window can run out between a check and the take: a verification of
+/// another of the identity's keys took its last slot.
+#[inline]
 fn take_identity_slots(
-    windows: &[Arc<super::entry::AtomicWindow>],
-    limits: &[Limit],
+    identity: &[Slot],
+    own: usize,
     now: Timestamp,
-) -> Result<[i64; MAX_RATELIMITS], Worst> {
-    let mut left = [0i64; MAX_RATELIMITS];
-    for (i, (w, l)) in windows.iter().zip(limits).enumerate() {
-        match w.try_take(l, now) {
-            Ok((_, count)) => left[i] = l.limit - count,
+    states: &mut LimitStates,
+) -> Result<(), Worst> {
+    for (i, s) in identity.iter().enumerate() {
+        let Some(w) = s.shared() else { continue };
+        match w.try_take(s.spec, now) {
+            Ok((_, count)) => states.set(own + i, s.spec.limit - count),
             Err(_) => {
-                for (w, l) in windows.iter().zip(limits).take(i) {
-                    w.untake(l, l.window_start(now));
+                for s in identity.iter().take(i) {
+                    if let Some(w) = s.shared() {
+                        w.untake(s.spec, s.spec.window_start(now));
+                    }
                 }
                 let mut worst: Worst = None;
-                note_identity_exhausted(windows, limits, now, &mut worst);
+                note_identity_exhausted(identity, now, &mut worst);
                 return Err(worst);
             }
         }
     }
-    Ok(left)
+    Ok(())
 }
 
 /// Notes the identity's exhausted windows.
-fn note_identity_exhausted(
-    windows: &[Arc<super::entry::AtomicWindow>],
-    limits: &[Limit],
-    now: Timestamp,
-    worst: &mut Worst,
-) {
-    for (i, (w, l)) in windows.iter().zip(limits).enumerate() {
-        let (start, count) = w.peek(l, now);
-        if count >= l.limit {
+fn note_identity_exhausted(identity: &[Slot], now: Timestamp, worst: &mut Worst) {
+    for (i, s) in identity.iter().enumerate() {
+        let Some(w) = s.shared() else { continue };
+        let (start, count) = w.peek(s.spec, now);
+        if count >= s.spec.limit {
             let e = Exhausted {
                 index: i as u8,
                 identity: true,
             };
-            note_exhausted(worst, e, Timestamp::from_millis(start + l.window_ms));
+            note_exhausted(worst, e, Timestamp::from_millis(start + s.spec.window_ms));
         }
     }
-}
-
-/// The key's windows, one per limit in order (made so when the key has none yet).
-fn own_windows(windows: &mut Vec<Window>, n: usize) -> &mut [Window] {
-    if windows.len() != n {
-        windows.resize(n, Window::default());
-    }
-    windows
 }
 
 impl Verifier {
@@ -340,12 +349,11 @@ impl Verifier {
         if let Err(code) = entry.check(req, now) {
             return self.deny(entry, code, None, None, req, now);
         }
-        let own_limits = entry.limits();
-        let identity = entry.identity();
-        let id_limits = identity.map_or(&[][..], |(l, _)| l);
         // Rate limits counted in Redis: decided before any lock.
         let mut worst: Worst = None;
         if let Some(w) = shared {
+            let own_limits = entry.limits();
+            let id_limits = entry.identity_limits();
             let all = own_limits
                 .iter()
                 .map(|l| (l, false))
@@ -380,14 +388,15 @@ impl Verifier {
             if !entry.has_limits() {
                 let dirty = self.count_valid(&mut own, req, now);
                 drop(own);
-                return self.valid(entry, dirty, None, LimitStates::new(now));
+                return self.valid(entry, dirty, None, LimitStates::new(now, 0, 0));
             }
             // Rate limits and no quota, counted on this node: the windows alone.
             if local {
-                let decided = self.decide_limits(&entry, &mut own, req, now);
+                let mut states = LimitStates::new(now, 0, 0);
+                let decided = self.decide_limits(&entry, &mut own, req, now, &mut states);
                 drop(own);
                 return match decided {
-                    Ok((dirty, states)) => self.valid(entry, dirty, None, states),
+                    Ok(dirty) => self.valid(entry, dirty, None, states),
                     Err(Some((e, reset))) => {
                         self.deny(entry, Code::RateLimited, Some(reset), Some(e), req, now)
                     }
@@ -396,6 +405,8 @@ impl Verifier {
                 };
             }
         }
+        let own_limits = entry.limits();
+        let id_limits = entry.identity_limits();
         // Lock order: the key, its successor (whose quota it draws from), its identity.
         // The entry that holds the successor's state now.
         let quota_entry = successor.map(|s| Entry::with_state(s, |_| ()).0);
@@ -407,14 +418,15 @@ impl Verifier {
             return Decision::Moved(entry);
         }
         // This node's windows: the key's under its lock, its identity's shared without one.
-        let id_windows = if local { entry.identity_windows() } else { &[] };
+        let (own_slots, id_slots) = entry.slots();
+        let id_slots = if local { id_slots } else { &[] };
+        let mut states = LimitStates::new(now, own_limits.len(), id_limits.len());
         if local {
-            let windows = own_windows(&mut own.more().windows, own_limits.len());
-            note_own_exhausted(windows, own_limits, now, &mut worst);
+            note_own_exhausted(own_slots, now, &mut worst);
             if worst.is_some() {
                 // Denied: the identity's exhausted windows too, to name the one that resets
                 // last (otherwise they are checked as their slots are taken, below).
-                note_identity_exhausted(id_windows, id_limits, now, &mut worst);
+                note_identity_exhausted(id_slots, now, &mut worst);
             }
             if let Some((e, reset)) = worst {
                 drop(q);
@@ -460,8 +472,8 @@ impl Verifier {
                 return self.deny(entry, Code::UsageExceeded, None, None, req, now);
             }
         }
-        let id_left = match take_identity_slots(id_windows, id_limits, now) {
-            Ok(left) => left,
+        match take_identity_slots(id_slots, own_limits.len(), now, &mut states) {
+            Ok(()) => {}
             Err(worst) => {
                 drop(iq);
                 drop(q);
@@ -521,29 +533,15 @@ impl Verifier {
             Some(q) => q.more.as_ref().is_some_and(|m| !m.notices.is_empty()),
             None => false,
         };
-        // Valid: every limit takes its slot.
-        let mut states = LimitStates::new(now);
+        // Valid: every limit takes its slot (the identity's are taken above).
         match shared {
             Some(w) => {
-                let all = own_limits
-                    .iter()
-                    .map(|l| (l, false))
-                    .chain(id_limits.iter().map(|l| (l, true)));
-                for ((l, is_id), count) in all.zip(&w.counts) {
-                    states.push(is_id, l.limit - count);
+                let all = own_limits.iter().chain(id_limits);
+                for (i, (l, count)) in all.zip(&w.counts).enumerate() {
+                    states.set(i, l.limit - count);
                 }
             }
-            None => {
-                let windows = own_windows(&mut own.more().windows, own_limits.len());
-                for (w, l) in windows.iter_mut().zip(own_limits) {
-                    let w = w.current(l, now);
-                    w.count += 1;
-                    states.push(false, l.limit - w.count);
-                }
-                for left in id_left.iter().take(id_windows.len()) {
-                    states.push(true, *left);
-                }
-            }
+            None => take_own_slots(own_slots, now, &mut states),
         }
         drop(q);
         if drawn || noticed {
@@ -569,27 +567,19 @@ impl Verifier {
         own: &mut LiveState,
         req: &Request<'_>,
         now: Timestamp,
-    ) -> Result<(bool, LimitStates), Worst> {
-        let own_limits = entry.limits();
-        let id_limits = entry.identity_limits();
-        let id_windows = entry.identity_windows();
+        states: &mut LimitStates,
+    ) -> Result<bool, Worst> {
+        let (own_slots, id_slots) = entry.slots();
         let mut worst: Worst = None;
-        let windows = own_windows(&mut own.more().windows, own_limits.len());
-        note_own_exhausted(windows, own_limits, now, &mut worst);
+        note_own_exhausted(own_slots, now, &mut worst);
         if worst.is_some() {
-            note_identity_exhausted(id_windows, id_limits, now, &mut worst);
+            note_identity_exhausted(id_slots, now, &mut worst);
             return Err(worst);
         }
-        let id_left = take_identity_slots(id_windows, id_limits, now)?;
-        let mut states = LimitStates::new(now);
-        for (w, l) in windows.iter_mut().zip(own_limits) {
-            w.count += 1;
-            states.push(false, l.limit - w.count);
-        }
-        for left in id_left.iter().take(id_windows.len()) {
-            states.push(true, *left);
-        }
-        Ok((self.count_valid(own, req, now), states))
+        *states = LimitStates::new(now, own_slots.len(), id_slots.len());
+        take_identity_slots(id_slots, own_slots.len(), now, states)?;
+        take_own_slots(own_slots, now, states);
+        Ok(self.count_valid(own, req, now))
     }
 
     /// Counts a valid use (when counting is on); returns whether the entry has something for

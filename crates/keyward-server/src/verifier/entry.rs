@@ -63,31 +63,112 @@ pub struct Entry {
 }
 
 /// What few keys have: address restrictions, rate limits (its own, its identity's), a
-/// rotation's quota, an owner that JSON escapes.
+/// rotation's quota, an owner that JSON escapes. Laid out in the order a verification reads
+/// it (`repr(C)`): what every verification of such a key reads first, then the limits' slots,
+/// then what only answers and loads read.
+#[repr(C)]
 struct Rare {
-    allowed: Option<Box<[ipnet::IpNet]>>,
-    /// The key's rate limits, `default` (the `ratelimit` shorthand) first when it has one.
-    limits: Box<[Limit]>,
-    /// Its identity's rate limits (as of this load), their windows on this node (in the same
-    /// order), and the identity's cell.
-    identity: Option<IdentityPart>,
-    /// Its identity had a quota when this entry was read (kept in the identity's cell).
-    identity_quota: bool,
     /// Where quota is drawn from during a rotation grace period: the successor's entry (so a
     /// rotation never doubles a quota).
     quota: Option<Arc<Entry>>,
+    allowed: Option<Box<[ipnet::IpNet]>>,
+    /// How many of the slots are the key's own (the rest are its identity's).
+    own: u8,
+    /// How many slots there are: up to [`INLINE_SLOTS`] in `inline`, else all in `spilled`.
+    slots: u8,
+    /// Its identity had a quota when this entry was read (kept in the identity's cell).
+    identity_quota: bool,
+    /// Every rate limit's numbers and window on this node, the key's then its identity's (in
+    /// the order of `limits`, then of the identity's): what a verification reads and changes,
+    /// in the lines it reads first, with no pointer to follow (up to four; more in `spilled`).
+    inline: [Slot; INLINE_SLOTS],
+    spilled: Box<[Slot]>,
+    /// The key's rate limits, `default` (the `ratelimit` shorthand) first when it has one.
+    limits: Box<[Limit]>,
+    /// Its identity's rate limits (as of this load) and the identity's cell.
+    identity: Option<(Box<[Limit]>, Arc<IdentityCell>)>,
     /// The owner as it is, when its JSON form is not simply it in quotes.
     owner: Option<Box<str>>,
 }
 
 const SEP: char = '\u{1f}';
 
-/// An entry's part of its identity: the limits (as of its load), their windows (in the same
-/// order) and the identity's cell.
-type IdentityPart = (Box<[Limit]>, Box<[Arc<AtomicWindow>]>, Arc<IdentityCell>);
+/// Rate limits (the key's and its identity's together) held inline in an entry's rare part.
+const INLINE_SLOTS: usize = 4;
+
+/// What the inline slots a key does not use hold.
+const UNUSED: Spec = Spec {
+    limit: 0,
+    window_ms: 1,
+};
 
 /// A window of an identity's limit, by the limit's name and length.
 type NamedWindow = (Box<str>, i64, Arc<AtomicWindow>);
+
+/// A rate limit's numbers, as the hot path reads them.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Spec {
+    pub(super) limit: i64,
+    pub(super) window_ms: i64,
+}
+
+impl Spec {
+    /// The start of the window `now` lies in.
+    pub(super) fn window_start(self, now: Timestamp) -> i64 {
+        now.millis().div_euclid(self.window_ms) * self.window_ms
+    }
+}
+
+/// One rate limit of an entry as a verification uses it: its numbers and its window on this
+/// node. The key's own window is the entry's, read and changed only under the entry's state
+/// lock (atomics for `Sync`, never contended: plain loads and stores); its identity's window
+/// is shared by the entries of all the identity's keys ([`AtomicWindow`]).
+///
+/// 32 bytes: four fill one entry's two cache lines.
+pub(super) struct Slot {
+    pub(super) spec: Spec,
+    /// The key's own window: its start in seconds (windows are whole seconds, aligned to
+    /// their length; `u32` seconds reach 2106) above its count (a limit is at most 10^9).
+    own: AtomicU64,
+    /// The identity's window, for a limit of the identity.
+    shared: Option<Arc<AtomicWindow>>,
+}
+
+impl Slot {
+    fn own(spec: Spec) -> Slot {
+        Slot {
+            spec,
+            own: AtomicU64::new(0),
+            shared: None,
+        }
+    }
+
+    /// The key's window `now` lies in: (its start in ms, its count). One unsigned comparison
+    /// while `now` lies in the window held; a division only when a window ended. Under the
+    /// entry's state lock.
+    #[inline]
+    pub(super) fn own_window(&self, now: Timestamp) -> (i64, i64) {
+        let v = self.own.load(Ordering::Relaxed);
+        let start = (v >> 32) as i64 * 1000;
+        if (now.millis().wrapping_sub(start) as u64) < self.spec.window_ms as u64 {
+            (start, (v & 0xffff_ffff) as i64)
+        } else {
+            (self.spec.window_start(now), 0)
+        }
+    }
+
+    /// Sets the key's window (`start` in ms; under the entry's state lock).
+    #[inline]
+    pub(super) fn set_own(&self, start: i64, count: i64) {
+        let v = ((start / 1000) as u64) << 32 | (count as u64 & 0xffff_ffff);
+        self.own.store(v, Ordering::Relaxed);
+    }
+
+    /// The identity's window (for a limit of the identity).
+    pub(super) fn shared(&self) -> Option<&AtomicWindow> {
+        self.shared.as_deref()
+    }
+}
 
 /// One rate-limit window shared by the keys of an identity on this node, without a lock: the
 /// window's number (its start over its length) and its count in one word. A verification
@@ -104,34 +185,37 @@ impl AtomicWindow {
         ((number as u64) << 32) | (count as u64 & 0xffff_ffff)
     }
 
-    /// The window `now` lies in, as stored: (its start, its count); a count of 0 for a window
-    /// that began since.
-    fn at(&self, v: u64, limit: &Limit, now: Timestamp) -> (i64, i64) {
+    /// The window `now` lies in, as stored: (its number, its start, its count); a count of 0
+    /// for a window that began since (a division only then).
+    #[inline]
+    fn at(&self, v: u64, limit: Spec, now: Timestamp) -> (i64, i64, i64) {
         let (number, count) = Self::unpack(v);
         let start = number * limit.window_ms;
-        let t = now.millis();
-        if t >= start && t - start < limit.window_ms {
-            (start, count)
+        if (now.millis().wrapping_sub(start) as u64) < limit.window_ms as u64 {
+            (number, start, count)
         } else {
-            (limit.window_start(now), 0)
+            let number = now.millis().div_euclid(limit.window_ms);
+            (number, number * limit.window_ms, 0)
         }
     }
 
     /// The current window's (start, count).
-    pub(super) fn peek(&self, limit: &Limit, now: Timestamp) -> (i64, i64) {
-        self.at(self.0.load(Ordering::Relaxed), limit, now)
+    pub(super) fn peek(&self, limit: Spec, now: Timestamp) -> (i64, i64) {
+        let (_, start, count) = self.at(self.0.load(Ordering::Relaxed), limit, now);
+        (start, count)
     }
 
     /// Takes a slot of the current window when fewer than `limit.limit` are taken: `Ok` with
     /// the count after, or `Err` with the window's start.
-    pub(super) fn try_take(&self, limit: &Limit, now: Timestamp) -> Result<(i64, i64), i64> {
+    #[inline]
+    pub(super) fn try_take(&self, limit: Spec, now: Timestamp) -> Result<(i64, i64), i64> {
         let mut v = self.0.load(Ordering::Relaxed);
         loop {
-            let (start, count) = self.at(v, limit, now);
+            let (number, start, count) = self.at(v, limit, now);
             if count >= limit.limit {
                 return Err(start);
             }
-            let next = Self::pack(start / limit.window_ms, count + 1);
+            let next = Self::pack(number, count + 1);
             match self
                 .0
                 .compare_exchange_weak(v, next, Ordering::Relaxed, Ordering::Relaxed)
@@ -144,7 +228,7 @@ impl AtomicWindow {
 
     /// Gives back a slot taken in the window starting at `start` (a verification denied after
     /// all), unless that window is over.
-    pub(super) fn untake(&self, limit: &Limit, start: i64) {
+    pub(super) fn untake(&self, limit: Spec, start: i64) {
         let mut v = self.0.load(Ordering::Relaxed);
         loop {
             let (number, count) = Self::unpack(v);
@@ -274,16 +358,42 @@ impl Entry {
                     .take(MAX_RATELIMITS)
                     .map(Limit::new)
                     .collect();
-                let windows = limits.iter().map(|l| cell.window(l)).collect();
-                (limits, windows, cell)
+                (limits, cell)
             });
+        let spec = |l: &Limit| Spec {
+            limit: l.limit,
+            window_ms: l.window_ms,
+        };
+        let mut slots: Vec<Slot> = limits.iter().map(|l| Slot::own(spec(l))).collect();
+        if let Some((id_limits, cell)) = &identity {
+            slots.extend(id_limits.iter().map(|l| Slot {
+                shared: Some(cell.window(l)),
+                ..Slot::own(spec(l))
+            }));
+        }
         let rare = (allowed.is_some()
             || !limits.is_empty()
             || identity.is_some()
             || quota.is_some()
             || owner.is_some())
         .then(|| {
+            let n = slots.len();
+            let (inline, spilled) = if n <= INLINE_SLOTS {
+                let mut inline = [(); INLINE_SLOTS].map(|()| Slot::own(UNUSED));
+                for (to, from) in inline.iter_mut().zip(slots) {
+                    *to = from;
+                }
+                (inline, Box::default())
+            } else {
+                let unused = [(); INLINE_SLOTS].map(|()| Slot::own(UNUSED));
+                (unused, slots.into_boxed_slice())
+            };
             Box::new(Rare {
+                own: limits.len() as u8,
+                // At most `MAX_RATELIMITS` of each.
+                slots: n as u8,
+                inline,
+                spilled,
                 allowed,
                 limits: limits.into_boxed_slice(),
                 identity,
@@ -445,20 +555,27 @@ impl Entry {
         self.rare.as_ref().map_or(&[], |r| &r.limits)
     }
 
-    /// Its identity's rate limits and windows, when it has limits.
+    /// Its identity's rate limits and cell, when it has limits.
     pub(super) fn identity(&self) -> Option<(&[Limit], &Arc<IdentityCell>)> {
         self.rare
             .as_ref()
             .and_then(|r| r.identity.as_ref())
-            .map(|(l, _, c)| (&l[..], c))
+            .map(|(l, c)| (&l[..], c))
     }
 
-    /// Its identity's windows on this node, in the order of [`Entry::identity_limits`].
-    pub(super) fn identity_windows(&self) -> &[Arc<AtomicWindow>] {
-        self.rare
-            .as_ref()
-            .and_then(|r| r.identity.as_ref())
-            .map_or(&[], |(_, w, _)| w)
+    /// Every rate limit's slot: the key's (as many as [`Entry::limits`]), then its identity's.
+    #[inline]
+    pub(super) fn slots(&self) -> (&[Slot], &[Slot]) {
+        match &self.rare {
+            Some(r) => {
+                let all = match r.inline.get(..usize::from(r.slots)) {
+                    Some(inline) => inline,
+                    None => &r.spilled,
+                };
+                all.split_at(usize::from(r.own).min(all.len()))
+            }
+            None => (&[], &[]),
+        }
     }
 
     /// Whether its identity had a quota when this entry was read.
@@ -469,7 +586,7 @@ impl Entry {
     /// The entry of its identity's quota, when it had one as this entry was read.
     pub(super) fn identity_quota(&self) -> Option<Arc<Entry>> {
         let r = self.rare.as_ref().filter(|r| r.identity_quota)?;
-        r.identity.as_ref()?.2.quota_entry()
+        r.identity.as_ref()?.1.quota_entry()
     }
 
     /// The identity's rate limits (none when the owner has none).
@@ -491,7 +608,25 @@ impl Entry {
 
     /// Whether any rate limit applies (the key's or its identity's).
     pub(super) fn has_limits(&self) -> bool {
-        !self.limits().is_empty() || !self.identity_limits().is_empty()
+        self.rare.as_ref().is_some_and(|r| r.slots != 0)
+    }
+
+    /// Carries the key's windows of `old` (an earlier entry of the key, whose state is being
+    /// handed over under its lock) into this one, not yet shared: by limit name and length.
+    pub(super) fn take_windows(&self, old: &Entry) {
+        let (olds, _) = old.slots();
+        let (news, _) = self.slots();
+        for (l, slot) in self.limits().iter().zip(news) {
+            let from = old
+                .limits()
+                .iter()
+                .position(|o| o.name == l.name && o.window_ms == l.window_ms)
+                .and_then(|i| olds.get(i));
+            if let Some(from) = from {
+                slot.own
+                    .store(from.own.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        }
     }
 
     /// The successor's entry quota is drawn from (during a rotation's grace period).
@@ -582,6 +717,14 @@ pub(super) mod tests {
 
     pub(in crate::verifier) fn entry(k: &Key) -> Entry {
         Entry::new(k, Arc::new(Space::new(&k.keyspace_id)), None, None)
+    }
+
+    /// The layout the hot path's cost depends on: a cached key without rare features is 96
+    /// bytes, and a rate limit's slot 32 (four held inline in the rare part).
+    #[test]
+    fn an_entry_is_96_bytes_and_a_limit_slot_32() {
+        assert_eq!(std::mem::size_of::<Entry>(), 96);
+        assert_eq!(std::mem::size_of::<Slot>(), 32);
     }
 
     /// The compact entry answers exactly what serializing the key's fields answers, whatever

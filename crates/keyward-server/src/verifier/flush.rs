@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use keyward_core::time::Timestamp;
-use keyward_core::verify::{Code, Window};
+use keyward_core::verify::Code;
 use keyward_store::{MinuteCount, SourceSeen, UsageDelta};
 
 use super::live::{Notice, NEVER, SOURCE_WRITE_MS};
@@ -201,15 +201,8 @@ impl Verifier {
                         at,
                     });
                 }
-                // Windows that ended count nothing any more.
-                for (w, l) in m.windows.iter_mut().zip(cell.limits()) {
-                    if now_ms - w.start_ms >= l.window_ms {
-                        *w = Window::default();
-                    }
-                }
                 // A key that is rarely denied or seen from an address gives its box back.
-                if m.windows.iter().all(|w| w.count == 0)
-                    && m.noticed.is_empty()
+                if m.noticed.is_empty()
                     && m.low_below == NEVER
                     && m.remaining.is_none()
                     && m.last_lease.is_none()

@@ -1,6 +1,7 @@
 //! What changes with each verification of a key ([`LiveState`], under its entry's lock): the
-//! valid uses of one minute inline, and what only some keys need boxed ([`More`]): the
-//! rate-limit window, the quota lease, the other counts, source addresses, reactivations.
+//! valid uses of one minute inline, and what only some keys need boxed ([`More`]): the quota
+//! lease, the other counts, source addresses, reactivations, notices. (The key's rate-limit
+//! windows are its entry's own slots, changed under the same lock.)
 //!
 //! Invariants:
 //! - The counts are those not yet taken by the flusher (`flush`): taking resets them, a failed
@@ -23,7 +24,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use keyward_core::time::Timestamp;
-use keyward_core::verify::{Code, Window};
+use keyward_core::verify::Code;
 
 use super::Entry;
 
@@ -71,11 +72,8 @@ impl Default for LiveState {
     }
 }
 
-/// What only some keys need: rate-limit windows, a quota lease, denials, addresses.
+/// What only some keys need: a quota lease, denials, addresses, notices.
 pub(super) struct More {
-    /// The key's rate-limit windows, in the order of its entry's limits (`Entry::limits`; a
-    /// new entry of other limits reorders them, see `load::hand_over`).
-    pub(super) windows: Vec<Window>,
     /// The part of the quota this node holds (its lease) and may grant without asking the
     /// store; `None` for a key without quota.
     pub(super) remaining: Option<i64>,
@@ -137,7 +135,6 @@ pub enum Notice {
 impl Default for More {
     fn default() -> Self {
         More {
-            windows: Vec::new(),
             remaining: None,
             pool: 0,
             last_lease: None,

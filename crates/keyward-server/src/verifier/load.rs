@@ -276,28 +276,13 @@ impl Verifier {
     fn hand_over(&self, old: &Arc<Entry>, fresh: &Arc<Entry>) {
         let mut o = lock(&old.state);
         let taken = std::mem::take(&mut *o);
+        // The windows follow the limits they count (by name and length).
+        fresh.take_windows(old);
         o.more().forward = Some(fresh.clone());
         old.moved.store(true, Ordering::Release);
         drop(o);
         let mut n = lock(&fresh.state);
         let from_row = std::mem::replace(&mut *n, taken);
-        if old.limits() != fresh.limits() {
-            // The windows follow the limits they count (by name and length).
-            if let Some(m) = n.more.as_deref_mut() {
-                let before = std::mem::take(&mut m.windows);
-                m.windows = fresh
-                    .limits()
-                    .iter()
-                    .map(|l| {
-                        old.limits()
-                            .iter()
-                            .position(|o| o.name == l.name && o.window_ms == l.window_ms)
-                            .and_then(|i| before.get(i).copied())
-                            .unwrap_or_default()
-                    })
-                    .collect();
-            }
-        }
         let reset = old.stale_quota.load(Ordering::Acquire);
         if reset || n.remaining().is_none() {
             let (remaining, pool) = from_row

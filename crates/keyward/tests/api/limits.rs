@@ -224,6 +224,70 @@ async fn an_identitys_limits_count_all_its_keys_together(app: TestApp) {
 }
 both!(an_identitys_limits_count_all_its_keys_together, manual);
 
+/// The most a key and its identity may have (eight limits each) all count, the tightest of
+/// either denying, and a change of a key's limits keeps the windows of those it keeps.
+async fn eight_limits_on_a_key_and_eight_on_its_identity_all_count(app: TestApp) {
+    let ks = app.keyspace(json!({})).await;
+    // Limit i allows 20 - i per window: the key's last (13) is its tightest.
+    let limits = |prefix: &str, first: i64| {
+        (0..8)
+            .map(|i| json!({"name": format!("{prefix}{i}"), "limit": first - i, "window_secs": 60 + i}))
+            .collect::<Vec<_>>()
+    };
+    app.post(
+        "/v1/identities",
+        json!({"id": "wide", "ratelimits": limits("id", 30)}),
+    )
+    .await
+    .expect(201);
+    let (id, key) = app
+        .key(
+            &ks,
+            json!({"owner": "wide", "ratelimits": limits("own", 20)}),
+        )
+        .await;
+    let v = app.verify(json!({"key": key})).await;
+    let states = v["ratelimits"].as_array().unwrap();
+    assert_eq!(states.len(), 16, "{v}");
+    for (i, s) in states.iter().enumerate() {
+        let (identity, n) = (i >= 8, i as i64 % 8);
+        let first = if identity { 30 } else { 20 };
+        assert_eq!(s["remaining"], first - n - 1, "{s}");
+        assert_eq!(s.get("identity").is_some(), identity, "{s}");
+    }
+    for _ in 1..13 {
+        assert_eq!(app.verify_code(&key).await, "VALID");
+    }
+    let v = app.verify(json!({"key": key})).await;
+    assert_eq!(
+        (&v["code"], &v["limit"]),
+        (&json!("RATE_LIMITED"), &json!("own7"))
+    );
+    // The identity's windows took thirteen, not fourteen: a denial takes no slot.
+    let (_, second) = app.key(&ks, json!({"owner": "wide"})).await;
+    let v = app.verify(json!({"key": second})).await;
+    assert_eq!(v["ratelimits"][7]["remaining"], 23 - 14, "{v}");
+    // Dropping the tightest limit keeps the others' windows: own6 (14) has one left.
+    app.patch(
+        &format!("/v1/keys/{id}"),
+        json!({"ratelimits": limits("own", 20)[..7]}),
+    )
+    .await
+    .expect(200);
+    let v = app.verify(json!({"key": key})).await;
+    assert_eq!(v["code"], "VALID", "{v}");
+    assert_eq!(v["ratelimits"][6]["remaining"], 0, "{v}");
+    let v = app.verify(json!({"key": key})).await;
+    assert_eq!(
+        (&v["code"], &v["limit"]),
+        (&json!("RATE_LIMITED"), &json!("own6"))
+    );
+}
+both!(
+    eight_limits_on_a_key_and_eight_on_its_identity_all_count,
+    manual
+);
+
 async fn limits_and_refills_refuse_bad_input_naming_the_field(app: TestApp) {
     let ks = app.keyspace(json!({})).await;
     let limit = |name: &str, window: i64| json!({"name": name, "limit": 1, "window_secs": window});
