@@ -237,12 +237,21 @@ fn take_own_slots(own: &[Slot], now: Timestamp, states: &mut LimitStates) {
     }
 }
 
+/// Gives back the slot just taken of each of the key's windows (under its state lock).
+#[cold]
+fn untake_own_slots(own: &[Slot], now: Timestamp) {
+    for s in own {
+        let (start, count) = s.own_window(now);
+        s.set_own(start, count - 1);
+    }
+}
+
 /// Takes a slot of each of the identity's windows, or none, noting what each has left in
 /// `states` (after the key's `own` limits); else (every slot taken given back) the exhausted
 /// window that resets last; `None` when none is exhausted any more (a window ended meanwhile:
 /// decide again). A window can run out between a check and the take: a verification of
 /// another of the identity's keys took its last slot.
-#[inline]
+#[inline(always)]
 fn take_identity_slots(
     identity: &[Slot],
     own: usize,
@@ -269,6 +278,7 @@ fn take_identity_slots(
 }
 
 /// Notes the identity's exhausted windows.
+#[cold]
 fn note_identity_exhausted(identity: &[Slot], now: Timestamp, worst: &mut Worst) {
     for (i, s) in identity.iter().enumerate() {
         let Some(w) = s.shared() else { continue };
@@ -570,15 +580,25 @@ impl Verifier {
         states: &mut LimitStates,
     ) -> Result<bool, Worst> {
         let (own_slots, id_slots) = entry.slots();
-        let mut worst: Worst = None;
-        note_own_exhausted(own_slots, now, &mut worst);
-        if worst.is_some() {
-            note_identity_exhausted(id_slots, now, &mut worst);
+        *states = LimitStates::new(now, own_slots.len(), id_slots.len());
+        // One pass: a slot of each of the key's windows (under its lock), given back when one
+        // is exhausted, or when one of its identity's is.
+        for (i, s) in own_slots.iter().enumerate() {
+            let (start, count) = s.own_window(now);
+            if count >= s.spec.limit {
+                untake_own_slots(&own_slots[..i], now);
+                let mut worst: Worst = None;
+                note_own_exhausted(own_slots, now, &mut worst);
+                note_identity_exhausted(id_slots, now, &mut worst);
+                return Err(worst);
+            }
+            s.set_own(start, count + 1);
+            states.set(i, s.spec.limit - count - 1);
+        }
+        if let Err(worst) = take_identity_slots(id_slots, own_slots.len(), now, states) {
+            untake_own_slots(own_slots, now);
             return Err(worst);
         }
-        *states = LimitStates::new(now, own_slots.len(), id_slots.len());
-        take_identity_slots(id_slots, own_slots.len(), now, states)?;
-        take_own_slots(own_slots, now, states);
         Ok(self.count_valid(own, req, now))
     }
 
