@@ -215,13 +215,13 @@ fn note_exhausted(worst: &mut Worst, e: Exhausted, reset: Timestamp) {
 #[inline]
 fn note_own_exhausted(own: &[Slot], now: Timestamp, worst: &mut Worst) {
     for (i, s) in own.iter().enumerate() {
-        let (start, count) = s.own_window(now);
-        if count >= s.spec.limit {
+        let w = s.own_window(now);
+        if w.count >= s.spec.limit {
             let e = Exhausted {
                 index: i as u8,
                 identity: false,
             };
-            note_exhausted(worst, e, Timestamp::from_millis(start + s.spec.window_ms));
+            note_exhausted(worst, e, Timestamp::from_millis(w.start + s.spec.window_ms));
         }
     }
 }
@@ -231,9 +231,9 @@ fn note_own_exhausted(own: &[Slot], now: Timestamp, worst: &mut Worst) {
 #[inline]
 fn take_own_slots(own: &[Slot], now: Timestamp, states: &mut LimitStates) {
     for (i, s) in own.iter().enumerate() {
-        let (start, count) = s.own_window(now);
-        s.set_own(start, count + 1);
-        states.set(i, s.spec.limit - count - 1);
+        let w = s.own_window(now);
+        s.set_own(&w, w.count + 1);
+        states.set(i, s.spec.limit - w.count - 1);
     }
 }
 
@@ -241,8 +241,8 @@ fn take_own_slots(own: &[Slot], now: Timestamp, states: &mut LimitStates) {
 #[cold]
 fn untake_own_slots(own: &[Slot], now: Timestamp) {
     for s in own {
-        let (start, count) = s.own_window(now);
-        s.set_own(start, count - 1);
+        let w = s.own_window(now);
+        s.set_own(&w, w.count - 1);
     }
 }
 
@@ -410,7 +410,8 @@ impl Verifier {
                     Err(Some((e, reset))) => {
                         self.deny(entry, Code::RateLimited, Some(reset), Some(e), req, now)
                     }
-                    // A window freed meanwhile: decide again.
+                    // An identity's window freed meanwhile (it ended): decide again, on the
+                    // same entry (`Moved` to itself).
                     Err(None) => Decision::Moved(entry),
                 };
             }
@@ -584,16 +585,16 @@ impl Verifier {
         // One pass: a slot of each of the key's windows (under its lock), given back when one
         // is exhausted, or when one of its identity's is.
         for (i, s) in own_slots.iter().enumerate() {
-            let (start, count) = s.own_window(now);
-            if count >= s.spec.limit {
+            let w = s.own_window(now);
+            if w.count >= s.spec.limit {
                 untake_own_slots(&own_slots[..i], now);
                 let mut worst: Worst = None;
                 note_own_exhausted(own_slots, now, &mut worst);
                 note_identity_exhausted(id_slots, now, &mut worst);
                 return Err(worst);
             }
-            s.set_own(start, count + 1);
-            states.set(i, s.spec.limit - count - 1);
+            s.set_own(&w, w.count + 1);
+            states.set(i, s.spec.limit - w.count - 1);
         }
         if let Err(worst) = take_identity_slots(id_slots, own_slots.len(), now, states) {
             untake_own_slots(own_slots, now);

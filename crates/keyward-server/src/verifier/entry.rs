@@ -80,7 +80,8 @@ struct Rare {
     identity_quota: bool,
     /// Every rate limit's numbers and window on this node, the key's then its identity's (in
     /// the order of `limits`, then of the identity's): what a verification reads and changes,
-    /// in the lines it reads first, with no pointer to follow (up to four; more in `spilled`).
+    /// in the lines it reads first (up to four; more in `spilled`): the key's own windows are
+    /// in them, an identity's slot points to the identity's shared window.
     inline: [Slot; INLINE_SLOTS],
     spilled: Box<[Slot]>,
     /// The key's rate limits, `default` (the `ratelimit` shorthand) first when it has one.
@@ -124,11 +125,11 @@ impl Spec {
 /// lock (atomics for `Sync`, never contended: plain loads and stores); its identity's window
 /// is shared by the entries of all the identity's keys ([`AtomicWindow`]).
 ///
-/// 32 bytes: four fill one entry's two cache lines.
+/// 32 bytes: the four held inline take 128 bytes of the entry's rare block.
 pub(super) struct Slot {
     pub(super) spec: Spec,
-    /// The key's own window: its start in seconds (windows are whole seconds, aligned to
-    /// their length; `u32` seconds reach 2106) above its count (a limit is at most 10^9).
+    /// The key's own window: its number (its start over its length) above its count (a limit
+    /// is at most 10^9), as [`AtomicWindow`] packs them.
     own: AtomicU64,
     /// The identity's window, for a limit of the identity.
     shared: Option<Arc<AtomicWindow>>,
@@ -143,31 +144,49 @@ impl Slot {
         }
     }
 
-    /// The key's window `now` lies in: (its start in ms, its count). One unsigned comparison
-    /// while `now` lies in the window held; a division only when a window ended. Under the
-    /// entry's state lock.
+    /// The key's window `now` lies in: its number, its start (ms) and its count. One unsigned
+    /// comparison while `now` lies in the window held; a division only when a window ended.
+    /// Under the entry's state lock.
     #[inline]
-    pub(super) fn own_window(&self, now: Timestamp) -> (i64, i64) {
-        let v = self.own.load(Ordering::Relaxed);
-        let start = (v >> 32) as i64 * 1000;
+    pub(super) fn own_window(&self, now: Timestamp) -> OwnWindow {
+        let (number, count) = AtomicWindow::unpack(self.own.load(Ordering::Relaxed));
+        let start = number * self.spec.window_ms;
         if (now.millis().wrapping_sub(start) as u64) < self.spec.window_ms as u64 {
-            (start, (v & 0xffff_ffff) as i64)
+            OwnWindow {
+                number,
+                start,
+                count,
+            }
         } else {
-            (self.spec.window_start(now), 0)
+            let number = now.millis().div_euclid(self.spec.window_ms);
+            OwnWindow {
+                number,
+                start: number * self.spec.window_ms,
+                count: 0,
+            }
         }
     }
 
-    /// Sets the key's window (`start` in ms; under the entry's state lock).
+    /// Sets the key's window to `w` with `count` (under the entry's state lock).
     #[inline]
-    pub(super) fn set_own(&self, start: i64, count: i64) {
-        let v = ((start / 1000) as u64) << 32 | (count as u64 & 0xffff_ffff);
-        self.own.store(v, Ordering::Relaxed);
+    pub(super) fn set_own(&self, w: &OwnWindow, count: i64) {
+        self.own.store(
+            AtomicWindow::pack(w.number, count.max(0)),
+            Ordering::Relaxed,
+        );
     }
 
     /// The identity's window (for a limit of the identity).
     pub(super) fn shared(&self) -> Option<&AtomicWindow> {
         self.shared.as_deref()
     }
+}
+
+/// The key's own window of a limit as of a verification (see [`Slot::own_window`]).
+pub(super) struct OwnWindow {
+    number: i64,
+    pub(super) start: i64,
+    pub(super) count: i64,
 }
 
 /// One rate-limit window shared by the keys of an identity on this node, without a lock: the

@@ -6,8 +6,8 @@
 //! Invariants:
 //! - The counts are those not yet taken by the flusher (`flush`): taking resets them, a failed
 //!   write adds them back.
-//! - The common key (no rate limit, no quota, valid uses within one minute between flushes)
-//!   has no box: 24 bytes inline. A flush gives back the box of a key that needs it no longer.
+//! - The common key (no quota, valid uses within one minute between flushes; rate limits or
+//!   not) has no box: 24 bytes inline. A flush gives back the box of a key that needs it no longer.
 //! - Millisecond fields say "none" with [`NEVER`], not an `Option` (which would double them).
 //! - `More::remaining` is `None` for a key without quota, else this node's lease (`lease`);
 //!   `More::quota_gen` tells leases of a quota set anew from older ones.

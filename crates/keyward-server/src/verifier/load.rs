@@ -276,7 +276,9 @@ impl Verifier {
     fn hand_over(&self, old: &Arc<Entry>, fresh: &Arc<Entry>) {
         let mut o = lock(&old.state);
         let taken = std::mem::take(&mut *o);
-        // The windows follow the limits they count (by name and length).
+        // The windows follow the limits they count (by name and length). `fresh` is no one
+        // else's yet: its windows are written without its lock.
+        debug_assert_eq!(Arc::strong_count(fresh), 1, "a fresh entry is not shared");
         fresh.take_windows(old);
         o.more().forward = Some(fresh.clone());
         old.moved.store(true, Ordering::Release);

@@ -288,6 +288,59 @@ both!(
     manual
 );
 
+/// A call its identity's limit denies takes nothing of the key's own windows (the lean path
+/// and, with a quota, the general one), with limits held inline and beyond.
+async fn an_identitys_denial_takes_nothing_of_the_keys_own_limits(app: TestApp) {
+    let ks = app.keyspace(json!({})).await;
+    app.post(
+        "/v1/identities",
+        json!({"id": "tight", "ratelimits": [{"name": "per-minute", "limit": 2, "window_secs": 60}]}),
+    )
+    .await
+    .expect(201);
+    let hourly = |n: usize| {
+        (0..n)
+            .map(|i| json!({"name": format!("h{i}"), "limit": 100, "window_secs": 3600}))
+            .collect::<Vec<_>>()
+    };
+    let (_, other) = app.key(&ks, json!({"owner": "tight"})).await;
+    let keys = [
+        json!({"owner": "tight", "ratelimits": hourly(1)}),
+        json!({"owner": "tight", "ratelimits": hourly(5)}),
+        json!({"owner": "tight", "ratelimits": hourly(5), "remaining": 50}),
+    ];
+    for body in keys {
+        let (_, key) = app.key(&ks, body.clone()).await;
+        // The identity's minute spent by another key.
+        while app.verify_code(&other).await == "VALID" {}
+        for _ in 0..3 {
+            let v = app.verify(json!({"key": key})).await;
+            assert_eq!(
+                (&v["code"], &v["limit"]),
+                (&json!("RATE_LIMITED"), &json!("per-minute")),
+                "{body}: {v}"
+            );
+        }
+        app.advance(60);
+        let v = app.verify(json!({"key": key})).await;
+        assert_eq!(v["code"], "VALID", "{body}: {v}");
+        let n = body["ratelimits"].as_array().unwrap().len();
+        for own in &v["ratelimits"].as_array().unwrap()[..n] {
+            assert_eq!(
+                own["remaining"], 99,
+                "the denials took no slot: {body}: {v}"
+            );
+        }
+        if body.get("remaining").is_some() {
+            assert_eq!(v["remaining"], 49, "{v}");
+        }
+    }
+}
+both!(
+    an_identitys_denial_takes_nothing_of_the_keys_own_limits,
+    manual
+);
+
 async fn limits_and_refills_refuse_bad_input_naming_the_field(app: TestApp) {
     let ks = app.keyspace(json!({})).await;
     let limit = |name: &str, window: i64| json!({"name": name, "limit": 1, "window_secs": window});
