@@ -272,6 +272,12 @@ fn main() {
         .expect("runtime");
     let lite = rt.block_on(sqlite());
     rt.block_on(create_rate("sqlite", &lite));
+    if std::env::var_os("KEYWARD_BENCH_CREATE_ONLY").is_some() {
+        if let Some(pg) = rt.block_on(postgres()) {
+            rt.block_on(create_rate("postgres", &pg));
+        }
+        return;
+    }
     rt.block_on(throughput("sqlite", &lite));
     rt.block_on(bcrypt_keys("sqlite", &lite));
     match rt.block_on(postgres()) {
