@@ -9,7 +9,7 @@
 //!   another format and as SHA-256 hashes; keys/s on SQLite (a temporary file) and, when it
 //!   answers on 127.0.0.1:5432, PostgreSQL (a fresh schema).
 //! - `create`: for comparison, 3,000 keys created one `POST /v1/keys` at a time by the same
-//!   client.
+//!   client. `KEYWARD_BENCH_CREATE_ONLY=1` runs this line alone, on SQLite and PostgreSQL.
 //! - `bcrypt`: 200 records hashed with bcrypt cost 10 (a common production setting): the import
 //!   rate, then each key's first verification over HTTP (the one-time bcrypt check, the upgrade
 //!   to SHA-256 and its audit event) and its second (the cached answer), p50 and p99.
