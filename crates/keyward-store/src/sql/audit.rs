@@ -45,15 +45,23 @@ macro_rules! for_backend {
             })
         }
 
-        pub(super) async fn append_audit(conn: &mut <$DB as sqlx::Database>::Connection, e: NewEvent) -> Result<AuditEvent> {
-            let last = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(map_err)?;
-            let (seq, prev_hash) = match last {
-                Some(r) => (get::<i64, _>(&r, "seq")? + 1, get::<String, _>(&r, "hash")?),
-                None => (1, GENESIS_HASH.to_string()),
+        /// Appends `e` after the chain's last event: `head` when the transaction knows it (see
+        /// `known`), else read; `head` is this event afterwards.
+        pub(super) async fn append_audit(conn: &mut <$DB as sqlx::Database>::Connection, head: &mut Option<(i64, String)>, e: NewEvent) -> Result<AuditEvent> {
+            let (last_seq, prev_hash) = match head.take() {
+                Some(h) => h,
+                None => {
+                    let last = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(map_err)?;
+                    match last {
+                        Some(r) => (get::<i64, _>(&r, "seq")?, get::<String, _>(&r, "hash")?),
+                        None => (0, GENESIS_HASH.to_string()),
+                    }
+                }
             };
+            let seq = last_seq + 1;
             let mut event = AuditEvent {
                 id: e.id,
                 seq,
@@ -95,6 +103,7 @@ macro_rules! for_backend {
                 .execute(&mut *conn)
                 .await
                 .map_err(map_err)?;
+            *head = Some((event.seq, event.hash.clone()));
             Ok(event)
         }
 

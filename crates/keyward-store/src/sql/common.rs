@@ -14,6 +14,10 @@ use crate::{Result, StoreError, TimeCursor};
 /// single `write_lock` row serializes writers across every node.
 pub(super) const TAKE_WRITE_LOCK: &str = "UPDATE write_lock SET n = n + 1 WHERE id = 1";
 
+/// [`TAKE_WRITE_LOCK`], answering the counter as this transaction made it (for `known`).
+pub(super) const TAKE_WRITE_LOCK_COUNTING: &str =
+    "UPDATE write_lock SET n = n + 1 WHERE id = 1 RETURNING n";
+
 pub(super) fn map_err(e: sqlx::Error) -> StoreError {
     match e {
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(

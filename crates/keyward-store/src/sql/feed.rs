@@ -4,12 +4,12 @@
 //!
 //! Invariant: every write of a key appends a feed row in the same transaction (`key_changed`,
 //! `quota_set`), and so does every update of a keyspace (`keyspace_changed`), stamped with the writing store's node id so a node can skip its own changes;
-//! on PostgreSQL (`$notify`) it also notifies the listeners, delivered at commit.
+//! on PostgreSQL the feed's insert trigger (migration 0011) also notifies the listeners,
+//! delivered at commit.
 
-/// This file's SQL for one backend (`$notify`: the statement that wakes the other nodes'
-/// followers, empty where the backend has no notifications).
+/// This file's SQL for one backend.
 macro_rules! for_backend {
-    ($DB:ty, $notify:literal) => {
+    ($DB:ty) => {
         use keyward_core::model::Key;
         use keyward_core::time::Timestamp;
 
@@ -26,15 +26,6 @@ macro_rules! for_backend {
                 .execute(&mut *conn)
                 .await
                 .map_err(map_err)?;
-            notify(conn).await
-        }
-
-        /// Wakes the other nodes' followers at commit (where the backend can; PostgreSQL folds
-        /// repeats within one transaction).
-        pub(super) async fn notify(conn: &mut <$DB as sqlx::Database>::Connection) -> Result<()> {
-            if !$notify.is_empty() {
-                sqlx::query($notify).execute(&mut *conn).await.map_err(map_err)?;
-            }
             Ok(())
         }
 
@@ -50,7 +41,7 @@ macro_rules! for_backend {
                 .execute(&mut *conn)
                 .await
                 .map_err(map_err)?;
-            notify(conn).await
+            Ok(())
         }
 
         /// The feed row of a key whose quota was set anew in this transaction (`quota`: every
@@ -66,7 +57,7 @@ macro_rules! for_backend {
             .execute(&mut *conn)
             .await
             .map_err(map_err)?;
-            notify(conn).await
+            Ok(())
         }
 
         pub(super) async fn changes_after(pool: &sqlx::Pool<$DB>, seq: i64, limit: i64) -> Result<Vec<Change>> {

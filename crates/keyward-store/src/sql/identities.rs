@@ -151,7 +151,7 @@ macro_rules! for_backend {
 
         /// A feed row for each key of `owner` that is not revoked (see the module's doc).
         pub(super) async fn announce(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, owner: &str, at: Timestamp) -> Result<()> {
-            let r = sqlx::query(
+            sqlx::query(
                 "INSERT INTO change_feed (key_id, key_hash, at, origin) \
                  SELECT id, hash, $2, $3 FROM keys WHERE owner = $1 AND revoked_at IS NULL",
             )
@@ -161,9 +161,6 @@ macro_rules! for_backend {
             .execute(&mut *conn)
             .await
             .map_err(map_err)?;
-            if r.rows_affected() > 0 {
-                super::feed::notify(conn).await?;
-            }
             Ok(())
         }
     };

@@ -31,6 +31,7 @@ mod feed;
 mod identities;
 mod imports;
 mod keys;
+pub(crate) mod known;
 mod leases;
 mod migrate;
 mod tokens;
@@ -40,14 +41,14 @@ mod webhooks;
 
 /// Instantiates every concern's SQL for one backend, inside that backend's module (which defines
 /// `$Store` with `pool` and `node`, and its `signal`), and implements [`Store`] and [`StoreTx`]
-/// for it. `$name` is [`Store::backend`]; `$instr`, `$notify` and `$unrolled` are the dialect
-/// differences (see `keys.rs`, `feed.rs` and `usage.rs`).
+/// for it. `$name` is [`Store::backend`]; `$instr` and `$unrolled` are the dialect
+/// differences (see `keys.rs` and `usage.rs`).
 ///
 /// [`Store`]: crate::Store
 /// [`StoreTx`]: crate::StoreTx
 /// [`Store::backend`]: crate::Store::backend
 macro_rules! sql_backend {
-    ($Store:ident, $Tx:ident, $DB:ty, $Row:ty, $name:literal, $instr:literal, $notify:literal, $unrolled:literal) => {
+    ($Store:ident, $Tx:ident, $DB:ty, $Row:ty, $name:literal, $instr:literal, $unrolled:literal) => {
         mod anomalies {
             crate::sql::anomalies::for_backend!($DB, $Row);
         }
@@ -55,7 +56,7 @@ macro_rules! sql_backend {
             crate::sql::audit::for_backend!($DB, $Row);
         }
         mod feed {
-            crate::sql::feed::for_backend!($DB, $notify);
+            crate::sql::feed::for_backend!($DB);
         }
         mod identities {
             crate::sql::identities::for_backend!($DB, $Row);
@@ -87,6 +88,10 @@ macro_rules! sql_backend {
         pub struct $Tx {
             tx: sqlx::Transaction<'static, $DB>,
             node: String,
+            /// What it knows without reading the store (`known`), handed back to `cell` when
+            /// it commits.
+            known: crate::sql::known::Known,
+            cell: std::sync::Arc<crate::sql::known::KnownCell>,
         }
 
         /// `Store` and `StoreTx` for this backend: each method is one call into the concern module
@@ -106,7 +111,7 @@ macro_rules! sql_backend {
                 anomalies, audit, feed, identities, imports, keys, leases, tokens, usage, webhooks,
             };
             use super::{$Store, $Tx};
-            use crate::sql::common::{map_err, TAKE_WRITE_LOCK};
+            use crate::sql::common::{map_err, TAKE_WRITE_LOCK_COUNTING};
             use crate::users::{UserStore, UserTx};
             use crate::{
                 AfterAttempt, AnomalyFilter, Attempt, AuditFilter, Bucket, Change, DueDelivery,
@@ -122,12 +127,21 @@ macro_rules! sql_backend {
 
                 // keys.rs
                 async fn keyspace(&mut self, id: &str) -> Result<Option<Keyspace>> {
-                    keys::keyspace(&mut *self.tx, id).await
+                    if let Some(ks) = self.known.keyspace(id) {
+                        return Ok(Some(ks));
+                    }
+                    let ks = keys::keyspace(&mut *self.tx, id).await?;
+                    if let Some(ks) = &ks {
+                        self.known.remember_keyspace(ks);
+                    }
+                    Ok(ks)
                 }
                 async fn insert_keyspace(&mut self, ks: &Keyspace) -> Result<()> {
+                    self.known.forget_keyspace(&ks.id);
                     keys::insert_keyspace(&mut self.tx, ks).await
                 }
                 async fn update_keyspace(&mut self, ks: &Keyspace) -> Result<()> {
+                    self.known.forget_keyspace(&ks.id);
                     keys::update_keyspace(&mut self.tx, &self.node, ks).await
                 }
                 async fn key(&mut self, id: &str) -> Result<Option<Key>> {
@@ -233,20 +247,22 @@ macro_rules! sql_backend {
 
                 // audit.rs
                 async fn append_audit(&mut self, e: NewEvent) -> Result<AuditEvent> {
-                    audit::append_audit(&mut self.tx, e).await
+                    audit::append_audit(&mut self.tx, &mut self.known.audit_head, e).await
                 }
 
                 // webhooks.rs
                 async fn enqueue(&mut self, e: &OutboxEvent) -> Result<()> {
-                    webhooks::enqueue(&mut self.tx, e).await
+                    webhooks::enqueue(&mut self.tx, &mut self.known.webhooks, e).await
                 }
                 async fn insert_webhook(&mut self, h: &Webhook, secret: &str) -> Result<()> {
+                    self.known.webhooks = None;
                     webhooks::insert_webhook(&mut self.tx, h, secret).await
                 }
                 async fn webhook(&mut self, id: &str) -> Result<Option<Webhook>> {
                     webhooks::webhook(&mut *self.tx, id).await
                 }
                 async fn delete_webhook(&mut self, id: &str) -> Result<()> {
+                    self.known.webhooks = None;
                     webhooks::delete_webhook(&mut self.tx, id).await
                 }
 
@@ -259,7 +275,12 @@ macro_rules! sql_backend {
                 }
 
                 async fn commit(self: Box<Self>) -> Result<()> {
-                    self.tx.commit().await.map_err(map_err)
+                    let $Tx {
+                        tx, known, cell, ..
+                    } = *self;
+                    tx.commit().await.map_err(map_err)?;
+                    cell.keep(known);
+                    Ok(())
                 }
             }
 
@@ -300,13 +321,15 @@ macro_rules! sql_backend {
 
                 async fn begin(&self) -> Result<Box<dyn StoreTx>> {
                     let mut tx = self.pool.begin().await.map_err(map_err)?;
-                    sqlx::query(TAKE_WRITE_LOCK)
-                        .execute(&mut *tx)
+                    let n: i64 = sqlx::query_scalar(TAKE_WRITE_LOCK_COUNTING)
+                        .fetch_one(&mut *tx)
                         .await
                         .map_err(map_err)?;
                     Ok(Box::new($Tx {
                         tx,
                         node: self.node.clone(),
+                        known: self.known.take(n),
+                        cell: self.known.clone(),
                     }))
                 }
 

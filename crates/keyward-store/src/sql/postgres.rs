@@ -18,6 +18,8 @@ const MIGRATION_LOCK: i32 = 0x6b65_7977; // "keyw" in ASCII
 /// The cluster backend: any number of nodes share one PostgreSQL database.
 #[derive(Clone)]
 pub struct PgStore {
+    /// What write transactions know between commits (`sql::known`).
+    known: std::sync::Arc<crate::sql::known::KnownCell>,
     pool: PgPool,
     node: String,
     /// Signalled when a node commits a change (LISTEN/NOTIFY).
@@ -140,6 +142,7 @@ impl PgStore {
         Ok(Self {
             pool,
             node: keyward_core::keyformat::base62_random(16),
+            known: std::sync::Arc::default(),
             changes: std::sync::Arc::default(),
             listening: std::sync::Arc::default(),
         })
@@ -197,7 +200,6 @@ sql_backend!(
     sqlx::postgres::PgRow,
     "postgres",
     "strpos",
-    "SELECT pg_notify('keyward_changes', '')",
     "FROM usage_buckets WHERE granularity = 'm' AND n <> rolled AND start_at < $1 \
      ORDER BY key_id, granularity, start_at, code LIMIT $2 FOR UPDATE"
 );

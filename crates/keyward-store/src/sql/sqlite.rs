@@ -14,6 +14,8 @@ use crate::{Result, StoreError};
 /// The embedded single-node backend: one SQLite file in WAL mode.
 #[derive(Clone)]
 pub struct SqliteStore {
+    /// What write transactions know between commits (`sql::known`).
+    known: std::sync::Arc<crate::sql::known::KnownCell>,
     pool: SqlitePool,
     node: String,
 }
@@ -109,6 +111,7 @@ impl SqliteStore {
         Ok(Self {
             pool,
             node: keyward_core::keyformat::base62_random(16),
+            known: std::sync::Arc::default(),
         })
     }
 
@@ -147,7 +150,6 @@ sql_backend!(
     sqlx::sqlite::SqliteRow,
     "sqlite",
     "instr",
-    "",
     // The un-rolled minutes straight from their partial index, oldest first: a batch reads
     // its own rows only (the planner, without statistics, took the time index and read every
     // minute bucket before each batch). One writer: no lock order to keep.

@@ -74,12 +74,21 @@ macro_rules! for_backend {
 
         // ---- the outbox ----
 
-        pub(super) async fn enqueue(conn: &mut <$DB as sqlx::Database>::Connection, e: &OutboxEvent) -> Result<()> {
-            let sql = format!("SELECT {WEBHOOK_COLS} FROM webhooks");
-            let rows = sqlx::query(&sql).fetch_all(&mut *conn).await.map_err(map_err)?;
+        /// Queues `e` for the webhooks that want it: `known`, when the transaction knows them
+        /// (see `known`), else read (and then known).
+        pub(super) async fn enqueue(conn: &mut <$DB as sqlx::Database>::Connection, known: &mut Option<std::sync::Arc<Vec<Webhook>>>, e: &OutboxEvent) -> Result<()> {
+            let all = match known {
+                Some(all) => all.clone(),
+                None => {
+                    let sql = format!("SELECT {WEBHOOK_COLS} FROM webhooks");
+                    let rows = sqlx::query(&sql).fetch_all(&mut *conn).await.map_err(map_err)?;
+                    let all = std::sync::Arc::new(rows.iter().map(webhook_from_row).collect::<Result<Vec<_>>>()?);
+                    *known = Some(all.clone());
+                    all
+                }
+            };
             let mut hooks = Vec::new();
-            for r in &rows {
-                let hook = webhook_from_row(r)?;
+            for hook in all.iter() {
                 let kind_ok = hook.events.iter().any(|t| t == &e.kind);
                 let ks_ok = hook.keyspace_id.is_none() || hook.keyspace_id == e.keyspace_id;
                 if kind_ok && ks_ok {

@@ -193,6 +193,7 @@ fn expected_migrations(db: &TestDb) -> Vec<(i64, String, Vec<u8>)> {
         "key imports",
         "identities",
         "limits refills",
+        "feed notify",
     ];
     let newer = [
         (
@@ -214,6 +215,11 @@ fn expected_migrations(db: &TestDb) -> Vec<(i64, String, Vec<u8>)> {
             10,
             include_str!("../../migrations/sqlite/0010_limits_refills.sql"),
             include_str!("../../migrations/postgres/0010_limits_refills.sql"),
+        ),
+        (
+            11,
+            include_str!("../../migrations/sqlite/0011_feed_notify.sql"),
+            include_str!("../../migrations/postgres/0011_feed_notify.sql"),
         ),
     ];
     OLD_MIGRATIONS
@@ -338,7 +344,7 @@ async fn nodes_opening_an_old_database_at_once_carry_it_over_once(db: &TestDb) {
     let applied = db.migrations_table().await;
     assert_eq!(
         applied.iter().map(|r| r.version).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
     );
     assert!(applied[..6].iter().all(|r| r.execution_time == -1));
 }
@@ -370,7 +376,7 @@ async fn an_edited_applied_migration_stops_open(db: &TestDb) {
     let after = db.migrations_table().await;
     assert_eq!(
         after.iter().map(|r| r.version).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4, 5, 7, 8, 9, 10]
+        vec![1, 2, 3, 4, 5, 7, 8, 9, 10, 11]
     );
     assert_eq!(after[2].checksum, vec![0u8; 48]);
 

@@ -198,3 +198,139 @@ async fn concurrent_transactions_produce_a_gapless_verifiable_chain(store: Arc<d
 conformance!(concurrent_transactions_produce_a_gapless_verifiable_chain
     => sqlite_concurrent_transactions_produce_a_gapless_verifiable_chain,
        postgres_concurrent_transactions_produce_a_gapless_verifiable_chain);
+
+/// A write transaction knows what its node's last commit left (the audit chain's head, the
+/// keyspaces it read, the webhooks) only when no other transaction committed between; two
+/// nodes on one database taking turns, and a transaction dropped midway, each see the
+/// database as it is.
+async fn nodes_taking_turns_see_each_others_writes(db: &TestDb) {
+    let a = db.store();
+    let b = db.reopen().await;
+    let chain_event = |i: i64| event("key.update", &format!("key_{i}"), at(i), token_actor("tok"));
+    for (i, s) in [&a, &a, &b, &a, &a, &b, &b, &a].into_iter().enumerate() {
+        let i = i as i64;
+        append(s, chain_event(i)).await;
+        if i == 3 || i == 6 {
+            // Appended and dropped: the next transaction must not chain to it.
+            let mut tx = s.begin().await.unwrap();
+            tx.append_audit(chain_event(100 + i)).await.unwrap();
+            drop(tx);
+        }
+    }
+    let events = all_events(&a).await;
+    assert_eq!(
+        events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=8).collect::<Vec<_>>()
+    );
+    let mut v = ChainVerifier::default();
+    events.iter().for_each(|e| v.push(e));
+    assert!(matches!(v.finish(), ChainCheck::Ok { events: 8, .. }));
+
+    // A keyspace a read, then b renamed: a's next transaction reads the new name.
+    let ks = new_keyspace(&a, "turns").await;
+    for (s, name) in [(&a, None), (&b, Some("renamed by b")), (&a, None)] {
+        let mut tx = s.begin().await.unwrap();
+        let mut got = tx.keyspace(&ks.id).await.unwrap().unwrap();
+        if let Some(name) = name {
+            got.name = name.into();
+            tx.update_keyspace(&got).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+    let mut tx = a.begin().await.unwrap();
+    let seen = tx.keyspace(&ks.id).await.unwrap().unwrap();
+    assert_eq!(seen.name, "renamed by b");
+    // Changed in this very transaction: read back as changed.
+    let mut mine = seen.clone();
+    mine.name = "renamed by a".into();
+    tx.update_keyspace(&mine).await.unwrap();
+    assert_eq!(
+        tx.keyspace(&ks.id).await.unwrap().unwrap().name,
+        "renamed by a"
+    );
+    drop(tx);
+    let mut tx = a.begin().await.unwrap();
+    assert_eq!(
+        tx.keyspace(&ks.id).await.unwrap().unwrap().name,
+        "renamed by b",
+        "the dropped rename is not known"
+    );
+    drop(tx);
+
+    // a's transactions knew of no webhook; b adds one: a's next event is queued for it.
+    let outbox = |i: i64| keyward_store::OutboxEvent {
+        id: keyward_core::id::new_id("evt", at(i)),
+        kind: "key.created".into(),
+        at: at(i),
+        keyspace_id: None,
+        key_id: None,
+        body: "{}".into(),
+    };
+    let mut tx = a.begin().await.unwrap();
+    tx.enqueue(&outbox(1)).await.unwrap();
+    tx.commit().await.unwrap();
+    let hook = keyward_core::model::Webhook {
+        id: keyward_core::id::new_id("whk", at(2)),
+        url: "https://example.com/hook".into(),
+        events: vec!["key.created".into()],
+        keyspace_id: None,
+        created_at: at(2),
+        created_by: token_actor("tok"),
+    };
+    let mut tx = b.begin().await.unwrap();
+    tx.insert_webhook(&hook, "whsec_x").await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = a.begin().await.unwrap();
+    tx.enqueue(&outbox(3)).await.unwrap();
+    tx.commit().await.unwrap();
+    let due = a.due_deliveries(at(10), 100, 100).await.unwrap();
+    assert_eq!(
+        due.len(),
+        1,
+        "one delivery, of the event after the webhook: {due:?}"
+    );
+    // b deletes it: a's next event is queued for none.
+    let mut tx = b.begin().await.unwrap();
+    tx.delete_webhook(&hook.id).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = a.begin().await.unwrap();
+    tx.enqueue(&outbox(4)).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(a.due_deliveries(at(10), 100, 100).await.unwrap().is_empty());
+}
+conformance!(with_db nodes_taking_turns_see_each_others_writes
+    => sqlite_nodes_taking_turns_see_each_others_writes,
+       postgres_nodes_taking_turns_see_each_others_writes);
+
+/// On PostgreSQL a committed change wakes the other nodes' followers: the feed's insert raises
+/// `keyward_changes` at commit, with the schema as payload (so this test tells its own from
+/// other tests'). SQLite has no notifications (its follower polls).
+async fn a_committed_change_notifies_the_followers(db: &TestDb) {
+    if db.backend_name() != "postgres" {
+        return;
+    }
+    let store = db.store();
+    let schema: String = {
+        let Raw::Postgres(mut conn) = db.raw().await else {
+            unreachable!("a PostgreSQL database")
+        };
+        sqlx::query_scalar("SELECT current_schema()")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    };
+    let mut listener = sqlx::postgres::PgListener::connect(&keyward_store::testing::pg_url())
+        .await
+        .unwrap();
+    listener.listen("keyward_changes").await.unwrap();
+    let ks = new_keyspace(&store, "notified").await;
+    let committed = key(&ks, at(2));
+    insert_keys(&store, &[&committed.key]).await;
+    within("the change notification", async {
+        while listener.recv().await.unwrap().payload() != schema {}
+    })
+    .await;
+}
+conformance!(with_db a_committed_change_notifies_the_followers
+    => sqlite_a_committed_change_notifies_the_followers,
+       postgres_a_committed_change_notifies_the_followers);
