@@ -14,9 +14,10 @@ use crate::{Result, StoreError, TimeCursor};
 /// single `write_lock` row serializes writers across every node.
 pub(super) const TAKE_WRITE_LOCK: &str = "UPDATE write_lock SET n = n + 1 WHERE id = 1";
 
-/// [`TAKE_WRITE_LOCK`], answering the counter as this transaction made it (for `known`).
+/// [`TAKE_WRITE_LOCK`], answering the counter as this transaction made it and whether the tag
+/// it replaced is `$1` (the node's last commit's), and setting its own tag `$2` (for `known`).
 pub(super) const TAKE_WRITE_LOCK_COUNTING: &str =
-    "UPDATE write_lock SET n = n + 1 WHERE id = 1 RETURNING n";
+    "UPDATE write_lock SET n = n + 1, hit = (tag = $1), tag = $2 WHERE id = 1 RETURNING n, hit";
 
 pub(super) fn map_err(e: sqlx::Error) -> StoreError {
     match e {

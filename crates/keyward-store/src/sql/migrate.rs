@@ -39,7 +39,7 @@ macro_rules! migrations {
             8 => "0008_key_imports.sql",
             9 => "0009_identities.sql",
             10 => "0010_limits_refills.sql",
-            11 => "0011_feed_notify.sql",
+            11 => "0011_lock_tag_feed_notify.sql",
         )
     };
     ($dir:literal: $($version:literal => $file:literal),* $(,)?) => {

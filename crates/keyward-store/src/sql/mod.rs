@@ -321,14 +321,17 @@ macro_rules! sql_backend {
 
                 async fn begin(&self) -> Result<Box<dyn StoreTx>> {
                     let mut tx = self.pool.begin().await.map_err(map_err)?;
-                    let n: i64 = sqlx::query_scalar(TAKE_WRITE_LOCK_COUNTING)
+                    let (last_tag, tag) = self.known.tags();
+                    let (n, hit): (i64, Option<bool>) = sqlx::query_as(TAKE_WRITE_LOCK_COUNTING)
+                        .bind(last_tag)
+                        .bind(&tag)
                         .fetch_one(&mut *tx)
                         .await
                         .map_err(map_err)?;
                     Ok(Box::new($Tx {
                         tx,
                         node: self.node.clone(),
-                        known: self.known.take(n),
+                        known: self.known.take(n, hit == Some(true), tag),
                         cell: self.known.clone(),
                     }))
                 }

@@ -193,7 +193,7 @@ fn expected_migrations(db: &TestDb) -> Vec<(i64, String, Vec<u8>)> {
         "key imports",
         "identities",
         "limits refills",
-        "feed notify",
+        "lock tag feed notify",
     ];
     let newer = [
         (
@@ -218,8 +218,8 @@ fn expected_migrations(db: &TestDb) -> Vec<(i64, String, Vec<u8>)> {
         ),
         (
             11,
-            include_str!("../../migrations/sqlite/0011_feed_notify.sql"),
-            include_str!("../../migrations/postgres/0011_feed_notify.sql"),
+            include_str!("../../migrations/sqlite/0011_lock_tag_feed_notify.sql"),
+            include_str!("../../migrations/postgres/0011_lock_tag_feed_notify.sql"),
         ),
     ];
     OLD_MIGRATIONS
