@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 
 use keyward_core::model::{Keyspace, Webhook};
 
-/// Keyspaces remembered per node between transactions (the ones written to most recently).
+/// Keyspaces remembered per node between transactions (the ones read most recently).
 const KEYSPACES: usize = 16;
 
 /// What a write transaction knows of the database without reading it (see the module docs).
