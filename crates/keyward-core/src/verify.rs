@@ -150,23 +150,6 @@ impl Limit {
     }
 }
 
-impl Window {
-    /// This window as of `now` for `limit`: itself while `now` lies in it, else the window
-    /// `now` lies in, empty (a division only when a window ends: this runs for every limit of
-    /// every call).
-    #[inline]
-    pub fn current(&mut self, limit: &Limit, now: Timestamp) -> &mut Window {
-        // One unsigned comparison: `now` in [start, start + length).
-        if (now.millis().wrapping_sub(self.start_ms) as u64) >= limit.window_ms as u64 {
-            *self = Window {
-                start_ms: limit.window_start(now),
-                count: 0,
-            };
-        }
-        self
-    }
-}
-
 /// What a valid verification reports about the rate limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateState {
@@ -225,25 +208,6 @@ pub fn check_and_consume(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_window_restarts_when_its_time_is_over() {
-        let burst = Limit {
-            name: "burst".into(),
-            limit: 2,
-            window_ms: 1000,
-        };
-        let mut w = Window::default();
-        w.current(&burst, Timestamp::from_millis(5_500)).count += 2;
-        assert_eq!(w.current(&burst, Timestamp::from_millis(5_999)).count, 2);
-        assert_eq!(w.start_ms, 5_000);
-        assert_eq!(w.current(&burst, Timestamp::from_millis(6_000)).count, 0);
-        assert_eq!(w.start_ms, 6_000);
-        assert_eq!(
-            w.current(&burst, Timestamp::from_millis(4_000)).start_ms,
-            4_000
-        );
-    }
 
     const SCOPES: [&str; 1] = ["orders:*"];
 

@@ -315,12 +315,13 @@ conformance!(with_db nodes_taking_turns_see_each_others_writes
 
 /// On PostgreSQL a committed change wakes the other nodes' followers: the feed's insert raises
 /// `keyward_changes` at commit, with the schema as payload (so this test tells its own from
-/// other tests'). SQLite has no notifications (its follower polls).
+/// other tests'). SQLite has no notifications: it offers no signal (its follower polls).
 async fn a_committed_change_notifies_the_followers(db: &TestDb) {
+    let store = db.store();
     if db.backend_name() != "postgres" {
+        assert!(store.change_signal().is_none());
         return;
     }
-    let store = db.store();
     let schema: String = {
         let Raw::Postgres(mut conn) = db.raw().await else {
             unreachable!("a PostgreSQL database")

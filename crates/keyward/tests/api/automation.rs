@@ -242,24 +242,10 @@ async fn webhooks_are_signed_retried_with_backoff_and_listed(app: TestApp) {
         list.body["items"][0].get("secret").is_none(),
         "the secret is shown once"
     );
-    let del = app
-        .send(
-            reqwest::Method::DELETE,
-            &format!("/v1/webhooks/{hook}"),
-            Some(&app.admin),
-            None,
-        )
-        .await;
+    let del = app.delete(&format!("/v1/webhooks/{hook}")).await;
     assert_eq!(del.status, 204);
     assert_eq!(
-        app.send(
-            reqwest::Method::DELETE,
-            &format!("/v1/webhooks/{hook}"),
-            Some(&app.admin),
-            None
-        )
-        .await
-        .status,
+        app.delete(&format!("/v1/webhooks/{hook}")).await.status,
         404
     );
     assert_eq!(app.audit_actions("webhook.delete").await.len(), 1);

@@ -264,6 +264,10 @@ impl TestApp {
     pub async fn patch(&self, path: &str, body: Value) -> Res {
         self.patch_as(&self.admin.clone(), path, body).await
     }
+    pub async fn delete(&self, path: &str) -> Res {
+        self.send(reqwest::Method::DELETE, path, Some(&self.admin), None)
+            .await
+    }
 
     /// A keyspace with a fresh prefix and the given policy overrides.
     pub async fn keyspace(&self, policy: Value) -> String {

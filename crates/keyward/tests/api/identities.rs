@@ -60,14 +60,7 @@ async fn an_identity_covers_its_owners_keys_and_disabling_it_disables_them(app: 
     app.patch("/v1/identities/acme", json!({"enabled": false}))
         .await
         .expect(200);
-    let r = app
-        .send(
-            reqwest::Method::DELETE,
-            "/v1/identities/acme",
-            Some(&app.admin),
-            None,
-        )
-        .await;
+    let r = app.delete("/v1/identities/acme").await;
     assert_eq!(r.status, 204);
     assert_eq!(app.verify_code(&k1).await, "VALID");
     app.get("/v1/identities/acme").await.expect(404);
@@ -393,13 +386,7 @@ async fn disabling_and_enabling_an_identity_are_announced_to_webhooks(app: TestA
     let disabled = rx.wait_for("identity.disabled", 1).await;
     assert_eq!(disabled[0]["data"]["identity"]["id"], "acme");
     assert_eq!(disabled[0]["data"]["identity"]["enabled"], false);
-    app.send(
-        reqwest::Method::DELETE,
-        "/v1/identities/acme",
-        Some(&app.admin),
-        None,
-    )
-    .await;
+    app.delete("/v1/identities/acme").await;
     let enabled = rx.wait_for("identity.enabled", 1).await;
     assert_eq!(enabled[0]["data"]["deleted"], true);
     assert!(rx.all_signatures_valid());

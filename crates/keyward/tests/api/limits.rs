@@ -999,14 +999,7 @@ async fn an_identitys_quota_set_anew_is_followed_by_every_node() {
     );
 
     // Deleted and made again: a new quota, whatever the old one's version was.
-    let r = a
-        .send(
-            reqwest::Method::DELETE,
-            "/v1/identities/acme",
-            Some(&a.admin),
-            None,
-        )
-        .await;
+    let r = a.delete("/v1/identities/acme").await;
     assert_eq!(r.status, 204);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
