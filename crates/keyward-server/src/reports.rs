@@ -80,55 +80,88 @@ pub(crate) fn findings(k: &Key, ks: &Keyspace, now: Timestamp) -> Vec<&'static s
     f
 }
 
-/// Every key the context may see (in one keyspace, or all), with findings at `now`.
-pub(crate) async fn inventory(
-    st: &Records,
-    who: &Allowed<'_, ReadAudit>,
-    keyspace_id: Option<&str>,
-) -> Result<Vec<Row>> {
-    let ctx = who.ctx();
-    let now = st.clock.now();
-    let keyspace_ids = match keyspace_id {
-        Some(id) => {
-            crate::service::keyspace_seen(st, ctx, id).await?;
-            Some(vec![id.to_string()])
+/// Every key the context may see (in one keyspace, or all), with findings at `now`, read a
+/// page at a time ([`Inventory::next_page`]): a report of a million keys is streamed in the
+/// memory of one page.
+pub(crate) struct Inventory {
+    st: Records,
+    keyspace_ids: Option<Vec<String>>,
+    now: Timestamp,
+    spaces: HashMap<String, Keyspace>,
+    after: Option<(i64, String)>,
+    done: bool,
+}
+
+/// Keys read a page.
+const INVENTORY_PAGE: i64 = 1000;
+
+impl Inventory {
+    /// The report at the clock's now, of keyspace `keyspace_id` (which the context must see) or
+    /// of every keyspace the context may see.
+    pub(crate) async fn open(
+        st: &Records,
+        who: &Allowed<'_, ReadAudit>,
+        keyspace_id: Option<&str>,
+    ) -> Result<Inventory> {
+        let ctx = who.ctx();
+        let keyspace_ids = match keyspace_id {
+            Some(id) => {
+                crate::service::keyspace_seen(st, ctx, id).await?;
+                Some(vec![id.to_string()])
+            }
+            None => ctx.keyspaces.clone(),
+        };
+        Ok(Inventory {
+            st: st.clone(),
+            keyspace_ids,
+            now: st.clock.now(),
+            spaces: HashMap::new(),
+            after: None,
+            done: false,
+        })
+    }
+
+    /// The next rows, newest key first; `None` once every key is read.
+    pub(crate) async fn next_page(&mut self) -> Result<Option<Vec<Row>>> {
+        if self.done {
+            return Ok(None);
         }
-        None => ctx.keyspaces.clone(),
-    };
-    let mut spaces: HashMap<String, Keyspace> = HashMap::new();
-    let mut rows = Vec::new();
-    let mut after = None;
-    loop {
         let filter = KeyFilter {
-            keyspace_ids: keyspace_ids.clone(),
-            now,
+            keyspace_ids: self.keyspace_ids.clone(),
+            now: self.now,
             page: Page {
-                limit: 500,
-                after: after.clone(),
+                limit: INVENTORY_PAGE,
+                after: self.after.clone(),
             },
             ..KeyFilter::default()
         };
-        let keys = st.store.list_keys(&filter).await?;
-        let Some(last) = keys.last() else { break };
-        after = Some((last.created_at.millis(), last.id.clone()));
+        let keys = self.st.store.list_keys(&filter).await?;
+        let Some(last) = keys.last() else {
+            self.done = true;
+            return Ok(None);
+        };
+        self.after = Some((last.created_at.millis(), last.id.clone()));
+        self.done = (keys.len() as i64) < INVENTORY_PAGE;
+        let now = self.now;
+        let mut rows = Vec::with_capacity(keys.len());
         for k in keys {
-            if !spaces.contains_key(&k.keyspace_id) {
-                if let Some(ks) = st.store.keyspace(&k.keyspace_id).await? {
-                    spaces.insert(ks.id.clone(), ks);
+            if !self.spaces.contains_key(&k.keyspace_id) {
+                if let Some(ks) = self.st.store.keyspace(&k.keyspace_id).await? {
+                    self.spaces.insert(ks.id.clone(), ks);
                 }
             }
-            let Some(ks) = spaces.get(&k.keyspace_id) else {
+            let Some(ks) = self.spaces.get(&k.keyspace_id) else {
                 continue;
             };
             let last_use = k.last_used_at;
             rows.push(Row {
                 findings: findings(&k, ks, now),
-                id: k.id.clone(),
-                name: k.name.clone(),
-                owner: k.owner.clone(),
-                keyspace_id: k.keyspace_id.clone(),
-                keyspace: ks.name.clone(),
                 status: k.status(now),
+                id: k.id,
+                name: k.name,
+                owner: k.owner,
+                keyspace_id: k.keyspace_id,
+                keyspace: ks.name.clone(),
                 created_at: k.created_at,
                 age_days: (now.millis() - k.created_at.millis()).max(0) / DAY_MS,
                 expires_at: k.expires_at,
@@ -137,8 +170,87 @@ pub(crate) async fn inventory(
                 call_count: k.call_count,
             });
         }
+        Ok(Some(rows))
     }
-    Ok(rows)
+
+    /// Every row at once (the dashboard's summary page).
+    pub(crate) async fn all(mut self) -> Result<Vec<Row>> {
+        let mut rows = Vec::new();
+        while let Some(page) = self.next_page().await? {
+            rows.extend(page);
+        }
+        Ok(rows)
+    }
+
+    /// The report as a streamed CSV body: the header, then a chunk per page. The first page is
+    /// read before the answer starts, so an unreachable store is a clean error, not a cut file.
+    pub(crate) async fn csv(mut self) -> Result<axum::body::Body> {
+        let first = self.next_page().await?;
+        let mut head = String::from(CSV_HEADER);
+        for r in first.iter().flatten() {
+            push_csv_row(&mut head, r);
+        }
+        Ok(self.stream(head, |out, rows| {
+            for r in rows {
+                push_csv_row(out, r);
+            }
+        }, String::new()))
+    }
+
+    /// The report as a streamed JSON body: `{"keyspace_id", "generated_at", "items": [...]}`,
+    /// a chunk per page (see [`Inventory::csv`]).
+    pub(crate) async fn json(mut self, keyspace_id: Option<&str>) -> Result<axum::body::Body> {
+        let first = self.next_page().await?;
+        let mut head = format!(
+            "{{\"keyspace_id\":{},\"generated_at\":{},\"items\":[",
+            serde_json::to_string(&keyspace_id).unwrap_or_default(),
+            serde_json::to_string(&self.now).unwrap_or_default()
+        );
+        let mut first_row = true;
+        let mut push = move |out: &mut String, rows: &[Row]| {
+            for r in rows {
+                if !first_row {
+                    out.push(',');
+                }
+                first_row = false;
+                out.push_str(&serde_json::to_string(r).unwrap_or_default());
+            }
+        };
+        push(&mut head, first.as_deref().unwrap_or_default());
+        Ok(self.stream(head, push, "]}".to_string()))
+    }
+
+    /// `head`, then each further page written by `write`, then `tail`. A store error part
+    /// way cuts the stream (the client sees an incomplete body, never a complete-looking one).
+    fn stream(
+        self,
+        head: String,
+        write: impl FnMut(&mut String, &[Row]) + Send + 'static,
+        tail: String,
+    ) -> axum::body::Body {
+        enum Step {
+            Head(String),
+            Pages,
+            Done,
+        }
+        let state = (self, Step::Head(head), write, Some(tail));
+        let s = futures_util::stream::unfold(state, |(mut inv, step, mut write, mut tail)| async move {
+            match step {
+                Step::Head(h) => Some((Ok::<_, std::io::Error>(h), (inv, Step::Pages, write, tail))),
+                Step::Pages => match inv.next_page().await {
+                    Ok(Some(rows)) => {
+                        let mut out = String::new();
+                        write(&mut out, &rows);
+                        Some((Ok(out), (inv, Step::Pages, write, tail)))
+                    }
+                    Ok(None) => Some((Ok(tail.take().unwrap_or_default()), (inv, Step::Done, write, tail))),
+                    Err(e) => Some((Err(std::io::Error::other(e.message)), (inv, Step::Done, write, tail))),
+                },
+                Step::Done => None,
+            }
+        });
+        axum::body::Body::from_stream(s)
+    }
 }
 
 pub(crate) fn csv_field(s: &str) -> String {
@@ -155,35 +267,33 @@ pub(crate) fn csv_field(s: &str) -> String {
     }
 }
 
-pub(crate) fn to_csv(rows: &[Row]) -> String {
-    let mut out = String::from(
-        "id,name,owner,keyspace_id,keyspace,status,created_at,age_days,expires_at,last_used_at,days_since_use,call_count,findings\n",
-    );
-    for r in rows {
-        let t = |t: Option<Timestamp>| t.map(|t| t.to_rfc3339()).unwrap_or_default();
-        let cells = [
-            r.id.clone(),
-            r.name.clone(),
-            r.owner.clone().unwrap_or_default(),
-            r.keyspace_id.clone(),
-            r.keyspace.clone(),
-            r.status.as_str().to_string(),
-            r.created_at.to_rfc3339(),
-            r.age_days.to_string(),
-            t(r.expires_at),
-            t(r.last_used_at),
-            r.days_since_use.map(|d| d.to_string()).unwrap_or_default(),
-            r.call_count.to_string(),
-            r.findings.join(";"),
-        ];
-        out.push_str(
-            &cells
-                .iter()
-                .map(|c| csv_field(c))
-                .collect::<Vec<_>>()
-                .join(","),
-        );
-        out.push('\n');
+/// The CSV report's header line.
+pub(crate) const CSV_HEADER: &str =
+    "id,name,owner,keyspace_id,keyspace,status,created_at,age_days,expires_at,last_used_at,days_since_use,call_count,findings\n";
+
+/// Appends one row of the CSV report.
+pub(crate) fn push_csv_row(out: &mut String, r: &Row) {
+    let t = |t: Option<Timestamp>| t.map(|t| t.to_rfc3339()).unwrap_or_default();
+    let cells = [
+        r.id.clone(),
+        r.name.clone(),
+        r.owner.clone().unwrap_or_default(),
+        r.keyspace_id.clone(),
+        r.keyspace.clone(),
+        r.status.as_str().to_string(),
+        r.created_at.to_rfc3339(),
+        r.age_days.to_string(),
+        t(r.expires_at),
+        t(r.last_used_at),
+        r.days_since_use.map(|d| d.to_string()).unwrap_or_default(),
+        r.call_count.to_string(),
+        r.findings.join(";"),
+    ];
+    for (i, c) in cells.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&csv_field(c));
     }
-    out
+    out.push('\n');
 }

@@ -288,6 +288,13 @@ pub trait StoreTx: Send {
     async fn key(&mut self, id: &str) -> Result<Option<Key>>;
     /// Inserts a key and its change-feed row.
     async fn insert_key(&mut self, key: &Key) -> Result<()>;
+    /// Inserts keys and their change-feed rows in a few statements per few hundred keys (bulk
+    /// loads and imports).
+    async fn insert_keys(&mut self, keys: &[Key]) -> Result<()>;
+    /// Writes the revocation each key carries (`revoked_at`, `revoked_by`, `revoked_reason`,
+    /// `updated_at`; nothing else) and a change-feed row per key, in a few statements per few
+    /// hundred keys (bulk revocation).
+    async fn revoke_keys(&mut self, keys: &[Key]) -> Result<()>;
     /// Writes every mutable field of a key (not its usage counters, not `remaining`) and a
     /// change-feed row.
     async fn update_key(&mut self, key: &Key) -> Result<()>;
@@ -343,9 +350,13 @@ pub trait StoreTx: Send {
 
     /// Appends the next event of the hash chain.
     async fn append_audit(&mut self, event: NewEvent) -> Result<AuditEvent>;
+    /// Appends events in order, each the next of the chain, in a few statements per thousand.
+    async fn append_audits(&mut self, events: Vec<NewEvent>) -> Result<Vec<AuditEvent>>;
 
     /// Puts an event in the webhook outbox with one delivery per matching webhook.
     async fn enqueue(&mut self, event: &OutboxEvent) -> Result<()>;
+    /// [`enqueue`](Self::enqueue) of each event, in a few statements per few hundred.
+    async fn enqueue_all(&mut self, events: &[OutboxEvent]) -> Result<()>;
     async fn insert_webhook(&mut self, hook: &Webhook, secret: &str) -> Result<()>;
     async fn webhook(&mut self, id: &str) -> Result<Option<Webhook>>;
     /// Deletes a webhook and its pending deliveries.

@@ -1,6 +1,6 @@
 //! The inventory report, for admins and auditors (`ReadAudit`, as the API): a summary of the
-//! findings on the page and the CSV download, both from [`crate::reports::inventory`] (the
-//! CSV is [`crate::reports::to_csv`], byte for byte the API's). The markup is in
+//! findings on the page and the CSV download, both from [`crate::reports::Inventory`] (the
+//! CSV is [`crate::reports::Inventory::csv`], byte for byte the API's). The markup is in
 //! [`super::views::reports`].
 
 use std::collections::BTreeMap;
@@ -35,7 +35,10 @@ pub(crate) async fn report(
     let who = ctx.allow::<authz::ReadAudit>()?;
     let now = st.clock().now();
     let keyspace = q.get("keyspace");
-    let rows = reports::inventory(st.records(), &who, keyspace).await?;
+    let rows = reports::Inventory::open(st.records(), &who, keyspace)
+        .await?
+        .all()
+        .await?;
     let kss = all_keyspaces(&st, &ctx).await?;
 
     let live = rows.iter().filter(|r| is_live(r)).count();
@@ -94,7 +97,7 @@ pub(crate) async fn inventory_csv(
 ) -> PageResult<Response> {
     let ctx = s.ctx();
     let who = ctx.allow::<authz::ReadAudit>()?;
-    let rows = reports::inventory(st.records(), &who, q.get("keyspace")).await?;
+    let inventory = reports::Inventory::open(st.records(), &who, q.get("keyspace")).await?;
     Ok((
         [
             (CONTENT_TYPE, "text/csv; charset=utf-8"),
@@ -103,7 +106,7 @@ pub(crate) async fn inventory_csv(
                 "attachment; filename=\"keyward-inventory.csv\"",
             ),
         ],
-        reports::to_csv(&rows),
+        inventory.csv().await?,
     )
         .into_response())
 }

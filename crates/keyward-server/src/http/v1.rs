@@ -897,7 +897,9 @@ pub(crate) async fn inventory(
     if !matches!(format.as_str(), "json" | "csv") {
         return Err(Error::bad_request("format must be json or csv"));
     }
-    let rows = crate::reports::inventory(st.records(), &who, keyspace_id.as_deref()).await?;
+    // Streamed a page at a time: a million keys cost the memory of one page.
+    let inventory =
+        crate::reports::Inventory::open(st.records(), &who, keyspace_id.as_deref()).await?;
     if format == "csv" {
         let headers = [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
@@ -906,12 +908,10 @@ pub(crate) async fn inventory(
                 "attachment; filename=\"keyward-inventory.csv\"".to_string(),
             ),
         ];
-        return Ok((headers, crate::reports::to_csv(&rows)).into_response());
+        return Ok((headers, inventory.csv().await?).into_response());
     }
-    Ok(
-        Json(json!({"keyspace_id": keyspace_id, "generated_at": st.clock().now(), "items": rows}))
-            .into_response(),
-    )
+    let body = inventory.json(keyspace_id.as_deref()).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 // ---------------------------------------------------------------- leaks

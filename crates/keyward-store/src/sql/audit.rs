@@ -48,7 +48,20 @@ macro_rules! for_backend {
         /// Appends `e` after the chain's last event: `head` when the transaction knows it (see
         /// `known`), else read; `head` is this event afterwards.
         pub(super) async fn append_audit(conn: &mut <$DB as sqlx::Database>::Connection, head: &mut Option<(i64, String)>, e: NewEvent) -> Result<AuditEvent> {
-            let (last_seq, prev_hash) = match head.take() {
+            let mut events = append_audits(conn, head, vec![e]).await?;
+            events.pop().ok_or_else(|| crate::StoreError::Other("no audit event was appended".into()))
+        }
+
+        /// Appends `events` in order after the chain's last event, each chained to the one
+        /// before, in multi-row statements (a bulk change writes one event per key without a
+        /// round trip per event). `head` is the last of them afterwards.
+        pub(super) async fn append_audits(conn: &mut <$DB as sqlx::Database>::Connection, head: &mut Option<(i64, String)>, events: Vec<NewEvent>) -> Result<Vec<AuditEvent>> {
+            // 15 columns an event.
+            const CHUNK: usize = 1000;
+            if events.is_empty() {
+                return Ok(Vec::new());
+            }
+            let (mut last_seq, mut prev_hash) = match head.take() {
                 Some(h) => h,
                 None => {
                     let last = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
@@ -61,50 +74,54 @@ macro_rules! for_backend {
                     }
                 }
             };
-            let seq = last_seq + 1;
-            let mut event = AuditEvent {
-                id: e.id,
-                seq,
-                at: e.at,
-                actor: e.actor,
-                action: e.action.as_str().to_string(),
-                target_type: e.target_type.as_str().to_string(),
-                target_id: e.target_id,
-                reason: e.reason,
-                request_id: e.request_id,
-                ip: e.ip,
-                changes: e.changes,
-                prev_hash,
-                hash: String::new(),
-            };
-            // Hash what will be read back: the changes as they round-trip through JSON text.
-            let changes_text = to_json(&event.changes);
-            event.changes = json("changes", &changes_text)?;
-            event.hash = event_hash(&event);
-            let sql = format!(
-                "INSERT INTO audit_events ({AUDIT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
-            );
-            sqlx::query(&sql)
-                .bind(event.seq)
-                .bind(&event.id)
-                .bind(event.at.millis())
-                .bind(event.actor.kind.as_str())
-                .bind(&event.actor.id)
-                .bind(&event.actor.name)
-                .bind(&event.action)
-                .bind(&event.target_type)
-                .bind(&event.target_id)
-                .bind(&event.reason)
-                .bind(&event.request_id)
-                .bind(&event.ip)
-                .bind(changes_text)
-                .bind(&event.prev_hash)
-                .bind(&event.hash)
-                .execute(&mut *conn)
-                .await
-                .map_err(map_err)?;
-            *head = Some((event.seq, event.hash.clone()));
-            Ok(event)
+            let mut out = Vec::with_capacity(events.len());
+            for e in events {
+                let mut event = AuditEvent {
+                    id: e.id,
+                    seq: last_seq + 1,
+                    at: e.at,
+                    actor: e.actor,
+                    action: e.action.as_str().to_string(),
+                    target_type: e.target_type.as_str().to_string(),
+                    target_id: e.target_id,
+                    reason: e.reason,
+                    request_id: e.request_id,
+                    ip: e.ip,
+                    changes: e.changes,
+                    prev_hash,
+                    hash: String::new(),
+                };
+                // Hash what will be read back: the changes as they round-trip through JSON text.
+                let changes_text = to_json(&event.changes);
+                event.changes = json("changes", &changes_text)?;
+                event.hash = event_hash(&event);
+                last_seq = event.seq;
+                prev_hash = event.hash.clone();
+                out.push((event, changes_text));
+            }
+            for chunk in out.chunks(CHUNK) {
+                let mut q = sqlx::QueryBuilder::<$DB>::new(format!("INSERT INTO audit_events ({AUDIT_COLS}) "));
+                q.push_values(chunk, |mut b, (event, changes_text)| {
+                    b.push_bind(event.seq)
+                        .push_bind(event.id.clone())
+                        .push_bind(event.at.millis())
+                        .push_bind(event.actor.kind.as_str())
+                        .push_bind(event.actor.id.clone())
+                        .push_bind(event.actor.name.clone())
+                        .push_bind(event.action.clone())
+                        .push_bind(event.target_type.clone())
+                        .push_bind(event.target_id.clone())
+                        .push_bind(event.reason.clone())
+                        .push_bind(event.request_id.clone())
+                        .push_bind(event.ip.clone())
+                        .push_bind(changes_text.clone())
+                        .push_bind(event.prev_hash.clone())
+                        .push_bind(event.hash.clone());
+                });
+                q.build().execute(&mut *conn).await.map_err(map_err)?;
+            }
+            *head = Some((last_seq, prev_hash));
+            Ok(out.into_iter().map(|(e, _)| e).collect())
         }
 
         pub(super) async fn list_audit(pool: &sqlx::Pool<$DB>, f: &AuditFilter) -> Result<Vec<AuditEvent>> {

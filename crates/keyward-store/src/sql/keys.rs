@@ -70,7 +70,7 @@ pub(super) fn push_status<'a, DB: Database>(
 
 /// This file's SQL for one backend (`$instr`: its substring-position function).
 macro_rules! for_backend {
-    ($DB:ty, $Row:ty, $instr:literal) => {
+    ($DB:ty, $Row:ty, $name:literal, $instr:literal) => {
         use keyward_core::keyformat::KeyHash;
         use keyward_core::model::{Key, Keyspace};
         use keyward_core::time::Timestamp;
@@ -205,7 +205,14 @@ macro_rules! for_backend {
 
         pub(super) async fn list_keys(pool: &sqlx::Pool<$DB>, f: &KeyFilter) -> Result<Vec<Key>> {
             let now = f.now.millis();
+            // A label or a name search first asks its own index for the keys it matches (see
+            // `candidates`); the page is then read from those keys alone.
+            let only = candidates(pool, f).await?;
+            if only.as_ref().is_some_and(Vec::is_empty) {
+                return Ok(Vec::new());
+            }
             let mut q = sqlx::QueryBuilder::<$DB>::new(format!("SELECT {KEY_SELECT} FROM keys WHERE 1 = 1"));
+            push_in(&mut q, "id", only.as_deref());
             push_in(&mut q, "keyspace_id", f.keyspace_ids.as_deref());
             if let Some(owner) = &f.owner {
                 q.push(" AND owner = ").push_bind(owner.clone());
@@ -232,6 +239,74 @@ macro_rules! for_backend {
             rows.iter().map(key_from_row).collect()
         }
 
+        /// The keys a label filter or a name search (`q`) could match, from their indexes
+        /// (`key_labels`; the trigram index of names), when there are at most `CANDIDATES`
+        /// of them: `None` when there are more (matches are then common enough that reading
+        /// the list in order finds a page soon) or the filter has no index (a search shorter
+        /// than three characters). The list's own
+        /// conditions still decide, so the answer is the same either way.
+        async fn candidates(pool: &sqlx::Pool<$DB>, f: &KeyFilter) -> Result<Option<Vec<String>>> {
+            const CANDIDATES: i64 = 2000;
+            let mut only: Option<Vec<String>> = None;
+            if let Some((name, value)) = &f.label {
+                let mut q = sqlx::QueryBuilder::<$DB>::new("SELECT l.key_id AS id FROM key_labels l");
+                if f.keyspace_ids.is_some() {
+                    q.push(" JOIN keys ON keys.id = l.key_id");
+                }
+                q.push(" WHERE l.name = ").push_bind(name.clone());
+                q.push(" AND l.value = ").push_bind(value.clone());
+                push_in(&mut q, "keys.keyspace_id", f.keyspace_ids.as_deref());
+                q.push(" LIMIT ").push_bind(CANDIDATES + 1);
+                let ids = ids_of(q.build().fetch_all(pool).await.map_err(map_err)?)?;
+                if ids.len() as i64 <= CANDIDATES {
+                    only = Some(ids);
+                }
+            }
+            if only.as_ref().is_some_and(Vec::is_empty) {
+                return Ok(only);
+            }
+            // Trigrams: a search of fewer than three characters has none to look up.
+            if let Some(s) = f.name_contains.as_ref().filter(|s| s.chars().count() >= 3) {
+                const BACKEND: &str = $name;
+                let mut q = if BACKEND == "sqlite" {
+                    // A phrase of the trigram index: any substring, case folded.
+                    // CROSS JOIN: SQLite then joins in the order written, from the index's
+                    // matches (it chose to read every key of the keyspace first).
+                    let mut q = sqlx::QueryBuilder::<$DB>::new(
+                        "SELECT n.key_id AS id FROM key_names_search s CROSS JOIN key_names n ON n.n = s.rowid",
+                    );
+                    if f.keyspace_ids.is_some() {
+                        q.push(" CROSS JOIN keys ON keys.id = n.key_id");
+                    }
+                    q.push(" WHERE key_names_search MATCH ").push_bind(format!("\"{}\"", s.replace('"', "\"\"")));
+                    q
+                } else {
+                    // Served by the trigram index where migration 0012 could make it.
+                    let pattern = format!("%{}%", s.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+                    let mut q = sqlx::QueryBuilder::<$DB>::new("SELECT id FROM keys WHERE lower(name) LIKE ");
+                    q.push_bind(pattern).push(" ESCAPE '\\'");
+                    q
+                };
+                push_in(&mut q, "keys.keyspace_id", f.keyspace_ids.as_deref());
+                q.push(" LIMIT ").push_bind(CANDIDATES + 1);
+                let ids = ids_of(q.build().fetch_all(pool).await.map_err(map_err)?)?;
+                if ids.len() as i64 <= CANDIDATES {
+                    only = Some(match only {
+                        None => ids,
+                        Some(before) => {
+                            let these: std::collections::HashSet<&String> = ids.iter().collect();
+                            before.into_iter().filter(|id| these.contains(id)).collect()
+                        }
+                    });
+                }
+            }
+            Ok(only)
+        }
+
+        fn ids_of(rows: Vec<$Row>) -> Result<Vec<String>> {
+            rows.iter().map(|r| get(r, "id")).collect()
+        }
+
         pub(super) async fn live_keys_of_owner(
             conn: &mut <$DB as sqlx::Database>::Connection,
             owner: &str,
@@ -252,56 +327,96 @@ macro_rules! for_backend {
         // ---- keys: writes ----
 
         pub(super) async fn insert_key(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, k: &Key) -> Result<()> {
-            let sql = format!(
-                "INSERT INTO keys ({KEY_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-                 $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31)"
-            );
-            sqlx::query(&sql)
-                .bind(&k.id)
-                .bind(&k.keyspace_id)
-                .bind(&k.name)
-                .bind(&k.owner)
-                .bind(to_json(&k.scopes))
-                .bind(to_json(&k.labels))
-                .bind(to_json(&k.meta))
-                .bind(k.hash.0.to_vec())
-                .bind(&k.start)
-                .bind(&k.end)
-                .bind(k.enabled)
-                .bind(k.created_at.millis())
-                .bind(to_json(&k.created_by))
-                .bind(k.updated_at.millis())
-                .bind(k.expires_at.map(Timestamp::millis))
-                .bind(k.revoked_at.map(Timestamp::millis))
-                .bind(k.revoked_by.as_ref().map(to_json))
-                .bind(&k.revoked_reason)
-                .bind(&k.rotated_from)
-                .bind(&k.rotated_to)
-                .bind(k.last_used_at.map(Timestamp::millis))
-                .bind(k.call_count)
-                .bind(k.denied_count)
-                .bind(k.ratelimit.as_ref().map(to_json))
-                .bind(k.remaining)
-                .bind(k.allowed_cidrs.as_ref().map(to_json))
-                .bind(&k.external_id)
-                .bind(ratelimits_json(k))
-                .bind(k.refill.as_ref().map(to_json))
-                .bind(k.refill_anchor.map(Timestamp::millis))
-                .bind(k.refilled_at.map(Timestamp::millis))
-                .execute(&mut *conn)
-                .await
-                .map_err(map_err)?;
-            if k.call_count != 0 || k.denied_count != 0 || k.last_used_at.is_some() {
-                sqlx::query("INSERT INTO key_counters (key_id, calls, denied, last_used_at) VALUES ($1, $2, $3, $4)")
-                    .bind(&k.id)
-                    .bind(k.call_count)
-                    .bind(k.denied_count)
-                    .bind(k.last_used_at.map(Timestamp::millis))
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(map_err)?;
+            insert_keys(conn, node, std::slice::from_ref(k)).await
+        }
+
+        /// Inserts keys with their counters and feed rows, a few multi-row statements per
+        /// [`INSERT_CHUNK`] keys (a bulk load or import costs round trips per chunk, not per key).
+        pub(super) async fn insert_keys(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, keys: &[Key]) -> Result<()> {
+            // 31 columns a key: 500 keys stay under either backend's bind limit.
+            const INSERT_CHUNK: usize = 500;
+            for chunk in keys.chunks(INSERT_CHUNK) {
+                let mut q = sqlx::QueryBuilder::<$DB>::new(format!("INSERT INTO keys ({KEY_COLS}) "));
+                q.push_values(chunk, |mut b, k| {
+                    b.push_bind(k.id.clone())
+                        .push_bind(k.keyspace_id.clone())
+                        .push_bind(k.name.clone())
+                        .push_bind(k.owner.clone())
+                        .push_bind(to_json(&k.scopes))
+                        .push_bind(to_json(&k.labels))
+                        .push_bind(to_json(&k.meta))
+                        .push_bind(k.hash.0.to_vec())
+                        .push_bind(k.start.clone())
+                        .push_bind(k.end.clone())
+                        .push_bind(k.enabled)
+                        .push_bind(k.created_at.millis())
+                        .push_bind(to_json(&k.created_by))
+                        .push_bind(k.updated_at.millis())
+                        .push_bind(k.expires_at.map(Timestamp::millis))
+                        .push_bind(k.revoked_at.map(Timestamp::millis))
+                        .push_bind(k.revoked_by.as_ref().map(to_json))
+                        .push_bind(k.revoked_reason.clone())
+                        .push_bind(k.rotated_from.clone())
+                        .push_bind(k.rotated_to.clone())
+                        .push_bind(k.last_used_at.map(Timestamp::millis))
+                        .push_bind(k.call_count)
+                        .push_bind(k.denied_count)
+                        .push_bind(k.ratelimit.as_ref().map(to_json))
+                        .push_bind(k.remaining)
+                        .push_bind(k.allowed_cidrs.as_ref().map(to_json))
+                        .push_bind(k.external_id.clone())
+                        .push_bind(ratelimits_json(k))
+                        .push_bind(k.refill.as_ref().map(to_json))
+                        .push_bind(k.refill_anchor.map(Timestamp::millis))
+                        .push_bind(k.refilled_at.map(Timestamp::millis));
+                });
+                q.build().execute(&mut *conn).await.map_err(map_err)?;
+                let counted: Vec<&Key> = chunk
+                    .iter()
+                    .filter(|k| k.call_count != 0 || k.denied_count != 0 || k.last_used_at.is_some())
+                    .collect();
+                if !counted.is_empty() {
+                    let mut q = sqlx::QueryBuilder::<$DB>::new("INSERT INTO key_counters (key_id, calls, denied, last_used_at) ");
+                    q.push_values(counted, |mut b, k| {
+                        b.push_bind(k.id.clone())
+                            .push_bind(k.call_count)
+                            .push_bind(k.denied_count)
+                            .push_bind(k.last_used_at.map(Timestamp::millis));
+                    });
+                    q.build().execute(&mut *conn).await.map_err(map_err)?;
+                }
+                super::feed::keys_changed(conn, node, &chunk.iter().collect::<Vec<_>>()).await?;
             }
-            super::feed::key_changed(conn, node, k).await
+            Ok(())
+        }
+
+        /// Writes the revocation each key carries (`revoked_at`, `revoked_by`, `revoked_reason`,
+        /// `updated_at`) and its feed row: one statement per chunk of keys revoked alike (a bulk
+        /// revocation is one group), not one per key.
+        pub(super) async fn revoke_keys(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, keys: &[Key]) -> Result<()> {
+            const CHUNK: usize = 500;
+            type Revocation = (Option<i64>, Option<String>, Option<String>, i64);
+            let mut groups: std::collections::BTreeMap<Revocation, Vec<&Key>> = std::collections::BTreeMap::new();
+            for k in keys {
+                let revocation = (k.revoked_at.map(Timestamp::millis), k.revoked_by.as_ref().map(to_json), k.revoked_reason.clone(), k.updated_at.millis());
+                groups.entry(revocation).or_default().push(k);
+            }
+            for ((at, by, reason, updated), group) in groups {
+                for chunk in group.chunks(CHUNK) {
+                    let mut q = sqlx::QueryBuilder::<$DB>::new("UPDATE keys SET revoked_at = ");
+                    q.push_bind(at).push(", revoked_by = ").push_bind(by.clone());
+                    q.push(", revoked_reason = ").push_bind(reason.clone());
+                    q.push(", updated_at = ").push_bind(updated).push(" WHERE id IN (");
+                    let mut ids = q.separated(", ");
+                    for k in chunk {
+                        ids.push_bind(k.id.clone());
+                    }
+                    q.push(")");
+                    q.build().execute(&mut *conn).await.map_err(map_err)?;
+                    super::feed::keys_changed(conn, node, chunk).await?;
+                }
+            }
+            Ok(())
         }
 
         pub(super) async fn update_key(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, k: &Key) -> Result<()> {

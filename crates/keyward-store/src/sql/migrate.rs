@@ -40,6 +40,7 @@ macro_rules! migrations {
             9 => "0009_identities.sql",
             10 => "0010_limits_refills.sql",
             11 => "0011_lock_tag_feed_notify.sql",
+            12 => "0012_key_list_indexes.sql",
         )
     };
     ($dir:literal: $($version:literal => $file:literal),* $(,)?) => {

@@ -65,7 +65,7 @@ macro_rules! sql_backend {
             crate::sql::imports::for_backend!($DB, $Row);
         }
         mod keys {
-            crate::sql::keys::for_backend!($DB, $Row, $instr);
+            crate::sql::keys::for_backend!($DB, $Row, $name, $instr);
         }
         mod leases {
             crate::sql::leases::for_backend!($DB);
@@ -149,6 +149,12 @@ macro_rules! sql_backend {
                 }
                 async fn insert_key(&mut self, k: &Key) -> Result<()> {
                     keys::insert_key(&mut self.tx, &self.node, k).await
+                }
+                async fn insert_keys(&mut self, k: &[Key]) -> Result<()> {
+                    keys::insert_keys(&mut self.tx, &self.node, k).await
+                }
+                async fn revoke_keys(&mut self, k: &[Key]) -> Result<()> {
+                    keys::revoke_keys(&mut self.tx, &self.node, k).await
                 }
                 async fn update_key(&mut self, k: &Key) -> Result<()> {
                     keys::update_key(&mut self.tx, &self.node, k).await
@@ -249,10 +255,16 @@ macro_rules! sql_backend {
                 async fn append_audit(&mut self, e: NewEvent) -> Result<AuditEvent> {
                     audit::append_audit(&mut self.tx, &mut self.known.audit_head, e).await
                 }
+                async fn append_audits(&mut self, e: Vec<NewEvent>) -> Result<Vec<AuditEvent>> {
+                    audit::append_audits(&mut self.tx, &mut self.known.audit_head, e).await
+                }
 
                 // webhooks.rs
                 async fn enqueue(&mut self, e: &OutboxEvent) -> Result<()> {
                     webhooks::enqueue(&mut self.tx, &mut self.known.webhooks, e).await
+                }
+                async fn enqueue_all(&mut self, e: &[OutboxEvent]) -> Result<()> {
+                    webhooks::enqueue_all(&mut self.tx, &mut self.known.webhooks, e).await
                 }
                 async fn insert_webhook(&mut self, h: &Webhook, secret: &str) -> Result<()> {
                     self.known.webhooks = None;

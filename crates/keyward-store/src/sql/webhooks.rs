@@ -77,6 +77,16 @@ macro_rules! for_backend {
         /// Queues `e` for the webhooks that want it: `known`, when the transaction knows them
         /// (see `known`), else read (and then known).
         pub(super) async fn enqueue(conn: &mut <$DB as sqlx::Database>::Connection, known: &mut Option<std::sync::Arc<Vec<Webhook>>>, e: &OutboxEvent) -> Result<()> {
+            enqueue_all(conn, known, std::slice::from_ref(e)).await
+        }
+
+        /// Queues each of `events` for the webhooks that want it, in a few multi-row
+        /// statements per few hundred events (see [`enqueue`]).
+        pub(super) async fn enqueue_all(conn: &mut <$DB as sqlx::Database>::Connection, known: &mut Option<std::sync::Arc<Vec<Webhook>>>, events: &[OutboxEvent]) -> Result<()> {
+            const CHUNK: usize = 500;
+            if events.is_empty() {
+                return Ok(());
+            }
             let all = match known {
                 Some(all) => all.clone(),
                 None => {
@@ -87,40 +97,50 @@ macro_rules! for_backend {
                     all
                 }
             };
-            let mut hooks = Vec::new();
-            for hook in all.iter() {
-                let kind_ok = hook.events.iter().any(|t| t == &e.kind);
-                let ks_ok = hook.keyspace_id.is_none() || hook.keyspace_id == e.keyspace_id;
-                if kind_ok && ks_ok {
-                    hooks.push(hook);
+            // Only events that some webhook wants are kept.
+            let mut wanted: Vec<&OutboxEvent> = Vec::new();
+            let mut deliveries: Vec<(String, &str, &OutboxEvent)> = Vec::new();
+            for e in events {
+                let mut any = false;
+                for hook in all.iter() {
+                    let kind_ok = hook.events.iter().any(|t| t == &e.kind);
+                    let ks_ok = hook.keyspace_id.is_none() || hook.keyspace_id == e.keyspace_id;
+                    if kind_ok && ks_ok {
+                        deliveries.push((keyward_core::id::new_id("dlv", e.at), hook.id.as_str(), e));
+                        any = true;
+                    }
+                }
+                if any {
+                    wanted.push(e);
                 }
             }
-            // Only events that some webhook wants are kept.
-            if hooks.is_empty() {
-                return Ok(());
+            for chunk in wanted.chunks(CHUNK) {
+                let mut q = sqlx::QueryBuilder::<$DB>::new("INSERT INTO webhook_events (id, type, at, keyspace_id, key_id, body) ");
+                q.push_values(chunk, |mut b, e| {
+                    b.push_bind(e.id.clone())
+                        .push_bind(e.kind.clone())
+                        .push_bind(e.at.millis())
+                        .push_bind(e.keyspace_id.clone())
+                        .push_bind(e.key_id.clone())
+                        .push_bind(e.body.clone());
+                });
+                q.build().execute(&mut *conn).await.map_err(map_err)?;
             }
-            sqlx::query("INSERT INTO webhook_events (id, type, at, keyspace_id, key_id, body) VALUES ($1, $2, $3, $4, $5, $6)")
-                .bind(&e.id)
-                .bind(&e.kind)
-                .bind(e.at.millis())
-                .bind(&e.keyspace_id)
-                .bind(&e.key_id)
-                .bind(&e.body)
-                .execute(&mut *conn)
-                .await
-                .map_err(map_err)?;
-            for hook in &hooks {
-                sqlx::query(
-                    "INSERT INTO webhook_deliveries (id, webhook_id, event_id, attempts, next_at, lease_until, state, created_at) \
-                     VALUES ($1, $2, $3, 0, $4, NULL, 'pending', $4)",
-                )
-                .bind(keyward_core::id::new_id("dlv", e.at))
-                .bind(&hook.id)
-                .bind(&e.id)
-                .bind(e.at.millis())
-                .execute(&mut *conn)
-                .await
-                .map_err(map_err)?;
+            for chunk in deliveries.chunks(CHUNK) {
+                let mut q = sqlx::QueryBuilder::<$DB>::new(
+                    "INSERT INTO webhook_deliveries (id, webhook_id, event_id, attempts, next_at, lease_until, state, created_at) ",
+                );
+                q.push_values(chunk, |mut b, (id, hook, e)| {
+                    b.push_bind(id.clone())
+                        .push_bind(hook.to_string())
+                        .push_bind(e.id.clone())
+                        .push("0")
+                        .push_bind(e.at.millis())
+                        .push("NULL")
+                        .push("'pending'")
+                        .push_bind(e.at.millis());
+                });
+                q.build().execute(&mut *conn).await.map_err(map_err)?;
             }
             Ok(())
         }

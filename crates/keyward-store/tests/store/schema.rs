@@ -194,6 +194,7 @@ fn expected_migrations(db: &TestDb) -> Vec<(i64, String, Vec<u8>)> {
         "identities",
         "limits refills",
         "lock tag feed notify",
+        "key list indexes",
     ];
     let newer = [
         (
@@ -220,6 +221,11 @@ fn expected_migrations(db: &TestDb) -> Vec<(i64, String, Vec<u8>)> {
             11,
             include_str!("../../migrations/sqlite/0011_lock_tag_feed_notify.sql"),
             include_str!("../../migrations/postgres/0011_lock_tag_feed_notify.sql"),
+        ),
+        (
+            12,
+            include_str!("../../migrations/sqlite/0012_key_list_indexes.sql"),
+            include_str!("../../migrations/postgres/0012_key_list_indexes.sql"),
         ),
     ];
     OLD_MIGRATIONS
