@@ -80,6 +80,22 @@ pub(crate) fn findings(k: &Key, ks: &Keyspace, now: Timestamp) -> Vec<&'static s
     f
 }
 
+/// The thresholds [`findings`] applies to keyspace `ks`'s keys at `now`, for counting them in
+/// the database (the dashboard's overview): the same rules, so the two agree.
+pub(crate) fn census_rules(ks: &Keyspace, now: Timestamp) -> keyward_store::CensusRules {
+    let p = &ks.policy;
+    let threshold_ms = p
+        .inactivity_revoke_secs
+        .map(|s| s * 1000 / 2)
+        .unwrap_or(90 * DAY_MS);
+    keyward_store::CensusRules {
+        keyspace_id: ks.id.clone(),
+        max_lifetime_ms: p.max_lifetime_secs.map(|s| s.saturating_mul(1000)),
+        warn_until: p.expiry_warning_secs.map(|w| now.plus_secs(w)),
+        inactive_before: now.plus_millis(-threshold_ms),
+    }
+}
+
 /// Every key the context may see (in one keyspace, or all), with findings at `now`, read a
 /// page at a time ([`Inventory::next_page`]): a report of a million keys is streamed in the
 /// memory of one page.
@@ -88,7 +104,9 @@ pub(crate) struct Inventory {
     keyspace_ids: Option<Vec<String>>,
     now: Timestamp,
     spaces: HashMap<String, Keyspace>,
-    after: Option<(i64, String)>,
+    /// The read of the next page, started when the page before it arrived (the store reads it
+    /// while that one is written out).
+    next: Option<tokio::task::JoinHandle<std::result::Result<Vec<Key>, keyward_store::StoreError>>>,
     done: bool,
 }
 
@@ -116,7 +134,7 @@ impl Inventory {
             keyspace_ids,
             now: st.clock.now(),
             spaces: HashMap::new(),
-            after: None,
+            next: None,
             done: false,
         })
     }
@@ -126,22 +144,22 @@ impl Inventory {
         if self.done {
             return Ok(None);
         }
-        let filter = KeyFilter {
-            keyspace_ids: self.keyspace_ids.clone(),
-            now: self.now,
-            page: Page {
-                limit: INVENTORY_PAGE,
-                after: self.after.clone(),
-            },
-            ..KeyFilter::default()
+        let pending = match self.next.take() {
+            Some(p) => p,
+            None => self.read(None),
         };
-        let keys = self.st.store.list_keys(&filter).await?;
+        let keys = pending.await.map_err(|e| {
+            crate::error::Error::internal(format!("the inventory read failed: {e}"))
+        })??;
         let Some(last) = keys.last() else {
             self.done = true;
             return Ok(None);
         };
-        self.after = Some((last.created_at.millis(), last.id.clone()));
-        self.done = (keys.len() as i64) < INVENTORY_PAGE;
+        if (keys.len() as i64) < INVENTORY_PAGE {
+            self.done = true;
+        } else {
+            self.next = Some(self.read(Some((last.created_at.millis(), last.id.clone()))));
+        }
         let now = self.now;
         let mut rows = Vec::with_capacity(keys.len());
         for k in keys {
@@ -173,6 +191,24 @@ impl Inventory {
         Ok(Some(rows))
     }
 
+    /// Starts reading the page after `after`.
+    fn read(
+        &self,
+        after: Option<(i64, String)>,
+    ) -> tokio::task::JoinHandle<std::result::Result<Vec<Key>, keyward_store::StoreError>> {
+        let filter = KeyFilter {
+            keyspace_ids: self.keyspace_ids.clone(),
+            now: self.now,
+            page: Page {
+                limit: INVENTORY_PAGE,
+                after,
+            },
+            ..KeyFilter::default()
+        };
+        let store = self.st.store.clone();
+        tokio::spawn(async move { store.list_keys(&filter).await })
+    }
+
     /// Every row at once (the dashboard's summary page).
     pub(crate) async fn all(mut self) -> Result<Vec<Row>> {
         let mut rows = Vec::new();
@@ -190,11 +226,15 @@ impl Inventory {
         for r in first.iter().flatten() {
             push_csv_row(&mut head, r);
         }
-        Ok(self.stream(head, |out, rows| {
-            for r in rows {
-                push_csv_row(out, r);
-            }
-        }, String::new()))
+        Ok(self.stream(
+            head,
+            |out, rows| {
+                for r in rows {
+                    push_csv_row(out, r);
+                }
+            },
+            String::new(),
+        ))
     }
 
     /// The report as a streamed JSON body: `{"keyspace_id", "generated_at", "items": [...]}`,
@@ -234,21 +274,32 @@ impl Inventory {
             Done,
         }
         let state = (self, Step::Head(head), write, Some(tail));
-        let s = futures_util::stream::unfold(state, |(mut inv, step, mut write, mut tail)| async move {
-            match step {
-                Step::Head(h) => Some((Ok::<_, std::io::Error>(h), (inv, Step::Pages, write, tail))),
-                Step::Pages => match inv.next_page().await {
-                    Ok(Some(rows)) => {
-                        let mut out = String::new();
-                        write(&mut out, &rows);
-                        Some((Ok(out), (inv, Step::Pages, write, tail)))
+        let s = futures_util::stream::unfold(
+            state,
+            |(mut inv, step, mut write, mut tail)| async move {
+                match step {
+                    Step::Head(h) => {
+                        Some((Ok::<_, std::io::Error>(h), (inv, Step::Pages, write, tail)))
                     }
-                    Ok(None) => Some((Ok(tail.take().unwrap_or_default()), (inv, Step::Done, write, tail))),
-                    Err(e) => Some((Err(std::io::Error::other(e.message)), (inv, Step::Done, write, tail))),
-                },
-                Step::Done => None,
-            }
-        });
+                    Step::Pages => match inv.next_page().await {
+                        Ok(Some(rows)) => {
+                            let mut out = String::new();
+                            write(&mut out, &rows);
+                            Some((Ok(out), (inv, Step::Pages, write, tail)))
+                        }
+                        Ok(None) => Some((
+                            Ok(tail.take().unwrap_or_default()),
+                            (inv, Step::Done, write, tail),
+                        )),
+                        Err(e) => Some((
+                            Err(std::io::Error::other(e.message)),
+                            (inv, Step::Done, write, tail),
+                        )),
+                    },
+                    Step::Done => None,
+                }
+            },
+        );
         axum::body::Body::from_stream(s)
     }
 }

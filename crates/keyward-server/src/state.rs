@@ -33,6 +33,8 @@ pub struct Shared {
     pub(crate) github: crate::github::GithubKeys,
     /// This node's bounds on leak reports.
     pub(crate) leaks: crate::throttle::LeakGate,
+    /// The dashboard overview's counts, kept when they are costly to take.
+    pub(crate) census: crate::dashboard::census::Cache,
     pub config: Arc<Config>,
 }
 
@@ -134,6 +136,7 @@ impl AppState {
             },
             github: crate::github::GithubKeys::from_config(&config),
             leaks: crate::throttle::LeakGate::default(),
+            census: crate::dashboard::census::Cache::default(),
             config: Arc::new(config),
         }))
     }

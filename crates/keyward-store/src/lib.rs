@@ -94,6 +94,47 @@ pub struct KeyFilter {
     pub page: Page<TimeCursor>,
 }
 
+/// The thresholds of a keyspace's findings (its policy, as the inventory report reads it), for
+/// [`Store::key_census`] and [`Store::flagged_keys`].
+#[derive(Clone, Debug)]
+pub struct CensusRules {
+    pub keyspace_id: String,
+    /// The policy's `max_lifetime_secs`, in milliseconds.
+    pub max_lifetime_ms: Option<i64>,
+    /// Keys expiring at or before this instant are `expiring_soon` (no warning window: none).
+    pub warn_until: Option<Timestamp>,
+    /// Keys last used (or, never used, created) at or before this instant are `inactive`.
+    pub inactive_before: Timestamp,
+}
+
+/// One keyspace's keys counted by status as of an instant, with the live keys (active,
+/// rotating, disabled) each finding of the inventory report flags, and every key's
+/// verifications.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyCensus {
+    pub active: i64,
+    pub rotating: i64,
+    pub disabled: i64,
+    pub expired: i64,
+    pub revoked: i64,
+    pub no_owner: i64,
+    pub no_expiry: i64,
+    pub too_long: i64,
+    pub expiring: i64,
+    pub inactive: i64,
+    pub calls: i64,
+    pub denied: i64,
+}
+
+/// Which flagged keys [`Store::flagged_keys`] reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flagged {
+    /// Live keys expiring within the warning window, soonest first.
+    Expiring,
+    /// Live inactive keys, least recently used first.
+    Inactive,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct AuditFilter {
     pub target_id: Option<String>,
@@ -417,6 +458,16 @@ pub trait Store: Send + Sync + 'static {
     async fn key(&self, id: &str) -> Result<Option<Key>>;
     async fn key_by_hash(&self, hash: &KeyHash) -> Result<Option<Key>>;
     async fn list_keys(&self, filter: &KeyFilter) -> Result<Vec<Key>>;
+    /// One keyspace's keys counted in the database as of `now` (one pass over its keys).
+    async fn key_census(&self, rules: &CensusRules, now: Timestamp) -> Result<KeyCensus>;
+    /// The first `limit` live keys of one keyspace that a finding flags, in its order.
+    async fn flagged_keys(
+        &self,
+        rules: &CensusRules,
+        which: Flagged,
+        now: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<Key>>;
     /// An identity; with `keyspace_ids`, only if it owns a key in one of them.
     async fn identity(&self, id: &str, keyspace_ids: Option<&[String]>)
         -> Result<Option<Identity>>;

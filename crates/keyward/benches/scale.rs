@@ -43,9 +43,30 @@ const DAY: i64 = 86_400_000;
 const OWNERS: u64 = 100_000;
 const BIG_OWNER: &str = "owner-big";
 const WORDS: [&str; 24] = [
-    "billing", "search", "export", "mobile", "partner", "analytics", "checkout", "ledger",
-    "payroll", "ingest", "reports", "backup", "webhook", "gateway", "catalog", "inventory",
-    "shipping", "support", "identity", "pricing", "metrics", "alerts", "sync", "archive",
+    "billing",
+    "search",
+    "export",
+    "mobile",
+    "partner",
+    "analytics",
+    "checkout",
+    "ledger",
+    "payroll",
+    "ingest",
+    "reports",
+    "backup",
+    "webhook",
+    "gateway",
+    "catalog",
+    "inventory",
+    "shipping",
+    "support",
+    "identity",
+    "pricing",
+    "metrics",
+    "alerts",
+    "sync",
+    "archive",
 ];
 const ENVS: [&str; 3] = ["prod", "staging", "dev"];
 
@@ -70,7 +91,7 @@ fn key_number(i: u64, n: u64, ks: &str, prefix: &str, now: Timestamp, rng: &mut 
     let plaintext = keyward_core::keyformat::generate(prefix);
     let mut k = Key::for_plaintext(plaintext.expose(), ks, created, Actor::cli("generator"))
         .expect("a generated key parses");
-    k.owner = Some(if i % 100 == 0 {
+    k.owner = Some(if i.is_multiple_of(100) {
         BIG_OWNER.to_string()
     } else {
         format!("user-{:05}", rng.below(OWNERS))
@@ -107,7 +128,8 @@ fn key_number(i: u64, n: u64, ks: &str, prefix: &str, now: Timestamp, rng: &mut 
             k.call_count = 1 + rng.below(100_000) as i64;
         }
         6..=7 => {
-            k.last_used_at = Some(now.plus_millis(-(30 * DAY + rng.below(335 * DAY as u64) as i64)));
+            k.last_used_at =
+                Some(now.plus_millis(-(30 * DAY + rng.below(335 * DAY as u64) as i64)));
             k.call_count = 1 + rng.below(1_000) as i64;
         }
         _ => {}
@@ -210,7 +232,12 @@ async fn serve(db: &str) -> Server {
 }
 
 impl Server {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Vec<u8>) {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Vec<u8>) {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.url))
@@ -259,39 +286,101 @@ async fn latency(name: &str, n: usize, mut get: impl AsyncFnMut(usize) -> (u16, 
     );
 }
 
-/// The process's peak resident memory so far (`VmHWM`), in MiB.
-fn peak_mib() -> f64 {
+/// The process's anonymous resident memory now (`RssAnon`: the heap, not the database files
+/// SQLite maps), in MiB.
+fn anon_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with("RssAnon:"))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
 }
 
+/// Streams `path` to the end without keeping it: (bytes, lines, seconds, the most anonymous
+/// memory the process held above what it held before, sampled every 20 ms, in MiB).
+async fn stream(s: &Server, path: &str) -> (usize, usize, f64, f64) {
+    let before = anon_mib();
+    let peak = Arc::new(std::sync::Mutex::new(before));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        tokio::spawn(async move {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let now = anon_mib();
+                if let Ok(mut p) = peak.lock() {
+                    *p = p.max(now);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let started = Instant::now();
+    let mut res = s
+        .http
+        .get(format!("{}{path}", s.url))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status().as_u16(), 200, "{path}");
+    let (mut bytes, mut lines) = (0, 0);
+    while let Some(chunk) = res.chunk().await.expect("body") {
+        bytes += chunk.len();
+        lines += chunk.iter().filter(|b| **b == b'\n').count();
+    }
+    let took = started.elapsed().as_secs_f64();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = sampler.await;
+    let peak = peak.lock().map(|p| *p).unwrap_or(before);
+    (bytes, lines, took, peak - before)
+}
+
 async fn lists(s: &Server, ks: &str) {
     let page = |q: String| format!("/v1/keys?keyspace_id={ks}&limit=50{q}");
     let mut rng = Rng(7);
-    let filters: Vec<(&str, Box<dyn Fn(&mut Rng) -> String>)> = vec![
+    type Query = Box<dyn Fn(&mut Rng) -> String>;
+    let filters: Vec<(&str, Query)> = vec![
         ("none", Box::new(|_| String::new())),
-        ("owner", Box::new(|r| format!("&owner=user-{:05}", r.below(OWNERS)))),
-        ("owner (10,000 keys)", Box::new(|_| format!("&owner={BIG_OWNER}"))),
+        (
+            "owner",
+            Box::new(|r| format!("&owner=user-{:05}", r.below(OWNERS))),
+        ),
+        (
+            "owner (10,000 keys)",
+            Box::new(|_| format!("&owner={BIG_OWNER}")),
+        ),
         ("status=active", Box::new(|_| "&status=active".into())),
         ("status=revoked", Box::new(|_| "&status=revoked".into())),
         ("status=expired", Box::new(|_| "&status=expired".into())),
         ("status=disabled", Box::new(|_| "&status=disabled".into())),
         ("status=rotating", Box::new(|_| "&status=rotating".into())),
         ("label env:prod", Box::new(|_| "&label=env:prod".into())),
-        ("label team (1 %)", Box::new(|r| format!("&label=team:team-{}", r.below(100)))),
+        (
+            "label team (1 %)",
+            Box::new(|r| format!("&label=team:team-{}", r.below(100))),
+        ),
         ("label no match", Box::new(|_| "&label=env:nowhere".into())),
-        ("q word", Box::new(|r| format!("&q={}", WORDS[r.below(WORDS.len() as u64) as usize]))),
-        ("q one key", Box::new(|r| format!("&q=%20{}", 100_000 + r.below(800_000)))),
+        (
+            "q word",
+            Box::new(|r| format!("&q={}", WORDS[r.below(WORDS.len() as u64) as usize])),
+        ),
+        (
+            "q one key",
+            Box::new(|r| format!("&q=%20{}", 100_000 + r.below(800_000))),
+        ),
         ("q no match", Box::new(|_| "&q=zzzz".into())),
-        ("unused_for_secs=90d", Box::new(|_| "&unused_for_secs=7776000".into())),
-        ("owner + status=active", Box::new(|r| format!("&owner=user-{:05}&status=active", r.below(OWNERS)))),
+        (
+            "unused_for_secs=90d",
+            Box::new(|_| "&unused_for_secs=7776000".into()),
+        ),
+        (
+            "owner + status=active",
+            Box::new(|r| format!("&owner=user-{:05}&status=active", r.below(OWNERS))),
+        ),
     ];
     for (name, q) in &filters {
         let paths: Vec<String> = (0..100).map(|_| page(q(&mut rng))).collect();
@@ -362,7 +451,11 @@ async fn dashboard_session(s: &Server) -> String {
     let res = http
         .post(format!("{}/login", s.url))
         .header("cookie", form)
-        .form(&[("csrf", csrf), ("email", "bench@example.com"), ("password", password)])
+        .form(&[
+            ("csrf", csrf),
+            ("email", "bench@example.com"),
+            ("password", password),
+        ])
         .send()
         .await
         .expect("sign in");
@@ -395,38 +488,18 @@ async fn dashboard(s: &Server, ks: &str, key: &str) {
 
 async fn streams(s: &Server, ks: &str, n: u64) {
     for format in ["csv", "json"] {
-        let before = peak_mib();
-        let started = Instant::now();
-        let (status, body) = s
-            .call(
-                reqwest::Method::GET,
-                &format!("/v1/reports/inventory?keyspace_id={ks}&format={format}"),
-                None,
-            )
-            .await;
-        let took = started.elapsed();
-        assert_eq!(status, 200);
+        let path = format!("/v1/reports/inventory?keyspace_id={ks}&format={format}");
+        let (bytes, _, took, grew) = stream(s, &path).await;
         println!(
-            "inventory/{format}: {:.0} keys/s ({n} keys, {:.0} MiB in {:.1} s; peak memory {before:.0} → {:.0} MiB)",
-            n as f64 / took.as_secs_f64(),
-            body.len() as f64 / 1048576.0,
-            took.as_secs_f64(),
-            peak_mib()
+            "inventory/{format}: {:.0} keys/s ({n} keys, {:.0} MiB in {took:.1} s; memory grew by at most {grew:.0} MiB)",
+            n as f64 / took,
+            bytes as f64 / 1048576.0,
         );
     }
-    let before = peak_mib();
-    let started = Instant::now();
-    let (status, body) = s
-        .call(reqwest::Method::GET, "/v1/audit/export?format=jsonl", None)
-        .await;
-    assert_eq!(status, 200);
-    let events = body.iter().filter(|b| **b == b'\n').count();
-    let took = started.elapsed();
+    let (_, events, took, grew) = stream(s, "/v1/audit/export?format=jsonl").await;
     println!(
-        "audit/export: {:.0} events/s ({events} events in {:.1} s; peak memory {before:.0} → {:.0} MiB)",
-        events as f64 / took.as_secs_f64(),
-        took.as_secs_f64(),
-        peak_mib()
+        "audit/export: {:.0} events/s ({events} events in {took:.1} s; memory grew by at most {grew:.0} MiB)",
+        events as f64 / took,
     );
     let started = Instant::now();
     let v = s.get_json("/v1/audit/verify").await;
@@ -444,7 +517,9 @@ async fn bulk_revoke(s: &Server, ks: &str) {
         .call(
             reqwest::Method::POST,
             "/v1/keys/revoke",
-            Some(json!({"owner": BIG_OWNER, "keyspace_id": ks, "reason": "bench: left the company"})),
+            Some(
+                json!({"owner": BIG_OWNER, "keyspace_id": ks, "reason": "bench: left the company"}),
+            ),
         )
         .await;
     let took = started.elapsed();
@@ -459,7 +534,10 @@ async fn bulk_revoke(s: &Server, ks: &str) {
 
 async fn run(name: &str, db: &str, n: u64) {
     let s = serve(db).await;
-    let prefix = format!("s{}", keyward_core::keyformat::base62_random(6).to_lowercase());
+    let prefix = format!(
+        "s{}",
+        keyward_core::keyformat::base62_random(6).to_lowercase()
+    );
     let ks = s
         .call(
             reqwest::Method::POST,
@@ -483,9 +561,11 @@ async fn run(name: &str, db: &str, n: u64) {
         // What autovacuum does within a minute of a load this size: the planner's statistics.
         use sqlx::Executor;
         let pool = sqlx::PgPool::connect(db).await.expect("postgres");
-        pool.execute("ANALYZE keys; ANALYZE key_labels; ANALYZE key_counters; ANALYZE audit_events")
-            .await
-            .expect("analyze");
+        pool.execute(
+            "ANALYZE keys; ANALYZE key_labels; ANALYZE key_counters; ANALYZE audit_events",
+        )
+        .await
+        .expect("analyze");
         pool.close().await;
     }
     lists(&s, &ks).await;
@@ -502,7 +582,8 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    let backends = std::env::var("KEYWARD_SCALE_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
+    let backends =
+        std::env::var("KEYWARD_SCALE_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
     // Server errors and warnings on stderr (a failed request names its request id).
     tracing_subscriber::fmt()
         .with_max_level(tracing::Level::WARN)
@@ -522,7 +603,11 @@ fn main() {
             let db = format!("sqlite://{}", dir.join("k.db").display());
             run("SQLite", &db, n).await;
             let size: u64 = std::fs::read_dir(&dir)
-                .map(|d| d.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum())
+                .map(|d| {
+                    d.filter_map(|e| e.ok()?.metadata().ok())
+                        .map(|m| m.len())
+                        .sum()
+                })
                 .unwrap_or(0);
             println!("database: {:.0} MiB on disk", size as f64 / 1048576.0);
             let _ = std::fs::remove_dir_all(&dir);

@@ -10,7 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use keyward_core::kinds::AuditAction;
-use keyward_core::model::{Key, KeyStatus, Keyspace, Permission};
+use keyward_core::model::{Key, KeyStatus, Permission};
 use keyward_core::policy::Policy;
 use keyward_core::time::Timestamp;
 use keyward_store::{AuditFilter, KeyFilter, Page};
@@ -22,19 +22,16 @@ use super::data::{all_keyspaces, keyspace_names, scan_keys};
 use super::ui;
 use super::usage;
 use super::views::keys::{
-    self as view, KeyCounts, KeyDetail, KeyForm, KeyList, Overview, RevokeOwner, Sort, SORTS,
-    STATUSES,
+    self as view, KeyDetail, KeyForm, KeyList, Overview, RevokeOwner, Sort, SORTS,
 };
 use super::{redirect, Form, PageError, PageResult, QueryMap, SignedIn};
 use crate::authz::{self, Allowed};
 use crate::error::ErrorCode;
 use crate::http::extract::{encode_cursor, time_cursor};
-use crate::reports;
 use crate::service;
 use crate::state::AppState;
 
 /// The overview reads at most this many keys (newest first) for its counts.
-const OVERVIEW_CAP: usize = 20_000;
 /// Sorting other than "newest first" happens in memory over at most this many matches.
 const SORT_CAP: usize = 5_000;
 const PAGE_SIZE: i64 = 50;
@@ -65,56 +62,6 @@ fn done_message(q: &QueryMap) -> Option<&'static str> {
 
 // ---------------------------------------------------------------- overview
 
-/// The overview's counts over `keys`: per status (overall and per keyspace), verifications, and
-/// the live keys the inventory report would flag.
-fn count_keys<'a>(keys: &'a [Key], kss: &[Keyspace], now: Timestamp) -> KeyCounts<'a> {
-    let spaces: HashMap<&str, &Keyspace> = kss.iter().map(|k| (k.id.as_str(), k)).collect();
-    let mut per_ks: HashMap<&str, [usize; 5]> = HashMap::new();
-    let mut totals = [0usize; 5];
-    let (mut calls, mut denied) = (0i64, 0i64);
-    let mut expiring: Vec<&Key> = Vec::new();
-    let mut inactive: Vec<&Key> = Vec::new();
-    let (mut no_owner, mut no_expiry, mut too_long) = (0, 0, 0);
-    for k in keys {
-        let status = k.status(now);
-        let i = STATUSES.iter().position(|x| *x == status).unwrap_or(0);
-        per_ks.entry(k.keyspace_id.as_str()).or_default()[i] += 1;
-        totals[i] += 1;
-        calls += k.call_count;
-        denied += k.denied_count;
-        if matches!(status, KeyStatus::Revoked | KeyStatus::Expired) {
-            continue;
-        }
-        // The inventory report's rules, so the overview and the report agree.
-        let Some(ks) = spaces.get(k.keyspace_id.as_str()) else {
-            continue;
-        };
-        let f = reports::findings(k, ks, now);
-        if f.contains(&"expiring_soon") {
-            expiring.push(k);
-        }
-        if f.contains(&"inactive") {
-            inactive.push(k);
-        }
-        no_owner += usize::from(f.contains(&"no_owner"));
-        no_expiry += usize::from(f.contains(&"no_expiry"));
-        too_long += usize::from(f.contains(&"exceeds_max_lifetime"));
-    }
-    expiring.sort_by_key(|k| k.expires_at);
-    inactive.sort_by_key(|k| k.last_used_at.unwrap_or(k.created_at));
-    KeyCounts {
-        totals,
-        per_keyspace: per_ks,
-        calls,
-        denied,
-        expiring,
-        inactive,
-        no_owner,
-        no_expiry,
-        too_long,
-    }
-}
-
 pub(crate) async fn overview(
     State(st): State<AppState>,
     s: SignedIn,
@@ -124,23 +71,10 @@ pub(crate) async fn overview(
     let who = ctx.allow::<authz::ReadKeys>()?;
     let now = st.clock().now();
     let kss = all_keyspaces(&st, &ctx).await?;
-    let names = keyspace_names(&kss);
-    let (keys, capped) = scan_keys(
-        &st,
-        &who,
-        KeyFilter {
-            now,
-            ..Default::default()
-        },
-        OVERVIEW_CAP,
-    )
-    .await?;
-    let counts = count_keys(&keys, &kss, now);
-    let key_names: HashMap<String, String> = keys
-        .iter()
-        .map(|k| (k.id.clone(), k.name.clone()))
-        .collect();
-    let usage_24h = usage::overview_usage(&st, &who, &key_names).await?;
+    let census = super::census::census(&st, &kss, now)
+        .await
+        .map_err(crate::error::Error::from)?;
+    let mut usage_24h = usage::overview_usage(&st, &who, &HashMap::new()).await?;
     let anomalies = usage::recent_anomalies(&st, &who).await?;
     // Reported leaks are audit events: shown to the roles that read the audit trail.
     let leaks = match ctx.allow::<authz::ReadAudit>() {
@@ -157,6 +91,33 @@ pub(crate) async fn overview(
         }
         Err(_) => None,
     };
+    // The names of the keys the page mentions (the busiest, the anomalies', the leaked).
+    let mut mentioned: Vec<String> = usage_24h
+        .top
+        .iter()
+        .map(|t| t.id.clone())
+        .chain(anomalies.items.iter().map(|a| a.key_id.clone()))
+        .chain(leaks.iter().flatten().map(|e| e.target_id.clone()))
+        .collect();
+    mentioned.sort();
+    mentioned.dedup();
+    let mut key_names: HashMap<String, String> = HashMap::new();
+    for id in mentioned {
+        let key = st
+            .store()
+            .key(&id)
+            .await
+            .map_err(crate::error::Error::from)?;
+        if let Some(k) = key {
+            key_names.insert(id, k.name);
+        }
+    }
+    for t in &mut usage_24h.top {
+        if let Some(name) = key_names.get(&t.id) {
+            t.name = name.clone();
+        }
+    }
+    let names = keyspace_names(&kss);
 
     Ok(view::overview(
         &s,
@@ -165,8 +126,7 @@ pub(crate) async fn overview(
             may_write_keys: s.may(Permission::WriteKeys),
             may_write_keyspaces: s.may(Permission::WriteKeyspaces),
             may_read_audit: s.may(Permission::ReadAudit),
-            capped_at: capped.then_some(OVERVIEW_CAP),
-            counts,
+            census: &census,
             usage_24h,
             keyspaces: &kss,
             keyspace_names: &names,

@@ -32,6 +32,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod auth;
+pub(crate) mod census;
 pub(crate) mod chart;
 pub(crate) mod data;
 pub(crate) mod identities;

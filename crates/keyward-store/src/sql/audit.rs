@@ -47,15 +47,25 @@ macro_rules! for_backend {
 
         /// Appends `e` after the chain's last event: `head` when the transaction knows it (see
         /// `known`), else read; `head` is this event afterwards.
-        pub(super) async fn append_audit(conn: &mut <$DB as sqlx::Database>::Connection, head: &mut Option<(i64, String)>, e: NewEvent) -> Result<AuditEvent> {
+        pub(super) async fn append_audit(
+            conn: &mut <$DB as sqlx::Database>::Connection,
+            head: &mut Option<(i64, String)>,
+            e: NewEvent,
+        ) -> Result<AuditEvent> {
             let mut events = append_audits(conn, head, vec![e]).await?;
-            events.pop().ok_or_else(|| crate::StoreError::Other("no audit event was appended".into()))
+            events
+                .pop()
+                .ok_or_else(|| crate::StoreError::Other("no audit event was appended".into()))
         }
 
         /// Appends `events` in order after the chain's last event, each chained to the one
         /// before, in multi-row statements (a bulk change writes one event per key without a
         /// round trip per event). `head` is the last of them afterwards.
-        pub(super) async fn append_audits(conn: &mut <$DB as sqlx::Database>::Connection, head: &mut Option<(i64, String)>, events: Vec<NewEvent>) -> Result<Vec<AuditEvent>> {
+        pub(super) async fn append_audits(
+            conn: &mut <$DB as sqlx::Database>::Connection,
+            head: &mut Option<(i64, String)>,
+            events: Vec<NewEvent>,
+        ) -> Result<Vec<AuditEvent>> {
             // 15 columns an event.
             const CHUNK: usize = 1000;
             if events.is_empty() {
@@ -64,10 +74,11 @@ macro_rules! for_backend {
             let (mut last_seq, mut prev_hash) = match head.take() {
                 Some(h) => h,
                 None => {
-                    let last = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
-                        .fetch_optional(&mut *conn)
-                        .await
-                        .map_err(map_err)?;
+                    let last =
+                        sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+                            .fetch_optional(&mut *conn)
+                            .await
+                            .map_err(map_err)?;
                     match last {
                         Some(r) => (get::<i64, _>(&r, "seq")?, get::<String, _>(&r, "hash")?),
                         None => (0, GENESIS_HASH.to_string()),
@@ -100,7 +111,9 @@ macro_rules! for_backend {
                 out.push((event, changes_text));
             }
             for chunk in out.chunks(CHUNK) {
-                let mut q = sqlx::QueryBuilder::<$DB>::new(format!("INSERT INTO audit_events ({AUDIT_COLS}) "));
+                let mut q = sqlx::QueryBuilder::<$DB>::new(format!(
+                    "INSERT INTO audit_events ({AUDIT_COLS}) "
+                ));
                 q.push_values(chunk, |mut b, (event, changes_text)| {
                     b.push_bind(event.seq)
                         .push_bind(event.id.clone())
@@ -124,8 +137,13 @@ macro_rules! for_backend {
             Ok(out.into_iter().map(|(e, _)| e).collect())
         }
 
-        pub(super) async fn list_audit(pool: &sqlx::Pool<$DB>, f: &AuditFilter) -> Result<Vec<AuditEvent>> {
-            let mut q = sqlx::QueryBuilder::<$DB>::new(format!("SELECT {AUDIT_COLS} FROM audit_events WHERE 1 = 1"));
+        pub(super) async fn list_audit(
+            pool: &sqlx::Pool<$DB>,
+            f: &AuditFilter,
+        ) -> Result<Vec<AuditEvent>> {
+            let mut q = sqlx::QueryBuilder::<$DB>::new(format!(
+                "SELECT {AUDIT_COLS} FROM audit_events WHERE 1 = 1"
+            ));
             if let Some(v) = &f.target_id {
                 q.push(" AND target_id = ").push_bind(v.clone());
             }
@@ -149,9 +167,20 @@ macro_rules! for_backend {
             rows.iter().map(audit_from_row).collect()
         }
 
-        pub(super) async fn audit_after(pool: &sqlx::Pool<$DB>, after_seq: i64, limit: i64) -> Result<Vec<AuditEvent>> {
-            let sql = format!("SELECT {AUDIT_COLS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2");
-            let rows = sqlx::query(&sql).bind(after_seq).bind(limit).fetch_all(pool).await.map_err(map_err)?;
+        pub(super) async fn audit_after(
+            pool: &sqlx::Pool<$DB>,
+            after_seq: i64,
+            limit: i64,
+        ) -> Result<Vec<AuditEvent>> {
+            let sql = format!(
+                "SELECT {AUDIT_COLS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2"
+            );
+            let rows = sqlx::query(&sql)
+                .bind(after_seq)
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+                .map_err(map_err)?;
             rows.iter().map(audit_from_row).collect()
         }
     };

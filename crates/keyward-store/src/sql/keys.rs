@@ -22,8 +22,8 @@ pub(super) const KEY_SELECT: &str = "id, keyspace_id, name, owner, scopes, label
     COALESCE((SELECT c.calls FROM key_counters c WHERE c.key_id = keys.id), 0) AS call_count, \
     COALESCE((SELECT c.denied FROM key_counters c WHERE c.key_id = keys.id), 0) AS denied_count, \
     ratelimit, \
-    remaining + CAST((SELECT COALESCE(SUM(q.amount), 0) FROM quota_leases q \
-    WHERE q.key_id = keys.id) AS BIGINT) AS remaining, \
+    CASE WHEN remaining IS NULL THEN NULL ELSE remaining + CAST((SELECT COALESCE(SUM(q.amount), 0) \
+    FROM quota_leases q WHERE q.key_id = keys.id) AS BIGINT) END AS remaining, \
     allowed_cidrs, external_id, ratelimits, refill, refill_anchor, refilled_at, \
     COALESCE((SELECT NOT i.enabled FROM identities i WHERE i.id = keys.owner), FALSE) AS owner_disabled, \
     (SELECT i.ratelimits FROM identities i WHERE i.id = keys.owner) AS owner_ratelimits, \
@@ -305,6 +305,82 @@ macro_rules! for_backend {
 
         fn ids_of(rows: Vec<$Row>) -> Result<Vec<String>> {
             rows.iter().map(|r| get(r, "id")).collect()
+        }
+
+        /// A keyspace's keys counted in one pass (see [`crate::Store::key_census`]); the
+        /// conditions are those of [`Key::status`] and the inventory report's findings.
+        pub(super) async fn key_census(pool: &sqlx::Pool<$DB>, r: &crate::CensusRules, now: Timestamp) -> Result<crate::KeyCensus> {
+            let now = now.millis();
+            let live = "k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > $2)";
+            // CAST: PostgreSQL sums BIGINT into NUMERIC.
+            let count = |cond: &str| format!("CAST(COALESCE(SUM(CASE WHEN {cond} THEN 1 ELSE 0 END), 0) AS BIGINT)");
+            let too_long = match r.max_lifetime_ms {
+                Some(_) => count(&format!("{live} AND (k.expires_at IS NULL OR k.expires_at > k.created_at + $3)")),
+                None => "0".into(),
+            };
+            let expiring = match r.warn_until {
+                Some(_) => count(&format!("{live} AND k.expires_at <= $4")),
+                None => "0".into(),
+            };
+            let sql = format!(
+                "SELECT {} AS revoked, {} AS expired, {} AS disabled, {} AS rotating, {} AS active, \
+                 {} AS no_owner, {} AS no_expiry, {too_long} AS too_long, {expiring} AS expiring, {} AS inactive, \
+                 CAST(COALESCE(SUM(c.calls), 0) AS BIGINT) AS calls, CAST(COALESCE(SUM(c.denied), 0) AS BIGINT) AS denied \
+                 FROM keys k LEFT JOIN key_counters c ON c.key_id = k.id WHERE k.keyspace_id = $1",
+                count("k.revoked_at IS NOT NULL"),
+                count("k.revoked_at IS NULL AND k.expires_at <= $2"),
+                count(&format!("{live} AND NOT k.enabled")),
+                count(&format!("{live} AND k.enabled AND k.rotated_to IS NOT NULL")),
+                count(&format!("{live} AND k.enabled AND k.rotated_to IS NULL")),
+                count(&format!("{live} AND k.owner IS NULL")),
+                count(&format!("{live} AND k.expires_at IS NULL")),
+                count(&format!("{live} AND COALESCE(c.last_used_at, k.created_at) <= $5")),
+            );
+            let row = sqlx::query(&sql)
+                .bind(&r.keyspace_id)
+                .bind(now)
+                .bind(r.max_lifetime_ms.unwrap_or(0))
+                .bind(r.warn_until.map(Timestamp::millis).unwrap_or(0))
+                .bind(r.inactive_before.millis())
+                .fetch_one(pool)
+                .await
+                .map_err(map_err)?;
+            Ok(crate::KeyCensus {
+                active: get(&row, "active")?,
+                rotating: get(&row, "rotating")?,
+                disabled: get(&row, "disabled")?,
+                expired: get(&row, "expired")?,
+                revoked: get(&row, "revoked")?,
+                no_owner: get(&row, "no_owner")?,
+                no_expiry: get(&row, "no_expiry")?,
+                too_long: get(&row, "too_long")?,
+                expiring: get(&row, "expiring")?,
+                inactive: get(&row, "inactive")?,
+                calls: get(&row, "calls")?,
+                denied: get(&row, "denied")?,
+            })
+        }
+
+        pub(super) async fn flagged_keys(pool: &sqlx::Pool<$DB>, r: &crate::CensusRules, which: crate::Flagged, now: Timestamp, limit: i64) -> Result<Vec<Key>> {
+            let now = now.millis();
+            let mut q = sqlx::QueryBuilder::<$DB>::new(format!("SELECT {KEY_SELECT} FROM keys WHERE keyspace_id = "));
+            q.push_bind(r.keyspace_id.clone());
+            q.push(" AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ").push_bind(now).push(")");
+            match which {
+                crate::Flagged::Expiring => {
+                    let Some(until) = r.warn_until else { return Ok(Vec::new()) };
+                    q.push(" AND expires_at <= ").push_bind(until.millis());
+                    q.push(" ORDER BY expires_at, id");
+                }
+                crate::Flagged::Inactive => {
+                    let last = "COALESCE((SELECT c.last_used_at FROM key_counters c WHERE c.key_id = keys.id), created_at)";
+                    q.push(format!(" AND {last} <= ")).push_bind(r.inactive_before.millis());
+                    q.push(format!(" ORDER BY {last}, id"));
+                }
+            }
+            q.push(" LIMIT ").push_bind(limit);
+            let rows = q.build().fetch_all(pool).await.map_err(map_err)?;
+            rows.iter().map(key_from_row).collect()
         }
 
         pub(super) async fn live_keys_of_owner(

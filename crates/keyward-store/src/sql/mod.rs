@@ -114,9 +114,9 @@ macro_rules! sql_backend {
             use crate::sql::common::{map_err, TAKE_WRITE_LOCK_COUNTING};
             use crate::users::{UserStore, UserTx};
             use crate::{
-                AfterAttempt, AnomalyFilter, Attempt, AuditFilter, Bucket, Change, DueDelivery,
-                KeyFilter, KeyImport, NewEvent, OutboxEvent, Page, Result, SlowCandidate, Store,
-                StoreTx, TimeCursor, Totals, UsageDelta,
+                AfterAttempt, AnomalyFilter, Attempt, AuditFilter, Bucket, CensusRules, Change,
+                DueDelivery, Flagged, KeyCensus, KeyFilter, KeyImport, NewEvent, OutboxEvent, Page,
+                Result, SlowCandidate, Store, StoreTx, TimeCursor, Totals, UsageDelta,
             };
 
             #[async_trait]
@@ -367,6 +367,22 @@ macro_rules! sql_backend {
                 }
                 async fn list_keys(&self, f: &KeyFilter) -> Result<Vec<Key>> {
                     keys::list_keys(&self.pool, f).await
+                }
+                async fn key_census(
+                    &self,
+                    rules: &CensusRules,
+                    now: Timestamp,
+                ) -> Result<KeyCensus> {
+                    keys::key_census(&self.pool, rules, now).await
+                }
+                async fn flagged_keys(
+                    &self,
+                    rules: &CensusRules,
+                    which: Flagged,
+                    now: Timestamp,
+                    limit: i64,
+                ) -> Result<Vec<Key>> {
+                    keys::flagged_keys(&self.pool, rules, which, now, limit).await
                 }
                 async fn identity(
                     &self,

@@ -382,3 +382,56 @@ async fn list_audit_pages_newest_first_by_seq(store: Arc<dyn Store>) {
 }
 conformance!(list_audit_pages_newest_first_by_seq
     => sqlite_list_audit_pages_newest_first_by_seq, postgres_list_audit_pages_newest_first_by_seq);
+
+/// Events appended in a batch are chained as if appended one by one, in order, and an event
+/// appended alone afterwards (in the same transaction or a later one) follows the batch's last.
+async fn a_batch_of_events_chains_like_single_appends(store: Arc<dyn Store>) {
+    append(
+        &store,
+        event("key.create", "key_first", at(1), Actor::system()),
+    )
+    .await;
+    let batch: Vec<NewEvent> = (0..1_203)
+        .map(|i| {
+            let mut e = event(
+                "key.revoke",
+                &format!("key_{i}"),
+                at(2),
+                token_actor("tok_bulk"),
+            );
+            e.changes
+                .insert("n".into(), json!({"i": i, "text": "ünï \"q\""}));
+            e
+        })
+        .collect();
+    let mut tx = store.begin().await.unwrap();
+    let stored = tx.append_audits(batch.clone()).await.unwrap();
+    let single = tx
+        .append_audit(event("key.create", "key_after", at(3), Actor::system()))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(stored.len(), batch.len());
+    for (s, sent) in stored.iter().zip(&batch) {
+        assert_carries(s, sent);
+    }
+    assert_eq!(stored[0].seq, 2);
+    assert_eq!(single.seq, 1_205);
+    assert_eq!(single.prev_hash, stored.last().unwrap().hash);
+    let all = all_events(&store).await;
+    assert_eq!(all.len(), 1_205);
+    assert_eq!(&all[1..1_204], &stored[..]);
+    assert!(matches!(verify(&all), ChainCheck::Ok { events: 1_205, .. }));
+    // An empty batch appends nothing and leaves the chain's head where it was.
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.append_audits(Vec::new()).await.unwrap().is_empty());
+    let next = tx
+        .append_audit(event("key.create", "key_last", at(4), Actor::system()))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!((next.seq, next.prev_hash), (1_206, single.hash));
+}
+conformance!(a_batch_of_events_chains_like_single_appends
+    => sqlite_a_batch_of_events_chains_like_single_appends,
+       postgres_a_batch_of_events_chains_like_single_appends);

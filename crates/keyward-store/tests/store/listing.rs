@@ -664,3 +664,168 @@ async fn live_keys_of_owner_excludes_revoked_and_expired_keys(store: Arc<dyn Sto
 conformance!(live_keys_of_owner_excludes_revoked_and_expired_keys
     => sqlite_live_keys_of_owner_excludes_revoked_and_expired_keys,
        postgres_live_keys_of_owner_excludes_revoked_and_expired_keys);
+
+/// The label and name indexes (migration 0012) follow every write of a key: a batch insert, a
+/// change of labels or name, a revocation. A filter that matches more keys than the indexes
+/// hand over (2,000) is answered by reading the list in order, with the same result.
+fn all_of(keys: &[Key]) -> BTreeSet<String> {
+    ids(keys)
+}
+
+async fn label_and_name_filters_follow_every_write_and_page_through_many_matches(
+    store: Arc<dyn Store>,
+) {
+    let ks = new_keyspace(&store, "acme").await;
+    let other = new_keyspace(&store, "other").await;
+    let made = |ks: &keyward_core::model::Keyspace, i: i64, team: &str, name: String| {
+        let mut k = key(ks, at(i)).key;
+        k.labels = BTreeMap::from([("team".to_string(), team.to_string())]);
+        k.name = name;
+        k
+    };
+    let common: Vec<Key> = (0..2_100)
+        .map(|i| made(&ks, i, "core", format!("Common key {i}")))
+        .collect();
+    let rare: Vec<Key> = (0..3)
+        .map(|i| made(&ks, 3_000 + i, "edge", format!("rare-XYZ-{i}")))
+        .collect();
+    let elsewhere = made(&other, 4_000, "edge", "rare-xyz-elsewhere".into());
+    let mut tx = store.begin().await.unwrap();
+    tx.insert_keys(&common).await.unwrap();
+    tx.insert_keys(&rare).await.unwrap();
+    tx.insert_keys(std::slice::from_ref(&elsewhere))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let now = at(10_000);
+    let filter =
+        |label: Option<(&str, &str)>, q: Option<&str>, spaces: Option<Vec<String>>| KeyFilter {
+            keyspace_ids: spaces,
+            label: label.map(|(k, v)| (k.into(), v.into())),
+            name_contains: q.map(str::to_string),
+            ..all_keys(now)
+        };
+    let in_acme = || Some(vec![ks.id.clone()]);
+    // Every page of a filter, from its cursor.
+    let paged = async |f: KeyFilter| -> BTreeSet<String> {
+        let mut f = KeyFilter {
+            page: Page {
+                limit: 300,
+                after: None,
+            },
+            ..f
+        };
+        let mut all = BTreeSet::new();
+        loop {
+            let page = store.list_keys(&f).await.unwrap();
+            let Some(last) = page.last() else { return all };
+            f.page.after = Some((last.created_at.millis(), last.id.clone()));
+            for k in &page {
+                assert!(all.insert(k.id.clone()), "{} listed twice", k.id);
+            }
+        }
+    };
+    assert_eq!(
+        paged(filter(Some(("team", "core")), None, in_acme())).await,
+        all_of(&common)
+    );
+    assert_eq!(
+        paged(filter(None, Some("common KEY"), in_acme())).await,
+        all_of(&common)
+    );
+    assert_eq!(
+        paged(filter(Some(("team", "edge")), None, in_acme())).await,
+        all_of(&rare)
+    );
+    assert_eq!(
+        paged(filter(Some(("team", "edge")), None, None)).await,
+        set(&[&rare[0], &rare[1], &rare[2], &elsewhere])
+    );
+    assert_eq!(
+        paged(filter(None, Some("xyz-"), in_acme())).await,
+        all_of(&rare)
+    );
+    assert_eq!(
+        paged(filter(Some(("team", "edge")), Some("XYZ-1"), None)).await,
+        set(&[&rare[1]])
+    );
+    assert_eq!(
+        paged(filter(Some(("team", "core")), Some("xyz"), None)).await,
+        BTreeSet::new()
+    );
+    assert_eq!(
+        paged(filter(None, Some("Key 2099"), None)).await,
+        set(&[&common[2_099]])
+    );
+    assert_eq!(
+        paged(filter(None, Some("yz"), in_acme())).await,
+        all_of(&rare),
+        "two characters"
+    );
+
+    // A change of labels and name moves the key in both indexes.
+    let mut moved = rare[0].clone();
+    moved.labels = BTreeMap::from([
+        ("team".to_string(), "core".to_string()),
+        ("env".to_string(), "prod".to_string()),
+    ]);
+    moved.name = "Renamed QQQ".into();
+    let mut tx = store.begin().await.unwrap();
+    tx.update_key(&moved).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        paged(filter(Some(("team", "edge")), None, in_acme())).await,
+        set(&[&rare[1], &rare[2]])
+    );
+    assert_eq!(
+        paged(filter(Some(("env", "prod")), None, None)).await,
+        set(&[&moved])
+    );
+    assert_eq!(
+        paged(filter(None, Some("xyz-"), in_acme())).await,
+        set(&[&rare[1], &rare[2]])
+    );
+    assert_eq!(paged(filter(None, Some("qqq"), None)).await, set(&[&moved]));
+    assert_eq!(
+        paged(filter(Some(("team", "core")), None, None))
+            .await
+            .len(),
+        2_101
+    );
+
+    // A batch revocation writes the revocation each key carries, and a feed row per key.
+    let head = store.change_head().await.unwrap();
+    let mut revoked: Vec<Key> = common[..700].to_vec();
+    for k in &mut revoked {
+        k.revoked_at = Some(at(9_000));
+        k.revoked_by = Some(token_actor("tok_bulk"));
+        k.revoked_reason = Some("left".into());
+        k.updated_at = at(9_000);
+        k.name = "not written".into();
+    }
+    revoked[0].revoked_reason = Some("another reason".into());
+    let mut tx = store.begin().await.unwrap();
+    tx.revoke_keys(&revoked).await.unwrap();
+    tx.commit().await.unwrap();
+    let status = |s: KeyStatus| KeyFilter {
+        status: Some(s),
+        ..filter(None, None, in_acme())
+    };
+    assert_eq!(paged(status(KeyStatus::Revoked)).await, all_of(&revoked));
+    let read = store.key(&revoked[0].id).await.unwrap().unwrap();
+    assert_eq!(read.revoked_reason.as_deref(), Some("another reason"));
+    assert_eq!(read.revoked_by, Some(token_actor("tok_bulk")));
+    assert_eq!(read.name, common[0].name, "only the revocation is written");
+    let read = store.key(&revoked[699].id).await.unwrap().unwrap();
+    assert_eq!(
+        (read.revoked_at, read.updated_at),
+        (Some(at(9_000)), at(9_000))
+    );
+    let feed = store.changes_after(head, 10_000).await.unwrap();
+    let fed: BTreeSet<String> = feed.iter().map(|c| c.key_id.clone()).collect();
+    assert_eq!(fed, all_of(&revoked));
+}
+conformance!(label_and_name_filters_follow_every_write_and_page_through_many_matches
+    => sqlite_label_and_name_filters_follow_every_write_and_page_through_many_matches,
+       postgres_label_and_name_filters_follow_every_write_and_page_through_many_matches);

@@ -7,11 +7,13 @@ use keyward_core::kinds::AuditAction;
 use keyward_core::model::{AuditEvent, Key, KeyStatus, Keyspace};
 use keyward_core::secret::Secret;
 use keyward_core::time::Timestamp;
+use keyward_store::KeyCensus;
 use maud::{html, Markup};
 use serde_json::Value;
 
 use super::admin::audit_table;
 use super::usage::{self, KeyUsage, OverviewUsage, RecentAnomalies};
+use crate::dashboard::census::Census;
 use crate::dashboard::chart;
 use crate::dashboard::ui::{self, csrf_field, heading, page, row, status_badge, when, Nav};
 use crate::dashboard::SignedIn;
@@ -34,9 +36,8 @@ pub(crate) struct Overview<'a> {
     pub(crate) may_write_keys: bool,
     pub(crate) may_write_keyspaces: bool,
     pub(crate) may_read_audit: bool,
-    /// Set when the counts cover only the newest this many keys.
-    pub(crate) capped_at: Option<usize>,
-    pub(crate) counts: KeyCounts<'a>,
+    /// The keys counted (see [`census`](crate::dashboard::census)).
+    pub(crate) census: &'a Census,
     pub(crate) usage_24h: OverviewUsage,
     pub(crate) keyspaces: &'a [Keyspace],
     /// Keyspace names by id.
@@ -50,25 +51,6 @@ pub(crate) struct Overview<'a> {
     pub(crate) now: Timestamp,
 }
 
-/// The overview's counts over the keys it read.
-pub(crate) struct KeyCounts<'a> {
-    /// Keys per status, in [`STATUSES`] order.
-    pub(crate) totals: [usize; 5],
-    /// Keys per status of each keyspace (by id), in [`STATUSES`] order.
-    pub(crate) per_keyspace: HashMap<&'a str, [usize; 5]>,
-    /// Verifications of every key, valid and denied, all time.
-    pub(crate) calls: i64,
-    pub(crate) denied: i64,
-    /// Live keys within their expiry warning window, soonest first.
-    pub(crate) expiring: Vec<&'a Key>,
-    /// Live keys unused for half their inactivity limit, least recently used first.
-    pub(crate) inactive: Vec<&'a Key>,
-    /// Live keys without an owner, without an expiry, beyond their keyspace's max lifetime.
-    pub(crate) no_owner: usize,
-    pub(crate) no_expiry: usize,
-    pub(crate) too_long: usize,
-}
-
 fn stat(label: &str, value: String, hint: &str, tone: &str) -> Markup {
     html! {
         div class={ "stat " (tone) } {
@@ -80,11 +62,14 @@ fn stat(label: &str, value: String, hint: &str, tone: &str) -> Markup {
 }
 
 pub(crate) fn overview(s: &SignedIn, m: &Overview) -> Markup {
-    let (kss, names, now, c) = (m.keyspaces, m.keyspace_names, m.now, &m.counts);
-    let (totals, expiring, inactive) = (&c.totals, &c.expiring, &c.inactive);
+    let (kss, names, now, census) = (m.keyspaces, m.keyspace_names, m.now, m.census);
+    let c = census.total();
+    let (expiring, inactive) = (&census.expiring, &census.inactive);
     let (no_owner, no_expiry, too_long) = (c.no_owner, c.no_expiry, c.too_long);
-    let n_expiring = expiring.len();
-    let n_inactive = inactive.len();
+    let (n_expiring, n_inactive) = (c.expiring, c.inactive);
+    // In STATUSES order.
+    let per_status = |c: &KeyCensus| [c.active, c.rotating, c.disabled, c.expired, c.revoked];
+    let totals = per_status(&c);
 
     let key_line = |k: &Key, right: Markup| {
         html! {
@@ -104,8 +89,10 @@ pub(crate) fn overview(s: &SignedIn, m: &Overview) -> Markup {
                 a.button.primary href="/keys/new" data-action="new-key" { "Create key" }
             }
         }))
-        @if let Some(cap) = m.capped_at {
-            (ui::flash("warn", &format!("Counts cover the newest {cap} keys.")))
+        @if census.at != now {
+            p.muted data-counted-at=(census.at.to_rfc3339()) {
+                "Key counts as of " (when(Some(census.at), now, "now")) "; they are taken again at most once a minute."
+            }
         }
         div.stats {
             (stat("Active keys", totals[0].to_string(), "valid and in use", "tone-ok"))
@@ -133,7 +120,7 @@ pub(crate) fn overview(s: &SignedIn, m: &Overview) -> Markup {
                     } }
                     tbody {
                         @for ks in kss {
-                            @let n_per_status = c.per_keyspace.get(ks.id.as_str()).copied().unwrap_or_default();
+                            @let n_per_status = census.per_keyspace.get(ks.id.as_str()).map(per_status).unwrap_or_default();
                             tr {
                                 td { a href={ "/keyspaces/" (ks.id) } { (ks.name) } }
                                 td { code { (ks.prefix) "_" } }

@@ -1,0 +1,177 @@
+//! The overview's counts: every visible keyspace's keys by status and by finding, counted by the
+//! database ([`Store::key_census`](keyward_store::Store::key_census)) rather than read into
+//! memory, and the first keys of the two flagged lists.
+//!
+//! A census costs one pass over the keys: a few milliseconds for thousands of keys, about a
+//! second for a million. One that took longer than [`FRESH_BELOW`] is kept per scope (the set of
+//! keyspaces a viewer sees) and shown for up to [`MAX_AGE_MS`], the page saying as of when; an
+//! older one is shown while a new one is taken in the background, so no view waits for a pass
+//! over a million keys but the first. A census cheaper than that is taken at every view.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use keyward_core::model::{Key, Keyspace};
+use keyward_core::time::Timestamp;
+use keyward_store::{Flagged, KeyCensus, StoreError};
+
+use crate::state::AppState;
+
+/// A census that took less than this is taken again at every view.
+const FRESH_BELOW: Duration = Duration::from_millis(250);
+/// How old a kept census may be before a view starts a new one.
+const MAX_AGE_MS: i64 = 60_000;
+/// Keys shown in each flagged list.
+const LISTED: i64 = 10;
+/// Scopes kept at most (each a few hundred bytes a keyspace).
+const SCOPES_KEPT: usize = 64;
+
+/// The counts of the keyspaces of one scope as of `at`.
+pub(crate) struct Census {
+    pub(crate) per_keyspace: HashMap<String, KeyCensus>,
+    /// The first live keys expiring within their warning window, soonest first.
+    pub(crate) expiring: Vec<Key>,
+    /// The first inactive live keys, least recently used first.
+    pub(crate) inactive: Vec<Key>,
+    pub(crate) at: Timestamp,
+    took: Duration,
+}
+
+impl Census {
+    /// The sum over every keyspace.
+    pub(crate) fn total(&self) -> KeyCensus {
+        let mut t = KeyCensus::default();
+        for c in self.per_keyspace.values() {
+            t.active += c.active;
+            t.rotating += c.rotating;
+            t.disabled += c.disabled;
+            t.expired += c.expired;
+            t.revoked += c.revoked;
+            t.no_owner += c.no_owner;
+            t.no_expiry += c.no_expiry;
+            t.too_long += c.too_long;
+            t.expiring += c.expiring;
+            t.inactive += c.inactive;
+            t.calls += c.calls;
+            t.denied += c.denied;
+        }
+        t
+    }
+}
+
+struct Slot {
+    census: Arc<Census>,
+    refreshing: bool,
+}
+
+/// The censuses kept by this node, by scope.
+#[derive(Default)]
+pub(crate) struct Cache {
+    slots: Mutex<HashMap<Vec<String>, Slot>>,
+}
+
+/// Counts keyspaces `kss` at `now` (one query per keyspace and list).
+async fn take(st: &AppState, kss: &[Keyspace], now: Timestamp) -> Result<Census, StoreError> {
+    let started = Instant::now();
+    let store = st.store();
+    let mut per_keyspace = HashMap::new();
+    let (mut expiring, mut inactive) = (Vec::new(), Vec::new());
+    for ks in kss {
+        let rules = crate::reports::census_rules(ks, now);
+        per_keyspace.insert(ks.id.clone(), store.key_census(&rules, now).await?);
+        expiring.extend(
+            store
+                .flagged_keys(&rules, Flagged::Expiring, now, LISTED)
+                .await?,
+        );
+        inactive.extend(
+            store
+                .flagged_keys(&rules, Flagged::Inactive, now, LISTED)
+                .await?,
+        );
+    }
+    expiring.sort_by(|a, b| a.expires_at.cmp(&b.expires_at).then(a.id.cmp(&b.id)));
+    expiring.truncate(LISTED as usize);
+    inactive.sort_by(|a, b| {
+        a.last_used_at
+            .unwrap_or(a.created_at)
+            .cmp(&b.last_used_at.unwrap_or(b.created_at))
+            .then(a.id.cmp(&b.id))
+    });
+    inactive.truncate(LISTED as usize);
+    Ok(Census {
+        per_keyspace,
+        expiring,
+        inactive,
+        at: now,
+        took: started.elapsed(),
+    })
+}
+
+/// The census of keyspaces `kss` (what a viewer sees) for a view at `now`: taken now, or kept
+/// (see the module docs).
+pub(crate) async fn census(
+    st: &AppState,
+    kss: &[Keyspace],
+    now: Timestamp,
+) -> Result<Arc<Census>, StoreError> {
+    let mut scope: Vec<String> = kss.iter().map(|k| k.id.clone()).collect();
+    scope.sort();
+    let kept = {
+        let mut slots = st.census.slots.lock().unwrap_or_else(|e| e.into_inner());
+        match slots.get_mut(&scope) {
+            Some(slot) if slot.census.took >= FRESH_BELOW => {
+                let stale = now.millis() - slot.census.at.millis() >= MAX_AGE_MS;
+                let refresh = stale && !slot.refreshing;
+                slot.refreshing |= refresh;
+                Some((slot.census.clone(), refresh))
+            }
+            _ => None,
+        }
+    };
+    if let Some((census, refresh)) = kept {
+        if refresh {
+            let (st, kss, scope) = (st.clone(), kss.to_vec(), scope.clone());
+            tokio::spawn(async move {
+                let now = st.clock().now();
+                let taken = take(&st, &kss, now).await;
+                if let Err(e) = &taken {
+                    tracing::warn!(error = %e, "the overview's counts could not be taken again");
+                }
+                keep(&st, scope, taken.ok());
+            });
+        }
+        return Ok(census);
+    }
+    let census = take(st, kss, now).await?;
+    let census = Arc::new(census);
+    if census.took >= FRESH_BELOW {
+        keep(st, scope, Some(census.clone()));
+    }
+    Ok(census)
+}
+
+/// Keeps `census` for `scope` (none: the refresh failed; the old one stays, to be retried).
+fn keep(st: &AppState, scope: Vec<String>, census: Option<impl Into<Arc<Census>>>) {
+    let mut slots = st.census.slots.lock().unwrap_or_else(|e| e.into_inner());
+    match census {
+        Some(c) => {
+            if slots.len() >= SCOPES_KEPT && !slots.contains_key(&scope) {
+                slots.clear();
+            }
+            slots.insert(
+                scope,
+                Slot {
+                    census: c.into(),
+                    refreshing: false,
+                },
+            );
+        }
+        None => {
+            if let Some(slot) = slots.get_mut(&scope) {
+                slot.refreshing = false;
+            }
+        }
+    }
+}
