@@ -30,6 +30,7 @@
 pub mod accounts;
 pub(crate) mod anomalies;
 pub mod authz;
+pub(crate) mod census;
 pub mod config;
 pub(crate) mod conn;
 pub(crate) mod dashboard;

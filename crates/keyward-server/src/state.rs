@@ -34,7 +34,7 @@ pub struct Shared {
     /// This node's bounds on leak reports.
     pub(crate) leaks: crate::throttle::LeakGate,
     /// The dashboard overview's counts, kept when they are costly to take.
-    pub(crate) census: crate::dashboard::census::Cache,
+    pub(crate) census: crate::census::Cache,
     pub config: Arc<Config>,
 }
 
@@ -136,7 +136,7 @@ impl AppState {
             },
             github: crate::github::GithubKeys::from_config(&config),
             leaks: crate::throttle::LeakGate::default(),
-            census: crate::dashboard::census::Cache::default(),
+            census: crate::census::Cache::default(),
             config: Arc::new(config),
         }))
     }

@@ -1,6 +1,6 @@
 //! The overview's counts: every visible keyspace's keys by status and by finding, counted by the
-//! database ([`Store::key_census`](keyward_store::Store::key_census)) rather than read into
-//! memory, and the first keys of the two flagged lists.
+//! database ([`crate::service::key_census`]) rather than read into memory, and the first keys of
+//! the two flagged lists.
 //!
 //! A census costs one pass over the keys: a few milliseconds for thousands of keys, about a
 //! second for a million. One that took longer than [`FRESH_BELOW`] is kept per scope (the set of
@@ -9,13 +9,14 @@
 //! over a million keys but the first. A census cheaper than that is taken at every view.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keyward_core::model::{Key, Keyspace};
+use keyward_core::model::Keyspace;
 use keyward_core::time::Timestamp;
-use keyward_store::{Flagged, KeyCensus, StoreError};
 
+use crate::authz::{Ctx, ReadKeys};
+use crate::census::{Census, Slot};
 use crate::state::AppState;
 
 /// A census that took less than this is taken again at every view.
@@ -27,69 +28,24 @@ const LISTED: i64 = 10;
 /// Scopes kept at most (each a few hundred bytes a keyspace).
 const SCOPES_KEPT: usize = 64;
 
-/// The counts of the keyspaces of one scope as of `at`.
-pub(crate) struct Census {
-    pub(crate) per_keyspace: HashMap<String, KeyCensus>,
-    /// The first live keys expiring within their warning window, soonest first.
-    pub(crate) expiring: Vec<Key>,
-    /// The first inactive live keys, least recently used first.
-    pub(crate) inactive: Vec<Key>,
-    pub(crate) at: Timestamp,
-    took: Duration,
-}
-
-impl Census {
-    /// The sum over every keyspace.
-    pub(crate) fn total(&self) -> KeyCensus {
-        let mut t = KeyCensus::default();
-        for c in self.per_keyspace.values() {
-            t.active += c.active;
-            t.rotating += c.rotating;
-            t.disabled += c.disabled;
-            t.expired += c.expired;
-            t.revoked += c.revoked;
-            t.no_owner += c.no_owner;
-            t.no_expiry += c.no_expiry;
-            t.too_long += c.too_long;
-            t.expiring += c.expiring;
-            t.inactive += c.inactive;
-            t.calls += c.calls;
-            t.denied += c.denied;
-        }
-        t
-    }
-}
-
-struct Slot {
-    census: Arc<Census>,
-    refreshing: bool,
-}
-
-/// The censuses kept by this node, by scope.
-#[derive(Default)]
-pub(crate) struct Cache {
-    slots: Mutex<HashMap<Vec<String>, Slot>>,
-}
-
-/// Counts keyspaces `kss` at `now` (one query per keyspace and list).
-async fn take(st: &AppState, kss: &[Keyspace], now: Timestamp) -> Result<Census, StoreError> {
+/// Counts keyspaces `kss` at `now` for context `ctx` (one query per keyspace and list).
+async fn take(
+    st: &AppState,
+    ctx: &Ctx,
+    kss: &[Keyspace],
+    now: Timestamp,
+) -> Result<Census, crate::error::Error> {
     let started = Instant::now();
-    let store = st.store();
+    let who = ctx.allow::<ReadKeys>()?;
     let mut per_keyspace = HashMap::new();
     let (mut expiring, mut inactive) = (Vec::new(), Vec::new());
     for ks in kss {
         let rules = crate::reports::census_rules(ks, now);
-        per_keyspace.insert(ks.id.clone(), store.key_census(&rules, now).await?);
-        expiring.extend(
-            store
-                .flagged_keys(&rules, Flagged::Expiring, now, LISTED)
-                .await?,
-        );
-        inactive.extend(
-            store
-                .flagged_keys(&rules, Flagged::Inactive, now, LISTED)
-                .await?,
-        );
+        let (census, soon, idle) =
+            crate::service::key_census(st.records(), &who, &rules, now, LISTED).await?;
+        per_keyspace.insert(ks.id.clone(), census);
+        expiring.extend(soon);
+        inactive.extend(idle);
     }
     expiring.sort_by(|a, b| a.expires_at.cmp(&b.expires_at).then(a.id.cmp(&b.id)));
     expiring.truncate(LISTED as usize);
@@ -113,9 +69,10 @@ async fn take(st: &AppState, kss: &[Keyspace], now: Timestamp) -> Result<Census,
 /// (see the module docs).
 pub(crate) async fn census(
     st: &AppState,
+    ctx: &Ctx,
     kss: &[Keyspace],
     now: Timestamp,
-) -> Result<Arc<Census>, StoreError> {
+) -> Result<Arc<Census>, crate::error::Error> {
     let mut scope: Vec<String> = kss.iter().map(|k| k.id.clone()).collect();
     scope.sort();
     let kept = {
@@ -132,19 +89,19 @@ pub(crate) async fn census(
     };
     if let Some((census, refresh)) = kept {
         if refresh {
-            let (st, kss, scope) = (st.clone(), kss.to_vec(), scope.clone());
+            let (st, ctx, kss, scope) = (st.clone(), ctx.clone(), kss.to_vec(), scope.clone());
             tokio::spawn(async move {
                 let now = st.clock().now();
-                let taken = take(&st, &kss, now).await;
+                let taken = take(&st, &ctx, &kss, now).await;
                 if let Err(e) = &taken {
-                    tracing::warn!(error = %e, "the overview's counts could not be taken again");
+                    tracing::warn!(error = %e.message, "the overview's counts could not be taken again");
                 }
                 keep(&st, scope, taken.ok());
             });
         }
         return Ok(census);
     }
-    let census = take(st, kss, now).await?;
+    let census = take(st, ctx, kss, now).await?;
     let census = Arc::new(census);
     if census.took >= FRESH_BELOW {
         keep(st, scope, Some(census.clone()));

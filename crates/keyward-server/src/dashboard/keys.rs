@@ -71,9 +71,7 @@ pub(crate) async fn overview(
     let who = ctx.allow::<authz::ReadKeys>()?;
     let now = st.clock().now();
     let kss = all_keyspaces(&st, &ctx).await?;
-    let census = super::census::census(&st, &kss, now)
-        .await
-        .map_err(crate::error::Error::from)?;
+    let census = super::census::census(&st, &ctx, &kss, now).await?;
     let mut usage_24h = usage::overview_usage(&st, &who, &HashMap::new()).await?;
     let anomalies = usage::recent_anomalies(&st, &who).await?;
     // Reported leaks are audit events: shown to the roles that read the audit trail.
@@ -103,13 +101,15 @@ pub(crate) async fn overview(
     mentioned.dedup();
     let mut key_names: HashMap<String, String> = HashMap::new();
     for id in mentioned {
-        let key = st
-            .store()
-            .key(&id)
-            .await
-            .map_err(crate::error::Error::from)?;
-        if let Some(k) = key {
-            key_names.insert(id, k.name);
+        let Some(key_id) = keyward_core::id::KeyId::parse(&id) else {
+            continue;
+        };
+        match service::get_key(st.records(), &who, &key_id).await {
+            Ok(k) => {
+                key_names.insert(id, k.name);
+            }
+            Err(e) if e.code == crate::error::ErrorCode::NotFound => {}
+            Err(e) => return Err(e.into()),
         }
     }
     for t in &mut usage_24h.top {

@@ -42,6 +42,32 @@ pub async fn list_keyspaces(
         .await?)
 }
 
+/// A keyspace's keys counted by status and finding at `now` (`rules`, from
+/// `reports::census_rules`), with the first `listed` keys of each flagged list (expiring
+/// soonest, least recently used): the dashboard overview's counts. A keyspace the context may
+/// not see counts as empty.
+pub(crate) async fn key_census(
+    st: &Records,
+    who: &Allowed<'_, ReadKeys>,
+    rules: &keyward_store::CensusRules,
+    now: Timestamp,
+    listed: i64,
+) -> Result<(keyward_store::KeyCensus, Vec<Key>, Vec<Key>)> {
+    if !who.ctx().sees(&rules.keyspace_id) {
+        return Ok(Default::default());
+    }
+    let census = st.store.key_census(rules, now).await?;
+    let expiring = st
+        .store
+        .flagged_keys(rules, keyward_store::Flagged::Expiring, now, listed)
+        .await?;
+    let inactive = st
+        .store
+        .flagged_keys(rules, keyward_store::Flagged::Inactive, now, listed)
+        .await?;
+    Ok((census, expiring, inactive))
+}
+
 /// Keys matching `filter`, within the context's keyspaces; a key in its grace period reports
 /// its successor's quota, as [`super::get_key`] does.
 pub async fn list_keys(

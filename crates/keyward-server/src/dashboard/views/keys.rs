@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::admin::audit_table;
 use super::usage::{self, KeyUsage, OverviewUsage, RecentAnomalies};
-use crate::dashboard::census::Census;
+use crate::census::Census;
 use crate::dashboard::chart;
 use crate::dashboard::ui::{self, csrf_field, heading, page, row, status_badge, when, Nav};
 use crate::dashboard::SignedIn;
@@ -36,7 +36,7 @@ pub(crate) struct Overview<'a> {
     pub(crate) may_write_keys: bool,
     pub(crate) may_write_keyspaces: bool,
     pub(crate) may_read_audit: bool,
-    /// The keys counted (see [`census`](crate::dashboard::census)).
+    /// The keys counted (see [`crate::dashboard::census`]).
     pub(crate) census: &'a Census,
     pub(crate) usage_24h: OverviewUsage,
     pub(crate) keyspaces: &'a [Keyspace],
