@@ -618,6 +618,13 @@ fn main() {
                 let schema = testing::unique_schema();
                 testing::create_schema(&schema).await.expect("schema");
                 run("PostgreSQL", &testing::pg_url_with_schema(&schema), n).await;
+                // A million keys are a gigabyte or two: not left behind.
+                use sqlx::Executor;
+                if let Ok(pool) = sqlx::PgPool::connect(&testing::pg_url()).await {
+                    let _ = pool
+                        .execute(format!("DROP SCHEMA {schema} CASCADE").as_str())
+                        .await;
+                }
             } else {
                 println!("PostgreSQL: SKIPPED (nothing answers on 127.0.0.1:5432)");
             }

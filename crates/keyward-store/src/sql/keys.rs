@@ -318,11 +318,11 @@ macro_rules! for_backend {
             let count = |cond: &str| format!("CAST(COALESCE(SUM(CASE WHEN {cond} THEN 1 ELSE 0 END), 0) AS BIGINT)");
             let too_long = match r.max_lifetime_ms {
                 Some(_) => count(&format!("{live} AND (k.expires_at IS NULL OR k.expires_at > k.created_at + $3)")),
-                None => "0".into(),
+                None => "CAST(0 AS BIGINT)".into(),
             };
             let expiring = match r.warn_until {
                 Some(_) => count(&format!("{live} AND k.expires_at <= $4")),
-                None => "0".into(),
+                None => "CAST(0 AS BIGINT)".into(),
             };
             let sql = format!(
                 "SELECT {} AS revoked, {} AS expired, {} AS disabled, {} AS rotating, {} AS active, \

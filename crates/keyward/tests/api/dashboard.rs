@@ -1307,3 +1307,129 @@ async fn the_keyspace_page_edits_route_rules_line_by_line(app: TestApp) {
     assert_eq!(r.body["unmatched"], "deny");
 }
 both!(the_keyspace_page_edits_route_rules_line_by_line);
+
+/// The number in the overview's stat box labelled `label`.
+fn overview_stat(html: &str, label: &str) -> i64 {
+    let at = html
+        .find(&format!("<div class=\"stat-label\">{label}</div>"))
+        .unwrap_or_else(|| panic!("no stat {label}"));
+    let rest = &html[at..];
+    let v = &rest[rest.find("<div class=\"stat-value\">").unwrap() + 24..];
+    v[..v.find('<').unwrap()].replace(',', "").parse().unwrap()
+}
+
+/// The number the overview's policy findings give for `text`.
+fn overview_finding(html: &str, text: &str) -> i64 {
+    let at = html
+        .find(&format!("<span>{text}</span>"))
+        .unwrap_or_else(|| panic!("no finding {text}"));
+    let rest = &html[at..];
+    let v = &rest[rest.find("<strong").unwrap()..];
+    let v = &v[v.find('>').unwrap() + 1..];
+    v[..v.find('<').unwrap()].parse().unwrap()
+}
+
+/// The overview counts every key in the database, by status and by finding, and agrees with the
+/// inventory report on each finding (the two apply the same rules: one in SQL, one per row).
+async fn the_overview_counts_every_key_as_the_inventory_report_does(app: TestApp) {
+    add_user(&app, "a@example.com", Role::Admin).await;
+    let ks = app
+        .keyspace(
+            json!({"require_owner": false, "max_lifetime_secs": 2_592_000,
+            "expiry_warning_secs": 1_209_600, "inactivity_revoke_secs": 7_200}),
+        )
+        .await;
+    let loose = app
+        .keyspace(json!({"require_owner": false, "max_lifetime_secs": null,
+            "expiry_warning_secs": null, "inactivity_revoke_secs": null}))
+        .await;
+    let now = app.state.clock().now();
+    let in_days = |d: i64| now.plus_secs(d * 86_400).to_rfc3339();
+    // Live keys: without owner and expiry; expiring soon; beyond the max lifetime once the
+    // policy is tightened; used (never inactive); disabled; rotating and its successor.
+    app.key(&loose, json!({"owner": null})).await;
+    app.key(&loose, json!({"owner": null})).await;
+    app.key(&ks, json!({"expires_at": in_days(5)})).await;
+    app.key(&ks, json!({"expires_at": in_days(20)})).await;
+    let (used, used_key) = app.key(&ks, json!({"expires_at": in_days(25)})).await;
+    let (disabled, _) = app.key(&ks, json!({})).await;
+    app.patch(&format!("/v1/keys/{disabled}"), json!({"enabled": false}))
+        .await
+        .expect(200);
+    let (rotated, _) = app.key(&ks, json!({})).await;
+    app.rotate(&rotated, json!({"grace_secs": 86_400})).await;
+    // Not live: revoked; expired.
+    let (revoked, _) = app.key(&loose, json!({})).await;
+    app.post(
+        &format!("/v1/keys/{revoked}/revoke"),
+        json!({"reason": "gone"}),
+    )
+    .await
+    .expect(200);
+    app.key(
+        &ks,
+        json!({"expires_at": now.plus_secs(3_600).to_rfc3339()}),
+    )
+    .await;
+    app.advance(3 * 3_600);
+    assert_eq!(app.verify(json!({"key": used_key})).await["code"], "VALID");
+    app.flush().await;
+
+    let b = sign_in(&app, "a@example.com").await;
+    let home = b.get("/").await.text().await.unwrap();
+    let report = app.get("/v1/reports/inventory").await.expect(200);
+    let rows = report.body["items"].as_array().unwrap().clone();
+    assert_eq!(rows.len(), 10);
+    let with = |finding: &str| {
+        rows.iter()
+            .filter(|r| {
+                r["findings"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|f| f == finding)
+            })
+            .count() as i64
+    };
+    let of_status = |s: &str| rows.iter().filter(|r| r["status"] == s).count() as i64;
+    assert_eq!(overview_stat(&home, "Active keys"), of_status("active"));
+    assert_eq!(overview_stat(&home, "Active keys"), 6);
+    assert_eq!(overview_stat(&home, "Rotating"), of_status("rotating"));
+    assert_eq!(overview_stat(&home, "Rotating"), 1);
+    assert_eq!(overview_stat(&home, "Expiring soon"), with("expiring_soon"));
+    assert!(
+        overview_stat(&home, "Expiring soon") >= 1,
+        "the key expiring in 5 days"
+    );
+    assert_eq!(overview_stat(&home, "Inactive"), with("inactive"));
+    assert_eq!(
+        overview_stat(&home, "Inactive"),
+        5,
+        "every live key of the strict keyspace but the used one"
+    );
+    assert_eq!(
+        overview_finding(&home, "Live keys without an owner"),
+        with("no_owner")
+    );
+    assert_eq!(overview_finding(&home, "Live keys without an owner"), 2);
+    assert_eq!(
+        overview_finding(&home, "Live keys that never expire"),
+        with("no_expiry")
+    );
+    assert_eq!(
+        overview_finding(&home, "Live keys beyond their keyspace's max lifetime"),
+        with("exceeds_max_lifetime")
+    );
+    // Both flagged lists name their keys; the used key is in neither's "inactive" part.
+    let inactive = &home[home.find("Inactive for long").unwrap()..];
+    assert!(!inactive[..inactive.find("</section>").unwrap()].contains(&format!("/keys/{used}\"")));
+    // A key created now is counted at once (a small census is taken at every view).
+    app.key(&loose, json!({})).await;
+    let home = b.get("/").await.text().await.unwrap();
+    assert_eq!(overview_stat(&home, "Active keys"), 7);
+    assert!(!home.contains("data-counted-at"), "counts are current");
+}
+both!(
+    the_overview_counts_every_key_as_the_inventory_report_does,
+    manual
+);
