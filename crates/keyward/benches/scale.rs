@@ -27,6 +27,8 @@
 
 #![allow(clippy::expect_used)] // a benchmark whose setup fails should stop loudly
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,7 +37,7 @@ use keyward_core::kinds::{AuditAction, TargetType};
 use keyward_core::model::{Actor, Key, Role};
 use keyward_core::time::{Clock, SystemClock, Timestamp};
 use keyward_server::authz::Ctx;
-use keyward_server::{service, AppState, Config};
+use keyward_server::{AppState, Config};
 use keyward_store::{NewEvent, Store};
 use serde_json::{json, Map, Value};
 
@@ -193,33 +195,11 @@ struct Server {
 }
 
 async fn serve(db: &str) -> Server {
-    let store = keyward_store::open(db).await.expect("store");
     let config = Config {
         sweep_interval: Duration::from_secs(86_400),
         ..Config::default()
     };
-    let state = AppState::new(store, Arc::new(SystemClock), config);
-    let ctx = Ctx::operator(Actor::cli("bench"));
-    let (_, admin) = service::create_token(
-        state.records(),
-        &ctx.allow().expect("operator"),
-        service::CreateToken {
-            name: "admin".into(),
-            role: Role::Admin,
-            keyspace_ids: None,
-            ttl_secs: None,
-        },
-    )
-    .await
-    .expect("token");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let st = state.clone();
-    tokio::spawn(async move {
-        let _ = keyward_server::serve(listener, st, std::future::pending()).await;
-    });
+    let (url, admin, state) = common::serve_with(db, config).await;
     Server {
         url,
         admin: admin.expose().to_string(),
@@ -464,23 +444,35 @@ async fn dashboard_session(s: &Server) -> String {
 
 async fn dashboard(s: &Server, ks: &str, key: &str) {
     let session = dashboard_session(s).await;
+    let page = async |path: &str| {
+        let res = s
+            .http
+            .get(format!("{}{path}", s.url))
+            .header("cookie", &session)
+            .send()
+            .await
+            .expect("page");
+        let status = res.status().as_u16();
+        let _ = res.bytes().await;
+        (status, 0)
+    };
+    // The overview's first view after start takes the census; later ones show it (see
+    // docs/decisions.md): measured apart.
+    let started = Instant::now();
+    assert_eq!(page("/").await.0, 200);
+    println!("dashboard/overview, first view: {}", ms(started.elapsed()));
     for (name, path) in [
         ("overview", "/".to_string()),
         ("keys", "/keys".to_string()),
-        ("keys of the keyspace", format!("/keys?keyspace_id={ks}")),
+        ("keys of the keyspace", format!("/keys?keyspace={ks}")),
+        (
+            "keys, a name search",
+            format!("/keys?keyspace={ks}&q=ledger"),
+        ),
         ("key page", format!("/keys/{key}")),
     ] {
-        latency(&format!("dashboard/{name}"), 50, async |_| {
-            let res = s
-                .http
-                .get(format!("{}{path}", s.url))
-                .header("cookie", &session)
-                .send()
-                .await
-                .expect("page");
-            let status = res.status().as_u16();
-            let _ = res.bytes().await;
-            (status, 0)
+        latency(&format!("dashboard/{name}"), 100, async |_| {
+            page(&path).await
         })
         .await;
     }

@@ -10,9 +10,15 @@ use keyward_server::authz::Ctx;
 use keyward_server::{service, AppState, Config};
 
 /// A server on `db` (a store URL): its base URL, an admin token and its state.
+#[allow(dead_code)] // not every benchmark that shares this module uses both
 pub async fn serve(db: &str) -> (String, Secret, AppState) {
+    serve_with(db, Config::default()).await
+}
+
+/// [`serve`] with `config`.
+pub async fn serve_with(db: &str, config: Config) -> (String, Secret, AppState) {
     let store = keyward_store::open(db).await.expect("store");
-    let state = AppState::new(store, Arc::new(SystemClock), Config::default());
+    let state = AppState::new(store, Arc::new(SystemClock), config);
     let ctx = Ctx::operator(Actor::cli("bench"));
     let (_, admin) = service::create_token(
         state.records(),
