@@ -1,8 +1,8 @@
 -- Key lists at a million keys: each filter of the key list reads what it matches, not the whole
 -- keyspace (docs/decisions.md, "Key lists at a million keys").
--- An owner's keys in list order (newest first).
+-- An owner's keys in list order (newest first), in place of the owner index.
+CREATE INDEX keys_owner_list_idx ON keys (owner, created_at DESC, id DESC);
 DROP INDEX keys_owner_idx;
-CREATE INDEX keys_owner_idx ON keys (owner, created_at DESC, id DESC);
 -- The statuses that are usually a small part of a keyspace, each in list order.
 CREATE INDEX keys_revoked_idx ON keys (keyspace_id, created_at DESC, id DESC) WHERE revoked_at IS NOT NULL;
 CREATE INDEX keys_disabled_idx ON keys (keyspace_id, created_at DESC, id DESC) WHERE NOT enabled;

@@ -283,10 +283,13 @@ macro_rules! for_backend {
                     q.push(" WHERE key_names_search MATCH ").push_bind(format!("\"{}\"", s.replace('"', "\"\"")));
                     q
                 } else {
-                    // Served by the trigram index where migration 0012 could make it.
-                    let pattern = format!("%{}%", s.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
-                    let mut q = sqlx::QueryBuilder::<$DB>::new("SELECT id FROM keys WHERE lower(name) LIKE ");
-                    q.push_bind(pattern).push(" ESCAPE '\\'");
+                    // Served by the trigram index where migration 0012 could make it. The
+                    // search is lowered by the database, as the list's own condition lowers it
+                    // (`!` escapes the pattern's wildcards: no backslash, whatever
+                    // `standard_conforming_strings` says).
+                    let escaped = s.replace('!', "!!").replace('%', "!%").replace('_', "!_");
+                    let mut q = sqlx::QueryBuilder::<$DB>::new("SELECT id FROM keys WHERE lower(name) LIKE '%' || lower(");
+                    q.push_bind(escaped).push(") || '%' ESCAPE '!'");
                     q
                 };
                 push_in(&mut q, "keys.keyspace_id", f.keyspace_ids.as_deref());

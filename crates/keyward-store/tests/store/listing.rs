@@ -763,6 +763,26 @@ async fn label_and_name_filters_follow_every_write_and_page_through_many_matches
         all_of(&rare),
         "two characters"
     );
+    // Beyond ASCII, the index and the list fold case alike (the database's own `lower()`).
+    let greek = made(&ks, 5_000, "intl", "ΟΔΟΣ api".into());
+    let french = made(&ks, 5_001, "intl", "École key".into());
+    let mut tx = store.begin().await.unwrap();
+    tx.insert_keys(&[greek.clone(), french.clone()])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        paged(filter(None, Some("ΟΔΟΣ"), in_acme())).await,
+        set(&[&greek])
+    );
+    assert_eq!(
+        paged(filter(None, Some("ÉCOLE"), None)).await,
+        set(&[&french])
+    );
+    assert_eq!(
+        paged(filter(None, Some("cole k"), None)).await,
+        set(&[&french])
+    );
 
     // A change of labels and name moves the key in both indexes.
     let mut moved = rare[0].clone();
