@@ -104,6 +104,26 @@ pub enum KeyStatus {
 }
 
 impl KeyStatus {
+    /// A key's status at `now` from the fields it depends on (see [`Key::status`]).
+    pub fn of(
+        revoked: bool,
+        expires_at: Option<Timestamp>,
+        enabled: bool,
+        rotating: bool,
+        now: Timestamp,
+    ) -> KeyStatus {
+        if revoked {
+            KeyStatus::Revoked
+        } else if expires_at.is_some_and(|e| e <= now) {
+            KeyStatus::Expired
+        } else if !enabled {
+            KeyStatus::Disabled
+        } else if rotating {
+            KeyStatus::Rotating
+        } else {
+            KeyStatus::Active
+        }
+    }
     pub fn as_str(self) -> &'static str {
         match self {
             KeyStatus::Active => "active",
@@ -280,17 +300,13 @@ impl Key {
 
     /// `revoked` > `expired` > `disabled` > `rotating` > `active`, computed at `now`.
     pub fn status(&self, now: Timestamp) -> KeyStatus {
-        if self.revoked_at.is_some() {
-            KeyStatus::Revoked
-        } else if self.expires_at.is_some_and(|e| e <= now) {
-            KeyStatus::Expired
-        } else if !self.enabled {
-            KeyStatus::Disabled
-        } else if self.rotated_to.is_some() {
-            KeyStatus::Rotating
-        } else {
-            KeyStatus::Active
-        }
+        KeyStatus::of(
+            self.revoked_at.is_some(),
+            self.expires_at,
+            self.enabled,
+            self.rotated_to.is_some(),
+            now,
+        )
     }
 }
 

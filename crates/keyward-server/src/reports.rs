@@ -12,9 +12,9 @@
 
 use std::collections::HashMap;
 
-use keyward_core::model::{Key, KeyStatus, Keyspace};
+use keyward_core::model::{KeyStatus, Keyspace};
 use keyward_core::time::Timestamp;
-use keyward_store::{KeyFilter, Page};
+use keyward_store::KeyBrief;
 use serde::Serialize;
 
 use crate::authz::{Allowed, ReadAudit};
@@ -40,7 +40,7 @@ pub(crate) struct Row {
 
 const DAY_MS: i64 = 86_400_000;
 
-pub(crate) fn findings(k: &Key, ks: &Keyspace, now: Timestamp) -> Vec<&'static str> {
+pub(crate) fn findings(k: &KeyBrief, ks: &Keyspace, now: Timestamp) -> Vec<&'static str> {
     let mut f = Vec::new();
     if !matches!(
         k.status(now),
@@ -106,7 +106,9 @@ pub(crate) struct Inventory {
     spaces: HashMap<String, Keyspace>,
     /// The read of the next page, started when the page before it arrived (the store reads it
     /// while that one is written out).
-    next: Option<tokio::task::JoinHandle<std::result::Result<Vec<Key>, keyward_store::StoreError>>>,
+    next: Option<
+        tokio::task::JoinHandle<std::result::Result<Vec<KeyBrief>, keyward_store::StoreError>>,
+    >,
     done: bool,
 }
 
@@ -195,18 +197,14 @@ impl Inventory {
     fn read(
         &self,
         after: Option<(i64, String)>,
-    ) -> tokio::task::JoinHandle<std::result::Result<Vec<Key>, keyward_store::StoreError>> {
-        let filter = KeyFilter {
-            keyspace_ids: self.keyspace_ids.clone(),
-            now: self.now,
-            page: Page {
-                limit: INVENTORY_PAGE,
-                after,
-            },
-            ..KeyFilter::default()
-        };
-        let store = self.st.store.clone();
-        tokio::spawn(async move { store.list_keys(&filter).await })
+    ) -> tokio::task::JoinHandle<std::result::Result<Vec<KeyBrief>, keyward_store::StoreError>>
+    {
+        let (store, keyspace_ids) = (self.st.store.clone(), self.keyspace_ids.clone());
+        tokio::spawn(async move {
+            store
+                .key_briefs(keyspace_ids.as_deref(), after, INVENTORY_PAGE)
+                .await
+        })
     }
 
     /// Every row at once (the dashboard's summary page).

@@ -126,6 +126,35 @@ pub struct KeyCensus {
     pub denied: i64,
 }
 
+/// What the inventory report reads of a key ([`Store::key_briefs`]): its status fields, its
+/// owner and name, its usage; not its JSON columns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyBrief {
+    pub id: String,
+    pub keyspace_id: String,
+    pub name: String,
+    pub owner: Option<String>,
+    pub enabled: bool,
+    pub created_at: Timestamp,
+    pub expires_at: Option<Timestamp>,
+    pub revoked: bool,
+    pub rotating: bool,
+    pub last_used_at: Option<Timestamp>,
+    pub call_count: i64,
+}
+
+impl KeyBrief {
+    pub fn status(&self, now: Timestamp) -> KeyStatus {
+        KeyStatus::of(
+            self.revoked,
+            self.expires_at,
+            self.enabled,
+            self.rotating,
+            now,
+        )
+    }
+}
+
 /// Which flagged keys [`Store::flagged_keys`] reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flagged {
@@ -458,6 +487,14 @@ pub trait Store: Send + Sync + 'static {
     async fn key(&self, id: &str) -> Result<Option<Key>>;
     async fn key_by_hash(&self, hash: &KeyHash) -> Result<Option<Key>>;
     async fn list_keys(&self, filter: &KeyFilter) -> Result<Vec<Key>>;
+    /// Keys in list order (newest first) after `after`, in the given keyspaces (`None`: all),
+    /// read lean: what the inventory report needs of each.
+    async fn key_briefs(
+        &self,
+        keyspace_ids: Option<&[String]>,
+        after: Option<TimeCursor>,
+        limit: i64,
+    ) -> Result<Vec<KeyBrief>>;
     /// One keyspace's keys counted in the database as of `now` (one pass over its keys).
     async fn key_census(&self, rules: &CensusRules, now: Timestamp) -> Result<KeyCensus>;
     /// The first `limit` live keys of one keyspace that a finding flags, in its order.

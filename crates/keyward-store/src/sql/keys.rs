@@ -312,6 +312,35 @@ macro_rules! for_backend {
             rows.iter().map(|r| get(r, "id")).collect()
         }
 
+        pub(super) async fn key_briefs(pool: &sqlx::Pool<$DB>, keyspace_ids: Option<&[String]>, after: Option<TimeCursor>, limit: i64) -> Result<Vec<crate::KeyBrief>> {
+            let mut q = sqlx::QueryBuilder::<$DB>::new(format!(
+                "SELECT id, keyspace_id, name, owner, enabled, created_at, expires_at, \
+                 revoked_at IS NOT NULL AS revoked, rotated_to IS NOT NULL AS rotating, \
+                 kc.last_used_at AS last_used_at, COALESCE(kc.calls, 0) AS call_count FROM {KEY_FROM} WHERE 1 = 1"
+            ));
+            push_in(&mut q, "keyspace_id", keyspace_ids);
+            push_after_time(&mut q, &after);
+            q.push(" ORDER BY created_at DESC, id DESC LIMIT ").push_bind(limit);
+            let rows = q.build().fetch_all(pool).await.map_err(map_err)?;
+            rows.iter()
+                .map(|r| {
+                    Ok(crate::KeyBrief {
+                        id: get(r, "id")?,
+                        keyspace_id: get(r, "keyspace_id")?,
+                        name: get(r, "name")?,
+                        owner: get(r, "owner")?,
+                        enabled: get(r, "enabled")?,
+                        created_at: Timestamp::from_millis(get(r, "created_at")?),
+                        expires_at: get::<Option<i64>, _>(r, "expires_at")?.map(Timestamp::from_millis),
+                        revoked: get(r, "revoked")?,
+                        rotating: get(r, "rotating")?,
+                        last_used_at: get::<Option<i64>, _>(r, "last_used_at")?.map(Timestamp::from_millis),
+                        call_count: get(r, "call_count")?,
+                    })
+                })
+                .collect()
+        }
+
         /// A keyspace's keys counted in one pass (see [`crate::Store::key_census`]); the
         /// conditions are those of [`Key::status`] and the inventory report's findings.
         pub(super) async fn key_census(pool: &sqlx::Pool<$DB>, r: &crate::CensusRules, now: Timestamp) -> Result<crate::KeyCensus> {

@@ -115,8 +115,9 @@ macro_rules! sql_backend {
             use crate::users::{UserStore, UserTx};
             use crate::{
                 AfterAttempt, AnomalyFilter, Attempt, AuditFilter, Bucket, CensusRules, Change,
-                DueDelivery, Flagged, KeyCensus, KeyFilter, KeyImport, NewEvent, OutboxEvent, Page,
-                Result, SlowCandidate, Store, StoreTx, TimeCursor, Totals, UsageDelta,
+                DueDelivery, Flagged, KeyBrief, KeyCensus, KeyFilter, KeyImport, NewEvent,
+                OutboxEvent, Page, Result, SlowCandidate, Store, StoreTx, TimeCursor, Totals,
+                UsageDelta,
             };
 
             #[async_trait]
@@ -367,6 +368,14 @@ macro_rules! sql_backend {
                 }
                 async fn list_keys(&self, f: &KeyFilter) -> Result<Vec<Key>> {
                     keys::list_keys(&self.pool, f).await
+                }
+                async fn key_briefs(
+                    &self,
+                    keyspace_ids: Option<&[String]>,
+                    after: Option<TimeCursor>,
+                    limit: i64,
+                ) -> Result<Vec<KeyBrief>> {
+                    keys::key_briefs(&self.pool, keyspace_ids, after, limit).await
                 }
                 async fn key_census(
                     &self,
