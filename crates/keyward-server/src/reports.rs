@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use keyward_core::model::{KeyStatus, Keyspace};
 use keyward_core::time::Timestamp;
-use keyward_store::KeyBrief;
+use keyward_store::{CensusRules, KeyBrief};
 use serde::Serialize;
 
 use crate::authz::{Allowed, ReadAudit};
@@ -40,7 +40,24 @@ pub(crate) struct Row {
 
 const DAY_MS: i64 = 86_400_000;
 
-pub(crate) fn findings(k: &KeyBrief, ks: &Keyspace, now: Timestamp) -> Vec<&'static str> {
+/// The thresholds of keyspace `ks`'s findings at `now`: what [`findings`] applies to each key,
+/// and what the dashboard's overview counts in the database with, so the two agree.
+pub(crate) fn census_rules(ks: &Keyspace, now: Timestamp) -> CensusRules {
+    let p = &ks.policy;
+    let threshold_ms = p
+        .inactivity_revoke_secs
+        .map(|s| s * 1000 / 2)
+        .unwrap_or(90 * DAY_MS);
+    CensusRules {
+        keyspace_id: ks.id.clone(),
+        max_lifetime_ms: p.max_lifetime_secs.map(|s| s.saturating_mul(1000)),
+        warn_until: p.expiry_warning_secs.map(|w| now.plus_secs(w)),
+        inactive_before: now.plus_millis(-threshold_ms),
+    }
+}
+
+/// The findings of key `k` at `now` under its keyspace's `rules` (see [`census_rules`]).
+pub(crate) fn findings(k: &KeyBrief, rules: &CensusRules, now: Timestamp) -> Vec<&'static str> {
     let mut f = Vec::new();
     if !matches!(
         k.status(now),
@@ -48,52 +65,30 @@ pub(crate) fn findings(k: &KeyBrief, ks: &Keyspace, now: Timestamp) -> Vec<&'sta
     ) {
         return f;
     }
-    let p = &ks.policy;
     if k.expires_at.is_none() {
         f.push("no_expiry");
     }
-    if let Some(max) = p.max_lifetime_secs {
+    if let Some(max) = rules.max_lifetime_ms {
         let over = match k.expires_at {
             None => true,
-            Some(e) => e > k.created_at.plus_secs(max),
+            Some(e) => e > k.created_at.plus_millis(max),
         };
         if over {
             f.push("exceeds_max_lifetime");
         }
     }
-    if let (Some(w), Some(e)) = (p.expiry_warning_secs, k.expires_at) {
-        if e <= now.plus_secs(w) {
+    if let (Some(until), Some(e)) = (rules.warn_until, k.expires_at) {
+        if e <= until {
             f.push("expiring_soon");
         }
     }
-    let threshold_ms = p
-        .inactivity_revoke_secs
-        .map(|s| s * 1000 / 2)
-        .unwrap_or(90 * DAY_MS);
-    let last = k.last_used_at.unwrap_or(k.created_at);
-    if now.millis() - last.millis() >= threshold_ms {
+    if k.last_used_at.unwrap_or(k.created_at) <= rules.inactive_before {
         f.push("inactive");
     }
     if k.owner.is_none() {
         f.push("no_owner");
     }
     f
-}
-
-/// The thresholds [`findings`] applies to keyspace `ks`'s keys at `now`, for counting them in
-/// the database (the dashboard's overview): the same rules, so the two agree.
-pub(crate) fn census_rules(ks: &Keyspace, now: Timestamp) -> keyward_store::CensusRules {
-    let p = &ks.policy;
-    let threshold_ms = p
-        .inactivity_revoke_secs
-        .map(|s| s * 1000 / 2)
-        .unwrap_or(90 * DAY_MS);
-    keyward_store::CensusRules {
-        keyspace_id: ks.id.clone(),
-        max_lifetime_ms: p.max_lifetime_secs.map(|s| s.saturating_mul(1000)),
-        warn_until: p.expiry_warning_secs.map(|w| now.plus_secs(w)),
-        inactive_before: now.plus_millis(-threshold_ms),
-    }
 }
 
 /// Every key the context may see (in one keyspace, or all), with findings at `now`, read a
@@ -103,7 +98,8 @@ pub(crate) struct Inventory {
     st: Records,
     keyspace_ids: Option<Vec<String>>,
     now: Timestamp,
-    spaces: HashMap<String, Keyspace>,
+    /// Each keyspace's name and finding thresholds, read at its first key.
+    spaces: HashMap<String, (String, CensusRules)>,
     /// The read of the next page, started when the page before it arrived (the store reads it
     /// while that one is written out).
     next: Option<
@@ -167,21 +163,22 @@ impl Inventory {
         for k in keys {
             if !self.spaces.contains_key(&k.keyspace_id) {
                 if let Some(ks) = self.st.store.keyspace(&k.keyspace_id).await? {
-                    self.spaces.insert(ks.id.clone(), ks);
+                    let rules = census_rules(&ks, now);
+                    self.spaces.insert(ks.id, (ks.name, rules));
                 }
             }
-            let Some(ks) = self.spaces.get(&k.keyspace_id) else {
+            let Some((keyspace, rules)) = self.spaces.get(&k.keyspace_id) else {
                 continue;
             };
             let last_use = k.last_used_at;
             rows.push(Row {
-                findings: findings(&k, ks, now),
+                findings: findings(&k, rules, now),
                 status: k.status(now),
                 id: k.id,
                 name: k.name,
                 owner: k.owner,
                 keyspace_id: k.keyspace_id,
-                keyspace: ks.name.clone(),
+                keyspace: keyspace.clone(),
                 created_at: k.created_at,
                 age_days: (now.millis() - k.created_at.millis()).max(0) / DAY_MS,
                 expires_at: k.expires_at,

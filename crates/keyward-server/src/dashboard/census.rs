@@ -96,7 +96,7 @@ pub(crate) async fn census(
                 if let Err(e) = &taken {
                     tracing::warn!(error = %e.message, "the overview's counts could not be taken again");
                 }
-                keep(&st, scope, taken.ok());
+                keep(&st, scope, taken.ok().map(Arc::new));
             });
         }
         return Ok(census);
@@ -110,7 +110,7 @@ pub(crate) async fn census(
 }
 
 /// Keeps `census` for `scope` (none: the refresh failed; the old one stays, to be retried).
-fn keep(st: &AppState, scope: Vec<String>, census: Option<impl Into<Arc<Census>>>) {
+fn keep(st: &AppState, scope: Vec<String>, census: Option<Arc<Census>>) {
     let mut slots = st.census.slots.lock().unwrap_or_else(|e| e.into_inner());
     match census {
         Some(c) => {
@@ -120,7 +120,7 @@ fn keep(st: &AppState, scope: Vec<String>, census: Option<impl Into<Arc<Census>>
             slots.insert(
                 scope,
                 Slot {
-                    census: c.into(),
+                    census: c,
                     refreshing: false,
                 },
             );

@@ -31,7 +31,6 @@ use crate::http::extract::{encode_cursor, time_cursor};
 use crate::service;
 use crate::state::AppState;
 
-/// The overview reads at most this many keys (newest first) for its counts.
 /// Sorting other than "newest first" happens in memory over at most this many matches.
 const SORT_CAP: usize = 5_000;
 const PAGE_SIZE: i64 = 50;
@@ -72,7 +71,7 @@ pub(crate) async fn overview(
     let now = st.clock().now();
     let kss = all_keyspaces(&st, &ctx).await?;
     let census = super::census::census(&st, &ctx, &kss, now).await?;
-    let mut usage_24h = usage::overview_usage(&st, &who, &HashMap::new()).await?;
+    let mut usage_24h = usage::overview_usage(&st, &who).await?;
     let anomalies = usage::recent_anomalies(&st, &who).await?;
     // Reported leaks are audit events: shown to the roles that read the audit trail.
     let leaks = match ctx.allow::<authz::ReadAudit>() {

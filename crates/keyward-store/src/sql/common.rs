@@ -93,9 +93,9 @@ pub(super) fn push_after_time<'a, DB: Database>(
     String: Encode<'a, DB> + Type<DB>,
 {
     if let Some((at, id)) = after {
-        // A row value: both backends seek the (created_at, id) index to it (the equivalent
-        // `created_at < $1 OR (created_at = $1 AND id < $2)` made PostgreSQL read and sort
-        // every row before it).
+        // A row value: both backends seek the (created_at, id) index to it (with the
+        // equivalent `created_at < $1 OR (created_at = $1 AND id < $2)` PostgreSQL could not,
+        // and read every row before the cursor).
         q.push(" AND (created_at, id) < (").push_bind(*at);
         q.push(", ").push_bind(id.clone()).push(")");
     }
