@@ -622,8 +622,10 @@ pub trait Store: Send + Sync + 'static {
     /// those reads cheap, it does not make them current.
     async fn rollup_usage(&self, before: Timestamp) -> Result<u64>;
     async fn sources(&self, key_id: &str) -> Result<Vec<Source>>;
-    /// Every address on record for the key.
-    async fn known_sources(&self, key_id: &str) -> Result<Vec<String>>;
+    /// Every address on record for each of the keys: (key id, address) pairs, in no order.
+    /// One statement for many keys: the flusher asks for every key first seen from an address
+    /// in a batch (at a node's start, every key it sees).
+    async fn known_sources(&self, key_ids: &[String]) -> Result<Vec<(String, String)>>;
     async fn list_anomalies(&self, f: &AnomalyFilter) -> Result<Vec<Anomaly>>;
 
     /// Keys not revoked, not marked expired, whose `expires_at <= now`.

@@ -36,10 +36,10 @@ pub struct Report {
     pub expired: usize,
     pub warned: usize,
     pub inactive_revoked: usize,
-    pub(crate) anomalies: usize,
-    pub(crate) pruned_buckets: u64,
+    pub anomalies: usize,
+    pub pruned_buckets: u64,
     /// Minute buckets whose new counts went into their hours and days.
-    pub(crate) rolled_up: u64,
+    pub rolled_up: u64,
 }
 
 fn system_event(now: Timestamp, action: AuditAction, key: &Key) -> NewEvent {

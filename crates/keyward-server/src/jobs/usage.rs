@@ -6,18 +6,18 @@
 //! `dormant_reactivated`) and threshold notices (`key.rate_limited`, `key.quota_low`: each once
 //! cluster-wide, by a deduplicated row written with its webhook event).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use keyward_core::kinds::{AnomalyKind, WebhookEvent};
-use keyward_store::{SourceSeen, UsageDelta};
+use keyward_store::SourceSeen;
 use serde_json::json;
 
 use crate::anomalies::{self, Found};
 use crate::events::key_event;
 use crate::state::Control;
-use crate::verifier::Notice;
+use crate::verifier::{Notice, Usage};
 
 /// `new_source` anomalies reported per key and flush at most.
 const NEW_SOURCES_PER_FLUSH: usize = 5;
@@ -38,25 +38,38 @@ pub async fn flush(state: &Control) -> Result<usize, keyward_store::StoreError> 
 }
 
 /// Addresses never seen before for their key. The first address a key is ever seen from is not
-/// an anomaly.
+/// an anomaly. The addresses on record are read for every key of the batch in a few statements
+/// (after a start, every key a node sees is first seen from an address it does not know).
 async fn new_sources(
     state: &Control,
-    deltas: &[UsageDelta],
+    usage: &Usage,
 ) -> Result<Vec<Found>, keyward_store::StoreError> {
+    let asking: Vec<(usize, Vec<String>)> = usage
+        .deltas
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| !d.sources.is_empty())
+        .filter_map(|(i, d)| {
+            let ips: Vec<String> = d.sources.iter().map(|s| s.ip.clone()).collect();
+            let unknown = state.verifier.unknown_sources(&d.key_id, &ips);
+            (!unknown.is_empty()).then_some((i, unknown))
+        })
+        .collect();
     let mut found = Vec::new();
-    for d in deltas.iter().filter(|d| !d.sources.is_empty()) {
-        let ips: Vec<String> = d.sources.iter().map(|s| s.ip.clone()).collect();
-        let unknown = state.verifier.unknown_sources(&d.key_id, &ips);
-        if unknown.is_empty() {
-            continue;
-        }
-        let stored: HashSet<String> = state
-            .records
-            .store
-            .known_sources(&d.key_id)
-            .await?
-            .into_iter()
-            .collect();
+    if asking.is_empty() {
+        return Ok(found);
+    }
+    let ids: Vec<String> = asking
+        .iter()
+        .map(|(i, _)| usage.deltas[*i].key_id.clone())
+        .collect();
+    let mut on_record: HashMap<String, HashSet<String>> = HashMap::new();
+    for (key_id, ip) in state.records.store.known_sources(&ids).await? {
+        on_record.entry(key_id).or_default().insert(ip);
+    }
+    for (i, unknown) in asking {
+        let d = &usage.deltas[i];
+        let stored = on_record.remove(&d.key_id).unwrap_or_default();
         let mut fresh: Vec<&SourceSeen> = d
             .sources
             .iter()
@@ -64,13 +77,7 @@ async fn new_sources(
             .collect();
         fresh.sort_by_key(|s| s.first);
         let mut skip_first = stored.is_empty();
-        let keyspace_id = state
-            .records
-            .store
-            .key(&d.key_id)
-            .await?
-            .map(|k| k.keyspace_id)
-            .unwrap_or_default();
+        let keyspace_id = usage.keyspace_of(i);
         // A flood of made-up addresses on one key reports a handful per flush, not thousands.
         for s in fresh.into_iter().take(NEW_SOURCES_PER_FLUSH + 1) {
             if std::mem::take(&mut skip_first) {
@@ -78,13 +85,14 @@ async fn new_sources(
             }
             found.push(anomalies::found(
                 &d.key_id,
-                &keyspace_id,
+                keyspace_id,
                 AnomalyKind::NewSource,
                 format!("new_source:{}:{}", d.key_id, s.ip),
                 s.first,
                 json!({"ip": s.ip, "known_sources": stored.len(), "first_seen": s.first}),
             ));
         }
+        let ips = d.sources.iter().map(|s| s.ip.clone());
         state
             .verifier
             .remember_sources(&d.key_id, stored.into_iter().chain(ips));
@@ -99,6 +107,7 @@ pub const FLUSH_BATCH: usize = 5000;
 /// [`flush`] for callers that already hold the write gate: every key pending when it starts (the
 /// queue is first in, first out, so those are the first taken), in batches of [`FLUSH_BATCH`].
 pub(crate) async fn flush_locked(state: &Control) -> Result<usize, keyward_store::StoreError> {
+    state.verifier.queue_due();
     let mut left = state.verifier.pending_keys();
     let mut written = 0;
     while left > 0 {
@@ -129,7 +138,7 @@ async fn flush_batch(
     if usage.deltas.is_empty() && usage.reactivations.is_empty() {
         return Ok((0, taken));
     }
-    let mut found = match new_sources(state, &usage.deltas).await {
+    let mut found = match new_sources(state, &usage).await {
         Ok(f) => f,
         Err(e) => {
             state.metrics.flush_failures.fetch_add(1, Ordering::Relaxed);

@@ -47,6 +47,11 @@ impl Usage {
     pub fn taken(&self) -> usize {
         self.taken
     }
+
+    /// The keyspace of the key of `deltas[i]`.
+    pub(crate) fn keyspace_of(&self, i: usize) -> &str {
+        self.cells.get(i).map(|c| c.keyspace_id()).unwrap_or("")
+    }
 }
 
 /// The entries with counts not yet written, first in first out, in chunks of a fixed size: a
@@ -112,10 +117,11 @@ impl Verifier {
     /// This node's unwritten usage of the `max` keys that have waited longest, for the
     /// flusher. Entries are reset as they are taken.
     pub fn take_usage(&self, max: usize) -> Usage {
-        let cells = lock(&self.dirty).take(max);
         let now_ms = self.clock.now().millis();
         let all_sources = self.write_all_sources.load(Ordering::Relaxed);
-        let mut requeue = Vec::new();
+        self.queue_due_sources(now_ms, all_sources);
+        let cells = lock(&self.dirty).take(max);
+        let mut later = Vec::new();
         let mut usage = Usage {
             deltas: Vec::with_capacity(cells.len()),
             reactivations: Vec::new(),
@@ -180,9 +186,10 @@ impl Verifier {
                         s.written = true;
                     }
                     m.sources_written = now_ms;
-                } else if !due && m.sources.iter().any(|s| s.count != 0) {
-                    // Written later: the key stays in the queue until then.
-                    requeue.push(cell.clone());
+                } else if !due && m.sources.iter().any(|s| s.count != 0) && !m.sources_waiting {
+                    // Written when due: the key waits in `later` until then.
+                    m.sources_waiting = true;
+                    later.push((m.sources_written + SOURCE_WRITE_MS, cell.clone()));
                 }
                 // Addresses quiet for a whole interval are forgotten (a later sighting writes
                 // them again, as news to this entry, not to the store).
@@ -227,16 +234,40 @@ impl Verifier {
                 && d.buckets.is_empty()
                 && d.sources.is_empty();
             if empty {
-                // Only source counts not due yet (the key is queued again for them).
+                // Only source counts not due yet (the key waits in `later` for them).
                 continue;
             }
             usage.deltas.push(d);
             usage.cells.push(cell);
         }
-        for cell in &requeue {
-            self.mark_dirty(cell);
+        if !later.is_empty() {
+            let mut waiting = lock(&self.later);
+            for (due, cell) in later {
+                waiting.push(due, cell);
+            }
         }
         usage
+    }
+
+    /// Queues the keys whose source counts are now due (all of them for the last flushes), so
+    /// that [`Verifier::pending_keys`] counts them.
+    pub fn queue_due(&self) {
+        self.queue_due_sources(
+            self.clock.now().millis(),
+            self.write_all_sources.load(Ordering::Relaxed),
+        );
+    }
+
+    /// Moves the entries whose source counts are due (all of them for the last flushes) from
+    /// `later` to the dirty list.
+    fn queue_due_sources(&self, now_ms: i64, all: bool) {
+        let due = lock(&self.later).pop_due(if all { i64::MAX } else { now_ms });
+        for cell in due {
+            if let Some(m) = lock(&cell.state).more.as_deref_mut() {
+                m.sources_waiting = false;
+            }
+            self.mark_dirty(&cell);
+        }
     }
 
     /// Puts back notices that could not be recorded, so the next flush tries again.
@@ -334,6 +365,47 @@ impl Verifier {
 
     pub fn pending_keys(&self) -> usize {
         lock(&self.dirty).len()
+    }
+}
+
+/// Entries waiting for their source counts to be due, earliest first.
+#[derive(Default)]
+pub(super) struct Later(std::collections::BinaryHeap<Waiting>);
+
+struct Waiting(i64, Arc<Entry>);
+
+impl PartialEq for Waiting {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+impl Eq for Waiting {}
+impl PartialOrd for Waiting {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Waiting {
+    /// Reversed: the heap's top is the earliest due.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.0.cmp(&self.0)
+    }
+}
+
+impl Later {
+    fn push(&mut self, due: i64, cell: Arc<Entry>) {
+        self.0.push(Waiting(due, cell));
+    }
+
+    /// The entries due at `now_ms`, removed.
+    fn pop_due(&mut self, now_ms: i64) -> Vec<Arc<Entry>> {
+        let mut due = Vec::new();
+        while self.0.peek().is_some_and(|w| w.0 <= now_ms) {
+            if let Some(w) = self.0.pop() {
+                due.push(w.1);
+            }
+        }
+        due
     }
 }
 

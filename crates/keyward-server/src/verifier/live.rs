@@ -92,6 +92,8 @@ pub(super) struct More {
     pub(super) sources: Vec<Seen>,
     /// When the sources were last written (milliseconds; 0: never).
     pub(super) sources_written: i64,
+    /// In the verifier's list of source counts to write when due (`Verifier::later`).
+    pub(super) sources_waiting: bool,
     /// Valid uses after a long silence since the last flush: (previous use, this use).
     pub(super) reactivations: Vec<(Timestamp, Timestamp)>,
     /// Set once the entry's state was handed over: the entry that holds it now.
@@ -143,6 +145,7 @@ impl Default for More {
             buckets: Vec::new(),
             sources: Vec::new(),
             sources_written: 0,
+            sources_waiting: false,
             reactivations: Vec::new(),
             forward: None,
             quota_gen: 0,

@@ -285,6 +285,10 @@ impl Verifier {
         drop(o);
         let mut n = lock(&fresh.state);
         let from_row = std::mem::replace(&mut *n, taken);
+        if let Some(m) = n.more.as_deref_mut() {
+            // `fresh` is in no list yet: marked dirty below, it waits again if not yet due.
+            m.sources_waiting = false;
+        }
         let reset = old.stale_quota.load(Ordering::Acquire);
         if reset || n.remaining().is_none() {
             let (remaining, pool) = from_row

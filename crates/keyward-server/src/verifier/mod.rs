@@ -89,6 +89,10 @@ pub struct Verifier {
     identities_live: std::sync::atomic::AtomicUsize,
     /// Entries with counts not yet written (each at most once, see `Entry::queued`).
     dirty: Mutex<DirtyList>,
+    /// Entries whose only unwritten counts are those of known source addresses, by when they
+    /// are due (each at most once, see `More::sources_waiting`): they wait here, not in
+    /// `dirty`, so a flush looks only at keys used since the last one and at those now due.
+    later: Mutex<flush::Later>,
     /// A valid use this long after the previous one is a `dormant_reactivated` anomaly.
     dormant_after_ms: i64,
     /// Cluster-wide rate limits, when `KEYWARD_REDIS_URL` is set.
@@ -124,6 +128,7 @@ impl Verifier {
             identities: Mutex::new(HashMap::new()),
             identities_live: std::sync::atomic::AtomicUsize::new(0),
             dirty: Mutex::new(DirtyList::default()),
+            later: Mutex::new(flush::Later::default()),
             dormant_after_ms: dormant_after.as_millis() as i64,
             redis,
             leased: Mutex::new(Vec::new()),

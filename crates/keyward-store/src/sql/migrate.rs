@@ -41,6 +41,7 @@ macro_rules! migrations {
             10 => "0010_limits_refills.sql",
             11 => "0011_lock_tag_feed_notify.sql",
             12 => "0012_key_list_indexes.sql",
+            13 => "0013_usage_pipeline.sql",
         )
     };
     ($dir:literal: $($version:literal => $file:literal),* $(,)?) => {

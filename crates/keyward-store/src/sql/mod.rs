@@ -48,7 +48,7 @@ mod webhooks;
 /// [`StoreTx`]: crate::StoreTx
 /// [`Store::backend`]: crate::Store::backend
 macro_rules! sql_backend {
-    ($Store:ident, $Tx:ident, $DB:ty, $Row:ty, $name:literal, $instr:literal, $unrolled:literal) => {
+    ($Store:ident, $Tx:ident, $DB:ty, $Row:ty, $name:literal, $instr:literal, $unrolled:literal, $keyset:literal) => {
         mod anomalies {
             crate::sql::anomalies::for_backend!($DB, $Row);
         }
@@ -74,7 +74,7 @@ macro_rules! sql_backend {
             crate::sql::tokens::for_backend!($DB, $Row);
         }
         mod usage {
-            crate::sql::usage::for_backend!($DB, $unrolled);
+            crate::sql::usage::for_backend!($DB, $unrolled, $keyset);
         }
         mod users {
             crate::sql::users::for_backend!($Store, $Tx, $DB, $Row);
@@ -516,8 +516,8 @@ macro_rules! sql_backend {
                 async fn sources(&self, key_id: &str) -> Result<Vec<Source>> {
                     usage::sources(&self.pool, key_id).await
                 }
-                async fn known_sources(&self, key_id: &str) -> Result<Vec<String>> {
-                    usage::known_sources(&self.pool, key_id).await
+                async fn known_sources(&self, key_ids: &[String]) -> Result<Vec<(String, String)>> {
+                    usage::known_sources(&self.pool, key_ids).await
                 }
 
                 // anomalies.rs

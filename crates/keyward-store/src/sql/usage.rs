@@ -10,7 +10,7 @@
 /// This file's SQL for one backend (`$unrolled`: where its roll-up reads a batch of un-rolled
 /// minutes from, see `rollup_in`).
 macro_rules! for_backend {
-    ($DB:ty, $unrolled:literal) => {
+    ($DB:ty, $unrolled:literal, $keyset:literal) => {
         use keyward_core::kinds::Granularity;
         use keyward_core::model::Source;
         use keyward_core::time::Timestamp;
@@ -94,6 +94,8 @@ macro_rules! for_backend {
         }
 
         async fn usage_rest(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, deltas: &[UsageDelta]) -> Result<()> {
+            const CHUNK: usize = 200;
+            const KEYS_CHUNK: usize = 500;
             for d in deltas {
                 if d.consumed != 0 {
                     // Quota is spent from this node's lease (see `lease_quota`).
@@ -107,32 +109,44 @@ macro_rules! for_backend {
                         .await
                         .map_err(map_err)?;
                 }
+            }
+            // Source addresses: one multi-row upsert per chunk (a batch may hold several deltas
+            // of one key, merged here), then the keys of the batch beyond
+            // `MAX_SOURCES_PER_KEY` lose their least recently seen addresses, in one statement
+            // per chunk that reads only the index for keys within the limit.
+            let mut seen: std::collections::BTreeMap<(&str, &str), (i64, i64, i64)> = std::collections::BTreeMap::new();
+            for d in deltas {
                 for SourceSeen { ip, first, last, count: n } in &d.sources {
-                    sqlx::query(
-                        "INSERT INTO key_sources (key_id, ip, first_seen, last_seen, n) VALUES ($1, $2, $3, $4, $5) \
-                         ON CONFLICT (key_id, ip) DO UPDATE SET n = key_sources.n + excluded.n, \
-                         last_seen = CASE WHEN excluded.last_seen > key_sources.last_seen THEN excluded.last_seen ELSE key_sources.last_seen END",
-                    )
-                    .bind(&d.key_id)
-                    .bind(ip)
-                    .bind(first.millis())
-                    .bind(last.millis())
-                    .bind(*n)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(map_err)?;
+                    let e = seen.entry((d.key_id.as_str(), ip.as_str())).or_insert((i64::MAX, i64::MIN, 0));
+                    e.0 = e.0.min(first.millis());
+                    e.1 = e.1.max(last.millis());
+                    e.2 += *n;
                 }
-                if !d.sources.is_empty() {
-                    sqlx::query(
-                        "DELETE FROM key_sources WHERE key_id = $1 AND ip NOT IN \
-                         (SELECT ip FROM key_sources WHERE key_id = $1 ORDER BY last_seen DESC, ip LIMIT $2)",
-                    )
-                    .bind(&d.key_id)
-                    .bind(MAX_SOURCES_PER_KEY)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(map_err)?;
-                }
+            }
+            let seen: Vec<_> = seen.into_iter().collect();
+            for chunk in seen.chunks(CHUNK) {
+                let mut q = sqlx::QueryBuilder::<$DB>::new("INSERT INTO key_sources (key_id, ip, first_seen, last_seen, n) ");
+                q.push_values(chunk, |mut b, ((key_id, ip), (first, last, n))| {
+                    b.push_bind(key_id.to_string()).push_bind(ip.to_string()).push_bind(*first).push_bind(*last).push_bind(*n);
+                });
+                q.push(
+                    " ON CONFLICT (key_id, ip) DO UPDATE SET n = key_sources.n + excluded.n, \
+                     last_seen = CASE WHEN excluded.last_seen > key_sources.last_seen THEN excluded.last_seen ELSE key_sources.last_seen END",
+                );
+                q.build().execute(&mut *conn).await.map_err(map_err)?;
+            }
+            let mut keys: Vec<String> = seen.iter().map(|((key_id, _), _)| key_id.to_string()).collect();
+            keys.dedup();
+            for chunk in keys.chunks(KEYS_CHUNK) {
+                let mut q = sqlx::QueryBuilder::<$DB>::new(
+                    "DELETE FROM key_sources WHERE (key_id, ip) IN (SELECT key_id, ip FROM (\
+                     SELECT key_id, ip, ROW_NUMBER() OVER (PARTITION BY key_id ORDER BY last_seen DESC, ip) AS r \
+                     FROM key_sources WHERE key_id IN (SELECT key_id FROM key_sources WHERE 1 = 1",
+                );
+                push_in(&mut q, "key_id", Some(chunk));
+                q.push(" GROUP BY key_id HAVING COUNT(*) > ").push_bind(MAX_SOURCES_PER_KEY);
+                q.push(")) AS ranked WHERE r > ").push_bind(MAX_SOURCES_PER_KEY).push(")");
+                q.build().execute(&mut *conn).await.map_err(map_err)?;
             }
             Ok(())
         }
@@ -143,9 +157,10 @@ macro_rules! for_backend {
             // In batches, each its own transaction: locks on busy minute rows are held briefly.
             const BATCH: i64 = 5000;
             let mut total = 0;
+            let mut after = (String::new(), i64::MIN, String::new());
             loop {
                 let mut tx = pool.begin().await.map_err(map_err)?;
-                let n = rollup_in(&mut *tx, before, BATCH).await?;
+                let n = rollup_in(&mut *tx, before, BATCH, &mut after).await?;
                 tx.commit().await.map_err(map_err)?;
                 total += n;
                 if n < BATCH as u64 {
@@ -161,7 +176,14 @@ macro_rules! for_backend {
         /// in primary key order, the order the flusher writes them in, so the two cannot
         /// deadlock; SQLite reads the batch from the partial index of un-rolled minutes
         /// (`$unrolled` is each backend's source of the batch).
-        async fn rollup_in(conn: &mut <$DB as sqlx::Database>::Connection, before: Timestamp, limit: i64) -> Result<u64> {
+        /// `after`: where the batch starts, for backends that read it by key (`$keyset`); set to
+        /// the batch's last row.
+        async fn rollup_in(
+            conn: &mut <$DB as sqlx::Database>::Connection,
+            before: Timestamp,
+            limit: i64,
+            after: &mut (String, i64, String),
+        ) -> Result<u64> {
             let sql = concat!(
                 "UPDATE usage_buckets SET pending = usage_buckets.n - usage_buckets.rolled, rolled = usage_buckets.n \
                  FROM (SELECT key_id, granularity, start_at, code ",
@@ -171,12 +193,11 @@ macro_rules! for_backend {
                  AND usage_buckets.n <> usage_buckets.rolled \
                  RETURNING usage_buckets.key_id, usage_buckets.start_at, usage_buckets.code, usage_buckets.pending"
             );
-            let taken = sqlx::query(sql)
-                .bind(before.millis())
-                .bind(limit)
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(map_err)?;
+            let mut q = sqlx::query(sql).bind(before.millis()).bind(limit);
+            if $keyset {
+                q = q.bind(after.0.clone()).bind(after.1).bind(after.2.clone());
+            }
+            let taken = q.fetch_all(&mut *conn).await.map_err(map_err)?;
             let mut minutes = Vec::with_capacity(taken.len());
             for r in &taken {
                 minutes.push((get::<String, _>(r, "key_id")?, get::<i64, _>(r, "start_at")?, get::<String, _>(r, "code")?, get::<i64, _>(r, "pending")?));
@@ -190,6 +211,9 @@ macro_rules! for_backend {
             }
             let rows: Vec<_> = rows.into_iter().collect();
             upsert_buckets(&mut *conn, &rows).await?;
+            if let Some(last) = minutes.iter().max_by(|a, b| (&a.0, a.1, &a.2).cmp(&(&b.0, b.1, &b.2))) {
+                *after = (last.0.clone(), last.1, last.2.clone());
+            }
             Ok(minutes.len() as u64)
         }
 
@@ -303,13 +327,16 @@ macro_rules! for_backend {
                 .collect()
         }
 
-        pub(super) async fn known_sources(pool: &sqlx::Pool<$DB>, key_id: &str) -> Result<Vec<String>> {
-            let rows = sqlx::query("SELECT ip FROM key_sources WHERE key_id = $1")
-                .bind(key_id)
-                .fetch_all(pool)
-                .await
-                .map_err(map_err)?;
-            rows.iter().map(|r| get(r, "ip")).collect()
+        pub(super) async fn known_sources(pool: &sqlx::Pool<$DB>, key_ids: &[String]) -> Result<Vec<(String, String)>> {
+            let mut out = Vec::new();
+            for chunk in key_ids.chunks(500) {
+                let mut q = sqlx::QueryBuilder::<$DB>::new("SELECT key_id, ip FROM key_sources WHERE 1 = 1");
+                push_in(&mut q, "key_id", Some(chunk));
+                for r in q.build().fetch_all(pool).await.map_err(map_err)? {
+                    out.push((get(&r, "key_id")?, get(&r, "ip")?));
+                }
+            }
+            Ok(out)
         }
 
         pub(super) async fn copy_sources(conn: &mut <$DB as sqlx::Database>::Connection, from_key: &str, to_key: &str) -> Result<()> {

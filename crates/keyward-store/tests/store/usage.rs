@@ -400,11 +400,26 @@ async fn source_addresses_are_upserted_and_bounded_per_key(store: Arc<dyn Store>
         store.sources(&b.id).await.unwrap(),
         vec![source("203.0.113.1", 4, 4, 9)]
     );
-    let mut known = store.known_sources(&a.id).await.unwrap();
+    let mut known = store
+        .known_sources(&[a.id.clone(), b.id.clone(), "key_nope".into()])
+        .await
+        .unwrap();
     known.sort();
-    assert_eq!(known, vec!["2001:db8::1", "203.0.113.1"]);
+    let pair = |id: &str, ip: &str| (id.to_string(), ip.to_string());
+    let mut expected = vec![
+        pair(&a.id, "2001:db8::1"),
+        pair(&a.id, "203.0.113.1"),
+        pair(&b.id, "203.0.113.1"),
+    ];
+    expected.sort();
+    assert_eq!(known, expected);
     assert!(store.sources("key_nope").await.unwrap().is_empty());
-    assert!(store.known_sources("key_nope").await.unwrap().is_empty());
+    assert!(store
+        .known_sources(&["key_nope".into()])
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store.known_sources(&[]).await.unwrap().is_empty());
 
     // A key keeps its MAX_SOURCES_PER_KEY most recently seen addresses.
     let max = MAX_SOURCES_PER_KEY;

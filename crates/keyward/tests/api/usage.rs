@@ -523,6 +523,25 @@ async fn known_sources_are_written_once_a_minute_and_at_shutdown(app: TestApp) {
         source_counts(&app, &id).await,
         vec![("203.0.113.1".into(), 4), ("203.0.113.2".into(), 2)]
     );
+    // Not due yet and the key not used again: a flush once it is due writes it.
+    app.verify(from("203.0.113.2")).await;
+    app.flush().await;
+    assert_eq!(
+        source_counts(&app, &id).await,
+        vec![("203.0.113.1".into(), 4), ("203.0.113.2".into(), 2)]
+    );
+    app.advance(59);
+    app.flush().await;
+    assert_eq!(
+        source_counts(&app, &id).await,
+        vec![("203.0.113.1".into(), 4), ("203.0.113.2".into(), 2)]
+    );
+    app.advance(2);
+    app.flush().await;
+    assert_eq!(
+        source_counts(&app, &id).await,
+        vec![("203.0.113.1".into(), 4), ("203.0.113.2".into(), 3)]
+    );
     // Not due yet, then the server stops: the last flush writes it.
     app.verify(from("203.0.113.2")).await;
     app.flush().await;
@@ -531,7 +550,7 @@ async fn known_sources_are_written_once_a_minute_and_at_shutdown(app: TestApp) {
     let store = keyward_store::open(&db_url).await.unwrap();
     let seen = store.sources(&id).await.unwrap();
     let two = seen.iter().find(|s| s.ip == "203.0.113.2").unwrap();
-    assert_eq!(two.count, 3, "{seen:?}");
+    assert_eq!(two.count, 4, "{seen:?}");
     drop((state, dir));
 }
 both!(
