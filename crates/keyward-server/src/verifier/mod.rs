@@ -89,6 +89,8 @@ pub struct Verifier {
     identities_live: std::sync::atomic::AtomicUsize,
     /// Entries with counts not yet written (each at most once, see `Entry::queued`).
     dirty: Mutex<DirtyList>,
+    /// Held while a quota cell leases from the store (see [`LEASE_STRIPES`]).
+    leasing: Box<[tokio::sync::Mutex<()>]>,
     /// Entries whose only unwritten counts are those of known source addresses, by when they
     /// are due (each at most once, see `More::sources_waiting`): they wait here, not in
     /// `dirty`, so a flush looks only at keys used since the last one and at those now due.
@@ -111,6 +113,23 @@ pub struct Verifier {
     imports: imported::Imports,
 }
 
+/// How many times one verification may lease quota before it answers with what it has. The
+/// verifications running at once on a node spend from one lease: one that leased may find its
+/// grant spent by the others and lease again, for as long as the store had quota left
+/// (`More::pool`).
+const LEASES_PER_VERIFICATION: usize = 16;
+/// Stripes of the lease locks: one lease at a time per quota cell on a node (cells of one
+/// stripe wait for each other's store call, which is rare: leases are near a quota's end).
+const LEASE_STRIPES: usize = 64;
+
+/// The lease lock of a quota cell (its key id, or `@` and its identity's id).
+fn lease_stripe(key_id: &str) -> usize {
+    let h = key_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (h % LEASE_STRIPES as u64) as usize
+}
+
 impl Verifier {
     pub fn new(
         store: Arc<dyn Store>,
@@ -128,6 +147,9 @@ impl Verifier {
             identities: Mutex::new(HashMap::new()),
             identities_live: std::sync::atomic::AtomicUsize::new(0),
             dirty: Mutex::new(DirtyList::default()),
+            leasing: (0..LEASE_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             later: Mutex::new(flush::Later::default()),
             dormant_after_ms: dormant_after.as_millis() as i64,
             redis,
@@ -280,13 +302,27 @@ impl Verifier {
         let mut shared = self.shared_windows(&entry, req, now).await;
         let mut leases = 0;
         let result = loop {
-            match self.decide(entry.clone(), req, now, shared.as_ref(), leases >= 3) {
+            let last = leases >= LEASES_PER_VERIFICATION;
+            match self.decide(entry.clone(), req, now, shared.as_ref(), last) {
                 Decision::Done(o) => break Ok(o),
                 Decision::NeedQuota(cell) => {
-                    if let Err(e) = self.lease(&cell, req.cost, now).await {
-                        break Err(e);
+                    // One lease in flight per cell: verifications that ran short at once wait
+                    // for it and spend what it brought. Each leasing its own share (all sized
+                    // from the same view of the pool) took a quota's whole rest to a few nodes
+                    // while others were denied `USAGE_EXCEEDED`, until the idle leases came back.
+                    let _one = self.leasing[lease_stripe(cell.key_id())].lock().await;
+                    let (_, covered) = Entry::with_state(&cell, |s| {
+                        s.more
+                            .as_ref()
+                            .and_then(|m| m.remaining)
+                            .is_some_and(|r| r >= req.cost)
+                    });
+                    if !covered {
+                        if let Err(e) = self.lease(&cell, req.cost, now).await {
+                            break Err(e);
+                        }
+                        leases += 1;
                     }
-                    leases += 1;
                 }
                 Decision::Moved(next) => {
                     // The same key, its rules as of a later read: counted in Redis again when

@@ -577,21 +577,27 @@ pub async fn post_verify(http: &reqwest::Client, url: &str, body: &Value) -> Val
 /// `n` verifications, concurrently, request `i` on node `i % nodes` with key `i % keys`;
 /// counts VALID.
 pub async fn spread(nodes: &[&TestApp], keys: &[String], n: usize) -> usize {
+    spread_answers(nodes, keys, n)
+        .await
+        .iter()
+        .filter(|a| a["code"] == "VALID")
+        .count()
+}
+
+/// [`spread`]'s answers themselves (for a message that says why some were not valid).
+pub async fn spread_answers(nodes: &[&TestApp], keys: &[String], n: usize) -> Vec<Value> {
     let mut tasks = Vec::new();
     for i in 0..n {
         let node = nodes[i % nodes.len()];
         let (http, url) = (node.http.clone(), node.url.clone());
         let key = keys[i % keys.len()].clone();
         tasks.push(tokio::spawn(async move {
-            let r = post_verify(&http, &url, &json!({"key": key})).await;
-            r["code"] == "VALID"
+            post_verify(&http, &url, &json!({"key": key})).await
         }));
     }
-    let mut valid = 0;
+    let mut answers = Vec::new();
     for t in tasks {
-        if t.await.unwrap() {
-            valid += 1;
-        }
+        answers.push(t.await.unwrap());
     }
-    valid
+    answers
 }

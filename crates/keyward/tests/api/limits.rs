@@ -986,7 +986,9 @@ async fn an_identitys_quota_set_anew_is_followed_by_every_node() {
         keys.push(a.key(&ks, json!({"owner": "acme"})).await.1);
     }
     // Every node holds a lease of the first quota.
-    assert_eq!(spread([&a, &b, &c], &keys, 30).await, 30);
+    let answers = crate::helpers::spread_answers(&[&a, &b, &c], &keys, 30).await;
+    let denied: Vec<&Value> = answers.iter().filter(|r| r["code"] != "VALID").collect();
+    assert!(denied.is_empty(), "{denied:?}");
     a.patch("/v1/identities/acme", json!({"remaining": 20}))
         .await
         .expect(200);
