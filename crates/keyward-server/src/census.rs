@@ -51,8 +51,4 @@ pub(crate) struct Slot {
 #[derive(Default)]
 pub(crate) struct Cache {
     pub(crate) slots: Mutex<HashMap<Vec<String>, Slot>>,
-    /// Held while a view takes a census for a scope with none kept: a view that finds nothing
-    /// kept waits for the census under way, then shows it if it was kept, rather than counting
-    /// every key again beside it.
-    pub(crate) taking: tokio::sync::Mutex<()>,
 }

@@ -6,9 +6,7 @@
 //! second for a million. One that took longer than [`FRESH_BELOW`] is kept per scope (the set of
 //! keyspaces a viewer sees) and shown for up to [`MAX_AGE_MS`], the page saying as of when; an
 //! older one is shown while a new one is taken in the background, so no view waits for a pass
-//! over a million keys but the first. A census cheaper than that is taken at every view. Views
-//! that find nothing kept take one census at a time: views arriving together on a large
-//! keyspace wait for one pass and show it, rather than each counting every key.
+//! over a million keys but the first. A census cheaper than that is taken at every view.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -77,11 +75,30 @@ pub(crate) async fn census(
 ) -> Result<Arc<Census>, crate::error::Error> {
     let mut scope: Vec<String> = kss.iter().map(|k| k.id.clone()).collect();
     scope.sort();
-    if let Some(census) = kept(st, ctx, kss, &scope, now) {
-        return Ok(census);
-    }
-    let _taking = st.census.taking.lock().await;
-    if let Some(census) = kept(st, ctx, kss, &scope, now) {
+    let kept = {
+        let mut slots = st.census.slots.lock().unwrap_or_else(|e| e.into_inner());
+        match slots.get_mut(&scope) {
+            Some(slot) if slot.census.took >= FRESH_BELOW => {
+                let stale = now.millis() - slot.census.at.millis() >= MAX_AGE_MS;
+                let refresh = stale && !slot.refreshing;
+                slot.refreshing |= refresh;
+                Some((slot.census.clone(), refresh))
+            }
+            _ => None,
+        }
+    };
+    if let Some((census, refresh)) = kept {
+        if refresh {
+            let (st, ctx, kss, scope) = (st.clone(), ctx.clone(), kss.to_vec(), scope.clone());
+            tokio::spawn(async move {
+                let now = st.clock().now();
+                let taken = take(&st, &ctx, &kss, now).await;
+                if let Err(e) = &taken {
+                    tracing::warn!(error = %e.message, "the overview's counts could not be taken again");
+                }
+                keep(&st, scope, taken.ok().map(Arc::new));
+            });
+        }
         return Ok(census);
     }
     let census = take(st, ctx, kss, now).await?;
@@ -90,40 +107,6 @@ pub(crate) async fn census(
         keep(st, scope, Some(census.clone()));
     }
     Ok(census)
-}
-
-/// The census kept for `scope`, if any; when it is old, a new one is taken in the background.
-fn kept(
-    st: &AppState,
-    ctx: &Ctx,
-    kss: &[Keyspace],
-    scope: &[String],
-    now: Timestamp,
-) -> Option<Arc<Census>> {
-    let (census, refresh) = {
-        let mut slots = st.census.slots.lock().unwrap_or_else(|e| e.into_inner());
-        match slots.get_mut(scope) {
-            Some(slot) if slot.census.took >= FRESH_BELOW => {
-                let stale = now.millis() - slot.census.at.millis() >= MAX_AGE_MS;
-                let refresh = stale && !slot.refreshing;
-                slot.refreshing |= refresh;
-                (slot.census.clone(), refresh)
-            }
-            _ => return None,
-        }
-    };
-    if refresh {
-        let (st, ctx, kss, scope) = (st.clone(), ctx.clone(), kss.to_vec(), scope.to_vec());
-        tokio::spawn(async move {
-            let now = st.clock().now();
-            let taken = take(&st, &ctx, &kss, now).await;
-            if let Err(e) = &taken {
-                tracing::warn!(error = %e.message, "the overview's counts could not be taken again");
-            }
-            keep(&st, scope, taken.ok().map(Arc::new));
-        });
-    }
-    Some(census)
 }
 
 /// Keeps `census` for `scope` (none: the refresh failed; the old one stays, to be retried).

@@ -67,9 +67,15 @@ async fn new_sources(
     for (key_id, ip) in state.records.store.known_sources(&ids).await? {
         on_record.entry(key_id).or_default().insert(ip);
     }
-    for (i, unknown) in asking {
+    for (i, _) in asking {
         let d = &usage.deltas[i];
-        let stored = on_record.remove(&d.key_id).unwrap_or_default();
+        // Asked again: an earlier delta of the same key in this batch made some known.
+        let ips: Vec<String> = d.sources.iter().map(|s| s.ip.clone()).collect();
+        let unknown = state.verifier.unknown_sources(&d.key_id, &ips);
+        if unknown.is_empty() {
+            continue;
+        }
+        let stored = on_record.get(&d.key_id).cloned().unwrap_or_default();
         let mut fresh: Vec<&SourceSeen> = d
             .sources
             .iter()
@@ -92,7 +98,6 @@ async fn new_sources(
                 json!({"ip": s.ip, "known_sources": stored.len(), "first_seen": s.first}),
             ));
         }
-        let ips = d.sources.iter().map(|s| s.ip.clone());
         state
             .verifier
             .remember_sources(&d.key_id, stored.into_iter().chain(ips));

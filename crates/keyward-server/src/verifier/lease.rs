@@ -58,6 +58,7 @@ impl Verifier {
                 return;
             }
             m.last_lease = Some(now);
+            m.leases = m.leases.wrapping_add(1);
             match got {
                 Some(lease) => {
                     let until = lease.until.map_or(NEVER, Timestamp::millis);

@@ -101,6 +101,9 @@ pub(super) struct More {
     /// Bumped whenever the quota is set anew (which voids every lease in the store): a lease
     /// granted, or given back in vain, under an older generation is dropped, not added.
     pub(super) quota_gen: u32,
+    /// Bumped by every lease this node made for the cell (granted or not): a verification that
+    /// waited for another's lease sees it and decides again instead of leasing too.
+    pub(super) leases: u32,
     /// Threshold notices found since the last flush (`key.rate_limited`, `key.quota_low`).
     pub(super) notices: Vec<Notice>,
     /// Rate-limit windows noticed here: (limit index, identity's, window end ms). One notice
@@ -149,6 +152,7 @@ impl Default for More {
             reactivations: Vec::new(),
             forward: None,
             quota_gen: 0,
+            leases: 0,
             notices: Vec::new(),
             noticed: Vec::new(),
             low_below: NEVER,

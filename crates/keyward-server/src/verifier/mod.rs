@@ -307,22 +307,27 @@ impl Verifier {
                 Decision::Done(o) => break Ok(o),
                 Decision::NeedQuota(cell) => {
                     // One lease in flight per cell: verifications that ran short at once wait
-                    // for it and spend what it brought. Each leasing its own share (all sized
-                    // from the same view of the pool) took a quota's whole rest to a few nodes
-                    // while others were denied `USAGE_EXCEEDED`, until the idle leases came back.
+                    // for it and decide again on what it brought (or on the empty pool it
+                    // found). Each leasing its own share (all sized from the same view of the
+                    // pool) took a quota's whole rest to a few nodes while others were denied
+                    // `USAGE_EXCEEDED`, until the idle leases came back.
+                    let seen = Entry::with_state(&cell, |s| s.more.as_ref().map(|m| m.leases)).1;
                     let _one = self.leasing[lease_stripe(cell.key_id())].lock().await;
-                    let (_, covered) = Entry::with_state(&cell, |s| {
-                        s.more
-                            .as_ref()
-                            .and_then(|m| m.remaining)
-                            .is_some_and(|r| r >= req.cost)
+                    let (_, (leased_meanwhile, covered)) = Entry::with_state(&cell, |s| {
+                        let m = s.more.as_ref();
+                        (
+                            m.map(|m| m.leases) != seen,
+                            m.and_then(|m| m.remaining).is_some_and(|r| r >= req.cost),
+                        )
                     });
-                    if !covered {
-                        if let Err(e) = self.lease(&cell, req.cost, now).await {
+                    if !leased_meanwhile && !covered {
+                        if let Err(e) = self.lease(&cell, req.cost, self.clock.now()).await {
                             break Err(e);
                         }
-                        leases += 1;
                     }
+                    // Every round counts, leased or not: a verification decides a bounded
+                    // number of times.
+                    leases += 1;
                 }
                 Decision::Moved(next) => {
                     // The same key, its rules as of a later read: counted in Redis again when
