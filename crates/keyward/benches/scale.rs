@@ -15,7 +15,8 @@
 //! - Then a real server on loopback over that database answers, one client over keep-alive:
 //!   - key list pages (`GET /v1/keys`, 50 a page) unfiltered, deep, and with every filter:
 //!     p50 and p99 of 100 requests each;
-//!   - the dashboard's overview, keys list and key page (signed in), p50 and p99;
+//!   - the dashboard's overview, keys list and key page (signed in), p50 and p99, and the
+//!     overview's first view on a second server started over the loaded database;
 //!   - the inventory report streamed as CSV and JSON (keys/s, and the process's peak memory
 //!     before and after);
 //!   - the audit export (events/s) and `GET /v1/audit/verify` (seconds);
@@ -587,8 +588,8 @@ async fn run(name: &str, db: &str, n: u64) {
     }
     if parts.contains("dashboard") {
         dashboard(&s, &ks, &sample).await;
-        // A node started over the loaded database takes the census as it starts: the first
-        // view after a start shows it (or waits for the rest of it).
+        // The first view on a node started over the loaded database: a new process, with
+        // nothing kept, takes the census.
         let restarted = serve(db).await;
         let session = dashboard_session(&restarted).await;
         let started = Instant::now();
