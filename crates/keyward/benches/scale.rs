@@ -240,6 +240,19 @@ impl Server {
         let status = res.status().as_u16();
         (status, res.bytes().await.expect("body").to_vec())
     }
+    /// A dashboard page read whole with the session cookie `session`: its status.
+    async fn page(&self, session: &str, path: &str) -> u16 {
+        let res = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .header("cookie", session)
+            .send()
+            .await
+            .expect("page");
+        let status = res.status().as_u16();
+        let _ = res.bytes().await;
+        status
+    }
     async fn get_json(&self, path: &str) -> Value {
         let (status, body) = self.call(reqwest::Method::GET, path, None).await;
         assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
@@ -465,18 +478,7 @@ async fn dashboard_session(s: &Server) -> String {
 
 async fn dashboard(s: &Server, ks: &str, key: &str) {
     let session = dashboard_session(s).await;
-    let page = async |path: &str| {
-        let res = s
-            .http
-            .get(format!("{}{path}", s.url))
-            .header("cookie", &session)
-            .send()
-            .await
-            .expect("page");
-        let status = res.status().as_u16();
-        let _ = res.bytes().await;
-        (status, 0)
-    };
+    let page = async |path: &str| (s.page(&session, path).await, 0);
     // The overview's first view after start takes the census; later ones show it (see
     // docs/decisions.md): measured apart.
     let started = Instant::now();
@@ -593,15 +595,7 @@ async fn run(name: &str, db: &str, n: u64) {
         let restarted = serve(db).await;
         let session = dashboard_session(&restarted).await;
         let started = Instant::now();
-        let res = restarted
-            .http
-            .get(format!("{}/", restarted.url))
-            .header("cookie", &session)
-            .send()
-            .await
-            .expect("overview");
-        assert_eq!(res.status().as_u16(), 200);
-        let _ = res.bytes().await;
+        assert_eq!(restarted.page(&session, "/").await, 200);
         println!(
             "dashboard/overview, first view after a restart (sign-in {:.0?} after start): {}",
             started.duration_since(restarted.started),

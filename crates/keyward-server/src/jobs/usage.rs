@@ -44,15 +44,18 @@ async fn new_sources(
     state: &Control,
     usage: &Usage,
 ) -> Result<Vec<Found>, keyward_store::StoreError> {
-    let asking: Vec<(usize, Vec<String>)> = usage
-        .deltas
-        .iter()
-        .enumerate()
-        .filter(|(_, d)| !d.sources.is_empty())
-        .filter_map(|(i, d)| {
-            let ips: Vec<String> = d.sources.iter().map(|s| s.ip.clone()).collect();
-            let unknown = state.verifier.unknown_sources(&d.key_id, &ips);
-            (!unknown.is_empty()).then_some((i, unknown))
+    let ips_of = |d: &keyward_store::UsageDelta| -> Vec<String> {
+        d.sources.iter().map(|s| s.ip.clone()).collect()
+    };
+    // The deltas with an address this node does not know for its key.
+    let asking: Vec<usize> = (0..usage.deltas.len())
+        .filter(|&i| {
+            let d = &usage.deltas[i];
+            !d.sources.is_empty()
+                && !state
+                    .verifier
+                    .unknown_sources(&d.key_id, &ips_of(d))
+                    .is_empty()
         })
         .collect();
     let mut found = Vec::new();
@@ -61,16 +64,16 @@ async fn new_sources(
     }
     let ids: Vec<String> = asking
         .iter()
-        .map(|(i, _)| usage.deltas[*i].key_id.clone())
+        .map(|&i| usage.deltas[i].key_id.clone())
         .collect();
     let mut on_record: HashMap<String, HashSet<String>> = HashMap::new();
     for (key_id, ip) in state.records.store.known_sources(&ids).await? {
         on_record.entry(key_id).or_default().insert(ip);
     }
-    for (i, _) in asking {
+    for i in asking {
         let d = &usage.deltas[i];
         // Asked again: an earlier delta of the same key in this batch made some known.
-        let ips: Vec<String> = d.sources.iter().map(|s| s.ip.clone()).collect();
+        let ips = ips_of(d);
         let unknown = state.verifier.unknown_sources(&d.key_id, &ips);
         if unknown.is_empty() {
             continue;

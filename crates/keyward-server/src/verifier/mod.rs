@@ -113,10 +113,10 @@ pub struct Verifier {
     imports: imported::Imports,
 }
 
-/// How many times one verification may lease quota before it answers with what it has. The
-/// verifications running at once on a node spend from one lease: one that leased may find its
-/// grant spent by the others and lease again, for as long as the store had quota left
-/// (`More::pool`).
+/// How many rounds of leasing (its own lease, or waiting for another's) one verification may go
+/// through before it answers with what it has. The verifications running at once on a node
+/// spend from one lease: one may find a grant spent by the others and lease again, for as long
+/// as the store had quota left (`More::pool`).
 const LEASES_PER_VERIFICATION: usize = 16;
 /// Stripes of the lease locks: one lease at a time per quota cell on a node (cells of one
 /// stripe wait for each other's store call, which is rare: leases are near a quota's end).
