@@ -9,40 +9,92 @@ pub(super) const AUDIT_COLS: &str =
     "seq, id, at, actor_type, actor_id, actor_name, action, target_type, \
     target_id, reason, request_id, ip, changes, prev_hash, hash";
 
+/// One event as read: the columns of [`AUDIT_COLS`], in order.
+pub(super) type EventColumns = (
+    i64,
+    String,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+    String,
+    String,
+);
+
+/// The event of one row's columns. An unknown actor type can only come from an edited row: it
+/// is kept visible to the chain check (as `system`, so the hash no longer matches) rather than
+/// failing the read.
+pub(super) fn event(c: EventColumns) -> crate::Result<keyward_core::model::AuditEvent> {
+    use keyward_core::model::{Actor, ActorKind, AuditEvent};
+    let (seq, id, at, kind, actor_id, actor_name, action, target_type, target_id) =
+        (c.0, c.1, c.2, c.3, c.4, c.5, c.6, c.7, c.8);
+    let (reason, request_id, ip, changes, prev_hash, hash) = (c.9, c.10, c.11, c.12, c.13, c.14);
+    Ok(AuditEvent {
+        id,
+        seq,
+        at: keyward_core::time::Timestamp::from_millis(at),
+        actor: Actor {
+            kind: ActorKind::parse(&kind).unwrap_or(ActorKind::System),
+            id: actor_id,
+            name: actor_name,
+        },
+        action,
+        target_type,
+        target_id,
+        reason,
+        request_id,
+        ip,
+        changes: crate::sql::common::json("changes", &changes)?,
+        prev_hash,
+        hash,
+    })
+}
+
+/// A page of events read as one JSON text, an array of each event's columns (the backend's
+/// `$events_json`); no rows give `[]` on SQLite and NULL on PostgreSQL.
+pub(super) fn events_from_json(page: Option<&str>) -> crate::Result<Vec<keyward_core::model::AuditEvent>> {
+    let Some(page) = page else {
+        return Ok(Vec::new());
+    };
+    let rows: Vec<EventColumns> = crate::sql::common::json("audit_events", page)?;
+    rows.into_iter().map(event).collect()
+}
+
 /// This file's SQL for one backend.
 macro_rules! for_backend {
-    ($DB:ty, $Row:ty) => {
+    ($DB:ty, $Row:ty, $events_json:literal) => {
         use keyward_core::audit::{event_hash, GENESIS_HASH};
-        use keyward_core::model::{Actor, ActorKind, AuditEvent};
-        use keyward_core::time::Timestamp;
+        use keyward_core::model::AuditEvent;
 
         use crate::sql::audit::AUDIT_COLS;
         use crate::sql::common::{get, json, map_err, to_json};
         use crate::{AuditFilter, NewEvent, Result};
 
         fn audit_from_row(r: &$Row) -> Result<AuditEvent> {
-            let kind: String = get(r, "actor_type")?;
-            Ok(AuditEvent {
-                id: get(r, "id")?,
-                seq: get(r, "seq")?,
-                at: Timestamp::from_millis(get(r, "at")?),
-                actor: Actor {
-                    // An unknown actor type can only come from an edited row; keep it visible
-                    // to the chain check rather than failing the read.
-                    kind: ActorKind::parse(&kind).unwrap_or(ActorKind::System),
-                    id: get(r, "actor_id")?,
-                    name: get(r, "actor_name")?,
-                },
-                action: get(r, "action")?,
-                target_type: get(r, "target_type")?,
-                target_id: get(r, "target_id")?,
-                reason: get(r, "reason")?,
-                request_id: get(r, "request_id")?,
-                ip: get(r, "ip")?,
-                changes: json("changes", &get::<String, _>(r, "changes")?)?,
-                prev_hash: get(r, "prev_hash")?,
-                hash: get(r, "hash")?,
-            })
+            crate::sql::audit::event((
+                get(r, "seq")?,
+                get(r, "id")?,
+                get(r, "at")?,
+                get(r, "actor_type")?,
+                get(r, "actor_id")?,
+                get(r, "actor_name")?,
+                get(r, "action")?,
+                get(r, "target_type")?,
+                get(r, "target_id")?,
+                get(r, "reason")?,
+                get(r, "request_id")?,
+                get(r, "ip")?,
+                get(r, "changes")?,
+                get(r, "prev_hash")?,
+                get(r, "hash")?,
+            ))
         }
 
         /// Appends `e` after the chain's last event: `head` when the transaction knows it (see
@@ -167,21 +219,26 @@ macro_rules! for_backend {
             rows.iter().map(audit_from_row).collect()
         }
 
+        /// Events with `seq > after_seq`, oldest first: one row of JSON for the whole page (the
+        /// export and the chain check read the whole trail, and a row costs the driver more
+        /// than its columns).
         pub(super) async fn audit_after(
             pool: &sqlx::Pool<$DB>,
             after_seq: i64,
             limit: i64,
         ) -> Result<Vec<AuditEvent>> {
             let sql = format!(
-                "SELECT {AUDIT_COLS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2"
+                "SELECT {} AS page FROM (SELECT {AUDIT_COLS} FROM audit_events \
+                 WHERE seq > $1 ORDER BY seq LIMIT $2) AS p",
+                $events_json
             );
-            let rows = sqlx::query(&sql)
+            let page: Option<String> = sqlx::query_scalar(&sql)
                 .bind(after_seq)
                 .bind(limit)
-                .fetch_all(pool)
+                .fetch_one(pool)
                 .await
                 .map_err(map_err)?;
-            rows.iter().map(audit_from_row).collect()
+            crate::sql::audit::events_from_json(page.as_deref())
         }
     };
 }
