@@ -57,19 +57,9 @@ pub(super) fn event(c: EventColumns) -> crate::Result<keyward_core::model::Audit
     })
 }
 
-/// A page of events read as one JSON text, an array of each event's columns (the backend's
-/// `$events_json`); no rows give `[]` on SQLite and NULL on PostgreSQL.
-pub(super) fn events_from_json(page: Option<&str>) -> crate::Result<Vec<keyward_core::model::AuditEvent>> {
-    let Some(page) = page else {
-        return Ok(Vec::new());
-    };
-    let rows: Vec<EventColumns> = crate::sql::common::json("audit_events", page)?;
-    rows.into_iter().map(event).collect()
-}
-
 /// This file's SQL for one backend.
 macro_rules! for_backend {
-    ($DB:ty, $Row:ty, $events_json:literal) => {
+    ($DB:ty, $Row:ty, $json_rows:literal) => {
         use keyward_core::audit::{event_hash, GENESIS_HASH};
         use keyward_core::model::AuditEvent;
 
@@ -219,26 +209,27 @@ macro_rules! for_backend {
             rows.iter().map(audit_from_row).collect()
         }
 
-        /// Events with `seq > after_seq`, oldest first: one row of JSON for the whole page (the
-        /// export and the chain check read the whole trail, and a row costs the driver more
-        /// than its columns).
+        /// Events with `seq > after_seq`, oldest first, read as one JSON text (the export and
+        /// the chain check walk the whole trail; see `common::json_rows`).
         pub(super) async fn audit_after(
             pool: &sqlx::Pool<$DB>,
             after_seq: i64,
             limit: i64,
         ) -> Result<Vec<AuditEvent>> {
-            let sql = format!(
-                "SELECT {} AS page FROM (SELECT {AUDIT_COLS} FROM audit_events \
-                 WHERE seq > $1 ORDER BY seq LIMIT $2) AS p",
-                $events_json
+            let inner = format!(
+                "SELECT {AUDIT_COLS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2"
             );
+            let sql = crate::sql::common::json_rows($json_rows, AUDIT_COLS, "seq", &inner);
             let page: Option<String> = sqlx::query_scalar(&sql)
                 .bind(after_seq)
                 .bind(limit)
                 .fetch_one(pool)
                 .await
                 .map_err(map_err)?;
-            crate::sql::audit::events_from_json(page.as_deref())
+            crate::sql::common::from_json_rows("audit_events", page.as_deref())?
+                .into_iter()
+                .map(crate::sql::audit::event)
+                .collect()
         }
     };
 }

@@ -70,9 +70,50 @@ pub(super) fn push_status<'a, DB: Database>(
     }
 }
 
-/// This file's SQL for one backend (`$instr`: its substring-position function).
+/// The columns of a key the inventory reads ([`crate::KeyBrief`]), in [`BriefColumns`] order;
+/// flags as 0 or 1 (each backend's booleans are JSON of their own kind).
+pub(super) const BRIEF_COLS: &str =
+    "id, keyspace_id, name, owner, enabled, created_at, expires_at, \
+    revoked, rotating, last_used_at, call_count";
+
+/// One key's [`BRIEF_COLS`].
+pub(super) type BriefColumns = (
+    String,
+    String,
+    String,
+    Option<String>,
+    i64,
+    i64,
+    Option<i64>,
+    i64,
+    i64,
+    Option<i64>,
+    i64,
+);
+
+pub(super) fn brief(c: BriefColumns) -> crate::KeyBrief {
+    use keyward_core::time::Timestamp;
+    let (id, keyspace_id, name, owner, enabled, created_at) = (c.0, c.1, c.2, c.3, c.4, c.5);
+    let (expires_at, revoked, rotating, last_used_at, call_count) = (c.6, c.7, c.8, c.9, c.10);
+    crate::KeyBrief {
+        id,
+        keyspace_id,
+        name,
+        owner,
+        enabled: enabled != 0,
+        created_at: Timestamp::from_millis(created_at),
+        expires_at: expires_at.map(Timestamp::from_millis),
+        revoked: revoked != 0,
+        rotating: rotating != 0,
+        last_used_at: last_used_at.map(Timestamp::from_millis),
+        call_count,
+    }
+}
+
+/// This file's SQL for one backend (`$instr`: its substring-position function; `$json_rows`:
+/// see `common::json_rows`).
 macro_rules! for_backend {
-    ($DB:ty, $Row:ty, $name:literal, $instr:literal) => {
+    ($DB:ty, $Row:ty, $name:literal, $instr:literal, $json_rows:literal) => {
         use keyward_core::keyformat::KeyHash;
         use keyward_core::model::{Key, Keyspace};
         use keyward_core::time::Timestamp;
@@ -313,32 +354,24 @@ macro_rules! for_backend {
         }
 
         pub(super) async fn key_briefs(pool: &sqlx::Pool<$DB>, keyspace_ids: Option<&[String]>, after: Option<TimeCursor>, limit: i64) -> Result<Vec<crate::KeyBrief>> {
+            // Read as one JSON text a page (the inventory reads every key; see
+            // `common::json_rows`).
+            let order = "created_at DESC, id DESC";
+            let (head, tail) = crate::sql::common::json_rows_around($json_rows, crate::sql::keys::BRIEF_COLS, order);
             let mut q = sqlx::QueryBuilder::<$DB>::new(format!(
-                "SELECT id, keyspace_id, name, owner, enabled, created_at, expires_at, \
-                 revoked_at IS NOT NULL AS revoked, rotated_to IS NOT NULL AS rotating, \
+                "{head}SELECT id, keyspace_id, name, owner, CASE WHEN enabled THEN 1 ELSE 0 END AS enabled, \
+                 created_at, expires_at, CASE WHEN revoked_at IS NOT NULL THEN 1 ELSE 0 END AS revoked, \
+                 CASE WHEN rotated_to IS NOT NULL THEN 1 ELSE 0 END AS rotating, \
                  kc.last_used_at AS last_used_at, COALESCE(kc.calls, 0) AS call_count FROM {KEY_FROM} WHERE 1 = 1"
             ));
             push_in(&mut q, "keyspace_id", keyspace_ids);
             push_after_time(&mut q, &after);
-            q.push(" ORDER BY created_at DESC, id DESC LIMIT ").push_bind(limit);
-            let rows = q.build().fetch_all(pool).await.map_err(map_err)?;
-            rows.iter()
-                .map(|r| {
-                    Ok(crate::KeyBrief {
-                        id: get(r, "id")?,
-                        keyspace_id: get(r, "keyspace_id")?,
-                        name: get(r, "name")?,
-                        owner: get(r, "owner")?,
-                        enabled: get(r, "enabled")?,
-                        created_at: Timestamp::from_millis(get(r, "created_at")?),
-                        expires_at: get::<Option<i64>, _>(r, "expires_at")?.map(Timestamp::from_millis),
-                        revoked: get(r, "revoked")?,
-                        rotating: get(r, "rotating")?,
-                        last_used_at: get::<Option<i64>, _>(r, "last_used_at")?.map(Timestamp::from_millis),
-                        call_count: get(r, "call_count")?,
-                    })
-                })
-                .collect()
+            q.push(format!(" ORDER BY {order} LIMIT ")).push_bind(limit).push(tail);
+            let page: Option<String> = q.build_query_scalar().fetch_one(pool).await.map_err(map_err)?;
+            Ok(crate::sql::common::from_json_rows("keys", page.as_deref())?
+                .into_iter()
+                .map(crate::sql::keys::brief)
+                .collect())
         }
 
         /// A keyspace's keys counted in one pass (see [`crate::Store::key_census`]); the

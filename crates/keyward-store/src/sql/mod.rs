@@ -41,19 +41,19 @@ mod webhooks;
 
 /// Instantiates every concern's SQL for one backend, inside that backend's module (which defines
 /// `$Store` with `pool` and `node`, and its `signal`), and implements [`Store`] and [`StoreTx`]
-/// for it. `$name` is [`Store::backend`]; `$instr`, `$unrolled`, `$keyset` and `$events_json` are
-/// the dialect differences (see `keys.rs`, `usage.rs` and `audit.rs`).
+/// for it. `$name` is [`Store::backend`]; `$instr`, `$unrolled`, `$keyset` and `$json_rows` are
+/// the dialect differences (see `keys.rs`, `usage.rs` and `common::json_rows`).
 ///
 /// [`Store`]: crate::Store
 /// [`StoreTx`]: crate::StoreTx
 /// [`Store::backend`]: crate::Store::backend
 macro_rules! sql_backend {
-    ($Store:ident, $Tx:ident, $DB:ty, $Row:ty, $name:literal, $instr:literal, $unrolled:literal, $keyset:literal, $events_json:literal) => {
+    ($Store:ident, $Tx:ident, $DB:ty, $Row:ty, $name:literal, $instr:literal, $unrolled:literal, $keyset:literal, $json_rows:literal) => {
         mod anomalies {
             crate::sql::anomalies::for_backend!($DB, $Row);
         }
         mod audit {
-            crate::sql::audit::for_backend!($DB, $Row, $events_json);
+            crate::sql::audit::for_backend!($DB, $Row, $json_rows);
         }
         mod feed {
             crate::sql::feed::for_backend!($DB);
@@ -65,7 +65,7 @@ macro_rules! sql_backend {
             crate::sql::imports::for_backend!($DB, $Row);
         }
         mod keys {
-            crate::sql::keys::for_backend!($DB, $Row, $name, $instr);
+            crate::sql::keys::for_backend!($DB, $Row, $name, $instr, $json_rows);
         }
         mod leases {
             crate::sql::leases::for_backend!($DB);

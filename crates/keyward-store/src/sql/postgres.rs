@@ -210,7 +210,5 @@ sql_backend!(
      AND (key_id COLLATE \"C\", start_at, code COLLATE \"C\") > ($3, $4, $5) \
      ORDER BY key_id COLLATE \"C\", start_at, code COLLATE \"C\" LIMIT $2 FOR UPDATE",
     true,
-    "json_agg(json_build_array(\
-     seq, id, at, actor_type, actor_id, actor_name, action, target_type, \
-     target_id, reason, request_id, ip, changes, prev_hash, hash) ORDER BY seq)::text"
+    "json_agg(json_build_array({cols}) ORDER BY {order})::text"
 );

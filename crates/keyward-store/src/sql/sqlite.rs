@@ -157,9 +157,6 @@ sql_backend!(
      WHERE granularity = 'm' AND n <> rolled AND start_at < $1 ORDER BY start_at LIMIT $2",
     // Rolled minutes leave the index: each batch starts at its front, no cursor needed.
     false,
-    // A page of the trail as one JSON text (see `audit.rs`): the driver hands rows over one at
-    // a time, which cost more than reading them.
-    "json_group_array(json_array(\
-     seq, id, at, actor_type, actor_id, actor_name, action, target_type, \
-     target_id, reason, request_id, ip, changes, prev_hash, hash) ORDER BY seq)"
+    // Rows as one JSON text (see `common::json_rows`).
+    "json_group_array(json_array({cols}) ORDER BY {order})"
 );

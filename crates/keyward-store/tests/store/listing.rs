@@ -849,3 +849,100 @@ async fn label_and_name_filters_follow_every_write_and_page_through_many_matches
 conformance!(label_and_name_filters_follow_every_write_and_page_through_many_matches
     => sqlite_label_and_name_filters_follow_every_write_and_page_through_many_matches,
        postgres_label_and_name_filters_follow_every_write_and_page_through_many_matches);
+
+/// The inventory's lean read: every field as `key` reads it, in list order (newest first, ties
+/// by id), a page at a time after a cursor, per keyspace.
+async fn key_briefs_carry_each_keys_fields_in_list_order_a_page_at_a_time(store: Arc<dyn Store>) {
+    let ks = new_keyspace(&store, "brief").await;
+    let other = new_keyspace(&store, "elsewhere").await;
+    let full = full_key(&ks, at(10)).key; // revoked, rotated, owned, used, expiring
+    let plain = key(&ks, at(20)).key; // enabled, no owner, never used, no expiry
+    let mut disabled = key(&ks, at(20)).key; // the same creation time: ordered by id
+    disabled.enabled = false;
+    disabled.owner = Some("ünïcødé \"owner\"".into());
+    let mut expired = key(&ks, at(5)).key;
+    expired.expires_at = Some(at(6));
+    let mut rotating = key(&ks, at(30)).key;
+    rotating.rotated_to = Some("key_next".into());
+    rotating.name = "line\nbreak \\ and \u{1}".into();
+    let elsewhere = key(&other, at(40)).key;
+    insert_keys(
+        &store,
+        &[&full, &plain, &disabled, &expired, &rotating, &elsewhere],
+    )
+    .await;
+
+    let mut expected = Vec::new();
+    for k in [&full, &plain, &disabled, &expired, &rotating] {
+        expected.push(store.key(&k.id).await.unwrap().expect("stored"));
+    }
+    expected.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+    let ks_ids = [ks.id.clone()];
+    let mut read = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.key_briefs(Some(&ks_ids), after, 2).await.unwrap();
+        assert!(page.len() <= 2, "a page of {} with limit 2", page.len());
+        let Some(last) = page.last() else { break };
+        after = Some((last.created_at.millis(), last.id.clone()));
+        read.extend(page);
+    }
+    assert_eq!(read.len(), expected.len(), "{read:?}");
+    for (b, k) in read.iter().zip(&expected) {
+        assert_eq!(
+            (
+                &b.id,
+                &b.keyspace_id,
+                &b.name,
+                &b.owner,
+                b.enabled,
+                b.created_at,
+                b.expires_at,
+                b.revoked,
+                b.rotating,
+                b.last_used_at,
+                b.call_count
+            ),
+            (
+                &k.id,
+                &k.keyspace_id,
+                &k.name,
+                &k.owner,
+                k.enabled,
+                k.created_at,
+                k.expires_at,
+                k.revoked_at.is_some(),
+                k.rotated_to.is_some(),
+                k.last_used_at,
+                k.call_count
+            )
+        );
+    }
+    let full_brief = read.iter().find(|b| b.id == full.id).expect("listed");
+    assert!(full_brief.revoked && full_brief.rotating && full_brief.call_count == 42);
+    assert!(
+        !read
+            .iter()
+            .find(|b| b.id == disabled.id)
+            .expect("listed")
+            .enabled
+    );
+
+    let all = store.key_briefs(None, None, 100).await.unwrap();
+    assert_eq!(all.len(), 6);
+    assert_eq!(all[0].id, elsewhere.id);
+    let none: [String; 0] = [];
+    assert!(store
+        .key_briefs(Some(&none), None, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    let past_the_last = Some((at(1).millis(), String::new()));
+    assert!(store
+        .key_briefs(None, past_the_last, 100)
+        .await
+        .unwrap()
+        .is_empty());
+}
+conformance!(key_briefs_carry_each_keys_fields_in_list_order_a_page_at_a_time
+    => sqlite_key_briefs_carry_each_keys_fields_in_list_order_a_page_at_a_time, postgres_key_briefs_carry_each_keys_fields_in_list_order_a_page_at_a_time);
