@@ -59,7 +59,7 @@ pub(super) fn event(c: EventColumns) -> crate::Result<keyward_core::model::Audit
 
 /// This file's SQL for one backend.
 macro_rules! for_backend {
-    ($DB:ty, $Row:ty, $json_rows:literal) => {
+    ($DB:ty, $Row:ty, $json_rows:expr) => {
         use keyward_core::audit::{event_hash, GENESIS_HASH};
         use keyward_core::model::AuditEvent;
 
@@ -209,27 +209,34 @@ macro_rules! for_backend {
             rows.iter().map(audit_from_row).collect()
         }
 
-        /// Events with `seq > after_seq`, oldest first, read as one JSON text (the export and
-        /// the chain check walk the whole trail; see `common::json_rows`).
+        /// Events with `seq > after_seq`, oldest first (the export and the chain check walk
+        /// the whole trail; see `common::json_rows_around`).
         pub(super) async fn audit_after(
             pool: &sqlx::Pool<$DB>,
             after_seq: i64,
             limit: i64,
         ) -> Result<Vec<AuditEvent>> {
-            let inner = format!(
-                "SELECT {AUDIT_COLS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2"
+            let (head, tail) = crate::sql::common::json_rows_around($json_rows, AUDIT_COLS, "seq");
+            let sql = format!(
+                "{head}SELECT {AUDIT_COLS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2{tail}"
             );
-            let sql = crate::sql::common::json_rows($json_rows, AUDIT_COLS, "seq", &inner);
-            let page: Option<String> = sqlx::query_scalar(&sql)
-                .bind(after_seq)
-                .bind(limit)
-                .fetch_one(pool)
-                .await
-                .map_err(map_err)?;
-            crate::sql::common::from_json_rows("audit_events", page.as_deref())?
-                .into_iter()
-                .map(crate::sql::audit::event)
-                .collect()
+            let rows: Vec<crate::sql::audit::EventColumns> = if head.is_empty() {
+                sqlx::query_as(&sql)
+                    .bind(after_seq)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await
+                    .map_err(map_err)?
+            } else {
+                let page: Option<String> = sqlx::query_scalar(&sql)
+                    .bind(after_seq)
+                    .bind(limit)
+                    .fetch_one(pool)
+                    .await
+                    .map_err(map_err)?;
+                crate::sql::common::from_json_rows("audit_events", page.as_deref())?
+            };
+            rows.into_iter().map(crate::sql::audit::event).collect()
         }
     };
 }

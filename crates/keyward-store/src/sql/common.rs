@@ -123,24 +123,30 @@ pub(super) fn push_in<'a, DB: Database>(
     }
 }
 
-/// A query whose rows come back as one JSON text: an array of each row's `cols`, in `order`.
-/// `pattern` is the backend's aggregate (`sql_backend!`'s `$json_rows`, with `{cols}` and
-/// `{order}` in it); `inner` selects at least `cols`. Reads of whole tables a page at a time
-/// (the audit trail's walk, the inventory) use it: SQLite's driver hands rows over to the
-/// async side one at a time, which cost more than the columns themselves, and one text
-/// crosses once. No rows read as `[]` on SQLite and NULL on PostgreSQL ([`from_json_rows`]).
-pub(super) fn json_rows(pattern: &str, cols: &str, order: &str, inner: &str) -> String {
-    let (head, tail) = json_rows_around(pattern, cols, order);
-    format!("{head}{inner}{tail}")
+/// The text around a page query (`inner`, selecting at least `cols`, in `order`) that makes its
+/// rows come back as one JSON text, an array of each row's `cols`; nothing to add when the
+/// backend reads rows as they are. `pattern` is the backend's aggregate (`sql_backend!`'s
+/// `$json_rows`, with `{cols}` and `{order}` in it).
+///
+/// Reads of whole tables a page at a time (the audit trail's walk, the inventory) go through
+/// it: SQLite's driver hands rows over to the async side one at a time, which cost more than
+/// their columns (the trail's walk and the inventory ran at a third of the pace), and one text
+/// crosses once. No rows read as `[]` ([`from_json_rows`]).
+pub(super) fn json_rows_around(
+    pattern: Option<&str>,
+    cols: &str,
+    order: &str,
+) -> (String, &'static str) {
+    match pattern {
+        Some(p) => {
+            let agg = p.replace("{cols}", cols).replace("{order}", order);
+            (format!("SELECT {agg} AS page FROM ("), ") AS p")
+        }
+        None => (String::new(), ""),
+    }
 }
 
-/// What [`json_rows`] writes before and after the inner query, for one built with binds.
-pub(super) fn json_rows_around(pattern: &str, cols: &str, order: &str) -> (String, &'static str) {
-    let agg = pattern.replace("{cols}", cols).replace("{order}", order);
-    (format!("SELECT {agg} AS page FROM ("), ") AS p")
-}
-
-/// The rows of a [`json_rows`] text, each as its tuple of columns.
+/// The rows of a [`json_rows_around`] text, each as its tuple of columns.
 pub(super) fn from_json_rows<T: DeserializeOwned>(
     what: &str,
     page: Option<&str>,

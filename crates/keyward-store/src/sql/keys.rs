@@ -111,9 +111,9 @@ pub(super) fn brief(c: BriefColumns) -> crate::KeyBrief {
 }
 
 /// This file's SQL for one backend (`$instr`: its substring-position function; `$json_rows`:
-/// see `common::json_rows`).
+/// see `common::json_rows_around`).
 macro_rules! for_backend {
-    ($DB:ty, $Row:ty, $name:literal, $instr:literal, $json_rows:literal) => {
+    ($DB:ty, $Row:ty, $name:literal, $instr:literal, $json_rows:expr) => {
         use keyward_core::keyformat::KeyHash;
         use keyward_core::model::{Key, Keyspace};
         use keyward_core::time::Timestamp;
@@ -354,24 +354,28 @@ macro_rules! for_backend {
         }
 
         pub(super) async fn key_briefs(pool: &sqlx::Pool<$DB>, keyspace_ids: Option<&[String]>, after: Option<TimeCursor>, limit: i64) -> Result<Vec<crate::KeyBrief>> {
-            // Read as one JSON text a page (the inventory reads every key; see
-            // `common::json_rows`).
+            // The inventory reads every key (see `common::json_rows_around`).
             let order = "created_at DESC, id DESC";
             let (head, tail) = crate::sql::common::json_rows_around($json_rows, crate::sql::keys::BRIEF_COLS, order);
+            let flag = |cond: &str| format!("CAST(CASE WHEN {cond} THEN 1 ELSE 0 END AS BIGINT)");
             let mut q = sqlx::QueryBuilder::<$DB>::new(format!(
-                "{head}SELECT id, keyspace_id, name, owner, CASE WHEN enabled THEN 1 ELSE 0 END AS enabled, \
-                 created_at, expires_at, CASE WHEN revoked_at IS NOT NULL THEN 1 ELSE 0 END AS revoked, \
-                 CASE WHEN rotated_to IS NOT NULL THEN 1 ELSE 0 END AS rotating, \
-                 kc.last_used_at AS last_used_at, COALESCE(kc.calls, 0) AS call_count FROM {KEY_FROM} WHERE 1 = 1"
+                "{head}SELECT id, keyspace_id, name, owner, {} AS enabled, created_at, expires_at, \
+                 {} AS revoked, {} AS rotating, kc.last_used_at AS last_used_at, \
+                 COALESCE(kc.calls, 0) AS call_count FROM {KEY_FROM} WHERE 1 = 1",
+                flag("enabled"),
+                flag("revoked_at IS NOT NULL"),
+                flag("rotated_to IS NOT NULL"),
             ));
             push_in(&mut q, "keyspace_id", keyspace_ids);
             push_after_time(&mut q, &after);
             q.push(format!(" ORDER BY {order} LIMIT ")).push_bind(limit).push(tail);
-            let page: Option<String> = q.build_query_scalar().fetch_one(pool).await.map_err(map_err)?;
-            Ok(crate::sql::common::from_json_rows("keys", page.as_deref())?
-                .into_iter()
-                .map(crate::sql::keys::brief)
-                .collect())
+            let rows: Vec<crate::sql::keys::BriefColumns> = if head.is_empty() {
+                q.build_query_as().fetch_all(pool).await.map_err(map_err)?
+            } else {
+                let page: Option<String> = q.build_query_scalar().fetch_one(pool).await.map_err(map_err)?;
+                crate::sql::common::from_json_rows("keys", page.as_deref())?
+            };
+            Ok(rows.into_iter().map(crate::sql::keys::brief).collect())
         }
 
         /// A keyspace's keys counted in one pass (see [`crate::Store::key_census`]); the

@@ -42,13 +42,13 @@ mod webhooks;
 /// Instantiates every concern's SQL for one backend, inside that backend's module (which defines
 /// `$Store` with `pool` and `node`, and its `signal`), and implements [`Store`] and [`StoreTx`]
 /// for it. `$name` is [`Store::backend`]; `$instr`, `$unrolled`, `$keyset` and `$json_rows` are
-/// the dialect differences (see `keys.rs`, `usage.rs` and `common::json_rows`).
+/// the dialect differences (see `keys.rs`, `usage.rs` and `common::json_rows_around`).
 ///
 /// [`Store`]: crate::Store
 /// [`StoreTx`]: crate::StoreTx
 /// [`Store::backend`]: crate::Store::backend
 macro_rules! sql_backend {
-    ($Store:ident, $Tx:ident, $DB:ty, $Row:ty, $name:literal, $instr:literal, $unrolled:literal, $keyset:literal, $json_rows:literal) => {
+    ($Store:ident, $Tx:ident, $DB:ty, $Row:ty, $name:literal, $instr:literal, $unrolled:literal, $keyset:literal, $json_rows:expr) => {
         mod anomalies {
             crate::sql::anomalies::for_backend!($DB, $Row);
         }

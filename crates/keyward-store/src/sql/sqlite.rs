@@ -157,6 +157,6 @@ sql_backend!(
      WHERE granularity = 'm' AND n <> rolled AND start_at < $1 ORDER BY start_at LIMIT $2",
     // Rolled minutes leave the index: each batch starts at its front, no cursor needed.
     false,
-    // Rows as one JSON text (see `common::json_rows`).
-    "json_group_array(json_array({cols}) ORDER BY {order})"
+    // Whole-table walks read a page as one JSON text (see `common::json_rows_around`).
+    Some("json_group_array(json_array({cols}) ORDER BY {order})")
 );
