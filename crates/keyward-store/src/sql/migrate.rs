@@ -42,6 +42,7 @@ macro_rules! migrations {
             11 => "0011_lock_tag_feed_notify.sql",
             12 => "0012_key_list_indexes.sql",
             13 => "0013_usage_pipeline.sql",
+            14 => "0014_counter_fillfactor.sql",
         )
     };
     ($dir:literal: $($version:literal => $file:literal),* $(,)?) => {

@@ -196,6 +196,7 @@ fn expected_migrations(db: &TestDb) -> Vec<(i64, String, Vec<u8>)> {
         "lock tag feed notify",
         "key list indexes",
         "usage pipeline",
+        "counter fillfactor",
     ];
     let newer = [
         (
@@ -232,6 +233,11 @@ fn expected_migrations(db: &TestDb) -> Vec<(i64, String, Vec<u8>)> {
             13,
             include_str!("../../migrations/sqlite/0013_usage_pipeline.sql"),
             include_str!("../../migrations/postgres/0013_usage_pipeline.sql"),
+        ),
+        (
+            14,
+            include_str!("../../migrations/sqlite/0014_counter_fillfactor.sql"),
+            include_str!("../../migrations/postgres/0014_counter_fillfactor.sql"),
         ),
     ];
     OLD_MIGRATIONS
@@ -356,7 +362,7 @@ async fn nodes_opening_an_old_database_at_once_carry_it_over_once(db: &TestDb) {
     let applied = db.migrations_table().await;
     assert_eq!(
         applied.iter().map(|r| r.version).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
     );
     assert!(applied[..6].iter().all(|r| r.execution_time == -1));
 }
@@ -388,7 +394,7 @@ async fn an_edited_applied_migration_stops_open(db: &TestDb) {
     let after = db.migrations_table().await;
     assert_eq!(
         after.iter().map(|r| r.version).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12, 13]
+        vec![1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12, 13, 14]
     );
     assert_eq!(after[2].checksum, vec![0u8; 48]);
 
