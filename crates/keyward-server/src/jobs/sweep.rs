@@ -9,10 +9,11 @@
 //!   `key.inactive_revoked` webhook only);
 //! - usage roll-up (minutes into hours and days), retention, and spike / denied-burst detection.
 //!
-//! Every step for one key is one transaction whose update is conditional (`mark_expired`,
-//! `mark_warned`, a re-read of the key under the write lock), so nodes sweeping at the same time
-//! write each audit event and enqueue each webhook exactly once, and a crash between keys loses
-//! or repeats nothing.
+//! Every key's step is conditional inside its transaction (`mark_expired`, `mark_warned`, a
+//! re-read of the key under the write lock), so nodes sweeping at the same time write each audit
+//! event and enqueue each webhook exactly once, and a crash between transactions loses or
+//! repeats nothing. Each step takes a page of [`BATCH`] keys a transaction (20,000 keys expiring
+//! at once took 26 s at one transaction each).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -28,6 +29,7 @@ use crate::anomalies;
 use crate::events::key_event;
 use crate::state::Control;
 
+/// Keys read, and written in one transaction, at a time.
 const BATCH: i64 = 200;
 
 /// What one sweep did.
@@ -57,6 +59,8 @@ fn system_event(now: Timestamp, action: AuditAction, key: &Key) -> NewEvent {
     }
 }
 
+/// Marks the keys expired by `now`, a page of [`BATCH`] a transaction: each key's mark is
+/// conditional (another node may have marked it) and gets its own audit event and webhook.
 async fn expire(st: &Control, now: Timestamp) -> Result<usize, StoreError> {
     let mut n = 0;
     loop {
@@ -64,9 +68,9 @@ async fn expire(st: &Control, now: Timestamp) -> Result<usize, StoreError> {
         if keys.is_empty() {
             return Ok(n);
         }
-        let mut progressed = false;
+        let mut tx = st.records.store.begin().await?;
+        let (mut events, mut outbox) = (Vec::new(), Vec::new());
         for k in keys {
-            let mut tx = st.records.store.begin().await?;
             if !tx.mark_expired(&k.id, now).await? {
                 continue;
             }
@@ -77,16 +81,16 @@ async fn expire(st: &Control, now: Timestamp) -> Result<usize, StoreError> {
             ev.changes.insert("status".into(), json!([null, "expired"]));
             ev.changes
                 .insert("expires_at".into(), json!([k.expires_at, k.expires_at]));
-            tx.append_audit(ev).await?;
-            tx.enqueue(&key_event(WebhookEvent::KeyExpired, &k, now, Map::new()))
-                .await?;
-            tx.commit().await?;
-            n += 1;
-            progressed = true;
+            events.push(ev);
+            outbox.push(key_event(WebhookEvent::KeyExpired, &k, now, Map::new()));
         }
-        if !progressed {
+        if outbox.is_empty() {
             return Ok(n);
         }
+        tx.append_audits(events).await?;
+        tx.enqueue_all(&outbox).await?;
+        tx.commit().await?;
+        n += outbox.len();
     }
 }
 
@@ -129,19 +133,20 @@ async fn warn(
                 .store
                 .expiring_unwarned(&ks.id, now, now.plus_secs(w), BATCH)
                 .await?;
-            let mut progressed = false;
-            for k in &keys {
+            // A page a transaction, each key's mark conditional (another node may have warned).
+            let mut outbox = Vec::new();
+            if !keys.is_empty() {
                 let mut tx = st.records.store.begin().await?;
-                if !tx.mark_warned(&k.id, now).await? {
-                    continue;
+                for k in &keys {
+                    if tx.mark_warned(&k.id, now).await? {
+                        outbox.push(key_event(WebhookEvent::KeyExpiring, k, now, Map::new()));
+                    }
                 }
-                tx.enqueue(&key_event(WebhookEvent::KeyExpiring, k, now, Map::new()))
-                    .await?;
+                tx.enqueue_all(&outbox).await?;
                 tx.commit().await?;
-                n += 1;
-                progressed = true;
+                n += outbox.len();
             }
-            if keys.len() < BATCH as usize || !progressed {
+            if keys.len() < BATCH as usize || outbox.is_empty() {
                 break;
             }
         }
@@ -166,46 +171,54 @@ async fn revoke_inactive(
                 .store
                 .inactive_since(&ks.id, now, cutoff, BATCH)
                 .await?;
-            let mut progressed = false;
-            for k in &keys {
+            // A page a transaction; each key re-read under the write lock (another node may
+            // have acted, or the key been used).
+            let mut revoked = Vec::new();
+            if !keys.is_empty() {
                 let mut tx = st.records.store.begin().await?;
-                // Re-read under the write lock: another node may have acted, or the key been used.
-                let Some(mut k) = tx.key(&k.id).await? else {
-                    continue;
-                };
-                let last = k.last_used_at.unwrap_or(k.created_at);
-                let live = matches!(
-                    k.status(now),
-                    KeyStatus::Active | KeyStatus::Disabled | KeyStatus::Rotating
-                );
-                if !live || last > cutoff {
-                    continue;
+                let (mut events, mut outbox) = (Vec::new(), Vec::new());
+                for k in &keys {
+                    let Some(mut k) = tx.key(&k.id).await? else {
+                        continue;
+                    };
+                    let last = k.last_used_at.unwrap_or(k.created_at);
+                    let live = matches!(
+                        k.status(now),
+                        KeyStatus::Active | KeyStatus::Disabled | KeyStatus::Rotating
+                    );
+                    if !live || last > cutoff {
+                        continue;
+                    }
+                    let actor = Actor::system();
+                    let mut ev = system_event(now, AuditAction::KeyRevoke, &k);
+                    ev.reason = Some("inactive".into());
+                    ev.changes.insert("revoked_at".into(), json!([null, now]));
+                    ev.changes.insert("revoked_by".into(), json!([null, actor]));
+                    ev.changes
+                        .insert("revoked_reason".into(), json!([null, "inactive"]));
+                    k.revoked_at = Some(now);
+                    k.revoked_by = Some(actor);
+                    k.revoked_reason = Some("inactive".into());
+                    k.updated_at = now;
+                    tx.update_key(&k).await?;
+                    events.push(ev);
+                    outbox.push(key_event(
+                        WebhookEvent::KeyInactiveRevoked,
+                        &k,
+                        now,
+                        Map::new(),
+                    ));
+                    revoked.push(k.hash);
                 }
-                let actor = Actor::system();
-                let mut ev = system_event(now, AuditAction::KeyRevoke, &k);
-                ev.reason = Some("inactive".into());
-                ev.changes.insert("revoked_at".into(), json!([null, now]));
-                ev.changes.insert("revoked_by".into(), json!([null, actor]));
-                ev.changes
-                    .insert("revoked_reason".into(), json!([null, "inactive"]));
-                k.revoked_at = Some(now);
-                k.revoked_by = Some(actor);
-                k.revoked_reason = Some("inactive".into());
-                k.updated_at = now;
-                tx.update_key(&k).await?;
-                tx.append_audit(ev).await?;
-                tx.enqueue(&key_event(
-                    WebhookEvent::KeyInactiveRevoked,
-                    &k,
-                    now,
-                    Map::new(),
-                ))
-                .await?;
+                tx.append_audits(events).await?;
+                tx.enqueue_all(&outbox).await?;
                 tx.commit().await?;
-                st.verifier.invalidate(&k.hash);
-                n += 1;
-                progressed = true;
+                for hash in &revoked {
+                    st.verifier.invalidate(hash);
+                }
+                n += revoked.len();
             }
+            let progressed = !revoked.is_empty();
             if keys.len() < BATCH as usize || !progressed {
                 break;
             }

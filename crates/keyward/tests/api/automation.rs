@@ -370,6 +370,67 @@ async fn two_nodes_sweeping_together_write_each_event_once(a: TestApp) {
 }
 both!(two_nodes_sweeping_together_write_each_event_once, manual);
 
+/// More keys due at once than a sweep writes in one transaction (`BATCH`, 200): every one is
+/// warned, expired or revoked once, with its own audit event (chained) and webhook, and a key
+/// revoked for inactivity stops verifying at once on the node that swept.
+async fn a_sweep_acts_on_more_keys_than_one_transaction_holds(app: TestApp) {
+    const N: usize = 420;
+    let rx = Receiver::start(0).await;
+    app.webhook(
+        &rx,
+        &["key.expired", "key.expiring", "key.inactive_revoked"],
+    )
+    .await;
+    let expiring = app
+        .keyspace(json!({"expiry_warning_secs": 10, "inactivity_revoke_secs": null}))
+        .await;
+    let idle = app
+        .keyspace(json!({"inactivity_revoke_secs": 60, "expiry_warning_secs": null}))
+        .await;
+    for _ in 0..N {
+        app.key(&expiring, json!({"ttl_secs": 30})).await;
+    }
+    let mut idle_keys = Vec::new();
+    for _ in 0..N {
+        idle_keys.push(app.key(&idle, json!({})).await.1);
+    }
+    assert_eq!(app.verify_code(&idle_keys[0]).await, "VALID");
+
+    app.advance(21);
+    let r = app.sweep().await;
+    assert_eq!((r.warned, r.expired, r.inactive_revoked), (N, 0, 0));
+    app.advance(10);
+    let r = app.sweep().await;
+    assert_eq!((r.warned, r.expired, r.inactive_revoked), (0, N, 0));
+    app.advance(30);
+    let r = app.sweep().await;
+    assert_eq!((r.warned, r.expired, r.inactive_revoked), (0, 0, N));
+    let r = app.sweep().await;
+    assert_eq!(
+        (r.warned, r.expired, r.inactive_revoked),
+        (0, 0, 0),
+        "each once"
+    );
+
+    assert_eq!(app.verify_code(&idle_keys[0]).await, "REVOKED");
+    assert_eq!(app.verify_code(&idle_keys[N - 1]).await, "REVOKED");
+    assert_eq!(app.audit_actions("key.expire").await.len(), N);
+    let revokes = app.audit_actions("key.revoke").await;
+    assert_eq!(revokes.len(), N);
+    assert!(revokes.iter().all(|e| e["reason"] == "inactive"));
+    let check = app.get("/v1/audit/verify").await;
+    assert_eq!(check.body["ok"], true, "{}", check.body);
+    app.deliver().await;
+    for event in ["key.expiring", "key.expired", "key.inactive_revoked"] {
+        let got = rx.wait_for(event, N).await;
+        let mut ids: Vec<_> = got.iter().map(|e| e["data"]["key"]["id"].clone()).collect();
+        ids.sort_by_key(|v| v.to_string());
+        ids.dedup();
+        assert_eq!((event, ids.len()), (event, N), "one webhook a key");
+    }
+}
+both!(a_sweep_acts_on_more_keys_than_one_transaction_holds, manual);
+
 async fn the_inventory_report_comes_as_json_and_csv(app: TestApp) {
     let ks = app.keyspace(json!({})).await;
     let (id, _) = app.key(&ks, json!({"name": "csv, \"quoted\""})).await;
