@@ -59,6 +59,42 @@ fn system_event(now: Timestamp, action: AuditAction, key: &Key) -> NewEvent {
     }
 }
 
+/// `$step` (an expression using `$page`, a slice of `$keys`) on the whole page in one
+/// transaction (none for an empty page); if that fails, once more one key a transaction, so a key that cannot be written
+/// holds back only itself and the keys after it (as when each key was its own transaction), not
+/// the keys of its page before it. (A macro: an async closure over a borrowed page makes the
+/// sweeper's future not `Send` for every lifetime, which `tokio::spawn` needs.)
+macro_rules! page_or_each {
+    ($keys:expr, |$page:ident| $step:expr) => {{
+        let keys: &[Key] = $keys;
+        let whole = if keys.is_empty() {
+            Ok(0)
+        } else {
+            let $page = keys;
+            $step.await
+        };
+        match whole {
+            Ok(n) => Ok(n),
+            Err(e) if keys.len() <= 1 => Err(e),
+            Err(_) => {
+                let mut n = 0;
+                let mut failed = None;
+                for k in keys {
+                    let $page = std::slice::from_ref(k);
+                    match $step.await {
+                        Ok(m) => n += m,
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+                failed.map_or(Ok(n), Err)
+            }
+        }
+    }};
+}
+
 /// Marks the keys expired by `now`, a page of [`BATCH`] a transaction: each key's mark is
 /// conditional (another node may have marked it) and gets its own audit event and webhook.
 async fn expire(st: &Control, now: Timestamp) -> Result<usize, StoreError> {
@@ -68,30 +104,38 @@ async fn expire(st: &Control, now: Timestamp) -> Result<usize, StoreError> {
         if keys.is_empty() {
             return Ok(n);
         }
-        let mut tx = st.records.store.begin().await?;
-        let (mut events, mut outbox) = (Vec::new(), Vec::new());
-        for k in keys {
-            if !tx.mark_expired(&k.id, now).await? {
-                continue;
-            }
-            let Some(k) = tx.key(&k.id).await? else {
-                continue;
-            };
-            let mut ev = system_event(now, AuditAction::KeyExpire, &k);
-            ev.changes.insert("status".into(), json!([null, "expired"]));
-            ev.changes
-                .insert("expires_at".into(), json!([k.expires_at, k.expires_at]));
-            events.push(ev);
-            outbox.push(key_event(WebhookEvent::KeyExpired, &k, now, Map::new()));
-        }
-        if outbox.is_empty() {
+        let marked = page_or_each!(&keys, |page| expire_page(st, page, now))?;
+        if marked == 0 {
             return Ok(n);
         }
+        n += marked;
+    }
+}
+
+/// [`expire`]'s transaction for one page: the number of keys it marked.
+async fn expire_page(st: &Control, keys: &[Key], now: Timestamp) -> Result<usize, StoreError> {
+    let mut tx = st.records.store.begin().await?;
+    let (mut events, mut outbox) = (Vec::new(), Vec::new());
+    for k in keys {
+        if !tx.mark_expired(&k.id, now).await? {
+            continue;
+        }
+        let Some(k) = tx.key(&k.id).await? else {
+            continue;
+        };
+        let mut ev = system_event(now, AuditAction::KeyExpire, &k);
+        ev.changes.insert("status".into(), json!([null, "expired"]));
+        ev.changes
+            .insert("expires_at".into(), json!([k.expires_at, k.expires_at]));
+        events.push(ev);
+        outbox.push(key_event(WebhookEvent::KeyExpired, &k, now, Map::new()));
+    }
+    if !outbox.is_empty() {
         tx.append_audits(events).await?;
         tx.enqueue_all(&outbox).await?;
         tx.commit().await?;
-        n += outbox.len();
     }
+    Ok(outbox.len())
 }
 
 async fn keyspaces(st: &Control) -> Result<Vec<keyward_core::model::Keyspace>, StoreError> {
@@ -134,24 +178,30 @@ async fn warn(
                 .expiring_unwarned(&ks.id, now, now.plus_secs(w), BATCH)
                 .await?;
             // A page a transaction, each key's mark conditional (another node may have warned).
-            let mut outbox = Vec::new();
-            if !keys.is_empty() {
-                let mut tx = st.records.store.begin().await?;
-                for k in &keys {
-                    if tx.mark_warned(&k.id, now).await? {
-                        outbox.push(key_event(WebhookEvent::KeyExpiring, k, now, Map::new()));
-                    }
-                }
-                tx.enqueue_all(&outbox).await?;
-                tx.commit().await?;
-                n += outbox.len();
-            }
-            if keys.len() < BATCH as usize || outbox.is_empty() {
+            let warned = page_or_each!(&keys, |page| warn_page(st, page, now))?;
+            n += warned;
+            if keys.len() < BATCH as usize || warned == 0 {
                 break;
             }
         }
     }
     Ok(n)
+}
+
+/// [`warn`]'s transaction for one page: the number of keys it warned about.
+async fn warn_page(st: &Control, keys: &[Key], now: Timestamp) -> Result<usize, StoreError> {
+    let mut tx = st.records.store.begin().await?;
+    let mut outbox = Vec::new();
+    for k in keys {
+        if tx.mark_warned(&k.id, now).await? {
+            outbox.push(key_event(WebhookEvent::KeyExpiring, k, now, Map::new()));
+        }
+    }
+    if !outbox.is_empty() {
+        tx.enqueue_all(&outbox).await?;
+        tx.commit().await?;
+    }
+    Ok(outbox.len())
 }
 
 async fn revoke_inactive(
@@ -173,58 +223,70 @@ async fn revoke_inactive(
                 .await?;
             // A page a transaction; each key re-read under the write lock (another node may
             // have acted, or the key been used).
-            let mut revoked = Vec::new();
-            if !keys.is_empty() {
-                let mut tx = st.records.store.begin().await?;
-                let (mut events, mut outbox) = (Vec::new(), Vec::new());
-                for k in &keys {
-                    let Some(mut k) = tx.key(&k.id).await? else {
-                        continue;
-                    };
-                    let last = k.last_used_at.unwrap_or(k.created_at);
-                    let live = matches!(
-                        k.status(now),
-                        KeyStatus::Active | KeyStatus::Disabled | KeyStatus::Rotating
-                    );
-                    if !live || last > cutoff {
-                        continue;
-                    }
-                    let actor = Actor::system();
-                    let mut ev = system_event(now, AuditAction::KeyRevoke, &k);
-                    ev.reason = Some("inactive".into());
-                    ev.changes.insert("revoked_at".into(), json!([null, now]));
-                    ev.changes.insert("revoked_by".into(), json!([null, actor]));
-                    ev.changes
-                        .insert("revoked_reason".into(), json!([null, "inactive"]));
-                    k.revoked_at = Some(now);
-                    k.revoked_by = Some(actor);
-                    k.revoked_reason = Some("inactive".into());
-                    k.updated_at = now;
-                    tx.update_key(&k).await?;
-                    events.push(ev);
-                    outbox.push(key_event(
-                        WebhookEvent::KeyInactiveRevoked,
-                        &k,
-                        now,
-                        Map::new(),
-                    ));
-                    revoked.push(k.hash);
-                }
-                tx.append_audits(events).await?;
-                tx.enqueue_all(&outbox).await?;
-                tx.commit().await?;
-                for hash in &revoked {
-                    st.verifier.invalidate(hash);
-                }
-                n += revoked.len();
-            }
-            let progressed = !revoked.is_empty();
+            let revoked = page_or_each!(&keys, |page| revoke_page(st, page, now, cutoff))?;
+            n += revoked;
+            let progressed = revoked > 0;
             if keys.len() < BATCH as usize || !progressed {
                 break;
             }
         }
     }
     Ok(n)
+}
+
+/// [`revoke_inactive`]'s transaction for one page: the number of keys it revoked, each re-read
+/// under the write lock (another node may have acted, or the key been used), and dropped from
+/// this node's cache once committed.
+async fn revoke_page(
+    st: &Control,
+    keys: &[Key],
+    now: Timestamp,
+    cutoff: Timestamp,
+) -> Result<usize, StoreError> {
+    let mut tx = st.records.store.begin().await?;
+    let (mut events, mut outbox, mut hashes) = (Vec::new(), Vec::new(), Vec::new());
+    for k in keys {
+        let Some(mut k) = tx.key(&k.id).await? else {
+            continue;
+        };
+        let last = k.last_used_at.unwrap_or(k.created_at);
+        let live = matches!(
+            k.status(now),
+            KeyStatus::Active | KeyStatus::Disabled | KeyStatus::Rotating
+        );
+        if !live || last > cutoff {
+            continue;
+        }
+        let actor = Actor::system();
+        let mut ev = system_event(now, AuditAction::KeyRevoke, &k);
+        ev.reason = Some("inactive".into());
+        ev.changes.insert("revoked_at".into(), json!([null, now]));
+        ev.changes.insert("revoked_by".into(), json!([null, actor]));
+        ev.changes
+            .insert("revoked_reason".into(), json!([null, "inactive"]));
+        k.revoked_at = Some(now);
+        k.revoked_by = Some(actor);
+        k.revoked_reason = Some("inactive".into());
+        k.updated_at = now;
+        tx.update_key(&k).await?;
+        events.push(ev);
+        outbox.push(key_event(
+            WebhookEvent::KeyInactiveRevoked,
+            &k,
+            now,
+            Map::new(),
+        ));
+        hashes.push(k.hash);
+    }
+    if !hashes.is_empty() {
+        tx.append_audits(events).await?;
+        tx.enqueue_all(&outbox).await?;
+        tx.commit().await?;
+        for hash in &hashes {
+            st.verifier.invalidate(hash);
+        }
+    }
+    Ok(hashes.len())
 }
 
 async fn prune(st: &Control, now: Timestamp, retention: [Duration; 3]) -> Result<u64, StoreError> {

@@ -431,6 +431,83 @@ async fn a_sweep_acts_on_more_keys_than_one_transaction_holds(app: TestApp) {
 }
 both!(a_sweep_acts_on_more_keys_than_one_transaction_holds, manual);
 
+/// Runs `sql` on the app's database behind keyward's back.
+async fn run_sql(app: &TestApp, sql: &str) {
+    use sqlx::{Connection, Executor};
+    match app.backend {
+        Backend::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
+            c.execute(sql).await.unwrap();
+        }
+        Backend::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&app.db_url).await.unwrap();
+            c.execute(sql).await.unwrap();
+        }
+    }
+}
+
+/// A key whose step cannot be written (here: its audit event is refused) fails the sweep and
+/// holds back only itself: the keys of its page before it are still marked, each once.
+async fn a_key_the_sweep_cannot_write_holds_back_only_itself(app: TestApp) {
+    const N: usize = 5;
+    let ks = app.keyspace(json!({"expiry_warning_secs": null})).await;
+    for _ in 0..N {
+        app.key(&ks, json!({"ttl_secs": 30})).await;
+    }
+    app.advance(31);
+    let now = keyward_core::time::Clock::now(app.clock.as_ref().expect("a manual clock"));
+    let page = app.state.store().expired_unmarked(now, 200).await.unwrap();
+    assert_eq!(page.len(), N);
+    let last = &page[N - 1].id;
+    // The last key of the page is the one whose event the database refuses.
+    match app.backend {
+        Backend::Sqlite => {
+            run_sql(
+                &app,
+                &format!(
+                    "CREATE TRIGGER refuse BEFORE INSERT ON audit_events WHEN NEW.target_id = '{last}' \
+                     BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+                ),
+            )
+            .await
+        }
+        Backend::Postgres => {
+            run_sql(
+                &app,
+                &format!(
+                    "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+                     IF NEW.target_id = '{last}' THEN RAISE EXCEPTION 'refused by the test'; END IF; \
+                     RETURN NEW; END $$; \
+                     CREATE TRIGGER refuse BEFORE INSERT ON audit_events \
+                     FOR EACH ROW EXECUTE FUNCTION refuse()"
+                ),
+            )
+            .await
+        }
+    }
+    let swept = keyward_server::jobs::sweep::sweep_once(
+        &app.state.control,
+        app.state.config.retention(),
+        &mut None,
+    )
+    .await;
+    assert!(swept.is_err(), "the refused key fails the sweep");
+    let marked = app.audit_actions("key.expire").await;
+    assert_eq!(marked.len(), N - 1, "the keys before it are marked");
+    assert!(marked.iter().all(|e| e["target_id"] != last.as_str()));
+
+    let drop = match app.backend {
+        Backend::Sqlite => "DROP TRIGGER refuse",
+        Backend::Postgres => "DROP TRIGGER refuse ON audit_events",
+    };
+    run_sql(&app, drop).await;
+    let r = app.sweep().await;
+    assert_eq!(r.expired, 1, "only the refused key was left");
+    assert_eq!(app.audit_actions("key.expire").await.len(), N);
+    assert_eq!(app.get("/v1/audit/verify").await.body["ok"], true);
+}
+both!(a_key_the_sweep_cannot_write_holds_back_only_itself, manual);
+
 async fn the_inventory_report_comes_as_json_and_csv(app: TestApp) {
     let ks = app.keyspace(json!({})).await;
     let (id, _) = app.key(&ks, json!({"name": "csv, \"quoted\""})).await;
