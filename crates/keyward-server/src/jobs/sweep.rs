@@ -13,7 +13,7 @@
 //! re-read of the key under the write lock), so nodes sweeping at the same time write each audit
 //! event and enqueue each webhook exactly once, and a crash between transactions loses or
 //! repeats nothing. Each step takes a page of [`BATCH`] keys a transaction (20,000 keys expiring
-//! at once took 26 s at one transaction each).
+//! at once took 22–26 s on SQLite at one transaction each, 11 s a page at a time).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -60,9 +60,9 @@ fn system_event(now: Timestamp, action: AuditAction, key: &Key) -> NewEvent {
 }
 
 /// `$step` (an expression using `$page`, a slice of `$keys`) on the whole page in one
-/// transaction (none for an empty page); if that fails, once more one key a transaction, so a key that cannot be written
-/// holds back only itself and the keys after it (as when each key was its own transaction), not
-/// the keys of its page before it. (A macro: an async closure over a borrowed page makes the
+/// transaction (none for an empty page); if that fails, once more one key a transaction, so a
+/// key that cannot be written holds back only itself and the keys after it (as when each key
+/// was its own transaction), not the keys of its page before it. (A macro: an async closure over a borrowed page makes the
 /// sweeper's future not `Send` for every lifetime, which `tokio::spawn` needs.)
 macro_rules! page_or_each {
     ($keys:expr, |$page:ident| $step:expr) => {{
