@@ -574,8 +574,8 @@ async fn run(name: &str, db: &str, n: u64) {
         started.elapsed().as_secs_f64()
     );
     // The sweep a running server would have made as the generated keys expired: without it,
-    // the server started for the restart measurement would mark the 2 % expired keys (one
-    // transaction and audit event each) while its first view is measured.
+    // the server started for the restart measurement would mark the 2 % expired keys (an
+    // audit event each) while its first view is measured.
     let started = Instant::now();
     let swept = keyward_server::jobs::sweep::sweep_once(
         &s.state.control,

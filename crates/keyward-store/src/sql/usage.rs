@@ -19,6 +19,10 @@ macro_rules! for_backend {
         use crate::{Bucket, MinuteCount, Result, SourceSeen, Totals, UsageDelta, MAX_SOURCES_PER_KEY};
 
         const MINUTE: i64 = 60_000;
+        /// Rows a multi-row upsert writes at most (five bound values a row at most).
+        const ROWS_PER_STATEMENT: usize = 200;
+        /// Keys an `IN` list holds at most.
+        const KEYS_PER_STATEMENT: usize = 500;
 
         // ---- writing a batch ----
 
@@ -36,7 +40,6 @@ macro_rules! for_backend {
         pub(super) async fn apply_usage_in(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, deltas: &[UsageDelta]) -> Result<()> {
             // A batch is written in a few multi-row statements (not a few per key): a flush of
             // thousands of keys must cost the server little.
-            const CHUNK: usize = 200;
             // One row per key (a batch may hold several deltas of one key).
             let mut counters: std::collections::BTreeMap<&str, (i64, i64, i64)> = std::collections::BTreeMap::new();
             // An identity's quota (`@` and its id) has only quota spent, no counters.
@@ -47,7 +50,7 @@ macro_rules! for_backend {
                 c.2 = c.2.max(d.last_used_at.map(|t| t.millis()).unwrap_or(-1));
             }
             let counters: Vec<_> = counters.into_iter().collect();
-            for chunk in counters.chunks(CHUNK) {
+            for chunk in counters.chunks(ROWS_PER_STATEMENT) {
                 let mut q = sqlx::QueryBuilder::<$DB>::new("INSERT INTO key_counters (key_id, calls, denied, last_used_at) ");
                 q.push_values(chunk, |mut b, (key_id, (calls, denied, last))| {
                     b.push_bind(key_id.to_string()).push_bind(*calls).push_bind(*denied).push_bind((*last >= 0).then_some(*last));
@@ -77,8 +80,7 @@ macro_rules! for_backend {
             conn: &mut <$DB as sqlx::Database>::Connection,
             rows: &[((&str, &str, i64, &str), i64)],
         ) -> Result<()> {
-            const CHUNK: usize = 200;
-            for chunk in rows.chunks(CHUNK) {
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
                 let mut q = sqlx::QueryBuilder::<$DB>::new("INSERT INTO usage_buckets (key_id, granularity, start_at, code, n) ");
                 q.push_values(chunk, |mut b, ((key_id, g, start, code), n)| {
                     b.push_bind(key_id.to_string())
@@ -94,8 +96,6 @@ macro_rules! for_backend {
         }
 
         async fn usage_rest(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, deltas: &[UsageDelta]) -> Result<()> {
-            const CHUNK: usize = 200;
-            const KEYS_CHUNK: usize = 500;
             for d in deltas {
                 if d.consumed != 0 {
                     // Quota is spent from this node's lease (see `lease_quota`).
@@ -124,7 +124,7 @@ macro_rules! for_backend {
                 }
             }
             let seen: Vec<_> = seen.into_iter().collect();
-            for chunk in seen.chunks(CHUNK) {
+            for chunk in seen.chunks(ROWS_PER_STATEMENT) {
                 let mut q = sqlx::QueryBuilder::<$DB>::new("INSERT INTO key_sources (key_id, ip, first_seen, last_seen, n) ");
                 q.push_values(chunk, |mut b, ((key_id, ip), (first, last, n))| {
                     b.push_bind(key_id.to_string()).push_bind(ip.to_string()).push_bind(*first).push_bind(*last).push_bind(*n);
@@ -137,7 +137,7 @@ macro_rules! for_backend {
             }
             let mut keys: Vec<String> = seen.iter().map(|((key_id, _), _)| key_id.to_string()).collect();
             keys.dedup();
-            for chunk in keys.chunks(KEYS_CHUNK) {
+            for chunk in keys.chunks(KEYS_PER_STATEMENT) {
                 let mut q = sqlx::QueryBuilder::<$DB>::new(
                     "DELETE FROM key_sources WHERE (key_id, ip) IN (SELECT key_id, ip FROM (\
                      SELECT key_id, ip, ROW_NUMBER() OVER (PARTITION BY key_id ORDER BY last_seen DESC, ip) AS r \
@@ -329,7 +329,7 @@ macro_rules! for_backend {
 
         pub(super) async fn known_sources(pool: &sqlx::Pool<$DB>, key_ids: &[String]) -> Result<Vec<(String, String)>> {
             let mut out = Vec::new();
-            for chunk in key_ids.chunks(500) {
+            for chunk in key_ids.chunks(KEYS_PER_STATEMENT) {
                 let mut q = sqlx::QueryBuilder::<$DB>::new("SELECT key_id, ip FROM key_sources WHERE 1 = 1");
                 push_in(&mut q, "key_id", Some(chunk));
                 for r in q.build().fetch_all(pool).await.map_err(map_err)? {

@@ -426,25 +426,14 @@ async fn a_sweep_acts_on_more_keys_than_one_transaction_holds(app: TestApp) {
         let mut ids: Vec<_> = got.iter().map(|e| e["data"]["key"]["id"].clone()).collect();
         ids.sort_by_key(|v| v.to_string());
         ids.dedup();
-        assert_eq!((event, ids.len()), (event, N), "one webhook a key");
+        assert_eq!(
+            (event, got.len(), ids.len()),
+            (event, N, N),
+            "one webhook a key"
+        );
     }
 }
 both!(a_sweep_acts_on_more_keys_than_one_transaction_holds, manual);
-
-/// Runs `sql` on the app's database behind keyward's back.
-async fn run_sql(app: &TestApp, sql: &str) {
-    use sqlx::{Connection, Executor};
-    match app.backend {
-        Backend::Sqlite => {
-            let mut c = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
-            c.execute(sql).await.unwrap();
-        }
-        Backend::Postgres => {
-            let mut c = sqlx::PgConnection::connect(&app.db_url).await.unwrap();
-            c.execute(sql).await.unwrap();
-        }
-    }
-}
 
 /// A key whose step cannot be written (here: its audit event is refused) fails the sweep and
 /// holds back only itself: the keys of its page before it are still marked, each once.
@@ -462,8 +451,7 @@ async fn a_key_the_sweep_cannot_write_holds_back_only_itself(app: TestApp) {
     // The last key of the page is the one whose event the database refuses.
     match app.backend {
         Backend::Sqlite => {
-            run_sql(
-                &app,
+            app.run_sql(
                 &format!(
                     "CREATE TRIGGER refuse BEFORE INSERT ON audit_events WHEN NEW.target_id = '{last}' \
                      BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
@@ -472,8 +460,7 @@ async fn a_key_the_sweep_cannot_write_holds_back_only_itself(app: TestApp) {
             .await
         }
         Backend::Postgres => {
-            run_sql(
-                &app,
+            app.run_sql(
                 &format!(
                     "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
                      IF NEW.target_id = '{last}' THEN RAISE EXCEPTION 'refused by the test'; END IF; \
@@ -500,7 +487,7 @@ async fn a_key_the_sweep_cannot_write_holds_back_only_itself(app: TestApp) {
         Backend::Sqlite => "DROP TRIGGER refuse",
         Backend::Postgres => "DROP TRIGGER refuse ON audit_events",
     };
-    run_sql(&app, drop).await;
+    app.run_sql(drop).await;
     let r = app.sweep().await;
     assert_eq!(r.expired, 1, "only the refused key was left");
     assert_eq!(app.audit_actions("key.expire").await.len(), N);

@@ -550,6 +550,22 @@ impl TestApp {
     }
 
     /// Audit events of one action, oldest first.
+    /// Runs `sql` (one statement or several) on the app's database behind keyward's back: an
+    /// intruder's edit, or a fault the test injects.
+    pub async fn run_sql(&self, sql: &str) {
+        use sqlx::{Connection, Executor};
+        match self.backend {
+            Backend::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&self.db_url).await.unwrap();
+                c.execute(sql).await.unwrap();
+            }
+            Backend::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&self.db_url).await.unwrap();
+                c.execute(sql).await.unwrap();
+            }
+        }
+    }
+
     pub async fn audit_actions(&self, action: &str) -> Vec<Value> {
         let r = self
             .get(&format!("/v1/audit?action={action}&limit=500"))

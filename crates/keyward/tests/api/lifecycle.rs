@@ -110,21 +110,6 @@ async fn a_key_lives_from_creation_through_rotation_to_revocation_on_postgres() 
     lifecycle_on_manual_clock(Backend::Postgres).await;
 }
 
-/// Edits one stored audit event behind keyward's back.
-async fn tamper(app: &TestApp, sql: &str) {
-    use sqlx::Connection;
-    match app.backend {
-        Backend::Sqlite => {
-            let mut c = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
-            sqlx::query(sql).execute(&mut c).await.unwrap();
-        }
-        Backend::Postgres => {
-            let mut c = sqlx::PgConnection::connect(&app.db_url).await.unwrap();
-            sqlx::query(sql).execute(&mut c).await.unwrap();
-        }
-    }
-}
-
 async fn editing_an_audit_row_in_the_database_is_reported_at_its_seq(app: TestApp) {
     let ks = app.keyspace(json!({})).await;
     for _ in 0..3 {
@@ -145,11 +130,8 @@ async fn editing_an_audit_row_in_the_database_is_reported_at_its_seq(app: TestAp
         .collect();
     assert_eq!(seqs, vec![5, 4, 3, 2, 1], "newest first, no gaps");
 
-    tamper(
-        &app,
-        "UPDATE audit_events SET reason = 'nothing to see' WHERE seq = 3",
-    )
-    .await;
+    app.run_sql("UPDATE audit_events SET reason = 'nothing to see' WHERE seq = 3")
+        .await;
     let bad = app.get("/v1/audit/verify").await.expect(200);
     assert_eq!(
         bad.body,
@@ -161,7 +143,7 @@ both!(editing_an_audit_row_in_the_database_is_reported_at_its_seq);
 async fn deleting_an_audit_row_is_reported_too(app: TestApp) {
     let ks = app.keyspace(json!({})).await;
     app.key(&ks, json!({})).await;
-    tamper(&app, "DELETE FROM audit_events WHERE seq = 2").await;
+    app.run_sql("DELETE FROM audit_events WHERE seq = 2").await;
     let bad = app.get("/v1/audit/verify").await.expect(200);
     assert_eq!(bad.body["ok"], false);
     assert_eq!(bad.body["first_bad_seq"], 2);
