@@ -457,7 +457,8 @@ pub trait Store: Send + Sync + 'static {
     /// A random id of this opened store (one per process), written with each change-feed row so
     /// a node can skip its own changes when following the feed.
     fn node_id(&self) -> &str;
-    /// Signalled when a node may have written to the change feed (PostgreSQL LISTEN/NOTIFY);
+    /// Signalled when another node (another opened store) may have written to the change feed
+    /// (PostgreSQL LISTEN/NOTIFY; a store is not signalled for its own commits);
     /// `None` where the backend has no notifications.
     fn change_signal(&self) -> Option<Arc<tokio::sync::Notify>>;
     async fn ping(&self) -> Result<()>;

@@ -43,6 +43,7 @@ macro_rules! migrations {
             12 => "0012_key_list_indexes.sql",
             13 => "0013_usage_pipeline.sql",
             14 => "0014_counter_fillfactor.sql",
+            15 => "0015_feed_notify_origin.sql",
         )
     };
     ($dir:literal: $($version:literal => $file:literal),* $(,)?) => {

@@ -22,7 +22,7 @@ pub struct PgStore {
     known: std::sync::Arc<crate::sql::known::KnownCell>,
     pool: PgPool,
     node: String,
-    /// Signalled when a node commits a change (LISTEN/NOTIFY).
+    /// Signalled when another node commits a change (LISTEN/NOTIFY).
     changes: std::sync::Arc<tokio::sync::Notify>,
     listening: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
@@ -173,13 +173,16 @@ impl PgStore {
         }
         let pool = self.pool.clone();
         let signal = notify.clone();
+        let node = self.node.clone();
         tokio::spawn(async move {
             loop {
                 match sqlx::postgres::PgListener::connect_with(&pool).await {
                     Ok(mut l) => {
                         if l.listen("keyward_changes").await.is_ok() {
-                            while l.recv().await.is_ok() {
-                                signal.notify_one();
+                            while let Ok(n) = l.recv().await {
+                                if !written_by(n.payload(), &node) {
+                                    signal.notify_one();
+                                }
                             }
                         }
                     }
@@ -191,6 +194,14 @@ impl PgStore {
         });
         notify
     }
+}
+
+/// Whether a change notification's payload (the schema, a space, the writing node: migration
+/// 0015) names `node`: its own commit, whose changes the node applied when it made them.
+fn written_by(payload: &str, node: &str) -> bool {
+    payload
+        .rsplit_once(' ')
+        .is_some_and(|(_, origin)| origin == node)
 }
 
 sql_backend!(
@@ -214,3 +225,19 @@ sql_backend!(
     // inventory's and the audit walk's pace at a million rows.
     None
 );
+
+#[cfg(test)]
+mod tests {
+    use super::written_by;
+
+    #[test]
+    fn a_notification_is_the_nodes_own_only_when_it_names_the_node() {
+        assert!(written_by("public abc123", "abc123"));
+        assert!(written_by("a schema with spaces abc123", "abc123"));
+        assert!(!written_by("public abc1234", "abc123"));
+        assert!(!written_by("public xabc123", "abc123"));
+        // Migration 0011's payload (the schema alone) wakes every node.
+        assert!(!written_by("abc123", "abc123"));
+        assert!(!written_by("", "abc123"));
+    }
+}

@@ -197,6 +197,7 @@ fn expected_migrations(db: &TestDb) -> Vec<(i64, String, Vec<u8>)> {
         "key list indexes",
         "usage pipeline",
         "counter fillfactor",
+        "feed notify origin",
     ];
     let newer = [
         (
@@ -238,6 +239,11 @@ fn expected_migrations(db: &TestDb) -> Vec<(i64, String, Vec<u8>)> {
             14,
             include_str!("../../migrations/sqlite/0014_counter_fillfactor.sql"),
             include_str!("../../migrations/postgres/0014_counter_fillfactor.sql"),
+        ),
+        (
+            15,
+            include_str!("../../migrations/sqlite/0015_feed_notify_origin.sql"),
+            include_str!("../../migrations/postgres/0015_feed_notify_origin.sql"),
         ),
     ];
     OLD_MIGRATIONS
@@ -362,7 +368,7 @@ async fn nodes_opening_an_old_database_at_once_carry_it_over_once(db: &TestDb) {
     let applied = db.migrations_table().await;
     assert_eq!(
         applied.iter().map(|r| r.version).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
     );
     assert!(applied[..6].iter().all(|r| r.execution_time == -1));
 }
@@ -394,7 +400,7 @@ async fn an_edited_applied_migration_stops_open(db: &TestDb) {
     let after = db.migrations_table().await;
     assert_eq!(
         after.iter().map(|r| r.version).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12, 13, 14]
+        vec![1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12, 13, 14, 15]
     );
     assert_eq!(after[2].checksum, vec![0u8; 48]);
 

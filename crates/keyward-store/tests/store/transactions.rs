@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use keyward_core::audit::{ChainCheck, ChainVerifier, GENESIS_HASH};
 use keyward_store::{Store, StoreError};
@@ -314,8 +315,9 @@ conformance!(with_db nodes_taking_turns_see_each_others_writes
        postgres_nodes_taking_turns_see_each_others_writes);
 
 /// On PostgreSQL a committed change wakes the other nodes' followers: the feed's insert raises
-/// `keyward_changes` at commit, with the schema as payload (so this test tells its own from
-/// other tests'). SQLite has no notifications: it offers no signal (its follower polls).
+/// `keyward_changes` at commit, with the schema and the writing node as payload (so this test
+/// tells its own from other tests'), and a store's signal fires for other nodes' commits, not
+/// for its own. SQLite has no notifications: it offers no signal (its follower polls).
 async fn a_committed_change_notifies_the_followers(db: &TestDb) {
     let store = db.store();
     if db.backend_name() != "postgres" {
@@ -338,10 +340,32 @@ async fn a_committed_change_notifies_the_followers(db: &TestDb) {
     let ks = new_keyspace(&store, "notified").await;
     let committed = key(&ks, at(2));
     insert_keys(&store, &[&committed.key]).await;
+    let payload = format!("{schema} {}", store.node_id());
     within("the change notification", async {
-        while listener.recv().await.unwrap().payload() != schema {}
+        while listener.recv().await.unwrap().payload() != payload {}
     })
     .await;
+
+    let other = db.reopen().await;
+    let signal = store.change_signal().expect("PostgreSQL signals");
+    // The store's listener connects in the background: the other node writes until it is heard.
+    within("the store's listener", async {
+        for i in 0.. {
+            insert_keys(&other, &[&key(&ks, at(10 + i)).key]).await;
+            let heard = tokio::time::timeout(Duration::from_millis(100), signal.notified());
+            if heard.await.is_ok() {
+                break;
+            }
+        }
+    })
+    .await;
+    // Its own commit does not wake it (a notification arrives within milliseconds)...
+    insert_keys(&store, &[&key(&ks, at(3)).key]).await;
+    let own = tokio::time::timeout(Duration::from_millis(500), signal.notified()).await;
+    assert!(own.is_err(), "a store was signalled for its own commit");
+    // ...another node's does.
+    insert_keys(&other, &[&key(&ks, at(4)).key]).await;
+    within("the other node's change", signal.notified()).await;
 }
 conformance!(with_db a_committed_change_notifies_the_followers
     => sqlite_a_committed_change_notifies_the_followers,
