@@ -358,9 +358,12 @@ pub trait StoreTx: Send {
     async fn key(&mut self, id: &str) -> Result<Option<Key>>;
     /// Inserts a key and its change-feed row.
     async fn insert_key(&mut self, key: &Key) -> Result<()>;
-    /// Inserts keys and their change-feed rows in a few statements per few hundred keys (bulk
+    /// Inserts keys and their change-feed rows, one round trip per few hundred keys (bulk
     /// loads and imports).
     async fn insert_keys(&mut self, keys: &[Key]) -> Result<()>;
+    /// [`insert_key`](Self::insert_key) and then [`append_audit`](Self::append_audit) of its
+    /// event, in one round trip when the chain's head is known (a key created).
+    async fn insert_key_with_event(&mut self, key: &Key, event: NewEvent) -> Result<AuditEvent>;
     /// Writes the revocation each key carries (`revoked_at`, `revoked_by`, `revoked_reason`,
     /// `updated_at`; nothing else) and a change-feed row per key, in a few statements per few
     /// hundred keys (bulk revocation).

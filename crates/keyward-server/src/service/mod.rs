@@ -415,7 +415,6 @@ pub async fn create_key(
         k.allowed_cidrs = input.allowed_cidrs;
         k.enabled = input.enabled.unwrap_or(true);
     })?;
-    tx.insert_key(&key).await?;
     let mut ev = ctx.event(now, AuditAction::KeyCreate, TargetType::Key, &key.id);
     for (field, v) in [
         ("keyspace_id", json!(key.keyspace_id)),
@@ -437,7 +436,7 @@ pub async fn create_key(
     if key.refill.is_some() {
         change(&mut ev.changes, "refill", Value::Null, key.refill);
     }
-    tx.append_audit(ev).await?;
+    tx.insert_key_with_event(&key, ev).await?;
     tx.enqueue(&key_event(WebhookEvent::KeyCreated, &key, now, Map::new()))
         .await?;
     let _forget = Forget::keys(st, vec![key.hash]);

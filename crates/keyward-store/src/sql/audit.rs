@@ -64,7 +64,7 @@ macro_rules! for_backend {
         use keyward_core::model::AuditEvent;
 
         use crate::sql::audit::AUDIT_COLS;
-        use crate::sql::common::{get, json, map_err, to_json};
+        use crate::sql::common::{get, json, map_err, to_json, Writes};
         use crate::{AuditFilter, NewEvent, Result};
 
         fn audit_from_row(r: &$Row) -> Result<AuditEvent> {
@@ -108,27 +108,53 @@ macro_rules! for_backend {
             head: &mut Option<(i64, String)>,
             events: Vec<NewEvent>,
         ) -> Result<Vec<AuditEvent>> {
-            // 15 columns an event.
-            const CHUNK: usize = 1000;
             if events.is_empty() {
                 return Ok(Vec::new());
             }
-            let (mut last_seq, mut prev_hash) = match head.take() {
-                Some(h) => h,
-                None => {
-                    let last =
-                        sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
-                            .fetch_optional(&mut *conn)
-                            .await
-                            .map_err(map_err)?;
-                    match last {
-                        Some(r) => (get::<i64, _>(&r, "seq")?, get::<String, _>(&r, "hash")?),
-                        None => (0, GENESIS_HASH.to_string()),
-                    }
+            let (out, last) = chained(head_of(conn, head.take()).await?, events)?;
+            for chunk in out.chunks(EVENT_CHUNK) {
+                let mut w = Writes::new();
+                push_events(&mut w, chunk);
+                if let Some(mut q) = w.finish() {
+                    q.build().execute(&mut *conn).await.map_err(map_err)?;
                 }
-            };
+            }
+            *head = Some(last);
+            Ok(out.into_iter().map(|(e, _)| e).collect())
+        }
+
+        /// 15 columns an event: this many stay under either backend's bind limit in one write.
+        const EVENT_CHUNK: usize = 1000;
+
+        /// The chain's last event (`seq` and hash): `known` when the transaction knows it (see
+        /// `known`), else read.
+        pub(super) async fn head_of(
+            conn: &mut <$DB as sqlx::Database>::Connection,
+            known: Option<(i64, String)>,
+        ) -> Result<(i64, String)> {
+            if let Some(h) = known {
+                return Ok(h);
+            }
+            let last = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            Ok(match last {
+                Some(r) => (get::<i64, _>(&r, "seq")?, get::<String, _>(&r, "hash")?),
+                None => (0, GENESIS_HASH.to_string()),
+            })
+        }
+
+        /// `events` chained in order after `head`, each with its changes as the text to store
+        /// (the hash covers them as they round-trip through it); and the new head.
+        pub(super) fn chained(
+            head: (i64, String),
+            events: Vec<NewEvent>,
+        ) -> Result<(Vec<(AuditEvent, String)>, (i64, String))> {
+            let (mut last_seq, mut prev_hash) = head;
             let mut out = Vec::with_capacity(events.len());
             for e in events {
+                let changes_text = to_json(&e.changes);
                 let mut event = AuditEvent {
                     id: e.id,
                     seq: last_seq + 1,
@@ -140,43 +166,39 @@ macro_rules! for_backend {
                     reason: e.reason,
                     request_id: e.request_id,
                     ip: e.ip,
-                    changes: e.changes,
+                    changes: json("changes", &changes_text)?,
                     prev_hash,
                     hash: String::new(),
                 };
-                // Hash what will be read back: the changes as they round-trip through JSON text.
-                let changes_text = to_json(&event.changes);
-                event.changes = json("changes", &changes_text)?;
                 event.hash = event_hash(&event);
                 last_seq = event.seq;
                 prev_hash = event.hash.clone();
                 out.push((event, changes_text));
             }
-            for chunk in out.chunks(CHUNK) {
-                let mut q = sqlx::QueryBuilder::<$DB>::new(format!(
-                    "INSERT INTO audit_events ({AUDIT_COLS}) "
-                ));
-                q.push_values(chunk, |mut b, (event, changes_text)| {
-                    b.push_bind(event.seq)
-                        .push_bind(event.id.clone())
-                        .push_bind(event.at.millis())
-                        .push_bind(event.actor.kind.as_str())
-                        .push_bind(event.actor.id.clone())
-                        .push_bind(event.actor.name.clone())
-                        .push_bind(event.action.clone())
-                        .push_bind(event.target_type.clone())
-                        .push_bind(event.target_id.clone())
-                        .push_bind(event.reason.clone())
-                        .push_bind(event.request_id.clone())
-                        .push_bind(event.ip.clone())
-                        .push_bind(changes_text.clone())
-                        .push_bind(event.prev_hash.clone())
-                        .push_bind(event.hash.clone());
-                });
-                q.build().execute(&mut *conn).await.map_err(map_err)?;
-            }
-            *head = Some((last_seq, prev_hash));
-            Ok(out.into_iter().map(|(e, _)| e).collect())
+            Ok((out, (last_seq, prev_hash)))
+        }
+
+        /// The rows of chained events (at most [`EVENT_CHUNK`]) as one write of `w`.
+        pub(super) fn push_events(w: &mut Writes<'static, $DB>, events: &[(AuditEvent, String)]) {
+            let q = w.next();
+            q.push(format!("INSERT INTO audit_events ({AUDIT_COLS}) "));
+            q.push_values(events, |mut b, (event, changes_text)| {
+                b.push_bind(event.seq)
+                    .push_bind(event.id.clone())
+                    .push_bind(event.at.millis())
+                    .push_bind(event.actor.kind.as_str())
+                    .push_bind(event.actor.id.clone())
+                    .push_bind(event.actor.name.clone())
+                    .push_bind(event.action.clone())
+                    .push_bind(event.target_type.clone())
+                    .push_bind(event.target_id.clone())
+                    .push_bind(event.reason.clone())
+                    .push_bind(event.request_id.clone())
+                    .push_bind(event.ip.clone())
+                    .push_bind(changes_text.clone())
+                    .push_bind(event.prev_hash.clone())
+                    .push_bind(event.hash.clone());
+            });
         }
 
         pub(super) async fn list_audit(

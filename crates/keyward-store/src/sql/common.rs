@@ -156,3 +156,54 @@ pub(super) fn from_json_rows<T: DeserializeOwned>(
         None => Ok(Vec::new()),
     }
 }
+
+/// Writes sent to the database in one round trip: SQLite runs several statements of one text
+/// (`;` between them, each `?` bound in turn); PostgreSQL takes one statement, so each write is
+/// a data-changing `WITH` clause of a `SELECT 1` (all of them run to completion, and constraints
+/// are checked at the statement's end, when every row is in).
+pub(super) struct Writes<'a, DB: Database> {
+    q: QueryBuilder<'a, DB>,
+    n: usize,
+}
+
+impl<'a, DB: Database> Writes<'a, DB> {
+    pub(super) fn new() -> Self {
+        Writes {
+            q: QueryBuilder::new(""),
+            n: 0,
+        }
+    }
+
+    fn statements() -> bool {
+        DB::NAME == "SQLite"
+    }
+
+    /// The builder, ready for the next write (one `INSERT`, `UPDATE` or `DELETE`).
+    pub(super) fn next(&mut self) -> &mut QueryBuilder<'a, DB> {
+        match (Self::statements(), self.n) {
+            (true, 0) => {}
+            (true, _) => {
+                self.q.push("; ");
+            }
+            (false, 0) => {
+                self.q.push("WITH w0 AS (");
+            }
+            (false, n) => {
+                self.q.push(format!("), w{n} AS ("));
+            }
+        }
+        self.n += 1;
+        &mut self.q
+    }
+
+    /// The query of every write pushed; `None` when there is none.
+    pub(super) fn finish(mut self) -> Option<QueryBuilder<'a, DB>> {
+        if self.n == 0 {
+            return None;
+        }
+        if !Self::statements() {
+            self.q.push(") SELECT 1");
+        }
+        Some(self.q)
+    }
+}

@@ -13,7 +13,7 @@ macro_rules! for_backend {
         use keyward_core::model::Key;
         use keyward_core::time::Timestamp;
 
-        use crate::sql::common::{get, hash_from, map_err};
+        use crate::sql::common::{get, hash_from, map_err, Writes};
         use crate::{Change, Result};
 
         /// The feed row of a key written (inserted or updated) in this transaction.
@@ -24,15 +24,24 @@ macro_rules! for_backend {
         /// The feed rows of keys written in this transaction, in one statement (callers pass
         /// at most a few hundred keys: 4 binds a row).
         pub(super) async fn keys_changed(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, keys: &[&Key]) -> Result<()> {
-            if keys.is_empty() {
-                return Ok(());
+            let mut w = Writes::new();
+            push_keys_changed(&mut w, node, keys);
+            if let Some(mut q) = w.finish() {
+                q.build().execute(&mut *conn).await.map_err(map_err)?;
             }
-            let mut q = sqlx::QueryBuilder::<$DB>::new("INSERT INTO change_feed (key_id, key_hash, at, origin) ");
+            Ok(())
+        }
+
+        /// The feed rows of `keys` as one write of `w` (none for no keys).
+        pub(super) fn push_keys_changed(w: &mut Writes<'static, $DB>, node: &str, keys: &[&Key]) {
+            if keys.is_empty() {
+                return;
+            }
+            let q = w.next();
+            q.push("INSERT INTO change_feed (key_id, key_hash, at, origin) ");
             q.push_values(keys, |mut b, k| {
                 b.push_bind(k.id.clone()).push_bind(k.hash.0.to_vec()).push_bind(k.updated_at.millis()).push_bind(node.to_string());
             });
-            q.build().execute(&mut *conn).await.map_err(map_err)?;
-            Ok(())
         }
 
         /// The feed row of keyspace `id`, dated `at` (its id in `key_id`, a zero hash,

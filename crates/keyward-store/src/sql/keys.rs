@@ -118,7 +118,7 @@ macro_rules! for_backend {
         use keyward_core::model::{Key, Keyspace};
         use keyward_core::time::Timestamp;
 
-        use crate::sql::common::{get, hash_from, json, json_opt, map_err, push_after_time, push_in, to_json, ts};
+        use crate::sql::common::{get, hash_from, json, json_opt, map_err, push_after_time, push_in, to_json, ts, Writes};
         use crate::sql::keys::{push_status, KEYSPACE_COLS, KEY_COLS, KEY_FROM, KEY_SELECT};
         use crate::{KeyFilter, Page, Result, TimeCursor};
 
@@ -477,64 +477,76 @@ macro_rules! for_backend {
             insert_keys(conn, node, std::slice::from_ref(k)).await
         }
 
-        /// Inserts keys with their counters and feed rows, a few multi-row statements per
-        /// [`INSERT_CHUNK`] keys (a bulk load or import costs round trips per chunk, not per key).
+        /// Inserts keys with their counters and feed rows, one round trip per [`INSERT_CHUNK`]
+        /// keys (a bulk load or import costs round trips per chunk, not per key).
         pub(super) async fn insert_keys(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, keys: &[Key]) -> Result<()> {
-            // 31 columns a key: 500 keys stay under either backend's bind limit.
-            const INSERT_CHUNK: usize = 500;
             for chunk in keys.chunks(INSERT_CHUNK) {
-                let mut q = sqlx::QueryBuilder::<$DB>::new(format!("INSERT INTO keys ({KEY_COLS}) "));
-                q.push_values(chunk, |mut b, k| {
-                    b.push_bind(k.id.clone())
-                        .push_bind(k.keyspace_id.clone())
-                        .push_bind(k.name.clone())
-                        .push_bind(k.owner.clone())
-                        .push_bind(to_json(&k.scopes))
-                        .push_bind(to_json(&k.labels))
-                        .push_bind(to_json(&k.meta))
-                        .push_bind(k.hash.0.to_vec())
-                        .push_bind(k.start.clone())
-                        .push_bind(k.end.clone())
-                        .push_bind(k.enabled)
-                        .push_bind(k.created_at.millis())
-                        .push_bind(to_json(&k.created_by))
-                        .push_bind(k.updated_at.millis())
-                        .push_bind(k.expires_at.map(Timestamp::millis))
-                        .push_bind(k.revoked_at.map(Timestamp::millis))
-                        .push_bind(k.revoked_by.as_ref().map(to_json))
-                        .push_bind(k.revoked_reason.clone())
-                        .push_bind(k.rotated_from.clone())
-                        .push_bind(k.rotated_to.clone())
-                        .push_bind(k.last_used_at.map(Timestamp::millis))
-                        .push_bind(k.call_count)
-                        .push_bind(k.denied_count)
-                        .push_bind(k.ratelimit.as_ref().map(to_json))
-                        .push_bind(k.remaining)
-                        .push_bind(k.allowed_cidrs.as_ref().map(to_json))
-                        .push_bind(k.external_id.clone())
-                        .push_bind(ratelimits_json(k))
-                        .push_bind(k.refill.as_ref().map(to_json))
-                        .push_bind(k.refill_anchor.map(Timestamp::millis))
-                        .push_bind(k.refilled_at.map(Timestamp::millis));
-                });
-                q.build().execute(&mut *conn).await.map_err(map_err)?;
-                let counted: Vec<&Key> = chunk
-                    .iter()
-                    .filter(|k| k.call_count != 0 || k.denied_count != 0 || k.last_used_at.is_some())
-                    .collect();
-                if !counted.is_empty() {
-                    let mut q = sqlx::QueryBuilder::<$DB>::new("INSERT INTO key_counters (key_id, calls, denied, last_used_at) ");
-                    q.push_values(counted, |mut b, k| {
-                        b.push_bind(k.id.clone())
-                            .push_bind(k.call_count)
-                            .push_bind(k.denied_count)
-                            .push_bind(k.last_used_at.map(Timestamp::millis));
-                    });
+                let mut w = Writes::new();
+                push_insert_keys(&mut w, node, chunk);
+                if let Some(mut q) = w.finish() {
                     q.build().execute(&mut *conn).await.map_err(map_err)?;
                 }
-                super::feed::keys_changed(conn, node, &chunk.iter().collect::<Vec<_>>()).await?;
             }
             Ok(())
+        }
+
+        /// 31 columns a key: this many keys (their rows, counters and feed rows) stay under either
+        /// backend's bind limit in one round trip.
+        pub(super) const INSERT_CHUNK: usize = 500;
+
+        /// The writes of new keys (at most [`INSERT_CHUNK`]): their rows, the counters of those
+        /// already used (an import's), and their feed rows.
+        pub(super) fn push_insert_keys(w: &mut Writes<'static, $DB>, node: &str, chunk: &[Key]) {
+            let q = w.next();
+            q.push(format!("INSERT INTO keys ({KEY_COLS}) "));
+            q.push_values(chunk, |mut b, k| {
+                b.push_bind(k.id.clone())
+                    .push_bind(k.keyspace_id.clone())
+                    .push_bind(k.name.clone())
+                    .push_bind(k.owner.clone())
+                    .push_bind(to_json(&k.scopes))
+                    .push_bind(to_json(&k.labels))
+                    .push_bind(to_json(&k.meta))
+                    .push_bind(k.hash.0.to_vec())
+                    .push_bind(k.start.clone())
+                    .push_bind(k.end.clone())
+                    .push_bind(k.enabled)
+                    .push_bind(k.created_at.millis())
+                    .push_bind(to_json(&k.created_by))
+                    .push_bind(k.updated_at.millis())
+                    .push_bind(k.expires_at.map(Timestamp::millis))
+                    .push_bind(k.revoked_at.map(Timestamp::millis))
+                    .push_bind(k.revoked_by.as_ref().map(to_json))
+                    .push_bind(k.revoked_reason.clone())
+                    .push_bind(k.rotated_from.clone())
+                    .push_bind(k.rotated_to.clone())
+                    .push_bind(k.last_used_at.map(Timestamp::millis))
+                    .push_bind(k.call_count)
+                    .push_bind(k.denied_count)
+                    .push_bind(k.ratelimit.as_ref().map(to_json))
+                    .push_bind(k.remaining)
+                    .push_bind(k.allowed_cidrs.as_ref().map(to_json))
+                    .push_bind(k.external_id.clone())
+                    .push_bind(ratelimits_json(k))
+                    .push_bind(k.refill.as_ref().map(to_json))
+                    .push_bind(k.refill_anchor.map(Timestamp::millis))
+                    .push_bind(k.refilled_at.map(Timestamp::millis));
+            });
+            let counted: Vec<&Key> = chunk
+                .iter()
+                .filter(|k| k.call_count != 0 || k.denied_count != 0 || k.last_used_at.is_some())
+                .collect();
+            if !counted.is_empty() {
+                let q = w.next();
+                q.push("INSERT INTO key_counters (key_id, calls, denied, last_used_at) ");
+                q.push_values(counted, |mut b, k| {
+                    b.push_bind(k.id.clone())
+                        .push_bind(k.call_count)
+                        .push_bind(k.denied_count)
+                        .push_bind(k.last_used_at.map(Timestamp::millis));
+                });
+            }
+            super::feed::push_keys_changed(w, node, &chunk.iter().collect::<Vec<_>>());
         }
 
         /// Writes the revocation each key carries (`revoked_at`, `revoked_by`, `revoked_reason`,

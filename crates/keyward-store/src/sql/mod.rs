@@ -111,7 +111,7 @@ macro_rules! sql_backend {
                 anomalies, audit, feed, identities, imports, keys, leases, tokens, usage, webhooks,
             };
             use super::{$Store, $Tx};
-            use crate::sql::common::{map_err, TAKE_WRITE_LOCK_COUNTING};
+            use crate::sql::common::{map_err, Writes, TAKE_WRITE_LOCK_COUNTING};
             use crate::users::{UserStore, UserTx};
             use crate::{
                 AfterAttempt, AnomalyFilter, Attempt, AuditFilter, Bucket, CensusRules, Change,
@@ -153,6 +153,24 @@ macro_rules! sql_backend {
                 }
                 async fn insert_keys(&mut self, k: &[Key]) -> Result<()> {
                     keys::insert_keys(&mut self.tx, &self.node, k).await
+                }
+                async fn insert_key_with_event(
+                    &mut self,
+                    k: &Key,
+                    e: NewEvent,
+                ) -> Result<AuditEvent> {
+                    let head = audit::head_of(&mut self.tx, self.known.audit_head.take()).await?;
+                    let (mut events, head) = audit::chained(head, vec![e])?;
+                    let mut w = Writes::new();
+                    keys::push_insert_keys(&mut w, &self.node, std::slice::from_ref(k));
+                    audit::push_events(&mut w, &events);
+                    if let Some(mut q) = w.finish() {
+                        q.build().execute(&mut *self.tx).await.map_err(map_err)?;
+                    }
+                    self.known.audit_head = Some(head);
+                    events.pop().map(|(e, _)| e).ok_or_else(|| {
+                        crate::StoreError::Other("no audit event was appended".into())
+                    })
                 }
                 async fn revoke_keys(&mut self, k: &[Key]) -> Result<()> {
                     keys::revoke_keys(&mut self.tx, &self.node, k).await
