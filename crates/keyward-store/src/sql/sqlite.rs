@@ -74,6 +74,9 @@ impl SqliteStore {
         let pool = loop {
             let connected = SqlitePoolOptions::new()
                 .max_connections(8)
+                // A connection to a local file cannot go stale: no round trip to its worker
+                // thread to test it before each use.
+                .test_before_acquire(false)
                 .acquire_timeout(Duration::from_secs(10))
                 .connect_with(opts.clone())
                 .await;
