@@ -346,12 +346,13 @@ macro_rules! sql_backend {
                 }
 
                 async fn close(&self) {
+                    self.writer().close().await;
                     self.before_close().await;
                     self.pool.close().await;
                 }
 
                 async fn begin(&self) -> Result<Box<dyn StoreTx>> {
-                    let mut tx = self.pool.begin().await.map_err(map_err)?;
+                    let mut tx = self.writer().begin().await.map_err(map_err)?;
                     let (last_tag, tag) = self.known.tags();
                     let (n, hit): (i64, Option<bool>) = sqlx::query_as(TAKE_WRITE_LOCK_COUNTING)
                         .bind(last_tag)

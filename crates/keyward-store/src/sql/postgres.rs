@@ -178,6 +178,12 @@ impl PgStore {
         Some(self.start_listener())
     }
 
+    /// Write transactions take any connection of the pool (each node's wait on the write
+    /// lock's row in turn).
+    fn writer(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Starts (once) a task that LISTENs for change notifications and signals `changes`.
     fn start_listener(&self) -> std::sync::Arc<tokio::sync::Notify> {
         let notify = self.changes.clone();

@@ -17,6 +17,13 @@ pub struct SqliteStore {
     /// What write transactions know between commits (`sql::known`).
     known: std::sync::Arc<crate::sql::known::KnownCell>,
     pool: SqlitePool,
+    /// The one connection the control plane's write transactions take ([`Store::begin`]):
+    /// SQLite writes one at a time anyway, and a connection that made the last write keeps its
+    /// page cache, where one that did not rereads every page it needs from the write-ahead log.
+    /// Writers wait for it in turn, not in SQLite's busy-wait.
+    ///
+    /// [`Store::begin`]: crate::Store::begin
+    writer: SqlitePool,
     node: String,
 }
 
@@ -71,15 +78,16 @@ impl SqliteStore {
         // (`busy_timeout` does not apply): when several processes open one new file at once,
         // a loser gets "database is locked" here at once, and tries again.
         let mut tries = 0;
-        let pool = loop {
-            let connected = SqlitePoolOptions::new()
-                .max_connections(8)
+        let pool_of = |n: u32| {
+            SqlitePoolOptions::new()
+                .max_connections(n)
                 // A connection to a local file cannot go stale: no round trip to its worker
                 // thread to test it before each use.
                 .test_before_acquire(false)
                 .acquire_timeout(Duration::from_secs(10))
-                .connect_with(opts.clone())
-                .await;
+        };
+        let pool = loop {
+            let connected = pool_of(8).connect_with(opts.clone()).await;
             match connected {
                 Ok(pool) => break pool,
                 Err(sqlx::Error::Database(db))
@@ -111,8 +119,13 @@ impl SqliteStore {
             }
         }
         drop(conn);
+        let writer = pool_of(1)
+            .connect_with(opts.clone())
+            .await
+            .map_err(map_err)?;
         Ok(Self {
             pool,
+            writer,
             node: keyward_core::keyformat::base62_random(16),
             known: std::sync::Arc::default(),
         })
@@ -143,6 +156,10 @@ impl SqliteStore {
     /// SQLite has no notifications; the follower polls.
     fn signal(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
         None
+    }
+
+    fn writer(&self) -> &SqlitePool {
+        &self.writer
     }
 }
 
