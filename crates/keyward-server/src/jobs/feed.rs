@@ -7,8 +7,8 @@
 //! PostgreSQL sequence values can become visible out of order (a transaction that took seq 10
 //! may commit after the one that took 11), so the follower remembers the seqs it has not seen
 //! below the newest it applied ([`Seen`]) and each read starts at the oldest of them: a read
-//! fetches what is new, not a window of old rows again. A seq missing for more than [`WINDOW`]
-//! newer ones (a rolled-back transaction's) is given up.
+//! fetches what is new, not a window of old rows again. A seq missing once [`WINDOW`]
+//! newer ones arrived (a rolled-back transaction's) is given up.
 
 use std::collections::BTreeSet;
 use std::time::Duration;

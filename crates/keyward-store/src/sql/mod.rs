@@ -478,7 +478,7 @@ macro_rules! sql_backend {
                     want: i64,
                     now: Timestamp,
                 ) -> Result<Option<crate::Lease>> {
-                    leases::lease_quota(&self.pool, &self.node, key_id, want, now).await
+                    leases::lease_quota(self.writer(), &self.node, key_id, want, now).await
                 }
                 async fn return_lease(
                     &self,
@@ -486,15 +486,15 @@ macro_rules! sql_backend {
                     amount: i64,
                     until: Option<Timestamp>,
                 ) -> Result<()> {
-                    leases::return_lease(&self.pool, &self.node, key_id, amount, until).await
+                    leases::return_lease(self.writer(), &self.node, key_id, amount, until).await
                 }
                 async fn reclaim_stale_leases(&self, older_than: Timestamp) -> Result<u64> {
-                    leases::reclaim_stale_leases(&self.pool, older_than).await
+                    leases::reclaim_stale_leases(self.writer(), older_than).await
                 }
 
                 // usage.rs
                 async fn apply_usage(&self, deltas: &[UsageDelta]) -> Result<()> {
-                    usage::apply_usage(&self.pool, &self.node, deltas).await
+                    usage::apply_usage(self.writer(), &self.node, deltas).await
                 }
                 async fn usage(
                     &self,
@@ -530,7 +530,7 @@ macro_rules! sql_backend {
                     usage::prune_usage(&self.pool, granularity, before).await
                 }
                 async fn rollup_usage(&self, before: Timestamp) -> Result<u64> {
-                    usage::rollup_usage(&self.pool, before).await
+                    usage::rollup_usage(self.writer(), before).await
                 }
                 async fn sources(&self, key_id: &str) -> Result<Vec<Source>> {
                     usage::sources(&self.pool, key_id).await
@@ -580,7 +580,7 @@ macro_rules! sql_backend {
                     &self,
                     secrets: &[(String, String)],
                 ) -> Result<()> {
-                    webhooks::replace_webhook_secrets(&self.pool, secrets).await
+                    webhooks::replace_webhook_secrets(self.writer(), secrets).await
                 }
                 async fn due_deliveries(
                     &self,
@@ -605,7 +605,7 @@ macro_rules! sql_backend {
                     a: &Attempt,
                     after: AfterAttempt,
                 ) -> Result<()> {
-                    webhooks::finish_attempt(&self.pool, delivery_id, webhook_id, a, after).await
+                    webhooks::finish_attempt(self.writer(), delivery_id, webhook_id, a, after).await
                 }
                 async fn list_attempts(
                     &self,

@@ -198,9 +198,10 @@ impl PgStore {
         let node = self.node.clone();
         tokio::spawn(async move {
             loop {
-                let schema: sqlx::Result<String> = sqlx::query_scalar("SELECT current_schema()")
-                    .fetch_one(&pool)
-                    .await;
+                let schema: sqlx::Result<String> =
+                    sqlx::query_scalar("SELECT COALESCE(current_schema(), '')")
+                        .fetch_one(&pool)
+                        .await;
                 let listener = match schema {
                     Ok(schema) => sqlx::postgres::PgListener::connect_with(&pool)
                         .await

@@ -17,10 +17,12 @@ pub struct SqliteStore {
     /// What write transactions know between commits (`sql::known`).
     known: std::sync::Arc<crate::sql::known::KnownCell>,
     pool: SqlitePool,
-    /// The one connection the control plane's write transactions take ([`Store::begin`]):
-    /// SQLite writes one at a time anyway, and a connection that made the last write keeps its
-    /// page cache, where one that did not rereads every page it needs from the write-ahead log.
-    /// Writers wait for it in turn, not in SQLite's busy-wait.
+    /// The one connection write transactions take (the control plane's [`Store::begin`], the
+    /// usage flush and roll-up, quota leases, webhook attempts): SQLite writes one at a time
+    /// anyway, and a connection that made the last write keeps its page cache, where one that
+    /// did not rereads every page it needs from the write-ahead log. Writers wait for it in
+    /// turn, not in SQLite's busy-wait (where a sleeping waiter loses to one in the queue).
+    /// Single statements that write (pruning, a token's last use) stay on the pool.
     ///
     /// [`Store::begin`]: crate::Store::begin
     writer: SqlitePool,

@@ -182,7 +182,7 @@ macro_rules! for_backend {
                 created_at: Timestamp,
                 expires_at: Timestamp,
             ) -> Result<()> {
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let mut tx = self.writer().begin().await.map_err(map_err)?;
                 sqlx::query("DELETE FROM setup_tokens")
                     .execute(&mut *tx)
                     .await
