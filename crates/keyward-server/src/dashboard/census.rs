@@ -3,10 +3,11 @@
 //! the two flagged lists.
 //!
 //! A census costs one pass over the keys: a few milliseconds for thousands of keys, about a
-//! second for a million. One that took longer than [`FRESH_BELOW`] is kept per scope (the set of
-//! keyspaces a viewer sees) and shown for up to [`MAX_AGE_MS`], the page saying as of when; an
-//! older one is shown while a new one is taken in the background, so no view waits for a pass
-//! over a million keys but the first. A census cheaper than that is taken at every view.
+//! second for a million. One of [`KEPT_FROM_KEYS`] keys or more that took [`FRESH_BELOW`] or
+//! longer is kept per scope (the set of keyspaces a viewer sees) and shown for up to
+//! [`MAX_AGE_MS`], the page saying as of when; an older one is shown while a new one is taken in
+//! the background, so no view waits for a pass over many keys but the first. Any other census
+//! is taken at every view.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,8 +20,19 @@ use crate::authz::{Ctx, ReadKeys};
 use crate::census::{Census, Slot};
 use crate::state::AppState;
 
-/// A census that took less than this is taken again at every view.
-const FRESH_BELOW: Duration = Duration::from_millis(250);
+/// A census that took less than this is taken again at every view: half the overview's
+/// 100 ms target, so no view but a scope's first waits longer for its counts.
+const FRESH_BELOW: Duration = Duration::from_millis(50);
+/// A census of fewer keys is taken again at every view, however long it took (a busy machine,
+/// not the size, made it slow): small deployments see every change at once.
+const KEPT_FROM_KEYS: i64 = 10_000;
+
+/// Whether `census` is kept for later views (see the module docs).
+fn worth_keeping(census: &Census) -> bool {
+    let t = census.total();
+    census.took >= FRESH_BELOW
+        && t.active + t.rotating + t.disabled + t.expired + t.revoked >= KEPT_FROM_KEYS
+}
 /// How old a kept census may be before a view starts a new one.
 const MAX_AGE_MS: i64 = 60_000;
 /// Keys shown in each flagged list.
@@ -78,7 +90,7 @@ pub(crate) async fn census(
     let kept = {
         let mut slots = st.census.slots.lock().unwrap_or_else(|e| e.into_inner());
         match slots.get_mut(&scope) {
-            Some(slot) if slot.census.took >= FRESH_BELOW => {
+            Some(slot) if worth_keeping(&slot.census) => {
                 let stale = now.millis() - slot.census.at.millis() >= MAX_AGE_MS;
                 let refresh = stale && !slot.refreshing;
                 slot.refreshing |= refresh;
@@ -103,7 +115,7 @@ pub(crate) async fn census(
     }
     let census = take(st, ctx, kss, now).await?;
     let census = Arc::new(census);
-    if census.took >= FRESH_BELOW {
+    if worth_keeping(&census) {
         keep(st, scope, Some(census.clone()));
     }
     Ok(census)
@@ -130,5 +142,49 @@ fn keep(st: &AppState, scope: Vec<String>, census: Option<Arc<Census>>) {
                 slot.refreshing = false;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyward_store::KeyCensus;
+
+    fn census(took_ms: u64, counts: &[(&str, i64, i64)]) -> Census {
+        Census {
+            per_keyspace: counts
+                .iter()
+                .map(|(ks, active, revoked)| {
+                    let c = KeyCensus {
+                        active: *active,
+                        revoked: *revoked,
+                        ..KeyCensus::default()
+                    };
+                    (ks.to_string(), c)
+                })
+                .collect(),
+            expiring: Vec::new(),
+            inactive: Vec::new(),
+            at: Timestamp::from_millis(0),
+            took: Duration::from_millis(took_ms),
+        }
+    }
+
+    #[test]
+    fn a_census_is_kept_when_it_was_slow_because_of_many_keys() {
+        assert!(worth_keeping(&census(50, &[("ks_a", 9_000, 1_000)])));
+        assert!(worth_keeping(&census(
+            180,
+            &[("ks_a", 6_000, 0), ("ks_b", 4_000, 0)]
+        )));
+        assert!(
+            !worth_keeping(&census(49, &[("ks_a", 1_000_000, 0)])),
+            "cheap"
+        );
+        assert!(
+            !worth_keeping(&census(400, &[("ks_a", 7, 0)])),
+            "slow, but few keys: a busy machine"
+        );
+        assert!(!worth_keeping(&census(400, &[("ks_a", 5_000, 4_999)])));
     }
 }
