@@ -335,7 +335,11 @@ macro_rules! for_backend {
                 };
                 push_in(&mut q, "keys.keyspace_id", f.keyspace_ids.as_deref());
                 q.push(" LIMIT ").push_bind(CANDIDATES + 1);
-                let ids = ids_of(q.build().fetch_all(pool).await.map_err(map_err)?)?;
+                // Not kept prepared: PostgreSQL plans a kept statement, after five runs, once for
+                // any pattern, and that plan reads every key (77 ms at 100,000 keys, where the
+                // trigram index answers in 1 ms); a statement sent each time is planned for its
+                // pattern.
+                let ids = ids_of(q.build().persistent(false).fetch_all(pool).await.map_err(map_err)?)?;
                 if ids.len() as i64 <= CANDIDATES {
                     only = Some(match only {
                         None => ids,
