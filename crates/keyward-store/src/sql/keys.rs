@@ -496,7 +496,7 @@ macro_rules! for_backend {
 
         /// 31 columns a key: this many keys (their rows, counters and feed rows) stay under either
         /// backend's bind limit in one round trip.
-        pub(super) const INSERT_CHUNK: usize = 500;
+        const INSERT_CHUNK: usize = 500;
 
         /// The writes of new keys (at most [`INSERT_CHUNK`]): their rows, the counters of those
         /// already used (an import's), and their feed rows.
