@@ -4,6 +4,12 @@
 //!
 //! When Redis cannot be reached the verifier falls back to this node's own counters (the limit
 //! then holds per node, as without Redis) and logs it.
+//!
+//! A node holds at most [`MAX_CONNS`] connections: a burst of verifications waits for one
+//! (within the same [`TIMEOUT`]) instead of opening a connection each. Hundreds of connections
+//! opened at once overflow Redis's accept queue; a connection whose opening packet is dropped
+//! there is retried by the kernel only after a second, past the timeout, and the verification
+//! falls back to this node's counters: a cluster-wide limit then grants more than it says.
 
 use std::time::Duration;
 
@@ -12,7 +18,8 @@ use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
 const TIMEOUT: Duration = Duration::from_millis(500);
-const MAX_IDLE: usize = 16;
+/// Connections a node holds at most, idle or in use.
+const MAX_CONNS: usize = 16;
 
 type Conn = BufReader<TcpStream>;
 
@@ -21,6 +28,8 @@ pub struct RedisLimiter {
     password: Option<String>,
     db: Option<u32>,
     idle: Mutex<Vec<Conn>>,
+    /// One permit per connection, idle or in use.
+    conns: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for RedisLimiter {
@@ -70,6 +79,7 @@ impl RedisLimiter {
             password: url.password.clone(),
             db: url.db,
             idle: Mutex::new(Vec::new()),
+            conns: tokio::sync::Semaphore::new(MAX_CONNS),
         }
     }
 
@@ -99,20 +109,27 @@ impl RedisLimiter {
         F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = (Conn, std::io::Result<T>)>,
     {
-        let conn = match self.idle.lock().await.pop() {
-            Some(c) => c,
-            None => self.connect().await?,
-        };
-        let (conn, result) = tokio::time::timeout(TIMEOUT, f(conn))
-            .await
-            .map_err(|_| io_err("redis timed out"))?;
-        if result.is_ok() {
-            let mut idle = self.idle.lock().await;
-            if idle.len() < MAX_IDLE {
-                idle.push(conn);
+        // The wait for a connection, opening it and the call share one deadline.
+        tokio::time::timeout(TIMEOUT, async {
+            let _permit = self
+                .conns
+                .acquire()
+                .await
+                .map_err(|_| io_err("redis limiter closed"))?;
+            let conn = match self.idle.lock().await.pop() {
+                Some(c) => c,
+                None => self.connect().await?,
+            };
+            let (conn, result) = f(conn).await;
+            // A connection that failed (or is dropped here by the deadline) is closed; its
+            // permit lets the next caller open another.
+            if result.is_ok() {
+                self.idle.lock().await.push(conn);
             }
-        }
-        result
+            result
+        })
+        .await
+        .map_err(|_| io_err("redis timed out"))?
     }
 
     /// The counter of a key's limit in the window starting at `window_start_ms`: the limit

@@ -848,26 +848,43 @@ async fn identity_keys(a: &TestApp) -> Vec<String> {
     keys
 }
 
-/// 1,200 verifications of an identity's three keys over three nodes: how many are valid.
-async fn identity_limit_on_three_nodes(redis: bool) -> Option<usize> {
+/// A node's `keyward_redis_errors_total`: verifications it decided on its own windows because
+/// Redis did not answer.
+async fn redis_errors(node: &TestApp) -> u64 {
+    let text = node.get("/metrics").await.body;
+    let text = text.as_str().unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("keyward_redis_errors_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no keyward_redis_errors_total in /metrics"))
+}
+
+/// 1,200 verifications of an identity's three keys over three nodes: how many are valid, and
+/// how many times a node found Redis not answering.
+async fn identity_limit_on_three_nodes(redis: bool) -> Option<(usize, u64)> {
     let (a, b, c) = three_nodes(redis, false).await?;
     let keys = identity_keys(&a).await;
     let valid = spread([&a, &b, &c], &keys, 1200).await;
+    let errors = redis_errors(&a).await + redis_errors(&b).await + redis_errors(&c).await;
     b.stop().await;
     c.stop().await;
-    Some(valid)
+    Some((valid, errors))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_an_identitys_limit_is_granted_exactly_across_three_nodes() {
-    if let Some(valid) = identity_limit_on_three_nodes(true).await {
-        assert_eq!(valid, 300, "the identity's limit over all keys and nodes");
+    if let Some((valid, errors)) = identity_limit_on_three_nodes(true).await {
+        assert_eq!(
+            (valid, errors),
+            (300, 0),
+            "the identity's limit over all keys and nodes (and Redis answered every time)"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_redis_an_identitys_limit_holds_per_node() {
-    if let Some(valid) = identity_limit_on_three_nodes(false).await {
+    if let Some((valid, _)) = identity_limit_on_three_nodes(false).await {
         assert_eq!(valid, 900, "each node grants the limit (documented)");
     }
 }
