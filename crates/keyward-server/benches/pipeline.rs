@@ -16,7 +16,9 @@
 //!   from its own address), one key in 1,000 40 more times in minute 5 (a spike the sweep must
 //!   find);
 //! - after each simulated second the usage flusher runs (`jobs::usage::flush`, as
-//!   `KEYWARD_USAGE_FLUSH_MS=1000` does), and after each minute the sweep
+//!   `KEYWARD_USAGE_FLUSH_MS=1000` does; after every F seconds with
+//!   `KEYWARD_PIPELINE_FLUSH_SECS=F`, F dividing 60, as `KEYWARD_USAGE_FLUSH_MS=F000` does), and
+//!   after each minute the sweep
 //!   (`jobs::sweep::sweep_once`: flush, expiry, warnings, inactivity, roll-up, retention,
 //!   anomaly patterns);
 //! - minute buckets are kept 5 minutes (`KEYWARD_USAGE_RETENTION_MINUTE_SECS=300`), so that
@@ -121,7 +123,7 @@ fn seconds_of(i: usize) -> [usize; CALLS_PER_MINUTE] {
     [s, (s + 20) % 60, (s + 40) % 60]
 }
 
-async fn run(backend: &str, url: &str, n: usize, minutes: i64) {
+async fn run(backend: &str, url: &str, n: usize, minutes: i64, flush_secs: usize) {
     let store = keyward_store::open(url).await.expect("open the store");
     let start = Timestamp::from_millis(
         (keyward_core::time::SystemClock.now().millis() / MINUTE) * MINUTE + 500,
@@ -165,7 +167,7 @@ async fn run(backend: &str, url: &str, n: usize, minutes: i64) {
             .expect("analyze");
     }
     println!(
-        "\n{backend}, {n} keys used in each minute ({CALLS_PER_MINUTE} calls each): set up in {:.1?}",
+        "\n{backend}, {n} keys used in each minute ({CALLS_PER_MINUTE} calls each), a flush every {flush_secs} s: set up in {:.1?}",
         t.elapsed()
     );
     println!("minute | flushes wall s | sweep wall s | keyward CPU s | database CPU s | share of one core");
@@ -218,6 +220,9 @@ async fn run(backend: &str, url: &str, n: usize, minutes: i64) {
                     verify(i, 40).await;
                 }
             }
+            if (s + 1) % flush_secs != 0 {
+                continue;
+            }
             clock.set(Timestamp::from_millis(minute_start + s as i64 * 1000 + 700));
             meter
                 .time(
@@ -269,6 +274,11 @@ fn main() {
     let minutes: i64 = setting("KEYWARD_PIPELINE_MINUTES", "10")
         .parse()
         .expect("KEYWARD_PIPELINE_MINUTES is a number");
+    let flush_secs: usize = setting("KEYWARD_PIPELINE_FLUSH_SECS", "1")
+        .parse()
+        .ok()
+        .filter(|f| *f > 0 && 60 % *f == 0)
+        .expect("KEYWARD_PIPELINE_FLUSH_SECS divides 60");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -279,7 +289,7 @@ fn main() {
             if backends.contains("sqlite") {
                 let dir = common::TempDir::new("bench-pipeline");
                 let url = format!("sqlite://{}", dir.0.join("keyward.db").display());
-                run("SQLite", &url, n, minutes).await;
+                run("SQLite", &url, n, minutes, flush_secs).await;
             }
             if backends.contains("postgres") {
                 if testing::postgres_available().await {
@@ -290,6 +300,7 @@ fn main() {
                         &testing::pg_url_with_schema(&schema),
                         n,
                         minutes,
+                        flush_secs,
                     )
                     .await;
                     let pool = sqlx::PgPool::connect(&testing::pg_url())
