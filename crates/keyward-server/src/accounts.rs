@@ -371,12 +371,18 @@ pub(crate) async fn authenticate_token(
         .filter(|p| p.prefix == TOKEN_PREFIX)
     {
         Some(_) => {
-            let token = presented.unwrap_or_default();
-            st.records
-                .store
-                .token_by_hash(&KeyHash::of(token))
-                .await?
-                .filter(|t| t.is_usable(now))
+            let hash = KeyHash::of(presented.unwrap_or_default());
+            let token = match st.records.tokens.get(&hash) {
+                Ok(t) => Some(t),
+                Err(generation) => {
+                    let t = st.records.store.token_by_hash(&hash).await?;
+                    if let Some(t) = &t {
+                        st.records.tokens.put(hash, t, generation);
+                    }
+                    t
+                }
+            };
+            token.filter(|t| t.is_usable(now))
         }
         None => None,
     };

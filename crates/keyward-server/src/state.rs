@@ -2,6 +2,10 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use keyward_core::keyformat::KeyHash;
+use keyward_core::model::Token;
 
 use keyward_core::time::{Clock, Timestamp};
 use keyward_store::Store;
@@ -45,11 +49,17 @@ pub struct Shared {
 pub struct Records {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) clock: Arc<dyn Clock>,
+    /// Management tokens this node found lately (see [`FoundTokens`]).
+    pub(crate) tokens: Arc<FoundTokens>,
 }
 
 impl Records {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
-        Records { store, clock }
+        Records {
+            store,
+            clock,
+            tokens: Arc::default(),
+        }
     }
 }
 
@@ -166,5 +176,111 @@ impl AppState {
     /// Dashboard sign-in counters (tests check that every failed sign-in costs one Argon2 check).
     pub fn sign_ins(&self) -> &crate::throttle::SignIns {
         &self.authn.sign_ins
+    }
+}
+
+/// Management tokens this node found by their hash in the last [`FoundTokens::FRESH`], so that
+/// a client sending request after request costs the store one read per token and period, not
+/// one per request (the read is a round trip to the database, one of the few a change makes).
+///
+/// Only tokens found are kept: an unknown token is read each time (and throttled). A token is
+/// checked for expiry at each use all the same. A revocation made through this node forgets
+/// every kept token at once; one made through another node (or the offline CLI) is seen here
+/// within `FRESH`, inside the cluster's bound of 1 s for a revocation to be honoured
+/// everywhere. `FRESH` is real (monotonic) time, not the service clock: it bounds how stale a
+/// copy is, whatever a test's clock says.
+#[derive(Default)]
+pub(crate) struct FoundTokens(Mutex<Found>);
+
+#[derive(Default)]
+struct Found {
+    tokens: HashMap<KeyHash, (Token, Instant)>,
+    /// Counts `forget_all`: a read that began before one is not kept (it may predate the change).
+    generation: u64,
+}
+
+impl FoundTokens {
+    /// How long a token found is used without reading it again.
+    const FRESH: Duration = Duration::from_millis(500);
+    /// Tokens kept at most (all are dropped when full: the next request of each reads again).
+    const MAX: usize = 4096;
+
+    /// The token kept for `hash`, or the generation a read of the store begins in.
+    pub(crate) fn get(&self, hash: &KeyHash) -> std::result::Result<Token, u64> {
+        let found = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match found.tokens.get(hash) {
+            Some((t, at)) if at.elapsed() < Self::FRESH => Ok(t.clone()),
+            _ => Err(found.generation),
+        }
+    }
+
+    /// Keeps a token read in `generation`, unless a change came since.
+    pub(crate) fn put(&self, hash: KeyHash, token: &Token, generation: u64) {
+        let mut found = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if found.generation != generation {
+            return;
+        }
+        if found.tokens.len() >= Self::MAX {
+            found.tokens.clear();
+        }
+        found.tokens.insert(hash, (token.clone(), Instant::now()));
+    }
+
+    /// Forgets every token kept (a token changed: each is read again at its next use).
+    pub(crate) fn forget_all(&self) {
+        let mut found = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        found.tokens.clear();
+        found.generation += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use keyward_core::model::{Actor, Role};
+
+    use super::*;
+
+    fn a_token(id: &str) -> Token {
+        Token {
+            id: id.into(),
+            name: "t".into(),
+            role: Role::Admin,
+            keyspace_ids: None,
+            created_at: keyward_core::time::Timestamp::from_millis(0),
+            created_by: Actor::system(),
+            expires_at: None,
+            revoked_at: None,
+            revoked_by: None,
+            revoked_reason: None,
+            last_used_at: None,
+        }
+    }
+
+    #[test]
+    fn a_token_read_before_a_change_is_not_kept_after_it() {
+        let found = FoundTokens::default();
+        let (a, b) = (KeyHash::of("a"), KeyHash::of("b"));
+        let Err(generation) = found.get(&a) else {
+            panic!("nothing is kept yet");
+        };
+        found.put(a, &a_token("tok_a"), generation);
+        assert_eq!(found.get(&a).map(|t| t.id).ok(), Some("tok_a".to_string()));
+        // A read of b begins, a token changes (everything is forgotten), then the read ends:
+        // what it read may predate the change, so it is not kept.
+        let Err(before) = found.get(&b) else {
+            panic!("b is not kept");
+        };
+        found.forget_all();
+        assert!(found.get(&a).is_err(), "forgotten");
+        found.put(b, &a_token("tok_b"), before);
+        assert!(
+            found.get(&b).is_err(),
+            "a read from before the change is not kept"
+        );
+        let Err(after) = found.get(&b) else {
+            panic!("b is not kept");
+        };
+        found.put(b, &a_token("tok_b"), after);
+        assert_eq!(found.get(&b).map(|t| t.id).ok(), Some("tok_b".to_string()));
     }
 }

@@ -361,9 +361,11 @@ pub trait StoreTx: Send {
     /// Inserts keys and their change-feed rows, one round trip per few hundred keys (bulk
     /// loads and imports).
     async fn insert_keys(&mut self, keys: &[Key]) -> Result<()>;
-    /// [`insert_key`](Self::insert_key) and then [`append_audit`](Self::append_audit) of its
-    /// event, in one round trip when the chain's head is known (a key created).
-    async fn insert_key_with_event(&mut self, key: &Key, event: NewEvent) -> Result<AuditEvent>;
+    /// [`insert_key`](Self::insert_key), [`append_audit`](Self::append_audit) of its event and
+    /// [`commit`](Self::commit), the writes in one round trip when the chain's head is known,
+    /// and with the commit in that same round trip on SQLite (a key created). An error leaves
+    /// none of it stored.
+    async fn commit_with_key(self: Box<Self>, key: &Key, event: NewEvent) -> Result<AuditEvent>;
     /// Writes the revocation each key carries (`revoked_at`, `revoked_by`, `revoked_reason`,
     /// `updated_at`; nothing else) and a change-feed row per key, in a few statements per few
     /// hundred keys (bulk revocation).

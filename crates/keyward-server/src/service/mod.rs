@@ -436,11 +436,10 @@ pub async fn create_key(
     if key.refill.is_some() {
         change(&mut ev.changes, "refill", Value::Null, key.refill);
     }
-    tx.insert_key_with_event(&key, ev).await?;
     tx.enqueue(&key_event(WebhookEvent::KeyCreated, &key, now, Map::new()))
         .await?;
     let _forget = Forget::keys(st, vec![key.hash]);
-    tx.commit().await?;
+    tx.commit_with_key(&key, ev).await?;
     Ok((key, plaintext))
 }
 
@@ -987,6 +986,7 @@ pub async fn revoke_token(
     tx.update_token(&t).await?;
     tx.append_audit(ev).await?;
     tx.commit().await?;
+    st.tokens.forget_all();
     Ok(t)
 }
 

@@ -19,6 +19,11 @@ pub(super) const TAKE_WRITE_LOCK: &str = "UPDATE write_lock SET n = n + 1 WHERE 
 pub(super) const TAKE_WRITE_LOCK_COUNTING: &str =
     "UPDATE write_lock SET n = n + 1, hit = (tag = $1), tag = $2 WHERE id = 1 RETURNING n, hit";
 
+/// SQLite's [`TAKE_WRITE_LOCK_COUNTING`] with the `BEGIN IMMEDIATE` before it, in one text (one
+/// round trip to the connection's worker thread; `?` are bound in turn).
+pub(super) const BEGIN_TAKING_WRITE_LOCK: &str = "BEGIN IMMEDIATE; \
+    UPDATE write_lock SET n = n + 1, hit = (tag = ?), tag = ? WHERE id = 1 RETURNING n, hit";
+
 pub(super) fn map_err(e: sqlx::Error) -> StoreError {
     match e {
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(

@@ -48,7 +48,7 @@ mod webhooks;
 /// [`StoreTx`]: crate::StoreTx
 /// [`Store::backend`]: crate::Store::backend
 macro_rules! sql_backend {
-    ($Store:ident, $Tx:ident, $DB:ty, $Row:ty, $name:literal, $instr:literal, $unrolled:literal, $keyset:literal, $json_rows:expr) => {
+    ($Store:ident, $Tx:ident, $WriteTx:ident, $DB:ty, $Row:ty, $name:literal, $instr:literal, $unrolled:literal, $keyset:literal, $json_rows:expr) => {
         mod anomalies {
             crate::sql::anomalies::for_backend!($DB, $Row);
         }
@@ -86,7 +86,7 @@ macro_rules! sql_backend {
         /// One control-plane transaction of this backend: it holds the write lock from
         /// [`Store::begin`](crate::Store::begin) until it commits or is dropped.
         pub struct $Tx {
-            tx: sqlx::Transaction<'static, $DB>,
+            tx: $WriteTx,
             node: String,
             /// What it knows without reading the store (`known`), handed back to `cell` when
             /// it commits.
@@ -111,7 +111,7 @@ macro_rules! sql_backend {
                 anomalies, audit, feed, identities, imports, keys, leases, tokens, usage, webhooks,
             };
             use super::{$Store, $Tx};
-            use crate::sql::common::{map_err, Writes, TAKE_WRITE_LOCK_COUNTING};
+            use crate::sql::common::{map_err, Writes};
             use crate::users::{UserStore, UserTx};
             use crate::{
                 AfterAttempt, AnomalyFilter, Attempt, AuditFilter, Bucket, CensusRules, Change,
@@ -153,24 +153,6 @@ macro_rules! sql_backend {
                 }
                 async fn insert_keys(&mut self, k: &[Key]) -> Result<()> {
                     keys::insert_keys(&mut self.tx, &self.node, k).await
-                }
-                async fn insert_key_with_event(
-                    &mut self,
-                    k: &Key,
-                    e: NewEvent,
-                ) -> Result<AuditEvent> {
-                    let head = audit::head_of(&mut self.tx, self.known.audit_head.take()).await?;
-                    let (mut events, head) = audit::chained(head, vec![e])?;
-                    let mut w = Writes::new();
-                    keys::push_insert_keys(&mut w, &self.node, std::slice::from_ref(k));
-                    audit::push_events(&mut w, &events);
-                    if let Some(mut q) = w.finish() {
-                        q.build().execute(&mut *self.tx).await.map_err(map_err)?;
-                    }
-                    self.known.audit_head = Some(head);
-                    events.pop().map(|(e, _)| e).ok_or_else(|| {
-                        crate::StoreError::Other("no audit event was appended".into())
-                    })
                 }
                 async fn revoke_keys(&mut self, k: &[Key]) -> Result<()> {
                     keys::revoke_keys(&mut self.tx, &self.node, k).await
@@ -305,6 +287,33 @@ macro_rules! sql_backend {
                     anomalies::insert_notice(&mut self.tx, dedup, at).await
                 }
 
+                async fn commit_with_key(
+                    self: Box<Self>,
+                    k: &Key,
+                    e: NewEvent,
+                ) -> Result<AuditEvent> {
+                    let $Tx {
+                        mut tx,
+                        node,
+                        mut known,
+                        cell,
+                    } = *self;
+                    let head = audit::head_of(&mut tx, known.audit_head.take()).await?;
+                    let (mut events, head) = audit::chained(head, vec![e])?;
+                    let mut w = Writes::new();
+                    keys::push_insert_keys(&mut w, &node, std::slice::from_ref(k));
+                    audit::push_events(&mut w, &events);
+                    match w.finish() {
+                        Some(q) => tx.commit_with(q).await.map_err(map_err)?,
+                        None => tx.commit().await.map_err(map_err)?,
+                    }
+                    known.audit_head = Some(head);
+                    cell.keep(known);
+                    events.pop().map(|(e, _)| e).ok_or_else(|| {
+                        crate::StoreError::Other("no audit event was appended".into())
+                    })
+                }
+
                 async fn commit(self: Box<Self>) -> Result<()> {
                     let $Tx {
                         tx, known, cell, ..
@@ -352,14 +361,8 @@ macro_rules! sql_backend {
                 }
 
                 async fn begin(&self) -> Result<Box<dyn StoreTx>> {
-                    let mut tx = self.writer().begin().await.map_err(map_err)?;
                     let (last_tag, tag) = self.known.tags();
-                    let (n, hit): (i64, Option<bool>) = sqlx::query_as(TAKE_WRITE_LOCK_COUNTING)
-                        .bind(last_tag)
-                        .bind(&tag)
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(map_err)?;
+                    let (tx, n, hit) = self.begin_write(last_tag, &tag).await?;
                     Ok(Box::new($Tx {
                         tx,
                         node: self.node.clone(),

@@ -7,8 +7,41 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use crate::sql::common::map_err;
+use crate::sql::common::{map_err, TAKE_WRITE_LOCK_COUNTING};
 use crate::{Result, StoreError};
+
+/// A write transaction on PostgreSQL: sqlx's `Transaction` (each statement is a round trip
+/// however it is begun), with the interface of SQLite's [`WriteTx`](crate::sql::sqlite::WriteTx).
+pub struct WriteTx(sqlx::Transaction<'static, sqlx::Postgres>);
+
+impl WriteTx {
+    /// Commits.
+    pub async fn commit(self) -> std::result::Result<(), sqlx::Error> {
+        self.0.commit().await
+    }
+
+    /// Runs the writes of `q`, then commits.
+    pub async fn commit_with(
+        mut self,
+        mut q: sqlx::QueryBuilder<'_, sqlx::Postgres>,
+    ) -> std::result::Result<(), sqlx::Error> {
+        q.build().execute(&mut *self.0).await?;
+        self.0.commit().await
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = sqlx::PgConnection;
+    fn deref(&self) -> &sqlx::PgConnection {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut sqlx::PgConnection {
+        &mut self.0
+    }
+}
 
 /// Class of the advisory lock held while migrating a schema (the second key is the schema's
 /// name hashed), so nodes starting together migrate it once while other schemas of the same
@@ -184,6 +217,23 @@ impl PgStore {
         &self.pool
     }
 
+    /// Begins a write transaction and takes the write lock; answers the lock's counter and
+    /// whether it replaced `last_tag`.
+    async fn begin_write(
+        &self,
+        last_tag: Option<String>,
+        tag: &str,
+    ) -> Result<(WriteTx, i64, Option<bool>)> {
+        let mut tx = WriteTx(self.pool.begin().await.map_err(map_err)?);
+        let (n, hit): (i64, Option<bool>) = sqlx::query_as(TAKE_WRITE_LOCK_COUNTING)
+            .bind(last_tag)
+            .bind(tag)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        Ok((tx, n, hit))
+    }
+
     /// Starts (once) a task that LISTENs for change notifications and signals `changes`.
     fn start_listener(&self) -> std::sync::Arc<tokio::sync::Notify> {
         let notify = self.changes.clone();
@@ -242,6 +292,7 @@ fn wakes(payload: &str, schema: &str, node: &str) -> bool {
 sql_backend!(
     PgStore,
     PgTx,
+    WriteTx,
     sqlx::Postgres,
     sqlx::postgres::PgRow,
     "postgres",

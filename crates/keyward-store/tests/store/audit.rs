@@ -436,23 +436,20 @@ conformance!(a_batch_of_events_chains_like_single_appends
     => sqlite_a_batch_of_events_chains_like_single_appends,
        postgres_a_batch_of_events_chains_like_single_appends);
 
-/// A key written with its event in one round trip: the key (every field), its feed row and the
-/// event are stored, the event chains after the head and the next append after it. A write that
-/// fails (the key's id taken) leaves none of the three, and the chain goes on from the last
-/// event actually stored.
+/// A key written with its event and committed in one round trip: the key (every field), its
+/// feed row and the event are stored, the event chains after the head and the next append
+/// after it. A write that fails (the key's id taken) leaves none of the three, and the chain
+/// goes on from the last event actually stored; so does a transaction dropped before it
+/// committed, and neither holds up the next writer.
 async fn a_key_written_with_its_event_chains_like_an_append(store: Arc<dyn Store>) {
     let ks = new_keyspace(&store, "together").await;
     let first = append(&store, event("key.create", "key_0", at(1), Actor::system())).await;
     let feed_before = store.changes_after(0, 100).await.unwrap().len();
     let k = full_key(&ks, at(2)).key;
     let sent = event("key.create", &k.id, at(2), token_actor("tok_creator"));
-    let mut tx = store.begin().await.unwrap();
-    let stored = tx.insert_key_with_event(&k, sent.clone()).await.unwrap();
-    let after = tx
-        .append_audit(event("key.update", &k.id, at(3), Actor::system()))
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    let tx = store.begin().await.unwrap();
+    let stored = tx.commit_with_key(&k, sent.clone()).await.unwrap();
+    let after = append(&store, event("key.update", &k.id, at(3), Actor::system())).await;
     assert_carries(&stored, &sent);
     assert_eq!((stored.seq, &stored.prev_hash), (2, &first.hash));
     assert_eq!((after.seq, &after.prev_hash), (3, &stored.hash));
@@ -467,16 +464,26 @@ async fn a_key_written_with_its_event_chains_like_an_append(store: Arc<dyn Store
     // The same id again: refused, nothing of it stored, in this transaction or the next.
     let mut again = key(&ks, at(4)).key;
     again.id = k.id.clone();
-    let mut tx = store.begin().await.unwrap();
+    let tx = store.begin().await.unwrap();
     let refused = tx
-        .insert_key_with_event(
+        .commit_with_key(
             &again,
             event("key.create", &again.id, at(4), Actor::system()),
         )
         .await;
     assert!(refused.is_err(), "{refused:?}");
+    // A transaction that wrote and was dropped before its commit leaves nothing either.
+    let mut tx = store.begin().await.unwrap();
+    tx.append_audit(event("key.update", &k.id, at(4), Actor::system()))
+        .await
+        .unwrap();
     drop(tx);
-    let next = append(&store, event("key.revoke", &k.id, at(5), Actor::system())).await;
+    let next = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        append(&store, event("key.revoke", &k.id, at(5), Actor::system())),
+    )
+    .await
+    .expect("the next writer is not held up by the ones that failed or were dropped");
     assert_eq!((next.seq, &next.prev_hash), (4, &after.hash));
     assert_eq!(
         store.changes_after(0, 100).await.unwrap().len(),

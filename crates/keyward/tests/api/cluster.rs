@@ -297,3 +297,47 @@ async fn a_key_of_a_keyspace_created_on_another_node_is_valid_at_once(a: TestApp
     c.stop().await;
 }
 both!(a_key_of_a_keyspace_created_on_another_node_is_valid_at_once);
+
+/// A management token is found once and then kept by each node for a moment (so that a
+/// client's run of requests is not a token read each): revoked through one node, it is refused
+/// there at once, and by another node that had just used it within the cluster's bound.
+async fn a_revoked_token_is_refused_at_once_here_and_within_the_bound_elsewhere(a: TestApp) {
+    let b = spawn_node(&a).await;
+    let made = a
+        .post("/v1/tokens", json!({"name": "ci", "role": "viewer"}))
+        .await
+        .expect(201);
+    let token = made.body["token"].as_str().unwrap().to_string();
+    // Both nodes have found (and kept) the token.
+    for _ in 0..3 {
+        assert_eq!(a.get_as(&token, "/v1/keys").await.status, 200);
+        assert_eq!(b.get_as(&token, "/v1/keys").await.status, 200);
+    }
+    a.post(
+        &format!("/v1/tokens/{}/revoke", made.id()),
+        json!({"reason": "leaked"}),
+    )
+    .await
+    .expect(200);
+    // The node that revoked it refuses it at the very next request.
+    assert_eq!(a.get_as(&token, "/v1/keys").await.status, 401);
+    let started = Instant::now();
+    loop {
+        let status = b.get_as(&token, "/v1/keys").await.status;
+        if status == 401 {
+            break;
+        }
+        assert_eq!(status, 200);
+        // 1 s in the contract; slack for a loaded CI machine.
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "node B still accepts a token revoked on node A"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // And it stays refused on both.
+    assert_eq!(b.get_as(&token, "/v1/keys").await.status, 401);
+    assert_eq!(a.get_as(&token, "/v1/keys").await.status, 401);
+    b.stop().await;
+}
+both!(a_revoked_token_is_refused_at_once_here_and_within_the_bound_elsewhere);
