@@ -212,3 +212,97 @@ impl<'a, DB: Database> Writes<'a, DB> {
         Some(self.q)
     }
 }
+
+/// A write transaction on a connection of its own: begun and committed by statements of its
+/// own rather than sqlx's `Transaction`, so that each can share its round trip with others:
+/// the `BEGIN` with the write lock's update (each backend's `begin_write`), and on SQLite the
+/// last writes with `COMMIT` (`StoreTx::commit_with_key`). On SQLite a round trip is a hand-off
+/// to the connection's worker thread and back, on PostgreSQL one to the server: most of what a
+/// small change costs (docs/decisions.md, "Write transactions").
+///
+/// Dropped before it committed, it rolls back before the connection serves anyone else (a task
+/// does, as sqlx's `Transaction` does on drop); a connection that cannot roll back is closed,
+/// which rolls back too.
+pub(crate) struct WriteTx<DB: RollsBack> {
+    conn: Option<sqlx::pool::PoolConnection<DB>>,
+}
+
+impl<DB: RollsBack> WriteTx<DB> {
+    /// A connection about to begin (the caller sends `BEGIN` on it next).
+    pub(super) fn new(conn: sqlx::pool::PoolConnection<DB>) -> Self {
+        WriteTx { conn: Some(conn) }
+    }
+
+    /// The transaction committed (its `COMMIT` succeeded): the connection goes back as it is.
+    pub(super) fn committed(mut self) {
+        drop(self.conn.take());
+    }
+}
+
+impl<DB: RollsBack> std::ops::Deref for WriteTx<DB> {
+    type Target = DB::Connection;
+    fn deref(&self) -> &DB::Connection {
+        #[allow(clippy::expect_used)]
+        // only `commit` and `drop` take the connection, and both consume
+        self.conn
+            .as_deref()
+            .expect("a write transaction in use holds its connection")
+    }
+}
+
+impl<DB: RollsBack> std::ops::DerefMut for WriteTx<DB> {
+    fn deref_mut(&mut self) -> &mut DB::Connection {
+        #[allow(clippy::expect_used)] // as in `deref`
+        self.conn
+            .as_deref_mut()
+            .expect("a write transaction in use holds its connection")
+    }
+}
+
+impl<DB: RollsBack> Drop for WriteTx<DB> {
+    fn drop(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => DB::roll_back(&rt, conn),
+                // No runtime to roll back on: closing the connection rolls back.
+                Err(_) => conn.close_on_drop(),
+            }
+        }
+    }
+}
+
+/// A backend whose [`WriteTx`] rolls back when dropped.
+pub(crate) trait RollsBack: Database {
+    /// Spawns a task that sends `ROLLBACK` on `conn` before it goes back to its pool, and
+    /// closes it instead when that fails.
+    fn roll_back(rt: &tokio::runtime::Handle, conn: sqlx::pool::PoolConnection<Self>);
+}
+
+/// [`RollsBack`] for one backend; `$not_in_tx`: whether an error is `ROLLBACK` outside a
+/// transaction (its `BEGIN` failed, or an error already ended it), which leaves the connection
+/// fine as it is.
+macro_rules! rolls_back {
+    ($DB:ty, $not_in_tx:expr) => {
+        impl RollsBack for $DB {
+            fn roll_back(rt: &tokio::runtime::Handle, mut conn: sqlx::pool::PoolConnection<Self>) {
+                rt.spawn(async move {
+                    match sqlx::query("ROLLBACK").execute(&mut *conn).await {
+                        Ok(_) => {}
+                        Err(e) if $not_in_tx(&e) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not roll back a write transaction; closing its connection");
+                            conn.close_on_drop();
+                        }
+                    }
+                });
+            }
+        }
+    };
+}
+
+rolls_back!(
+    sqlx::Sqlite,
+    |e: &sqlx::Error| matches!(e, sqlx::Error::Database(d) if d.message().contains("no transaction is active"))
+);
+// PostgreSQL answers a `ROLLBACK` outside a transaction with a warning, not an error.
+rolls_back!(sqlx::Postgres, |_: &sqlx::Error| false);

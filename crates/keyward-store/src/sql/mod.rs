@@ -48,7 +48,7 @@ mod webhooks;
 /// [`StoreTx`]: crate::StoreTx
 /// [`Store::backend`]: crate::Store::backend
 macro_rules! sql_backend {
-    ($Store:ident, $Tx:ident, $WriteTx:ident, $DB:ty, $Row:ty, $name:literal, $instr:literal, $unrolled:literal, $keyset:literal, $json_rows:expr) => {
+    ($Store:ident, $Tx:ident, $DB:ty, $Row:ty, $name:literal, $instr:literal, $unrolled:literal, $keyset:literal, $json_rows:expr) => {
         mod anomalies {
             crate::sql::anomalies::for_backend!($DB, $Row);
         }
@@ -86,7 +86,7 @@ macro_rules! sql_backend {
         /// One control-plane transaction of this backend: it holds the write lock from
         /// [`Store::begin`](crate::Store::begin) until it commits or is dropped.
         pub struct $Tx {
-            tx: $WriteTx,
+            tx: crate::sql::common::WriteTx<$DB>,
             node: String,
             /// What it knows without reading the store (`known`), handed back to `cell` when
             /// it commits.
@@ -119,6 +119,16 @@ macro_rules! sql_backend {
                 OutboxEvent, Page, Result, SlowCandidate, Store, StoreTx, TimeCursor, Totals,
                 UsageDelta,
             };
+
+            /// Commits a write transaction.
+            async fn commit(mut tx: crate::sql::common::WriteTx<$DB>) -> Result<()> {
+                sqlx::query("COMMIT")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                tx.committed();
+                Ok(())
+            }
 
             #[async_trait]
             impl StoreTx for $Tx {
@@ -303,9 +313,19 @@ macro_rules! sql_backend {
                     let mut w = Writes::new();
                     keys::push_insert_keys(&mut w, &node, std::slice::from_ref(k));
                     audit::push_events(&mut w, &events);
-                    match w.finish() {
-                        Some(q) => tx.commit_with(q).await.map_err(map_err)?,
-                        None => tx.commit().await.map_err(map_err)?,
+                    if let Some(mut q) = w.finish() {
+                        // SQLite runs the statements of one text and stops at an error, so the
+                        // commit goes with them; PostgreSQL takes one statement at a time.
+                        if $name == "sqlite" {
+                            q.push("; COMMIT");
+                            q.build().execute(&mut *tx).await.map_err(map_err)?;
+                            tx.committed();
+                        } else {
+                            q.build().execute(&mut *tx).await.map_err(map_err)?;
+                            commit(tx).await?;
+                        }
+                    } else {
+                        commit(tx).await?;
                     }
                     known.audit_head = Some(head);
                     cell.keep(known);
@@ -318,7 +338,7 @@ macro_rules! sql_backend {
                     let $Tx {
                         tx, known, cell, ..
                     } = *self;
-                    tx.commit().await.map_err(map_err)?;
+                    commit(tx).await?;
                     cell.keep(known);
                     Ok(())
                 }

@@ -7,41 +7,8 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-use crate::sql::common::{map_err, TAKE_WRITE_LOCK_COUNTING};
+use crate::sql::common::{map_err, WriteTx, TAKE_WRITE_LOCK_COUNTING};
 use crate::{Result, StoreError};
-
-/// A write transaction on PostgreSQL: sqlx's `Transaction` (each statement is a round trip
-/// however it is begun), with the interface of SQLite's [`WriteTx`](crate::sql::sqlite::WriteTx).
-pub struct WriteTx(sqlx::Transaction<'static, sqlx::Postgres>);
-
-impl WriteTx {
-    /// Commits.
-    pub async fn commit(self) -> std::result::Result<(), sqlx::Error> {
-        self.0.commit().await
-    }
-
-    /// Runs the writes of `q`, then commits.
-    pub async fn commit_with(
-        mut self,
-        mut q: sqlx::QueryBuilder<'_, sqlx::Postgres>,
-    ) -> std::result::Result<(), sqlx::Error> {
-        q.build().execute(&mut *self.0).await?;
-        self.0.commit().await
-    }
-}
-
-impl std::ops::Deref for WriteTx {
-    type Target = sqlx::PgConnection;
-    fn deref(&self) -> &sqlx::PgConnection {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for WriteTx {
-    fn deref_mut(&mut self) -> &mut sqlx::PgConnection {
-        &mut self.0
-    }
-}
 
 /// Class of the advisory lock held while migrating a schema (the second key is the schema's
 /// name hashed), so nodes starting together migrate it once while other schemas of the same
@@ -218,13 +185,19 @@ impl PgStore {
     }
 
     /// Begins a write transaction and takes the write lock; answers the lock's counter and
-    /// whether it replaced `last_tag`.
+    /// whether it replaced `last_tag`. Two round trips: sent as one simple query (which takes
+    /// no parameters, so planned anew each time), the two statements made creating a key
+    /// slower, not faster (docs/benchmarks.md, "Creating keys one at a time").
     async fn begin_write(
         &self,
         last_tag: Option<String>,
         tag: &str,
-    ) -> Result<(WriteTx, i64, Option<bool>)> {
-        let mut tx = WriteTx(self.pool.begin().await.map_err(map_err)?);
+    ) -> Result<(WriteTx<sqlx::Postgres>, i64, Option<bool>)> {
+        // Dropped on an error below, it rolls back whatever began.
+        let mut tx = WriteTx::new(self.pool.acquire().await.map_err(map_err)?);
+        sqlx::Executor::execute(&mut *tx, "BEGIN")
+            .await
+            .map_err(map_err)?;
         let (n, hit): (i64, Option<bool>) = sqlx::query_as(TAKE_WRITE_LOCK_COUNTING)
             .bind(last_tag)
             .bind(tag)
@@ -292,7 +265,6 @@ fn wakes(payload: &str, schema: &str, node: &str) -> bool {
 sql_backend!(
     PgStore,
     PgTx,
-    WriteTx,
     sqlx::Postgres,
     sqlx::postgres::PgRow,
     "postgres",

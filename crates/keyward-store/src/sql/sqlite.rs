@@ -8,94 +8,8 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use crate::sql::common::{map_err, BEGIN_TAKING_WRITE_LOCK};
+use crate::sql::common::{map_err, WriteTx, BEGIN_TAKING_WRITE_LOCK};
 use crate::{Result, StoreError};
-
-/// A write transaction on SQLite's writer connection, begun and committed by statements of its
-/// own rather than sqlx's `Transaction`, so that each can share a round trip to the
-/// connection's worker thread: `BEGIN IMMEDIATE` with the write lock's update
-/// ([`SqliteStore::begin_write`]), and the last writes with `COMMIT` ([`WriteTx::commit_with`]).
-/// Every round trip is a hand-off to that thread and back, which is most of what a small
-/// change costs (docs/decisions.md, "Write transactions").
-///
-/// Dropped before it committed, it rolls back before the connection serves another writer
-/// (a task does, as sqlx's `Transaction` does on drop); a connection that cannot roll back is
-/// closed, which rolls back too.
-pub struct WriteTx {
-    conn: Option<sqlx::pool::PoolConnection<sqlx::Sqlite>>,
-}
-
-impl WriteTx {
-    fn conn(&mut self) -> std::result::Result<&mut sqlx::SqliteConnection, sqlx::Error> {
-        self.conn.as_deref_mut().ok_or(sqlx::Error::PoolClosed)
-    }
-
-    /// Commits.
-    pub async fn commit(mut self) -> std::result::Result<(), sqlx::Error> {
-        sqlx::query("COMMIT").execute(self.conn()?).await?;
-        // Committed: the connection goes back as it is.
-        drop(self.conn.take());
-        Ok(())
-    }
-
-    /// Runs the writes of `q` and commits, in one round trip. An error in a write stops the
-    /// text before `COMMIT`, and the transaction rolls back when dropped.
-    pub async fn commit_with(
-        mut self,
-        mut q: sqlx::QueryBuilder<'_, sqlx::Sqlite>,
-    ) -> std::result::Result<(), sqlx::Error> {
-        q.push("; COMMIT");
-        q.build().execute(self.conn()?).await?;
-        drop(self.conn.take());
-        Ok(())
-    }
-}
-
-impl std::ops::Deref for WriteTx {
-    type Target = sqlx::SqliteConnection;
-    fn deref(&self) -> &sqlx::SqliteConnection {
-        #[allow(clippy::expect_used)]
-        // only `commit` and `drop` take the connection, and both consume
-        self.conn
-            .as_deref()
-            .expect("a write transaction in use holds its connection")
-    }
-}
-
-impl std::ops::DerefMut for WriteTx {
-    fn deref_mut(&mut self) -> &mut sqlx::SqliteConnection {
-        #[allow(clippy::expect_used)] // as in `deref`
-        self.conn
-            .as_deref_mut()
-            .expect("a write transaction in use holds its connection")
-    }
-}
-
-impl Drop for WriteTx {
-    fn drop(&mut self) {
-        let Some(mut conn) = self.conn.take() else {
-            return;
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(async move {
-                    match sqlx::query("ROLLBACK").execute(&mut *conn).await {
-                        Ok(_) => {}
-                        // BEGIN failed, or the error already ended the transaction.
-                        Err(sqlx::Error::Database(e))
-                            if e.message().contains("no transaction is active") => {}
-                        Err(e) => {
-                            tracing::warn!(error = %e, "could not roll back a write transaction; closing its connection");
-                            conn.close_on_drop();
-                        }
-                    }
-                });
-            }
-            // No runtime to roll back on: closing the connection rolls back.
-            Err(_) => conn.close_on_drop(),
-        }
-    }
-}
 
 /// The embedded single-node backend: one SQLite file in WAL mode.
 #[derive(Clone)]
@@ -257,10 +171,9 @@ impl SqliteStore {
         &self,
         last_tag: Option<String>,
         tag: &str,
-    ) -> Result<(WriteTx, i64, Option<bool>)> {
-        let conn = self.writer.acquire().await.map_err(map_err)?;
+    ) -> Result<(WriteTx<sqlx::Sqlite>, i64, Option<bool>)> {
         // Dropped on an error below, it rolls back whatever began.
-        let mut tx = WriteTx { conn: Some(conn) };
+        let mut tx = WriteTx::new(self.writer.acquire().await.map_err(map_err)?);
         let (n, hit): (i64, Option<bool>) = sqlx::query_as(BEGIN_TAKING_WRITE_LOCK)
             .bind(last_tag)
             .bind(tag)
@@ -274,7 +187,6 @@ impl SqliteStore {
 sql_backend!(
     SqliteStore,
     SqliteTx,
-    WriteTx,
     sqlx::Sqlite,
     sqlx::sqlite::SqliteRow,
     "sqlite",
