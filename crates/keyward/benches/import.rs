@@ -9,7 +9,8 @@
 //!   another format and as SHA-256 hashes; keys/s on SQLite (a temporary file) and, when it
 //!   answers on 127.0.0.1:5432, PostgreSQL (a fresh schema).
 //! - `create`: for comparison, 3,000 keys created one `POST /v1/keys` at a time by the same
-//!   client. `KEYWARD_BENCH_CREATE_ONLY=1` runs this line alone, on SQLite and PostgreSQL.
+//!   client. `KEYWARD_BENCH_CREATE_ONLY=1` runs this line alone, on SQLite and PostgreSQL. On
+//!   SQLite it also counts the write-ahead-log frames (pages written) of 100 more creates.
 //! - `bcrypt`: 200 records hashed with bcrypt cost 10 (a common production setting): the import
 //!   rate, then each key's first verification over HTTP (the one-time bcrypt check, the upgrade
 //!   to SHA-256 and its audit event) and its second (the cached answer), p50 and p99.
@@ -32,7 +33,7 @@ use keyward_server::AppState;
 struct Server {
     client: Client,
     state: AppState,
-    _dir: Option<TempDir>,
+    dir: Option<TempDir>,
 }
 
 struct TempDir(std::path::PathBuf);
@@ -52,7 +53,7 @@ async fn start(db: &str, dir: Option<TempDir>) -> Server {
     Server {
         client,
         state,
-        _dir: dir,
+        dir: dir,
     }
 }
 
@@ -149,6 +150,58 @@ async fn create_rate(name: &str, s: &Server) {
     }
     let rate = n as f64 / started.elapsed().as_secs_f64();
     println!("create/{name}: {rate:.0} keys/s (3,000 POST /v1/keys, one client, keep-alive)");
+    // SQLite: the write-ahead-log frames (pages written) per create, over 100 creates that
+    // no checkpoint interrupted (one restarts the log: tried again).
+    let Some(wal) = s.dir.as_ref().map(|d| d.0.join("k.db-wal")) else {
+        return;
+    };
+    for _ in 0..5 {
+        let before = wal_frames(&wal);
+        for i in 0..100 {
+            s.client
+                .create_key(&CreateKey {
+                    keyspace_id: ks.clone(),
+                    name: format!("w{i}"),
+                    owner: Some("acme".into()),
+                    ..CreateKey::default()
+                })
+                .await
+                .expect("create");
+        }
+        let after = wal_frames(&wal);
+        if before.0 == after.0 && after.1 > before.1 {
+            println!(
+                "create/{name}: {:.1} write-ahead-log frames (pages) per create, {:.1} commits",
+                (after.1 - before.1) as f64 / 100.0,
+                (after.2 - before.2) as f64 / 100.0
+            );
+            return;
+        }
+    }
+}
+
+/// A write-ahead log's salt (which changes when it restarts), its frames and its commit frames.
+fn wal_frames(path: &std::path::Path) -> (u64, u64, u64) {
+    let Ok(d) = std::fs::read(path) else {
+        return (0, 0, 0);
+    };
+    let word = |at: usize| {
+        d.get(at..at + 4)
+            .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let (page, salt) = (word(8) as usize, (u64::from(word(16)) << 32) | u64::from(word(20)));
+    let (mut at, mut frames, mut commits) = (32, 0, 0);
+    while page > 0 && at + 24 + page <= d.len() {
+        if (u64::from(word(at + 8)) << 32 | u64::from(word(at + 12))) != salt {
+            break;
+        }
+        frames += 1;
+        if word(at + 4) != 0 {
+            commits += 1;
+        }
+        at += 24 + page;
+    }
+    (salt, frames, commits)
 }
 
 async fn throughput(name: &str, s: &Server) {
