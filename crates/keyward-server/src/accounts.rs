@@ -374,10 +374,10 @@ pub(crate) async fn authenticate_token(
             let hash = KeyHash::of(presented.unwrap_or_default());
             let token = match st.records.tokens.get(&hash) {
                 Ok(t) => Some(t),
-                Err(generation) => {
+                Err(read) => {
                     let t = st.records.store.token_by_hash(&hash).await?;
                     if let Some(t) = &t {
-                        st.records.tokens.put(hash, t, generation);
+                        st.records.tokens.put(hash, t, read);
                     }
                     t
                 }

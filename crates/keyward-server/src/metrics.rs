@@ -190,7 +190,7 @@ impl Metrics {
             ),
             (
                 "keyward_redis_errors_total",
-                "Rate-limit checks that fell back to this node because Redis failed.",
+                "Calls to Redis that failed: rate-limit checks that fell back to this node, and denials whose slots could not be given back.",
                 self.redis_errors.load(Ordering::Relaxed),
             ),
         ];

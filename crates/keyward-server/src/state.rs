@@ -179,16 +179,17 @@ impl AppState {
     }
 }
 
-/// Management tokens this node found by their hash in the last [`FoundTokens::FRESH`], so that
-/// a client sending request after request costs the store one read per token and period, not
-/// one per request (the read is a round trip to the database, one of the few a change makes).
+/// Management tokens this node found by their hash in the last [`FoundTokens::FRESH`] (from the
+/// start of the read that found each), so that a client sending request after request costs
+/// the store one read per token and period, not one per request (the read is a round trip to
+/// the database, one of the few a change makes).
 ///
 /// Only tokens found are kept: an unknown token is read each time (and throttled). A token is
-/// checked for expiry at each use all the same. A revocation made through this node forgets
-/// every kept token at once; one made through another node (or the offline CLI) is seen here
-/// within `FRESH`, inside the cluster's bound of 1 s for a revocation to be honoured
-/// everywhere. `FRESH` is real (monotonic) time, not the service clock: it bounds how stale a
-/// copy is, whatever a test's clock says.
+/// checked for expiry at each use all the same. A revocation through this node forgets every
+/// kept token ([`ForgetTokens`]); one through another node is seen here within `FRESH`, inside
+/// the cluster's bound of 1 s for a revocation to be honoured everywhere. `FRESH` is real
+/// (monotonic) time, not the service clock: it bounds how stale a copy is, whatever a test's
+/// clock says.
 #[derive(Default)]
 pub(crate) struct FoundTokens(Mutex<Found>);
 
@@ -199,31 +200,53 @@ struct Found {
     generation: u64,
 }
 
+/// A read of a token from the store: when it began, and in which generation.
+pub(crate) struct TokenRead {
+    generation: u64,
+    began: Instant,
+}
+
+/// Forgets every kept token when dropped: after a token's change committed, and on every other
+/// way out of the change (an error, a request cancelled at its commit), so that the node that
+/// made it never goes on accepting what it changed.
+pub(crate) struct ForgetTokens<'a>(pub(crate) &'a FoundTokens);
+
+impl Drop for ForgetTokens<'_> {
+    fn drop(&mut self) {
+        self.0.forget_all();
+    }
+}
+
 impl FoundTokens {
     /// How long a token found is used without reading it again.
     const FRESH: Duration = Duration::from_millis(500);
     /// Tokens kept at most (all are dropped when full: the next request of each reads again).
     const MAX: usize = 4096;
 
-    /// The token kept for `hash`, or the generation a read of the store begins in.
-    pub(crate) fn get(&self, hash: &KeyHash) -> std::result::Result<Token, u64> {
+    /// The token kept for `hash`, or what a read of the store that begins now must carry to
+    /// [`FoundTokens::put`].
+    pub(crate) fn get(&self, hash: &KeyHash) -> std::result::Result<Token, TokenRead> {
         let found = self.0.lock().unwrap_or_else(|p| p.into_inner());
         match found.tokens.get(hash) {
             Some((t, at)) if at.elapsed() < Self::FRESH => Ok(t.clone()),
-            _ => Err(found.generation),
+            _ => Err(TokenRead {
+                generation: found.generation,
+                began: Instant::now(),
+            }),
         }
     }
 
-    /// Keeps a token read in `generation`, unless a change came since.
-    pub(crate) fn put(&self, hash: KeyHash, token: &Token, generation: u64) {
+    /// Keeps a token read since `read` began, unless a change came since; it is fresh for
+    /// [`FoundTokens::FRESH`] from the read's beginning, not its end.
+    pub(crate) fn put(&self, hash: KeyHash, token: &Token, read: TokenRead) {
         let mut found = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if found.generation != generation {
+        if found.generation != read.generation {
             return;
         }
         if found.tokens.len() >= Self::MAX {
             found.tokens.clear();
         }
-        found.tokens.insert(hash, (token.clone(), Instant::now()));
+        found.tokens.insert(hash, (token.clone(), read.began));
     }
 
     /// Forgets every token kept (a token changed: each is read again at its next use).
@@ -260,10 +283,10 @@ mod tests {
     fn a_token_read_before_a_change_is_not_kept_after_it() {
         let found = FoundTokens::default();
         let (a, b) = (KeyHash::of("a"), KeyHash::of("b"));
-        let Err(generation) = found.get(&a) else {
+        let Err(read) = found.get(&a) else {
             panic!("nothing is kept yet");
         };
-        found.put(a, &a_token("tok_a"), generation);
+        found.put(a, &a_token("tok_a"), read);
         assert_eq!(found.get(&a).map(|t| t.id).ok(), Some("tok_a".to_string()));
         // A read of b begins, a token changes (everything is forgotten), then the read ends:
         // what it read may predate the change, so it is not kept.
@@ -282,5 +305,17 @@ mod tests {
         };
         found.put(b, &a_token("tok_b"), after);
         assert_eq!(found.get(&b).map(|t| t.id).ok(), Some("tok_b".to_string()));
+        // Fresh from the read's beginning: one that took longer than FRESH is stale at once.
+        let Err(slow) = found.get(&a) else {
+            panic!("a was forgotten");
+        };
+        std::thread::sleep(FoundTokens::FRESH);
+        found.put(a, &a_token("tok_a"), slow);
+        assert!(
+            found.get(&a).is_err(),
+            "kept for FRESH from the read's beginning"
+        );
+        // The cluster's bound for a revocation to be honoured everywhere is 1 s.
+        const { assert!(FoundTokens::FRESH.as_millis() < 1000) };
     }
 }

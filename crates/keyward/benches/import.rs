@@ -50,11 +50,7 @@ async fn start(db: &str, dir: Option<TempDir>) -> Server {
         .timeout(Duration::from_secs(120))
         .build()
         .expect("client");
-    Server {
-        client,
-        state,
-        dir: dir,
-    }
+    Server { client, state, dir }
 }
 
 async fn sqlite() -> Server {
@@ -189,7 +185,10 @@ fn wal_frames(path: &std::path::Path) -> (u64, u64, u64) {
         d.get(at..at + 4)
             .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     };
-    let (page, salt) = (word(8) as usize, (u64::from(word(16)) << 32) | u64::from(word(20)));
+    let (page, salt) = (
+        word(8) as usize,
+        (u64::from(word(16)) << 32) | u64::from(word(20)),
+    );
     let (mut at, mut frames, mut commits) = (32, 0, 0);
     while page > 0 && at + 24 + page <= d.len() {
         if (u64::from(word(at + 8)) << 32 | u64::from(word(at + 12))) != salt {

@@ -973,6 +973,8 @@ pub async fn revoke_token(
     check_reason(reason).map_err(Error::bad_request)?;
     let mut tx = st.store.begin().await?;
     let mut t = tx.token(id).await?.ok_or_else(|| not_found("token", id))?;
+    // From here every way out forgets the tokens this node kept (revoked here or elsewhere).
+    let _forget = crate::state::ForgetTokens(&st.tokens);
     if t.revoked_at.is_some() {
         return Ok(t);
     }
@@ -986,7 +988,6 @@ pub async fn revoke_token(
     tx.update_token(&t).await?;
     tx.append_audit(ev).await?;
     tx.commit().await?;
-    st.tokens.forget_all();
     Ok(t)
 }
 

@@ -349,7 +349,12 @@ impl Verifier {
 
     async fn undo_shared(&self, shared: Option<decide::SharedWindows>) {
         if let (Some(w), Some(redis)) = (shared, &self.redis) {
-            let _ = redis.undo(&w.counters).await;
+            // A slot not given back stays taken until its window ends (the limit then grants
+            // fewer than it says): counted with the other failures of Redis.
+            if let Err(e) = redis.undo(&w.counters).await {
+                self.metrics.redis_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "redis unreachable: a denied verification's slots stay taken");
+            }
         }
     }
 

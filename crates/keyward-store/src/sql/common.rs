@@ -221,8 +221,8 @@ impl<'a, DB: Database> Writes<'a, DB> {
 /// small change costs (docs/decisions.md, "Write transactions").
 ///
 /// Dropped before it committed, it rolls back before the connection serves anyone else (a task
-/// does, as sqlx's `Transaction` does on drop); a connection that cannot roll back is closed,
-/// which rolls back too.
+/// does, as sqlx's `Transaction` does on drop); a connection that cannot roll back (or is
+/// dropped outside a runtime) is closed instead, which rolls back too.
 pub(crate) struct WriteTx<DB: RollsBack> {
     conn: Option<sqlx::pool::PoolConnection<DB>>,
 }
@@ -261,11 +261,13 @@ impl<DB: RollsBack> std::ops::DerefMut for WriteTx<DB> {
 
 impl<DB: RollsBack> Drop for WriteTx<DB> {
     fn drop(&mut self) {
-        if let Some(mut conn) = self.conn.take() {
+        if let Some(conn) = self.conn.take() {
             match tokio::runtime::Handle::try_current() {
                 Ok(rt) => DB::roll_back(&rt, conn),
-                // No runtime to roll back on: closing the connection rolls back.
-                Err(_) => conn.close_on_drop(),
+                // No runtime to roll back on: the connection leaves its pool (which opens
+                // another when needed) and is closed, which rolls back. (`close_on_drop` would
+                // need a runtime to close it.)
+                Err(_) => drop(conn.detach()),
             }
         }
     }

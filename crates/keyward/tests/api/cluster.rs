@@ -321,17 +321,20 @@ async fn a_revoked_token_is_refused_at_once_here_and_within_the_bound_elsewhere(
     .expect(200);
     // The node that revoked it refuses it at the very next request.
     assert_eq!(a.get_as(&token, "/v1/keys").await.status, 401);
-    let started = Instant::now();
+    // Node B refuses it in a request sent within the contract's 1 s of the revocation's answer
+    // (measured when each request is sent, so that a slow answer on a loaded machine counts
+    // for nothing).
+    let revoked = Instant::now();
     loop {
+        let sent = revoked.elapsed();
         let status = b.get_as(&token, "/v1/keys").await.status;
         if status == 401 {
             break;
         }
         assert_eq!(status, 200);
-        // 1 s in the contract; slack for a loaded CI machine.
         assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "node B still accepts a token revoked on node A"
+            sent < Duration::from_secs(1),
+            "node B still accepted, in a request sent {sent:?} after the revocation, a token revoked on node A"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

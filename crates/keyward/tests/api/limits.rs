@@ -848,8 +848,8 @@ async fn identity_keys(a: &TestApp) -> Vec<String> {
     keys
 }
 
-/// A node's `keyward_redis_errors_total`: verifications it decided on its own windows because
-/// Redis did not answer.
+/// A node's `keyward_redis_errors_total`: calls to Redis that failed (a verification decided on
+/// the node's own windows, or a denial's slots not given back).
 async fn redis_errors(node: &TestApp) -> u64 {
     let text = node.get("/metrics").await.body;
     let text = text.as_str().unwrap_or_default();
