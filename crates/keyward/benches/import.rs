@@ -131,20 +131,9 @@ fn percentile(v: &mut [Duration], p: f64) -> Duration {
 /// import is compared with (each creation is one transaction with its audit event).
 async fn create_rate(name: &str, s: &Server) {
     let ks = keyspace(&s.client, true).await;
-    let n = 3000;
     let started = Instant::now();
-    for i in 0..n {
-        s.client
-            .create_key(&CreateKey {
-                keyspace_id: ks.clone(),
-                name: format!("k{i}"),
-                owner: Some("acme".into()),
-                ..CreateKey::default()
-            })
-            .await
-            .expect("create");
-    }
-    let rate = n as f64 / started.elapsed().as_secs_f64();
+    create_keys(s, &ks, "k", 3000).await;
+    let rate = 3000.0 / started.elapsed().as_secs_f64();
     println!("create/{name}: {rate:.0} keys/s (3,000 POST /v1/keys, one client, keep-alive)");
     // SQLite: the write-ahead-log frames (pages written) per create, over 100 creates that
     // no checkpoint interrupted (one restarts the log: tried again).
@@ -153,17 +142,7 @@ async fn create_rate(name: &str, s: &Server) {
     };
     for _ in 0..5 {
         let before = wal_frames(&wal);
-        for i in 0..100 {
-            s.client
-                .create_key(&CreateKey {
-                    keyspace_id: ks.clone(),
-                    name: format!("w{i}"),
-                    owner: Some("acme".into()),
-                    ..CreateKey::default()
-                })
-                .await
-                .expect("create");
-        }
+        create_keys(s, &ks, "w", 100).await;
         let after = wal_frames(&wal);
         if before.0 == after.0 && after.1 > before.1 {
             println!(
@@ -173,6 +152,21 @@ async fn create_rate(name: &str, s: &Server) {
             );
             return;
         }
+    }
+}
+
+/// Creates `n` keys named `{prefix}{i}` in `ks`, one `POST /v1/keys` at a time.
+async fn create_keys(s: &Server, ks: &str, prefix: &str, n: usize) {
+    for i in 0..n {
+        s.client
+            .create_key(&CreateKey {
+                keyspace_id: ks.to_string(),
+                name: format!("{prefix}{i}"),
+                owner: Some("acme".into()),
+                ..CreateKey::default()
+            })
+            .await
+            .expect("create");
     }
 }
 
