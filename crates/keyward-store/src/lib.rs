@@ -345,6 +345,22 @@ pub struct SlowCandidate {
     pub slow_hash: String,
 }
 
+/// What a write transaction begun now would most likely know, made without the database
+/// ([`Store::predict`]): what this node's last commit left. Only
+/// [`Store::create_key_predicted`] may rely on it, because only its guard checks that no write
+/// came between; while it is held, this node makes no other prediction.
+pub struct Prediction {
+    pub(crate) known: sql::known::Known,
+    pub(crate) _writing: sql::known::Writing,
+}
+
+impl Prediction {
+    /// The keyspace `id` as of this node's last commit, if it read or checked it then.
+    pub fn keyspace(&self, id: &str) -> Option<Keyspace> {
+        self.known.keyspace(id)
+    }
+}
+
 /// One control-plane transaction. Dropping it without [`StoreTx::commit`] rolls it back.
 #[async_trait]
 pub trait StoreTx: Send {
@@ -482,6 +498,23 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self);
     /// Starts a write transaction. Write transactions are serialized (they share the audit chain).
     async fn begin(&self) -> Result<Box<dyn StoreTx>>;
+    /// What a write transaction begun now would most likely find, without the database (see
+    /// [`Prediction`]); `None` when there is no good guess: nothing known yet, another write
+    /// transaction of this node under way, or another writer seen since this node's last commit.
+    fn predict(&self) -> Option<Prediction>;
+    /// [`StoreTx::commit_with_key`] without a transaction begun first, for a key whose checks
+    /// used only what `prediction` knew: `key`, its audit `event` and the outbox's `events` are
+    /// written in one round trip (one statement on PostgreSQL, one text ending in `COMMIT` on
+    /// SQLite) that takes the write lock only if it is still where the prediction found it.
+    /// `Ok(None)`: the lock had moved on or the database refused a write; nothing is stored
+    /// and a transaction begun with [`Store::begin`] should do it, with its own checks.
+    async fn create_key_predicted(
+        &self,
+        prediction: Prediction,
+        key: &Key,
+        event: NewEvent,
+        events: &[OutboxEvent],
+    ) -> Result<Option<AuditEvent>>;
 
     async fn keyspace(&self, id: &str) -> Result<Option<Keyspace>>;
     async fn list_keyspaces(

@@ -22,6 +22,10 @@
 
 mod common;
 
+/// The allocator the `keyward` binary runs with: the figures are the server's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;

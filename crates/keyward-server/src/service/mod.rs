@@ -364,9 +364,13 @@ pub async fn create_key(
     check_scopes(&input.scopes).map_err(Error::bad_request)?;
     check_labels(&input.labels).map_err(Error::bad_request)?;
     check_meta(&input.meta).map_err(Error::bad_request)?;
-    let ratelimits = limits::merged(&[], input.ratelimit.map(Some), input.ratelimits.map(Some))
-        .map_err(Error::bad_request)?
-        .unwrap_or_default();
+    let ratelimits = limits::merged(
+        &[],
+        input.ratelimit.map(Some),
+        input.ratelimits.clone().map(Some),
+    )
+    .map_err(Error::bad_request)?
+    .unwrap_or_default();
     check_remaining(input.remaining)?;
     limits::check_refill(input.refill.as_ref(), input.remaining).map_err(Error::bad_request)?;
     if let Some(c) = &input.allowed_cidrs {
@@ -389,30 +393,83 @@ pub async fn create_key(
     if !ctx.sees(&input.keyspace_id) || KeyspaceId::parse(&input.keyspace_id).is_none() {
         return Err(not_found("keyspace", &input.keyspace_id));
     }
+    // One round trip when this node's last commit left all the checks need (the keyspace, and
+    // no owner limit to count) and they pass: see `Store::create_key_predicted`. Else, or when
+    // the lock moved on since, a transaction, whose checks decide (a refusal here may rest on
+    // a keyspace another node changed since).
+    let predicted = st.records.store.predict().and_then(|p| {
+        let ks = p.keyspace(&input.keyspace_id)?;
+        let counted = ks.policy.max_keys_per_owner.is_some() && input.owner.is_some();
+        let expires_at = checked_expiry(&ks, &input, now, explicit_expiry).ok()?;
+        (!counted).then_some((p, ks, expires_at))
+    });
+    if let Some((p, ks, expires_at)) = predicted {
+        if let Ok((key, plaintext, ev, outbox)) =
+            new_key(&ks, &input, ctx, now, expires_at, &ratelimits)
+        {
+            let _forget = Forget::keys(st, vec![key.hash]);
+            let created = st
+                .records
+                .store
+                .create_key_predicted(p, &key, ev, std::slice::from_ref(&outbox))
+                .await?;
+            if created.is_some() {
+                return Ok((key, plaintext));
+            }
+        }
+    }
     let mut tx = st.records.store.begin().await?;
     let ks = tx
         .keyspace(&input.keyspace_id)
         .await?
         .ok_or_else(|| not_found("keyspace", &input.keyspace_id))?;
+    let expires_at = checked_expiry(&ks, &input, now, explicit_expiry)?;
+    check_owner_limit(&mut tx, &ks, &input.owner, now, None).await?;
+    let (key, plaintext, ev, outbox) = new_key(&ks, &input, ctx, now, expires_at, &ratelimits)?;
+    tx.enqueue(&outbox).await?;
+    let _forget = Forget::keys(st, vec![key.hash]);
+    tx.commit_with_key(&key, ev).await?;
+    Ok((key, plaintext))
+}
+
+/// The expiry of a key `input` asks for in `ks`, once the keyspace policy allows the key (all
+/// but its owner limit, which needs a transaction).
+fn checked_expiry(
+    ks: &Keyspace,
+    input: &CreateKey,
+    now: Timestamp,
+    explicit_expiry: Option<Timestamp>,
+) -> Result<Option<Timestamp>> {
     if ks.policy.require_owner && input.owner.is_none() {
         return Err(Error::policy("the keyspace policy requires an owner"));
     }
     let expires_at = explicit_expiry.or(ks.policy.max_lifetime_secs.map(|m| now.plus_secs(m)));
     check_lifetime(&ks.policy, now, expires_at)?;
-    check_owner_limit(&mut tx, &ks, &input.owner, now, None).await?;
+    Ok(expires_at)
+}
 
+/// A key `input` asks for in `ks`, expiring at `expires_at` (see [`checked_expiry`]), its
+/// plaintext, its audit event and its webhook event.
+fn new_key(
+    ks: &Keyspace,
+    input: &CreateKey,
+    ctx: &Ctx,
+    now: Timestamp,
+    expires_at: Option<Timestamp>,
+    ratelimits: &[keyward_core::limits::NamedLimit],
+) -> Result<(Key, Secret, NewEvent, keyward_store::OutboxEvent)> {
     let plaintext = keyformat::generate(&ks.prefix);
-    let key = new_key_record(&ks, &plaintext, ctx, now, |k| {
-        k.name = input.name;
-        k.owner = input.owner;
-        k.scopes = input.scopes;
-        k.labels = input.labels;
-        k.meta = input.meta;
+    let key = new_key_record(ks, &plaintext, ctx, now, |k| {
+        k.name = input.name.clone();
+        k.owner = input.owner.clone();
+        k.scopes = input.scopes.clone();
+        k.labels = input.labels.clone();
+        k.meta = input.meta.clone();
         k.expires_at = expires_at;
-        k.set_ratelimits(ratelimits);
+        k.set_ratelimits(ratelimits.to_vec());
         k.remaining = input.remaining;
         limits::set_refill(k, input.refill, now);
-        k.allowed_cidrs = input.allowed_cidrs;
+        k.allowed_cidrs = input.allowed_cidrs.clone();
         k.enabled = input.enabled.unwrap_or(true);
     })?;
     let mut ev = ctx.event(now, AuditAction::KeyCreate, TargetType::Key, &key.id);
@@ -436,11 +493,8 @@ pub async fn create_key(
     if key.refill.is_some() {
         change(&mut ev.changes, "refill", Value::Null, key.refill);
     }
-    tx.enqueue(&key_event(WebhookEvent::KeyCreated, &key, now, Map::new()))
-        .await?;
-    let _forget = Forget::keys(st, vec![key.hash]);
-    tx.commit_with_key(&key, ev).await?;
-    Ok((key, plaintext))
+    let outbox = key_event(WebhookEvent::KeyCreated, &key, now, Map::new());
+    Ok((key, plaintext, ev, outbox))
 }
 
 fn new_key_record(

@@ -169,13 +169,35 @@ pub(super) fn from_json_rows<T: DeserializeOwned>(
 pub(super) struct Writes<'a, DB: Database> {
     q: QueryBuilder<'a, DB>,
     n: usize,
+    /// Whether the writes follow [`Writes::if_lock_at`]'s guard.
+    guarded: bool,
 }
+
+/// What SQLite's guard in [`Writes::if_lock_at`] fails with when the lock moved on.
+const LOCK_MOVED: &str = "malformed JSON";
 
 impl<'a, DB: Database> Writes<'a, DB> {
     pub(super) fn new() -> Self {
         Writes {
             q: QueryBuilder::new(""),
             n: 0,
+            guarded: false,
+        }
+    }
+
+    /// Whether `e` is a database's answer to a statement that failed as a whole: nothing it
+    /// held was written (a moved lock under [`Writes::if_lock_at`], a constraint, ...).
+    pub(super) fn refused(e: &sqlx::Error) -> bool {
+        matches!(e, sqlx::Error::Database(_))
+    }
+
+    /// Whether `e` is [`Writes::if_lock_at`]'s guard failing (the lock moved on).
+    pub(super) fn lock_moved(e: &sqlx::Error) -> bool {
+        match e {
+            sqlx::Error::Database(d) if Self::statements() => d.message().contains(LOCK_MOVED),
+            // division_by_zero
+            sqlx::Error::Database(d) => d.code().as_deref() == Some("22012"),
+            _ => false,
         }
     }
 
@@ -186,12 +208,15 @@ impl<'a, DB: Database> Writes<'a, DB> {
     /// The builder, ready for the next write (one `INSERT`, `UPDATE` or `DELETE`).
     pub(super) fn next(&mut self) -> &mut QueryBuilder<'a, DB> {
         match (Self::statements(), self.n) {
-            (true, 0) => {}
+            (true, 0) if !self.guarded => {}
             (true, _) => {
                 self.q.push("; ");
             }
-            (false, 0) => {
+            (false, 0) if !self.guarded => {
                 self.q.push("WITH w0 AS (");
+            }
+            (false, 0) => {
+                self.q.push(", w0 AS (");
             }
             (false, n) => {
                 self.q.push(format!("), w{n} AS ("));
@@ -210,6 +235,62 @@ impl<'a, DB: Database> Writes<'a, DB> {
             self.q.push(") SELECT 1");
         }
         Some(self.q)
+    }
+
+    /// The query of a [`Writes::if_lock_at`] and every write pushed, committing them.
+    pub(super) fn finish_guarded(mut self) -> QueryBuilder<'a, DB> {
+        match (Self::statements(), self.n) {
+            (true, _) => {
+                self.q.push("; COMMIT");
+            }
+            (false, 0) => {
+                self.q.push(" SELECT 1 / (SELECT COUNT(*)::INT FROM l)");
+            }
+            (false, _) => {
+                self.q.push(") SELECT 1 / (SELECT COUNT(*)::INT FROM l)");
+            }
+        }
+        self.q
+    }
+}
+
+impl<DB: Database> Writes<'static, DB>
+where
+    String: for<'q> Encode<'q, DB> + Type<DB>,
+    i64: for<'q> Encode<'q, DB> + Type<DB>,
+{
+    /// Writes that take effect only if the write lock's counter is still `n` and its tag still
+    /// `tag` (no write transaction of any node committed since the one that left them), taking
+    /// the lock on the way (counter `n + 1`, tag `new_tag`): a whole write transaction in one
+    /// round trip, finished by [`Writes::finish_guarded`].
+    ///
+    /// SQLite: `BEGIN IMMEDIATE`, the lock's update, then a statement that fails (stopping the
+    /// text before any write) unless the update changed its row. PostgreSQL: one statement, so
+    /// a transaction of its own; the lock's update is its first `WITH` clause, and its answer
+    /// divides by the number of rows that update changed. Either way a moved lock is a database
+    /// error, and nothing is written.
+    pub(super) fn if_lock_at(n: i64, tag: String, new_tag: String) -> Self {
+        let mut q = QueryBuilder::new(if Self::statements() {
+            "BEGIN IMMEDIATE; UPDATE write_lock SET n = n + 1, hit = TRUE, tag = "
+        } else {
+            "WITH l AS (UPDATE write_lock SET n = n + 1, hit = TRUE, tag = "
+        });
+        q.push_bind(new_tag)
+            .push(" WHERE id = 1 AND n = ")
+            .push_bind(n)
+            .push(" AND tag = ")
+            .push_bind(tag);
+        if Self::statements() {
+            // `changes()` is not constant, so the failing `json` is not evaluated ahead.
+            q.push("; SELECT json(CASE WHEN changes() = 1 THEN '0' ELSE 'moved' END)");
+        } else {
+            q.push(" RETURNING n)");
+        }
+        Writes {
+            q,
+            n: 0,
+            guarded: true,
+        }
     }
 }
 

@@ -25,6 +25,7 @@
 //!   take the lock the same way (`UPDATE write_lock SET n = n + 1, tag = NULL`), so that running
 //!   nodes do not remember past it (none does so far).
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use keyward_core::model::{Keyspace, Webhook};
@@ -66,16 +67,74 @@ impl Known {
     pub(crate) fn forget_keyspace(&mut self, id: &str) {
         self.keyspaces.retain(|k| k.id != id);
     }
+
+    /// The write lock's counter and tag this is true at.
+    pub(crate) fn lock(&self) -> (i64, &str) {
+        (self.n, &self.tag)
+    }
+
+    /// Now true one commit later: the one that took the lock from where this was true and set
+    /// its tag to `tag` (a guarded write, `Writes::if_lock_at`).
+    pub(crate) fn advance(&mut self, tag: String) {
+        self.n += 1;
+        self.tag = tag;
+    }
 }
 
-/// A store's [`Known`] between write transactions.
+/// A store's [`Known`] between write transactions, and what [`KnownCell::predict`] needs.
 #[derive(Default)]
-pub(crate) struct KnownCell(Mutex<Known>);
+pub(crate) struct KnownCell {
+    held: Mutex<Known>,
+    /// Write transactions of this node begun and not yet over, predictions included.
+    writing: AtomicUsize,
+    /// Whether the last transaction found the lock where this node's last commit left it (no
+    /// other writer came between): predictions are made only then.
+    trusted: AtomicBool,
+}
+
+/// One write transaction of this node (or prediction) under way, until dropped.
+pub(crate) struct Writing(Arc<KnownCell>);
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        self.0.writing.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 impl KnownCell {
+    /// Counts a write transaction about to begin, until the answer is dropped.
+    pub(crate) fn writing(self: &Arc<Self>) -> Writing {
+        self.writing.fetch_add(1, Ordering::AcqRel);
+        Writing(self.clone())
+    }
+
+    /// What a write transaction begun now would know, without beginning one: what this node's
+    /// last commit left, if the audit chain's head and the webhooks are among it, no other
+    /// write transaction of this node is under way, and the last one found no other writer
+    /// before it. Only a write whose guard finds the lock still there may rely on it
+    /// (`Writes::if_lock_at`): another node may have written since.
+    pub(crate) fn predict(self: &Arc<Self>) -> Option<(Known, Writing)> {
+        if !self.trusted.load(Ordering::Acquire) {
+            return None;
+        }
+        self.writing
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .ok()?;
+        let writing = Writing(self.clone());
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        (held.n != 0 && held.audit_head.is_some() && held.webhooks.is_some())
+            .then(|| (held.clone(), writing))
+    }
+
+    /// A prediction's guard found the lock moved: no more predictions until a transaction
+    /// finds it where this node left it.
+    pub(crate) fn mistrust(&self) {
+        self.trusted.store(false, Ordering::Release);
+    }
+
     /// The tag of the last commit this cell holds (if any), and a new one for a transaction.
     pub(crate) fn tags(&self) -> (Option<String>, String) {
-        let held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let last = (held.n != 0).then(|| held.tag.clone());
         (last, keyward_core::keyformat::base62_random(16))
     }
@@ -84,8 +143,10 @@ impl KnownCell {
     /// given by [`KnownCell::tags`] (`hit`), and setting `tag`, knows: what the last commit
     /// left, if it was the one just before; else nothing.
     pub(crate) fn take(&self, n: i64, hit: bool, tag: String) -> Known {
-        let held = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if hit && held.n != 0 && held.n == n - 1 {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let follows = hit && held.n != 0 && held.n == n - 1;
+        self.trusted.store(follows, Ordering::Release);
+        if follows {
             Known {
                 n,
                 tag,
@@ -102,7 +163,7 @@ impl KnownCell {
 
     /// Keeps what a transaction knew once it committed (unless a later one already did).
     pub(crate) fn keep(&self, known: Known) {
-        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         if known.n > held.n {
             *held = known;
         }

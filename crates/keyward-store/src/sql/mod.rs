@@ -92,6 +92,8 @@ macro_rules! sql_backend {
             /// it commits.
             known: crate::sql::known::Known,
             cell: std::sync::Arc<crate::sql::known::KnownCell>,
+            /// This node's write transaction under way (no prediction meanwhile).
+            _writing: crate::sql::known::Writing,
         }
 
         /// `Store` and `StoreTx` for this backend: each method is one call into the concern module
@@ -116,8 +118,8 @@ macro_rules! sql_backend {
             use crate::{
                 AfterAttempt, AnomalyFilter, Attempt, AuditFilter, Bucket, CensusRules, Change,
                 DueDelivery, Flagged, KeyBrief, KeyCensus, KeyFilter, KeyImport, NewEvent,
-                OutboxEvent, Page, Result, SlowCandidate, Store, StoreTx, TimeCursor, Totals,
-                UsageDelta,
+                OutboxEvent, Page, Prediction, Result, SlowCandidate, Store, StoreTx, TimeCursor,
+                Totals, UsageDelta,
             };
 
             /// Commits a write transaction.
@@ -307,6 +309,7 @@ macro_rules! sql_backend {
                         node,
                         mut known,
                         cell,
+                        _writing,
                     } = *self;
                     let head = audit::head_of(&mut tx, known.audit_head.take()).await?;
                     let (mut events, head) = audit::chained(head, vec![e])?;
@@ -336,7 +339,11 @@ macro_rules! sql_backend {
 
                 async fn commit(self: Box<Self>) -> Result<()> {
                     let $Tx {
-                        tx, known, cell, ..
+                        tx,
+                        known,
+                        cell,
+                        _writing,
+                        ..
                     } = *self;
                     commit(tx).await?;
                     cell.keep(known);
@@ -381,6 +388,7 @@ macro_rules! sql_backend {
                 }
 
                 async fn begin(&self) -> Result<Box<dyn StoreTx>> {
+                    let writing = self.known.writing();
                     let (last_tag, tag) = self.known.tags();
                     let (tx, n, hit) = self.begin_write(last_tag, &tag).await?;
                     Ok(Box::new($Tx {
@@ -388,7 +396,59 @@ macro_rules! sql_backend {
                         node: self.node.clone(),
                         known: self.known.take(n, hit == Some(true), tag),
                         cell: self.known.clone(),
+                        _writing: writing,
                     }))
+                }
+
+                fn predict(&self) -> Option<Prediction> {
+                    let (known, writing) = self.known.predict()?;
+                    Some(Prediction {
+                        known,
+                        _writing: writing,
+                    })
+                }
+
+                async fn create_key_predicted(
+                    &self,
+                    p: Prediction,
+                    k: &Key,
+                    e: NewEvent,
+                    outbox: &[OutboxEvent],
+                ) -> Result<Option<AuditEvent>> {
+                    let Prediction {
+                        mut known,
+                        _writing,
+                    } = p;
+                    let (Some(head), Some(hooks)) =
+                        (known.audit_head.take(), known.webhooks.clone())
+                    else {
+                        return Ok(None);
+                    };
+                    let (mut events, head) = audit::chained(head, vec![e])?;
+                    let (n, tag) = known.lock();
+                    let new_tag = keyward_core::keyformat::base62_random(16);
+                    let mut w = Writes::if_lock_at(n, tag.to_string(), new_tag.clone());
+                    webhooks::push_enqueue(&mut w, &hooks, outbox);
+                    keys::push_insert_keys(&mut w, &self.node, std::slice::from_ref(k));
+                    audit::push_events(&mut w, &events);
+                    match self.write_guarded(w.finish_guarded()).await {
+                        Ok(()) => {}
+                        Err(e) if Writes::<$DB>::refused(&e) => {
+                            if Writes::<$DB>::lock_moved(&e) {
+                                self.known.mistrust();
+                            } else {
+                                tracing::debug!(error = %e, "a predicted key creation was refused; creating it in a transaction");
+                            }
+                            return Ok(None);
+                        }
+                        Err(e) => return Err(map_err(e)),
+                    }
+                    known.advance(new_tag);
+                    known.audit_head = Some(head);
+                    self.known.keep(known);
+                    events.pop().map(|(e, _)| Some(e)).ok_or_else(|| {
+                        crate::StoreError::Other("no audit event was appended".into())
+                    })
                 }
 
                 // keys.rs

@@ -207,6 +207,15 @@ impl PgStore {
         Ok((tx, n, hit))
     }
 
+    /// Runs a `Writes::finish_guarded` statement, a transaction of its own.
+    async fn write_guarded(
+        &self,
+        mut q: sqlx::QueryBuilder<'static, sqlx::Postgres>,
+    ) -> std::result::Result<(), sqlx::Error> {
+        q.build().execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Starts (once) a task that LISTENs for change notifications and signals `changes`.
     fn start_listener(&self) -> std::sync::Arc<tokio::sync::Notify> {
         let notify = self.changes.clone();

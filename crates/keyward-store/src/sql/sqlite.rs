@@ -182,6 +182,18 @@ impl SqliteStore {
             .map_err(map_err)?;
         Ok((tx, n, hit))
     }
+
+    /// Runs a `Writes::finish_guarded` text (its own `BEGIN IMMEDIATE` to `COMMIT`) on the
+    /// writer connection; one that stopped at an error is rolled back.
+    async fn write_guarded(
+        &self,
+        mut q: sqlx::QueryBuilder<'static, sqlx::Sqlite>,
+    ) -> std::result::Result<(), sqlx::Error> {
+        let mut tx = WriteTx::new(self.writer.acquire().await?);
+        q.build().execute(&mut *tx).await?;
+        tx.committed();
+        Ok(())
+    }
 }
 
 sql_backend!(

@@ -15,7 +15,7 @@ macro_rules! for_backend {
         use keyward_core::model::Webhook;
         use keyward_core::time::Timestamp;
 
-        use crate::sql::common::{get, json, map_err, push_after_time, to_json};
+        use crate::sql::common::{get, json, map_err, push_after_time, to_json, Writes};
         use crate::sql::webhooks::WEBHOOK_COLS;
         use crate::{AfterAttempt, Attempt, DueDelivery, OutboxEvent, Page, Result, TimeCursor};
 
@@ -97,12 +97,35 @@ macro_rules! for_backend {
                     all
                 }
             };
-            // Only events that some webhook wants are kept.
-            let mut wanted: Vec<&OutboxEvent> = Vec::new();
-            let mut deliveries: Vec<(String, &str, &OutboxEvent)> = Vec::new();
+            let (wanted, deliveries) = outbox_rows(&all, events);
+            for chunk in wanted.chunks(CHUNK) {
+                push_event_rows(&mut sqlx::QueryBuilder::new(""), chunk).build().execute(&mut *conn).await.map_err(map_err)?;
+            }
+            for chunk in deliveries.chunks(CHUNK) {
+                push_delivery_rows(&mut sqlx::QueryBuilder::new(""), chunk).build().execute(&mut *conn).await.map_err(map_err)?;
+            }
+            Ok(())
+        }
+
+        /// [`enqueue_all`] of a few events with the webhooks known (`all`), as writes of `w`.
+        pub(super) fn push_enqueue(w: &mut Writes<'static, $DB>, all: &[Webhook], events: &[OutboxEvent]) {
+            let (wanted, deliveries) = outbox_rows(all, events);
+            if !wanted.is_empty() {
+                push_event_rows(w.next(), &wanted);
+            }
+            if !deliveries.is_empty() {
+                push_delivery_rows(w.next(), &deliveries);
+            }
+        }
+
+        /// The events some webhook wants (only those are kept), and a delivery (its new id,
+        /// the webhook's id, the event) for each webhook that wants each.
+        fn outbox_rows<'e, 'h>(all: &'h [Webhook], events: &'e [OutboxEvent]) -> (Vec<&'e OutboxEvent>, Vec<(String, &'h str, &'e OutboxEvent)>) {
+            let mut wanted = Vec::new();
+            let mut deliveries = Vec::new();
             for e in events {
                 let mut any = false;
-                for hook in all.iter() {
+                for hook in all {
                     let kind_ok = hook.events.iter().any(|t| t == &e.kind);
                     let ks_ok = hook.keyspace_id.is_none() || hook.keyspace_id == e.keyspace_id;
                     if kind_ok && ks_ok {
@@ -114,35 +137,35 @@ macro_rules! for_backend {
                     wanted.push(e);
                 }
             }
-            for chunk in wanted.chunks(CHUNK) {
-                let mut q = sqlx::QueryBuilder::<$DB>::new("INSERT INTO webhook_events (id, type, at, keyspace_id, key_id, body) ");
-                q.push_values(chunk, |mut b, e| {
-                    b.push_bind(e.id.clone())
-                        .push_bind(e.kind.clone())
-                        .push_bind(e.at.millis())
-                        .push_bind(e.keyspace_id.clone())
-                        .push_bind(e.key_id.clone())
-                        .push_bind(e.body.clone());
-                });
-                q.build().execute(&mut *conn).await.map_err(map_err)?;
-            }
-            for chunk in deliveries.chunks(CHUNK) {
-                let mut q = sqlx::QueryBuilder::<$DB>::new(
-                    "INSERT INTO webhook_deliveries (id, webhook_id, event_id, attempts, next_at, lease_until, state, created_at) ",
-                );
-                q.push_values(chunk, |mut b, (id, hook, e)| {
-                    b.push_bind(id.clone())
-                        .push_bind(hook.to_string())
-                        .push_bind(e.id.clone())
-                        .push("0")
-                        .push_bind(e.at.millis())
-                        .push("NULL")
-                        .push("'pending'")
-                        .push_bind(e.at.millis());
-                });
-                q.build().execute(&mut *conn).await.map_err(map_err)?;
-            }
-            Ok(())
+            (wanted, deliveries)
+        }
+
+        fn push_event_rows<'q, 'a>(q: &'q mut sqlx::QueryBuilder<'a, $DB>, rows: &[&OutboxEvent]) -> &'q mut sqlx::QueryBuilder<'a, $DB> {
+            q.push("INSERT INTO webhook_events (id, type, at, keyspace_id, key_id, body) ");
+            q.push_values(rows, |mut b, e| {
+                b.push_bind(e.id.clone())
+                    .push_bind(e.kind.clone())
+                    .push_bind(e.at.millis())
+                    .push_bind(e.keyspace_id.clone())
+                    .push_bind(e.key_id.clone())
+                    .push_bind(e.body.clone());
+            });
+            q
+        }
+
+        fn push_delivery_rows<'q, 'a>(q: &'q mut sqlx::QueryBuilder<'a, $DB>, rows: &[(String, &str, &OutboxEvent)]) -> &'q mut sqlx::QueryBuilder<'a, $DB> {
+            q.push("INSERT INTO webhook_deliveries (id, webhook_id, event_id, attempts, next_at, lease_until, state, created_at) ");
+            q.push_values(rows, |mut b, (id, hook, e)| {
+                b.push_bind(id.clone())
+                    .push_bind(hook.to_string())
+                    .push_bind(e.id.clone())
+                    .push("0")
+                    .push_bind(e.at.millis())
+                    .push("NULL")
+                    .push("'pending'")
+                    .push_bind(e.at.millis());
+            });
+            q
         }
 
         // ---- deliveries and attempts ----

@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use keyward_core::audit::{event_hash, ChainCheck, ChainVerifier, GENESIS_HASH};
-use keyward_core::model::{Actor, AuditEvent};
-use keyward_store::{AuditFilter, NewEvent, Page, Store};
+use keyward_core::id::new_id;
+use keyward_core::model::{Actor, AuditEvent, Key, Keyspace, Webhook};
+use keyward_store::{AuditFilter, NewEvent, OutboxEvent, Page, Store};
 use serde_json::json;
 
 use crate::support::*;
@@ -497,3 +498,130 @@ async fn a_key_written_with_its_event_chains_like_an_append(store: Arc<dyn Store
 conformance!(a_key_written_with_its_event_chains_like_an_append
     => sqlite_a_key_written_with_its_event_chains_like_an_append,
        postgres_a_key_written_with_its_event_chains_like_an_append);
+
+/// What a key created in the API writes besides itself: its audit event and its webhook event.
+fn created(ks: &Keyspace, secs: i64) -> (Key, NewEvent, OutboxEvent) {
+    let k = key(ks, at(secs)).key;
+    let e = event("key.create", &k.id, at(secs), Actor::system());
+    let id = new_id("evt", at(secs));
+    let o = OutboxEvent {
+        body: format!(r#"{{"id":"{id}","type":"key.created"}}"#),
+        id,
+        kind: "key.created".into(),
+        at: at(secs),
+        keyspace_id: Some(ks.id.clone()),
+        key_id: Some(k.id.clone()),
+    };
+    (k, e, o)
+}
+
+/// A key created the usual way: a transaction that reads the keyspace, queues the webhook
+/// event and commits with the key and its audit event.
+async fn create_in_tx(store: &Arc<dyn Store>, ks: &Keyspace, secs: i64) -> AuditEvent {
+    let (k, e, o) = created(ks, secs);
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.keyspace(&ks.id).await.unwrap().is_some());
+    tx.enqueue(&o).await.unwrap();
+    tx.commit_with_key(&k, e).await.unwrap()
+}
+
+/// A key created from a prediction (`Store::create_key_predicted`): stored with its audit event
+/// (chained after the head) and its webhook delivery when no write came between this node's
+/// last commit and it; otherwise nothing of it is stored, whether another node wrote or the
+/// database refused the key, and the chain goes on from the last event stored. A node makes
+/// one prediction at a time, none before it knows the chain's head, and none after another
+/// writer came between until a transaction of its own finds none did.
+async fn a_predicted_key_is_stored_only_when_no_write_came_between(db: &TestDb) {
+    let (a, b) = (db.store(), db.reopen().await);
+    assert!(a.predict().is_none(), "nothing known yet");
+    let ks = new_keyspace(&a, "guess").await;
+    let hook = Webhook {
+        id: new_id("whk", at(0)),
+        url: "https://example.com/hook".into(),
+        events: vec!["key.created".into()],
+        keyspace_id: None,
+        created_at: at(0),
+        created_by: Actor::system(),
+    };
+    let mut tx = a.begin().await.unwrap();
+    tx.insert_webhook(&hook, "whsec_test").await.unwrap();
+    tx.commit().await.unwrap();
+    create_in_tx(&a, &ks, 1).await;
+    let last = create_in_tx(&a, &ks, 2).await;
+
+    // Two commits of this node in a row: predicted, one at a time.
+    let p = a
+        .predict()
+        .expect("a prediction after two commits in a row");
+    assert!(a.predict().is_none(), "one prediction at a time");
+    assert!(p.keyspace(&ks.id).is_some());
+    assert!(p.keyspace("ks_unknown").is_none());
+    let (k, e, o) = created(&ks, 3);
+    let stored = a
+        .create_key_predicted(p, &k, e.clone(), std::slice::from_ref(&o))
+        .await
+        .unwrap()
+        .expect("stored: no write came between");
+    assert_carries(&stored, &e);
+    assert_eq!((stored.seq, &stored.prev_hash), (last.seq + 1, &last.hash));
+    assert_eq!(a.key(&k.id).await.unwrap().as_ref(), Some(&k));
+    let due = a.due_deliveries(at(10), 100, 100).await.unwrap();
+    assert!(due
+        .iter()
+        .any(|d| d.event_id == o.id && d.webhook_id == hook.id));
+    let feed = a.changes_after(0, 1_000).await.unwrap().len();
+
+    // Refused by the database (the key's id is taken): nothing stored, predictions go on.
+    let p = a.predict().expect("still predicting");
+    let (mut again, e, o) = created(&ks, 4);
+    again.id = k.id.clone();
+    let refused = a
+        .create_key_predicted(p, &again, e, std::slice::from_ref(&o))
+        .await;
+    assert!(matches!(refused, Ok(None)), "{refused:?}");
+    assert!(a.key_by_hash(&again.hash).await.unwrap().is_none());
+
+    // Another node writes after the prediction (a webhook, no audit event: the prediction's
+    // chain head still holds, its webhooks do not): nothing stored, and no more predictions.
+    let p = a.predict().expect("still predicting");
+    let second = Webhook {
+        id: new_id("whk", at(5)),
+        ..hook.clone()
+    };
+    let mut tx = b.begin().await.unwrap();
+    tx.insert_webhook(&second, "whsec_second").await.unwrap();
+    tx.commit().await.unwrap();
+    let (lost, e, o) = created(&ks, 6);
+    let moved = a
+        .create_key_predicted(p, &lost, e, std::slice::from_ref(&o))
+        .await;
+    assert!(matches!(moved, Ok(None)), "{moved:?}");
+    assert!(a.key(&lost.id).await.unwrap().is_none());
+    assert_eq!(a.changes_after(0, 1_000).await.unwrap().len(), feed);
+    let due = a.due_deliveries(at(10), 100, 100).await.unwrap();
+    assert!(!due.iter().any(|d| d.event_id == o.id));
+    assert!(a.predict().is_none(), "another writer came between");
+    // A transaction that finds another writer before it does not restore them; one that
+    // follows this node's own commit does.
+    let next = create_in_tx(&a, &ks, 7).await;
+    assert_eq!((next.seq, &next.prev_hash), (stored.seq + 1, &stored.hash));
+    // ... and it knew the new webhook, which a stale prediction would not have.
+    let due = a.due_deliveries(at(10), 100, 100).await.unwrap();
+    assert_eq!(due.iter().filter(|d| d.webhook_id == second.id).count(), 1);
+    assert!(a.predict().is_none(), "b wrote since a's commit before");
+    create_in_tx(&a, &ks, 8).await;
+    let p = a.predict().expect("predicting again");
+    let (k, e, o) = created(&ks, 9);
+    let stored = a
+        .create_key_predicted(p, &k, e, std::slice::from_ref(&o))
+        .await
+        .unwrap()
+        .expect("stored");
+    assert_eq!(stored.seq, next.seq + 2);
+    let all = all_events(&a).await;
+    assert_eq!(all.last().map(|e| e.seq), Some(stored.seq));
+    assert!(matches!(verify(&all), ChainCheck::Ok { .. }));
+}
+conformance!(with_db a_predicted_key_is_stored_only_when_no_write_came_between
+    => sqlite_a_predicted_key_is_stored_only_when_no_write_came_between,
+       postgres_a_predicted_key_is_stored_only_when_no_write_came_between);
