@@ -344,3 +344,83 @@ async fn a_revoked_token_is_refused_at_once_here_and_within_the_bound_elsewhere(
     b.stop().await;
 }
 both!(a_revoked_token_is_refused_at_once_here_and_within_the_bound_elsewhere);
+
+/// Creating a key on a node that wrote last takes one round trip, trusting what that node knew
+/// of the keyspace (`Store::create_key_predicted`): a keyspace changed on another node since
+/// must still decide, both ways (a key its old policy refused is created; one its new policy
+/// limits is limited), and keys created on two nodes at once are all stored, each with its
+/// event, in one unbroken audit chain.
+async fn keys_created_on_two_nodes_follow_the_latest_policy_and_chain_unbroken(a: TestApp) {
+    let b = spawn_node(&a).await;
+    let ks = a.keyspace(json!({"require_owner": true})).await;
+    let patch = |policy: serde_json::Value| {
+        let (b, path) = (&b, format!("/v1/keyspaces/{ks}"));
+        async move {
+            b.patch(&path, json!({ "policy": policy }))
+                .await
+                .expect(200)
+        }
+    };
+    // Node A's last commits are its own, so its next creation is predicted, from a keyspace
+    // node B has just changed: a shorter lifetime must apply ...
+    a.key(&ks, json!({})).await;
+    a.key(&ks, json!({})).await;
+    patch(json!({"max_lifetime_secs": 3600})).await;
+    let r = a
+        .post(
+            "/v1/keys",
+            json!({"keyspace_id": ks, "name": "shorter", "owner": "o"}),
+        )
+        .await
+        .expect(201);
+    let at = |field: &str| {
+        serde_json::from_value::<keyward_core::time::Timestamp>(r.body[field].clone())
+            .unwrap()
+            .millis()
+    };
+    assert_eq!(at("expires_at") - at("created_at"), 3_600_000, "{}", r.body);
+    // ... and an owner no longer required must not be.
+    a.key(&ks, json!({})).await;
+    a.key(&ks, json!({})).await;
+    patch(json!({"require_owner": false})).await;
+    a.post(
+        "/v1/keys",
+        json!({"keyspace_id": ks, "name": "ownerless", "owner": null}),
+    )
+    .await
+    .expect(201);
+    // Two nodes at once, 30 keys each, all in flight together.
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let (http, url, admin) = (node.http.clone(), node.url.clone(), node.admin.clone());
+        let body = json!({"keyspace_id": ks, "name": format!("k{i}")});
+        tasks.push(tokio::spawn(async move {
+            let r = http
+                .post(format!("{url}/v1/keys"))
+                .bearer_auth(admin)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+            let body: serde_json::Value = r.json().await.unwrap();
+            body["id"].as_str().unwrap().to_string()
+        }));
+    }
+    let mut created = Vec::new();
+    for t in tasks {
+        created.push(t.await.unwrap());
+    }
+    let mut ids = created;
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 60);
+    for node in [&a, &b] {
+        let check = node.get("/v1/audit/verify").await;
+        assert_eq!(check.body["ok"], true, "{}", check.body);
+        assert_eq!(node.audit_actions("key.create").await.len(), 66);
+    }
+    b.stop().await;
+}
+both!(keys_created_on_two_nodes_follow_the_latest_policy_and_chain_unbroken);
