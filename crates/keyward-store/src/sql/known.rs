@@ -19,6 +19,12 @@
 //!   the cell as it was: its lock update (counter and tag) was rolled back with it, so the cell
 //!   still matches the database; a commit that failed after the database took it leaves a tag
 //!   the cell does not hold, so the next transaction reads the store.
+//! - A prediction ([`KnownCell::predict`]) is what the last commit left, handed out without
+//!   taking the lock: only a write whose guard finds the counter and tag still where that
+//!   commit left them may rely on it (`Writes::if_lock_at`), and such a write moves the cell one
+//!   commit on ([`Known::advance`]). Predictions are made one at a time, never while a write
+//!   transaction of this node is under way, and not after a guard or a transaction found
+//!   another writer before it, until a transaction finds none.
 //! - Every write of `audit_events`, `keyspaces` and `webhooks` goes through a write transaction
 //!   (a writer that skipped the lock would already break the audit chain's order; for keyspaces
 //!   and webhooks the rule is kept for this cache). A migration that writes these tables must
