@@ -48,6 +48,10 @@ pub struct Metrics {
     pub(crate) webhook_ok: AtomicU64,
     pub(crate) webhook_failed: AtomicU64,
     pub(crate) redis_errors: AtomicU64,
+    /// Keys created in one round trip from what this node's last write left.
+    pub(crate) keys_created_predicted: AtomicU64,
+    /// Such creations that wrote nothing and were made in a transaction instead.
+    pub(crate) key_predictions_missed: AtomicU64,
     /// Connections closed at once because `max_connections` were open.
     pub(crate) connections_refused: AtomicU64,
     /// Salted hashes of imported keys computed at verification, and keys upgraded to SHA-256.
@@ -192,6 +196,16 @@ impl Metrics {
                 "keyward_redis_errors_total",
                 "Calls to Redis that failed: rate-limit checks that fell back to this node, and denials whose slots could not be given back.",
                 self.redis_errors.load(Ordering::Relaxed),
+            ),
+            (
+                "keyward_keys_created_predicted_total",
+                "Keys created in one round trip, from what this node's last write left.",
+                self.keys_created_predicted.load(Ordering::Relaxed),
+            ),
+            (
+                "keyward_key_predictions_missed_total",
+                "One-round-trip key creations that wrote nothing (another writer came between, or the database refused) and were made in a transaction instead.",
+                self.key_predictions_missed.load(Ordering::Relaxed),
             ),
         ];
         for (name, help, v) in counters {

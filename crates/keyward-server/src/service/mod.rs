@@ -414,8 +414,14 @@ pub async fn create_key(
                 .create_key_predicted(p, &key, ev, std::slice::from_ref(&outbox))
                 .await?;
             if created.is_some() {
+                st.metrics
+                    .keys_created_predicted
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Ok((key, plaintext));
             }
+            st.metrics
+                .key_predictions_missed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
     let mut tx = st.records.store.begin().await?;

@@ -266,9 +266,11 @@ where
     ///
     /// SQLite: `BEGIN IMMEDIATE`, the lock's update, then a statement that fails (stopping the
     /// text before any write) unless the update changed its row. PostgreSQL: one statement, so
-    /// a transaction of its own; the lock's update is its first `WITH` clause, and its answer
-    /// divides by the number of rows that update changed. Either way a moved lock is a database
-    /// error, and nothing is written.
+    /// a transaction of its own; the lock's update is a `WITH` clause its answer reads, dividing
+    /// by the number of rows that update changed. The answer reading it is what makes it run
+    /// first: the writes, which nothing reads, run after the answer, so a moved lock fails the
+    /// statement before any of them. Either way a moved lock is a database error, and nothing
+    /// is written.
     pub(super) fn if_lock_at(n: i64, tag: String, new_tag: String) -> Self {
         let mut q = QueryBuilder::new(if Self::statements() {
             "BEGIN IMMEDIATE; UPDATE write_lock SET n = n + 1, hit = TRUE, tag = "

@@ -434,9 +434,11 @@ macro_rules! sql_backend {
                     match self.write_guarded(w.finish_guarded()).await {
                         Ok(()) => {}
                         Err(e) if Writes::<$DB>::refused(&e) => {
-                            if Writes::<$DB>::lock_moved(&e) {
-                                self.known.mistrust();
-                            } else {
+                            // No more guesses until a transaction finds the lock where this
+                            // node left it (a refusal with a lasting cause would otherwise
+                            // cost every create a round trip in vain).
+                            self.known.mistrust();
+                            if !Writes::<$DB>::lock_moved(&e) {
                                 tracing::debug!(error = %e, "a predicted key creation was refused; creating it in a transaction");
                             }
                             return Ok(None);

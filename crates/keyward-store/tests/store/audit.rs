@@ -527,10 +527,12 @@ async fn create_in_tx(store: &Arc<dyn Store>, ks: &Keyspace, secs: i64) -> Audit
 
 /// A key created from a prediction (`Store::create_key_predicted`): stored with its audit event
 /// (chained after the head) and its webhook delivery when no write came between this node's
-/// last commit and it; otherwise nothing of it is stored, whether another node wrote or the
-/// database refused the key, and the chain goes on from the last event stored. A node makes
-/// one prediction at a time, none before it knows the chain's head, and none after another
-/// writer came between until a transaction of its own finds none did.
+/// last commit and it; otherwise nothing of it is stored (its outbox rows included), whether
+/// another node wrote, a quota lease moved the lock's counter but not its tag, a transaction of
+/// the same node came first, or the database refused the key, and the chain goes on from the
+/// last event stored. A node makes one prediction at a time, none before it knows the chain's
+/// head, and none after a failed one until a transaction of its own finds no other writer
+/// before it.
 async fn a_predicted_key_is_stored_only_when_no_write_came_between(db: &TestDb) {
     let (a, b) = (db.store(), db.reopen().await);
     assert!(a.predict().is_none(), "nothing known yet");
@@ -555,7 +557,6 @@ async fn a_predicted_key_is_stored_only_when_no_write_came_between(db: &TestDb) 
         .expect("a prediction after two commits in a row");
     assert!(a.predict().is_none(), "one prediction at a time");
     assert!(p.keyspace(&ks.id).is_some());
-    assert!(p.keyspace("ks_unknown").is_none());
     let (k, e, o) = created(&ks, 3);
     let stored = a
         .create_key_predicted(p, &k, e.clone(), std::slice::from_ref(&o))
@@ -569,17 +570,26 @@ async fn a_predicted_key_is_stored_only_when_no_write_came_between(db: &TestDb) 
     assert!(due
         .iter()
         .any(|d| d.event_id == o.id && d.webhook_id == hook.id));
-    let feed = a.changes_after(0, 1_000).await.unwrap().len();
 
-    // Refused by the database (the key's id is taken): nothing stored, predictions go on.
+    // Refused by the database (the key's id is taken): nothing of it stored, its outbox rows
+    // (written before the key) included.
     let p = a.predict().expect("still predicting");
     let (mut again, e, o) = created(&ks, 4);
     again.id = k.id.clone();
+    let refused_event = e.id.clone();
     let refused = a
         .create_key_predicted(p, &again, e, std::slice::from_ref(&o))
         .await;
     assert!(matches!(refused, Ok(None)), "{refused:?}");
     assert!(a.key_by_hash(&again.hash).await.unwrap().is_none());
+    assert!(!all_events(&a).await.iter().any(|e| e.id == refused_event));
+    let due = a.due_deliveries(at(10), 100, 100).await.unwrap();
+    assert!(!due.iter().any(|d| d.event_id == o.id));
+    // A refusal stops predictions too, until a transaction finds no other writer before it.
+    assert!(a.predict().is_none());
+    let restored = create_in_tx(&a, &ks, 4).await;
+    assert_eq!(restored.seq, stored.seq + 1);
+    let feed = a.changes_after(0, 1_000).await.unwrap().len();
 
     // Another node writes after the prediction (a webhook, no audit event: the prediction's
     // chain head still holds, its webhooks do not): nothing stored, and no more predictions.
@@ -604,7 +614,10 @@ async fn a_predicted_key_is_stored_only_when_no_write_came_between(db: &TestDb) 
     // A transaction that finds another writer before it does not restore them; one that
     // follows this node's own commit does.
     let next = create_in_tx(&a, &ks, 7).await;
-    assert_eq!((next.seq, &next.prev_hash), (stored.seq + 1, &stored.hash));
+    assert_eq!(
+        (next.seq, &next.prev_hash),
+        (restored.seq + 1, &restored.hash)
+    );
     // ... and it knew the new webhook, which a stale prediction would not have.
     let due = a.due_deliveries(at(10), 100, 100).await.unwrap();
     assert_eq!(due.iter().filter(|d| d.webhook_id == second.id).count(), 1);
@@ -618,8 +631,36 @@ async fn a_predicted_key_is_stored_only_when_no_write_came_between(db: &TestDb) 
         .unwrap()
         .expect("stored");
     assert_eq!(stored.seq, next.seq + 2);
+
+    // The counter moved without the tag (a quota lease takes the lock so), or the tag with the
+    // counter by a transaction of this very node: either way the guard refuses.
+    let (mut quota, e, o) = created(&ks, 10);
+    quota.remaining = Some(10);
+    let mut tx = a.begin().await.unwrap();
+    tx.enqueue(&o).await.unwrap();
+    tx.commit_with_key(&quota, e).await.unwrap();
+    create_in_tx(&a, &ks, 11).await;
+    let p = a.predict().expect("predicting");
+    assert!(a.lease_quota(&quota.id, 1, at(12)).await.unwrap().is_some());
+    let (k, e, o) = created(&ks, 12);
+    let leased = a
+        .create_key_predicted(p, &k, e, std::slice::from_ref(&o))
+        .await;
+    assert!(matches!(leased, Ok(None)), "{leased:?}");
+    assert!(a.key(&k.id).await.unwrap().is_none());
+    create_in_tx(&a, &ks, 13).await;
+    create_in_tx(&a, &ks, 14).await;
+    let p = a.predict().expect("predicting");
+    create_in_tx(&a, &ks, 15).await;
+    let (k, e, o) = created(&ks, 16);
+    let own = a
+        .create_key_predicted(p, &k, e, std::slice::from_ref(&o))
+        .await;
+    assert!(matches!(own, Ok(None)), "{own:?}");
+    assert!(a.key(&k.id).await.unwrap().is_none());
+
     let all = all_events(&a).await;
-    assert_eq!(all.last().map(|e| e.seq), Some(stored.seq));
+    assert_eq!(all.last().map(|e| e.seq), Some(stored.seq + 5));
     assert!(matches!(verify(&all), ChainCheck::Ok { .. }));
 }
 conformance!(with_db a_predicted_key_is_stored_only_when_no_write_came_between

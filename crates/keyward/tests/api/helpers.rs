@@ -566,6 +566,16 @@ impl TestApp {
         }
     }
 
+    /// The value of counter `name` on this node's `/metrics`.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = self.get("/metrics").await.body;
+        let text = text.as_str().unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    }
+
     pub async fn audit_actions(&self, action: &str) -> Vec<Value> {
         let r = self
             .get(&format!("/v1/audit?action={action}&limit=500"))

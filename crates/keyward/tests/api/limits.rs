@@ -851,12 +851,7 @@ async fn identity_keys(a: &TestApp) -> Vec<String> {
 /// A node's `keyward_redis_errors_total`: calls to Redis that failed (a verification decided on
 /// the node's own windows, or a denial's slots not given back).
 async fn redis_errors(node: &TestApp) -> u64 {
-    let text = node.get("/metrics").await.body;
-    let text = text.as_str().unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix("keyward_redis_errors_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no keyward_redis_errors_total in /metrics"))
+    node.metric("keyward_redis_errors_total").await
 }
 
 /// 1,200 verifications of an identity's three keys over three nodes: how many are valid, and
