@@ -132,8 +132,9 @@ impl KnownCell {
             .then(|| (held.clone(), writing))
     }
 
-    /// A prediction's guard found the lock moved: no more predictions until a transaction
-    /// finds it where this node left it.
+    /// A write relying on a prediction was refused (its guard found the lock moved, or the
+    /// database refused a write): no more predictions until a transaction finds the lock where
+    /// this node left it.
     pub(crate) fn mistrust(&self) {
         self.trusted.store(false, Ordering::Release);
     }
