@@ -74,6 +74,8 @@ pub struct Control {
     /// Serializes usage batches with control-plane changes of a key's quota (a tokio mutex:
     /// it is held across store calls).
     pub(crate) gate: Arc<tokio::sync::Mutex<()>>,
+    /// This node's key creations, one at a time (see `service::create_key`).
+    pub(crate) creating: Arc<tokio::sync::Mutex<()>>,
     /// Wakes the webhook delivery worker when a change enqueued events.
     pub(crate) webhook_wake: Arc<tokio::sync::Notify>,
     /// Whether webhook URLs may name internal addresses (`KEYWARD_WEBHOOK_ALLOW_PRIVATE`).
@@ -139,6 +141,7 @@ impl AppState {
                 verifier,
                 metrics,
                 gate: Arc::new(tokio::sync::Mutex::new(())),
+                creating: Arc::new(tokio::sync::Mutex::new(())),
                 webhook_wake: Arc::new(tokio::sync::Notify::new()),
                 webhook_allow_private: config.webhook_allow_private,
                 circuits: Arc::default(),

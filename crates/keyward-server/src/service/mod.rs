@@ -393,6 +393,9 @@ pub async fn create_key(
     if !ctx.sees(&input.keyspace_id) || KeyspaceId::parse(&input.keyspace_id).is_none() {
         return Err(not_found("keyspace", &input.keyspace_id));
     }
+    // This node's creations go one at a time: they would wait for the write lock one after
+    // another anyway, and in turn each follows the one before, so that it can be guessed.
+    let _one_at_a_time = st.creating.lock().await;
     // One round trip when this node's last commit left all the checks need (the keyspace, and
     // no owner limit to count) and they pass: see `Store::create_key_predicted`. Else, or when
     // the lock moved on since, a transaction, whose checks decide (a refusal here may rest on
