@@ -17,12 +17,13 @@
 # target/release/keyward).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export LC_ALL=C
 
 : "${BENCH_CREATES:=1000}"
 : "${BENCH_PARALLEL:=8}"
 : "${BENCH_BACKENDS:=sqlite postgres}"
 : "${BENCH_BIN:=target/release/keyward}"
-for tool in curl jq; do
+for tool in curl jq bc python3 realpath; do
     command -v "$tool" >/dev/null || { echo "bench-create: $tool is needed" >&2; exit 1; }
 done
 [ -n "${BENCH_SKIP_BUILD:-}" ] || cargo build --release -q
@@ -30,7 +31,12 @@ bin="$(realpath "$BENCH_BIN")"
 dir="$(mktemp -d)"
 server=""
 cleanup() {
+    local status=$?
     [ -z "$server" ] || kill "$server" 2>/dev/null || true
+    if [ "$status" -ne 0 ]; then
+        echo "bench-create: failed; the server's log:" >&2
+        cat "$dir"/serve-*.log "$dir"/curl.err >&2 2>/dev/null || true
+    fi
     rm -rf "$dir"
 }
 trap cleanup EXIT
@@ -47,16 +53,15 @@ requests() {
         printf 'header = "content-type: application/json"\n'
         printf 'data = "{\\"keyspace_id\\":\\"%s\\",\\"owner\\":\\"team-a\\",\\"name\\":\\"k%d\\"}"\n' "$ks" "$i"
         printf 'output = "/dev/null"\nwrite-out = "%%{http_code}\\n"\n'
-        ((i + 1 < from + BENCH_CREATES)) && printf 'next\n'
+        if ((i + 1 < from + BENCH_CREATES)); then printf 'next\n'; fi
     done
-    return 0
 }
 
 # Runs curl with a config and prints "keys/s  status-code counts".
 timed() {
     local start end codes
     start=$(date +%s.%N)
-    codes=$(curl -s "$@" 2>/dev/null | sort | uniq -c | awk '{printf "%s×%s ", $1, $2}')
+    codes=$(curl -s "$@" 2>"$dir/curl.err" | sort | uniq -c | awk '{printf "%s×%s ", $1, $2}')
     end=$(date +%s.%N)
     printf '%8.0f keys/s   %s\n' "$(echo "$BENCH_CREATES / ($end - $start)" | bc -l)" "$codes"
 }
@@ -65,9 +70,13 @@ for backend in $BENCH_BACKENDS; do
     case $backend in
         sqlite) db="sqlite://$dir/create.db" ;;
         postgres)
-            if ! psql -h 127.0.0.1 -U postgres -d postgres -qc \
-                "DROP DATABASE IF EXISTS keyward_bench_create" 2>/dev/null; then
-                echo "postgres: SKIPPED (no PostgreSQL on 127.0.0.1:5432)"
+            if ! command -v psql >/dev/null; then
+                echo "postgres: SKIPPED (no psql)"
+                continue
+            fi
+            if ! err=$(psql -w -h 127.0.0.1 -U postgres -d postgres -qc \
+                "DROP DATABASE IF EXISTS keyward_bench_create" 2>&1); then
+                echo "postgres: SKIPPED ($err)"
                 continue
             fi
             db="postgres://postgres@127.0.0.1:5432/keyward_bench_create"
@@ -81,6 +90,7 @@ for backend in $BENCH_BACKENDS; do
     "$bin" serve >"$dir/serve-$backend.log" 2>&1 &
     server=$!
     for _ in $(seq 100); do curl -sf "$url/healthz" >/dev/null && break; sleep 0.1; done
+    kill -0 "$server" 2>/dev/null || { echo "bench-create: keyward serve stopped" >&2; exit 1; }
     ks=$(curl -sf -H "Authorization: Bearer $token" -H 'content-type: application/json' \
         -d "{\"name\":\"bench\",\"prefix\":\"bench$backend\"}" "$url/v1/keyspaces" | jq -r .id)
     requests "$url" "$token" "$ks" 0 >"$dir/one.cfg"
@@ -92,7 +102,7 @@ for backend in $BENCH_BACKENDS; do
     predicted=$(curl -s "$url/metrics" | awk '$1 == "keyward_keys_created_predicted_total" {print $2}')
     chain=$(curl -s -H "Authorization: Bearer $token" "$url/v1/audit/verify" | jq -c '{ok, events}')
     echo "$backend: $predicted of $((2 * BENCH_CREATES)) created in one round trip; audit chain $chain"
-    kill "$server"
+    kill "$server" 2>/dev/null || true
     wait "$server" 2>/dev/null || true
     server=""
 done

@@ -353,6 +353,9 @@ async fn check_owner_limit(
     Ok(())
 }
 
+/// How long a key's creation waits for the node's creations before it (see `create_key`).
+const CREATE_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
 pub async fn create_key(
     st: &Control,
     who: &Allowed<'_, WriteKeys>,
@@ -394,8 +397,12 @@ pub async fn create_key(
         return Err(not_found("keyspace", &input.keyspace_id));
     }
     // This node's creations go one at a time: they would wait for the write lock one after
-    // another anyway, and in turn each follows the one before, so that it can be guessed.
-    let _one_at_a_time = st.creating.lock().await;
+    // another anyway, and in turn each follows the one before, so that it can be guessed. A
+    // create that waited `CREATE_QUEUE_WAIT` for its turn goes ahead without it (a transaction,
+    // most likely): one stuck create must not hold up every other.
+    let _one_at_a_time = tokio::time::timeout(CREATE_QUEUE_WAIT, st.creating.lock())
+        .await
+        .ok();
     // One round trip when this node's last commit left all the checks need (the keyspace, and
     // no owner limit to count) and they pass: see `Store::create_key_predicted`. Else, or when
     // the lock moved on since, a transaction, whose checks decide (a refusal here may rest on
