@@ -76,6 +76,8 @@ pub struct Control {
     pub(crate) gate: Arc<tokio::sync::Mutex<()>>,
     /// This node's key creations, one at a time (see `service::create_key`).
     pub(crate) creating: Arc<tokio::sync::Mutex<()>>,
+    /// Creations that had their turn and finished (see `service::create_key`).
+    pub(crate) creations_done: Arc<std::sync::atomic::AtomicU64>,
     /// Wakes the webhook delivery worker when a change enqueued events.
     pub(crate) webhook_wake: Arc<tokio::sync::Notify>,
     /// Whether webhook URLs may name internal addresses (`KEYWARD_WEBHOOK_ALLOW_PRIVATE`).
@@ -142,6 +144,7 @@ impl AppState {
                 metrics,
                 gate: Arc::new(tokio::sync::Mutex::new(())),
                 creating: Arc::new(tokio::sync::Mutex::new(())),
+                creations_done: Arc::default(),
                 webhook_wake: Arc::new(tokio::sync::Notify::new()),
                 webhook_allow_private: config.webhook_allow_private,
                 circuits: Arc::default(),

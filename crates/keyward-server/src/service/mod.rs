@@ -353,8 +353,43 @@ async fn check_owner_limit(
     Ok(())
 }
 
-/// How long a key's creation waits for the node's creations before it (see `create_key`).
-const CREATE_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+/// How long a key's creation waits for its turn while no creation of the node finishes (see
+/// [`creating_turn`]).
+const CREATE_STALL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// This node's creations one at a time: the turn of one, counted as done when dropped.
+struct CreatingTurn<'a> {
+    _turn: tokio::sync::MutexGuard<'a, ()>,
+    done: &'a std::sync::atomic::AtomicU64,
+}
+
+impl Drop for CreatingTurn<'_> {
+    fn drop(&mut self) {
+        self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Waits for this create's turn among the node's creations (`Control::creating`). While the
+/// queue moves it waits however long, but when no creation finished for [`CREATE_STALL`] it
+/// goes ahead without a turn (`None`: a transaction, most likely): one stuck create must not
+/// hold up every other.
+async fn creating_turn(st: &Control) -> Option<CreatingTurn<'_>> {
+    use std::sync::atomic::Ordering;
+    let done = &st.creations_done;
+    let mut seen = done.load(Ordering::Relaxed);
+    loop {
+        match tokio::time::timeout(CREATE_STALL, st.creating.lock()).await {
+            Ok(turn) => return Some(CreatingTurn { _turn: turn, done }),
+            Err(_) => {
+                let now = done.load(Ordering::Relaxed);
+                if now == seen {
+                    return None;
+                }
+                seen = now;
+            }
+        }
+    }
+}
 
 pub async fn create_key(
     st: &Control,
@@ -397,12 +432,8 @@ pub async fn create_key(
         return Err(not_found("keyspace", &input.keyspace_id));
     }
     // This node's creations go one at a time: they would wait for the write lock one after
-    // another anyway, and in turn each follows the one before, so that it can be guessed. A
-    // create that waited `CREATE_QUEUE_WAIT` for its turn goes ahead without it (a transaction,
-    // most likely): one stuck create must not hold up every other.
-    let _one_at_a_time = tokio::time::timeout(CREATE_QUEUE_WAIT, st.creating.lock())
-        .await
-        .ok();
+    // another anyway, and in turn each follows the one before, so that it can be guessed.
+    let _one_at_a_time = creating_turn(st).await;
     // One round trip when this node's last commit left all the checks need (the keyspace, and
     // no owner limit to count) and they pass: see `Store::create_key_predicted`. Else, or when
     // the lock moved on since, a transaction, whose checks decide (a refusal here may rest on
