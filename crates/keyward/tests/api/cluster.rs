@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::both;
-use crate::helpers::{spawn_node, TestApp};
+use crate::helpers::{create_keys_at_once, spawn_node, TestApp};
 
 async fn wait_for(node: &TestApp, key: &str, code: &str) -> Duration {
     let started = Instant::now();
@@ -415,28 +415,13 @@ async fn keys_created_on_two_nodes_follow_the_latest_policy_and_chain_unbroken(a
     .expect(201);
     made += 1;
     // Two nodes at once, 30 keys each, all in flight together.
-    let mut tasks = Vec::new();
-    for i in 0..60 {
-        let node = if i % 2 == 0 { &a } else { &b };
-        let (http, url, admin) = (node.http.clone(), node.url.clone(), node.admin.clone());
-        let body = json!({"keyspace_id": ks, "name": format!("k{i}")});
-        tasks.push(tokio::spawn(async move {
-            let r = http
-                .post(format!("{url}/v1/keys"))
-                .bearer_auth(admin)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 201);
-            let body: serde_json::Value = r.json().await.unwrap();
-            body["id"].as_str().unwrap().to_string()
-        }));
-    }
-    let mut created = Vec::new();
-    for t in tasks {
-        created.push(t.await.unwrap());
-    }
+    let bodies = (0..60).map(|i| json!({"keyspace_id": ks, "name": format!("k{i}")}));
+    let answers = create_keys_at_once(&[&a, &b], bodies.collect()).await;
+    assert!(
+        answers.iter().all(|(status, _)| *status == 201),
+        "{answers:?}"
+    );
+    let created: Vec<String> = answers.into_iter().map(|(_, id)| id).collect();
     let mut ids = created;
     ids.sort();
     ids.dedup();

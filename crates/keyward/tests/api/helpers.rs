@@ -600,6 +600,33 @@ pub async fn post_verify(http: &reqwest::Client, url: &str, body: &Value) -> Val
         .unwrap()
 }
 
+/// `POST /v1/keys` with each of `bodies`, all at once, body `i` on node `i % nodes` (as the
+/// admin): each answer's status and id, in the order of `bodies`.
+pub async fn create_keys_at_once(nodes: &[&TestApp], bodies: Vec<Value>) -> Vec<(u16, String)> {
+    let mut tasks = Vec::new();
+    for (i, body) in bodies.into_iter().enumerate() {
+        let node = nodes[i % nodes.len()];
+        let (http, url, admin) = (node.http.clone(), node.url.clone(), node.admin.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = http
+                .post(format!("{url}/v1/keys"))
+                .bearer_auth(admin)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap();
+            (status, body["id"].as_str().unwrap_or_default().to_string())
+        }));
+    }
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    answers
+}
+
 /// `n` verifications, concurrently, request `i` on node `i % nodes` with key `i % keys`;
 /// counts VALID.
 pub async fn spread(nodes: &[&TestApp], keys: &[String], n: usize) -> usize {
