@@ -10,7 +10,7 @@
 /// This file's SQL for one backend (`$unrolled`: where its roll-up reads a batch of un-rolled
 /// minutes from, see `rollup_in`).
 macro_rules! for_backend {
-    ($DB:ty, $unrolled:literal, $keyset:literal) => {
+    ($DB:ty, $unrolled:literal, $keyset:literal, $batch:ident) => {
         use keyward_core::kinds::Granularity;
         use keyward_core::model::Source;
         use keyward_core::time::Timestamp;
@@ -19,12 +19,12 @@ macro_rules! for_backend {
         use crate::{Bucket, MinuteCount, Result, SourceSeen, Totals, UsageDelta, MAX_SOURCES_PER_KEY};
 
         const MINUTE: i64 = 60_000;
-        /// Rows a multi-row upsert writes at most (five bound values a row at most).
-        const ROWS_PER_STATEMENT: usize = 200;
         /// Keys an `IN` list holds at most.
         const KEYS_PER_STATEMENT: usize = 500;
 
         // ---- writing a batch ----
+
+        crate::sql::usage::upserts!($DB, $batch);
 
         /// Writes a batch of usage counts in one transaction of its own.
         pub(super) async fn apply_usage(pool: &sqlx::Pool<$DB>, node: &str, deltas: &[UsageDelta]) -> Result<()> {
@@ -50,19 +50,7 @@ macro_rules! for_backend {
                 c.2 = c.2.max(d.last_used_at.map(|t| t.millis()).unwrap_or(-1));
             }
             let counters: Vec<_> = counters.into_iter().collect();
-            for chunk in counters.chunks(ROWS_PER_STATEMENT) {
-                let mut q = sqlx::QueryBuilder::<$DB>::new("INSERT INTO key_counters (key_id, calls, denied, last_used_at) ");
-                q.push_values(chunk, |mut b, (key_id, (calls, denied, last))| {
-                    b.push_bind(key_id.to_string()).push_bind(*calls).push_bind(*denied).push_bind((*last >= 0).then_some(*last));
-                });
-                q.push(
-                    " ON CONFLICT (key_id) DO UPDATE SET calls = key_counters.calls + excluded.calls, \
-                     denied = key_counters.denied + excluded.denied, \
-                     last_used_at = CASE WHEN excluded.last_used_at > COALESCE(key_counters.last_used_at, -1) \
-                     THEN excluded.last_used_at ELSE key_counters.last_used_at END",
-                );
-                q.build().execute(&mut *conn).await.map_err(map_err)?;
-            }
+            write_counters(&mut *conn, &counters).await?;
             // Minute buckets only (hours and days are rolled up by the sweep, see
             // `rollup_usage`), summed here so that each row appears once per statement.
             let mut rows: std::collections::BTreeMap<(&str, &str, i64, &str), i64> = std::collections::BTreeMap::new();
@@ -74,25 +62,6 @@ macro_rules! for_backend {
             let rows: Vec<_> = rows.into_iter().collect();
             upsert_buckets(&mut *conn, &rows).await?;
             usage_rest(&mut *conn, node, deltas).await
-        }
-
-        async fn upsert_buckets(
-            conn: &mut <$DB as sqlx::Database>::Connection,
-            rows: &[((&str, &str, i64, &str), i64)],
-        ) -> Result<()> {
-            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-                let mut q = sqlx::QueryBuilder::<$DB>::new("INSERT INTO usage_buckets (key_id, granularity, start_at, code, n) ");
-                q.push_values(chunk, |mut b, ((key_id, g, start, code), n)| {
-                    b.push_bind(key_id.to_string())
-                        .push_bind(g.to_string())
-                        .push_bind(*start)
-                        .push_bind(code.to_string())
-                        .push_bind(*n);
-                });
-                q.push(" ON CONFLICT (key_id, granularity, start_at, code) DO UPDATE SET n = usage_buckets.n + excluded.n");
-                q.build().execute(&mut *conn).await.map_err(map_err)?;
-            }
-            Ok(())
         }
 
         async fn usage_rest(conn: &mut <$DB as sqlx::Database>::Connection, node: &str, deltas: &[UsageDelta]) -> Result<()> {
@@ -124,17 +93,7 @@ macro_rules! for_backend {
                 }
             }
             let seen: Vec<_> = seen.into_iter().collect();
-            for chunk in seen.chunks(ROWS_PER_STATEMENT) {
-                let mut q = sqlx::QueryBuilder::<$DB>::new("INSERT INTO key_sources (key_id, ip, first_seen, last_seen, n) ");
-                q.push_values(chunk, |mut b, ((key_id, ip), (first, last, n))| {
-                    b.push_bind(key_id.to_string()).push_bind(ip.to_string()).push_bind(*first).push_bind(*last).push_bind(*n);
-                });
-                q.push(
-                    " ON CONFLICT (key_id, ip) DO UPDATE SET n = key_sources.n + excluded.n, \
-                     last_seen = CASE WHEN excluded.last_seen > key_sources.last_seen THEN excluded.last_seen ELSE key_sources.last_seen END",
-                );
-                q.build().execute(&mut *conn).await.map_err(map_err)?;
-            }
+            write_sources(&mut *conn, &seen).await?;
             let mut keys: Vec<String> = seen.iter().map(|((key_id, _), _)| key_id.to_string()).collect();
             keys.dedup();
             for chunk in keys.chunks(KEYS_PER_STATEMENT) {
@@ -354,3 +313,150 @@ macro_rules! for_backend {
     };
 }
 pub(super) use for_backend;
+
+/// The three multi-row upserts of a usage batch (key counters, buckets, source addresses), in
+/// one of two forms: `values`, rows of bound values in statements of `ROWS_PER_STATEMENT`
+/// rows (SQLite: a statement binds at most 32,766 values); `arrays`, one array a column
+/// expanded by `UNNEST` in statements of `ARRAY_ROWS` rows (PostgreSQL: its planner's and
+/// parser's time per bound value made thousands of them most of a flush's database CPU).
+/// Rows come sorted by their key (the order PostgreSQL locks them in, see `rollup_in`) and
+/// unique within a batch, as `ON CONFLICT … DO UPDATE` requires.
+macro_rules! upserts {
+    ($DB:ty, values) => {
+        /// Rows a multi-row upsert writes at most (five bound values a row at most).
+        const ROWS_PER_STATEMENT: usize = 200;
+
+        /// Counter rows: key, calls, denied, last use (-1: none).
+        async fn write_counters(conn: &mut <$DB as sqlx::Database>::Connection, rows: &[(&str, (i64, i64, i64))]) -> Result<()> {
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                let mut q = sqlx::QueryBuilder::<$DB>::new("INSERT INTO key_counters (key_id, calls, denied, last_used_at) ");
+                q.push_values(chunk, |mut b, (key_id, (calls, denied, last))| {
+                    b.push_bind(key_id.to_string()).push_bind(*calls).push_bind(*denied).push_bind((*last >= 0).then_some(*last));
+                });
+                q.push(crate::sql::usage::COUNTERS_CONFLICT);
+                q.build().execute(&mut *conn).await.map_err(map_err)?;
+            }
+            Ok(())
+        }
+
+        /// Bucket rows: (key, granularity, start, code), count.
+        async fn upsert_buckets(conn: &mut <$DB as sqlx::Database>::Connection, rows: &[((&str, &str, i64, &str), i64)]) -> Result<()> {
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                let mut q = sqlx::QueryBuilder::<$DB>::new("INSERT INTO usage_buckets (key_id, granularity, start_at, code, n) ");
+                q.push_values(chunk, |mut b, ((key_id, g, start, code), n)| {
+                    b.push_bind(key_id.to_string()).push_bind(g.to_string()).push_bind(*start).push_bind(code.to_string()).push_bind(*n);
+                });
+                q.push(crate::sql::usage::BUCKETS_CONFLICT);
+                q.build().execute(&mut *conn).await.map_err(map_err)?;
+            }
+            Ok(())
+        }
+
+        /// Source rows: (key, address), (first seen, last seen, count).
+        async fn write_sources(conn: &mut <$DB as sqlx::Database>::Connection, rows: &[((&str, &str), (i64, i64, i64))]) -> Result<()> {
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                let mut q = sqlx::QueryBuilder::<$DB>::new("INSERT INTO key_sources (key_id, ip, first_seen, last_seen, n) ");
+                q.push_values(chunk, |mut b, ((key_id, ip), (first, last, n))| {
+                    b.push_bind(key_id.to_string()).push_bind(ip.to_string()).push_bind(*first).push_bind(*last).push_bind(*n);
+                });
+                q.push(crate::sql::usage::SOURCES_CONFLICT);
+                q.build().execute(&mut *conn).await.map_err(map_err)?;
+            }
+            Ok(())
+        }
+    };
+    ($DB:ty, arrays) => {
+        /// Rows an array statement writes at most.
+        const ARRAY_ROWS: usize = 5000;
+
+        /// Counter rows: key, calls, denied, last use (-1: none).
+        async fn write_counters(conn: &mut <$DB as sqlx::Database>::Connection, rows: &[(&str, (i64, i64, i64))]) -> Result<()> {
+            for chunk in rows.chunks(ARRAY_ROWS) {
+                let sql = concat!(
+                    "INSERT INTO key_counters (key_id, calls, denied, last_used_at) \
+                     SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[])",
+                    crate::sql::usage::counters_conflict!()
+                );
+                sqlx::query(sql)
+                    .bind(chunk.iter().map(|(k, _)| k.to_string()).collect::<Vec<_>>())
+                    .bind(chunk.iter().map(|(_, c)| c.0).collect::<Vec<_>>())
+                    .bind(chunk.iter().map(|(_, c)| c.1).collect::<Vec<_>>())
+                    .bind(chunk.iter().map(|(_, c)| (c.2 >= 0).then_some(c.2)).collect::<Vec<_>>())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(map_err)?;
+            }
+            Ok(())
+        }
+
+        /// Bucket rows: (key, granularity, start, code), count.
+        async fn upsert_buckets(conn: &mut <$DB as sqlx::Database>::Connection, rows: &[((&str, &str, i64, &str), i64)]) -> Result<()> {
+            for chunk in rows.chunks(ARRAY_ROWS) {
+                let sql = concat!(
+                    "INSERT INTO usage_buckets (key_id, granularity, start_at, code, n) \
+                     SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[])",
+                    crate::sql::usage::buckets_conflict!()
+                );
+                sqlx::query(sql)
+                    .bind(chunk.iter().map(|((k, ..), _)| k.to_string()).collect::<Vec<_>>())
+                    .bind(chunk.iter().map(|((_, g, ..), _)| g.to_string()).collect::<Vec<_>>())
+                    .bind(chunk.iter().map(|((_, _, start, _), _)| *start).collect::<Vec<_>>())
+                    .bind(chunk.iter().map(|((.., code), _)| code.to_string()).collect::<Vec<_>>())
+                    .bind(chunk.iter().map(|(_, n)| *n).collect::<Vec<_>>())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(map_err)?;
+            }
+            Ok(())
+        }
+
+        /// Source rows: (key, address), (first seen, last seen, count).
+        async fn write_sources(conn: &mut <$DB as sqlx::Database>::Connection, rows: &[((&str, &str), (i64, i64, i64))]) -> Result<()> {
+            for chunk in rows.chunks(ARRAY_ROWS) {
+                let sql = concat!(
+                    "INSERT INTO key_sources (key_id, ip, first_seen, last_seen, n) \
+                     SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[])",
+                    crate::sql::usage::sources_conflict!()
+                );
+                sqlx::query(sql)
+                    .bind(chunk.iter().map(|((k, _), _)| k.to_string()).collect::<Vec<_>>())
+                    .bind(chunk.iter().map(|((_, ip), _)| ip.to_string()).collect::<Vec<_>>())
+                    .bind(chunk.iter().map(|(_, s)| s.0).collect::<Vec<_>>())
+                    .bind(chunk.iter().map(|(_, s)| s.1).collect::<Vec<_>>())
+                    .bind(chunk.iter().map(|(_, s)| s.2).collect::<Vec<_>>())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(map_err)?;
+            }
+            Ok(())
+        }
+    };
+}
+pub(super) use upserts;
+
+/// What each upsert does with a row already there (shared by both forms of [`upserts`]).
+macro_rules! counters_conflict {
+    () => {
+        " ON CONFLICT (key_id) DO UPDATE SET calls = key_counters.calls + excluded.calls, \
+         denied = key_counters.denied + excluded.denied, \
+         last_used_at = CASE WHEN excluded.last_used_at > COALESCE(key_counters.last_used_at, -1) \
+         THEN excluded.last_used_at ELSE key_counters.last_used_at END"
+    };
+}
+pub(super) use counters_conflict;
+macro_rules! buckets_conflict {
+    () => {
+        " ON CONFLICT (key_id, granularity, start_at, code) DO UPDATE SET n = usage_buckets.n + excluded.n"
+    };
+}
+pub(super) use buckets_conflict;
+macro_rules! sources_conflict {
+    () => {
+        " ON CONFLICT (key_id, ip) DO UPDATE SET n = key_sources.n + excluded.n, \
+         last_seen = CASE WHEN excluded.last_seen > key_sources.last_seen THEN excluded.last_seen ELSE key_sources.last_seen END"
+    };
+}
+pub(super) use sources_conflict;
+pub(super) const COUNTERS_CONFLICT: &str = counters_conflict!();
+pub(super) const BUCKETS_CONFLICT: &str = buckets_conflict!();
+pub(super) const SOURCES_CONFLICT: &str = sources_conflict!();
