@@ -44,6 +44,7 @@ macro_rules! migrations {
             13 => "0013_usage_pipeline.sql",
             14 => "0014_counter_fillfactor.sql",
             15 => "0015_feed_notify_origin.sql",
+            16 => "0016_usage_dirty.sql",
         )
     };
     ($dir:literal: $($version:literal => $file:literal),* $(,)?) => {

@@ -279,12 +279,12 @@ sql_backend!(
     "postgres",
     "strpos",
     // Locked in primary key order (the flusher's), read in that order from the partial index
-    // of un-rolled minutes by key (migration 0013), after the previous batch's last row: a
+    // of dirty minutes by key (migrations 0013 and 0016), after the previous batch's last row: a
     // batch reads its own rows and the current minute's of its keys, not every un-rolled row
     // (sorting all of them for each batch made a roll-up of a million minutes quadratic).
     // Byte order (`COLLATE "C"`, as the index): the order the flusher writes rows in, and the
     // order the cursor is computed in.
-    "FROM usage_buckets WHERE granularity = 'm' AND n <> rolled AND start_at < $1 \
+    "FROM usage_buckets WHERE granularity = 'm' AND dirty AND start_at < $1 \
      AND (key_id COLLATE \"C\", start_at, code COLLATE \"C\") > ($3, $4, $5) \
      ORDER BY key_id COLLATE \"C\", start_at, code COLLATE \"C\" LIMIT $2 FOR UPDATE",
     true,

@@ -4,7 +4,10 @@
 //!
 //! Invariants: a flush writes minute buckets only; the roll-up moves each minute's gain into its
 //! hour and day exactly once (`n - rolled`), and reads of hours and days add what is not rolled
-//! up yet, in the same statement. A minute bucket is pruned only once it is rolled up. At most
+//! up yet, in the same statement. A minute bucket whose `n` grew since its last roll-up is
+//! `dirty` (set by the write that adds to it, cleared by the roll-up that moves the gain): the
+//! index PostgreSQL's roll-up reads, so that a flush changes no indexed column (migration
+//! 0016). A minute bucket is pruned only once it is rolled up. At most
 //! [`MAX_SOURCES_PER_KEY`](crate::MAX_SOURCES_PER_KEY) source addresses are kept per key.
 
 /// This file's SQL for one backend (`$unrolled`: where its roll-up reads a batch of un-rolled
@@ -144,12 +147,12 @@ macro_rules! for_backend {
             after: &mut (String, i64, String),
         ) -> Result<u64> {
             let sql = concat!(
-                "UPDATE usage_buckets SET pending = usage_buckets.n - usage_buckets.rolled, rolled = usage_buckets.n \
+                "UPDATE usage_buckets SET pending = usage_buckets.n - usage_buckets.rolled, rolled = usage_buckets.n, dirty = FALSE \
                  FROM (SELECT key_id, granularity, start_at, code ",
                 $unrolled,
                 ") AS c WHERE usage_buckets.key_id = c.key_id AND usage_buckets.granularity = c.granularity \
                  AND usage_buckets.start_at = c.start_at AND usage_buckets.code = c.code \
-                 AND usage_buckets.n <> usage_buckets.rolled \
+                 AND (usage_buckets.n <> usage_buckets.rolled OR usage_buckets.dirty) \
                  RETURNING usage_buckets.key_id, usage_buckets.start_at, usage_buckets.code, usage_buckets.pending"
             );
             let mut q = sqlx::query(sql).bind(before.millis()).bind(limit);
@@ -342,9 +345,14 @@ macro_rules! upserts {
         /// Bucket rows: (key, granularity, start, code), count.
         async fn upsert_buckets(conn: &mut <$DB as sqlx::Database>::Connection, rows: &[((&str, &str, i64, &str), i64)]) -> Result<()> {
             for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-                let mut q = sqlx::QueryBuilder::<$DB>::new("INSERT INTO usage_buckets (key_id, granularity, start_at, code, n) ");
+                let mut q = sqlx::QueryBuilder::<$DB>::new("INSERT INTO usage_buckets (key_id, granularity, start_at, code, n, dirty) ");
                 q.push_values(chunk, |mut b, ((key_id, g, start, code), n)| {
-                    b.push_bind(key_id.to_string()).push_bind(g.to_string()).push_bind(*start).push_bind(code.to_string()).push_bind(*n);
+                    b.push_bind(key_id.to_string())
+                        .push_bind(g.to_string())
+                        .push_bind(*start)
+                        .push_bind(code.to_string())
+                        .push_bind(*n)
+                        .push_bind(*g == "m");
                 });
                 q.push(crate::sql::usage::BUCKETS_CONFLICT);
                 q.build().execute(&mut *conn).await.map_err(map_err)?;
@@ -393,8 +401,8 @@ macro_rules! upserts {
         async fn upsert_buckets(conn: &mut <$DB as sqlx::Database>::Connection, rows: &[((&str, &str, i64, &str), i64)]) -> Result<()> {
             for chunk in rows.chunks(ARRAY_ROWS) {
                 let sql = concat!(
-                    "INSERT INTO usage_buckets (key_id, granularity, start_at, code, n) \
-                     SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[])",
+                    "INSERT INTO usage_buckets (key_id, granularity, start_at, code, n, dirty) \
+                     SELECT k, g, s, c, n, g = 'm' FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[]) AS r (k, g, s, c, n)",
                     crate::sql::usage::buckets_conflict!()
                 );
                 sqlx::query(sql)
@@ -446,7 +454,7 @@ macro_rules! counters_conflict {
 pub(super) use counters_conflict;
 macro_rules! buckets_conflict {
     () => {
-        " ON CONFLICT (key_id, granularity, start_at, code) DO UPDATE SET n = usage_buckets.n + excluded.n"
+        " ON CONFLICT (key_id, granularity, start_at, code) DO UPDATE SET n = usage_buckets.n + excluded.n, dirty = excluded.dirty"
     };
 }
 pub(super) use buckets_conflict;

@@ -198,6 +198,7 @@ fn expected_migrations(db: &TestDb) -> Vec<(i64, String, Vec<u8>)> {
         "usage pipeline",
         "counter fillfactor",
         "feed notify origin",
+        "usage dirty",
     ];
     let newer = [
         (
@@ -244,6 +245,11 @@ fn expected_migrations(db: &TestDb) -> Vec<(i64, String, Vec<u8>)> {
             15,
             include_str!("../../migrations/sqlite/0015_feed_notify_origin.sql"),
             include_str!("../../migrations/postgres/0015_feed_notify_origin.sql"),
+        ),
+        (
+            16,
+            include_str!("../../migrations/sqlite/0016_usage_dirty.sql"),
+            include_str!("../../migrations/postgres/0016_usage_dirty.sql"),
         ),
     ];
     OLD_MIGRATIONS
@@ -368,7 +374,7 @@ async fn nodes_opening_an_old_database_at_once_carry_it_over_once(db: &TestDb) {
     let applied = db.migrations_table().await;
     assert_eq!(
         applied.iter().map(|r| r.version).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]
     );
     assert!(applied[..6].iter().all(|r| r.execution_time == -1));
 }
@@ -400,7 +406,7 @@ async fn an_edited_applied_migration_stops_open(db: &TestDb) {
     let after = db.migrations_table().await;
     assert_eq!(
         after.iter().map(|r| r.version).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12, 13, 14, 15]
+        vec![1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]
     );
     assert_eq!(after[2].checksum, vec![0u8; 48]);
 
