@@ -41,14 +41,14 @@ mod webhooks;
 
 /// Instantiates every concern's SQL for one backend, inside that backend's module (which defines
 /// `$Store` with `pool` and `node`, and its `signal`), and implements [`Store`] and [`StoreTx`]
-/// for it. `$name` is [`Store::backend`]; `$instr`, `$unrolled`, `$keyset`, `$batch` and `$json_rows`
-/// are the dialect differences (see `keys.rs`, `usage.rs` and `common::json_rows_around`).
+/// for it. `$name` is [`Store::backend`]; `$instr`, `$unrolled`, `$keyset`, `$gained`, `$batch`
+/// and `$json_rows` are the dialect differences (see `keys.rs`, `usage.rs` and `common::json_rows_around`).
 ///
 /// [`Store`]: crate::Store
 /// [`StoreTx`]: crate::StoreTx
 /// [`Store::backend`]: crate::Store::backend
 macro_rules! sql_backend {
-    ($Store:ident, $Tx:ident, $DB:ty, $Row:ty, $name:literal, $instr:literal, $unrolled:literal, $keyset:literal, $batch:ident, $json_rows:expr) => {
+    ($Store:ident, $Tx:ident, $DB:ty, $Row:ty, $name:literal, $instr:literal, $unrolled:literal, $keyset:literal, $gained:literal, $batch:ident, $json_rows:expr) => {
         mod anomalies {
             crate::sql::anomalies::for_backend!($DB, $Row);
         }
@@ -74,7 +74,7 @@ macro_rules! sql_backend {
             crate::sql::tokens::for_backend!($DB, $Row);
         }
         mod usage {
-            crate::sql::usage::for_backend!($DB, $unrolled, $keyset, $batch);
+            crate::sql::usage::for_backend!($DB, $unrolled, $keyset, $gained, $batch);
         }
         mod users {
             crate::sql::users::for_backend!($Store, $Tx, $DB, $Row);

@@ -210,6 +210,8 @@ sql_backend!(
      WHERE granularity = 'm' AND n <> rolled AND start_at < $1 ORDER BY start_at LIMIT $2",
     // Rolled minutes leave the index: each batch starts at its front, no cursor needed.
     false,
+    // Minutes not rolled up yet, as `usage_buckets_unrolled_idx` has it.
+    "n <> rolled",
     // Usage batches as rows of bound values (see `usage::upserts`).
     values,
     // Whole-table walks read a page as one JSON text (see `common::json_rows_around`).

@@ -4,16 +4,17 @@
 //!
 //! Invariants: a flush writes minute buckets only; the roll-up moves each minute's gain into its
 //! hour and day exactly once (`n - rolled`), and reads of hours and days add what is not rolled
-//! up yet, in the same statement. A minute bucket whose `n` grew since its last roll-up is
-//! `dirty` (set by the write that adds to it, cleared by the roll-up that moves the gain): the
-//! index PostgreSQL's roll-up reads, so that a flush changes no indexed column (migration
-//! 0016). A minute bucket is pruned only once it is rolled up. At most
+//! up yet, in the same statement. A minute bucket is pruned only once it is rolled up. On
+//! PostgreSQL the minutes not rolled up yet are found by a generated column, `dirty` (`n <>
+//! rolled`, migration 0016), which no writer sets: a flush's addition leaves every indexed value
+//! as it was. At most
 //! [`MAX_SOURCES_PER_KEY`](crate::MAX_SOURCES_PER_KEY) source addresses are kept per key.
 
 /// This file's SQL for one backend (`$unrolled`: where its roll-up reads a batch of un-rolled
-/// minutes from, see `rollup_in`).
+/// minutes from, see `rollup_in`; `$gained`: the condition of a minute bucket with counts not
+/// rolled up yet, as its index has it, see `buckets_in`; `$batch`: see [`upserts`]).
 macro_rules! for_backend {
-    ($DB:ty, $unrolled:literal, $keyset:literal, $batch:ident) => {
+    ($DB:ty, $unrolled:literal, $keyset:literal, $gained:literal, $batch:ident) => {
         use keyward_core::kinds::Granularity;
         use keyward_core::model::Source;
         use keyward_core::time::Timestamp;
@@ -147,12 +148,12 @@ macro_rules! for_backend {
             after: &mut (String, i64, String),
         ) -> Result<u64> {
             let sql = concat!(
-                "UPDATE usage_buckets SET pending = usage_buckets.n - usage_buckets.rolled, rolled = usage_buckets.n, dirty = FALSE \
+                "UPDATE usage_buckets SET pending = usage_buckets.n - usage_buckets.rolled, rolled = usage_buckets.n \
                  FROM (SELECT key_id, granularity, start_at, code ",
                 $unrolled,
                 ") AS c WHERE usage_buckets.key_id = c.key_id AND usage_buckets.granularity = c.granularity \
                  AND usage_buckets.start_at = c.start_at AND usage_buckets.code = c.code \
-                 AND (usage_buckets.n <> usage_buckets.rolled OR usage_buckets.dirty) \
+                 AND usage_buckets.n <> usage_buckets.rolled \
                  RETURNING usage_buckets.key_id, usage_buckets.start_at, usage_buckets.code, usage_buckets.pending"
             );
             let mut q = sqlx::query(sql).bind(before.millis()).bind(limit);
@@ -234,7 +235,7 @@ macro_rules! for_backend {
             if len != MINUTE {
                 // Minute m belongs to bucket floor(m); floor(m) in [from, to) <=> m in [ceil(from), ceil(to)).
                 let ceil = |t: i64| t.div_euclid(len) * len + if t.rem_euclid(len) == 0 { 0 } else { len };
-                q.push(" UNION ALL SELECT key_id, start_at, code, n - rolled AS n FROM usage_buckets WHERE granularity = 'm' AND n <> rolled");
+                q.push(concat!(" UNION ALL SELECT key_id, start_at, code, n - rolled AS n FROM usage_buckets WHERE granularity = 'm' AND ", $gained));
                 q.push(" AND start_at >= ").push_bind(ceil(from.millis()));
                 q.push(" AND start_at < ").push_bind(ceil(to.millis()));
                 key_filter(&mut q);
@@ -326,7 +327,7 @@ pub(super) use for_backend;
 /// unique within a batch, as `ON CONFLICT … DO UPDATE` requires.
 macro_rules! upserts {
     ($DB:ty, values) => {
-        /// Rows a multi-row upsert writes at most (five bound values a row at most).
+        /// Rows a multi-row upsert writes at most (five bound values a row).
         const ROWS_PER_STATEMENT: usize = 200;
 
         /// Counter rows: key, calls, denied, last use (-1: none).
@@ -345,14 +346,9 @@ macro_rules! upserts {
         /// Bucket rows: (key, granularity, start, code), count.
         async fn upsert_buckets(conn: &mut <$DB as sqlx::Database>::Connection, rows: &[((&str, &str, i64, &str), i64)]) -> Result<()> {
             for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-                let mut q = sqlx::QueryBuilder::<$DB>::new("INSERT INTO usage_buckets (key_id, granularity, start_at, code, n, dirty) ");
+                let mut q = sqlx::QueryBuilder::<$DB>::new("INSERT INTO usage_buckets (key_id, granularity, start_at, code, n) ");
                 q.push_values(chunk, |mut b, ((key_id, g, start, code), n)| {
-                    b.push_bind(key_id.to_string())
-                        .push_bind(g.to_string())
-                        .push_bind(*start)
-                        .push_bind(code.to_string())
-                        .push_bind(*n)
-                        .push_bind(*g == "m");
+                    b.push_bind(key_id.to_string()).push_bind(g.to_string()).push_bind(*start).push_bind(code.to_string()).push_bind(*n);
                 });
                 q.push(crate::sql::usage::BUCKETS_CONFLICT);
                 q.build().execute(&mut *conn).await.map_err(map_err)?;
@@ -401,8 +397,8 @@ macro_rules! upserts {
         async fn upsert_buckets(conn: &mut <$DB as sqlx::Database>::Connection, rows: &[((&str, &str, i64, &str), i64)]) -> Result<()> {
             for chunk in rows.chunks(ARRAY_ROWS) {
                 let sql = concat!(
-                    "INSERT INTO usage_buckets (key_id, granularity, start_at, code, n, dirty) \
-                     SELECT k, g, s, c, n, g = 'm' FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[]) AS r (k, g, s, c, n)",
+                    "INSERT INTO usage_buckets (key_id, granularity, start_at, code, n) \
+                     SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[])",
                     crate::sql::usage::buckets_conflict!()
                 );
                 sqlx::query(sql)
@@ -454,7 +450,7 @@ macro_rules! counters_conflict {
 pub(super) use counters_conflict;
 macro_rules! buckets_conflict {
     () => {
-        " ON CONFLICT (key_id, granularity, start_at, code) DO UPDATE SET n = usage_buckets.n + excluded.n, dirty = excluded.dirty"
+        " ON CONFLICT (key_id, granularity, start_at, code) DO UPDATE SET n = usage_buckets.n + excluded.n"
     };
 }
 pub(super) use buckets_conflict;

@@ -176,6 +176,83 @@ conformance!(unopened a_version_4_database_keeps_its_counts_and_buckets
     => sqlite_a_version_4_database_keeps_its_counts_and_buckets,
        postgres_a_version_4_database_keeps_its_counts_and_buckets);
 
+/// Minute buckets not rolled up yet when migration 16 (PostgreSQL's index of them by a generated
+/// column) is applied are still rolled up once, and read in hours meanwhile; rolled ones are not
+/// rolled again.
+async fn minutes_not_rolled_up_before_migration_16_are_rolled_up_after_it(db: &TestDb) {
+    macro_rules! files {
+        ($($f:literal),*) => {
+            [$((
+                include_str!(concat!("../../migrations/sqlite/", $f)),
+                include_str!(concat!("../../migrations/postgres/", $f)),
+            )),*]
+        };
+    }
+    let files = files!(
+        "0001_init.sql",
+        "0002_lifecycle_usage.sql",
+        "0003_users.sql",
+        "0004_quota_leases.sql",
+        "0005_usage_rollup.sql",
+        "0006_key_counters.sql",
+        "0007_route_rules.sql",
+        "0008_key_imports.sql",
+        "0009_identities.sql",
+        "0010_limits_refills.sql",
+        "0011_lock_tag_feed_notify.sql",
+        "0012_key_list_indexes.sql",
+        "0013_usage_pipeline.sql",
+        "0014_counter_fillfactor.sql",
+        "0015_feed_notify_origin.sql"
+    );
+    let (rolled, unrolled, hour) = (T0 + 60_000, T0 + 120_000, T0);
+    // Recorded as the release before the checksummed migrator did: carried over, then 16 runs.
+    let versions: Vec<String> = (1..=15).map(|v| format!("({v}, 0)")).collect();
+    db.execute_raw(
+        &files,
+        &format!(
+            "CREATE TABLE keyward_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL);
+             INSERT INTO keyward_migrations VALUES {};
+             INSERT INTO usage_buckets (key_id, granularity, start_at, code, n, rolled) VALUES
+                 ('key_a', 'm', {rolled}, 'VALID', 3, 3), ('key_a', 'h', {hour}, 'VALID', 3, 0),
+                 ('key_a', 'm', {unrolled}, 'VALID', 5, 0), ('key_b', 'm', {unrolled}, 'VALID', 2, 1),
+                 ('key_b', 'h', {hour}, 'VALID', 1, 0);",
+            versions.join(", ")
+        ),
+    )
+    .await;
+    let store = db.reopen().await;
+    let end = T0 + 86_400_000;
+    assert_eq!(
+        (
+            usage_total(&store, "m", end).await,
+            usage_total(&store, "h", end).await
+        ),
+        (10, 10)
+    );
+    // Exactly the two minutes with counts not rolled up, once.
+    assert_eq!(rollup_all(&store).await, 2);
+    assert_eq!(rollup_all(&store).await, 0);
+    store
+        .prune_usage(
+            keyward_core::kinds::Granularity::Minute,
+            Timestamp::from_millis(end),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            usage_total(&store, "m", end).await,
+            usage_total(&store, "h", end).await,
+            usage_total(&store, "d", end).await
+        ),
+        (0, 10, 6)
+    );
+}
+conformance!(unopened minutes_not_rolled_up_before_migration_16_are_rolled_up_after_it
+    => sqlite_minutes_not_rolled_up_before_migration_16_are_rolled_up_after_it,
+       postgres_minutes_not_rolled_up_before_migration_16_are_rolled_up_after_it);
+
 // ---- the checksummed migrator ----
 
 /// What sqlx records for each migration when it applies it itself: (version, description,
