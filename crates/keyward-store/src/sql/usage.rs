@@ -323,7 +323,8 @@ pub(super) use for_backend;
 /// rows (SQLite: a statement binds at most 32,766 values); `arrays`, one array a column
 /// expanded by `UNNEST` in statements of `ARRAY_ROWS` rows (PostgreSQL: its planner's and
 /// parser's time per bound value made thousands of them most of a flush's database CPU).
-/// Rows come sorted by their key (the order PostgreSQL locks them in, see `rollup_in`) and
+/// Rows come sorted by their key (the order PostgreSQL locks them in, see `rollup_in`; `UNNEST`
+/// reads an array's elements out in storage order, and the insert takes them as they come) and
 /// unique within a batch, as `ON CONFLICT … DO UPDATE` requires.
 macro_rules! upserts {
     ($DB:ty, values) => {
