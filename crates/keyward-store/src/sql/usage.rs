@@ -321,8 +321,9 @@ pub(super) use for_backend;
 /// The three multi-row upserts of a usage batch (key counters, buckets, source addresses), in
 /// one of two forms: `values`, rows of bound values in statements of `ROWS_PER_STATEMENT`
 /// rows (SQLite: a statement binds at most 32,766 values); `arrays`, one array a column
-/// expanded by `UNNEST` in statements of `ARRAY_ROWS` rows (PostgreSQL: its planner's and
-/// parser's time per bound value made thousands of them most of a flush's database CPU).
+/// expanded by `UNNEST` in statements of `ARRAY_ROWS` rows (PostgreSQL: encoding and sending a
+/// thousand bound values a statement cost keyward about twice what five arrays do; the
+/// database's time was the same).
 /// Rows come sorted by their key (the order PostgreSQL locks them in, see `rollup_in`; `UNNEST`
 /// reads an array's elements out in storage order, and the insert takes them as they come) and
 /// unique within a batch, as `ON CONFLICT … DO UPDATE` requires.
