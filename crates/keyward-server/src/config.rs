@@ -101,7 +101,8 @@ pub struct Config {
     /// also wakes the node at once through LISTEN/NOTIFY).
     #[arg(long = "feed-poll-ms", hide = true, default_value = "250", value_parser = millis)]
     pub feed_poll: Duration,
-    /// Milliseconds between looks for due webhook deliveries (new events also wake the worker).
+    /// Milliseconds between looks for due webhook deliveries (new events also wake the worker);
+    /// 0: this node runs no delivery worker (tests that deliver by hand, with nothing racing them).
     #[arg(long = "webhook-poll-ms", hide = true, default_value = "1000", value_parser = millis)]
     pub webhook_poll: Duration,
 }

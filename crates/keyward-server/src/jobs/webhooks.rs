@@ -317,6 +317,12 @@ pub(crate) async fn run(
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut shutdown = shutdown;
+    if every.is_zero() {
+        // No worker (`Config::webhook_poll` 0): deliveries are made by whoever calls
+        // `deliver_due`, as tests on a manual clock do, with nothing racing them.
+        let _ = shutdown.changed().await;
+        return;
+    }
     let mut workers = tokio::task::JoinSet::new();
     loop {
         match ready_groups(&st).await {

@@ -12,9 +12,7 @@ use crate::helpers::{spawn_node, spawn_with, Backend, Options, Receiver, TestApp
 fn manual() -> Options {
     let mut o = crate::helpers::manual();
     o.config.webhook_retry_base = std::time::Duration::from_millis(1000);
-    // The background worker then only wakes when a sweep or anomaly notifies it, so tests that
-    // count attempts drive delivery themselves.
-    o.config.webhook_poll = std::time::Duration::from_millis(3_600_000);
+    // No delivery worker (`helpers::manual`): tests that count attempts drive delivery.
     o
 }
 

@@ -53,14 +53,14 @@ impl Drop for TempDir {
 }
 
 /// Options with a manual clock that moves only with `app.advance(secs)`. Webhook deliveries
-/// are the test's to make (`app.deliver()`): the server's own worker looks for due deliveries
-/// only once an hour, so it does not race the test for them.
+/// are the test's to make (`app.deliver()`): the server runs no delivery worker, so nothing
+/// races the test for them (a worker woken by a new webhook once took a key's delivery first).
 pub fn manual() -> Options {
     let mut o = Options {
         manual_clock: true,
         ..Options::default()
     };
-    o.config.webhook_poll = std::time::Duration::from_secs(3600);
+    o.config.webhook_poll = std::time::Duration::ZERO;
     o
 }
 

@@ -6,11 +6,9 @@ use serde_json::{json, Value};
 use crate::both;
 use crate::helpers::{Options, Receiver, TestApp};
 
-/// A manual clock; the webhook worker wakes only when notified, so tests drive delivery.
+/// A manual clock and no webhook worker (`helpers::manual`): tests drive delivery.
 fn manual() -> Options {
-    let mut o = crate::helpers::manual();
-    o.config.webhook_poll = std::time::Duration::from_millis(3_600_000);
-    o
+    crate::helpers::manual()
 }
 
 fn sum_valid(r: &Value) -> i64 {
