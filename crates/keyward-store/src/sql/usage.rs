@@ -377,14 +377,14 @@ macro_rules! upserts {
 
         /// Counter rows: key, calls, denied, last use (-1: none).
         async fn write_counters(conn: &mut <$DB as sqlx::Database>::Connection, rows: &[(&str, (i64, i64, i64))]) -> Result<()> {
+            let sql = format!(
+                "INSERT INTO key_counters (key_id, calls, denied, last_used_at) \
+                 SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[]){}",
+                crate::sql::usage::COUNTERS_CONFLICT
+            );
             for chunk in rows.chunks(ARRAY_ROWS) {
-                let sql = concat!(
-                    "INSERT INTO key_counters (key_id, calls, denied, last_used_at) \
-                     SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[])",
-                    crate::sql::usage::counters_conflict!()
-                );
-                sqlx::query(sql)
-                    .bind(chunk.iter().map(|(k, _)| k.to_string()).collect::<Vec<_>>())
+                sqlx::query(&sql)
+                    .bind(chunk.iter().map(|(k, _)| *k).collect::<Vec<_>>())
                     .bind(chunk.iter().map(|(_, c)| c.0).collect::<Vec<_>>())
                     .bind(chunk.iter().map(|(_, c)| c.1).collect::<Vec<_>>())
                     .bind(chunk.iter().map(|(_, c)| (c.2 >= 0).then_some(c.2)).collect::<Vec<_>>())
@@ -397,17 +397,17 @@ macro_rules! upserts {
 
         /// Bucket rows: (key, granularity, start, code), count.
         async fn upsert_buckets(conn: &mut <$DB as sqlx::Database>::Connection, rows: &[((&str, &str, i64, &str), i64)]) -> Result<()> {
+            let sql = format!(
+                "INSERT INTO usage_buckets (key_id, granularity, start_at, code, n) \
+                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[]){}",
+                crate::sql::usage::BUCKETS_CONFLICT
+            );
             for chunk in rows.chunks(ARRAY_ROWS) {
-                let sql = concat!(
-                    "INSERT INTO usage_buckets (key_id, granularity, start_at, code, n) \
-                     SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[])",
-                    crate::sql::usage::buckets_conflict!()
-                );
-                sqlx::query(sql)
-                    .bind(chunk.iter().map(|((k, ..), _)| k.to_string()).collect::<Vec<_>>())
-                    .bind(chunk.iter().map(|((_, g, ..), _)| g.to_string()).collect::<Vec<_>>())
+                sqlx::query(&sql)
+                    .bind(chunk.iter().map(|((k, ..), _)| *k).collect::<Vec<_>>())
+                    .bind(chunk.iter().map(|((_, g, ..), _)| *g).collect::<Vec<_>>())
                     .bind(chunk.iter().map(|((_, _, start, _), _)| *start).collect::<Vec<_>>())
-                    .bind(chunk.iter().map(|((.., code), _)| code.to_string()).collect::<Vec<_>>())
+                    .bind(chunk.iter().map(|((.., code), _)| *code).collect::<Vec<_>>())
                     .bind(chunk.iter().map(|(_, n)| *n).collect::<Vec<_>>())
                     .execute(&mut *conn)
                     .await
@@ -418,15 +418,15 @@ macro_rules! upserts {
 
         /// Source rows: (key, address), (first seen, last seen, count).
         async fn write_sources(conn: &mut <$DB as sqlx::Database>::Connection, rows: &[((&str, &str), (i64, i64, i64))]) -> Result<()> {
+            let sql = format!(
+                "INSERT INTO key_sources (key_id, ip, first_seen, last_seen, n) \
+                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[]){}",
+                crate::sql::usage::SOURCES_CONFLICT
+            );
             for chunk in rows.chunks(ARRAY_ROWS) {
-                let sql = concat!(
-                    "INSERT INTO key_sources (key_id, ip, first_seen, last_seen, n) \
-                     SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[])",
-                    crate::sql::usage::sources_conflict!()
-                );
-                sqlx::query(sql)
-                    .bind(chunk.iter().map(|((k, _), _)| k.to_string()).collect::<Vec<_>>())
-                    .bind(chunk.iter().map(|((_, ip), _)| ip.to_string()).collect::<Vec<_>>())
+                sqlx::query(&sql)
+                    .bind(chunk.iter().map(|((k, _), _)| *k).collect::<Vec<_>>())
+                    .bind(chunk.iter().map(|((_, ip), _)| *ip).collect::<Vec<_>>())
                     .bind(chunk.iter().map(|(_, s)| s.0).collect::<Vec<_>>())
                     .bind(chunk.iter().map(|(_, s)| s.1).collect::<Vec<_>>())
                     .bind(chunk.iter().map(|(_, s)| s.2).collect::<Vec<_>>())
@@ -441,28 +441,12 @@ macro_rules! upserts {
 pub(super) use upserts;
 
 /// What each upsert does with a row already there (shared by both forms of [`upserts`]).
-macro_rules! counters_conflict {
-    () => {
-        " ON CONFLICT (key_id) DO UPDATE SET calls = key_counters.calls + excluded.calls, \
-         denied = key_counters.denied + excluded.denied, \
-         last_used_at = CASE WHEN excluded.last_used_at > COALESCE(key_counters.last_used_at, -1) \
-         THEN excluded.last_used_at ELSE key_counters.last_used_at END"
-    };
-}
-pub(super) use counters_conflict;
-macro_rules! buckets_conflict {
-    () => {
-        " ON CONFLICT (key_id, granularity, start_at, code) DO UPDATE SET n = usage_buckets.n + excluded.n"
-    };
-}
-pub(super) use buckets_conflict;
-macro_rules! sources_conflict {
-    () => {
-        " ON CONFLICT (key_id, ip) DO UPDATE SET n = key_sources.n + excluded.n, \
-         last_seen = CASE WHEN excluded.last_seen > key_sources.last_seen THEN excluded.last_seen ELSE key_sources.last_seen END"
-    };
-}
-pub(super) use sources_conflict;
-pub(super) const COUNTERS_CONFLICT: &str = counters_conflict!();
-pub(super) const BUCKETS_CONFLICT: &str = buckets_conflict!();
-pub(super) const SOURCES_CONFLICT: &str = sources_conflict!();
+pub(super) const COUNTERS_CONFLICT: &str =
+    " ON CONFLICT (key_id) DO UPDATE SET calls = key_counters.calls + excluded.calls, \
+     denied = key_counters.denied + excluded.denied, \
+     last_used_at = CASE WHEN excluded.last_used_at > COALESCE(key_counters.last_used_at, -1) \
+     THEN excluded.last_used_at ELSE key_counters.last_used_at END";
+pub(super) const BUCKETS_CONFLICT: &str =
+    " ON CONFLICT (key_id, granularity, start_at, code) DO UPDATE SET n = usage_buckets.n + excluded.n";
+pub(super) const SOURCES_CONFLICT: &str = " ON CONFLICT (key_id, ip) DO UPDATE SET n = key_sources.n + excluded.n, \
+     last_seen = CASE WHEN excluded.last_seen > key_sources.last_seen THEN excluded.last_seen ELSE key_sources.last_seen END";

@@ -509,12 +509,11 @@ async fn keyspace_policy_applies_unless_violations_are_allowed(app: TestApp) {
     // Created a day ago: never expiring exceeds the 90-day lifetime, while the default 180-day
     // inactivity revocation leaves it alone (created in January, the sweep could revoke it
     // before its verification below was flushed, and a revoked key has no findings).
-    let day_ago = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-        - 86_400_000;
-    let created_at = keyward_core::time::Timestamp::from_millis(day_ago).to_rfc3339();
+    use keyward_core::time::Clock;
+    let created_at = keyward_core::time::SystemClock
+        .now()
+        .plus_secs(-86_400)
+        .to_rfc3339();
     let record = json!({"plaintext": k, "owner": "acme", "created_at": created_at});
     let r = import(&app, &ks, json!({"keys": [record]})).await;
     assert_eq!(

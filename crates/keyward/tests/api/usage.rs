@@ -4,12 +4,7 @@
 use serde_json::{json, Value};
 
 use crate::both;
-use crate::helpers::{Options, Receiver, TestApp};
-
-/// A manual clock and no webhook worker (`helpers::manual`): tests drive delivery.
-fn manual() -> Options {
-    crate::helpers::manual()
-}
+use crate::helpers::{manual, Options, Receiver, TestApp};
 
 fn sum_valid(r: &Value) -> i64 {
     r["buckets"]
