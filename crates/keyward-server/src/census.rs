@@ -1,5 +1,5 @@
 //! What the dashboard overview's counts keep between views (see `dashboard::census`, which
-//! takes and serves them): a census per scope. A leaf module, so the state can hold it.
+//! takes, keeps and serves them): a count per keyspace. A leaf module, so the state can hold it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,7 +9,7 @@ use keyward_core::model::Key;
 use keyward_core::time::Timestamp;
 use keyward_store::KeyCensus;
 
-/// The counts of the keyspaces of one scope as of `at`.
+/// The counts of the keyspaces a view shows, as of `at` (the oldest of its keyspaces' counts).
 pub(crate) struct Census {
     pub(crate) per_keyspace: HashMap<String, KeyCensus>,
     /// The first live keys expiring within their warning window, soonest first.
@@ -17,7 +17,6 @@ pub(crate) struct Census {
     /// The first inactive live keys, least recently used first.
     pub(crate) inactive: Vec<Key>,
     pub(crate) at: Timestamp,
-    pub(crate) took: Duration,
 }
 
 impl Census {
@@ -42,13 +41,39 @@ impl Census {
     }
 }
 
-pub(crate) struct Slot {
-    pub(crate) census: Arc<Census>,
-    pub(crate) refreshing: bool,
+/// One keyspace's counts as of `at`, with the first keys of its two flagged lists.
+pub(crate) struct Part {
+    pub(crate) census: KeyCensus,
+    pub(crate) expiring: Vec<Key>,
+    pub(crate) inactive: Vec<Key>,
+    pub(crate) at: Timestamp,
+    pub(crate) took: Duration,
 }
 
-/// The censuses kept by this node, by scope.
+/// What this node keeps of one keyspace's counts.
 #[derive(Default)]
+pub(crate) struct Slot {
+    /// The kept counts (none: not taken yet, or not worth keeping).
+    pub(crate) part: Option<Arc<Part>>,
+    /// The counts are being taken again in the background.
+    pub(crate) refreshing: bool,
+    /// Held while the keyspace is counted: a view with nothing kept waits for a count under
+    /// way (the one taken at start) instead of taking a second one.
+    pub(crate) gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// The counts kept by this node, by keyspace.
 pub(crate) struct Cache {
-    pub(crate) slots: Mutex<HashMap<Vec<String>, Slot>>,
+    pub(crate) slots: Mutex<HashMap<String, Slot>>,
+    /// The count taken at start: `None` until it is done, then how many keyspaces it kept.
+    pub(crate) warmed: tokio::sync::watch::Sender<Option<usize>>,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache {
+            slots: Mutex::default(),
+            warmed: tokio::sync::watch::channel(None).0,
+        }
+    }
 }

@@ -133,6 +133,15 @@ pub async fn serve_with(
         jobs::webhooks::Deliverer::from_config(&state.config),
         stop_tx.subscribe(),
     ));
+    let warmer = {
+        let (st, mut stop) = (state.clone(), stop_tx.subscribe());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = dashboard::census::warm(st) => {}
+                _ = stop.wait_for(|stopped| *stopped) => {}
+            }
+        })
+    };
     let (grpc_stop, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
     let grpc = match grpc_listener {
         Some(listener) => {
@@ -177,6 +186,7 @@ pub async fn serve_with(
         ("change-feed follower", follower),
         ("sweeper", sweeper),
         ("webhook deliverer", deliverer),
+        ("overview counter", warmer),
     ];
     for (name, task) in tasks {
         if let Err(e) = task.await {

@@ -157,6 +157,15 @@ impl AppState {
         }))
     }
 
+    /// Waits until this node has counted the dashboard overview's keys once (`serve` does so
+    /// as it starts, so that the first view does not wait for a pass over many keys); how
+    /// many keyspaces' counts it kept. It waits for ever on a state no `serve` runs with.
+    pub async fn overview_counted(&self) -> usize {
+        let mut warmed = self.census.warmed.subscribe();
+        let counted = warmed.wait_for(Option::is_some).await;
+        counted.ok().and_then(|v| *v).unwrap_or(0)
+    }
+
     /// The store and the clock.
     pub fn records(&self) -> &Records {
         &self.control.records

@@ -42,12 +42,14 @@ pub(crate) async fn scan_keys(
 /// Keyspaces the context may see (for names and pickers).
 pub(crate) async fn all_keyspaces(st: &AppState, ctx: &Ctx) -> PageResult<Vec<Keyspace>> {
     let who = ctx.allow::<authz::ReadKeys>()?;
-    let page = Page {
-        limit: 500,
-        after: None,
-    };
-    Ok(service::list_keyspaces(st.records(), &who, &page).await?)
+    Ok(service::list_keyspaces(st.records(), &who, &KEYSPACES_SHOWN).await?)
 }
+
+/// The keyspaces the dashboard shows: the first 500.
+pub(crate) const KEYSPACES_SHOWN: Page<keyward_store::TimeCursor> = Page {
+    limit: 500,
+    after: None,
+};
 
 /// Keyspace names by id.
 pub(crate) fn keyspace_names(kss: &[Keyspace]) -> HashMap<String, String> {

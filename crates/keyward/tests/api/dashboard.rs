@@ -1433,3 +1433,59 @@ both!(
     the_overview_counts_every_key_as_the_inventory_report_does,
     manual
 );
+
+/// The value of attribute `data-counted-at` in `html`: as of when the overview's counts are.
+fn counted_at(html: &str) -> Option<&str> {
+    let at = html.find("data-counted-at=\"")? + "data-counted-at=\"".len();
+    Some(&html[at..at + html[at..].find('"')?])
+}
+
+/// A node counts the overview's keys as it starts: its first view shows those counts instead of
+/// taking them (a pass over every key, seconds at a million), and kept counts are taken again
+/// in the background once a minute old.
+async fn a_node_counts_the_overview_as_it_starts(first: TestApp) {
+    add_user(&first, "a@example.com", Role::Admin).await;
+    let ks = first.keyspace(json!({"require_owner": false})).await;
+    for _ in 0..3 {
+        first.key(&ks, json!({})).await;
+    }
+    // A second node over the same database, keeping every count (a million keys' worth).
+    let mut opts = crate::helpers::manual();
+    opts.config.overview_kept_from = 0;
+    let app = crate::helpers::spawn_on(first.backend, &first.db_url, opts).await;
+    let started = app.state.clock().now();
+    let kept = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        app.state.overview_counted(),
+    )
+    .await
+    .expect("the node counts the overview's keys as it starts");
+    assert_eq!(kept, 1, "the one keyspace's counts are kept");
+    app.key(&ks, json!({})).await;
+    app.advance(1);
+    let b = sign_in(&app, "a@example.com").await;
+    let home = b.get("/").await.text().await.unwrap();
+    assert_eq!(
+        overview_stat(&home, "Active keys"),
+        3,
+        "the counts taken at start, not at this view"
+    );
+    assert_eq!(counted_at(&home), Some(started.to_rfc3339().as_str()));
+    // A minute later a view shows them once more and has them taken again.
+    app.advance(60);
+    let home = b.get("/").await.text().await.unwrap();
+    assert_eq!(overview_stat(&home, "Active keys"), 3);
+    let mut waited = 0;
+    loop {
+        let home = b.get("/").await.text().await.unwrap();
+        if overview_stat(&home, "Active keys") == 4 {
+            assert_eq!(counted_at(&home), None, "counts as of now");
+            break;
+        }
+        assert_eq!(counted_at(&home), Some(started.to_rfc3339().as_str()));
+        assert!(waited < 200, "the counts were not taken again within 10 s");
+        waited += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+both!(a_node_counts_the_overview_as_it_starts, manual);
