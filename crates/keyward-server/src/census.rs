@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use keyward_core::model::Key;
 use keyward_core::time::Timestamp;
@@ -47,25 +47,29 @@ pub(crate) struct Part {
     pub(crate) expiring: Vec<Key>,
     pub(crate) inactive: Vec<Key>,
     pub(crate) at: Timestamp,
+    /// When the count ended, on this node's monotonic clock (`at` may be a test's clock).
+    pub(crate) taken: Instant,
     pub(crate) took: Duration,
 }
 
-/// What this node keeps of one keyspace's counts.
+/// What this node holds of one keyspace's counts.
 #[derive(Default)]
 pub(crate) struct Slot {
-    /// The kept counts (none: not taken yet, or not worth keeping).
+    /// The latest counts (none: not taken yet). Whether a view shows them or counts again is
+    /// the view's to decide (`dashboard::census`).
     pub(crate) part: Option<Arc<Part>>,
     /// The counts are being taken again in the background.
     pub(crate) refreshing: bool,
-    /// Held while the keyspace is counted: a view with nothing kept waits for a count under
-    /// way (the one taken at start) instead of taking a second one.
+    /// Held while the keyspace is counted: a view that needs counts waits for a count under
+    /// way and shows it, instead of taking a second one.
     pub(crate) gate: Arc<tokio::sync::Mutex<()>>,
 }
 
-/// The counts kept by this node, by keyspace.
+/// The counts held by this node, by keyspace.
 pub(crate) struct Cache {
     pub(crate) slots: Mutex<HashMap<String, Slot>>,
-    /// The count taken at start: `None` until it is done, then how many keyspaces it kept.
+    /// The count taken at start: `None` until it is done, then how many keyspaces' counts it
+    /// took that are worth keeping.
     pub(crate) warmed: tokio::sync::watch::Sender<Option<usize>>,
 }
 

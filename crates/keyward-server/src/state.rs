@@ -159,7 +159,8 @@ impl AppState {
 
     /// Waits until this node has counted the dashboard overview's keys once (`serve` does so
     /// as it starts, so that the first view does not wait for a pass over many keys); how
-    /// many keyspaces' counts it kept. It waits for ever on a state no `serve` runs with.
+    /// many keyspaces' counts it took are worth keeping for later views. It waits for ever on
+    /// a state no `serve` runs with.
     pub async fn overview_counted(&self) -> usize {
         let mut warmed = self.census.warmed.subscribe();
         let counted = warmed.wait_for(Option::is_some).await;

@@ -3,15 +3,17 @@
 //! the two flagged lists.
 //!
 //! A count costs one pass over a keyspace's keys: a few milliseconds for thousands of keys,
-//! about a second for a million. Counts are kept per keyspace. A view's counts that took
-//! [`FRESH_BELOW`] or longer over [`Config::overview_kept_from`](crate::Config) keys or more
-//! (10,000 by default) are kept, and so is one keyspace's count that does so alone; a kept count
-//! is shown for up to [`MAX_AGE_MS`], the page saying as of when, and an older one is shown while
-//! a new one is taken in the background. Each node counts every keyspace once when it starts
-//! ([`warm`]), so that no view waits for a pass over many keys, not even the first after a
-//! start; a view that comes while a keyspace is being counted waits for that count instead of
-//! taking a second one. Any other count is taken at every view, so small deployments see every
-//! change at once.
+//! about two seconds for a million. The node holds the latest count of each keyspace. A view
+//! shows the held counts of its keyspaces when, together, they took [`FRESH_BELOW`] or longer
+//! over [`Config::overview_kept_from`](crate::Config) keys or more (10,000 by default), the page
+//! saying as of when; counts a minute old are shown once more while they are taken again in the
+//! background. Otherwise the view counts, so small deployments see every change at once.
+//!
+//! Each node counts every keyspace the dashboard shows as it starts ([`warm`]), so that the first
+//! view after a start does not wait for a pass over many keys. A view that needs a keyspace
+//! counted while a count of it is under way waits for that count and shows it when it is worth
+//! keeping, instead of taking a second pass; keyspaces whose last count was cheap are counted by
+//! each view at once, without waiting.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,15 +26,15 @@ use crate::census::{Census, Part};
 use crate::state::AppState;
 
 /// Counts that took less than this are taken again at every view: half the overview's
-/// 100 ms target, so no view waits longer for its counts but one that finds nothing kept.
+/// 100 ms target, so no view waits longer for its counts but one that finds nothing held.
 const FRESH_BELOW: Duration = Duration::from_millis(50);
-/// How old kept counts may be before a view starts new ones.
+/// How old held counts may be before a view starts new ones.
 const MAX_AGE_MS: i64 = 60_000;
 /// Keys shown in each flagged list.
 const LISTED: i64 = 10;
 
-/// Whether `parts`, counted together, are kept for later views (see the module docs);
-/// `kept_from` is [`crate::Config::overview_kept_from`] (0: every count is kept).
+/// Whether `parts`, counted together, are worth keeping for later views (see the module docs);
+/// `kept_from` is [`crate::Config::overview_kept_from`] (0: every count is).
 fn worth_keeping(parts: &[(String, Arc<Part>)], kept_from: u64) -> bool {
     let took: Duration = parts.iter().map(|(_, p)| p.took).sum();
     let keys: i64 = parts
@@ -61,6 +63,7 @@ async fn take(
         expiring,
         inactive,
         at: now,
+        taken: Instant::now(),
         took: started.elapsed(),
     })
 }
@@ -93,45 +96,16 @@ fn merge(parts: &[(String, Arc<Part>)], now: Timestamp) -> Census {
     }
 }
 
-/// What this node keeps of keyspace `id`: its counts, if kept, or else the gate to hold while
-/// counting it. Kept counts `MAX_AGE_MS` old at `now` are taken again in the background
-/// (`refresh` says so, once).
-enum Kept {
-    Counts { part: Arc<Part>, refresh: bool },
-    Missing(Arc<tokio::sync::Mutex<()>>),
-}
-
-fn kept(st: &AppState, id: &str, now: Timestamp) -> Kept {
+/// Stores `part` as keyspace `id`'s latest counts, unless later ones are there already.
+fn store(st: &AppState, id: &str, part: &Arc<Part>) {
     let mut slots = st.census.slots.lock().unwrap_or_else(|e| e.into_inner());
     let slot = slots.entry(id.to_string()).or_default();
-    match &slot.part {
-        Some(part) => {
-            let stale = now.millis() - part.at.millis() >= MAX_AGE_MS;
-            let refresh = stale && !slot.refreshing;
-            slot.refreshing |= refresh;
-            Kept::Counts {
-                part: part.clone(),
-                refresh,
-            }
-        }
-        None => Kept::Missing(slot.gate.clone()),
-    }
-}
-
-/// The kept counts of keyspace `id`, if any.
-fn kept_part(st: &AppState, id: &str) -> Option<Arc<Part>> {
-    let slots = st.census.slots.lock().unwrap_or_else(|e| e.into_inner());
-    slots.get(id).and_then(|s| s.part.clone())
-}
-
-/// Keeps `part` for keyspace `id` (none: a refresh failed; the old counts stay, to be taken
-/// again at a later view).
-fn keep(st: &AppState, id: &str, part: Option<Arc<Part>>) {
-    let mut slots = st.census.slots.lock().unwrap_or_else(|e| e.into_inner());
-    let slot = slots.entry(id.to_string()).or_default();
-    slot.refreshing = false;
-    if part.is_some() {
-        slot.part = part;
+    if slot
+        .part
+        .as_ref()
+        .is_none_or(|held| held.taken <= part.taken)
+    {
+        slot.part = Some(part.clone());
     }
 }
 
@@ -140,7 +114,7 @@ fn node_ctx() -> Ctx {
     Ctx::operator(Actor::system())
 }
 
-/// Counts keyspace `ks` again in the background and keeps the result.
+/// Counts keyspace `ks` again in the background.
 fn refresh(st: &AppState, ks: &Keyspace) {
     let (st, ks) = (st.clone(), ks.clone());
     tokio::spawn(async move {
@@ -149,62 +123,107 @@ fn refresh(st: &AppState, ks: &Keyspace) {
             Ok(who) => take(&st, &who, &ks, st.clock().now()).await,
             Err(e) => Err(e),
         };
-        if let Err(e) = &taken {
-            tracing::warn!(error = %e.message, keyspace = %ks.id, "the overview's counts could not be taken again");
+        match taken {
+            Ok(part) => store(&st, &ks.id, &Arc::new(part)),
+            Err(e) => {
+                tracing::warn!(error = %e.message, keyspace = %ks.id, "the overview's counts could not be taken again");
+            }
         }
-        keep(&st, &ks.id, taken.ok().map(Arc::new));
+        let mut slots = st.census.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = slots.get_mut(&ks.id) {
+            slot.refreshing = false;
+        }
     });
 }
 
-/// The counts of `kss` at `now`: kept ones where kept, the others taken now (waiting for a
-/// count of the same keyspace under way), and which of those were taken.
+/// What a view of `kss` at `now` shows of the counts held: each keyspace's, when together they
+/// are worth keeping (starting a refresh of those a minute old), or none.
+fn held(st: &AppState, kss: &[Keyspace], now: Timestamp) -> Vec<Option<Arc<Part>>> {
+    let mut slots = st.census.slots.lock().unwrap_or_else(|e| e.into_inner());
+    let parts: Vec<Option<Arc<Part>>> = kss
+        .iter()
+        .map(|ks| slots.get(&ks.id).and_then(|s| s.part.clone()))
+        .collect();
+    let present: Vec<(String, Arc<Part>)> = kss
+        .iter()
+        .zip(&parts)
+        .filter_map(|(ks, p)| Some((ks.id.clone(), p.clone()?)))
+        .collect();
+    if present.is_empty() || !worth_keeping(&present, st.config.overview_kept_from) {
+        return vec![None; kss.len()];
+    }
+    let mut stale = Vec::new();
+    for (ks, part) in kss.iter().zip(&parts) {
+        let Some(part) = part else { continue };
+        let slot = slots.entry(ks.id.clone()).or_default();
+        if now.millis() - part.at.millis() >= MAX_AGE_MS && !slot.refreshing {
+            slot.refreshing = true;
+            stale.push(ks);
+        }
+    }
+    drop(slots);
+    for ks in stale {
+        refresh(st, ks);
+    }
+    parts
+}
+
+/// Counts keyspace `ks` for a view at `now`. When a count of it may be costly (none taken yet,
+/// or the last one was worth keeping alone), under its gate: a count ended while this view
+/// waited is shown if it is worth keeping, rather than taken again.
+async fn count(
+    st: &AppState,
+    who: &Allowed<'_, ReadKeys>,
+    ks: &Keyspace,
+    now: Timestamp,
+) -> Result<Arc<Part>, crate::error::Error> {
+    let kept_from = st.config.overview_kept_from;
+    let alone = |part: &Arc<Part>| worth_keeping(&[(ks.id.clone(), part.clone())], kept_from);
+    let (latest, gate) = {
+        let mut slots = st.census.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = slots.entry(ks.id.clone()).or_default();
+        (slot.part.clone(), slot.gate.clone())
+    };
+    let _counting = match &latest {
+        Some(part) if !alone(part) => None,
+        _ => {
+            let waited_from = Instant::now();
+            let held = gate.lock_owned().await;
+            let latest = {
+                let slots = st.census.slots.lock().unwrap_or_else(|e| e.into_inner());
+                slots.get(&ks.id).and_then(|s| s.part.clone())
+            };
+            if let Some(part) = latest.filter(|p| p.taken >= waited_from && alone(p)) {
+                return Ok(part);
+            }
+            Some(held)
+        }
+    };
+    let part = Arc::new(take(st, who, ks, now).await?);
+    store(st, &ks.id, &part);
+    Ok(part)
+}
+
+/// The counts of `kss` for a view at `now`: held ones, or else counted (see the module docs).
 async fn gather(
     st: &AppState,
     who: &Allowed<'_, ReadKeys>,
     kss: &[Keyspace],
     now: Timestamp,
-) -> Result<(Vec<(String, Arc<Part>)>, Vec<(String, Arc<Part>)>), crate::error::Error> {
-    let kept_from = st.config.overview_kept_from;
-    let (mut parts, mut fresh) = (Vec::new(), Vec::new());
-    for ks in kss {
-        let gate = match kept(st, &ks.id, now) {
-            Kept::Counts { part, refresh: r } => {
-                if r {
-                    refresh(st, ks);
-                }
-                parts.push((ks.id.clone(), part));
-                continue;
-            }
-            Kept::Missing(gate) => gate,
+) -> Result<Vec<(String, Arc<Part>)>, crate::error::Error> {
+    let mut parts = Vec::with_capacity(kss.len());
+    for (ks, part) in kss.iter().zip(held(st, kss, now)) {
+        let part = match part {
+            Some(part) => part,
+            None => count(st, who, ks, now).await?,
         };
-        let _counting = gate.lock().await;
-        if let Some(part) = kept_part(st, &ks.id) {
-            parts.push((ks.id.clone(), part));
-            continue;
-        }
-        let part = (ks.id.clone(), Arc::new(take(st, who, ks, now).await?));
-        if worth_keeping(std::slice::from_ref(&part), kept_from) {
-            keep(st, &part.0, Some(part.1.clone()));
-        } else {
-            fresh.push(part.clone());
-        }
-        parts.push(part);
+        parts.push((ks.id.clone(), part));
     }
-    Ok((parts, fresh))
+    Ok(parts)
 }
 
-/// Keeps the counts in `fresh` when, together, they are worth keeping (many keyspaces of a
-/// few thousand keys each).
-fn keep_together(st: &AppState, fresh: &[(String, Arc<Part>)]) {
-    if worth_keeping(fresh, st.config.overview_kept_from) {
-        for (id, part) in fresh {
-            keep(st, id, Some(part.clone()));
-        }
-    }
-}
-
-/// The census of keyspaces `kss` (what a viewer sees) for a view at `now`: taken now, or kept
-/// (see the module docs).
+/// The census of keyspaces `kss` (what a viewer sees) for a view at `now`: held counts, or
+/// counts taken now (see the module docs).
 pub(crate) async fn census(
     st: &AppState,
     ctx: &Ctx,
@@ -212,31 +231,34 @@ pub(crate) async fn census(
     now: Timestamp,
 ) -> Result<Census, crate::error::Error> {
     let who = ctx.allow::<ReadKeys>()?;
-    let (parts, fresh) = gather(st, &who, kss, now).await?;
-    keep_together(st, &fresh);
+    let parts = gather(st, &who, kss, now).await?;
     Ok(merge(&parts, now))
 }
 
-/// Counts every keyspace the dashboard shows once, as this node starts, and keeps what is
-/// worth keeping; then tells [`crate::AppState::overview_counted`]. Started by `serve`.
+/// Counts every keyspace the dashboard shows once, as this node starts; then tells
+/// [`crate::AppState::overview_counted`] how many keyspaces' counts are worth keeping (all of
+/// them when together they are, else those that are alone). Started by `serve`.
 pub(crate) async fn warm(st: AppState) {
     let ctx = node_ctx();
     let now = st.clock().now();
+    let kept_from = st.config.overview_kept_from;
     let counted = async {
         let who = ctx.allow::<ReadKeys>().map_err(|e| e.message)?;
         let kss = crate::service::list_keyspaces(st.records(), &who, &super::data::KEYSPACES_SHOWN)
             .await
             .map_err(|e| e.message)?;
-        let (_, fresh) = gather(&st, &who, &kss, now).await.map_err(|e| e.message)?;
-        keep_together(&st, &fresh);
-        Ok::<_, String>(())
+        gather(&st, &who, &kss, now).await.map_err(|e| e.message)
     };
-    if let Err(e) = counted.await {
-        tracing::warn!(error = %e, "the overview's counts could not be taken at start");
-    }
-    let kept = {
-        let slots = st.census.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots.values().filter(|s| s.part.is_some()).count()
+    let kept = match counted.await {
+        Ok(parts) if worth_keeping(&parts, kept_from) => parts.len(),
+        Ok(parts) => parts
+            .iter()
+            .filter(|p| worth_keeping(std::slice::from_ref(p), kept_from))
+            .count(),
+        Err(e) => {
+            tracing::warn!(error = %e, "the overview's counts could not be taken at start");
+            0
+        }
     };
     st.census.warmed.send_replace(Some(kept));
 }
@@ -262,6 +284,7 @@ mod tests {
                     expiring: Vec::new(),
                     inactive: Vec::new(),
                     at: Timestamp::from_millis(0),
+                    taken: Instant::now(),
                     took: each,
                 };
                 (ks.to_string(), Arc::new(part))
