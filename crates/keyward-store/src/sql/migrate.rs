@@ -45,6 +45,7 @@ macro_rules! migrations {
             14 => "0014_counter_fillfactor.sql",
             15 => "0015_feed_notify_origin.sql",
             16 => "0016_usage_dirty.sql",
+            17 => "0017_audit_seq_rowid.sql",
         )
     };
     ($dir:literal: $($version:literal => $file:literal),* $(,)?) => {

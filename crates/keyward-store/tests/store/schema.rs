@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use keyward_core::time::Timestamp;
-use keyward_store::Store;
+use keyward_store::{AuditFilter, Store};
 
 use crate::support::*;
 
@@ -253,6 +253,149 @@ conformance!(unopened minutes_not_rolled_up_before_migration_16_are_rolled_up_af
     => sqlite_minutes_not_rolled_up_before_migration_16_are_rolled_up_after_it,
        postgres_minutes_not_rolled_up_before_migration_16_are_rolled_up_after_it);
 
+/// Audit events written before migration 17 (SQLite's trail copied into a table whose `seq` is
+/// the row id) read back exactly after it, through every index, and the next event chains to
+/// the last of them.
+async fn audit_events_written_before_migration_17_read_back_the_same_after_it(db: &TestDb) {
+    macro_rules! files {
+        ($($f:literal),*) => {
+            [$((
+                include_str!(concat!("../../migrations/sqlite/", $f)),
+                include_str!(concat!("../../migrations/postgres/", $f)),
+            )),*]
+        };
+    }
+    let files = files!(
+        "0001_init.sql",
+        "0002_lifecycle_usage.sql",
+        "0003_users.sql",
+        "0004_quota_leases.sql",
+        "0005_usage_rollup.sql",
+        "0006_key_counters.sql",
+        "0007_route_rules.sql",
+        "0008_key_imports.sql",
+        "0009_identities.sql",
+        "0010_limits_refills.sql",
+        "0011_lock_tag_feed_notify.sql",
+        "0012_key_list_indexes.sql",
+        "0013_usage_pipeline.sql",
+        "0014_counter_fillfactor.sql",
+        "0015_feed_notify_origin.sql",
+        "0016_usage_dirty.sql"
+    );
+    let hash = |c: char| c.to_string().repeat(64);
+    let (genesis, h1, h2, h3) = (hash('0'), hash('a'), hash('b'), hash('c'));
+    let versions: Vec<String> = (1..=16).map(|v| format!("({v}, 0)")).collect();
+    db.execute_raw(
+        &files,
+        &format!(
+            "CREATE TABLE keyward_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL);
+             INSERT INTO keyward_migrations VALUES {};
+             INSERT INTO audit_events (seq, id, at, actor_type, actor_id, actor_name, action,
+                 target_type, target_id, reason, request_id, ip, changes, prev_hash, hash) VALUES
+                 (1, 'evt_1', {T0}, 'token', 'tok_a', 'ci', 'key.create', 'key', 'key_a', NULL,
+                  'req-1', '203.0.113.9', '{{\"name\":[null,\"a é\"]}}', '{genesis}', '{h1}'),
+                 (2, 'evt_2', {}, 'user', 'usr_1', 'Ann', 'key.revoke', 'key', 'key_a', 'left',
+                  NULL, NULL, '{{}}', '{h1}', '{h2}'),
+                 (3, 'evt_3', {}, 'system', 'system', 'keyward', 'key.expire', 'key', 'key_b',
+                  NULL, NULL, NULL, '{{}}', '{h2}', '{h3}');",
+            versions.join(", "),
+            T0 + 1,
+            T0 + 2,
+        ),
+    )
+    .await;
+    let store = db.reopen().await;
+    let events = all_events(&store).await;
+    let seen: Vec<_> = events
+        .iter()
+        .map(|e| {
+            let chain = (e.prev_hash.as_str(), e.hash.as_str());
+            (
+                e.seq,
+                e.id.as_str(),
+                e.at.millis(),
+                e.action.as_str(),
+                chain,
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (
+                1,
+                "evt_1",
+                T0,
+                "key.create",
+                (genesis.as_str(), h1.as_str())
+            ),
+            (2, "evt_2", T0 + 1, "key.revoke", (h1.as_str(), h2.as_str())),
+            (3, "evt_3", T0 + 2, "key.expire", (h2.as_str(), h3.as_str())),
+        ]
+    );
+    let first = &events[0];
+    assert_eq!(
+        (
+            &first.actor.id,
+            first.request_id.as_deref(),
+            first.ip.as_deref()
+        ),
+        (&"tok_a".to_string(), Some("req-1"), Some("203.0.113.9"))
+    );
+    assert_eq!(first.actor.name, "ci");
+    assert_eq!(
+        first.changes,
+        json_map(serde_json::json!({"name": [null, "a é"]}))
+    );
+    assert_eq!(events[1].reason.as_deref(), Some("left"));
+    // The next event follows the copied chain.
+    let next = append(
+        &store,
+        event("key.update", "key_a", at(9), token_actor("tok_a")),
+    )
+    .await;
+    assert_eq!((next.seq, next.prev_hash.as_str()), (4, h3.as_str()));
+    // Each index of the trail answers.
+    let by = |target: Option<&str>, actor: Option<&str>, action: Option<&str>| AuditFilter {
+        target_id: target.map(String::from),
+        actor_id: actor.map(String::from),
+        action: action.map(String::from),
+        page: keyward_store::Page {
+            limit: 10,
+            after: None,
+        },
+        ..AuditFilter::default()
+    };
+    assert_eq!(
+        audit_seqs(&store, by(Some("key_a"), None, None)).await,
+        vec![4, 2, 1]
+    );
+    assert_eq!(
+        audit_seqs(&store, by(None, Some("tok_a"), None)).await,
+        vec![4, 1]
+    );
+    assert_eq!(
+        audit_seqs(&store, by(None, None, Some("key.expire"))).await,
+        vec![3]
+    );
+    if db.backend_name() == "sqlite" {
+        assert_eq!(
+            db.index_names("audit_events").await,
+            vec![
+                "audit_action_idx",
+                "audit_actor_idx",
+                "audit_target_idx",
+                "sqlite_autoindex_audit_events_1",
+            ],
+            "seq is the row id: no index of its own"
+        );
+    }
+}
+conformance!(unopened audit_events_written_before_migration_17_read_back_the_same_after_it
+    => sqlite_audit_events_written_before_migration_17_read_back_the_same_after_it,
+       postgres_audit_events_written_before_migration_17_read_back_the_same_after_it);
+
 // ---- the checksummed migrator ----
 
 /// What sqlx records for each migration when it applies it itself: (version, description,
@@ -276,6 +419,7 @@ fn expected_migrations(db: &TestDb) -> Vec<(i64, String, Vec<u8>)> {
         "counter fillfactor",
         "feed notify origin",
         "usage dirty",
+        "audit seq rowid",
     ];
     let newer = [
         (
@@ -327,6 +471,11 @@ fn expected_migrations(db: &TestDb) -> Vec<(i64, String, Vec<u8>)> {
             16,
             include_str!("../../migrations/sqlite/0016_usage_dirty.sql"),
             include_str!("../../migrations/postgres/0016_usage_dirty.sql"),
+        ),
+        (
+            17,
+            include_str!("../../migrations/sqlite/0017_audit_seq_rowid.sql"),
+            include_str!("../../migrations/postgres/0017_audit_seq_rowid.sql"),
         ),
     ];
     OLD_MIGRATIONS
@@ -451,7 +600,7 @@ async fn nodes_opening_an_old_database_at_once_carry_it_over_once(db: &TestDb) {
     let applied = db.migrations_table().await;
     assert_eq!(
         applied.iter().map(|r| r.version).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]
     );
     assert!(applied[..6].iter().all(|r| r.execution_time == -1));
 }
@@ -483,7 +632,7 @@ async fn an_edited_applied_migration_stops_open(db: &TestDb) {
     let after = db.migrations_table().await;
     assert_eq!(
         after.iter().map(|r| r.version).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]
+        vec![1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]
     );
     assert_eq!(after[2].checksum, vec![0u8; 48]);
 

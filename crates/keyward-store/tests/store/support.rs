@@ -327,6 +327,30 @@ impl TestDb {
         })
     }
 
+    /// The names of the indexes of `table`, sorted (in its schema on PostgreSQL).
+    pub async fn index_names(&self, table: &str) -> Vec<String> {
+        let sql = match self.backend_name() {
+            "sqlite" => {
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = $1 ORDER BY name"
+            }
+            _ => {
+                "SELECT indexname AS name FROM pg_catalog.pg_indexes \
+                 WHERE schemaname = current_schema() AND tablename = $1 ORDER BY indexname"
+            }
+        };
+        raw!(self.raw().await, |conn| {
+            use sqlx::Row;
+            sqlx::query(sql)
+                .bind(table)
+                .fetch_all(&mut *conn)
+                .await
+                .expect("list indexes")
+                .iter()
+                .map(|r| r.get::<String, _>("name"))
+                .collect()
+        })
+    }
+
     /// `keyward_migrations` as `(version, applied_at)`, by version.
     pub async fn old_migrations_table(&self) -> Vec<(i64, i64)> {
         raw!(self.raw().await, |conn| {
