@@ -176,40 +176,46 @@ conformance!(unopened a_version_4_database_keeps_its_counts_and_buckets
     => sqlite_a_version_4_database_keeps_its_counts_and_buckets,
        postgres_a_version_4_database_keeps_its_counts_and_buckets);
 
+/// Each migration's SQL, SQLite's and PostgreSQL's, in order: a database as an older release
+/// left it is made of the first few.
+macro_rules! migration_files {
+    ($($f:literal),*) => {
+        [$((
+            include_str!(concat!("../../migrations/sqlite/", $f)),
+            include_str!(concat!("../../migrations/postgres/", $f)),
+        )),*]
+    };
+}
+const MIGRATION_FILES: [(&str, &str); 17] = migration_files!(
+    "0001_init.sql",
+    "0002_lifecycle_usage.sql",
+    "0003_users.sql",
+    "0004_quota_leases.sql",
+    "0005_usage_rollup.sql",
+    "0006_key_counters.sql",
+    "0007_route_rules.sql",
+    "0008_key_imports.sql",
+    "0009_identities.sql",
+    "0010_limits_refills.sql",
+    "0011_lock_tag_feed_notify.sql",
+    "0012_key_list_indexes.sql",
+    "0013_usage_pipeline.sql",
+    "0014_counter_fillfactor.sql",
+    "0015_feed_notify_origin.sql",
+    "0016_usage_dirty.sql",
+    "0017_audit_seq_rowid.sql"
+);
+
 /// Minute buckets not rolled up yet when migration 16 (PostgreSQL's index of them by a generated
 /// column) is applied are still rolled up once, and read in hours meanwhile; rolled ones are not
 /// rolled again.
 async fn minutes_not_rolled_up_before_migration_16_are_rolled_up_after_it(db: &TestDb) {
-    macro_rules! files {
-        ($($f:literal),*) => {
-            [$((
-                include_str!(concat!("../../migrations/sqlite/", $f)),
-                include_str!(concat!("../../migrations/postgres/", $f)),
-            )),*]
-        };
-    }
-    let files = files!(
-        "0001_init.sql",
-        "0002_lifecycle_usage.sql",
-        "0003_users.sql",
-        "0004_quota_leases.sql",
-        "0005_usage_rollup.sql",
-        "0006_key_counters.sql",
-        "0007_route_rules.sql",
-        "0008_key_imports.sql",
-        "0009_identities.sql",
-        "0010_limits_refills.sql",
-        "0011_lock_tag_feed_notify.sql",
-        "0012_key_list_indexes.sql",
-        "0013_usage_pipeline.sql",
-        "0014_counter_fillfactor.sql",
-        "0015_feed_notify_origin.sql"
-    );
+    let files = &MIGRATION_FILES[..15];
     let (rolled, unrolled, hour) = (T0 + 60_000, T0 + 120_000, T0);
     // Recorded as the release before the checksummed migrator did: carried over, then 16 runs.
     let versions: Vec<String> = (1..=15).map(|v| format!("({v}, 0)")).collect();
     db.execute_raw(
-        &files,
+        files,
         &format!(
             "CREATE TABLE keyward_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL);
              INSERT INTO keyward_migrations VALUES {};
@@ -257,37 +263,12 @@ conformance!(unopened minutes_not_rolled_up_before_migration_16_are_rolled_up_af
 /// the row id) read back exactly after it, through every index, and the next event chains to
 /// the last of them.
 async fn audit_events_written_before_migration_17_read_back_the_same_after_it(db: &TestDb) {
-    macro_rules! files {
-        ($($f:literal),*) => {
-            [$((
-                include_str!(concat!("../../migrations/sqlite/", $f)),
-                include_str!(concat!("../../migrations/postgres/", $f)),
-            )),*]
-        };
-    }
-    let files = files!(
-        "0001_init.sql",
-        "0002_lifecycle_usage.sql",
-        "0003_users.sql",
-        "0004_quota_leases.sql",
-        "0005_usage_rollup.sql",
-        "0006_key_counters.sql",
-        "0007_route_rules.sql",
-        "0008_key_imports.sql",
-        "0009_identities.sql",
-        "0010_limits_refills.sql",
-        "0011_lock_tag_feed_notify.sql",
-        "0012_key_list_indexes.sql",
-        "0013_usage_pipeline.sql",
-        "0014_counter_fillfactor.sql",
-        "0015_feed_notify_origin.sql",
-        "0016_usage_dirty.sql"
-    );
+    let files = &MIGRATION_FILES[..16];
     let hash = |c: char| c.to_string().repeat(64);
     let (genesis, h1, h2, h3) = (hash('0'), hash('a'), hash('b'), hash('c'));
     let versions: Vec<String> = (1..=16).map(|v| format!("({v}, 0)")).collect();
     db.execute_raw(
-        &files,
+        files,
         &format!(
             "CREATE TABLE keyward_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL);
              INSERT INTO keyward_migrations VALUES {};
@@ -421,66 +402,13 @@ fn expected_migrations(db: &TestDb) -> Vec<(i64, String, Vec<u8>)> {
         "usage dirty",
         "audit seq rowid",
     ];
-    let newer = [
-        (
-            7,
-            include_str!("../../migrations/sqlite/0007_route_rules.sql"),
-            include_str!("../../migrations/postgres/0007_route_rules.sql"),
-        ),
-        (
-            8,
-            include_str!("../../migrations/sqlite/0008_key_imports.sql"),
-            include_str!("../../migrations/postgres/0008_key_imports.sql"),
-        ),
-        (
-            9,
-            include_str!("../../migrations/sqlite/0009_identities.sql"),
-            include_str!("../../migrations/postgres/0009_identities.sql"),
-        ),
-        (
-            10,
-            include_str!("../../migrations/sqlite/0010_limits_refills.sql"),
-            include_str!("../../migrations/postgres/0010_limits_refills.sql"),
-        ),
-        (
-            11,
-            include_str!("../../migrations/sqlite/0011_lock_tag_feed_notify.sql"),
-            include_str!("../../migrations/postgres/0011_lock_tag_feed_notify.sql"),
-        ),
-        (
-            12,
-            include_str!("../../migrations/sqlite/0012_key_list_indexes.sql"),
-            include_str!("../../migrations/postgres/0012_key_list_indexes.sql"),
-        ),
-        (
-            13,
-            include_str!("../../migrations/sqlite/0013_usage_pipeline.sql"),
-            include_str!("../../migrations/postgres/0013_usage_pipeline.sql"),
-        ),
-        (
-            14,
-            include_str!("../../migrations/sqlite/0014_counter_fillfactor.sql"),
-            include_str!("../../migrations/postgres/0014_counter_fillfactor.sql"),
-        ),
-        (
-            15,
-            include_str!("../../migrations/sqlite/0015_feed_notify_origin.sql"),
-            include_str!("../../migrations/postgres/0015_feed_notify_origin.sql"),
-        ),
-        (
-            16,
-            include_str!("../../migrations/sqlite/0016_usage_dirty.sql"),
-            include_str!("../../migrations/postgres/0016_usage_dirty.sql"),
-        ),
-        (
-            17,
-            include_str!("../../migrations/sqlite/0017_audit_seq_rowid.sql"),
-            include_str!("../../migrations/postgres/0017_audit_seq_rowid.sql"),
-        ),
-    ];
-    OLD_MIGRATIONS
+    let newer = MIGRATION_FILES[OLD_MIGRATIONS.len()..]
         .iter()
-        .chain(newer.iter())
+        .zip(OLD_MIGRATIONS.len() as i64 + 1..)
+        .map(|((sqlite, postgres), version)| (version, *sqlite, *postgres));
+    OLD_MIGRATIONS
+        .into_iter()
+        .chain(newer)
         .zip(descriptions)
         .map(|((version, sqlite, postgres), description)| {
             let sql = if db.backend_name() == "sqlite" {
@@ -489,7 +417,7 @@ fn expected_migrations(db: &TestDb) -> Vec<(i64, String, Vec<u8>)> {
                 postgres
             };
             (
-                *version,
+                version,
                 description.to_string(),
                 Sha384::digest(sql.as_bytes()).to_vec(),
             )
