@@ -154,8 +154,9 @@ fn held(st: &AppState, kss: &[Keyspace], now: Timestamp) -> Vec<Option<Arc<Part>
     }
     let mut stale = Vec::new();
     for (ks, part) in kss.iter().zip(&parts) {
-        let Some(part) = part else { continue };
-        let slot = slots.entry(ks.id.clone()).or_default();
+        let (Some(part), Some(slot)) = (part, slots.get_mut(&ks.id)) else {
+            continue;
+        };
         if now.millis() - part.at.millis() >= MAX_AGE_MS && !slot.refreshing {
             slot.refreshing = true;
             stale.push(ks);

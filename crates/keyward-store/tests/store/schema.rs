@@ -73,14 +73,6 @@ conformance!(unopened nodes_opening_one_new_database_at_once_all_migrate_it
 /// `keys`, every bucket size written by the flush) keeps its counts when the new version opens
 /// it: nothing lost, nothing doubled.
 async fn a_version_4_database_keeps_its_counts_and_buckets(db: &TestDb) {
-    macro_rules! both {
-        ($f:literal) => {
-            (
-                include_str!(concat!("../../migrations/sqlite/", $f)),
-                include_str!(concat!("../../migrations/postgres/", $f)),
-            )
-        };
-    }
     let actor = serde_json::to_string(&keyward_core::model::Actor::system()).unwrap();
     let (minute, hour, day) = (T0 + 60_000, T0, T0 - T0.rem_euclid(86_400_000));
     // 32-byte digests, each backend's way of writing bytes.
@@ -92,17 +84,11 @@ async fn a_version_4_database_keeps_its_counts_and_buckets(db: &TestDb) {
         }
     };
     let (hash1, hash2) = (bytes(1), bytes(2));
-    db.execute_raw(
-        &[
-            both!("0001_init.sql"),
-            both!("0002_lifecycle_usage.sql"),
-            both!("0003_users.sql"),
-            both!("0004_quota_leases.sql"),
-        ],
+    as_left_by_release(
+        db,
+        4,
         &format!(
-            "CREATE TABLE keyward_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL);
-             INSERT INTO keyward_migrations VALUES (1, 0), (2, 0), (3, 0), (4, 0);
-             INSERT INTO keyspaces (id, name, prefix, policy, created_at, updated_at)
+            "INSERT INTO keyspaces (id, name, prefix, policy, created_at, updated_at)
                  VALUES ('ks_old', 'old', 'old', '{{}}', 0, 0);
              INSERT INTO keys (id, keyspace_id, name, scopes, labels, meta, hash, start_chars,
                  end_chars, enabled, created_at, created_by, updated_at, last_used_at, call_count,
@@ -206,24 +192,36 @@ const MIGRATION_FILES: [(&str, &str); 17] = migration_files!(
     "0017_audit_seq_rowid.sql"
 );
 
+/// Makes `db` a database as the release with migrations 1 to `version` left it (recorded in
+/// `keyward_migrations`, as releases before the checksummed migrator did), then runs `rows`.
+async fn as_left_by_release(db: &TestDb, version: usize, rows: &str) {
+    let versions: Vec<String> = (1..=version).map(|v| format!("({v}, 0)")).collect();
+    db.execute_raw(
+        &MIGRATION_FILES[..version],
+        &format!(
+            "CREATE TABLE keyward_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL);
+             INSERT INTO keyward_migrations VALUES {};
+             {rows}",
+            versions.join(", ")
+        ),
+    )
+    .await;
+}
+
 /// Minute buckets not rolled up yet when migration 16 (PostgreSQL's index of them by a generated
 /// column) is applied are still rolled up once, and read in hours meanwhile; rolled ones are not
 /// rolled again.
 async fn minutes_not_rolled_up_before_migration_16_are_rolled_up_after_it(db: &TestDb) {
-    let files = &MIGRATION_FILES[..15];
     let (rolled, unrolled, hour) = (T0 + 60_000, T0 + 120_000, T0);
     // Recorded as the release before the checksummed migrator did: carried over, then 16 runs.
-    let versions: Vec<String> = (1..=15).map(|v| format!("({v}, 0)")).collect();
-    db.execute_raw(
-        files,
+    as_left_by_release(
+        db,
+        15,
         &format!(
-            "CREATE TABLE keyward_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL);
-             INSERT INTO keyward_migrations VALUES {};
-             INSERT INTO usage_buckets (key_id, granularity, start_at, code, n, rolled) VALUES
+            "INSERT INTO usage_buckets (key_id, granularity, start_at, code, n, rolled) VALUES
                  ('key_a', 'm', {rolled}, 'VALID', 3, 3), ('key_a', 'h', {hour}, 'VALID', 3, 0),
                  ('key_a', 'm', {unrolled}, 'VALID', 5, 0), ('key_b', 'm', {unrolled}, 'VALID', 2, 1),
-                 ('key_b', 'h', {hour}, 'VALID', 1, 0);",
-            versions.join(", ")
+                 ('key_b', 'h', {hour}, 'VALID', 1, 0);"
         ),
     )
     .await;
@@ -263,16 +261,13 @@ conformance!(unopened minutes_not_rolled_up_before_migration_16_are_rolled_up_af
 /// the row id) read back exactly after it, through every index, and the next event chains to
 /// the last of them.
 async fn audit_events_written_before_migration_17_read_back_the_same_after_it(db: &TestDb) {
-    let files = &MIGRATION_FILES[..16];
     let hash = |c: char| c.to_string().repeat(64);
     let (genesis, h1, h2, h3) = (hash('0'), hash('a'), hash('b'), hash('c'));
-    let versions: Vec<String> = (1..=16).map(|v| format!("({v}, 0)")).collect();
-    db.execute_raw(
-        files,
+    as_left_by_release(
+        db,
+        16,
         &format!(
-            "CREATE TABLE keyward_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL);
-             INSERT INTO keyward_migrations VALUES {};
-             INSERT INTO audit_events (seq, id, at, actor_type, actor_id, actor_name, action,
+            "INSERT INTO audit_events (seq, id, at, actor_type, actor_id, actor_name, action,
                  target_type, target_id, reason, request_id, ip, changes, prev_hash, hash) VALUES
                  (1, 'evt_1', {T0}, 'token', 'tok_a', 'ci', 'key.create', 'key', 'key_a', NULL,
                   'req-1', '203.0.113.9', '{{\"name\":[null,\"a é\"]}}', '{genesis}', '{h1}'),
@@ -280,7 +275,6 @@ async fn audit_events_written_before_migration_17_read_back_the_same_after_it(db
                   NULL, NULL, '{{}}', '{h1}', '{h2}'),
                  (3, 'evt_3', {}, 'system', 'system', 'keyward', 'key.expire', 'key', 'key_b',
                   NULL, NULL, NULL, '{{}}', '{h2}', '{h3}');",
-            versions.join(", "),
             T0 + 1,
             T0 + 2,
         ),
