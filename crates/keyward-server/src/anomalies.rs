@@ -74,7 +74,8 @@ fn add(counts: &mut (i64, i64), b: &Bucket) {
 /// The keys that could be judged a spike or a denied burst in one of the minutes `buckets`
 /// cover: enough valid calls or denials in one minute ([`SPIKE_MIN`], [`BURST_MIN`]). Only their
 /// baseline needs reading (a key below both minimums is never found, whatever its history).
-/// Sorted, without repeats.
+/// `buckets` may hold only those that can make a minute busy (`Store::busy_minutes`): the keys
+/// are the same. Sorted, without repeats.
 pub(crate) fn candidates(buckets: &[Bucket]) -> Vec<String> {
     let mut per_minute: HashMap<(&str, i64), (i64, i64)> = HashMap::new();
     for b in buckets {

@@ -113,7 +113,23 @@ pub struct Config {
         default_value_t = 10_000
     )]
     pub overview_kept_from: u64,
+    /// Keys a usage flush writes per transaction at most (tests lower it to flush in several).
+    #[arg(
+        long = "usage-flush-batch-keys",
+        hide = true,
+        default_value_t = USAGE_FLUSH_BATCH,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub usage_flush_batch: u32,
 }
+
+/// Keys a usage flush writes per transaction by default (`--usage-flush-batch-keys`): bounds
+/// the memory and the transaction of a flush when many keys were used since the last one. A
+/// transaction writes each page of the counters and minute buckets it touches once, however
+/// many of its keys share the page: with a million keys used a minute, one flush's 50,000 keys
+/// in one transaction cost SQLite about half the CPU of ten transactions of 5,000
+/// (docs/decisions.md, "The usage pipeline at scale").
+pub const USAGE_FLUSH_BATCH: u32 = 50_000;
 
 impl Default for Config {
     /// The defaults of the attributes above (environment variables are not read).

@@ -82,6 +82,8 @@ pub struct Control {
     pub(crate) webhook_wake: Arc<tokio::sync::Notify>,
     /// Whether webhook URLs may name internal addresses (`KEYWARD_WEBHOOK_ALLOW_PRIVATE`).
     pub(crate) webhook_allow_private: bool,
+    /// Keys a usage flush writes per transaction at most ([`Config::usage_flush_batch`]).
+    pub(crate) flush_batch: usize,
     /// This node's webhook endpoint circuits.
     pub(crate) circuits: Arc<crate::outbound::Circuits>,
     /// Seals webhook signing secrets at rest, when configured.
@@ -147,6 +149,7 @@ impl AppState {
                 creations_done: Arc::default(),
                 webhook_wake: Arc::new(tokio::sync::Notify::new()),
                 webhook_allow_private: config.webhook_allow_private,
+                flush_batch: config.usage_flush_batch as usize,
                 circuits: Arc::default(),
                 master_key: master_key.map(Arc::new),
             },

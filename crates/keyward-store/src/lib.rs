@@ -643,6 +643,16 @@ pub trait Store: Send + Sync + 'static {
         from: Timestamp,
         to: Timestamp,
     ) -> Result<Vec<Totals>>;
+    /// The minute buckets with `from <= start < to` that can make a key's minute busy: those of
+    /// valid calls counting `valid_at_least` or more, and every one of denied verifications
+    /// (whose codes the caller adds up), ordered as [`Store::usage`]. With many keys used, most
+    /// minutes are neither: the anomaly sweep reads these instead of every key's minutes.
+    async fn busy_minutes(
+        &self,
+        from: Timestamp,
+        to: Timestamp,
+        valid_at_least: i64,
+    ) -> Result<Vec<Bucket>>;
     /// Buckets of every key of a keyspace (as [`Store::usage`]), without listing the keys.
     async fn usage_of_keyspace(
         &self,

@@ -317,26 +317,31 @@ async fn patterns(
     if first > newest {
         return Ok(0);
     }
-    // The judged minutes of every key, then the baseline of the keys that could be found only:
-    // a quiet key costs one row a minute, not an hour of rows (with many keys used, the hour of
-    // every key's minutes was most of a sweep). When one minute is judged (every sweep but one
-    // that catches up, with sweeps at most a minute apart) the store sums each such key's hour:
-    // one row per key, not sixty.
-    let judged = st
+    // The keys that could be found (enough valid calls or denials in a judged minute), from the
+    // buckets that can make a minute busy: a quiet key costs the database a look at its minute
+    // and this node nothing (with a million keys used a minute, reading every key's minute
+    // here was a quarter of a sweep). Then their judged minutes whole, and their baseline: when one
+    // minute is judged (every sweep but one that catches up, with sweeps at most a minute apart)
+    // the store sums each such key's hour, one row per key, not sixty.
+    let (from_judged, to_judged) = (
+        Timestamp::from_millis(first),
+        Timestamp::from_millis(current),
+    );
+    let busy = st
         .records
         .store
-        .usage(
-            None,
-            Granularity::Minute,
-            Timestamp::from_millis(first),
-            Timestamp::from_millis(current),
-        )
+        .busy_minutes(from_judged, to_judged, anomalies::SPIKE_MIN)
         .await?;
-    let candidates = anomalies::candidates(&judged);
-    let mut buckets: Vec<_> = judged
-        .into_iter()
-        .filter(|b| candidates.binary_search(&b.key_id).is_ok())
-        .collect();
+    let candidates = anomalies::candidates(&busy);
+    let mut buckets = Vec::new();
+    for chunk in candidates.chunks(500) {
+        buckets.extend(
+            st.records
+                .store
+                .usage(Some(chunk), Granularity::Minute, from_judged, to_judged)
+                .await?,
+        );
+    }
     let from = Timestamp::from_millis(first - anomalies::BASELINE_MINUTES * MINUTE);
     let mut found = if first == newest {
         let mut baseline = HashMap::new();

@@ -108,18 +108,19 @@ async fn new_sources(
     Ok(found)
 }
 
-/// Keys written per batch (one transaction each): bounds the memory and the transaction of a
-/// flush when many keys were used since the last one.
-pub const FLUSH_BATCH: usize = 5000;
+/// Keys written per batch (one transaction each) by default: see
+/// [`USAGE_FLUSH_BATCH`](crate::config::USAGE_FLUSH_BATCH).
+pub const FLUSH_BATCH: usize = crate::config::USAGE_FLUSH_BATCH as usize;
 
 /// [`flush`] for callers that already hold the write gate: every key pending when it starts (the
-/// queue is first in, first out, so those are the first taken), in batches of [`FLUSH_BATCH`].
+/// queue is first in, first out, so those are the first taken), in batches of at most
+/// `Control::flush_batch` keys.
 pub(crate) async fn flush_locked(state: &Control) -> Result<usize, keyward_store::StoreError> {
     state.verifier.queue_due();
     let mut left = state.verifier.pending_keys();
     let mut written = 0;
     while left > 0 {
-        let (n, taken) = flush_batch(state, left.min(FLUSH_BATCH)).await?;
+        let (n, taken) = flush_batch(state, left.min(state.flush_batch)).await?;
         written += n;
         if taken == 0 {
             break;

@@ -598,6 +598,14 @@ macro_rules! sql_backend {
                 ) -> Result<Vec<Totals>> {
                     usage::minute_totals(&self.pool, key_ids, from, to).await
                 }
+                async fn busy_minutes(
+                    &self,
+                    from: Timestamp,
+                    to: Timestamp,
+                    valid_at_least: i64,
+                ) -> Result<Vec<Bucket>> {
+                    usage::busy_minutes(&self.pool, from, to, valid_at_least).await
+                }
                 async fn usage_of_keyspace(
                     &self,
                     keyspace_id: &str,

@@ -123,7 +123,11 @@ macro_rules! for_backend {
             let mut after = (String::new(), i64::MIN, String::new());
             loop {
                 let mut tx = pool.begin().await.map_err(map_err)?;
-                let n = rollup_in(&mut *tx, before, BATCH, &mut after).await?;
+                let n = if $keyset {
+                    rollup_in(&mut *tx, before, BATCH, &mut after).await?
+                } else {
+                    rollup_in_place(&mut *tx, before, BATCH).await?
+                };
                 tx.commit().await.map_err(map_err)?;
                 total += n;
                 if n < BATCH as u64 {
@@ -178,6 +182,36 @@ macro_rules! for_backend {
                 *after = (last.0.clone(), last.1, last.2.clone());
             }
             Ok(minutes.len() as u64)
+        }
+
+        /// [`rollup_in`] for a backend with one writer and its batch read from the index of
+        /// un-rolled minutes (`$keyset` false, SQLite): the batch's gains go into hours and days
+        /// and the batch is marked rolled by three statements in the database, without its rows
+        /// coming out and going back. Each statement reads the same batch, the first `limit`
+        /// un-rolled minutes in index order: the writes in between add hours and days, which are
+        /// not in that index, and no other writer runs. Returns how many minutes were rolled.
+        async fn rollup_in_place(conn: &mut <$DB as sqlx::Database>::Connection, before: Timestamp, limit: i64) -> Result<u64> {
+            for g in [Granularity::Hour, Granularity::Day] {
+                // floor(start_at / len) * len, for any sign, as `div_euclid` has it.
+                let sql = format!(
+                    "INSERT INTO usage_buckets (key_id, granularity, start_at, code, n) \
+                     SELECT key_id, '{code}', start_at - (((start_at % {len}) + {len}) % {len}) AS s, code, SUM(n - rolled) \
+                     FROM (SELECT key_id, start_at, code, n, rolled {batch}) AS c \
+                     WHERE 1 = 1 GROUP BY key_id, s, code{conflict}",
+                    code = g.code(),
+                    len = g.millis(),
+                    batch = $unrolled,
+                    conflict = crate::sql::usage::BUCKETS_CONFLICT,
+                );
+                sqlx::query(&sql).bind(before.millis()).bind(limit).execute(&mut *conn).await.map_err(map_err)?;
+            }
+            let done = sqlx::query(concat!("UPDATE usage_buckets SET rolled = n WHERE rowid IN (SELECT rowid ", $unrolled, ")"))
+                .bind(before.millis())
+                .bind(limit)
+                .execute(&mut *conn)
+                .await
+                .map_err(map_err)?;
+            Ok(done.rows_affected())
         }
 
         pub(super) async fn prune_usage(pool: &sqlx::Pool<$DB>, granularity: Granularity, before: Timestamp) -> Result<u64> {
@@ -250,6 +284,33 @@ macro_rules! for_backend {
                 .into_iter()
                 .map(|((start, key_id, code), n)| Bucket { key_id, start: Timestamp::from_millis(start), code, n })
                 .collect())
+        }
+
+        pub(super) async fn busy_minutes(pool: &sqlx::Pool<$DB>, from: Timestamp, to: Timestamp, valid_at_least: i64) -> Result<Vec<Bucket>> {
+            // Through the time index: the minutes of the span, filtered there, not sent.
+            let rows = sqlx::query(
+                "SELECT key_id, start_at, code, n FROM usage_buckets WHERE granularity = 'm' \
+                 AND start_at >= $1 AND start_at < $2 AND (code <> 'VALID' OR n >= $3)",
+            )
+            .bind(from.millis())
+            .bind(to.millis())
+            .bind(valid_at_least)
+            .fetch_all(pool)
+            .await
+            .map_err(map_err)?;
+            let mut out = rows
+                .iter()
+                .map(|r| {
+                    Ok(Bucket {
+                        key_id: get(r, "key_id")?,
+                        start: Timestamp::from_millis(get(r, "start_at")?),
+                        code: get(r, "code")?,
+                        n: get(r, "n")?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            out.sort_by(|a, b| (a.start, &a.key_id, &a.code).cmp(&(b.start, &b.key_id, &b.code)));
+            Ok(out)
         }
 
         pub(super) async fn minute_totals(pool: &sqlx::Pool<$DB>, key_ids: &[String], from: Timestamp, to: Timestamp) -> Result<Vec<Totals>> {

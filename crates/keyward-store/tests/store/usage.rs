@@ -595,6 +595,36 @@ conformance!(concurrent_rollups_count_every_minute_once
     => sqlite_concurrent_rollups_count_every_minute_once,
        postgres_concurrent_rollups_count_every_minute_once);
 
+/// A roll-up of more minutes than one batch (5,000), all but one starting at the same time,
+/// moves each minute's gain once; what is added to rolled minutes later moves once more.
+async fn a_rollup_of_many_batches_moves_each_minute_once(store: Arc<dyn Store>) {
+    const KEYS: usize = 5_001;
+    let ids: Vec<String> = (0..KEYS).map(|i| format!("key_many_{i:05}")).collect();
+    let first: Vec<_> = ids
+        .iter()
+        .map(|id| counts(id, &[(T0, "VALID", 1)]))
+        .chain([counts(&ids[0], &[(T0 + HOUR, "DISABLED", 5)])])
+        .collect();
+    store.apply_usage(&first).await.unwrap();
+    assert_eq!(rollup_all(&store).await, KEYS as u64 + 1);
+    assert_eq!(rollup_all(&store).await, 0);
+    // Half the keys used again in the same minute, after it was rolled up.
+    let again: Vec<_> = ids
+        .iter()
+        .step_by(2)
+        .map(|id| counts(id, &[(T0, "VALID", 2)]))
+        .collect();
+    store.apply_usage(&again).await.unwrap();
+    assert_eq!(rollup_all(&store).await, again.len() as u64);
+    let want = KEYS as i64 + 2 * again.len() as i64 + 5;
+    for g in ["m", "h", "d"] {
+        assert_eq!(usage_total(&store, g, T0 + 2 * DAY).await, want, "{g}");
+    }
+}
+conformance!(a_rollup_of_many_batches_moves_each_minute_once
+    => sqlite_a_rollup_of_many_batches_moves_each_minute_once,
+       postgres_a_rollup_of_many_batches_moves_each_minute_once);
+
 /// The sweep rolls up closed minutes only (the flusher still adds to the current one); what
 /// stays out is still in hour and day reads.
 async fn rollup_takes_minutes_before_the_given_time(store: Arc<dyn Store>) {
@@ -701,3 +731,64 @@ async fn minute_totals_sum_each_keys_minutes_of_the_span(store: Arc<dyn Store>) 
 conformance!(minute_totals_sum_each_keys_minutes_of_the_span
     => sqlite_minute_totals_sum_each_keys_minutes_of_the_span,
        postgres_minute_totals_sum_each_keys_minutes_of_the_span);
+
+/// The anomaly sweep's first read: of the span's minute buckets, the valid ones at or above
+/// the threshold and every denied one, rolled up or not, in (start, key, code) order; hours,
+/// days and minutes outside the span are not read.
+async fn busy_minutes_are_the_valid_ones_at_the_threshold_and_every_denial(store: Arc<dyn Store>) {
+    let ks = new_keyspace(&store, "acme").await;
+    let a = key(&ks, at(0)).key;
+    let b = key(&ks, at(0)).key;
+    let quiet = key(&ks, at(0)).key;
+    insert_keys(&store, &[&a, &b, &quiet]).await;
+    store
+        .apply_usage(&[
+            counts(
+                &a.id,
+                &[
+                    (T0 - MINUTE, "VALID", 100),
+                    (T0, "VALID", 29),
+                    (T0, "REVOKED", 1),
+                    (T0 + MINUTE, "VALID", 30),
+                    (T0 + 2 * MINUTE, "VALID", 100),
+                ],
+            ),
+            counts(
+                &b.id,
+                &[(T0 + MINUTE, "RATE_LIMITED", 2), (T0 + MINUTE, "VALID", 3)],
+            ),
+            counts(&quiet.id, &[(T0, "VALID", 3), (T0 + MINUTE, "VALID", 29)]),
+        ])
+        .await
+        .unwrap();
+    // Rolled up or not, a minute is read the same (hours and days are not minutes).
+    assert!(
+        store
+            .rollup_usage(Timestamp::from_millis(T0 + MINUTE))
+            .await
+            .unwrap()
+            > 0
+    );
+    let busy = store
+        .busy_minutes(
+            Timestamp::from_millis(T0),
+            Timestamp::from_millis(T0 + 2 * MINUTE),
+            30,
+        )
+        .await
+        .unwrap();
+    let mut want = vec![
+        (T0, a.id.clone(), "REVOKED", 1),
+        (T0 + MINUTE, a.id.clone(), "VALID", 30),
+        (T0 + MINUTE, b.id.clone(), "RATE_LIMITED", 2),
+    ];
+    want.sort();
+    let got: Vec<_> = busy
+        .iter()
+        .map(|x| (x.start.millis(), x.key_id.clone(), x.code.as_str(), x.n))
+        .collect();
+    assert_eq!(got, want);
+}
+conformance!(busy_minutes_are_the_valid_ones_at_the_threshold_and_every_denial
+    => sqlite_busy_minutes_are_the_valid_ones_at_the_threshold_and_every_denial,
+       postgres_busy_minutes_are_the_valid_ones_at_the_threshold_and_every_denial);

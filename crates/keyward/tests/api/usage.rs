@@ -362,8 +362,11 @@ async fn verify_all(app: &TestApp, plaintexts: &[keyward_core::secret::Secret]) 
 
 async fn a_flush_of_more_keys_than_one_batch_writes_every_key(app: TestApp) {
     use keyward_core::keyformat;
-    use keyward_server::jobs::usage::FLUSH_BATCH;
     use keyward_server::verifier::Request;
+
+    // Batches of 5,000 (`flush_in_batches`): the default batch is ten times that.
+    const FLUSH_BATCH: usize = 5000;
+    assert_eq!(app.state.config.usage_flush_batch as usize, FLUSH_BATCH);
 
     let ks = app.keyspace(json!({})).await;
     let prefix = app
@@ -457,9 +460,15 @@ fn flush_by_hand() -> Options {
     o.config.usage_flush = std::time::Duration::from_millis(3_600_000);
     o
 }
+/// [`flush_by_hand`], in batches of 5,000 keys.
+fn flush_in_batches() -> Options {
+    let mut o = flush_by_hand();
+    o.config.usage_flush_batch = 5000;
+    o
+}
 both!(
     a_flush_of_more_keys_than_one_batch_writes_every_key,
-    flush_by_hand
+    flush_in_batches
 );
 
 /// The sources of key `id` as (address, count), sorted.
