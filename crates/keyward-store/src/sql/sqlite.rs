@@ -205,9 +205,11 @@ sql_backend!(
     "instr",
     // The un-rolled minutes straight from their partial index, oldest first: a batch reads
     // its own rows only (the planner, without statistics, took the time index and read every
-    // minute bucket before each batch). One writer: no lock order to keep.
+    // minute bucket before each batch). One writer: no lock order to keep. Ties by row id (the
+    // index's own order, so nothing is sorted): the roll-up reads its batch three times and must
+    // get the same rows each time (see `usage::rollup_in_place`).
     "FROM usage_buckets INDEXED BY usage_buckets_unrolled_idx \
-     WHERE granularity = 'm' AND n <> rolled AND start_at < $1 ORDER BY start_at LIMIT $2",
+     WHERE granularity = 'm' AND n <> rolled AND start_at < $1 ORDER BY start_at, rowid LIMIT $2",
     // Rolled minutes leave the index: each batch starts at its front, no cursor needed.
     false,
     // Minutes not rolled up yet, as `usage_buckets_unrolled_idx` has it.

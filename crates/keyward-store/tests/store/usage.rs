@@ -596,29 +596,53 @@ conformance!(concurrent_rollups_count_every_minute_once
        postgres_concurrent_rollups_count_every_minute_once);
 
 /// A roll-up of more minutes than one batch (5,000), all but one starting at the same time,
-/// moves each minute's gain once; what is added to rolled minutes later moves once more.
+/// moves each minute's gain once, into its own key's hour and day; what is added to rolled
+/// minutes later moves once more. Every key has a count of its own, so a batch read twice
+/// with other rows (one key counted twice, another left out) shows.
 async fn a_rollup_of_many_batches_moves_each_minute_once(store: Arc<dyn Store>) {
     const KEYS: usize = 5_001;
     let ids: Vec<String> = (0..KEYS).map(|i| format!("key_many_{i:05}")).collect();
     let first: Vec<_> = ids
         .iter()
-        .map(|id| counts(id, &[(T0, "VALID", 1)]))
+        .enumerate()
+        .map(|(i, id)| counts(id, &[(T0, "VALID", i as i64 + 1)]))
         .chain([counts(&ids[0], &[(T0 + HOUR, "DISABLED", 5)])])
         .collect();
     store.apply_usage(&first).await.unwrap();
     assert_eq!(rollup_all(&store).await, KEYS as u64 + 1);
     assert_eq!(rollup_all(&store).await, 0);
-    // Half the keys used again in the same minute, after it was rolled up.
+    // Every other key used again in the same minute, after it was rolled up.
     let again: Vec<_> = ids
         .iter()
+        .enumerate()
         .step_by(2)
-        .map(|id| counts(id, &[(T0, "VALID", 2)]))
+        .map(|(i, id)| counts(id, &[(T0, "VALID", 3 * i as i64 + 2)]))
         .collect();
     store.apply_usage(&again).await.unwrap();
     assert_eq!(rollup_all(&store).await, again.len() as u64);
-    let want = KEYS as i64 + 2 * again.len() as i64 + 5;
-    for g in ["m", "h", "d"] {
-        assert_eq!(usage_total(&store, g, T0 + 2 * DAY).await, want, "{g}");
+    // Each key's hours and days hold exactly its minutes.
+    let per_key = |buckets: Vec<Bucket>| {
+        let mut sums = std::collections::BTreeMap::<String, i64>::new();
+        for b in buckets {
+            *sums.entry(b.key_id).or_default() += b.n;
+        }
+        sums
+    };
+    let read = |g: &'static str| {
+        store.usage(
+            None,
+            gran(g),
+            Timestamp::from_millis(0),
+            Timestamp::from_millis(T0 + 2 * DAY),
+        )
+    };
+    let minutes = per_key(read("m").await.unwrap());
+    assert_eq!(minutes.len(), KEYS);
+    assert_eq!(minutes[&ids[0]], 1 + 2 + 5);
+    assert_eq!(minutes[&ids[1]], 2);
+    assert_eq!(minutes[&ids[4]], 5 + 14);
+    for g in ["h", "d"] {
+        assert_eq!(per_key(read(g).await.unwrap()), minutes, "{g}");
     }
 }
 conformance!(a_rollup_of_many_batches_moves_each_minute_once
