@@ -25,7 +25,7 @@ use common::{rss_bytes, KeyMaker, TempDir, KEY_LEN};
 use futures_util::FutureExt;
 use keyward_core::model::Key;
 use keyward_core::verify::Code;
-use keyward_server::jobs::usage::FLUSH_BATCH;
+use keyward_server::config::USAGE_FLUSH_BATCH;
 use keyward_server::verifier::{Entry, Request};
 
 fn main() {
@@ -67,11 +67,12 @@ fn main() {
     }
     let used = rss_bytes();
     // As the flusher takes it: in batches, each dropped once written.
+    let batch = USAGE_FLUSH_BATCH as usize;
     let mut taken = 0;
     loop {
-        let usage = state.verifier().take_usage(FLUSH_BATCH);
+        let usage = state.verifier().take_usage(batch);
         taken += usage.deltas.len();
-        if usage.taken() < FLUSH_BATCH {
+        if usage.taken() < batch {
             break;
         }
     }

@@ -1,5 +1,6 @@
 //! The usage flusher: writes the counts gathered by the verification path every
-//! `KEYWARD_USAGE_FLUSH_MS` (in batches of [`FLUSH_BATCH`] keys), and once more at
+//! `KEYWARD_USAGE_FLUSH_MS` (in batches of at most
+//! [`USAGE_FLUSH_BATCH`](crate::config::USAGE_FLUSH_BATCH) keys by default), and once more at
 //! shutdown. A failed batch is put back and retried,
 //! so counts are lost only if the process dies (at most one flush interval's worth). It also
 //! turns what the verification path noticed into anomalies (`new_source`,
@@ -107,10 +108,6 @@ async fn new_sources(
     }
     Ok(found)
 }
-
-/// Keys written per batch (one transaction each) by default: see
-/// [`USAGE_FLUSH_BATCH`](crate::config::USAGE_FLUSH_BATCH).
-pub const FLUSH_BATCH: usize = crate::config::USAGE_FLUSH_BATCH as usize;
 
 /// [`flush`] for callers that already hold the write gate: every key pending when it starts (the
 /// queue is first in, first out, so those are the first taken), in batches of at most
